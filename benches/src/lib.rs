@@ -1,0 +1,1 @@
+//! Benchmarks of datalayer; the benches live in `benches/`.

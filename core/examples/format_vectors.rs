@@ -1,0 +1,80 @@
+//! Prints FORMAT.md's test vectors: `cargo run -p datalayer-core --example format_vectors`.
+//! The test `core/tests/format_vectors.rs` checks the document against the code.
+
+use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
+use datalayer_core::job::{JobId, JobRecord};
+use datalayer_core::keys::{
+    Key, KeyId, Keyring, Secret, derive_credentials_key_bytes, derive_queue_key_bytes,
+};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn seq(start: u8, n: usize) -> Vec<u8> {
+    (0..n).map(|i| start.wrapping_add(i as u8)).collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let server = Secret::from_slice(&seq(0, 32))?;
+    let session = Secret::from_slice(&seq(0x20, 32))?;
+    let qkey = derive_queue_key_bytes(&server, "irc");
+    println!(
+        "```vector\nvector: queue-key\nserver-secret: {}\nqueue: irc",
+        hex(&seq(0, 32))
+    );
+    println!("key: {}\n```\n", hex(qkey.as_ref()));
+    let ckey = derive_credentials_key_bytes(&server, &session, "session-a");
+    println!(
+        "```vector\nvector: credentials-key\nserver-secret: {}",
+        hex(&seq(0, 32))
+    );
+    println!(
+        "session-secret: {}\nsession: session-a",
+        hex(&seq(0x20, 32))
+    );
+    println!("key: {}\n```\n", hex(ckey.as_ref()));
+
+    // Threshold 0, so that a short record shows compression.
+    let sealer = Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &qkey)))
+        .with_options(SealOptions::default().compression(Compression::Above(0)));
+    for (name, payload, nonce) in [
+        ("job-plain", br#"{"type":"send"}"#.to_vec(), seq(0, 12)),
+        (
+            "job-compressed",
+            br#"{"type":"send","object":{"content":"hello"}}"#.repeat(4),
+            seq(0x40, 12),
+        ),
+    ] {
+        let record = JobRecord {
+            id: JobId::from("job-1"),
+            title: "irc:send".into(),
+            session_id: "session-a".into(),
+            payload,
+            attempt: 1,
+            created_at_ms: 1_700_000_000_000,
+        };
+        let plain = postcard::to_allocvec(&record)?;
+        let ctx = Context::new(Purpose::Job, "irc", b"job-1");
+        let nonce: [u8; 12] = nonce.as_slice().try_into()?;
+        let env = sealer.seal_bytes_with_nonce(&ctx, &plain, nonce)?;
+        let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into()?;
+        println!(
+            "```vector\nvector: {name}\nkey: {}\nkey-id: 1",
+            hex(qkey.as_ref())
+        );
+        println!(
+            "nonce: {}\npurpose: 1\nscope: irc\nitem: job-1",
+            hex(&nonce)
+        );
+        println!("plaintext: {}", hex(&plain));
+        if env[3] == 1 {
+            let mut body = (plain.len() as u32).to_le_bytes().to_vec();
+            body.extend_from_slice(&lz4_flex::block::compress(&plain));
+            println!("compressed: {}", hex(&body));
+        }
+        println!("aad: {}", hex(&ctx.aad(&header)));
+        println!("envelope: {}\n```\n", hex(&env));
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The sealed envelope: the one byte format in which every job, result, failure reason and
+//! credential is stored (FORMAT.md specifies it byte by byte).
+//!
+//! ```text
+//! magic "DL" | version u8 | flags u8 | key id u32 LE | nonce 12 | ciphertext | tag 16
+//! ```
+//! The plaintext is the postcard encoding of a record, lz4-compressed when that pays; the
+//! AEAD is AES-256-GCM-SIV with the header and a [`Context`] as associated data.
+//!
+//! Opening is total: any byte string gives a record or a typed [`EnvelopeError`], never a
+//! panic, and never an allocation larger than the input or the configured [`OpenLimits`].
+
+mod header;
+
+pub use header::{
+    Context, FLAG_COMPRESSED, HEADER_LEN, Header, MAGIC, MIN_LEN, NONCE_LEN, Purpose, TAG_LEN,
+    VERSION,
+};
+
+use aes_gcm_siv::aead::AeadInPlace;
+use aes_gcm_siv::{Nonce, Tag};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::keys::{KeyId, Keyring};
+use crate::random::Random;
+
+/// Why bytes could not be sealed or opened. Opening untrusted bytes fails with one of these,
+/// never with a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Shorter than the format requires.
+    #[error("envelope truncated: {len} bytes, at least {min} required")]
+    Truncated {
+        /// The input's length.
+        len: usize,
+        /// The shortest well-formed envelope.
+        min: usize,
+    },
+    /// Does not start with "DL": not an envelope at all.
+    #[error("not an envelope: bad magic")]
+    BadMagic,
+    /// Written by a newer (or unknown) version of the format.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u8),
+    /// Flag bits this version does not define.
+    #[error("unknown envelope flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// Sealed with a key this keyring does not hold (retired, or another deployment's).
+    #[error("envelope sealed with unknown key id {0}")]
+    UnknownKeyId(KeyId),
+    /// Authentication failed: tampered bytes, the wrong key, or the wrong context (bytes
+    /// moved to another queue, store, job or field).
+    #[error("envelope does not authenticate: tampered, wrong key, or wrong context")]
+    Decrypt,
+    /// Authenticated, but the compressed plaintext is malformed.
+    #[error("envelope plaintext does not decompress: {0}")]
+    Decompress(&'static str),
+    /// Authenticated, but the plaintext is not a valid record of the expected type.
+    #[error("envelope record does not decode: {0}")]
+    Decode(String),
+    /// The record could not be encoded (a type postcard cannot represent).
+    #[error("record does not encode: {0}")]
+    Encode(String),
+    /// Larger than the configured limit.
+    #[error("envelope too large: {len} bytes, limit {max}")]
+    TooLarge {
+        /// The size found or claimed.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+/// When to compress a record before sealing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Never (credentials: compression before encryption leaks content through length).
+    Never,
+    /// When the encoded record is larger than this many bytes and compression shrinks it.
+    Above(usize),
+}
+
+/// Options for sealing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SealOptions {
+    /// When to compress; default `Above(1024)`.
+    pub compression: Compression,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        Self {
+            compression: Compression::Above(1024),
+        }
+    }
+}
+
+impl SealOptions {
+    /// Options with this compression policy.
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+}
+
+/// Bounds on what opening may accept and allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenLimits {
+    /// The largest envelope accepted; default 16 MiB.
+    pub max_envelope: usize,
+    /// The largest plaintext (after decompression) accepted; default 16 MiB.
+    pub max_plaintext: usize,
+}
+
+impl Default for OpenLimits {
+    fn default() -> Self {
+        Self {
+            max_envelope: 16 << 20,
+            max_plaintext: 16 << 20,
+        }
+    }
+}
+
+impl OpenLimits {
+    /// Limits with these maxima.
+    #[must_use]
+    pub fn new(max_envelope: usize, max_plaintext: usize) -> Self {
+        Self {
+            max_envelope,
+            max_plaintext,
+        }
+    }
+}
+
+/// lz4 expands at most 255x (a match length grows by 255 per extension byte); a claim
+/// beyond that is a lie and is rejected before anything is allocated.
+const LZ4_MAX_RATIO: usize = 255;
+const LEN_PREFIX: usize = 4;
+
+/// Seals and opens envelopes of one scope with its keyring.
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    keys: Keyring,
+    options: SealOptions,
+    limits: OpenLimits,
+}
+
+impl Sealer {
+    /// A sealer with default options and limits.
+    #[must_use]
+    pub fn new(keys: Keyring) -> Self {
+        Self {
+            keys,
+            options: SealOptions::default(),
+            limits: OpenLimits::default(),
+        }
+    }
+
+    /// Replaces the sealing options.
+    #[must_use]
+    pub fn with_options(mut self, options: SealOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Replaces the opening limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: OpenLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The keyring (e.g. to rotate keys in place).
+    pub fn keys_mut(&mut self) -> &mut Keyring {
+        &mut self.keys
+    }
+
+    /// Seals `record` for `ctx` with the active key and a nonce drawn from `rng`.
+    pub fn seal<T: Serialize + ?Sized>(
+        &self,
+        ctx: &Context<'_>,
+        record: &T,
+        rng: &mut impl Random,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(HEADER_LEN + 64);
+        out.resize(HEADER_LEN, 0);
+        let out =
+            postcard::to_extend(record, out).map_err(|e| EnvelopeError::Encode(e.to_string()))?;
+        self.finish(ctx, out, nonce)
+    }
+
+    /// Opens an envelope sealed for `ctx` and decodes its record.
+    pub fn open<T: DeserializeOwned>(
+        &self,
+        ctx: &Context<'_>,
+        bytes: &[u8],
+    ) -> Result<T, EnvelopeError> {
+        let plain = self.open_bytes(ctx, bytes)?;
+        let (record, rest) = postcard::take_from_bytes::<T>(&plain)
+            .map_err(|e| EnvelopeError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(EnvelopeError::Decode(format!(
+                "{} trailing bytes after the record",
+                rest.len()
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Seals plaintext bytes (already encoded) for `ctx`.
+    pub fn seal_bytes(
+        &self,
+        ctx: &Context<'_>,
+        plaintext: &[u8],
+        rng: &mut impl Random,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        self.seal_bytes_with_nonce(ctx, plaintext, nonce)
+    }
+
+    /// Seals with a caller-chosen nonce. Only for test vectors: a nonce must never be reused
+    /// with one key (GCM-SIV then reveals whether two plaintexts are equal, nothing more).
+    pub fn seal_bytes_with_nonce(
+        &self,
+        ctx: &Context<'_>,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        out.resize(HEADER_LEN, 0);
+        out.extend_from_slice(plaintext);
+        self.finish(ctx, out, nonce)
+    }
+
+    /// `out` = header placeholder || plaintext. Compresses if that pays, writes the header,
+    /// encrypts in place and appends the tag.
+    fn finish(
+        &self,
+        ctx: &Context<'_>,
+        mut out: Vec<u8>,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let plain_len = out.len() - HEADER_LEN;
+        if plain_len > self.limits.max_plaintext {
+            // Refuse to write what no reader with the same limits could open.
+            return Err(EnvelopeError::TooLarge {
+                len: plain_len,
+                max: self.limits.max_plaintext,
+            });
+        }
+        let mut flags = 0;
+        if let Some(compressed) = self.compress(&out[HEADER_LEN..]) {
+            out.truncate(HEADER_LEN);
+            out.extend_from_slice(&compressed);
+            flags |= FLAG_COMPRESSED;
+        }
+        let key = self.keys.active();
+        let header = Header {
+            flags,
+            key_id: key.id(),
+            nonce,
+        }
+        .to_bytes();
+        out[..HEADER_LEN].copy_from_slice(&header);
+        let aad = ctx.aad(&header);
+        let tag = key
+            .cipher()
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[HEADER_LEN..])
+            .map_err(|_| EnvelopeError::TooLarge {
+                // aes-gcm-siv refuses only plaintexts beyond 2^36 bytes.
+                len: plain_len,
+                max: 1 << 36,
+            })?;
+        out.extend_from_slice(&tag);
+        if out.len() > self.limits.max_envelope {
+            return Err(EnvelopeError::TooLarge {
+                len: out.len(),
+                max: self.limits.max_envelope,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `u32 LE length || lz4 block` when the policy allows it and it is smaller.
+    fn compress(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let Compression::Above(threshold) = self.options.compression else {
+            return None;
+        };
+        if plain.len() <= threshold {
+            return None;
+        }
+        let len = u32::try_from(plain.len()).ok()?;
+        let mut buf = vec![0u8; LEN_PREFIX + lz4_flex::block::get_maximum_output_size(plain.len())];
+        buf[..LEN_PREFIX].copy_from_slice(&len.to_le_bytes());
+        let n = lz4_flex::block::compress_into(plain, &mut buf[LEN_PREFIX..]).ok()?;
+        buf.truncate(LEN_PREFIX + n);
+        (buf.len() < plain.len()).then_some(buf)
+    }
+
+    /// Opens an envelope sealed for `ctx` and returns its plaintext (decompressed).
+    pub fn open_bytes(&self, ctx: &Context<'_>, bytes: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        if bytes.len() > self.limits.max_envelope {
+            return Err(EnvelopeError::TooLarge {
+                len: bytes.len(),
+                max: self.limits.max_envelope,
+            });
+        }
+        let header = Header::parse(bytes)?;
+        let key = self
+            .keys
+            .get(header.key_id)
+            .ok_or(EnvelopeError::UnknownKeyId(header.key_id))?;
+        let (sealed, tag) = bytes[HEADER_LEN..].split_at(bytes.len() - HEADER_LEN - TAG_LEN);
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&bytes[..HEADER_LEN]);
+        let aad = ctx.aad(&head);
+        let mut plain = sealed.to_vec();
+        key.cipher()
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&header.nonce),
+                &aad,
+                &mut plain,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| EnvelopeError::Decrypt)?;
+        if header.compressed() {
+            plain = self.decompress(&plain)?;
+        }
+        if plain.len() > self.limits.max_plaintext {
+            return Err(EnvelopeError::TooLarge {
+                len: plain.len(),
+                max: self.limits.max_plaintext,
+            });
+        }
+        Ok(plain)
+    }
+
+    fn decompress(&self, body: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let Some((len, block)) = body.split_first_chunk::<LEN_PREFIX>() else {
+            return Err(EnvelopeError::Decompress("missing length prefix"));
+        };
+        let claimed = u32::from_le_bytes(*len) as usize;
+        if claimed > self.limits.max_plaintext {
+            return Err(EnvelopeError::TooLarge {
+                len: claimed,
+                max: self.limits.max_plaintext,
+            });
+        }
+        if claimed > block.len().saturating_mul(LZ4_MAX_RATIO) {
+            return Err(EnvelopeError::Decompress(
+                "claimed length exceeds what the block can expand to",
+            ));
+        }
+        let mut plain = vec![0u8; claimed];
+        match lz4_flex::block::decompress_into(block, &mut plain) {
+            Ok(n) if n == claimed => Ok(plain),
+            Ok(_) => Err(EnvelopeError::Decompress(
+                "block shorter than its claimed length",
+            )),
+            Err(_) => Err(EnvelopeError::Decompress("malformed lz4 block")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

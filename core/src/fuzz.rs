@@ -1,0 +1,164 @@
+//! Fuzzing entry points, shared by the cargo-fuzz targets (`fuzz/`) and the stable test that
+//! replays the committed corpus, so both exercise exactly the same code. Not a public API.
+#![allow(clippy::panic)]
+
+use crate::envelope::{
+    Compression, Context, EnvelopeError, OpenLimits, Purpose, SealOptions, Sealer,
+};
+use crate::job::{JobId, JobRecord};
+use crate::keys::{Key, KeyId, Keyring};
+use crate::random::SeededRandom;
+
+/// The scope every fuzz envelope is sealed for.
+pub const SCOPE: &str = "fuzz-queue";
+/// The item every fuzz envelope is sealed for.
+pub const ITEM: &[u8] = b"job-1";
+
+/// The fuzzing keyring: key 1 (active) and key 2, both fixed.
+#[must_use]
+pub fn sealer() -> Sealer {
+    let mut keys = Keyring::new(Key::from_bytes(KeyId(1), &[0x11; 32]));
+    keys.insert(Key::from_bytes(KeyId(2), &[0x22; 32]));
+    // Small limits so that the size checks are reachable by the fuzzer.
+    Sealer::new(keys).with_limits(OpenLimits::new(1 << 20, 1 << 20))
+}
+
+fn context() -> Context<'static> {
+    Context::new(Purpose::Job, SCOPE, ITEM)
+}
+
+/// Opens arbitrary bytes as a job record and as raw bytes: must never panic, and the two
+/// must agree on whether the envelope authenticates.
+pub fn open_envelope(data: &[u8]) {
+    let sealer = sealer();
+    let raw = sealer.open_bytes(&context(), data);
+    let typed = sealer.open::<JobRecord>(&context(), data);
+    match (&raw, &typed) {
+        (Ok(_), Ok(_)) | (Ok(_), Err(EnvelopeError::Decode(_))) => {}
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("open_bytes {raw:?} disagrees with open {typed:?}"),
+    }
+}
+
+/// A structured case: seal a plaintext, apply up to 8 mutations, and check that the result
+/// opens to the plaintext exactly when nothing was changed. Layout of `data`:
+/// `options u8 | seed u64 LE | mutation count u8 | count × (kind u8, pos u16 LE, value u8) |
+/// plaintext`.
+pub fn seal_then_mutate(data: &[u8]) {
+    let Some((&options, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((seed, rest)) = rest.split_first_chunk::<8>() else {
+        return;
+    };
+    let Some((&count, mut rest)) = rest.split_first() else {
+        return;
+    };
+    let mut mutations = Vec::new();
+    for _ in 0..(count % 9) {
+        let Some((m, tail)) = rest.split_first_chunk::<4>() else {
+            return;
+        };
+        mutations.push(*m);
+        rest = tail;
+    }
+    let plaintext = rest;
+    let compression = if options & 1 == 1 {
+        Compression::Above(0)
+    } else {
+        Compression::Never
+    };
+    let sealer = sealer().with_options(SealOptions::default().compression(compression));
+    let mut rng = SeededRandom::new(u64::from_le_bytes(*seed));
+    let sealed = match sealer.seal_bytes(&context(), plaintext, &mut rng) {
+        Ok(s) => s,
+        Err(e) => panic!("sealing {} bytes failed: {e}", plaintext.len()),
+    };
+    let mut bytes = sealed.clone();
+    let mut scope = SCOPE.to_owned();
+    for [kind, lo, hi, value] in mutations {
+        let pos = usize::from(u16::from_le_bytes([lo, hi]));
+        mutate(&mut bytes, &mut scope, kind, pos, value);
+    }
+    let ctx = Context::new(Purpose::Job, &scope, ITEM);
+    let opened = sealer.open_bytes(&ctx, &bytes);
+    if bytes == sealed && scope == SCOPE {
+        assert_eq!(
+            opened.as_deref(),
+            Ok(plaintext),
+            "an intact envelope must open"
+        );
+    } else {
+        assert!(opened.is_err(), "a mutated envelope opened: {bytes:02x?}");
+    }
+}
+
+fn mutate(bytes: &mut Vec<u8>, scope: &mut String, kind: u8, pos: usize, value: u8) {
+    let len = bytes.len();
+    match kind % 6 {
+        0 if len > 0 => bytes[pos % len] ^= 1 << (value % 8),
+        1 if len > 0 => bytes.truncate(pos % len),
+        2 => bytes.push(value),
+        3 if len > 0 => bytes[pos % len] = value,
+        4 => scope.push(char::from(b'a' + value % 26)),
+        5 if len >= 8 => bytes[4..8].copy_from_slice(&u32::from(value).to_le_bytes()),
+        _ => {}
+    }
+}
+
+/// Valid inputs to start the fuzzers from: envelopes that open under [`sealer`], plain and
+/// compressed, job records and raw bytes, and one structured case per mutation kind.
+#[must_use]
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let sealer = sealer();
+    let mut rng = SeededRandom::new(1);
+    let job = JobRecord {
+        id: JobId::from("job-1"),
+        title: "irc:send".into(),
+        session_id: "session-a".into(),
+        payload: br#"{"type":"send","object":{"content":"hello"}}"#.repeat(40),
+        attempt: 1,
+        created_at_ms: 1_700_000_000_000,
+    };
+    let mut out = Vec::new();
+    let mut push = |target, name: &str, bytes: Result<Vec<u8>, EnvelopeError>| {
+        if let Ok(b) = bytes {
+            out.push((target, name.to_owned(), b));
+        }
+    };
+    push(
+        "open_envelope",
+        "job-compressed",
+        sealer.seal(&context(), &job, &mut rng),
+    );
+    let small = JobRecord {
+        payload: b"{}".to_vec(),
+        ..job.clone()
+    };
+    push(
+        "open_envelope",
+        "job-small",
+        sealer.seal(&context(), &small, &mut rng),
+    );
+    push(
+        "open_envelope",
+        "empty",
+        sealer.seal_bytes(&context(), b"", &mut rng),
+    );
+    let never = sealer
+        .clone()
+        .with_options(SealOptions::default().compression(Compression::Never));
+    push(
+        "open_envelope",
+        "job-plain",
+        never.seal(&context(), &job, &mut rng),
+    );
+    for kind in 0u8..6 {
+        let mut case = vec![kind & 1];
+        case.extend_from_slice(&u64::from(kind).to_le_bytes());
+        case.extend_from_slice(&[1, kind, 3 + kind, 0, 0x41]);
+        case.extend_from_slice(&br"hello, hello, hello, hello, hello, hello".repeat(3));
+        push("seal_then_mutate", &format!("kind-{kind}"), Ok(case));
+    }
+    out
+}

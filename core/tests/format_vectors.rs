@@ -1,0 +1,128 @@
+//! Checks FORMAT.md's test vectors against the code: the document is the specification, so
+//! the vectors are read from it rather than copied here.
+
+use std::collections::HashMap;
+
+use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
+use datalayer_core::job::{JobId, JobRecord};
+use datalayer_core::keys::{
+    Key, KeyId, Keyring, Secret, derive_credentials_key_bytes, derive_queue_key_bytes,
+};
+
+const FORMAT: &str = include_str!("../../FORMAT.md");
+
+type Vector = HashMap<String, String>;
+
+fn vectors() -> Vec<Vector> {
+    FORMAT
+        .split("```vector\n")
+        .skip(1)
+        .map(|block| {
+            let body = block.split("```").next().unwrap_or_default();
+            body.lines()
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    assert!(s.len() % 2 == 0, "odd hex length");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn secret(v: &Vector, field: &str) -> Secret {
+    Secret::from_slice(&unhex(&v[field])).expect("32-byte secret")
+}
+
+fn record(payload: &[u8]) -> JobRecord {
+    JobRecord {
+        id: JobId::from("job-1"),
+        title: "irc:send".into(),
+        session_id: "session-a".into(),
+        payload: payload.to_vec(),
+        attempt: 1,
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn check_envelope(v: &Vector) {
+    let name = v["vector"].as_str();
+    let payload = match name {
+        "job-plain" => br#"{"type":"send"}"#.to_vec(),
+        "job-compressed" => br#"{"type":"send","object":{"content":"hello"}}"#.repeat(4),
+        other => panic!("unknown envelope vector {other}"),
+    };
+    let key: [u8; 32] = unhex(&v["key"]).try_into().expect("32-byte key");
+    let id = KeyId(v["key-id"].parse().expect("key id"));
+    let sealer = Sealer::new(Keyring::new(Key::from_bytes(id, &key)))
+        .with_options(SealOptions::default().compression(Compression::Above(0)));
+    assert_eq!(v["purpose"], "1");
+    let ctx = Context::new(Purpose::Job, &v["scope"], v["item"].as_bytes());
+    let nonce: [u8; 12] = unhex(&v["nonce"]).try_into().expect("12-byte nonce");
+
+    let rec = record(&payload);
+    let plain = unhex(&v["plaintext"]);
+    assert_eq!(
+        postcard::to_allocvec(&rec).expect("encode"),
+        plain,
+        "{name}: plaintext"
+    );
+    let env = unhex(&v["envelope"]);
+    let sealed = sealer
+        .seal_bytes_with_nonce(&ctx, &plain, nonce)
+        .expect("seal");
+    assert_eq!(sealed, env, "{name}: envelope");
+    let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into().expect("header");
+    assert_eq!(ctx.aad(&header), unhex(&v["aad"]), "{name}: aad");
+    assert_eq!(env[3] == 1, v.contains_key("compressed"), "{name}: flag");
+    if let Some(c) = v.get("compressed") {
+        let body = unhex(c);
+        let len = u32::from_le_bytes(body[..4].try_into().expect("prefix")) as usize;
+        assert_eq!(len, plain.len());
+        let out = lz4_flex::block::decompress(&body[4..], len).expect("lz4 block");
+        assert_eq!(out, plain, "{name}: compressed body");
+    }
+    assert_eq!(
+        sealer.open::<JobRecord>(&ctx, &env).expect("open"),
+        rec,
+        "{name}"
+    );
+}
+
+#[test]
+fn format_md_vectors() {
+    let all = vectors();
+    let names: Vec<&str> = all.iter().map(|v| v["vector"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "queue-key",
+            "credentials-key",
+            "job-plain",
+            "job-compressed"
+        ],
+        "FORMAT.md's vectors"
+    );
+    for v in &all {
+        match v["vector"].as_str() {
+            "queue-key" => {
+                let key = derive_queue_key_bytes(&secret(v, "server-secret"), &v["queue"]);
+                assert_eq!(key.as_ref(), unhex(&v["key"]).as_slice(), "queue key");
+            }
+            "credentials-key" => {
+                let key = derive_credentials_key_bytes(
+                    &secret(v, "server-secret"),
+                    &secret(v, "session-secret"),
+                    &v["session"],
+                );
+                assert_eq!(key.as_ref(), unhex(&v["key"]).as_slice(), "credentials key");
+            }
+            _ => check_envelope(v),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! # datalayer-tokio
+//!
+//! The tokio adapter of datalayer: it owns connections, timers and tasks, and executes what
+//! the sans-io core (`datalayer-core`) decides. It holds no policy of its own.
+//!
+//! For now it provides the operating system's randomness to the core ([`OsRandom`]); the
+//! queue, worker and credential store adapters build on it.
+#![forbid(unsafe_code)]
+
+pub use datalayer_core as core;
+
+use datalayer_core::Random;
+
+/// The operating system's cryptographically secure generator, as the core's [`Random`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsRandom;
+
+impl Random for OsRandom {
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // The OS generator fails only when the kernel cannot provide entropy at all (a
+        // broken sandbox); sealing with predictable nonces would be worse than stopping.
+        if let Err(e) = getrandom::fill(dest) {
+            panic!("the operating system's random generator failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_random_is_not_constant() {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        OsRandom.fill_bytes(&mut a);
+        OsRandom.fill_bytes(&mut b);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests of datalayer; the tests live in `tests/`.
