@@ -52,6 +52,8 @@ pub mod envelope;
 pub mod fuzz;
 pub mod job;
 pub mod keys;
+pub mod naming;
 pub mod random;
+pub mod retry;
 
 pub use random::Random;

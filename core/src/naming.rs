@@ -1,0 +1,184 @@
+//! The Redis key layout: the only place key names are made.
+//!
+//! Every key of one queue shares the hash tag `{<queue>}`, so a multi-key step on one queue
+//! is atomic and lands on one Redis Cluster slot; no command ever spans two queues.
+//!
+//! ```text
+//! <prefix>:{<queue>}:jobs      stream of sealed jobs, consumer group "workers"
+//! <prefix>:{<queue>}:ids       hash: job id -> state, for idempotent adds while a job lives
+//! <prefix>:{<queue>}:delayed   zset: job id by due time (ms)
+//! <prefix>:{<queue>}:payloads  hash: job id -> sealed job, for delayed jobs
+//! <prefix>:{<queue>}:dead      stream of dead letters (sealed job + sealed reason)
+//! <prefix>:{<queue>}:events    stream of results and failures, trimmed by age
+//! <prefix>:{<session>}:creds   hash of a session's sealed credentials
+//! ```
+
+/// The consumer group every worker of a queue reads through.
+pub const GROUP: &str = "workers";
+
+/// The longest queue or session name accepted (bytes).
+pub const MAX_NAME_LEN: usize = 512;
+
+/// Why a name cannot be used in a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// Names must not be empty.
+    #[error("a queue or session name must not be empty")]
+    Empty,
+    /// Braces would change the key's hash tag.
+    #[error("name {0:?} contains '{{' or '}}', which would break the hash tag")]
+    Brace(String),
+    /// Longer than [`MAX_NAME_LEN`].
+    #[error("name is {0} bytes long; the limit is {MAX_NAME_LEN}")]
+    TooLong(usize),
+}
+
+/// Checks that `name` can sit inside a hash tag.
+pub fn validate(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name.contains(['{', '}']) {
+        return Err(NameError::Brace(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The key names of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// The queue's name.
+    pub queue: String,
+    /// The work stream.
+    pub jobs: String,
+    /// Job ids of living jobs (idempotent adds).
+    pub ids: String,
+    /// Delayed jobs by due time.
+    pub delayed: String,
+    /// Sealed jobs of delayed entries.
+    pub payloads: String,
+    /// Dead letters.
+    pub dead: String,
+    /// Results and failures.
+    pub events: String,
+}
+
+impl QueueKeys {
+    /// The keys of `queue` under `prefix` (default `dl`).
+    pub fn new(prefix: &str, queue: &str) -> Result<Self, NameError> {
+        validate(queue)?;
+        let key = |suffix: &str| format!("{prefix}:{{{queue}}}:{suffix}");
+        Ok(Self {
+            queue: queue.to_owned(),
+            jobs: key("jobs"),
+            ids: key("ids"),
+            delayed: key("delayed"),
+            payloads: key("payloads"),
+            dead: key("dead"),
+            events: key("events"),
+        })
+    }
+
+    /// Every key of the queue (what `shutdown` deletes).
+    #[must_use]
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.jobs,
+            &self.ids,
+            &self.delayed,
+            &self.payloads,
+            &self.dead,
+            &self.events,
+        ]
+    }
+}
+
+/// The credentials hash of `session` under `prefix`.
+pub fn credentials_key(prefix: &str, session: &str) -> Result<String, NameError> {
+    validate(session)?;
+    Ok(format!("{prefix}:{{{session}}}:creds"))
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, mod 16384).
+#[must_use]
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16_xmodem(tagged) % 16384
+}
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn layout() {
+        let k = QueueKeys::new("dl", "sockethub:p1:data-layer:queue:irc").unwrap();
+        assert_eq!(k.jobs, "dl:{sockethub:p1:data-layer:queue:irc}:jobs");
+        assert_eq!(k.events, "dl:{sockethub:p1:data-layer:queue:irc}:events");
+        assert_eq!(credentials_key("x", "s1").unwrap(), "x:{s1}:creds");
+        assert_eq!(QueueKeys::new("dl", ""), Err(NameError::Empty));
+        assert!(matches!(
+            QueueKeys::new("dl", "a}b"),
+            Err(NameError::Brace(_))
+        ));
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            QueueKeys::new("dl", &long),
+            Err(NameError::TooLong(MAX_NAME_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // The examples of Redis' CLUSTER KEYSLOT documentation, and CRC16's check value.
+        assert_eq!(hash_slot(b"somekey"), 11058);
+        assert_eq!(hash_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(hash_slot(b"bar{hash_tag}"), 2515);
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        // The cluster specification's hash tag rules.
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(
+            hash_slot(b"foo{}{bar}"),
+            crc16_xmodem(b"foo{}{bar}") % 16384
+        );
+        assert_eq!(hash_slot(b"foo{{bar}}zap"), hash_slot(b"{bar"));
+        assert_eq!(hash_slot(b"foo{bar}{zap}"), hash_slot(b"bar"));
+    }
+
+    proptest! {
+        #[test]
+        fn every_key_of_a_queue_shares_one_slot(queue in "[^{}]{1,40}", prefix in "[a-z:]{0,8}") {
+            let k = QueueKeys::new(&prefix, &queue).unwrap();
+            let slot = hash_slot(k.jobs.as_bytes());
+            for key in k.all() {
+                prop_assert_eq!(hash_slot(key.as_bytes()), slot);
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Retry policy: how many attempts a job gets, and how long it waits between them.
+
+use crate::random::Random;
+
+/// The wait before a failed job's next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// Retry at once.
+    None,
+    /// Always wait this long (milliseconds).
+    Fixed {
+        /// The wait, in milliseconds.
+        delay_ms: u64,
+    },
+    /// Wait `base_ms * 2^(attempt - 1)`, at most `max_ms`; with `jitter`, a uniformly random
+    /// wait between half of that and all of it (so that jobs that failed together do not
+    /// retry together).
+    Exponential {
+        /// The first wait, in milliseconds.
+        base_ms: u64,
+        /// The longest wait, in milliseconds.
+        max_ms: u64,
+        /// Randomize each wait within [half, full].
+        jitter: bool,
+    },
+}
+
+/// What happens to a job that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Run it again after this many milliseconds.
+    RetryAfter(u64),
+    /// No attempts left: dead-letter it.
+    Dead,
+}
+
+/// How often a job is tried, and how long it waits in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all, at least 1. The default, 1, is Sockethub's: a failure is final.
+    pub max_attempts: u32,
+    /// The wait between attempts.
+    pub backoff: Backoff,
+    /// How many times a job may be delivered without an answer (its worker died or hung past
+    /// the lease) before it is dead-lettered as stalled.
+    pub max_stalled: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff: Backoff::Exponential {
+                base_ms: 1_000,
+                max_ms: 60_000,
+                jitter: true,
+            },
+            max_stalled: 3,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts in all (values below 1 count as 1), with `backoff` between them.
+    #[must_use]
+    pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            backoff,
+            ..Self::default()
+        }
+    }
+
+    /// A policy with this stall limit (values below 1 count as 1).
+    #[must_use]
+    pub fn max_stalled(mut self, max_stalled: u32) -> Self {
+        self.max_stalled = max_stalled.max(1);
+        self
+    }
+
+    /// Decides the fate of a job whose attempt number `attempt` (from 1) just failed.
+    pub fn decide(&self, attempt: u32, rng: &mut impl Random) -> RetryDecision {
+        if attempt >= self.max_attempts {
+            return RetryDecision::Dead;
+        }
+        RetryDecision::RetryAfter(self.delay_ms(attempt, rng))
+    }
+
+    /// The wait after failed attempt `attempt` (from 1).
+    pub fn delay_ms(&self, attempt: u32, rng: &mut impl Random) -> u64 {
+        match self.backoff {
+            Backoff::None => 0,
+            Backoff::Fixed { delay_ms } => delay_ms,
+            Backoff::Exponential {
+                base_ms,
+                max_ms,
+                jitter,
+            } => {
+                let shift = attempt.saturating_sub(1).min(63);
+                let full = base_ms
+                    .checked_mul(1u64 << shift)
+                    .unwrap_or(u64::MAX)
+                    .min(max_ms);
+                if jitter && full > 1 {
+                    let half = full / 2;
+                    half + rng.next_u64() % (full - half + 1)
+                } else {
+                    full
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::SeededRandom;
+    use proptest::prelude::*;
+
+    #[test]
+    fn default_is_a_single_attempt() {
+        let mut rng = SeededRandom::new(1);
+        assert_eq!(
+            RetryPolicy::default().decide(1, &mut rng),
+            RetryDecision::Dead
+        );
+        assert_eq!(RetryPolicy::new(0, Backoff::None).max_attempts, 1);
+    }
+
+    #[test]
+    fn exponential_without_jitter_doubles_up_to_the_cap() {
+        let p = RetryPolicy::new(
+            10,
+            Backoff::Exponential {
+                base_ms: 100,
+                max_ms: 1_000,
+                jitter: false,
+            },
+        );
+        let mut rng = SeededRandom::new(1);
+        let waits: Vec<u64> = (1..7).map(|a| p.delay_ms(a, &mut rng)).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(p.decide(9, &mut rng), RetryDecision::RetryAfter(1000));
+        assert_eq!(p.decide(10, &mut rng), RetryDecision::Dead);
+        let fixed = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 7 });
+        assert_eq!(fixed.decide(2, &mut rng), RetryDecision::RetryAfter(7));
+    }
+
+    proptest! {
+        #[test]
+        fn jitter_stays_within_half_and_full(
+            base in 0u64..1_000_000, max in 0u64..u64::MAX, attempt in 0u32..200, seed: u64,
+        ) {
+            let p = RetryPolicy::new(u32::MAX, Backoff::Exponential { base_ms: base, max_ms: max, jitter: true });
+            let exact = RetryPolicy::new(u32::MAX, Backoff::Exponential { base_ms: base, max_ms: max, jitter: false });
+            let mut rng = SeededRandom::new(seed);
+            let full = exact.delay_ms(attempt, &mut rng);
+            let d = p.delay_ms(attempt, &mut rng);
+            prop_assert!(d <= full && d >= full / 2, "{d} not in [{}, {full}]", full / 2);
+            prop_assert!(full <= max);
+        }
+    }
+}
