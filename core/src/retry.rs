@@ -99,10 +99,7 @@ impl RetryPolicy {
                 jitter,
             } => {
                 let shift = attempt.saturating_sub(1).min(63);
-                let full = base_ms
-                    .checked_mul(1u64 << shift)
-                    .unwrap_or(u64::MAX)
-                    .min(max_ms);
+                let full = base_ms.saturating_mul(1u64 << shift).min(max_ms);
                 if jitter && full > 1 {
                     let half = full / 2;
                     half + rng.next_u64() % (full - half + 1)
