@@ -3,7 +3,8 @@
 #![allow(clippy::panic)]
 
 use crate::envelope::{
-    Compression, Context, EnvelopeError, OpenLimits, Purpose, SealOptions, Sealer,
+    Compression, Context, EnvelopeError, FLAG_COMPRESSED, HEADER_LEN, OpenLimits, Purpose,
+    SealOptions, Sealer,
 };
 use crate::job::{JobId, JobRecord};
 use crate::keys::{Key, KeyId, Keyring};
@@ -42,7 +43,7 @@ pub fn open_envelope(data: &[u8]) {
 
 /// A structured case: seal a plaintext, apply up to 8 mutations, and check that the result
 /// opens to the plaintext exactly when nothing was changed. Layout of `data`:
-/// `options u8 | seed u64 LE | mutation count u8 | count × (kind u8, pos u16 LE, value u8) |
+/// `options u8 (bit 0: compress; bit 1: forge a compressed body instead) | seed u64 LE | mutation count u8 | count × (kind u8, pos u16 LE, value u8) |
 /// plaintext`.
 pub fn seal_then_mutate(data: &[u8]) {
     let Some((&options, rest)) = data.split_first() else {
@@ -69,6 +70,17 @@ pub fn seal_then_mutate(data: &[u8]) {
         Compression::Never
     };
     let sealer = sealer().with_options(SealOptions::default().compression(compression));
+    if options & 2 == 2 {
+        // Forge: an authenticated envelope whose "compressed" body is arbitrary bytes, so
+        // that the length checks and the lz4 decoder see hostile input past the AEAD.
+        let mut body = vec![0u8; HEADER_LEN];
+        body.extend_from_slice(plaintext);
+        if let Ok(forged) = sealer.encrypt(&context(), body, FLAG_COMPRESSED, [7; 12]) {
+            let _ = sealer.open_bytes(&context(), &forged);
+            let _ = sealer.open::<JobRecord>(&context(), &forged);
+        }
+        return;
+    }
     let mut rng = SeededRandom::new(u64::from_le_bytes(*seed));
     let sealed = match sealer.seal_bytes(&context(), plaintext, &mut rng) {
         Ok(s) => s,
@@ -159,6 +171,20 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         case.extend_from_slice(&[1, kind, 3 + kind, 0, 0x41]);
         case.extend_from_slice(&br"hello, hello, hello, hello, hello, hello".repeat(3));
         push("seal_then_mutate", &format!("kind-{kind}"), Ok(case));
+    }
+    // Forged compressed bodies: a valid block, and one whose length prefix lies.
+    let plain = b"hello hello hello hello hello hello hello hello".repeat(4);
+    let block = lz4_flex::block::compress(&plain);
+    for (name, claimed) in [
+        ("forged-valid", plain.len() as u32),
+        ("forged-lying", 1 << 19),
+    ] {
+        let mut case = vec![2];
+        case.extend_from_slice(&[0; 8]);
+        case.push(0);
+        case.extend_from_slice(&claimed.to_le_bytes());
+        case.extend_from_slice(&block);
+        push("seal_then_mutate", name, Ok(case));
     }
     out
 }

@@ -55,5 +55,6 @@ pub mod keys;
 pub mod naming;
 pub mod random;
 pub mod retry;
+pub mod value;
 
 pub use random::Random;

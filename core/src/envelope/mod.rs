@@ -263,6 +263,20 @@ impl Sealer {
             out.extend_from_slice(&compressed);
             flags |= FLAG_COMPRESSED;
         }
+        self.encrypt(ctx, out, flags, nonce)
+    }
+
+    /// `out` = header placeholder || body (already compressed if `flags` says so): writes
+    /// the header, encrypts in place and appends the tag. The fuzz target also calls it
+    /// directly, to forge authenticated bodies that reach the decompressor.
+    pub(crate) fn encrypt(
+        &self,
+        ctx: &Context<'_>,
+        mut out: Vec<u8>,
+        flags: u8,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let plain_len = out.len() - HEADER_LEN;
         let key = self.keys.active();
         let header = Header {
             flags,
