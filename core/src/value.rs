@@ -145,13 +145,16 @@ impl fmt::Display for EntryId {
     }
 }
 
+/// A stream entry's field/value pairs, in order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One stream entry: its id and its field/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     /// The entry's id.
     pub id: EntryId,
     /// Field/value pairs in order. Empty when the entry was deleted but still pending.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: Fields,
 }
 
 impl StreamEntry {
@@ -184,7 +187,7 @@ impl StreamEntry {
     }
 }
 
-fn decode_pairs(flat: Vec<Value>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReplyError> {
+fn decode_pairs(flat: Vec<Value>) -> Result<Fields, ReplyError> {
     if flat.len() % 2 != 0 {
         return Err(ReplyError::Shape {
             expected: "field/value pairs",
