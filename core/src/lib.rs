@@ -47,6 +47,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzz;
@@ -55,6 +56,8 @@ pub mod keys;
 pub mod naming;
 pub mod random;
 pub mod retry;
+pub mod scripts;
+pub mod sim;
 pub mod value;
 
 pub use random::Random;

@@ -1,0 +1,277 @@
+//! The command plan: what the engine asks Redis to do, as data.
+//!
+//! Each [`Command`] carries an [`OpId`]; its reply comes back to the machine that emitted it
+//! as a [`Reply`] with the same id. Commands are not `redis::Cmd`: the adapter translates each
+//! kind to one Redis command or one Lua script of [`crate::scripts`], and the in-memory model
+//! ([`crate::sim`]) executes the same kinds with the same semantics.
+//!
+//! Every multi-key kind touches the keys of one queue only (one hash tag), so it is atomic
+//! and cluster-safe. Every kind is safe to send again after an unknown outcome: the
+//! transitions that move a job (complete, retry, bury) act only if their XACK removed the
+//! entry from the pending list, so a second run does nothing; adds are deduplicated by job
+//! id while the job lives. What each machine does with each kind of reply is documented on
+//! the variant.
+
+use std::sync::Arc;
+
+use crate::naming::QueueKeys;
+use crate::value::{EntryId, Value};
+
+/// Identifies one command and its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+/// A command for Redis, with the id its reply must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The id to pass back with the reply.
+    pub op: OpId,
+    /// What to do.
+    pub kind: CommandKind,
+}
+
+impl Command {
+    /// How long the command may block in Redis (XREAD/XREADGROUP BLOCK), if at all. Blocking
+    /// commands must go to a connection of their own whose response timeout exceeds this.
+    #[must_use]
+    pub fn block_ms(&self) -> Option<u64> {
+        match &self.kind {
+            CommandKind::Read { block_ms, .. } | CommandKind::ReadEvents { block_ms, .. } => {
+                *block_ms
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A job to add: its id, when it is due (`None`: now), and its sealed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// The job id (the dedup key).
+    pub id: String,
+    /// When the job becomes runnable (ms since the epoch); `None` runs it at once.
+    pub due_ms: Option<u64>,
+    /// The sealed job record.
+    pub envelope: Arc<[u8]>,
+}
+
+/// A finished job's transition, applied only if its entry is still pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    /// The work stream entry.
+    pub entry: EntryId,
+    /// The job id (`None` for an entry too malformed to name one).
+    pub job: Option<String>,
+    /// The sealed value: result (complete), failure reason (retry, bury).
+    pub value: Arc<[u8]>,
+    /// Retry: the re-sealed job for its next attempt. Bury: the entry's sealed job as read
+    /// (or its raw bytes, for garbage). Complete: unused (empty).
+    pub job_envelope: Arc<[u8]>,
+    /// The attempt that ended (events carry it).
+    pub attempt: u32,
+    /// Retry: when the next attempt is due (ms since the epoch).
+    pub due_ms: u64,
+}
+
+/// The operations of the command plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandKind {
+    /// `XGROUP CREATE <jobs> workers 0 MKSTREAM`.
+    ///
+    /// Reply `OK`, or the error `BUSYGROUP` (the group exists): both mean ready. Unknown
+    /// outcome: send again. Other errors: send again after a backoff.
+    EnsureGroup {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+    },
+    /// Script `enqueue`: per job, `HSETNX ids <id>`; if new, XADD it to the work stream (or
+    /// ZADD it to `delayed` with its envelope in `payloads` when due later).
+    ///
+    /// Reply: an array with, per job, the entry id (added), `1` (delayed) or `0` (a job with
+    /// this id is alive already: a duplicate). Unknown outcome: send the same jobs again (the
+    /// id check makes that idempotent). Transient error: again after a backoff; other errors
+    /// fail the jobs to the application.
+    Enqueue {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The current time (ms), to tell due jobs from delayed ones.
+        now_ms: u64,
+        /// The jobs, in order.
+        jobs: Vec<NewJob>,
+    },
+    /// `XREADGROUP GROUP workers <consumer> COUNT <count> [BLOCK <ms>] STREAMS <jobs> >`.
+    ///
+    /// Reply: nil (nothing came) or the entries. Unknown outcome: the entries may now sit in
+    /// this consumer's pending list unseen; they are reclaimed after the lease like a crashed
+    /// worker's, and the read is sent again. Error `NOGROUP`: ensure the group, then read.
+    Read {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// This worker's consumer name.
+        consumer: String,
+        /// Free credits: how many entries may come.
+        count: u32,
+        /// How long to block; `None`: do not block.
+        block_ms: Option<u64>,
+    },
+    /// Script `complete`: per item, if `XACK` removes the entry: XADD the sealed result to
+    /// `events` (trimming entries older than `min_event_ms`), XDEL the entry, HDEL its id.
+    ///
+    /// Reply: an array of `1` (done) or `0` (the entry was not pending: its lease was lost
+    /// and another worker settled it). Unknown outcome or transient error: send again.
+    Complete {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// Events older than this (ms) are trimmed (`XADD MINID`).
+        min_event_ms: u64,
+        /// The jobs.
+        items: Vec<Settle>,
+    },
+    /// Script `retry`: per item, if `XACK` removes the entry: XDEL it, XADD a failure event
+    /// with the sealed reason, and re-add the re-sealed job: to the work stream if due, else
+    /// to `delayed`/`payloads`. Reply and outcomes as for `Complete`.
+    Retry {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The current time (ms).
+        now_ms: u64,
+        /// Events older than this (ms) are trimmed.
+        min_event_ms: u64,
+        /// The jobs.
+        items: Vec<Settle>,
+    },
+    /// Script `bury`: per item, if `XACK` removes the entry: XADD the job and its sealed
+    /// reason to `dead`, XADD a dead-letter event (when the job id is known), XDEL the entry,
+    /// HDEL its id. Reply and outcomes as for `Complete`.
+    Bury {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// Events older than this (ms) are trimmed.
+        min_event_ms: u64,
+        /// The jobs.
+        items: Vec<Settle>,
+    },
+    /// Script `promote`: move up to `limit` delayed jobs due at `now_ms` to the work stream.
+    ///
+    /// Reply: `[promoted count, next due ms or -1]`. Unknown outcome: nothing to do (the
+    /// script is atomic; the next tick runs it again).
+    Promote {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The current time (ms).
+        now_ms: u64,
+        /// The most jobs to move at once.
+        limit: u32,
+    },
+    /// Script `reclaim`: `XAUTOCLAIM <jobs> workers <consumer> <min_idle_ms> <cursor> COUNT
+    /// <count>`, with each claimed entry's delivery count (from XPENDING).
+    ///
+    /// Reply: `[next cursor, [[id, fields, deliveries], ...], [deleted ids]]`. Unknown
+    /// outcome: the claimed entries are reclaimed again after another lease.
+    Reclaim {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// This worker's consumer name.
+        consumer: String,
+        /// Entries idle at least this long are taken (the lease).
+        min_idle_ms: u64,
+        /// Where the scan of the pending list resumes.
+        cursor: EntryId,
+        /// Free credits.
+        count: u32,
+    },
+    /// Script `heartbeat`: per entry still owned by `consumer`, `XCLAIM ... 0 <id> JUSTID`
+    /// (resets its idle time, extending the lease) without stealing entries it lost.
+    ///
+    /// Reply: an array of `1` (extended) or `0` (lost). Unknown outcome: the next heartbeat
+    /// comes soon enough (a third of the lease).
+    Heartbeat {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// This worker's consumer name.
+        consumer: String,
+        /// The running entries.
+        entries: Vec<EntryId>,
+    },
+    /// `XREAD COUNT <count> [BLOCK <ms>] STREAMS <events> <after>`: results and failures
+    /// after the last event seen (never `$`, which would miss those written meanwhile).
+    ///
+    /// Reply: nil or the entries. Unknown outcome: read again from the same cursor.
+    ReadEvents {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The last event id seen.
+        after: EntryId,
+        /// The most events to read.
+        count: u32,
+        /// How long to block; `None`: do not block.
+        block_ms: Option<u64>,
+    },
+    /// `XDEL <events> <ids...>`: events the producer has surfaced.
+    ///
+    /// Reply: the count deleted. Unknown outcome: ignored (age trimming is the safety net).
+    DeleteEvents {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The events.
+        ids: Vec<EntryId>,
+    },
+    /// Script `stats`: `[XLEN jobs, pending, ZCARD delayed, XLEN dead, XLEN events]`.
+    Stats {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+    },
+    /// `DEL` every key of the queue (one slot, so one command).
+    Destroy {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+    },
+}
+
+/// What came back for a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Redis answered (possibly with an error reply, [`Value::Error`]).
+    Value(Value),
+    /// The connection failed after the command may have been sent: it may or may not have
+    /// run. The engine treats every kind as possibly run.
+    Unknown,
+}
+
+/// Whether an error reply is worth retrying as is: the server is loading, busy, failing
+/// over, or the cluster is reconfiguring.
+#[must_use]
+pub fn is_transient_error(message: &str) -> bool {
+    const TRANSIENT: [&str; 7] = [
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "READONLY",
+        "NOREPLICAS",
+    ];
+    let code = message.split(' ').next().unwrap_or_default();
+    TRANSIENT.contains(&code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors() {
+        assert!(is_transient_error(
+            "LOADING Redis is loading the dataset in memory"
+        ));
+        assert!(is_transient_error(
+            "READONLY You can't write against a read only replica."
+        ));
+        assert!(!is_transient_error("OOM command not allowed"));
+        assert!(!is_transient_error(
+            "BUSYGROUP Consumer Group name already exists"
+        ));
+        assert!(!is_transient_error(""));
+    }
+}

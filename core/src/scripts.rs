@@ -1,0 +1,424 @@
+//! The exact Redis invocation of every command kind: plain commands, and the Lua scripts of
+//! the atomic transitions, with their KEYS and ARGV.
+//!
+//! The adapter sends [`Invocation`]s as they are (EVALSHA, falling back to EVAL on
+//! `NOSCRIPT`); it never builds arguments itself. The in-memory model ([`crate::sim`])
+//! implements the same semantics, and a differential test runs both.
+//!
+//! Stream entry fields: work and dead entries carry `j` (job id) and `e` (sealed job); dead
+//! entries also `r` (sealed reason) and `a` (attempt); events carry `j`, `k` (kind: `c`
+//! completed, `f` failed and retried, `d` dead-lettered), `a` (attempt) and `v` (sealed
+//! result or reason).
+
+use std::borrow::Cow;
+
+use crate::command::{CommandKind, Settle};
+use crate::naming::GROUP;
+use crate::value::EntryId;
+
+/// A Lua script: its name (for logs and metrics) and its source.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Script {
+    /// A short name.
+    pub name: &'static str,
+    /// The Lua source.
+    pub source: &'static str,
+}
+
+/// One argument, borrowed from the command where it can be.
+pub type Arg<'a> = Cow<'a, [u8]>;
+
+/// How a command kind runs on Redis.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invocation<'a> {
+    /// A plain command: name and arguments.
+    Plain(Vec<Arg<'a>>),
+    /// A script with its KEYS (all of one hash tag) and ARGV.
+    Script {
+        /// The script.
+        script: &'static Script,
+        /// KEYS.
+        keys: Vec<Arg<'a>>,
+        /// ARGV.
+        args: Vec<Arg<'a>>,
+    },
+}
+
+/// `enqueue` — KEYS: jobs, ids, delayed, payloads. ARGV: now, then per job: id, due (0: now),
+/// envelope.
+pub const ENQUEUE: Script = Script {
+    name: "enqueue",
+    source: r#"
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 3 do
+  local id, due = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('HSETNX', KEYS[2], id, 1) == 0 then
+    out[#out + 1] = 0
+  elseif due > now then
+    redis.call('ZADD', KEYS[3], due, id)
+    redis.call('HSET', KEYS[4], id, ARGV[i + 2])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'j', id, 'e', ARGV[i + 2])
+  end
+end
+return out
+"#,
+};
+
+/// `complete` — KEYS: jobs, ids, events. ARGV: min event id, then per job: entry, job id,
+/// sealed result, attempt.
+pub const COMPLETE: Script = Script {
+    name: "complete",
+    source: r#"
+local out = {}
+for i = 2, #ARGV, 4 do
+  local entry, job = ARGV[i], ARGV[i + 1]
+  if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
+    redis.call('XDEL', KEYS[1], entry)
+    redis.call('HDEL', KEYS[2], job)
+    redis.call('XADD', KEYS[3], 'MINID', ARGV[1], '*',
+      'j', job, 'k', 'c', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#,
+};
+
+/// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, then per job:
+/// entry, job id, sealed reason, attempt, due, re-sealed job.
+pub const RETRY: Script = Script {
+    name: "retry",
+    source: r#"
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 3, #ARGV, 6 do
+  local entry, job = ARGV[i], ARGV[i + 1]
+  if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
+    redis.call('XDEL', KEYS[1], entry)
+    redis.call('XADD', KEYS[4], 'MINID', ARGV[2], '*',
+      'j', job, 'k', 'f', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+    local due = tonumber(ARGV[i + 4])
+    if due > now then
+      redis.call('ZADD', KEYS[2], due, job)
+      redis.call('HSET', KEYS[3], job, ARGV[i + 5])
+    else
+      redis.call('XADD', KEYS[1], '*', 'j', job, 'e', ARGV[i + 5])
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#,
+};
+
+/// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, then per job: entry, job id
+/// (empty if unknown), sealed reason, attempt, the job's envelope (or raw bytes).
+pub const BURY: Script = Script {
+    name: "bury",
+    source: r#"
+local out = {}
+for i = 2, #ARGV, 5 do
+  local entry, job = ARGV[i], ARGV[i + 1]
+  if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
+    redis.call('XDEL', KEYS[1], entry)
+    redis.call('XADD', KEYS[3], '*', 'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
+    if job ~= '' then
+      redis.call('HDEL', KEYS[2], job)
+      redis.call('XADD', KEYS[4], 'MINID', ARGV[1], '*',
+        'j', job, 'k', 'd', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#,
+};
+
+/// `promote` — KEYS: jobs, ids, delayed, payloads. ARGV: now, limit. A delayed id whose
+/// payload is missing is dropped with its id (nothing could ever run it).
+pub const PROMOTE: Script = Script {
+    name: "promote",
+    source: r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  local env = redis.call('HGET', KEYS[4], id)
+  if env then
+    redis.call('XADD', KEYS[1], '*', 'j', id, 'e', env)
+  else
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+end
+local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if nxt[2] then
+  return {#ids, tonumber(nxt[2])}
+end
+return {#ids, -1}
+"#,
+};
+
+/// `reclaim` — KEYS: jobs. ARGV: consumer, min idle, cursor, count.
+pub const RECLAIM: Script = Script {
+    name: "reclaim",
+    source: r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+local claimed = {}
+for _, e in ipairs(r[2]) do
+  local p = redis.call('XPENDING', KEYS[1], 'workers', e[1], e[1], 1)
+  local n = 0
+  if p[1] then n = p[1][4] end
+  claimed[#claimed + 1] = {e[1], e[2], n}
+end
+return {r[1], claimed, r[3]}
+"#,
+};
+
+/// `heartbeat` — KEYS: jobs. ARGV: consumer, then the entries.
+pub const HEARTBEAT: Script = Script {
+    name: "heartbeat",
+    source: r#"
+local out = {}
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], 'workers', ARGV[i], ARGV[i], 1, ARGV[1])
+  if #p == 1 then
+    redis.call('XCLAIM', KEYS[1], 'workers', ARGV[1], 0, ARGV[i], 'JUSTID')
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#,
+};
+
+/// `stats` — KEYS: jobs, delayed, dead, events.
+pub const STATS: Script = Script {
+    name: "stats",
+    source: r#"
+local pending = 0
+local p = redis.pcall('XPENDING', KEYS[1], 'workers')
+if type(p) == 'table' and p.err == nil then pending = p[1] end
+return {redis.call('XLEN', KEYS[1]), pending, redis.call('ZCARD', KEYS[2]),
+  redis.call('XLEN', KEYS[3]), redis.call('XLEN', KEYS[4])}
+"#,
+};
+
+/// Every script, for preloading (SCRIPT LOAD) at connect.
+pub const ALL: [&Script; 8] = [
+    &ENQUEUE, &COMPLETE, &RETRY, &BURY, &PROMOTE, &RECLAIM, &HEARTBEAT, &STATS,
+];
+
+fn b(s: &str) -> Arg<'_> {
+    Cow::Borrowed(s.as_bytes())
+}
+
+fn num(n: impl ToString) -> Arg<'static> {
+    Cow::Owned(n.to_string().into_bytes())
+}
+
+fn id(e: EntryId) -> Arg<'static> {
+    num(e)
+}
+
+/// `MINID` threshold: entries with ids below `<ms>-0` are trimmed.
+fn min_id(ms: u64) -> Arg<'static> {
+    num(EntryId::new(ms, 0))
+}
+
+fn settle_args<'a>(items: &'a [Settle], out: &mut Vec<Arg<'a>>, fields: &[SettleField]) {
+    for item in items {
+        for f in fields {
+            out.push(match f {
+                SettleField::Entry => id(item.entry),
+                SettleField::Job => b(item.job.as_deref().unwrap_or_default()),
+                SettleField::Value => Cow::Borrowed(&item.value[..]),
+                SettleField::Attempt => num(item.attempt),
+                SettleField::Due => num(item.due_ms),
+                SettleField::JobEnvelope => Cow::Borrowed(&item.job_envelope[..]),
+            });
+        }
+    }
+}
+
+enum SettleField {
+    Entry,
+    Job,
+    Value,
+    Attempt,
+    Due,
+    JobEnvelope,
+}
+
+/// The Redis invocation of `kind`.
+#[must_use]
+pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
+    use SettleField as F;
+    match kind {
+        CommandKind::EnsureGroup { keys } => Invocation::Plain(vec![
+            b("XGROUP"),
+            b("CREATE"),
+            b(&keys.jobs),
+            b(GROUP),
+            b("0"),
+            b("MKSTREAM"),
+        ]),
+        CommandKind::Enqueue { keys, now_ms, jobs } => {
+            let mut args = Vec::with_capacity(1 + 3 * jobs.len());
+            args.push(num(now_ms));
+            for j in jobs {
+                args.push(b(&j.id));
+                args.push(num(j.due_ms.unwrap_or(0)));
+                args.push(Cow::Borrowed(&j.envelope[..]));
+            }
+            let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
+            Invocation::Script {
+                script: &ENQUEUE,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args,
+            }
+        }
+        CommandKind::Read {
+            keys,
+            consumer,
+            count,
+            block_ms,
+        } => {
+            let mut args = vec![b("XREADGROUP"), b("GROUP"), b(GROUP), b(consumer)];
+            args.extend([b("COUNT"), num(count)]);
+            if let Some(ms) = block_ms {
+                args.extend([b("BLOCK"), num(ms)]);
+            }
+            args.extend([b("STREAMS"), b(&keys.jobs), b(">")]);
+            Invocation::Plain(args)
+        }
+        CommandKind::Complete {
+            keys,
+            min_event_ms,
+            items,
+        } => {
+            let mut args = vec![min_id(*min_event_ms)];
+            settle_args(items, &mut args, &[F::Entry, F::Job, F::Value, F::Attempt]);
+            let k = [&keys.jobs, &keys.ids, &keys.events];
+            Invocation::Script {
+                script: &COMPLETE,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args,
+            }
+        }
+        CommandKind::Retry {
+            keys,
+            now_ms,
+            min_event_ms,
+            items,
+        } => {
+            let mut args = vec![num(now_ms), min_id(*min_event_ms)];
+            let fields = [
+                F::Entry,
+                F::Job,
+                F::Value,
+                F::Attempt,
+                F::Due,
+                F::JobEnvelope,
+            ];
+            settle_args(items, &mut args, &fields);
+            let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.events];
+            Invocation::Script {
+                script: &RETRY,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args,
+            }
+        }
+        CommandKind::Bury {
+            keys,
+            min_event_ms,
+            items,
+        } => {
+            let mut args = vec![min_id(*min_event_ms)];
+            let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::JobEnvelope];
+            settle_args(items, &mut args, &fields);
+            let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
+            Invocation::Script {
+                script: &BURY,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args,
+            }
+        }
+        CommandKind::Promote {
+            keys,
+            now_ms,
+            limit,
+        } => {
+            let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
+            Invocation::Script {
+                script: &PROMOTE,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args: vec![num(now_ms), num(limit)],
+            }
+        }
+        CommandKind::Reclaim {
+            keys,
+            consumer,
+            min_idle_ms,
+            cursor,
+            count,
+        } => Invocation::Script {
+            script: &RECLAIM,
+            keys: vec![b(&keys.jobs)],
+            args: vec![b(consumer), num(min_idle_ms), id(*cursor), num(count)],
+        },
+        CommandKind::Heartbeat {
+            keys,
+            consumer,
+            entries,
+        } => {
+            let mut args = vec![b(consumer)];
+            args.extend(entries.iter().map(|e| id(*e)));
+            Invocation::Script {
+                script: &HEARTBEAT,
+                keys: vec![b(&keys.jobs)],
+                args,
+            }
+        }
+        CommandKind::ReadEvents {
+            keys,
+            after,
+            count,
+            block_ms,
+        } => {
+            let mut args = vec![b("XREAD"), b("COUNT"), num(count)];
+            if let Some(ms) = block_ms {
+                args.extend([b("BLOCK"), num(ms)]);
+            }
+            args.extend([b("STREAMS"), b(&keys.events), id(*after)]);
+            Invocation::Plain(args)
+        }
+        CommandKind::DeleteEvents { keys, ids } => {
+            let mut args = vec![b("XDEL"), b(&keys.events)];
+            args.extend(ids.iter().map(|e| id(*e)));
+            Invocation::Plain(args)
+        }
+        CommandKind::Stats { keys } => {
+            let k = [&keys.jobs, &keys.delayed, &keys.dead, &keys.events];
+            Invocation::Script {
+                script: &STATS,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args: Vec::new(),
+            }
+        }
+        CommandKind::Destroy { keys } => {
+            let mut args = vec![b("DEL")];
+            args.extend(keys.all().iter().map(|s| b(s)));
+            Invocation::Plain(args)
+        }
+    }
+}

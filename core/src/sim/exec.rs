@@ -1,0 +1,374 @@
+//! Each command kind, executed on the model as Redis runs it (see [`crate::scripts`]).
+
+use super::{Sim, Stream};
+use crate::command::{CommandKind, NewJob, Settle};
+use crate::naming::{GROUP, QueueKeys};
+use crate::value::{EntryId, Fields, Value};
+
+type Exec = Result<Value, String>;
+
+fn bulk(b: &[u8]) -> Value {
+    Value::Bulk(b.to_vec())
+}
+
+fn id_value(id: EntryId) -> Value {
+    Value::Bulk(id.to_string().into_bytes())
+}
+
+fn entry_parts(id: EntryId, fields: Fields) -> Vec<Value> {
+    let flat = fields
+        .into_iter()
+        .flat_map(|(k, v)| [Value::Bulk(k), Value::Bulk(v)])
+        .collect();
+    vec![id_value(id), Value::Array(flat)]
+}
+
+fn entry_value((id, fields): (EntryId, Fields)) -> Value {
+    Value::Array(entry_parts(id, fields))
+}
+
+fn read_reply(key: &str, entries: Vec<(EntryId, Fields)>) -> Value {
+    if entries.is_empty() {
+        return Value::Nil;
+    }
+    let entries = entries.into_iter().map(entry_value).collect();
+    Value::Array(vec![Value::Array(vec![
+        bulk(key.as_bytes()),
+        Value::Array(entries),
+    ])])
+}
+
+fn nogroup(key: &str, command: &str) -> String {
+    format!("NOGROUP No such key '{key}' or consumer group '{GROUP}' in {command}")
+}
+
+fn fields(pairs: &[(&str, &[u8])]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+        .collect()
+}
+
+pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
+    match kind {
+        CommandKind::EnsureGroup { keys } => ensure_group(sim, keys),
+        CommandKind::Enqueue { keys, now_ms, jobs } => enqueue(sim, keys, *now_ms, jobs),
+        CommandKind::Read {
+            keys,
+            consumer,
+            count,
+            ..
+        } => {
+            let now = sim.now_ms;
+            let Some(s) = sim.stream_mut(&keys.jobs, false)? else {
+                return Err(nogroup(&keys.jobs, "XREADGROUP with GROUP option"));
+            };
+            let got = s.read_group(GROUP, consumer, *count as usize, now);
+            let got = got.ok_or_else(|| nogroup(&keys.jobs, "XREADGROUP with GROUP option"))?;
+            Ok(read_reply(&keys.jobs, got))
+        }
+        CommandKind::Complete {
+            keys,
+            min_event_ms,
+            items,
+        } => settle(sim, keys, items, |sim, item| {
+            let job = item.job.as_deref().unwrap_or_default();
+            hdel(sim, &keys.ids, job.as_bytes())?;
+            let f = fields(&[
+                ("j", job.as_bytes()),
+                ("k", b"c"),
+                ("a", item.attempt.to_string().as_bytes()),
+                ("v", &item.value),
+            ]);
+            xadd_trimmed(sim, &keys.events, *min_event_ms, f)
+        }),
+        CommandKind::Retry {
+            keys,
+            now_ms,
+            min_event_ms,
+            items,
+        } => settle(sim, keys, items, |sim, item| {
+            let job = item.job.as_deref().unwrap_or_default();
+            let f = fields(&[
+                ("j", job.as_bytes()),
+                ("k", b"f"),
+                ("a", item.attempt.to_string().as_bytes()),
+                ("v", &item.value),
+            ]);
+            xadd_trimmed(sim, &keys.events, *min_event_ms, f)?;
+            if item.due_ms > *now_ms {
+                sim.zset_mut(&keys.delayed)?
+                    .add(item.due_ms, job.as_bytes());
+                sim.hash_mut(&keys.payloads)?
+                    .insert(job.as_bytes().to_vec(), item.job_envelope.to_vec());
+            } else {
+                xadd(sim, &keys.jobs, work_fields(job, &item.job_envelope))?;
+            }
+            Ok(())
+        }),
+        CommandKind::Bury {
+            keys,
+            min_event_ms,
+            items,
+        } => settle(sim, keys, items, |sim, item| {
+            let job = item.job.as_deref().unwrap_or_default();
+            let attempt = item.attempt.to_string();
+            let f = fields(&[
+                ("j", job.as_bytes()),
+                ("e", &item.job_envelope),
+                ("r", &item.value),
+                ("a", attempt.as_bytes()),
+            ]);
+            xadd(sim, &keys.dead, f)?;
+            if !job.is_empty() {
+                hdel(sim, &keys.ids, job.as_bytes())?;
+                let f = fields(&[
+                    ("j", job.as_bytes()),
+                    ("k", b"d"),
+                    ("a", attempt.as_bytes()),
+                    ("v", &item.value),
+                ]);
+                xadd_trimmed(sim, &keys.events, *min_event_ms, f)?;
+            }
+            Ok(())
+        }),
+        CommandKind::Promote {
+            keys,
+            now_ms,
+            limit,
+        } => promote(sim, keys, *now_ms, *limit),
+        CommandKind::Reclaim {
+            keys,
+            consumer,
+            min_idle_ms,
+            cursor,
+            count,
+        } => {
+            let now = sim.now_ms;
+            let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
+            let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+            let c = s
+                .autoclaim(GROUP, consumer, *min_idle_ms, *cursor, *count as usize, now)
+                .ok_or_else(missing)?;
+            let claimed = c
+                .claimed
+                .into_iter()
+                .map(|(id, f)| {
+                    let n = s.pending(GROUP, id).map_or(0, |p| p.deliveries);
+                    let mut e = entry_parts(id, f);
+                    e.push(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
+                    Value::Array(e)
+                })
+                .collect();
+            let deleted = c.deleted.into_iter().map(id_value).collect();
+            Ok(Value::Array(vec![
+                id_value(c.cursor),
+                Value::Array(claimed),
+                Value::Array(deleted),
+            ]))
+        }
+        CommandKind::Heartbeat {
+            keys,
+            consumer,
+            entries,
+        } => {
+            let now = sim.now_ms;
+            let missing = || nogroup(&keys.jobs, "XPENDING");
+            let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+            if !s.groups.contains_key(GROUP) {
+                return Err(missing());
+            }
+            let mut out = Vec::with_capacity(entries.len());
+            for id in entries {
+                let owned = s
+                    .pending(GROUP, *id)
+                    .is_some_and(|p| p.consumer == *consumer);
+                if owned {
+                    s.claim_justid(GROUP, consumer, *id, now);
+                }
+                out.push(Value::Int(i64::from(owned)));
+            }
+            Ok(Value::Array(out))
+        }
+        CommandKind::ReadEvents {
+            keys, after, count, ..
+        } => match sim.stream_mut(&keys.events, false)? {
+            None => Ok(Value::Nil),
+            Some(s) => Ok(read_reply(
+                &keys.events,
+                s.read_after(*after, *count as usize),
+            )),
+        },
+        CommandKind::DeleteEvents { keys, ids } => {
+            let n = match sim.stream_mut(&keys.events, false)? {
+                None => 0,
+                Some(s) => ids
+                    .iter()
+                    .filter(|id| s.entries.remove(id).is_some())
+                    .count(),
+            };
+            Ok(Value::Int(n as i64))
+        }
+        CommandKind::Stats { keys } => stats(sim, keys),
+        CommandKind::Destroy { keys } => {
+            let n = keys
+                .all()
+                .iter()
+                .filter(|k| sim.db.remove(**k).is_some())
+                .count();
+            Ok(Value::Int(n as i64))
+        }
+    }
+}
+
+fn ensure_group(sim: &mut Sim, keys: &QueueKeys) -> Exec {
+    let s = sim
+        .stream_mut(&keys.jobs, true)?
+        .ok_or_else(|| "ERR stream missing".to_owned())?;
+    if s.groups.contains_key(GROUP) {
+        return Err("BUSYGROUP Consumer Group name already exists".into());
+    }
+    s.groups.insert(GROUP.to_owned(), Default::default());
+    Ok(Value::Status("OK".into()))
+}
+
+fn work_fields(job: &str, envelope: &[u8]) -> Fields {
+    fields(&[("j", job.as_bytes()), ("e", envelope)])
+}
+
+fn xadd(sim: &mut Sim, key: &str, f: Fields) -> Result<EntryId, String> {
+    let now = sim.now_ms;
+    let s = sim
+        .stream_mut(key, true)?
+        .ok_or_else(|| "ERR stream missing".to_owned())?;
+    Ok(s.add(now, f))
+}
+
+/// XADD with `MINID <min_ms>-0`: add, then trim (exactly) below the threshold.
+fn xadd_trimmed(sim: &mut Sim, key: &str, min_ms: u64, f: Fields) -> Result<(), String> {
+    xadd(sim, key, f)?;
+    if let Some(s) = sim.stream_mut(key, false)? {
+        s.trim_min_id(EntryId::new(min_ms, 0));
+    }
+    Ok(())
+}
+
+fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
+    if sim.db.contains_key(key) {
+        sim.hash_mut(key)?.remove(field);
+        sim.drop_if_empty(key);
+    }
+    Ok(())
+}
+
+fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, jobs: &[NewJob]) -> Exec {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let ids = sim.hash_mut(&keys.ids)?;
+        if ids.contains_key(job.id.as_bytes()) {
+            out.push(Value::Int(0));
+            continue;
+        }
+        ids.insert(job.id.as_bytes().to_vec(), b"1".to_vec());
+        match job.due_ms {
+            Some(due) if due > now_ms => {
+                sim.zset_mut(&keys.delayed)?.add(due, job.id.as_bytes());
+                sim.hash_mut(&keys.payloads)?
+                    .insert(job.id.as_bytes().to_vec(), job.envelope.to_vec());
+                out.push(Value::Int(1));
+            }
+            _ => {
+                let id = xadd(sim, &keys.jobs, work_fields(&job.id, &job.envelope))?;
+                out.push(id_value(id));
+            }
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+/// The shared shape of complete/retry/bury: per item, act only if XACK removed the entry.
+fn settle(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    items: &[Settle],
+    mut then: impl FnMut(&mut Sim, &Settle) -> Result<(), String>,
+) -> Exec {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let acked = match sim.stream_mut(&keys.jobs, false)? {
+            Some(s) => s.ack(GROUP, item.entry),
+            None => false,
+        };
+        if acked {
+            if let Some(s) = sim.stream_mut(&keys.jobs, false)? {
+                s.entries.remove(&item.entry);
+            }
+            then(sim, item)?;
+        }
+        out.push(Value::Int(i64::from(acked)));
+    }
+    Ok(Value::Array(out))
+}
+
+fn promote(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, limit: u32) -> Exec {
+    let due = match sim.db.contains_key(&keys.delayed) {
+        true => sim
+            .zset_mut(&keys.delayed)?
+            .range_to(now_ms, limit as usize),
+        false => Vec::new(),
+    };
+    for id in &due {
+        let env = match sim.db.contains_key(&keys.payloads) {
+            true => sim.hash_mut(&keys.payloads)?.get(id).cloned(),
+            false => None,
+        };
+        match env {
+            Some(env) => {
+                let job = String::from_utf8_lossy(id);
+                xadd(
+                    sim,
+                    &keys.jobs,
+                    fields(&[("j", job.as_bytes()), ("e", &env)]),
+                )?;
+            }
+            None => hdel(sim, &keys.ids, id)?,
+        }
+        sim.zset_mut(&keys.delayed)?.remove(id);
+        sim.drop_if_empty(&keys.delayed);
+        hdel(sim, &keys.payloads, id)?;
+    }
+    let next = match sim.db.contains_key(&keys.delayed) {
+        true => sim.zset_mut(&keys.delayed)?.first_score(),
+        false => None,
+    };
+    let next = next.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX));
+    Ok(Value::Array(vec![
+        Value::Int(due.len() as i64),
+        Value::Int(next),
+    ]))
+}
+
+fn xlen(s: Option<&mut Stream>) -> i64 {
+    s.map_or(0, |s| s.entries.len() as i64)
+}
+
+fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
+    let jobs = sim.stream_mut(&keys.jobs, false)?;
+    let pending = jobs
+        .as_ref()
+        .and_then(|s| s.groups.get(GROUP))
+        .map_or(0, |g| g.pel.len() as i64);
+    let len = xlen(jobs);
+    let delayed = match sim.db.contains_key(&keys.delayed) {
+        true => sim.zset_mut(&keys.delayed)?.len() as i64,
+        false => 0,
+    };
+    let dead = xlen(sim.stream_mut(&keys.dead, false)?);
+    let events = xlen(sim.stream_mut(&keys.events, false)?);
+    Ok(Value::Array(
+        [len, pending, delayed, dead, events]
+            .into_iter()
+            .map(Value::Int)
+            .collect(),
+    ))
+}

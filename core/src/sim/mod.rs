@@ -1,0 +1,257 @@
+//! A deterministic in-memory model of the Redis Streams that datalayer uses.
+//!
+//! [`Sim`] executes the command plan ([`CommandKind`]) with Redis' semantics (those of
+//! [`crate::scripts`]): streams with entry ids from the model's clock, consumer groups,
+//! pending lists with owners, delivery counts and idle times, XAUTOCLAIM cursors, XDEL,
+//! sorted sets and hashes; empty hashes and sorted sets vanish as in Redis. [`Network`] puts
+//! faults between a machine and the model: a command lost before it ran, or a reply lost
+//! after it ran (both are [`Reply::Unknown`] to the machine). Crashing a consumer is dropping
+//! its machine (its pending entries stay in the model); jumping the clock is
+//! [`Sim::set_time`].
+
+mod exec;
+mod stream;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+pub use stream::{AutoClaim, Group, Pending, Stream};
+
+use crate::command::{Command, CommandKind, Reply};
+use crate::random::{Random, SeededRandom};
+use crate::value::{EntryId, Fields, Value};
+
+/// A sorted set: members by score, ordered by (score, member) as in Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZSet {
+    scores: BTreeMap<Vec<u8>, u64>,
+    order: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl ZSet {
+    /// ZADD one member.
+    pub fn add(&mut self, score: u64, member: &[u8]) {
+        if let Some(old) = self.scores.insert(member.to_vec(), score) {
+            self.order.remove(&(old, member.to_vec()));
+        }
+        self.order.insert((score, member.to_vec()));
+    }
+
+    /// ZREM one member; whether it was there.
+    pub fn remove(&mut self, member: &[u8]) -> bool {
+        match self.scores.remove(member) {
+            Some(score) => self.order.remove(&(score, member.to_vec())),
+            None => false,
+        }
+    }
+
+    /// Members with a score at most `max`, lowest first, at most `limit`.
+    #[must_use]
+    pub fn range_to(&self, max: u64, limit: usize) -> Vec<Vec<u8>> {
+        self.order
+            .iter()
+            .take_while(|(s, _)| *s <= max)
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// The lowest score.
+    #[must_use]
+    pub fn first_score(&self) -> Option<u64> {
+        self.order.first().map(|(s, _)| *s)
+    }
+
+    /// ZCARD.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether the set is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+}
+
+/// A value in the model's keyspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// A stream.
+    Stream(Stream),
+    /// A hash.
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    /// A sorted set.
+    ZSet(ZSet),
+}
+
+/// The model: a keyspace and a clock.
+#[derive(Debug, Clone, Default)]
+pub struct Sim {
+    now_ms: u64,
+    db: HashMap<String, Data>,
+    executed: u64,
+}
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+impl Sim {
+    /// An empty keyspace at time `now_ms`.
+    #[must_use]
+    pub fn new(now_ms: u64) -> Self {
+        Self {
+            now_ms,
+            ..Self::default()
+        }
+    }
+
+    /// The model's clock (ms); new entry ids come from it.
+    #[must_use]
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Sets the clock; it may jump forward or back (ids stay increasing, as in Redis).
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// How many commands ran.
+    #[must_use]
+    pub fn executed(&self) -> u64 {
+        self.executed
+    }
+
+    /// Runs one command and returns Redis' reply.
+    pub fn execute(&mut self, kind: &CommandKind) -> Value {
+        self.executed += 1;
+        exec::run(self, kind).unwrap_or_else(Value::Error)
+    }
+
+    /// The key names, sorted.
+    #[must_use]
+    pub fn keys(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.db.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// The value of a key.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Data> {
+        self.db.get(key)
+    }
+
+    /// The stream at `key`, if it is one.
+    #[must_use]
+    pub fn stream(&self, key: &str) -> Option<&Stream> {
+        match self.db.get(key) {
+            Some(Data::Stream(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// XADD of arbitrary fields (to write garbage, as an attacker or a bug would).
+    pub fn xadd_raw(&mut self, key: &str, fields: Fields) -> Result<EntryId, String> {
+        let now = self.now_ms;
+        Ok(self
+            .stream_mut(key, true)?
+            .map_or(EntryId::ZERO, |s| s.add(now, fields)))
+    }
+
+    fn stream_mut(&mut self, key: &str, create: bool) -> Result<Option<&mut Stream>, String> {
+        if create && !self.db.contains_key(key) {
+            self.db
+                .insert(key.to_owned(), Data::Stream(Stream::default()));
+        }
+        match self.db.get_mut(key) {
+            None => Ok(None),
+            Some(Data::Stream(s)) => Ok(Some(s)),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn hash_mut(&mut self, key: &str) -> Result<&mut BTreeMap<Vec<u8>, Vec<u8>>, String> {
+        match self
+            .db
+            .entry(key.to_owned())
+            .or_insert_with(|| Data::Hash(BTreeMap::new()))
+        {
+            Data::Hash(h) => Ok(h),
+            _ => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn zset_mut(&mut self, key: &str) -> Result<&mut ZSet, String> {
+        match self
+            .db
+            .entry(key.to_owned())
+            .or_insert_with(|| Data::ZSet(ZSet::default()))
+        {
+            Data::ZSet(z) => Ok(z),
+            _ => Err(WRONGTYPE.into()),
+        }
+    }
+
+    /// Redis removes hashes and sorted sets that become empty.
+    fn drop_if_empty(&mut self, key: &str) {
+        let empty = match self.db.get(key) {
+            Some(Data::Hash(h)) => h.is_empty(),
+            Some(Data::ZSet(z)) => z.is_empty(),
+            _ => false,
+        };
+        if empty {
+            self.db.remove(key);
+        }
+    }
+}
+
+/// Faults between machines and the model, in parts per thousand of commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// The command is lost before it runs (the connection died while sending).
+    pub lose_command: u16,
+    /// The command runs but its reply is lost (the connection died after sending).
+    pub lose_reply: u16,
+}
+
+/// The model behind a faulty connection.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The model.
+    pub sim: Sim,
+    /// The faults to inject.
+    pub faults: Faults,
+    rng: SeededRandom,
+}
+
+impl Network {
+    /// A network over `sim` injecting `faults`, drawn from `seed`.
+    #[must_use]
+    pub fn new(sim: Sim, faults: Faults, seed: u64) -> Self {
+        Self {
+            sim,
+            faults,
+            rng: SeededRandom::new(seed),
+        }
+    }
+
+    fn roll(&mut self, per_mille: u16) -> bool {
+        per_mille > 0 && self.rng.next_u64() % 1000 < u64::from(per_mille)
+    }
+
+    /// Sends one command: its reply, or `Unknown` when a fault struck.
+    pub fn send(&mut self, command: &Command) -> Reply {
+        if self.roll(self.faults.lose_command) {
+            return Reply::Unknown;
+        }
+        let value = self.sim.execute(&command.kind);
+        if self.roll(self.faults.lose_reply) {
+            return Reply::Unknown;
+        }
+        Reply::Value(value)
+    }
+}
+
+#[cfg(test)]
+mod tests;

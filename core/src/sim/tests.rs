@@ -1,0 +1,336 @@
+//! The model's semantics, command by command (the same sequences were checked by hand on
+//! redis-server 7.0; the adapter's differential test checks them mechanically).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::command::{NewJob, Settle};
+use crate::naming::{GROUP, QueueKeys};
+use crate::value::{StreamEntry, decode_read};
+
+fn keys() -> Arc<QueueKeys> {
+    Arc::new(QueueKeys::new("dl", "q").unwrap())
+}
+
+fn job(id: &str, due_ms: Option<u64>) -> NewJob {
+    NewJob {
+        id: id.into(),
+        due_ms,
+        envelope: Arc::from(format!("ENV-{id}").as_bytes()),
+    }
+}
+
+fn settle(entry: EntryId, job: &str) -> Settle {
+    Settle {
+        entry,
+        job: Some(job.into()),
+        value: Arc::from(&b"V"[..]),
+        job_envelope: Arc::from(&b"ENV2"[..]),
+        attempt: 1,
+        due_ms: 0,
+    }
+}
+
+fn ints(v: Value) -> Vec<i64> {
+    v.into_array("ints")
+        .unwrap()
+        .iter()
+        .map(|x| x.as_int("int").unwrap())
+        .collect()
+}
+
+fn read(sim: &mut Sim, consumer: &str, count: u32) -> Vec<StreamEntry> {
+    decode_read(sim.execute(&CommandKind::Read {
+        keys: keys(),
+        consumer: consumer.into(),
+        count,
+        block_ms: None,
+    }))
+    .unwrap()
+}
+
+fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
+    let now_ms = sim.now_ms();
+    sim.execute(&CommandKind::Enqueue {
+        keys: keys(),
+        now_ms,
+        jobs,
+    })
+}
+
+#[test]
+fn group_creation_is_idempotent_and_reads_need_it() {
+    let mut sim = Sim::new(1000);
+    assert!(matches!(
+        sim.execute(&CommandKind::Read {
+            keys: keys(),
+            consumer: "c".into(),
+            count: 1,
+            block_ms: None
+        }),
+        Value::Error(e) if e.starts_with("NOGROUP")
+    ));
+    let ensure = CommandKind::EnsureGroup { keys: keys() };
+    assert_eq!(sim.execute(&ensure), Value::Status("OK".into()));
+    assert!(matches!(sim.execute(&ensure), Value::Error(e) if e.starts_with("BUSYGROUP")));
+    assert_eq!(read(&mut sim, "c", 5), vec![]);
+}
+
+#[test]
+fn enqueue_dedups_and_delays() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    let reply = enqueue(
+        &mut sim,
+        vec![job("a", None), job("b", Some(5000)), job("a", None)],
+    )
+    .into_array("reply")
+    .unwrap();
+    assert_eq!(reply[0], Value::Bulk(b"1000-0".to_vec()));
+    assert_eq!(reply[1], Value::Int(1));
+    assert_eq!(reply[2], Value::Int(0));
+    let got = read(&mut sim, "c1", 10);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].field(b"j"), Some(&b"a"[..]));
+    assert_eq!(got[0].field(b"e"), Some(&b"ENV-a"[..]));
+    // Same millisecond: the next id bumps the sequence; a clock jump back keeps ids rising.
+    let r = enqueue(&mut sim, vec![job("c", None)]);
+    assert_eq!(r, Value::Array(vec![Value::Bulk(b"1000-1".to_vec())]));
+    sim.set_time(10);
+    let r = enqueue(&mut sim, vec![job("d", None)]);
+    assert_eq!(r, Value::Array(vec![Value::Bulk(b"1000-2".to_vec())]));
+}
+
+#[test]
+fn complete_acks_deletes_and_reports_once() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    enqueue(&mut sim, vec![job("a", None)]);
+    let e = read(&mut sim, "c1", 1)[0].id;
+    let complete = CommandKind::Complete {
+        keys: keys(),
+        min_event_ms: 0,
+        items: vec![settle(e, "a")],
+    };
+    assert_eq!(ints(sim.execute(&complete)), [1]);
+    // Sent again after an unknown outcome: nothing happens twice.
+    assert_eq!(ints(sim.execute(&complete)), [0]);
+    let k = keys();
+    assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
+    assert_eq!(sim.stream(&k.events).unwrap().entries.len(), 1);
+    assert!(
+        sim.get(&k.ids).is_none(),
+        "the ids hash vanished when empty"
+    );
+    // The id is free again once the job is gone.
+    assert!(ints_or_ids(enqueue(&mut sim, vec![job("a", None)]))[0].is_some());
+    let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
+    assert_eq!(stats, [1, 0, 0, 0, 1]);
+}
+
+fn ints_or_ids(v: Value) -> Vec<Option<Vec<u8>>> {
+    v.into_array("r")
+        .unwrap()
+        .into_iter()
+        .map(|x| x.into_bytes("id").ok())
+        .collect()
+}
+
+#[test]
+fn retry_delays_then_promote_moves_due_jobs() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    enqueue(&mut sim, vec![job("a", None)]);
+    let e = read(&mut sim, "c1", 1)[0].id;
+    let mut item = settle(e, "a");
+    item.due_ms = 3000;
+    let retry = CommandKind::Retry {
+        keys: keys(),
+        now_ms: 2000,
+        min_event_ms: 0,
+        items: vec![item],
+    };
+    assert_eq!(ints(sim.execute(&retry)), [1]);
+    assert_eq!(ints(sim.execute(&retry)), [0]);
+    let promote = |now_ms| CommandKind::Promote {
+        keys: keys(),
+        now_ms,
+        limit: 10,
+    };
+    assert_eq!(ints(sim.execute(&promote(2500))), [0, 3000]);
+    sim.set_time(3000);
+    assert_eq!(ints(sim.execute(&promote(3000))), [1, -1]);
+    let got = read(&mut sim, "c1", 10);
+    assert_eq!(got[0].field(b"e"), Some(&b"ENV2"[..]));
+    let k = keys();
+    assert!(sim.get(&k.delayed).is_none() && sim.get(&k.payloads).is_none());
+    assert!(sim.get(&k.ids).is_some(), "the job lives on");
+}
+
+#[test]
+fn bury_moves_to_dead_letters() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    let k = keys();
+    let garbage = sim
+        .xadd_raw(&k.jobs, vec![(b"x".to_vec(), b"y".to_vec())])
+        .unwrap();
+    enqueue(&mut sim, vec![job("a", None)]);
+    let got = read(&mut sim, "c1", 10);
+    assert_eq!(got.len(), 2);
+    let mut g = settle(garbage, "");
+    g.job = None;
+    let bury = CommandKind::Bury {
+        keys: keys(),
+        min_event_ms: 0,
+        items: vec![g, settle(got[1].id, "a")],
+    };
+    assert_eq!(ints(sim.execute(&bury)), [1, 1]);
+    assert_eq!(sim.stream(&k.dead).unwrap().entries.len(), 2);
+    // Only the job with an id produces an event.
+    assert_eq!(sim.stream(&k.events).unwrap().entries.len(), 1);
+    assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
+}
+
+#[test]
+fn reclaim_counts_deliveries_and_drops_deleted() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    enqueue(
+        &mut sim,
+        vec![job("a", None), job("b", None), job("c", None)],
+    );
+    let got = read(&mut sim, "dead-worker", 10);
+    let k = keys();
+    let deleted = got[1].id;
+    let stream = match sim.db.get_mut(&k.jobs) {
+        Some(Data::Stream(s)) => s,
+        _ => panic!("stream"),
+    };
+    stream.entries.remove(&deleted);
+    let reclaim = |cursor, count| CommandKind::Reclaim {
+        keys: keys(),
+        consumer: "c2".into(),
+        min_idle_ms: 500,
+        cursor,
+        count,
+    };
+    // Not idle long enough yet; the deleted entry leaves the PEL regardless.
+    let r = sim
+        .execute(&reclaim(EntryId::ZERO, 10))
+        .into_array("r")
+        .unwrap();
+    assert_eq!(r[1], Value::Array(vec![]));
+    assert_eq!(r[2], Value::Array(vec![id_bulk(deleted)]));
+    assert_eq!(r[0], id_bulk(EntryId::ZERO));
+    sim.set_time(1500);
+    // COUNT 1: one claimed, and the cursor points at the next pending entry.
+    let r = sim
+        .execute(&reclaim(EntryId::ZERO, 1))
+        .into_array("r")
+        .unwrap();
+    assert_eq!(r[0], id_bulk(got[2].id));
+    let claimed = r[1].clone().into_array("c").unwrap();
+    let first = claimed[0].clone().into_array("e").unwrap();
+    assert_eq!(first[2], Value::Int(2), "a second delivery");
+    let p = sim
+        .stream(&k.jobs)
+        .unwrap()
+        .pending(GROUP, got[0].id)
+        .unwrap();
+    assert_eq!((p.consumer.as_str(), p.delivered_at), ("c2", 1500));
+    let r = sim
+        .execute(&reclaim(got[2].id, 10))
+        .into_array("r")
+        .unwrap();
+    assert_eq!(r[0], id_bulk(EntryId::ZERO));
+    assert_eq!(r[1].clone().into_array("c").unwrap().len(), 1);
+}
+
+fn id_bulk(id: EntryId) -> Value {
+    Value::Bulk(id.to_string().into_bytes())
+}
+
+#[test]
+fn heartbeat_extends_only_owned_leases() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    enqueue(&mut sim, vec![job("a", None)]);
+    let e = read(&mut sim, "c1", 1)[0].id;
+    sim.set_time(1900);
+    let beat = |consumer: &str| CommandKind::Heartbeat {
+        keys: keys(),
+        consumer: consumer.into(),
+        entries: vec![e, EntryId::new(9, 9)],
+    };
+    assert_eq!(ints(sim.execute(&beat("c1"))), [1, 0]);
+    assert_eq!(ints(sim.execute(&beat("c2"))), [0, 0]);
+    let k = keys();
+    let p = sim.stream(&k.jobs).unwrap().pending(GROUP, e).unwrap();
+    assert_eq!(
+        (p.consumer.as_str(), p.delivered_at, p.deliveries),
+        ("c1", 1900, 1)
+    );
+}
+
+#[test]
+fn events_read_after_a_cursor_and_trim_by_age() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    enqueue(&mut sim, vec![job("a", None), job("b", None)]);
+    let got = read(&mut sim, "c1", 10);
+    let complete = |entry, job, min_event_ms| CommandKind::Complete {
+        keys: keys(),
+        min_event_ms,
+        items: vec![settle(entry, job)],
+    };
+    sim.execute(&complete(got[0].id, "a", 0));
+    let events = |after| CommandKind::ReadEvents {
+        keys: keys(),
+        after,
+        count: 10,
+        block_ms: None,
+    };
+    let first = decode_read(sim.execute(&events(EntryId::ZERO))).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        decode_read(sim.execute(&events(first[0].id))).unwrap(),
+        vec![]
+    );
+    sim.set_time(5000);
+    sim.execute(&complete(got[1].id, "b", 4000));
+    let all = decode_read(sim.execute(&events(EntryId::ZERO))).unwrap();
+    assert_eq!(all.len(), 1, "the old event was trimmed by MINID");
+    assert_eq!(all[0].field(b"j"), Some(&b"b"[..]));
+    let del = CommandKind::DeleteEvents {
+        keys: keys(),
+        ids: vec![all[0].id, all[0].id],
+    };
+    assert_eq!(sim.execute(&del), Value::Int(1));
+    assert_eq!(
+        sim.execute(&CommandKind::Destroy { keys: keys() }),
+        Value::Int(2)
+    );
+    assert!(sim.keys().is_empty());
+}
+
+#[test]
+fn network_faults_are_seeded() {
+    let faults = Faults {
+        lose_command: 300,
+        lose_reply: 300,
+    };
+    let run = |seed| {
+        let mut net = Network::new(Sim::new(1), faults, seed);
+        let cmd = Command {
+            op: crate::command::OpId(1),
+            kind: CommandKind::EnsureGroup { keys: keys() },
+        };
+        (0..50)
+            .map(|_| net.send(&cmd) == Reply::Unknown)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(3), run(3));
+    let lost = run(3).iter().filter(|u| **u).count();
+    assert!((10..40).contains(&lost), "{lost} of 50 lost");
+}
