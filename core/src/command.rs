@@ -181,17 +181,22 @@ pub enum CommandKind {
         /// Free credits.
         count: u32,
     },
-    /// Script `heartbeat`: per entry still owned by `consumer`, `XCLAIM ... 0 <id> JUSTID`
-    /// (resets its idle time, extending the lease) without stealing entries it lost.
+    /// Script `heartbeat`: per entry still owned by `consumer`,
+    /// `XCLAIM ... 0 <id> IDLE <idle_ms> JUSTID`, without stealing entries it lost. With
+    /// `idle_ms` 0 this extends the lease (a heartbeat); with the lease as `idle_ms` it hands
+    /// the entry back (any worker's next reclaim takes it at once).
     ///
-    /// Reply: an array of `1` (extended) or `0` (lost). Unknown outcome: the next heartbeat
-    /// comes soon enough (a third of the lease).
+    /// Reply: an array of `1` (done) or `0` (not owned any more). Unknown outcome: the next
+    /// heartbeat comes soon enough (a third of the lease); a lost hand-back is reclaimed
+    /// after the lease.
     Heartbeat {
         /// The queue.
         keys: Arc<QueueKeys>,
         /// This worker's consumer name.
         consumer: String,
-        /// The running entries.
+        /// The idle time to set: 0 extends, the lease hands back.
+        idle_ms: u64,
+        /// The entries.
         entries: Vec<EntryId>,
     },
     /// `XREAD COUNT <count> [BLOCK <ms>] STREAMS <events> <after>`: results and failures

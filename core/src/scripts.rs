@@ -183,15 +183,15 @@ return {r[1], claimed, r[3]}
 "#,
 };
 
-/// `heartbeat` — KEYS: jobs. ARGV: consumer, then the entries.
+/// `heartbeat` — KEYS: jobs. ARGV: consumer, idle ms, then the entries.
 pub const HEARTBEAT: Script = Script {
     name: "heartbeat",
     source: r#"
 local out = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], 'workers', ARGV[i], ARGV[i], 1, ARGV[1])
   if #p == 1 then
-    redis.call('XCLAIM', KEYS[1], 'workers', ARGV[1], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], 'workers', ARGV[1], 0, ARGV[i], 'IDLE', ARGV[2], 'JUSTID')
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -379,9 +379,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Heartbeat {
             keys,
             consumer,
+            idle_ms,
             entries,
         } => {
-            let mut args = vec![b(consumer)];
+            let mut args = vec![b(consumer), num(idle_ms)];
             args.extend(entries.iter().map(|e| id(*e)));
             Invocation::Script {
                 script: &HEARTBEAT,

@@ -170,6 +170,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::Heartbeat {
             keys,
             consumer,
+            idle_ms,
             entries,
         } => {
             let now = sim.now_ms;
@@ -184,7 +185,9 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
                     .pending(GROUP, *id)
                     .is_some_and(|p| p.consumer == *consumer);
                 if owned {
-                    s.claim_justid(GROUP, consumer, *id, now);
+                    // As Redis: a delivery time before the epoch is bogus and becomes now.
+                    let at = now.checked_sub(*idle_ms).unwrap_or(now);
+                    s.claim_justid(GROUP, consumer, *id, at);
                 }
                 out.push(Value::Int(i64::from(owned)));
             }

@@ -161,10 +161,16 @@ impl Stream {
         Some(out)
     }
 
-    /// XCLAIM `<id>` JUSTID with min-idle 0: the entry moves to `consumer` and its idle time
-    /// resets, its delivery count unchanged. A pending id deleted from the stream leaves the
+    /// XCLAIM `<id>` IDLE JUSTID with min-idle 0: the entry moves to `consumer`, delivered
+    /// (for idle-time purposes) at `delivered_at`, its delivery count unchanged. A pending id deleted from the stream leaves the
     /// PEL instead. Whether the entry is now held by `consumer`.
-    pub fn claim_justid(&mut self, group: &str, consumer: &str, id: EntryId, now_ms: u64) -> bool {
+    pub fn claim_justid(
+        &mut self,
+        group: &str,
+        consumer: &str,
+        id: EntryId,
+        delivered_at: u64,
+    ) -> bool {
         let exists = self.entries.contains_key(&id);
         let Some(g) = self.groups.get_mut(group) else {
             return false;
@@ -176,7 +182,7 @@ impl Stream {
         match g.pel.get_mut(&id) {
             Some(p) => {
                 p.consumer = consumer.to_owned();
-                p.delivered_at = now_ms;
+                p.delivered_at = delivered_at;
                 true
             }
             None => false,

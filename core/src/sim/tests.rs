@@ -261,6 +261,7 @@ fn heartbeat_extends_only_owned_leases() {
     let beat = |consumer: &str| CommandKind::Heartbeat {
         keys: keys(),
         consumer: consumer.into(),
+        idle_ms: 0,
         entries: vec![e, EntryId::new(9, 9)],
     };
     assert_eq!(ints(sim.execute(&beat("c1"))), [1, 0]);
@@ -271,6 +272,27 @@ fn heartbeat_extends_only_owned_leases() {
         (p.consumer.as_str(), p.delivered_at, p.deliveries),
         ("c1", 1900, 1)
     );
+    // Handing back: idle as long as the lease, so the next reclaim takes it at once.
+    let hand_back = CommandKind::Heartbeat {
+        keys: keys(),
+        consumer: "c1".into(),
+        idle_ms: 30_000,
+        entries: vec![e],
+    };
+    assert_eq!(ints(sim.execute(&hand_back)), [1]);
+    let p = sim.stream(&k.jobs).unwrap().pending(GROUP, e).unwrap();
+    assert_eq!(p.delivered_at, 1900, "before the epoch: now, as in Redis");
+    sim.set_time(100_000);
+    assert_eq!(ints(sim.execute(&hand_back)), [1]);
+    let reclaim = CommandKind::Reclaim {
+        keys: keys(),
+        consumer: "c2".into(),
+        min_idle_ms: 30_000,
+        cursor: EntryId::ZERO,
+        count: 5,
+    };
+    let r = sim.execute(&reclaim).into_array("r").unwrap();
+    assert_eq!(r[1].clone().into_array("c").unwrap().len(), 1);
 }
 
 #[test]
