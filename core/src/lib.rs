@@ -54,10 +54,12 @@ pub mod fuzz;
 pub mod job;
 pub mod keys;
 pub mod naming;
+pub mod producer;
 pub mod random;
 pub mod retry;
 pub mod scripts;
 pub mod sim;
 pub mod value;
+pub mod worker;
 
 pub use random::Random;

@@ -11,6 +11,7 @@
 
 mod exec;
 mod stream;
+pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

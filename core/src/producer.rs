@@ -1,0 +1,629 @@
+//! The producer machine (Sockethub's JobQueue): seals jobs and batches them into adds, and
+//! reads the queue's results and failures from a cursor that survives disconnections.
+//!
+//! Drive it like every machine of the core: after each input (`add`, `handle_reply`,
+//! `handle_timeout`, ...), drain `poll_command` and `poll_event` until `None`, and call
+//! `handle_timeout` at `poll_timeout`.
+//!
+//! - Adds are idempotent by job id while the job lives: after an unknown outcome the same
+//!   sealed jobs are sent again, and a job that did arrive the first time is reported as
+//!   [`AddStatus::AlreadyQueued`], never enqueued twice.
+//! - Results are read from the last event id seen (never `$`), so none is lost while the
+//!   producer is away; surfaced events are deleted, and events nobody reads are trimmed
+//!   by age.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::command::{Command, CommandKind, NewJob, OpId, Reply, is_transient_error};
+use crate::envelope::{Context, EnvelopeError, Purpose, Sealer};
+use crate::job::{JobId, JobRecord};
+use crate::naming::{NameError, QueueKeys};
+use crate::random::Random;
+use crate::value::{EntryId, StreamEntry, Value, decode_read};
+
+/// How a producer behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProducerConfig {
+    /// The key prefix (default `dl`).
+    pub prefix: String,
+    /// The queue.
+    pub queue: String,
+    /// The most jobs in one add command.
+    pub max_batch_jobs: usize,
+    /// The most envelope bytes in one add command (a single larger job goes alone).
+    pub max_batch_bytes: usize,
+    /// The most adds not yet confirmed by Redis; beyond, `add` fails with `Backpressure`.
+    pub max_pending: usize,
+    /// Whether to read the queue's events (results and failures).
+    pub read_events: bool,
+    /// Where the events cursor starts (`0-0`: every event still in the stream).
+    pub events_after: EntryId,
+    /// The most events per read.
+    pub events_count: u32,
+    /// How long an events read blocks in Redis (ms); `None` polls.
+    pub block_ms: Option<u64>,
+}
+
+impl ProducerConfig {
+    /// The defaults: batches of 128 jobs or 1 MiB, 100,000 pending adds, events read from
+    /// the start of the stream with 5 s blocking reads.
+    #[must_use]
+    pub fn new(queue: &str) -> Self {
+        Self {
+            prefix: "dl".into(),
+            queue: queue.into(),
+            max_batch_jobs: 128,
+            max_batch_bytes: 1 << 20,
+            max_pending: 100_000,
+            read_events: true,
+            events_after: EntryId::ZERO,
+            events_count: 256,
+            block_ms: Some(5_000),
+        }
+    }
+
+    /// With events reads that block this long (`None`: poll).
+    #[must_use]
+    pub fn block_ms(mut self, block_ms: Option<u64>) -> Self {
+        self.block_ms = block_ms;
+        self
+    }
+}
+
+/// A job to add.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AddJob {
+    /// A caller-chosen id (idempotent adds); `None` generates one.
+    pub id: Option<JobId>,
+    /// A short title.
+    pub title: String,
+    /// The client session the job belongs to.
+    pub session_id: String,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+    /// Run no sooner than this many ms from now.
+    pub delay_ms: u64,
+}
+
+/// A caller's misuse, or an add that cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// The queue is paused (Sockethub's "queue closed").
+    #[error("queue closed")]
+    QueueClosed,
+    /// Too many adds await Redis' confirmation; wait for `Accepted` events.
+    #[error("{0} adds await confirmation: wait before adding more")]
+    Backpressure(usize),
+    /// The queue name cannot be used in a key.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The job could not be sealed.
+    #[error("sealing failed: {0}")]
+    Seal(#[from] EnvelopeError),
+    /// A reply for an operation this producer did not send.
+    #[error("no operation {0:?} is awaiting a reply")]
+    UnknownOp(OpId),
+    /// Events were not drained: call `poll_event` until `None` after every input.
+    #[error("{0} events are waiting: drain poll_event after every input")]
+    Undrained(usize),
+}
+
+/// What became of an add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddStatus {
+    /// In the work stream, at this entry.
+    Added(EntryId),
+    /// In the delayed set, due later.
+    Delayed,
+    /// A job with this id is alive already (possibly this very add, sent twice after an
+    /// unknown outcome): nothing was added.
+    AlreadyQueued,
+}
+
+/// What the producer tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProducerEvent {
+    /// Redis has the job.
+    Accepted {
+        /// The job.
+        job: JobId,
+        /// Where it is.
+        status: AddStatus,
+    },
+    /// Redis refused the add (e.g. out of memory); the job is not queued.
+    AddFailed {
+        /// The job.
+        job: JobId,
+        /// Redis' error.
+        error: String,
+    },
+    /// The job completed with this result.
+    Completed {
+        /// The job.
+        job: JobId,
+        /// The encoded result.
+        result: Vec<u8>,
+        /// The attempt that succeeded.
+        attempt: u32,
+    },
+    /// An attempt failed; the job will be retried.
+    Failed {
+        /// The job.
+        job: JobId,
+        /// The failure reason.
+        reason: String,
+        /// The attempt that failed.
+        attempt: u32,
+    },
+    /// The job failed for good and sits in the dead letters.
+    DeadLettered {
+        /// The job.
+        job: JobId,
+        /// The failure reason.
+        reason: String,
+        /// The last attempt.
+        attempt: u32,
+    },
+    /// An event could not be read (tampered, wrong key, malformed) and was skipped.
+    BadEvent {
+        /// The event's id.
+        event: EntryId,
+        /// Why.
+        reason: String,
+    },
+    /// The queue's counts.
+    Stats(QueueStats),
+    /// `destroy`: every key of the queue is gone.
+    Destroyed,
+    /// Redis answered something unexpected; the producer retries, nothing is lost.
+    Trouble {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A queue's counts, from `stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Entries in the work stream (waiting or running).
+    pub jobs: u64,
+    /// Entries delivered and not yet settled.
+    pub pending: u64,
+    /// Delayed jobs (retries waiting for their backoff, or added with a delay).
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Events not yet read.
+    pub events: u64,
+}
+
+#[derive(Debug)]
+enum InFlight {
+    Add(Vec<NewJob>),
+    ReadEvents,
+    DeleteEvents,
+    Stats,
+    Destroy,
+}
+
+const RESEND_MIN_MS: u64 = 50;
+const RESEND_MAX_MS: u64 = 5_000;
+const POLL_INTERVAL_MS: u64 = 50;
+
+/// The producer machine of one queue.
+#[derive(Debug)]
+pub struct Producer {
+    cfg: ProducerConfig,
+    keys: Arc<QueueKeys>,
+    sealer: Sealer,
+    now_ms: u64,
+    next_op: u64,
+    paused: bool,
+    unsent: VecDeque<NewJob>,
+    in_flight: HashMap<OpId, InFlight>,
+    cursor: EntryId,
+    next_read_ms: u64,
+    to_delete: Vec<EntryId>,
+    want_stats: bool,
+    want_destroy: bool,
+    events: VecDeque<ProducerEvent>,
+    resend_at_ms: u64,
+    resend_delay_ms: u64,
+}
+
+impl Producer {
+    /// A producer for `cfg.queue`, sealing with `sealer` (the queue's keyring), at `now_ms`.
+    pub fn new(cfg: ProducerConfig, sealer: Sealer, now_ms: u64) -> Result<Self, ProducerError> {
+        let keys = Arc::new(QueueKeys::new(&cfg.prefix, &cfg.queue)?);
+        Ok(Self {
+            keys,
+            sealer,
+            now_ms,
+            next_op: 0,
+            paused: false,
+            unsent: VecDeque::new(),
+            in_flight: HashMap::new(),
+            cursor: cfg.events_after,
+            next_read_ms: now_ms,
+            to_delete: Vec::new(),
+            want_stats: false,
+            want_destroy: false,
+            events: VecDeque::new(),
+            resend_at_ms: now_ms,
+            resend_delay_ms: 0,
+            cfg,
+        })
+    }
+
+    /// The keys of the queue.
+    #[must_use]
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    /// The last event id seen: pass it as `events_after` to a replacement producer.
+    #[must_use]
+    pub fn cursor(&self) -> EntryId {
+        self.cursor
+    }
+
+    /// Adds fail with `QueueClosed` until `resume`.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Adds are taken again.
+    pub fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    /// Whether the queue is paused.
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Adds not yet confirmed by Redis.
+    #[must_use]
+    pub fn pending_adds(&self) -> usize {
+        self.unsent.len()
+            + self
+                .in_flight
+                .values()
+                .map(|f| match f {
+                    InFlight::Add(jobs) => jobs.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+    }
+
+    fn check_drained(&self) -> Result<(), ProducerError> {
+        let bound = 4 * (self.cfg.max_batch_jobs + self.cfg.events_count as usize);
+        if self.events.len() > bound {
+            return Err(ProducerError::Undrained(self.events.len()));
+        }
+        Ok(())
+    }
+
+    /// Seals a job and queues it for the next add command; returns its id.
+    pub fn add(
+        &mut self,
+        now_ms: u64,
+        job: AddJob,
+        rng: &mut impl Random,
+    ) -> Result<JobId, ProducerError> {
+        self.check_drained()?;
+        self.now_ms = now_ms;
+        if self.paused {
+            return Err(ProducerError::QueueClosed);
+        }
+        let pending = self.pending_adds();
+        if pending >= self.cfg.max_pending {
+            return Err(ProducerError::Backpressure(pending));
+        }
+        // Generated ids sort by creation time: 12 hex digits of ms, 16 of randomness.
+        let id = job
+            .id
+            .unwrap_or_else(|| JobId(format!("{now_ms:012x}{:016x}", rng.next_u64())));
+        let record = JobRecord {
+            id: id.clone(),
+            title: job.title,
+            session_id: job.session_id,
+            payload: job.payload,
+            attempt: 1,
+            created_at_ms: now_ms,
+        };
+        let ctx = Context::new(Purpose::Job, &self.keys.queue, id.0.as_bytes());
+        let envelope = self.sealer.seal(&ctx, &record, rng)?;
+        self.unsent.push_back(NewJob {
+            id: id.0.clone(),
+            due_ms: (job.delay_ms > 0).then(|| now_ms.saturating_add(job.delay_ms)),
+            envelope: envelope.into(),
+        });
+        Ok(id)
+    }
+
+    /// Asks Redis for the queue's counts; a `Stats` event follows.
+    pub fn request_stats(&mut self) {
+        self.want_stats = true;
+    }
+
+    /// Deletes every key of the queue (Sockethub's `shutdown`); `Destroyed` follows. Jobs
+    /// not yet run are lost with it: pause and drain first.
+    pub fn destroy(&mut self) {
+        self.paused = true;
+        self.want_destroy = true;
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// When to call `handle_timeout` next (ms), if a timer is set.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        if self.resend_at_ms > self.now_ms && !self.unsent.is_empty() {
+            at(self.resend_at_ms);
+        }
+        if self.cfg.read_events && self.next_read_ms > self.now_ms {
+            at(self.next_read_ms);
+        }
+        t
+    }
+
+    /// The next event for the application, if any. Call until `None` after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ProducerEvent> {
+        self.events.pop_front()
+    }
+
+    fn op(&mut self, kind: CommandKind, state: InFlight) -> Command {
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        self.in_flight.insert(op, state);
+        Command { op, kind }
+    }
+
+    fn any_in_flight(&self, f: fn(&InFlight) -> bool) -> bool {
+        self.in_flight.values().any(f)
+    }
+
+    /// The next command for Redis, if any. Call until `None` after every input; everything
+    /// one drain returns may go out as one pipeline.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        let now = self.now_ms;
+        let keys = self.keys.clone();
+        if self.want_destroy && !self.any_in_flight(|f| matches!(f, InFlight::Destroy)) {
+            self.want_destroy = false;
+            return Some(self.op(CommandKind::Destroy { keys }, InFlight::Destroy));
+        }
+        if !self.unsent.is_empty() && now >= self.resend_at_ms {
+            let jobs = self.take_batch();
+            let kind = CommandKind::Enqueue {
+                keys,
+                now_ms: now,
+                jobs: jobs.clone(),
+            };
+            return Some(self.op(kind, InFlight::Add(jobs)));
+        }
+        if self.want_stats && !self.any_in_flight(|f| matches!(f, InFlight::Stats)) {
+            self.want_stats = false;
+            return Some(self.op(CommandKind::Stats { keys }, InFlight::Stats));
+        }
+        if !self.to_delete.is_empty() {
+            let ids = std::mem::take(&mut self.to_delete);
+            let kind = CommandKind::DeleteEvents { keys, ids };
+            return Some(self.op(kind, InFlight::DeleteEvents));
+        }
+        let reading = self.any_in_flight(|f| matches!(f, InFlight::ReadEvents));
+        if self.cfg.read_events && !reading && now >= self.next_read_ms {
+            let kind = CommandKind::ReadEvents {
+                keys,
+                after: self.cursor,
+                count: self.cfg.events_count,
+                block_ms: self.cfg.block_ms,
+            };
+            return Some(self.op(kind, InFlight::ReadEvents));
+        }
+        None
+    }
+
+    fn take_batch(&mut self) -> Vec<NewJob> {
+        let mut jobs = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.unsent.front() {
+            let full = jobs.len() >= self.cfg.max_batch_jobs
+                || (!jobs.is_empty() && bytes + next.envelope.len() > self.cfg.max_batch_bytes);
+            if full {
+                break;
+            }
+            bytes += next.envelope.len();
+            if let Some(job) = self.unsent.pop_front() {
+                jobs.push(job);
+            }
+        }
+        jobs
+    }
+
+    fn backoff(&mut self) {
+        self.resend_delay_ms = (self.resend_delay_ms * 2).clamp(RESEND_MIN_MS, RESEND_MAX_MS);
+        self.resend_at_ms = self.now_ms.saturating_add(self.resend_delay_ms);
+    }
+
+    /// The reply to command `op`.
+    pub fn handle_reply(
+        &mut self,
+        now_ms: u64,
+        op: OpId,
+        reply: Reply,
+    ) -> Result<(), ProducerError> {
+        self.check_drained()?;
+        self.now_ms = now_ms;
+        let state = self
+            .in_flight
+            .remove(&op)
+            .ok_or(ProducerError::UnknownOp(op))?;
+        match (state, reply) {
+            (InFlight::Add(jobs), reply) => self.added(jobs, reply),
+            (InFlight::ReadEvents, Reply::Unknown) => self.next_read_ms = self.resend_at(),
+            (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
+            (InFlight::DeleteEvents, _) => {}
+            (InFlight::Stats, Reply::Unknown) => self.want_stats = true,
+            (InFlight::Stats, Reply::Value(v)) => self.stats(v),
+            (InFlight::Destroy, Reply::Value(Value::Int(_))) => {
+                self.events.push_back(ProducerEvent::Destroyed)
+            }
+            (InFlight::Destroy, other) => {
+                self.want_destroy = true;
+                self.trouble(format!("destroy: {other:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn resend_at(&mut self) -> u64 {
+        self.backoff();
+        self.resend_at_ms
+    }
+
+    fn trouble(&mut self, message: String) {
+        self.events.push_back(ProducerEvent::Trouble { message });
+    }
+
+    fn added(&mut self, jobs: Vec<NewJob>, reply: Reply) {
+        let items = match reply {
+            Reply::Value(Value::Array(items)) if items.len() == jobs.len() => items,
+            Reply::Value(Value::Error(e)) if !is_transient_error(&e) => {
+                for job in jobs {
+                    self.events.push_back(ProducerEvent::AddFailed {
+                        job: JobId(job.id),
+                        error: e.clone(),
+                    });
+                }
+                return;
+            }
+            other => {
+                if let Reply::Value(v) = other {
+                    self.trouble(format!("enqueue: unexpected reply {v:?}"));
+                }
+                // Unknown outcome: send the same sealed jobs again, first in line.
+                for job in jobs.into_iter().rev() {
+                    self.unsent.push_front(job);
+                }
+                return self.backoff();
+            }
+        };
+        self.resend_delay_ms = 0;
+        for (job, item) in jobs.into_iter().zip(items) {
+            let status = match item {
+                Value::Int(0) => AddStatus::AlreadyQueued,
+                Value::Int(_) => AddStatus::Delayed,
+                other => match other.into_bytes("entry id").map(|b| EntryId::parse(&b)) {
+                    Ok(Ok(id)) => AddStatus::Added(id),
+                    _ => AddStatus::AlreadyQueued,
+                },
+            };
+            self.events.push_back(ProducerEvent::Accepted {
+                job: JobId(job.id),
+                status,
+            });
+        }
+    }
+
+    fn read_events(&mut self, v: Value) {
+        if let Value::Error(e) = &v {
+            self.next_read_ms = self.resend_at();
+            return self.trouble(format!("XREAD events: {e}"));
+        }
+        let entries = match decode_read(v) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.next_read_ms = self.resend_at();
+                return self.trouble(format!("XREAD events: {e}"));
+            }
+        };
+        if entries.is_empty() && self.cfg.block_ms.is_none() {
+            self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
+        }
+        for entry in entries {
+            self.cursor = self.cursor.max(entry.id);
+            self.to_delete.push(entry.id);
+            let event = self
+                .open_event(&entry)
+                .unwrap_or_else(|reason| ProducerEvent::BadEvent {
+                    event: entry.id,
+                    reason,
+                });
+            self.events.push_back(event);
+        }
+    }
+
+    fn open_event(&self, entry: &StreamEntry) -> Result<ProducerEvent, String> {
+        let text = |name: &[u8]| {
+            entry
+                .field(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .ok_or_else(|| format!("missing field {}", String::from_utf8_lossy(name)))
+        };
+        let job = JobId(text(b"j")?.to_owned());
+        let kind = text(b"k")?;
+        let attempt: u32 = text(b"a")?.parse().map_err(|_| "bad attempt".to_owned())?;
+        let sealed = entry.field(b"v").ok_or("missing field v")?;
+        let purpose = match kind {
+            "c" => Purpose::Result,
+            "f" | "d" => Purpose::Failure,
+            other => return Err(format!("unknown event kind {other:?}")),
+        };
+        let ctx = Context::new(purpose, &self.keys.queue, job.0.as_bytes());
+        let value = self
+            .sealer
+            .open_bytes(&ctx, sealed)
+            .map_err(|e| e.to_string())?;
+        let reason = || String::from_utf8_lossy(&value).into_owned();
+        Ok(match kind {
+            "c" => ProducerEvent::Completed {
+                job,
+                result: value,
+                attempt,
+            },
+            "f" => ProducerEvent::Failed {
+                job,
+                reason: reason(),
+                attempt,
+            },
+            _ => ProducerEvent::DeadLettered {
+                job,
+                reason: reason(),
+                attempt,
+            },
+        })
+    }
+
+    fn stats(&mut self, v: Value) {
+        let ints: Option<Vec<u64>> = v.into_array("stats").ok().and_then(|a| {
+            a.iter()
+                .map(|x| x.as_int("count").ok().and_then(|n| u64::try_from(n).ok()))
+                .collect()
+        });
+        match ints.as_deref() {
+            Some(&[jobs, pending, delayed, dead, events]) => {
+                self.events.push_back(ProducerEvent::Stats(QueueStats {
+                    jobs,
+                    pending,
+                    delayed,
+                    dead,
+                    events,
+                }))
+            }
+            _ => self.trouble("stats: unexpected reply".into()),
+        }
+    }
+}

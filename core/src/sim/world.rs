@@ -1,0 +1,467 @@
+//! A deterministic world: producers and workers of several queues driven against the model
+//! over a faulty network, with a virtual clock and an application that answers jobs as told.
+//! Tests, the `engine_ops` fuzz target and the engine bench drive the engine through it.
+//!
+//! Commands go into one in-flight list and run when the driver says (in any order across
+//! machines, in order within one), so interleavings are explored, not just one schedule.
+//! Everything the application sees is recorded in a [`Ledger`] for invariant checks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::{Faults, Network, Sim};
+use crate::command::{Command, Reply};
+use crate::envelope::Sealer;
+use crate::job::JobId;
+use crate::keys::{Key, KeyId, Keyring};
+use crate::producer::{AddJob, AddStatus, Producer, ProducerConfig, ProducerEvent};
+use crate::random::{Random, SeededRandom};
+use crate::retry::{Backoff, RetryPolicy};
+use crate::value::EntryId;
+use crate::worker::{Worker, WorkerConfig, WorkerEvent};
+
+/// How the application answers a delivered job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The handler returned a result.
+    Ok,
+    /// The handler returned an error.
+    Err,
+    /// The handler panicked (the adapter reports it as a failure).
+    Panic,
+    /// The handler never returns (the job timeout or a crash ends it).
+    Hang,
+}
+
+/// What the application saw, for invariant checks.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// Jobs added (accepted by `add`), by id, with their queue.
+    pub added: BTreeMap<JobId, usize>,
+    /// Deliveries: job → attempts delivered.
+    pub delivered: BTreeMap<JobId, Vec<u32>>,
+    /// Results the producers received: job → result bytes.
+    pub completed: BTreeMap<JobId, Vec<u8>>,
+    /// Jobs the producers saw dead-lettered.
+    pub dead: BTreeSet<JobId>,
+    /// Failure events (attempt numbers) the producers saw.
+    pub failed: BTreeMap<JobId, Vec<u32>>,
+    /// Adds Redis refused.
+    pub add_failed: BTreeSet<JobId>,
+    /// Every engine error returned to the driver (must stay empty).
+    pub errors: Vec<String>,
+}
+
+/// One worker slot: a machine (none while crashed) and its incarnation.
+#[derive(Debug)]
+struct Slot {
+    queue: usize,
+    worker: Option<Worker>,
+    generation: u64,
+    /// Jobs delivered to the application and not yet answered.
+    running: Vec<EntryId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Producer(usize),
+    Worker(usize, u64),
+}
+
+/// The world's settings.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    /// Queues, each with one producer.
+    pub queues: usize,
+    /// Workers per queue.
+    pub workers_per_queue: usize,
+    /// Worker concurrency.
+    pub concurrency: u32,
+    /// Retry policy of every worker.
+    pub retry: RetryPolicy,
+    /// Lease (ms).
+    pub lease_ms: u64,
+    /// Job timeout (ms).
+    pub timeout_ms: Option<u64>,
+    /// Faults on every command.
+    pub faults: Faults,
+    /// The seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        Self {
+            queues: 1,
+            workers_per_queue: 1,
+            concurrency: 2,
+            retry: RetryPolicy::new(
+                3,
+                Backoff::Exponential {
+                    base_ms: 100,
+                    max_ms: 1_000,
+                    jitter: true,
+                },
+            ),
+            lease_ms: 3_000,
+            timeout_ms: Some(10_000),
+            faults: Faults::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Producers and workers over the model.
+#[derive(Debug)]
+pub struct World {
+    /// The model behind its faulty network.
+    pub net: Network,
+    /// The virtual clock (ms).
+    pub now_ms: u64,
+    /// What the application saw.
+    pub ledger: Ledger,
+    producers: Vec<Producer>,
+    slots: Vec<Slot>,
+    in_flight: VecDeque<(Target, Command)>,
+    sealers: Vec<Sealer>,
+    cfg: WorldConfig,
+    rng: SeededRandom,
+    next_job: u64,
+}
+
+/// The result a handler returns for a job (checked when it reaches the producer).
+#[must_use]
+pub fn result_of(job: &JobId) -> Vec<u8> {
+    format!("result of {job}").into_bytes()
+}
+
+impl World {
+    /// A world at a realistic wall-clock time.
+    #[must_use]
+    pub fn new(cfg: WorldConfig) -> Self {
+        let now_ms = 1_700_000_000_000;
+        let sealers: Vec<Sealer> = (0..cfg.queues)
+            .map(|q| Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[q as u8 + 1; 32]))))
+            .collect();
+        let producers = (0..cfg.queues)
+            .filter_map(|q| {
+                let pc = ProducerConfig::new(&format!("q{q}")).block_ms(None);
+                Producer::new(pc, sealers[q].clone(), now_ms).ok()
+            })
+            .collect();
+        let mut world = Self {
+            net: Network::new(Sim::new(now_ms), cfg.faults, cfg.seed ^ 0x5EED),
+            now_ms,
+            ledger: Ledger::default(),
+            producers,
+            slots: Vec::new(),
+            in_flight: VecDeque::new(),
+            sealers,
+            rng: SeededRandom::new(cfg.seed),
+            next_job: 0,
+            cfg,
+        };
+        for q in 0..world.cfg.queues {
+            for _ in 0..world.cfg.workers_per_queue {
+                world.slots.push(Slot {
+                    queue: q,
+                    worker: None,
+                    generation: 0,
+                    running: Vec::new(),
+                });
+                world.restart(world.slots.len() - 1);
+            }
+        }
+        world.pump();
+        world
+    }
+
+    fn worker_config(&self, queue: usize, slot: usize, generation: u64) -> WorkerConfig {
+        let mut wc = WorkerConfig::new(&format!("q{queue}"), &format!("w{slot}-{generation}"))
+            .concurrency(self.cfg.concurrency)
+            .retry(self.cfg.retry)
+            .lease_ms(self.cfg.lease_ms)
+            .block_ms(None)
+            .timeout_ms(self.cfg.timeout_ms);
+        wc.promote_interval_ms = 200;
+        wc
+    }
+
+    /// Number of worker slots.
+    #[must_use]
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Commands emitted and not yet run.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The worker in `slot` crashes: its state is gone, its pending entries stay in Redis,
+    /// its commands not yet run are lost.
+    pub fn crash(&mut self, slot: usize) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.worker = None;
+        s.running.clear();
+        self.in_flight
+            .retain(|(t, _)| !matches!(t, Target::Worker(i, _) if *i == slot));
+    }
+
+    /// The worker in `slot` starts again (a new consumer name, as a new process would).
+    pub fn restart(&mut self, slot: usize) {
+        let Some(s) = self.slots.get(slot) else {
+            return;
+        };
+        if s.worker.is_some() {
+            return;
+        }
+        let (queue, generation) = (s.queue, s.generation + 1);
+        let wc = self.worker_config(queue, slot, generation);
+        match Worker::new(wc, self.sealers[queue].clone(), self.now_ms) {
+            Ok(w) => {
+                let s = &mut self.slots[slot];
+                s.worker = Some(w);
+                s.generation = generation;
+            }
+            Err(e) => self.ledger.errors.push(format!("worker config: {e}")),
+        }
+    }
+
+    /// The application adds a job to `queue`, due after `delay_ms`.
+    pub fn add(&mut self, queue: usize, delay_ms: u64) {
+        let Some(p) = self.producers.get_mut(queue) else {
+            return;
+        };
+        self.next_job += 1;
+        let job = AddJob {
+            id: Some(JobId(format!("job-{}", self.next_job))),
+            title: "t".into(),
+            session_id: "s".into(),
+            payload: self.next_job.to_le_bytes().to_vec(),
+            delay_ms,
+        };
+        match p.add(self.now_ms, job, &mut self.rng) {
+            Ok(id) => {
+                self.ledger.added.insert(id, queue);
+            }
+            Err(e) => self.ledger.errors.push(format!("add: {e}")),
+        }
+        self.pump();
+    }
+
+    /// The virtual clock moves by `ms` (may be a jump); every machine sees it.
+    pub fn advance(&mut self, ms: u64) {
+        self.set_time(self.now_ms.saturating_add(ms));
+    }
+
+    /// Sets the clock of the machines and of the model (a jump back is allowed).
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.net.sim.set_time(now_ms);
+        for p in &mut self.producers {
+            p.handle_timeout(now_ms);
+        }
+        for s in &mut self.slots {
+            if let Some(w) = &mut s.worker {
+                if let Err(e) = w.handle_timeout(now_ms, &mut self.rng) {
+                    self.ledger.errors.push(format!("timeout: {e}"));
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// The earliest timer of any machine.
+    #[must_use]
+    pub fn next_timeout(&self) -> Option<u64> {
+        let p = self.producers.iter().filter_map(Producer::poll_timeout);
+        let w = self
+            .slots
+            .iter()
+            .filter_map(|s| s.worker.as_ref().and_then(Worker::poll_timeout));
+        p.chain(w).min()
+    }
+
+    /// Runs the in-flight command number `pick` (modulo their count) and feeds its reply.
+    pub fn deliver(&mut self, pick: usize) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let i = pick % self.in_flight.len();
+        // Within one machine, commands run in the order they were sent.
+        let target = self.in_flight[i].0;
+        let Some(first) = self.in_flight.iter().position(|(t, _)| *t == target) else {
+            return;
+        };
+        let Some((target, cmd)) = self.in_flight.remove(first) else {
+            return;
+        };
+        let reply = self.net.send(&cmd);
+        self.feed(target, cmd, reply);
+        self.pump();
+    }
+
+    fn feed(&mut self, target: Target, cmd: Command, reply: Reply) {
+        let now = self.now_ms;
+        let result = match target {
+            Target::Producer(i) => self.producers[i]
+                .handle_reply(now, cmd.op, reply)
+                .map_err(|e| e.to_string()),
+            Target::Worker(i, generation) => match &mut self.slots[i] {
+                Slot {
+                    worker: Some(w),
+                    generation: g,
+                    ..
+                } if *g == generation => w
+                    .handle_reply(now, cmd.op, reply, &mut self.rng)
+                    .map_err(|e| e.to_string()),
+                // The machine that sent it crashed: the reply goes nowhere.
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            self.ledger.errors.push(format!("reply: {e}"));
+        }
+    }
+
+    /// The application answers the running job number `pick` of worker `slot`.
+    pub fn answer(&mut self, slot: usize, pick: usize, answer: Answer) {
+        let now = self.now_ms;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.running.is_empty() || answer == Answer::Hang {
+            return;
+        }
+        let entry = s.running.remove(pick % s.running.len());
+        let Some(w) = &mut s.worker else { return };
+        let job = w.job_id(entry);
+        let result = match (answer, job) {
+            (Answer::Ok, Some(job)) => w.complete(now, entry, &result_of(&job), &mut self.rng),
+            (Answer::Err, _) => w.fail(now, entry, "handler error", &mut self.rng),
+            (Answer::Panic, _) => w.fail(now, entry, "handler panicked: boom", &mut self.rng),
+            // Timed out or lost meanwhile: the answer is refused, as the adapter would see.
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            if !matches!(e, crate::worker::WorkerError::NotRunning(_)) {
+                self.ledger.errors.push(format!("answer: {e}"));
+            }
+        }
+        self.pump();
+    }
+
+    /// Drains every machine's commands and events.
+    pub fn pump(&mut self) {
+        for (i, p) in self.producers.iter_mut().enumerate() {
+            while let Some(cmd) = p.poll_command() {
+                self.in_flight.push_back((Target::Producer(i), cmd));
+            }
+            while let Some(ev) = p.poll_event() {
+                record_producer_event(&mut self.ledger, ev);
+            }
+        }
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let Some(w) = &mut s.worker else { continue };
+            while let Some(cmd) = w.poll_command() {
+                self.in_flight
+                    .push_back((Target::Worker(i, s.generation), cmd));
+            }
+            while let Some(ev) = w.poll_event() {
+                match ev {
+                    WorkerEvent::Job(d) => {
+                        self.ledger
+                            .delivered
+                            .entry(d.job.id.clone())
+                            .or_default()
+                            .push(d.job.attempt);
+                        s.running.push(d.entry);
+                    }
+                    WorkerEvent::TimedOut { entry } => s.running.retain(|e| *e != entry),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Whether every added job ended (completed or dead-lettered, as its producer saw it).
+    #[must_use]
+    pub fn all_settled(&self) -> bool {
+        self.ledger.added.keys().all(|j| {
+            self.ledger.completed.contains_key(j)
+                || self.ledger.dead.contains(j)
+                || self.ledger.add_failed.contains(j)
+        })
+    }
+
+    /// Heals the world (no faults, every worker up) and runs it until every job ended and
+    /// nothing is in flight, answering every delivery with `Ok`; false if `max_steps` did
+    /// not suffice.
+    pub fn quiesce(&mut self, max_steps: usize) -> bool {
+        self.net.faults = Faults::default();
+        for slot in 0..self.slots.len() {
+            self.restart(slot);
+        }
+        self.pump();
+        for _ in 0..max_steps {
+            for slot in 0..self.slots.len() {
+                while !self.slots[slot].running.is_empty() {
+                    self.answer(slot, 0, Answer::Ok);
+                }
+            }
+            if !self.in_flight.is_empty() {
+                self.deliver(0);
+                continue;
+            }
+            if self.all_settled() && self.idle() {
+                return true;
+            }
+            let next = self.next_timeout().unwrap_or(self.now_ms + 100);
+            self.set_time(next.max(self.now_ms + 1));
+        }
+        false
+    }
+
+    fn idle(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.worker.as_ref().is_none_or(|w| w.running() == 0))
+            && self.producers.iter().all(|p| p.pending_adds() == 0)
+    }
+
+    /// A random choice for drivers.
+    pub fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+fn record_producer_event(ledger: &mut Ledger, ev: ProducerEvent) {
+    match ev {
+        ProducerEvent::Completed { job, result, .. } => {
+            if result != result_of(&job) {
+                ledger.errors.push(format!("wrong result for {job}"));
+            }
+            ledger.completed.insert(job, result);
+        }
+        ProducerEvent::DeadLettered { job, .. } => {
+            ledger.dead.insert(job);
+        }
+        ProducerEvent::Failed { job, attempt, .. } => {
+            ledger.failed.entry(job).or_default().push(attempt);
+        }
+        ProducerEvent::AddFailed { job, .. } => {
+            ledger.add_failed.insert(job);
+        }
+        ProducerEvent::Accepted {
+            status: AddStatus::Added(_) | AddStatus::Delayed | AddStatus::AlreadyQueued,
+            ..
+        } => {}
+        ProducerEvent::BadEvent { event, reason } => {
+            ledger.errors.push(format!("bad event {event}: {reason}"));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,743 @@
+//! The consumer machine: reads jobs through the consumer group, hands them to the
+//! application, and settles them (complete, retry, dead-letter), with leases, heartbeats,
+//! reclaims of stalled entries, promotion of delayed jobs, and a graceful drain.
+//!
+//! Drive it like every machine of the core: after each input (`handle_reply`,
+//! `handle_timeout`, `complete`, `fail`, `drain`, `hand_back`), drain `poll_command` and
+//! `poll_event` until `None`, and call `handle_timeout` at `poll_timeout`.
+//!
+//! Credits: a worker holds at most `concurrency` running jobs, and reads only as many
+//! entries as it has free credits, so every entry it reads starts at once and no buffered
+//! entry sits unstarted while its lease runs (the lease clock starts with the handler).
+//! Settlements waiting for Redis are bounded too: with `concurrency` of them unconfirmed,
+//! the worker stops reading until Redis confirms some.
+
+mod replies;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::command::{Command, CommandKind, OpId, Settle};
+use crate::envelope::{Compression, Context, EnvelopeError, Purpose, SealOptions, Sealer};
+use crate::job::{JobId, JobRecord};
+use crate::naming::{NameError, QueueKeys};
+use crate::random::Random;
+use crate::retry::{RetryDecision, RetryPolicy};
+use crate::value::EntryId;
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// The key prefix (default `dl`).
+    pub prefix: String,
+    /// The queue to consume.
+    pub queue: String,
+    /// This worker's consumer name: unique among the queue's live workers.
+    pub consumer: String,
+    /// How many jobs may run at once (≥ 1).
+    pub concurrency: u32,
+    /// Attempts, backoff, stall limit.
+    pub retry: RetryPolicy,
+    /// How long a job may go without a heartbeat before others may reclaim it (ms).
+    pub lease_ms: u64,
+    /// How long a read blocks in Redis (ms); `None` polls without blocking.
+    pub block_ms: Option<u64>,
+    /// How often to look for stalled entries of other workers (ms).
+    pub reclaim_interval_ms: u64,
+    /// How often to promote due delayed jobs, at most (ms).
+    pub promote_interval_ms: u64,
+    /// How long results and failures stay in the events stream if nobody reads them (ms).
+    pub event_retention_ms: u64,
+    /// The most jobs settled by one command.
+    pub max_batch: usize,
+    /// A job running longer than this fails with "timed out" (and is retried or
+    /// dead-lettered like any failure); `None`: jobs may run forever, their lease extended.
+    pub timeout_ms: Option<u64>,
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults: concurrency 1, Sockethub's single attempt, a 30 s
+    /// lease, 5 s blocking reads, 24 h event retention.
+    #[must_use]
+    pub fn new(queue: &str, consumer: &str) -> Self {
+        Self {
+            prefix: "dl".into(),
+            queue: queue.into(),
+            consumer: consumer.into(),
+            concurrency: 1,
+            retry: RetryPolicy::default(),
+            lease_ms: 30_000,
+            block_ms: Some(5_000),
+            reclaim_interval_ms: 15_000,
+            promote_interval_ms: 1_000,
+            event_retention_ms: 24 * 3600 * 1000,
+            max_batch: 256,
+            timeout_ms: None,
+        }
+    }
+
+    /// With a job timeout (ms).
+    #[must_use]
+    pub fn timeout_ms(mut self, timeout_ms: Option<u64>) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    /// With this concurrency.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: u32) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// With this retry policy.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// With this lease (ms); reclaims run every half lease.
+    #[must_use]
+    pub fn lease_ms(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms;
+        self.reclaim_interval_ms = (lease_ms / 2).max(1);
+        self
+    }
+
+    /// With reads that block this long (`None`: never block).
+    #[must_use]
+    pub fn block_ms(mut self, block_ms: Option<u64>) -> Self {
+        self.block_ms = block_ms;
+        self
+    }
+}
+
+/// A caller's misuse of the worker, or a configuration it cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// Concurrency must be at least 1.
+    #[error("concurrency must be an integer >= 1, got {0}")]
+    Concurrency(u32),
+    /// The lease must be at least 3 ms (heartbeats run every third of it).
+    #[error("the lease must be at least 3 ms, got {0}")]
+    Lease(u64),
+    /// The queue name cannot be used in a key.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The consumer name is empty.
+    #[error("the consumer name must not be empty")]
+    Consumer,
+    /// `complete`/`fail` for an entry this worker is not running.
+    #[error("entry {0} is not running on this worker (already settled, or never delivered)")]
+    NotRunning(EntryId),
+    /// A reply for an operation this worker did not send (or already got a reply for).
+    #[error("no operation {0:?} is awaiting a reply")]
+    UnknownOp(OpId),
+    /// Events were not drained: call `poll_event` until `None` after every input.
+    #[error("{0} events are waiting: drain poll_event after every input")]
+    Undrained(usize),
+    /// The result or reason could not be sealed.
+    #[error("sealing failed: {0}")]
+    Seal(#[from] EnvelopeError),
+}
+
+/// A job for the application to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The stream entry: pass it to `complete` or `fail`.
+    pub entry: EntryId,
+    /// The opened job.
+    pub job: JobRecord,
+    /// How many times the entry was delivered (above 1: a previous worker stalled).
+    pub deliveries: u64,
+}
+
+/// What the worker tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// Run this job, then call `complete` or `fail`.
+    Job(Delivery),
+    /// The entry was reclaimed by another worker (this one missed its lease); a result
+    /// from this worker will be discarded.
+    LeaseLost {
+        /// The entry.
+        entry: EntryId,
+        /// The job.
+        job: JobId,
+    },
+    /// A settlement did not apply: the entry was no longer pending here (another worker
+    /// settled it after this one lost the lease).
+    Discarded {
+        /// The entry.
+        entry: EntryId,
+    },
+    /// An entry was dead-lettered: unreadable, stalled too often, or out of attempts.
+    DeadLettered {
+        /// The entry.
+        entry: EntryId,
+        /// The job, when the entry named one.
+        job: Option<JobId>,
+        /// Why.
+        reason: String,
+    },
+    /// Redis answered something unexpected; the worker retries, nothing is lost.
+    Trouble {
+        /// What happened.
+        message: String,
+    },
+    /// The job at this entry ran past the timeout and was failed; stop its handler (a
+    /// result it still produces is refused with `NotRunning`).
+    TimedOut {
+        /// The entry.
+        entry: EntryId,
+    },
+    /// `drain`: nothing runs and every settlement is confirmed; the worker is idle.
+    Drained,
+}
+
+/// The three transitions that settle a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SettleKind {
+    Complete,
+    Retry,
+    Bury,
+}
+
+#[derive(Debug)]
+struct Running {
+    job: JobRecord,
+    envelope: Arc<[u8]>,
+    started_ms: u64,
+    last_beat_ms: u64,
+    lost: bool,
+}
+
+/// Operations awaiting replies.
+#[derive(Debug)]
+enum InFlight {
+    EnsureGroup,
+    Read {
+        count: u32,
+    },
+    Reclaim {
+        count: u32,
+    },
+    Promote,
+    Heartbeat {
+        entries: Vec<EntryId>,
+    },
+    HandBack,
+    Settle {
+        kind: SettleKind,
+        items: Vec<Settle>,
+    },
+}
+
+/// Backoff for commands that failed transiently: 50 ms doubling to 5 s.
+const RESEND_MIN_MS: u64 = 50;
+/// Without blocking reads, an empty read waits this long before the next.
+const POLL_INTERVAL_MS: u64 = 50;
+const RESEND_MAX_MS: u64 = 5_000;
+
+/// The consumer machine of one queue.
+#[derive(Debug)]
+pub struct Worker {
+    cfg: WorkerConfig,
+    keys: Arc<QueueKeys>,
+    sealer: Sealer,
+    reason_sealer: Sealer,
+    now_ms: u64,
+    next_op: u64,
+    in_flight: HashMap<OpId, InFlight>,
+    running: BTreeMap<EntryId, Running>,
+    outbox: VecDeque<(SettleKind, Settle)>,
+    hand_back: Vec<EntryId>,
+    events: VecDeque<WorkerEvent>,
+    group_ready: bool,
+    reclaim_cursor: EntryId,
+    next_reclaim_ms: u64,
+    next_promote_ms: u64,
+    next_read_ms: u64,
+    resend_at_ms: u64,
+    resend_delay_ms: u64,
+    draining: bool,
+    drained_sent: bool,
+}
+
+impl Worker {
+    /// A worker for `cfg.queue`, opening jobs with `sealer` (the queue's keyring), at `now_ms`.
+    pub fn new(cfg: WorkerConfig, sealer: Sealer, now_ms: u64) -> Result<Self, WorkerError> {
+        if cfg.concurrency < 1 {
+            return Err(WorkerError::Concurrency(cfg.concurrency));
+        }
+        if cfg.lease_ms < 3 {
+            return Err(WorkerError::Lease(cfg.lease_ms));
+        }
+        if cfg.consumer.is_empty() {
+            return Err(WorkerError::Consumer);
+        }
+        let keys = Arc::new(QueueKeys::new(&cfg.prefix, &cfg.queue)?);
+        // Reasons are short, and compressing them before encryption would leak their content.
+        let reason_sealer = sealer
+            .clone()
+            .with_options(SealOptions::default().compression(Compression::Never));
+        Ok(Self {
+            keys,
+            sealer,
+            reason_sealer,
+            now_ms,
+            next_op: 0,
+            in_flight: HashMap::new(),
+            running: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            hand_back: Vec::new(),
+            events: VecDeque::new(),
+            group_ready: false,
+            reclaim_cursor: EntryId::ZERO,
+            next_reclaim_ms: now_ms,
+            next_promote_ms: now_ms,
+            next_read_ms: now_ms,
+            resend_at_ms: now_ms,
+            resend_delay_ms: 0,
+            draining: false,
+            drained_sent: false,
+            cfg,
+        })
+    }
+
+    /// The keys of the queue.
+    #[must_use]
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    /// How many jobs are running (delivered, not yet completed or failed).
+    #[must_use]
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// The job running at `entry`, if it runs here.
+    #[must_use]
+    pub fn job_id(&self, entry: EntryId) -> Option<JobId> {
+        self.running.get(&entry).map(|r| r.job.id.clone())
+    }
+
+    fn op(&mut self, kind: CommandKind, state: InFlight) -> Command {
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        self.in_flight.insert(op, state);
+        Command { op, kind }
+    }
+
+    fn check_drained(&self) -> Result<(), WorkerError> {
+        // The largest burst one input can cause: a reply's worth of deliveries and settles.
+        let bound = 4 * (self.cfg.concurrency as usize + self.cfg.max_batch);
+        if self.events.len() > bound {
+            return Err(WorkerError::Undrained(self.events.len()));
+        }
+        Ok(())
+    }
+
+    /// The application finished the job at `entry` with `result` (the encoded result).
+    pub fn complete(
+        &mut self,
+        now_ms: u64,
+        entry: EntryId,
+        result: &[u8],
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
+        self.check_drained()?;
+        self.now_ms = now_ms;
+        let run = self
+            .running
+            .get(&entry)
+            .ok_or(WorkerError::NotRunning(entry))?;
+        let ctx = Context::new(Purpose::Result, &self.keys.queue, run.job.id.0.as_bytes());
+        let value = self.sealer.seal_bytes(&ctx, result, rng)?;
+        let Some(run) = self.running.remove(&entry) else {
+            return Err(WorkerError::NotRunning(entry));
+        };
+        self.outbox.push_back((
+            SettleKind::Complete,
+            Settle {
+                entry,
+                attempt: run.job.attempt,
+                job: Some(run.job.id.0),
+                value: value.into(),
+                job_envelope: Arc::from(&[][..]),
+                due_ms: 0,
+            },
+        ));
+        self.maybe_drained();
+        Ok(())
+    }
+
+    /// The job at `entry` failed with `reason` (a handler error, or a panic's message):
+    /// retried with backoff while attempts remain, else dead-lettered with the reason.
+    pub fn fail(
+        &mut self,
+        now_ms: u64,
+        entry: EntryId,
+        reason: &str,
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
+        self.check_drained()?;
+        self.now_ms = now_ms;
+        self.fail_running(entry, reason, rng)
+    }
+
+    fn fail_running(
+        &mut self,
+        entry: EntryId,
+        reason: &str,
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
+        let now_ms = self.now_ms;
+        let run = self
+            .running
+            .get(&entry)
+            .ok_or(WorkerError::NotRunning(entry))?;
+        let job = &run.job;
+        let ctx = Context::new(Purpose::Failure, &self.keys.queue, job.id.0.as_bytes());
+        let value: Arc<[u8]> = self
+            .reason_sealer
+            .seal_bytes(&ctx, reason.as_bytes(), rng)?
+            .into();
+        let (kind, settle) = match self.cfg.retry.decide(job.attempt, rng) {
+            RetryDecision::RetryAfter(delay) => {
+                let next = JobRecord {
+                    attempt: job.attempt.saturating_add(1),
+                    ..job.clone()
+                };
+                let ctx = Context::new(Purpose::Job, &self.keys.queue, job.id.0.as_bytes());
+                let sealed = self.sealer.seal(&ctx, &next, rng)?;
+                let settle = Settle {
+                    entry,
+                    job: Some(job.id.0.clone()),
+                    value,
+                    job_envelope: sealed.into(),
+                    attempt: job.attempt,
+                    due_ms: now_ms.saturating_add(delay),
+                };
+                (SettleKind::Retry, settle)
+            }
+            RetryDecision::Dead => {
+                self.events.push_back(WorkerEvent::DeadLettered {
+                    entry,
+                    job: Some(job.id.clone()),
+                    reason: reason.to_owned(),
+                });
+                let settle = Settle {
+                    entry,
+                    job: Some(job.id.0.clone()),
+                    value,
+                    job_envelope: run.envelope.clone(),
+                    attempt: job.attempt,
+                    due_ms: 0,
+                };
+                (SettleKind::Bury, settle)
+            }
+        };
+        self.running.remove(&entry);
+        self.outbox.push_back((kind, settle));
+        self.maybe_drained();
+        Ok(())
+    }
+
+    /// Stop reading; running jobs may finish. `Drained` follows when nothing runs and every
+    /// settlement is confirmed.
+    pub fn drain(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.draining = true;
+        self.maybe_drained();
+    }
+
+    /// Give the still-running jobs back to the queue (the shutdown deadline passed): they
+    /// become reclaimable at once by other workers. Their results, if they still come, are
+    /// discarded.
+    pub fn hand_back(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.draining = true;
+        let entries: Vec<EntryId> = std::mem::take(&mut self.running)
+            .into_iter()
+            .filter(|(_, r)| !r.lost)
+            .map(|(e, _)| e)
+            .collect();
+        self.hand_back.extend(entries);
+        self.maybe_drained();
+    }
+
+    fn maybe_drained(&mut self) {
+        let idle = self.running.is_empty()
+            && self.outbox.is_empty()
+            && self.hand_back.is_empty()
+            && !self
+                .in_flight
+                .values()
+                .any(|f| matches!(f, InFlight::Settle { .. } | InFlight::HandBack));
+        if self.draining && idle && !self.drained_sent {
+            self.drained_sent = true;
+            self.events.push_back(WorkerEvent::Drained);
+        }
+    }
+
+    /// Time passed: jobs past the timeout fail now; other timers fire on the next
+    /// `poll_command`.
+    pub fn handle_timeout(
+        &mut self,
+        now_ms: u64,
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
+        self.check_drained()?;
+        self.now_ms = now_ms;
+        let Some(timeout) = self.cfg.timeout_ms else {
+            return Ok(());
+        };
+        let expired: Vec<EntryId> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.started_ms.saturating_add(timeout) <= now_ms)
+            .map(|(e, _)| *e)
+            .collect();
+        for entry in expired {
+            self.events.push_back(WorkerEvent::TimedOut { entry });
+            self.fail_running(entry, &format!("timed out after {timeout} ms"), rng)?;
+        }
+        self.maybe_drained();
+        Ok(())
+    }
+
+    /// When to call `handle_timeout` next (ms), if a timer is set.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        if self.resend_delay_ms > 0 && (!self.outbox.is_empty() || !self.group_ready) {
+            at(self.resend_at_ms);
+        }
+        if let Some(beat) = self
+            .running
+            .values()
+            .filter(|r| !r.lost)
+            .map(|r| r.last_beat_ms)
+            .min()
+        {
+            at(beat.saturating_add(self.cfg.lease_ms / 3));
+        }
+        if let (Some(timeout), Some(start)) = (
+            self.cfg.timeout_ms,
+            self.running.values().map(|r| r.started_ms).min(),
+        ) {
+            at(start.saturating_add(timeout));
+        }
+        if !self.draining {
+            at(self.next_reclaim_ms);
+            at(self.next_promote_ms);
+            if self.cfg.block_ms.is_none() && self.next_read_ms > self.now_ms {
+                at(self.next_read_ms);
+            }
+        }
+        t
+    }
+
+    /// The next event for the application, if any. Call until `None` after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<WorkerEvent> {
+        self.events.pop_front()
+    }
+
+    fn free_credits(&self) -> u32 {
+        let reserved: u32 = self
+            .in_flight
+            .values()
+            .map(|f| match f {
+                InFlight::Read { count } | InFlight::Reclaim { count } => *count,
+                _ => 0,
+            })
+            .sum();
+        let busy = self.running.len() as u64 + u64::from(reserved);
+        let unconfirmed = self.outbox.len()
+            + self
+                .in_flight
+                .values()
+                .map(|f| match f {
+                    InFlight::Settle { items, .. } => items.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+        if unconfirmed >= self.cfg.concurrency as usize {
+            return 0;
+        }
+        u32::try_from(u64::from(self.cfg.concurrency).saturating_sub(busy)).unwrap_or(0)
+    }
+
+    /// The next command for Redis, if any. Call until `None` after every input; everything
+    /// one drain returns may go out as one pipeline.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        let now = self.now_ms;
+        let resend_ok = now >= self.resend_at_ms;
+        if !self.group_ready {
+            if resend_ok
+                && !self
+                    .in_flight
+                    .values()
+                    .any(|f| matches!(f, InFlight::EnsureGroup))
+            {
+                let kind = CommandKind::EnsureGroup {
+                    keys: self.keys.clone(),
+                };
+                return Some(self.op(kind, InFlight::EnsureGroup));
+            }
+            return None;
+        }
+        if let Some(cmd) = self.poll_settle(resend_ok) {
+            return Some(cmd);
+        }
+        if let Some(cmd) = self.poll_heartbeat() {
+            return Some(cmd);
+        }
+        if self.draining || !resend_ok {
+            return None;
+        }
+        self.poll_intake()
+    }
+
+    fn poll_settle(&mut self, resend_ok: bool) -> Option<Command> {
+        if !self.hand_back.is_empty() {
+            let entries = std::mem::take(&mut self.hand_back);
+            let kind = CommandKind::Heartbeat {
+                keys: self.keys.clone(),
+                consumer: self.cfg.consumer.clone(),
+                idle_ms: self.cfg.lease_ms,
+                entries,
+            };
+            return Some(self.op(kind, InFlight::HandBack));
+        }
+        if !resend_ok {
+            return None;
+        }
+        let (kind, _) = self.outbox.front()?;
+        let kind = *kind;
+        let mut items = Vec::new();
+        while items.len() < self.cfg.max_batch {
+            match self.outbox.front() {
+                Some((k, _)) if *k == kind => {}
+                _ => break,
+            }
+            if let Some((_, item)) = self.outbox.pop_front() {
+                items.push(item);
+            }
+        }
+        let keys = self.keys.clone();
+        let min_event_ms = self.now_ms.saturating_sub(self.cfg.event_retention_ms);
+        let command = match kind {
+            SettleKind::Complete => CommandKind::Complete {
+                keys,
+                min_event_ms,
+                items: items.clone(),
+            },
+            SettleKind::Retry => CommandKind::Retry {
+                keys,
+                now_ms: self.now_ms,
+                min_event_ms,
+                items: items.clone(),
+            },
+            SettleKind::Bury => CommandKind::Bury {
+                keys,
+                min_event_ms,
+                items: items.clone(),
+            },
+        };
+        Some(self.op(command, InFlight::Settle { kind, items }))
+    }
+
+    fn poll_heartbeat(&mut self) -> Option<Command> {
+        let now = self.now_ms;
+        let third = self.cfg.lease_ms / 3;
+        if self
+            .in_flight
+            .values()
+            .any(|f| matches!(f, InFlight::Heartbeat { .. }))
+        {
+            return None;
+        }
+        let due = self
+            .running
+            .values()
+            .any(|r| !r.lost && r.last_beat_ms.saturating_add(third) <= now);
+        if !due {
+            return None;
+        }
+        let entries: Vec<EntryId> = self
+            .running
+            .iter()
+            .filter(|(_, r)| !r.lost)
+            .map(|(e, _)| *e)
+            .collect();
+        let kind = CommandKind::Heartbeat {
+            keys: self.keys.clone(),
+            consumer: self.cfg.consumer.clone(),
+            idle_ms: 0,
+            entries: entries.clone(),
+        };
+        Some(self.op(kind, InFlight::Heartbeat { entries }))
+    }
+
+    /// Promotion, reclaims, then reads: what brings jobs in.
+    fn poll_intake(&mut self) -> Option<Command> {
+        let now = self.now_ms;
+        let promoting = self
+            .in_flight
+            .values()
+            .any(|f| matches!(f, InFlight::Promote));
+        if now >= self.next_promote_ms && !promoting {
+            self.next_promote_ms = now.saturating_add(self.cfg.promote_interval_ms);
+            let kind = CommandKind::Promote {
+                keys: self.keys.clone(),
+                now_ms: now,
+                limit: 256,
+            };
+            return Some(self.op(kind, InFlight::Promote));
+        }
+        let credits = self.free_credits();
+        if credits == 0 {
+            return None;
+        }
+        let reclaiming = self
+            .in_flight
+            .values()
+            .any(|f| matches!(f, InFlight::Reclaim { .. }));
+        if now >= self.next_reclaim_ms && !reclaiming {
+            let kind = CommandKind::Reclaim {
+                keys: self.keys.clone(),
+                consumer: self.cfg.consumer.clone(),
+                min_idle_ms: self.cfg.lease_ms,
+                cursor: self.reclaim_cursor,
+                count: credits,
+            };
+            return Some(self.op(kind, InFlight::Reclaim { count: credits }));
+        }
+        let reading = self
+            .in_flight
+            .values()
+            .any(|f| matches!(f, InFlight::Read { .. }));
+        if reading || now < self.next_read_ms {
+            return None;
+        }
+        let kind = CommandKind::Read {
+            keys: self.keys.clone(),
+            consumer: self.cfg.consumer.clone(),
+            count: credits,
+            block_ms: self.cfg.block_ms,
+        };
+        Some(self.op(kind, InFlight::Read { count: credits }))
+    }
+}

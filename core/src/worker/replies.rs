@@ -1,0 +1,336 @@
+//! The worker's handling of replies: deliveries in, settlements confirmed, faults absorbed.
+//!
+//! Per command (see [`crate::command::CommandKind`] for the Redis side):
+//! - ensure group: `OK`/`BUSYGROUP` → ready; otherwise sent again after a backoff.
+//! - read/reclaim: entries become deliveries (or dead letters); an unknown outcome loses
+//!   nothing, as the entries sit in this consumer's pending list until reclaimed; `NOGROUP`
+//!   re-creates the group.
+//! - settle (complete/retry/bury): `0` for an item means another worker settled it
+//!   (`Discarded`); an unknown outcome or an error puts the items back to be sent again,
+//!   after a backoff (the scripts are idempotent).
+//! - heartbeat: `0` → the lease was lost (`LeaseLost`); failures wait for the next beat.
+
+use std::sync::Arc;
+
+use super::{
+    Delivery, InFlight, POLL_INTERVAL_MS, RESEND_MAX_MS, RESEND_MIN_MS, Running, SettleKind,
+    Worker, WorkerError, WorkerEvent,
+};
+use crate::command::{OpId, Reply, Settle, is_transient_error};
+use crate::envelope::{Context, Purpose};
+use crate::job::{JobId, JobRecord};
+use crate::random::Random;
+use crate::value::{EntryId, ReplyError, StreamEntry, Value, decode_read};
+
+impl Worker {
+    /// The reply to command `op`. Every command gets exactly one reply (a value, an error
+    /// reply, or `Reply::Unknown` when the connection failed).
+    pub fn handle_reply(
+        &mut self,
+        now_ms: u64,
+        op: OpId,
+        reply: Reply,
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
+        self.check_drained()?;
+        self.now_ms = now_ms;
+        let state = self
+            .in_flight
+            .remove(&op)
+            .ok_or(WorkerError::UnknownOp(op))?;
+        match (state, reply) {
+            (InFlight::Settle { kind, items }, reply) => self.settled(kind, items, reply),
+            (InFlight::HandBack, _) => {}
+            (InFlight::Heartbeat { entries }, reply) => self.beaten(&entries, reply),
+            (_, Reply::Unknown) => self.backoff(),
+            (InFlight::EnsureGroup, Reply::Value(v)) => match v {
+                Value::Status(_) => self.group_ok(),
+                Value::Error(e) if e.starts_with("BUSYGROUP") => self.group_ok(),
+                other => self.trouble("XGROUP CREATE", &other),
+            },
+            (InFlight::Read { .. }, Reply::Value(v)) => self.read(v, rng),
+            (InFlight::Reclaim { .. }, Reply::Value(v)) => self.reclaimed(v, rng),
+            (InFlight::Promote, Reply::Value(v)) => self.promoted(v),
+        }
+        self.maybe_drained();
+        Ok(())
+    }
+
+    fn group_ok(&mut self) {
+        self.group_ready = true;
+        self.resend_delay_ms = 0;
+    }
+
+    /// Delays what is to be sent again: 50 ms doubling up to 5 s; a success resets it.
+    fn backoff(&mut self) {
+        self.resend_delay_ms = (self.resend_delay_ms * 2).clamp(RESEND_MIN_MS, RESEND_MAX_MS);
+        self.resend_at_ms = self.now_ms.saturating_add(self.resend_delay_ms);
+    }
+
+    fn trouble(&mut self, what: &str, value: &Value) {
+        if let Value::Error(e) = value {
+            if e.contains("NOGROUP") {
+                // The stream or its group vanished (deleted, or Redis lost its data).
+                self.group_ready = false;
+            }
+        }
+        self.events.push_back(WorkerEvent::Trouble {
+            message: format!("{what}: unexpected reply {value:?}"),
+        });
+        self.backoff();
+    }
+
+    fn read(&mut self, v: Value, rng: &mut impl Random) {
+        if let Value::Error(_) = v {
+            return self.trouble("XREADGROUP", &v);
+        }
+        match decode_read(v) {
+            Ok(entries) => {
+                if entries.is_empty() && self.cfg.block_ms.is_none() {
+                    self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
+                }
+                self.resend_delay_ms = 0;
+                for e in entries {
+                    self.accept(e, 1, rng);
+                }
+            }
+            Err(e) => self.bad_shape("XREADGROUP", e),
+        }
+    }
+
+    fn bad_shape(&mut self, what: &str, e: ReplyError) {
+        self.events.push_back(WorkerEvent::Trouble {
+            message: format!("{what}: {e}"),
+        });
+        self.backoff();
+    }
+
+    fn reclaimed(&mut self, v: Value, rng: &mut impl Random) {
+        if let Value::Error(_) = v {
+            return self.trouble("reclaim", &v);
+        }
+        match decode_reclaim(v) {
+            Ok((cursor, claimed)) => {
+                self.reclaim_cursor = cursor;
+                // A finished scan waits for the next interval; a partial one goes on at once.
+                self.next_reclaim_ms = match cursor == EntryId::ZERO {
+                    true => self.now_ms.saturating_add(self.cfg.reclaim_interval_ms),
+                    false => self.now_ms,
+                };
+                for (entry, deliveries) in claimed {
+                    self.accept(entry, deliveries, rng);
+                }
+            }
+            Err(e) => {
+                self.next_reclaim_ms = self.now_ms.saturating_add(self.cfg.reclaim_interval_ms);
+                self.bad_shape("reclaim", e);
+            }
+        }
+    }
+
+    fn promoted(&mut self, v: Value) {
+        let next = v
+            .into_array("promote reply")
+            .ok()
+            .and_then(|a| a.get(1).and_then(|n| n.as_int("next due").ok()));
+        match next {
+            // Due sooner than the next regular promotion: come back then.
+            Some(due) if due >= 0 => {
+                let due = (due as u64).max(self.now_ms.saturating_add(1));
+                self.next_promote_ms = self.next_promote_ms.min(due);
+            }
+            Some(_) => {}
+            None => self.events.push_back(WorkerEvent::Trouble {
+                message: "promote: unexpected reply".into(),
+            }),
+        }
+    }
+
+    fn beaten(&mut self, entries: &[EntryId], reply: Reply) {
+        let now = self.now_ms;
+        let flags = match reply {
+            Reply::Value(v) => v
+                .into_array("heartbeat reply")
+                .ok()
+                .filter(|a| a.len() == entries.len()),
+            Reply::Unknown => None,
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(run) = self.running.get_mut(entry) else {
+                continue;
+            };
+            // On failure too, wait a third of a lease before the next beat: two more tries
+            // fit in the lease.
+            run.last_beat_ms = now;
+            let lost = flags.as_ref().is_some_and(|f| f[i] == Value::Int(0));
+            if lost && !run.lost {
+                run.lost = true;
+                self.events.push_back(WorkerEvent::LeaseLost {
+                    entry: *entry,
+                    job: run.job.id.clone(),
+                });
+            }
+        }
+    }
+
+    fn settled(&mut self, kind: SettleKind, items: Vec<Settle>, reply: Reply) {
+        let flags = match &reply {
+            Reply::Value(Value::Array(a)) if a.len() == items.len() => Some(a),
+            _ => None,
+        };
+        let Some(flags) = flags else {
+            if let Reply::Value(v) = &reply {
+                if !matches!(v, Value::Error(e) if is_transient_error(e)) {
+                    self.events.push_back(WorkerEvent::Trouble {
+                        message: format!("settle: unexpected reply {v:?}"),
+                    });
+                }
+            }
+            // Send again, in order, ahead of newer settlements: the scripts are idempotent.
+            for item in items.into_iter().rev() {
+                self.outbox.push_front((kind, item));
+            }
+            return self.backoff();
+        };
+        self.resend_delay_ms = 0;
+        for (item, flag) in items.iter().zip(flags) {
+            if *flag != Value::Int(1) {
+                self.events
+                    .push_back(WorkerEvent::Discarded { entry: item.entry });
+            }
+        }
+    }
+
+    /// A delivered entry: run it, or dead-letter it when it cannot run.
+    fn accept(&mut self, entry: StreamEntry, deliveries: u64, rng: &mut impl Random) {
+        if let Some(run) = self.running.get_mut(&entry.id) {
+            // Our own running entry, reclaimed after missed heartbeats: it is ours again.
+            run.last_beat_ms = self.now_ms;
+            run.lost = false;
+            return;
+        }
+        if self.draining {
+            self.hand_back.push(entry.id);
+            return;
+        }
+        let job_id = entry
+            .field(b"j")
+            .and_then(|j| std::str::from_utf8(j).ok())
+            .filter(|j| !j.is_empty())
+            .map(str::to_owned);
+        let envelope: Arc<[u8]> = entry.field(b"e").unwrap_or_default().into();
+        let Some(id) = job_id else {
+            let reason = "malformed entry: no job id (field j)".to_owned();
+            return self.bury_unread(entry.id, None, envelope, reason, rng);
+        };
+        let ctx = Context::new(Purpose::Job, &self.keys.queue, id.as_bytes());
+        let job: JobRecord = match self.sealer.open(&ctx, &envelope) {
+            Ok(job) => job,
+            Err(e) => {
+                let reason = format!("unreadable job: {e}");
+                return self.bury_unread(entry.id, Some(id), envelope, reason, rng);
+            }
+        };
+        if job.id.0 != id {
+            let reason = format!("job record names {} but the entry names {id}", job.id);
+            return self.bury_unread(entry.id, Some(id), envelope, reason, rng);
+        }
+        if deliveries > u64::from(self.cfg.retry.max_stalled) {
+            let reason = format!(
+                "stalled: delivered {deliveries} times without an answer (max_stalled {})",
+                self.cfg.retry.max_stalled
+            );
+            let attempt = job.attempt;
+            return self.bury(entry.id, Some(job.id), envelope, reason, attempt, rng);
+        }
+        self.running.insert(
+            entry.id,
+            Running {
+                job: job.clone(),
+                envelope,
+                started_ms: self.now_ms,
+                last_beat_ms: self.now_ms,
+                lost: false,
+            },
+        );
+        self.events.push_back(WorkerEvent::Job(Delivery {
+            entry: entry.id,
+            job,
+            deliveries,
+        }));
+    }
+
+    fn bury_unread(
+        &mut self,
+        entry: EntryId,
+        job: Option<String>,
+        envelope: Arc<[u8]>,
+        reason: String,
+        rng: &mut impl Random,
+    ) {
+        self.bury(entry, job.map(JobId), envelope, reason, 0, rng);
+    }
+
+    /// Dead-letters an entry that never ran: the reason is sealed with the job id (or an
+    /// empty item when the entry names no job).
+    fn bury(
+        &mut self,
+        entry: EntryId,
+        job: Option<JobId>,
+        envelope: Arc<[u8]>,
+        reason: String,
+        attempt: u32,
+        rng: &mut impl Random,
+    ) {
+        let item = job.as_ref().map_or(&b""[..], |j| j.0.as_bytes());
+        let ctx = Context::new(Purpose::Failure, &self.keys.queue, item);
+        // Sealing a short reason cannot fail; should it, the entry still leaves the queue
+        // (never blocking it) with an empty reason.
+        let value = self
+            .reason_sealer
+            .seal_bytes(&ctx, reason.as_bytes(), rng)
+            .unwrap_or_default();
+        self.events.push_back(WorkerEvent::DeadLettered {
+            entry,
+            job: job.clone(),
+            reason,
+        });
+        self.outbox.push_back((
+            SettleKind::Bury,
+            Settle {
+                entry,
+                job: job.map(|j| j.0),
+                value: value.into(),
+                job_envelope: envelope,
+                attempt,
+                due_ms: 0,
+            },
+        ));
+    }
+}
+
+type Claimed = (EntryId, Vec<(StreamEntry, u64)>);
+
+/// `[cursor, [[id, fields, deliveries], ...], [deleted ids]]`.
+fn decode_reclaim(v: Value) -> Result<Claimed, ReplyError> {
+    const WHAT: &str = "reclaim reply [cursor, claimed, deleted]";
+    let mut parts = v.into_array(WHAT)?.into_iter();
+    let (Some(cursor), Some(claimed)) = (parts.next(), parts.next()) else {
+        return Err(ReplyError::Shape {
+            expected: WHAT,
+            got: "fewer than 2 items".into(),
+        });
+    };
+    let cursor = EntryId::parse(&cursor.into_bytes(WHAT)?)?;
+    let mut out = Vec::new();
+    for item in claimed.into_array(WHAT)? {
+        let mut parts = item.into_array(WHAT)?;
+        let n = match parts.pop() {
+            Some(n) => n.as_int("delivery count")?,
+            None => continue,
+        };
+        let entry = StreamEntry::decode(Value::Array(parts))?;
+        out.push((entry, u64::try_from(n).unwrap_or(0)));
+    }
+    Ok((cursor, out))
+}

@@ -1,0 +1,324 @@
+//! The worker machine, by hand against the model and through the world driver.
+
+use super::*;
+use crate::command::Reply;
+use crate::keys::{Key, KeyId, Keyring};
+use crate::naming::GROUP;
+use crate::random::SeededRandom;
+use crate::retry::Backoff;
+use crate::sim::world::{Answer, World, WorldConfig};
+use crate::sim::{Faults, Sim};
+use crate::value::Value;
+
+fn sealer() -> Sealer {
+    Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[1; 32])))
+}
+
+const T0: u64 = 1_700_000_000_000;
+
+#[test]
+fn config_is_checked() {
+    let bad = WorkerConfig::new("q", "c").concurrency(0);
+    assert_eq!(
+        Worker::new(bad, sealer(), T0).err(),
+        Some(WorkerError::Concurrency(0))
+    );
+    let err = Worker::new(WorkerConfig::new("q", "c").concurrency(0), sealer(), T0)
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("concurrency must be an integer >= 1, got 0")
+    );
+    assert!(matches!(
+        Worker::new(WorkerConfig::new("a{b", "c"), sealer(), T0),
+        Err(WorkerError::Name(_))
+    ));
+    assert_eq!(
+        Worker::new(WorkerConfig::new("q", ""), sealer(), T0).err(),
+        Some(WorkerError::Consumer)
+    );
+}
+
+/// Runs every command the worker emits on `sim` and feeds the replies back.
+fn drive(w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom) -> Vec<WorkerEvent> {
+    let mut events = Vec::new();
+    while let Some(cmd) = w.poll_command() {
+        let v = sim.execute(&cmd.kind);
+        w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+            .unwrap();
+        events.extend(std::iter::from_fn(|| w.poll_event()));
+    }
+    events
+}
+
+#[test]
+fn garbage_is_dead_lettered_once_and_the_queue_goes_on() {
+    let mut rng = SeededRandom::new(1);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(4).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    let keys = w.keys().clone();
+    sim.xadd_raw(&keys.jobs, vec![(b"x".to_vec(), b"y".to_vec())])
+        .unwrap();
+    sim.xadd_raw(
+        &keys.jobs,
+        vec![
+            (b"j".to_vec(), b"job-9".to_vec()),
+            (b"e".to_vec(), b"DL\x01garbage".to_vec()),
+        ],
+    )
+    .unwrap();
+    w.handle_timeout(T0 + 100, &mut rng).unwrap();
+    sim.set_time(T0 + 100);
+    let events = drive(&mut w, &mut sim, &mut rng);
+    let dead: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::DeadLettered { job, reason, .. } => Some((job.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead.len(), 2, "{events:?}");
+    assert_eq!(dead[0].0, None);
+    assert!(dead[0].1.contains("no job id"), "{}", dead[0].1);
+    assert_eq!(dead[1].0, Some(JobId::from("job-9")));
+    assert!(dead[1].1.contains("unreadable job"), "{}", dead[1].1);
+    assert_eq!(sim.stream(&keys.dead).unwrap().entries.len(), 2);
+    assert_eq!(sim.stream(&keys.jobs).unwrap().entries.len(), 0);
+    assert!(sim.stream(&keys.jobs).unwrap().groups[GROUP].pel.is_empty());
+    // Nothing more happens on the next rounds: dead-lettered once.
+    w.handle_timeout(T0 + 20_000, &mut rng).unwrap();
+    sim.set_time(T0 + 20_000);
+    drive(&mut w, &mut sim, &mut rng);
+    assert_eq!(sim.stream(&keys.dead).unwrap().entries.len(), 2);
+}
+
+#[test]
+fn reads_only_what_credits_allow() {
+    let mut rng = SeededRandom::new(2);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(2).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    // Five jobs wait; a worker with two credits takes two, and no more while they run.
+    let keys = w.keys().clone();
+    let mut p = crate::producer::Producer::new(
+        crate::producer::ProducerConfig::new("q").block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    for _ in 0..5 {
+        p.add(T0, Default::default(), &mut rng).unwrap();
+    }
+    while let Some(cmd) = p.poll_command() {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
+    }
+    // The first (empty) read was at T0; the next poll comes after the poll interval.
+    sim.set_time(T0 + 100);
+    w.handle_timeout(T0 + 100, &mut rng).unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    let jobs: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::Job(d) => Some(d.entry),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    let pel = &sim.stream(&keys.jobs).unwrap().groups[GROUP].pel;
+    assert_eq!(
+        pel.len(),
+        2,
+        "unread entries are not pending: nobody's lease runs"
+    );
+    sim.set_time(T0 + 1_000);
+    w.handle_timeout(T0 + 1_000, &mut rng).unwrap();
+    assert!(drive(&mut w, &mut sim, &mut rng).is_empty());
+    w.complete(T0 + 1_000, jobs[0], b"ok", &mut rng).unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, WorkerEvent::Job(_)))
+            .count(),
+        1
+    );
+    assert_eq!(
+        w.complete(T0, jobs[0], b"again", &mut rng),
+        Err(WorkerError::NotRunning(jobs[0]))
+    );
+}
+
+#[test]
+fn unknown_outcomes_of_settlements_are_sent_again() {
+    let mut rng = SeededRandom::new(3);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(WorkerConfig::new("q", "c").block_ms(None), sealer(), T0).unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    let keys = w.keys().clone();
+    let mut p = crate::producer::Producer::new(
+        crate::producer::ProducerConfig::new("q").block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    p.add(T0, Default::default(), &mut rng).unwrap();
+    while let Some(cmd) = p.poll_command() {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
+    }
+    sim.set_time(T0 + 100);
+    w.handle_timeout(T0 + 100, &mut rng).unwrap();
+    let entry = match drive(&mut w, &mut sim, &mut rng).pop() {
+        Some(WorkerEvent::Job(d)) => d.entry,
+        other => panic!("{other:?}"),
+    };
+    let t = T0 + 100;
+    w.complete(t, entry, b"done", &mut rng).unwrap();
+    // The complete runs, but its reply is lost.
+    let cmd = w.poll_command().unwrap();
+    assert!(matches!(cmd.kind, CommandKind::Complete { .. }));
+    sim.execute(&cmd.kind);
+    w.handle_reply(t, cmd.op, Reply::Unknown, &mut rng).unwrap();
+    assert!(
+        !matches!(
+            w.poll_command(),
+            Some(Command {
+                kind: CommandKind::Complete { .. },
+                ..
+            })
+        ),
+        "resent only after the backoff"
+    );
+    w.handle_timeout(t + 50, &mut rng).unwrap();
+    let cmd = w.poll_command().unwrap();
+    assert!(matches!(cmd.kind, CommandKind::Complete { .. }));
+    let v = sim.execute(&cmd.kind);
+    assert_eq!(
+        v,
+        Value::Array(vec![Value::Int(0)]),
+        "idempotent: applied once"
+    );
+    w.handle_reply(t + 50, cmd.op, Reply::Value(v.clone()), &mut rng)
+        .unwrap();
+    // The first run's result is the one in the events stream; the resend reports 0, which
+    // the worker cannot tell from a lost lease, so it says so.
+    assert_eq!(sim.stream(&keys.events).unwrap().entries.len(), 1);
+    assert_eq!(
+        w.handle_reply(t, cmd.op, Reply::Unknown, &mut rng),
+        Err(WorkerError::UnknownOp(cmd.op))
+    );
+}
+
+#[test]
+fn world_happy_path_leaves_nothing_behind() {
+    let mut world = World::new(WorldConfig {
+        queues: 2,
+        workers_per_queue: 2,
+        ..WorldConfig::default()
+    });
+    for i in 0..40 {
+        world.add(i % 2, 0);
+    }
+    assert!(world.quiesce(20_000), "did not settle: {:?}", world.ledger);
+    assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
+    assert_eq!(world.ledger.completed.len(), 40);
+    for q in 0..2 {
+        let keys = crate::naming::QueueKeys::new("dl", &format!("q{q}")).unwrap();
+        let jobs = world.net.sim.stream(&keys.jobs).unwrap();
+        assert!(jobs.entries.is_empty() && jobs.groups[GROUP].pel.is_empty());
+        assert!(world.net.sim.get(&keys.ids).is_none());
+    }
+}
+
+#[test]
+fn failures_retry_with_backoff_then_dead_letter() {
+    let mut world = World::new(WorldConfig {
+        retry: RetryPolicy::new(3, Backoff::Fixed { delay_ms: 500 }),
+        ..WorldConfig::default()
+    });
+    world.add(0, 0);
+    for _ in 0..200 {
+        world.answer(0, 0, Answer::Err);
+        if world.in_flight() > 0 {
+            world.deliver(0);
+        } else {
+            let next = world.next_timeout().unwrap_or(world.now_ms + 100);
+            world.set_time(next.max(world.now_ms + 1));
+        }
+        if world.all_settled() {
+            break;
+        }
+    }
+    let job = JobId::from("job-1");
+    assert!(world.ledger.dead.contains(&job), "{:?}", world.ledger);
+    assert_eq!(world.ledger.delivered[&job], vec![1, 2, 3]);
+    assert_eq!(world.ledger.failed[&job], vec![1, 2]);
+    assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
+}
+
+#[test]
+fn a_crashed_workers_job_is_reclaimed_after_the_lease() {
+    let mut world = World::new(WorldConfig {
+        workers_per_queue: 2,
+        ..WorldConfig::default()
+    });
+    world.add(0, 0);
+    // Run until someone has the job, then crash every worker that holds one.
+    for _ in 0..50 {
+        if world.in_flight() == 0 {
+            break;
+        }
+        world.deliver(0);
+    }
+    assert_eq!(world.ledger.delivered.len(), 1);
+    let t_crash = world.now_ms;
+    world.crash(0);
+    world.crash(1);
+    world.restart(1);
+    assert!(world.quiesce(20_000), "{:?}", world.ledger);
+    let job = JobId::from("job-1");
+    assert!(world.ledger.completed.contains_key(&job));
+    assert!(
+        world.now_ms >= t_crash + 3_000,
+        "not before the lease expired"
+    );
+    assert_eq!(world.ledger.delivered[&job], vec![1, 1]);
+}
+
+#[test]
+fn faults_lose_nothing() {
+    let mut world = World::new(WorldConfig {
+        queues: 2,
+        workers_per_queue: 2,
+        faults: Faults {
+            lose_command: 100,
+            lose_reply: 100,
+        },
+        seed: 7,
+        ..WorldConfig::default()
+    });
+    for i in 0..30 {
+        world.add(i % 2, if i % 5 == 0 { 700 } else { 0 });
+        for _ in 0..3 {
+            let pick = world.random() as usize;
+            world.deliver(pick);
+        }
+        world.advance(37);
+    }
+    assert!(world.quiesce(50_000), "{:?}", world.ledger);
+    assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
+    assert_eq!(world.ledger.completed.len(), 30);
+}
