@@ -85,18 +85,25 @@ pub enum CommandKind {
         /// The queue.
         keys: Arc<QueueKeys>,
     },
-    /// Script `enqueue`: per job, `HSETNX ids <id>`; if new, XADD it to the work stream (or
-    /// ZADD it to `delayed` with its envelope in `payloads` when due later).
+    /// Script `enqueue`: per job, `HSETNX ids <id> <marker>`; if new, XADD it to the work
+    /// stream (or ZADD it to `delayed` with its envelope in `payloads` when due later).
+    ///
+    /// The marker makes adds idempotent. Marker `p`: it stays until the producer has read
+    /// the job's final event and has no add of it outstanding ([`CommandKind::AckEvents`]),
+    /// so even an add sent again after the job completed is recognized. Marker `w` (for
+    /// producers that read no events): the settling worker removes it.
     ///
     /// Reply: an array with, per job, the entry id (added), `1` (delayed) or `0` (a job with
-    /// this id is alive already: a duplicate). Unknown outcome: send the same jobs again (the
-    /// id check makes that idempotent). Transient error: again after a backoff; other errors
+    /// this id is known already: a duplicate). Unknown outcome: send the same jobs again (the
+    /// marker makes that idempotent). Transient error: again after a backoff; other errors
     /// fail the jobs to the application.
     Enqueue {
         /// The queue.
         keys: Arc<QueueKeys>,
         /// The current time (ms), to tell due jobs from delayed ones.
         now_ms: u64,
+        /// Marker `p` (the producer forgets the id) rather than `w` (the worker does).
+        producer_forgets: bool,
         /// The jobs, in order.
         jobs: Vec<NewJob>,
     },
@@ -116,7 +123,8 @@ pub enum CommandKind {
         block_ms: Option<u64>,
     },
     /// Script `complete`: per item, if `XACK` removes the entry: XADD the sealed result to
-    /// `events` (trimming entries older than `min_event_ms`), XDEL the entry, HDEL its id.
+    /// `events` (trimming entries older than `min_event_ms`), XDEL the entry, and HDEL its
+    /// id marker if it is `w`.
     ///
     /// Reply: an array of `1` (done) or `0` (the entry was not pending: its lease was lost
     /// and another worker settled it). Unknown outcome or transient error: send again.
@@ -143,7 +151,7 @@ pub enum CommandKind {
     },
     /// Script `bury`: per item, if `XACK` removes the entry: XADD the job and its sealed
     /// reason to `dead`, XADD a dead-letter event (when the job id is known), XDEL the entry,
-    /// HDEL its id. Reply and outcomes as for `Complete`.
+    /// HDEL its id marker if it is `w`. Reply and outcomes as for `Complete`.
     Bury {
         /// The queue.
         keys: Arc<QueueKeys>,
@@ -213,14 +221,18 @@ pub enum CommandKind {
         /// How long to block; `None`: do not block.
         block_ms: Option<u64>,
     },
-    /// `XDEL <events> <ids...>`: events the producer has surfaced.
+    /// Script `ack_events`: `XDEL <events> <ids...>` for the events the producer surfaced,
+    /// and `HDEL ids <jobs...>` for the markers of jobs it is done with.
     ///
-    /// Reply: the count deleted. Unknown outcome: ignored (age trimming is the safety net).
-    DeleteEvents {
+    /// Reply: the count of events deleted. Unknown outcome or error: sent again with the
+    /// next ack (XDEL and HDEL are idempotent).
+    AckEvents {
         /// The queue.
         keys: Arc<QueueKeys>,
         /// The events.
-        ids: Vec<EntryId>,
+        events: Vec<EntryId>,
+        /// The job ids whose markers go.
+        forget: Vec<String>,
     },
     /// Script `stats`: `[XLEN jobs, pending, ZCARD delayed, XLEN dead, XLEN events]`.
     Stats {

@@ -12,7 +12,7 @@
 //!   producer is away; surfaced events are deleted, and events nobody reads are trimmed
 //!   by age.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandKind, NewJob, OpId, Reply, is_transient_error};
@@ -205,7 +205,10 @@ pub struct QueueStats {
 enum InFlight {
     Add(Vec<NewJob>),
     ReadEvents,
-    DeleteEvents,
+    AckEvents {
+        events: Vec<EntryId>,
+        forget: Vec<String>,
+    },
     Stats,
     Destroy,
 }
@@ -228,6 +231,12 @@ pub struct Producer {
     cursor: EntryId,
     next_read_ms: u64,
     to_delete: Vec<EntryId>,
+    /// Adds not yet resolved, by job id: a job's marker is forgotten only when none is left.
+    outstanding: HashMap<String, u32>,
+    /// Jobs that ended while an add of theirs was outstanding: forgotten when it resolves.
+    forget_later: HashSet<String>,
+    /// Jobs whose markers go with the next events ack.
+    forget: Vec<String>,
     want_stats: bool,
     want_destroy: bool,
     events: VecDeque<ProducerEvent>,
@@ -250,6 +259,9 @@ impl Producer {
             cursor: cfg.events_after,
             next_read_ms: now_ms,
             to_delete: Vec::new(),
+            outstanding: HashMap::new(),
+            forget_later: HashSet::new(),
+            forget: Vec::new(),
             want_stats: false,
             want_destroy: false,
             events: VecDeque::new(),
@@ -339,6 +351,7 @@ impl Producer {
         };
         let ctx = Context::new(Purpose::Job, &self.keys.queue, id.0.as_bytes());
         let envelope = self.sealer.seal(&ctx, &record, rng)?;
+        *self.outstanding.entry(id.0.clone()).or_default() += 1;
         self.unsent.push_back(NewJob {
             id: id.0.clone(),
             due_ms: (job.delay_ms > 0).then(|| now_ms.saturating_add(job.delay_ms)),
@@ -410,6 +423,7 @@ impl Producer {
             let kind = CommandKind::Enqueue {
                 keys,
                 now_ms: now,
+                producer_forgets: self.cfg.read_events,
                 jobs: jobs.clone(),
             };
             return Some(self.op(kind, InFlight::Add(jobs)));
@@ -418,10 +432,15 @@ impl Producer {
             self.want_stats = false;
             return Some(self.op(CommandKind::Stats { keys }, InFlight::Stats));
         }
-        if !self.to_delete.is_empty() {
-            let ids = std::mem::take(&mut self.to_delete);
-            let kind = CommandKind::DeleteEvents { keys, ids };
-            return Some(self.op(kind, InFlight::DeleteEvents));
+        if !self.to_delete.is_empty() || !self.forget.is_empty() {
+            let events = std::mem::take(&mut self.to_delete);
+            let forget = std::mem::take(&mut self.forget);
+            let kind = CommandKind::AckEvents {
+                keys,
+                events: events.clone(),
+                forget: forget.clone(),
+            };
+            return Some(self.op(kind, InFlight::AckEvents { events, forget }));
         }
         let reading = self.any_in_flight(|f| matches!(f, InFlight::ReadEvents));
         if self.cfg.read_events && !reading && now >= self.next_read_ms {
@@ -475,7 +494,12 @@ impl Producer {
             (InFlight::Add(jobs), reply) => self.added(jobs, reply),
             (InFlight::ReadEvents, Reply::Unknown) => self.next_read_ms = self.resend_at(),
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
-            (InFlight::DeleteEvents, _) => {}
+            (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => {}
+            (InFlight::AckEvents { events, forget }, _) => {
+                // Idempotent: send again with the next ack.
+                self.to_delete.extend(events);
+                self.forget.extend(forget);
+            }
             (InFlight::Stats, Reply::Unknown) => self.want_stats = true,
             (InFlight::Stats, Reply::Value(v)) => self.stats(v),
             (InFlight::Destroy, Reply::Value(Value::Int(_))) => {
@@ -503,6 +527,7 @@ impl Producer {
             Reply::Value(Value::Array(items)) if items.len() == jobs.len() => items,
             Reply::Value(Value::Error(e)) if !is_transient_error(&e) => {
                 for job in jobs {
+                    self.resolved(&job.id);
                     self.events.push_back(ProducerEvent::AddFailed {
                         job: JobId(job.id),
                         error: e.clone(),
@@ -523,6 +548,7 @@ impl Producer {
         };
         self.resend_delay_ms = 0;
         for (job, item) in jobs.into_iter().zip(items) {
+            self.resolved(&job.id);
             let status = match item {
                 Value::Int(0) => AddStatus::AlreadyQueued,
                 Value::Int(_) => AddStatus::Delayed,
@@ -535,6 +561,32 @@ impl Producer {
                 job: JobId(job.id),
                 status,
             });
+        }
+    }
+
+    /// An add of `job` got its answer.
+    fn resolved(&mut self, job: &str) {
+        if let Some(n) = self.outstanding.get_mut(job) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(job);
+                if self.forget_later.remove(job) {
+                    self.forget.push(job.to_owned());
+                }
+            }
+        }
+    }
+
+    /// `job` ended: its marker can go once no add of it is outstanding (an add sent again
+    /// after an unknown outcome must still find it, or the job would run twice).
+    fn ended(&mut self, job: &JobId) {
+        if !self.cfg.read_events {
+            return;
+        }
+        if self.outstanding.contains_key(&job.0) {
+            self.forget_later.insert(job.0.clone());
+        } else {
+            self.forget.push(job.0.clone());
         }
     }
 
@@ -562,6 +614,11 @@ impl Producer {
                     event: entry.id,
                     reason,
                 });
+            if let ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } =
+                &event
+            {
+                self.ended(job);
+            }
             self.events.push_back(event);
         }
     }

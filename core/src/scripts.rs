@@ -44,16 +44,16 @@ pub enum Invocation<'a> {
     },
 }
 
-/// `enqueue` — KEYS: jobs, ids, delayed, payloads. ARGV: now, then per job: id, due (0: now),
-/// envelope.
+/// `enqueue` — KEYS: jobs, ids, delayed, payloads. ARGV: now, marker (`p` or `w`), then per
+/// job: id, due (0: now), envelope.
 pub const ENQUEUE: Script = Script {
     name: "enqueue",
     source: r#"
 local now = tonumber(ARGV[1])
 local out = {}
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local id, due = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('HSETNX', KEYS[2], id, 1) == 0 then
+  if redis.call('HSETNX', KEYS[2], id, ARGV[2]) == 0 then
     out[#out + 1] = 0
   elseif due > now then
     redis.call('ZADD', KEYS[3], due, id)
@@ -77,7 +77,9 @@ for i = 2, #ARGV, 4 do
   local entry, job = ARGV[i], ARGV[i + 1]
   if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     redis.call('XDEL', KEYS[1], entry)
-    redis.call('HDEL', KEYS[2], job)
+    if redis.call('HGET', KEYS[2], job) == 'w' then
+      redis.call('HDEL', KEYS[2], job)
+    end
     redis.call('XADD', KEYS[3], 'MINID', ARGV[1], '*',
       'j', job, 'k', 'c', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
     out[#out + 1] = 1
@@ -130,7 +132,9 @@ for i = 2, #ARGV, 5 do
     redis.call('XDEL', KEYS[1], entry)
     redis.call('XADD', KEYS[3], '*', 'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
     if job ~= '' then
-      redis.call('HDEL', KEYS[2], job)
+      if redis.call('HGET', KEYS[2], job) == 'w' then
+        redis.call('HDEL', KEYS[2], job)
+      end
       redis.call('XADD', KEYS[4], 'MINID', ARGV[1], '*',
         'j', job, 'k', 'd', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
     end
@@ -213,9 +217,33 @@ return {redis.call('XLEN', KEYS[1]), pending, redis.call('ZCARD', KEYS[2]),
 "#,
 };
 
+/// `ack_events` — KEYS: events, ids. ARGV: number of events n, n event ids, then job ids.
+pub const ACK_EVENTS: Script = Script {
+    name: "ack_events",
+    source: r#"
+local n = tonumber(ARGV[1])
+local deleted = 0
+if n > 0 then
+  deleted = redis.call('XDEL', KEYS[1], unpack(ARGV, 2, n + 1))
+end
+for i = n + 2, #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+return deleted
+"#,
+};
+
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 8] = [
-    &ENQUEUE, &COMPLETE, &RETRY, &BURY, &PROMOTE, &RECLAIM, &HEARTBEAT, &STATS,
+pub const ALL: [&Script; 9] = [
+    &ENQUEUE,
+    &COMPLETE,
+    &RETRY,
+    &BURY,
+    &PROMOTE,
+    &RECLAIM,
+    &HEARTBEAT,
+    &STATS,
+    &ACK_EVENTS,
 ];
 
 fn b(s: &str) -> Arg<'_> {
@@ -272,9 +300,15 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             b("0"),
             b("MKSTREAM"),
         ]),
-        CommandKind::Enqueue { keys, now_ms, jobs } => {
-            let mut args = Vec::with_capacity(1 + 3 * jobs.len());
+        CommandKind::Enqueue {
+            keys,
+            now_ms,
+            producer_forgets,
+            jobs,
+        } => {
+            let mut args = Vec::with_capacity(2 + 3 * jobs.len());
             args.push(num(now_ms));
+            args.push(b(if *producer_forgets { "p" } else { "w" }));
             for j in jobs {
                 args.push(b(&j.id));
                 args.push(num(j.due_ms.unwrap_or(0)));
@@ -403,10 +437,19 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.extend([b("STREAMS"), b(&keys.events), id(*after)]);
             Invocation::Plain(args)
         }
-        CommandKind::DeleteEvents { keys, ids } => {
-            let mut args = vec![b("XDEL"), b(&keys.events)];
-            args.extend(ids.iter().map(|e| id(*e)));
-            Invocation::Plain(args)
+        CommandKind::AckEvents {
+            keys,
+            events,
+            forget,
+        } => {
+            let mut args = vec![num(events.len())];
+            args.extend(events.iter().map(|e| id(*e)));
+            args.extend(forget.iter().map(|j| b(j)));
+            Invocation::Script {
+                script: &ACK_EVENTS,
+                keys: vec![b(&keys.events), b(&keys.ids)],
+                args,
+            }
         }
         CommandKind::Stats { keys } => {
             let k = [&keys.jobs, &keys.delayed, &keys.dead, &keys.events];

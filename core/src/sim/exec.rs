@@ -52,7 +52,15 @@ fn fields(pairs: &[(&str, &[u8])]) -> Fields {
 pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
     match kind {
         CommandKind::EnsureGroup { keys } => ensure_group(sim, keys),
-        CommandKind::Enqueue { keys, now_ms, jobs } => enqueue(sim, keys, *now_ms, jobs),
+        CommandKind::Enqueue {
+            keys,
+            now_ms,
+            producer_forgets,
+            jobs,
+        } => {
+            let marker: &[u8] = if *producer_forgets { b"p" } else { b"w" };
+            enqueue(sim, keys, *now_ms, marker, jobs)
+        }
         CommandKind::Read {
             keys,
             consumer,
@@ -73,7 +81,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             items,
         } => settle(sim, keys, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
-            hdel(sim, &keys.ids, job.as_bytes())?;
+            forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
             let f = fields(&[
                 ("j", job.as_bytes()),
                 ("k", b"c"),
@@ -121,7 +129,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             ]);
             xadd(sim, &keys.dead, f)?;
             if !job.is_empty() {
-                hdel(sim, &keys.ids, job.as_bytes())?;
+                forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
                 let f = fields(&[
                     ("j", job.as_bytes()),
                     ("k", b"d"),
@@ -202,14 +210,21 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
                 s.read_after(*after, *count as usize),
             )),
         },
-        CommandKind::DeleteEvents { keys, ids } => {
+        CommandKind::AckEvents {
+            keys,
+            events,
+            forget,
+        } => {
             let n = match sim.stream_mut(&keys.events, false)? {
                 None => 0,
-                Some(s) => ids
+                Some(s) => events
                     .iter()
                     .filter(|id| s.entries.remove(id).is_some())
                     .count(),
             };
+            for job in forget {
+                hdel(sim, &keys.ids, job.as_bytes())?;
+            }
             Ok(Value::Int(n as i64))
         }
         CommandKind::Stats { keys } => stats(sim, keys),
@@ -264,7 +279,19 @@ fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, jobs: &[NewJob]) -> Exec {
+/// The `w` marker goes with the job; a `p` marker waits for the producer.
+fn forget_if_worker_marked(sim: &mut Sim, ids: &str, job: &[u8]) -> Result<(), String> {
+    let marked_w = match sim.db.contains_key(ids) {
+        true => sim.hash_mut(ids)?.get(job).is_some_and(|m| m == b"w"),
+        false => false,
+    };
+    if marked_w {
+        hdel(sim, ids, job)?;
+    }
+    Ok(())
+}
+
+fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[NewJob]) -> Exec {
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
         let ids = sim.hash_mut(&keys.ids)?;
@@ -272,7 +299,7 @@ fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, jobs: &[NewJob]) -> Exe
             out.push(Value::Int(0));
             continue;
         }
-        ids.insert(job.id.as_bytes().to_vec(), b"1".to_vec());
+        ids.insert(job.id.as_bytes().to_vec(), marker.to_vec());
         match job.due_ms {
             Some(due) if due > now_ms => {
                 sim.zset_mut(&keys.delayed)?.add(due, job.id.as_bytes());

@@ -54,6 +54,7 @@ fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
     sim.execute(&CommandKind::Enqueue {
         keys: keys(),
         now_ms,
+        producer_forgets: false,
         jobs,
     })
 }
@@ -324,9 +325,10 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     let all = decode_read(sim.execute(&events(EntryId::ZERO))).unwrap();
     assert_eq!(all.len(), 1, "the old event was trimmed by MINID");
     assert_eq!(all[0].field(b"j"), Some(&b"b"[..]));
-    let del = CommandKind::DeleteEvents {
+    let del = CommandKind::AckEvents {
         keys: keys(),
-        ids: vec![all[0].id, all[0].id],
+        events: vec![all[0].id, all[0].id],
+        forget: vec![],
     };
     assert_eq!(sim.execute(&del), Value::Int(1));
     assert_eq!(

@@ -1,0 +1,194 @@
+//! The engine against the Redis Streams model: random interleavings of adds, handler
+//! outcomes (ok, error, panic, hang), worker crashes and restarts, lost commands and
+//! replies, and clock jumps, over 1–3 queues with 1–4 workers each. Checked at every step
+//! and at quiescence against what the application saw:
+//! - no job is lost: every added job ends completed or dead-lettered, never both;
+//! - attempts never exceed the limit;
+//! - every completed job's result reaches its producer, intact;
+//! - pending lists, work streams and every per-job key end empty.
+
+use datalayer_core::naming::{GROUP, QueueKeys};
+use datalayer_core::retry::{Backoff, RetryPolicy};
+use datalayer_core::sim::world::{Answer, World, WorldConfig};
+use datalayer_core::sim::{Data, Faults};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add {
+        queue: usize,
+        delay_ms: u64,
+    },
+    Deliver {
+        pick: usize,
+    },
+    Answer {
+        slot: usize,
+        pick: usize,
+        answer: Answer,
+    },
+    Advance {
+        ms: u64,
+    },
+    Crash {
+        slot: usize,
+    },
+    Restart {
+        slot: usize,
+    },
+    JumpBack {
+        ms: u64,
+    },
+    Faults {
+        lose_command: u16,
+        lose_reply: u16,
+    },
+}
+
+fn answer() -> impl Strategy<Value = Answer> {
+    prop_oneof![
+        6 => Just(Answer::Ok),
+        2 => Just(Answer::Err),
+        1 => Just(Answer::Panic),
+        1 => Just(Answer::Hang),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0usize..3, prop_oneof![4 => Just(0u64), 1 => 1u64..5_000])
+            .prop_map(|(queue, delay_ms)| Op::Add { queue, delay_ms }),
+        12 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
+        10 => (0usize..12, any::<usize>(), answer())
+            .prop_map(|(slot, pick, answer)| Op::Answer { slot, pick, answer }),
+        4 => prop_oneof![1u64..200, 200u64..20_000].prop_map(|ms| Op::Advance { ms }),
+        1 => (0usize..12).prop_map(|slot| Op::Crash { slot }),
+        2 => (0usize..12).prop_map(|slot| Op::Restart { slot }),
+        1 => (1u64..5_000).prop_map(|ms| Op::JumpBack { ms }),
+        1 => (0u16..300, 0u16..300)
+            .prop_map(|(lose_command, lose_reply)| Op::Faults { lose_command, lose_reply }),
+    ]
+}
+
+fn world_config() -> impl Strategy<Value = WorldConfig> {
+    (
+        1usize..=3,
+        1usize..=4,
+        1u32..=3,
+        1u32..=4,
+        1u32..=3,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(queues, workers_per_queue, concurrency, attempts, max_stalled, seed)| WorldConfig {
+                queues,
+                workers_per_queue,
+                concurrency,
+                retry: RetryPolicy::new(
+                    attempts,
+                    Backoff::Exponential {
+                        base_ms: 50,
+                        max_ms: 2_000,
+                        jitter: true,
+                    },
+                )
+                .max_stalled(max_stalled),
+                lease_ms: 3_000,
+                timeout_ms: Some(8_000),
+                faults: Faults::default(),
+                seed,
+            },
+        )
+}
+
+fn check_step(world: &World, max_attempts: u32) -> Result<(), TestCaseError> {
+    let l = &world.ledger;
+    prop_assert!(l.errors.is_empty(), "engine errors: {:?}", l.errors);
+    for (job, attempts) in &l.delivered {
+        prop_assert!(
+            attempts.iter().all(|a| *a >= 1 && *a <= max_attempts),
+            "{job}: attempts {attempts:?} beyond {max_attempts}"
+        );
+    }
+    for (job, attempts) in &l.failed {
+        prop_assert!(
+            attempts.iter().all(|a| *a < max_attempts),
+            "{job} retried after attempt {attempts:?}"
+        );
+    }
+    for job in l.completed.keys() {
+        prop_assert!(!l.dead.contains(job), "{job} both completed and dead");
+        prop_assert!(l.added.contains_key(job), "{job} completed but never added");
+    }
+    Ok(())
+}
+
+fn check_quiescent(world: &World, queues: usize) -> Result<(), TestCaseError> {
+    let l = &world.ledger;
+    for job in l.added.keys() {
+        prop_assert!(
+            l.completed.contains_key(job) || l.dead.contains(job),
+            "{job} lost: neither completed nor dead"
+        );
+    }
+    for q in 0..queues {
+        let keys = QueueKeys::new("dl", &format!("q{q}")).expect("keys");
+        if let Some(jobs) = world.net.sim.stream(&keys.jobs) {
+            prop_assert!(
+                jobs.entries.is_empty(),
+                "q{q}: work stream not empty: {:?} pel {:?} ledger {:?}",
+                jobs.entries,
+                jobs.groups,
+                l
+            );
+            if let Some(g) = jobs.groups.get(GROUP) {
+                prop_assert!(g.pel.is_empty(), "q{q}: pending list not empty");
+            }
+        }
+        for key in [&keys.ids, &keys.delayed, &keys.payloads] {
+            prop_assert!(
+                world.net.sim.get(key).is_none(),
+                "{key} left behind: {:?}",
+                world.net.sim.get(key).map(|d| matches!(d, Data::Hash(_)))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(5_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_job_is_lost(cfg in world_config(), ops in prop::collection::vec(op(), 1..200)) {
+        let max_attempts = cfg.retry.max_attempts;
+        let queues = cfg.queues;
+        let mut world = World::new(cfg);
+        let slots = world.slots();
+        for op in ops {
+            match op {
+                Op::Add { queue, delay_ms } => world.add(queue % queues, delay_ms),
+                Op::Deliver { pick } => world.deliver(pick),
+                Op::Answer { slot, pick, answer } => world.answer(slot % slots, pick, answer),
+                Op::Advance { ms } => world.advance(ms),
+                Op::Crash { slot } => world.crash(slot % slots),
+                Op::Restart { slot } => world.restart(slot % slots),
+                Op::JumpBack { ms } => world.set_time(world.now_ms - ms),
+                Op::Faults { lose_command, lose_reply } => {
+                    world.net.faults = Faults { lose_command, lose_reply };
+                }
+            }
+            check_step(&world, max_attempts)?;
+        }
+        prop_assert!(world.quiesce(200_000), "did not quiesce: {:?}", world.ledger);
+        check_step(&world, max_attempts)?;
+        check_quiescent(&world, queues)?;
+    }
+}
