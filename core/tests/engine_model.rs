@@ -7,10 +7,9 @@
 //! - every completed job's result reaches its producer, intact;
 //! - pending lists, work streams and every per-job key end empty.
 
-use datalayer_core::naming::{GROUP, QueueKeys};
 use datalayer_core::retry::{Backoff, RetryPolicy};
+use datalayer_core::sim::Faults;
 use datalayer_core::sim::world::{Answer, World, WorldConfig};
-use datalayer_core::sim::{Data, Faults};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -101,61 +100,6 @@ fn world_config() -> impl Strategy<Value = WorldConfig> {
         )
 }
 
-fn check_step(world: &World, max_attempts: u32) -> Result<(), TestCaseError> {
-    let l = &world.ledger;
-    prop_assert!(l.errors.is_empty(), "engine errors: {:?}", l.errors);
-    for (job, attempts) in &l.delivered {
-        prop_assert!(
-            attempts.iter().all(|a| *a >= 1 && *a <= max_attempts),
-            "{job}: attempts {attempts:?} beyond {max_attempts}"
-        );
-    }
-    for (job, attempts) in &l.failed {
-        prop_assert!(
-            attempts.iter().all(|a| *a < max_attempts),
-            "{job} retried after attempt {attempts:?}"
-        );
-    }
-    for job in l.completed.keys() {
-        prop_assert!(!l.dead.contains(job), "{job} both completed and dead");
-        prop_assert!(l.added.contains_key(job), "{job} completed but never added");
-    }
-    Ok(())
-}
-
-fn check_quiescent(world: &World, queues: usize) -> Result<(), TestCaseError> {
-    let l = &world.ledger;
-    for job in l.added.keys() {
-        prop_assert!(
-            l.completed.contains_key(job) || l.dead.contains(job),
-            "{job} lost: neither completed nor dead"
-        );
-    }
-    for q in 0..queues {
-        let keys = QueueKeys::new("dl", &format!("q{q}")).expect("keys");
-        if let Some(jobs) = world.net.sim.stream(&keys.jobs) {
-            prop_assert!(
-                jobs.entries.is_empty(),
-                "q{q}: work stream not empty: {:?} pel {:?} ledger {:?}",
-                jobs.entries,
-                jobs.groups,
-                l
-            );
-            if let Some(g) = jobs.groups.get(GROUP) {
-                prop_assert!(g.pel.is_empty(), "q{q}: pending list not empty");
-            }
-        }
-        for key in [&keys.ids, &keys.delayed, &keys.payloads] {
-            prop_assert!(
-                world.net.sim.get(key).is_none(),
-                "{key} left behind: {:?}",
-                world.net.sim.get(key).map(|d| matches!(d, Data::Hash(_)))
-            );
-        }
-    }
-    Ok(())
-}
-
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -168,7 +112,6 @@ proptest! {
 
     #[test]
     fn no_job_is_lost(cfg in world_config(), ops in prop::collection::vec(op(), 1..200)) {
-        let max_attempts = cfg.retry.max_attempts;
         let queues = cfg.queues;
         let mut world = World::new(cfg);
         let slots = world.slots();
@@ -185,10 +128,13 @@ proptest! {
                     world.net.faults = Faults { lose_command, lose_reply };
                 }
             }
-            check_step(&world, max_attempts)?;
+            if let Err(e) = world.check_step() {
+                prop_assert!(false, "{}", e);
+            }
         }
         prop_assert!(world.quiesce(200_000), "did not quiesce: {:?}", world.ledger);
-        check_step(&world, max_attempts)?;
-        check_quiescent(&world, queues)?;
+        if let Err(e) = world.check_quiescent() {
+            prop_assert!(false, "{}", e);
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::command::{Command, Reply};
 use crate::envelope::Sealer;
 use crate::job::JobId;
 use crate::keys::{Key, KeyId, Keyring};
+use crate::naming::QueueKeys;
 use crate::producer::{AddJob, AddStatus, Producer, ProducerConfig, ProducerEvent};
 use crate::random::{Random, SeededRandom};
 use crate::retry::{Backoff, RetryPolicy};
@@ -430,6 +431,66 @@ impl World {
             .iter()
             .all(|s| s.worker.as_ref().is_none_or(|w| w.running() == 0))
             && self.producers.iter().all(|p| p.pending_adds() == 0)
+    }
+
+    /// The invariants that hold at every step: no engine error, attempts within the limit,
+    /// no job both completed and dead, nothing completed that was never added.
+    pub fn check_step(&self) -> Result<(), String> {
+        let l = &self.ledger;
+        let max = self.cfg.retry.max_attempts;
+        if let Some(e) = l.errors.first() {
+            return Err(format!("engine error: {e} (of {})", l.errors.len()));
+        }
+        for (job, attempts) in &l.delivered {
+            if attempts.iter().any(|a| *a < 1 || *a > max) {
+                return Err(format!("{job}: attempts {attempts:?} beyond {max}"));
+            }
+        }
+        for (job, attempts) in &l.failed {
+            if attempts.iter().any(|a| *a >= max) {
+                return Err(format!("{job} retried after attempt {attempts:?} of {max}"));
+            }
+        }
+        for job in l.completed.keys() {
+            if l.dead.contains(job) {
+                return Err(format!("{job} both completed and dead"));
+            }
+            if !l.added.contains_key(job) {
+                return Err(format!("{job} completed but never added"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants at quiescence: every job ended, and Redis holds nothing of them (the
+    /// work streams and pending lists are empty; no id marker, delayed job or payload).
+    pub fn check_quiescent(&self) -> Result<(), String> {
+        self.check_step()?;
+        let l = &self.ledger;
+        if let Some(job) = l
+            .added
+            .keys()
+            .find(|j| !l.completed.contains_key(*j) && !l.dead.contains(*j))
+        {
+            return Err(format!("{job} lost: neither completed nor dead"));
+        }
+        for q in 0..self.cfg.queues {
+            let keys = QueueKeys::new("dl", &format!("q{q}")).map_err(|e| e.to_string())?;
+            if let Some(jobs) = self.net.sim.stream(&keys.jobs) {
+                if !jobs.entries.is_empty() {
+                    return Err(format!("q{q}: work stream holds {:?}", jobs.entries.keys()));
+                }
+                if jobs.groups.values().any(|g| !g.pel.is_empty()) {
+                    return Err(format!("q{q}: pending list not empty"));
+                }
+            }
+            for key in [&keys.ids, &keys.delayed, &keys.payloads] {
+                if self.net.sim.get(key).is_some() {
+                    return Err(format!("{key} left behind"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A random choice for drivers.
