@@ -9,6 +9,9 @@ use crate::envelope::{
 use crate::job::{JobId, JobRecord};
 use crate::keys::{Key, KeyId, Keyring};
 use crate::random::SeededRandom;
+use crate::retry::{Backoff, RetryPolicy};
+use crate::sim::Faults;
+use crate::sim::world::{Answer, World, WorldConfig};
 
 /// The scope every fuzz envelope is sealed for.
 pub const SCOPE: &str = "fuzz-queue";
@@ -172,6 +175,17 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         case.extend_from_slice(&br"hello, hello, hello, hello, hello, hello".repeat(3));
         push("seal_then_mutate", &format!("kind-{kind}"), Ok(case));
     }
+    // Engine sequences: adds, deliveries, answers, time, a crash, faults.
+    let mut ops = vec![2u8, 1, 1, 2, 1, 9, 9, 9, 9, 9, 9, 9, 9];
+    for i in 0u8..60 {
+        ops.extend_from_slice(&[i % 9, i.wrapping_mul(7), i.wrapping_mul(13)]);
+    }
+    push("engine_ops", "mixed", Ok(ops));
+    let mut calm = vec![0u8, 0, 1, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8];
+    for i in 0u8..30 {
+        calm.extend_from_slice(&[[0, 2, 2, 4, 5][usize::from(i % 5)], i, 0]);
+    }
+    push("engine_ops", "calm", Ok(calm));
     // Forged compressed bodies: a valid block, and one whose length prefix lies.
     let plain = b"hello hello hello hello hello hello hello hello".repeat(4);
     let block = lz4_flex::block::compress(&plain);
@@ -187,4 +201,79 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         push("seal_then_mutate", name, Ok(case));
     }
     out
+}
+
+/// Arbitrary operation sequences on the engine over the model; panics when an invariant of
+/// [`World`] breaks. Layout of `data`: `queues u8 | workers u8 | concurrency u8 | attempts u8
+/// | max_stalled u8 | seed u64 LE | ops`, each op 3 bytes `(code, a, b)`.
+pub fn engine_ops(data: &[u8]) {
+    let Some((head, mut ops)) = data.split_first_chunk::<13>() else {
+        return;
+    };
+    let seed = u64::from_le_bytes([
+        head[5], head[6], head[7], head[8], head[9], head[10], head[11], head[12],
+    ]);
+    let cfg = WorldConfig {
+        queues: usize::from(head[0] % 3) + 1,
+        workers_per_queue: usize::from(head[1] % 4) + 1,
+        concurrency: u32::from(head[2] % 3) + 1,
+        retry: RetryPolicy::new(
+            u32::from(head[3] % 4) + 1,
+            Backoff::Exponential {
+                base_ms: 50,
+                max_ms: 2_000,
+                jitter: true,
+            },
+        )
+        .max_stalled(u32::from(head[4] % 3) + 1),
+        seed,
+        ..WorldConfig::default()
+    };
+    let (queues, mut world) = (cfg.queues, World::new(cfg));
+    let slots = world.slots();
+    // Bounded work per input, so the fuzzer stays fast.
+    let mut steps = 0;
+    while let Some(([code, a, b], rest)) = ops.split_first_chunk::<3>().map(|(o, r)| (*o, r)) {
+        ops = rest;
+        steps += 1;
+        if steps > 400 {
+            break;
+        }
+        let (a, b) = (usize::from(a), usize::from(b));
+        match code % 9 {
+            0 | 1 => world.add(a % queues, if b % 4 == 0 { b as u64 * 20 } else { 0 }),
+            2 | 3 => world.deliver(a * 256 + b),
+            4 => {
+                let answer = [
+                    Answer::Ok,
+                    Answer::Ok,
+                    Answer::Err,
+                    Answer::Panic,
+                    Answer::Hang,
+                ];
+                world.answer(a % slots, b, answer[b % answer.len()]);
+            }
+            5 => world.advance((a * 256 + b) as u64),
+            6 if b % 2 == 0 => world.crash(a % slots),
+            6 => world.restart(a % slots),
+            7 => world.set_time(world.now_ms.saturating_sub((a * 20) as u64)),
+            _ => {
+                world.net.faults = Faults {
+                    lose_command: (a % 4 * 50) as u16,
+                    lose_reply: (b % 4 * 50) as u16,
+                };
+            }
+        }
+        if let Err(e) = world.check_step() {
+            panic!("invariant broken: {e}");
+        }
+    }
+    assert!(
+        world.quiesce(200_000),
+        "did not quiesce: {:?}",
+        world.ledger
+    );
+    if let Err(e) = world.check_quiescent() {
+        panic!("invariant broken at quiescence: {e}");
+    }
 }

@@ -5,12 +5,83 @@
 //! [`Random`] source is an input), and opens no socket. The tokio adapter (`datalayer-tokio`)
 //! executes what it decides.
 //!
-//! This crate currently holds the foundation every record goes through:
+//! ## The loop that drives it
+//!
+//! Each machine — a [`producer::Producer`] (Sockethub's JobQueue) or a [`worker::Worker`]
+//! (its JobWorker) — is driven the same way: give it an input (a call of the application, a
+//! reply, or the time), then drain `poll_command` (commands for Redis, all of which may go
+//! out as one pipeline) and `poll_event` (news for the application) until both are `None`,
+//! and call `handle_timeout` when `poll_timeout` says. Every command gets exactly one reply:
+//! Redis' answer, or [`command::Reply::Unknown`] when the connection failed. Here the
+//! in-memory model [`sim::Sim`] stands in for Redis:
+//!
+//! ```
+//! use datalayer_core::command::Reply;
+//! use datalayer_core::envelope::Sealer;
+//! use datalayer_core::keys::{KeyId, Secret, SecretRing};
+//! use datalayer_core::producer::{AddJob, Producer, ProducerConfig, ProducerEvent};
+//! use datalayer_core::random::SeededRandom;
+//! use datalayer_core::sim::Sim;
+//! use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
+//!
+//! let mut rng = SeededRandom::new(7); // the adapter passes the OS generator
+//! let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut rng));
+//! let sealer = Sealer::new(secrets.queue_keyring("irc"));
+//! let mut now = 1_700_000_000_000; // ms; the adapter reads the clock
+//! let mut redis = Sim::new(now);
+//!
+//! let mut queue = Producer::new(ProducerConfig::new("irc").block_ms(None), sealer.clone(), now)?;
+//! let cfg = WorkerConfig::new("irc", "worker-1").concurrency(4).block_ms(None);
+//! let mut worker = Worker::new(cfg, sealer, now)?;
+//! let job = queue.add(now, AddJob { payload: b"hello".to_vec(), ..AddJob::default() }, &mut rng)?;
+//!
+//! let mut result = None;
+//! while result.is_none() {
+//!     // The producer: send its commands, feed the replies, surface its events.
+//!     while let Some(cmd) = queue.poll_command() {
+//!         let reply = Reply::Value(redis.execute(&cmd.kind));
+//!         queue.handle_reply(now, cmd.op, reply)?;
+//!     }
+//!     while let Some(event) = queue.poll_event() {
+//!         if let ProducerEvent::Completed { job: id, result: r, .. } = event {
+//!             assert_eq!(id, job);
+//!             result = Some(r);
+//!         }
+//!     }
+//!     // The worker: the same loop; its events are jobs to run.
+//!     while let Some(cmd) = worker.poll_command() {
+//!         let reply = Reply::Value(redis.execute(&cmd.kind));
+//!         worker.handle_reply(now, cmd.op, reply, &mut rng)?;
+//!         while let Some(event) = worker.poll_event() {
+//!             if let WorkerEvent::Job(d) = event {
+//!                 let answer = [&d.job.payload[..], b", world"].concat();
+//!                 worker.complete(now, d.entry, &answer, &mut rng)?;
+//!             }
+//!         }
+//!     }
+//!     // Time passes until the earliest timer.
+//!     now = [queue.poll_timeout(), worker.poll_timeout()].into_iter().flatten().min().unwrap_or(now + 10);
+//!     redis.set_time(now);
+//!     queue.handle_timeout(now);
+//!     worker.handle_timeout(now, &mut rng)?;
+//! }
+//! assert_eq!(result.as_deref(), Some(&b"hello, world"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Modules
+//! - [`producer`] and [`worker`]: the machines; [`command`]: what they ask of Redis, and
+//!   [`scripts`]: exactly how that runs (the Lua of every atomic transition); [`value`]: the
+//!   replies, decoded totally.
 //! - [`envelope`]: the sealed byte format (AES-256-GCM-SIV, context-bound, optionally
-//!   lz4-compressed), with total parsing;
-//! - [`keys`]: secrets, HKDF derivation per queue and per session, keyrings for rotation;
-//! - [`random`]: the injected randomness;
-//! - [`job`]: job ids and the job record.
+//!   lz4-compressed) every job, result and reason is stored in; [`keys`]: secrets, HKDF
+//!   derivation per queue and per session, keyrings for rotation.
+//! - [`retry`]: attempts and backoff; [`naming`]: the Redis key layout; [`job`]: job records.
+//! - [`sim`]: the deterministic model of Redis Streams, with fault injection, and
+//!   [`sim::world`], the driver of the state-machine tests.
+//! - [`random`]: the injected randomness.
+//!
+//! ## Sealing, on its own
 //!
 //! ```
 //! use datalayer_core::envelope::{Context, Purpose, Sealer};
@@ -18,7 +89,6 @@
 //! use datalayer_core::keys::{KeyId, Secret, SecretRing};
 //! use datalayer_core::random::SeededRandom;
 //!
-//! // Tests seed the randomness; the adapter passes the OS generator instead.
 //! let mut rng = SeededRandom::new(42);
 //! let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut rng));
 //! let sealer = Sealer::new(secrets.queue_keyring("irc"));

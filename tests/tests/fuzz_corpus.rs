@@ -34,6 +34,12 @@ fn seal_then_mutate_corpus() {
 }
 
 #[test]
+fn engine_ops_corpus() {
+    let n = replay("engine_ops", fuzz::engine_ops);
+    assert!(n >= 2, "only {n} corpus files");
+}
+
+#[test]
 fn seeds_open() {
     // The seed envelopes are valid: the fuzzer starts from inside the format, not outside.
     let sealer = fuzz::sealer();
@@ -43,10 +49,10 @@ fn seeds_open() {
         fuzz::ITEM,
     );
     for (target, name, bytes) in fuzz::seeds() {
-        if target == "open_envelope" {
-            assert!(sealer.open_bytes(&ctx, &bytes).is_ok(), "seed {name}");
-        } else {
-            fuzz::seal_then_mutate(&bytes);
+        match target {
+            "open_envelope" => assert!(sealer.open_bytes(&ctx, &bytes).is_ok(), "seed {name}"),
+            "engine_ops" => fuzz::engine_ops(&bytes),
+            _ => fuzz::seal_then_mutate(&bytes),
         }
     }
 }
