@@ -122,17 +122,21 @@ pub enum CommandKind {
         /// How long to block; `None`: do not block.
         block_ms: Option<u64>,
     },
-    /// Script `complete`: per item, if `XACK` removes the entry: XADD the sealed result to
+    /// Script `complete`: per item, if the entry is pending for `consumer` (a worker that
+    /// lost its lease settles nothing) and `XACK` removes it: XADD the sealed result to
     /// `events` (trimming entries older than `min_event_ms`), XDEL the entry, and HDEL its
     /// id marker if it is `w`.
     ///
-    /// Reply: an array of `1` (done) or `0` (the entry was not pending: its lease was lost
-    /// and another worker settled it). Unknown outcome or transient error: send again.
+    /// Reply: an array of `1` (done) or `0` (the entry is not this worker's any more: its
+    /// lease was lost, or this is a resend of a transition that was applied). Unknown outcome
+    /// or transient error: send again.
     Complete {
         /// The queue.
         keys: Arc<QueueKeys>,
         /// Events older than this (ms) are trimmed (`XADD MINID`).
         min_event_ms: u64,
+        /// This worker's consumer name: only entries it holds are settled.
+        consumer: String,
         /// The jobs.
         items: Vec<Settle>,
     },
@@ -146,6 +150,8 @@ pub enum CommandKind {
         now_ms: u64,
         /// Events older than this (ms) are trimmed.
         min_event_ms: u64,
+        /// This worker's consumer name: only entries it holds are settled.
+        consumer: String,
         /// The jobs.
         items: Vec<Settle>,
     },
@@ -157,6 +163,8 @@ pub enum CommandKind {
         keys: Arc<QueueKeys>,
         /// Events older than this (ms) are trimmed.
         min_event_ms: u64,
+        /// This worker's consumer name: only entries it holds are settled.
+        consumer: String,
         /// The jobs.
         items: Vec<Settle>,
     },

@@ -67,15 +67,16 @@ return out
 "#,
 };
 
-/// `complete` — KEYS: jobs, ids, events. ARGV: min event id, then per job: entry, job id,
-/// sealed result, attempt.
+/// `complete` — KEYS: jobs, ids, events. ARGV: min event id, consumer, then per job: entry,
+/// job id, sealed result, attempt.
 pub const COMPLETE: Script = Script {
     name: "complete",
     source: r#"
 local out = {}
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local entry, job = ARGV[i], ARGV[i + 1]
-  if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
+  local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[2]) == 1
+  if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     redis.call('XDEL', KEYS[1], entry)
     if redis.call('HGET', KEYS[2], job) == 'w' then
       redis.call('HDEL', KEYS[2], job)
@@ -91,16 +92,17 @@ return out
 "#,
 };
 
-/// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, then per job:
-/// entry, job id, sealed reason, attempt, due, re-sealed job.
+/// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, consumer, then
+/// per job: entry, job id, sealed reason, attempt, due, re-sealed job.
 pub const RETRY: Script = Script {
     name: "retry",
     source: r#"
 local now = tonumber(ARGV[1])
 local out = {}
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   local entry, job = ARGV[i], ARGV[i + 1]
-  if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
+  local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[3]) == 1
+  if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     redis.call('XDEL', KEYS[1], entry)
     redis.call('XADD', KEYS[4], 'MINID', ARGV[2], '*',
       'j', job, 'k', 'f', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
@@ -120,15 +122,17 @@ return out
 "#,
 };
 
-/// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, then per job: entry, job id
-/// (empty if unknown), sealed reason, attempt, the job's envelope (or raw bytes).
+/// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, then per job:
+/// entry, job id (empty if unknown), sealed reason, attempt, the job's envelope (or raw
+/// bytes).
 pub const BURY: Script = Script {
     name: "bury",
     source: r#"
 local out = {}
-for i = 2, #ARGV, 5 do
+for i = 3, #ARGV, 5 do
   local entry, job = ARGV[i], ARGV[i + 1]
-  if redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
+  local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[2]) == 1
+  if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     redis.call('XDEL', KEYS[1], entry)
     redis.call('XADD', KEYS[3], '*', 'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
     if job ~= '' then
@@ -338,9 +342,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Complete {
             keys,
             min_event_ms,
+            consumer,
             items,
         } => {
-            let mut args = vec![min_id(*min_event_ms)];
+            let mut args = vec![min_id(*min_event_ms), b(consumer)];
             settle_args(items, &mut args, &[F::Entry, F::Job, F::Value, F::Attempt]);
             let k = [&keys.jobs, &keys.ids, &keys.events];
             Invocation::Script {
@@ -353,9 +358,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             keys,
             now_ms,
             min_event_ms,
+            consumer,
             items,
         } => {
-            let mut args = vec![num(now_ms), min_id(*min_event_ms)];
+            let mut args = vec![num(now_ms), min_id(*min_event_ms), b(consumer)];
             let fields = [
                 F::Entry,
                 F::Job,
@@ -375,9 +381,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Bury {
             keys,
             min_event_ms,
+            consumer,
             items,
         } => {
-            let mut args = vec![min_id(*min_event_ms)];
+            let mut args = vec![min_id(*min_event_ms), b(consumer)];
             let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::JobEnvelope];
             settle_args(items, &mut args, &fields);
             let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];

@@ -78,8 +78,9 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::Complete {
             keys,
             min_event_ms,
+            consumer,
             items,
-        } => settle(sim, keys, items, |sim, item| {
+        } => settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
             let f = fields(&[
@@ -94,8 +95,9 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             keys,
             now_ms,
             min_event_ms,
+            consumer,
             items,
-        } => settle(sim, keys, items, |sim, item| {
+        } => settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let f = fields(&[
                 ("j", job.as_bytes()),
@@ -117,8 +119,9 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::Bury {
             keys,
             min_event_ms,
+            consumer,
             items,
-        } => settle(sim, keys, items, |sim, item| {
+        } => settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let attempt = item.attempt.to_string();
             let f = fields(&[
@@ -316,17 +319,24 @@ fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[
     Ok(Value::Array(out))
 }
 
-/// The shared shape of complete/retry/bury: per item, act only if XACK removed the entry.
+/// The shared shape of complete/retry/bury: per item, act only if the entry is pending for
+/// `consumer` and XACK removed it.
 fn settle(
     sim: &mut Sim,
     keys: &QueueKeys,
+    consumer: &str,
     items: &[Settle],
     mut then: impl FnMut(&mut Sim, &Settle) -> Result<(), String>,
 ) -> Exec {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let acked = match sim.stream_mut(&keys.jobs, false)? {
-            Some(s) => s.ack(GROUP, item.entry),
+            Some(s) => {
+                let held = s
+                    .pending(GROUP, item.entry)
+                    .is_some_and(|p| p.consumer == consumer);
+                held && s.ack(GROUP, item.entry)
+            }
             None => false,
         };
         if acked {

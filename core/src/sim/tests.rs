@@ -111,6 +111,7 @@ fn complete_acks_deletes_and_reports_once() {
     let complete = CommandKind::Complete {
         keys: keys(),
         min_event_ms: 0,
+        consumer: "c1".into(),
         items: vec![settle(e, "a")],
     };
     assert_eq!(ints(sim.execute(&complete)), [1]);
@@ -149,6 +150,7 @@ fn retry_delays_then_promote_moves_due_jobs() {
         keys: keys(),
         now_ms: 2000,
         min_event_ms: 0,
+        consumer: "c1".into(),
         items: vec![item],
     };
     assert_eq!(ints(sim.execute(&retry)), [1]);
@@ -184,6 +186,7 @@ fn bury_moves_to_dead_letters() {
     let bury = CommandKind::Bury {
         keys: keys(),
         min_event_ms: 0,
+        consumer: "c1".into(),
         items: vec![g, settle(got[1].id, "a")],
     };
     assert_eq!(ints(sim.execute(&bury)), [1, 1]);
@@ -305,6 +308,7 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     let complete = |entry, job, min_event_ms| CommandKind::Complete {
         keys: keys(),
         min_event_ms,
+        consumer: "c1".into(),
         items: vec![settle(entry, job)],
     };
     sim.execute(&complete(got[0].id, "a", 0));

@@ -642,17 +642,20 @@ impl Worker {
             SettleKind::Complete => CommandKind::Complete {
                 keys,
                 min_event_ms,
+                consumer: self.cfg.consumer.clone(),
                 items: items.clone(),
             },
             SettleKind::Retry => CommandKind::Retry {
                 keys,
                 now_ms: self.now_ms,
                 min_event_ms,
+                consumer: self.cfg.consumer.clone(),
                 items: items.clone(),
             },
             SettleKind::Bury => CommandKind::Bury {
                 keys,
                 min_event_ms,
+                consumer: self.cfg.consumer.clone(),
                 items: items.clone(),
             },
         };

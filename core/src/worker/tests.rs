@@ -1,5 +1,7 @@
 //! The worker machine, by hand against the model and through the world driver.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::command::Reply;
 use crate::keys::{Key, KeyId, Keyring};
@@ -321,4 +323,248 @@ fn faults_lose_nothing() {
     assert!(world.quiesce(50_000), "{:?}", world.ledger);
     assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
     assert_eq!(world.ledger.completed.len(), 30);
+}
+
+/// A worker and a producer on one model, driven by hand.
+struct Bench {
+    sim: Sim,
+    rng: SeededRandom,
+    now: u64,
+}
+
+impl Bench {
+    fn new() -> Self {
+        Self {
+            sim: Sim::new(T0),
+            rng: SeededRandom::new(9),
+            now: T0,
+        }
+    }
+
+    fn worker(&mut self, consumer: &str, cfg: impl FnOnce(WorkerConfig) -> WorkerConfig) -> Worker {
+        let wc = cfg(WorkerConfig::new("q", consumer)
+            .block_ms(None)
+            .lease_ms(3_000));
+        Worker::new(wc, sealer(), self.now).unwrap()
+    }
+
+    fn add(&mut self, n: usize) {
+        let mut p = crate::producer::Producer::new(
+            crate::producer::ProducerConfig::new("q").block_ms(None),
+            sealer(),
+            self.now,
+        )
+        .unwrap();
+        for _ in 0..n {
+            p.add(self.now, Default::default(), &mut self.rng).unwrap();
+        }
+        while let Some(cmd) = p.poll_command() {
+            let v = self.sim.execute(&cmd.kind);
+            p.handle_reply(self.now, cmd.op, Reply::Value(v)).unwrap();
+        }
+    }
+
+    fn at(&mut self, now: u64, workers: &mut [&mut Worker]) -> Vec<Vec<WorkerEvent>> {
+        self.now = now;
+        self.sim.set_time(now);
+        workers
+            .iter_mut()
+            .map(|w| {
+                w.handle_timeout(now, &mut self.rng).unwrap();
+                let mut ev: Vec<_> = std::iter::from_fn(|| w.poll_event()).collect();
+                ev.extend(self.drive(w));
+                ev
+            })
+            .collect()
+    }
+
+    fn drive(&mut self, w: &mut Worker) -> Vec<WorkerEvent> {
+        drive(w, &mut self.sim, &mut self.rng)
+    }
+}
+
+fn jobs(events: &[WorkerEvent]) -> Vec<EntryId> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::Job(d) => Some(d.entry),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn heartbeats_keep_a_long_job_from_being_stolen() {
+    let mut b = Bench::new();
+    let mut a = b.worker("a", |c| c);
+    let mut other = b.worker("b", |c| c);
+    b.add(1);
+    let ev = b.at(T0 + 100, &mut [&mut a, &mut other]);
+    let entry = jobs(&ev[0])[0];
+    // The job runs for ten leases; heartbeats every third of a lease keep it with `a`.
+    let mut t = T0 + 100;
+    while t < T0 + 30_000 {
+        t += 500;
+        let ev = b.at(t, &mut [&mut a, &mut other]);
+        assert!(jobs(&ev[1]).is_empty(), "stolen at {t}: {:?}", ev[1]);
+        assert!(
+            !ev[0]
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::LeaseLost { .. }))
+        );
+    }
+    a.complete(t, entry, b"done", &mut b.rng).unwrap();
+    let events = b.drive(&mut a);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, WorkerEvent::Discarded { .. }))
+    );
+}
+
+#[test]
+fn a_silent_worker_loses_its_lease_and_is_told() {
+    let mut b = Bench::new();
+    let mut a = b.worker("a", |c| c);
+    let mut other = b.worker("b", |c| c);
+    b.add(1);
+    let entry = jobs(&b.at(T0 + 100, &mut [&mut a, &mut other])[0])[0];
+    // `a` is cut off (no timeouts, no commands) for two leases; `b` reclaims the job.
+    let ev = b.at(T0 + 7_000, &mut [&mut other]);
+    assert_eq!(jobs(&ev[0]), vec![entry], "{ev:?}");
+    match &ev[0].iter().find(|e| matches!(e, WorkerEvent::Job(_))) {
+        Some(WorkerEvent::Job(d)) => assert_eq!(d.deliveries, 2),
+        other => panic!("{other:?}"),
+    }
+    // `a` comes back: its heartbeat learns the lease is gone; its result is discarded.
+    let ev = b.at(T0 + 7_100, &mut [&mut a]);
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, WorkerEvent::LeaseLost { entry: e, .. } if *e == entry))
+    );
+    a.complete(T0 + 7_100, entry, b"late", &mut b.rng).unwrap();
+    let ev = b.drive(&mut a);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, WorkerEvent::Discarded { .. })),
+        "{ev:?}"
+    );
+    other
+        .complete(T0 + 7_200, entry, b"on time", &mut b.rng)
+        .unwrap();
+    b.drive(&mut other);
+    let keys = a.keys().clone();
+    let events = &b.sim.stream(&keys.events).unwrap().entries;
+    assert_eq!(events.len(), 1, "one result, the reclaimer's");
+}
+
+#[test]
+fn drain_finishes_running_jobs_then_reports_drained() {
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.concurrency(2));
+    b.add(3);
+    let running = jobs(&b.at(T0 + 100, &mut [&mut w])[0]);
+    assert_eq!(running.len(), 2);
+    w.drain(T0 + 200);
+    assert!(std::iter::from_fn(|| w.poll_event()).next().is_none());
+    w.complete(T0 + 200, running[0], b"1", &mut b.rng).unwrap();
+    let ev = b.drive(&mut w);
+    assert!(jobs(&ev).is_empty(), "no new reads while draining");
+    assert!(!ev.contains(&WorkerEvent::Drained));
+    w.fail(T0 + 300, running[1], "no", &mut b.rng).unwrap();
+    let ev = b.drive(&mut w);
+    assert_eq!(ev.last(), Some(&WorkerEvent::Drained));
+    let keys = w.keys().clone();
+    let stream = b.sim.stream(&keys.jobs).unwrap();
+    assert_eq!(
+        stream.entries.len(),
+        1,
+        "the third job waits for another worker"
+    );
+    assert!(stream.groups[GROUP].pel.is_empty());
+}
+
+#[test]
+fn hand_back_makes_running_jobs_reclaimable_at_once() {
+    let mut b = Bench::new();
+    let mut a = b.worker("a", |c| c.concurrency(2));
+    b.add(2);
+    let running = jobs(&b.at(T0 + 100, &mut [&mut a])[0]);
+    a.hand_back(T0 + 200);
+    let ev = b.drive(&mut a);
+    assert_eq!(ev.last(), Some(&WorkerEvent::Drained));
+    assert_eq!(
+        a.complete(T0 + 200, running[0], b"x", &mut b.rng),
+        Err(WorkerError::NotRunning(running[0]))
+    );
+    // Well before a lease has passed, another worker takes both.
+    let mut other = b.worker("b", |c| c.concurrency(2));
+    let ev = b.at(T0 + 300, &mut [&mut other]);
+    let mut got = jobs(&ev[0]);
+    got.sort();
+    assert_eq!(got, running);
+}
+
+#[test]
+fn timeouts_fail_hung_jobs() {
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.timeout_ms(Some(1_000)));
+    b.add(1);
+    let entry = jobs(&b.at(T0 + 100, &mut [&mut w])[0])[0];
+    assert_eq!(w.poll_timeout().map(|t| t <= T0 + 1_100), Some(true));
+    let ev = b.at(T0 + 1_100, &mut [&mut w]);
+    assert!(
+        ev[0].contains(&WorkerEvent::TimedOut { entry }),
+        "{:?}",
+        ev[0]
+    );
+    assert!(ev[0].iter().any(
+        |e| matches!(e, WorkerEvent::DeadLettered { reason, .. } if reason.contains("timed out"))
+    ));
+    assert_eq!(
+        w.complete(T0 + 1_200, entry, b"late", &mut b.rng),
+        Err(WorkerError::NotRunning(entry))
+    );
+}
+
+#[test]
+fn undrained_events_are_a_typed_error() {
+    let mut b = Bench::new();
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "a").concurrency(1).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    let keys = w.keys().clone();
+    b.sim.execute(&CommandKind::EnsureGroup {
+        keys: Arc::new(keys.clone()),
+    });
+    // Garbage dead-letters pile up events if nobody drains them.
+    for _ in 0..2_000 {
+        b.sim
+            .xadd_raw(&keys.jobs, vec![(b"x".to_vec(), b"y".to_vec())])
+            .unwrap();
+    }
+    let mut err = None;
+    for round in 0..100 {
+        let now = T0 + 100 * (round + 1);
+        b.sim.set_time(now);
+        if let Err(e) = w.handle_timeout(now, &mut b.rng) {
+            err = Some(e);
+            break;
+        }
+        while let Some(cmd) = w.poll_command() {
+            let v = b.sim.execute(&cmd.kind);
+            if let Err(e) = w.handle_reply(now, cmd.op, Reply::Value(v), &mut b.rng) {
+                err = Some(e);
+                break;
+            }
+        }
+        if err.is_some() {
+            break;
+        }
+    }
+    assert!(matches!(err, Some(WorkerError::Undrained(_))), "{err:?}");
 }
