@@ -684,3 +684,6 @@ impl Producer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

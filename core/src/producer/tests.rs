@@ -1,0 +1,273 @@
+//! The producer machine against the model, by hand.
+
+use super::*;
+use crate::keys::{Key, KeyId, Keyring};
+use crate::random::SeededRandom;
+use crate::sim::Sim;
+use crate::worker::{Worker, WorkerConfig, WorkerEvent};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn sealer() -> Sealer {
+    Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[1; 32])))
+}
+
+fn producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig) -> Producer {
+    Producer::new(cfg(ProducerConfig::new("q").block_ms(None)), sealer(), T0).unwrap()
+}
+
+fn job(id: &str) -> AddJob {
+    AddJob {
+        id: Some(JobId::from(id)),
+        payload: id.as_bytes().to_vec(),
+        ..AddJob::default()
+    }
+}
+
+/// Sends every command to `sim`, feeds the replies, returns the events.
+fn drive(p: &mut Producer, sim: &mut Sim) -> Vec<ProducerEvent> {
+    let mut events = Vec::new();
+    while let Some(cmd) = p.poll_command() {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v))
+            .unwrap();
+        events.extend(std::iter::from_fn(|| p.poll_event()));
+    }
+    events
+}
+
+/// A worker that completes everything it gets with `ok:<payload>`.
+fn work(sim: &mut Sim, rng: &mut SeededRandom) {
+    let wc = WorkerConfig::new("q", "w").concurrency(50).block_ms(None);
+    let mut w = Worker::new(wc, sealer(), sim.now_ms()).unwrap();
+    for _ in 0..3 {
+        while let Some(cmd) = w.poll_command() {
+            let v = sim.execute(&cmd.kind);
+            w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+                .unwrap();
+            while let Some(ev) = w.poll_event() {
+                if let WorkerEvent::Job(d) = ev {
+                    let result = [&b"ok:"[..], &d.job.payload].concat();
+                    w.complete(sim.now_ms(), d.entry, &result, rng).unwrap();
+                }
+            }
+        }
+        sim.set_time(sim.now_ms() + 100);
+        w.handle_timeout(sim.now_ms(), rng).unwrap();
+    }
+}
+
+fn completed(events: &[ProducerEvent]) -> Vec<(String, Vec<u8>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::Completed { job, result, .. } => Some((job.0.clone(), result.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn paused_queue_is_closed() {
+    let mut rng = SeededRandom::new(1);
+    let mut p = producer(|c| c);
+    p.pause();
+    assert_eq!(
+        p.add(T0, job("a"), &mut rng),
+        Err(ProducerError::QueueClosed)
+    );
+    assert_eq!(ProducerError::QueueClosed.to_string(), "queue closed");
+    p.resume();
+    assert_eq!(p.add(T0, job("a"), &mut rng), Ok(JobId::from("a")));
+}
+
+#[test]
+fn adds_batch_by_count_and_bytes_and_push_back_when_full() {
+    let mut rng = SeededRandom::new(2);
+    let mut p = producer(|mut c| {
+        c.max_batch_jobs = 3;
+        c.max_batch_bytes = 1_000;
+        c.max_pending = 8;
+        c.read_events = false;
+        c
+    });
+    for i in 0..7 {
+        p.add(T0, job(&format!("j{i}")), &mut rng).unwrap();
+    }
+    let big = AddJob {
+        payload: vec![7; 900],
+        ..job("big")
+    };
+    p.add(T0, big, &mut rng).unwrap();
+    assert_eq!(
+        p.add(T0, job("one-too-many"), &mut rng),
+        Err(ProducerError::Backpressure(8))
+    );
+    let sizes: Vec<usize> = std::iter::from_fn(|| p.poll_command())
+        .map(|c| match c.kind {
+            CommandKind::Enqueue { jobs, .. } => jobs.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [3, 3, 1, 1],
+        "by count, then the large job alone by bytes"
+    );
+}
+
+#[test]
+fn an_unknown_add_is_sent_again_and_never_enqueued_twice() {
+    let mut rng = SeededRandom::new(3);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("a"), &mut rng).unwrap();
+    let cmd = p.poll_command().unwrap();
+    sim.execute(&cmd.kind); // it ran, but the reply is lost
+    p.handle_reply(T0, cmd.op, Reply::Unknown).unwrap();
+    assert_eq!(p.pending_adds(), 1);
+    // The job completes before the resend goes out.
+    work(&mut sim, &mut rng);
+    sim.set_time(T0 + 1_000);
+    p.handle_timeout(T0 + 1_000);
+    let events = drive(&mut p, &mut sim);
+    assert!(events.contains(&ProducerEvent::Accepted {
+        job: JobId::from("a"),
+        status: AddStatus::AlreadyQueued
+    }));
+    assert_eq!(completed(&events), [("a".to_owned(), b"ok:a".to_vec())]);
+    // Nothing ran twice, and once the add resolved the marker went with the next ack.
+    let keys = p.keys().clone();
+    assert_eq!(sim.stream(&keys.jobs).unwrap().entries.len(), 0);
+    sim.set_time(T0 + 2_000);
+    p.handle_timeout(T0 + 2_000);
+    drive(&mut p, &mut sim);
+    assert!(sim.get(&keys.ids).is_none());
+    assert!(sim.stream(&keys.events).unwrap().entries.is_empty());
+}
+
+#[test]
+fn results_written_while_away_reach_a_replacement() {
+    let mut rng = SeededRandom::new(4);
+    let mut sim = Sim::new(T0);
+    let mut first = producer(|c| c);
+    for id in ["a", "b", "c"] {
+        first.add(T0, job(id), &mut rng).unwrap();
+    }
+    drive(&mut first, &mut sim);
+    let cursor = first.cursor();
+    drop(first); // the producer goes away; workers go on
+    work(&mut sim, &mut rng);
+    let mut second = producer(|mut c| {
+        c.events_after = cursor;
+        c
+    });
+    sim.set_time(sim.now_ms() + 100);
+    let mut got = completed(&drive(&mut second, &mut sim));
+    got.sort();
+    let want: Vec<(String, Vec<u8>)> = ["a", "b", "c"]
+        .iter()
+        .map(|id| (id.to_string(), format!("ok:{id}").into_bytes()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(second.cursor() > cursor);
+}
+
+#[test]
+fn unreadable_events_are_reported_and_skipped() {
+    let mut rng = SeededRandom::new(5);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    let keys = p.keys().clone();
+    let garbage = sim
+        .xadd_raw(&keys.events, vec![(b"j".to_vec(), b"x".to_vec())])
+        .unwrap();
+    let forged = sim
+        .xadd_raw(
+            &keys.events,
+            vec![
+                (b"j".to_vec(), b"x".to_vec()),
+                (b"k".to_vec(), b"c".to_vec()),
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"v".to_vec(), b"DL\x01\x00not sealed by us".to_vec()),
+            ],
+        )
+        .unwrap();
+    p.add(T0, job("a"), &mut rng).unwrap();
+    let mut events = drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    p.handle_timeout(sim.now_ms());
+    events.extend(drive(&mut p, &mut sim));
+    let bad: Vec<EntryId> = events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::BadEvent { event, .. } => Some(*event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bad, [garbage, forged]);
+    assert_eq!(completed(&events).len(), 1, "the good result still arrives");
+}
+
+#[test]
+fn refused_adds_fail_visibly() {
+    let mut rng = SeededRandom::new(6);
+    let mut p = producer(|c| c);
+    p.add(T0, job("a"), &mut rng).unwrap();
+    let cmd = p.poll_command().unwrap();
+    let oom = Value::Error("OOM command not allowed when used memory > 'maxmemory'.".into());
+    p.handle_reply(T0, cmd.op, Reply::Value(oom)).unwrap();
+    assert!(matches!(
+        p.poll_event(),
+        Some(ProducerEvent::AddFailed { job, error }) if job.0 == "a" && error.starts_with("OOM")
+    ));
+    assert_eq!(p.pending_adds(), 0);
+    // A transient error is retried instead.
+    p.add(T0, job("b"), &mut rng).unwrap();
+    let cmd = p.poll_command().unwrap();
+    let loading = Value::Error("LOADING Redis is loading the dataset in memory".into());
+    p.handle_reply(T0, cmd.op, Reply::Value(loading)).unwrap();
+    assert_eq!(p.pending_adds(), 1);
+    assert_eq!(
+        p.handle_reply(T0, cmd.op, Reply::Unknown),
+        Err(ProducerError::UnknownOp(cmd.op))
+    );
+}
+
+#[test]
+fn stats_and_destroy() {
+    let mut rng = SeededRandom::new(7);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|mut c| {
+        c.read_events = false;
+        c
+    });
+    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(
+        T0,
+        AddJob {
+            delay_ms: 5_000,
+            ..job("b")
+        },
+        &mut rng,
+    )
+    .unwrap();
+    drive(&mut p, &mut sim);
+    p.request_stats();
+    let events = drive(&mut p, &mut sim);
+    assert!(events.contains(&ProducerEvent::Stats(QueueStats {
+        jobs: 1,
+        pending: 0,
+        delayed: 1,
+        dead: 0,
+        events: 0,
+    })));
+    p.destroy();
+    let events = drive(&mut p, &mut sim);
+    assert!(events.contains(&ProducerEvent::Destroyed));
+    assert!(sim.keys().is_empty(), "{:?}", sim.keys());
+    assert_eq!(
+        p.add(T0, job("c"), &mut rng),
+        Err(ProducerError::QueueClosed)
+    );
+}
