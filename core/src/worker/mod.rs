@@ -16,190 +16,20 @@ mod replies;
 #[cfg(test)]
 mod tests;
 
+mod api;
+
+pub use api::{Delivery, WorkerConfig, WorkerError, WorkerEvent};
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandKind, OpId, Settle};
-use crate::envelope::{Compression, Context, EnvelopeError, Purpose, SealOptions, Sealer};
+use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer};
 use crate::job::{JobId, JobRecord};
-use crate::naming::{NameError, QueueKeys};
+use crate::naming::QueueKeys;
 use crate::random::Random;
-use crate::retry::{RetryDecision, RetryPolicy};
+use crate::retry::RetryDecision;
 use crate::value::EntryId;
-
-/// How a worker behaves.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct WorkerConfig {
-    /// The key prefix (default `dl`).
-    pub prefix: String,
-    /// The queue to consume.
-    pub queue: String,
-    /// This worker's consumer name: unique among the queue's live workers.
-    pub consumer: String,
-    /// How many jobs may run at once (≥ 1).
-    pub concurrency: u32,
-    /// Attempts, backoff, stall limit.
-    pub retry: RetryPolicy,
-    /// How long a job may go without a heartbeat before others may reclaim it (ms).
-    pub lease_ms: u64,
-    /// How long a read blocks in Redis (ms); `None` polls without blocking.
-    pub block_ms: Option<u64>,
-    /// How often to look for stalled entries of other workers (ms).
-    pub reclaim_interval_ms: u64,
-    /// How often to promote due delayed jobs, at most (ms).
-    pub promote_interval_ms: u64,
-    /// How long results and failures stay in the events stream if nobody reads them (ms).
-    pub event_retention_ms: u64,
-    /// The most jobs settled by one command.
-    pub max_batch: usize,
-    /// A job running longer than this fails with "timed out" (and is retried or
-    /// dead-lettered like any failure); `None`: jobs may run forever, their lease extended.
-    pub timeout_ms: Option<u64>,
-}
-
-impl WorkerConfig {
-    /// A configuration with the defaults: concurrency 1, Sockethub's single attempt, a 30 s
-    /// lease, 5 s blocking reads, 24 h event retention.
-    #[must_use]
-    pub fn new(queue: &str, consumer: &str) -> Self {
-        Self {
-            prefix: "dl".into(),
-            queue: queue.into(),
-            consumer: consumer.into(),
-            concurrency: 1,
-            retry: RetryPolicy::default(),
-            lease_ms: 30_000,
-            block_ms: Some(5_000),
-            reclaim_interval_ms: 15_000,
-            promote_interval_ms: 1_000,
-            event_retention_ms: 24 * 3600 * 1000,
-            max_batch: 256,
-            timeout_ms: None,
-        }
-    }
-
-    /// With a job timeout (ms).
-    #[must_use]
-    pub fn timeout_ms(mut self, timeout_ms: Option<u64>) -> Self {
-        self.timeout_ms = timeout_ms;
-        self
-    }
-
-    /// With this concurrency.
-    #[must_use]
-    pub fn concurrency(mut self, concurrency: u32) -> Self {
-        self.concurrency = concurrency;
-        self
-    }
-
-    /// With this retry policy.
-    #[must_use]
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// With this lease (ms); reclaims run every half lease.
-    #[must_use]
-    pub fn lease_ms(mut self, lease_ms: u64) -> Self {
-        self.lease_ms = lease_ms;
-        self.reclaim_interval_ms = (lease_ms / 2).max(1);
-        self
-    }
-
-    /// With reads that block this long (`None`: never block).
-    #[must_use]
-    pub fn block_ms(mut self, block_ms: Option<u64>) -> Self {
-        self.block_ms = block_ms;
-        self
-    }
-}
-
-/// A caller's misuse of the worker, or a configuration it cannot run with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WorkerError {
-    /// Concurrency must be at least 1.
-    #[error("concurrency must be an integer >= 1, got {0}")]
-    Concurrency(u32),
-    /// The lease must be at least 3 ms (heartbeats run every third of it).
-    #[error("the lease must be at least 3 ms, got {0}")]
-    Lease(u64),
-    /// The queue name cannot be used in a key.
-    #[error(transparent)]
-    Name(#[from] NameError),
-    /// The consumer name is empty.
-    #[error("the consumer name must not be empty")]
-    Consumer,
-    /// `complete`/`fail` for an entry this worker is not running.
-    #[error("entry {0} is not running on this worker (already settled, or never delivered)")]
-    NotRunning(EntryId),
-    /// A reply for an operation this worker did not send (or already got a reply for).
-    #[error("no operation {0:?} is awaiting a reply")]
-    UnknownOp(OpId),
-    /// Events were not drained: call `poll_event` until `None` after every input.
-    #[error("{0} events are waiting: drain poll_event after every input")]
-    Undrained(usize),
-    /// The result or reason could not be sealed.
-    #[error("sealing failed: {0}")]
-    Seal(#[from] EnvelopeError),
-}
-
-/// A job for the application to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The stream entry: pass it to `complete` or `fail`.
-    pub entry: EntryId,
-    /// The opened job.
-    pub job: JobRecord,
-    /// How many times the entry was delivered (above 1: a previous worker stalled).
-    pub deliveries: u64,
-}
-
-/// What the worker tells the application.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WorkerEvent {
-    /// Run this job, then call `complete` or `fail`.
-    Job(Delivery),
-    /// The entry was reclaimed by another worker (this one missed its lease); a result
-    /// from this worker will be discarded.
-    LeaseLost {
-        /// The entry.
-        entry: EntryId,
-        /// The job.
-        job: JobId,
-    },
-    /// A settlement did not apply: the entry was no longer pending here (another worker
-    /// settled it after this one lost the lease).
-    Discarded {
-        /// The entry.
-        entry: EntryId,
-    },
-    /// An entry was dead-lettered: unreadable, stalled too often, or out of attempts.
-    DeadLettered {
-        /// The entry.
-        entry: EntryId,
-        /// The job, when the entry named one.
-        job: Option<JobId>,
-        /// Why.
-        reason: String,
-    },
-    /// Redis answered something unexpected; the worker retries, nothing is lost.
-    Trouble {
-        /// What happened.
-        message: String,
-    },
-    /// The job at this entry ran past the timeout and was failed; stop its handler (a
-    /// result it still produces is refused with `NotRunning`).
-    TimedOut {
-        /// The entry.
-        entry: EntryId,
-    },
-    /// `drain`: nothing runs and every settlement is confirmed; the worker is idle.
-    Drained,
-}
 
 /// The three transitions that settle a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ use crate::command::Reply;
 use crate::keys::{Key, KeyId, Keyring};
 use crate::naming::GROUP;
 use crate::random::SeededRandom;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::sim::world::{Answer, World, WorldConfig};
 use crate::sim::{Faults, Sim};
 use crate::value::Value;

@@ -1,0 +1,186 @@
+//! The producer's public vocabulary: its configuration, its errors, its events.
+
+use crate::command::OpId;
+use crate::envelope::EnvelopeError;
+use crate::job::JobId;
+use crate::naming::NameError;
+use crate::value::EntryId;
+
+/// How a producer behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProducerConfig {
+    /// The key prefix (default `dl`).
+    pub prefix: String,
+    /// The queue.
+    pub queue: String,
+    /// The most jobs in one add command.
+    pub max_batch_jobs: usize,
+    /// The most envelope bytes in one add command (a single larger job goes alone).
+    pub max_batch_bytes: usize,
+    /// The most adds not yet confirmed by Redis; beyond, `add` fails with `Backpressure`.
+    pub max_pending: usize,
+    /// Whether to read the queue's events (results and failures).
+    pub read_events: bool,
+    /// Where the events cursor starts (`0-0`: every event still in the stream).
+    pub events_after: EntryId,
+    /// The most events per read.
+    pub events_count: u32,
+    /// How long an events read blocks in Redis (ms); `None` polls.
+    pub block_ms: Option<u64>,
+}
+
+impl ProducerConfig {
+    /// The defaults: batches of 128 jobs or 1 MiB, 100,000 pending adds, events read from
+    /// the start of the stream with 5 s blocking reads.
+    #[must_use]
+    pub fn new(queue: &str) -> Self {
+        Self {
+            prefix: "dl".into(),
+            queue: queue.into(),
+            max_batch_jobs: 128,
+            max_batch_bytes: 1 << 20,
+            max_pending: 100_000,
+            read_events: true,
+            events_after: EntryId::ZERO,
+            events_count: 256,
+            block_ms: Some(5_000),
+        }
+    }
+
+    /// With events reads that block this long (`None`: poll).
+    #[must_use]
+    pub fn block_ms(mut self, block_ms: Option<u64>) -> Self {
+        self.block_ms = block_ms;
+        self
+    }
+}
+
+/// A job to add.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AddJob {
+    /// A caller-chosen id (idempotent adds); `None` generates one.
+    pub id: Option<JobId>,
+    /// A short title.
+    pub title: String,
+    /// The client session the job belongs to.
+    pub session_id: String,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+    /// Run no sooner than this many ms from now.
+    pub delay_ms: u64,
+}
+
+/// A caller's misuse, or an add that cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// The queue is paused (Sockethub's "queue closed").
+    #[error("queue closed")]
+    QueueClosed,
+    /// Too many adds await Redis' confirmation; wait for `Accepted` events.
+    #[error("{0} adds await confirmation: wait before adding more")]
+    Backpressure(usize),
+    /// The queue name cannot be used in a key.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The job could not be sealed.
+    #[error("sealing failed: {0}")]
+    Seal(#[from] EnvelopeError),
+    /// A reply for an operation this producer did not send.
+    #[error("no operation {0:?} is awaiting a reply")]
+    UnknownOp(OpId),
+    /// Events were not drained: call `poll_event` until `None` after every input.
+    #[error("{0} events are waiting: drain poll_event after every input")]
+    Undrained(usize),
+}
+
+/// What became of an add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddStatus {
+    /// In the work stream, at this entry.
+    Added(EntryId),
+    /// In the delayed set, due later.
+    Delayed,
+    /// A job with this id is alive already (possibly this very add, sent twice after an
+    /// unknown outcome): nothing was added.
+    AlreadyQueued,
+}
+
+/// What the producer tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProducerEvent {
+    /// Redis has the job.
+    Accepted {
+        /// The job.
+        job: JobId,
+        /// Where it is.
+        status: AddStatus,
+    },
+    /// Redis refused the add (e.g. out of memory); the job is not queued.
+    AddFailed {
+        /// The job.
+        job: JobId,
+        /// Redis' error.
+        error: String,
+    },
+    /// The job completed with this result.
+    Completed {
+        /// The job.
+        job: JobId,
+        /// The encoded result.
+        result: Vec<u8>,
+        /// The attempt that succeeded.
+        attempt: u32,
+    },
+    /// An attempt failed; the job will be retried.
+    Failed {
+        /// The job.
+        job: JobId,
+        /// The failure reason.
+        reason: String,
+        /// The attempt that failed.
+        attempt: u32,
+    },
+    /// The job failed for good and sits in the dead letters.
+    DeadLettered {
+        /// The job.
+        job: JobId,
+        /// The failure reason.
+        reason: String,
+        /// The last attempt.
+        attempt: u32,
+    },
+    /// An event could not be read (tampered, wrong key, malformed) and was skipped.
+    BadEvent {
+        /// The event's id.
+        event: EntryId,
+        /// Why.
+        reason: String,
+    },
+    /// The queue's counts.
+    Stats(QueueStats),
+    /// `destroy`: every key of the queue is gone.
+    Destroyed,
+    /// Redis answered something unexpected; the producer retries, nothing is lost.
+    Trouble {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A queue's counts, from `stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Entries in the work stream (waiting or running).
+    pub jobs: u64,
+    /// Entries delivered and not yet settled.
+    pub pending: u64,
+    /// Delayed jobs (retries waiting for their backoff, or added with a delay).
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Events not yet read.
+    pub events: u64,
+}
