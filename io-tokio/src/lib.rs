@@ -3,9 +3,12 @@
 //! The tokio adapter of datalayer: it owns connections, timers and tasks, and executes what
 //! the sans-io core (`datalayer-core`) decides. It holds no policy of its own.
 //!
-//! For now it provides the operating system's randomness to the core ([`OsRandom`]); the
-//! queue, worker and credential store adapters build on it.
+//! For now it provides the operating system's randomness to the core ([`OsRandom`]) and the
+//! executor that runs the core's command plan on Redis as pipelines ([`exec`]); the queue,
+//! worker and credential store adapters build on them.
 #![forbid(unsafe_code)]
+
+pub mod exec;
 
 pub use datalayer_core as core;
 

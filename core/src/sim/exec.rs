@@ -330,15 +330,16 @@ fn settle(
 ) -> Exec {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let acked = match sim.stream_mut(&keys.jobs, false)? {
-            Some(s) => {
-                let held = s
-                    .pending(GROUP, item.entry)
-                    .is_some_and(|p| p.consumer == consumer);
-                held && s.ack(GROUP, item.entry)
-            }
-            None => false,
-        };
+        // The scripts ask XPENDING first, which fails without the stream or its group.
+        let missing = || nogroup(&keys.jobs, "XPENDING");
+        let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+        if !s.groups.contains_key(GROUP) {
+            return Err(missing());
+        }
+        let held = s
+            .pending(GROUP, item.entry)
+            .is_some_and(|p| p.consumer == consumer);
+        let acked = held && s.ack(GROUP, item.entry);
         if acked {
             if let Some(s) = sim.stream_mut(&keys.jobs, false)? {
                 s.entries.remove(&item.entry);

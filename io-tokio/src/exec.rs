@@ -1,0 +1,143 @@
+//! Runs the core's commands on Redis: everything one drain emitted goes out as one pipeline,
+//! and every command gets exactly one reply back as a core [`Value`] (or
+//! [`Reply::Unknown`] when the connection failed).
+//!
+//! Scripts go out as `EVALSHA`. A server that does not know a script (a fresh or restarted
+//! Redis) answers `NOSCRIPT` without running anything; the scripts are then loaded and those
+//! commands sent again.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use datalayer_core::command::{Command, Reply};
+use datalayer_core::scripts::{self, Invocation, Script};
+use datalayer_core::value::Value;
+use redis::aio::ConnectionLike;
+
+/// The SHA1 of every script, computed once.
+fn shas() -> &'static HashMap<&'static str, String> {
+    static SHAS: OnceLock<HashMap<&'static str, String>> = OnceLock::new();
+    SHAS.get_or_init(|| {
+        scripts::ALL
+            .iter()
+            .map(|s| (s.name, redis::Script::new(s.source).get_hash().to_owned()))
+            .collect()
+    })
+}
+
+fn sha(script: &Script) -> &'static str {
+    shas().get(script.name).map_or("", String::as_str)
+}
+
+/// The `redis::Cmd` of one invocation.
+#[must_use]
+pub fn to_cmd(invocation: &Invocation<'_>) -> redis::Cmd {
+    match invocation {
+        Invocation::Plain(args) => {
+            let mut cmd = redis::Cmd::new();
+            for a in args {
+                cmd.arg(a.as_ref());
+            }
+            cmd
+        }
+        Invocation::Script { script, keys, args } => {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha(script)).arg(keys.len());
+            for k in keys {
+                cmd.arg(k.as_ref());
+            }
+            for a in args {
+                cmd.arg(a.as_ref());
+            }
+            cmd
+        }
+    }
+}
+
+/// A redis-rs value as the core's value (RESP3 shapes flattened to their RESP2 forms).
+#[must_use]
+pub fn to_value(v: redis::Value) -> Value {
+    use redis::Value as R;
+    match v {
+        R::Nil => Value::Nil,
+        R::Int(i) => Value::Int(i),
+        R::BulkString(b) => Value::Bulk(b),
+        R::Array(a) | R::Set(a) => Value::Array(a.into_iter().map(to_value).collect()),
+        R::SimpleString(s) => Value::Status(s),
+        R::Okay => Value::Status("OK".into()),
+        R::Map(m) => Value::Array(
+            m.into_iter()
+                .flat_map(|(k, v)| [to_value(k), to_value(v)])
+                .collect(),
+        ),
+        R::Attribute { data, .. } => to_value(*data),
+        R::Double(d) => Value::Bulk(d.to_string().into_bytes()),
+        R::Boolean(b) => Value::Int(i64::from(b)),
+        R::VerbatimString { text, .. } => Value::Bulk(text.into_bytes()),
+        R::BigNumber(n) => Value::Bulk(format!("{n:?}").into_bytes()),
+        R::Push { data, .. } => Value::Array(data.into_iter().map(to_value).collect()),
+        R::ServerError(e) => Value::Error(match e.details() {
+            Some(d) => format!("{} {d}", e.code()),
+            None => e.code().to_owned(),
+        }),
+        // A future variant: keep its debug form rather than lose the reply.
+        #[allow(unreachable_patterns)]
+        other => Value::Error(format!("ERR unsupported reply {other:?}")),
+    }
+}
+
+/// Loads every script (after which `EVALSHA` finds them).
+pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for s in scripts::ALL {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(s.source).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+async fn run_pipeline<C: ConnectionLike>(conn: &mut C, commands: &[&Command]) -> Vec<Reply> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for c in commands {
+        pipe.add_command(to_cmd(&scripts::invocation(&c.kind)));
+    }
+    match pipe.query_async::<Vec<redis::Value>>(conn).await {
+        Ok(values) if values.len() == commands.len() => values
+            .into_iter()
+            .map(|v| Reply::Value(to_value(v)))
+            .collect(),
+        // The connection failed: each command may or may not have run.
+        _ => vec![Reply::Unknown; commands.len()],
+    }
+}
+
+fn is_noscript(reply: &Reply) -> bool {
+    matches!(reply, Reply::Value(Value::Error(e)) if e.starts_with("NOSCRIPT"))
+}
+
+/// Sends `commands` as one pipeline; returns one reply per command, in order.
+pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
+    if commands.is_empty() {
+        return Vec::new();
+    }
+    let all: Vec<&Command> = commands.iter().collect();
+    let mut replies = run_pipeline(conn, &all).await;
+    let missing: Vec<usize> = (0..replies.len())
+        .filter(|i| is_noscript(&replies[*i]))
+        .collect();
+    if missing.is_empty() {
+        return replies;
+    }
+    // NOSCRIPT means the script did not run: load the scripts and send those again.
+    if load_scripts(conn).await.is_err() {
+        for i in missing {
+            replies[i] = Reply::Unknown;
+        }
+        return replies;
+    }
+    let again: Vec<&Command> = missing.iter().map(|i| &commands[*i]).collect();
+    for (i, reply) in missing.into_iter().zip(run_pipeline(conn, &again).await) {
+        replies[i] = reply;
+    }
+    replies
+}

@@ -1,0 +1,324 @@
+//! Differential test: random sequences of the core's commands run on the in-memory model
+//! (`sim`) and on a real redis-server must give the same replies.
+//!
+//! Commands are generated symbolically: an entry is "the i-th entry id this side has seen", a
+//! time is "the side's base time plus an offset", so each side gets the same command in its
+//! own terms (Redis makes ids from its own clock). Replies are compared after entry ids are
+//! renamed by order of first appearance. Idle-time conditions use 0, 3 s (met only by entries
+//! handed back with an idle time of 5 s: the whole run takes well under 3 s) or a billion ms,
+//! so the wall clock cannot make the two sides differ.
+
+use std::sync::Arc;
+
+use datalayer_core::command::{Command, CommandKind, NewJob, OpId, Reply, Settle};
+use datalayer_core::naming::QueueKeys;
+use datalayer_core::random::{Random, SeededRandom};
+use datalayer_core::sim::Sim;
+use datalayer_core::value::{EntryId, Value};
+use datalayer_tests::{Persistence, RedisServer};
+
+/// One side's view: the ids it has seen, per stream (ids are unique within a stream only),
+/// and its base time.
+struct Side {
+    ids: [Vec<EntryId>; 2],
+    base: u64,
+}
+
+/// Id namespaces: the work stream, the events stream.
+const JOBS_NS: usize = 0;
+const EVENTS_NS: usize = 1;
+
+impl Side {
+    fn pick(&self, ns: usize, pick: usize) -> EntryId {
+        let ids = &self.ids[ns];
+        if ids.is_empty() || pick == usize::MAX {
+            return EntryId::new(1, 1); // an id that never exists
+        }
+        ids[pick % ids.len()]
+    }
+
+    fn id(&self, pick: usize) -> EntryId {
+        self.pick(JOBS_NS, pick)
+    }
+
+    fn event(&self, pick: usize) -> EntryId {
+        self.pick(EVENTS_NS, pick)
+    }
+
+    /// Renames entry ids of namespace `ns` (by first appearance) and base-relative times,
+    /// recursively.
+    fn normalize(&mut self, ns: usize, v: Value) -> Value {
+        match v {
+            Value::Bulk(b) => match EntryId::parse(&b) {
+                Ok(id) if id.ms >= 1_000_000_000_000 => {
+                    let ids = &mut self.ids[ns];
+                    let i = match ids.iter().position(|x| *x == id) {
+                        Some(i) => i,
+                        None => {
+                            ids.push(id);
+                            ids.len() - 1
+                        }
+                    };
+                    Value::Status(format!("id#{i}"))
+                }
+                _ => Value::Bulk(b),
+            },
+            Value::Array(a) => Value::Array(a.into_iter().map(|x| self.normalize(ns, x)).collect()),
+            Value::Int(i) if i >= 1_000_000_000_000 => {
+                Value::Status(format!("t+{}", i - self.base as i64))
+            }
+            Value::Error(e) => Value::Error(e.split(' ').next().unwrap_or_default().to_owned()),
+            other => other,
+        }
+    }
+}
+
+/// A command in symbolic form.
+#[derive(Debug, Clone)]
+enum Op {
+    EnsureGroup,
+    Enqueue(Vec<(usize, Option<i64>)>, bool),
+    Read(usize, u32),
+    Settle(u8, usize, Vec<(usize, usize, i64)>),
+    Promote(u64, u32),
+    Reclaim(usize, u64, usize, u32),
+    Heartbeat(usize, u64, Vec<usize>),
+    ReadEvents(usize, u32),
+    AckEvents(Vec<usize>, Vec<usize>),
+    Stats,
+    Garbage,
+    Destroy,
+}
+
+/// Sequences per run (80 commands each).
+const SEEDS: u64 = 200;
+
+const JOBS: [&str; 6] = ["j0", "j1", "j2", "j3", "j4", "j5"];
+const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
+
+fn random_op(rng: &mut SeededRandom) -> Op {
+    let mut r = |n: u64| (rng.next_u64() % n) as usize;
+    match r(24) {
+        0 => Op::EnsureGroup,
+        1..=4 => {
+            let jobs = (0..=r(3))
+                .map(|_| (r(6), [None, Some(-1), Some(1_000_000)][r(3)]))
+                .collect();
+            Op::Enqueue(jobs, r(2) == 0)
+        }
+        5..=7 => Op::Read(r(3), 1 + r(3) as u32),
+        8..=11 => {
+            let items = (0..=r(2))
+                .map(|_| (r(64), r(6), [-1, 1_000_000][r(2)]))
+                .collect();
+            Op::Settle(r(3) as u8, r(3), items)
+        }
+        12 => Op::Promote([0, 2_000_000][r(2)], 1 + r(3) as u32),
+        13 | 14 => Op::Reclaim(
+            r(3),
+            [0, 3_000, 1_000_000_000][r(3)],
+            [usize::MAX, r(64)][r(2)],
+            1 + r(3) as u32,
+        ),
+        15 => Op::Heartbeat(r(3), [0, 5_000][r(2)], (0..=r(2)).map(|_| r(64)).collect()),
+        16 | 17 => Op::ReadEvents([usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
+        18 => Op::AckEvents(
+            (0..r(3)).map(|_| r(64)).collect(),
+            (0..r(3)).map(|_| r(6)).collect(),
+        ),
+        19 => Op::Stats,
+        20 => Op::Garbage,
+        21 if r(4) == 0 => Op::Destroy,
+        _ => Op::Read(r(3), 2),
+    }
+}
+
+fn at(base: u64, offset: i64) -> u64 {
+    base.saturating_add_signed(offset)
+}
+
+fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
+    let keys = keys.clone();
+    let base = side.base;
+    Some(match op {
+        Op::EnsureGroup => CommandKind::EnsureGroup { keys },
+        Op::Enqueue(jobs, producer_forgets) => CommandKind::Enqueue {
+            keys,
+            now_ms: base,
+            producer_forgets: *producer_forgets,
+            jobs: jobs
+                .iter()
+                .map(|(j, due)| NewJob {
+                    id: JOBS[*j].into(),
+                    due_ms: due.map(|d| at(base, d)),
+                    envelope: Arc::from(format!("env-{j}").as_bytes()),
+                })
+                .collect(),
+        },
+        Op::Read(c, count) => CommandKind::Read {
+            keys,
+            consumer: CONSUMERS[*c].into(),
+            count: *count,
+            block_ms: None,
+        },
+        Op::Settle(kind, c, items) => {
+            let items: Vec<Settle> = items
+                .iter()
+                .map(|(e, j, due)| Settle {
+                    entry: side.id(*e),
+                    job: Some(JOBS[*j].into()),
+                    value: Arc::from(&b"value"[..]),
+                    job_envelope: Arc::from(&b"env-again"[..]),
+                    attempt: 1,
+                    due_ms: at(base, *due),
+                })
+                .collect();
+            let consumer = CONSUMERS[*c].to_owned();
+            let min_event_ms = base - 3_600_000;
+            match kind {
+                0 => CommandKind::Complete {
+                    keys,
+                    min_event_ms,
+                    consumer,
+                    items,
+                },
+                1 => CommandKind::Retry {
+                    keys,
+                    now_ms: base,
+                    min_event_ms,
+                    consumer,
+                    items,
+                },
+                _ => CommandKind::Bury {
+                    keys,
+                    min_event_ms,
+                    consumer,
+                    items,
+                },
+            }
+        }
+        Op::Promote(offset, limit) => CommandKind::Promote {
+            keys,
+            now_ms: base + offset,
+            limit: *limit,
+        },
+        Op::Reclaim(c, min_idle_ms, cursor, count) => CommandKind::Reclaim {
+            keys,
+            consumer: CONSUMERS[*c].into(),
+            min_idle_ms: *min_idle_ms,
+            cursor: if *cursor == usize::MAX {
+                EntryId::ZERO
+            } else {
+                side.id(*cursor)
+            },
+            count: *count,
+        },
+        Op::Heartbeat(c, idle_ms, entries) => CommandKind::Heartbeat {
+            keys,
+            consumer: CONSUMERS[*c].into(),
+            idle_ms: *idle_ms,
+            entries: entries.iter().map(|e| side.id(*e)).collect(),
+        },
+        Op::ReadEvents(after, count) => CommandKind::ReadEvents {
+            keys,
+            after: if *after == usize::MAX {
+                EntryId::ZERO
+            } else {
+                side.event(*after)
+            },
+            count: *count,
+            block_ms: None,
+        },
+        Op::AckEvents(events, forget) => CommandKind::AckEvents {
+            keys,
+            events: events.iter().map(|e| side.event(*e)).collect(),
+            forget: forget.iter().map(|j| JOBS[*j].to_owned()).collect(),
+        },
+        Op::Stats => CommandKind::Stats { keys },
+        Op::Destroy => CommandKind::Destroy { keys },
+        Op::Garbage => return None,
+    })
+}
+
+async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn model_and_redis_agree() {
+    let server = RedisServer::start(Persistence::None);
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut ops_run = 0;
+    for seed in 0..SEEDS {
+        let keys = Arc::new(QueueKeys::new("dl", &format!("diff{seed}")).expect("keys"));
+        let mut rng = SeededRandom::new(seed);
+        let real_base = redis_time(&mut conn).await;
+        let mut sim = Sim::new(1_700_000_000_000);
+        let mut model = Side {
+            ids: Default::default(),
+            base: sim.now_ms(),
+        };
+        let mut real = Side {
+            ids: Default::default(),
+            base: real_base,
+        };
+        for step in 0..80 {
+            // The model's clock moves like Redis' does, so a recreated stream gets new ids.
+            sim.set_time(sim.now_ms() + 1);
+            let op = random_op(&mut rng);
+            let (m, r) = match build(&op, &model, &keys) {
+                Some(kind) => {
+                    let m = sim.execute(&kind);
+                    let kind = build(&op, &real, &keys).expect("same op");
+                    let cmd = Command {
+                        op: OpId(step),
+                        kind,
+                    };
+                    let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
+                        .await
+                        .pop()
+                    {
+                        Some(Reply::Value(v)) => v,
+                        other => panic!("no reply from redis: {other:?}"),
+                    };
+                    (m, r)
+                }
+                None => {
+                    let fields = vec![(b"x".to_vec(), b"garbage".to_vec())];
+                    let m = match sim.xadd_raw(&keys.jobs, fields) {
+                        Ok(id) => Value::Bulk(id.to_string().into_bytes()),
+                        Err(e) => Value::Error(e),
+                    };
+                    let r: redis::Value = redis::cmd("XADD")
+                        .arg(&keys.jobs)
+                        .arg("*")
+                        .arg("x")
+                        .arg("garbage")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_else(|e| redis::Value::SimpleString(format!("ERR {e}")));
+                    (m, datalayer_tokio::exec::to_value(r))
+                }
+            };
+            let ns = if matches!(op, Op::ReadEvents(..)) {
+                EVENTS_NS
+            } else {
+                JOBS_NS
+            };
+            let (m, r) = (model.normalize(ns, m), real.normalize(ns, r));
+            assert_eq!(m, r, "seed {seed} step {step}: {op:?}");
+            if matches!(op, Op::Destroy) {
+                // New streams may reuse ids of the deleted ones (Redis does, within a ms).
+                model.ids = Default::default();
+                real.ids = Default::default();
+            }
+            ops_run += 1;
+        }
+    }
+    assert_eq!(ops_run, SEEDS * 80);
+}
