@@ -9,8 +9,19 @@
 #![forbid(unsafe_code)]
 
 pub mod exec;
+mod layer;
+mod queue;
+mod worker;
 
 pub use datalayer_core as core;
+pub use layer::{DataLayer, Error, Options};
+pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions};
+pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};
+
+/// A random u64 from the OS generator (consumer names, health-check tokens).
+pub(crate) fn random_u64() -> u64 {
+    OsRandom.next_u64()
+}
 
 use datalayer_core::Random;
 

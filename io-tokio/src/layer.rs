@@ -1,0 +1,174 @@
+//! The process-wide handle: the connection every queue and worker of the process shares.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use datalayer_core::keys::SecretRing;
+use redis::aio::ConnectionManager;
+
+use crate::queue::{JobQueue, QueueOptions};
+use crate::worker::{JobWorker, WorkerOptions};
+
+/// Why the data layer could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis could not be reached, or failed a command.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The health check did not finish in time.
+    #[error("redis did not answer the health check within {0:?}")]
+    HealthTimeout(Duration),
+    /// The health check read back something else than it wrote.
+    #[error("health check failed: {0}")]
+    Health(String),
+    /// A queue or worker could not be set up.
+    #[error("{0}")]
+    Config(String),
+    /// The queue is paused (Sockethub's "queue closed"), or was shut down.
+    #[error("queue closed")]
+    QueueClosed,
+    /// The queue's engine stopped (disconnected or shut down).
+    #[error("the queue's driver has stopped")]
+    Stopped,
+    /// The payload could not be encoded as JSON.
+    #[error("payload does not encode: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The engine refused the job.
+    #[error("add refused: {0}")]
+    Add(String),
+}
+
+/// Options of the process-wide connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// Key prefix (default `dl`).
+    pub prefix: String,
+    /// How long a command may take before its outcome is unknown (default 10 s).
+    pub response_timeout: Duration,
+    /// How long connecting may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// The longest wait between reconnect attempts (default 2 s).
+    pub max_reconnect_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            prefix: "dl".into(),
+            response_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            max_reconnect_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The process-wide handle: one multiplexed connection (reconnected with exponential backoff)
+/// that every queue and worker made from it shares. Cheap to clone.
+#[derive(Clone)]
+pub struct DataLayer {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) options: Options,
+}
+
+impl std::fmt::Debug for DataLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataLayer")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch: the engine's clock input.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl DataLayer {
+    /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`).
+    pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_max_delay(options.max_reconnect_delay)
+            .set_number_of_retries(usize::MAX);
+        let mut conn = client.get_connection_manager_with_config(config).await?;
+        crate::exec::load_scripts(&mut conn).await?;
+        let layer = Self { conn, options };
+        layer.warn_if_evicting().await;
+        Ok(layer)
+    }
+
+    async fn warn_if_evicting(&self) {
+        let mut conn = self.conn.clone();
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        if let Ok(pair) = policy {
+            if let Some(p) = pair.get(1) {
+                if p != "noeviction" {
+                    eprintln!(
+                        "datalayer: warning: maxmemory-policy is {p}: Redis may evict queued jobs; \
+                         use noeviction"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Checks that Redis answers a write and a read on a key private to this call, within
+    /// `timeout`. Two processes checking at once never wait on each other.
+    pub async fn health(&self, timeout: Duration) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let token = format!("{:016x}", crate::random_u64());
+        let key = format!("{}:health:{token}", self.options.prefix);
+        let check = async {
+            let (back,): (Option<String>,) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("PX")
+                .arg(10_000)
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .cmd("DEL")
+                .arg(&key)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+            match back {
+                Some(v) if v == token => Ok(()),
+                other => Err(Error::Health(format!("read back {other:?}"))),
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| Error::HealthTimeout(timeout))?
+    }
+
+    /// A queue (Sockethub's JobQueue) for `name`, sealing with keys derived from `secrets`.
+    pub fn queue(
+        &self,
+        name: &str,
+        secrets: &SecretRing,
+        options: QueueOptions,
+    ) -> Result<JobQueue, Error> {
+        JobQueue::start(self.clone(), name, secrets, options)
+    }
+
+    /// A worker (Sockethub's JobWorker) for the queue `name`.
+    pub fn worker(
+        &self,
+        name: &str,
+        secrets: &SecretRing,
+        options: WorkerOptions,
+    ) -> Result<JobWorker, Error> {
+        JobWorker::new(self.clone(), name, secrets, options)
+    }
+}

@@ -1,0 +1,332 @@
+//! JobWorker: the worker machine driven over the shared connection by one task; handlers run
+//! as tasks of their own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datalayer_core::command::Command;
+use datalayer_core::envelope::Sealer;
+use datalayer_core::job::JobId;
+use datalayer_core::keys::SecretRing;
+use datalayer_core::retry::RetryPolicy;
+use datalayer_core::value::EntryId;
+use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::layer::{DataLayer, Error, now_ms};
+use crate::{OsRandom, exec};
+
+/// Options of a worker.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// Jobs run at once (an integer ≥ 1).
+    pub concurrency: u32,
+    /// Attempts and backoff (default: Sockethub's single attempt).
+    pub retry: RetryPolicy,
+    /// How long a silent worker keeps a job before others may take it (default 30 s).
+    pub lease: Duration,
+    /// A job running longer fails with "timed out" (default: none).
+    pub timeout: Option<Duration>,
+    /// The consumer name (default: random, unique per worker).
+    pub consumer: Option<String>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(30),
+            timeout: None,
+            consumer: None,
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// With this concurrency.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: u32) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// With this retry policy.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// With this lease.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// A job, as a handler receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// Its title.
+    pub title: String,
+    /// The client session it belongs to.
+    pub session_id: String,
+    /// The payload (JSON, as added).
+    pub payload: Vec<u8>,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+}
+
+impl Job {
+    /// The payload decoded from JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+/// A worker, not yet running: `start` it with a handler.
+#[derive(Debug)]
+pub struct JobWorker {
+    conn: ConnectionManager,
+    worker: Worker,
+}
+
+/// A running worker: shut it down to stop it.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    ctl: mpsc::Sender<Ctl>,
+}
+
+enum Ctl {
+    Shutdown(Duration, oneshot::Sender<()>),
+}
+
+type Done = (EntryId, Result<Vec<u8>, String>);
+
+impl JobWorker {
+    pub(crate) fn new(
+        layer: DataLayer,
+        name: &str,
+        secrets: &SecretRing,
+        options: WorkerOptions,
+    ) -> Result<Self, Error> {
+        let consumer = options
+            .consumer
+            .unwrap_or_else(|| format!("{}-{:016x}", std::process::id(), crate::random_u64()));
+        let lease_ms = u64::try_from(options.lease.as_millis()).unwrap_or(u64::MAX);
+        let mut cfg = WorkerConfig::new(name, &consumer)
+            .concurrency(options.concurrency)
+            .retry(options.retry)
+            .lease_ms(lease_ms)
+            .block_ms(None)
+            .timeout_ms(
+                options
+                    .timeout
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            );
+        cfg.prefix = layer.options.prefix.clone();
+        let sealer = Sealer::new(secrets.queue_keyring(name));
+        let worker =
+            Worker::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self {
+            conn: layer.conn,
+            worker,
+        })
+    }
+
+    /// Runs `handler` for every job, up to the concurrency at once. Its `Ok` value (any
+    /// `Serialize`) is the job's result; its `Err` (any `Display`) the failure reason; a panic
+    /// fails the job with the panic's message, and the worker goes on.
+    pub fn start<F, Fut, T, E>(self, handler: F) -> WorkerHandle
+    where
+        F: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let (ctl, ctl_rx) = mpsc::channel(4);
+        let (done_tx, done_rx) = mpsc::channel(1024);
+        let driver = Driver {
+            worker: self.worker,
+            conn: self.conn,
+            ctl: ctl_rx,
+            done_tx,
+            done_rx,
+            running: HashMap::new(),
+            shutdown: None,
+        };
+        tokio::spawn(driver.run(Arc::new(handler)));
+        WorkerHandle { ctl }
+    }
+}
+
+impl WorkerHandle {
+    /// Stops reading; waits up to `deadline` for running jobs, then hands the rest back to
+    /// the queue (other workers take them at once) and returns.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.ctl.send(Ctl::Shutdown(deadline, tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Driver {
+    worker: Worker,
+    conn: ConnectionManager,
+    ctl: mpsc::Receiver<Ctl>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    running: HashMap<EntryId, AbortHandle>,
+    shutdown: Option<(u64, oneshot::Sender<()>)>,
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => match p.downcast::<String>() {
+            Ok(s) => format!("handler panicked: {s}"),
+            Err(p) => match p.downcast::<&str>() {
+                Ok(s) => format!("handler panicked: {s}"),
+                Err(_) => "handler panicked".to_owned(),
+            },
+        },
+        Err(e) => format!("handler was cancelled: {e}"),
+    }
+}
+
+impl Driver {
+    async fn run<F, Fut, T, E>(mut self, handler: Arc<F>)
+    where
+        F: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        loop {
+            let sent = self.flush().await;
+            if self.route_events(&handler) {
+                break;
+            }
+            if sent {
+                continue;
+            }
+            let mut wake = self.worker.poll_timeout();
+            if let Some((deadline, _)) = &self.shutdown {
+                wake = Some(wake.map_or(*deadline, |w| w.min(*deadline)));
+            }
+            let sleep = async {
+                match wake {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((entry, outcome)) = self.done_rx.recv() => self.settle(entry, outcome),
+                Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
+                    let at = now_ms().saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX));
+                    self.worker.drain(now_ms());
+                    self.shutdown = Some((at, done));
+                }
+                () = sleep => self.tick(),
+            }
+        }
+        if let Some((_, done)) = self.shutdown.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        if let Some((deadline, _)) = &self.shutdown {
+            if now >= *deadline {
+                for (_, h) in self.running.drain() {
+                    h.abort();
+                }
+                self.worker.hand_back(now);
+            }
+        }
+        let _ = self.worker.handle_timeout(now, &mut OsRandom);
+    }
+
+    fn settle(&mut self, entry: EntryId, outcome: Result<Vec<u8>, String>) {
+        self.running.remove(&entry);
+        let now = now_ms();
+        // NotRunning: the job timed out or was handed back meanwhile; its answer is moot.
+        let _ = match outcome {
+            Ok(result) => self.worker.complete(now, entry, &result, &mut OsRandom),
+            Err(reason) => self.worker.fail(now, entry, &reason, &mut OsRandom),
+        };
+    }
+
+    async fn flush(&mut self) -> bool {
+        let cmds: Vec<Command> = std::iter::from_fn(|| self.worker.poll_command()).collect();
+        if cmds.is_empty() {
+            return false;
+        }
+        let replies = exec::execute(&mut self.conn, &cmds).await;
+        let now = now_ms();
+        for (cmd, reply) in cmds.iter().zip(replies) {
+            let _ = self.worker.handle_reply(now, cmd.op, reply, &mut OsRandom);
+        }
+        true
+    }
+
+    /// Starts handlers for new jobs; whether the worker has drained for shutdown.
+    fn route_events<F, Fut, T, E>(&mut self, handler: &Arc<F>) -> bool
+    where
+        F: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let mut drained = false;
+        while let Some(ev) = self.worker.poll_event() {
+            match ev {
+                WorkerEvent::Job(d) => {
+                    let job = Job {
+                        id: d.job.id,
+                        title: d.job.title,
+                        session_id: d.job.session_id,
+                        payload: d.job.payload,
+                        attempt: d.job.attempt,
+                    };
+                    let task = tokio::spawn((handler)(job));
+                    self.running.insert(d.entry, task.abort_handle());
+                    let done = self.done_tx.clone();
+                    let entry = d.entry;
+                    tokio::spawn(async move {
+                        let outcome = match task.await {
+                            Ok(Ok(value)) => serde_json::to_vec(&value)
+                                .map_err(|e| format!("result does not encode: {e}")),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(panic_message(e)),
+                        };
+                        let _ = done.send((entry, outcome)).await;
+                    });
+                }
+                WorkerEvent::TimedOut { entry } => {
+                    if let Some(h) = self.running.remove(&entry) {
+                        h.abort();
+                    }
+                }
+                WorkerEvent::Drained => drained = true,
+                _ => {}
+            }
+        }
+        drained
+    }
+}

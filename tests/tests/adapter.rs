@@ -1,0 +1,454 @@
+//! JobQueue and JobWorker over a real redis-server (started per test on a free port).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use datalayer_core::keys::{KeyId, Secret, SecretRing};
+use datalayer_core::producer::AddJob;
+use datalayer_core::retry::{Backoff, RetryPolicy};
+use datalayer_tests::{Persistence, RedisServer};
+use datalayer_tokio::{
+    DataLayer, Error, Job, JobQueue, Options, Outcome, QueueEvent, QueueOptions, WorkerOptions,
+};
+use serde_json::{Value, json};
+
+fn secrets() -> SecretRing {
+    SecretRing::new(KeyId(1), Secret::from_bytes([42; 32]))
+}
+
+async fn layer(server: &RedisServer) -> DataLayer {
+    DataLayer::connect(&server.url(), Options::default())
+        .await
+        .expect("connect")
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn outcome(handle: datalayer_tokio::JobHandle) -> Outcome {
+    tokio::time::timeout(WAIT, handle.result())
+        .await
+        .expect("job ended in time")
+        .expect("queue running")
+}
+
+async fn echo(job: Job) -> Result<Value, String> {
+    let payload: Value = job.json().map_err(|e| e.to_string())?;
+    Ok(json!({ "echo": payload, "session": job.session_id }))
+}
+
+/// XRANGE's shape: entries of (id, field/value pairs).
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+#[tokio::test]
+async fn round_trip_unicode_and_a_mebibyte() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    dl.health(Duration::from_secs(2)).await.expect("healthy");
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let text = "héllo wörld ✓ 你好 🚀🦀";
+    let big = "ab".repeat(512 * 1024);
+    let small = queue
+        .add("s1", &json!({ "text": text }))
+        .await
+        .expect("add");
+    let large = queue.add("s2", &json!({ "big": big })).await.expect("add");
+
+    // Before any worker runs: the 1 MiB job sits compressed and sealed in the stream.
+    let mut conn = raw(&server).await;
+    let entries: Entries = redis::cmd("XRANGE")
+        .arg("dl:{q}:jobs")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    assert_eq!(entries.len(), 2);
+    let sealed = &entries[1]
+        .1
+        .iter()
+        .find(|(k, _)| k == "e")
+        .expect("field e")
+        .1;
+    assert!(
+        sealed.len() < 64 * 1024,
+        "1 MiB stored as {} bytes",
+        sealed.len()
+    );
+    assert_eq!(sealed[3] & 1, 1, "compressed flag");
+
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default().concurrency(2))
+        .expect("worker")
+        .start(echo);
+    let Outcome::Completed(r) = outcome(small).await else {
+        panic!("failed")
+    };
+    let r: Value = serde_json::from_slice(&r).expect("json");
+    assert_eq!(r["echo"]["text"], text);
+    assert_eq!(r["session"], "s1");
+    let Outcome::Completed(r) = outcome(large).await else {
+        panic!("failed")
+    };
+    let r: Value = serde_json::from_slice(&r).expect("json");
+    assert_eq!(r["echo"]["big"].as_str().map(str::len), Some(big.len()));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn errors_fail_and_retries_back_off_then_dead_letter() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut events = queue.events();
+    let tries = Arc::new(AtomicU32::new(0));
+    let seen = tries.clone();
+    let retry = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 200 });
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default().retry(retry))
+        .expect("worker")
+        .start(move |job: Job| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if job.attempt < 3 {
+                    Err::<(), _>(format!("attempt {} failed", job.attempt))
+                } else {
+                    panic!("third time: {}", job.id)
+                }
+            }
+        });
+    let handle = queue.add("s", &json!({})).await.expect("add");
+    let id = handle.id.clone();
+    match outcome(handle).await {
+        Outcome::Failed(reason) => {
+            assert_eq!(reason, format!("handler panicked: third time: {id}"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tries.load(Ordering::SeqCst), 3);
+    let mut failed = Vec::new();
+    while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        if let QueueEvent::Failed {
+            reason, attempt, ..
+        } = ev
+        {
+            failed.push((attempt, reason));
+        }
+    }
+    assert_eq!(
+        failed,
+        [
+            (1, "attempt 1 failed".to_owned()),
+            (2, "attempt 2 failed".to_owned())
+        ]
+    );
+    let mut conn = raw(&server).await;
+    let dead: usize = redis::cmd("XLEN")
+        .arg("dl:{q}:dead")
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    assert_eq!(dead, 1);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_paused_queue_is_closed() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    queue.pause().await.expect("pause");
+    let err = queue.add("s", &json!(1)).await.expect_err("closed");
+    assert!(matches!(err, Error::QueueClosed));
+    assert_eq!(err.to_string(), "queue closed");
+    queue.resume().await.expect("resume");
+    for i in 0..5 {
+        let h = queue.add("s", &json!(i)).await.expect("add");
+        let Outcome::Completed(r) = outcome(h).await else {
+            panic!("failed")
+        };
+        let r: Value = serde_json::from_slice(&r).expect("json");
+        assert_eq!(r["echo"], i);
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn concurrency_must_be_at_least_one() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let err = dl
+        .worker("q", &secrets(), WorkerOptions::default().concurrency(0))
+        .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "concurrency must be an integer >= 1, got 0"
+    );
+}
+
+#[tokio::test]
+async fn garbage_in_the_work_stream_is_dead_lettered_and_work_goes_on() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("dl:{q}:jobs")
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    for fields in [
+        &["hello", "world"][..],
+        &["j", "fake", "e", "DL\x01garbage"],
+        &["e", "\u{0}"],
+    ] {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("dl:{q}:jobs").arg("*").arg(fields);
+        let _: String = cmd.query_async(&mut conn).await.expect("xadd garbage");
+    }
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    for i in 0..3 {
+        let h = queue.add("s", &json!(i)).await.expect("add");
+        assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    }
+    let dead: usize = redis::cmd("XLEN")
+        .arg("dl:{q}:dead")
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    assert_eq!(dead, 3);
+    let left: usize = redis::cmd("XLEN")
+        .arg("dl:{q}:jobs")
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    assert_eq!(left, 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Every value of every key, as bytes.
+async fn dump(conn: &mut redis::aio::MultiplexedConnection) -> Vec<u8> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(conn)
+        .await
+        .expect("keys");
+    let mut all = Vec::new();
+    for key in keys {
+        all.extend_from_slice(key.as_bytes());
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("type");
+        let mut cmd = match kind.as_str() {
+            "stream" => redis::cmd("XRANGE"),
+            "hash" => redis::cmd("HGETALL"),
+            "zset" => redis::cmd("ZRANGE"),
+            "string" => redis::cmd("GET"),
+            "list" => redis::cmd("LRANGE"),
+            "set" => redis::cmd("SMEMBERS"),
+            other => panic!("unexpected key type {other}"),
+        };
+        cmd.arg(&key);
+        match kind.as_str() {
+            "stream" => {
+                cmd.arg("-").arg("+");
+            }
+            "zset" => {
+                cmd.arg(0).arg(-1).arg("WITHSCORES");
+            }
+            "list" => {
+                cmd.arg(0).arg(-1);
+            }
+            _ => {}
+        }
+        let v: redis::Value = cmd.query_async(conn).await.expect("read key");
+        all.extend(format!("{v:?}").into_bytes());
+    }
+    all
+}
+
+#[tokio::test]
+async fn no_plaintext_in_redis() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let retry = RetryPolicy::new(2, Backoff::Fixed { delay_ms: 60_000 });
+    let worker = dl
+        .worker(
+            "q",
+            &secrets(),
+            WorkerOptions::default().retry(retry).concurrency(4),
+        )
+        .expect("worker")
+        .start(|job: Job| async move {
+            let p: Value = job.json().map_err(|e| e.to_string())?;
+            if p["fail"] == true {
+                Err("MARKER-REASON-33".to_owned())
+            } else {
+                Ok(json!({ "r": "MARKER-RESULT-22" }))
+            }
+        });
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        let payload = json!({ "secret": "MARKER-PAYLOAD-11", "fail": i % 2 == 0 });
+        handles.push(queue.add("MARKER-SESSION-44", &payload).await.expect("add"));
+    }
+    // Results are deleted once read: stop reading so they stay, then wait for the work.
+    queue.disconnect().await;
+    let mut conn = raw(&server).await;
+    for _ in 0..200 {
+        let delayed: usize = redis::cmd("ZCARD")
+            .arg("dl:{q}:delayed")
+            .query_async(&mut conn)
+            .await
+            .expect("zcard");
+        let events: usize = redis::cmd("XLEN")
+            .arg("dl:{q}:events")
+            .query_async(&mut conn)
+            .await
+            .expect("xlen");
+        if delayed == 5 && events == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let everything = dump(&mut conn).await;
+    let text = String::from_utf8_lossy(&everything);
+    assert!(text.contains("dl:{q}:delayed"), "the retries wait, sealed");
+    for marker in [
+        "MARKER-PAYLOAD",
+        "MARKER-RESULT",
+        "MARKER-REASON",
+        "MARKER-SESSION",
+    ] {
+        assert!(!text.contains(marker), "{marker} readable in Redis");
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn results_are_not_lost_while_the_producer_is_away() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let first = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(first.add("s", &json!(i)).await.expect("add").id);
+    }
+    first.disconnect().await;
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default().concurrency(4))
+        .expect("worker")
+        .start(echo);
+    // All complete while nobody listens.
+    let mut conn = raw(&server).await;
+    for _ in 0..400 {
+        let n: usize = redis::cmd("XLEN")
+            .arg("dl:{q}:events")
+            .query_async(&mut conn)
+            .await
+            .expect("xlen");
+        if n == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // A replacement instance receives every result.
+    let second = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut events = second.events();
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < ids.len() {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Ok(QueueEvent::Completed { job, .. })) => {
+                done.insert(job);
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("events ended: {other:?} after {} results", done.len()),
+        }
+    }
+    let want: std::collections::BTreeSet<_> = ids.into_iter().collect();
+    assert_eq!(done, want);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_thousand_queues_share_a_handful_of_connections() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let mut queues: Vec<JobQueue> = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..1000 {
+        let name = format!("q{i}");
+        queues.push(
+            dl.queue(&name, &secrets(), QueueOptions::default())
+                .expect("queue"),
+        );
+        workers.push(
+            dl.worker(&name, &secrets(), WorkerOptions::default())
+                .expect("worker")
+                .start(echo),
+        );
+    }
+    let mut handles = Vec::new();
+    for (i, q) in queues.iter().enumerate().step_by(50) {
+        handles.push(
+            q.add_job(AddJob {
+                payload: i.to_string().into_bytes(),
+                ..AddJob::default()
+            })
+            .await
+            .expect("add"),
+        );
+    }
+    for h in handles {
+        assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    }
+    let mut conn = raw(&server).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("client list");
+    let clients = list.lines().count();
+    // The data layer's connection, plus this test's own.
+    assert!(clients <= 4, "{clients} connections:\n{list}");
+    for w in &workers {
+        w.shutdown(Duration::from_secs(1)).await;
+    }
+}
