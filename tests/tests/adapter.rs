@@ -452,3 +452,174 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
         w.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// A child process that dies with the test, even when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_worker_process_job_is_reclaimed_after_the_lease() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_dl-hang-worker"))
+            .args([server.url().as_str(), "q", "1000"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the worker process"),
+    );
+    let handle = queue.add("s", &json!("crash me")).await.expect("add");
+    // Wait until the child holds the job, then SIGKILL it mid-job.
+    let mut conn = raw(&server).await;
+    let mut held = false;
+    for _ in 0..400 {
+        // NOGROUP until the worker process has created the group.
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg("dl:{q}:jobs")
+            .arg("workers")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        if matches!(&pending, redis::Value::Array(a) if a.first() == Some(&redis::Value::Int(1))) {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(held, "the worker process never took the job");
+    child.0.kill().expect("SIGKILL");
+    let _ = child.0.wait();
+    let started = std::time::Instant::now();
+    let worker = dl
+        .worker(
+            "q",
+            &secrets(),
+            WorkerOptions::default().lease(Duration::from_millis(1_000)),
+        )
+        .expect("worker")
+        .start(echo);
+    let Outcome::Completed(r) = outcome(handle).await else {
+        panic!("failed")
+    };
+    let r: Value = serde_json::from_slice(&r).expect("json");
+    assert_eq!(r["echo"], "crash me");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "reclaimed only after the lease"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Enqueues `n` jobs, starts the workers, runs `fault` once a third of the jobs are done,
+/// adds more jobs right after it, and checks that every job completes with its own result.
+async fn survive(server: &mut RedisServer, n: usize, fault: impl AsyncFnOnce(&mut RedisServer)) {
+    let dl = layer(server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut conn = raw(server).await;
+    let mut waits = Vec::with_capacity(n);
+    let wait = |i: usize, h: datalayer_tokio::JobHandle| {
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(120), h.result()).await;
+            (i, r)
+        })
+    };
+    for i in 0..n {
+        waits.push(wait(i, queue.add("s", &json!(i)).await.expect("add")));
+    }
+    let started = std::time::Instant::now();
+    let waiting = async |conn: &mut redis::aio::MultiplexedConnection| -> usize {
+        redis::cmd("XLEN")
+            .arg("dl:{q}:jobs")
+            .query_async(conn)
+            .await
+            .unwrap_or(0)
+    };
+    while waiting(&mut conn).await < n {
+        assert!(started.elapsed() < WAIT, "jobs never all reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let options = WorkerOptions::default()
+            .concurrency(16)
+            .lease(Duration::from_secs(2));
+        workers.push(
+            dl.worker("q", &secrets(), options)
+                .expect("worker")
+                .start(echo),
+        );
+    }
+    while waiting(&mut conn).await > n * 2 / 3 {
+        assert!(started.elapsed() < WAIT * 2, "workers stalled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    fault(server).await;
+    for i in n..n + 1_000 {
+        waits.push(wait(i, queue.add("s", &json!(i)).await.expect("add")));
+    }
+    for w in waits {
+        match w.await.expect("waiter") {
+            (i, Ok(Ok(Outcome::Completed(r)))) => {
+                let r: Value = serde_json::from_slice(&r).expect("json");
+                assert_eq!(r["echo"], i, "job {i} got another job's result");
+            }
+            (i, other) => panic!("job {i} of {n}: {other:?}"),
+        }
+    }
+    for w in &workers {
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_mid_load_loses_nothing() {
+    let mut server = RedisServer::start(Persistence::AofAlways);
+    survive(&mut server, 20_000, async |server: &mut RedisServer| {
+        let mut conn = raw(server).await;
+        let waiting: usize = redis::cmd("XLEN")
+            .arg("dl:{q}:jobs")
+            .query_async(&mut conn)
+            .await
+            .expect("xlen");
+        assert!(waiting > 1_000, "only {waiting} jobs left when Redis dies");
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.restart();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killed_connections_lose_nothing() {
+    let mut server = RedisServer::start(Persistence::None);
+    survive(&mut server, 5_000, async |server: &mut RedisServer| {
+        let mut conn = raw(server).await;
+        for _ in 0..3 {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query_async(&mut conn)
+                .await
+                .expect("client kill");
+            assert!(killed >= 1, "no connection to kill");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
