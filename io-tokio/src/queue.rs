@@ -33,6 +33,16 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// The result decoded from JSON, or the failure reason.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        match self {
+            Outcome::Completed(r) => serde_json::from_slice(r).map_err(|e| e.to_string()),
+            Outcome::Failed(reason) => Err(reason.clone()),
+        }
+    }
+}
+
 /// A job's lifecycle, as the queue's event stream reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

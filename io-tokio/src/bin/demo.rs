@@ -1,102 +1,139 @@
-//! The README's first command: seals a job the way a queue will, shows the envelope's
-//! layout, opens it, and shows what the envelope refuses. (The queue demo over Redis replaces
-//! it when the adapter's JobQueue/JobWorker land.)
+//! The README's first command: a queue and a pool of workers over Redis.
+//!
+//! It uses `REDIS_URL` if set, else starts its own `redis-server` on a free loopback port;
+//! pushes a few thousand sealed jobs through a producer and four workers, shows progress,
+//! prints results, jobs/s and the connection count, and leaves no keys behind.
 
-use datalayer_core::envelope::{Context, HEADER_LEN, Purpose, Sealer, TAG_LEN};
-use datalayer_core::job::{JobId, JobRecord};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use datalayer_core::keys::{KeyId, Secret, SecretRing};
-use datalayer_tokio::OsRandom;
+use datalayer_tokio::{DataLayer, Job, Options, OsRandom, Outcome, QueueOptions, WorkerOptions};
+use serde_json::{Value, json};
 
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+const JOBS: usize = 5_000;
 
-fn short_hex(b: &[u8]) -> String {
-    if b.len() <= 8 {
-        hex(b)
-    } else {
-        format!("{} .. {}", hex(&b[..4]), hex(&b[b.len() - 4..]))
+/// A redis-server child, killed on drop.
+struct OwnRedis(Child);
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
-fn job(payload: Vec<u8>) -> JobRecord {
-    JobRecord {
-        id: JobId::from("job-1"),
-        title: "irc:send".into(),
-        session_id: "session-a".into(),
-        payload,
-        attempt: 1,
-        created_at_ms: 1_700_000_000_000,
+fn start_redis() -> Result<(String, OwnRedis), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot start redis-server ({e}): sudo apt-get install redis-server, or set REDIS_URL")
+        })?;
+    let own = OwnRedis(child);
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((format!("redis://127.0.0.1:{port}"), own));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
+    Err("redis-server did not start".into())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut rng = OsRandom;
-    let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut rng));
-    let sealer = Sealer::new(secrets.queue_keyring("irc"));
-    let ctx = Context::new(Purpose::Job, "irc", b"job-1");
-
-    let payload =
-        br#"{"@context":"as","type":"send","actor":{"id":"nick@irc"},"object":{"content":"hi"}}"#;
-    let record = job(payload.to_vec());
-    let env = sealer.seal(&ctx, &record, &mut rng)?;
-    println!("datalayer: one job sealed for queue \"irc\" and opened again\n");
-    println!(
-        "record   id {}, title {}, session {}, payload {} B",
-        record.id,
-        record.title,
-        record.session_id,
-        record.payload.len()
-    );
-    println!(
-        "envelope {} bytes ({} of overhead)",
-        env.len(),
-        HEADER_LEN + TAG_LEN
-    );
-    let body = &env[HEADER_LEN..env.len() - TAG_LEN];
-    println!("  magic    {:<28} \"DL\"", hex(&env[..2]));
-    println!("  version  {:<28} v{}", hex(&env[2..3]), env[2]);
-    println!(
-        "  flags    {:<28} compressed: {}",
-        hex(&env[3..4]),
-        env[3] & 1 == 1
-    );
-    println!("  key id   {:<28} key 1 of the keyring", hex(&env[4..8]));
-    println!("  nonce    {:<28} 12 random bytes", short_hex(&env[8..20]));
-    println!(
-        "  sealed   {:<28} {} bytes of ciphertext",
-        short_hex(body),
-        body.len()
-    );
-    println!(
-        "  tag      {:<28} 16 bytes",
-        short_hex(&env[env.len() - TAG_LEN..])
-    );
-
-    let opened: JobRecord = sealer.open(&ctx, &env)?;
-    println!("\nopened   identical record: {}", opened == record);
-
-    let elsewhere = Context::new(Purpose::Job, "xmpp", b"job-1");
-    match sealer.open::<JobRecord>(&elsewhere, &env) {
-        Err(e) => println!("moved    the same bytes in queue \"xmpp\": {e}"),
-        Ok(_) => return Err("an envelope opened in the wrong queue".into()),
-    }
-    let mut tampered = env.clone();
-    tampered[HEADER_LEN] ^= 1;
-    if let Err(e) = sealer.open::<JobRecord>(&ctx, &tampered) {
-        println!("tampered one bit flipped: {e}");
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (url, _own) = match std::env::var("REDIS_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let (url, own) = start_redis()?;
+            (url, Some(own))
+        }
+    };
+    println!("datalayer demo: {JOBS} sealed jobs through a queue and 4 workers on {url}\n");
+    let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut OsRandom));
+    let dl = DataLayer::connect(&url, Options::default()).await?;
+    dl.health(Duration::from_secs(2)).await?;
+    let queue_name = format!("demo-{}", std::process::id());
+    let queue = dl.queue(&queue_name, &secrets, QueueOptions::default())?;
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let worker = dl.worker(
+            &queue_name,
+            &secrets,
+            WorkerOptions::default().concurrency(16),
+        )?;
+        workers.push(worker.start(move |job: Job| async move {
+            let msg: Value = job.json().map_err(|e| e.to_string())?;
+            let text = msg["object"]["content"].as_str().unwrap_or_default();
+            Ok::<_, String>(json!({ "worker": w, "reply": text.to_uppercase() }))
+        }));
     }
 
-    let big = job(payload.repeat(800));
-    let big_env = sealer.seal(&ctx, &big, &mut rng)?;
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(JOBS);
+    for i in 0..JOBS {
+        let msg = json!({
+            "@context": "https://www.w3.org/ns/activitystreams",
+            "type": "send",
+            "actor": { "id": format!("user{}@irc.example", i % 50) },
+            "object": { "type": "message", "content": format!("hello #{i} ✓") },
+        });
+        handles.push(queue.add(&format!("session-{}", i % 50), &msg).await?);
+    }
+    let mut done = 0;
+    let mut samples = Vec::new();
+    for h in handles {
+        let id = h.id.clone();
+        match h.result().await? {
+            Outcome::Completed(r) if samples.len() < 3 => {
+                samples.push((id, String::from_utf8_lossy(&r).into_owned()))
+            }
+            Outcome::Completed(_) => {}
+            Outcome::Failed(reason) => println!("job {id} failed: {reason}"),
+        }
+        done += 1;
+        if done % 250 == 0 || done == JOBS {
+            print!("\r  completed {done:>5} / {JOBS}");
+            std::io::stdout().flush()?;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!("\n");
+    for (id, r) in &samples {
+        println!("  {id} -> {r}");
+    }
     println!(
-        "large    a {} B payload seals into {} bytes (compressed: {})",
-        big.payload.len(),
-        big_env.len(),
-        big_env[3] & 1 == 1
+        "\n{JOBS} jobs in {:.2} s: {:.0} jobs/s end to end (sealed, results awaited)",
+        elapsed.as_secs_f64(),
+        JOBS as f64 / elapsed.as_secs_f64()
     );
+
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await?;
+    println!(
+        "connections to Redis: {} (the data layer's one, and this demo's inspection)",
+        clients.lines().count()
+    );
+    for w in &workers {
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    queue.shutdown().await;
+    let pattern = format!("dl:{{{queue_name}}}:*");
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await?;
+    println!("keys left behind: {}", left.len());
     Ok(())
 }
