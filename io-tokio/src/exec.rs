@@ -95,6 +95,7 @@ pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult
     pipe.query_async::<()>(conn).await
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
 async fn run_pipeline<C: ConnectionLike>(conn: &mut C, commands: &[&Command]) -> Vec<Reply> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -107,7 +108,18 @@ async fn run_pipeline<C: ConnectionLike>(conn: &mut C, commands: &[&Command]) ->
             .map(|v| Reply::Value(to_value(v)))
             .collect(),
         // The connection failed: each command may or may not have run.
-        _ => vec![Reply::Unknown; commands.len()],
+        Ok(values) => {
+            tracing::warn!(
+                sent = commands.len(),
+                got = values.len(),
+                "pipeline reply count mismatch"
+            );
+            vec![Reply::Unknown; commands.len()]
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, commands = commands.len(), "pipeline failed: outcomes unknown");
+            vec![Reply::Unknown; commands.len()]
+        }
     }
 }
 

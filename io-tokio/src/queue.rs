@@ -128,7 +128,8 @@ impl JobQueue {
             events: events.clone(),
             waiters: HashMap::new(),
         };
-        tokio::spawn(driver.run());
+        let span = tracing::info_span!("queue", name);
+        tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(Self { tx, events })
     }
 
@@ -322,6 +323,14 @@ impl Driver {
                     if let Some((true, _)) = closing {
                         *closing = closing.take().map(|(_, done)| (false, done));
                     }
+                    continue;
+                }
+                ProducerEvent::Trouble { message } => {
+                    tracing::warn!(%message, "queue trouble");
+                    continue;
+                }
+                ProducerEvent::BadEvent { event, reason } => {
+                    tracing::warn!(%event, %reason, "unreadable event skipped");
                     continue;
                 }
                 _ => continue,

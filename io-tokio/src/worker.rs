@@ -100,6 +100,7 @@ impl Job {
 pub struct JobWorker {
     conn: ConnectionManager,
     worker: Worker,
+    queue: String,
 }
 
 /// A running worker: shut it down to stop it.
@@ -142,6 +143,7 @@ impl JobWorker {
         Ok(Self {
             conn: layer.conn,
             worker,
+            queue: name.to_owned(),
         })
     }
 
@@ -166,7 +168,11 @@ impl JobWorker {
             running: HashMap::new(),
             shutdown: None,
         };
-        tokio::spawn(driver.run(Arc::new(handler)));
+        let span = tracing::info_span!("worker", queue = %self.queue);
+        tokio::spawn(tracing::Instrument::instrument(
+            driver.run(Arc::new(handler)),
+            span,
+        ));
         WorkerHandle { ctl }
     }
 }
@@ -304,7 +310,8 @@ impl Driver {
                         payload: d.job.payload,
                         attempt: d.job.attempt,
                     };
-                    let task = tokio::spawn((handler)(job));
+                    let span = tracing::info_span!("job", id = %job.id, attempt = job.attempt);
+                    let task = tokio::spawn(tracing::Instrument::instrument((handler)(job), span));
                     self.running.insert(d.entry, task.abort_handle());
                     let done = self.done_tx.clone();
                     let entry = d.entry;
@@ -324,6 +331,13 @@ impl Driver {
                     }
                 }
                 WorkerEvent::Drained => drained = true,
+                WorkerEvent::DeadLettered { entry, job, reason } => {
+                    tracing::warn!(%entry, job = ?job, %reason, "dead-lettered");
+                }
+                WorkerEvent::LeaseLost { entry, job } => {
+                    tracing::warn!(%entry, %job, "lease lost: another worker took the job");
+                }
+                WorkerEvent::Trouble { message } => tracing::warn!(%message, "worker trouble"),
                 _ => {}
             }
         }
