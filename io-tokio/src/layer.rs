@@ -33,9 +33,18 @@ pub enum Error {
     /// The payload could not be encoded as JSON.
     #[error("payload does not encode: {0}")]
     Encode(#[from] serde_json::Error),
-    /// The engine refused the job.
+    /// The engine or Redis refused the job.
     #[error("add refused: {0}")]
     Add(String),
+    /// Redis cannot be reached; the job was not queued.
+    #[error("redis is unreachable: the job was not queued")]
+    Unavailable,
+    /// Redis did not confirm the job in time; it may be queued. Adding it again with the same
+    /// id is safe: adds are idempotent.
+    #[error(
+        "redis did not confirm job {0} in time; it may be queued: add it again with the same id"
+    )]
+    Unconfirmed(datalayer_core::job::JobId),
 }
 
 /// Options of the process-wide connection.
@@ -93,8 +102,12 @@ impl DataLayer {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.connect_timeout))
+            .set_min_delay(Duration::from_millis(20))
             .set_max_delay(options.max_reconnect_delay)
-            .set_number_of_retries(usize::MAX);
+            // Few attempts per request: while Redis is away, a request fails soon (its outcome
+            // unknown to the engine, which backs off and sends again), rather than waiting for
+            // Redis to come back; every new request starts a new attempt.
+            .set_number_of_retries(2);
         let mut conn = client.get_connection_manager_with_config(config).await?;
         crate::exec::load_scripts(&mut conn).await?;
         let layer = Self { conn, options };

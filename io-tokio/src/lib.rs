@@ -15,7 +15,7 @@ mod worker;
 
 pub use datalayer_core as core;
 pub use layer::{DataLayer, Error, Options};
-pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions};
+pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};
 
 /// A random u64 from the OS generator (consumer names, health-check tokens).

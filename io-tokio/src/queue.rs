@@ -15,13 +15,43 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::layer::{DataLayer, Error, now_ms};
 use crate::{OsRandom, exec};
 
+/// What `add` does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Wait up to this long for Redis to take the job, then fail with `Unavailable` (the job
+    /// was withdrawn) or `Unconfirmed` (it was sent and may be queued).
+    Wait(Duration),
+    /// Fail at once with `Unavailable` while the last attempt to reach Redis failed.
+    FailFast,
+}
+
 /// Options of a queue.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct QueueOptions {
     /// Where the events cursor starts (default: every event still in Redis, so a
     /// replacement instance receives what its predecessor missed).
     pub events_after: Option<datalayer_core::value::EntryId>,
+    /// What `add` does while Redis cannot be reached (default: wait up to 10 s).
+    pub when_unreachable: Unreachable,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            events_after: None,
+            when_unreachable: Unreachable::Wait(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl QueueOptions {
+    /// With this behaviour while Redis cannot be reached.
+    #[must_use]
+    pub fn when_unreachable(mut self, when: Unreachable) -> Self {
+        self.when_unreachable = when;
+        self
+    }
 }
 
 /// How a job ended, as its handle reports it.
@@ -87,8 +117,12 @@ impl JobHandle {
     }
 }
 
+type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
+
 enum Msg {
-    Add(AddJob, oneshot::Sender<Result<JobHandle, Error>>),
+    Add(AddJob, AddReply),
+    /// The caller stopped waiting for this add: `Ok(())` if it was accepted meanwhile.
+    Withdraw(JobId, oneshot::Sender<Result<(), Error>>),
     Pause(bool),
     Close {
         destroy: bool,
@@ -102,6 +136,7 @@ enum Msg {
 pub struct JobQueue {
     tx: mpsc::Sender<Msg>,
     events: broadcast::Sender<QueueEvent>,
+    when_unreachable: Unreachable,
 }
 
 impl JobQueue {
@@ -127,10 +162,18 @@ impl JobQueue {
             rx,
             events: events.clone(),
             waiters: HashMap::new(),
+            accepting: HashMap::new(),
+            fail_fast: options.when_unreachable == Unreachable::FailFast,
+            reachable: true,
+            closing: None,
         };
         let span = tracing::info_span!("queue", name);
         tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
-        Ok(Self { tx, events })
+        Ok(Self {
+            tx,
+            events,
+            when_unreachable: options.when_unreachable,
+        })
     }
 
     /// Adds a job for `session_id` with a JSON payload; returns its handle.
@@ -147,13 +190,34 @@ impl JobQueue {
         .await
     }
 
-    /// Adds a job described in full (id for idempotency, title, delay).
-    pub async fn add_job(&self, job: AddJob) -> Result<JobHandle, Error> {
-        let (reply, rx) = oneshot::channel();
+    /// Adds a job described in full (id for idempotency, title, delay). Returns once Redis
+    /// has the job; see [`Unreachable`] for what happens while it cannot be reached.
+    pub async fn add_job(&self, mut job: AddJob) -> Result<JobHandle, Error> {
+        // The id is chosen here, so that a caller who gives up knows which job to add again.
+        let id = job
+            .id
+            .get_or_insert_with(|| JobId(format!("{:012x}{:016x}", now_ms(), crate::random_u64())));
+        let id = id.clone();
+        let (reply, mut rx) = oneshot::channel();
         self.tx
             .send(Msg::Add(job, reply))
             .await
             .map_err(|_| Error::Stopped)?;
+        let wait = match self.when_unreachable {
+            Unreachable::Wait(d) => d,
+            // The driver fails the add at once if Redis is known to be away.
+            Unreachable::FailFast => Duration::from_secs(3600),
+        };
+        if let Ok(r) = tokio::time::timeout(wait, &mut rx).await {
+            return r.map_err(|_| Error::Stopped)?;
+        }
+        let (ask, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Withdraw(id, ask))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)??;
+        // Accepted just before the withdrawal: the handle is on its way.
         rx.await.map_err(|_| Error::Stopped)?
     }
 
@@ -204,15 +268,21 @@ struct Driver {
     rx: mpsc::Receiver<Msg>,
     events: broadcast::Sender<QueueEvent>,
     waiters: HashMap<JobId, oneshot::Sender<Outcome>>,
+    /// Adds waiting for Redis to take them, with the handle to give back when it does.
+    accepting: HashMap<JobId, (AddReply, JobHandle)>,
+    fail_fast: bool,
+    /// Whether the last pipeline reached Redis.
+    reachable: bool,
+    /// `close` was called: (destroy still to be confirmed, who to tell when done).
+    closing: Option<(bool, oneshot::Sender<()>)>,
 }
 
 impl Driver {
     async fn run(mut self) {
-        let mut closing: Option<(bool, oneshot::Sender<()>)> = None;
         loop {
             let sent = self.flush().await;
-            self.route_events(&mut closing);
-            if let Some((false, _)) = &closing {
+            self.route_events();
+            if let Some((false, _)) = &self.closing {
                 break;
             }
             if sent {
@@ -231,10 +301,10 @@ impl Driver {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => {
-                        self.handle(msg, &mut closing);
+                        self.handle(msg);
                         // Take whatever else is waiting: it goes out in the same pipeline.
                         while let Ok(msg) = self.rx.try_recv() {
-                            self.handle(msg, &mut closing);
+                            self.handle(msg);
                         }
                     }
                     None => break,
@@ -242,7 +312,7 @@ impl Driver {
                 () = sleep => self.producer.handle_timeout(now_ms()),
             }
         }
-        if let Some((_, done)) = closing {
+        if let Some((_, done)) = self.closing.take() {
             let _ = done.send(());
         }
     }
@@ -254,27 +324,67 @@ impl Driver {
             return false;
         }
         let replies = exec::execute(&mut self.conn, &cmds).await;
+        self.reachable = replies
+            .iter()
+            .any(|r| matches!(r, datalayer_core::command::Reply::Value(_)));
         let now = now_ms();
         for (cmd, reply) in cmds.iter().zip(replies) {
-            // Only a driver bug could make this fail; the machine stays consistent.
-            let _ = self.producer.handle_reply(now, cmd.op, reply);
+            if let Err(e) = self.producer.handle_reply(now, cmd.op, reply) {
+                tracing::error!(error = %e, "producer refused a reply");
+            }
+            // Drain after every input, as the machine requires.
+            self.route_events();
+        }
+        // After the replies: adds whose outcome was unknown are back among the unsent ones.
+        if self.fail_fast && !self.reachable {
+            self.refuse_waiting_adds();
         }
         true
     }
 
-    fn handle(&mut self, msg: Msg, closing: &mut Option<(bool, oneshot::Sender<()>)>) {
+    /// Fail-fast: Redis is away, so the adds still waiting for it fail now (those already
+    /// sent wait for the engine to learn their outcome).
+    fn refuse_waiting_adds(&mut self) {
+        let ids: Vec<JobId> = self.accepting.keys().cloned().collect();
+        for id in ids {
+            if self.producer.withdraw(&id) {
+                self.waiters.remove(&id);
+                if let Some((reply, _)) = self.accepting.remove(&id) {
+                    let _ = reply.send(Err(Error::Unavailable));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Add(job, reply) => {
-                let result = match self.producer.add(now_ms(), job, &mut OsRandom) {
-                    Ok(id) => {
-                        let (tx, rx) = oneshot::channel();
-                        self.waiters.insert(id.clone(), tx);
-                        Ok(JobHandle { id, rx })
+            Msg::Add(_, reply) if self.fail_fast && !self.reachable => {
+                let _ = reply.send(Err(Error::Unavailable));
+            }
+            Msg::Add(job, reply) => match self.producer.add(now_ms(), job, &mut OsRandom) {
+                Ok(id) => {
+                    let (tx, rx) = oneshot::channel();
+                    self.waiters.insert(id.clone(), tx);
+                    let handle = JobHandle { id: id.clone(), rx };
+                    self.accepting.insert(id, (reply, handle));
+                }
+                Err(ProducerError::QueueClosed) => {
+                    let _ = reply.send(Err(Error::QueueClosed));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Add(e.to_string())));
+                }
+            },
+            Msg::Withdraw(id, answer) => {
+                let result = match self.accepting.remove(&id) {
+                    None => Ok(()),
+                    Some(_) if self.producer.withdraw(&id) => {
+                        self.waiters.remove(&id);
+                        Err(Error::Unavailable)
                     }
-                    Err(ProducerError::QueueClosed) => Err(Error::QueueClosed),
-                    Err(e) => Err(Error::Add(e.to_string())),
+                    Some(_) => Err(Error::Unconfirmed(id)),
                 };
-                let _ = reply.send(result);
+                let _ = answer.send(result);
             }
             Msg::Pause(true) => self.producer.pause(),
             Msg::Pause(false) => self.producer.resume(),
@@ -284,14 +394,20 @@ impl Driver {
                 } else {
                     self.producer.pause();
                 }
-                *closing = Some((destroy, done));
+                self.closing = Some((destroy, done));
             }
         }
     }
 
-    fn route_events(&mut self, closing: &mut Option<(bool, oneshot::Sender<()>)>) {
+    fn route_events(&mut self) {
         while let Some(ev) = self.producer.poll_event() {
             let event = match ev {
+                ProducerEvent::Accepted { job, .. } => {
+                    if let Some((reply, handle)) = self.accepting.remove(&job) {
+                        let _ = reply.send(Ok(handle));
+                    }
+                    continue;
+                }
                 ProducerEvent::Completed { job, result, .. } => {
                     if let Some(w) = self.waiters.remove(&job) {
                         let _ = w.send(Outcome::Completed(result.clone()));
@@ -314,14 +430,15 @@ impl Driver {
                     QueueEvent::DeadLettered { job, reason }
                 }
                 ProducerEvent::AddFailed { job, error } => {
-                    if let Some(w) = self.waiters.remove(&job) {
-                        let _ = w.send(Outcome::Failed(format!("add refused: {error}")));
+                    self.waiters.remove(&job);
+                    if let Some((reply, _)) = self.accepting.remove(&job) {
+                        let _ = reply.send(Err(Error::Add(error)));
                     }
                     continue;
                 }
                 ProducerEvent::Destroyed => {
-                    if let Some((true, _)) = closing {
-                        *closing = closing.take().map(|(_, done)| (false, done));
+                    if let Some((true, _)) = &self.closing {
+                        self.closing = self.closing.take().map(|(_, done)| (false, done));
                     }
                     continue;
                 }

@@ -167,6 +167,7 @@ impl JobWorker {
             done_rx,
             running: HashMap::new(),
             shutdown: None,
+            pending_events: Vec::new(),
         };
         let span = tracing::info_span!("worker", queue = %self.queue);
         tokio::spawn(tracing::Instrument::instrument(
@@ -196,6 +197,8 @@ struct Driver {
     done_rx: mpsc::Receiver<Done>,
     running: HashMap<EntryId, AbortHandle>,
     shutdown: Option<(u64, oneshot::Sender<()>)>,
+    /// Events drained from the machine after each reply, handled by `route_events`.
+    pending_events: Vec<WorkerEvent>,
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -286,7 +289,11 @@ impl Driver {
         let replies = exec::execute(&mut self.conn, &cmds).await;
         let now = now_ms();
         for (cmd, reply) in cmds.iter().zip(replies) {
-            let _ = self.worker.handle_reply(now, cmd.op, reply, &mut OsRandom);
+            if let Err(e) = self.worker.handle_reply(now, cmd.op, reply, &mut OsRandom) {
+                tracing::error!(error = %e, "worker refused a reply");
+            }
+            self.pending_events
+                .extend(std::iter::from_fn(|| self.worker.poll_event()));
         }
         true
     }
@@ -300,7 +307,9 @@ impl Driver {
         E: std::fmt::Display + Send + 'static,
     {
         let mut drained = false;
-        while let Some(ev) = self.worker.poll_event() {
+        self.pending_events
+            .extend(std::iter::from_fn(|| self.worker.poll_event()));
+        for ev in std::mem::take(&mut self.pending_events) {
             match ev {
                 WorkerEvent::Job(d) => {
                     let job = Job {

@@ -9,7 +9,8 @@ use datalayer_core::producer::AddJob;
 use datalayer_core::retry::{Backoff, RetryPolicy};
 use datalayer_tests::{Persistence, RedisServer};
 use datalayer_tokio::{
-    DataLayer, Error, Job, JobQueue, Options, Outcome, QueueEvent, QueueOptions, WorkerOptions,
+    DataLayer, Error, Job, JobQueue, Options, Outcome, QueueEvent, QueueOptions, Unreachable,
+    WorkerOptions,
 };
 use serde_json::{Value, json};
 
@@ -622,4 +623,99 @@ async fn killed_connections_lose_nothing() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn thousands_of_concurrent_adds_are_all_confirmed() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default().concurrency(32))
+        .expect("worker")
+        .start(echo);
+    let mut tasks = Vec::new();
+    for i in 0..5_000 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = queue.add("s", &json!(i)).await.expect("add confirmed");
+            (i, outcome(h).await)
+        }));
+    }
+    for t in tasks {
+        let (i, out) = t.await.expect("task");
+        let Outcome::Completed(r) = out else {
+            panic!("job {i}: {out:?}")
+        };
+        let r: Value = serde_json::from_slice(&r).expect("json");
+        assert_eq!(r["echo"], i);
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn while_redis_is_away_adds_fail_fast_or_wait_bounded() {
+    let mut server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let fast = dl
+        .queue(
+            "fast",
+            &secrets(),
+            QueueOptions::default().when_unreachable(Unreachable::FailFast),
+        )
+        .expect("queue");
+    let patient = dl
+        .queue(
+            "patient",
+            &secrets(),
+            QueueOptions::default().when_unreachable(Unreachable::Wait(Duration::from_millis(300))),
+        )
+        .expect("queue");
+    fast.add("s", &json!("before")).await.expect("add while up");
+    server.kill();
+    // The first add after the outage may be the one that finds Redis gone; soon, adds fail
+    // at once.
+    let started = std::time::Instant::now();
+    let mut refused = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        let t = std::time::Instant::now();
+        match fast.add("s", &json!("x")).await {
+            Err(Error::Unavailable) if t.elapsed() < Duration::from_millis(100) => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(refused, "fail-fast adds kept waiting");
+    let t = std::time::Instant::now();
+    let err = patient
+        .add("s", &json!("y"))
+        .await
+        .expect_err("redis is down");
+    assert!(
+        matches!(err, Error::Unavailable | Error::Unconfirmed(_)),
+        "{err:?}"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(5));
+    server.restart();
+    let back = std::time::Instant::now();
+    loop {
+        match fast.add("s", &json!("after")).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(15),
+                    "never recovered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    patient
+        .add("s", &json!("after"))
+        .await
+        .expect("redis is back");
 }

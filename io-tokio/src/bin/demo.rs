@@ -77,26 +77,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let started = Instant::now();
-    let mut handles = Vec::with_capacity(JOBS);
+    // Each add returns once Redis has the job; adding concurrently lets them share pipelines.
+    let mut jobs = Vec::with_capacity(JOBS);
     for i in 0..JOBS {
-        let msg = json!({
-            "@context": "https://www.w3.org/ns/activitystreams",
-            "type": "send",
-            "actor": { "id": format!("user{}@irc.example", i % 50) },
-            "object": { "type": "message", "content": format!("hello #{i} ✓") },
-        });
-        handles.push(queue.add(&format!("session-{}", i % 50), &msg).await?);
+        let queue = queue.clone();
+        jobs.push(tokio::spawn(async move {
+            let msg = json!({
+                "@context": "https://www.w3.org/ns/activitystreams",
+                "type": "send",
+                "actor": { "id": format!("user{}@irc.example", i % 50) },
+                "object": { "type": "message", "content": format!("hello #{i} ✓") },
+            });
+            let handle = queue.add(&format!("session-{}", i % 50), &msg).await?;
+            let id = handle.id.clone();
+            Ok::<_, datalayer_tokio::Error>((id, handle.result().await?))
+        }));
     }
     let mut done = 0;
     let mut samples = Vec::new();
-    for h in handles {
-        let id = h.id.clone();
-        match h.result().await? {
-            Outcome::Completed(r) if samples.len() < 3 => {
+    for job in jobs {
+        match job.await?? {
+            (id, Outcome::Completed(r)) if samples.len() < 3 => {
                 samples.push((id, String::from_utf8_lossy(&r).into_owned()))
             }
-            Outcome::Completed(_) => {}
-            Outcome::Failed(reason) => println!("job {id} failed: {reason}"),
+            (_, Outcome::Completed(_)) => {}
+            (id, Outcome::Failed(reason)) => println!("job {id} failed: {reason}"),
         }
         done += 1;
         if done % 250 == 0 || done == JOBS {
