@@ -95,6 +95,17 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Sleeps until the wall-clock time `wake` (ms), a machine's `poll_timeout`; forever if none.
+pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
+    match wake {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl DataLayer {
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`).
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {

@@ -12,7 +12,7 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::layer::{DataLayer, Error, now_ms};
+use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
 use crate::{OsRandom, exec};
 
 /// What `add` does while Redis cannot be reached.
@@ -289,15 +289,7 @@ impl Driver {
                 continue;
             }
             let wake = self.producer.poll_timeout();
-            let sleep = async {
-                match wake {
-                    Some(at) => {
-                        let wait = at.saturating_sub(now_ms());
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until_ms(wake);
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => {

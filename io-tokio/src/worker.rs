@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::layer::{DataLayer, Error, now_ms};
+use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
 use crate::{OsRandom, exec};
 
 /// Options of a worker.
@@ -234,15 +234,7 @@ impl Driver {
             if let Some((deadline, _)) = &self.shutdown {
                 wake = Some(wake.map_or(*deadline, |w| w.min(*deadline)));
             }
-            let sleep = async {
-                match wake {
-                    Some(at) => {
-                        let wait = at.saturating_sub(now_ms());
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until_ms(wake);
             tokio::select! {
                 Some((entry, outcome)) = self.done_rx.recv() => self.settle(entry, outcome),
                 Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {

@@ -124,6 +124,17 @@ impl Producer {
         self.paused
     }
 
+    /// Withdraws an add that has not been sent yet (the caller gave up waiting for Redis);
+    /// false if it was sent already (its outcome is then Redis' to tell) or is unknown.
+    pub fn withdraw(&mut self, job: &JobId) -> bool {
+        let Some(pos) = self.unsent.iter().position(|j| j.id == job.0) else {
+            return false;
+        };
+        self.unsent.remove(pos);
+        self.resolved(&job.0);
+        true
+    }
+
     /// Adds not yet confirmed by Redis.
     #[must_use]
     pub fn pending_adds(&self) -> usize {

@@ -271,3 +271,25 @@ fn stats_and_destroy() {
         Err(ProducerError::QueueClosed)
     );
 }
+
+#[test]
+fn unsent_adds_can_be_withdrawn() {
+    let mut rng = SeededRandom::new(8);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(T0, job("b"), &mut rng).unwrap();
+    assert!(p.withdraw(&JobId::from("a")));
+    assert!(!p.withdraw(&JobId::from("a")), "once");
+    assert_eq!(p.pending_adds(), 1);
+    let events = drive(&mut p, &mut sim);
+    let accepted: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::Accepted { job, .. } => Some(job.0.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accepted, ["b"]);
+    assert!(!p.withdraw(&JobId::from("b")), "sent already");
+}
