@@ -111,11 +111,65 @@ impl RetryPolicy {
     }
 }
 
+/// Without blocking reads, an empty read waits this long before the next (ms).
+pub(crate) const POLL_INTERVAL_MS: u64 = 50;
+
+/// When a machine may send again what failed transiently or had an unknown outcome: 50 ms
+/// after the first failure, doubling up to 5 s; a success resets the delay.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ResendBackoff {
+    delay_ms: u64,
+    at_ms: u64,
+}
+
+impl ResendBackoff {
+    const MIN_MS: u64 = 50;
+    const MAX_MS: u64 = 5_000;
+
+    /// A failure at `now_ms`: returns when to send again.
+    pub(crate) fn fail(&mut self, now_ms: u64) -> u64 {
+        self.delay_ms = (self.delay_ms * 2).clamp(Self::MIN_MS, Self::MAX_MS);
+        self.at_ms = now_ms.saturating_add(self.delay_ms);
+        self.at_ms
+    }
+
+    /// A success: the next failure waits the shortest delay again.
+    pub(crate) fn succeed(&mut self) {
+        self.delay_ms = 0;
+    }
+
+    /// Whether sending again is allowed at `now_ms`.
+    pub(crate) fn ready(&self, now_ms: u64) -> bool {
+        now_ms >= self.at_ms
+    }
+
+    /// When sending again is allowed.
+    pub(crate) fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+
+    /// Whether the last outcome was a failure.
+    pub(crate) fn backing_off(&self) -> bool {
+        self.delay_ms > 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::random::SeededRandom;
     use proptest::prelude::*;
+
+    #[test]
+    fn resend_backoff_doubles_to_a_cap_and_resets() {
+        let mut b = ResendBackoff::default();
+        assert!(b.ready(0) && !b.backing_off());
+        let waits: Vec<u64> = (0..9).map(|_| b.fail(1_000) - 1_000).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert!(!b.ready(5_999) && b.ready(6_000) && b.backing_off());
+        b.succeed();
+        assert_eq!(b.fail(0), 50);
+    }
 
     #[test]
     fn default_is_a_single_attempt() {

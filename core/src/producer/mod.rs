@@ -24,6 +24,7 @@ use crate::envelope::{Context, Purpose, Sealer};
 use crate::job::{JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
+use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
 use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
@@ -37,10 +38,6 @@ enum InFlight {
     Stats,
     Destroy,
 }
-
-const RESEND_MIN_MS: u64 = 50;
-const RESEND_MAX_MS: u64 = 5_000;
-const POLL_INTERVAL_MS: u64 = 50;
 
 /// The producer machine of one queue.
 #[derive(Debug)]
@@ -65,8 +62,7 @@ pub struct Producer {
     want_stats: bool,
     want_destroy: bool,
     events: VecDeque<ProducerEvent>,
-    resend_at_ms: u64,
-    resend_delay_ms: u64,
+    resend: ResendBackoff,
 }
 
 impl Producer {
@@ -90,8 +86,7 @@ impl Producer {
             want_stats: false,
             want_destroy: false,
             events: VecDeque::new(),
-            resend_at_ms: now_ms,
-            resend_delay_ms: 0,
+            resend: ResendBackoff::default(),
             cfg,
         })
     }
@@ -218,8 +213,8 @@ impl Producer {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
-        if self.resend_at_ms > self.now_ms && !self.unsent.is_empty() {
-            at(self.resend_at_ms);
+        if !self.resend.ready(self.now_ms) && !self.unsent.is_empty() {
+            at(self.resend.at_ms());
         }
         if self.cfg.read_events && self.next_read_ms > self.now_ms {
             at(self.next_read_ms);
@@ -254,7 +249,7 @@ impl Producer {
             self.want_destroy = false;
             return Some(self.op(CommandKind::Destroy { keys }, InFlight::Destroy));
         }
-        if !self.unsent.is_empty() && now >= self.resend_at_ms {
+        if !self.unsent.is_empty() && self.resend.ready(now) {
             let jobs = self.take_batch();
             let kind = CommandKind::Enqueue {
                 keys,
@@ -309,8 +304,7 @@ impl Producer {
     }
 
     fn backoff(&mut self) {
-        self.resend_delay_ms = (self.resend_delay_ms * 2).clamp(RESEND_MIN_MS, RESEND_MAX_MS);
-        self.resend_at_ms = self.now_ms.saturating_add(self.resend_delay_ms);
+        self.resend.fail(self.now_ms);
     }
 
     /// The reply to command `op`.
@@ -350,8 +344,7 @@ impl Producer {
     }
 
     fn resend_at(&mut self) -> u64 {
-        self.backoff();
-        self.resend_at_ms
+        self.resend.fail(self.now_ms)
     }
 
     fn trouble(&mut self, message: String) {
@@ -382,7 +375,7 @@ impl Producer {
                 return self.backoff();
             }
         };
-        self.resend_delay_ms = 0;
+        self.resend.succeed();
         for (job, item) in jobs.into_iter().zip(items) {
             self.resolved(&job.id);
             let status = match item {

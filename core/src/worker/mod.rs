@@ -28,7 +28,7 @@ use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer};
 use crate::job::{JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
-use crate::retry::RetryDecision;
+use crate::retry::{ResendBackoff, RetryDecision};
 use crate::value::EntryId;
 
 /// The three transitions that settle a job.
@@ -69,12 +69,6 @@ enum InFlight {
     },
 }
 
-/// Backoff for commands that failed transiently: 50 ms doubling to 5 s.
-const RESEND_MIN_MS: u64 = 50;
-/// Without blocking reads, an empty read waits this long before the next.
-const POLL_INTERVAL_MS: u64 = 50;
-const RESEND_MAX_MS: u64 = 5_000;
-
 /// The consumer machine of one queue.
 #[derive(Debug)]
 pub struct Worker {
@@ -94,8 +88,7 @@ pub struct Worker {
     next_reclaim_ms: u64,
     next_promote_ms: u64,
     next_read_ms: u64,
-    resend_at_ms: u64,
-    resend_delay_ms: u64,
+    resend: ResendBackoff,
     draining: bool,
     drained_sent: bool,
 }
@@ -133,8 +126,7 @@ impl Worker {
             next_reclaim_ms: now_ms,
             next_promote_ms: now_ms,
             next_read_ms: now_ms,
-            resend_at_ms: now_ms,
-            resend_delay_ms: 0,
+            resend: ResendBackoff::default(),
             draining: false,
             drained_sent: false,
             cfg,
@@ -349,8 +341,8 @@ impl Worker {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
-        if self.resend_delay_ms > 0 && (!self.outbox.is_empty() || !self.group_ready) {
-            at(self.resend_at_ms);
+        if self.resend.backing_off() && (!self.outbox.is_empty() || !self.group_ready) {
+            at(self.resend.at_ms());
         }
         if let Some(beat) = self
             .running
@@ -413,7 +405,7 @@ impl Worker {
     #[must_use]
     pub fn poll_command(&mut self) -> Option<Command> {
         let now = self.now_ms;
-        let resend_ok = now >= self.resend_at_ms;
+        let resend_ok = self.resend.ready(now);
         if !self.group_ready {
             if resend_ok
                 && !self

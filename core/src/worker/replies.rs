@@ -12,14 +12,12 @@
 
 use std::sync::Arc;
 
-use super::{
-    Delivery, InFlight, POLL_INTERVAL_MS, RESEND_MAX_MS, RESEND_MIN_MS, Running, SettleKind,
-    Worker, WorkerError, WorkerEvent,
-};
+use super::{Delivery, InFlight, Running, SettleKind, Worker, WorkerError, WorkerEvent};
 use crate::command::{OpId, Reply, Settle, is_transient_error};
 use crate::envelope::{Context, Purpose};
 use crate::job::{JobId, JobRecord};
 use crate::random::Random;
+use crate::retry::POLL_INTERVAL_MS;
 use crate::value::{EntryId, ReplyError, StreamEntry, Value, decode_read};
 
 impl Worker {
@@ -58,13 +56,12 @@ impl Worker {
 
     fn group_ok(&mut self) {
         self.group_ready = true;
-        self.resend_delay_ms = 0;
+        self.resend.succeed();
     }
 
-    /// Delays what is to be sent again: 50 ms doubling up to 5 s; a success resets it.
+    /// Delays what is to be sent again (50 ms doubling to 5 s; a success resets it).
     fn backoff(&mut self) {
-        self.resend_delay_ms = (self.resend_delay_ms * 2).clamp(RESEND_MIN_MS, RESEND_MAX_MS);
-        self.resend_at_ms = self.now_ms.saturating_add(self.resend_delay_ms);
+        self.resend.fail(self.now_ms);
     }
 
     fn trouble(&mut self, what: &str, value: &Value) {
@@ -89,7 +86,7 @@ impl Worker {
                 if entries.is_empty() && self.cfg.block_ms.is_none() {
                     self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
                 }
-                self.resend_delay_ms = 0;
+                self.resend.succeed();
                 for e in entries {
                     self.accept(e, 1, rng);
                 }
@@ -192,7 +189,7 @@ impl Worker {
             }
             return self.backoff();
         };
-        self.resend_delay_ms = 0;
+        self.resend.succeed();
         for (item, flag) in items.iter().zip(flags) {
             if *flag != Value::Int(1) {
                 self.events
