@@ -1,6 +1,6 @@
 //! Each command kind, executed on the model as Redis runs it (see [`crate::scripts`]).
 
-use super::{Sim, Stream};
+use super::{Sim, Stream, ZSet};
 use crate::command::{CommandKind, NewJob, Settle};
 use crate::naming::{GROUP, QueueKeys};
 use crate::value::{EntryId, Fields, Value};
@@ -275,7 +275,7 @@ fn xadd_trimmed(sim: &mut Sim, key: &str, min_ms: u64, f: Fields) -> Result<(), 
 }
 
 fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
-    if sim.db.contains_key(key) {
+    if sim.hash(key)?.is_some() {
         sim.hash_mut(key)?.remove(field);
         sim.drop_if_empty(key);
     }
@@ -284,11 +284,11 @@ fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
 
 /// The `w` marker goes with the job; a `p` marker waits for the producer.
 fn forget_if_worker_marked(sim: &mut Sim, ids: &str, job: &[u8]) -> Result<(), String> {
-    let marked_w = match sim.db.contains_key(ids) {
-        true => sim.hash_mut(ids)?.get(job).is_some_and(|m| m == b"w"),
-        false => false,
-    };
-    if marked_w {
+    if sim
+        .hash(ids)?
+        .and_then(|h| h.get(job))
+        .is_some_and(|m| m == b"w")
+    {
         hdel(sim, ids, job)?;
     }
     Ok(())
@@ -352,17 +352,11 @@ fn settle(
 }
 
 fn promote(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, limit: u32) -> Exec {
-    let due = match sim.db.contains_key(&keys.delayed) {
-        true => sim
-            .zset_mut(&keys.delayed)?
-            .range_to(now_ms, limit as usize),
-        false => Vec::new(),
-    };
+    let due = sim
+        .zset(&keys.delayed)?
+        .map_or_else(Vec::new, |z| z.range_to(now_ms, limit as usize));
     for id in &due {
-        let env = match sim.db.contains_key(&keys.payloads) {
-            true => sim.hash_mut(&keys.payloads)?.get(id).cloned(),
-            false => None,
-        };
+        let env = sim.hash(&keys.payloads)?.and_then(|h| h.get(id).cloned());
         match env {
             Some(env) => {
                 let job = String::from_utf8_lossy(id);
@@ -378,10 +372,7 @@ fn promote(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, limit: u32) -> Exec {
         sim.drop_if_empty(&keys.delayed);
         hdel(sim, &keys.payloads, id)?;
     }
-    let next = match sim.db.contains_key(&keys.delayed) {
-        true => sim.zset_mut(&keys.delayed)?.first_score(),
-        false => None,
-    };
+    let next = sim.zset(&keys.delayed)?.and_then(ZSet::first_score);
     let next = next.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX));
     Ok(Value::Array(vec![
         Value::Int(due.len() as i64),
@@ -400,10 +391,7 @@ fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
         .and_then(|s| s.groups.get(GROUP))
         .map_or(0, |g| g.pel.len() as i64);
     let len = xlen(jobs);
-    let delayed = match sim.db.contains_key(&keys.delayed) {
-        true => sim.zset_mut(&keys.delayed)?.len() as i64,
-        false => 0,
-    };
+    let delayed = sim.zset(&keys.delayed)?.map_or(0, |z| z.len() as i64);
     let dead = xlen(sim.stream_mut(&keys.dead, false)?);
     let events = xlen(sim.stream_mut(&keys.events, false)?);
     Ok(Value::Array(

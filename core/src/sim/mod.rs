@@ -75,13 +75,16 @@ impl ZSet {
     }
 }
 
+/// A hash: field → value.
+pub type Hash = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// A value in the model's keyspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Data {
     /// A stream.
     Stream(Stream),
     /// A hash.
-    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    Hash(Hash),
     /// A sorted set.
     ZSet(ZSet),
 }
@@ -172,7 +175,25 @@ impl Sim {
         }
     }
 
-    fn hash_mut(&mut self, key: &str) -> Result<&mut BTreeMap<Vec<u8>, Vec<u8>>, String> {
+    /// The hash at `key`, if any (reads never create keys).
+    fn hash(&self, key: &str) -> Result<Option<&Hash>, String> {
+        match self.db.get(key) {
+            None => Ok(None),
+            Some(Data::Hash(h)) => Ok(Some(h)),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    /// The sorted set at `key`, if any (reads never create keys).
+    fn zset(&self, key: &str) -> Result<Option<&ZSet>, String> {
+        match self.db.get(key) {
+            None => Ok(None),
+            Some(Data::ZSet(z)) => Ok(Some(z)),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn hash_mut(&mut self, key: &str) -> Result<&mut Hash, String> {
         match self
             .db
             .entry(key.to_owned())
