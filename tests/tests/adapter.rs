@@ -92,16 +92,16 @@ async fn round_trip_unicode_and_a_mebibyte() {
         .worker("q", &secrets(), WorkerOptions::default().concurrency(2))
         .expect("worker")
         .start(echo);
-    let Outcome::Completed(r) = outcome(small).await else {
-        panic!("failed")
-    };
-    let r: Value = serde_json::from_slice(&r).expect("json");
+    let r: Value = outcome(small)
+        .await
+        .json()
+        .unwrap_or_else(|e| panic!("not completed: {e}"));
     assert_eq!(r["echo"]["text"], text);
     assert_eq!(r["session"], "s1");
-    let Outcome::Completed(r) = outcome(large).await else {
-        panic!("failed")
-    };
-    let r: Value = serde_json::from_slice(&r).expect("json");
+    let r: Value = outcome(large)
+        .await
+        .json()
+        .unwrap_or_else(|e| panic!("not completed: {e}"));
     assert_eq!(r["echo"]["big"].as_str().map(str::len), Some(big.len()));
     worker.shutdown(Duration::from_secs(5)).await;
 }
@@ -157,11 +157,7 @@ async fn errors_fail_and_retries_back_off_then_dead_letter() {
         ]
     );
     let mut conn = raw(&server).await;
-    let dead: usize = redis::cmd("XLEN")
-        .arg("dl:{q}:dead")
-        .query_async(&mut conn)
-        .await
-        .expect("xlen");
+    let dead: usize = xlen(&mut conn, "dl:{q}:dead").await;
     assert_eq!(dead, 1);
     worker.shutdown(Duration::from_secs(5)).await;
 }
@@ -184,10 +180,10 @@ async fn a_paused_queue_is_closed() {
     queue.resume().await.expect("resume");
     for i in 0..5 {
         let h = queue.add("s", &json!(i)).await.expect("add");
-        let Outcome::Completed(r) = outcome(h).await else {
-            panic!("failed")
-        };
-        let r: Value = serde_json::from_slice(&r).expect("json");
+        let r: Value = outcome(h)
+            .await
+            .json()
+            .unwrap_or_else(|e| panic!("not completed: {e}"));
         assert_eq!(r["echo"], i);
     }
     worker.shutdown(Duration::from_secs(5)).await;
@@ -240,19 +236,20 @@ async fn garbage_in_the_work_stream_is_dead_lettered_and_work_goes_on() {
         let h = queue.add("s", &json!(i)).await.expect("add");
         assert!(matches!(outcome(h).await, Outcome::Completed(_)));
     }
-    let dead: usize = redis::cmd("XLEN")
-        .arg("dl:{q}:dead")
-        .query_async(&mut conn)
-        .await
-        .expect("xlen");
+    let dead: usize = xlen(&mut conn, "dl:{q}:dead").await;
     assert_eq!(dead, 3);
-    let left: usize = redis::cmd("XLEN")
-        .arg("dl:{q}:jobs")
-        .query_async(&mut conn)
-        .await
-        .expect("xlen");
+    let left: usize = xlen(&mut conn, "dl:{q}:jobs").await;
     assert_eq!(left, 0);
     worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// XLEN of `key` (0 for a missing key).
+async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("xlen")
 }
 
 /// Every value of every key, as bytes.
@@ -335,11 +332,7 @@ async fn no_plaintext_in_redis() {
             .query_async(&mut conn)
             .await
             .expect("zcard");
-        let events: usize = redis::cmd("XLEN")
-            .arg("dl:{q}:events")
-            .query_async(&mut conn)
-            .await
-            .expect("xlen");
+        let events: usize = xlen(&mut conn, "dl:{q}:events").await;
         if delayed == 5 && events == 10 {
             break;
         }
@@ -378,11 +371,7 @@ async fn results_are_not_lost_while_the_producer_is_away() {
     // All complete while nobody listens.
     let mut conn = raw(&server).await;
     for _ in 0..400 {
-        let n: usize = redis::cmd("XLEN")
-            .arg("dl:{q}:events")
-            .query_async(&mut conn)
-            .await
-            .expect("xlen");
+        let n: usize = xlen(&mut conn, "dl:{q}:events").await;
         if n == 20 {
             break;
         }
@@ -510,10 +499,10 @@ async fn a_killed_worker_process_job_is_reclaimed_after_the_lease() {
         )
         .expect("worker")
         .start(echo);
-    let Outcome::Completed(r) = outcome(handle).await else {
-        panic!("failed")
-    };
-    let r: Value = serde_json::from_slice(&r).expect("json");
+    let r: Value = outcome(handle)
+        .await
+        .json()
+        .unwrap_or_else(|e| panic!("not completed: {e}"));
     assert_eq!(r["echo"], "crash me");
     assert!(
         started.elapsed() >= Duration::from_millis(500),
@@ -541,14 +530,7 @@ async fn survive(server: &mut RedisServer, n: usize, fault: impl AsyncFnOnce(&mu
         waits.push(wait(i, queue.add("s", &json!(i)).await.expect("add")));
     }
     let started = std::time::Instant::now();
-    let waiting = async |conn: &mut redis::aio::MultiplexedConnection| -> usize {
-        redis::cmd("XLEN")
-            .arg("dl:{q}:jobs")
-            .query_async(conn)
-            .await
-            .unwrap_or(0)
-    };
-    while waiting(&mut conn).await < n {
+    while xlen(&mut conn, "dl:{q}:jobs").await < n {
         assert!(started.elapsed() < WAIT, "jobs never all reached Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -563,7 +545,7 @@ async fn survive(server: &mut RedisServer, n: usize, fault: impl AsyncFnOnce(&mu
                 .start(echo),
         );
     }
-    while waiting(&mut conn).await > n * 2 / 3 {
+    while xlen(&mut conn, "dl:{q}:jobs").await > n * 2 / 3 {
         assert!(started.elapsed() < WAIT * 2, "workers stalled");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -590,11 +572,7 @@ async fn redis_killed_and_restarted_mid_load_loses_nothing() {
     let mut server = RedisServer::start(Persistence::AofAlways);
     survive(&mut server, 20_000, async |server: &mut RedisServer| {
         let mut conn = raw(server).await;
-        let waiting: usize = redis::cmd("XLEN")
-            .arg("dl:{q}:jobs")
-            .query_async(&mut conn)
-            .await
-            .expect("xlen");
+        let waiting: usize = xlen(&mut conn, "dl:{q}:jobs").await;
         assert!(waiting > 1_000, "only {waiting} jobs left when Redis dies");
         server.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -646,10 +624,7 @@ async fn thousands_of_concurrent_adds_are_all_confirmed() {
     }
     for t in tasks {
         let (i, out) = t.await.expect("task");
-        let Outcome::Completed(r) = out else {
-            panic!("job {i}: {out:?}")
-        };
-        let r: Value = serde_json::from_slice(&r).expect("json");
+        let r: Value = out.json().unwrap_or_else(|e| panic!("job {i}: {e}"));
         assert_eq!(r["echo"], i);
     }
     worker.shutdown(Duration::from_secs(5)).await;

@@ -42,6 +42,20 @@ fn config_is_checked() {
     );
 }
 
+/// Adds `n` jobs to queue `q` through a producer, at the model's time.
+fn enqueue(sim: &mut Sim, rng: &mut SeededRandom, n: usize) {
+    let now = sim.now_ms();
+    let pc = crate::producer::ProducerConfig::new("q").block_ms(None);
+    let mut p = crate::producer::Producer::new(pc, sealer(), now).unwrap();
+    for _ in 0..n {
+        p.add(now, Default::default(), rng).unwrap();
+    }
+    while let Some(cmd) = p.poll_command() {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+    }
+}
+
 /// Runs every command the worker emits on `sim` and feeds the replies back.
 fn drive(w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom) -> Vec<WorkerEvent> {
     let mut events = Vec::new();
@@ -114,19 +128,7 @@ fn reads_only_what_credits_allow() {
     drive(&mut w, &mut sim, &mut rng);
     // Five jobs wait; a worker with two credits takes two, and no more while they run.
     let keys = w.keys().clone();
-    let mut p = crate::producer::Producer::new(
-        crate::producer::ProducerConfig::new("q").block_ms(None),
-        sealer(),
-        T0,
-    )
-    .unwrap();
-    for _ in 0..5 {
-        p.add(T0, Default::default(), &mut rng).unwrap();
-    }
-    while let Some(cmd) = p.poll_command() {
-        let v = sim.execute(&cmd.kind);
-        p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
-    }
+    enqueue(&mut sim, &mut rng, 5);
     // The first (empty) read was at T0; the next poll comes after the poll interval.
     sim.set_time(T0 + 100);
     w.handle_timeout(T0 + 100, &mut rng).unwrap();
@@ -170,17 +172,7 @@ fn unknown_outcomes_of_settlements_are_sent_again() {
     let mut w = Worker::new(WorkerConfig::new("q", "c").block_ms(None), sealer(), T0).unwrap();
     drive(&mut w, &mut sim, &mut rng);
     let keys = w.keys().clone();
-    let mut p = crate::producer::Producer::new(
-        crate::producer::ProducerConfig::new("q").block_ms(None),
-        sealer(),
-        T0,
-    )
-    .unwrap();
-    p.add(T0, Default::default(), &mut rng).unwrap();
-    while let Some(cmd) = p.poll_command() {
-        let v = sim.execute(&cmd.kind);
-        p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
-    }
+    enqueue(&mut sim, &mut rng, 1);
     sim.set_time(T0 + 100);
     w.handle_timeout(T0 + 100, &mut rng).unwrap();
     let entry = match drive(&mut w, &mut sim, &mut rng).pop() {
@@ -349,19 +341,7 @@ impl Bench {
     }
 
     fn add(&mut self, n: usize) {
-        let mut p = crate::producer::Producer::new(
-            crate::producer::ProducerConfig::new("q").block_ms(None),
-            sealer(),
-            self.now,
-        )
-        .unwrap();
-        for _ in 0..n {
-            p.add(self.now, Default::default(), &mut self.rng).unwrap();
-        }
-        while let Some(cmd) = p.poll_command() {
-            let v = self.sim.execute(&cmd.kind);
-            p.handle_reply(self.now, cmd.op, Reply::Value(v)).unwrap();
-        }
+        enqueue(&mut self.sim, &mut self.rng, n);
     }
 
     fn at(&mut self, now: u64, workers: &mut [&mut Worker]) -> Vec<Vec<WorkerEvent>> {
