@@ -11,7 +11,11 @@
 //! - salt = `"datalayer/v1"`;
 //! - queue key: IKM = server secret, info = `"datalayer/v1/queue/" || queue name`;
 //! - credential key: IKM = server secret || session secret,
-//!   info = `"datalayer/v1/credentials/" || session id`.
+//!   info = `"datalayer/v1/credentials/" || session id`;
+//! - credential names key (HMAC of field names): the same IKM,
+//!   info = `"datalayer/v1/credential-names/" || session id`;
+//! - a text secret (see [`Secret::from_text`]): IKM = its UTF-8 bytes,
+//!   info = `"datalayer/v1/text-secret"`.
 
 use std::fmt;
 
@@ -28,6 +32,8 @@ pub const SECRET_LEN: usize = 32;
 const SALT: &[u8] = b"datalayer/v1";
 const INFO_QUEUE: &[u8] = b"datalayer/v1/queue/";
 const INFO_CREDENTIALS: &[u8] = b"datalayer/v1/credentials/";
+const INFO_CREDENTIAL_NAMES: &[u8] = b"datalayer/v1/credential-names/";
+const INFO_TEXT_SECRET: &[u8] = b"datalayer/v1/text-secret";
 
 /// A 32-byte secret. Zeroized on drop; `Debug` prints nothing of it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -55,9 +61,111 @@ impl Secret {
         Self(bytes)
     }
 
+    /// A secret from text an operator supplied (an environment variable, a config file),
+    /// after [`validate_text_secret`] accepted it; the 32 bytes are derived from the text with
+    /// HKDF, so the same text always gives the same secret.
+    pub fn from_text(text: &str) -> Result<Self, TextSecretError> {
+        validate_text_secret(text)?;
+        Ok(Self(*hkdf(&[text.as_bytes()], &[INFO_TEXT_SECRET])))
+    }
+
     fn expose(&self) -> &[u8; SECRET_LEN] {
         &self.0
     }
+}
+
+/// The shortest text secret accepted, in characters.
+pub const MIN_TEXT_SECRET_CHARS: usize = 32;
+/// The least estimated entropy of a text secret, in bits.
+pub const MIN_TEXT_SECRET_BITS: f64 = 128.0;
+
+/// Why a text secret was refused. The messages say what to do and never echo the secret.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextSecretError {
+    /// Too short.
+    #[error(
+        "secret is {chars} characters long; use at least {MIN_TEXT_SECRET_CHARS} \
+         (e.g. `openssl rand -hex 32`)"
+    )]
+    TooShort {
+        /// Its length in characters.
+        chars: usize,
+    },
+    /// Leading or trailing whitespace: usually a newline copied from a file by mistake.
+    #[error("secret starts or ends with whitespace; strip it (a trailing newline from a file?)")]
+    Whitespace,
+    /// Control characters have no place in a secret typed or pasted by an operator.
+    #[error("secret contains control characters")]
+    Control,
+    /// Drawn from a single class of characters (only digits, only lower-case letters, ...).
+    #[error(
+        "secret uses only one class of characters (lower-case, upper-case, digits, symbols); \
+         mix at least two"
+    )]
+    OneClass,
+    /// Too repetitive: its estimated entropy is below [`MIN_TEXT_SECRET_BITS`].
+    #[error(
+        "secret is too repetitive: about {bits:.0} bits of entropy, at least \
+         {MIN_TEXT_SECRET_BITS:.0} needed; use a random string"
+    )]
+    LowEntropy {
+        /// The estimate (Shannon entropy of its characters × its length).
+        bits: f64,
+    },
+}
+
+/// Checks a text secret supplied by an operator: at least [`MIN_TEXT_SECRET_CHARS`]
+/// characters, no surrounding whitespace or control characters, at least two character
+/// classes, and an estimated entropy (Shannon entropy of its character frequencies times its
+/// length) of at least [`MIN_TEXT_SECRET_BITS`]. `openssl rand -hex 32` and
+/// `openssl rand -base64 32` both pass; a word repeated, a date, or a keyboard run do not.
+pub fn validate_text_secret(text: &str) -> Result<(), TextSecretError> {
+    let chars = text.chars().count();
+    if text.trim() != text {
+        return Err(TextSecretError::Whitespace);
+    }
+    if text.chars().any(char::is_control) {
+        return Err(TextSecretError::Control);
+    }
+    if chars < MIN_TEXT_SECRET_CHARS {
+        return Err(TextSecretError::TooShort { chars });
+    }
+    let class = |c: char| -> usize {
+        if c.is_lowercase() {
+            0
+        } else if c.is_uppercase() {
+            1
+        } else if c.is_numeric() {
+            2
+        } else {
+            3
+        }
+    };
+    let mut classes = [false; 4];
+    let mut counts: std::collections::BTreeMap<char, usize> = std::collections::BTreeMap::new();
+    for c in text.chars() {
+        classes[class(c)] = true;
+        *counts.entry(c).or_default() += 1;
+    }
+    if classes.iter().filter(|&&seen| seen).count() < 2 {
+        return Err(TextSecretError::OneClass);
+    }
+    #[allow(clippy::cast_precision_loss)] // counts of a short string: exact in f64
+    let n = chars as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    let bits = per_char * n;
+    if bits < MIN_TEXT_SECRET_BITS {
+        return Err(TextSecretError::LowEntropy { bits });
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Secret {
@@ -162,6 +270,20 @@ pub fn derive_credentials_key_bytes(
     hkdf(
         &[server.expose(), session_secret.expose()],
         &[INFO_CREDENTIALS, session.as_bytes()],
+    )
+}
+
+/// The raw bytes of a session's credential names key: the HMAC key that turns credential
+/// keys (`<platform>:<actor>`) into field names (for FORMAT.md's vectors).
+#[must_use]
+pub fn derive_credential_names_key_bytes(
+    server: &Secret,
+    session_secret: &Secret,
+    session: &str,
+) -> Zeroizing<[u8; SECRET_LEN]> {
+    hkdf(
+        &[server.expose(), session_secret.expose()],
+        &[INFO_CREDENTIAL_NAMES, session.as_bytes()],
     )
 }
 
@@ -303,6 +425,27 @@ impl SecretRing {
     pub fn credentials_keyring(&self, session: &str, session_secret: &Secret) -> Keyring {
         self.derive(|s| derive_credentials_key_bytes(s, session_secret, session))
     }
+
+    /// The credential names keys of a session, by secret id, the active one first.
+    #[must_use]
+    pub fn credential_names_keys(
+        &self,
+        session: &str,
+        session_secret: &Secret,
+    ) -> Vec<(KeyId, Zeroizing<[u8; SECRET_LEN]>)> {
+        let mut out: Vec<_> = self
+            .secrets
+            .iter()
+            .map(|(id, s)| {
+                (
+                    *id,
+                    derive_credential_names_key_bytes(s, session_secret, session),
+                )
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| (*id != self.active, *id));
+        out
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +487,66 @@ mod tests {
         let c = derive_credentials_key_bytes(&server, &secret(9), "a");
         assert_ne!(*a, *c);
         assert_ne!(*c, *derive_credentials_key_bytes(&server, &secret(8), "a"));
+    }
+
+    #[test]
+    fn text_secrets_are_validated() {
+        use TextSecretError as E;
+        // `openssl rand -hex 32` and `-base64 32` outputs pass.
+        let hex = "3f9a1c07d2b84e65a0c9f1e27b3d8a4c5e6f708192a3b4c5d6e7f8091a2b3c4d";
+        let b64 = "q3Jx9Vb0Zk1LmN8pQr7sTu6vWx5yZa4bCd3eFg2hIj0=";
+        assert_eq!(validate_text_secret(hex), Ok(()));
+        assert_eq!(validate_text_secret(b64), Ok(()));
+        assert!(matches!(
+            validate_text_secret("short1A"),
+            Err(E::TooShort { chars: 7 })
+        ));
+        assert_eq!(
+            validate_text_secret(&format!("{hex}\n")),
+            Err(E::Whitespace)
+        );
+        assert_eq!(
+            validate_text_secret(&format!("{hex}\u{7}x")),
+            Err(E::Control)
+        );
+        assert_eq!(
+            validate_text_secret("abcdefghijklmnopqrstuvwxyzabcdefghij"),
+            Err(E::OneClass)
+        );
+        assert_eq!(
+            validate_text_secret("0123456789012345678901234567890123"),
+            Err(E::OneClass)
+        );
+        let weak = "passwordPASSWORDpasswordPASSWORD";
+        match validate_text_secret(weak) {
+            Err(E::LowEntropy { bits }) => assert!(bits < 128.0, "{bits}"),
+            other => panic!("{other:?}"),
+        }
+        let msg = validate_text_secret(weak).unwrap_err().to_string();
+        assert!(!msg.contains("password"), "{msg}");
+        // The same text gives the same secret, another text another one.
+        let a = Secret::from_text(hex).unwrap();
+        assert_eq!(a.expose(), Secret::from_text(hex).unwrap().expose());
+        assert_ne!(a.expose(), Secret::from_text(b64).unwrap().expose());
+        assert!(Secret::from_text(weak).is_err());
+    }
+
+    #[test]
+    fn names_keys_put_the_active_secret_first() {
+        let mut ring = SecretRing::new(KeyId(1), secret(1));
+        ring.insert(KeyId(2), secret(2));
+        ring.set_active(KeyId(2)).unwrap();
+        let keys = ring.credential_names_keys("s", &secret(9));
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].0, KeyId(2));
+        assert_eq!(
+            *keys[0].1,
+            *derive_credential_names_key_bytes(&secret(2), &secret(9), "s")
+        );
+        assert_ne!(
+            *keys[0].1,
+            *derive_credentials_key_bytes(&secret(2), &secret(9), "s")
+        );
     }
 
     #[test]

@@ -118,6 +118,7 @@
 #![warn(missing_docs)]
 
 pub mod command;
+pub mod credentials;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzz;

@@ -103,6 +103,32 @@ pub fn credentials_key(prefix: &str, session: &str) -> Result<String, NameError>
     Ok(format!("{prefix}:{{{session}}}:creds"))
 }
 
+/// `s` with Redis' glob metacharacters (`*`, `?`, `[`, `]`, `\`) escaped by a backslash, so
+/// that a `MATCH` pattern built from it matches `s` literally.
+#[must_use]
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `SCAN MATCH` pattern of every credentials store under `prefix` whose session starts
+/// with `session_prefix` (which must be a valid, non-empty name: purging every session of
+/// every server takes an explicit prefix per server).
+pub fn credentials_pattern(prefix: &str, session_prefix: &str) -> Result<String, NameError> {
+    validate(session_prefix)?;
+    Ok(format!(
+        "{}:{{{}*}}:creds",
+        glob_escape(prefix),
+        glob_escape(session_prefix)
+    ))
+}
+
 /// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, mod 16384).
 #[must_use]
 pub fn hash_slot(key: &[u8]) -> u16 {
@@ -171,7 +197,83 @@ mod tests {
         assert_eq!(hash_slot(b"foo{bar}{zap}"), hash_slot(b"bar"));
     }
 
+    /// Redis' `stringmatchlen` for the subset of glob it implements (`*`, `?`, `[...]` with
+    /// ranges and `^`, `\` escapes), to check patterns against the names they must match.
+    fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
+            Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
+            Some((b'\\', rest)) if !rest.is_empty() => {
+                s.first() == Some(&rest[0]) && glob_match(&rest[1..], &s[1..])
+            }
+            Some((b'[', rest)) => {
+                let Some(&c) = s.first() else { return false };
+                let (negate, mut p) = match rest.first() {
+                    Some(b'^') => (true, &rest[1..]),
+                    _ => (false, rest),
+                };
+                let mut hit = false;
+                loop {
+                    match p {
+                        [] => break,
+                        [b']', tail @ ..] => {
+                            p = tail;
+                            break;
+                        }
+                        [b'\\', x, tail @ ..] => {
+                            hit |= *x == c;
+                            p = tail;
+                        }
+                        [a, b'-', z, tail @ ..] if *z != b']' => {
+                            let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
+                            hit |= (lo..=hi).contains(&c);
+                            p = tail;
+                        }
+                        [x, tail @ ..] => {
+                            hit |= *x == c;
+                            p = tail;
+                        }
+                    }
+                }
+                hit != negate && glob_match(p, &s[1..])
+            }
+            Some((x, rest)) => s.first() == Some(x) && glob_match(rest, &s[1..]),
+        }
+    }
+
+    #[test]
+    fn purge_pattern_escapes_glob_characters() {
+        let p = credentials_pattern("dl", "a*b?c[d]e\\f").unwrap();
+        assert_eq!(p, "dl:{a\\*b\\?c\\[d\\]e\\\\f*}:creds");
+        let key = |s: &str| credentials_key("dl", s).unwrap();
+        assert!(glob_match(p.as_bytes(), key("a*b?c[d]e\\f").as_bytes()));
+        assert!(glob_match(p.as_bytes(), key("a*b?c[d]e\\f:42").as_bytes()));
+        // What the unescaped pattern would also have matched.
+        assert!(!glob_match(p.as_bytes(), key("aXXbYcde\\f:42").as_bytes()));
+        assert!(glob_match(
+            b"dl:{a*b?c[d]e\\f*}:creds",
+            key("aXXbYcdef:42").as_bytes()
+        ));
+        assert_eq!(credentials_pattern("dl", ""), Err(NameError::Empty));
+    }
+
     proptest! {
+        #[test]
+        fn purge_pattern_matches_exactly_the_sessions_with_the_prefix(
+            prefix in "[a-z*?\\[\\]\\\\:]{0,6}",
+            session_prefix in "[ab*?\\[\\]\\\\^-]{1,6}",
+            session in "[ab*?\\[\\]\\\\^-]{1,10}",
+        ) {
+            let pattern = credentials_pattern(&prefix, &session_prefix).unwrap();
+            let key = credentials_key(&prefix, &session).unwrap();
+            prop_assert_eq!(
+                glob_match(pattern.as_bytes(), key.as_bytes()),
+                session.starts_with(&session_prefix),
+                "pattern {} key {}", pattern, key
+            );
+        }
+
         #[test]
         fn every_key_of_a_queue_shares_one_slot(queue in "[^{}]{1,40}", prefix in "[a-z:]{0,8}") {
             let k = QueueKeys::new(&prefix, &queue).unwrap();
