@@ -4,7 +4,8 @@
 use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
 use datalayer_core::job::{JobId, JobRecord};
 use datalayer_core::keys::{
-    Key, KeyId, Keyring, Secret, derive_credentials_key_bytes, derive_queue_key_bytes,
+    Key, KeyId, Keyring, Secret, derive_credential_names_key_bytes, derive_credentials_key_bytes,
+    derive_queue_key_bytes,
 };
 
 fn hex(b: &[u8]) -> String {
@@ -34,6 +35,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hex(&seq(0x20, 32))
     );
     println!("key: {}\n```\n", hex(ckey.as_ref()));
+
+    let nkey = derive_credential_names_key_bytes(&server, &session, "session-a");
+    println!(
+        "```vector\nvector: credential-names\nserver-secret: {}",
+        hex(&seq(0, 32))
+    );
+    println!(
+        "session-secret: {}\nsession: session-a",
+        hex(&seq(0x20, 32))
+    );
+    println!("names-key: {}", hex(nkey.as_ref()));
+    let mac = |m: &[u8]| {
+        use hmac::Mac;
+        let mut h = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(nkey.as_ref()).unwrap();
+        h.update(m);
+        h.finalize().into_bytes().to_vec()
+    };
+    println!("verifier: {}", hex(&mac(b"datalayer/v1/credentials/verifier")[..16]));
+    println!("credential: irc:nick@irc.example");
+    println!("field: c:1:{}\n```\n", hex(&mac(b"irc:nick@irc.example")));
+    for (name, json) in [
+        ("hash-irc", r#"{"nick":"n","password":"hunter2","server":"irc.example","port":6697}"#),
+        ("hash-order", r#"{"port": 6697, "server": "irc.example", "password": "hunter2", "nick": "n"}"#),
+        ("hash-unicode", r#"{"b":[1E30,4.50,-0,0.000001,1e-7],"a":{"\u00f6":"\u20ac","\ud83d\ude00":"\u000f"}}"#),
+    ] {
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        let c = datalayer_core::credentials::canonical_json(&v);
+        println!("```vector\nvector: {name}\njson: {json}\ncanonical: {c}");
+        println!("sha256: {}\n```\n", datalayer_core::credentials::credentials_hash(&v));
+    }
 
     // Threshold 0, so that a short record shows compression.
     let sealer = Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &qkey)))

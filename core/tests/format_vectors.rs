@@ -5,9 +5,13 @@ use std::collections::HashMap;
 
 use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
 use datalayer_core::job::{JobId, JobRecord};
+use datalayer_core::credentials::{CredentialStore, canonical_json, credentials_hash};
 use datalayer_core::keys::{
-    Key, KeyId, Keyring, Secret, derive_credentials_key_bytes, derive_queue_key_bytes,
+    Key, KeyId, Keyring, Secret, SecretRing, derive_credential_names_key_bytes,
+    derive_credentials_key_bytes, derive_queue_key_bytes,
 };
+use datalayer_core::random::SeededRandom;
+use datalayer_core::scripts::Invocation;
 
 const FORMAT: &str = include_str!("../../FORMAT.md");
 
@@ -103,6 +107,10 @@ fn format_md_vectors() {
         [
             "queue-key",
             "credentials-key",
+            "credential-names",
+            "hash-irc",
+            "hash-order",
+            "hash-unicode",
             "job-plain",
             "job-compressed"
         ],
@@ -122,7 +130,39 @@ fn format_md_vectors() {
                 );
                 assert_eq!(key.as_ref(), unhex(&v["key"]).as_slice(), "credentials key");
             }
+            "credential-names" => check_names(v),
+            name if name.starts_with("hash-") => {
+                let json: serde_json::Value = serde_json::from_str(&v["json"]).expect("json");
+                assert_eq!(canonical_json(&json), v["canonical"], "{name}: canonical");
+                assert_eq!(credentials_hash(&json), v["sha256"], "{name}: hash");
+            }
             _ => check_envelope(v),
         }
     }
+}
+
+/// The names key, and the verifier and field name as the store writes them to Redis.
+fn check_names(v: &Vector) {
+    let (server, session) = (secret(v, "server-secret"), secret(v, "session-secret"));
+    let key = derive_credential_names_key_bytes(&server, &session, &v["session"]);
+    assert_eq!(key.as_ref(), unhex(&v["names-key"]).as_slice(), "names key");
+    let store = CredentialStore::new(
+        "dl",
+        &v["session"],
+        &SecretRing::new(KeyId(1), server),
+        &session,
+        0,
+    )
+    .expect("store");
+    let creds = serde_json::json!({"nick": "n"});
+    let save = store
+        .save(&v["credential"], &creds, &mut SeededRandom::new(1))
+        .expect("save");
+    let Invocation::Script { args, .. } = save else {
+        panic!("save is a script")
+    };
+    // ARGV: ttl, n, verifier field, verifier, credential field, envelope.
+    assert_eq!(&args[2][..], b"v:1");
+    assert_eq!(&args[3][..], unhex(&v["verifier"]).as_slice(), "verifier");
+    assert_eq!(&args[4][..], v["field"].as_bytes(), "field");
 }
