@@ -52,18 +52,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         h.update(m);
         h.finalize().into_bytes().to_vec()
     };
-    println!("verifier: {}", hex(&mac(b"datalayer/v1/credentials/verifier")[..16]));
+    println!(
+        "verifier: {}",
+        hex(&mac(b"datalayer/v1/credentials/verifier")[..16])
+    );
     println!("credential: irc:nick@irc.example");
     println!("field: c:1:{}\n```\n", hex(&mac(b"irc:nick@irc.example")));
     for (name, json) in [
-        ("hash-irc", r#"{"nick":"n","password":"hunter2","server":"irc.example","port":6697}"#),
-        ("hash-order", r#"{"port": 6697, "server": "irc.example", "password": "hunter2", "nick": "n"}"#),
-        ("hash-unicode", r#"{"b":[1E30,4.50,-0,0.000001,1e-7],"a":{"\u00f6":"\u20ac","\ud83d\ude00":"\u000f"}}"#),
+        (
+            "hash-irc",
+            r#"{"nick":"n","password":"hunter2","server":"irc.example","port":6697}"#,
+        ),
+        (
+            "hash-order",
+            r#"{"port": 6697, "server": "irc.example", "password": "hunter2", "nick": "n"}"#,
+        ),
+        (
+            "hash-unicode",
+            r#"{"b":[1E30,4.50,-0,0.000001,1e-7],"a":{"\u00f6":"\u20ac","\ud83d\ude00":"\u000f"}}"#,
+        ),
     ] {
         let v: serde_json::Value = serde_json::from_str(json)?;
         let c = datalayer_core::credentials::canonical_json(&v);
         println!("```vector\nvector: {name}\njson: {json}\ncanonical: {c}");
-        println!("sha256: {}\n```\n", datalayer_core::credentials::credentials_hash(&v));
+        println!(
+            "sha256: {}\n```\n",
+            datalayer_core::credentials::credentials_hash(&v)
+        );
     }
 
     // Threshold 0, so that a short record shows compression.

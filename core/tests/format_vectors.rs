@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use datalayer_core::credentials::{CredentialStore, canonical_json, credentials_hash};
 use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
 use datalayer_core::job::{JobId, JobRecord};
-use datalayer_core::credentials::{CredentialStore, canonical_json, credentials_hash};
 use datalayer_core::keys::{
     Key, KeyId, Keyring, Secret, SecretRing, derive_credential_names_key_bytes,
     derive_credentials_key_bytes, derive_queue_key_bytes,

@@ -153,3 +153,34 @@ pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> V
     }
     replies
 }
+
+/// Runs one invocation on its own (no pipeline of the engine's); scripts Redis does not know
+/// are loaded and the invocation sent again. An error reply is a [`Value::Error`]; a failed
+/// connection is an `Err` (the outcome is unknown).
+pub async fn run_one<C: ConnectionLike>(
+    conn: &mut C,
+    invocation: &Invocation<'_>,
+) -> redis::RedisResult<Value> {
+    for attempt in 0..2 {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.add_command(to_cmd(invocation));
+        let mut values = pipe.query_async::<Vec<redis::Value>>(conn).await?;
+        let value = match values.pop() {
+            Some(v) if values.is_empty() => to_value(v),
+            _ => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "reply count mismatch",
+                )));
+            }
+        };
+        match value {
+            Value::Error(e) if attempt == 0 && e.starts_with("NOSCRIPT") => {
+                load_scripts(conn).await?;
+            }
+            v => return Ok(v),
+        }
+    }
+    unreachable!("the second attempt returns")
+}

@@ -33,6 +33,12 @@ pub enum Error {
     /// The payload could not be encoded as JSON.
     #[error("payload does not encode: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Credentials could not be saved or read (not found, mismatch, wrong secret, ...).
+    #[error(transparent)]
+    Credentials(#[from] datalayer_core::credentials::CredentialsError),
+    /// Stored data does not decode as the requested type.
+    #[error("does not decode as the requested type: {0}")]
+    Decode(#[source] serde_json::Error),
     /// The engine or Redis refused the job.
     #[error("add refused: {0}")]
     Add(String),
@@ -69,6 +75,36 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(5),
             max_reconnect_delay: Duration::from_secs(2),
         }
+    }
+}
+
+impl Options {
+    /// With this key prefix.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// With this response timeout.
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// With this connect timeout.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// With this longest wait between reconnect attempts.
+    #[must_use]
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
     }
 }
 

@@ -3,17 +3,20 @@
 //! The tokio adapter of datalayer: it owns connections, timers and tasks, and executes what
 //! the sans-io core (`datalayer-core`) decides. It holds no policy of its own.
 //!
-//! For now it provides the operating system's randomness to the core ([`OsRandom`]) and the
-//! executor that runs the core's command plan on Redis as pipelines ([`exec`]); the queue,
-//! worker and credential store adapters build on them.
+//! A [`DataLayer`] holds the process's connection; [`JobQueue`], [`JobWorker`] and
+//! [`CredentialsStore`] are cheap views on it. [`exec`] runs the core's command plan on Redis
+//! as pipelines, and [`OsRandom`] gives the core the operating system's randomness.
 #![forbid(unsafe_code)]
 
+mod credentials;
 pub mod exec;
 mod layer;
 mod queue;
 mod worker;
 
+pub use credentials::{CredentialsOptions, CredentialsStore, credentials_hash};
 pub use datalayer_core as core;
+pub use datalayer_core::credentials::CredentialsError;
 pub use layer::{DataLayer, Error, Options};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};

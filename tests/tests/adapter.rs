@@ -7,7 +7,7 @@ use std::time::Duration;
 use datalayer_core::keys::{KeyId, Secret, SecretRing};
 use datalayer_core::producer::AddJob;
 use datalayer_core::retry::{Backoff, RetryPolicy};
-use datalayer_tests::{Persistence, RedisServer};
+use datalayer_tests::{KillOnDrop, Persistence, RedisServer};
 use datalayer_tokio::{
     DataLayer, Error, Job, JobQueue, Options, Outcome, QueueEvent, QueueOptions, Unreachable,
     WorkerOptions,
@@ -440,16 +440,6 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
     assert!(clients <= 4, "{clients} connections:\n{list}");
     for w in &workers {
         w.shutdown(Duration::from_secs(1)).await;
-    }
-}
-
-/// A child process that dies with the test, even when the test panics.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -120,7 +120,10 @@ pub(crate) fn write_double(out: &mut String, f: f64) {
     let n = exp + int_len - lead;
     if k <= n && n <= 21 {
         out.push_str(digits);
-        out.extend(std::iter::repeat_n('0', usize::try_from(n - k).unwrap_or(0)));
+        out.extend(std::iter::repeat_n(
+            '0',
+            usize::try_from(n - k).unwrap_or(0),
+        ));
     } else if 0 < n && n <= 21 {
         let (int, frac) = digits.split_at(usize::try_from(n).unwrap_or(0));
         out.push_str(int);

@@ -221,15 +221,16 @@ impl CredentialStore {
             return Err(CredentialsError::EmptyKey);
         }
         if !is_valid(credentials) {
-            return Err(CredentialsError::Invalid { key: key.to_owned() });
+            return Err(CredentialsError::Invalid {
+                key: key.to_owned(),
+            });
         }
         let seal_error = |reason: String| CredentialsError::Seal {
             key: key.to_owned(),
             reason,
         };
-        let plain = Zeroizing::new(
-            serde_json::to_vec(credentials).map_err(|e| seal_error(e.to_string()))?,
-        );
+        let plain =
+            Zeroizing::new(serde_json::to_vec(credentials).map_err(|e| seal_error(e.to_string()))?);
         let sealed = self
             .sealer
             .seal_bytes(&self.context(key), &plain, rng)
@@ -262,11 +263,9 @@ impl CredentialStore {
     pub fn save_reply(&self, reply: Value) -> Result<(), CredentialsError> {
         match reply {
             Value::Int(1) => Ok(()),
-            Value::Error(e) if e.starts_with("WRONGSECRET") => {
-                Err(CredentialsError::WrongSecret {
-                    session: self.session.clone(),
-                })
-            }
+            Value::Error(e) if e.starts_with("WRONGSECRET") => Err(CredentialsError::WrongSecret {
+                session: self.session.clone(),
+            }),
             Value::Error(e) => Err(CredentialsError::Reply(e)),
             other => Err(CredentialsError::Reply(format!(
                 "save answered {other:?}, expected 1"
@@ -356,18 +355,20 @@ impl CredentialStore {
                     session: self.session.clone(),
                 }
             } else {
-                CredentialsError::NotFound { key: key.to_owned() }
+                CredentialsError::NotFound {
+                    key: key.to_owned(),
+                }
             });
         };
-        let plain = Zeroizing::new(
-            self.sealer
-                .open_bytes(&self.context(key), sealed)
-                .map_err(|source| CredentialsError::Corrupt {
-                    key: key.to_owned(),
-                    source,
-                })?,
-        );
-        let mismatch = || CredentialsError::Mismatch { key: key.to_owned() };
+        let plain = Zeroizing::new(self.sealer.open_bytes(&self.context(key), sealed).map_err(
+            |source| CredentialsError::Corrupt {
+                key: key.to_owned(),
+                source,
+            },
+        )?);
+        let mismatch = || CredentialsError::Mismatch {
+            key: key.to_owned(),
+        };
         // Sealed by us, so it is JSON; anything else (or an invalid object) is a mismatch.
         let credentials: Json = serde_json::from_slice(&plain).map_err(|_| mismatch())?;
         if !is_valid(&credentials) {
@@ -424,7 +425,10 @@ pub fn parse_scan(reply: Value) -> Result<(Vec<u8>, Vec<Vec<u8>>), CredentialsEr
         .into_bytes("a cursor")
         .map_err(|e| bad(e.to_string()))?;
     if cursor.is_empty() || !cursor.iter().all(u8::is_ascii_digit) {
-        return Err(bad(format!("cursor {:?}", String::from_utf8_lossy(&cursor))));
+        return Err(bad(format!(
+            "cursor {:?}",
+            String::from_utf8_lossy(&cursor)
+        )));
     }
     let keys = keys
         .into_array("keys")

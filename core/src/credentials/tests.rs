@@ -12,8 +12,14 @@ fn secret(b: u8) -> Secret {
 
 fn store(session: &str, session_secret: u8) -> CredentialStore {
     let ring = SecretRing::new(KeyId(1), secret(1));
-    CredentialStore::new("dl", session, &ring, &secret(session_secret), DEFAULT_TTL_MS)
-        .expect("valid session")
+    CredentialStore::new(
+        "dl",
+        session,
+        &ring,
+        &secret(session_secret),
+        DEFAULT_TTL_MS,
+    )
+    .expect("valid session")
 }
 
 /// A Redis with hashes only, running the two credential scripts as their Lua does (the
@@ -61,7 +67,12 @@ impl Hashes {
     }
 }
 
-fn save(redis: &mut Hashes, s: &CredentialStore, key: &str, creds: &Json) -> Result<(), CredentialsError> {
+fn save(
+    redis: &mut Hashes,
+    s: &CredentialStore,
+    key: &str,
+    creds: &Json,
+) -> Result<(), CredentialsError> {
     let inv = s.save(key, creds, &mut SeededRandom::new(7))?;
     s.save_reply(redis.run(&inv))
 }
@@ -95,7 +106,12 @@ fn the_original_checklist() {
     assert_eq!(get(&mut redis, &s, key, Some(&h)).unwrap(), creds);
     assert_eq!(get(&mut redis, &s, key, None).unwrap(), creds);
     assert_eq!(
-        get(&mut redis, &s, key, Some(&credentials_hash(&json!({"nick": "x"})))),
+        get(
+            &mut redis,
+            &s,
+            key,
+            Some(&credentials_hash(&json!({"nick": "x"})))
+        ),
         Err(CredentialsError::Mismatch { key: key.into() })
     );
     // Update and re-hash.
@@ -117,14 +133,24 @@ fn the_original_checklist() {
     // The same actor on two platforms: two entries.
     assert_eq!(get(&mut redis, &s, key, None).unwrap(), updated);
     // Arrays, empty objects, null and scalars are refused.
-    for bad in [json!([]), json!([1]), json!({}), json!(null), json!("s"), json!(3)] {
+    for bad in [
+        json!([]),
+        json!([1]),
+        json!({}),
+        json!(null),
+        json!("s"),
+        json!(3),
+    ] {
         assert_eq!(
             save(&mut redis, &s, key, &bad),
             Err(CredentialsError::Invalid { key: key.into() }),
             "{bad}"
         );
     }
-    assert_eq!(save(&mut redis, &s, "", &creds), Err(CredentialsError::EmptyKey));
+    assert_eq!(
+        save(&mut redis, &s, "", &creds),
+        Err(CredentialsError::EmptyKey)
+    );
     assert!(matches!(s.get(""), Err(CredentialsError::EmptyKey)));
 }
 
@@ -140,10 +166,14 @@ fn invalid_objects_found_in_a_store_are_a_mismatch() {
             .sealer
             .seal_bytes(&s.context("irc:a"), bad, &mut SeededRandom::new(1))
             .unwrap();
-        redis.values_mut(s.redis_key()).insert(field.clone().into_bytes(), sealed);
+        redis
+            .values_mut(s.redis_key())
+            .insert(field.clone().into_bytes(), sealed);
         assert_eq!(
             get(&mut redis, &s, "irc:a", None),
-            Err(CredentialsError::Mismatch { key: "irc:a".into() }),
+            Err(CredentialsError::Mismatch {
+                key: "irc:a".into()
+            }),
             "{}",
             String::from_utf8_lossy(bad)
         );
@@ -165,13 +195,20 @@ fn another_session_cannot_read_and_a_wrong_secret_is_told_apart() {
     let wrong = store("session-a", 10);
     assert_eq!(
         get(&mut redis, &wrong, "irc:a", None),
-        Err(CredentialsError::WrongSecret { session: "session-a".into() })
+        Err(CredentialsError::WrongSecret {
+            session: "session-a".into()
+        })
     );
     assert_eq!(
         save(&mut redis, &wrong, "irc:a", &json!({"password": "evil"})),
-        Err(CredentialsError::WrongSecret { session: "session-a".into() })
+        Err(CredentialsError::WrongSecret {
+            session: "session-a".into()
+        })
     );
-    assert_eq!(get(&mut redis, &a, "irc:a", None).unwrap(), json!({"password": "p"}));
+    assert_eq!(
+        get(&mut redis, &a, "irc:a", None).unwrap(),
+        json!({"password": "p"})
+    );
     // A wrong server secret is a wrong secret too.
     let ring = SecretRing::new(KeyId(1), secret(2));
     let other_server =
@@ -195,7 +232,10 @@ fn values_moved_between_fields_or_stores_do_not_open() {
     h.insert(fb.clone(), va.clone());
     assert!(matches!(
         get(&mut redis, &a, "irc:b", None),
-        Err(CredentialsError::Corrupt { source: EnvelopeError::Decrypt, .. })
+        Err(CredentialsError::Corrupt {
+            source: EnvelopeError::Decrypt,
+            ..
+        })
     ));
     // Into another session's store, at the field of the same key, with the same secrets.
     let b = store("session-b", 9);
@@ -204,10 +244,15 @@ fn values_moved_between_fields_or_stores_do_not_open() {
     redis.values_mut(b.redis_key()).insert(fba, va);
     assert!(matches!(
         get(&mut redis, &b, "irc:a", None),
-        Err(CredentialsError::Corrupt { source: EnvelopeError::Decrypt, .. })
+        Err(CredentialsError::Corrupt {
+            source: EnvelopeError::Decrypt,
+            ..
+        })
     ));
     // Garbage is an error too, never a panic.
-    redis.values_mut(a.redis_key()).insert(fa, b"garbage".to_vec());
+    redis
+        .values_mut(a.redis_key())
+        .insert(fa, b"garbage".to_vec());
     assert!(matches!(
         get(&mut redis, &a, "irc:a", None),
         Err(CredentialsError::Corrupt { .. })
@@ -223,16 +268,24 @@ fn rotation_reads_old_fields_and_save_moves_them() {
     ring.insert(KeyId(2), secret(2));
     ring.set_active(KeyId(2)).unwrap();
     let new = CredentialStore::new("dl", "s", &ring, &secret(9), 0).unwrap();
-    assert_eq!(get(&mut redis, &new, "irc:a", None).unwrap(), json!({"password": "p"}));
+    assert_eq!(
+        get(&mut redis, &new, "irc:a", None).unwrap(),
+        json!({"password": "p"})
+    );
     save(&mut redis, &new, "irc:a", &json!({"password": "q"})).unwrap();
-    let fields: Vec<String> = redis.values_mut(new.redis_key()).keys()
+    let fields: Vec<String> = redis
+        .values_mut(new.redis_key())
+        .keys()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
     assert!(!fields.iter().any(|f| f.starts_with("c:1:")), "{fields:?}");
     assert!(fields.iter().any(|f| f.starts_with("c:2:")), "{fields:?}");
     ring.remove(KeyId(1)).unwrap();
     let newest = CredentialStore::new("dl", "s", &ring, &secret(9), 0).unwrap();
-    assert_eq!(get(&mut redis, &newest, "irc:a", None).unwrap(), json!({"password": "q"}));
+    assert_eq!(
+        get(&mut redis, &newest, "irc:a", None).unwrap(),
+        json!({"password": "q"})
+    );
 }
 
 #[test]
@@ -242,7 +295,10 @@ fn field_names_are_keyed_and_hide_the_actor() {
     assert!(f.starts_with("c:1:") && f.len() == 4 + 64, "{f}");
     assert!(!f.contains("alice"));
     let plain_sha = hex(&Sha256::digest(b"irc:alice"));
-    assert!(!f.contains(&plain_sha), "a plain hash of the actor id can be guessed");
+    assert!(
+        !f.contains(&plain_sha),
+        "a plain hash of the actor id can be guessed"
+    );
     assert_ne!(f, store("session-a", 10).field(0, "irc:alice").unwrap());
     assert_ne!(f, store("session-b", 9).field(0, "irc:alice").unwrap());
     assert!(!format!("{s:?}").contains("Secret"));
@@ -260,22 +316,37 @@ fn replies_of_the_wrong_shape_are_errors() {
         Value::Error("ERR boom".into()),
     ] {
         assert!(
-            matches!(s.get_reply("k", reply.clone(), None), Err(CredentialsError::Reply(_))),
+            matches!(
+                s.get_reply("k", reply.clone(), None),
+                Err(CredentialsError::Reply(_))
+            ),
             "{reply:?}"
         );
     }
-    assert!(matches!(s.save_reply(Value::Nil), Err(CredentialsError::Reply(_))));
+    assert!(matches!(
+        s.save_reply(Value::Nil),
+        Err(CredentialsError::Reply(_))
+    ));
     assert!(matches!(
         s.save_reply(Value::Error("WRONGSECRET x".into())),
         Err(CredentialsError::WrongSecret { .. })
     ));
-    assert!(parse_scan(Value::Array(vec![Value::Bulk(b"0".to_vec()), Value::Array(vec![])])).is_ok());
+    assert!(
+        parse_scan(Value::Array(vec![
+            Value::Bulk(b"0".to_vec()),
+            Value::Array(vec![])
+        ]))
+        .is_ok()
+    );
     for reply in [
         Value::Nil,
         Value::Array(vec![Value::Bulk(b"x".to_vec()), Value::Array(vec![])]),
         Value::Array(vec![Value::Bulk(b"0".to_vec())]),
         Value::Array(vec![Value::Bulk(b"0".to_vec()), Value::Int(1)]),
-        Value::Array(vec![Value::Bulk(b"0".to_vec()), Value::Array(vec![Value::Nil])]),
+        Value::Array(vec![
+            Value::Bulk(b"0".to_vec()),
+            Value::Array(vec![Value::Nil]),
+        ]),
     ] {
         assert!(parse_scan(reply.clone()).is_err(), "{reply:?}");
     }
@@ -424,4 +495,28 @@ proptest! {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<i64>().prop_map(Value::Int),
+        prop::collection::vec(any::<u8>(), 0..80).prop_map(Value::Bulk),
+        "[A-Z]{0,12}".prop_map(Value::Status),
+        "[A-Z ]{0,20}".prop_map(Value::Error),
+    ];
+    leaf.prop_recursive(2, 16, 5, |inner| {
+        prop::collection::vec(inner, 0..5).prop_map(Value::Array)
+    })
+}
+
+proptest! {
+    /// Whatever Redis answers, a reply is decoded into a value or a typed error.
+    #[test]
+    fn any_reply_is_an_answer_or_a_typed_error(reply in arb_value(), hash in proptest::option::of("[0-9a-f]{64}")) {
+        let s = store("session-a", 9);
+        let _ = s.get_reply("irc:a", reply.clone(), hash.as_deref());
+        let _ = s.save_reply(reply.clone());
+        let _ = parse_scan(reply);
+    }
 }

@@ -1,0 +1,181 @@
+//! CredentialsStore: a session's sealed credentials, read by workers in other processes.
+//!
+//! The decisions (field names, sealing, the hash check, what a reply means) are the core's
+//! ([`datalayer_core::credentials`]); this runs them on the process's shared connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datalayer_core::credentials::{self, CredentialStore, CredentialsError};
+use datalayer_core::keys::{Secret, SecretRing};
+use datalayer_core::naming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::exec::run_one;
+use crate::layer::{DataLayer, Error};
+
+/// Options of a credentials store.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CredentialsOptions {
+    /// The sliding expiry: every save and get pushes it back this far (default 7 days);
+    /// `Duration::ZERO` disables it (the store then has no TTL).
+    pub ttl: Duration,
+}
+
+impl Default for CredentialsOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_millis(credentials::DEFAULT_TTL_MS),
+        }
+    }
+}
+
+impl CredentialsOptions {
+    /// With this sliding TTL (`Duration::ZERO`: none).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+}
+
+/// The credentials hash of `credentials` (lower-case hex SHA-256 of their RFC 8785 canonical
+/// JSON; FORMAT.md): what [`CredentialsStore::get`] compares `expected_hash` with.
+pub fn credentials_hash<T: Serialize + ?Sized>(credentials: &T) -> Result<String, Error> {
+    Ok(credentials::credentials_hash(&serde_json::to_value(
+        credentials,
+    )?))
+}
+
+/// One session's credentials (Sockethub's CredentialsStore). Cheap to clone.
+#[derive(Clone)]
+pub struct CredentialsStore {
+    layer: DataLayer,
+    store: Arc<CredentialStore>,
+}
+
+impl std::fmt::Debug for CredentialsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsStore")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialsStore {
+    pub(crate) fn new(
+        layer: DataLayer,
+        session: &str,
+        session_secret: &Secret,
+        secrets: &SecretRing,
+        options: &CredentialsOptions,
+    ) -> Result<Self, Error> {
+        let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
+        let store = CredentialStore::new(
+            &layer.options.prefix,
+            session,
+            secrets,
+            session_secret,
+            ttl_ms,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self {
+            layer,
+            store: Arc::new(store),
+        })
+    }
+
+    /// The session.
+    #[must_use]
+    pub fn session(&self) -> &str {
+        self.store.session()
+    }
+
+    /// Saves `credentials` (a non-empty JSON object once serialized) under `key`
+    /// (`<platform>:<actor>`), replacing what was there, and slides the store's expiry.
+    #[tracing::instrument(level = "debug", skip_all, fields(session = self.session()))]
+    pub async fn save<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        credentials: &T,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_value(credentials)?;
+        let invocation = self.store.save(key, &json, &mut crate::OsRandom)?;
+        let mut conn = self.layer.conn.clone();
+        let reply = run_one(&mut conn, &invocation).await?;
+        Ok(self.store.save_reply(reply)?)
+    }
+
+    /// The credentials under `key`, and slides the store's expiry. With `expected_hash`,
+    /// credentials whose hash differs are [`CredentialsError::Mismatch`].
+    ///
+    /// Errors: [`CredentialsError::NotFound`], `Mismatch` (also for an empty object, null or
+    /// an array), `WrongSecret` (this session secret did not make the store), `Corrupt`
+    /// (the value does not open: tampered with or moved), all as [`Error::Credentials`].
+    #[tracing::instrument(level = "debug", skip_all, fields(session = self.session()))]
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        expected_hash: Option<&str>,
+    ) -> Result<T, Error> {
+        let invocation = self.store.get(key)?;
+        let mut conn = self.layer.conn.clone();
+        let reply = run_one(&mut conn, &invocation).await?;
+        let json = self.store.get_reply(key, reply, expected_hash)?;
+        serde_json::from_value(json).map_err(Error::Decode)
+    }
+
+    /// Deletes the session's whole store. `Ok(true)` if there was one; a failure is an error,
+    /// not silence.
+    pub async fn teardown(&self) -> Result<bool, Error> {
+        let mut conn = self.layer.conn.clone();
+        match run_one(&mut conn, &self.store.teardown()).await? {
+            datalayer_core::value::Value::Int(n) => Ok(n > 0),
+            other => Err(CredentialsError::Reply(format!("DEL answered {other:?}")).into()),
+        }
+    }
+}
+
+impl DataLayer {
+    /// The credentials store of `session`, sealed with keys derived from the server's
+    /// `secrets` and the session's own secret.
+    pub fn credentials(
+        &self,
+        session: &str,
+        session_secret: &Secret,
+        secrets: &SecretRing,
+        options: CredentialsOptions,
+    ) -> Result<CredentialsStore, Error> {
+        CredentialsStore::new(self.clone(), session, session_secret, secrets, &options)
+    }
+
+    /// Deletes every credentials store whose session starts with `session_prefix` (a server's
+    /// sessions, e.g. `sockethub:<parent>:`): SCAN with the prefix's glob characters escaped,
+    /// following the cursor to the end, one DEL per key (each key may live on another cluster
+    /// node). Returns how many stores were deleted.
+    pub async fn purge_credentials(&self, session_prefix: &str) -> Result<u64, Error> {
+        let pattern = naming::credentials_pattern(&self.options.prefix, session_prefix)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let mut cursor = b"0".to_vec();
+        let mut deleted = 0u64;
+        loop {
+            let page = run_one(&mut conn, &credentials::scan(&pattern, &cursor, 1000)).await?;
+            let (next, keys) = credentials::parse_scan(page)?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("DEL").arg(key);
+                }
+                let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+                deleted += counts.iter().sum::<u64>();
+            }
+            if next == b"0" {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
