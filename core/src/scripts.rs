@@ -296,6 +296,65 @@ pub const ALL: [&Script; 11] = [
     &CRED_GET,
 ];
 
+/// Several blocking reads of idle readers merged into one command, so that one connection
+/// blocks for all of them: `XREADGROUP GROUP workers <consumer> COUNT <min> BLOCK <ms>
+/// STREAMS <jobs...> > ...` for worker reads that share a consumer name, or `XREAD COUNT <min>
+/// BLOCK <ms> STREAMS <events...> <after...>` for events reads. `block_ms` is the merged
+/// command's BLOCK (at least 1: 0 would block forever).
+///
+/// `None` if `reads` is empty, mixes kinds or consumers, names a stream twice, or holds
+/// another kind of command. Redis answers with the streams that have entries (or nil);
+/// [`crate::value::split_read`] gives each read its own reply.
+#[must_use]
+pub fn merged_read<'a>(reads: &[&'a CommandKind], block_ms: u64) -> Option<Invocation<'a>> {
+    let first = reads.first()?;
+    let mut streams: Vec<Arg<'a>> = Vec::with_capacity(reads.len());
+    let mut ids: Vec<Arg<'a>> = Vec::with_capacity(reads.len());
+    let mut count = u32::MAX;
+    for read in reads {
+        let (key, after, c) = match (first, read) {
+            (
+                CommandKind::Read { consumer: c0, .. },
+                CommandKind::Read {
+                    keys,
+                    consumer,
+                    count,
+                    ..
+                },
+            ) if c0 == consumer => (&keys.jobs, b(">"), *count),
+            (
+                CommandKind::ReadEvents { .. },
+                CommandKind::ReadEvents {
+                    keys, after, count, ..
+                },
+            ) => (&keys.events, id(*after), *count),
+            _ => return None,
+        };
+        if streams.iter().any(|k| k.as_ref() == key.as_bytes()) {
+            return None;
+        }
+        streams.push(b(key));
+        ids.push(after);
+        count = count.min(c);
+    }
+    let mut args = match first {
+        CommandKind::Read { consumer, .. } => {
+            vec![b("XREADGROUP"), b("GROUP"), b(GROUP), b(consumer)]
+        }
+        _ => vec![b("XREAD")],
+    };
+    args.extend([
+        b("COUNT"),
+        num(count.max(1)),
+        b("BLOCK"),
+        num(block_ms.max(1)),
+        b("STREAMS"),
+    ]);
+    args.extend(streams);
+    args.extend(ids);
+    Some(Invocation::Plain(args))
+}
+
 fn b(s: &str) -> Arg<'_> {
     Cow::Borrowed(s.as_bytes())
 }
@@ -517,5 +576,71 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.extend(keys.all().iter().map(|s| b(s)));
             Invocation::Plain(args)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::naming::QueueKeys;
+
+    fn read(queue: &str, consumer: &str, count: u32) -> CommandKind {
+        CommandKind::Read {
+            keys: Arc::new(QueueKeys::new("dl", queue).unwrap()),
+            consumer: consumer.into(),
+            count,
+            block_ms: Some(5_000),
+        }
+    }
+
+    fn events(queue: &str, after: EntryId) -> CommandKind {
+        CommandKind::ReadEvents {
+            keys: Arc::new(QueueKeys::new("dl", queue).unwrap()),
+            after,
+            count: 100,
+            block_ms: Some(5_000),
+        }
+    }
+
+    fn words(inv: Option<Invocation<'_>>) -> Option<String> {
+        match inv? {
+            Invocation::Plain(args) => Some(
+                args.iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Invocation::Script { .. } => None,
+        }
+    }
+
+    #[test]
+    fn merged_reads() {
+        let (a, b) = (read("a", "p1", 8), read("b", "p1", 3));
+        assert_eq!(
+            words(merged_read(&[&a, &b], 5_000)).as_deref(),
+            Some(
+                "XREADGROUP GROUP workers p1 COUNT 3 BLOCK 5000 STREAMS dl:{a}:jobs dl:{b}:jobs > >"
+            )
+        );
+        let (e1, e2) = (
+            events("a", EntryId::new(5, 1)),
+            events("b", EntryId::default()),
+        );
+        assert_eq!(
+            words(merged_read(&[&e1, &e2], 0)).as_deref(),
+            Some("XREAD COUNT 100 BLOCK 1 STREAMS dl:{a}:events dl:{b}:events 5-1 0-0")
+        );
+        // What cannot be merged.
+        assert_eq!(words(merged_read(&[], 10)), None);
+        assert_eq!(words(merged_read(&[&a, &read("b", "p2", 1)], 10)), None);
+        assert_eq!(words(merged_read(&[&a, &read("a", "p1", 1)], 10)), None);
+        assert_eq!(words(merged_read(&[&a, &e1], 10)), None);
+        assert_eq!(
+            words(merged_read(&[&e1, &events("a", EntryId::new(9, 0))], 10)),
+            None
+        );
     }
 }

@@ -236,6 +236,42 @@ pub fn decode_read(value: Value) -> Result<Vec<StreamEntry>, ReplyError> {
     Ok(out)
 }
 
+/// Splits the reply of a merged read ([`crate::scripts::merged_read`]) over `streams`: for
+/// each stream, in order, the reply a read of that stream alone would have had
+/// (`[[stream, entries]]`, or nil when it had nothing). A stream the reply names twice, or
+/// one that was not asked for, is an error.
+pub fn split_read(value: Value, streams: &[&[u8]]) -> Result<Vec<Value>, ReplyError> {
+    const WHAT: &str = "XREAD reply [[stream, entries], ...]";
+    let mut out = vec![Value::Nil; streams.len()];
+    let items = match value {
+        Value::Nil => return Ok(out),
+        v => v.into_array(WHAT)?,
+    };
+    for item in items {
+        let name = match &item {
+            Value::Array(parts) => match parts.first() {
+                Some(Value::Bulk(name)) => name.clone(),
+                _ => return Err(shape(WHAT, &item)),
+            },
+            other => return Err(shape(WHAT, other)),
+        };
+        let Some(i) = streams.iter().position(|s| *s == name.as_slice()) else {
+            return Err(ReplyError::Shape {
+                expected: WHAT,
+                got: format!("stream {:?} not asked for", String::from_utf8_lossy(&name)),
+            });
+        };
+        if out[i] != Value::Nil {
+            return Err(ReplyError::Shape {
+                expected: WHAT,
+                got: "a stream named twice".into(),
+            });
+        }
+        out[i] = Value::Array(vec![item]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +359,42 @@ mod tests {
         fn entry_ids_round_trip(ms: u64, seq: u64) {
             let id = EntryId::new(ms, seq);
             prop_assert_eq!(EntryId::parse(id.to_string().as_bytes()), Ok(id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn entry(stream: &str) -> Value {
+        Value::Array(vec![
+            Value::Bulk(stream.as_bytes().to_vec()),
+            Value::Array(vec![Value::Array(vec![
+                Value::Bulk(b"1-1".to_vec()),
+                Value::Array(vec![Value::Bulk(b"j".to_vec()), Value::Bulk(b"x".to_vec())]),
+            ])]),
+        ])
+    }
+
+    #[test]
+    fn merged_replies_split_per_stream() {
+        let streams: [&[u8]; 3] = [b"a", b"b", b"c"];
+        assert_eq!(split_read(Value::Nil, &streams), Ok(vec![Value::Nil; 3]));
+        let out = split_read(Value::Array(vec![entry("c"), entry("a")]), &streams).unwrap();
+        assert_eq!(out[0], Value::Array(vec![entry("a")]));
+        assert_eq!(out[1], Value::Nil);
+        assert_eq!(out[2], Value::Array(vec![entry("c")]));
+        assert_eq!(decode_read(out[2].clone()).unwrap().len(), 1);
+        for bad in [
+            Value::Array(vec![entry("d")]),
+            Value::Array(vec![entry("a"), entry("a")]),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![])]),
+            Value::Int(3),
+            Value::Error("ERR x".into()),
+        ] {
+            assert!(split_read(bad.clone(), &streams).is_err(), "{bad:?}");
         }
     }
 }

@@ -26,7 +26,8 @@ pub struct ProducerConfig {
     pub events_after: EntryId,
     /// The most events per read.
     pub events_count: u32,
-    /// How long an events read blocks in Redis (ms); `None` polls.
+    /// How long an events read blocks in Redis (ms) once the stream is found empty; `None`
+    /// polls. A read that follows one which found events never blocks.
     pub block_ms: Option<u64>,
 }
 

@@ -52,6 +52,8 @@ pub struct Producer {
     in_flight: HashMap<OpId, InFlight>,
     cursor: EntryId,
     next_read_ms: u64,
+    /// The last events read found nothing: the next one may block.
+    idle: bool,
     to_delete: Vec<EntryId>,
     /// Adds not yet resolved, by job id: a job's marker is forgotten only when none is left.
     outstanding: HashMap<String, u32>,
@@ -79,6 +81,7 @@ impl Producer {
             in_flight: HashMap::new(),
             cursor: cfg.events_after,
             next_read_ms: now_ms,
+            idle: false,
             to_delete: Vec::new(),
             outstanding: HashMap::new(),
             forget_later: HashSet::new(),
@@ -279,7 +282,7 @@ impl Producer {
                 keys,
                 after: self.cursor,
                 count: self.cfg.events_count,
-                block_ms: self.cfg.block_ms,
+                block_ms: self.cfg.block_ms.filter(|_| self.idle),
             };
             return Some(self.op(kind, InFlight::ReadEvents));
         }
@@ -431,6 +434,7 @@ impl Producer {
                 return self.trouble(format!("XREAD events: {e}"));
             }
         };
+        self.idle = entries.is_empty();
         if entries.is_empty() && self.cfg.block_ms.is_none() {
             self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
         }

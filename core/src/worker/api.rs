@@ -23,7 +23,9 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// How long a job may go without a heartbeat before others may reclaim it (ms).
     pub lease_ms: u64,
-    /// How long a read blocks in Redis (ms); `None` polls without blocking.
+    /// How long a read blocks in Redis (ms) once the stream is found empty; `None` polls
+    /// without blocking. A read that follows a read which found entries never blocks: under
+    /// load reads go out with the other commands; only an idle worker blocks.
     pub block_ms: Option<u64>,
     /// How often to look for stalled entries of other workers (ms).
     pub reclaim_interval_ms: u64,

@@ -88,6 +88,8 @@ pub struct Worker {
     next_reclaim_ms: u64,
     next_promote_ms: u64,
     next_read_ms: u64,
+    /// The last read found nothing: the next one may block.
+    idle: bool,
     resend: ResendBackoff,
     draining: bool,
     drained_sent: bool,
@@ -126,6 +128,7 @@ impl Worker {
             next_reclaim_ms: now_ms,
             next_promote_ms: now_ms,
             next_read_ms: now_ms,
+            idle: false,
             resend: ResendBackoff::default(),
             draining: false,
             drained_sent: false,
@@ -561,7 +564,7 @@ impl Worker {
             keys: self.keys.clone(),
             consumer: self.cfg.consumer.clone(),
             count: credits,
-            block_ms: self.cfg.block_ms,
+            block_ms: self.cfg.block_ms.filter(|_| self.idle),
         };
         Some(self.op(kind, InFlight::Read { count: credits }))
     }

@@ -83,6 +83,7 @@ impl Worker {
         }
         match decode_read(v) {
             Ok(entries) => {
+                self.idle = entries.is_empty();
                 if entries.is_empty() && self.cfg.block_ms.is_none() {
                     self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
                 }

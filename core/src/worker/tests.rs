@@ -548,3 +548,54 @@ fn undrained_events_are_a_typed_error() {
     }
     assert!(matches!(err, Some(WorkerError::Undrained(_))), "{err:?}");
 }
+
+/// Only an idle worker blocks: the first read and a read after one that found entries go out
+/// without BLOCK (with the other commands); a read after an empty one blocks.
+#[test]
+fn reads_block_only_when_the_stream_was_found_empty() {
+    let mut rng = SeededRandom::new(3);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c")
+            .concurrency(4)
+            .block_ms(Some(5_000)),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    let mut next_read = |w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom| {
+        let mut block = None;
+        while let Some(cmd) = w.poll_command() {
+            if let CommandKind::Read { block_ms, .. } = &cmd.kind {
+                block = Some(*block_ms);
+            }
+            let v = sim.execute(&cmd.kind);
+            w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+                .unwrap();
+            while w.poll_event().is_some() {}
+            if block.is_some() {
+                break;
+            }
+        }
+        block.expect("a read")
+    };
+    enqueue(&mut sim, &mut rng, 1);
+    assert_eq!(next_read(&mut w, &mut sim, &mut rng), None, "first read");
+    assert_eq!(next_read(&mut w, &mut sim, &mut rng), None, "after entries");
+    assert_eq!(
+        next_read(&mut w, &mut sim, &mut rng),
+        Some(5_000),
+        "after an empty read"
+    );
+    enqueue(&mut sim, &mut rng, 1);
+    assert_eq!(
+        next_read(&mut w, &mut sim, &mut rng),
+        Some(5_000),
+        "still idle"
+    );
+    assert_eq!(
+        next_read(&mut w, &mut sim, &mut rng),
+        None,
+        "after entries again"
+    );
+}
