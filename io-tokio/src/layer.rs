@@ -1,10 +1,13 @@
 //! The process-wide handle: the connection every queue and worker of the process shares.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datalayer_core::keys::SecretRing;
 use redis::aio::ConnectionManager;
 
+use crate::blocking::Blocker;
 use crate::queue::{JobQueue, QueueOptions};
 use crate::worker::{JobWorker, WorkerOptions};
 
@@ -114,6 +117,18 @@ impl Options {
 pub struct DataLayer {
     pub(crate) conn: ConnectionManager,
     pub(crate) options: Options,
+    client: redis::Client,
+    shared: Arc<Shared>,
+}
+
+/// What the views of one `DataLayer` share besides the connection.
+struct Shared {
+    /// Blocking-read tasks, one per consumer name of workers and one for queues' events.
+    blockers: Mutex<HashMap<String, Blocker>>,
+    /// This process's consumer name (its workers share it, so that one blocking read serves
+    /// them all), and how many workers each queue has here (the second gets a suffix).
+    consumer: String,
+    workers_per_queue: Mutex<HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for DataLayer {
@@ -143,6 +158,44 @@ pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
 }
 
 impl DataLayer {
+    /// The blocking-read task for `key` (`events`, or `group:<consumer>`), started on first
+    /// use.
+    pub(crate) fn blocker(&self, key: &str) -> Blocker {
+        let mut blockers = self
+            .shared
+            .blockers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        blockers
+            .entry(key.to_owned())
+            .or_insert_with(|| {
+                Blocker::start(
+                    self.client.clone(),
+                    self.conn.clone(),
+                    self.options.connect_timeout,
+                    self.options.response_timeout,
+                )
+            })
+            .clone()
+    }
+
+    /// A consumer name for a new worker of `queue`: the process's, with a suffix from the
+    /// second worker of one queue on (two workers of a queue need two names).
+    pub(crate) fn next_consumer(&self, queue: &str) -> String {
+        let mut counts = self
+            .shared
+            .workers_per_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(queue.to_owned()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.shared.consumer.clone()
+        } else {
+            format!("{}-{n}", self.shared.consumer)
+        }
+    }
+
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`).
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
         let client = redis::Client::open(url)?;
@@ -157,7 +210,17 @@ impl DataLayer {
             .set_number_of_retries(2);
         let mut conn = client.get_connection_manager_with_config(config).await?;
         crate::exec::load_scripts(&mut conn).await?;
-        let layer = Self { conn, options };
+        let consumer = format!("{}-{:08x}", std::process::id(), crate::random_u64() as u32);
+        let layer = Self {
+            conn,
+            options,
+            client,
+            shared: Arc::new(Shared {
+                blockers: Mutex::new(HashMap::new()),
+                consumer,
+                workers_per_queue: Mutex::new(HashMap::new()),
+            }),
+        };
         layer.warn_if_evicting().await;
         Ok(layer)
     }

@@ -8,6 +8,7 @@
 //! as pipelines, and [`OsRandom`] gives the core the operating system's randomness.
 #![forbid(unsafe_code)]
 
+mod blocking;
 mod credentials;
 pub mod exec;
 mod layer;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use datalayer_core::command::Command;
+use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::Sealer;
 use datalayer_core::job::JobId;
 use datalayer_core::keys::SecretRing;
@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::blocking::Reads;
 use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
 use crate::{OsRandom, exec};
 
@@ -146,7 +147,7 @@ impl JobQueue {
         secrets: &SecretRing,
         options: QueueOptions,
     ) -> Result<Self, Error> {
-        let mut cfg = ProducerConfig::new(name).block_ms(None);
+        let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::worker::BLOCK_MS));
         cfg.prefix = layer.options.prefix.clone();
         if let Some(after) = options.events_after {
             cfg.events_after = after;
@@ -159,6 +160,7 @@ impl JobQueue {
         let driver = Driver {
             producer,
             conn: layer.conn.clone(),
+            reads: Reads::new(layer.blocker("events")),
             rx,
             events: events.clone(),
             waiters: HashMap::new(),
@@ -265,6 +267,7 @@ impl JobQueue {
 struct Driver {
     producer: Producer,
     conn: ConnectionManager,
+    reads: Reads,
     rx: mpsc::Receiver<Msg>,
     events: broadcast::Sender<QueueEvent>,
     waiters: HashMap<JobId, oneshot::Sender<Outcome>>,
@@ -301,6 +304,11 @@ impl Driver {
                     }
                     None => break,
                 },
+                (op, reply) = self.reads.recv() => {
+                    // The blocking connection reaches the same Redis: its answers tell too.
+                    self.reachable = matches!(reply, Reply::Value(_));
+                    self.reply(op, reply);
+                }
                 () = sleep => self.producer.handle_timeout(now_ms()),
             }
         }
@@ -315,23 +323,30 @@ impl Driver {
         if cmds.is_empty() {
             return false;
         }
+        let cmds = self.reads.take_blocking(cmds);
+        if cmds.is_empty() {
+            return true;
+        }
         let replies = exec::execute(&mut self.conn, &cmds).await;
         self.reachable = replies
             .iter()
             .any(|r| matches!(r, datalayer_core::command::Reply::Value(_)));
-        let now = now_ms();
         for (cmd, reply) in cmds.iter().zip(replies) {
-            if let Err(e) = self.producer.handle_reply(now, cmd.op, reply) {
-                tracing::error!(error = %e, "producer refused a reply");
-            }
-            // Drain after every input, as the machine requires.
-            self.route_events();
+            self.reply(cmd.op, reply);
         }
         // After the replies: adds whose outcome was unknown are back among the unsent ones.
         if self.fail_fast && !self.reachable {
             self.refuse_waiting_adds();
         }
         true
+    }
+
+    fn reply(&mut self, op: OpId, reply: Reply) {
+        if let Err(e) = self.producer.handle_reply(now_ms(), op, reply) {
+            tracing::error!(error = %e, "producer refused a reply");
+        }
+        // Drain after every input, as the machine requires.
+        self.route_events();
     }
 
     /// Fail-fast: Redis is away, so the adds still waiting for it fail now (those already
@@ -387,6 +402,7 @@ impl Driver {
                     self.producer.pause();
                 }
                 self.closing = Some((destroy, done));
+                self.reads.cancel();
             }
         }
     }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datalayer_core::command::Command;
+use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::Sealer;
 use datalayer_core::job::JobId;
 use datalayer_core::keys::SecretRing;
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::blocking::Reads;
 use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
 use crate::{OsRandom, exec};
 
@@ -34,7 +35,8 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// A job running longer fails with "timed out" (default: none).
     pub timeout: Option<Duration>,
-    /// The consumer name (default: random, unique per worker).
+    /// The consumer name (default: the process's, shared by its workers of different queues
+    /// so that one blocking read serves them all; unique per worker of one queue).
     pub consumer: Option<String>,
 }
 
@@ -99,6 +101,7 @@ impl Job {
 #[derive(Debug)]
 pub struct JobWorker {
     conn: ConnectionManager,
+    reads: Reads,
     worker: Worker,
     queue: String,
 }
@@ -115,6 +118,9 @@ enum Ctl {
 
 type Done = (EntryId, Result<Vec<u8>, String>);
 
+/// How long an idle reader's read blocks in Redis (ms).
+pub(crate) const BLOCK_MS: u64 = 5_000;
+
 impl JobWorker {
     pub(crate) fn new(
         layer: DataLayer,
@@ -124,13 +130,13 @@ impl JobWorker {
     ) -> Result<Self, Error> {
         let consumer = options
             .consumer
-            .unwrap_or_else(|| format!("{}-{:016x}", std::process::id(), crate::random_u64()));
+            .unwrap_or_else(|| layer.next_consumer(name));
         let lease_ms = u64::try_from(options.lease.as_millis()).unwrap_or(u64::MAX);
         let mut cfg = WorkerConfig::new(name, &consumer)
             .concurrency(options.concurrency)
             .retry(options.retry)
             .lease_ms(lease_ms)
-            .block_ms(None)
+            .block_ms(Some(BLOCK_MS))
             .timeout_ms(
                 options
                     .timeout
@@ -141,6 +147,7 @@ impl JobWorker {
         let worker =
             Worker::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {
+            reads: Reads::new(layer.blocker(&format!("group:{consumer}"))),
             conn: layer.conn,
             worker,
             queue: name.to_owned(),
@@ -162,6 +169,7 @@ impl JobWorker {
         let driver = Driver {
             worker: self.worker,
             conn: self.conn,
+            reads: self.reads,
             ctl: ctl_rx,
             done_tx,
             done_rx,
@@ -192,6 +200,7 @@ impl WorkerHandle {
 struct Driver {
     worker: Worker,
     conn: ConnectionManager,
+    reads: Reads,
     ctl: mpsc::Receiver<Ctl>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
@@ -237,9 +246,11 @@ impl Driver {
             let sleep = sleep_until_ms(wake);
             tokio::select! {
                 Some((entry, outcome)) = self.done_rx.recv() => self.settle(entry, outcome),
+                (op, reply) = self.reads.recv() => self.reply(op, reply),
                 Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
                     let at = now_ms().saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX));
                     self.worker.drain(now_ms());
+                    self.reads.cancel();
                     self.shutdown = Some((at, done));
                 }
                 () = sleep => self.tick(),
@@ -278,16 +289,20 @@ impl Driver {
         if cmds.is_empty() {
             return false;
         }
+        let cmds = self.reads.take_blocking(cmds);
         let replies = exec::execute(&mut self.conn, &cmds).await;
-        let now = now_ms();
         for (cmd, reply) in cmds.iter().zip(replies) {
-            if let Err(e) = self.worker.handle_reply(now, cmd.op, reply, &mut OsRandom) {
-                tracing::error!(error = %e, "worker refused a reply");
-            }
-            self.pending_events
-                .extend(std::iter::from_fn(|| self.worker.poll_event()));
+            self.reply(cmd.op, reply);
         }
         true
+    }
+
+    fn reply(&mut self, op: OpId, reply: Reply) {
+        if let Err(e) = self.worker.handle_reply(now_ms(), op, reply, &mut OsRandom) {
+            tracing::error!(error = %e, "worker refused a reply");
+        }
+        self.pending_events
+            .extend(std::iter::from_fn(|| self.worker.poll_event()));
     }
 
     /// Starts handlers for new jobs; whether the worker has drained for shutdown.

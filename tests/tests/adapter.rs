@@ -415,6 +415,18 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
                 .start(echo),
         );
     }
+    // Idle, the 2,000 readers block in Redis rather than poll: one merged XREADGROUP for
+    // the workers and one merged XREAD for the queues' events, re-sent when a reader joins.
+    let mut conn = raw(&server).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("resetstat");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = read_calls(&mut conn).await;
+    assert!(reads <= 10, "{reads} reads in a second of idling");
     let mut handles = Vec::new();
     for (i, q) in queues.iter().enumerate().step_by(50) {
         handles.push(
@@ -429,18 +441,102 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
     for h in handles {
         assert!(matches!(outcome(h).await, Outcome::Completed(_)));
     }
-    let mut conn = raw(&server).await;
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut conn)
         .await
         .expect("client list");
     let clients = list.lines().count();
-    // The data layer's connection, plus this test's own.
+    // The shared connection, the two blocking ones, and this test's own.
     assert!(clients <= 4, "{clients} connections:\n{list}");
+    let blockers = list
+        .lines()
+        .filter(|l| l.contains("name=datalayer-blocker"))
+        .count();
+    assert_eq!(blockers, 2, "{list}");
     for w in &workers {
         w.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// How many XREADGROUP and XREAD calls Redis has run since its stats were reset.
+async fn read_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_xreadgroup:") || l.starts_with("cmdstat_xread:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn an_idle_worker_blocks_and_shuts_down_without_waiting_for_its_block() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    let first = queue.add("s", &json!(1)).await.expect("add");
+    assert!(matches!(outcome(first).await, Outcome::Completed(_)));
+    // Idle now: the worker's read blocks on the blocking connection, not on the shared one.
+    let mut conn = raw(&server).await;
+    let mut blocked = String::new();
+    for _ in 0..100 {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .expect("client list");
+        if let Some(l) = list
+            .lines()
+            .find(|l| l.contains("name=datalayer-blocker") && l.contains("cmd=xreadgroup"))
+        {
+            blocked = l.to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        blocked.contains("flags=b"),
+        "no blocked XREADGROUP: {blocked:?}"
+    );
+    // A job added now wakes it: it completes while the read would still block for seconds.
+    for i in 2..5 {
+        let h = queue.add("s", &json!(i)).await.expect("add");
+        let r: Value = outcome(h).await.json().expect("completed");
+        assert_eq!(r["echo"], i);
+    }
+    // Shutdown interrupts the blocking read (CLIENT UNBLOCK) instead of waiting out BLOCK
+    // (5 s): generous bound, the expected time is a few milliseconds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    worker.shutdown(Duration::from_secs(10)).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = std::time::Instant::now();
+    queue.disconnect().await;
+    assert!(
+        t.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
