@@ -563,7 +563,7 @@ fn reads_block_only_when_the_stream_was_found_empty() {
         T0,
     )
     .unwrap();
-    let mut next_read = |w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom| {
+    let next_read = |w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom| {
         let mut block = None;
         while let Some(cmd) = w.poll_command() {
             if let CommandKind::Read { block_ms, .. } = &cmd.kind {
