@@ -126,8 +126,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .arg("LIST")
         .query_async(&mut conn)
         .await?;
+    let blocking = clients
+        .lines()
+        .filter(|l| l.contains("name=datalayer-blocker"))
+        .count();
     println!(
-        "connections to Redis: {} (the data layer's one, and this demo's inspection)",
+        "connections to Redis: {} (the data layer's shared one, {blocking} for blocking reads: \
+         one per worker of this queue and one for results, and this demo's inspection)",
         clients.lines().count()
     );
     for w in &workers {
