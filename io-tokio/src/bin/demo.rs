@@ -131,8 +131,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|l| l.contains("name=datalayer-blocker"))
         .count();
     println!(
-        "connections to Redis: {} (the data layer's shared one, {blocking} for blocking reads: \
-         one per worker of this queue and one for results, and this demo's inspection)",
+        "connections to Redis: {} (the data layer's shared one, {blocking} for idle readers' \
+         blocking reads, and this demo's inspection)",
         clients.lines().count()
     );
     for w in &workers {
