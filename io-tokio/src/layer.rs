@@ -68,6 +68,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// The longest wait between reconnect attempts (default 2 s).
     pub max_reconnect_delay: Duration,
+    /// For `rediss://`: the PEM certificate(s) of the authority that signed the server's
+    /// certificate, instead of the system's roots (a private CA). Needs the `tls` feature.
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl Default for Options {
@@ -77,6 +80,7 @@ impl Default for Options {
             response_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_reconnect_delay: Duration::from_secs(2),
+            tls_root_cert: None,
         }
     }
 }
@@ -100,6 +104,13 @@ impl Options {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// For `rediss://`: trust the server certificates this PEM authority signed.
+    #[must_use]
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
         self
     }
 
@@ -157,6 +168,25 @@ pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
     }
 }
 
+/// The client for `url`: with `rediss://` and a root certificate, TLS trusting that root.
+fn client(url: &str, options: &Options) -> Result<redis::Client, Error> {
+    match &options.tls_root_cert {
+        #[cfg(feature = "tls")]
+        Some(pem) => Ok(redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        )?),
+        #[cfg(not(feature = "tls"))]
+        Some(_) => Err(Error::Config(
+            "tls_root_cert needs the `tls` feature of datalayer-tokio".into(),
+        )),
+        None => Ok(redis::Client::open(url)?),
+    }
+}
+
 impl DataLayer {
     /// The blocking-read task for `key` (`events`, or `group:<consumer>`), started on first
     /// use.
@@ -198,7 +228,7 @@ impl DataLayer {
 
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`).
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
-        let client = redis::Client::open(url)?;
+        let client = client(url, &options)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.connect_timeout))

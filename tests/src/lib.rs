@@ -23,6 +23,8 @@ pub enum Persistence {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// With TLS: the TLS port (the plain port stays open for the harness and inspection).
+    tls_port: Option<u16>,
     dir: PathBuf,
     persistence: Persistence,
     child: Option<Child>,
@@ -38,17 +40,93 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// A CA and a server certificate for 127.0.0.1 (ECDSA P-256, valid two days) in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl ({e}): install it with `sudo apt-get install openssl`")
+            });
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=datalayer test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions file");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
 impl RedisServer {
     /// Starts a server on a free port; panics with install instructions when the binary is
     /// missing.
     #[must_use]
     pub fn start(persistence: Persistence) -> Self {
+        Self::start_with(persistence, false)
+    }
+
+    /// Starts a server that also listens with TLS, with a certificate for 127.0.0.1 signed by
+    /// a throw-away authority made with the `openssl` command ([`RedisServer::ca_pem`]).
+    #[must_use]
+    pub fn start_tls() -> Self {
+        Self::start_with(Persistence::None, true)
+    }
+
+    fn start_with(persistence: Persistence, tls: bool) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("datalayer-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("server data directory");
+        let tls_port = tls.then(|| {
+            make_certificates(&dir);
+            free_port()
+        });
         let mut server = Self {
             port,
+            tls_port,
             dir,
             persistence,
             child: None,
@@ -63,6 +141,17 @@ impl RedisServer {
             .args(["--save", "", "--dir"])
             .arg(&self.dir)
             .args(["--logfile", "redis.log", "--protected-mode", "yes"]);
+        if let Some(tls_port) = self.tls_port {
+            cmd.args(["--tls-port", &tls_port.to_string()]);
+            for (flag, file) in [
+                ("--tls-cert-file", "server.crt"),
+                ("--tls-key-file", "server.key"),
+                ("--tls-ca-cert-file", "ca.crt"),
+            ] {
+                cmd.arg(flag).arg(self.dir.join(file));
+            }
+            cmd.args(["--tls-auth-clients", "no"]);
+        }
         match self.persistence {
             Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::AofAlways => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
@@ -119,6 +208,18 @@ impl RedisServer {
     #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>` (a server started with [`RedisServer::start_tls`]).
+    #[must_use]
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// The PEM certificate of the authority that signed a TLS server's certificate.
+    #[must_use]
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.crt")).expect("the test CA certificate")
     }
 
     /// SIGKILLs the server (no shutdown, no final fsync).

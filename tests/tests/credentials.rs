@@ -543,3 +543,64 @@ async fn hand_off_to_a_worker_process_and_nothing_readable_in_redis() {
         assert!(!text.contains(marker), "{marker} readable in Redis");
     }
 }
+
+/// `rediss://`: jobs and credentials over TLS, trusting a private authority; without that
+/// trust, connecting fails with a clear error instead of talking in the clear.
+#[tokio::test]
+async fn tls_connections_work_and_verify_the_server() {
+    let server = RedisServer::start_tls();
+    let url = server.tls_url().expect("a TLS port");
+    let untrusted = DataLayer::connect(
+        &url,
+        Options::default().connect_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    let err = untrusted.expect_err("an unknown authority is refused");
+    assert!(matches!(err, Error::Redis(_)), "{err:?}");
+    let dl = DataLayer::connect(&url, Options::default().tls_root_cert(server.ca_pem()))
+        .await
+        .expect("connect over TLS");
+    dl.health(Duration::from_secs(2)).await.expect("healthy");
+    let s = store(&dl, "tls-session", 1, CredentialsOptions::default());
+    s.save("irc:a", &json!({"password": "p"}))
+        .await
+        .expect("save");
+    assert_eq!(
+        s.get::<Value>("irc:a", None).await.expect("get"),
+        json!({"password": "p"})
+    );
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let worker = dl
+        .worker("q", &secrets(), datalayer_tokio::WorkerOptions::default())
+        .expect("worker")
+        .start(|job: datalayer_tokio::Job| async move {
+            Ok::<_, String>(json!({ "got": job.json::<Value>().map_err(|e| e.to_string())? }))
+        });
+    for i in 0..20 {
+        let h = queue.add("s", &json!(i)).await.expect("add");
+        let out = tokio::time::timeout(Duration::from_secs(20), h.result())
+            .await
+            .expect("in time")
+            .expect("running");
+        assert_eq!(out.json::<Value>().expect("completed"), json!({ "got": i }));
+    }
+    // Every connection of the data layer is a TLS one (the plain port sees only this check).
+    let mut conn = raw(&server).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("client list");
+    let tls_port = url.rsplit(':').next().expect("port");
+    let ours: Vec<&str> = list.lines().filter(|l| !l.contains("cmd=client")).collect();
+    assert!(!ours.is_empty(), "{list}");
+    for l in &ours {
+        assert!(
+            l.contains(&format!("laddr=127.0.0.1:{tls_port} ")),
+            "not over TLS: {l}"
+        );
+    }
+    worker.shutdown(Duration::from_secs(2)).await;
+}
