@@ -245,7 +245,13 @@ impl Driver {
             }
             let sleep = sleep_until_ms(wake);
             tokio::select! {
-                Some((entry, outcome)) = self.done_rx.recv() => self.settle(entry, outcome),
+                Some((entry, outcome)) = self.done_rx.recv() => {
+                    self.settle(entry, outcome);
+                    // Every answer already waiting goes into the same settle command.
+                    while let Ok((entry, outcome)) = self.done_rx.try_recv() {
+                        self.settle(entry, outcome);
+                    }
+                }
                 (op, reply) = self.reads.recv() => self.reply(op, reply),
                 Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
                     let at = now_ms().saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX));

@@ -1,0 +1,603 @@
+//! The throughput harness: `cargo run --release -p datalayer-bench -- [--quick] [--json]
+//! [--jobs N] [--sizes 200,4096]`.
+//!
+//! It starts its own redis-server on a free loopback port (or uses `REDIS_URL`, under a key
+//! prefix of its own), then, in the same run and per payload size: measures the ceiling
+//! (`redis-benchmark` XADD of the same payload, `-P 64 -c 50`), then enqueue-only (one queue,
+//! and 100 queues), process-only (a pre-filled queue drained at concurrency 1, 16, 256), and
+//! end-to-end (producer and workers at once, every result awaited) at full rate and at half
+//! the peak rate. Per scenario: jobs/s, the ratio to the ceiling, add→handler latency
+//! (HdrHistogram), Redis memory per queued job, client CPU per job. It leaves no keys behind.
+//! BENCHMARKS.md explains the method and keeps the results.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use datalayer_core::keys::{KeyId, Secret, SecretRing};
+use datalayer_core::producer::AddJob;
+use datalayer_tests::{Persistence, RedisServer};
+use datalayer_tokio::{DataLayer, Job, JobQueue, Options, QueueOptions, WorkerOptions};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Args {
+    jobs: u64,
+    sizes: Vec<usize>,
+    json: bool,
+    quick: bool,
+}
+
+fn args() -> Res<Args> {
+    let mut a = Args {
+        jobs: 200_000,
+        sizes: vec![200, 4096],
+        json: false,
+        quick: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => {
+                a.quick = true;
+                a.jobs = 5_000;
+            }
+            "--json" => a.json = true,
+            "--jobs" | "-n" => a.jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
+            "--sizes" => {
+                a.sizes = it
+                    .next()
+                    .ok_or("--sizes needs a list")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096]\n\
+                     REDIS_URL=redis://host:port uses that server instead of starting one."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if a.jobs < 100 {
+        return Err("--jobs must be at least 100".into());
+    }
+    Ok(a)
+}
+
+/// Time since the harness started: the clock both sides of a job read.
+fn since_start() -> Duration {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+fn secrets() -> SecretRing {
+    SecretRing::new(KeyId(1), Secret::from_bytes([7; 32]))
+}
+
+/// A payload of `size` bytes whose first 8 hold the time it was made (ns since start); the
+/// rest is pseudo-random, so that compression does not flatter the figures.
+fn payload(size: usize) -> Vec<u8> {
+    let ns = u64::try_from(since_start().as_nanos()).unwrap_or(u64::MAX);
+    let mut p = Vec::with_capacity(size.max(8));
+    p.extend_from_slice(&ns.to_le_bytes());
+    let mut x = ns | 1;
+    while p.len() < size {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.extend_from_slice(&x.to_le_bytes()[..(size - p.len()).min(8)]);
+    }
+    p
+}
+
+fn latency_us(payload: &[u8]) -> u64 {
+    let Some(head) = payload.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok()) else {
+        return 0;
+    };
+    let sent = u64::from_le_bytes(head);
+    let now = u64::try_from(since_start().as_nanos()).unwrap_or(u64::MAX);
+    now.saturating_sub(sent) / 1_000
+}
+
+/// User + system CPU time of this process (all threads), from /proc (Linux).
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12th and 13th after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> Res<i64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "INFO memory has no used_memory".into())
+}
+
+/// A progress line on stderr while a scenario runs.
+struct Progress {
+    done: Arc<AtomicU64>,
+    stop: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(label: String, total: u64) -> Self {
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
+        if !std::io::stderr().is_terminal() {
+            eprintln!("  {label}");
+            return Self {
+                done,
+                stop: tokio::spawn(async {}),
+            };
+        }
+        let stop = tokio::spawn(async move {
+            let t = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let n = d.load(Ordering::Relaxed);
+                let width = 30;
+                let filled = usize::try_from(n * width / total.max(1))
+                    .unwrap_or(0)
+                    .min(30);
+                let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
+                eprint!(
+                    "\r  {label:<28} [{}{}] {:>3}% {:>9.0} jobs/s ",
+                    "=".repeat(filled),
+                    " ".repeat(30 - filled),
+                    n * 100 / total.max(1),
+                    rate
+                );
+                let _ = std::io::stderr().flush();
+            }
+        });
+        Self { done, stop }
+    }
+
+    fn finish(self) {
+        self.stop.abort();
+        if std::io::stderr().is_terminal() {
+            eprint!("\r{:78}\r", "");
+        }
+    }
+}
+
+/// One measured scenario.
+#[derive(Default)]
+struct Row {
+    scenario: String,
+    size: usize,
+    jobs: u64,
+    secs: f64,
+    ceiling: f64,
+    cpu_us_per_job: f64,
+    latency: Option<Histogram<u64>>,
+    memory_per_job: Option<f64>,
+    left_bytes: Option<i64>,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.jobs as f64 / self.secs.max(1e-9)
+    }
+
+    fn json(&self) -> Value {
+        let lat = self.latency.as_ref().map(|h| {
+            json!({
+                "p50_us": h.value_at_quantile(0.5),
+                "p99_us": h.value_at_quantile(0.99),
+                "p999_us": h.value_at_quantile(0.999),
+                "max_us": h.max(),
+            })
+        });
+        json!({
+            "scenario": self.scenario,
+            "payload_bytes": self.size,
+            "jobs": self.jobs,
+            "seconds": self.secs,
+            "jobs_per_s": self.rate(),
+            "ratio_to_ceiling": if self.ceiling > 0.0 { self.rate() / self.ceiling } else { 0.0 },
+            "client_cpu_us_per_job": self.cpu_us_per_job,
+            "latency": lat,
+            "redis_bytes_per_queued_job": self.memory_per_job,
+            "redis_bytes_left_after": self.left_bytes,
+        })
+    }
+}
+
+struct Bench {
+    dl: DataLayer,
+    raw: redis::aio::MultiplexedConnection,
+    host: String,
+    port: u16,
+    prefix: String,
+    jobs: u64,
+    run: u64,
+}
+
+impl Bench {
+    fn queue_name(&mut self, what: &str) -> String {
+        self.run += 1;
+        format!("{what}-{}", self.run)
+    }
+
+    /// `redis-benchmark` XADD with the payload size: the rate Redis itself takes.
+    async fn ceiling(&mut self, size: usize) -> Res<f64> {
+        let key = format!("{}:ceiling", self.prefix);
+        let data = "x".repeat(size);
+        let n = self.jobs.max(100_000).to_string();
+        let port = self.port.to_string();
+        let out = tokio::process::Command::new("redis-benchmark")
+            .args([
+                "-h", &self.host, "-p", &port, "-c", "50", "-P", "64", "-n", &n,
+            ])
+            .args(["--csv", "-q", "XADD", &key, "*", "p", &data])
+            .output()
+            .await
+            .map_err(|e| format!("redis-benchmark: {e} (install redis-tools)"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = text
+            .lines()
+            .filter_map(|l| l.split(',').nth(1))
+            .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
+            .next_back()
+            .ok_or_else(|| format!("no rate in redis-benchmark's output: {text}"))?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut self.raw)
+            .await?;
+        Ok(rps)
+    }
+
+    /// Adds `n` jobs spread over `queues` from 256 concurrent callers; returns the time.
+    async fn enqueue(queues: &[JobQueue], n: u64, size: usize, done: &Arc<AtomicU64>) -> Duration {
+        let next = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..256 {
+            let (queues, next, done) = (queues.to_vec(), next.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let q = &queues[usize::try_from(i).unwrap_or(0) % queues.len()];
+                    let job = AddJob {
+                        session_id: "bench".into(),
+                        payload: payload(size),
+                        ..AddJob::default()
+                    };
+                    if let Err(e) = q.add_job(job).await {
+                        eprintln!("add failed: {e}");
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        t.elapsed()
+    }
+
+    async fn enqueue_only(&mut self, size: usize, queues: usize) -> Res<Row> {
+        let names: Vec<String> = (0..queues)
+            .map(|i| format!("{}-{i}", self.queue_name("enq")))
+            .collect();
+        let qs: Vec<JobQueue> = names
+            .iter()
+            .map(|n| self.dl.queue(n, &secrets(), QueueOptions::default()))
+            .collect::<Result<_, _>>()?;
+        let before = used_memory(&mut self.raw).await?;
+        let progress = Progress::start(format!("enqueue {queues}q {size} B"), self.jobs);
+        let cpu = cpu_time();
+        let took = Self::enqueue(&qs, self.jobs, size, &progress.done).await;
+        let cpu = cpu_time().saturating_sub(cpu);
+        progress.finish();
+        let after = used_memory(&mut self.raw).await?;
+        for q in &qs {
+            q.shutdown().await;
+        }
+        Ok(Row {
+            scenario: format!(
+                "enqueue, {queues} queue{}",
+                if queues == 1 { "" } else { "s" }
+            ),
+            size,
+            jobs: self.jobs,
+            secs: took.as_secs_f64(),
+            cpu_us_per_job: cpu.as_secs_f64() * 1e6 / self.jobs as f64,
+            memory_per_job: Some((after - before) as f64 / self.jobs as f64),
+            ..Row::default()
+        })
+    }
+
+    fn recorder(
+        hist: &Arc<Mutex<Histogram<u64>>>,
+        done: &Arc<AtomicU64>,
+    ) -> impl Fn(Job) -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+        let (hist, done) = (hist.clone(), done.clone());
+        move |job: Job| {
+            let us = latency_us(&job.payload);
+            if let Ok(mut h) = hist.lock() {
+                let _ = h.record(us.max(1));
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    async fn process_only(&mut self, size: usize, concurrency: u32) -> Res<Row> {
+        let name = self.queue_name("proc");
+        let queue = self.dl.queue(&name, &secrets(), QueueOptions::default())?;
+        let fill = Progress::start(format!("fill for c={concurrency} {size} B"), self.jobs);
+        Self::enqueue(std::slice::from_ref(&queue), self.jobs, size, &fill.done).await;
+        fill.finish();
+        let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
+        let progress = Progress::start(format!("process c={concurrency} {size} B"), self.jobs);
+        let cpu = cpu_time();
+        let t = Instant::now();
+        let worker = self
+            .dl
+            .worker(
+                &name,
+                &secrets(),
+                WorkerOptions::default().concurrency(concurrency),
+            )?
+            .start(Self::recorder(&hist, &progress.done));
+        while progress.done.load(Ordering::Relaxed) < self.jobs {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let took = t.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu);
+        progress.finish();
+        worker.shutdown(Duration::from_secs(10)).await;
+        queue.shutdown().await;
+        Ok(Row {
+            scenario: format!("process, concurrency {concurrency}"),
+            size,
+            jobs: self.jobs,
+            secs: took.as_secs_f64(),
+            cpu_us_per_job: cpu.as_secs_f64() * 1e6 / self.jobs as f64,
+            ..Row::default()
+        })
+    }
+
+    /// Producer and worker at once, each result awaited; `rate` paces the adds (jobs/s).
+    async fn end_to_end(&mut self, size: usize, rate: Option<f64>) -> Res<Row> {
+        let name = self.queue_name("e2e");
+        let queue = self.dl.queue(&name, &secrets(), QueueOptions::default())?;
+        let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
+        let handled = Arc::new(AtomicU64::new(0));
+        let worker = self
+            .dl
+            .worker(&name, &secrets(), WorkerOptions::default().concurrency(256))?
+            .start(Self::recorder(&hist, &handled));
+        let label = match rate {
+            Some(r) => format!("end-to-end {r:.0}/s {size} B"),
+            None => format!("end-to-end {size} B"),
+        };
+        let before = used_memory(&mut self.raw).await?;
+        let progress = Progress::start(label, self.jobs);
+        let n = self.jobs;
+        let next = Arc::new(AtomicU64::new(0));
+        let cpu = cpu_time();
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..512 {
+            let (queue, next, done) = (queue.clone(), next.clone(), progress.done.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    if let Some(rate) = rate {
+                        let due = t + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let job = AddJob {
+                        session_id: "bench".into(),
+                        payload: payload(size),
+                        ..AddJob::default()
+                    };
+                    match queue.add_job(job).await {
+                        Ok(h) => {
+                            if let Err(e) = h.result().await {
+                                eprintln!("result lost: {e}");
+                            }
+                        }
+                        Err(e) => eprintln!("add failed: {e}"),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let took = t.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu);
+        progress.finish();
+        worker.shutdown(Duration::from_secs(10)).await;
+        // What completed jobs left: give the producer a moment to acknowledge the last events.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = used_memory(&mut self.raw).await?;
+        queue.shutdown().await;
+        let latency = hist.lock().map(|h| h.clone()).ok();
+        Ok(Row {
+            scenario: match rate {
+                Some(r) => format!("end-to-end at {r:.0} jobs/s"),
+                None => "end-to-end, full rate".to_owned(),
+            },
+            size,
+            jobs: n,
+            secs: took.as_secs_f64(),
+            cpu_us_per_job: cpu.as_secs_f64() * 1e6 / n as f64,
+            latency,
+            left_bytes: Some(after - before),
+            ..Row::default()
+        })
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<30} {:>6} {:>9} {:>7} {:>7} {:>22} {:>10} {:>8}",
+        "scenario",
+        "bytes",
+        "jobs/s",
+        "ceiling",
+        "ratio",
+        "latency p50/p99/p99.9",
+        "B/queued",
+        "cpu µs"
+    );
+    for r in rows {
+        let lat = r.latency.as_ref().map_or("-".to_owned(), |h| {
+            format!(
+                "{}/{}/{} ms",
+                fmt_ms(h.value_at_quantile(0.5)),
+                fmt_ms(h.value_at_quantile(0.99)),
+                fmt_ms(h.value_at_quantile(0.999))
+            )
+        });
+        let ratio = if r.ceiling > 0.0 && r.scenario != "redis-benchmark XADD" {
+            format!("{:.0}%", 100.0 * r.rate() / r.ceiling)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<30} {:>6} {:>9.0} {:>7.0} {:>7} {:>22} {:>10} {:>8}",
+            r.scenario,
+            r.size,
+            r.rate(),
+            r.ceiling,
+            ratio,
+            lat,
+            r.memory_per_job
+                .map_or("-".to_owned(), |m| format!("{m:.0}")),
+            if r.cpu_us_per_job > 0.0 {
+                format!("{:.1}", r.cpu_us_per_job)
+            } else {
+                "-".to_owned()
+            },
+        );
+    }
+}
+
+fn fmt_ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args = args()?;
+    since_start();
+    let (server, url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let s = RedisServer::start(Persistence::None);
+            let url = s.url();
+            (Some(s), url)
+        }
+    };
+    let addr = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .trim_end_matches('/')
+        .to_owned();
+    let (host, port) = addr.rsplit_once(':').ok_or("REDIS_URL needs host:port")?;
+    let prefix = format!("dlbench{:08x}", std::process::id());
+    let dl = DataLayer::connect(&url, Options::default().prefix(prefix.clone())).await?;
+    let raw = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut bench = Bench {
+        dl,
+        raw,
+        host: host.to_owned(),
+        port: port.parse()?,
+        prefix: prefix.clone(),
+        jobs: args.jobs,
+        run: 0,
+    };
+    eprintln!(
+        "datalayer-bench: {} jobs per scenario, payloads {:?} B, redis {}{}",
+        args.jobs,
+        args.sizes,
+        url,
+        if args.quick { " (quick)" } else { "" }
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    for &size in &args.sizes {
+        let ceiling = bench.ceiling(size).await?;
+        rows.push(Row {
+            scenario: "redis-benchmark XADD".into(),
+            size,
+            jobs: 1,
+            secs: 1.0 / ceiling,
+            ceiling,
+            ..Row::default()
+        });
+        let mut sized = vec![
+            bench.enqueue_only(size, 1).await?,
+            bench.enqueue_only(size, 100).await?,
+        ];
+        for c in [1, 16, 256] {
+            sized.push(bench.process_only(size, c).await?);
+        }
+        let full = bench.end_to_end(size, None).await?;
+        let half = full.rate() / 2.0;
+        sized.push(full);
+        sized.push(bench.end_to_end(size, Some(half)).await?);
+        for mut r in sized {
+            r.ceiling = ceiling;
+            rows.push(r);
+        }
+    }
+    // Nothing of ours may remain.
+    let mut conn = bench.raw.clone();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await?;
+    if args.json {
+        let out = json!({
+            "jobs_per_scenario": args.jobs,
+            "quick": args.quick,
+            "keys_left": left.len(),
+            "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_table(&rows);
+        println!("\nkeys left behind: {}", left.len());
+    }
+    drop(server);
+    if !left.is_empty() {
+        return Err(format!("keys left behind: {left:?}").into());
+    }
+    Ok(())
+}
