@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Args {
+    only: Option<String>,
     jobs: u64,
     sizes: Vec<usize>,
     json: bool,
@@ -33,6 +34,7 @@ struct Args {
 
 fn args() -> Res<Args> {
     let mut a = Args {
+        only: None,
         jobs: 200_000,
         sizes: vec![200, 4096],
         json: false,
@@ -46,6 +48,12 @@ fn args() -> Res<Args> {
                 a.jobs = 5_000;
             }
             "--json" => a.json = true,
+            "--only" => {
+                a.only = Some(
+                    it.next()
+                        .ok_or("--only needs enqueue, enqueue1, enqueue100, process or e2e")?,
+                )
+            }
             "--jobs" | "-n" => a.jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
             "--sizes" => {
                 a.sizes = it
@@ -57,7 +65,8 @@ fn args() -> Res<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096]\n\
+                    "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
+                     [--only enqueue|enqueue1|enqueue100|process|e2e]\n\
                      REDIS_URL=redis://host:port uses that server instead of starting one."
                 );
                 std::process::exit(0);
@@ -122,6 +131,19 @@ fn cpu_time() -> Duration {
         .sum();
     // USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
+}
+
+/// Redis' own CPU time (user + system), from INFO cpu.
+async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Res<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_sys:")
+                .or_else(|| l.strip_prefix("used_cpu_user:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum())
 }
 
 async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> Res<i64> {
@@ -189,6 +211,7 @@ struct Row {
     secs: f64,
     ceiling: f64,
     cpu_us_per_job: f64,
+    redis_cpu_us_per_job: f64,
     latency: Option<Histogram<u64>>,
     memory_per_job: Option<f64>,
     left_bytes: Option<i64>,
@@ -216,6 +239,7 @@ impl Row {
             "jobs_per_s": self.rate(),
             "ratio_to_ceiling": if self.ceiling > 0.0 { self.rate() / self.ceiling } else { 0.0 },
             "client_cpu_us_per_job": self.cpu_us_per_job,
+            "redis_cpu_us_per_job": self.redis_cpu_us_per_job,
             "latency": lat,
             "redis_bytes_per_queued_job": self.memory_per_job,
             "redis_bytes_left_after": self.left_bytes,
@@ -240,11 +264,12 @@ impl Bench {
     }
 
     /// `redis-benchmark` XADD with the payload size: the rate Redis itself takes.
-    async fn ceiling(&mut self, size: usize) -> Res<f64> {
+    async fn ceiling(&mut self, size: usize) -> Res<(f64, f64)> {
         let key = format!("{}:ceiling", self.prefix);
         let data = "x".repeat(size);
         let n = self.jobs.max(100_000).to_string();
         let port = self.port.to_string();
+        let rcpu = redis_cpu(&mut self.raw).await?;
         let out = tokio::process::Command::new("redis-benchmark")
             .args([
                 "-h", &self.host, "-p", &port, "-c", "50", "-P", "64", "-n", &n,
@@ -260,11 +285,13 @@ impl Bench {
             .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
             .next_back()
             .ok_or_else(|| format!("no rate in redis-benchmark's output: {text}"))?;
+        let rcpu = redis_cpu(&mut self.raw).await? - rcpu;
         let _: i64 = redis::cmd("DEL")
             .arg(&key)
             .query_async(&mut self.raw)
             .await?;
-        Ok(rps)
+        let runs: f64 = n.parse().unwrap_or(1.0);
+        Ok((rps, rcpu * 1e6 / runs))
     }
 
     /// Adds `n` jobs spread over `queues` from 256 concurrent callers; returns the time.
@@ -309,9 +336,11 @@ impl Bench {
             .collect::<Result<_, _>>()?;
         let before = used_memory(&mut self.raw).await?;
         let progress = Progress::start(format!("enqueue {queues}q {size} B"), self.jobs);
+        let rcpu = redis_cpu(&mut self.raw).await?;
         let cpu = cpu_time();
         let took = Self::enqueue(&qs, self.jobs, size, &progress.done).await;
         let cpu = cpu_time().saturating_sub(cpu);
+        let rcpu = redis_cpu(&mut self.raw).await? - rcpu;
         progress.finish();
         let after = used_memory(&mut self.raw).await?;
         for q in &qs {
@@ -326,6 +355,7 @@ impl Bench {
             jobs: self.jobs,
             secs: took.as_secs_f64(),
             cpu_us_per_job: cpu.as_secs_f64() * 1e6 / self.jobs as f64,
+            redis_cpu_us_per_job: rcpu * 1e6 / self.jobs as f64,
             memory_per_job: Some((after - before) as f64 / self.jobs as f64),
             ..Row::default()
         })
@@ -354,6 +384,7 @@ impl Bench {
         fill.finish();
         let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
         let progress = Progress::start(format!("process c={concurrency} {size} B"), self.jobs);
+        let rcpu = redis_cpu(&mut self.raw).await?;
         let cpu = cpu_time();
         let t = Instant::now();
         let worker = self
@@ -369,6 +400,7 @@ impl Bench {
         }
         let took = t.elapsed();
         let cpu = cpu_time().saturating_sub(cpu);
+        let rcpu = redis_cpu(&mut self.raw).await? - rcpu;
         progress.finish();
         worker.shutdown(Duration::from_secs(10)).await;
         queue.shutdown().await;
@@ -378,6 +410,7 @@ impl Bench {
             jobs: self.jobs,
             secs: took.as_secs_f64(),
             cpu_us_per_job: cpu.as_secs_f64() * 1e6 / self.jobs as f64,
+            redis_cpu_us_per_job: rcpu * 1e6 / self.jobs as f64,
             ..Row::default()
         })
     }
@@ -400,6 +433,7 @@ impl Bench {
         let progress = Progress::start(label, self.jobs);
         let n = self.jobs;
         let next = Arc::new(AtomicU64::new(0));
+        let rcpu = redis_cpu(&mut self.raw).await?;
         let cpu = cpu_time();
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -437,6 +471,7 @@ impl Bench {
         }
         let took = t.elapsed();
         let cpu = cpu_time().saturating_sub(cpu);
+        let rcpu = redis_cpu(&mut self.raw).await? - rcpu;
         progress.finish();
         worker.shutdown(Duration::from_secs(10)).await;
         // What completed jobs left: give the producer a moment to acknowledge the last events.
@@ -453,6 +488,7 @@ impl Bench {
             jobs: n,
             secs: took.as_secs_f64(),
             cpu_us_per_job: cpu.as_secs_f64() * 1e6 / n as f64,
+            redis_cpu_us_per_job: rcpu * 1e6 / n as f64,
             latency,
             left_bytes: Some(after - before),
             ..Row::default()
@@ -487,7 +523,7 @@ fn print_table(rows: &[Row]) {
             "-".to_owned()
         };
         println!(
-            "{:<30} {:>6} {:>9.0} {:>7.0} {:>7} {:>22} {:>10} {:>8}",
+            "{:<30} {:>6} {:>9.0} {:>7.0} {:>6} {:>22} {:>9} {:>7} {:>7}",
             r.scenario,
             r.size,
             r.rate(),
@@ -498,6 +534,11 @@ fn print_table(rows: &[Row]) {
                 .map_or("-".to_owned(), |m| format!("{m:.0}")),
             if r.cpu_us_per_job > 0.0 {
                 format!("{:.1}", r.cpu_us_per_job)
+            } else {
+                "-".to_owned()
+            },
+            if r.redis_cpu_us_per_job > 0.0 {
+                format!("{:.1}", r.redis_cpu_us_per_job)
             } else {
                 "-".to_owned()
             },
@@ -552,26 +593,35 @@ async fn main() -> Res<()> {
     );
     let mut rows: Vec<Row> = Vec::new();
     for &size in &args.sizes {
-        let ceiling = bench.ceiling(size).await?;
+        let (ceiling, xadd_cpu) = bench.ceiling(size).await?;
         rows.push(Row {
             scenario: "redis-benchmark XADD".into(),
             size,
             jobs: 1,
             secs: 1.0 / ceiling,
             ceiling,
+            redis_cpu_us_per_job: xadd_cpu,
             ..Row::default()
         });
-        let mut sized = vec![
-            bench.enqueue_only(size, 1).await?,
-            bench.enqueue_only(size, 100).await?,
-        ];
-        for c in [1, 16, 256] {
-            sized.push(bench.process_only(size, c).await?);
+        let run = |what: &str| args.only.as_deref().is_none_or(|o| o == what);
+        let mut sized = Vec::new();
+        if run("enqueue") || run("enqueue1") {
+            sized.push(bench.enqueue_only(size, 1).await?);
         }
-        let full = bench.end_to_end(size, None).await?;
-        let half = full.rate() / 2.0;
-        sized.push(full);
-        sized.push(bench.end_to_end(size, Some(half)).await?);
+        if run("enqueue") || run("enqueue100") {
+            sized.push(bench.enqueue_only(size, 100).await?);
+        }
+        if run("process") {
+            for c in [1, 16, 256] {
+                sized.push(bench.process_only(size, c).await?);
+            }
+        }
+        if run("e2e") {
+            let full = bench.end_to_end(size, None).await?;
+            let half = full.rate() / 2.0;
+            sized.push(full);
+            sized.push(bench.end_to_end(size, Some(half)).await?);
+        }
         for mut r in sized {
             r.ceiling = ceiling;
             rows.push(r);

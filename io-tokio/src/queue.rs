@@ -297,7 +297,12 @@ impl Driver {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => {
                         self.handle(msg);
-                        // Take whatever else is waiting: it goes out in the same pipeline.
+                        // Let the callers that are already awake send their adds too (one
+                        // scheduler turn), then take whatever is waiting: it all goes out in
+                        // the same pipeline. Without this the driver, quicker than its callers,
+                        // sends a pipeline of two or three jobs each time (measured: 2.9 jobs
+                        // per script call, 30 µs of Redis time per call).
+                        tokio::task::yield_now().await;
                         while let Ok(msg) = self.rx.try_recv() {
                             self.handle(msg);
                         }

@@ -247,7 +247,9 @@ impl Driver {
             tokio::select! {
                 Some((entry, outcome)) = self.done_rx.recv() => {
                     self.settle(entry, outcome);
-                    // Every answer already waiting goes into the same settle command.
+                    // Every answer already waiting (after one scheduler turn, for handlers
+                    // that are about to finish) goes into the same settle command.
+                    tokio::task::yield_now().await;
                     while let Ok((entry, outcome)) = self.done_rx.try_recv() {
                         self.settle(entry, outcome);
                     }
