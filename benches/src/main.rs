@@ -26,6 +26,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Args {
     only: Option<String>,
+    rate: Option<f64>,
     jobs: u64,
     sizes: Vec<usize>,
     json: bool,
@@ -35,6 +36,7 @@ struct Args {
 fn args() -> Res<Args> {
     let mut a = Args {
         only: None,
+        rate: None,
         jobs: 200_000,
         sizes: vec![200, 4096],
         json: false,
@@ -48,6 +50,7 @@ fn args() -> Res<Args> {
                 a.jobs = 5_000;
             }
             "--json" => a.json = true,
+            "--rate" => a.rate = Some(it.next().ok_or("--rate needs jobs/s")?.parse()?),
             "--only" => {
                 a.only = Some(
                     it.next()
@@ -66,7 +69,7 @@ fn args() -> Res<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
-                     [--only enqueue|enqueue1|enqueue100|process|e2e]\n\
+                     [--only enqueue|enqueue1|enqueue100|process|e2e] [--rate JOBS_PER_S]\n\
                      REDIS_URL=redis://host:port uses that server instead of starting one."
                 );
                 std::process::exit(0);
@@ -616,7 +619,9 @@ async fn main() -> Res<()> {
                 sized.push(bench.process_only(size, c).await?);
             }
         }
-        if run("e2e") {
+        if let Some(rate) = args.rate {
+            sized.push(bench.end_to_end(size, Some(rate)).await?);
+        } else if run("e2e") {
             let full = bench.end_to_end(size, None).await?;
             let half = full.rate() / 2.0;
             sized.push(full);
