@@ -52,10 +52,9 @@ fn args() -> Res<Args> {
             "--json" => a.json = true,
             "--rate" => a.rate = Some(it.next().ok_or("--rate needs jobs/s")?.parse()?),
             "--only" => {
-                a.only = Some(
-                    it.next()
-                        .ok_or("--only needs enqueue, enqueue1, enqueue100, process or e2e")?,
-                )
+                a.only = Some(it.next().ok_or(
+                    "--only needs enqueue, enqueue1, enqueue100, process, process256 or e2e",
+                )?)
             }
             "--jobs" | "-n" => a.jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
             "--sizes" => {
@@ -69,7 +68,7 @@ fn args() -> Res<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
-                     [--only enqueue|enqueue1|enqueue100|process|e2e] [--rate JOBS_PER_S]\n\
+                     [--only enqueue|enqueue1|enqueue100|process|process256|e2e] [--rate JOBS_PER_S]\n\
                      REDIS_URL=redis://host:port uses that server instead of starting one."
                 );
                 std::process::exit(0);
@@ -614,8 +613,13 @@ async fn main() -> Res<()> {
         if run("enqueue") || run("enqueue100") {
             sized.push(bench.enqueue_only(size, 100).await?);
         }
-        if run("process") {
-            for c in [1, 16, 256] {
+        if run("process") || run("process256") {
+            let levels: &[u32] = if run("process") {
+                &[1, 16, 256]
+            } else {
+                &[256]
+            };
+            for &c in levels {
                 sized.push(bench.process_only(size, c).await?);
             }
         }
