@@ -12,6 +12,7 @@ mod blocking;
 mod credentials;
 pub mod exec;
 mod layer;
+mod pipelines;
 mod queue;
 mod worker;
 

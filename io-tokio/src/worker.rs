@@ -19,9 +19,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::OsRandom;
 use crate::blocking::Reads;
 use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
-use crate::{OsRandom, exec};
+use crate::pipelines::Pipelines;
 
 /// Options of a worker.
 #[derive(Debug, Clone)]
@@ -168,7 +169,7 @@ impl JobWorker {
         let (done_tx, done_rx) = mpsc::channel(1024);
         let driver = Driver {
             worker: self.worker,
-            conn: self.conn,
+            pipes: Pipelines::new(self.conn),
             reads: self.reads,
             ctl: ctl_rx,
             done_tx,
@@ -199,7 +200,7 @@ impl WorkerHandle {
 
 struct Driver {
     worker: Worker,
-    conn: ConnectionManager,
+    pipes: Pipelines,
     reads: Reads,
     ctl: mpsc::Receiver<Ctl>,
     done_tx: mpsc::Sender<Done>,
@@ -232,12 +233,9 @@ impl Driver {
         E: std::fmt::Display + Send + 'static,
     {
         loop {
-            let sent = self.flush().await;
+            self.send();
             if self.route_events(&handler) {
                 break;
-            }
-            if sent {
-                continue;
             }
             let mut wake = self.worker.poll_timeout();
             if let Some((deadline, _)) = &self.shutdown {
@@ -245,6 +243,11 @@ impl Driver {
             }
             let sleep = sleep_until_ms(wake);
             tokio::select! {
+                (ops, replies) = self.pipes.next() => {
+                    for (op, reply) in ops.into_iter().zip(replies) {
+                        self.reply(op, reply);
+                    }
+                }
                 Some((entry, outcome)) = self.done_rx.recv() => {
                     self.settle(entry, outcome);
                     // Every answer already waiting (after one scheduler turn, for handlers
@@ -292,17 +295,18 @@ impl Driver {
         };
     }
 
-    async fn flush(&mut self) -> bool {
-        let cmds: Vec<Command> = std::iter::from_fn(|| self.worker.poll_command()).collect();
-        if cmds.is_empty() {
-            return false;
+    /// Sends what the machine has to say: blocking reads to the blocker, the rest as
+    /// pipelines (while fewer than the most are in flight; the rest waits in the machine,
+    /// which batches it further).
+    fn send(&mut self) {
+        while self.pipes.can_send() {
+            let cmds: Vec<Command> = std::iter::from_fn(|| self.worker.poll_command()).collect();
+            if cmds.is_empty() {
+                return;
+            }
+            let cmds = self.reads.take_blocking(cmds);
+            self.pipes.send(cmds);
         }
-        let cmds = self.reads.take_blocking(cmds);
-        let replies = exec::execute(&mut self.conn, &cmds).await;
-        for (cmd, reply) in cmds.iter().zip(replies) {
-            self.reply(cmd.op, reply);
-        }
-        true
     }
 
     fn reply(&mut self, op: OpId, reply: Reply) {
