@@ -131,8 +131,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|l| l.contains("name=datalayer-blocker"))
         .count();
     println!(
-        "connections to Redis: {} (the data layer's shared one, {blocking} for idle readers' \
-         blocking reads, and this demo's inspection)",
+        "connections to Redis: {} (the data layer's shared one; {blocking} for idle readers' \
+         blocking reads: one per consumer name, so 4 for 4 workers of one queue, while workers \
+         of different queues share one; and this demo's inspection)",
         clients.lines().count()
     );
     for w in &workers {
