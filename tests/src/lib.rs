@@ -253,3 +253,105 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The server secret every test uses.
+#[must_use]
+pub fn secrets() -> datalayer_core::keys::SecretRing {
+    use datalayer_core::keys::{KeyId, Secret, SecretRing};
+    SecretRing::new(KeyId(1), Secret::from_bytes([42; 32]))
+}
+
+/// A data layer on `server` with default options.
+pub async fn layer(server: &RedisServer) -> datalayer_tokio::DataLayer {
+    datalayer_tokio::DataLayer::connect(&server.url(), datalayer_tokio::Options::default())
+        .await
+        .expect("connect")
+}
+
+/// A plain connection of the test's own, to look at (and damage) what is in Redis.
+pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+/// `CLIENT LIST`.
+pub async fn client_list(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("client list")
+}
+
+/// Every key and every value in Redis, as the raw bytes Redis holds (not a debug rendering,
+/// which would print binary values as numbers and hide a marker inside them), for scans
+/// that look for plaintext.
+pub async fn every_key_and_value(conn: &mut redis::aio::MultiplexedConnection) -> Vec<u8> {
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(conn)
+        .await
+        .expect("keys");
+    let mut out = Vec::new();
+    for key in keys {
+        out.extend_from_slice(&key);
+        out.push(b'\n');
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("type");
+        let mut cmd = match kind.as_str() {
+            "stream" => redis::cmd("XRANGE"),
+            "hash" => redis::cmd("HGETALL"),
+            "zset" => redis::cmd("ZRANGE"),
+            "string" => redis::cmd("GET"),
+            "list" => redis::cmd("LRANGE"),
+            "set" => redis::cmd("SMEMBERS"),
+            other => panic!("unexpected key type {other}"),
+        };
+        cmd.arg(&key);
+        match kind.as_str() {
+            "stream" => {
+                cmd.arg("-").arg("+");
+            }
+            "zset" => {
+                cmd.arg(0).arg(-1).arg("WITHSCORES");
+            }
+            "list" => {
+                cmd.arg(0).arg(-1);
+            }
+            _ => {}
+        }
+        let value: redis::Value = cmd.query_async(conn).await.expect("read key");
+        flatten(&value, &mut out);
+    }
+    out
+}
+
+fn flatten(value: &redis::Value, out: &mut Vec<u8>) {
+    use redis::Value as V;
+    match value {
+        V::BulkString(b) => out.extend_from_slice(b),
+        V::SimpleString(s) => out.extend_from_slice(s.as_bytes()),
+        V::VerbatimString { text, .. } => out.extend_from_slice(text.as_bytes()),
+        V::Array(items) | V::Set(items) => items.iter().for_each(|v| flatten(v, out)),
+        V::Map(pairs) => {
+            for (k, v) in pairs {
+                flatten(k, out);
+                flatten(v, out);
+            }
+        }
+        other => out.extend_from_slice(format!("{other:?}").as_bytes()),
+    }
+    out.push(b'\n');
+}
+
+/// Whether `needle` occurs in `haystack`.
+#[must_use]
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -2,34 +2,19 @@
 
 use std::time::Duration;
 
-use datalayer_core::keys::{KeyId, Secret, SecretRing};
-use datalayer_tests::{KillOnDrop, Persistence, RedisServer};
+use datalayer_core::keys::Secret;
+use datalayer_tests::{
+    KillOnDrop, Persistence, RedisServer, client_list, contains, every_key_and_value, layer, raw,
+    secrets,
+};
 use datalayer_tokio::{
     CredentialsError, CredentialsOptions, CredentialsStore, DataLayer, Error, Options,
     QueueOptions, credentials_hash,
 };
 use serde_json::{Value, json};
 
-fn secrets() -> SecretRing {
-    SecretRing::new(KeyId(1), Secret::from_bytes([42; 32]))
-}
-
 fn session_secret(b: u8) -> Secret {
     Secret::from_bytes([b; 32])
-}
-
-async fn layer(server: &RedisServer) -> DataLayer {
-    DataLayer::connect(&server.url(), Options::default())
-        .await
-        .expect("connect")
-}
-
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection")
 }
 
 fn store(
@@ -55,6 +40,16 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
         .query_async(conn)
         .await
         .expect("pttl")
+}
+
+/// Sets the key's TTL to 5 s behind the store's back.
+async fn shorten(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(key)
+        .arg(5_000)
+        .query_async(conn)
+        .await
+        .expect("pexpire");
 }
 
 const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -146,20 +141,10 @@ async fn the_ttl_slides_on_save_and_get_and_is_absent_when_disabled() {
     );
 
     // Shorten it behind the store's back; a get pushes it back out, and so does a save.
-    let _: () = redis::cmd("PEXPIRE")
-        .arg(redis_key)
-        .arg(5_000)
-        .query_async(&mut conn)
-        .await
-        .expect("pexpire");
+    shorten(&mut conn, redis_key).await;
     let _: Value = s.get("irc:a", None).await.expect("get");
     assert!(pttl(&mut conn, redis_key).await > WEEK_MS - 60_000);
-    let _: () = redis::cmd("PEXPIRE")
-        .arg(redis_key)
-        .arg(5_000)
-        .query_async(&mut conn)
-        .await
-        .expect("pexpire");
+    shorten(&mut conn, redis_key).await;
     s.save("irc:b", &json!({"nick": "b"})).await.expect("save");
     assert!(pttl(&mut conn, redis_key).await > WEEK_MS - 60_000);
     // A failed lookup does not create a store.
@@ -497,7 +482,7 @@ async fn hand_off_to_a_worker_process_and_nothing_readable_in_redis() {
     let reason = outcome.json::<Value>().expect_err("failed");
     assert!(reason.contains("wrong secret"), "{reason}");
 
-    // Every key, every value: no marker.
+    // Every key, every value, as raw bytes: no marker.
     let mut conn = raw(&server).await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
@@ -505,42 +490,12 @@ async fn hand_off_to_a_worker_process_and_nothing_readable_in_redis() {
         .await
         .expect("keys");
     assert!(keys.iter().any(|k| k.ends_with(":creds")));
-    let mut dump = Vec::new();
-    for key in &keys {
-        dump.extend_from_slice(key.as_bytes());
-        let kind: String = redis::cmd("TYPE")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .expect("type");
-        let value: redis::Value = match kind.as_str() {
-            "hash" => redis::cmd("HGETALL").arg(key).query_async(&mut conn).await,
-            "stream" => {
-                redis::cmd("XRANGE")
-                    .arg(key)
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut conn)
-                    .await
-            }
-            "zset" => {
-                redis::cmd("ZRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES")
-                    .query_async(&mut conn)
-                    .await
-            }
-            "string" => redis::cmd("GET").arg(key).query_async(&mut conn).await,
-            other => panic!("unexpected key type {other} for {key}"),
-        }
-        .expect("read");
-        dump.extend_from_slice(format!("{value:?}").as_bytes());
-    }
-    let text = String::from_utf8_lossy(&dump);
+    let everything = every_key_and_value(&mut conn).await;
     for marker in ["MARKER", "hunter", "irc.example"] {
-        assert!(!text.contains(marker), "{marker} readable in Redis");
+        assert!(
+            !contains(&everything, marker.as_bytes()),
+            "{marker} readable in Redis"
+        );
     }
 }
 
@@ -588,11 +543,7 @@ async fn tls_connections_work_and_verify_the_server() {
     }
     // Every connection of the data layer is a TLS one (the plain port sees only this check).
     let mut conn = raw(&server).await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut conn)
-        .await
-        .expect("client list");
+    let list = client_list(&mut conn).await;
     let tls_port = url.rsplit(':').next().expect("port");
     let ours: Vec<&str> = list.lines().filter(|l| !l.contains("cmd=client")).collect();
     assert!(!ours.is_empty(), "{list}");
