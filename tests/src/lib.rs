@@ -355,3 +355,27 @@ fn flatten(value: &redis::Value, out: &mut Vec<u8>) {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// For the tests' worker processes: connects to `url` and makes a worker of `queue` with the
+/// tests' secrets, or exits with a message (status 1).
+pub async fn worker_process(
+    url: &str,
+    queue: &str,
+    options: datalayer_tokio::WorkerOptions,
+) -> (datalayer_tokio::DataLayer, datalayer_tokio::JobWorker) {
+    let dl =
+        match datalayer_tokio::DataLayer::connect(url, datalayer_tokio::Options::default()).await {
+            Ok(dl) => dl,
+            Err(e) => {
+                eprintln!("connect: {e}");
+                std::process::exit(1);
+            }
+        };
+    match dl.worker(queue, &secrets(), options) {
+        Ok(w) => (dl, w),
+        Err(e) => {
+            eprintln!("worker: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -3,10 +3,8 @@
 //! (hex) and a credential key; it reads the credentials from the session's store and answers
 //! with the nick and the credentials' hash.
 
-use datalayer_core::keys::{KeyId, Secret, SecretRing};
-use datalayer_tokio::{
-    CredentialsOptions, DataLayer, Job, Options, WorkerOptions, credentials_hash,
-};
+use datalayer_core::keys::{Secret, SecretRing};
+use datalayer_tokio::{CredentialsOptions, DataLayer, Job, WorkerOptions, credentials_hash};
 use serde_json::{Value, json};
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -55,21 +53,8 @@ async fn main() {
         eprintln!("usage: dl-creds-worker <redis-url> <queue>");
         std::process::exit(2);
     };
-    let secrets = SecretRing::new(KeyId(1), Secret::from_bytes([42; 32]));
-    let dl = match DataLayer::connect(url, Options::default()).await {
-        Ok(dl) => dl,
-        Err(e) => {
-            eprintln!("connect: {e}");
-            std::process::exit(1);
-        }
-    };
-    let worker = match dl.worker(queue, &secrets, WorkerOptions::default()) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("worker: {e}");
-            std::process::exit(1);
-        }
-    };
+    let secrets = datalayer_tests::secrets();
+    let (dl, worker) = datalayer_tests::worker_process(url, queue, WorkerOptions::default()).await;
     let (dl2, secrets2) = (dl.clone(), secrets.clone());
     let _running = worker.start(move |job: Job| handle(dl2.clone(), secrets2.clone(), job));
     std::future::pending::<()>().await;

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use datalayer_core::keys::{KeyId, Secret, SecretRing};
-use datalayer_tokio::{DataLayer, Job, Options, WorkerOptions};
+use datalayer_tokio::{Job, WorkerOptions};
 
 #[tokio::main]
 async fn main() {
@@ -14,21 +13,8 @@ async fn main() {
         std::process::exit(2);
     };
     let lease = Duration::from_millis(lease_ms.parse().unwrap_or(1_000));
-    let secrets = SecretRing::new(KeyId(1), Secret::from_bytes([42; 32]));
-    let dl = match DataLayer::connect(url, Options::default()).await {
-        Ok(dl) => dl,
-        Err(e) => {
-            eprintln!("connect: {e}");
-            std::process::exit(1);
-        }
-    };
-    let worker = match dl.worker(queue, &secrets, WorkerOptions::default().lease(lease)) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("worker: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (_dl, worker) =
+        datalayer_tests::worker_process(url, queue, WorkerOptions::default().lease(lease)).await;
     let _running = worker.start(|job: Job| async move {
         println!("running {}", job.id);
         std::future::pending::<Result<(), String>>().await
