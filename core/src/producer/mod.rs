@@ -63,6 +63,8 @@ pub struct Producer {
     forget: Vec<String>,
     want_stats: bool,
     want_destroy: bool,
+    /// `destroy` was called: adds are failed rather than sent (again).
+    destroying: bool,
     events: VecDeque<ProducerEvent>,
     resend: ResendBackoff,
 }
@@ -88,6 +90,7 @@ impl Producer {
             forget: Vec::new(),
             want_stats: false,
             want_destroy: false,
+            destroying: false,
             events: VecDeque::new(),
             resend: ResendBackoff::default(),
             cfg,
@@ -200,10 +203,25 @@ impl Producer {
     }
 
     /// Deletes every key of the queue (Sockethub's `shutdown`); `Destroyed` follows. Jobs
-    /// not yet run are lost with it: pause and drain first.
+    /// not yet run are lost with it: pause and drain first. Adds not yet sent fail at once
+    /// (`AddFailed`, "queue destroyed"); the delete goes out once no add is in flight, and an
+    /// add whose outcome was unknown is not sent again — so no add lands after the delete
+    /// and brings the queue's keys back.
     pub fn destroy(&mut self) {
         self.paused = true;
         self.want_destroy = true;
+        self.destroying = true;
+        for job in std::mem::take(&mut self.unsent) {
+            self.fail_destroyed(job);
+        }
+    }
+
+    fn fail_destroyed(&mut self, job: NewJob) {
+        self.resolved(&job.id);
+        self.events.push_back(ProducerEvent::AddFailed {
+            job: JobId(job.id),
+            error: "queue destroyed".to_owned(),
+        });
     }
 
     /// Time passed.
@@ -248,7 +266,9 @@ impl Producer {
     pub fn poll_command(&mut self) -> Option<Command> {
         let now = self.now_ms;
         let keys = self.keys.clone();
-        if self.want_destroy && !self.any_in_flight(|f| matches!(f, InFlight::Destroy)) {
+        if self.want_destroy
+            && !self.any_in_flight(|f| matches!(f, InFlight::Destroy | InFlight::Add(_)))
+        {
             self.want_destroy = false;
             return Some(self.op(CommandKind::Destroy { keys }, InFlight::Destroy));
         }
@@ -370,6 +390,13 @@ impl Producer {
             other => {
                 if let Reply::Value(v) = other {
                     self.trouble(format!("enqueue: unexpected reply {v:?}"));
+                }
+                if self.destroying {
+                    // Sending them again could bring the keys back after the delete.
+                    for job in jobs {
+                        self.fail_destroyed(job);
+                    }
+                    return;
                 }
                 // Unknown outcome: send the same sealed jobs again, first in line.
                 for job in jobs.into_iter().rev() {

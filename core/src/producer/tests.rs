@@ -234,6 +234,56 @@ fn refused_adds_fail_visibly() {
     );
 }
 
+/// Destroy never races an add: unsent adds fail at once, the delete waits for adds in
+/// flight, and an add whose outcome was unknown is failed, not sent after the delete.
+#[test]
+fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
+    let mut rng = SeededRandom::new(9);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|mut c| {
+        c.read_events = false;
+        c.max_batch_jobs = 1;
+        c
+    });
+    for id in ["a", "b", "c"] {
+        p.add(T0, job(id), &mut rng).unwrap();
+    }
+    // "a" and "b" go out (two commands in flight); "c" too: one job per batch.
+    let first = p.poll_command().expect("enqueue a");
+    let second = p.poll_command().expect("enqueue b");
+    p.destroy();
+    // Not yet sent: fails now. In flight: the delete waits for them.
+    let mut failed: Vec<String> = Vec::new();
+    while let Some(ev) = p.poll_event() {
+        if let ProducerEvent::AddFailed { job, error } = ev {
+            assert_eq!(error, "queue destroyed");
+            failed.push(job.0);
+        }
+    }
+    assert_eq!(failed, ["c"]);
+    assert!(
+        p.poll_command().is_none(),
+        "no delete while adds are in flight"
+    );
+    // "a" lands; "b"'s outcome is unknown: failed, not sent again.
+    let v = sim.execute(&first.kind);
+    p.handle_reply(T0, first.op, Reply::Value(v)).unwrap();
+    p.handle_reply(T0, second.op, Reply::Unknown).unwrap();
+    let mut failed = Vec::new();
+    while let Some(ev) = p.poll_event() {
+        if let ProducerEvent::AddFailed { job, .. } = ev {
+            failed.push(job.0);
+        }
+    }
+    assert_eq!(failed, ["b"]);
+    let delete = p.poll_command().expect("the delete");
+    assert!(matches!(delete.kind, CommandKind::Destroy { .. }));
+    assert!(p.poll_command().is_none(), "nothing after the delete");
+    let v = sim.execute(&delete.kind);
+    p.handle_reply(T0, delete.op, Reply::Value(v)).unwrap();
+    assert!(sim.keys().is_empty(), "{:?}", sim.keys());
+}
+
 #[test]
 fn stats_and_destroy() {
     let mut rng = SeededRandom::new(7);
