@@ -215,6 +215,8 @@ struct Row {
     cpu_us_per_job: f64,
     redis_cpu_us_per_job: f64,
     latency: Option<Histogram<u64>>,
+    /// add() call → Redis confirmed the job (end to end only).
+    add_latency: Option<Histogram<u64>>,
     memory_per_job: Option<f64>,
     left_bytes: Option<i64>,
 }
@@ -243,6 +245,11 @@ impl Row {
             "client_cpu_us_per_job": self.cpu_us_per_job,
             "redis_cpu_us_per_job": self.redis_cpu_us_per_job,
             "latency": lat,
+            "add_latency": self.add_latency.as_ref().map(|h| json!({
+                "p50_us": h.value_at_quantile(0.5),
+                "p99_us": h.value_at_quantile(0.99),
+                "p999_us": h.value_at_quantile(0.999),
+            })),
             "redis_bytes_per_queued_job": self.memory_per_job,
             "redis_bytes_left_after": self.left_bytes,
         })
@@ -422,6 +429,7 @@ impl Bench {
         let name = self.queue_name("e2e");
         let queue = self.dl.queue(&name, &secrets(), QueueOptions::default())?;
         let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
+        let adds = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
         let handled = Arc::new(AtomicU64::new(0));
         let worker = self
             .dl
@@ -441,6 +449,7 @@ impl Bench {
         let mut tasks = Vec::new();
         for _ in 0..512 {
             let (queue, next, done) = (queue.clone(), next.clone(), progress.done.clone());
+            let adds = adds.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -456,7 +465,13 @@ impl Bench {
                         payload: payload(size),
                         ..AddJob::default()
                     };
-                    match queue.add_job(job).await {
+                    let asked = Instant::now();
+                    let added = queue.add_job(job).await;
+                    if let Ok(mut h) = adds.lock() {
+                        let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        let _ = h.record(us.max(1));
+                    }
+                    match added {
                         Ok(h) => {
                             if let Err(e) = h.result().await {
                                 eprintln!("result lost: {e}");
@@ -492,6 +507,7 @@ impl Bench {
             cpu_us_per_job: cpu.as_secs_f64() * 1e6 / n as f64,
             redis_cpu_us_per_job: rcpu * 1e6 / n as f64,
             latency,
+            add_latency: adds.lock().map(|h| h.clone()).ok(),
             left_bytes: Some(after - before),
             ..Row::default()
         })
@@ -500,15 +516,16 @@ impl Bench {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<30} {:>6} {:>9} {:>7} {:>7} {:>22} {:>10} {:>8}",
+        "\n{:<30} {:>6} {:>9} {:>7} {:>6} {:>22} {:>9} {:>7} {:>7}",
         "scenario",
         "bytes",
         "jobs/s",
         "ceiling",
         "ratio",
-        "latency p50/p99/p99.9",
+        "add→handler p50/99/99.9",
         "B/queued",
-        "cpu µs"
+        "cpu µs",
+        "redis µs"
     );
     for r in rows {
         let lat = r.latency.as_ref().map_or("-".to_owned(), |h| {
@@ -545,6 +562,22 @@ fn print_table(rows: &[Row]) {
                 "-".to_owned()
             },
         );
+    }
+    let adds: Vec<&Row> = rows.iter().filter(|r| r.add_latency.is_some()).collect();
+    if !adds.is_empty() {
+        println!("\nadd() → Redis confirmed the job, end-to-end runs:");
+    }
+    for r in adds {
+        if let Some(h) = &r.add_latency {
+            println!(
+                "  {:<30} {:>6} B  p50/p99/p99.9 {}/{}/{} ms",
+                r.scenario,
+                r.size,
+                fmt_ms(h.value_at_quantile(0.5)),
+                fmt_ms(h.value_at_quantile(0.99)),
+                fmt_ms(h.value_at_quantile(0.999))
+            );
+        }
     }
 }
 
