@@ -95,30 +95,33 @@ pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult
     pipe.query_async::<()>(conn).await
 }
 
-#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
-async fn run_pipeline<C: ConnectionLike>(conn: &mut C, commands: &[&Command]) -> Vec<Reply> {
+#[tracing::instrument(level = "debug", skip_all, fields(commands = invocations.len()))]
+async fn run_pipeline<C: ConnectionLike>(
+    conn: &mut C,
+    invocations: &[&Invocation<'_>],
+) -> Vec<Reply> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for c in commands {
-        pipe.add_command(to_cmd(&scripts::invocation(&c.kind)));
+    for inv in invocations {
+        pipe.add_command(to_cmd(inv));
     }
     match pipe.query_async::<Vec<redis::Value>>(conn).await {
-        Ok(values) if values.len() == commands.len() => values
+        Ok(values) if values.len() == invocations.len() => values
             .into_iter()
             .map(|v| Reply::Value(to_value(v)))
             .collect(),
         // The connection failed: each command may or may not have run.
         Ok(values) => {
             tracing::warn!(
-                sent = commands.len(),
+                sent = invocations.len(),
                 got = values.len(),
                 "pipeline reply count mismatch"
             );
-            vec![Reply::Unknown; commands.len()]
+            vec![Reply::Unknown; invocations.len()]
         }
         Err(e) => {
-            tracing::warn!(error = %e, commands = commands.len(), "pipeline failed: outcomes unknown");
-            vec![Reply::Unknown; commands.len()]
+            tracing::warn!(error = %e, commands = invocations.len(), "pipeline failed: outcomes unknown");
+            vec![Reply::Unknown; invocations.len()]
         }
     }
 }
@@ -127,12 +130,16 @@ fn is_noscript(reply: &Reply) -> bool {
     matches!(reply, Reply::Value(Value::Error(e)) if e.starts_with("NOSCRIPT"))
 }
 
-/// Sends `commands` as one pipeline; returns one reply per command, in order.
-pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
-    if commands.is_empty() {
+/// Sends `invocations` as one pipeline; returns one reply per invocation, in order. A script
+/// Redis does not know (NOSCRIPT: it did not run) is loaded and sent again.
+async fn run_invocations<C: ConnectionLike>(
+    conn: &mut C,
+    invocations: &[Invocation<'_>],
+) -> Vec<Reply> {
+    if invocations.is_empty() {
         return Vec::new();
     }
-    let all: Vec<&Command> = commands.iter().collect();
+    let all: Vec<&Invocation<'_>> = invocations.iter().collect();
     let mut replies = run_pipeline(conn, &all).await;
     let missing: Vec<usize> = (0..replies.len())
         .filter(|i| is_noscript(&replies[*i]))
@@ -140,47 +147,43 @@ pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> V
     if missing.is_empty() {
         return replies;
     }
-    // NOSCRIPT means the script did not run: load the scripts and send those again.
     if load_scripts(conn).await.is_err() {
         for i in missing {
             replies[i] = Reply::Unknown;
         }
         return replies;
     }
-    let again: Vec<&Command> = missing.iter().map(|i| &commands[*i]).collect();
+    let again: Vec<&Invocation<'_>> = missing.iter().map(|i| &invocations[*i]).collect();
     for (i, reply) in missing.into_iter().zip(run_pipeline(conn, &again).await) {
         replies[i] = reply;
     }
     replies
 }
 
-/// Runs one invocation on its own (no pipeline of the engine's); scripts Redis does not know
-/// are loaded and the invocation sent again. An error reply is a [`Value::Error`]; a failed
-/// connection is an `Err` (the outcome is unknown).
+/// Sends `commands` as one pipeline; returns one reply per command, in order.
+pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
+    let invocations: Vec<Invocation<'_>> = commands
+        .iter()
+        .map(|c| scripts::invocation(&c.kind))
+        .collect();
+    run_invocations(conn, &invocations).await
+}
+
+/// Runs one invocation on its own (no pipeline of the engine's), through the same path as
+/// [`execute`]. An error reply is a [`Value::Error`]; a failed connection is an `Err` (the
+/// outcome is unknown; the cause is logged).
 pub async fn run_one<C: ConnectionLike>(
     conn: &mut C,
     invocation: &Invocation<'_>,
 ) -> redis::RedisResult<Value> {
-    for attempt in 0..2 {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.add_command(to_cmd(invocation));
-        let mut values = pipe.query_async::<Vec<redis::Value>>(conn).await?;
-        let value = match values.pop() {
-            Some(v) if values.is_empty() => to_value(v),
-            _ => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "reply count mismatch",
-                )));
-            }
-        };
-        match value {
-            Value::Error(e) if attempt == 0 && e.starts_with("NOSCRIPT") => {
-                load_scripts(conn).await?;
-            }
-            v => return Ok(v),
-        }
+    match run_invocations(conn, std::slice::from_ref(invocation))
+        .await
+        .pop()
+    {
+        Some(Reply::Value(v)) => Ok(v),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the connection to Redis failed: the outcome is unknown",
+        ))),
     }
-    unreachable!("the second attempt returns")
 }

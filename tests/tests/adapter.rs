@@ -11,7 +11,8 @@ use datalayer_tests::{
     secrets,
 };
 use datalayer_tokio::{
-    Error, Job, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable, WorkerOptions,
+    DataLayer, Error, Job, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable, WorkerHandle,
+    WorkerOptions,
 };
 use serde_json::{Value, json};
 
@@ -22,6 +23,19 @@ async fn outcome(handle: datalayer_tokio::JobHandle) -> Outcome {
         .await
         .expect("job ended in time")
         .expect("queue running")
+}
+
+/// A queue with default options.
+fn queue(dl: &DataLayer, name: &str) -> JobQueue {
+    dl.queue(name, &secrets(), QueueOptions::default())
+        .expect("queue")
+}
+
+/// A worker of `name` answering every job with [`echo`].
+fn echo_worker(dl: &DataLayer, name: &str, options: WorkerOptions) -> WorkerHandle {
+    dl.worker(name, &secrets(), options)
+        .expect("worker")
+        .start(echo)
 }
 
 async fn echo(job: Job) -> Result<Value, String> {
@@ -37,9 +51,7 @@ async fn round_trip_unicode_and_a_mebibyte() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
     dl.health(Duration::from_secs(2)).await.expect("healthy");
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = queue(&dl, "q");
     let text = "héllo wörld ✓ 你好 🚀🦀";
     let big = "ab".repeat(512 * 1024);
     let small = queue
@@ -71,10 +83,7 @@ async fn round_trip_unicode_and_a_mebibyte() {
     );
     assert_eq!(sealed[3] & 1, 1, "compressed flag");
 
-    let worker = dl
-        .worker("q", &secrets(), WorkerOptions::default().concurrency(2))
-        .expect("worker")
-        .start(echo);
+    let worker = echo_worker(&dl, "q", WorkerOptions::default().concurrency(2));
     let r: Value = outcome(small)
         .await
         .json()
@@ -93,9 +102,7 @@ async fn round_trip_unicode_and_a_mebibyte() {
 async fn errors_fail_and_retries_back_off_then_dead_letter() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = queue(&dl, "q");
     let mut events = queue.events();
     let tries = Arc::new(AtomicU32::new(0));
     let seen = tries.clone();
@@ -149,13 +156,8 @@ async fn errors_fail_and_retries_back_off_then_dead_letter() {
 async fn a_paused_queue_is_closed() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
-    let worker = dl
-        .worker("q", &secrets(), WorkerOptions::default())
-        .expect("worker")
-        .start(echo);
+    let queue = queue(&dl, "q");
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
     queue.pause().await.expect("pause");
     let err = queue.add("s", &json!(1)).await.expect_err("closed");
     assert!(matches!(err, Error::QueueClosed));
@@ -189,9 +191,7 @@ async fn concurrency_must_be_at_least_one() {
 async fn garbage_in_the_work_stream_is_dead_lettered_and_work_goes_on() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = queue(&dl, "q");
     let mut conn = raw(&server).await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -211,10 +211,7 @@ async fn garbage_in_the_work_stream_is_dead_lettered_and_work_goes_on() {
         cmd.arg("dl:{q}:jobs").arg("*").arg(fields);
         let _: String = cmd.query_async(&mut conn).await.expect("xadd garbage");
     }
-    let worker = dl
-        .worker("q", &secrets(), WorkerOptions::default())
-        .expect("worker")
-        .start(echo);
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
     for i in 0..3 {
         let h = queue.add("s", &json!(i)).await.expect("add");
         assert!(matches!(outcome(h).await, Outcome::Completed(_)));
@@ -239,9 +236,7 @@ async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize 
 async fn no_plaintext_in_redis() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = queue(&dl, "q");
     let retry = RetryPolicy::new(2, Backoff::Fixed { delay_ms: 60_000 });
     let worker = dl
         .worker(
@@ -317,18 +312,13 @@ async fn no_plaintext_in_redis() {
 async fn results_are_not_lost_while_the_producer_is_away() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let first = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let first = queue(&dl, "q");
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(first.add("s", &json!(i)).await.expect("add").id);
     }
     first.disconnect().await;
-    let worker = dl
-        .worker("q", &secrets(), WorkerOptions::default().concurrency(4))
-        .expect("worker")
-        .start(echo);
+    let worker = echo_worker(&dl, "q", WorkerOptions::default().concurrency(4));
     // All complete while nobody listens.
     let mut conn = raw(&server).await;
     for _ in 0..400 {
@@ -339,9 +329,7 @@ async fn results_are_not_lost_while_the_producer_is_away() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // A replacement instance receives every result.
-    let second = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let second = queue(&dl, "q");
     let mut events = second.events();
     let mut done = std::collections::BTreeSet::new();
     while done.len() < ids.len() {
@@ -366,15 +354,8 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
     let mut workers = Vec::new();
     for i in 0..1000 {
         let name = format!("q{i}");
-        queues.push(
-            dl.queue(&name, &secrets(), QueueOptions::default())
-                .expect("queue"),
-        );
-        workers.push(
-            dl.worker(&name, &secrets(), WorkerOptions::default())
-                .expect("worker")
-                .start(echo),
-        );
+        queues.push(queue(&dl, &name));
+        workers.push(echo_worker(&dl, &name, WorkerOptions::default()));
     }
     // Idle, the 2,000 readers block in Redis rather than poll: one merged XREADGROUP for
     // the workers and one merged XREAD for the queues' events, re-sent when a reader joins.
@@ -440,13 +421,8 @@ async fn read_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 async fn an_idle_worker_blocks_and_shuts_down_without_waiting_for_its_block() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
-    let worker = dl
-        .worker("q", &secrets(), WorkerOptions::default())
-        .expect("worker")
-        .start(echo);
+    let queue = queue(&dl, "q");
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
     let first = queue.add("s", &json!(1)).await.expect("add");
     assert!(matches!(outcome(first).await, Outcome::Completed(_)));
     // Idle now: the worker's read blocks on the blocking connection, not on the shared one.
@@ -496,9 +472,7 @@ async fn an_idle_worker_blocks_and_shuts_down_without_waiting_for_its_block() {
 async fn a_killed_worker_process_job_is_reclaimed_after_the_lease() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = queue(&dl, "q");
     let mut child = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_dl-hang-worker"))
             .args([server.url().as_str(), "q", "1000"])
@@ -554,9 +528,7 @@ async fn a_killed_worker_process_job_is_reclaimed_after_the_lease() {
 /// adds more jobs right after it, and checks that every job completes with its own result.
 async fn survive(server: &mut RedisServer, n: usize, fault: impl AsyncFnOnce(&mut RedisServer)) {
     let dl = layer(server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = queue(&dl, "q");
     let mut conn = raw(server).await;
     let mut waits = Vec::with_capacity(n);
     let wait = |i: usize, h: datalayer_tokio::JobHandle| {
@@ -646,13 +618,8 @@ async fn killed_connections_lose_nothing() {
 async fn thousands_of_concurrent_adds_are_all_confirmed() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let queue = dl
-        .queue("q", &secrets(), QueueOptions::default())
-        .expect("queue");
-    let worker = dl
-        .worker("q", &secrets(), WorkerOptions::default().concurrency(32))
-        .expect("worker")
-        .start(echo);
+    let queue = queue(&dl, "q");
+    let worker = echo_worker(&dl, "q", WorkerOptions::default().concurrency(32));
     let mut tasks = Vec::new();
     for i in 0..5_000 {
         let queue = queue.clone();

@@ -489,6 +489,22 @@ proptest! {
                 matches!(get(&mut redis, &s, &other, None), Err(CredentialsError::NotFound { .. })),
                 "another key"
             );
+            // Bound to its key: moved to another key's field, it does not open.
+            let sealed = redis.values_mut(s.redis_key())[s.field(0, &key).unwrap().as_bytes()].clone();
+            redis.values_mut(s.redis_key()).insert(s.field(0, &other).unwrap().into_bytes(), sealed.clone());
+            prop_assert!(
+                matches!(get(&mut redis, &s, &other, None), Err(CredentialsError::Corrupt { .. })),
+                "moved to another key"
+            );
+            // Bound to its session: in another session's store, at the same key's field.
+            let b = store("session-b", 9);
+            let inv = b.save(&key, &creds, &mut SeededRandom::new(seed)).unwrap();
+            prop_assert_eq!(b.save_reply(redis.run(&inv)), Ok(()));
+            redis.values_mut(b.redis_key()).insert(b.field(0, &key).unwrap().into_bytes(), sealed);
+            prop_assert!(
+                matches!(get(&mut redis, &b, &key, None), Err(CredentialsError::Corrupt { .. })),
+                "moved to another session"
+            );
         }
     }
 }
