@@ -598,16 +598,25 @@ async fn killed_connections_lose_nothing() {
     survive(&mut server, 5_000, async |server: &mut RedisServer| {
         let mut conn = raw(server).await;
         for _ in 0..3 {
-            let killed: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .arg("SKIPME")
-                .arg("yes")
-                .query_async(&mut conn)
-                .await
-                .expect("client kill");
-            assert!(killed >= 1, "no connection to kill");
+            // A killed connection comes back with the next command the data layer sends:
+            // wait (bounded) for one to kill, rather than assume it is back within 100 ms.
+            let mut killed = 0;
+            for _ in 0..100 {
+                killed = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .arg("SKIPME")
+                    .arg("yes")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("client kill");
+                if killed >= 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(killed >= 1, "no connection to kill within 2 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
