@@ -124,8 +124,9 @@ pub enum CommandKind {
     },
     /// Script `complete`: per item, if the entry is pending for `consumer` (a worker that
     /// lost its lease settles nothing) and `XACK` removes it: XADD the sealed result to
-    /// `events` (trimming entries older than `min_event_ms`), XDEL the entry, and HDEL its
-    /// id marker if it is `w`.
+    /// `events` (trimming entries older than `min_event_ms`) and HDEL its id marker if it is
+    /// `w`. Then the work stream is trimmed below its oldest pending entry, and settled
+    /// entries further ahead than [`crate::scripts::TRIM_WINDOW_MS`] are deleted by id.
     ///
     /// Reply: an array of `1` (done) or `0` (the entry is not this worker's any more: its
     /// lease was lost, or this is a resend of a transition that was applied). Unknown outcome
@@ -229,20 +230,24 @@ pub enum CommandKind {
         /// How long to block; `None`: do not block.
         block_ms: Option<u64>,
     },
-    /// Script `ack_events`: `XDEL <events> <ids...>` for the events the producer surfaced,
-    /// and `HDEL ids <jobs...>` for the markers of jobs it is done with.
+    /// Script `ack_events`: `XTRIM <events> MINID <through + 1>` (exact), for the events the
+    /// producer has read and surfaced (every event up to `through`: it reads them in order
+    /// from its cursor), and `HDEL ids <jobs...>` for the markers of jobs it is done with.
+    /// One trim drops whole stream nodes; deleting each event by id cost Redis a node
+    /// search per event.
     ///
-    /// Reply: the count of events deleted. Unknown outcome or error: sent again with the
-    /// next ack (XDEL and HDEL are idempotent).
+    /// Reply: the count of events trimmed. Unknown outcome or error: sent again with the
+    /// next ack (XTRIM MINID and HDEL are idempotent).
     AckEvents {
         /// The queue.
         keys: Arc<QueueKeys>,
-        /// The events.
-        events: Vec<EntryId>,
+        /// The last event surfaced; `None`: trim nothing.
+        through: Option<EntryId>,
         /// The job ids whose markers go.
         forget: Vec<String>,
     },
-    /// Script `stats`: `[XLEN jobs, pending, ZCARD delayed, XLEN dead, XLEN events]`.
+    /// Script `stats`: `[waiting + pending jobs, pending, ZCARD delayed, XLEN dead, XLEN
+    /// events]`.
     Stats {
         /// The queue.
         keys: Arc<QueueKeys>,

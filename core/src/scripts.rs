@@ -67,11 +67,58 @@ return out
 "#,
 };
 
-/// `complete` — KEYS: jobs, ids, events. ARGV: min event id, consumer, then per job: entry,
-/// job id, sealed result, attempt.
+/// How far (in ms of entry id) a settled entry may be ahead of the oldest entry still
+/// pending and be left for the trim rather than deleted on its own: it bounds what a long
+/// job holds back in the stream to this much of the queue's traffic.
+pub const TRIM_WINDOW_MS: u64 = 2_000;
+
+/// The end of every settle script (`complete`, `retry`, `bury`), after their XACKs of the
+/// entries in the Lua table `settled`: settled entries leave the work stream by trimming,
+/// not one by one (XDEL costs a search of the entry's node each). Everything below the
+/// oldest entry still pending (or, with none pending, up to the group's last delivered
+/// entry) has been delivered and acknowledged, and goes in one `XTRIM MINID`. Settled
+/// entries more than [`TRIM_WINDOW_MS`] ahead of that floor (a long job is still running)
+/// are deleted by id, so that a stuck job cannot hold back the stream's memory.
+macro_rules! trim_settled {
+    () => {
+        r#"
+if #settled > 0 then
+  local floor
+  local first = redis.call('XPENDING', KEYS[1], 'workers', '-', '+', 1)
+  if first[1] then
+    floor = first[1][1]
+  else
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local f = {}
+      for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+      if f['name'] == 'workers' then
+        local ms, seq = string.match(f['last-delivered-id'], '^(%d+)-(%d+)$')
+        floor = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+      end
+    end
+  end
+  redis.call('XTRIM', KEYS[1], 'MINID', floor)
+  local far = tonumber(string.match(floor, '^%d+')) + 2000
+  local stray = {}
+  for _, entry in ipairs(settled) do
+    if tonumber(string.match(entry, '^%d+')) > far then
+      stray[#stray + 1] = entry
+    end
+  end
+  if #stray > 0 then
+    redis.call('XDEL', KEYS[1], unpack(stray))
+  end
+end
+"#
+    };
+}
+
+/// `complete` — KEYS: jobs, ids, events. ARGV: min event id, consumer, then per job:
+/// entry, job id, sealed result, attempt.
 pub const COMPLETE: Script = Script {
     name: "complete",
-    source: r#"
+    source: concat!(
+        r#"
 local out, settled, seen = {}, {}, {}
 for i = 3, #ARGV, 4 do
   local entry, job = ARGV[i], ARGV[i + 1]
@@ -89,27 +136,29 @@ for i = 3, #ARGV, 4 do
     out[#out + 1] = 0
   end
 end
--- One XACK and one XDEL for the whole batch (per-entry calls cost 5 us each in Redis).
+-- One XACK for the whole batch (per-entry calls cost 5 us each in Redis).
 if #settled > 0 then
   redis.call('XACK', KEYS[1], 'workers', unpack(settled))
-  redis.call('XDEL', KEYS[1], unpack(settled))
 end
-return out
 "#,
+        trim_settled!(),
+        "return out\n"
+    ),
 };
 
 /// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, consumer, then
 /// per job: entry, job id, sealed reason, attempt, due, re-sealed job.
 pub const RETRY: Script = Script {
     name: "retry",
-    source: r#"
+    source: concat!(
+        r#"
 local now = tonumber(ARGV[1])
-local out = {}
+local out, settled = {}, {}
 for i = 4, #ARGV, 6 do
   local entry, job = ARGV[i], ARGV[i + 1]
   local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[3]) == 1
   if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
-    redis.call('XDEL', KEYS[1], entry)
+    settled[#settled + 1] = entry
     redis.call('XADD', KEYS[4], 'MINID', ARGV[2], '*',
       'j', job, 'k', 'f', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
     local due = tonumber(ARGV[i + 4])
@@ -124,8 +173,10 @@ for i = 4, #ARGV, 6 do
     out[#out + 1] = 0
   end
 end
-return out
 "#,
+        trim_settled!(),
+        "return out\n"
+    ),
 };
 
 /// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, then per job:
@@ -133,13 +184,14 @@ return out
 /// bytes).
 pub const BURY: Script = Script {
     name: "bury",
-    source: r#"
-local out = {}
+    source: concat!(
+        r#"
+local out, settled = {}, {}
 for i = 3, #ARGV, 5 do
   local entry, job = ARGV[i], ARGV[i + 1]
   local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[2]) == 1
   if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
-    redis.call('XDEL', KEYS[1], entry)
+    settled[#settled + 1] = entry
     redis.call('XADD', KEYS[3], '*', 'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
     if job ~= '' then
       if redis.call('HGET', KEYS[2], job) == 'w' then
@@ -153,8 +205,10 @@ for i = 3, #ARGV, 5 do
     out[#out + 1] = 0
   end
 end
-return out
 "#,
+        trim_settled!(),
+        "return out\n"
+    ),
 };
 
 /// `promote` — KEYS: jobs, ids, delayed, payloads. ARGV: now, limit. A delayed id whose
@@ -215,31 +269,47 @@ return out
 "#,
 };
 
-/// `stats` — KEYS: jobs, delayed, dead, events.
+/// `stats` — KEYS: jobs, delayed, dead, events. Jobs counts the entries waiting (not yet
+/// delivered: the group's lag) and running (pending), not completed entries the next trim
+/// will drop.
 pub const STATS: Script = Script {
     name: "stats",
     source: r#"
-local pending = 0
-local p = redis.pcall('XPENDING', KEYS[1], 'workers')
-if type(p) == 'table' and p.err == nil then pending = p[1] end
-return {redis.call('XLEN', KEYS[1]), pending, redis.call('ZCARD', KEYS[2]),
+local jobs, pending = 0, 0
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if type(groups) == 'table' and groups.err == nil then
+  jobs = redis.call('XLEN', KEYS[1])
+  for _, g in ipairs(groups) do
+    local f = {}
+    for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+    if f['name'] == 'workers' then
+      pending = f['pending']
+      local lag = f['lag']
+      if type(lag) ~= 'number' then
+        lag = #redis.call('XRANGE', KEYS[1], '(' .. f['last-delivered-id'], '+')
+      end
+      jobs = lag + pending
+    end
+  end
+end
+return {jobs, pending, redis.call('ZCARD', KEYS[2]),
   redis.call('XLEN', KEYS[3]), redis.call('XLEN', KEYS[4])}
 "#,
 };
 
-/// `ack_events` — KEYS: events, ids. ARGV: number of events n, n event ids, then job ids.
+/// `ack_events` — KEYS: events, ids. ARGV: the trim threshold (MINID, exclusive; empty:
+/// none), then job ids whose markers go.
 pub const ACK_EVENTS: Script = Script {
     name: "ack_events",
     source: r#"
-local n = tonumber(ARGV[1])
-local deleted = 0
-if n > 0 then
-  deleted = redis.call('XDEL', KEYS[1], unpack(ARGV, 2, n + 1))
+local trimmed = 0
+if ARGV[1] ~= '' then
+  trimmed = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 end
-for i = n + 2, #ARGV do
-  redis.call('HDEL', KEYS[2], ARGV[i])
+for i = 2, #ARGV, 512 do
+  redis.call('HDEL', KEYS[2], unpack(ARGV, i, math.min(i + 511, #ARGV)))
 end
-return deleted
+return trimmed
 "#,
 };
 
@@ -557,11 +627,12 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         }
         CommandKind::AckEvents {
             keys,
-            events,
+            through,
             forget,
         } => {
-            let mut args = vec![num(events.len())];
-            args.extend(events.iter().map(|e| id(*e)));
+            let threshold = through.map(|t| id(t.next().unwrap_or(t)));
+            let mut args = Vec::with_capacity(1 + forget.len());
+            args.push(threshold.unwrap_or(Cow::Borrowed(b"")));
             args.extend(forget.iter().map(|j| b(j)));
             Invocation::Script {
                 script: &ACK_EVENTS,
@@ -598,6 +669,15 @@ mod tests {
             consumer: consumer.into(),
             count,
             block_ms: Some(5_000),
+        }
+    }
+
+    #[test]
+    fn settle_scripts_trim_with_the_documented_window() {
+        let line = format!("local far = tonumber(string.match(floor, '^%d+')) + {TRIM_WINDOW_MS}");
+        for script in [&COMPLETE, &RETRY, &BURY] {
+            assert!(script.source.contains(&line), "{}", script.name);
+            assert!(script.source.trim_end().ends_with("return out"));
         }
     }
 

@@ -32,7 +32,7 @@ enum InFlight {
     Add(Vec<NewJob>),
     ReadEvents,
     AckEvents {
-        events: Vec<EntryId>,
+        through: Option<EntryId>,
         forget: Vec<String>,
     },
     Stats,
@@ -54,7 +54,8 @@ pub struct Producer {
     next_read_ms: u64,
     /// The last events read found nothing: the next one may block.
     idle: bool,
-    to_delete: Vec<EntryId>,
+    /// Every event up to this id has been read and surfaced: trimmed with the next ack.
+    trim_through: Option<EntryId>,
     /// Adds not yet resolved, by job id: a job's marker is forgotten only when none is left.
     outstanding: HashMap<String, u32>,
     /// Jobs that ended while an add of theirs was outstanding: forgotten when it resolves.
@@ -84,7 +85,7 @@ impl Producer {
             cursor: cfg.events_after,
             next_read_ms: now_ms,
             idle: false,
-            to_delete: Vec::new(),
+            trim_through: None,
             outstanding: HashMap::new(),
             forget_later: HashSet::new(),
             forget: Vec::new(),
@@ -286,15 +287,15 @@ impl Producer {
             self.want_stats = false;
             return Some(self.op(CommandKind::Stats { keys }, InFlight::Stats));
         }
-        if !self.to_delete.is_empty() || !self.forget.is_empty() {
-            let events = std::mem::take(&mut self.to_delete);
+        if self.trim_through.is_some() || !self.forget.is_empty() {
+            let through = self.trim_through.take();
             let forget = std::mem::take(&mut self.forget);
             let kind = CommandKind::AckEvents {
                 keys,
-                events: events.clone(),
+                through,
                 forget: forget.clone(),
             };
-            return Some(self.op(kind, InFlight::AckEvents { events, forget }));
+            return Some(self.op(kind, InFlight::AckEvents { through, forget }));
         }
         let reading = self.any_in_flight(|f| matches!(f, InFlight::ReadEvents));
         if self.cfg.read_events && !reading && now >= self.next_read_ms {
@@ -348,9 +349,9 @@ impl Producer {
             (InFlight::ReadEvents, Reply::Unknown) => self.next_read_ms = self.resend_at(),
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
             (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => {}
-            (InFlight::AckEvents { events, forget }, _) => {
+            (InFlight::AckEvents { through, forget }, _) => {
                 // Idempotent: send again with the next ack.
-                self.to_delete.extend(events);
+                self.trim_through = self.trim_through.max(through);
                 self.forget.extend(forget);
             }
             (InFlight::Stats, Reply::Unknown) => self.want_stats = true,
@@ -467,7 +468,7 @@ impl Producer {
         }
         for entry in entries {
             self.cursor = self.cursor.max(entry.id);
-            self.to_delete.push(entry.id);
+            self.trim_through = self.trim_through.max(Some(entry.id));
             let event = self
                 .open_event(&entry)
                 .unwrap_or_else(|reason| ProducerEvent::BadEvent {

@@ -3,6 +3,7 @@
 use super::{Sim, Stream, ZSet};
 use crate::command::{CommandKind, NewJob, Settle};
 use crate::naming::{GROUP, QueueKeys};
+use crate::scripts::TRIM_WINDOW_MS;
 use crate::value::{EntryId, Fields, Value};
 
 type Exec = Result<Value, String>;
@@ -215,15 +216,12 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         },
         CommandKind::AckEvents {
             keys,
-            events,
+            through,
             forget,
         } => {
-            let n = match sim.stream_mut(&keys.events, false)? {
-                None => 0,
-                Some(s) => events
-                    .iter()
-                    .filter(|id| s.entries.remove(id).is_some())
-                    .count(),
+            let n = match (through, sim.stream_mut(&keys.events, false)?) {
+                (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(*t)),
+                _ => 0,
             };
             for job in forget {
                 hdel(sim, &keys.ids, job.as_bytes())?;
@@ -329,6 +327,7 @@ fn settle(
     mut then: impl FnMut(&mut Sim, &Settle) -> Result<(), String>,
 ) -> Exec {
     let mut out = Vec::with_capacity(items.len());
+    let mut settled = Vec::new();
     for item in items {
         // The scripts ask XPENDING first, which fails without the stream or its group.
         let missing = || nogroup(&keys.jobs, "XPENDING");
@@ -341,14 +340,36 @@ fn settle(
             .is_some_and(|p| p.consumer == consumer);
         let acked = held && s.ack(GROUP, item.entry);
         if acked {
-            if let Some(s) = sim.stream_mut(&keys.jobs, false)? {
-                s.entries.remove(&item.entry);
-            }
+            settled.push(item.entry);
             then(sim, item)?;
         }
         out.push(Value::Int(i64::from(acked)));
     }
+    if !settled.is_empty() {
+        trim_settled(sim, &keys.jobs, &settled)?;
+    }
     Ok(Value::Array(out))
+}
+
+/// What every settle script does after its XACKs: trim below the floor (the oldest pending
+/// entry, or past the last delivered one), delete settled entries beyond the window.
+fn trim_settled(sim: &mut Sim, key: &str, settled: &[EntryId]) -> Result<(), String> {
+    let Some(s) = sim.stream_mut(key, false)? else {
+        return Ok(());
+    };
+    let Some(g) = s.groups.get(GROUP) else {
+        return Ok(());
+    };
+    let floor = match g.pel.keys().next() {
+        Some(first) => *first,
+        None => g.last_delivered.next().unwrap_or(g.last_delivered),
+    };
+    s.trim_min_id(floor);
+    let far = floor.ms.saturating_add(TRIM_WINDOW_MS);
+    for id in settled.iter().filter(|id| id.ms > far) {
+        s.entries.remove(id);
+    }
+    Ok(())
 }
 
 fn promote(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, limit: u32) -> Exec {
@@ -386,11 +407,16 @@ fn xlen(s: Option<&mut Stream>) -> i64 {
 
 fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
     let jobs = sim.stream_mut(&keys.jobs, false)?;
-    let pending = jobs
-        .as_ref()
-        .and_then(|s| s.groups.get(GROUP))
-        .map_or(0, |g| g.pel.len() as i64);
-    let len = xlen(jobs);
+    let group = jobs.as_ref().and_then(|s| s.groups.get(GROUP));
+    let pending = group.map_or(0, |g| g.pel.len() as i64);
+    // Waiting (after the group's last delivered id) and running; without the group, all.
+    let len = match (&jobs, group) {
+        (Some(s), Some(g)) => {
+            let after = g.last_delivered.next().unwrap_or(g.last_delivered);
+            s.entries.range(after..).count() as i64 + pending
+        }
+        _ => xlen(jobs),
+    };
     let delayed = sim.zset(&keys.delayed)?.map_or(0, |z| z.len() as i64);
     let dead = xlen(sim.stream_mut(&keys.dead, false)?);
     let events = xlen(sim.stream_mut(&keys.events, false)?);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::*;
 use crate::command::{NewJob, Settle};
 use crate::naming::{GROUP, QueueKeys};
+use crate::scripts::TRIM_WINDOW_MS;
 use crate::value::{StreamEntry, decode_read};
 
 fn keys() -> Arc<QueueKeys> {
@@ -331,7 +332,7 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     assert_eq!(all[0].field(b"j"), Some(&b"b"[..]));
     let del = CommandKind::AckEvents {
         keys: keys(),
-        events: vec![all[0].id, all[0].id],
+        through: Some(all[0].id),
         forget: vec![],
     };
     assert_eq!(sim.execute(&del), Value::Int(1));
@@ -361,4 +362,44 @@ fn network_faults_are_seeded() {
     assert_eq!(run(3), run(3));
     let lost = run(3).iter().filter(|u| **u).count();
     assert!((10..40).contains(&lost), "{lost} of 50 lost");
+}
+
+#[test]
+fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
+    let mut sim = Sim::new(10_000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    let k = keys();
+    let ids = |sim: &Sim| -> Vec<EntryId> {
+        sim.stream(&k.jobs)
+            .map(|s| s.entries.keys().copied().collect())
+            .unwrap_or_default()
+    };
+    enqueue(&mut sim, vec![job("slow", None), job("a", None)]);
+    sim.set_time(10_000 + TRIM_WINDOW_MS + 1);
+    enqueue(&mut sim, vec![job("b", None)]);
+    let got = read(&mut sim, "c1", 3);
+    let (slow, a, b) = (got[0].id, got[1].id, got[2].id);
+    let complete = |entry, job: &str| CommandKind::Complete {
+        keys: keys(),
+        min_event_ms: 0,
+        consumer: "c1".into(),
+        items: vec![settle(entry, job)],
+    };
+    // `slow` still runs: `a` (within the window) waits for the trim, `b` (beyond) goes now.
+    assert_eq!(ints(sim.execute(&complete(a, "a"))), [1]);
+    assert_eq!(ids(&sim), [slow, a, b]);
+    assert_eq!(ints(sim.execute(&complete(b, "b"))), [1]);
+    assert_eq!(ids(&sim), [slow, a]);
+    let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
+    assert_eq!(stats[..2], [1, 1], "done entries are not counted as jobs");
+    // The oldest job ends: everything up to the last delivered entry goes.
+    assert_eq!(ints(sim.execute(&complete(slow, "slow"))), [1]);
+    assert_eq!(ids(&sim), []);
+    // Waiting entries are never trimmed.
+    enqueue(&mut sim, vec![job("c", None), job("d", None)]);
+    let c = read(&mut sim, "c1", 1)[0].id;
+    assert_eq!(ints(sim.execute(&complete(c, "c"))), [1]);
+    assert_eq!(ids(&sim).len(), 1);
+    let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
+    assert_eq!(stats[..2], [1, 0]);
 }
