@@ -454,3 +454,73 @@ async fn trim_window_agrees_with_the_model() {
         }
     }
 }
+
+/// An enqueue of more jobs than one HMGET/HSET chunk of the script (1,000), with repeats
+/// within a chunk and across chunks: the same replies and stream as the model.
+#[tokio::test]
+async fn large_enqueue_batches_agree_with_the_model() {
+    let server = RedisServer::start(Persistence::None);
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let keys = Arc::new(QueueKeys::new("dl", "large").expect("keys"));
+    let now = redis_time(&mut conn).await;
+    let mut sim = Sim::new(now);
+    let (mut model, mut real) = (
+        Side {
+            ids: Default::default(),
+            base: now,
+        },
+        Side {
+            ids: Default::default(),
+            base: now,
+        },
+    );
+    let jobs: Vec<NewJob> = (0..2_500u32)
+        .map(|i| {
+            // 0..1800 once each, then 1800..2500 repeats ids of both chunks.
+            let n = if i < 1_800 { i } else { (i * 7) % 1_900 };
+            NewJob {
+                id: format!("job-{n}"),
+                due_ms: (n % 5 == 0).then_some(now + 60_000),
+                envelope: Arc::from(format!("env-{n}").as_bytes()),
+            }
+        })
+        .collect();
+    let distinct = jobs
+        .iter()
+        .map(|j| &j.id)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert!(distinct < 2_400, "the batch repeats ids");
+    let kind = CommandKind::Enqueue {
+        keys: keys.clone(),
+        now_ms: now,
+        producer_forgets: false,
+        jobs,
+    };
+    let m = model.normalize(JOBS_NS, sim.execute(&kind));
+    let cmd = Command { op: OpId(1), kind };
+    let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
+        .await
+        .pop()
+    {
+        Some(Reply::Value(v)) => real.normalize(JOBS_NS, v),
+        other => panic!("no reply from redis: {other:?}"),
+    };
+    assert_eq!(m, r);
+    let Value::Array(items) = &m else {
+        panic!("enqueue reply: {m:?}")
+    };
+    let refused = items.iter().filter(|v| **v == Value::Int(0)).count();
+    assert_eq!(refused, 2_500 - distinct);
+    let m = Value::Array(
+        sim.stream(&keys.jobs)
+            .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
+            .unwrap_or_default(),
+    );
+    let r = entry_ids(&mut conn, &keys.jobs).await;
+    assert_eq!(model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+}
