@@ -8,6 +8,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub String);
 
+impl JobId {
+    /// A generated id: 12 hex digits of `now_ms` then 16 of `random`, so that generated ids
+    /// sort by creation time (28 characters).
+    #[must_use]
+    pub fn generate(now_ms: u64, random: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(28);
+        // The low 48 bits of the time (until the year 10889), then all 64 of the randomness.
+        for shift in (0..12).rev() {
+            out.push(char::from(HEX[((now_ms >> (4 * shift)) & 0xf) as usize]));
+        }
+        for shift in (0..16).rev() {
+            out.push(char::from(HEX[((random >> (4 * shift)) & 0xf) as usize]));
+        }
+        Self(out)
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -39,4 +57,20 @@ pub struct JobRecord {
     pub attempt: u32,
     /// When the job was first added, in milliseconds since the Unix epoch (given by the caller).
     pub created_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_hex_time_then_randomness() {
+        let now = 0x0123_4567_89ab;
+        let r = 0xfedc_ba98_7654_3210;
+        assert_eq!(JobId::generate(now, r).0, format!("{now:012x}{r:016x}"));
+        assert_eq!(JobId::generate(0, 0).0, "0".repeat(28));
+        let max = JobId::generate(u64::MAX, u64::MAX).0;
+        assert_eq!(max, "f".repeat(28));
+        assert!(JobId::generate(1, u64::MAX) < JobId::generate(2, 0));
+    }
 }

@@ -520,7 +520,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.push(b(if *producer_forgets { "p" } else { "w" }));
             for j in jobs {
                 args.push(b(&j.id));
-                args.push(num(j.due_ms.unwrap_or(0)));
+                args.push(j.due_ms.map_or(b("0"), num));
                 args.push(Cow::Borrowed(&j.envelope[..]));
             }
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];

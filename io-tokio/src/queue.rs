@@ -198,7 +198,7 @@ impl JobQueue {
         // The id is chosen here, so that a caller who gives up knows which job to add again.
         let id = job
             .id
-            .get_or_insert_with(|| JobId(format!("{:012x}{:016x}", now_ms(), crate::random_u64())));
+            .get_or_insert_with(|| JobId::generate(now_ms(), crate::random_u64()));
         let id = id.clone();
         let (reply, mut rx) = oneshot::channel();
         self.tx

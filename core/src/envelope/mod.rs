@@ -188,9 +188,22 @@ impl Sealer {
         record: &T,
         rng: &mut impl Random,
     ) -> Result<Vec<u8>, EnvelopeError> {
+        self.seal_sized(ctx, record, 64, rng)
+    }
+
+    /// [`Sealer::seal`], with the encoded record's expected size: the envelope is written
+    /// into one allocation of that size (plus header and tag) rather than grown.
+    pub fn seal_sized<T: Serialize + ?Sized>(
+        &self,
+        ctx: &Context<'_>,
+        record: &T,
+        size_hint: usize,
+        rng: &mut impl Random,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(HEADER_LEN + 64);
+        let cap = size_hint.min(self.limits.max_plaintext);
+        let mut out = Vec::with_capacity(HEADER_LEN + cap + TAG_LEN);
         out.resize(HEADER_LEN, 0);
         let out =
             postcard::to_extend(record, out).map_err(|e| EnvelopeError::Encode(e.to_string()))?;

@@ -178,7 +178,7 @@ impl Producer {
         // Generated ids sort by creation time: 12 hex digits of ms, 16 of randomness.
         let id = job
             .id
-            .unwrap_or_else(|| JobId(format!("{now_ms:012x}{:016x}", rng.next_u64())));
+            .unwrap_or_else(|| JobId::generate(now_ms, rng.next_u64()));
         let record = JobRecord {
             id: id.clone(),
             title: job.title,
@@ -188,7 +188,13 @@ impl Producer {
             created_at_ms: now_ms,
         };
         let ctx = Context::new(Purpose::Job, &self.keys.queue, id.0.as_bytes());
-        let envelope = self.sealer.seal(&ctx, &record, rng)?;
+        // Postcard: the fields' bytes plus a varint length or value each (at most 10 bytes).
+        let size = record.id.0.len()
+            + record.title.len()
+            + record.session_id.len()
+            + record.payload.len()
+            + 6 * 10;
+        let envelope = self.sealer.seal_sized(&ctx, &record, size, rng)?;
         *self.outstanding.entry(id.0.clone()).or_default() += 1;
         self.unsent.push_back(NewJob {
             id: id.0.clone(),
