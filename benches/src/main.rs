@@ -53,7 +53,7 @@ fn args() -> Res<Args> {
             "--rate" => a.rate = Some(it.next().ok_or("--rate needs jobs/s")?.parse()?),
             "--only" => {
                 a.only = Some(it.next().ok_or(
-                    "--only needs enqueue, enqueue1, enqueue100, process, process256 or e2e",
+                    "--only needs enqueue, enqueue1, enqueue100, enqueue_many, process, process256 or e2e",
                 )?)
             }
             "--jobs" | "-n" => a.jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
@@ -68,7 +68,7 @@ fn args() -> Res<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
-                     [--only enqueue|enqueue1|enqueue100|process|process256|e2e] [--rate JOBS_PER_S]\n\
+                     [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process256|e2e] [--rate JOBS_PER_S]\n\
                      REDIS_URL=redis://host:port uses that server instead of starting one."
                 );
                 std::process::exit(0);
@@ -304,28 +304,49 @@ impl Bench {
     }
 
     /// Adds `n` jobs spread over `queues` from 256 concurrent callers; returns the time.
-    async fn enqueue(queues: &[JobQueue], n: u64, size: usize, done: &Arc<AtomicU64>) -> Duration {
+    /// Adds `n` jobs of `size` bytes over `queues` (round robin): one at a time from 256
+    /// concurrent callers (`batch` 1), or `batch` at a time with `add_many` from 16.
+    async fn enqueue(
+        queues: &[JobQueue],
+        n: u64,
+        size: usize,
+        batch: u64,
+        done: &Arc<AtomicU64>,
+    ) -> Duration {
         let next = Arc::new(AtomicU64::new(0));
         let t = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..256 {
+        let callers = if batch > 1 { 16 } else { 256 };
+        for _ in 0..callers {
             let (queues, next, done) = (queues.to_vec(), next.clone(), done.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let i = next.fetch_add(batch, Ordering::Relaxed);
                     if i >= n {
                         return;
                     }
-                    let q = &queues[usize::try_from(i).unwrap_or(0) % queues.len()];
-                    let job = AddJob {
+                    let q = &queues[usize::try_from(i / batch).unwrap_or(0) % queues.len()];
+                    let job = || AddJob {
                         session_id: "bench".into(),
                         payload: payload(size),
                         ..AddJob::default()
                     };
-                    if let Err(e) = q.add_job(job).await {
-                        eprintln!("add failed: {e}");
+                    let count = batch.min(n - i);
+                    if batch == 1 {
+                        if let Err(e) = q.add_job(job()).await {
+                            eprintln!("add failed: {e}");
+                        }
+                    } else {
+                        match q.add_many((0..count).map(|_| job())).await {
+                            Ok(added) => {
+                                for e in added.iter().filter_map(|r| r.as_ref().err()) {
+                                    eprintln!("add failed: {e}");
+                                }
+                            }
+                            Err(e) => eprintln!("add_many failed: {e}"),
+                        }
                     }
-                    done.fetch_add(1, Ordering::Relaxed);
+                    done.fetch_add(count, Ordering::Relaxed);
                 }
             }));
         }
@@ -335,7 +356,7 @@ impl Bench {
         t.elapsed()
     }
 
-    async fn enqueue_only(&mut self, size: usize, queues: usize) -> Res<Row> {
+    async fn enqueue_only(&mut self, size: usize, queues: usize, batch: u64) -> Res<Row> {
         let names: Vec<String> = (0..queues)
             .map(|i| format!("{}-{i}", self.queue_name("enq")))
             .collect();
@@ -344,10 +365,10 @@ impl Bench {
             .map(|n| self.dl.queue(n, &secrets(), QueueOptions::default()))
             .collect::<Result<_, _>>()?;
         let before = used_memory(&mut self.raw).await?;
-        let progress = Progress::start(format!("enqueue {queues}q {size} B"), self.jobs);
+        let progress = Progress::start(format!("enqueue {queues}q ×{batch} {size} B"), self.jobs);
         let rcpu = redis_cpu(&mut self.raw).await?;
         let cpu = cpu_time();
-        let took = Self::enqueue(&qs, self.jobs, size, &progress.done).await;
+        let took = Self::enqueue(&qs, self.jobs, size, batch, &progress.done).await;
         let cpu = cpu_time().saturating_sub(cpu);
         let rcpu = redis_cpu(&mut self.raw).await? - rcpu;
         progress.finish();
@@ -357,8 +378,13 @@ impl Bench {
         }
         Ok(Row {
             scenario: format!(
-                "enqueue, {queues} queue{}",
-                if queues == 1 { "" } else { "s" }
+                "enqueue, {queues} queue{}{}",
+                if queues == 1 { "" } else { "s" },
+                if batch > 1 {
+                    format!(", add_many({batch})")
+                } else {
+                    String::new()
+                }
             ),
             size,
             jobs: self.jobs,
@@ -389,7 +415,14 @@ impl Bench {
         let name = self.queue_name("proc");
         let queue = self.dl.queue(&name, &secrets(), QueueOptions::default())?;
         let fill = Progress::start(format!("fill for c={concurrency} {size} B"), self.jobs);
-        Self::enqueue(std::slice::from_ref(&queue), self.jobs, size, &fill.done).await;
+        Self::enqueue(
+            std::slice::from_ref(&queue),
+            self.jobs,
+            size,
+            100,
+            &fill.done,
+        )
+        .await;
         fill.finish();
         let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
         let progress = Progress::start(format!("process c={concurrency} {size} B"), self.jobs);
@@ -516,7 +549,7 @@ impl Bench {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<30} {:>6} {:>9} {:>7} {:>6} {:>22} {:>9} {:>7} {:>7}",
+        "\n{:<36} {:>6} {:>9} {:>7} {:>6} {:>22} {:>9} {:>7} {:>7}",
         "scenario",
         "bytes",
         "jobs/s",
@@ -542,7 +575,7 @@ fn print_table(rows: &[Row]) {
             "-".to_owned()
         };
         println!(
-            "{:<30} {:>6} {:>9.0} {:>7.0} {:>6} {:>22} {:>9} {:>7} {:>7}",
+            "{:<36} {:>6} {:>9.0} {:>7.0} {:>6} {:>22} {:>9} {:>7} {:>7}",
             r.scenario,
             r.size,
             r.rate(),
@@ -570,7 +603,7 @@ fn print_table(rows: &[Row]) {
     for r in adds {
         if let Some(h) = &r.add_latency {
             println!(
-                "  {:<30} {:>6} B  p50/p99/p99.9 {}/{}/{} ms",
+                "  {:<36} {:>6} B  p50/p99/p99.9 {}/{}/{} ms",
                 r.scenario,
                 r.size,
                 fmt_ms(h.value_at_quantile(0.5)),
@@ -641,10 +674,13 @@ async fn main() -> Res<()> {
         let run = |what: &str| args.only.as_deref().is_none_or(|o| o == what);
         let mut sized = Vec::new();
         if run("enqueue") || run("enqueue1") {
-            sized.push(bench.enqueue_only(size, 1).await?);
+            sized.push(bench.enqueue_only(size, 1, 1).await?);
         }
         if run("enqueue") || run("enqueue100") {
-            sized.push(bench.enqueue_only(size, 100).await?);
+            sized.push(bench.enqueue_only(size, 100, 1).await?);
+        }
+        if run("enqueue") || run("enqueue_many") {
+            sized.push(bench.enqueue_only(size, 1, 100).await?);
         }
         if run("process") || run("process256") {
             let levels: &[u32] = if run("process") {

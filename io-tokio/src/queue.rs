@@ -122,6 +122,7 @@ type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
 
 enum Msg {
     Add(AddJob, AddReply),
+    AddMany(Vec<(AddJob, AddReply)>),
     /// The caller stopped waiting for this add: `Ok(())` if it was accepted meanwhile.
     Withdraw(JobId, oneshot::Sender<Result<(), Error>>),
     Pause(bool),
@@ -195,22 +196,68 @@ impl JobQueue {
     /// Adds a job described in full (id for idempotency, title, delay). Returns once Redis
     /// has the job; see [`Unreachable`] for what happens while it cannot be reached.
     pub async fn add_job(&self, mut job: AddJob) -> Result<JobHandle, Error> {
-        // The id is chosen here, so that a caller who gives up knows which job to add again.
-        let id = job
-            .id
-            .get_or_insert_with(|| JobId::generate(now_ms(), crate::random_u64()));
-        let id = id.clone();
-        let (reply, mut rx) = oneshot::channel();
+        let id = Self::assign_id(&mut job);
+        let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Add(job, reply))
             .await
             .map_err(|_| Error::Stopped)?;
-        let wait = match self.when_unreachable {
+        let deadline = tokio::time::Instant::now() + self.accept_wait();
+        self.accepted(id, rx, deadline).await
+    }
+
+    /// Adds several jobs in one message to the queue's task: they are sealed and sent in
+    /// the same pipelines as other adds, without a round of task wake-ups per job. Returns
+    /// once Redis has every one of them, with each job's own outcome, in order: a job can
+    /// fail (a full queue, Redis unreachable past the wait) while the others are queued.
+    /// `Err` only if the queue has stopped.
+    pub async fn add_many(
+        &self,
+        jobs: impl IntoIterator<Item = AddJob>,
+    ) -> Result<Vec<Result<JobHandle, Error>>, Error> {
+        let mut batch = Vec::new();
+        let mut waits = Vec::new();
+        for mut job in jobs {
+            let id = Self::assign_id(&mut job);
+            let (reply, rx) = oneshot::channel();
+            batch.push((job, reply));
+            waits.push((id, rx));
+        }
+        self.tx
+            .send(Msg::AddMany(batch))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        let deadline = tokio::time::Instant::now() + self.accept_wait();
+        let mut out = Vec::with_capacity(waits.len());
+        for (id, rx) in waits {
+            out.push(self.accepted(id, rx, deadline).await);
+        }
+        Ok(out)
+    }
+
+    /// The id is chosen here, so that a caller who gives up knows which job to add again.
+    fn assign_id(job: &mut AddJob) -> JobId {
+        job.id
+            .get_or_insert_with(|| JobId::generate(now_ms(), crate::random_u64()))
+            .clone()
+    }
+
+    fn accept_wait(&self) -> Duration {
+        match self.when_unreachable {
             Unreachable::Wait(d) => d,
             // The driver fails the add at once if Redis is known to be away.
             Unreachable::FailFast => Duration::from_secs(3600),
-        };
-        if let Ok(r) = tokio::time::timeout(wait, &mut rx).await {
+        }
+    }
+
+    /// Waits until the add of `id` is answered, or withdraws it at `deadline`.
+    async fn accepted(
+        &self,
+        id: JobId,
+        mut rx: oneshot::Receiver<Result<JobHandle, Error>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<JobHandle, Error> {
+        if let Ok(r) = tokio::time::timeout_at(deadline, &mut rx).await {
             return r.map_err(|_| Error::Stopped)?;
         }
         let (ask, answer) = oneshot::channel();
@@ -367,6 +414,11 @@ impl Driver {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::AddMany(jobs) => {
+                for (job, reply) in jobs {
+                    self.handle(Msg::Add(job, reply));
+                }
+            }
             Msg::Add(_, reply) if self.fail_fast && !self.reachable => {
                 let _ = reply.send(Err(Error::Unavailable));
             }

@@ -708,3 +708,84 @@ async fn while_redis_is_away_adds_fail_fast_or_wait_bounded() {
         }
     }
 }
+
+fn job(session: &str, payload: &Value) -> AddJob {
+    AddJob {
+        session_id: session.into(),
+        payload: serde_json::to_vec(payload).expect("json"),
+        ..AddJob::default()
+    }
+}
+
+#[tokio::test]
+async fn add_many_confirms_every_job_and_each_gets_its_own_result() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = queue(&dl, "q");
+    // More than one enqueue command (128 jobs) and one script chunk (1,000) hold.
+    let handles = queue
+        .add_many((0..2_500).map(|i| job("s", &json!(i))))
+        .await
+        .expect("queue running");
+    assert_eq!(handles.len(), 2_500);
+    let handles: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.expect("add confirmed"))
+        .collect();
+    // Confirmed means in Redis, before any worker runs.
+    let mut conn = raw(&server).await;
+    assert_eq!(xlen(&mut conn, "dl:{q}:jobs").await, 2_500);
+    let worker = echo_worker(&dl, "q", WorkerOptions::default().concurrency(64));
+    for (i, h) in handles.into_iter().enumerate() {
+        let r: Value = outcome(h)
+            .await
+            .json()
+            .unwrap_or_else(|e| panic!("job {i}: {e}"));
+        assert_eq!(r["echo"], i);
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+    // Completed: nothing left of them in the work stream once the last one is settled.
+    assert_eq!(xlen(&mut conn, "dl:{q}:jobs").await, 0);
+}
+
+#[tokio::test]
+async fn add_many_reports_each_job_s_failure() {
+    let mut server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue(
+            "q",
+            &secrets(),
+            QueueOptions::default().when_unreachable(Unreachable::Wait(Duration::from_millis(300))),
+        )
+        .expect("queue");
+    queue.pause().await.expect("pause");
+    let out = queue
+        .add_many((0..3).map(|i| job("s", &json!(i))))
+        .await
+        .expect("queue running");
+    assert!(out.iter().all(|r| matches!(r, Err(Error::QueueClosed))));
+    queue.resume().await.expect("resume");
+    assert!(
+        queue
+            .add_many(Vec::new())
+            .await
+            .expect("running")
+            .is_empty()
+    );
+    server.kill();
+    let t = std::time::Instant::now();
+    let out = queue
+        .add_many((0..50).map(|i| job("s", &json!(i))))
+        .await
+        .expect("queue running");
+    assert_eq!(out.len(), 50);
+    for r in &out {
+        assert!(
+            matches!(r, Err(Error::Unavailable | Error::Unconfirmed(_))),
+            "{r:?}"
+        );
+    }
+    // One deadline for the whole batch, not one wait per job.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
