@@ -33,6 +33,9 @@ pub type Arg<'a> = Cow<'a, [u8]>;
 pub enum Invocation<'a> {
     /// A plain command: name and arguments.
     Plain(Vec<Arg<'a>>),
+    /// Commands run as one transaction: `MULTI`, each command, `EXEC`, in one pipeline. The
+    /// reply is EXEC's: an array of the commands' replies.
+    Transaction(Vec<Vec<Arg<'a>>>),
     /// A script with its KEYS (all of one hash tag) and ARGV.
     Script {
         /// The script.
@@ -511,9 +514,36 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         ]),
         CommandKind::Enqueue {
             keys,
+            producer_forgets,
+            jobs,
+            fresh: true,
+            ..
+        } => {
+            let marker = b(if *producer_forgets { "p" } else { "w" });
+            let mut hset = Vec::with_capacity(2 + 2 * jobs.len());
+            hset.extend([b("HSET"), b(&keys.ids)]);
+            let mut cmds = Vec::with_capacity(1 + jobs.len());
+            for j in jobs {
+                hset.extend([b(&j.id), marker.clone()]);
+                cmds.push(vec![
+                    b("XADD"),
+                    b(&keys.jobs),
+                    b("*"),
+                    b("j"),
+                    b(&j.id),
+                    b("e"),
+                    Cow::Borrowed(&j.envelope[..]),
+                ]);
+            }
+            cmds.insert(0, hset);
+            Invocation::Transaction(cmds)
+        }
+        CommandKind::Enqueue {
+            keys,
             now_ms,
             producer_forgets,
             jobs,
+            fresh: false,
         } => {
             let mut args = Vec::with_capacity(2 + 3 * jobs.len());
             args.push(num(now_ms));
@@ -722,7 +752,7 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join(" "),
             ),
-            Invocation::Script { .. } => None,
+            Invocation::Script { .. } | Invocation::Transaction(_) => None,
         }
     }
 

@@ -29,17 +29,39 @@ fn sha(script: &Script) -> &'static str {
     shas().get(script.name).map_or("", String::as_str)
 }
 
-/// The `redis::Cmd` of one invocation.
+fn plain(args: &[scripts::Arg<'_>]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::new();
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    cmd
+}
+
+/// Adds an invocation's commands to `pipe`; returns how many replies they take (a
+/// transaction: MULTI, its commands, EXEC).
+fn push(pipe: &mut redis::Pipeline, invocation: &Invocation<'_>) -> usize {
+    match invocation {
+        Invocation::Transaction(cmds) => {
+            pipe.cmd("MULTI");
+            for c in cmds {
+                pipe.add_command(plain(c));
+            }
+            pipe.cmd("EXEC");
+            cmds.len() + 2
+        }
+        other => {
+            pipe.add_command(to_cmd(other));
+            1
+        }
+    }
+}
+
+/// The `redis::Cmd` of one invocation (a transaction's: its EXEC; use a pipeline to run one).
 #[must_use]
 pub fn to_cmd(invocation: &Invocation<'_>) -> redis::Cmd {
     match invocation {
-        Invocation::Plain(args) => {
-            let mut cmd = redis::Cmd::new();
-            for a in args {
-                cmd.arg(a.as_ref());
-            }
-            cmd
-        }
+        Invocation::Plain(args) => plain(args),
+        Invocation::Transaction(_) => redis::cmd("EXEC"),
         Invocation::Script { script, keys, args } => {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(sha(script)).arg(keys.len());
@@ -102,18 +124,22 @@ async fn run_pipeline<C: ConnectionLike>(
 ) -> Vec<Reply> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for inv in invocations {
-        pipe.add_command(to_cmd(inv));
-    }
+    let takes: Vec<usize> = invocations.iter().map(|inv| push(&mut pipe, inv)).collect();
+    let expected: usize = takes.iter().sum();
     match pipe.query_async::<Vec<redis::Value>>(conn).await {
-        Ok(values) if values.len() == invocations.len() => values
-            .into_iter()
-            .map(|v| Reply::Value(to_value(v)))
-            .collect(),
+        Ok(values) if values.len() == expected => {
+            let mut values = values.into_iter();
+            takes
+                .iter()
+                // A transaction's reply is EXEC's, its last (MULTI's OK and the QUEUEDs go).
+                .map(|n| values.by_ref().take(*n).last())
+                .map(|v| v.map_or(Reply::Unknown, |v| Reply::Value(to_value(v))))
+                .collect()
+        }
         // The connection failed: each command may or may not have run.
         Ok(values) => {
             tracing::warn!(
-                sent = invocations.len(),
+                sent = expected,
                 got = values.len(),
                 "pipeline reply count mismatch"
             );

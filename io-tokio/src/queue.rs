@@ -235,11 +235,16 @@ impl JobQueue {
         Ok(out)
     }
 
-    /// The id is chosen here, so that a caller who gives up knows which job to add again.
+    /// The id is chosen here, so that a caller who gives up knows which job to add again;
+    /// the engine is told it is new (its first send needs no duplicate check).
     fn assign_id(job: &mut AddJob) -> JobId {
-        job.id
-            .get_or_insert_with(|| JobId::generate(now_ms(), crate::random_u64()))
-            .clone()
+        if let Some(id) = &job.id {
+            return id.clone();
+        }
+        let id = JobId::generate(now_ms(), crate::random_u64());
+        job.id = Some(id.clone());
+        job.generated_id = true;
+        id
     }
 
     fn accept_wait(&self) -> Duration {

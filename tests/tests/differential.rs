@@ -77,7 +77,8 @@ impl Side {
 #[derive(Debug, Clone)]
 enum Op {
     EnsureGroup,
-    Enqueue(Vec<(usize, Option<i64>)>, bool),
+    /// Jobs (id, due offset), producer forgets, fresh (MULTI/EXEC, no check).
+    Enqueue(Vec<(usize, Option<i64>)>, bool, bool),
     Read(usize, u32),
     Settle(u8, usize, Vec<(usize, usize, i64)>),
     Promote(u64, u32),
@@ -104,7 +105,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
             let jobs = (0..=r(3))
                 .map(|_| (r(6), [None, Some(-1), Some(1_000_000)][r(3)]))
                 .collect();
-            Op::Enqueue(jobs, r(2) == 0)
+            Op::Enqueue(jobs, r(2) == 0, r(3) == 0)
         }
         5..=7 => Op::Read(r(3), 1 + r(3) as u32),
         8..=11 => {
@@ -139,7 +140,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
     let base = side.base;
     Some(match op {
         Op::EnsureGroup => CommandKind::EnsureGroup { keys },
-        Op::Enqueue(jobs, producer_forgets) => CommandKind::Enqueue {
+        Op::Enqueue(jobs, producer_forgets, fresh) => CommandKind::Enqueue {
             keys,
             now_ms: base,
             producer_forgets: *producer_forgets,
@@ -151,6 +152,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     envelope: Arc::from(format!("env-{j}").as_bytes()),
                 })
                 .collect(),
+            fresh: *fresh,
         },
         Op::Read(c, count) => CommandKind::Read {
             keys,
@@ -410,7 +412,7 @@ async fn trim_window_agrees_with_the_model() {
     }
     sim.set_time(now);
     let steps = [
-        Op::Enqueue(vec![(2, None)], false),
+        Op::Enqueue(vec![(2, None)], false, false),
         Op::Read(0, 3),
         // Complete "a" (within the window of the running "slow"), then "b" (beyond it).
         Op::Settle(0, 0, vec![(1, 1, -1)]),
@@ -500,6 +502,7 @@ async fn large_enqueue_batches_agree_with_the_model() {
         now_ms: now,
         producer_forgets: false,
         jobs,
+        fresh: false,
     };
     let m = model.normalize(JOBS_NS, sim.execute(&kind));
     let cmd = Command { op: OpId(1), kind };

@@ -70,6 +70,11 @@ pub struct AddJob {
     pub payload: Vec<u8>,
     /// Run no sooner than this many ms from now.
     pub delay_ms: u64,
+    /// `id` was generated for this add ([`JobId::generate`]), not chosen by the caller: no
+    /// job can hold it yet, so the first send skips the duplicate check (one MULTI/EXEC
+    /// instead of the enqueue script; a resend after an unknown outcome still checks). Set
+    /// it only for such ids: a reused id sent this way is queued twice.
+    pub generated_id: bool,
 }
 
 /// A caller's misuse, or an add that cannot be taken.

@@ -29,7 +29,8 @@ use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
 enum InFlight {
-    Add(Vec<NewJob>),
+    /// Jobs, and whether they went as a fresh (MULTI/EXEC) add.
+    Add(Vec<NewJob>, bool),
     ReadEvents,
     AckEvents {
         through: Option<EntryId>,
@@ -48,7 +49,8 @@ pub struct Producer {
     now_ms: u64,
     next_op: u64,
     paused: bool,
-    unsent: VecDeque<NewJob>,
+    /// Adds to send, each with whether it is fresh (a new id, due now, never sent).
+    unsent: VecDeque<(NewJob, bool)>,
     in_flight: HashMap<OpId, InFlight>,
     cursor: EntryId,
     next_read_ms: u64,
@@ -129,7 +131,7 @@ impl Producer {
     /// Withdraws an add that has not been sent yet (the caller gave up waiting for Redis);
     /// false if it was sent already (its outcome is then Redis' to tell) or is unknown.
     pub fn withdraw(&mut self, job: &JobId) -> bool {
-        let Some(pos) = self.unsent.iter().position(|j| j.id == job.0) else {
+        let Some(pos) = self.unsent.iter().position(|(j, _)| j.id == job.0) else {
             return false;
         };
         self.unsent.remove(pos);
@@ -145,7 +147,7 @@ impl Producer {
                 .in_flight
                 .values()
                 .map(|f| match f {
-                    InFlight::Add(jobs) => jobs.len(),
+                    InFlight::Add(jobs, _) => jobs.len(),
                     _ => 0,
                 })
                 .sum::<usize>()
@@ -176,6 +178,7 @@ impl Producer {
             return Err(ProducerError::Backpressure(pending));
         }
         // Generated ids sort by creation time: 12 hex digits of ms, 16 of randomness.
+        let fresh = (job.id.is_none() || job.generated_id) && job.delay_ms == 0;
         let id = job
             .id
             .unwrap_or_else(|| JobId::generate(now_ms, rng.next_u64()));
@@ -196,11 +199,12 @@ impl Producer {
             + 6 * 10;
         let envelope = self.sealer.seal_sized(&ctx, &record, size, rng)?;
         *self.outstanding.entry(id.0.clone()).or_default() += 1;
-        self.unsent.push_back(NewJob {
+        let new = NewJob {
             id: id.0.clone(),
             due_ms: (job.delay_ms > 0).then(|| now_ms.saturating_add(job.delay_ms)),
             envelope: envelope.into(),
-        });
+        };
+        self.unsent.push_back((new, fresh));
         Ok(id)
     }
 
@@ -218,7 +222,7 @@ impl Producer {
         self.paused = true;
         self.want_destroy = true;
         self.destroying = true;
-        for job in std::mem::take(&mut self.unsent) {
+        for (job, _) in std::mem::take(&mut self.unsent) {
             self.fail_destroyed(job);
         }
     }
@@ -274,20 +278,21 @@ impl Producer {
         let now = self.now_ms;
         let keys = self.keys.clone();
         if self.want_destroy
-            && !self.any_in_flight(|f| matches!(f, InFlight::Destroy | InFlight::Add(_)))
+            && !self.any_in_flight(|f| matches!(f, InFlight::Destroy | InFlight::Add(..)))
         {
             self.want_destroy = false;
             return Some(self.op(CommandKind::Destroy { keys }, InFlight::Destroy));
         }
         if !self.unsent.is_empty() && self.resend.ready(now) {
-            let jobs = self.take_batch();
+            let (jobs, fresh) = self.take_batch();
             let kind = CommandKind::Enqueue {
                 keys,
                 now_ms: now,
                 producer_forgets: self.cfg.read_events,
                 jobs: jobs.clone(),
+                fresh,
             };
-            return Some(self.op(kind, InFlight::Add(jobs)));
+            return Some(self.op(kind, InFlight::Add(jobs, fresh)));
         }
         if self.want_stats && !self.any_in_flight(|f| matches!(f, InFlight::Stats)) {
             self.want_stats = false;
@@ -316,21 +321,24 @@ impl Producer {
         None
     }
 
-    fn take_batch(&mut self) -> Vec<NewJob> {
+    /// The next batch: fresh adds and adds that need the duplicate check never mix.
+    fn take_batch(&mut self) -> (Vec<NewJob>, bool) {
         let mut jobs = Vec::new();
         let mut bytes = 0;
-        while let Some(next) = self.unsent.front() {
+        let fresh = self.unsent.front().is_some_and(|(_, f)| *f);
+        while let Some((next, f)) = self.unsent.front() {
             let full = jobs.len() >= self.cfg.max_batch_jobs
-                || (!jobs.is_empty() && bytes + next.envelope.len() > self.cfg.max_batch_bytes);
+                || (!jobs.is_empty() && bytes + next.envelope.len() > self.cfg.max_batch_bytes)
+                || *f != fresh;
             if full {
                 break;
             }
             bytes += next.envelope.len();
-            if let Some(job) = self.unsent.pop_front() {
+            if let Some((job, _)) = self.unsent.pop_front() {
                 jobs.push(job);
             }
         }
-        jobs
+        (jobs, fresh)
     }
 
     fn backoff(&mut self) {
@@ -351,7 +359,7 @@ impl Producer {
             .remove(&op)
             .ok_or(ProducerError::UnknownOp(op))?;
         match (state, reply) {
-            (InFlight::Add(jobs), reply) => self.added(jobs, reply),
+            (InFlight::Add(jobs, fresh), reply) => self.added(jobs, fresh, reply),
             (InFlight::ReadEvents, Reply::Unknown) => self.next_read_ms = self.resend_at(),
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
             (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => {}
@@ -381,9 +389,17 @@ impl Producer {
         self.events.push_back(ProducerEvent::Trouble { message });
     }
 
-    fn added(&mut self, jobs: Vec<NewJob>, reply: Reply) {
+    fn added(&mut self, jobs: Vec<NewJob>, fresh: bool, reply: Reply) {
         let items = match reply {
-            Reply::Value(Value::Array(items)) if items.len() == jobs.len() => items,
+            // EXEC's array: the markers' HSET, then one XADD per job.
+            Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 1 => {
+                if let Value::Error(e) = items.remove(0) {
+                    // The jobs are queued all the same, without their markers.
+                    self.trouble(format!("enqueue: markers not written: {e}"));
+                }
+                items
+            }
+            Reply::Value(Value::Array(items)) if !fresh && items.len() == jobs.len() => items,
             Reply::Value(Value::Error(e)) if !is_transient_error(&e) => {
                 for job in jobs {
                     self.resolved(&job.id);
@@ -405,9 +421,10 @@ impl Producer {
                     }
                     return;
                 }
-                // Unknown outcome: send the same sealed jobs again, first in line.
+                // Unknown outcome: send the same sealed jobs again, first in line, through
+                // the script (the first send may have landed).
                 for job in jobs.into_iter().rev() {
-                    self.unsent.push_front(job);
+                    self.unsent.push_front((job, false));
                 }
                 return self.backoff();
             }
@@ -415,6 +432,14 @@ impl Producer {
         self.resend.succeed();
         for (job, item) in jobs.into_iter().zip(items) {
             self.resolved(&job.id);
+            if let Value::Error(error) = item {
+                // An XADD of a fresh add failed inside its transaction (the rest ran).
+                self.events.push_back(ProducerEvent::AddFailed {
+                    job: JobId(job.id),
+                    error,
+                });
+                continue;
+            }
             let status = match item {
                 Value::Int(0) => AddStatus::AlreadyQueued,
                 Value::Int(_) => AddStatus::Delayed,

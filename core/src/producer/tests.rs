@@ -343,3 +343,111 @@ fn unsent_adds_can_be_withdrawn() {
     assert_eq!(accepted, ["b"]);
     assert!(!p.withdraw(&JobId::from("b")), "sent already");
 }
+
+#[test]
+fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome() {
+    let mut rng = SeededRandom::new(11);
+    let mut sim = Sim::new(T0);
+    sim.execute(&CommandKind::EnsureGroup {
+        keys: Arc::new(QueueKeys::new("dl", "q").unwrap()),
+    });
+    let mut p = producer(|c| c);
+    let fresh_job = |n: u8| AddJob {
+        payload: vec![n],
+        ..AddJob::default()
+    };
+    // Generated ids (by the machine, or by the caller with `generated_id`) due now are
+    // fresh; a caller's id or a delay needs the check. Batches never mix the two.
+    p.add(T0, fresh_job(1), &mut rng).unwrap();
+    let given = AddJob {
+        id: Some(JobId::generate(T0, 42)),
+        generated_id: true,
+        ..fresh_job(2)
+    };
+    p.add(T0, given, &mut rng).unwrap();
+    p.add(T0, job("chosen"), &mut rng).unwrap();
+    p.add(
+        T0,
+        AddJob {
+            delay_ms: 5,
+            ..fresh_job(3)
+        },
+        &mut rng,
+    )
+    .unwrap();
+    p.add(T0, fresh_job(4), &mut rng).unwrap();
+    let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
+    let shape: Vec<(usize, bool)> = cmds
+        .iter()
+        .filter_map(|c| match &c.kind {
+            CommandKind::Enqueue { jobs, fresh, .. } => Some((jobs.len(), *fresh)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shape, [(2, true), (2, false), (1, true)]);
+    // The first fresh batch lands but its reply is lost: sent again, it goes through the
+    // script, which finds both jobs queued.
+    let first = &cmds[0];
+    let v = sim.execute(&first.kind);
+    assert!(
+        matches!(&v, Value::Array(items) if items.len() == 3),
+        "{v:?}"
+    );
+    p.handle_reply(T0, first.op, Reply::Unknown).unwrap();
+    for c in &cmds[1..] {
+        let v = sim.execute(&c.kind);
+        p.handle_reply(T0, c.op, Reply::Value(v)).unwrap();
+    }
+    p.handle_timeout(T0 + 60_000);
+    let resend = p.poll_command().unwrap();
+    let CommandKind::Enqueue { jobs, fresh, .. } = &resend.kind else {
+        panic!("{resend:?}")
+    };
+    assert_eq!((jobs.len(), *fresh), (2, false));
+    let v = sim.execute(&resend.kind);
+    p.handle_reply(T0, resend.op, Reply::Value(v)).unwrap();
+    let statuses: Vec<AddStatus> = std::iter::from_fn(|| p.poll_event())
+        .filter_map(|e| match e {
+            ProducerEvent::Accepted { status, .. } => Some(status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses.len(), 5);
+    assert_eq!(
+        statuses[3..],
+        [AddStatus::AlreadyQueued, AddStatus::AlreadyQueued],
+        "{statuses:?}"
+    );
+    let jobs = sim.stream(&p.keys().jobs).unwrap().entries.len();
+    assert_eq!(jobs, 4, "each job once (the delayed one waits)");
+}
+
+#[test]
+fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
+    let mut rng = SeededRandom::new(12);
+    let mut p = producer(|c| c);
+    let id = p.add(T0, AddJob::default(), &mut rng).unwrap();
+    let second = p.add(T0, AddJob::default(), &mut rng).unwrap();
+    let cmd = p.poll_command().unwrap();
+    let reply = Value::Array(vec![
+        Value::Int(2),
+        Value::Error("OOM command not allowed".into()),
+        Value::Bulk(b"1700000000000-0".to_vec()),
+    ]);
+    p.handle_reply(T0, cmd.op, Reply::Value(reply)).unwrap();
+    let events: Vec<ProducerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
+    assert_eq!(
+        events,
+        [
+            ProducerEvent::AddFailed {
+                job: id,
+                error: "OOM command not allowed".into()
+            },
+            ProducerEvent::Accepted {
+                job: second,
+                status: AddStatus::Added(EntryId::new(T0, 0))
+            },
+        ]
+    );
+    assert_eq!(p.pending_adds(), 0);
+}

@@ -58,9 +58,14 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             now_ms,
             producer_forgets,
             jobs,
+            fresh,
         } => {
             let marker: &[u8] = if *producer_forgets { b"p" } else { b"w" };
-            enqueue(sim, keys, *now_ms, marker, jobs)
+            if *fresh {
+                enqueue_fresh(sim, keys, marker, jobs)
+            } else {
+                enqueue(sim, keys, *now_ms, marker, jobs)
+            }
         }
         CommandKind::Read {
             keys,
@@ -313,6 +318,42 @@ fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[
                 out.push(id_value(id));
             }
         }
+    }
+    Ok(Value::Array(out))
+}
+
+/// MULTI, HSET of every marker, an XADD per job, EXEC: no check (the ids are new), every job
+/// due now. The reply is EXEC's: the HSET's count of new fields, then the entry ids. With an
+/// empty batch, `HSET ids` alone fails (wrong number of arguments) and MULTI refuses it, so
+/// EXEC aborts.
+fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]) -> Exec {
+    if jobs.is_empty() {
+        return Err("EXECABORT Transaction discarded because of previous errors.".into());
+    }
+    // A command of the transaction that fails leaves its error in EXEC's array; the others run.
+    let mut out = Vec::with_capacity(1 + jobs.len());
+    out.push(match sim.hash_mut(&keys.ids) {
+        Ok(ids) => {
+            let mut added = 0;
+            for job in jobs {
+                if ids
+                    .insert(job.id.as_bytes().to_vec(), marker.to_vec())
+                    .is_none()
+                {
+                    added += 1;
+                }
+            }
+            Value::Int(added)
+        }
+        Err(e) => Value::Error(e),
+    });
+    for job in jobs {
+        out.push(
+            match xadd(sim, &keys.jobs, work_fields(&job.id, &job.envelope)) {
+                Ok(id) => id_value(id),
+                Err(e) => Value::Error(e),
+            },
+        );
     }
     Ok(Value::Array(out))
 }

@@ -57,6 +57,7 @@ fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
         now_ms,
         producer_forgets: false,
         jobs,
+        fresh: false,
     })
 }
 

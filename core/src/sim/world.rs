@@ -40,6 +40,9 @@ pub struct Ledger {
     pub added: BTreeMap<JobId, usize>,
     /// Deliveries: job → attempts delivered.
     pub delivered: BTreeMap<JobId, Vec<u32>>,
+    /// Work stream entries delivered with a job's first attempt: more than one means the
+    /// job was enqueued twice (an add sent again was not recognized).
+    pub first_entries: BTreeMap<JobId, BTreeSet<EntryId>>,
     /// Results the producers received: job → result bytes.
     pub completed: BTreeMap<JobId, Vec<u8>>,
     /// Jobs the producers saw dead-lettered.
@@ -243,6 +246,8 @@ impl World {
             session_id: "s".into(),
             payload: self.next_job.to_le_bytes().to_vec(),
             delay_ms,
+            // Ids are unique: half the adds take the fresh (unchecked) path on first send.
+            generated_id: self.next_job % 2 == 0,
         };
         match p.add(self.now_ms, job, &mut self.rng) {
             Ok(id) => {
@@ -379,6 +384,13 @@ impl World {
                             .entry(d.job.id.clone())
                             .or_default()
                             .push(d.job.attempt);
+                        if d.job.attempt == 1 {
+                            self.ledger
+                                .first_entries
+                                .entry(d.job.id.clone())
+                                .or_default()
+                                .insert(d.entry);
+                        }
                         s.running.push(d.entry);
                     }
                     WorkerEvent::TimedOut { entry } => s.running.retain(|e| *e != entry),
@@ -445,6 +457,9 @@ impl World {
             if attempts.iter().any(|a| *a < 1 || *a > max) {
                 return Err(format!("{job}: attempts {attempts:?} beyond {max}"));
             }
+        }
+        if let Some((job, entries)) = l.first_entries.iter().find(|(_, e)| e.len() > 1) {
+            return Err(format!("{job} enqueued twice: entries {entries:?}"));
         }
         for (job, attempts) in &l.failed {
             if attempts.iter().any(|a| *a >= max) {
