@@ -219,6 +219,8 @@ struct Row {
     add_latency: Option<Histogram<u64>>,
     memory_per_job: Option<f64>,
     left_bytes: Option<i64>,
+    /// Entries, events and markers left once every job ended (end to end only).
+    left_items: Option<u64>,
 }
 
 impl Row {
@@ -252,6 +254,7 @@ impl Row {
             })),
             "redis_bytes_per_queued_job": self.memory_per_job,
             "redis_bytes_left_after": self.left_bytes,
+            "redis_items_left_after": self.left_items,
         })
     }
 }
@@ -267,6 +270,45 @@ struct Bench {
 }
 
 impl Bench {
+    /// Every job of queue `name` has ended and its result was read: what is left of them in
+    /// Redis (work entries, id markers, events, delayed jobs and their payloads, dead
+    /// letters). Waits up to 3 s for the producer's last acknowledgement; an error if
+    /// anything remains.
+    async fn residue(&mut self, name: &str) -> Res<u64> {
+        let keys = datalayer_core::naming::QueueKeys::new(&self.prefix, name)?;
+        let started = Instant::now();
+        loop {
+            let (jobs, events, dead, ids, payloads, delayed): (u64, u64, u64, u64, u64, u64) =
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&keys.jobs)
+                    .cmd("XLEN")
+                    .arg(&keys.events)
+                    .cmd("XLEN")
+                    .arg(&keys.dead)
+                    .cmd("HLEN")
+                    .arg(&keys.ids)
+                    .cmd("HLEN")
+                    .arg(&keys.payloads)
+                    .cmd("ZCARD")
+                    .arg(&keys.delayed)
+                    .query_async(&mut self.raw)
+                    .await?;
+            let left = jobs + events + dead + ids + payloads + delayed;
+            if left == 0 {
+                return Ok(0);
+            }
+            if started.elapsed() > Duration::from_secs(3) {
+                return Err(format!(
+                    "completed jobs left items in Redis: {jobs} work entries, {events} events, \
+                     {dead} dead letters, {ids} id markers, {payloads} payloads, {delayed} delayed"
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn queue_name(&mut self, what: &str) -> String {
         self.run += 1;
         format!("{what}-{}", self.run)
@@ -525,7 +567,7 @@ impl Bench {
         progress.finish();
         worker.shutdown(Duration::from_secs(10)).await;
         // What completed jobs left: give the producer a moment to acknowledge the last events.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = self.residue(&name).await?;
         let after = used_memory(&mut self.raw).await?;
         queue.shutdown().await;
         let latency = hist.lock().map(|h| h.clone()).ok();
@@ -542,6 +584,7 @@ impl Bench {
             latency,
             add_latency: adds.lock().map(|h| h.clone()).ok(),
             left_bytes: Some(after - before),
+            left_items: Some(left),
             ..Row::default()
         })
     }
@@ -594,6 +637,15 @@ fn print_table(rows: &[Row]) {
             } else {
                 "-".to_owned()
             },
+        );
+    }
+    for r in rows.iter().filter(|r| r.left_items.is_some()) {
+        println!(
+            "{} ({} B): every job ended and its result was read; left in Redis: {} entries, \
+             events or markers",
+            r.scenario,
+            r.size,
+            r.left_items.unwrap_or_default()
         );
     }
     let adds: Vec<&Row> = rows.iter().filter(|r| r.add_latency.is_some()).collect();
