@@ -26,7 +26,7 @@ use datalayer_core::value::{Value, split_read};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio::sync::mpsc;
 
-use crate::exec::{to_cmd, to_value};
+use crate::exec::{push, to_value};
 use crate::layer::now_ms;
 
 /// Where a blocking read's reply goes: the driver's channel, with the op to reply to.
@@ -263,7 +263,7 @@ impl Task {
             .collect();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        pipe.add_command(to_cmd(&invocation));
+        push(&mut pipe, &invocation);
         let limit = Duration::from_millis(block_ms) + self.response_timeout;
         let done = Arc::new(AtomicBool::new(false));
         let result = {

@@ -2,6 +2,10 @@
 //! and every command gets exactly one reply back as a core [`Value`] (or
 //! [`Reply::Unknown`] when the connection failed).
 //!
+//! A transaction (a fresh enqueue) goes out as `MULTI`, its commands and `EXEC` inside the
+//! pipeline (one pipeline is one write on the connection, so nothing interleaves), and its
+//! reply is EXEC's.
+//!
 //! Scripts go out as `EVALSHA`. A server that does not know a script (a fresh or restarted
 //! Redis) answers `NOSCRIPT` without running anything; the scripts are then loaded and those
 //! commands sent again.
@@ -29,8 +33,13 @@ fn sha(script: &Script) -> &'static str {
     shas().get(script.name).map_or("", String::as_str)
 }
 
+/// The bytes of `args`, to size a command's buffer once rather than grow it.
+fn data_len(args: &[scripts::Arg<'_>]) -> usize {
+    args.iter().map(|a| a.len()).sum()
+}
+
 fn plain(args: &[scripts::Arg<'_>]) -> redis::Cmd {
-    let mut cmd = redis::Cmd::new();
+    let mut cmd = redis::Cmd::with_capacity(args.len(), data_len(args));
     for a in args {
         cmd.arg(a.as_ref());
     }
@@ -38,9 +47,28 @@ fn plain(args: &[scripts::Arg<'_>]) -> redis::Cmd {
 }
 
 /// Adds an invocation's commands to `pipe`; returns how many replies they take (a
-/// transaction: MULTI, its commands, EXEC).
-fn push(pipe: &mut redis::Pipeline, invocation: &Invocation<'_>) -> usize {
+/// transaction: MULTI, its commands, EXEC, of which EXEC's reply is the invocation's).
+pub(crate) fn push(pipe: &mut redis::Pipeline, invocation: &Invocation<'_>) -> usize {
     match invocation {
+        Invocation::Plain(args) => {
+            pipe.add_command(plain(args));
+            1
+        }
+        Invocation::Script { script, keys, args } => {
+            let mut cmd = redis::Cmd::with_capacity(
+                3 + keys.len() + args.len(),
+                64 + data_len(keys) + data_len(args),
+            );
+            cmd.arg("EVALSHA").arg(sha(script)).arg(keys.len());
+            for k in keys {
+                cmd.arg(k.as_ref());
+            }
+            for a in args {
+                cmd.arg(a.as_ref());
+            }
+            pipe.add_command(cmd);
+            1
+        }
         Invocation::Transaction(cmds) => {
             pipe.cmd("MULTI");
             for c in cmds {
@@ -48,30 +76,6 @@ fn push(pipe: &mut redis::Pipeline, invocation: &Invocation<'_>) -> usize {
             }
             pipe.cmd("EXEC");
             cmds.len() + 2
-        }
-        other => {
-            pipe.add_command(to_cmd(other));
-            1
-        }
-    }
-}
-
-/// The `redis::Cmd` of one invocation (a transaction's: its EXEC; use a pipeline to run one).
-#[must_use]
-pub fn to_cmd(invocation: &Invocation<'_>) -> redis::Cmd {
-    match invocation {
-        Invocation::Plain(args) => plain(args),
-        Invocation::Transaction(_) => redis::cmd("EXEC"),
-        Invocation::Script { script, keys, args } => {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha(script)).arg(keys.len());
-            for k in keys {
-                cmd.arg(k.as_ref());
-            }
-            for a in args {
-                cmd.arg(a.as_ref());
-            }
-            cmd
         }
     }
 }
