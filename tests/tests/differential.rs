@@ -526,4 +526,47 @@ async fn large_enqueue_batches_agree_with_the_model() {
     );
     let r = entry_ids(&mut conn, &keys.jobs).await;
     assert_eq!(model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+    // The largest settle batch (MAX_SETTLE_BATCH) in one complete, two of its entries
+    // repeated: the script's single calls (XPENDING, HMGET, HDEL, XACK) take all of it.
+    let steps = [
+        Op::EnsureGroup,
+        Op::Read(0, 1_200),
+        Op::Settle(
+            0,
+            0,
+            (0..datalayer_core::worker::MAX_SETTLE_BATCH)
+                .map(|i| (i % 998 + 1, 0, -1))
+                .collect(),
+        ),
+        Op::Stats,
+    ];
+    for (step, op) in steps.iter().enumerate() {
+        let m = model.normalize(JOBS_NS, sim.execute(&build(op, &model, &keys).expect("op")));
+        let cmd = Command {
+            op: OpId(10 + step as u64),
+            kind: build(op, &real, &keys).expect("op"),
+        };
+        let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
+            .await
+            .pop()
+        {
+            Some(Reply::Value(v)) => real.normalize(JOBS_NS, v),
+            other => panic!("no reply from redis: {other:?}"),
+        };
+        assert_eq!(m, r, "step {step}: {op:?}");
+        if step == 2 {
+            let Value::Array(done) = &m else {
+                panic!("complete: {m:?}")
+            };
+            let settled = done.iter().filter(|v| **v == Value::Int(1)).count();
+            assert_eq!(settled, 998, "each pending entry once");
+        }
+    }
+    let m = Value::Array(
+        sim.stream(&keys.jobs)
+            .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
+            .unwrap_or_default(),
+    );
+    let r = entry_ids(&mut conn, &keys.jobs).await;
+    assert_eq!(model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
 }

@@ -33,12 +33,16 @@ pub struct WorkerConfig {
     pub promote_interval_ms: u64,
     /// How long results and failures stay in the events stream if nobody reads them (ms).
     pub event_retention_ms: u64,
-    /// The most jobs settled by one command.
+    /// The most jobs settled by one command (at most [`MAX_SETTLE_BATCH`]: the scripts pass
+    /// a batch's ids to single Redis calls, and Lua unpacks at most 8,000 values).
     pub max_batch: usize,
     /// A job running longer than this fails with "timed out" (and is retried or
     /// dead-lettered like any failure); `None`: jobs may run forever, their lease extended.
     pub timeout_ms: Option<u64>,
 }
+
+/// The largest settle batch, whatever [`WorkerConfig::max_batch`] says.
+pub const MAX_SETTLE_BATCH: usize = 1_000;
 
 impl WorkerConfig {
     /// A configuration with the defaults: concurrency 1, Sockethub's single attempt, a 30 s

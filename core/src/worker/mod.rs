@@ -18,7 +18,7 @@ mod tests;
 
 mod api;
 
-pub use api::{Delivery, WorkerConfig, WorkerError, WorkerEvent};
+pub use api::{Delivery, MAX_SETTLE_BATCH, WorkerConfig, WorkerError, WorkerEvent};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -452,7 +452,7 @@ impl Worker {
         let (kind, _) = self.outbox.front()?;
         let kind = *kind;
         let mut items = Vec::new();
-        while items.len() < self.cfg.max_batch {
+        while items.len() < self.cfg.max_batch.clamp(1, api::MAX_SETTLE_BATCH) {
             match self.outbox.front() {
                 Some((k, _)) if *k == kind => {}
                 _ => break,
