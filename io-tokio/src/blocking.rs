@@ -321,12 +321,13 @@ impl Task {
             value => {
                 let keys: Vec<&[u8]> = streams.iter().map(Vec::as_slice).collect();
                 match split_read(value, &keys) {
-                    Ok(parts) => {
+                    Ok(mut parts) => {
                         let deadlines: Vec<u64> =
                             batch.iter().map(|&i| self.pending[i].deadline_ms).collect();
-                        self.settle_batch(&batch, |i| match &parts[i] {
+                        // Each read takes its part (entries and their envelopes are not copied).
+                        self.settle_batch(&batch, |i| match &mut parts[i] {
                             Value::Nil if deadlines[i] > now => None,
-                            part => Some(Reply::Value(part.clone())),
+                            part => Some(Reply::Value(std::mem::replace(part, Value::Nil))),
                         });
                     }
                     Err(e) => {
@@ -342,7 +343,7 @@ impl Task {
 
     /// Answers the reads of the batch (indices into `pending`) for which `reply` gives a
     /// reply; the others stay pending.
-    fn settle_batch(&mut self, batch: &[usize], reply: impl Fn(usize) -> Option<Reply>) {
+    fn settle_batch(&mut self, batch: &[usize], mut reply: impl FnMut(usize) -> Option<Reply>) {
         let mut answers: Vec<(usize, Reply)> = batch
             .iter()
             .enumerate()

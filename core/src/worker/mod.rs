@@ -41,7 +41,10 @@ enum SettleKind {
 
 #[derive(Debug)]
 struct Running {
-    job: JobRecord,
+    /// The job's id and attempt (the record itself went to the application; a retry opens
+    /// the envelope again rather than every delivery keeping a copy).
+    id: JobId,
+    attempt: u32,
     envelope: Arc<[u8]>,
     started_ms: u64,
     last_beat_ms: u64,
@@ -151,7 +154,7 @@ impl Worker {
     /// The job running at `entry`, if it runs here.
     #[must_use]
     pub fn job_id(&self, entry: EntryId) -> Option<JobId> {
-        self.running.get(&entry).map(|r| r.job.id.clone())
+        self.running.get(&entry).map(|r| r.id.clone())
     }
 
     fn op(&mut self, kind: CommandKind, state: InFlight) -> Command {
@@ -184,7 +187,7 @@ impl Worker {
             .running
             .get(&entry)
             .ok_or(WorkerError::NotRunning(entry))?;
-        let ctx = Context::new(Purpose::Result, &self.keys.queue, run.job.id.0.as_bytes());
+        let ctx = Context::new(Purpose::Result, &self.keys.queue, run.id.0.as_bytes());
         let value = self.sealer.seal_bytes(&ctx, result, rng)?;
         let Some(run) = self.running.remove(&entry) else {
             return Err(WorkerError::NotRunning(entry));
@@ -193,8 +196,8 @@ impl Worker {
             SettleKind::Complete,
             Settle {
                 entry,
-                attempt: run.job.attempt,
-                job: Some(run.job.id.0),
+                attempt: run.attempt,
+                job: Some(run.id.0),
                 value: value.into(),
                 job_envelope: Arc::from(&[][..]),
                 due_ms: 0,
@@ -229,26 +232,24 @@ impl Worker {
             .running
             .get(&entry)
             .ok_or(WorkerError::NotRunning(entry))?;
-        let job = &run.job;
-        let ctx = Context::new(Purpose::Failure, &self.keys.queue, job.id.0.as_bytes());
+        let ctx = Context::new(Purpose::Failure, &self.keys.queue, run.id.0.as_bytes());
         let value: Arc<[u8]> = self
             .reason_sealer
             .seal_bytes(&ctx, reason.as_bytes(), rng)?
             .into();
-        let (kind, settle) = match self.cfg.retry.decide(job.attempt, rng) {
+        let (kind, settle) = match self.cfg.retry.decide(run.attempt, rng) {
             RetryDecision::RetryAfter(delay) => {
-                let next = JobRecord {
-                    attempt: job.attempt.saturating_add(1),
-                    ..job.clone()
-                };
-                let ctx = Context::new(Purpose::Job, &self.keys.queue, job.id.0.as_bytes());
+                // The record as delivered (it opened then), with the next attempt.
+                let ctx = Context::new(Purpose::Job, &self.keys.queue, run.id.0.as_bytes());
+                let mut next: JobRecord = self.sealer.open(&ctx, &run.envelope)?;
+                next.attempt = run.attempt.saturating_add(1);
                 let sealed = self.sealer.seal(&ctx, &next, rng)?;
                 let settle = Settle {
                     entry,
-                    job: Some(job.id.0.clone()),
+                    job: Some(run.id.0.clone()),
                     value,
                     job_envelope: sealed.into(),
-                    attempt: job.attempt,
+                    attempt: run.attempt,
                     due_ms: now_ms.saturating_add(delay),
                 };
                 (SettleKind::Retry, settle)
@@ -256,15 +257,15 @@ impl Worker {
             RetryDecision::Dead => {
                 self.events.push_back(WorkerEvent::DeadLettered {
                     entry,
-                    job: Some(job.id.clone()),
+                    job: Some(run.id.clone()),
                     reason: reason.to_owned(),
                 });
                 let settle = Settle {
                     entry,
-                    job: Some(job.id.0.clone()),
+                    job: Some(run.id.0.clone()),
                     value,
                     job_envelope: run.envelope.clone(),
-                    attempt: job.attempt,
+                    attempt: run.attempt,
                     due_ms: 0,
                 };
                 (SettleKind::Bury, settle)

@@ -165,7 +165,7 @@ impl Worker {
                 run.lost = true;
                 self.events.push_back(WorkerEvent::LeaseLost {
                     entry: *entry,
-                    job: run.job.id.clone(),
+                    job: run.id.clone(),
                 });
             }
         }
@@ -244,7 +244,8 @@ impl Worker {
         self.running.insert(
             entry.id,
             Running {
-                job: job.clone(),
+                id: job.id.clone(),
+                attempt: job.attempt,
                 envelope,
                 started_ms: self.now_ms,
                 last_beat_ms: self.now_ms,
