@@ -164,14 +164,15 @@ for i = 5, #ARGV, 4 do
     seen[entry] = true
     settled[#settled + 1] = entry
     jobs[#jobs + 1] = job
-    redis.call('XADD', KEYS[3], 'MINID', ARGV[1], '*',
-      'j', job, 'k', 'c', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+    redis.call('XADD', KEYS[3], '*', 'j', job, 'k', 'c', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
 if #settled > 0 then
+  -- Results nobody read for the retention time go, once per batch.
+  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[1])
   -- Markers `w` (the producer reads no events) go with their jobs.
   local marks = redis.call('HMGET', KEYS[2], unpack(jobs))
   local done = {}
