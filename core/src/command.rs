@@ -85,8 +85,9 @@ pub enum CommandKind {
         /// The queue.
         keys: Arc<QueueKeys>,
     },
-    /// Script `enqueue`: per job, `HSETNX ids <id> <marker>`; if new, XADD it to the work
-    /// stream (or ZADD it to `delayed` with its envelope in `payloads` when due later).
+    /// Script `enqueue`: per job whose id is not marked in `ids` (one HMGET, then one HSET of
+    /// the new markers, per 1,000 jobs): XADD it to the work stream (or ZADD it to `delayed`
+    /// with its envelope in `payloads` when due later).
     ///
     /// The marker makes adds idempotent. Marker `p`: it stays until the producer has read
     /// the job's final event and has no add of it outstanding ([`CommandKind::AckEvents`]),
@@ -150,9 +151,10 @@ pub enum CommandKind {
         /// The jobs.
         items: Vec<Settle>,
     },
-    /// Script `retry`: per item, if `XACK` removes the entry: XDEL it, XADD a failure event
-    /// with the sealed reason, and re-add the re-sealed job: to the work stream if due, else
-    /// to `delayed`/`payloads`. Reply and outcomes as for `Complete`.
+    /// Script `retry`: per item, if `XACK` removes the entry: XADD a failure event with the
+    /// sealed reason, and re-add the re-sealed job: to the work stream if due, else to
+    /// `delayed`/`payloads`; the settled entries then leave by the trim of `Complete`.
+    /// Reply and outcomes as for `Complete`.
     Retry {
         /// The queue.
         keys: Arc<QueueKeys>,
@@ -166,8 +168,9 @@ pub enum CommandKind {
         items: Vec<Settle>,
     },
     /// Script `bury`: per item, if `XACK` removes the entry: XADD the job and its sealed
-    /// reason to `dead`, XADD a dead-letter event (when the job id is known), XDEL the entry,
-    /// HDEL its id marker if it is `w`. Reply and outcomes as for `Complete`.
+    /// reason to `dead`, XADD a dead-letter event (when the job id is known), HDEL its id
+    /// marker if it is `w`; the settled entries then leave by the trim of `Complete`. Reply
+    /// and outcomes as for `Complete`.
     Bury {
         /// The queue.
         keys: Arc<QueueKeys>,

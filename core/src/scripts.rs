@@ -1,8 +1,8 @@
 //! The exact Redis invocation of every command kind: plain commands, and the Lua scripts of
 //! the atomic transitions, with their KEYS and ARGV.
 //!
-//! The adapter sends [`Invocation`]s as they are (EVALSHA, falling back to EVAL on
-//! `NOSCRIPT`); it never builds arguments itself. The in-memory model ([`crate::sim`])
+//! The adapter sends [`Invocation`]s as they are (scripts as EVALSHA, loaded and sent again
+//! on `NOSCRIPT`; a transaction as MULTI … EXEC); it never builds arguments itself. The in-memory model ([`crate::sim`])
 //! implements the same semantics, and a differential test runs both.
 //!
 //! Stream entry fields: work and dead entries carry `j` (job id) and `e` (sealed job); dead
