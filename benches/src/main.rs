@@ -22,6 +22,9 @@ use datalayer_tokio::{DataLayer, Job, JobQueue, Options, QueueOptions, WorkerOpt
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+/// Redis latency events at least this long (ms) are reported.
+const STALL_MS: u64 = 20;
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Args {
@@ -221,6 +224,9 @@ struct Row {
     left_bytes: Option<i64>,
     /// Entries, events and markers left once every job ended (end to end only).
     left_items: Option<u64>,
+    /// Redis' own latency events of at least `STALL_MS` during the run (end to end only):
+    /// (event, worst ms).
+    stalls: Option<Vec<(String, u64)>>,
 }
 
 impl Row {
@@ -255,6 +261,7 @@ impl Row {
             "redis_bytes_per_queued_job": self.memory_per_job,
             "redis_bytes_left_after": self.left_bytes,
             "redis_items_left_after": self.left_items,
+            "redis_stalls_ms": self.stalls.as_ref().map(|v| v.iter().map(|(e, ms)| json!({"event": e, "max_ms": ms})).collect::<Vec<_>>()),
         })
     }
 }
@@ -307,6 +314,22 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `LATENCY LATEST`: each event Redis' latency monitor saw (at least `STALL_MS`) since
+    /// the last reset, with its worst time; `None` if the server refuses (another's server).
+    async fn stalls(&mut self) -> Option<Vec<(String, u64)>> {
+        let latest: Vec<(String, u64, u64, u64)> = redis::cmd("LATENCY")
+            .arg("LATEST")
+            .query_async(&mut self.raw)
+            .await
+            .ok()?;
+        Some(
+            latest
+                .into_iter()
+                .map(|(event, _, _, max)| (event, max))
+                .collect(),
+        )
     }
 
     fn queue_name(&mut self, what: &str) -> String {
@@ -515,6 +538,11 @@ impl Bench {
             None => format!("end-to-end {size} B"),
         };
         let before = used_memory(&mut self.raw).await?;
+        // Redis' latency monitor: what stalled inside Redis during this run.
+        let _: redis::RedisResult<()> = redis::cmd("LATENCY")
+            .arg("RESET")
+            .query_async(&mut self.raw)
+            .await;
         let progress = Progress::start(label, self.jobs);
         let n = self.jobs;
         let next = Arc::new(AtomicU64::new(0));
@@ -567,6 +595,7 @@ impl Bench {
         progress.finish();
         worker.shutdown(Duration::from_secs(10)).await;
         // What completed jobs left: give the producer a moment to acknowledge the last events.
+        let stalls = self.stalls().await;
         let left = self.residue(&name).await?;
         let after = used_memory(&mut self.raw).await?;
         queue.shutdown().await;
@@ -585,6 +614,7 @@ impl Bench {
             add_latency: adds.lock().map(|h| h.clone()).ok(),
             left_bytes: Some(after - before),
             left_items: Some(left),
+            stalls,
             ..Row::default()
         })
     }
@@ -638,6 +668,24 @@ fn print_table(rows: &[Row]) {
                 "-".to_owned()
             },
         );
+    }
+    for r in rows.iter() {
+        if let Some(stalls) = &r.stalls {
+            let seen: Vec<String> = stalls
+                .iter()
+                .map(|(e, ms)| format!("{e} {ms} ms"))
+                .collect();
+            println!(
+                "{} ({} B): Redis stalls of {STALL_MS} ms or more: {}",
+                r.scenario,
+                r.size,
+                if seen.is_empty() {
+                    "none".to_owned()
+                } else {
+                    seen.join(", ")
+                }
+            );
+        }
     }
     for r in rows.iter().filter(|r| r.left_items.is_some()) {
         println!(
@@ -695,6 +743,16 @@ async fn main() -> Res<()> {
     let raw = redis::Client::open(url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
+    let mut raw = raw;
+    if server.is_some() {
+        // Our own server: record Redis-side stalls (LATENCY LATEST after each end-to-end run).
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("latency-monitor-threshold")
+            .arg(STALL_MS)
+            .query_async(&mut raw)
+            .await?;
+    }
     let mut bench = Bench {
         dl,
         raw,
