@@ -1,6 +1,8 @@
 //! JobQueue: the producer machine driven over the shared connection by one task.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use datalayer_core::command::{Command, OpId, Reply};
@@ -120,11 +122,15 @@ impl JobHandle {
 
 type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
 
+/// One `add` call: its number within the queue (a job id can be added twice at once), the
+/// job, and where to answer.
+type AddCall = (u64, AddJob, AddReply);
+
 enum Msg {
-    Add(AddJob, AddReply),
-    AddMany(Vec<(AddJob, AddReply)>),
-    /// The caller stopped waiting for this add: `Ok(())` if it was accepted meanwhile.
-    Withdraw(JobId, oneshot::Sender<Result<(), Error>>),
+    Add(AddCall),
+    AddMany(Vec<AddCall>),
+    /// The caller of add number `.1` stopped waiting: `Ok(())` if it was accepted meanwhile.
+    Withdraw(JobId, u64, oneshot::Sender<Result<(), Error>>),
     Pause(bool),
     Close {
         destroy: bool,
@@ -137,6 +143,8 @@ enum Msg {
 #[derive(Debug, Clone)]
 pub struct JobQueue {
     tx: mpsc::Sender<Msg>,
+    /// Numbers the add calls.
+    calls: Arc<AtomicU64>,
     events: broadcast::Sender<QueueEvent>,
     when_unreachable: Unreachable,
 }
@@ -174,6 +182,7 @@ impl JobQueue {
         tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(Self {
             tx,
+            calls: Arc::new(AtomicU64::new(0)),
             events,
             when_unreachable: options.when_unreachable,
         })
@@ -197,13 +206,14 @@ impl JobQueue {
     /// has the job; see [`Unreachable`] for what happens while it cannot be reached.
     pub async fn add_job(&self, mut job: AddJob) -> Result<JobHandle, Error> {
         let id = Self::assign_id(&mut job);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Add(job, reply))
+            .send(Msg::Add((call, job, reply)))
             .await
             .map_err(|_| Error::Stopped)?;
         let deadline = tokio::time::Instant::now() + self.accept_wait();
-        self.accepted(id, rx, deadline).await
+        self.accepted(id, call, rx, deadline).await
     }
 
     /// Adds several jobs in one message to the queue's task: they are sealed and sent in
@@ -219,9 +229,10 @@ impl JobQueue {
         let mut waits = Vec::new();
         for mut job in jobs {
             let id = Self::assign_id(&mut job);
+            let call = self.calls.fetch_add(1, Ordering::Relaxed);
             let (reply, rx) = oneshot::channel();
-            batch.push((job, reply));
-            waits.push((id, rx));
+            batch.push((call, job, reply));
+            waits.push((id, call, rx));
         }
         self.tx
             .send(Msg::AddMany(batch))
@@ -229,8 +240,8 @@ impl JobQueue {
             .map_err(|_| Error::Stopped)?;
         let deadline = tokio::time::Instant::now() + self.accept_wait();
         let mut out = Vec::with_capacity(waits.len());
-        for (id, rx) in waits {
-            out.push(self.accepted(id, rx, deadline).await);
+        for (id, call, rx) in waits {
+            out.push(self.accepted(id, call, rx, deadline).await);
         }
         Ok(out)
     }
@@ -255,10 +266,11 @@ impl JobQueue {
         }
     }
 
-    /// Waits until the add of `id` is answered, or withdraws it at `deadline`.
+    /// Waits until add call `call` (of `id`) is answered, or withdraws it at `deadline`.
     async fn accepted(
         &self,
         id: JobId,
+        call: u64,
         mut rx: oneshot::Receiver<Result<JobHandle, Error>>,
         deadline: tokio::time::Instant,
     ) -> Result<JobHandle, Error> {
@@ -267,7 +279,7 @@ impl JobQueue {
         }
         let (ask, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Withdraw(id, ask))
+            .send(Msg::Withdraw(id, call, ask))
             .await
             .map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)??;
@@ -316,15 +328,28 @@ impl JobQueue {
     }
 }
 
+/// The oldest of a job's waiting add calls.
+fn oldest(calls: &mut Vec<Accepting>) -> Option<Accepting> {
+    (!calls.is_empty()).then(|| calls.remove(0))
+}
+
+/// An add call waiting for Redis to take its job, with the handle to give back when it does.
+struct Accepting {
+    call: u64,
+    reply: AddReply,
+    handle: JobHandle,
+}
+
 struct Driver {
     producer: Producer,
     pipes: Pipelines,
     reads: Reads,
     rx: mpsc::Receiver<Msg>,
     events: broadcast::Sender<QueueEvent>,
-    waiters: HashMap<JobId, oneshot::Sender<Outcome>>,
+    /// Handles awaiting each job's outcome, by add call (a job added twice has two).
+    waiters: HashMap<JobId, Vec<(u64, oneshot::Sender<Outcome>)>>,
     /// Adds waiting for Redis to take them, with the handle to give back when it does.
-    accepting: HashMap<JobId, (AddReply, JobHandle)>,
+    accepting: HashMap<JobId, Vec<Accepting>>,
     fail_fast: bool,
     /// Whether the last pipeline reached Redis.
     reachable: bool,
@@ -408,31 +433,70 @@ impl Driver {
     fn refuse_waiting_adds(&mut self) {
         let ids: Vec<JobId> = self.accepting.keys().cloned().collect();
         for id in ids {
-            if self.producer.withdraw(&id) {
-                self.waiters.remove(&id);
-                if let Some((reply, _)) = self.accepting.remove(&id) {
-                    let _ = reply.send(Err(Error::Unavailable));
+            // The latest calls of a job are the ones not sent yet.
+            while self.producer.withdraw(&id) {
+                match self.take_accepting(&id, |calls| calls.pop()) {
+                    Some(a) => {
+                        let _ = a.reply.send(Err(Error::Unavailable));
+                    }
+                    None => break,
                 }
             }
         }
     }
 
+    /// Takes one waiting add call of `id` (chosen by `pick` from them, oldest first); a call
+    /// that gets no handle loses its outcome sender too.
+    fn take_accepting(
+        &mut self,
+        id: &JobId,
+        pick: impl FnOnce(&mut Vec<Accepting>) -> Option<Accepting>,
+    ) -> Option<Accepting> {
+        let calls = self.accepting.get_mut(id)?;
+        let taken = pick(calls);
+        if calls.is_empty() {
+            self.accepting.remove(id);
+        }
+        taken
+    }
+
+    /// Forgets the outcome sender of add call `call` of `id` (its handle was never given).
+    fn drop_waiter(&mut self, id: &JobId, call: u64) {
+        if let Some(ws) = self.waiters.get_mut(id) {
+            ws.retain(|(c, _)| *c != call);
+            if ws.is_empty() {
+                self.waiters.remove(id);
+            }
+        }
+    }
+
+    /// Gives every handle of `id` its outcome.
+    fn resolve(&mut self, id: &JobId, outcome: &Outcome) {
+        for (_, w) in self.waiters.remove(id).unwrap_or_default() {
+            let _ = w.send(outcome.clone());
+        }
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::AddMany(jobs) => {
-                for (job, reply) in jobs {
-                    self.handle(Msg::Add(job, reply));
+            Msg::AddMany(calls) => {
+                for call in calls {
+                    self.handle(Msg::Add(call));
                 }
             }
-            Msg::Add(_, reply) if self.fail_fast && !self.reachable => {
+            Msg::Add((_, _, reply)) if self.fail_fast && !self.reachable => {
                 let _ = reply.send(Err(Error::Unavailable));
             }
-            Msg::Add(job, reply) => match self.producer.add(now_ms(), job, &mut OsRandom) {
+            Msg::Add((call, job, reply)) => match self.producer.add(now_ms(), job, &mut OsRandom) {
                 Ok(id) => {
                     let (tx, rx) = oneshot::channel();
-                    self.waiters.insert(id.clone(), tx);
+                    self.waiters.entry(id.clone()).or_default().push((call, tx));
                     let handle = JobHandle { id: id.clone(), rx };
-                    self.accepting.insert(id, (reply, handle));
+                    self.accepting.entry(id).or_default().push(Accepting {
+                        call,
+                        reply,
+                        handle,
+                    });
                 }
                 Err(ProducerError::QueueClosed) => {
                     let _ = reply.send(Err(Error::QueueClosed));
@@ -441,14 +505,22 @@ impl Driver {
                     let _ = reply.send(Err(Error::Add(e.to_string())));
                 }
             },
-            Msg::Withdraw(id, answer) => {
-                let result = match self.accepting.remove(&id) {
+            Msg::Withdraw(id, call, answer) => {
+                let mine = |calls: &mut Vec<Accepting>| {
+                    let at = calls.iter().position(|a| a.call == call)?;
+                    Some(calls.remove(at))
+                };
+                let result = match self.take_accepting(&id, mine) {
+                    // Accepted meanwhile: the handle is on its way.
                     None => Ok(()),
                     Some(_) if self.producer.withdraw(&id) => {
-                        self.waiters.remove(&id);
+                        self.drop_waiter(&id, call);
                         Err(Error::Unavailable)
                     }
-                    Some(_) => Err(Error::Unconfirmed(id)),
+                    Some(_) => {
+                        self.drop_waiter(&id, call);
+                        Err(Error::Unconfirmed(id))
+                    }
                 };
                 let _ = answer.send(result);
             }
@@ -470,15 +542,15 @@ impl Driver {
         while let Some(ev) = self.producer.poll_event() {
             let event = match ev {
                 ProducerEvent::Accepted { job, .. } => {
-                    if let Some((reply, handle)) = self.accepting.remove(&job) {
-                        let _ = reply.send(Ok(handle));
+                    // Adds of one job are answered in the order they were made (the job is
+                    // in Redis either way).
+                    if let Some(a) = self.take_accepting(&job, oldest) {
+                        let _ = a.reply.send(Ok(a.handle));
                     }
                     continue;
                 }
                 ProducerEvent::Completed { job, result, .. } => {
-                    if let Some(w) = self.waiters.remove(&job) {
-                        let _ = w.send(Outcome::Completed(result.clone()));
-                    }
+                    self.resolve(&job, &Outcome::Completed(result.clone()));
                     QueueEvent::Completed { job, result }
                 }
                 ProducerEvent::Failed {
@@ -491,15 +563,13 @@ impl Driver {
                     attempt,
                 },
                 ProducerEvent::DeadLettered { job, reason, .. } => {
-                    if let Some(w) = self.waiters.remove(&job) {
-                        let _ = w.send(Outcome::Failed(reason.clone()));
-                    }
+                    self.resolve(&job, &Outcome::Failed(reason.clone()));
                     QueueEvent::DeadLettered { job, reason }
                 }
                 ProducerEvent::AddFailed { job, error } => {
-                    self.waiters.remove(&job);
-                    if let Some((reply, _)) = self.accepting.remove(&job) {
-                        let _ = reply.send(Err(Error::Add(error)));
+                    if let Some(a) = self.take_accepting(&job, oldest) {
+                        self.drop_waiter(&job, a.call);
+                        let _ = a.reply.send(Err(Error::Add(error)));
                     }
                     continue;
                 }

@@ -789,3 +789,41 @@ async fn add_many_reports_each_job_s_failure() {
     // One deadline for the whole batch, not one wait per job.
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn the_same_id_added_twice_at_once_gives_two_handles_to_one_job() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = queue(&dl, "q");
+    let with_id = |n: i32| AddJob {
+        id: Some("same".into()),
+        ..job("s", &json!(n))
+    };
+    // Both adds reach the queue's task before either is confirmed.
+    let out = queue
+        .add_many([with_id(1), with_id(2)])
+        .await
+        .expect("queue running");
+    let handles: Vec<_> = out
+        .into_iter()
+        .map(|r| r.expect("both adds answered"))
+        .collect();
+    // And once confirmed, added again before it runs: the earlier handle keeps its outcome.
+    let later = |n: i32| AddJob {
+        id: Some("later".into()),
+        ..job("s", &json!(n))
+    };
+    let first = queue.add_job(later(3)).await.expect("add");
+    let again = queue.add_job(later(4)).await.expect("add again");
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
+    for (h, echo) in handles
+        .into_iter()
+        .map(|h| (h, 1))
+        .chain([(first, 3), (again, 3)])
+    {
+        let r: Value = outcome(h).await.json().expect("completed");
+        // One job ran per id: the first add's payload; the second add was a duplicate.
+        assert_eq!(r["echo"], echo);
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
