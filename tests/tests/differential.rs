@@ -24,6 +24,15 @@ struct Side {
     base: u64,
 }
 
+impl Side {
+    fn new(base: u64) -> Self {
+        Self {
+            ids: Default::default(),
+            base,
+        }
+    }
+}
+
 /// Id namespaces: the work stream, the events stream.
 const JOBS_NS: usize = 0;
 const EVENTS_NS: usize = 1;
@@ -265,6 +274,59 @@ async fn entry_ids(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> V
     Value::Array(ids)
 }
 
+/// A connection to `server`.
+async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// Runs one command on the real server; its reply.
+async fn on_redis(
+    conn: &mut redis::aio::MultiplexedConnection,
+    op: u64,
+    kind: CommandKind,
+) -> Value {
+    let cmd = Command { op: OpId(op), kind };
+    match datalayer_tokio::exec::execute(conn, &[cmd]).await.pop() {
+        Some(Reply::Value(v)) => v,
+        other => panic!("no reply from redis: {other:?}"),
+    }
+}
+
+/// Runs `op` on both sides; both replies, normalized.
+async fn on_both(
+    sim: &mut Sim,
+    conn: &mut redis::aio::MultiplexedConnection,
+    (model, real): (&mut Side, &mut Side),
+    keys: &Arc<QueueKeys>,
+    step: u64,
+    op: &Op,
+) -> (Value, Value) {
+    let m = sim.execute(&build(op, model, keys).expect("op"));
+    let r = on_redis(conn, step, build(op, real, keys).expect("same op")).await;
+    (model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r))
+}
+
+/// The ids of the work stream's entries on both sides, normalized (settled entries leave it
+/// by trimming, which no reply shows).
+async fn work_streams(
+    sim: &Sim,
+    conn: &mut redis::aio::MultiplexedConnection,
+    (model, real): (&mut Side, &mut Side),
+    keys: &QueueKeys,
+) -> (Value, Value) {
+    let m = Value::Array(
+        sim.stream(&keys.jobs)
+            .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
+            .unwrap_or_default(),
+    );
+    let r = entry_ids(conn, &keys.jobs).await;
+    (model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r))
+}
+
 async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
     secs * 1000 + micros / 1000
@@ -273,25 +335,15 @@ async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 #[tokio::test]
 async fn model_and_redis_agree() {
     let server = RedisServer::start(Persistence::None);
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = connect(&server).await;
     let mut ops_run = 0;
     for seed in 0..SEEDS {
         let keys = Arc::new(QueueKeys::new("dl", &format!("diff{seed}")).expect("keys"));
         let mut rng = SeededRandom::new(seed);
         let real_base = redis_time(&mut conn).await;
         let mut sim = Sim::new(1_700_000_000_000);
-        let mut model = Side {
-            ids: Default::default(),
-            base: sim.now_ms(),
-        };
-        let mut real = Side {
-            ids: Default::default(),
-            base: real_base,
-        };
+        let mut model = Side::new(sim.now_ms());
+        let mut real = Side::new(real_base);
         for step in 0..80 {
             // The model's clock moves like Redis' does, so a recreated stream gets new ids.
             sim.set_time(sim.now_ms() + 1);
@@ -300,18 +352,7 @@ async fn model_and_redis_agree() {
                 Some(kind) => {
                     let m = sim.execute(&kind);
                     let kind = build(&op, &real, &keys).expect("same op");
-                    let cmd = Command {
-                        op: OpId(step),
-                        kind,
-                    };
-                    let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
-                        .await
-                        .pop()
-                    {
-                        Some(Reply::Value(v)) => v,
-                        other => panic!("no reply from redis: {other:?}"),
-                    };
-                    (m, r)
+                    (m, on_redis(&mut conn, step, kind).await)
                 }
                 None => {
                     let fields = vec![(b"x".to_vec(), b"garbage".to_vec())];
@@ -337,15 +378,7 @@ async fn model_and_redis_agree() {
             };
             let (m, r) = (model.normalize(ns, m), real.normalize(ns, r));
             assert_eq!(m, r, "seed {seed} step {step}: {op:?}");
-            // The work stream's entries themselves (settled ones leave it by trimming, which
-            // no reply shows).
-            let m = Value::Array(
-                sim.stream(&keys.jobs)
-                    .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
-                    .unwrap_or_default(),
-            );
-            let r = entry_ids(&mut conn, &keys.jobs).await;
-            let (m, r) = (model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+            let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
             assert_eq!(m, r, "seed {seed} step {step}: work stream after {op:?}");
             if matches!(op, Op::Destroy) {
                 // New streams may reuse ids of the deleted ones (Redis does, within a ms).
@@ -364,31 +397,19 @@ async fn model_and_redis_agree() {
 #[tokio::test]
 async fn trim_window_agrees_with_the_model() {
     let server = RedisServer::start(Persistence::None);
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = connect(&server).await;
     let keys = Arc::new(QueueKeys::new("dl", "window").expect("keys"));
     let now = redis_time(&mut conn).await;
     let old = now - 5_000;
     let mut sim = Sim::new(old);
-    let mut model = Side {
-        ids: Default::default(),
-        base: old,
-    };
-    let mut real = Side {
-        ids: Default::default(),
-        base: old,
-    };
-    sim.execute(&CommandKind::EnsureGroup { keys: keys.clone() });
-    let cmd = CommandKind::EnsureGroup { keys: keys.clone() };
-    let _ = datalayer_tokio::exec::execute(
+    let (mut model, mut real) = (Side::new(old), Side::new(old));
+    on_both(
+        &mut sim,
         &mut conn,
-        &[Command {
-            op: OpId(0),
-            kind: cmd,
-        }],
+        (&mut model, &mut real),
+        &keys,
+        0,
+        &Op::EnsureGroup,
     )
     .await;
     for (seq, job) in ["slow", "a"].into_iter().enumerate() {
@@ -422,37 +443,20 @@ async fn trim_window_agrees_with_the_model() {
         Op::Stats,
     ];
     for (step, op) in steps.iter().enumerate() {
-        let m = sim.execute(&build(op, &model, &keys).expect("op"));
-        let kind = build(op, &real, &keys).expect("op");
-        let cmd = Command {
-            op: OpId(step as u64 + 1),
-            kind,
-        };
-        let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
-            .await
-            .pop()
-        {
-            Some(Reply::Value(v)) => v,
-            other => panic!("no reply from redis: {other:?}"),
-        };
-        let (m, r) = (model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+        let sides = (&mut model, &mut real);
+        let (m, r) = on_both(&mut sim, &mut conn, sides, &keys, step as u64 + 1, op).await;
         assert_eq!(m, r, "step {step}: {op:?}");
-        let m = Value::Array(
-            sim.stream(&keys.jobs)
-                .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
-                .unwrap_or_default(),
-        );
-        let r = entry_ids(&mut conn, &keys.jobs).await;
-        let (m, r) = (model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+        let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
         assert_eq!(m, r, "step {step}: work stream after {op:?}");
-        let expected = match step {
-            2 => Some(3), // "a" is held back by "slow"
-            3 => Some(2), // "b" is deleted by id
-            5 => Some(0), // "slow" ends: the trim takes "slow" and "a"
-            _ => None,
+        let left = match &m {
+            Value::Array(ids) => ids.len(),
+            other => panic!("work stream: {other:?}"),
         };
-        if let (Some(n), Value::Array(ids)) = (expected, &m) {
-            assert_eq!(ids.len(), n, "step {step}: work stream {m:?}");
+        match step {
+            2 => assert_eq!(left, 3, "\"a\" is held back by \"slow\": {m:?}"),
+            3 => assert_eq!(left, 2, "\"b\" is deleted by id: {m:?}"),
+            5 => assert_eq!(left, 0, "\"slow\" ends, the trim takes it and \"a\": {m:?}"),
+            _ => {}
         }
     }
 }
@@ -462,24 +466,11 @@ async fn trim_window_agrees_with_the_model() {
 #[tokio::test]
 async fn large_enqueue_batches_agree_with_the_model() {
     let server = RedisServer::start(Persistence::None);
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = connect(&server).await;
     let keys = Arc::new(QueueKeys::new("dl", "large").expect("keys"));
     let now = redis_time(&mut conn).await;
     let mut sim = Sim::new(now);
-    let (mut model, mut real) = (
-        Side {
-            ids: Default::default(),
-            base: now,
-        },
-        Side {
-            ids: Default::default(),
-            base: now,
-        },
-    );
+    let (mut model, mut real) = (Side::new(now), Side::new(now));
     let jobs: Vec<NewJob> = (0..2_500u32)
         .map(|i| {
             // 0..1800 once each, then 1800..2500 repeats ids of both chunks.
@@ -505,27 +496,15 @@ async fn large_enqueue_batches_agree_with_the_model() {
         fresh: false,
     };
     let m = model.normalize(JOBS_NS, sim.execute(&kind));
-    let cmd = Command { op: OpId(1), kind };
-    let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
-        .await
-        .pop()
-    {
-        Some(Reply::Value(v)) => real.normalize(JOBS_NS, v),
-        other => panic!("no reply from redis: {other:?}"),
-    };
+    let r = real.normalize(JOBS_NS, on_redis(&mut conn, 1, kind).await);
     assert_eq!(m, r);
     let Value::Array(items) = &m else {
         panic!("enqueue reply: {m:?}")
     };
     let refused = items.iter().filter(|v| **v == Value::Int(0)).count();
     assert_eq!(refused, 2_500 - distinct);
-    let m = Value::Array(
-        sim.stream(&keys.jobs)
-            .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
-            .unwrap_or_default(),
-    );
-    let r = entry_ids(&mut conn, &keys.jobs).await;
-    assert_eq!(model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+    let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
+    assert_eq!(m, r);
     // The largest settle batch (MAX_SETTLE_BATCH) in one complete, two of its entries
     // repeated: the script's single calls (XPENDING, HMGET, HDEL, XACK) take all of it.
     let steps = [
@@ -541,18 +520,8 @@ async fn large_enqueue_batches_agree_with_the_model() {
         Op::Stats,
     ];
     for (step, op) in steps.iter().enumerate() {
-        let m = model.normalize(JOBS_NS, sim.execute(&build(op, &model, &keys).expect("op")));
-        let cmd = Command {
-            op: OpId(10 + step as u64),
-            kind: build(op, &real, &keys).expect("op"),
-        };
-        let r = match datalayer_tokio::exec::execute(&mut conn, &[cmd])
-            .await
-            .pop()
-        {
-            Some(Reply::Value(v)) => real.normalize(JOBS_NS, v),
-            other => panic!("no reply from redis: {other:?}"),
-        };
+        let sides = (&mut model, &mut real);
+        let (m, r) = on_both(&mut sim, &mut conn, sides, &keys, 10 + step as u64, op).await;
         assert_eq!(m, r, "step {step}: {op:?}");
         if step == 2 {
             let Value::Array(done) = &m else {
@@ -562,11 +531,6 @@ async fn large_enqueue_batches_agree_with_the_model() {
             assert_eq!(settled, 998, "each pending entry once");
         }
     }
-    let m = Value::Array(
-        sim.stream(&keys.jobs)
-            .map(|s| s.entries.keys().map(|id| bulk(id.to_string())).collect())
-            .unwrap_or_default(),
-    );
-    let r = entry_ids(&mut conn, &keys.jobs).await;
-    assert_eq!(model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r));
+    let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
+    assert_eq!(m, r);
 }

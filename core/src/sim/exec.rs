@@ -403,7 +403,7 @@ fn trim_settled(sim: &mut Sim, key: &str, settled: &[EntryId]) -> Result<(), Str
     };
     let floor = match g.pel.keys().next() {
         Some(first) => *first,
-        None => g.last_delivered.next().unwrap_or(g.last_delivered),
+        None => g.undelivered_from(),
     };
     s.trim_min_id(floor);
     let far = floor.ms.saturating_add(TRIM_WINDOW_MS);
@@ -452,10 +452,7 @@ fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
     let pending = group.map_or(0, |g| g.pel.len() as i64);
     // Waiting (after the group's last delivered id) and running; without the group, all.
     let len = match (&jobs, group) {
-        (Some(s), Some(g)) => {
-            let after = g.last_delivered.next().unwrap_or(g.last_delivered);
-            s.entries.range(after..).count() as i64 + pending
-        }
+        (Some(s), Some(g)) => s.entries.range(g.undelivered_from()..).count() as i64 + pending,
         _ => xlen(jobs),
     };
     let delayed = sim.zset(&keys.delayed)?.map_or(0, |z| z.len() as i64);

@@ -24,6 +24,14 @@ pub struct Group {
     pub pel: BTreeMap<EntryId, Pending>,
 }
 
+impl Group {
+    /// The smallest id not delivered by `>` reads yet.
+    #[must_use]
+    pub fn undelivered_from(&self) -> EntryId {
+        self.last_delivered.next().unwrap_or(self.last_delivered)
+    }
+}
+
 /// What XAUTOCLAIM did.
 #[derive(Debug, Default)]
 pub struct AutoClaim {
