@@ -435,18 +435,16 @@ impl Driver {
         for id in ids {
             // The latest calls of a job are the ones not sent yet.
             while self.producer.withdraw(&id) {
-                match self.take_accepting(&id, |calls| calls.pop()) {
-                    Some(a) => {
-                        let _ = a.reply.send(Err(Error::Unavailable));
-                    }
-                    None => break,
-                }
+                let Some(a) = self.take_accepting(&id, Vec::pop) else {
+                    break;
+                };
+                self.drop_waiter(&id, a.call);
+                let _ = a.reply.send(Err(Error::Unavailable));
             }
         }
     }
 
-    /// Takes one waiting add call of `id` (chosen by `pick` from them, oldest first); a call
-    /// that gets no handle loses its outcome sender too.
+    /// Takes one waiting add call of `id`, chosen by `pick` from them (oldest first).
     fn take_accepting(
         &mut self,
         id: &JobId,
@@ -513,13 +511,14 @@ impl Driver {
                 let result = match self.take_accepting(&id, mine) {
                     // Accepted meanwhile: the handle is on its way.
                     None => Ok(()),
-                    Some(_) if self.producer.withdraw(&id) => {
-                        self.drop_waiter(&id, call);
-                        Err(Error::Unavailable)
-                    }
+                    // Its handle is never given: its outcome sender goes too.
                     Some(_) => {
                         self.drop_waiter(&id, call);
-                        Err(Error::Unconfirmed(id))
+                        if self.producer.withdraw(&id) {
+                            Err(Error::Unavailable)
+                        } else {
+                            Err(Error::Unconfirmed(id))
+                        }
                     }
                 };
                 let _ = answer.send(result);
