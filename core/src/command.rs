@@ -193,11 +193,20 @@ pub enum CommandKind {
         /// The most jobs to move at once.
         limit: u32,
     },
-    /// Script `reclaim`: `XAUTOCLAIM <jobs> workers <consumer> <min_idle_ms> <cursor> COUNT
-    /// <count>`, with each claimed entry's delivery count (from XPENDING).
+    /// `PING`: is Redis answering? A producer sends it after an unknown outcome when it has
+    /// nothing else to send (so that it learns Redis is back without an add to try).
     ///
-    /// Reply: `[next cursor, [[id, fields, deliveries], ...], [deleted ids]]`. Unknown
-    /// outcome: the claimed entries are reclaimed again after another lease.
+    /// Reply: `PONG`. Unknown outcome: still unreachable; again after a backoff.
+    Ping,
+    /// Script `reclaim`: the queue's upkeep (see [`crate::scripts::RECLAIM`]): promote the
+    /// due delayed jobs, `XAUTOCLAIM <jobs> workers <consumer> <min_idle_ms> <cursor> COUNT
+    /// <count>` (when `count` > 0) with each claimed entry's delivery count, and schedule
+    /// this worker's next upkeep so that the queue's live workers run one per
+    /// `interval_ms` between them, however many they are.
+    ///
+    /// Reply: `[next cursor, [[id, fields, deliveries], ...], [deleted ids], next due ms or
+    /// -1, next visit ms]`. Unknown outcome: the claimed entries are reclaimed again after
+    /// another lease; the upkeep runs again after a backoff.
     Reclaim {
         /// The queue.
         keys: Arc<QueueKeys>,
@@ -207,8 +216,16 @@ pub enum CommandKind {
         min_idle_ms: u64,
         /// Where the scan of the pending list resumes.
         cursor: EntryId,
-        /// Free credits.
+        /// Free credits (0: promote and schedule only).
         count: u32,
+        /// The current time (ms).
+        now_ms: u64,
+        /// The queue's upkeep interval (ms), shared by its workers.
+        interval_ms: u64,
+        /// This visit's spread, in thousandths (500..=1500).
+        jitter: u32,
+        /// The most delayed jobs to promote.
+        promote_limit: u32,
     },
     /// Script `heartbeat`: per entry still owned by `consumer`,
     /// `XCLAIM ... 0 <id> IDLE <idle_ms> JUSTID`, without stealing entries it lost. With

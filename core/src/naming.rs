@@ -65,6 +65,9 @@ pub struct QueueKeys {
     pub dead: String,
     /// Results and failures.
     pub events: String,
+    /// The queue's live workers, each with the time by which it will be back (a sorted set:
+    /// it spreads the queue's upkeep over them, see [`crate::scripts::RECLAIM`]).
+    pub workers: String,
 }
 
 impl QueueKeys {
@@ -80,12 +83,13 @@ impl QueueKeys {
             payloads: key("payloads"),
             dead: key("dead"),
             events: key("events"),
+            workers: key("workers"),
         })
     }
 
     /// Every key of the queue (what `shutdown` deletes).
     #[must_use]
-    pub fn all(&self) -> [&str; 6] {
+    pub fn all(&self) -> [&str; 7] {
         [
             &self.jobs,
             &self.ids,
@@ -93,6 +97,7 @@ impl QueueKeys {
             &self.payloads,
             &self.dead,
             &self.events,
+            &self.workers,
         ]
     }
 }

@@ -115,27 +115,55 @@ impl RetryPolicy {
 pub(crate) const POLL_INTERVAL_MS: u64 = 50;
 
 /// When a machine may send again what failed transiently or had an unknown outcome: 50 ms
-/// after the first failure, doubling up to 5 s; a success resets the delay.
+/// after the first failure, doubling up to 1 s; a success resets the delay.
+///
+/// A failure's cause matters: an unknown outcome (the connection failed) says nothing about
+/// the command, only about the connection, so any reply Redis gives afterwards, to any
+/// command, ends that backoff ([`ResendBackoff::reachable`]); an error reply (`LOADING`,
+/// `READONLY`, ...) is about this kind of command, and only its own success ends it. So a
+/// failure of one kind never leaves another kind waiting at the cap once Redis answers.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ResendBackoff {
     delay_ms: u64,
     at_ms: u64,
+    /// The last failure was an unknown outcome (the connection, not the command).
+    connection: bool,
 }
 
 impl ResendBackoff {
     const MIN_MS: u64 = 50;
-    const MAX_MS: u64 = 5_000;
+    const MAX_MS: u64 = 1_000;
 
-    /// A failure at `now_ms`: returns when to send again.
+    /// An error reply at `now_ms`: returns when to send again.
     pub(crate) fn fail(&mut self, now_ms: u64) -> u64 {
+        self.connection = false;
+        self.grow(now_ms)
+    }
+
+    /// An unknown outcome at `now_ms`: returns when to send again.
+    pub(crate) fn fail_unknown(&mut self, now_ms: u64) -> u64 {
+        self.connection = true;
+        self.grow(now_ms)
+    }
+
+    fn grow(&mut self, now_ms: u64) -> u64 {
         self.delay_ms = (self.delay_ms * 2).clamp(Self::MIN_MS, Self::MAX_MS);
         self.at_ms = now_ms.saturating_add(self.delay_ms);
         self.at_ms
     }
 
-    /// A success: the next failure waits the shortest delay again.
+    /// A success of this kind: send at once, and the next failure waits the shortest delay.
     pub(crate) fn succeed(&mut self) {
         self.delay_ms = 0;
+        self.at_ms = 0;
+        self.connection = false;
+    }
+
+    /// Redis answered some command: a backoff caused by the connection ends now.
+    pub(crate) fn reachable(&mut self) {
+        if self.connection {
+            self.succeed();
+        }
     }
 
     /// Whether sending again is allowed at `now_ms`.
@@ -164,11 +192,33 @@ mod tests {
     fn resend_backoff_doubles_to_a_cap_and_resets() {
         let mut b = ResendBackoff::default();
         assert!(b.ready(0) && !b.backing_off());
-        let waits: Vec<u64> = (0..9).map(|_| b.fail(1_000) - 1_000).collect();
-        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert!(!b.ready(5_999) && b.ready(6_000) && b.backing_off());
+        let waits: Vec<u64> = (0..7).map(|_| b.fail(1_000) - 1_000).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert!(!b.ready(1_999) && b.ready(2_000) && b.backing_off());
         b.succeed();
+        assert!(b.ready(0), "a success ends the wait at once");
         assert_eq!(b.fail(0), 50);
+    }
+
+    #[test]
+    fn any_reply_ends_a_backoff_the_connection_caused_but_not_an_error_reply_s() {
+        let mut b = ResendBackoff::default();
+        for _ in 0..10 {
+            b.fail_unknown(0);
+        }
+        assert!(!b.ready(999));
+        b.reachable();
+        assert!(b.ready(0) && !b.backing_off());
+        for _ in 0..10 {
+            b.fail(0);
+        }
+        b.reachable();
+        assert!(
+            !b.ready(999),
+            "LOADING/READONLY: only this kind's success ends it"
+        );
+        b.succeed();
+        assert!(b.ready(0));
     }
 
     #[test]

@@ -279,19 +279,57 @@ return {#ids, -1}
 "#,
 };
 
-/// `reclaim` — KEYS: jobs. ARGV: consumer, min idle, cursor, count.
+/// `reclaim` — the queue's upkeep, shared by its workers. KEYS: jobs, ids, delayed, payloads,
+/// workers. ARGV: consumer, min idle, cursor, count, now, interval, jitter (‰), promote
+/// limit.
+///
+/// 1. Promotes the delayed jobs that are due (as `promote`), and finds the next due time.
+/// 2. With `count` > 0, `XAUTOCLAIM`s up to `count` entries idle past the lease, each with
+///    its delivery count (from XPENDING).
+/// 3. Schedules this worker's next upkeep so that the queue's workers, however many, run
+///    one upkeep per `interval` between them: `workers` holds each live worker with the time
+///    by which it promised to come back (its next visit plus one interval of grace); the
+///    ones past their promise are dropped, and this worker's next visit is `now + interval ×
+///    live workers × jitter / 1000` (jitter in [500, 1500] spreads them out).
+///
+/// Reply: `[next cursor, [[id, fields, deliveries], ...], [deleted ids], next due or -1,
+/// next visit]`.
 pub const RECLAIM: Script = Script {
     name: "reclaim",
     source: r#"
-local r = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
-local claimed = {}
-for _, e in ipairs(r[2]) do
-  local p = redis.call('XPENDING', KEYS[1], 'workers', e[1], e[1], 1)
-  local n = 0
-  if p[1] then n = p[1][4] end
-  claimed[#claimed + 1] = {e[1], e[2], n}
+local now = tonumber(ARGV[5])
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ARGV[8])
+for _, id in ipairs(due) do
+  local env = redis.call('HGET', KEYS[4], id)
+  if env then
+    redis.call('XADD', KEYS[1], '*', 'j', id, 'e', env)
+  else
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
 end
-return {r[1], claimed, r[3]}
+local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local next_due = -1
+if nxt[2] then next_due = tonumber(nxt[2]) end
+local cursor, claimed, deleted = ARGV[3], {}, {}
+if tonumber(ARGV[4]) > 0 then
+  local r = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+  for _, e in ipairs(r[2]) do
+    local p = redis.call('XPENDING', KEYS[1], 'workers', e[1], e[1], 1)
+    local n = 0
+    if p[1] then n = p[1][4] end
+    claimed[#claimed + 1] = {e[1], e[2], n}
+  end
+  cursor, deleted = r[1], r[3]
+end
+local interval = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. ARGV[5])
+local live = redis.call('ZCARD', KEYS[5])
+if not redis.call('ZSCORE', KEYS[5], ARGV[1]) then live = live + 1 end
+local visit = now + math.floor(interval * live * tonumber(ARGV[7]) / 1000)
+redis.call('ZADD', KEYS[5], visit + interval, ARGV[1])
+return {cursor, claimed, deleted, next_due, visit}
 "#,
 };
 
@@ -668,11 +706,33 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             min_idle_ms,
             cursor,
             count,
-        } => Invocation::Script {
-            script: &RECLAIM,
-            keys: vec![b(&keys.jobs)],
-            args: vec![b(consumer), num(min_idle_ms), id(*cursor), num(count)],
-        },
+            now_ms,
+            interval_ms,
+            jitter,
+            promote_limit,
+        } => {
+            let k = [
+                &keys.jobs,
+                &keys.ids,
+                &keys.delayed,
+                &keys.payloads,
+                &keys.workers,
+            ];
+            Invocation::Script {
+                script: &RECLAIM,
+                keys: k.iter().map(|s| b(s)).collect(),
+                args: vec![
+                    b(consumer),
+                    num(min_idle_ms),
+                    id(*cursor),
+                    num(count),
+                    num(now_ms),
+                    num(interval_ms),
+                    num(jitter),
+                    num(promote_limit),
+                ],
+            }
+        }
         CommandKind::Heartbeat {
             keys,
             consumer,
@@ -723,6 +783,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
                 args: Vec::new(),
             }
         }
+        CommandKind::Ping => Invocation::Plain(vec![b("PING")]),
         CommandKind::Destroy { keys } => {
             let mut args = vec![b("DEL")];
             args.extend(keys.all().iter().map(|s| b(s)));

@@ -91,9 +91,11 @@ pub fn to_value(v: redis::Value) -> Value {
         R::Array(a) | R::Set(a) => Value::Array(a.into_iter().map(to_value).collect()),
         R::SimpleString(s) => Value::Status(s),
         R::Okay => Value::Status("OK".into()),
+        // The only maps the command plan gets are XREAD/XREADGROUP's (stream → entries), in
+        // RESP2 an array of [stream, entries] pairs: that is their shape here.
         R::Map(m) => Value::Array(
             m.into_iter()
-                .flat_map(|(k, v)| [to_value(k), to_value(v)])
+                .map(|(k, v)| Value::Array(vec![to_value(k), to_value(v)]))
                 .collect(),
         ),
         R::Attribute { data, .. } => to_value(*data),

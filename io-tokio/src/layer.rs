@@ -45,11 +45,14 @@ pub enum Error {
     /// The engine or Redis refused the job.
     #[error("add refused: {0}")]
     Add(String),
-    /// Redis cannot be reached; the job was not queued.
+    /// Redis cannot be reached, and the job never left this process: it was withdrawn and
+    /// is not queued (adding it again cannot run it twice).
     #[error("redis is unreachable: the job was not queued")]
     Unavailable,
-    /// Redis did not confirm the job in time; it may be queued. Adding it again with the same
-    /// id is safe: adds are idempotent.
+    /// The job was sent and Redis did not confirm it in time: it may be queued. The queue
+    /// keeps sending it until Redis answers (it is queued once); its outcome comes on
+    /// [`crate::JobQueue::events`]. Adding it again with the same id is safe (adds are
+    /// idempotent) and gives a handle for its outcome.
     #[error(
         "redis did not confirm job {0} in time; it may be queued: add it again with the same id"
     )]
@@ -171,11 +174,19 @@ pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
 /// The client for `url`: with `rediss://` and a root certificate, TLS trusting that root.
 /// TCP connections set `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on, which holds a
 /// small write back until the previous one is acknowledged: pipelines then wait for the
-/// peer's delayed ACK, 40 ms at a time).
+/// peer's delayed ACK, 40 ms at a time). Connections speak RESP3: redis-rs's connection
+/// manager then learns of a dropped connection when it drops (not when the next command
+/// fails on it) and reconnects at once, so no command is sent down a connection already
+/// known to be dead.
 fn client(url: &str, options: &Options) -> Result<redis::Client, Error> {
     use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()?
+    let info = url.into_connection_info()?;
+    let redis_settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info
+        .set_redis_settings(redis_settings)
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     match &options.tls_root_cert {
         #[cfg(feature = "tls")]
@@ -264,13 +275,14 @@ impl DataLayer {
 
     async fn warn_if_evicting(&self) {
         let mut conn = self.conn.clone();
-        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        // A map in RESP3 (a flat array in RESP2): either decodes as one.
+        let policy: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
             .query_async(&mut conn)
             .await;
         if let Ok(pair) = policy {
-            if let Some(p) = pair.get(1) {
+            if let Some(p) = pair.get("maxmemory-policy") {
                 if p != "noeviction" {
                     eprintln!(
                         "datalayer: warning: maxmemory-policy is {p}: Redis may evict queued jobs; \

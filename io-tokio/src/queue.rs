@@ -9,7 +9,9 @@ use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::Sealer;
 use datalayer_core::job::JobId;
 use datalayer_core::keys::SecretRing;
-use datalayer_core::producer::{AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent};
+use datalayer_core::producer::{
+    AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent, Withdrawal,
+};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -22,9 +24,12 @@ use crate::pipelines::Pipelines;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreachable {
     /// Wait up to this long for Redis to take the job, then fail with `Unavailable` (the job
-    /// was withdrawn) or `Unconfirmed` (it was sent and may be queued).
+    /// never left this process and was withdrawn) or `Unconfirmed` (it was sent, and may be
+    /// queued: the queue keeps sending it until Redis answers).
     Wait(Duration),
-    /// Fail at once with `Unavailable` while the last attempt to reach Redis failed.
+    /// Fail at once while the last attempt to reach Redis failed (a `PING` after a backoff
+    /// of at most 1 s finds out when it is back): `Unavailable` for a job that was never
+    /// sent, `Unconfirmed` for one that was.
     FailFast,
 }
 
@@ -175,7 +180,6 @@ impl JobQueue {
             waiters: HashMap::new(),
             accepting: HashMap::new(),
             fail_fast: options.when_unreachable == Unreachable::FailFast,
-            reachable: true,
             closing: None,
         };
         let span = tracing::info_span!("queue", name);
@@ -351,8 +355,6 @@ struct Driver {
     /// Adds waiting for Redis to take them, with the handle to give back when it does.
     accepting: HashMap<JobId, Vec<Accepting>>,
     fail_fast: bool,
-    /// Whether the last pipeline reached Redis.
-    reachable: bool,
     /// `close` was called: (destroy still to be confirmed, who to tell when done).
     closing: Option<(bool, oneshot::Sender<()>)>,
 }
@@ -381,11 +383,7 @@ impl Driver {
                     }
                     None => break,
                 },
-                (op, reply) = self.reads.recv() => {
-                    // The blocking connection reaches the same Redis: its answers tell too.
-                    self.reachable = matches!(reply, Reply::Value(_));
-                    self.reply(op, reply);
-                }
+                (op, reply) = self.reads.recv() => self.reply(op, reply),
                 () = sleep => self.producer.handle_timeout(now_ms()),
             }
         }
@@ -410,12 +408,10 @@ impl Driver {
     }
 
     fn replies(&mut self, ops: Vec<OpId>, replies: Vec<Reply>) {
-        self.reachable = replies.iter().any(|r| matches!(r, Reply::Value(_)));
         for (op, reply) in ops.into_iter().zip(replies) {
             self.reply(op, reply);
         }
-        // After the replies: adds whose outcome was unknown are back among the unsent ones.
-        if self.fail_fast && !self.reachable {
+        if self.fail_fast && !self.producer.is_reachable() {
             self.refuse_waiting_adds();
         }
     }
@@ -428,18 +424,32 @@ impl Driver {
         self.route_events();
     }
 
-    /// Fail-fast: Redis is away, so the adds still waiting for it fail now (those already
-    /// sent wait for the engine to learn their outcome).
+    /// Fail-fast: Redis is away, so the adds still waiting for it fail now: `Unavailable`
+    /// for those never sent (withdrawn), `Unconfirmed` for those sent (the engine keeps
+    /// sending them until Redis answers).
     fn refuse_waiting_adds(&mut self) {
         let ids: Vec<JobId> = self.accepting.keys().cloned().collect();
         for id in ids {
             // The latest calls of a job are the ones not sent yet.
-            while self.producer.withdraw(&id) {
+            loop {
+                let error = match self.producer.withdraw(&id) {
+                    Withdrawal::NotSent => Error::Unavailable,
+                    _ => Error::Unconfirmed(id.clone()),
+                };
+                let unconfirmed = matches!(error, Error::Unconfirmed(_));
                 let Some(a) = self.take_accepting(&id, Vec::pop) else {
                     break;
                 };
                 self.drop_waiter(&id, a.call);
-                let _ = a.reply.send(Err(Error::Unavailable));
+                let _ = a.reply.send(Err(error));
+                if unconfirmed {
+                    // Every other call of the job may have landed through the one sent.
+                    while let Some(a) = self.take_accepting(&id, Vec::pop) {
+                        self.drop_waiter(&id, a.call);
+                        let _ = a.reply.send(Err(Error::Unconfirmed(id.clone())));
+                    }
+                    break;
+                }
             }
         }
     }
@@ -482,7 +492,7 @@ impl Driver {
                     self.handle(Msg::Add(call));
                 }
             }
-            Msg::Add((_, _, reply)) if self.fail_fast && !self.reachable => {
+            Msg::Add((_, _, reply)) if self.fail_fast && !self.producer.is_reachable() => {
                 let _ = reply.send(Err(Error::Unavailable));
             }
             Msg::Add((call, job, reply)) => match self.producer.add(now_ms(), job, &mut OsRandom) {
@@ -514,10 +524,11 @@ impl Driver {
                     // Its handle is never given: its outcome sender goes too.
                     Some(_) => {
                         self.drop_waiter(&id, call);
-                        if self.producer.withdraw(&id) {
-                            Err(Error::Unavailable)
-                        } else {
-                            Err(Error::Unconfirmed(id))
+                        match self.producer.withdraw(&id) {
+                            Withdrawal::NotSent => Err(Error::Unavailable),
+                            // Sent (or answered just now): it may be queued, and the engine
+                            // keeps sending it until Redis answers.
+                            _ => Err(Error::Unconfirmed(id)),
                         }
                     }
                 };

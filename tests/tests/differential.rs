@@ -91,13 +91,15 @@ enum Op {
     Read(usize, u32),
     Settle(u8, usize, Vec<(usize, usize, i64)>),
     Promote(u64, u32),
-    Reclaim(usize, u64, usize, u32),
+    /// Consumer, min idle, cursor, count, time offset, jitter.
+    Reclaim(usize, u64, usize, u32, u64, u32),
     Heartbeat(usize, u64, Vec<usize>),
     ReadEvents(usize, u32),
     AckEvents(Option<usize>, Vec<usize>),
     Stats,
     Garbage,
     Destroy,
+    Ping,
 }
 
 /// Sequences per run (80 commands each).
@@ -128,7 +130,9 @@ fn random_op(rng: &mut SeededRandom) -> Op {
             r(3),
             [0, 3_000, 1_000_000_000][r(3)],
             [usize::MAX, r(64)][r(2)],
-            1 + r(3) as u32,
+            r(4) as u32,
+            [0, 30_000, 2_000_000][r(3)] as u64,
+            [500, 1000, 1500, 500 + r(1001) as u32][r(4)],
         ),
         15 => Op::Heartbeat(r(3), [0, 5_000][r(2)], (0..=r(2)).map(|_| r(64)).collect()),
         16 | 17 => Op::ReadEvents([usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
@@ -136,6 +140,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         19 => Op::Stats,
         20 => Op::Garbage,
         21 if r(4) == 0 => Op::Destroy,
+        22 if r(3) == 0 => Op::Ping,
         _ => Op::Read(r(3), 2),
     }
 }
@@ -210,7 +215,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             now_ms: base + offset,
             limit: *limit,
         },
-        Op::Reclaim(c, min_idle_ms, cursor, count) => CommandKind::Reclaim {
+        Op::Reclaim(c, min_idle_ms, cursor, count, offset, jitter) => CommandKind::Reclaim {
             keys,
             consumer: CONSUMERS[*c].into(),
             min_idle_ms: *min_idle_ms,
@@ -220,6 +225,10 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 side.id(*cursor)
             },
             count: *count,
+            now_ms: base + offset,
+            interval_ms: 15_000,
+            jitter: *jitter,
+            promote_limit: 2,
         },
         Op::Heartbeat(c, idle_ms, entries) => CommandKind::Heartbeat {
             keys,
@@ -244,6 +253,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
         },
         Op::Stats => CommandKind::Stats { keys },
         Op::Destroy => CommandKind::Destroy { keys },
+        Op::Ping => CommandKind::Ping,
         Op::Garbage => return None,
     })
 }

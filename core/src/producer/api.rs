@@ -101,6 +101,23 @@ pub enum ProducerError {
     Undrained(usize),
 }
 
+/// What [`super::Producer::withdraw`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Withdrawal {
+    /// No add of the job was ever sent: withdrawn, and the job is not in Redis (from this
+    /// producer). The add's caller may be told "not queued".
+    NotSent,
+    /// An add of the job was sent and Redis has not answered (the reply was lost, or is
+    /// still on its way): the job may be queued. Nothing is withdrawn: the producer keeps
+    /// sending it, through the duplicate check, until Redis answers, so it lands exactly
+    /// once; its outcome arrives as for any job.
+    Unconfirmed,
+    /// No add of the job awaits Redis: it was answered (an `Accepted` or `AddFailed` event
+    /// is on its way or was drained).
+    Answered,
+}
+
 /// What became of an add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddStatus {

@@ -14,9 +14,11 @@
 
 mod api;
 
-pub use api::{AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats};
+pub use api::{
+    AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
+};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandKind, NewJob, OpId, Reply, is_transient_error};
@@ -25,6 +27,9 @@ use crate::job::{JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
 use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
+
+/// The most delayed jobs one promotion moves.
+const PROMOTE_LIMIT: u32 = 256;
 use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
@@ -38,6 +43,18 @@ enum InFlight {
     },
     Stats,
     Destroy,
+    Promote,
+    Ping,
+}
+
+/// An add the producer holds: not sent yet, or sent and back after an unknown outcome.
+#[derive(Debug)]
+struct Unsent {
+    job: NewJob,
+    /// A new id, due now, never sent: the first send needs no duplicate check.
+    fresh: bool,
+    /// Sent at least once: it may be in Redis, so it is never withdrawn as "not queued".
+    sent: bool,
 }
 
 /// The producer machine of one queue.
@@ -49,8 +66,8 @@ pub struct Producer {
     now_ms: u64,
     next_op: u64,
     paused: bool,
-    /// Adds to send, each with whether it is fresh (a new id, due now, never sent).
-    unsent: VecDeque<(NewJob, bool)>,
+    /// Adds to send.
+    unsent: VecDeque<Unsent>,
     in_flight: HashMap<OpId, InFlight>,
     cursor: EntryId,
     next_read_ms: u64,
@@ -69,7 +86,16 @@ pub struct Producer {
     /// `destroy` was called: adds are failed rather than sent (again).
     destroying: bool,
     events: VecDeque<ProducerEvent>,
+    /// When adds, acks, stats and the like may go again after a failure.
     resend: ResendBackoff,
+    /// When the events may be read again after a failure (a backoff of its own: a failed
+    /// read never holds adds back, nor a failed add reads).
+    reads: ResendBackoff,
+    /// Whether the last reply was Redis' (not an unknown outcome).
+    reachable: bool,
+    /// Due times of this producer's delayed jobs: it promotes them then (a worker promotes
+    /// them too, but an idle worker runs no timer per delayed job it never saw).
+    promote_at: BTreeSet<u64>,
 }
 
 impl Producer {
@@ -96,6 +122,9 @@ impl Producer {
             destroying: false,
             events: VecDeque::new(),
             resend: ResendBackoff::default(),
+            reads: ResendBackoff::default(),
+            reachable: true,
+            promote_at: BTreeSet::new(),
             cfg,
         })
     }
@@ -128,15 +157,34 @@ impl Producer {
         self.paused
     }
 
-    /// Withdraws an add that has not been sent yet (the caller gave up waiting for Redis);
-    /// false if it was sent already (its outcome is then Redis' to tell) or is unknown.
-    pub fn withdraw(&mut self, job: &JobId) -> bool {
-        let Some(pos) = self.unsent.iter().position(|(j, _)| j.id == job.0) else {
-            return false;
+    /// Withdraws an add of `job` that never left the producer (the caller gave up waiting
+    /// for Redis). An add that was sent, even once, is never withdrawn: it may be in Redis,
+    /// and the producer keeps sending it until Redis answers (it lands once; see
+    /// [`Withdrawal::Unconfirmed`]).
+    pub fn withdraw(&mut self, job: &JobId) -> Withdrawal {
+        let sent = |u: &Unsent| u.job.id == job.0 && u.sent;
+        let in_flight = self.in_flight.values().any(|f| match f {
+            InFlight::Add(jobs, _) => jobs.iter().any(|j| j.id == job.0),
+            _ => false,
+        });
+        if in_flight || self.unsent.iter().any(sent) {
+            return Withdrawal::Unconfirmed;
+        }
+        // The latest add of the job first (the earlier ones are older calls).
+        let Some(pos) = self.unsent.iter().rposition(|u| u.job.id == job.0) else {
+            return Withdrawal::Answered;
         };
         self.unsent.remove(pos);
         self.resolved(&job.0);
-        true
+        Withdrawal::NotSent
+    }
+
+    /// Whether Redis answered the last command (false after an unknown outcome, until a
+    /// reply comes: while nothing else is to be sent, the producer sends a `PING` after
+    /// its backoff to find out). An adapter's "fail fast" mode refuses adds while false.
+    #[must_use]
+    pub fn is_reachable(&self) -> bool {
+        self.reachable
     }
 
     /// Adds not yet confirmed by Redis.
@@ -204,7 +252,11 @@ impl Producer {
             due_ms: (job.delay_ms > 0).then(|| now_ms.saturating_add(job.delay_ms)),
             envelope: envelope.into(),
         };
-        self.unsent.push_back((new, fresh));
+        self.unsent.push_back(Unsent {
+            job: new,
+            fresh,
+            sent: false,
+        });
         Ok(id)
     }
 
@@ -222,8 +274,9 @@ impl Producer {
         self.paused = true;
         self.want_destroy = true;
         self.destroying = true;
-        for (job, _) in std::mem::take(&mut self.unsent) {
-            self.fail_destroyed(job);
+        self.promote_at.clear();
+        for u in std::mem::take(&mut self.unsent) {
+            self.fail_destroyed(u.job);
         }
     }
 
@@ -245,8 +298,16 @@ impl Producer {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
-        if !self.resend.ready(self.now_ms) && !self.unsent.is_empty() {
+        let waiting = !self.unsent.is_empty()
+            || !self.reachable
+            || self.want_stats
+            || self.trim_through.is_some()
+            || !self.forget.is_empty();
+        if !self.resend.ready(self.now_ms) && waiting {
             at(self.resend.at_ms());
+        }
+        if let Some(&due) = self.promote_at.first() {
+            at(due.max(self.resend.at_ms()));
         }
         if self.cfg.read_events && self.next_read_ms > self.now_ms {
             at(self.next_read_ms);
@@ -278,12 +339,14 @@ impl Producer {
         let now = self.now_ms;
         let keys = self.keys.clone();
         if self.want_destroy
+            && self.resend.ready(now)
             && !self.any_in_flight(|f| matches!(f, InFlight::Destroy | InFlight::Add(..)))
         {
             self.want_destroy = false;
             return Some(self.op(CommandKind::Destroy { keys }, InFlight::Destroy));
         }
-        if !self.unsent.is_empty() && self.resend.ready(now) {
+        let ready = self.resend.ready(now);
+        if !self.unsent.is_empty() && ready {
             let (jobs, fresh) = self.take_batch();
             let kind = CommandKind::Enqueue {
                 keys,
@@ -293,6 +356,12 @@ impl Producer {
                 fresh,
             };
             return Some(self.op(kind, InFlight::Add(jobs, fresh)));
+        }
+        if let Some(cmd) = self.poll_promote(ready) {
+            return Some(cmd);
+        }
+        if !ready {
+            return self.poll_read();
         }
         if self.want_stats && !self.any_in_flight(|f| matches!(f, InFlight::Stats)) {
             self.want_stats = false;
@@ -308,10 +377,38 @@ impl Producer {
             };
             return Some(self.op(kind, InFlight::AckEvents { through, forget }));
         }
+        // Unreachable and nothing else to send: ask Redis whether it is back.
+        let asking = self.any_in_flight(|f| !matches!(f, InFlight::ReadEvents));
+        if !self.reachable && !asking {
+            return Some(self.op(CommandKind::Ping, InFlight::Ping));
+        }
+        self.poll_read()
+    }
+
+    /// The promotion of this producer's delayed jobs that are due.
+    fn poll_promote(&mut self, ready: bool) -> Option<Command> {
+        let now = self.now_ms;
+        let due = self.promote_at.first().is_some_and(|&d| d <= now);
+        if !due || !ready || self.any_in_flight(|f| matches!(f, InFlight::Promote)) {
+            return None;
+        }
+        while self.promote_at.first().is_some_and(|&d| d <= now) {
+            self.promote_at.pop_first();
+        }
+        let kind = CommandKind::Promote {
+            keys: self.keys.clone(),
+            now_ms: now,
+            limit: PROMOTE_LIMIT,
+        };
+        Some(self.op(kind, InFlight::Promote))
+    }
+
+    fn poll_read(&mut self) -> Option<Command> {
+        let now = self.now_ms;
         let reading = self.any_in_flight(|f| matches!(f, InFlight::ReadEvents));
         if self.cfg.read_events && !reading && now >= self.next_read_ms {
             let kind = CommandKind::ReadEvents {
-                keys,
+                keys: self.keys.clone(),
                 after: self.cursor,
                 count: self.cfg.events_count,
                 block_ms: self.cfg.block_ms.filter(|_| self.idle),
@@ -325,24 +422,21 @@ impl Producer {
     fn take_batch(&mut self) -> (Vec<NewJob>, bool) {
         let mut jobs = Vec::new();
         let mut bytes = 0;
-        let fresh = self.unsent.front().is_some_and(|(_, f)| *f);
-        while let Some((next, f)) = self.unsent.front() {
+        let fresh = self.unsent.front().is_some_and(|u| u.fresh);
+        while let Some(next) = self.unsent.front() {
+            let size = next.job.envelope.len();
             let full = jobs.len() >= self.cfg.max_batch_jobs
-                || (!jobs.is_empty() && bytes + next.envelope.len() > self.cfg.max_batch_bytes)
-                || *f != fresh;
+                || (!jobs.is_empty() && bytes + size > self.cfg.max_batch_bytes)
+                || next.fresh != fresh;
             if full {
                 break;
             }
-            bytes += next.envelope.len();
-            if let Some((job, _)) = self.unsent.pop_front() {
-                jobs.push(job);
+            bytes += size;
+            if let Some(u) = self.unsent.pop_front() {
+                jobs.push(u.job);
             }
         }
         (jobs, fresh)
-    }
-
-    fn backoff(&mut self) {
-        self.resend.fail(self.now_ms);
     }
 
     /// The reply to command `op`.
@@ -358,31 +452,81 @@ impl Producer {
             .in_flight
             .remove(&op)
             .ok_or(ProducerError::UnknownOp(op))?;
+        match &reply {
+            Reply::Unknown => self.reachable = false,
+            Reply::Value(_) => {
+                // Redis answered: whatever waited because of the connection goes now.
+                self.reachable = true;
+                self.resend.reachable();
+                self.reads.reachable();
+                if self.reads.ready(now_ms) {
+                    self.next_read_ms = self.next_read_ms.min(now_ms);
+                }
+            }
+        }
         match (state, reply) {
             (InFlight::Add(jobs, fresh), reply) => self.added(jobs, fresh, reply),
-            (InFlight::ReadEvents, Reply::Unknown) => self.next_read_ms = self.resend_at(),
+            (InFlight::ReadEvents, Reply::Unknown) => {
+                self.next_read_ms = self.reads.fail_unknown(now_ms);
+            }
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
-            (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => {}
-            (InFlight::AckEvents { through, forget }, _) => {
+            (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => self.resend.succeed(),
+            (InFlight::AckEvents { through, forget }, reply) => {
                 // Idempotent: send again with the next ack.
                 self.trim_through = self.trim_through.max(through);
                 self.forget.extend(forget);
+                self.failed(&reply);
             }
-            (InFlight::Stats, Reply::Unknown) => self.want_stats = true,
+            (InFlight::Stats, Reply::Unknown) => {
+                self.want_stats = true;
+                self.resend.fail_unknown(now_ms);
+            }
             (InFlight::Stats, Reply::Value(v)) => self.stats(v),
+            (InFlight::Ping, _) => {}
+            (InFlight::Promote, reply) => self.promoted(reply),
             (InFlight::Destroy, Reply::Value(Value::Int(_))) => {
                 self.events.push_back(ProducerEvent::Destroyed)
             }
             (InFlight::Destroy, other) => {
                 self.want_destroy = true;
+                self.failed(&other);
                 self.trouble(format!("destroy: {other:?}"));
             }
         }
         Ok(())
     }
 
-    fn resend_at(&mut self) -> u64 {
-        self.resend.fail(self.now_ms)
+    /// A command of the general kind failed: back off (by the failure's cause).
+    fn failed(&mut self, reply: &Reply) {
+        match reply {
+            Reply::Unknown => self.resend.fail_unknown(self.now_ms),
+            Reply::Value(_) => self.resend.fail(self.now_ms),
+        };
+    }
+
+    fn promoted(&mut self, reply: Reply) {
+        let count = match &reply {
+            Reply::Value(Value::Array(a)) => a.first().and_then(|n| n.as_int("count").ok()),
+            _ => None,
+        };
+        match count {
+            Some(n) => {
+                self.resend.succeed();
+                if n >= i64::from(PROMOTE_LIMIT) {
+                    // More were due than one call moves: go on at once.
+                    self.promote_at.insert(self.now_ms);
+                }
+            }
+            None => {
+                self.failed(&reply);
+                if let Reply::Value(v) = &reply {
+                    self.trouble(format!("promote: unexpected reply {v:?}"));
+                }
+                if !self.destroying {
+                    self.promote_at.insert(self.resend.at_ms());
+                }
+            }
+        }
     }
 
     fn trouble(&mut self, message: String) {
@@ -390,6 +534,10 @@ impl Producer {
     }
 
     fn added(&mut self, jobs: Vec<NewJob>, fresh: bool, reply: Reply) {
+        let reply_kind = match &reply {
+            Reply::Unknown => Reply::Unknown,
+            Reply::Value(_) => Reply::Value(Value::Nil),
+        };
         let items = match reply {
             // EXEC's array: the markers' HSET, then one XADD per job.
             Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 1 => {
@@ -424,9 +572,13 @@ impl Producer {
                 // Unknown outcome: send the same sealed jobs again, first in line, through
                 // the script (the first send may have landed).
                 for job in jobs.into_iter().rev() {
-                    self.unsent.push_front((job, false));
+                    self.unsent.push_front(Unsent {
+                        job,
+                        fresh: false,
+                        sent: true,
+                    });
                 }
-                return self.backoff();
+                return self.failed(&reply_kind);
             }
         };
         self.resend.succeed();
@@ -442,7 +594,12 @@ impl Producer {
             }
             let status = match item {
                 Value::Int(0) => AddStatus::AlreadyQueued,
-                Value::Int(_) => AddStatus::Delayed,
+                Value::Int(_) => {
+                    if let Some(due) = job.due_ms {
+                        self.promote_at.insert(due);
+                    }
+                    AddStatus::Delayed
+                }
                 other => match other.into_bytes("entry id").map(|b| EntryId::parse(&b)) {
                     Ok(Ok(id)) => AddStatus::Added(id),
                     _ => AddStatus::AlreadyQueued,
@@ -483,16 +640,17 @@ impl Producer {
 
     fn read_events(&mut self, v: Value) {
         if let Value::Error(e) = &v {
-            self.next_read_ms = self.resend_at();
+            self.next_read_ms = self.reads.fail(self.now_ms);
             return self.trouble(format!("XREAD events: {e}"));
         }
         let entries = match decode_read(v) {
             Ok(entries) => entries,
             Err(e) => {
-                self.next_read_ms = self.resend_at();
+                self.next_read_ms = self.reads.fail(self.now_ms);
                 return self.trouble(format!("XREAD events: {e}"));
             }
         };
+        self.reads.succeed();
         self.idle = entries.is_empty();
         if entries.is_empty() && self.cfg.block_ms.is_none() {
             self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);

@@ -329,8 +329,8 @@ fn unsent_adds_can_be_withdrawn() {
     let mut p = producer(|c| c);
     p.add(T0, job("a"), &mut rng).unwrap();
     p.add(T0, job("b"), &mut rng).unwrap();
-    assert!(p.withdraw(&JobId::from("a")));
-    assert!(!p.withdraw(&JobId::from("a")), "once");
+    assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::NotSent);
+    assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::Answered, "once");
     assert_eq!(p.pending_adds(), 1);
     let events = drive(&mut p, &mut sim);
     let accepted: Vec<_> = events
@@ -341,7 +341,104 @@ fn unsent_adds_can_be_withdrawn() {
         })
         .collect();
     assert_eq!(accepted, ["b"]);
-    assert!(!p.withdraw(&JobId::from("b")), "sent already");
+    assert_eq!(
+        p.withdraw(&JobId::from("b")),
+        Withdrawal::Answered,
+        "sent and answered already"
+    );
+}
+
+#[test]
+fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
+    let mut rng = SeededRandom::new(9);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("a"), &mut rng).unwrap();
+    let add = p.poll_command().expect("the add");
+    assert_eq!(
+        p.withdraw(&JobId::from("a")),
+        Withdrawal::Unconfirmed,
+        "in flight"
+    );
+    // It ran, but the reply was lost: the job is in Redis, and back among the unsent.
+    sim.execute(&add.kind);
+    p.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    assert!(!p.is_reachable());
+    assert_eq!(p.pending_adds(), 1);
+    assert_eq!(
+        p.withdraw(&JobId::from("a")),
+        Withdrawal::Unconfirmed,
+        "sent once: it may be queued"
+    );
+    assert_eq!(p.pending_adds(), 1, "still being sent");
+    // A second add of the same id, never sent, is not withdrawn as not queued either: the
+    // job may be in Redis through the first.
+    p.add(T0, job("a"), &mut rng).unwrap();
+    assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::Unconfirmed);
+    // Redis answers again: the resend finds the job, once.
+    let events = drive(&mut p, &mut sim);
+    let accepted = events
+        .iter()
+        .filter(|e| matches!(e, ProducerEvent::Accepted { .. }))
+        .count();
+    assert_eq!(accepted, 2, "{events:?}");
+    assert!(p.is_reachable());
+    assert_eq!(sim.stream(&p.keys().jobs).map(|s| s.entries.len()), Some(1));
+}
+
+#[test]
+fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backoff() {
+    let mut rng = SeededRandom::new(10);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    p.add(T0, job("a"), &mut rng).unwrap();
+    // Redis is away for a while: every add fails and its backoff grows to the cap, while
+    // an events read is still out.
+    let mut now = T0;
+    let mut read = None;
+    for _ in 0..10 {
+        p.handle_timeout(now);
+        while let Some(cmd) = p.poll_command() {
+            match cmd.kind {
+                CommandKind::ReadEvents { .. } => read = Some(cmd),
+                _ => p.handle_reply(now, cmd.op, Reply::Unknown).unwrap(),
+            }
+        }
+        while p.poll_event().is_some() {}
+        now = p.poll_timeout().expect("a resend is scheduled");
+    }
+    assert!(!p.is_reachable());
+    let backoff = now - T0;
+    assert!(backoff >= 2_000, "{backoff}");
+    // The read comes back from Redis: the add goes at once, not at the end of its backoff.
+    let read = read.expect("the read");
+    let at = now - 900;
+    let reply = sim.execute(&read.kind);
+    p.handle_reply(at, read.op, Reply::Value(reply)).unwrap();
+    assert!(p.is_reachable());
+    let cmds: Vec<_> = std::iter::from_fn(|| p.poll_command()).collect();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c.kind, CommandKind::Enqueue { .. })),
+        "{cmds:?}"
+    );
+    // With nothing to send and Redis unreachable, the producer pings.
+    let mut q = producer(|c| c.block_ms(None));
+    q.pause();
+    let read = q.poll_command().expect("the events read");
+    q.handle_reply(T0, read.op, Reply::Unknown).unwrap();
+    let t = q.poll_timeout().expect("a timer to ask again");
+    q.handle_timeout(t);
+    let cmds: Vec<_> = std::iter::from_fn(|| q.poll_command()).collect();
+    assert!(
+        cmds.iter().any(|c| matches!(c.kind, CommandKind::Ping)),
+        "{cmds:?}"
+    );
+    for c in cmds {
+        let reply = sim.execute(&c.kind);
+        q.handle_reply(t, c.op, Reply::Value(reply)).unwrap();
+    }
+    assert!(q.is_reachable());
 }
 
 #[test]

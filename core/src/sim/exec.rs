@@ -160,30 +160,47 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             min_idle_ms,
             cursor,
             count,
+            now_ms,
+            interval_ms,
+            jitter,
+            promote_limit,
         } => {
-            let now = sim.now_ms;
-            let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
-            let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
-            let c = s
-                .autoclaim(GROUP, consumer, *min_idle_ms, *cursor, *count as usize, now)
-                .ok_or_else(missing)?;
-            let claimed = c
-                .claimed
-                .into_iter()
-                .map(|(id, f)| {
-                    let n = s.pending(GROUP, id).map_or(0, |p| p.deliveries);
-                    let mut e = entry_parts(id, f);
-                    e.push(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
-                    Value::Array(e)
-                })
-                .collect();
-            let deleted = c.deleted.into_iter().map(id_value).collect();
+            let promoted = promote(sim, keys, *now_ms, *promote_limit)?;
+            let next_due = match promoted {
+                Value::Array(mut a) => a.pop().unwrap_or(Value::Int(-1)),
+                _ => Value::Int(-1),
+            };
+            let (mut cursor, mut claimed, mut deleted) = (*cursor, Vec::new(), Vec::new());
+            if *count > 0 {
+                let now = sim.now_ms;
+                let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
+                let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+                let c = s
+                    .autoclaim(GROUP, consumer, *min_idle_ms, cursor, *count as usize, now)
+                    .ok_or_else(missing)?;
+                claimed = c
+                    .claimed
+                    .into_iter()
+                    .map(|(id, f)| {
+                        let n = s.pending(GROUP, id).map_or(0, |p| p.deliveries);
+                        let mut e = entry_parts(id, f);
+                        e.push(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
+                        Value::Array(e)
+                    })
+                    .collect();
+                deleted = c.deleted.into_iter().map(id_value).collect();
+                cursor = c.cursor;
+            }
+            let visit = register(sim, keys, consumer, *now_ms, *interval_ms, *jitter)?;
             Ok(Value::Array(vec![
-                id_value(c.cursor),
+                id_value(cursor),
                 Value::Array(claimed),
                 Value::Array(deleted),
+                next_due,
+                Value::Int(i64::try_from(visit).unwrap_or(i64::MAX)),
             ]))
         }
+        CommandKind::Ping => Ok(Value::Status("PONG".into())),
         CommandKind::Heartbeat {
             keys,
             consumer,
@@ -440,6 +457,33 @@ fn promote(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, limit: u32) -> Exec {
         Value::Int(due.len() as i64),
         Value::Int(next),
     ]))
+}
+
+/// The reclaim script's step 3: drops the workers past their promise, registers this one
+/// and returns its next visit.
+fn register(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    consumer: &str,
+    now_ms: u64,
+    interval_ms: u64,
+    jitter: u32,
+) -> Result<u64, String> {
+    let workers = sim.zset_mut(&keys.workers)?;
+    workers.remove_below(now_ms);
+    let mut live = workers.len() as u64;
+    if !workers.contains(consumer.as_bytes()) {
+        live += 1;
+    }
+    // As the script's doubles: exact while the product stays below 2^53.
+    let visit = now_ms.saturating_add(
+        interval_ms
+            .saturating_mul(live)
+            .saturating_mul(u64::from(jitter))
+            / 1000,
+    );
+    workers.add(visit.saturating_add(interval_ms), consumer.as_bytes());
+    Ok(visit)
 }
 
 fn xlen(s: Option<&mut Stream>) -> i64 {

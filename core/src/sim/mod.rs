@@ -56,6 +56,23 @@ impl ZSet {
             .collect()
     }
 
+    /// ZREMRANGEBYSCORE -inf (min: the members scored below `min` go.
+    pub fn remove_below(&mut self, min: u64) {
+        while let Some((score, member)) = self.order.first().cloned() {
+            if score >= min {
+                break;
+            }
+            self.order.pop_first();
+            self.scores.remove(&member);
+        }
+    }
+
+    /// Whether `member` is in the set.
+    #[must_use]
+    pub fn contains(&self, member: &[u8]) -> bool {
+        self.scores.contains_key(member)
+    }
+
     /// The lowest score.
     #[must_use]
     pub fn first_score(&self) -> Option<u64> {

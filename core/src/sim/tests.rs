@@ -220,6 +220,10 @@ fn reclaim_counts_deliveries_and_drops_deleted() {
         min_idle_ms: 500,
         cursor,
         count,
+        now_ms: 1000,
+        interval_ms: 1000,
+        jitter: 1000,
+        promote_limit: 10,
     };
     // Not idle long enough yet; the deleted entry leaves the PEL regardless.
     let r = sim
@@ -296,6 +300,10 @@ fn heartbeat_extends_only_owned_leases() {
         min_idle_ms: 30_000,
         cursor: EntryId::ZERO,
         count: 5,
+        now_ms: 100_000,
+        interval_ms: 1000,
+        jitter: 1000,
+        promote_limit: 10,
     };
     let r = sim.execute(&reclaim).into_array("r").unwrap();
     assert_eq!(r[1].clone().into_array("c").unwrap().len(), 1);

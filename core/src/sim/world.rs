@@ -180,14 +180,12 @@ impl World {
     }
 
     fn worker_config(&self, queue: usize, slot: usize, generation: u64) -> WorkerConfig {
-        let mut wc = WorkerConfig::new(&format!("q{queue}"), &format!("w{slot}-{generation}"))
+        WorkerConfig::new(&format!("q{queue}"), &format!("w{slot}-{generation}"))
             .concurrency(self.cfg.concurrency)
             .retry(self.cfg.retry)
             .lease_ms(self.cfg.lease_ms)
             .block_ms(None)
-            .timeout_ms(self.cfg.timeout_ms);
-        wc.promote_interval_ms = 200;
-        wc
+            .timeout_ms(self.cfg.timeout_ms)
     }
 
     /// Number of worker slots.

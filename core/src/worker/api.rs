@@ -27,10 +27,12 @@ pub struct WorkerConfig {
     /// without blocking. A read that follows a read which found entries never blocks: under
     /// load reads go out with the other commands; only an idle worker blocks.
     pub block_ms: Option<u64>,
-    /// How often to look for stalled entries of other workers (ms).
+    /// How often the queue's upkeep runs (ms): promoting due delayed jobs that no live
+    /// party is waiting for, and reclaiming the entries of workers that died. The queue's
+    /// workers share it out (each runs it about every `reclaim_interval_ms × workers`), so
+    /// an idle queue costs Redis one script per interval whatever the number of its workers.
+    /// Delayed jobs a worker or producer knows of are promoted on time, not by this.
     pub reclaim_interval_ms: u64,
-    /// How often to promote due delayed jobs, at most (ms).
-    pub promote_interval_ms: u64,
     /// How long results and failures stay in the events stream if nobody reads them (ms).
     pub event_retention_ms: u64,
     /// The most jobs settled by one command (at most [`MAX_SETTLE_BATCH`]: the scripts pass
@@ -58,7 +60,6 @@ impl WorkerConfig {
             lease_ms: 30_000,
             block_ms: Some(5_000),
             reclaim_interval_ms: 15_000,
-            promote_interval_ms: 1_000,
             event_retention_ms: 24 * 3600 * 1000,
             max_batch: 256,
             timeout_ms: None,
@@ -86,7 +87,7 @@ impl WorkerConfig {
         self
     }
 
-    /// With this lease (ms); reclaims run every half lease.
+    /// With this lease (ms); the queue's upkeep (reclaims) runs every half lease.
     #[must_use]
     pub fn lease_ms(mut self, lease_ms: u64) -> Self {
         self.lease_ms = lease_ms;

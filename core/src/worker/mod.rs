@@ -31,6 +31,9 @@ use crate::random::Random;
 use crate::retry::{ResendBackoff, RetryDecision};
 use crate::value::EntryId;
 
+/// The most delayed jobs one promotion moves.
+const PROMOTE_LIMIT: u32 = 256;
+
 /// The three transitions that settle a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum SettleKind {
@@ -88,8 +91,14 @@ pub struct Worker {
     events: VecDeque<WorkerEvent>,
     group_ready: bool,
     reclaim_cursor: EntryId,
+    /// The next upkeep (promote, reclaim, schedule: the `reclaim` script), as the queue's
+    /// workers share it out.
     next_reclaim_ms: u64,
-    next_promote_ms: u64,
+    /// The spread of the next upkeep's interval, in thousandths (drawn after each reply).
+    jitter: u32,
+    /// The next due delayed job this worker knows of (from the upkeep, a promotion, or a
+    /// retry of its own): promoted then. `None`: nothing is delayed, as far as it knows.
+    next_promote_ms: Option<u64>,
     next_read_ms: u64,
     /// The last read found nothing: the next one may block.
     idle: bool,
@@ -129,7 +138,8 @@ impl Worker {
             group_ready: false,
             reclaim_cursor: EntryId::ZERO,
             next_reclaim_ms: now_ms,
-            next_promote_ms: now_ms,
+            jitter: 1000,
+            next_promote_ms: None,
             next_read_ms: now_ms,
             idle: false,
             resend: ResendBackoff::default(),
@@ -364,8 +374,12 @@ impl Worker {
             at(start.saturating_add(timeout));
         }
         if !self.draining {
-            at(self.next_reclaim_ms);
-            at(self.next_promote_ms);
+            if !self.upkeep_waits_for_read() {
+                at(self.next_reclaim_ms);
+            }
+            if let Some(due) = self.next_promote_ms {
+                at(due);
+            }
             if self.cfg.block_ms.is_none() && self.next_read_ms > self.now_ms {
                 at(self.next_read_ms);
             }
@@ -520,39 +534,55 @@ impl Worker {
         Some(self.op(kind, InFlight::Heartbeat { entries }))
     }
 
-    /// Promotion, reclaims, then reads: what brings jobs in.
+    /// Whether the upkeep waits for the read in flight: its credits are the ones a reclaim
+    /// would use (an idle worker's read blocks in Redis for a few seconds; its reply comes
+    /// anyway, and the upkeep goes first then).
+    fn upkeep_waits_for_read(&self) -> bool {
+        self.free_credits() == 0
+            && self
+                .in_flight
+                .values()
+                .any(|f| matches!(f, InFlight::Read { .. }))
+    }
+
+    /// Promotion, upkeep (reclaims), then reads: what brings jobs in.
     fn poll_intake(&mut self) -> Option<Command> {
         let now = self.now_ms;
         let promoting = self
             .in_flight
             .values()
-            .any(|f| matches!(f, InFlight::Promote));
-        if now >= self.next_promote_ms && !promoting {
-            self.next_promote_ms = now.saturating_add(self.cfg.promote_interval_ms);
+            .any(|f| matches!(f, InFlight::Promote | InFlight::Reclaim { .. }));
+        if self.next_promote_ms.is_some_and(|due| due <= now) && !promoting {
+            self.next_promote_ms = None;
             let kind = CommandKind::Promote {
                 keys: self.keys.clone(),
                 now_ms: now,
-                limit: 256,
+                limit: PROMOTE_LIMIT,
             };
             return Some(self.op(kind, InFlight::Promote));
         }
         let credits = self.free_credits();
-        if credits == 0 {
-            return None;
-        }
-        let reclaiming = self
+        let upkeep = self
             .in_flight
             .values()
-            .any(|f| matches!(f, InFlight::Reclaim { .. }));
-        if now >= self.next_reclaim_ms && !reclaiming {
+            .any(|f| matches!(f, InFlight::Reclaim { .. } | InFlight::Promote));
+        if now >= self.next_reclaim_ms && !upkeep && !self.upkeep_waits_for_read() {
+            // Without credits, the upkeep still promotes and keeps this worker's turn.
             let kind = CommandKind::Reclaim {
                 keys: self.keys.clone(),
                 consumer: self.cfg.consumer.clone(),
                 min_idle_ms: self.cfg.lease_ms,
                 cursor: self.reclaim_cursor,
                 count: credits,
+                now_ms: now,
+                interval_ms: self.cfg.reclaim_interval_ms.max(1),
+                jitter: self.jitter,
+                promote_limit: PROMOTE_LIMIT,
             };
             return Some(self.op(kind, InFlight::Reclaim { count: credits }));
+        }
+        if credits == 0 {
+            return None;
         }
         let reading = self
             .in_flight

@@ -36,18 +36,33 @@ impl Worker {
             .in_flight
             .remove(&op)
             .ok_or(WorkerError::UnknownOp(op))?;
+        if let Reply::Value(_) = &reply {
+            // Redis answered: a backoff the connection caused ends now.
+            self.resend.reachable();
+        }
         match (state, reply) {
-            (InFlight::Settle { kind, items }, reply) => self.settled(kind, items, reply),
+            (InFlight::Settle { kind, items }, reply) => self.settled(kind, items, reply, rng),
             (InFlight::HandBack, _) => {}
             (InFlight::Heartbeat { entries }, reply) => self.beaten(&entries, reply),
-            (_, Reply::Unknown) => self.backoff(),
+            (InFlight::Promote, Reply::Unknown) => {
+                // Promotion is idempotent: again after the backoff.
+                let at = self.resend.fail_unknown(self.now_ms);
+                self.promote_by(at);
+            }
+            (_, Reply::Unknown) => {
+                self.resend.fail_unknown(self.now_ms);
+            }
             (InFlight::EnsureGroup, Reply::Value(v)) => match v {
                 Value::Status(_) => self.group_ok(),
                 Value::Error(e) if e.starts_with("BUSYGROUP") => self.group_ok(),
                 other => self.trouble("XGROUP CREATE", &other),
             },
             (InFlight::Read { .. }, Reply::Value(v)) => self.read(v, rng),
-            (InFlight::Reclaim { .. }, Reply::Value(v)) => self.reclaimed(v, rng),
+            (InFlight::Reclaim { .. }, Reply::Value(v)) => {
+                // The spread of the next upkeep: uniform in [500, 1500] thousandths.
+                self.jitter = 500 + (rng.next_u64() % 1001) as u32;
+                self.reclaimed(v, rng);
+            }
             (InFlight::Promote, Reply::Value(v)) => self.promoted(v),
         }
         self.maybe_drained();
@@ -59,7 +74,13 @@ impl Worker {
         self.resend.succeed();
     }
 
-    /// Delays what is to be sent again (50 ms doubling to 5 s; a success resets it).
+    /// Promote no later than `due` (ms).
+    fn promote_by(&mut self, due: u64) {
+        let due = due.max(self.now_ms.saturating_add(1));
+        self.next_promote_ms = Some(self.next_promote_ms.map_or(due, |d| d.min(due)));
+    }
+
+    /// Delays what is to be sent again (50 ms doubling to 1 s; a success resets it).
     fn backoff(&mut self) {
         self.resend.fail(self.now_ms);
     }
@@ -108,14 +129,17 @@ impl Worker {
             return self.trouble("reclaim", &v);
         }
         match decode_reclaim(v) {
-            Ok((cursor, claimed)) => {
-                self.reclaim_cursor = cursor;
-                // A finished scan waits for the next interval; a partial one goes on at once.
-                self.next_reclaim_ms = match cursor == EntryId::ZERO {
-                    true => self.now_ms.saturating_add(self.cfg.reclaim_interval_ms),
+            Ok(r) => {
+                self.reclaim_cursor = r.cursor;
+                // A finished scan waits for this worker's next turn; a partial one goes on.
+                self.next_reclaim_ms = match r.cursor == EntryId::ZERO {
+                    true => r.next_visit_ms.max(self.now_ms.saturating_add(1)),
                     false => self.now_ms,
                 };
-                for (entry, deliveries) in claimed {
+                if let Some(due) = r.next_due_ms {
+                    self.promote_by(due);
+                }
+                for (entry, deliveries) in r.claimed {
                     self.accept(entry, deliveries, rng);
                 }
             }
@@ -127,20 +151,28 @@ impl Worker {
     }
 
     fn promoted(&mut self, v: Value) {
-        let next = v
-            .into_array("promote reply")
-            .ok()
+        let reply = v.into_array("promote reply").ok();
+        let count = reply
+            .as_ref()
+            .and_then(|a| a.first().and_then(|n| n.as_int("promoted").ok()));
+        let next = reply
+            .as_ref()
             .and_then(|a| a.get(1).and_then(|n| n.as_int("next due").ok()));
-        match next {
-            // Due sooner than the next regular promotion: come back then.
-            Some(due) if due >= 0 => {
-                let due = (due as u64).max(self.now_ms.saturating_add(1));
-                self.next_promote_ms = self.next_promote_ms.min(due);
+        match (count, next) {
+            // More were due than one call moves: go on at once.
+            (Some(n), _) if n >= i64::from(super::PROMOTE_LIMIT) => self.promote_by(0),
+            (Some(_), Some(due)) => {
+                if let Ok(due) = u64::try_from(due) {
+                    self.promote_by(due);
+                }
             }
-            Some(_) => {}
-            None => self.events.push_back(WorkerEvent::Trouble {
-                message: "promote: unexpected reply".into(),
-            }),
+            _ => {
+                self.events.push_back(WorkerEvent::Trouble {
+                    message: "promote: unexpected reply".into(),
+                });
+                let at = self.resend.fail(self.now_ms);
+                self.promote_by(at);
+            }
         }
     }
 
@@ -171,7 +203,13 @@ impl Worker {
         }
     }
 
-    fn settled(&mut self, kind: SettleKind, items: Vec<Settle>, reply: Reply) {
+    fn settled(
+        &mut self,
+        kind: SettleKind,
+        items: Vec<Settle>,
+        reply: Reply,
+        _rng: &mut impl Random,
+    ) {
         let flags = match &reply {
             Reply::Value(Value::Array(a)) if a.len() == items.len() => Some(a),
             _ => None,
@@ -188,14 +226,26 @@ impl Worker {
             for item in items.into_iter().rev() {
                 self.outbox.push_front((kind, item));
             }
-            return self.backoff();
+            return match reply {
+                Reply::Unknown => {
+                    self.resend.fail_unknown(self.now_ms);
+                }
+                Reply::Value(_) => self.backoff(),
+            };
         };
         self.resend.succeed();
+        let mut retry_due = None::<u64>;
         for (item, flag) in items.iter().zip(flags) {
             if *flag != Value::Int(1) {
                 self.events
                     .push_back(WorkerEvent::Discarded { entry: item.entry });
+            } else if kind == SettleKind::Retry && item.due_ms > self.now_ms {
+                retry_due = Some(retry_due.map_or(item.due_ms, |d| d.min(item.due_ms)));
             }
+        }
+        if let Some(due) = retry_due {
+            // This worker put the job in the delayed set: it promotes it when due.
+            self.promote_by(due);
         }
     }
 
@@ -308,18 +358,25 @@ impl Worker {
     }
 }
 
-type Claimed = (EntryId, Vec<(StreamEntry, u64)>);
+/// The reclaim script's reply.
+struct Reclaimed {
+    cursor: EntryId,
+    claimed: Vec<(StreamEntry, u64)>,
+    next_due_ms: Option<u64>,
+    next_visit_ms: u64,
+}
 
-/// `[cursor, [[id, fields, deliveries], ...], [deleted ids]]`.
-fn decode_reclaim(v: Value) -> Result<Claimed, ReplyError> {
-    const WHAT: &str = "reclaim reply [cursor, claimed, deleted]";
-    let mut parts = v.into_array(WHAT)?.into_iter();
-    let (Some(cursor), Some(claimed)) = (parts.next(), parts.next()) else {
-        return Err(ReplyError::Shape {
-            expected: WHAT,
-            got: "fewer than 2 items".into(),
-        });
+/// `[cursor, [[id, fields, deliveries], ...], [deleted ids], next due or -1, next visit]`.
+fn decode_reclaim(v: Value) -> Result<Reclaimed, ReplyError> {
+    const WHAT: &str = "reclaim reply [cursor, claimed, deleted, next due, next visit]";
+    let shape = |got: &str| ReplyError::Shape {
+        expected: WHAT,
+        got: got.into(),
     };
+    let parts = v.into_array(WHAT)?;
+    let [cursor, claimed, _deleted, next_due, next_visit]: [Value; 5] = parts
+        .try_into()
+        .map_err(|p: Vec<Value>| shape(&format!("{} items", p.len())))?;
     let cursor = EntryId::parse(&cursor.into_bytes(WHAT)?)?;
     let mut out = Vec::new();
     for item in claimed.into_array(WHAT)? {
@@ -331,5 +388,13 @@ fn decode_reclaim(v: Value) -> Result<Claimed, ReplyError> {
         let entry = StreamEntry::decode(Value::Array(parts))?;
         out.push((entry, u64::try_from(n).unwrap_or(0)));
     }
-    Ok((cursor, out))
+    let next_due_ms = u64::try_from(next_due.as_int("next due")?).ok();
+    let next_visit_ms = u64::try_from(next_visit.as_int("next visit")?)
+        .map_err(|_| shape("a negative next visit"))?;
+    Ok(Reclaimed {
+        cursor,
+        claimed: out,
+        next_due_ms,
+        next_visit_ms,
+    })
 }

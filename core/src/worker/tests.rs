@@ -599,3 +599,145 @@ fn reads_block_only_when_the_stream_was_found_empty() {
         "after entries again"
     );
 }
+
+/// Runs `workers` idle on one queue for `ms` of model time; returns the commands they sent,
+/// by name. A blocking read waits its `BLOCK` and comes back empty, as in Redis.
+fn idle_commands(workers: &mut [Worker], sim: &mut Sim, ms: u64) -> Vec<&'static str> {
+    let mut rng = SeededRandom::new(21);
+    let mut sent = Vec::new();
+    let mut blocked: Vec<(usize, OpId, u64)> = Vec::new();
+    let end = sim.now_ms() + ms;
+    loop {
+        let now = sim.now_ms();
+        for (i, w) in workers.iter_mut().enumerate() {
+            for (_, op, _) in blocked.iter().filter(|(j, _, at)| *j == i && *at <= now) {
+                w.handle_reply(now, *op, Reply::Value(Value::Nil), &mut rng)
+                    .unwrap();
+            }
+            w.handle_timeout(now, &mut rng).unwrap();
+            while let Some(cmd) = w.poll_command() {
+                if let Some(block) = cmd.block_ms() {
+                    sent.push("read");
+                    blocked.push((i, cmd.op, now + block));
+                    continue;
+                }
+                sent.push(match cmd.kind {
+                    CommandKind::Reclaim { .. } => "reclaim",
+                    CommandKind::Promote { .. } => "promote",
+                    CommandKind::Read { .. } => "read",
+                    CommandKind::EnsureGroup { .. } => "group",
+                    _ => "other",
+                });
+                let v = sim.execute(&cmd.kind);
+                w.handle_reply(now, cmd.op, Reply::Value(v), &mut rng)
+                    .unwrap();
+                while w.poll_event().is_some() {}
+            }
+        }
+        blocked.retain(|(_, _, at)| *at > now);
+        let next = workers
+            .iter()
+            .filter_map(Worker::poll_timeout)
+            .chain(blocked.iter().map(|(_, _, at)| *at))
+            .min();
+        match next {
+            Some(t) if t <= end => sim.set_time(t.max(now + 1)),
+            _ => return sent,
+        }
+    }
+}
+
+#[test]
+fn idle_workers_share_one_upkeep_per_interval_and_promote_nothing() {
+    for n in [1usize, 10, 100] {
+        let mut sim = Sim::new(T0);
+        let mut workers: Vec<Worker> = (0..n)
+            .map(|i| {
+                // Blocking reads: an idle worker's read waits in Redis (here: never answered
+                // with anything, as nothing comes).
+                let cfg = WorkerConfig::new("q", &format!("c{i}"));
+                Worker::new(cfg, sealer(), T0).unwrap()
+            })
+            .collect();
+        // Everyone's first upkeep (at start), then an hour of idling.
+        let sent = idle_commands(&mut workers, &mut sim, 3_600_000);
+        let upkeeps = sent.iter().filter(|c| **c == "reclaim").count() - n;
+        // One per interval (15 s, half the default lease) for the queue, whatever the number
+        // of workers: 240 expected; the spread is random.
+        assert!(
+            (160..=320).contains(&upkeeps),
+            "{n} workers: {upkeeps} upkeeps in an hour"
+        );
+        assert_eq!(sent.iter().filter(|c| **c == "promote").count(), 0);
+        let registered = match sim.get(&keys_of("q").workers) {
+            Some(crate::sim::Data::ZSet(z)) => z.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(registered, n, "every live worker is counted");
+    }
+}
+
+fn keys_of(queue: &str) -> crate::naming::QueueKeys {
+    crate::naming::QueueKeys::new("dl", queue).unwrap()
+}
+
+#[test]
+fn a_retry_is_promoted_when_due_by_its_worker_and_by_the_upkeep_if_that_worker_died() {
+    let retry = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 700 });
+    for crash in [false, true] {
+        let mut rng = SeededRandom::new(3);
+        let mut sim = Sim::new(T0);
+        let cfg = |c: &str| {
+            WorkerConfig::new("q", c)
+                .block_ms(None)
+                .retry(retry)
+                .lease_ms(60_000)
+        };
+        sim.execute(&CommandKind::EnsureGroup {
+            keys: Arc::new(keys_of("q")),
+        });
+        enqueue(&mut sim, &mut rng, 1);
+        let mut a = Worker::new(cfg("a"), sealer(), T0).unwrap();
+        let events = drive(&mut a, &mut sim, &mut rng);
+        let entry = jobs(&events)[0];
+        a.fail(sim.now_ms(), entry, "boom", &mut rng).unwrap();
+        drive(&mut a, &mut sim, &mut rng);
+        let due = T0 + 700;
+        let mut b = Worker::new(cfg("b"), sealer(), T0).unwrap();
+        drive(&mut b, &mut sim, &mut rng);
+        let mut survivors = vec![b];
+        if !crash {
+            survivors.push(a);
+        }
+        // Run until the job is in the work stream again.
+        let mut promoted_at = None;
+        let mut now = sim.now_ms();
+        while now < T0 + 600_000 {
+            let next = survivors.iter().filter_map(Worker::poll_timeout).min();
+            now = next.unwrap_or(now + 1_000).max(now + 1);
+            sim.set_time(now);
+            for w in &mut survivors {
+                w.handle_timeout(now, &mut rng).unwrap();
+                let events = drive(w, &mut sim, &mut rng);
+                if !jobs(&events).is_empty() {
+                    promoted_at = Some(now);
+                }
+            }
+            if promoted_at.is_some() {
+                break;
+            }
+        }
+        let at = promoted_at.expect("the retry ran again");
+        assert!(at >= due, "not before it is due");
+        if crash {
+            // Only the upkeep knows of it: within a few intervals (30 s, half the lease).
+            assert!(at <= due + 120_000, "{} ms late", at - due);
+        } else {
+            assert!(
+                at <= due + 50,
+                "the retrying worker promotes it on time: {}",
+                at - due
+            );
+        }
+    }
+}
