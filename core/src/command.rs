@@ -296,6 +296,10 @@ pub enum Reply {
     /// The connection failed after the command may have been sent: it may or may not have
     /// run. The engine treats every kind as possibly run.
     Unknown,
+    /// The command never left: no connection could be made (refused). Nothing ran. An
+    /// adapter that cannot tell says [`Reply::Unknown`]; this one lets a producer tell the
+    /// caller of an add that its job is not queued.
+    NotSent,
 }
 
 /// Whether an error reply is worth retrying as is: the server is loading, busy, failing

@@ -1,6 +1,7 @@
 //! Runs the core's commands on Redis: everything one drain emitted goes out as one pipeline,
 //! and every command gets exactly one reply back as a core [`Value`] (or
-//! [`Reply::Unknown`] when the connection failed).
+//! [`Reply::Unknown`] when the connection failed, [`Reply::NotSent`] when no connection
+//! could be made and nothing was written).
 //!
 //! A transaction (a fresh enqueue) goes out as `MULTI`, its commands and `EXEC` inside the
 //! pipeline (one pipeline is one write on the connection, so nothing interleaves), and its
@@ -150,6 +151,11 @@ async fn run_pipeline<C: ConnectionLike>(
                 "pipeline reply count mismatch"
             );
             vec![Reply::Unknown; invocations.len()]
+        }
+        // No connection could be made: the pipeline was never written, nothing ran.
+        Err(e) if e.is_connection_refusal() => {
+            tracing::debug!(error = %e, commands = invocations.len(), "pipeline not sent");
+            vec![Reply::NotSent; invocations.len()]
         }
         Err(e) => {
             tracing::warn!(error = %e, commands = invocations.len(), "pipeline failed: outcomes unknown");

@@ -34,8 +34,9 @@ use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
 enum InFlight {
-    /// Jobs, and whether they went as a fresh (MULTI/EXEC) add.
-    Add(Vec<NewJob>, bool),
+    /// Jobs, whether they went as a fresh (MULTI/EXEC) add, and whether each had been sent
+    /// before.
+    Add(Vec<NewJob>, bool, Vec<bool>),
     ReadEvents,
     AckEvents {
         through: Option<EntryId>,
@@ -164,7 +165,7 @@ impl Producer {
     pub fn withdraw(&mut self, job: &JobId) -> Withdrawal {
         let sent = |u: &Unsent| u.job.id == job.0 && u.sent;
         let in_flight = self.in_flight.values().any(|f| match f {
-            InFlight::Add(jobs, _) => jobs.iter().any(|j| j.id == job.0),
+            InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == job.0),
             _ => false,
         });
         if in_flight || self.unsent.iter().any(sent) {
@@ -195,7 +196,7 @@ impl Producer {
                 .in_flight
                 .values()
                 .map(|f| match f {
-                    InFlight::Add(jobs, _) => jobs.len(),
+                    InFlight::Add(jobs, ..) => jobs.len(),
                     _ => 0,
                 })
                 .sum::<usize>()
@@ -347,7 +348,7 @@ impl Producer {
         }
         let ready = self.resend.ready(now);
         if !self.unsent.is_empty() && ready {
-            let (jobs, fresh) = self.take_batch();
+            let (jobs, fresh, sent) = self.take_batch();
             let kind = CommandKind::Enqueue {
                 keys,
                 now_ms: now,
@@ -355,7 +356,7 @@ impl Producer {
                 jobs: jobs.clone(),
                 fresh,
             };
-            return Some(self.op(kind, InFlight::Add(jobs, fresh)));
+            return Some(self.op(kind, InFlight::Add(jobs, fresh, sent)));
         }
         if let Some(cmd) = self.poll_promote(ready) {
             return Some(cmd);
@@ -419,8 +420,9 @@ impl Producer {
     }
 
     /// The next batch: fresh adds and adds that need the duplicate check never mix.
-    fn take_batch(&mut self) -> (Vec<NewJob>, bool) {
+    fn take_batch(&mut self) -> (Vec<NewJob>, bool, Vec<bool>) {
         let mut jobs = Vec::new();
+        let mut sent = Vec::new();
         let mut bytes = 0;
         let fresh = self.unsent.front().is_some_and(|u| u.fresh);
         while let Some(next) = self.unsent.front() {
@@ -434,9 +436,10 @@ impl Producer {
             bytes += size;
             if let Some(u) = self.unsent.pop_front() {
                 jobs.push(u.job);
+                sent.push(u.sent);
             }
         }
-        (jobs, fresh)
+        (jobs, fresh, sent)
     }
 
     /// The reply to command `op`.
@@ -452,8 +455,13 @@ impl Producer {
             .in_flight
             .remove(&op)
             .ok_or(ProducerError::UnknownOp(op))?;
+        let not_sent = reply == Reply::NotSent;
+        let reply = match reply {
+            Reply::NotSent => Reply::Unknown,
+            r => r,
+        };
         match &reply {
-            Reply::Unknown => self.reachable = false,
+            Reply::Unknown | Reply::NotSent => self.reachable = false,
             Reply::Value(_) => {
                 // Redis answered: whatever waited because of the connection goes now.
                 self.reachable = true;
@@ -465,8 +473,10 @@ impl Producer {
             }
         }
         match (state, reply) {
-            (InFlight::Add(jobs, fresh), reply) => self.added(jobs, fresh, reply),
-            (InFlight::ReadEvents, Reply::Unknown) => {
+            (InFlight::Add(jobs, fresh, sent), reply) => {
+                self.added(jobs, fresh, &sent, reply, not_sent);
+            }
+            (InFlight::ReadEvents, Reply::Unknown | Reply::NotSent) => {
                 self.next_read_ms = self.reads.fail_unknown(now_ms);
             }
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
@@ -477,7 +487,7 @@ impl Producer {
                 self.forget.extend(forget);
                 self.failed(&reply);
             }
-            (InFlight::Stats, Reply::Unknown) => {
+            (InFlight::Stats, Reply::Unknown | Reply::NotSent) => {
                 self.want_stats = true;
                 self.resend.fail_unknown(now_ms);
             }
@@ -499,7 +509,7 @@ impl Producer {
     /// A command of the general kind failed: back off (by the failure's cause).
     fn failed(&mut self, reply: &Reply) {
         match reply {
-            Reply::Unknown => self.resend.fail_unknown(self.now_ms),
+            Reply::Unknown | Reply::NotSent => self.resend.fail_unknown(self.now_ms),
             Reply::Value(_) => self.resend.fail(self.now_ms),
         };
     }
@@ -533,10 +543,19 @@ impl Producer {
         self.events.push_back(ProducerEvent::Trouble { message });
     }
 
-    fn added(&mut self, jobs: Vec<NewJob>, fresh: bool, reply: Reply) {
+    /// The reply to an add of `jobs` (`sent`: whether each had been sent before;
+    /// `not_sent`: this send never left, nothing ran).
+    fn added(
+        &mut self,
+        jobs: Vec<NewJob>,
+        fresh: bool,
+        sent: &[bool],
+        reply: Reply,
+        not_sent: bool,
+    ) {
         let reply_kind = match &reply {
-            Reply::Unknown => Reply::Unknown,
             Reply::Value(_) => Reply::Value(Value::Nil),
+            _ => Reply::Unknown,
         };
         let items = match reply {
             // EXEC's array: the markers' HSET, then one XADD per job.
@@ -570,12 +589,13 @@ impl Producer {
                     return;
                 }
                 // Unknown outcome: send the same sealed jobs again, first in line, through
-                // the script (the first send may have landed).
-                for job in jobs.into_iter().rev() {
+                // the script (the first send may have landed). A send that never left
+                // changes nothing: a fresh job stays fresh, an unsent one unsent.
+                for (job, was_sent) in jobs.into_iter().zip(sent).rev() {
                     self.unsent.push_front(Unsent {
                         job,
-                        fresh: false,
-                        sent: true,
+                        fresh: fresh && not_sent,
+                        sent: *was_sent || !not_sent,
                     });
                 }
                 return self.failed(&reply_kind);

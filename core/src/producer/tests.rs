@@ -548,3 +548,32 @@ fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
     );
     assert_eq!(p.pending_adds(), 0);
 }
+
+#[test]
+fn an_add_that_never_left_is_withdrawn_as_not_queued_and_stays_fresh() {
+    let mut rng = SeededRandom::new(12);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    let id = JobId::generate(T0, 7);
+    let fresh = AddJob {
+        id: Some(id.clone()),
+        generated_id: true,
+        ..job("x")
+    };
+    p.add(T0, fresh, &mut rng).unwrap();
+    let add = p.poll_command().expect("the add");
+    p.handle_reply(T0, add.op, Reply::NotSent).unwrap();
+    assert!(!p.is_reachable());
+    // Resent after the backoff, still as a fresh add (MULTI/EXEC): it never reached Redis.
+    let t = p.poll_timeout().expect("resend timer");
+    p.handle_timeout(t);
+    let again = p.poll_command().expect("resent");
+    assert!(
+        matches!(again.kind, CommandKind::Enqueue { fresh: true, .. }),
+        "{again:?}"
+    );
+    p.handle_reply(t, again.op, Reply::NotSent).unwrap();
+    assert_eq!(p.withdraw(&id), Withdrawal::NotSent);
+    assert_eq!(p.pending_adds(), 0);
+    assert!(drive(&mut p, &mut sim).is_empty() || sim.stream(&p.keys().jobs).is_none());
+}

@@ -279,10 +279,14 @@ impl Network {
         per_mille > 0 && self.rng.next_u64() % 1000 < u64::from(per_mille)
     }
 
-    /// Sends one command: its reply, or `Unknown` when a fault struck.
+    /// Sends one command: its reply, or `Unknown` when a fault struck (`NotSent`, half the
+    /// time, for a command lost before it ran: an adapter may know that much).
     pub fn send(&mut self, command: &Command) -> Reply {
         if self.roll(self.faults.lose_command) {
-            return Reply::Unknown;
+            return match self.rng.next_u64() % 2 {
+                0 => Reply::NotSent,
+                _ => Reply::Unknown,
+            };
         }
         let value = self.sim.execute(&command.kind);
         if self.roll(self.faults.lose_reply) {

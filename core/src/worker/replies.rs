@@ -36,20 +36,26 @@ impl Worker {
             .in_flight
             .remove(&op)
             .ok_or(WorkerError::UnknownOp(op))?;
-        if let Reply::Value(_) = &reply {
-            // Redis answered: a backoff the connection caused ends now.
-            self.resend.reachable();
-        }
+        let reply = match reply {
+            // Nothing ran: for a worker, as good as unknown (every command is sent again).
+            Reply::NotSent => Reply::Unknown,
+            Reply::Value(v) => {
+                // Redis answered: a backoff the connection caused ends now.
+                self.resend.reachable();
+                Reply::Value(v)
+            }
+            Reply::Unknown => Reply::Unknown,
+        };
         match (state, reply) {
             (InFlight::Settle { kind, items }, reply) => self.settled(kind, items, reply, rng),
             (InFlight::HandBack, _) => {}
             (InFlight::Heartbeat { entries }, reply) => self.beaten(&entries, reply),
-            (InFlight::Promote, Reply::Unknown) => {
+            (InFlight::Promote, Reply::Unknown | Reply::NotSent) => {
                 // Promotion is idempotent: again after the backoff.
                 let at = self.resend.fail_unknown(self.now_ms);
                 self.promote_by(at);
             }
-            (_, Reply::Unknown) => {
+            (_, Reply::Unknown | Reply::NotSent) => {
                 self.resend.fail_unknown(self.now_ms);
             }
             (InFlight::EnsureGroup, Reply::Value(v)) => match v {
@@ -183,7 +189,7 @@ impl Worker {
                 .into_array("heartbeat reply")
                 .ok()
                 .filter(|a| a.len() == entries.len()),
-            Reply::Unknown => None,
+            Reply::Unknown | Reply::NotSent => None,
         };
         for (i, entry) in entries.iter().enumerate() {
             let Some(run) = self.running.get_mut(entry) else {
@@ -227,7 +233,7 @@ impl Worker {
                 self.outbox.push_front((kind, item));
             }
             return match reply {
-                Reply::Unknown => {
+                Reply::Unknown | Reply::NotSent => {
                     self.resend.fail_unknown(self.now_ms);
                 }
                 Reply::Value(_) => self.backoff(),
