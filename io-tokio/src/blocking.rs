@@ -23,7 +23,9 @@ use std::time::Duration;
 use datalayer_core::command::{CommandKind, OpId, Reply};
 use datalayer_core::scripts;
 use datalayer_core::value::{Value, split_read};
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
+
+use crate::connection::Conn;
 use tokio::sync::mpsc;
 
 use crate::exec::{push, to_value};
@@ -58,7 +60,7 @@ impl Blocker {
     /// `CLIENT UNBLOCK`s; `response_timeout` is added to each command's `BLOCK`.
     pub(crate) fn start(
         client: redis::Client,
-        shared: ConnectionManager,
+        shared: Conn,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
@@ -126,7 +128,7 @@ impl Pending {
 
 struct Task {
     client: redis::Client,
-    shared: ConnectionManager,
+    shared: Conn,
     connect_timeout: Duration,
     response_timeout: Duration,
     rx: mpsc::UnboundedReceiver<Req>,

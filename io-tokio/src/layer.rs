@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::connection::Conn;
 use datalayer_core::keys::SecretRing;
-use redis::aio::ConnectionManager;
 
 use crate::blocking::Blocker;
 use crate::queue::{JobQueue, QueueOptions};
@@ -69,7 +69,7 @@ pub struct Options {
     pub response_timeout: Duration,
     /// How long connecting may take (default 5 s).
     pub connect_timeout: Duration,
-    /// The longest wait between reconnect attempts (default 2 s).
+    /// The longest wait between reconnect attempts (default 1 s).
     pub max_reconnect_delay: Duration,
     /// For `rediss://`: the PEM certificate(s) of the authority that signed the server's
     /// certificate, instead of the system's roots (a private CA). Needs the `tls` feature.
@@ -82,7 +82,7 @@ impl Default for Options {
             prefix: "dl".into(),
             response_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            max_reconnect_delay: Duration::from_secs(2),
+            max_reconnect_delay: Duration::from_secs(1),
             tls_root_cert: None,
         }
     }
@@ -129,7 +129,7 @@ impl Options {
 /// that every queue and worker made from it shares. Cheap to clone.
 #[derive(Clone)]
 pub struct DataLayer {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     pub(crate) options: Options,
     client: redis::Client,
     shared: Arc<Shared>,
@@ -247,16 +247,15 @@ impl DataLayer {
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`).
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
         let client = client(url, &options)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(options.max_reconnect_delay)
-            // Few attempts per request: while Redis is away, a request fails soon (its outcome
-            // unknown to the engine, which backs off and sends again), rather than waiting for
-            // Redis to come back; every new request starts a new attempt.
-            .set_number_of_retries(2);
-        let mut conn = client.get_connection_manager_with_config(config).await?;
+        // While Redis is away, a command fails at once (not sent: the engine backs off and
+        // sends again) rather than waiting for Redis to come back.
+        let mut conn = Conn::connect(
+            client.clone(),
+            options.response_timeout,
+            options.connect_timeout,
+            options.max_reconnect_delay,
+        )
+        .await?;
         crate::exec::load_scripts(&mut conn).await?;
         let consumer = format!("{}-{:08x}", std::process::id(), crate::random_u64() as u32);
         let layer = Self {

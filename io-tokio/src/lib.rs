@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod blocking;
+mod connection;
 mod credentials;
 pub mod exec;
 mod layer;

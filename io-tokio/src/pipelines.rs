@@ -12,8 +12,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
+use crate::connection::Conn;
 use datalayer_core::command::{Command, OpId, Reply};
-use redis::aio::ConnectionManager;
 
 use crate::exec;
 
@@ -21,7 +21,7 @@ type InFlight = Pin<Box<dyn Future<Output = (Vec<OpId>, Vec<Reply>)> + Send>>;
 
 /// A driver's pipelines in flight.
 pub(crate) struct Pipelines {
-    conn: ConnectionManager,
+    conn: Conn,
     in_flight: VecDeque<InFlight>,
 }
 
@@ -38,7 +38,7 @@ impl Pipelines {
     /// enqueue rate from 58k to 72k jobs/s and end to end from 16k to 25k, on 2 cores).
     pub(crate) const MAX: usize = 4;
 
-    pub(crate) fn new(conn: ConnectionManager) -> Self {
+    pub(crate) fn new(conn: Conn) -> Self {
         Self {
             conn,
             in_flight: VecDeque::new(),

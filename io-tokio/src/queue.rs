@@ -178,6 +178,7 @@ impl JobQueue {
             rx,
             events: events.clone(),
             waiters: HashMap::new(),
+            ended: HashMap::new(),
             accepting: HashMap::new(),
             fail_fast: options.when_unreachable == Unreachable::FailFast,
             closing: None,
@@ -352,6 +353,10 @@ struct Driver {
     events: broadcast::Sender<QueueEvent>,
     /// Handles awaiting each job's outcome, by add call (a job added twice has two).
     waiters: HashMap<JobId, Vec<(u64, oneshot::Sender<Outcome>)>>,
+    /// Outcomes of jobs that ended while an add of theirs still awaited Redis: an add made
+    /// or answered after the end (`AlreadyQueued`: the marker is kept meanwhile) gets it
+    /// too, instead of waiting for an event that came before it.
+    ended: HashMap<JobId, Outcome>,
     /// Adds waiting for Redis to take them, with the handle to give back when it does.
     accepting: HashMap<JobId, Vec<Accepting>>,
     fail_fast: bool,
@@ -441,6 +446,7 @@ impl Driver {
                     break;
                 };
                 self.drop_waiter(&id, a.call);
+                self.tidy(&id);
                 let _ = a.reply.send(Err(error));
                 if unconfirmed {
                     // Every other call of the job may have landed through the one sent.
@@ -483,6 +489,16 @@ impl Driver {
         for (_, w) in self.waiters.remove(id).unwrap_or_default() {
             let _ = w.send(outcome.clone());
         }
+        if self.producer.is_outstanding(id) {
+            self.ended.insert(id.clone(), outcome.clone());
+        }
+    }
+
+    /// An add of `id` was answered or withdrawn: its remembered outcome goes with the last.
+    fn tidy(&mut self, id: &JobId) {
+        if !self.producer.is_outstanding(id) {
+            self.ended.remove(id);
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -498,7 +514,13 @@ impl Driver {
             Msg::Add((call, job, reply)) => match self.producer.add(now_ms(), job, &mut OsRandom) {
                 Ok(id) => {
                     let (tx, rx) = oneshot::channel();
-                    self.waiters.entry(id.clone()).or_default().push((call, tx));
+                    match self.ended.get(&id) {
+                        // The job ended already (its marker is kept): this add finds it.
+                        Some(outcome) => {
+                            let _ = tx.send(outcome.clone());
+                        }
+                        None => self.waiters.entry(id.clone()).or_default().push((call, tx)),
+                    }
                     let handle = JobHandle { id: id.clone(), rx };
                     self.accepting.entry(id).or_default().push(Accepting {
                         call,
@@ -525,7 +547,10 @@ impl Driver {
                     Some(_) => {
                         self.drop_waiter(&id, call);
                         match self.producer.withdraw(&id) {
-                            Withdrawal::NotSent => Err(Error::Unavailable),
+                            Withdrawal::NotSent => {
+                                self.tidy(&id);
+                                Err(Error::Unavailable)
+                            }
                             // Sent (or answered just now): it may be queued, and the engine
                             // keeps sending it until Redis answers.
                             _ => Err(Error::Unconfirmed(id)),
@@ -557,6 +582,7 @@ impl Driver {
                     if let Some(a) = self.take_accepting(&job, oldest) {
                         let _ = a.reply.send(Ok(a.handle));
                     }
+                    self.tidy(&job);
                     continue;
                 }
                 ProducerEvent::Completed { job, result, .. } => {
@@ -581,6 +607,7 @@ impl Driver {
                         self.drop_waiter(&job, a.call);
                         let _ = a.reply.send(Err(Error::Add(error)));
                     }
+                    self.tidy(&job);
                     continue;
                 }
                 ProducerEvent::Destroyed => {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::Conn;
 use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::Sealer;
 use datalayer_core::job::JobId;
@@ -13,7 +14,6 @@ use datalayer_core::keys::SecretRing;
 use datalayer_core::retry::RetryPolicy;
 use datalayer_core::value::EntryId;
 use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -101,7 +101,7 @@ impl Job {
 /// A worker, not yet running: `start` it with a handler.
 #[derive(Debug)]
 pub struct JobWorker {
-    conn: ConnectionManager,
+    conn: Conn,
     reads: Reads,
     worker: Worker,
     queue: String,

@@ -4,6 +4,8 @@
 //! `PATH`, or the path in `REDIS_SERVER`. A server can be stopped, killed and restarted on the
 //! same port with the same data directory, so tests can inject real faults.
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

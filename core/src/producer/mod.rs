@@ -180,6 +180,12 @@ impl Producer {
         Withdrawal::NotSent
     }
 
+    /// Whether an add of `job` awaits Redis' answer (sent or not).
+    #[must_use]
+    pub fn is_outstanding(&self, job: &JobId) -> bool {
+        self.outstanding.contains_key(&job.0)
+    }
+
     /// Whether Redis answered the last command (false after an unknown outcome, until a
     /// reply comes: while nothing else is to be sent, the producer sends a `PING` after
     /// its backoff to find out). An adapter's "fail fast" mode refuses adds while false.

@@ -1,0 +1,204 @@
+//! The process-wide command connection: one multiplexed connection, replaced as soon as it is
+//! known to be dead.
+//!
+//! redis-rs's `ConnectionManager` reconnects when a command fails with a dropped
+//! connection, but not after a response timeout: when replies stop coming on a connection
+//! that stays open (a half-open TCP connection, a proxy that swallows them), every later
+//! command waits behind the missing replies and times out too, forever. Here any I/O error
+//! or timeout retires the connection it happened on, and so does the server closing it
+//! (RESP3 tells: the connection's push channel reports the disconnection), so the next
+//! command goes on a fresh connection instead of one already known to be dead.
+//!
+//! Connecting is serialized and paced: while attempts fail, a command that finds no
+//! connection fails at once until the next attempt is due (20 ms doubling to
+//! `max_reconnect_delay`), rather than every driver of the process dialing a Redis that is
+//! down. Such a failure means nothing was written: it is reported as a connection refusal
+//! (`RedisError::is_connection_refusal`), which `exec` turns into `Reply::NotSent`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, PushKind, RedisError, RedisFuture, RedisResult, Value};
+
+/// A cheap handle on the shared connection (clone it per command or pipeline).
+#[derive(Clone)]
+pub struct Conn {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    max_delay: Duration,
+    state: Mutex<State>,
+    /// Held while connecting: one attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<(MultiplexedConnection, u64)>,
+    generation: u64,
+    /// After a failed attempt: no other before this instant, and the delay that led to it.
+    retry_at: Option<(Instant, Duration)>,
+}
+
+const MIN_DELAY: Duration = Duration::from_millis(20);
+
+fn not_connected(why: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        format!("not connected to Redis ({why}): nothing was sent"),
+    ))
+}
+
+impl Conn {
+    /// Connects to `client` (the first connection is made here, so that a wrong address
+    /// fails `connect`).
+    pub(crate) async fn connect(
+        client: redis::Client,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+        max_delay: Duration,
+    ) -> RedisResult<Self> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(connect_timeout));
+        let conn = Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                max_delay: max_delay.max(MIN_DELAY),
+                state: Mutex::new(State::default()),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        conn.get().await?;
+        Ok(conn)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live connection and its generation, connecting if there is none (and an attempt
+    /// is due).
+    async fn get(&self) -> RedisResult<(MultiplexedConnection, u64)> {
+        if let Some(c) = self.state().current.clone() {
+            return Ok(c);
+        }
+        let _one = self.inner.connecting.lock().await;
+        let previous = {
+            let state = self.state();
+            if let Some(c) = state.current.clone() {
+                return Ok(c);
+            }
+            match state.retry_at {
+                Some((at, _)) if Instant::now() < at => {
+                    return Err(not_connected("the last attempt failed"));
+                }
+                Some((_, delay)) => Some(delay),
+                None => None,
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = self.inner.config.clone().set_push_sender(tx);
+        match self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => {
+                let generation = {
+                    let mut state = self.state();
+                    state.generation += 1;
+                    state.current = Some((c.clone(), state.generation));
+                    state.retry_at = None;
+                    state.generation
+                };
+                // The server closed it (CLIENT KILL, a restart): retire it at once.
+                let weak = Arc::downgrade(&self.inner);
+                tokio::spawn(async move {
+                    while let Some(push) = rx.recv().await {
+                        if push.kind == PushKind::Disconnection {
+                            break;
+                        }
+                    }
+                    if let Some(inner) = weak.upgrade() {
+                        Conn { inner }.retire(generation);
+                    }
+                });
+                Ok((c, generation))
+            }
+            Err(e) => {
+                let delay = previous.map_or(MIN_DELAY, |d| (d * 2).min(self.inner.max_delay));
+                self.state().retry_at = Some((Instant::now() + delay, delay));
+                tracing::debug!(error = %e, ?delay, "connecting to Redis failed");
+                Err(not_connected(&e.to_string()))
+            }
+        }
+    }
+
+    /// Drops connection `generation` if it is still the current one: the next command
+    /// connects anew.
+    fn retire(&self, generation: u64) {
+        let mut state = self.state();
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|(_, g)| *g == generation)
+        {
+            state.current = None;
+        }
+    }
+
+    /// After a command on connection `generation`: an I/O error or a timeout retires it
+    /// (its replies can no longer be trusted to line up).
+    fn check<T>(&self, result: &RedisResult<T>, generation: u64) {
+        if let Err(e) = result {
+            if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
+                self.retire(generation);
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (mut c, generation) = self.get().await?;
+            let result = c.req_packed_command(cmd).await;
+            self.check(&result, generation);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (mut c, generation) = self.get().await?;
+            let result = c.req_packed_commands(cmd, offset, count).await;
+            self.check(&result, generation);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
