@@ -279,6 +279,40 @@ pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         .expect("raw connection")
 }
 
+/// Every command Redis ran since its stats were reset (`CONFIG RESETSTAT`), by name
+/// (`INFO commandstats`: `xreadgroup`, `evalsha`, `client|unblock`, ...).
+pub async fn command_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// `CONFIG RESETSTAT`: command counts start from zero.
+pub async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .expect("resetstat");
+}
+
 /// `CLIENT LIST`.
 pub async fn client_list(conn: &mut redis::aio::MultiplexedConnection) -> String {
     redis::cmd("CLIENT")

@@ -7,8 +7,8 @@ use std::time::Duration;
 use datalayer_core::producer::AddJob;
 use datalayer_core::retry::{Backoff, RetryPolicy};
 use datalayer_tests::{
-    KillOnDrop, Persistence, RedisServer, client_list, contains, every_key_and_value, layer, raw,
-    secrets,
+    KillOnDrop, Persistence, RedisServer, client_list, command_calls, contains,
+    every_key_and_value, layer, raw, reset_stats, secrets,
 };
 use datalayer_tokio::{
     DataLayer, Error, Job, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable, WorkerHandle,
@@ -358,17 +358,30 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
         workers.push(echo_worker(&dl, &name, WorkerOptions::default()));
     }
     // Idle, the 2,000 readers block in Redis rather than poll: one merged XREADGROUP for
-    // the workers and one merged XREAD for the queues' events, re-sent when a reader joins.
+    // the workers and one merged XREAD for the queues' events, re-sent when a reader joins
+    // and every 5 s; each queue's upkeep runs once per 15 s (half the lease) on average.
+    // Past the first upkeeps (at start, then 7.5-22.5 s later), 15 s of idling.
     let mut conn = raw(&server).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .expect("resetstat");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let reads = read_calls(&mut conn).await;
-    assert!(reads <= 10, "{reads} reads in a second of idling");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    reset_stats(&mut conn).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let calls = command_calls(&mut conn).await;
+    let reads = read_calls(&calls);
+    assert!(reads <= 40, "{reads} reads in 15 s of idling: {calls:?}");
+    let scripts = calls.get("evalsha").copied().unwrap_or(0);
+    // 1,000 queues x 15 s / 15 s = 1,000 expected; before, a promote per worker per second
+    // and a reclaim per half lease: over 15,000. Not none either: the upkeep still runs
+    // (it reclaims the jobs of workers that died).
+    assert!(
+        (200..=2_000).contains(&scripts),
+        "{scripts} scripts in 15 s of idling: {calls:?}"
+    );
+    // Commands run from the scripts count too (one XAUTOCLAIM per upkeep, ...); nothing
+    // else is sent: no probe, no write.
+    for quiet in ["ping", "xadd", "multi", "del"] {
+        assert_eq!(calls.get(quiet), None, "{quiet}: {calls:?}");
+    }
+    eprintln!("idle 15 s, 1,000 queues and workers: {calls:?}");
     let mut handles = Vec::new();
     for (i, q) in queues.iter().enumerate().step_by(50) {
         handles.push(
@@ -397,24 +410,43 @@ async fn a_thousand_queues_share_a_handful_of_connections() {
     }
 }
 
-/// How many XREADGROUP and XREAD calls Redis has run since its stats were reset.
-async fn read_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("info");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_xreadgroup:") || l.starts_with("cmdstat_xread:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+/// XREADGROUP and XREAD calls among `calls`.
+fn read_calls(calls: &std::collections::BTreeMap<String, u64>) -> u64 {
+    ["xread", "xreadgroup"]
+        .iter()
+        .filter_map(|c| calls.get(*c))
         .sum()
+}
+
+#[tokio::test]
+async fn fifty_idle_workers_of_one_queue_share_its_upkeep() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let q = queue(&dl, "q");
+    let workers: Vec<WorkerHandle> = (0..50)
+        .map(|_| echo_worker(&dl, "q", WorkerOptions::default()))
+        .collect();
+    let h = q.add("s", &json!("first")).await.expect("add");
+    assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    let mut conn = raw(&server).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reset_stats(&mut conn).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = command_calls(&mut conn).await;
+    let scripts = calls.get("evalsha").copied().unwrap_or(0);
+    // The queue's upkeep is one per 15 s between all 50 (before: 50 promotes a second).
+    assert!(scripts <= 10, "{scripts} scripts in 10 s: {calls:?}");
+    // Each worker of the queue in this process has a consumer name (and a blocking read)
+    // of its own: one read per 5 s each.
+    let reads = read_calls(&calls);
+    assert!(reads <= 50 * 3 + 10, "{reads} reads in 10 s: {calls:?}");
+    eprintln!("idle 10 s, 50 workers of one queue: {calls:?}");
+    // Still working: a job added now runs.
+    let h = q.add("s", &json!("second")).await.expect("add");
+    assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    for w in &workers {
+        w.shutdown(Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::test]
