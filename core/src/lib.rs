@@ -12,7 +12,8 @@
 //! reply, or the time), then drain `poll_command` (commands for Redis, all of which may go
 //! out as one pipeline) and `poll_event` (news for the application) until both are `None`,
 //! and call `handle_timeout` when `poll_timeout` says. Every command gets exactly one reply:
-//! Redis' answer, or [`command::Reply::Unknown`] when the connection failed. Here the
+//! Redis' answer, [`command::Reply::Unknown`] when the connection failed (it may have run),
+//! or [`command::Reply::NotSent`] when it was never written. Here the
 //! in-memory model [`sim::Sim`] stands in for Redis:
 //!
 //! ```

@@ -138,9 +138,7 @@ async fn run_pipeline<C: ConnectionLike>(
             let mut values = values.into_iter();
             takes
                 .iter()
-                // A transaction's reply is EXEC's, its last (MULTI's OK and the QUEUEDs go).
-                .map(|n| values.by_ref().take(*n).last())
-                .map(|v| v.map_or(Reply::Unknown, |v| Reply::Value(to_value(v))))
+                .map(|n| transaction_reply(values.by_ref().take(*n).collect()))
                 .collect()
         }
         // The connection failed: each command may or may not have run.
@@ -162,6 +160,27 @@ async fn run_pipeline<C: ConnectionLike>(
             vec![Reply::Unknown; invocations.len()]
         }
     }
+}
+
+/// An invocation's reply from its part of the pipeline's replies: a transaction's is EXEC's,
+/// its last (MULTI's OK and the QUEUEDs go) — but when Redis refused to queue a command
+/// (`LOADING` after a restart, `OOM`, ...), EXEC says only `EXECABORT`, and the refusal
+/// itself is the reply: the engine tells a transient one from a final one.
+fn transaction_reply(mut values: Vec<redis::Value>) -> Reply {
+    let Some(last) = values.pop() else {
+        return Reply::Unknown;
+    };
+    let last = to_value(last);
+    if matches!(&last, Value::Error(e) if e.starts_with("EXECABORT")) {
+        let cause = values
+            .into_iter()
+            .map(to_value)
+            .find(|v| matches!(v, Value::Error(_)));
+        if let Some(cause) = cause {
+            return Reply::Value(cause);
+        }
+    }
+    Reply::Value(last)
 }
 
 fn is_noscript(reply: &Reply) -> bool {
@@ -223,5 +242,38 @@ pub async fn run_one<C: ConnectionLike>(
             redis::ErrorKind::Io,
             "the connection to Redis failed: the outcome is unknown",
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(text: &str) -> redis::Value {
+        redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("an error reply")
+    }
+
+    #[test]
+    fn an_aborted_transaction_replies_with_its_cause() {
+        let ok = redis::Value::Okay;
+        let queued = redis::Value::SimpleString("QUEUED".into());
+        let loading = server_error("LOADING Redis is loading the dataset in memory");
+        let abort = server_error("EXECABORT Transaction discarded because of previous errors.");
+        assert_eq!(
+            transaction_reply(vec![ok.clone(), loading, queued.clone(), abort.clone()]),
+            Reply::Value(Value::Error(
+                "LOADING Redis is loading the dataset in memory".into()
+            ))
+        );
+        // EXEC's own reply otherwise (an abort without a cause stays as it is).
+        assert_eq!(
+            transaction_reply(vec![ok.clone(), queued, redis::Value::Array(vec![])]),
+            Reply::Value(Value::Array(vec![]))
+        );
+        assert!(matches!(
+            transaction_reply(vec![ok, abort]),
+            Reply::Value(Value::Error(e)) if e.starts_with("EXECABORT")
+        ));
+        assert_eq!(transaction_reply(vec![]), Reply::Unknown);
     }
 }

@@ -4,6 +4,7 @@
 //! `PATH`, or the path in `REDIS_SERVER`. A server can be stopped, killed and restarted on the
 //! same port with the same data directory, so tests can inject real faults.
 
+pub mod chaos;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -198,6 +199,12 @@ impl RedisServer {
             && conn
                 .read(&mut buf)
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// The server's data directory (its AOF, its log).
+    #[must_use]
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The server's port.

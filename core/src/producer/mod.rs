@@ -563,6 +563,10 @@ impl Producer {
             Reply::Value(_) => Reply::Value(Value::Nil),
             _ => Reply::Unknown,
         };
+        // A transient error (LOADING, BUSY, READONLY, ...) rejected the command before it
+        // wrote anything: as good as never sent.
+        let not_sent =
+            not_sent || matches!(&reply, Reply::Value(Value::Error(e)) if is_transient_error(e));
         let items = match reply {
             // EXEC's array: the markers' HSET, then one XADD per job.
             Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 1 => {

@@ -577,3 +577,34 @@ fn an_add_that_never_left_is_withdrawn_as_not_queued_and_stays_fresh() {
     assert_eq!(p.pending_adds(), 0);
     assert!(drive(&mut p, &mut sim).is_empty() || sim.stream(&p.keys().jobs).is_none());
 }
+
+#[test]
+fn a_transient_error_reply_to_an_add_changes_nothing_about_it() {
+    let mut rng = SeededRandom::new(13);
+    let mut p = producer(|c| c);
+    let id = JobId::generate(T0, 9);
+    let add = AddJob {
+        id: Some(id.clone()),
+        generated_id: true,
+        ..job("y")
+    };
+    p.add(T0, add, &mut rng).unwrap();
+    let cmd = p.poll_command().expect("the add");
+    // Redis is loading its AOF after a restart: the transaction was refused whole.
+    let loading = Value::Error("LOADING Redis is loading the dataset in memory".into());
+    p.handle_reply(T0, cmd.op, Reply::Value(loading)).unwrap();
+    assert!(
+        std::iter::from_fn(|| p.poll_event())
+            .all(|e| !matches!(e, ProducerEvent::AddFailed { .. })),
+        "a transient refusal does not fail the add"
+    );
+    let t = p.poll_timeout().expect("resend timer");
+    p.handle_timeout(t);
+    let again = p.poll_command().expect("resent");
+    assert!(matches!(
+        again.kind,
+        CommandKind::Enqueue { fresh: true, .. }
+    ));
+    p.handle_reply(t, again.op, Reply::NotSent).unwrap();
+    assert_eq!(p.withdraw(&id), Withdrawal::NotSent, "it never ran");
+}
