@@ -752,6 +752,7 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
             "add_to_outcome_ms": { "p50": p50, "p99": p99, "max": max },
             "worker_kills": r.worker_kills, "redis_restarts": r.redis_restarts,
             "connection_kills": r.connection_kills, "garbage": r.garbage,
+            "proxy_faults": r.proxy_faults,
             "secs": r.elapsed.as_secs_f64(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -759,7 +760,7 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
         println!(
             "chaos: {} of {jobs} jobs ended, each once, with its own result, in {:.1} s at {rate} adds/s\n\
              faults: {} worker processes SIGKILLed, {} Redis kill -9 + restarts, {} CLIENT KILL rounds, \
-             {} garbage entries and forged events\n\
+             {} garbage entries and forged events, {} proxy faults (replies swallowed, pipelines cut)\n\
              adds answered Unavailable: {} (none ran), Unconfirmed: {} (added again, ran once)\n\
              jobs run twice or more (a worker killed mid-job): {} (most runs of one job: {})\n\
              add -> outcome under faults: p50 {p50} ms, p99 {p99} ms, max {max} ms\n\
@@ -770,6 +771,7 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
             r.redis_restarts,
             r.connection_kills,
             r.garbage,
+            r.proxy_faults,
             r.unavailable,
             r.unconfirmed,
             r.duplicates,

@@ -1,7 +1,8 @@
 //! The chaos run: one producer adds sealed jobs and awaits every outcome while worker
 //! processes run them, and meanwhile every fault at once: worker processes SIGKILLed,
 //! redis-server killed with `kill -9` and restarted on its AOF (`appendfsync always`),
-//! every connection dropped with `CLIENT KILL`, garbage written into the work and events
+//! every connection dropped with `CLIENT KILL`, the producer's replies swallowed or its
+//! connection cut mid-pipeline by a loopback proxy, garbage written into the work and events
 //! streams (random bytes, wrong fields, megabyte values, forged events naming real jobs).
 //!
 //! What it checks: every job has exactly one final outcome at the producer, with its own
@@ -79,6 +80,8 @@ pub struct ChaosReport {
     pub connection_kills: u64,
     /// Garbage entries and forged events written.
     pub garbage: u64,
+    /// Proxy faults on the producer's connections (replies swallowed, pipelines cut).
+    pub proxy_faults: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -332,7 +335,11 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
             .unwrap_or_else(PoisonError::into_inner)
             .spawn(i);
     }
-    let dl = DataLayer::connect(&url, datalayer_tokio::Options::default())
+    // The producer reaches Redis through a proxy that swallows replies and cuts pipelines.
+    let port = server.lock().unwrap_or_else(PoisonError::into_inner).port();
+    let proxy = Arc::new(crate::proxy::Proxy::start(port).await);
+    let options = datalayer_tokio::Options::default().response_timeout(Duration::from_secs(2));
+    let dl = DataLayer::connect(&proxy.url(), options)
         .await
         .map_err(|e| e.to_string())?;
     let queue = dl
@@ -350,6 +357,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
     let faults = tokio::spawn(fault_loop(
         cfg.clone(),
         seed,
+        proxy.clone(),
         server.clone(),
         fleet.clone(),
         url.clone(),
@@ -441,6 +449,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
         report.redis_restarts = c.redis_restarts;
         report.connection_kills = c.connection_kills;
         report.garbage = c.garbage;
+        report.proxy_faults = c.proxy_faults;
     }
     // No plaintext in any key, nor in the AOF.
     let mut conn = raw_conn(&url).await.ok_or("no connection for the scan")?;
@@ -464,6 +473,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
 async fn fault_loop(
     cfg: ChaosConfig,
     seed: u64,
+    proxy: Arc<crate::proxy::Proxy>,
     server: Arc<Mutex<RedisServer>>,
     fleet: Arc<Mutex<Fleet>>,
     url: String,
@@ -477,6 +487,8 @@ async fn fault_loop(
     let mut next_worker_kill = now + Duration::from_millis(rng.between(2_000, 4_000));
     let mut next_client_kill = now + Duration::from_millis(rng.between(3_000, 6_000));
     let mut next_garbage = now + Duration::from_millis(500);
+    let mut next_proxy = now + Duration::from_millis(rng.between(3_000, 6_000));
+    let mut heal_at: Option<Instant> = None;
     let restart_every = (cfg.jobs / (cfg.redis_restarts + 1)).max(1) as u64;
     let mut restarts = 0;
     let mut n = 0u64;
@@ -504,6 +516,26 @@ async fn fault_loop(
                 .unwrap_or_else(PoisonError::into_inner)
                 .redis_restarts += 1;
             conn = raw_conn(&url).await;
+        }
+        if heal_at.is_some_and(|t| now >= t) {
+            heal_at = None;
+            proxy.set(crate::proxy::Fault::None);
+        }
+        if now >= next_proxy {
+            next_proxy = now + Duration::from_millis(rng.between(3_000, 6_000));
+            if rng.next() % 2 == 0 {
+                // Replies swallowed for a while: what was sent runs, its answers never come.
+                proxy.set(crate::proxy::Fault::DropReplies);
+                heal_at = Some(now + Duration::from_millis(rng.between(200, 1_500)));
+            } else {
+                proxy.set(crate::proxy::Fault::CutAfter(
+                    rng.between(1, 20_000) as usize
+                ));
+            }
+            counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .proxy_faults += 1;
         }
         if now >= next_worker_kill {
             next_worker_kill = now + Duration::from_millis(rng.between(2_000, 4_000));

@@ -27,7 +27,7 @@ async fn every_job_has_one_outcome_through_every_fault_at_once() {
     assert_eq!(report.completed, 4_000);
     assert_eq!(report.redis_restarts, 2);
     assert!(
-        report.worker_kills >= 1 && report.garbage >= 5,
+        report.worker_kills >= 1 && report.garbage >= 5 && report.proxy_faults >= 1,
         "{report:?}"
     );
 }
