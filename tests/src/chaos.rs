@@ -523,7 +523,7 @@ async fn fault_loop(
         }
         if now >= next_proxy {
             next_proxy = now + Duration::from_millis(rng.between(3_000, 6_000));
-            if rng.next() % 2 == 0 {
+            if rng.next() & 1 == 0 {
                 // Replies swallowed for a while: what was sent runs, its answers never come.
                 proxy.set(crate::proxy::Fault::DropReplies);
                 heal_at = Some(now + Duration::from_millis(rng.between(200, 1_500)));
