@@ -19,6 +19,7 @@ mod tests;
 mod api;
 
 pub use api::{Delivery, MAX_SETTLE_BATCH, WorkerConfig, WorkerError, WorkerEvent};
+pub use replies::MAX_GARBAGE_COPY;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

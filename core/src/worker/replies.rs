@@ -282,12 +282,12 @@ impl Worker {
             Ok(job) => job,
             Err(e) => {
                 let reason = format!("unreadable job: {e}");
-                return self.bury_unread(entry.id, Some(id), envelope, reason, rng);
+                return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
             }
         };
         if job.id.0 != id {
-            let reason = format!("job record names {} but the entry names {id}", job.id);
-            return self.bury_unread(entry.id, Some(id), envelope, reason, rng);
+            let reason = format!("the job record names {}", job.id);
+            return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
         }
         if deliveries > u64::from(self.cfg.retry.max_stalled) {
             let reason = format!(
@@ -315,15 +315,30 @@ impl Worker {
         }));
     }
 
+    /// Dead-letters an entry that does not open. Its `j` field is not authenticated (anyone
+    /// who can write Redis can name a live job there), so it ends no job: no event, no
+    /// marker change; the claimed id is kept in the (sealed) reason, for diagnosis only. At
+    /// most [`MAX_GARBAGE_COPY`] bytes of the entry go into the dead letter.
     fn bury_unread(
         &mut self,
         entry: EntryId,
-        job: Option<String>,
+        claimed: Option<&str>,
         envelope: Arc<[u8]>,
         reason: String,
         rng: &mut impl Random,
     ) {
-        self.bury(entry, job.map(JobId), envelope, reason, 0, rng);
+        let reason = match claimed {
+            Some(id) => {
+                let id: String = id.chars().take(200).collect();
+                format!("{reason} (the entry claims job id {id:?}, unauthenticated)")
+            }
+            None => reason,
+        };
+        let envelope: Arc<[u8]> = match envelope.len() > MAX_GARBAGE_COPY {
+            true => Arc::from(&envelope[..MAX_GARBAGE_COPY]),
+            false => envelope,
+        };
+        self.bury(entry, None, envelope, reason, 0, rng);
     }
 
     /// Dead-letters an entry that never ran: the reason is sealed with the job id (or an
@@ -363,6 +378,10 @@ impl Worker {
         ));
     }
 }
+
+/// The most bytes of an entry that does not open copied into its dead letter: enough to
+/// diagnose it, not a way to make Redis hold a 512 MB garbage value twice.
+pub const MAX_GARBAGE_COPY: usize = 4096;
 
 /// The reclaim script's reply.
 struct Reclaimed {

@@ -103,8 +103,14 @@ fn garbage_is_dead_lettered_once_and_the_queue_goes_on() {
     assert_eq!(dead.len(), 2, "{events:?}");
     assert_eq!(dead[0].0, None);
     assert!(dead[0].1.contains("no job id"), "{}", dead[0].1);
-    assert_eq!(dead[1].0, Some(JobId::from("job-9")));
+    // The id an unreadable entry claims is not authenticated: it names no job.
+    assert_eq!(dead[1].0, None);
     assert!(dead[1].1.contains("unreadable job"), "{}", dead[1].1);
+    assert!(
+        dead[1].1.contains("claims job id \"job-9\""),
+        "{}",
+        dead[1].1
+    );
     assert_eq!(sim.stream(&keys.dead).unwrap().entries.len(), 2);
     assert_eq!(sim.stream(&keys.jobs).unwrap().entries.len(), 0);
     assert!(sim.stream(&keys.jobs).unwrap().groups[GROUP].pel.is_empty());
@@ -740,4 +746,96 @@ fn a_retry_is_promoted_when_due_by_its_worker_and_by_the_upkeep_if_that_worker_d
             );
         }
     }
+}
+
+#[test]
+fn a_garbage_entry_naming_a_live_job_ends_nothing_of_it() {
+    let mut rng = SeededRandom::new(31);
+    let mut sim = Sim::new(T0);
+    sim.execute(&CommandKind::EnsureGroup {
+        keys: Arc::new(keys_of("q")),
+    });
+    let pc = crate::producer::ProducerConfig::new("q").block_ms(None);
+    let mut p = crate::producer::Producer::new(pc, sealer(), T0).unwrap();
+    let live = JobId::from("session-1:msg-7");
+    let add = crate::producer::AddJob {
+        id: Some(live.clone()),
+        payload: b"send".to_vec(),
+        ..Default::default()
+    };
+    p.add(T0, add, &mut rng).unwrap();
+    let mut producer_events = Vec::new();
+    let mut run_producer = |p: &mut crate::producer::Producer, sim: &mut Sim| {
+        while let Some(cmd) = p.poll_command() {
+            let v = sim.execute(&cmd.kind);
+            p.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v))
+                .unwrap();
+            producer_events.extend(std::iter::from_fn(|| p.poll_event()));
+        }
+    };
+    run_producer(&mut p, &mut sim);
+    // Someone who can write Redis, but has no secret, names the live job.
+    let keys = keys_of("q");
+    sim.xadd_raw(
+        &keys.jobs,
+        vec![
+            (b"j".to_vec(), live.0.as_bytes().to_vec()),
+            (b"e".to_vec(), vec![b'x'; 10_000]),
+        ],
+    )
+    .unwrap();
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(4).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    let dead: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::DeadLettered { job, .. } => Some(job.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead, [None], "the garbage is buried, naming no job");
+    let dead_entry = &sim.stream(&keys.dead).unwrap().entries;
+    let copied = dead_entry
+        .values()
+        .next()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k == b"e");
+    assert_eq!(
+        copied.map(|(_, v)| v.len()),
+        Some(MAX_GARBAGE_COPY),
+        "a capped copy"
+    );
+    // The marker of the live job is still there, and the real job runs and completes.
+    let marked = match sim.get(&keys.ids) {
+        Some(crate::sim::Data::Hash(h)) => h.contains_key(live.0.as_bytes()),
+        _ => false,
+    };
+    assert!(marked, "the live job keeps its id marker");
+    let entries = jobs(&events);
+    assert_eq!(entries.len(), 1, "the real job was delivered");
+    w.complete(T0, entries[0], b"done", &mut rng).unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    sim.set_time(T0 + 100);
+    p.handle_timeout(T0 + 100);
+    run_producer(&mut p, &mut sim);
+    let outcomes: Vec<_> = producer_events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                crate::producer::ProducerEvent::Completed { .. }
+                    | crate::producer::ProducerEvent::DeadLettered { .. }
+            )
+        })
+        .collect();
+    assert!(
+        matches!(outcomes.as_slice(), [crate::producer::ProducerEvent::Completed { job, .. }] if *job == live),
+        "{producer_events:?}"
+    );
 }
