@@ -20,6 +20,7 @@ mod worker;
 pub use credentials::{CredentialsOptions, CredentialsStore, credentials_hash};
 pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;
+pub use datalayer_core::envelope::Compression;
 pub use layer::{DataLayer, Error, Options};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};

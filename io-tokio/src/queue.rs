@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use datalayer_core::command::{Command, OpId, Reply};
-use datalayer_core::envelope::Sealer;
+use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::SecretRing;
 use datalayer_core::producer::{
@@ -42,6 +42,11 @@ pub struct QueueOptions {
     pub events_after: Option<datalayer_core::value::EntryId>,
     /// What `add` does while Redis cannot be reached (default: wait up to 10 s).
     pub when_unreachable: Unreachable,
+    /// Whether jobs are compressed before they are sealed (default: never). Compression
+    /// makes an envelope's length depend on its content: a job that holds a secret beside
+    /// text an attacker chooses leaks the secret to anyone who sees lengths (any Redis
+    /// reader). Opt in only for payloads that never mix the two.
+    pub compression: Compression,
 }
 
 impl Default for QueueOptions {
@@ -49,6 +54,7 @@ impl Default for QueueOptions {
         Self {
             events_after: None,
             when_unreachable: Unreachable::Wait(Duration::from_secs(10)),
+            compression: Compression::Never,
         }
     }
 }
@@ -58,6 +64,13 @@ impl QueueOptions {
     #[must_use]
     pub fn when_unreachable(mut self, when: Unreachable) -> Self {
         self.when_unreachable = when;
+        self
+    }
+
+    /// With this compression of jobs (see [`QueueOptions::compression`] for the risk).
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 }
@@ -166,7 +179,8 @@ impl JobQueue {
         if let Some(after) = options.events_after {
             cfg.events_after = after;
         }
-        let sealer = Sealer::new(secrets.queue_keyring(name));
+        let sealer = Sealer::new(secrets.queue_keyring(name))
+            .with_options(SealOptions::default().compression(options.compression));
         let producer =
             Producer::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
         let (tx, rx) = mpsc::channel(1024);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::connection::Conn;
 use datalayer_core::command::{Command, OpId, Reply};
-use datalayer_core::envelope::Sealer;
+use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::SecretRing;
 use datalayer_core::retry::RetryPolicy;
@@ -39,6 +39,9 @@ pub struct WorkerOptions {
     /// The consumer name (default: the process's, shared by its workers of different queues
     /// so that one blocking read serves them all; unique per worker of one queue).
     pub consumer: Option<String>,
+    /// Whether results are compressed before they are sealed (default: never; see
+    /// [`crate::QueueOptions::compression`] for the risk).
+    pub compression: Compression,
 }
 
 impl Default for WorkerOptions {
@@ -49,6 +52,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(30),
             timeout: None,
             consumer: None,
+            compression: Compression::Never,
         }
     }
 }
@@ -72,6 +76,14 @@ impl WorkerOptions {
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// With this compression of results (see [`crate::QueueOptions::compression`] for the
+    /// risk).
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 }
@@ -144,7 +156,8 @@ impl JobWorker {
                     .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             );
         cfg.prefix = layer.options.prefix.clone();
-        let sealer = Sealer::new(secrets.queue_keyring(name));
+        let sealer = Sealer::new(secrets.queue_keyring(name))
+            .with_options(SealOptions::default().compression(options.compression));
         let worker =
             Worker::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {

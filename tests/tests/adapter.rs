@@ -11,8 +11,8 @@ use datalayer_tests::{
     every_key_and_value, layer, raw, reset_stats, secrets,
 };
 use datalayer_tokio::{
-    DataLayer, Error, Job, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable, WorkerHandle,
-    WorkerOptions,
+    Compression, DataLayer, Error, Job, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable,
+    WorkerHandle, WorkerOptions,
 };
 use serde_json::{Value, json};
 
@@ -51,7 +51,9 @@ async fn round_trip_unicode_and_a_mebibyte() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
     dl.health(Duration::from_secs(2)).await.expect("healthy");
-    let queue = queue(&dl, "q");
+    // Compression is opt-in (it would make lengths tell the content).
+    let options = QueueOptions::default().compression(Compression::Above(1024));
+    let queue = dl.queue("q", &secrets(), options).expect("queue");
     let text = "héllo wörld ✓ 你好 🚀🦀";
     let big = "ab".repeat(512 * 1024);
     let small = queue
@@ -857,5 +859,34 @@ async fn the_same_id_added_twice_at_once_gives_two_handles_to_one_job() {
         // One job ran per id: the first add's payload; the second add was a duplicate.
         assert_eq!(r["echo"], echo);
     }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn jobs_are_not_compressed_unless_asked() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = queue(&dl, "q");
+    // Compressible, and above any threshold: stored at full length all the same.
+    let big = "ab".repeat(32 * 1024);
+    let handle = queue.add("s", &json!({ "big": big })).await.expect("add");
+    let mut conn = raw(&server).await;
+    let entries: Entries = redis::cmd("XRANGE")
+        .arg("dl:{q}:jobs")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    let sealed = &entries[0]
+        .1
+        .iter()
+        .find(|(k, _)| k == "e")
+        .expect("field e")
+        .1;
+    assert!(sealed.len() > big.len(), "{} bytes", sealed.len());
+    assert_eq!(sealed[3] & 1, 0, "not compressed");
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
+    assert!(matches!(outcome(handle).await, Outcome::Completed(_)));
     worker.shutdown(Duration::from_secs(5)).await;
 }

@@ -87,14 +87,21 @@ pub enum Compression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SealOptions {
-    /// When to compress; default `Above(1024)`.
+    /// When to compress; default [`Compression::Never`].
+    ///
+    /// Compression before encryption makes the envelope's length depend on the content:
+    /// when a record holds a secret beside text an attacker chooses (a session secret in a
+    /// job whose message a client wrote), anyone who sees lengths (any Redis reader, the
+    /// network) can recover the secret a few characters at a time (a CRIME-style oracle; the
+    /// security review recovered 16 bytes of a secret so). Opt in only for records that
+    /// never mix secrets with attacker-chosen content.
     pub compression: Compression,
 }
 
 impl Default for SealOptions {
     fn default() -> Self {
         Self {
-            compression: Compression::Above(1024),
+            compression: Compression::Never,
         }
     }
 }

@@ -30,10 +30,14 @@ fn header_layout() {
 }
 
 #[test]
-fn compresses_only_when_it_pays() {
-    let s = sealer();
+fn compression_is_off_by_default_and_when_on_compresses_only_when_it_pays() {
     let mut rng = SeededRandom::new(1);
     let big = vec![b'a'; 10_000];
+    // Off by default: lengths would tell the content (a CRIME-style oracle).
+    let sealed = sealer().seal_bytes(&ctx(b"x"), &big, &mut rng).unwrap();
+    assert_eq!(sealed[3], 0);
+    assert_eq!(sealed.len(), MIN_LEN + big.len());
+    let s = sealer().with_options(SealOptions::default().compression(Compression::Above(1024)));
     let sealed = s.seal_bytes(&ctx(b"x"), &big, &mut rng).unwrap();
     assert_eq!(sealed[3], FLAG_COMPRESSED);
     assert!(sealed.len() < 200, "{}", sealed.len());
