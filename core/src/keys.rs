@@ -61,9 +61,10 @@ impl Secret {
         Self(bytes)
     }
 
-    /// A secret from text an operator supplied (an environment variable, a config file),
-    /// after [`validate_text_secret`] accepted it; the 32 bytes are derived from the text with
-    /// HKDF, so the same text always gives the same secret.
+    /// A secret from text an operator supplied (an environment variable, a config file): a
+    /// hex or base64 encoding of at least 32 random bytes (`openssl rand -hex 32`), which
+    /// [`validate_text_secret`] checks; passphrases are refused. The 32 bytes are derived
+    /// from the text with HKDF, so the same text always gives the same secret.
     pub fn from_text(text: &str) -> Result<Self, TextSecretError> {
         validate_text_secret(text)?;
         Ok(Self(*hkdf(&[text.as_bytes()], &[INFO_TEXT_SECRET])))
@@ -74,9 +75,11 @@ impl Secret {
     }
 }
 
-/// The shortest text secret accepted, in characters.
-pub const MIN_TEXT_SECRET_CHARS: usize = 32;
-/// The least estimated entropy of a text secret, in bits.
+/// The fewest characters that can encode [`MIN_TEXT_SECRET_BYTES`] bytes (base64, unpadded).
+pub const MIN_TEXT_SECRET_CHARS: usize = 43;
+/// The fewest random bytes a text secret must encode.
+pub const MIN_TEXT_SECRET_BYTES: usize = 32;
+/// The least estimated entropy of the bytes a text secret encodes, in bits.
 pub const MIN_TEXT_SECRET_BITS: f64 = 128.0;
 
 /// Why a text secret was refused. The messages say what to do and never echo the secret.
@@ -85,8 +88,8 @@ pub const MIN_TEXT_SECRET_BITS: f64 = 128.0;
 pub enum TextSecretError {
     /// Too short.
     #[error(
-        "secret is {chars} characters long; use at least {MIN_TEXT_SECRET_CHARS} \
-         (e.g. `openssl rand -hex 32`)"
+        "secret is {chars} characters long; use {MIN_TEXT_SECRET_BYTES} random bytes, hex or \
+         base64 (`openssl rand -hex 32`)"
     )]
     TooShort {
         /// Its length in characters.
@@ -98,74 +101,132 @@ pub enum TextSecretError {
     /// Control characters have no place in a secret typed or pasted by an operator.
     #[error("secret contains control characters")]
     Control,
-    /// Drawn from a single class of characters (only digits, only lower-case letters, ...).
+    /// Not hex or base64: a passphrase, which no check can tell from a guessable one.
     #[error(
-        "secret uses only one class of characters (lower-case, upper-case, digits, symbols); \
-         mix at least two"
+        "secret is not hex or base64; use {MIN_TEXT_SECRET_BYTES} random bytes, encoded \
+         (`openssl rand -hex 32` or `openssl rand -base64 32`), not a passphrase"
     )]
-    OneClass,
-    /// Too repetitive: its estimated entropy is below [`MIN_TEXT_SECRET_BITS`].
+    NotEncoded,
+    /// The bytes it encodes are too repetitive to be random (a run, a pattern, zeros).
     #[error(
-        "secret is too repetitive: about {bits:.0} bits of entropy, at least \
-         {MIN_TEXT_SECRET_BITS:.0} needed; use a random string"
+        "secret is not random: its bytes carry about {bits:.0} bits of entropy, at least \
+         {MIN_TEXT_SECRET_BITS:.0} needed; use `openssl rand -hex 32`"
     )]
     LowEntropy {
-        /// The estimate (Shannon entropy of its characters × its length).
+        /// The estimate (Shannon entropy of its byte values × their count).
         bits: f64,
     },
 }
 
-/// Checks a text secret supplied by an operator: at least [`MIN_TEXT_SECRET_CHARS`]
-/// characters, no surrounding whitespace or control characters, at least two character
-/// classes, and an estimated entropy (Shannon entropy of its character frequencies times its
-/// length) of at least [`MIN_TEXT_SECRET_BITS`]. `openssl rand -hex 32` and
-/// `openssl rand -base64 32` both pass; a word repeated, a date, or a keyboard run do not.
+/// Checks a text secret supplied by an operator. Only encodings of randomness pass: hex of
+/// at least [`MIN_TEXT_SECRET_BYTES`] bytes, or base64 (standard or URL-safe, padded or
+/// not) of as many, whose bytes look random (an empirical entropy of at least
+/// [`MIN_TEXT_SECRET_BITS`]: no run, pattern or zeros), with no surrounding whitespace or
+/// control characters. Passphrases are refused whatever they look like: no estimate tells
+/// `correct horse battery staple` from a random string, and envelopes in Redis let anyone
+/// test guesses offline, millions a second. `openssl rand -hex 32` and
+/// `openssl rand -base64 32` pass.
 pub fn validate_text_secret(text: &str) -> Result<(), TextSecretError> {
-    let chars = text.chars().count();
     if text.trim() != text {
         return Err(TextSecretError::Whitespace);
     }
     if text.chars().any(char::is_control) {
         return Err(TextSecretError::Control);
     }
-    if chars < MIN_TEXT_SECRET_CHARS {
+    // Hex first; a string that is both (only hex digits) counts as base64 if hex is too short.
+    let bytes = match decode_hex(text) {
+        Some(hex) if hex.len() >= MIN_TEXT_SECRET_BYTES => Some(hex),
+        hex => decode_base64(text)
+            .filter(|b| b.len() >= MIN_TEXT_SECRET_BYTES)
+            .or(hex)
+            .or_else(|| decode_base64(text)),
+    }
+    .ok_or(TextSecretError::NotEncoded)?;
+    if bytes.len() < MIN_TEXT_SECRET_BYTES {
+        let chars = text.chars().count();
         return Err(TextSecretError::TooShort { chars });
     }
-    let class = |c: char| -> usize {
-        if c.is_lowercase() {
-            0
-        } else if c.is_uppercase() {
-            1
-        } else if c.is_numeric() {
-            2
-        } else {
-            3
-        }
-    };
-    let mut classes = [false; 4];
-    let mut counts: std::collections::BTreeMap<char, usize> = std::collections::BTreeMap::new();
-    for c in text.chars() {
-        classes[class(c)] = true;
-        *counts.entry(c).or_default() += 1;
+    let bits = entropy_bits(&bytes);
+    if bits < MIN_TEXT_SECRET_BITS {
+        return Err(TextSecretError::LowEntropy { bits });
     }
-    if classes.iter().filter(|&&seen| seen).count() < 2 {
-        return Err(TextSecretError::OneClass);
+    Ok(())
+}
+
+/// The empirical entropy of `bytes`: of their value frequencies, times their count (32
+/// random bytes: about 150 bits, at most 160).
+fn entropy_bits(bytes: &[u8]) -> f64 {
+    let mut counts = [0usize; 256];
+    for &b in bytes {
+        counts[usize::from(b)] += 1;
     }
     #[allow(clippy::cast_precision_loss)] // counts of a short string: exact in f64
-    let n = chars as f64;
+    let n = bytes.len() as f64;
     #[allow(clippy::cast_precision_loss)]
-    let per_char: f64 = counts
-        .values()
+    let per_byte: f64 = counts
+        .iter()
+        .filter(|&&k| k > 0)
         .map(|&k| {
             let p = k as f64 / n;
             -p * p.log2()
         })
         .sum();
-    let bits = per_char * n;
-    if bits < MIN_TEXT_SECRET_BITS {
-        return Err(TextSecretError::LowEntropy { bits });
+    per_byte * n
+}
+
+/// Hex (either case) to bytes; `None` if `text` is not an even number of hex digits.
+fn decode_hex(text: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let digits = text.as_bytes();
+    if digits.is_empty() || digits.len() % 2 != 0 {
+        return None;
     }
-    Ok(())
+    let nibble = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(digits.len() / 2));
+    for pair in digits.chunks_exact(2) {
+        out.push((nibble(pair[0])? << 4) | nibble(pair[1])?);
+    }
+    Some(out)
+}
+
+/// Base64, standard (`+/`) or URL-safe (`-_`) alphabet, with or without `=` padding, to
+/// bytes; `None` if `text` is not that.
+fn decode_base64(text: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let body = text.trim_end_matches('=');
+    let padding = text.len() - body.len();
+    if body.is_empty() || padding > 2 || (padding > 0 && text.len() % 4 != 0) {
+        return None;
+    }
+    let (mut standard, mut url) = (false, false);
+    let value = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        }))
+    };
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(body.len() * 3 / 4));
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in body.bytes() {
+        match c {
+            b'+' | b'/' => standard = true,
+            b'-' | b'_' => url = true,
+            _ => {}
+        }
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+        }
+    }
+    // One alphabet, and no stray bits: a length of 1 mod 4 is not base64.
+    if (standard && url) || body.len() % 4 == 1 {
+        return None;
+    }
+    Some(out)
 }
 
 impl fmt::Debug for Secret {
@@ -492,15 +553,17 @@ mod tests {
     #[test]
     fn text_secrets_are_validated() {
         use TextSecretError as E;
-        // `openssl rand -hex 32` and `-base64 32` outputs pass.
+        // `openssl rand -hex 32` and `-base64 32` outputs pass, url-safe and unpadded too.
         let hex = "3f9a1c07d2b84e65a0c9f1e27b3d8a4c5e6f708192a3b4c5d6e7f8091a2b3c4d";
         let b64 = "q3Jx9Vb0Zk1LmN8pQr7sTu6vWx5yZa4bCd3eFg2hIj0=";
         assert_eq!(validate_text_secret(hex), Ok(()));
+        assert_eq!(validate_text_secret(&hex.to_uppercase()), Ok(()));
         assert_eq!(validate_text_secret(b64), Ok(()));
-        assert!(matches!(
-            validate_text_secret("short1A"),
-            Err(E::TooShort { chars: 7 })
-        ));
+        assert_eq!(validate_text_secret(b64.trim_end_matches('=')), Ok(()));
+        assert_eq!(
+            validate_text_secret("q3Jx9Vb0Zk1LmN8pQr7sTu6vWx5yZa4bCd3eFg2hIj0_-A"),
+            Ok(())
+        );
         assert_eq!(
             validate_text_secret(&format!("{hex}\n")),
             Err(E::Whitespace)
@@ -509,26 +572,73 @@ mod tests {
             validate_text_secret(&format!("{hex}\u{7}x")),
             Err(E::Control)
         );
-        assert_eq!(
-            validate_text_secret("abcdefghijklmnopqrstuvwxyzabcdefghij"),
-            Err(E::OneClass)
-        );
-        assert_eq!(
-            validate_text_secret("0123456789012345678901234567890123"),
-            Err(E::OneClass)
-        );
-        let weak = "passwordPASSWORDpasswordPASSWORD";
-        match validate_text_secret(weak) {
-            Err(E::LowEntropy { bits }) => assert!(bits < 128.0, "{bits}"),
-            other => panic!("{other:?}"),
+        assert!(matches!(
+            validate_text_secret("3f9a1c07"),
+            Err(E::TooShort { chars: 8 })
+        ));
+        // The security review's guessable strings: each passed the old entropy estimate.
+        for guessable in [
+            "qwertyuiopasdfghjklzxcvbnmQWERTY",
+            "abcdefghijklmnopqrstuvwxyzABCDEF",
+            "1234567890qwertyuiopasdfghjklzxc",
+            "The quick brown fox jumps over the lazy dog",
+            "correct horse battery staple Tr0ub4dor&3",
+            "sockethub-production-secret-2024",
+        ] {
+            let err = validate_text_secret(guessable).expect_err(guessable);
+            assert!(
+                matches!(err, E::NotEncoded | E::TooShort { .. }),
+                "{guessable}: {err:?}"
+            );
+            assert!(!err.to_string().contains(guessable), "{err}");
+            assert!(Secret::from_text(guessable).is_err());
         }
-        let msg = validate_text_secret(weak).unwrap_err().to_string();
-        assert!(!msg.contains("password"), "{msg}");
+        // Encodings of patterns, not randomness.
+        for pattern in [
+            "0".repeat(64),
+            "ab".repeat(32),
+            "0123456789abcdef".repeat(4),
+            "A".repeat(44),
+        ] {
+            assert!(
+                matches!(validate_text_secret(&pattern), Err(E::LowEntropy { .. })),
+                "{pattern}: {:?}",
+                validate_text_secret(&pattern)
+            );
+        }
+        // 24 bytes of base64 are too few; two alphabets at once are not base64.
+        assert_eq!(
+            validate_text_secret("q3Jx9Vb0Zk1LmN8pQr7sTu6vWx5yZa4b"),
+            Err(E::TooShort { chars: 32 })
+        );
+        assert_eq!(
+            validate_text_secret("q3Jx9Vb0Zk1LmN8pQr7sTu6vWx5yZa4bCd3eFg2h+_A="),
+            Err(E::NotEncoded)
+        );
         // The same text gives the same secret, another text another one.
         let a = Secret::from_text(hex).unwrap();
         assert_eq!(a.expose(), Secret::from_text(hex).unwrap().expose());
         assert_ne!(a.expose(), Secret::from_text(b64).unwrap().expose());
-        assert!(Secret::from_text(weak).is_err());
+    }
+
+    #[test]
+    fn base64_and_hex_decode_exactly() {
+        assert_eq!(
+            decode_hex("00ff7A").as_deref().map(Vec::as_slice),
+            Some(&[0, 255, 0x7a][..])
+        );
+        assert_eq!(decode_hex("0g"), None);
+        assert_eq!(decode_hex("abc"), None);
+        let b = |s: &str| decode_base64(s).map(|v| v.to_vec());
+        assert_eq!(b("TWFu"), Some(b"Man".to_vec()));
+        assert_eq!(b("TWE="), Some(b"Ma".to_vec()));
+        assert_eq!(b("TWE"), Some(b"Ma".to_vec()));
+        assert_eq!(b("TQ=="), Some(b"M".to_vec()));
+        assert_eq!(b("TQ"), Some(b"M".to_vec()));
+        assert_eq!(b("T"), None);
+        assert_eq!(b("TQ="), None);
+        assert_eq!(b("a b="), None);
+        assert_eq!(b("-_8"), Some(vec![0xfb, 0xff]));
     }
 
     #[test]
