@@ -36,7 +36,10 @@ use datalayer_core::Random;
 ///
 /// Small requests (nonces, ids, jitter) are served from a per-thread buffer of OS output,
 /// refilled 256 bytes at a time: one `getrandom` call per 20 sealed jobs instead of two per
-/// job. Bytes handed out are wiped from the buffer, and never handed out twice.
+/// job. Bytes handed out are wiped from the buffer, and never handed out twice, not even
+/// across `fork()`: the buffer remembers the process it was filled in, and a child refills
+/// it before its first byte (without that, a parent and its children drew the same nonces
+/// and the same job-id randomness).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsRandom;
 
@@ -48,11 +51,13 @@ struct Pool {
     bytes: [u8; POOL_SIZE],
     /// Bytes before this index were handed out (and wiped).
     used: usize,
+    /// The process the bytes were drawn in: a forked child must not reuse its parent's.
+    pid: u32,
 }
 
 thread_local! {
     static POOL: std::cell::RefCell<Pool> = const {
-        std::cell::RefCell::new(Pool { bytes: [0; POOL_SIZE], used: POOL_SIZE })
+        std::cell::RefCell::new(Pool { bytes: [0; POOL_SIZE], used: POOL_SIZE, pid: 0 })
     };
 }
 
@@ -69,10 +74,12 @@ impl Random for OsRandom {
         if dest.len() > POOLED_MAX {
             return os_fill(dest);
         }
+        let pid = std::process::id();
         POOL.with_borrow_mut(|pool| {
-            if POOL_SIZE - pool.used < dest.len() {
+            if POOL_SIZE - pool.used < dest.len() || pool.pid != pid {
                 os_fill(&mut pool.bytes);
                 pool.used = 0;
+                pool.pid = pid;
             }
             let taken = &mut pool.bytes[pool.used..pool.used + dest.len()];
             dest.copy_from_slice(taken);
