@@ -41,8 +41,9 @@ impl From<&str> for JobId {
 /// What a queue seals for one job (the envelope's plaintext is this record's postcard).
 ///
 /// Everything here is sealed; only the job id and attempt also sit in plain in the stream
-/// entry, where the engine needs them without the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// entry, where the engine needs them without the key. Its `Debug` shows the payload's
+/// length, not its bytes (payloads carry session secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     /// The job's id.
     pub id: JobId,
@@ -72,5 +73,38 @@ mod tests {
         let max = JobId::generate(u64::MAX, u64::MAX).0;
         assert_eq!(max, "f".repeat(28));
         assert!(JobId::generate(1, u64::MAX) < JobId::generate(2, 0));
+    }
+}
+
+impl std::fmt::Debug for JobRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRecord")
+            .field("id", &self.id)
+            .field("title", &self.title)
+            .field("session_id", &self.session_id)
+            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
+            .field("attempt", &self.attempt)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_payload() {
+        let job = JobRecord {
+            id: JobId::from("j"),
+            title: "t".into(),
+            session_id: "s".into(),
+            payload: b"{\"sessionSecret\":\"hunter2\"}".to_vec(),
+            attempt: 1,
+            created_at_ms: 0,
+        };
+        let shown = format!("{job:?} {job:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<27 bytes>"), "{shown}");
     }
 }

@@ -25,6 +25,24 @@ pub use layer::{DataLayer, Error, Options};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};
 
+/// `url` without the password (and user) it may carry, for logs and messages:
+/// `redis://user:secret@host:6379/0` → `redis://***@host:6379/0`.
+///
+/// ```
+/// assert_eq!(datalayer_tokio::redact_url("rediss://:pw@h:1"), "rediss://***@h:1");
+/// assert_eq!(datalayer_tokio::redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// ```
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A random u64 from the OS generator (consumer names, health-check tokens).
 pub(crate) fn random_u64() -> u64 {
     OsRandom.next_u64()
@@ -106,6 +124,28 @@ mod tests {
         let mut big = [0u8; 100];
         OsRandom.fill_bytes(&mut big);
         assert_ne!(big, [0u8; 100]);
+    }
+
+    #[test]
+    fn job_debug_and_urls_show_no_secrets() {
+        let job = Job {
+            id: datalayer_core::job::JobId::from("j"),
+            title: String::new(),
+            session_id: "s".into(),
+            payload: b"{\"sessionSecret\":\"hunter2\"}".to_vec(),
+            attempt: 1,
+        };
+        let shown = format!("{job:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<27 bytes>"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("redis://u:hunter2@h:1/2?x=@y"),
+            "redis://***@h:1/2?x=@y"
+        );
+        assert_eq!(redact_url("u:hunter2@h:1"), "***@h:1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct WorkerOptions {
     /// Whether results are compressed before they are sealed (default: never; see
     /// [`crate::QueueOptions::compression`] for the risk).
     pub compression: Compression,
+    /// Whether a dead-lettered job's failure reason goes into the log (default: no, only its
+    /// length: reasons are sealed in Redis, and may quote the job's data).
+    pub log_reasons: bool,
 }
 
 impl Default for WorkerOptions {
@@ -53,6 +56,7 @@ impl Default for WorkerOptions {
             timeout: None,
             consumer: None,
             compression: Compression::Never,
+            log_reasons: false,
         }
     }
 }
@@ -79,6 +83,13 @@ impl WorkerOptions {
         self
     }
 
+    /// Whether failure reasons of dead-lettered jobs are logged in full (default: no).
+    #[must_use]
+    pub fn log_reasons(mut self, log_reasons: bool) -> Self {
+        self.log_reasons = log_reasons;
+        self
+    }
+
     /// With this compression of results (see [`crate::QueueOptions::compression`] for the
     /// risk).
     #[must_use]
@@ -88,8 +99,8 @@ impl WorkerOptions {
     }
 }
 
-/// A job, as a handler receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A job, as a handler receives it. Its `Debug` shows the payload's length, not its bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Job {
     /// The job's id.
     pub id: JobId,
@@ -101,6 +112,18 @@ pub struct Job {
     pub payload: Vec<u8>,
     /// Which attempt this is, from 1.
     pub attempt: u32,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .field("title", &self.title)
+            .field("session_id", &self.session_id)
+            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
+            .field("attempt", &self.attempt)
+            .finish()
+    }
 }
 
 impl Job {
@@ -117,6 +140,7 @@ pub struct JobWorker {
     reads: Reads,
     worker: Worker,
     queue: String,
+    log_reasons: bool,
 }
 
 /// A running worker: shut it down to stop it.
@@ -165,6 +189,7 @@ impl JobWorker {
             conn: layer.conn,
             worker,
             queue: name.to_owned(),
+            log_reasons: options.log_reasons,
         })
     }
 
@@ -190,6 +215,7 @@ impl JobWorker {
             running: HashMap::new(),
             shutdown: None,
             pending_events: Vec::new(),
+            log_reasons: self.log_reasons,
         };
         let span = tracing::info_span!("worker", queue = %self.queue);
         tokio::spawn(tracing::Instrument::instrument(
@@ -222,6 +248,7 @@ struct Driver {
     shutdown: Option<(u64, oneshot::Sender<()>)>,
     /// Events drained from the machine after each reply, handled by `route_events`.
     pending_events: Vec<WorkerEvent>,
+    log_reasons: bool,
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -373,7 +400,12 @@ impl Driver {
                 }
                 WorkerEvent::Drained => drained = true,
                 WorkerEvent::DeadLettered { entry, job, reason } => {
-                    tracing::warn!(%entry, job = ?job, %reason, "dead-lettered");
+                    if self.log_reasons {
+                        tracing::warn!(%entry, job = ?job, %reason, "dead-lettered");
+                    } else {
+                        let reason_len = reason.len();
+                        tracing::warn!(%entry, job = ?job, reason_len, "dead-lettered");
+                    }
                 }
                 WorkerEvent::LeaseLost { entry, job } => {
                     tracing::warn!(%entry, %job, "lease lost: another worker took the job");

@@ -56,7 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (url, Some(own))
         }
     };
-    println!("datalayer demo: {JOBS} sealed jobs through a queue and 4 workers on {url}\n");
+    println!(
+        "datalayer demo: {JOBS} sealed jobs through a queue and 4 workers on {}\n",
+        datalayer_tokio::redact_url(&url)
+    );
     let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut OsRandom));
     let dl = DataLayer::connect(&url, Options::default()).await?;
     dl.health(Duration::from_secs(2)).await?;
