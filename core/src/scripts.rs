@@ -119,21 +119,33 @@ if #settled > 0 then
       local f = {}
       for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
       if f['name'] == 'workers' then
-        local ms, seq = string.match(f['last-delivered-id'], '^(%d+)-(%d+)$')
-        floor = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+        -- Past the last delivered entry: its seq + 1, computed only where a Lua number
+        -- (a double) is exact (15 digits); beyond, the entry itself (kept for the next trim).
+        local last = f['last-delivered-id']
+        local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+        if ms and #seq <= 15 then
+          floor = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+        else
+          floor = last
+        end
       end
     end
   end
   redis.call('XTRIM', KEYS[1], 'MINID', floor)
-  local far = tonumber(string.match(floor, '^%d+')) + 2000
-  local stray = {}
-  for _, entry in ipairs(settled) do
-    if tonumber(string.match(entry, '^%d+')) > far then
-      stray[#stray + 1] = entry
+  -- Entries far ahead of the floor go by id; no arithmetic beyond 15 digits of ms.
+  local fms = string.match(floor, '^%d+')
+  if fms and #fms <= 15 then
+    local far = tonumber(fms) + 2000
+    local stray = {}
+    for _, entry in ipairs(settled) do
+      local ems = string.match(entry, '^%d+')
+      if #ems > 16 or tonumber(ems) > far then
+        stray[#stray + 1] = entry
+      end
     end
-  end
-  if #stray > 0 then
-    redis.call('XDEL', KEYS[1], unpack(stray))
+    if #stray > 0 then
+      redis.call('XDEL', KEYS[1], unpack(stray))
+    end
   end
 end
 "#
@@ -810,7 +822,7 @@ mod tests {
 
     #[test]
     fn settle_scripts_trim_with_the_documented_window() {
-        let line = format!("local far = tonumber(string.match(floor, '^%d+')) + {TRIM_WINDOW_MS}");
+        let line = format!("local far = tonumber(fms) + {TRIM_WINDOW_MS}");
         for script in [&COMPLETE, &RETRY, &BURY] {
             assert!(script.source.contains(&line), "{}", script.name);
             assert!(script.source.trim_end().ends_with("return out"));

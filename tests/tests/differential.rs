@@ -471,6 +471,63 @@ async fn trim_window_agrees_with_the_model() {
     }
 }
 
+/// A group whose last delivered id has a huge sequence number (entries added with explicit
+/// ids, or `XGROUP SETID`): the settle's trim did `seq + 1` in a Lua double and failed with
+/// "Invalid stream ID" after its writes. Now no arithmetic beyond 15 digits (the model's
+/// side: `sim::tests::huge_last_delivered_ids_trim_as_the_script_does`).
+#[tokio::test]
+async fn huge_stream_ids_settle_and_trim_without_error() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = connect(&server).await;
+    let keys = Arc::new(QueueKeys::new("dl", "huge").expect("keys"));
+    let now = redis_time(&mut conn).await;
+    let mut real = Side::new(now);
+    on_redis(
+        &mut conn,
+        0,
+        build(&Op::EnsureGroup, &real, &keys).expect("group"),
+    )
+    .await;
+    for (i, id) in [EntryId::new(now, 1), EntryId::new(now, u64::MAX - 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let r: String = redis::cmd("XADD")
+            .arg(&keys.jobs)
+            .arg(id.to_string())
+            .arg("j")
+            .arg(format!("j{i}"))
+            .arg("e")
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+        real.ids[JOBS_NS].push(EntryId::parse(r.as_bytes()).expect("id"));
+    }
+    let read = on_redis(
+        &mut conn,
+        1,
+        build(&Op::Read(0, 2), &real, &keys).expect("read"),
+    )
+    .await;
+    assert!(matches!(read, Value::Array(_)), "{read:?}");
+    // Both delivered: the last delivered id is the huge one. Settle both.
+    let settle = Op::Settle(0, 0, vec![(0, 0, -1), (1, 1, -1)]);
+    let r = on_redis(&mut conn, 2, build(&settle, &real, &keys).expect("settle")).await;
+    assert_eq!(
+        r,
+        Value::Array(vec![Value::Int(1), Value::Int(1)]),
+        "settled, no error"
+    );
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&keys.jobs)
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    // The floor is the huge entry itself: it stays for the next trim; the other is gone.
+    assert_eq!(left, 1);
+}
+
 /// An enqueue of more jobs than one HMGET/HSET chunk of the script (1,000), with repeats
 /// within a chunk and across chunks: the same replies and stream as the model.
 #[tokio::test]

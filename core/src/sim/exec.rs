@@ -418,14 +418,20 @@ fn trim_settled(sim: &mut Sim, key: &str, settled: &[EntryId]) -> Result<(), Str
     let Some(g) = s.groups.get(GROUP) else {
         return Ok(());
     };
+    // As the script, which does arithmetic only on numbers of at most 15 digits (exact in
+    // Lua's doubles).
+    const EXACT: u64 = 1_000_000_000_000_000;
     let floor = match g.pel.keys().next() {
         Some(first) => *first,
-        None => g.undelivered_from(),
+        None if g.last_delivered.seq < EXACT => g.undelivered_from(),
+        None => g.last_delivered,
     };
     s.trim_min_id(floor);
-    let far = floor.ms.saturating_add(TRIM_WINDOW_MS);
-    for id in settled.iter().filter(|id| id.ms > far) {
-        s.entries.remove(id);
+    if floor.ms < EXACT {
+        let far = floor.ms + TRIM_WINDOW_MS;
+        for id in settled.iter().filter(|id| id.ms > far) {
+            s.entries.remove(id);
+        }
     }
     Ok(())
 }

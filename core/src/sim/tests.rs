@@ -412,3 +412,28 @@ fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
     let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
     assert_eq!(stats[..2], [1, 0]);
 }
+
+#[test]
+fn huge_last_delivered_ids_trim_as_the_script_does() {
+    let mut sim = Sim::new(1000);
+    sim.execute(&CommandKind::EnsureGroup { keys: keys() });
+    enqueue(&mut sim, vec![job("a", None), job("b", None)]);
+    let got = read(&mut sim, "c1", 10);
+    let k = keys();
+    // As after XGROUP SETID to an id with a 20-digit sequence number.
+    let huge = EntryId::new(1000, u64::MAX - 1);
+    match sim.db.get_mut(&k.jobs) {
+        Some(Data::Stream(s)) => s.groups.get_mut(GROUP).unwrap().last_delivered = huge,
+        _ => panic!("stream"),
+    }
+    let complete = CommandKind::Complete {
+        keys: keys(),
+        min_event_ms: 0,
+        consumer: "c1".into(),
+        items: vec![settle(got[0].id, "a"), settle(got[1].id, "b")],
+    };
+    assert_eq!(ints(sim.execute(&complete)), [1, 1]);
+    // The floor is the last delivered id itself (no seq + 1 beyond 15 digits): both
+    // entries are below it and go.
+    assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
+}
