@@ -32,6 +32,19 @@ pub enum NameError {
     /// Longer than [`MAX_NAME_LEN`].
     #[error("name is {0} bytes long; the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
+    /// The key prefix is too long, or holds a brace (which would move the hash tag out of
+    /// the queue's or session's name).
+    #[error("key prefix {0:?} must be at most {MAX_NAME_LEN} bytes, without '{{' or '}}'")]
+    Prefix(String),
+}
+
+/// Checks a key prefix: at most [`MAX_NAME_LEN`] bytes, no braces (a `{` in the prefix
+/// would make Redis Cluster hash on it instead of on the queue's name).
+pub fn validate_prefix(prefix: &str) -> Result<(), NameError> {
+    if prefix.len() > MAX_NAME_LEN || prefix.contains(['{', '}']) {
+        return Err(NameError::Prefix(prefix.to_owned()));
+    }
+    Ok(())
 }
 
 /// Checks that `name` can sit inside a hash tag.
@@ -73,6 +86,7 @@ pub struct QueueKeys {
 impl QueueKeys {
     /// The keys of `queue` under `prefix` (default `dl`).
     pub fn new(prefix: &str, queue: &str) -> Result<Self, NameError> {
+        validate_prefix(prefix)?;
         validate(queue)?;
         let key = |suffix: &str| format!("{prefix}:{{{queue}}}:{suffix}");
         Ok(Self {
@@ -104,6 +118,7 @@ impl QueueKeys {
 
 /// The credentials hash of `session` under `prefix`.
 pub fn credentials_key(prefix: &str, session: &str) -> Result<String, NameError> {
+    validate_prefix(prefix)?;
     validate(session)?;
     Ok(format!("{prefix}:{{{session}}}:creds"))
 }
@@ -183,6 +198,24 @@ mod tests {
             QueueKeys::new("dl", &long),
             Err(NameError::TooLong(MAX_NAME_LEN + 1))
         );
+    }
+
+    #[test]
+    fn prefixes_cannot_move_the_hash_tag() {
+        // "x{y}:{q}:jobs" would hash on "y": every queue of the prefix on one slot, and
+        // queue names no longer a hash tag of their own.
+        for bad in ["x{y}", "{", "a}"] {
+            assert_eq!(
+                QueueKeys::new(bad, "q"),
+                Err(NameError::Prefix(bad.to_owned()))
+            );
+            assert_eq!(
+                credentials_key(bad, "s"),
+                Err(NameError::Prefix(bad.to_owned()))
+            );
+        }
+        assert!(QueueKeys::new(&"p".repeat(MAX_NAME_LEN + 1), "q").is_err());
+        assert!(QueueKeys::new("sockethub:dl", "q").is_ok());
     }
 
     #[test]

@@ -180,7 +180,27 @@ pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
 /// known to be dead.
 fn client(url: &str, options: &Options) -> Result<redis::Client, Error> {
     use redis::IntoConnectionInfo;
+    if url.contains('#') {
+        // redis-rs reads `rediss://..#insecure` as "do not verify the certificate" when a
+        // feature of its is on, which any crate of the binary can turn on.
+        return Err(Error::Config(
+            "the Redis URL must not carry a fragment (`#insecure` would turn certificate \
+             checks off)"
+                .into(),
+        ));
+    }
+    datalayer_core::naming::validate_prefix(&options.prefix)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let info = url.into_connection_info()?;
+    if let redis::ConnectionAddr::Tcp(host, _) = info.addr() {
+        let loopback = matches!(host.as_str(), "127.0.0.1" | "::1" | "[::1]" | "localhost");
+        if info.redis_settings().password().is_some() && !loopback {
+            eprintln!(
+                "datalayer: warning: the Redis password goes in the clear to {host} \
+                 (redis://): use rediss:// beyond this machine"
+            );
+        }
+    }
     let redis_settings = info
         .redis_settings()
         .clone()

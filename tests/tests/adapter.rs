@@ -890,3 +890,28 @@ async fn jobs_are_not_compressed_unless_asked() {
     assert!(matches!(outcome(handle).await, Outcome::Completed(_)));
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn urls_with_fragments_and_prefixes_with_braces_are_refused() {
+    let server = RedisServer::start(Persistence::None);
+    let insecure = format!("{}#insecure", server.url());
+    let err = DataLayer::connect(&insecure, datalayer_tokio::Options::default())
+        .await
+        .expect_err("a fragment");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    let braces = datalayer_tokio::Options::default().prefix("dl{x}");
+    let err = DataLayer::connect(&server.url(), braces)
+        .await
+        .expect_err("a brace in the prefix");
+    assert!(err.to_string().contains("prefix"), "{err}");
+    // An empty job id is refused too (it looks like garbage naming no job).
+    let dl = layer(&server).await;
+    let err = queue(&dl, "q")
+        .add_job(AddJob {
+            id: Some(datalayer_core::job::JobId::from("")),
+            ..AddJob::default()
+        })
+        .await
+        .expect_err("empty id");
+    assert!(err.to_string().contains("empty"), "{err}");
+}

@@ -19,6 +19,18 @@
 //! decides what its reply means; the adapter sends one and hands back the other.
 
 mod canonical;
+/// Whether two hex hashes are equal, ignoring ASCII case, in time that depends on their
+/// lengths only (not on where they first differ).
+fn hashes_match(ours: &str, theirs: &str) -> bool {
+    if ours.len() != theirs.len() {
+        return false;
+    }
+    let diff = ours.bytes().zip(theirs.bytes()).fold(0u8, |acc, (a, b)| {
+        acc | (a.to_ascii_lowercase() ^ b.to_ascii_lowercase())
+    });
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -375,7 +387,7 @@ impl CredentialStore {
             return Err(mismatch());
         }
         if let Some(expected) = expected_hash {
-            if !credentials_hash(&credentials).eq_ignore_ascii_case(expected) {
+            if !hashes_match(&credentials_hash(&credentials), expected) {
                 return Err(mismatch());
             }
         }

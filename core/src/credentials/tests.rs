@@ -123,6 +123,15 @@ fn the_original_checklist() {
     );
     let h2 = credentials_hash(&updated);
     assert_eq!(get(&mut redis, &s, key, Some(&h2)).unwrap(), updated);
+    // The hash compares without regard to case, and a truncated or extended one fails.
+    let upper = h2.to_ascii_uppercase();
+    assert_eq!(get(&mut redis, &s, key, Some(&upper)).unwrap(), updated);
+    for wrong in [&h2[..63], &format!("{h2}0")[..], ""] {
+        assert_eq!(
+            get(&mut redis, &s, key, Some(wrong)),
+            Err(CredentialsError::Mismatch { key: key.into() })
+        );
+    }
     // An object without a password matches its hash.
     let nopass = json!({"nick": "n3"});
     save(&mut redis, &s, "xmpp:n3", &nopass).unwrap();

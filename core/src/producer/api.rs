@@ -96,6 +96,10 @@ pub enum ProducerError {
     /// A reply for an operation this producer did not send.
     #[error("no operation {0:?} is awaiting a reply")]
     UnknownOp(OpId),
+    /// A caller-chosen job id must not be empty (an empty one is what garbage that names
+    /// no job looks like).
+    #[error("a job id must not be empty")]
+    EmptyJobId,
     /// Events were not drained: call `poll_event` until `None` after every input.
     #[error("{0} events are waiting: drain poll_event after every input")]
     Undrained(usize),

@@ -228,6 +228,9 @@ impl Producer {
         if self.paused {
             return Err(ProducerError::QueueClosed);
         }
+        if job.id.as_ref().is_some_and(|id| id.0.is_empty()) {
+            return Err(ProducerError::EmptyJobId);
+        }
         let pending = self.pending_adds();
         if pending >= self.cfg.max_pending {
             return Err(ProducerError::Backpressure(pending));

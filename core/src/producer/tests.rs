@@ -608,3 +608,12 @@ fn a_transient_error_reply_to_an_add_changes_nothing_about_it() {
     p.handle_reply(t, again.op, Reply::NotSent).unwrap();
     assert_eq!(p.withdraw(&id), Withdrawal::NotSent, "it never ran");
 }
+
+#[test]
+fn an_empty_job_id_is_refused() {
+    let mut rng = SeededRandom::new(14);
+    let mut p = producer(|c| c);
+    assert_eq!(p.add(T0, job(""), &mut rng), Err(ProducerError::EmptyJobId));
+    assert_eq!(p.pending_adds(), 0);
+    assert!(p.add(T0, job("x"), &mut rng).is_ok());
+}
