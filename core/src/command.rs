@@ -176,6 +176,9 @@ pub enum CommandKind {
         keys: Arc<QueueKeys>,
         /// Events older than this (ms) are trimmed.
         min_event_ms: u64,
+        /// Dead letters older than this (ms) are trimmed (they hold sealed jobs, which
+        /// could otherwise be copied back into the work stream and replayed forever).
+        min_dead_ms: u64,
         /// This worker's consumer name: only entries it holds are settled.
         consumer: String,
         /// The jobs.

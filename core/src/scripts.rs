@@ -235,20 +235,21 @@ end
     ),
 };
 
-/// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, then per job:
-/// entry, job id (empty if unknown), sealed reason, attempt, the job's envelope (or raw
-/// bytes).
+/// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, min dead-letter
+/// id, then per job: entry, job id (empty if unknown), sealed reason, attempt, the job's
+/// envelope (or the first bytes of garbage). Dead letters older than the min id go.
 pub const BURY: Script = Script {
     name: "bury",
     source: concat!(
         r#"
 local out, settled = {}, {}
-for i = 3, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   local entry, job = ARGV[i], ARGV[i + 1]
   local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[2]) == 1
   if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     settled[#settled + 1] = entry
-    redis.call('XADD', KEYS[3], '*', 'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
+    redis.call('XADD', KEYS[3], 'MINID', ARGV[3], '*',
+      'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
     if job ~= '' then
       if redis.call('HGET', KEYS[2], job) == 'w' then
         redis.call('HDEL', KEYS[2], job)
@@ -687,10 +688,11 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Bury {
             keys,
             min_event_ms,
+            min_dead_ms,
             consumer,
             items,
         } => {
-            let mut args = vec![min_id(*min_event_ms), b(consumer)];
+            let mut args = vec![min_id(*min_event_ms), b(consumer), min_id(*min_dead_ms)];
             let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::JobEnvelope];
             settle_args(items, &mut args, &fields);
             let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];

@@ -36,6 +36,11 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// A job running longer fails with "timed out" (default: none).
     pub timeout: Option<Duration>,
+    /// A job created longer ago than this is dead-lettered unrun, as a possible replay
+    /// (default 7 days; see `WorkerConfig::max_job_age_ms`).
+    pub max_job_age: Duration,
+    /// How long dead letters are kept (default 7 days).
+    pub dead_retention: Duration,
     /// The consumer name (default: the process's, shared by its workers of different queues
     /// so that one blocking read serves them all; unique per worker of one queue).
     pub consumer: Option<String>,
@@ -57,6 +62,8 @@ impl Default for WorkerOptions {
             consumer: None,
             compression: Compression::Never,
             log_reasons: false,
+            max_job_age: Duration::from_secs(7 * 24 * 3600),
+            dead_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -80,6 +87,20 @@ impl WorkerOptions {
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// With this max job age (the replay horizon).
+    #[must_use]
+    pub fn max_job_age(mut self, age: Duration) -> Self {
+        self.max_job_age = age;
+        self
+    }
+
+    /// With this dead-letter retention.
+    #[must_use]
+    pub fn dead_retention(mut self, retention: Duration) -> Self {
+        self.dead_retention = retention;
         self
     }
 
@@ -180,6 +201,9 @@ impl JobWorker {
                     .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             );
         cfg.prefix = layer.options.prefix.clone();
+        cfg.max_job_age_ms = u64::try_from(options.max_job_age.as_millis()).unwrap_or(u64::MAX);
+        cfg.dead_retention_ms =
+            u64::try_from(options.dead_retention.as_millis()).unwrap_or(u64::MAX);
         let sealer = Sealer::new(secrets.queue_keyring(name))
             .with_options(SealOptions::default().compression(options.compression));
         let worker =

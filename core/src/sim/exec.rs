@@ -125,6 +125,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::Bury {
             keys,
             min_event_ms,
+            min_dead_ms,
             consumer,
             items,
         } => settle(sim, keys, consumer, items, |sim, item| {
@@ -136,7 +137,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
                 ("r", &item.value),
                 ("a", attempt.as_bytes()),
             ]);
-            xadd(sim, &keys.dead, f)?;
+            xadd_trimmed(sim, &keys.dead, *min_dead_ms, f)?;
             if !job.is_empty() {
                 forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
                 let f = fields(&[

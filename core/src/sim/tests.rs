@@ -188,6 +188,7 @@ fn bury_moves_to_dead_letters() {
     let bury = CommandKind::Bury {
         keys: keys(),
         min_event_ms: 0,
+        min_dead_ms: 0,
         consumer: "c1".into(),
         items: vec![g, settle(got[1].id, "a")],
     };

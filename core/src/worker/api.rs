@@ -35,6 +35,14 @@ pub struct WorkerConfig {
     pub reclaim_interval_ms: u64,
     /// How long results and failures stay in the events stream if nobody reads them (ms).
     pub event_retention_ms: u64,
+    /// How long dead letters stay (ms; default 7 days): they hold sealed jobs, and a job
+    /// copied back from them would run again.
+    pub dead_retention_ms: u64,
+    /// A job created longer ago than this (its sealed `created_at_ms`, which retries
+    /// keep) is dead-lettered unrun (ms; default 7 days): it bounds how long an entry copied
+    /// back into Redis (from `MONITOR`, a replica, a backup, the dead letters) can run again.
+    /// It ends no job (no event, no marker change): it may be a replay of one that lives.
+    pub max_job_age_ms: u64,
     /// The most jobs settled by one command (at most [`MAX_SETTLE_BATCH`]: the scripts pass
     /// a batch's ids to single Redis calls, and Lua unpacks at most 8,000 values).
     pub max_batch: usize,
@@ -61,6 +69,8 @@ impl WorkerConfig {
             block_ms: Some(5_000),
             reclaim_interval_ms: 15_000,
             event_retention_ms: 24 * 3600 * 1000,
+            dead_retention_ms: 7 * 24 * 3600 * 1000,
+            max_job_age_ms: 7 * 24 * 3600 * 1000,
             max_batch: 256,
             timeout_ms: None,
         }

@@ -496,6 +496,7 @@ impl Worker {
             SettleKind::Bury => CommandKind::Bury {
                 keys,
                 min_event_ms,
+                min_dead_ms: self.now_ms.saturating_sub(self.cfg.dead_retention_ms),
                 consumer: self.cfg.consumer.clone(),
                 items: items.clone(),
             },

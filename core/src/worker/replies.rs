@@ -289,6 +289,14 @@ impl Worker {
             let reason = format!("the job record names {}", job.id);
             return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
         }
+        let age = self.now_ms.saturating_sub(job.created_at_ms);
+        if age > self.cfg.max_job_age_ms {
+            let reason = format!(
+                "too old to run: created {age} ms ago, max_job_age {} ms (a replayed entry?)",
+                self.cfg.max_job_age_ms
+            );
+            return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
+        }
         if deliveries > u64::from(self.cfg.retry.max_stalled) {
             let reason = format!(
                 "stalled: delivered {deliveries} times without an answer (max_stalled {})",

@@ -839,3 +839,61 @@ fn a_garbage_entry_naming_a_live_job_ends_nothing_of_it() {
         "{producer_events:?}"
     );
 }
+
+#[test]
+fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
+    let mut rng = SeededRandom::new(41);
+    let day = 24 * 3600 * 1000;
+    let mut sim = Sim::new(T0);
+    sim.execute(&CommandKind::EnsureGroup {
+        keys: Arc::new(keys_of("q")),
+    });
+    // A job sealed 8 days ago, copied back into the stream (a replay): it opens, but it is
+    // past the 7 days of max_job_age.
+    let old = JobRecord {
+        id: JobId::from("old"),
+        title: String::new(),
+        session_id: "s".into(),
+        payload: b"transfer".to_vec(),
+        attempt: 1,
+        created_at_ms: T0 - 8 * day,
+    };
+    let ctx = Context::new(Purpose::Job, "q", b"old");
+    let envelope = sealer().seal(&ctx, &old, &mut rng).unwrap();
+    let keys = keys_of("q");
+    sim.xadd_raw(
+        &keys.jobs,
+        vec![(b"j".to_vec(), b"old".to_vec()), (b"e".to_vec(), envelope)],
+    )
+    .unwrap();
+    enqueue(&mut sim, &mut rng, 1);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(4).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    let dead: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::DeadLettered { job, reason, .. } => Some((job.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "{events:?}");
+    assert_eq!(dead[0].0, None, "a possible replay ends no job");
+    assert!(dead[0].1.contains("too old"), "{}", dead[0].1);
+    assert_eq!(jobs(&events).len(), 1, "the fresh job runs");
+    assert_eq!(sim.stream(&keys.dead).unwrap().entries.len(), 1);
+    // Eight days later, the next dead letter trims the first (dead_retention: 7 days).
+    let later = T0 + 8 * day;
+    sim.set_time(later);
+    sim.xadd_raw(&keys.jobs, vec![(b"x".to_vec(), b"garbage".to_vec())])
+        .unwrap();
+    w.handle_timeout(later, &mut rng).unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    let dead = &sim.stream(&keys.dead).unwrap().entries;
+    assert_eq!(dead.len(), 1, "the old dead letter aged out");
+    assert!(dead.keys().all(|id| id.ms >= later));
+}
