@@ -19,6 +19,23 @@
 //! decides what its reply means; the adapter sends one and hands back the other.
 
 mod canonical;
+/// Credentials are padded with trailing spaces (which JSON ignores) to a multiple of this
+/// many bytes, at least [`PAD_MIN`], so that an envelope's length does not tell a password's.
+pub const PAD_BUCKET: usize = 128;
+/// The least padded length of credentials.
+pub const PAD_MIN: usize = 256;
+
+/// `json` followed by spaces up to its bucket, in a buffer sized once (no copy left behind
+/// by a reallocation).
+fn padded(json: &[u8]) -> Zeroizing<Vec<u8>> {
+    let target = json.len().div_ceil(PAD_BUCKET).max(1) * PAD_BUCKET;
+    let target = target.max(PAD_MIN);
+    let mut out = Zeroizing::new(Vec::with_capacity(target));
+    out.extend_from_slice(json);
+    out.resize(target, b' ');
+    out
+}
+
 /// Whether two hex hashes are equal, ignoring ASCII case, in time that depends on their
 /// lengths only (not on where they first differ).
 fn hashes_match(ours: &str, theirs: &str) -> bool {
@@ -241,8 +258,9 @@ impl CredentialStore {
             key: key.to_owned(),
             reason,
         };
-        let plain =
+        let json =
             Zeroizing::new(serde_json::to_vec(credentials).map_err(|e| seal_error(e.to_string()))?);
+        let plain = padded(&json);
         let sealed = self
             .sealer
             .seal_bytes(&self.context(key), &plain, rng)

@@ -545,3 +545,30 @@ proptest! {
         let _ = parse_scan(reply);
     }
 }
+
+#[test]
+fn envelopes_do_not_tell_a_passwords_length() {
+    let s = store("session-a", 9);
+    // The security review's lengths: 7, 8 and 28 characters gave 73, 74 and 94 bytes.
+    let lengths: Vec<usize> = [7, 8, 28, 100]
+        .iter()
+        .map(|n| {
+            let creds = json!({ "nick": "n", "password": "p".repeat(*n), "server": "irc.x" });
+            let inv = s.save("irc:n", &creds, &mut SeededRandom::new(1)).unwrap();
+            let Invocation::Script { args, .. } = inv else {
+                panic!("a script")
+            };
+            args.last().map_or(0, |a| a.len())
+        })
+        .collect();
+    assert!(lengths.iter().all(|l| *l == lengths[0]), "{lengths:?}");
+    // And the padded value still reads back, hash and all.
+    let mut redis = Hashes::default();
+    let creds = json!({ "nick": "n", "password": "hunter2" });
+    save(&mut redis, &s, "irc:n", &creds).unwrap();
+    let h = credentials_hash(&creds);
+    assert_eq!(get(&mut redis, &s, "irc:n", Some(&h)).unwrap(), creds);
+    // Past the minimum, buckets of 128 bytes.
+    assert_eq!(padded(&[b'{'; 300]).len(), 384);
+    assert_eq!(padded(b"{}").len(), PAD_MIN);
+}
