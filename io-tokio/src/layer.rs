@@ -350,7 +350,7 @@ impl DataLayer {
         secrets: &SecretRing,
         options: QueueOptions,
     ) -> Result<JobQueue, Error> {
-        JobQueue::start(self.clone(), name, secrets, options)
+        JobQueue::start(self.clone(), name, secrets.queue_keyring(name), options)
     }
 
     /// A worker (Sockethub's JobWorker) for the queue `name`.
@@ -360,6 +360,21 @@ impl DataLayer {
         secrets: &SecretRing,
         options: WorkerOptions,
     ) -> Result<JobWorker, Error> {
-        JobWorker::new(self.clone(), name, secrets, options)
+        JobWorker::new(self.clone(), name, secrets.queue_keyring(name), options)
+    }
+
+    /// A worker of the queue `name` that holds that queue's keys only
+    /// ([`SecretRing::queue_keyring`], or keys built from
+    /// [`datalayer_core::keys::derive_queue_key_bytes`] handed to its process): a
+    /// compromised worker process then opens this queue's jobs, and no other queue's, nor
+    /// anyone's credentials. (It cannot read credentials either: those keys derive from the
+    /// master secret and the session's.)
+    pub fn worker_with_keys(
+        &self,
+        name: &str,
+        keys: datalayer_core::keys::Keyring,
+        options: WorkerOptions,
+    ) -> Result<JobWorker, Error> {
+        JobWorker::new(self.clone(), name, keys, options)
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
-use datalayer_core::keys::SecretRing;
+use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
     AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent, Withdrawal,
 };
@@ -171,7 +171,7 @@ impl JobQueue {
     pub(crate) fn start(
         layer: DataLayer,
         name: &str,
-        secrets: &SecretRing,
+        keys: Keyring,
         options: QueueOptions,
     ) -> Result<Self, Error> {
         let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::worker::BLOCK_MS));
@@ -179,8 +179,8 @@ impl JobQueue {
         if let Some(after) = options.events_after {
             cfg.events_after = after;
         }
-        let sealer = Sealer::new(secrets.queue_keyring(name))
-            .with_options(SealOptions::default().compression(options.compression));
+        let sealer =
+            Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
         let producer =
             Producer::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
         let (tx, rx) = mpsc::channel(1024);

@@ -10,7 +10,7 @@ use crate::connection::Conn;
 use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
-use datalayer_core::keys::SecretRing;
+use datalayer_core::keys::Keyring;
 use datalayer_core::retry::RetryPolicy;
 use datalayer_core::value::EntryId;
 use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
@@ -183,7 +183,7 @@ impl JobWorker {
     pub(crate) fn new(
         layer: DataLayer,
         name: &str,
-        secrets: &SecretRing,
+        keys: Keyring,
         options: WorkerOptions,
     ) -> Result<Self, Error> {
         let consumer = options
@@ -204,8 +204,8 @@ impl JobWorker {
         cfg.max_job_age_ms = u64::try_from(options.max_job_age.as_millis()).unwrap_or(u64::MAX);
         cfg.dead_retention_ms =
             u64::try_from(options.dead_retention.as_millis()).unwrap_or(u64::MAX);
-        let sealer = Sealer::new(secrets.queue_keyring(name))
-            .with_options(SealOptions::default().compression(options.compression));
+        let sealer =
+            Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
         let worker =
             Worker::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {

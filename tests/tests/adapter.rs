@@ -915,3 +915,42 @@ async fn urls_with_fragments_and_prefixes_with_braces_are_refused() {
         .expect_err("empty id");
     assert!(err.to_string().contains("empty"), "{err}");
 }
+
+#[tokio::test]
+async fn a_worker_given_one_queue_s_keys_runs_that_queue_and_opens_no_other() {
+    use datalayer_core::keys::{Key, KeyId, Keyring, derive_queue_key_bytes};
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let (irc, xmpp) = (queue(&dl, "irc"), queue(&dl, "xmpp"));
+    // The server derives the irc queue's key and hands only that to the platform worker's
+    // process (here: as bytes).
+    let secret = datalayer_core::keys::Secret::from_bytes([42; 32]);
+    let bytes = derive_queue_key_bytes(&secret, "irc");
+    let keys = Keyring::new(Key::from_bytes(KeyId(1), &bytes));
+    let worker = dl
+        .worker_with_keys("irc", keys.clone(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    let h = irc.add("s", &json!("irc job")).await.expect("add");
+    let r: Value = outcome(h).await.json().expect("completed");
+    assert_eq!(r["echo"], "irc job");
+    // The same keys point at another queue: its jobs do not open (dead-lettered, unrun).
+    let mut events = xmpp.events();
+    let stray = dl
+        .worker_with_keys("xmpp", keys, WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    xmpp.add("s", &json!("xmpp job")).await.expect("add");
+    let mut conn = raw(&server).await;
+    let started = std::time::Instant::now();
+    while xlen(&mut conn, "dl:{xmpp}:dead").await == 0 {
+        assert!(started.elapsed() < WAIT, "the xmpp job was not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !matches!(events.try_recv(), Ok(QueueEvent::Completed { .. })),
+        "another queue's key opened nothing"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+    stray.shutdown(Duration::from_secs(5)).await;
+}
