@@ -603,3 +603,77 @@ async fn large_enqueue_batches_agree_with_the_model() {
     let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
     assert_eq!(m, r);
 }
+
+/// After a deletion Redis no longer knows a group's lag; the stats script then counted the
+/// whole undelivered backlog with one XRANGE (every envelope materialized in Lua). Now at
+/// most 10,000 entries, then an upper bound.
+#[tokio::test]
+async fn stats_of_a_large_backlog_without_a_lag_are_bounded() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = connect(&server).await;
+    let keys = Arc::new(QueueKeys::new("dl", "backlog").expect("keys"));
+    let side = Side::new(0);
+    on_redis(
+        &mut conn,
+        0,
+        build(&Op::EnsureGroup, &side, &keys).expect("group"),
+    )
+    .await;
+    let mut pipe = redis::pipe();
+    for i in 0..12_000 {
+        pipe.cmd("XADD")
+            .arg(&keys.jobs)
+            .arg("*")
+            .arg("j")
+            .arg(i)
+            .arg("e")
+            .arg("x")
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.expect("xadd");
+    // Five delivered (pending), then one undelivered entry deleted: the lag is unknown.
+    on_redis(
+        &mut conn,
+        1,
+        build(&Op::Read(0, 5), &side, &keys).expect("read"),
+    )
+    .await;
+    let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&keys.jobs)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&keys.jobs)
+        .arg(&first[99].0)
+        .query_async(&mut conn)
+        .await
+        .expect("xdel");
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&keys.jobs)
+        .query_async(&mut conn)
+        .await
+        .expect("xinfo");
+    assert_eq!(
+        groups[0].get("lag"),
+        Some(&redis::Value::Nil),
+        "the lag is unknown"
+    );
+    let stats = on_redis(
+        &mut conn,
+        2,
+        build(&Op::Stats, &side, &keys).expect("stats"),
+    )
+    .await;
+    let Value::Array(counts) = stats else {
+        panic!("{stats:?}")
+    };
+    // 11,994 waiting (counted as "more than 10,000": every entry not pending) + 5 running.
+    assert_eq!(counts[0], Value::Int(11_999), "{counts:?}");
+    assert_eq!(counts[1], Value::Int(5), "{counts:?}");
+}
