@@ -735,6 +735,7 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
         redis_restarts: 3,
         in_flight: 5_000,
         rate,
+        add_wait: Duration::from_secs(2),
         deadline: Duration::from_secs(120 + 2 * (jobs as u64 / u64::from(rate))),
         worker: Arc::new(move |url: &str, queue: &str, log: &std::path::Path| {
             let mut cmd = std::process::Command::new(&exe);
@@ -748,6 +749,8 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
         let out = json!({
             "chaos_jobs": jobs, "rate": rate, "completed": r.completed,
             "duplicates": r.duplicates, "max_runs": r.max_runs,
+            "duplicates_readded": r.duplicates_readded,
+            "duplicates_without_a_killed_worker": r.duplicates_unexplained,
             "unavailable": r.unavailable, "unconfirmed": r.unconfirmed,
             "add_to_outcome_ms": { "p50": p50, "p99": p99, "max": max },
             "worker_kills": r.worker_kills, "redis_restarts": r.redis_restarts,
@@ -762,7 +765,8 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
              faults: {} worker processes SIGKILLed, {} Redis kill -9 + restarts, {} CLIENT KILL rounds, \
              {} garbage entries and forged events, {} proxy faults (replies swallowed, pipelines cut)\n\
              adds answered Unavailable: {} (none ran), Unconfirmed: {} (added again, ran once)\n\
-             jobs run twice or more (a worker killed mid-job): {} (most runs of one job: {})\n\
+             jobs run twice or more: {} (most runs of one job: {}); of them added again after \
+             Unconfirmed: {}, with no run in a killed worker: {}\n\
              add -> outcome under faults: p50 {p50} ms, p99 {p99} ms, max {max} ms\n\
              no plaintext in Redis or in the AOF",
             r.completed,
@@ -776,6 +780,8 @@ async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
             r.unconfirmed,
             r.duplicates,
             r.max_runs,
+            r.duplicates_readded,
+            r.duplicates_unexplained,
         );
     }
     Ok(())

@@ -45,8 +45,11 @@ pub enum Error {
     /// The engine or Redis refused the job.
     #[error("add refused: {0}")]
     Add(String),
-    /// Redis cannot be reached, and the job never left this process: it was withdrawn and
-    /// is not queued (adding it again cannot run it twice).
+    /// Redis cannot be reached, and the job never left this process: its id was generated
+    /// for this add (so no other add can have queued it) and it was withdrawn; it is not
+    /// queued, and adding it again cannot run it twice. An add with a caller-chosen id is
+    /// never `Unavailable` (an earlier add of that id may have queued it): it is
+    /// `Unconfirmed` instead.
     #[error("redis is unreachable: the job was not queued")]
     Unavailable,
     /// The job was sent and Redis did not confirm it in time: it may be queued. The queue

@@ -1,6 +1,6 @@
 //! JobQueue: the producer machine driven over the shared connection by one task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,6 +74,12 @@ impl QueueOptions {
         self
     }
 }
+
+/// How long a queue remembers a job's outcome after it ended (ms): an add of its id in that
+/// time gets the outcome instead of running the job again.
+const ENDED_GRACE_MS: u64 = 60_000;
+/// The most outcomes remembered so.
+const ENDED_MAX: usize = 65_536;
 
 /// How a job ended, as its handle reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +199,7 @@ impl JobQueue {
             events: events.clone(),
             waiters: HashMap::new(),
             ended: HashMap::new(),
+            ended_order: VecDeque::new(),
             accepting: HashMap::new(),
             fail_fast: options.when_unreachable == Unreachable::FailFast,
             closing: None,
@@ -367,10 +374,12 @@ struct Driver {
     events: broadcast::Sender<QueueEvent>,
     /// Handles awaiting each job's outcome, by add call (a job added twice has two).
     waiters: HashMap<JobId, Vec<(u64, oneshot::Sender<Outcome>)>>,
-    /// Outcomes of jobs that ended while an add of theirs still awaited Redis: an add made
-    /// or answered after the end (`AlreadyQueued`: the marker is kept meanwhile) gets it
-    /// too, instead of waiting for an event that came before it.
-    ended: HashMap<JobId, Outcome>,
+    /// Outcomes of the jobs that ended in the last [`ENDED_GRACE_MS`] (at most
+    /// [`ENDED_MAX`]): an add of such an id (a caller adding again after `Unconfirmed`) gets
+    /// the outcome at once and is not sent, since the job's marker may be gone already and
+    /// it would run again.
+    ended: HashMap<JobId, (Outcome, u64)>,
+    ended_order: VecDeque<(JobId, u64)>,
     /// Adds waiting for Redis to take them, with the handle to give back when it does.
     accepting: HashMap<JobId, Vec<Accepting>>,
     fail_fast: bool,
@@ -460,7 +469,6 @@ impl Driver {
                     break;
                 };
                 self.drop_waiter(&id, a.call);
-                self.tidy(&id);
                 let _ = a.reply.send(Err(error));
                 if unconfirmed {
                     // Every other call of the job may have landed through the one sent.
@@ -498,20 +506,81 @@ impl Driver {
         }
     }
 
-    /// Gives every handle of `id` its outcome.
+    /// Gives every handle of `id` its outcome, and remembers it for a while.
     fn resolve(&mut self, id: &JobId, outcome: &Outcome) {
         for (_, w) in self.waiters.remove(id).unwrap_or_default() {
             let _ = w.send(outcome.clone());
         }
-        if self.producer.is_outstanding(id) {
-            self.ended.insert(id.clone(), outcome.clone());
+        let now = now_ms();
+        self.ended.insert(id.clone(), (outcome.clone(), now));
+        self.ended_order.push_back((id.clone(), now));
+        self.forget_ended(now);
+    }
+
+    /// Drops remembered outcomes past their grace, or beyond the most kept.
+    fn forget_ended(&mut self, now: u64) {
+        while let Some((id, at)) = self.ended_order.front() {
+            let expired = now.saturating_sub(*at) > ENDED_GRACE_MS;
+            if !expired && self.ended_order.len() <= ENDED_MAX {
+                break;
+            }
+            if self.ended.get(id).is_some_and(|(_, t)| t == at) {
+                self.ended.remove(id);
+            }
+            self.ended_order.pop_front();
         }
     }
 
-    /// An add of `id` was answered or withdrawn: its remembered outcome goes with the last.
-    fn tidy(&mut self, id: &JobId) {
-        if !self.producer.is_outstanding(id) {
-            self.ended.remove(id);
+    /// The outcome of a job with the caller's id that ended a moment ago, if any.
+    fn ended_outcome(&mut self, job: &AddJob) -> Option<(JobId, Outcome)> {
+        let id = job.id.as_ref().filter(|_| !job.generated_id)?;
+        self.forget_ended(now_ms());
+        let (outcome, _) = self.ended.get(id)?;
+        Some((id.clone(), outcome.clone()))
+    }
+
+    /// One add call: answered at once if its job ended a moment ago or Redis is away (fail
+    /// fast), else handed to the engine and answered when Redis takes it.
+    fn add(&mut self, call: u64, job: AddJob, reply: AddReply) {
+        if let Some((id, outcome)) = self.ended_outcome(&job) {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(outcome);
+            let _ = reply.send(Ok(JobHandle { id, rx }));
+            return;
+        }
+        if self.fail_fast && !self.producer.is_reachable() {
+            if job.generated_id {
+                // A new id: nothing of the job can be in Redis.
+                let _ = reply.send(Err(Error::Unavailable));
+                return;
+            }
+            // A caller-chosen id may be queued already (an earlier add): the engine takes the
+            // add, to send when Redis is back, and the caller hears at once.
+            let answer = match self.producer.add(now_ms(), job, &mut OsRandom) {
+                Ok(id) => Error::Unconfirmed(id),
+                Err(ProducerError::QueueClosed) => Error::QueueClosed,
+                Err(e) => Error::Add(e.to_string()),
+            };
+            let _ = reply.send(Err(answer));
+            return;
+        }
+        match self.producer.add(now_ms(), job, &mut OsRandom) {
+            Ok(id) => {
+                let (tx, rx) = oneshot::channel();
+                self.waiters.entry(id.clone()).or_default().push((call, tx));
+                let handle = JobHandle { id: id.clone(), rx };
+                self.accepting.entry(id).or_default().push(Accepting {
+                    call,
+                    reply,
+                    handle,
+                });
+            }
+            Err(ProducerError::QueueClosed) => {
+                let _ = reply.send(Err(Error::QueueClosed));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Add(e.to_string())));
+            }
         }
     }
 
@@ -522,33 +591,7 @@ impl Driver {
                     self.handle(Msg::Add(call));
                 }
             }
-            Msg::Add((_, _, reply)) if self.fail_fast && !self.producer.is_reachable() => {
-                let _ = reply.send(Err(Error::Unavailable));
-            }
-            Msg::Add((call, job, reply)) => match self.producer.add(now_ms(), job, &mut OsRandom) {
-                Ok(id) => {
-                    let (tx, rx) = oneshot::channel();
-                    match self.ended.get(&id) {
-                        // The job ended already (its marker is kept): this add finds it.
-                        Some(outcome) => {
-                            let _ = tx.send(outcome.clone());
-                        }
-                        None => self.waiters.entry(id.clone()).or_default().push((call, tx)),
-                    }
-                    let handle = JobHandle { id: id.clone(), rx };
-                    self.accepting.entry(id).or_default().push(Accepting {
-                        call,
-                        reply,
-                        handle,
-                    });
-                }
-                Err(ProducerError::QueueClosed) => {
-                    let _ = reply.send(Err(Error::QueueClosed));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(Error::Add(e.to_string())));
-                }
-            },
+            Msg::Add((call, job, reply)) => self.add(call, job, reply),
             Msg::Withdraw(id, call, answer) => {
                 let mine = |calls: &mut Vec<Accepting>| {
                     let at = calls.iter().position(|a| a.call == call)?;
@@ -561,10 +604,7 @@ impl Driver {
                     Some(_) => {
                         self.drop_waiter(&id, call);
                         match self.producer.withdraw(&id) {
-                            Withdrawal::NotSent => {
-                                self.tidy(&id);
-                                Err(Error::Unavailable)
-                            }
+                            Withdrawal::NotSent => Err(Error::Unavailable),
                             // Sent (or answered just now): it may be queued, and the engine
                             // keeps sending it until Redis answers.
                             _ => Err(Error::Unconfirmed(id)),
@@ -596,7 +636,6 @@ impl Driver {
                     if let Some(a) = self.take_accepting(&job, oldest) {
                         let _ = a.reply.send(Ok(a.handle));
                     }
-                    self.tidy(&job);
                     continue;
                 }
                 ProducerEvent::Completed { job, result, .. } => {
@@ -621,7 +660,6 @@ impl Driver {
                         self.drop_waiter(&job, a.call);
                         let _ = a.reply.send(Err(Error::Add(error)));
                     }
-                    self.tidy(&job);
                     continue;
                 }
                 ProducerEvent::Destroyed => {

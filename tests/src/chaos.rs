@@ -51,6 +51,9 @@ pub struct ChaosConfig {
     pub in_flight: usize,
     /// Adds per second (so that the faults fall among them); 0: as fast as they go.
     pub rate: u32,
+    /// How long an add waits for Redis (`Unreachable::Wait`): short, and faults make adds
+    /// end `Unavailable` or `Unconfirmed`, which the run then checks were true.
+    pub add_wait: Duration,
     /// Give up (and fail) after this long.
     pub deadline: Duration,
     /// Starts one worker process.
@@ -70,6 +73,12 @@ pub struct ChaosReport {
     pub duplicates: usize,
     /// The most runs of one job.
     pub max_runs: u32,
+    /// Of the duplicates, jobs that had been added again after `Unconfirmed` (a duplicate
+    /// there would be the adds' fault, not a worker killed mid-run).
+    pub duplicates_readded: usize,
+    /// Of the duplicates, jobs none of whose runs was in a killed worker process (a lease
+    /// that ran out while Redis was down, or the adds' fault).
+    pub duplicates_unexplained: usize,
     /// add → outcome, p50 and p99 and max (ms).
     pub latency_ms: (u64, u64, u64),
     /// Faults done: worker kills, Redis restarts, connection kills, garbage entries.
@@ -126,7 +135,7 @@ pub async fn worker_main(url: &str, queue: &str, log: &Path) {
             {
                 use std::io::Write;
                 let mut f = log.lock().unwrap_or_else(PoisonError::into_inner);
-                let _ = writeln!(f, "{}", job.id);
+                let _ = writeln!(f, "{} {}", job.id, std::process::id());
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
             let payload: Value = job.json().map_err(|e| e.to_string())?;
@@ -138,6 +147,8 @@ pub async fn worker_main(url: &str, queue: &str, log: &Path) {
 
 struct Fleet {
     procs: Vec<Option<KillOnDrop>>,
+    /// Worker processes SIGKILLed by the chaos (a job they ran may run again).
+    killed: HashSet<u32>,
     logs: Vec<PathBuf>,
     url: String,
     start: WorkerCommand,
@@ -156,18 +167,24 @@ impl Fleet {
 
     fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.procs[i].take() {
+            self.killed.insert(p.0.id());
             let _ = p.0.kill();
             let _ = p.0.wait();
         }
     }
 
-    /// Runs of every job id, from every worker's log.
-    fn runs(&self) -> HashMap<String, u32> {
-        let mut runs = HashMap::new();
+    /// The processes that ran each job id, from every worker's log.
+    fn runs(&self) -> HashMap<String, Vec<u32>> {
+        let mut runs: HashMap<String, Vec<u32>> = HashMap::new();
         for log in &self.logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                *runs.entry(line.to_owned()).or_default() += 1;
+            for line in text.lines() {
+                let mut parts = line.split(' ');
+                let (Some(id), Some(pid)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Ok(pid) = pid.parse() else { continue };
+                runs.entry(id.to_owned()).or_default().push(pid);
             }
         }
         runs
@@ -180,6 +197,8 @@ struct Story {
     /// Ids given up as `Unavailable` (must never run).
     abandoned: Vec<JobId>,
     unconfirmed: usize,
+    /// The id the job ran under.
+    id: Option<JobId>,
 }
 
 /// Adds job `i` until an add is taken; awaits its outcome and checks it.
@@ -187,10 +206,21 @@ async fn one_job(queue: JobQueue, i: usize) -> Result<(Duration, Story), String>
     let start = Instant::now();
     let mut story = Story::default();
     let payload = json!({ "i": i, "secret": format!("{MARKER}-{i}") });
-    let mut id: Option<JobId> = None;
+    // Ids generated here, as the queue would (so that an `Unavailable` names a known id);
+    // after `Unconfirmed`, the same id again, as the caller's.
+    let fresh_id = || {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut r = [0u8; 8];
+        datalayer_core::Random::fill_bytes(&mut datalayer_tokio::OsRandom, &mut r);
+        JobId::generate(ms, u64::from_le_bytes(r))
+    };
+    let (mut id, mut generated) = (fresh_id(), true);
     let handle: JobHandle = loop {
         let job = AddJob {
-            id: id.clone(),
+            id: Some(id.clone()),
+            generated_id: generated,
             session_id: format!("{MARKER}-session-{i}"),
             payload: serde_json::to_vec(&payload).map_err(|e| e.to_string())?,
             ..AddJob::default()
@@ -199,15 +229,16 @@ async fn one_job(queue: JobQueue, i: usize) -> Result<(Duration, Story), String>
             Ok(h) => break h,
             Err(Error::Unavailable) => {
                 // Not queued: add it again, as a caller would, under a new id.
-                if let Some(old) = id.take() {
-                    story.abandoned.push(old);
+                if !generated {
+                    return Err(format!("job {i}: Unavailable for a caller-chosen id {id}"));
                 }
+                story.abandoned.push(std::mem::replace(&mut id, fresh_id()));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(Error::Unconfirmed(same)) => {
                 // It may be queued: the same id again is safe.
                 story.unconfirmed += 1;
-                id = Some(same);
+                (id, generated) = (same, false);
             }
             Err(e) => return Err(format!("job {i}: add failed: {e}")),
         }
@@ -216,6 +247,7 @@ async fn one_job(queue: JobQueue, i: usize) -> Result<(Duration, Story), String>
         }
     };
     let id = handle.id.clone();
+    story.id = Some(id.clone());
     match tokio::time::timeout(Duration::from_secs(600), handle.result()).await {
         Ok(Ok(Outcome::Completed(r))) => {
             let r: Value = serde_json::from_slice(&r).map_err(|e| e.to_string())?;
@@ -325,6 +357,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
         .collect();
     let fleet = Arc::new(Mutex::new(Fleet {
         procs: (0..cfg.workers).map(|_| None).collect(),
+        killed: HashSet::new(),
         logs,
         url: url.clone(),
         start: cfg.worker.clone(),
@@ -346,7 +379,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
         .queue(
             QUEUE,
             &secrets(),
-            QueueOptions::default().when_unreachable(Unreachable::Wait(Duration::from_secs(30))),
+            QueueOptions::default().when_unreachable(Unreachable::Wait(cfg.add_wait)),
         )
         .map_err(|e| e.to_string())?;
 
@@ -394,6 +427,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
     }
     let mut latencies = Vec::with_capacity(cfg.jobs);
     let mut abandoned = Vec::new();
+    let mut readded = Vec::new();
     let mut report = ChaosReport::default();
     let mut failure = None;
     for w in waits {
@@ -404,6 +438,9 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
                 report.completed += 1;
                 report.unavailable += story.abandoned.len();
                 report.unconfirmed += story.unconfirmed;
+                if story.unconfirmed > 0 {
+                    readded.extend(story.id.clone());
+                }
                 abandoned.extend(story.abandoned);
             }
             Ok(Ok(Err(e))) => {
@@ -428,14 +465,27 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
     }
     // Let the workers settle what they ran, then read the runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let runs = fleet.lock().unwrap_or_else(PoisonError::into_inner).runs();
+    let (runs, killed) = {
+        let f = fleet.lock().unwrap_or_else(PoisonError::into_inner);
+        (f.runs(), f.killed.clone())
+    };
     for id in &abandoned {
         if runs.contains_key(&id.0) {
             return Err(format!("job {id} was answered Unavailable but ran"));
         }
     }
-    report.duplicates = runs.values().filter(|n| **n > 1).count();
-    report.max_runs = runs.values().copied().max().unwrap_or(0);
+    report.duplicates = runs.values().filter(|p| p.len() > 1).count();
+    report.max_runs = runs.values().map(|p| p.len() as u32).max().unwrap_or(0);
+    report.duplicates_readded = readded
+        .iter()
+        .filter(|id| runs.get(&id.0).is_some_and(|p| p.len() > 1))
+        .count();
+    // A worker killed mid-run explains a second run; so does a lease that ran out while
+    // Redis was down (its settle could not land): those are reported, not failed.
+    report.duplicates_unexplained = runs
+        .values()
+        .filter(|p| p.len() > 1 && !p.iter().any(|pid| killed.contains(pid)))
+        .count();
     latencies.sort();
     let pct = |p: f64| {
         latencies

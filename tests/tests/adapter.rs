@@ -954,3 +954,36 @@ async fn a_worker_given_one_queue_s_keys_runs_that_queue_and_opens_no_other() {
     worker.shutdown(Duration::from_secs(5)).await;
     stray.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn adding_again_the_id_of_a_job_that_just_ended_gives_its_outcome_and_runs_nothing() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let q = queue(&dl, "q");
+    let runs = Arc::new(AtomicU32::new(0));
+    let seen = runs.clone();
+    let worker = dl
+        .worker("q", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(move |job: Job| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                echo(job).await
+            }
+        });
+    let add = || AddJob {
+        id: Some(datalayer_core::job::JobId::from("session-1:msg-1")),
+        payload: b"\"hi\"".to_vec(),
+        ..AddJob::default()
+    };
+    let first = q.add_job(add()).await.expect("add");
+    let done = outcome(first).await;
+    // The caller adds it again (it had been told Unconfirmed, say): the job ended a moment
+    // ago, its marker is gone, and it must not run a second time.
+    let again = q.add_job(add()).await.expect("add again");
+    assert_eq!(outcome(again).await, done);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "ran once");
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -14,6 +14,9 @@ async fn every_job_has_one_outcome_through_every_fault_at_once() {
         redis_restarts: 2,
         in_flight: 400,
         rate: 200,
+        // Short: restarts and swallowed replies outlast it, so some adds end Unavailable
+        // (checked: never ran) or Unconfirmed (added again with the same id).
+        add_wait: Duration::from_secs(1),
         deadline: Duration::from_secs(240),
         worker: Arc::new(|url, queue, log| {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dl-echo-worker"));

@@ -34,9 +34,9 @@ use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
 enum InFlight {
-    /// Jobs, whether they went as a fresh (MULTI/EXEC) add, and whether each had been sent
-    /// before.
-    Add(Vec<NewJob>, bool, Vec<bool>),
+    /// Jobs, whether they went as a fresh (MULTI/EXEC) add, and for each whether it had been
+    /// sent before and whether its id was generated.
+    Add(Vec<NewJob>, bool, Vec<(bool, bool)>),
     ReadEvents,
     AckEvents {
         through: Option<EntryId>,
@@ -56,6 +56,9 @@ struct Unsent {
     fresh: bool,
     /// Sent at least once: it may be in Redis, so it is never withdrawn as "not queued".
     sent: bool,
+    /// Its id was generated for this add: no other add, here or anywhere, can have queued
+    /// it. Only such an add, never sent, is known not to be in Redis.
+    generated: bool,
 }
 
 /// The producer machine of one queue.
@@ -158,12 +161,14 @@ impl Producer {
         self.paused
     }
 
-    /// Withdraws an add of `job` that never left the producer (the caller gave up waiting
-    /// for Redis). An add that was sent, even once, is never withdrawn: it may be in Redis,
+    /// Withdraws an add of `job` that never left the producer and whose id was generated
+    /// for it (the caller gave up waiting for Redis): only then is the job known not to be
+    /// in Redis. An add that was sent, even once, is never withdrawn: it may be in Redis,
     /// and the producer keeps sending it until Redis answers (it lands once; see
-    /// [`Withdrawal::Unconfirmed`]).
+    /// [`Withdrawal::Unconfirmed`]); nor is an add of a caller-chosen id (an earlier add,
+    /// here or in another process, may have queued it): both are `Unconfirmed`.
     pub fn withdraw(&mut self, job: &JobId) -> Withdrawal {
-        let sent = |u: &Unsent| u.job.id == job.0 && u.sent;
+        let sent = |u: &Unsent| u.job.id == job.0 && (u.sent || !u.generated);
         let in_flight = self.in_flight.values().any(|f| match f {
             InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == job.0),
             _ => false,
@@ -236,7 +241,8 @@ impl Producer {
             return Err(ProducerError::Backpressure(pending));
         }
         // Generated ids sort by creation time: 12 hex digits of ms, 16 of randomness.
-        let fresh = (job.id.is_none() || job.generated_id) && job.delay_ms == 0;
+        let generated = job.id.is_none() || job.generated_id;
+        let fresh = generated && job.delay_ms == 0;
         let id = job
             .id
             .unwrap_or_else(|| JobId::generate(now_ms, rng.next_u64()));
@@ -266,6 +272,7 @@ impl Producer {
             job: new,
             fresh,
             sent: false,
+            generated,
         });
         Ok(id)
     }
@@ -429,7 +436,7 @@ impl Producer {
     }
 
     /// The next batch: fresh adds and adds that need the duplicate check never mix.
-    fn take_batch(&mut self) -> (Vec<NewJob>, bool, Vec<bool>) {
+    fn take_batch(&mut self) -> (Vec<NewJob>, bool, Vec<(bool, bool)>) {
         let mut jobs = Vec::new();
         let mut sent = Vec::new();
         let mut bytes = 0;
@@ -445,7 +452,7 @@ impl Producer {
             bytes += size;
             if let Some(u) = self.unsent.pop_front() {
                 jobs.push(u.job);
-                sent.push(u.sent);
+                sent.push((u.sent, u.generated));
             }
         }
         (jobs, fresh, sent)
@@ -558,7 +565,7 @@ impl Producer {
         &mut self,
         jobs: Vec<NewJob>,
         fresh: bool,
-        sent: &[bool],
+        sent: &[(bool, bool)],
         reply: Reply,
         not_sent: bool,
     ) {
@@ -604,11 +611,12 @@ impl Producer {
                 // Unknown outcome: send the same sealed jobs again, first in line, through
                 // the script (the first send may have landed). A send that never left
                 // changes nothing: a fresh job stays fresh, an unsent one unsent.
-                for (job, was_sent) in jobs.into_iter().zip(sent).rev() {
+                for (job, (was_sent, generated)) in jobs.into_iter().zip(sent).rev() {
                     self.unsent.push_front(Unsent {
                         job,
                         fresh: fresh && not_sent,
                         sent: *was_sent || !not_sent,
+                        generated: *generated,
                     });
                 }
                 return self.failed(&reply_kind);

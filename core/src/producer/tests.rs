@@ -327,11 +327,20 @@ fn unsent_adds_can_be_withdrawn() {
     let mut rng = SeededRandom::new(8);
     let mut sim = Sim::new(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("a"), &mut rng).unwrap();
-    p.add(T0, job("b"), &mut rng).unwrap();
+    let generated = |id: &str| AddJob {
+        generated_id: true,
+        ..job(id)
+    };
+    p.add(T0, generated("a"), &mut rng).unwrap();
+    p.add(T0, generated("b"), &mut rng).unwrap();
     assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::NotSent);
     assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::Answered, "once");
     assert_eq!(p.pending_adds(), 1);
+    // A caller-chosen id, never sent, may still be in Redis (an earlier add, here or in
+    // another process): not withdrawn as "not queued".
+    p.add(T0, job("mine"), &mut rng).unwrap();
+    assert_eq!(p.withdraw(&JobId::from("mine")), Withdrawal::Unconfirmed);
+    assert_eq!(p.pending_adds(), 2);
     let events = drive(&mut p, &mut sim);
     let accepted: Vec<_> = events
         .iter()
@@ -340,7 +349,7 @@ fn unsent_adds_can_be_withdrawn() {
             _ => None,
         })
         .collect();
-    assert_eq!(accepted, ["b"]);
+    assert_eq!(accepted, ["b", "mine"]);
     assert_eq!(
         p.withdraw(&JobId::from("b")),
         Withdrawal::Answered,
