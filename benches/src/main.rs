@@ -30,6 +30,10 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 struct Args {
     /// `--chaos N`: the chaos run with N jobs instead of the throughput scenarios.
     chaos: Option<usize>,
+    /// `--add-wait MS`: how long a chaos add waits for Redis.
+    add_wait_ms: u64,
+    /// `--restarts N`: Redis restarts in a chaos run.
+    restarts: usize,
     only: Option<String>,
     rate: Option<f64>,
     jobs: u64,
@@ -41,6 +45,8 @@ struct Args {
 fn args() -> Res<Args> {
     let mut a = Args {
         chaos: None,
+        add_wait_ms: 2_000,
+        restarts: 3,
         only: None,
         rate: None,
         jobs: 200_000,
@@ -57,6 +63,10 @@ fn args() -> Res<Args> {
             }
             "--json" => a.json = true,
             "--chaos" => a.chaos = Some(it.next().ok_or("--chaos needs a job count")?.parse()?),
+            "--restarts" => a.restarts = it.next().ok_or("--restarts needs a count")?.parse()?,
+            "--add-wait" => {
+                a.add_wait_ms = it.next().ok_or("--add-wait needs milliseconds")?.parse()?;
+            }
             "--rate" => a.rate = Some(it.next().ok_or("--rate needs jobs/s")?.parse()?),
             "--only" => {
                 a.only = Some(it.next().ok_or(
@@ -76,7 +86,7 @@ fn args() -> Res<Args> {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
                      [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process256|e2e] [--rate JOBS_PER_S]\n\
-                     \x20      datalayer-bench --chaos JOBS [--rate JOBS_PER_S] [--json]: every fault at once \
+                     \x20      datalayer-bench --chaos JOBS [--rate JOBS_PER_S] [--add-wait MS] [--json]: every fault at once \
                      (4 worker processes, 3 Redis restarts; default 1,000 adds/s)\n\
                      REDIS_URL=redis://host:port uses that server instead of starting one."
                 );
@@ -726,16 +736,22 @@ fn fmt_ms(us: u64) -> String {
 
 /// `--chaos N`: the long chaos run (`datalayer_tests::chaos`), this binary re-run with
 /// `--chaos-worker` as its worker processes.
-async fn chaos(jobs: usize, rate: Option<f64>, json: bool) -> Res<()> {
+async fn chaos(
+    jobs: usize,
+    rate: Option<f64>,
+    add_wait_ms: u64,
+    restarts: usize,
+    json: bool,
+) -> Res<()> {
     let exe = std::env::current_exe()?;
     let rate = rate.unwrap_or(1_000.0).max(1.0) as u32;
     let cfg = datalayer_tests::chaos::ChaosConfig {
         jobs,
         workers: 4,
-        redis_restarts: 3,
+        redis_restarts: restarts,
         in_flight: 5_000,
         rate,
-        add_wait: Duration::from_secs(2),
+        add_wait: Duration::from_millis(add_wait_ms),
         deadline: Duration::from_secs(120 + 2 * (jobs as u64 / u64::from(rate))),
         worker: Arc::new(move |url: &str, queue: &str, log: &std::path::Path| {
             let mut cmd = std::process::Command::new(&exe);
@@ -800,7 +816,7 @@ async fn main() -> Res<()> {
     }
     let args = args()?;
     if let Some(jobs) = args.chaos {
-        return chaos(jobs, args.rate, args.json).await;
+        return chaos(jobs, args.rate, args.add_wait_ms, args.restarts, args.json).await;
     }
     since_start();
     let (server, url) = match std::env::var("REDIS_URL") {

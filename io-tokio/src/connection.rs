@@ -25,6 +25,8 @@ use redis::{Cmd, Pipeline, PushKind, RedisError, RedisFuture, RedisResult, Value
 #[derive(Clone)]
 pub struct Conn {
     inner: Arc<Inner>,
+    /// The generation of the connection this handle's last command went on.
+    last: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -72,6 +74,7 @@ impl Conn {
             .set_response_timeout(Some(response_timeout))
             .set_connection_timeout(Some(connect_timeout));
         let conn = Self {
+            last: 0,
             inner: Arc::new(Inner {
                 client,
                 config,
@@ -136,7 +139,7 @@ impl Conn {
                         }
                     }
                     if let Some(inner) = weak.upgrade() {
-                        Conn { inner }.retire(generation);
+                        Conn { inner, last: 0 }.retire(generation);
                     }
                 });
                 Ok((c, generation))
@@ -178,6 +181,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let (mut c, generation) = self.get().await?;
+            self.last = generation;
             let result = c.req_packed_command(cmd).await;
             self.check(&result, generation);
             result
@@ -192,6 +196,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let (mut c, generation) = self.get().await?;
+            self.last = generation;
             let result = c.req_packed_commands(cmd, offset, count).await;
             self.check(&result, generation);
             result
@@ -200,5 +205,11 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         0
+    }
+}
+
+impl crate::exec::Desync for Conn {
+    fn desynced(&mut self) {
+        self.retire(self.last);
     }
 }

@@ -125,17 +125,27 @@ pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(commands = invocations.len()))]
-async fn run_pipeline<C: ConnectionLike>(
+async fn run_pipeline<C: ConnectionLike + Desync>(
     conn: &mut C,
     invocations: &[&Invocation<'_>],
 ) -> Vec<Reply> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
+    // A token of this pipeline's own first: replies that do not start with it belong to
+    // another pipeline (see [`Desync`]).
+    let token = pipeline_token();
+    pipe.cmd("ECHO").arg(&token[..]);
     let takes: Vec<usize> = invocations.iter().map(|inv| push(&mut pipe, inv)).collect();
-    let expected: usize = takes.iter().sum();
+    let expected: usize = 1 + takes.iter().sum::<usize>();
     match pipe.query_async::<Vec<redis::Value>>(conn).await {
         Ok(values) if values.len() == expected => {
             let mut values = values.into_iter();
+            let echoed = values.next();
+            if !matches!(&echoed, Some(redis::Value::BulkString(b)) if *b == token) {
+                tracing::warn!("replies of another pipeline: the connection is out of step");
+                conn.desynced();
+                return vec![Reply::Unknown; invocations.len()];
+            }
             takes
                 .iter()
                 .map(|n| transaction_reply(values.by_ref().take(*n).collect()))
@@ -160,6 +170,27 @@ async fn run_pipeline<C: ConnectionLike>(
             vec![Reply::Unknown; invocations.len()]
         }
     }
+}
+
+/// A connection whose replies may stop lining up with its requests: after a response
+/// timeout redis-rs keeps the timed-out request in line to absorb its reply, so when that
+/// reply never comes (a half-open connection, a proxy that swallowed it), every later
+/// request on the connection is given the reply of the one after it. Each pipeline starts
+/// with an `ECHO` of a token of its own; a pipeline whose first reply is not its token was
+/// handed another's replies: its outcomes are unknown, and the connection is told to
+/// retire (the next command connects anew).
+pub trait Desync {
+    /// The replies just received were another request's.
+    fn desynced(&mut self) {}
+}
+
+impl Desync for redis::aio::MultiplexedConnection {}
+
+/// A token no other pipeline of this process carries.
+fn pipeline_token() -> Vec<u8> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("dl{n:x}").into_bytes()
 }
 
 /// An invocation's reply from its part of the pipeline's replies: a transaction's is EXEC's,
@@ -189,7 +220,7 @@ fn is_noscript(reply: &Reply) -> bool {
 
 /// Sends `invocations` as one pipeline; returns one reply per invocation, in order. A script
 /// Redis does not know (NOSCRIPT: it did not run) is loaded and sent again.
-async fn run_invocations<C: ConnectionLike>(
+async fn run_invocations<C: ConnectionLike + Desync>(
     conn: &mut C,
     invocations: &[Invocation<'_>],
 ) -> Vec<Reply> {
@@ -218,7 +249,7 @@ async fn run_invocations<C: ConnectionLike>(
 }
 
 /// Sends `commands` as one pipeline; returns one reply per command, in order.
-pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
+pub async fn execute<C: ConnectionLike + Desync>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
     let invocations: Vec<Invocation<'_>> = commands
         .iter()
         .map(|c| scripts::invocation(&c.kind))
@@ -229,7 +260,7 @@ pub async fn execute<C: ConnectionLike>(conn: &mut C, commands: &[Command]) -> V
 /// Runs one invocation on its own (no pipeline of the engine's), through the same path as
 /// [`execute`]. An error reply is a [`Value::Error`]; a failed connection is an `Err` (the
 /// outcome is unknown; the cause is logged).
-pub async fn run_one<C: ConnectionLike>(
+pub async fn run_one<C: ConnectionLike + Desync>(
     conn: &mut C,
     invocation: &Invocation<'_>,
 ) -> redis::RedisResult<Value> {

@@ -135,7 +135,10 @@ pub async fn worker_main(url: &str, queue: &str, log: &Path) {
             {
                 use std::io::Write;
                 let mut f = log.lock().unwrap_or_else(PoisonError::into_inner);
-                let _ = writeln!(f, "{} {}", job.id, std::process::id());
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let _ = writeln!(f, "{} {} {ms} {}", job.id, std::process::id(), job.attempt);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
             let payload: Value = job.json().map_err(|e| e.to_string())?;
@@ -480,6 +483,25 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, String> {
         .iter()
         .filter(|id| runs.get(&id.0).is_some_and(|p| p.len() > 1))
         .count();
+    if std::env::var_os("CHAOS_DEBUG").is_some() {
+        let logs = fleet
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .logs
+            .clone();
+        let mut all = String::new();
+        for log in &logs {
+            all.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        for id in readded
+            .iter()
+            .filter(|id| runs.get(&id.0).is_some_and(|p| p.len() > 1))
+            .take(3)
+        {
+            let lines: Vec<&str> = all.lines().filter(|l| l.starts_with(&id.0)).collect();
+            eprintln!("chaos debug: {id}: {lines:?}");
+        }
+    }
     // A worker killed mid-run explains a second run; so does a lease that ran out while
     // Redis was down (its settle could not land): those are reported, not failed.
     report.duplicates_unexplained = runs

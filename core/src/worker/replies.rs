@@ -263,6 +263,12 @@ impl Worker {
             run.lost = false;
             return;
         }
+        if self.settling(entry.id) {
+            // Ours, run and settled here, the settlement not yet confirmed (Redis was away
+            // longer than the lease, and this worker's own upkeep claimed it back): it
+            // must not run again; the settlement goes on and finds it held.
+            return;
+        }
         if self.draining {
             self.hand_back.push(entry.id);
             return;
@@ -327,6 +333,15 @@ impl Worker {
     /// who can write Redis can name a live job there), so it ends no job: no event, no
     /// marker change; the claimed id is kept in the (sealed) reason, for diagnosis only. At
     /// most [`MAX_GARBAGE_COPY`] bytes of the entry go into the dead letter.
+    /// Whether `entry` ran here and its settlement awaits Redis.
+    fn settling(&self, entry: EntryId) -> bool {
+        self.outbox.iter().any(|(_, s)| s.entry == entry)
+            || self.in_flight.values().any(|f| match f {
+                InFlight::Settle { items, .. } => items.iter().any(|s| s.entry == entry),
+                _ => false,
+            })
+    }
+
     fn bury_unread(
         &mut self,
         entry: EntryId,

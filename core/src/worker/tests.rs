@@ -897,3 +897,51 @@ fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
     assert_eq!(dead.len(), 1, "the old dead letter aged out");
     assert!(dead.keys().all(|id| id.ms >= later));
 }
+
+#[test]
+fn an_entry_reclaimed_by_its_own_worker_while_its_settlement_waits_does_not_run_again() {
+    let mut rng = SeededRandom::new(51);
+    let mut sim = Sim::new(T0);
+    sim.execute(&CommandKind::EnsureGroup {
+        keys: Arc::new(keys_of("q")),
+    });
+    enqueue(&mut sim, &mut rng, 1);
+    let cfg = WorkerConfig::new("q", "c")
+        .concurrency(2)
+        .block_ms(None)
+        .lease_ms(2_000);
+    let mut w = Worker::new(cfg, sealer(), T0).unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    let entry = jobs(&events)[0];
+    w.complete(T0, entry, b"done", &mut rng).unwrap();
+    // Redis is away: the settlement's outcome is unknown, again and again, past the lease.
+    let mut now = T0;
+    let mut runs = 1;
+    while now < T0 + 20_000 {
+        now += 250;
+        sim.set_time(now);
+        w.handle_timeout(now, &mut rng).unwrap();
+        // One drain goes out as one pipeline: every command first, then the replies.
+        let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
+        for cmd in cmds {
+            let reply = match cmd.kind {
+                // Everything but the upkeep fails; the upkeep reaches Redis and claims the
+                // entry (idle past the lease) for this very consumer.
+                CommandKind::Reclaim { .. } => Reply::Value(sim.execute(&cmd.kind)),
+                _ => Reply::Unknown,
+            };
+            w.handle_reply(now, cmd.op, reply, &mut rng).unwrap();
+            runs += std::iter::from_fn(|| w.poll_event())
+                .filter(|e| matches!(e, WorkerEvent::Job(_)))
+                .count();
+        }
+    }
+    assert_eq!(runs, 1, "ran once");
+    // Redis is back: the settlement lands.
+    now += 2_000;
+    sim.set_time(now);
+    w.handle_timeout(now, &mut rng).unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    let s = sim.stream(&keys_of("q").jobs).unwrap();
+    assert!(s.groups[GROUP].pel.is_empty(), "settled");
+}
