@@ -268,13 +268,19 @@ end
     ),
 };
 
-/// `promote` — KEYS: jobs, ids, delayed, payloads. ARGV: now, limit. A delayed id whose
-/// payload is missing is dropped with its id (nothing could ever run it).
-pub const PROMOTE: Script = Script {
-    name: "promote",
-    source: r#"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(ids) do
+/// The promotion both `promote` and `reclaim` do: up to `limit` delayed ids due at `now`
+/// (Lua expressions) go to the work stream (KEYS 1-4: jobs, ids, delayed, payloads); a
+/// delayed id whose payload is missing is dropped with its id (nothing could ever run it).
+/// Leaves the count moved in `promoted` and the next due time (or -1) in `next_due`.
+macro_rules! promote_due {
+    ($now:literal, $limit:literal) => {
+        concat!(
+            "local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ",
+            $now,
+            ", 'LIMIT', 0, ",
+            $limit,
+            ")\n",
+            r#"for _, id in ipairs(due) do
   local env = redis.call('HGET', KEYS[4], id)
   if env then
     redis.call('XADD', KEYS[1], '*', 'j', id, 'e', env)
@@ -284,12 +290,23 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('HDEL', KEYS[4], id)
 end
+local promoted = #due
 local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-if nxt[2] then
-  return {#ids, tonumber(nxt[2])}
-end
-return {#ids, -1}
-"#,
+local next_due = -1
+if nxt[2] then next_due = tonumber(nxt[2]) end
+"#
+        )
+    };
+}
+
+/// `promote` — KEYS: jobs, ids, delayed, payloads. ARGV: now, limit.
+pub const PROMOTE: Script = Script {
+    name: "promote",
+    source: concat!(
+        "\n",
+        promote_due!("ARGV[1]", "ARGV[2]"),
+        "return {promoted, next_due}\n"
+    ),
 };
 
 /// `reclaim` — the queue's upkeep, shared by its workers. KEYS: jobs, ids, delayed, payloads,
@@ -309,23 +326,12 @@ return {#ids, -1}
 /// next visit]`.
 pub const RECLAIM: Script = Script {
     name: "reclaim",
-    source: r#"
+    source: concat!(
+        r#"
 local now = tonumber(ARGV[5])
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ARGV[8])
-for _, id in ipairs(due) do
-  local env = redis.call('HGET', KEYS[4], id)
-  if env then
-    redis.call('XADD', KEYS[1], '*', 'j', id, 'e', env)
-  else
-    redis.call('HDEL', KEYS[2], id)
-  end
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-end
-local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local next_due = -1
-if nxt[2] then next_due = tonumber(nxt[2]) end
-local cursor, claimed, deleted = ARGV[3], {}, {}
+"#,
+        promote_due!("now", "ARGV[8]"),
+        r#"local cursor, claimed, deleted = ARGV[3], {}, {}
 if tonumber(ARGV[4]) > 0 then
   local r = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
   for _, e in ipairs(r[2]) do
@@ -343,7 +349,8 @@ if not redis.call('ZSCORE', KEYS[5], ARGV[1]) then live = live + 1 end
 local visit = now + math.floor(interval * live * tonumber(ARGV[7]) / 1000)
 redis.call('ZADD', KEYS[5], visit + interval, ARGV[1])
 return {cursor, claimed, deleted, next_due, visit}
-"#,
+"#
+    ),
 };
 
 /// `heartbeat` — KEYS: jobs. ARGV: consumer, idle ms, then the entries.
@@ -724,39 +731,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
                 args: vec![num(now_ms), num(limit)],
             }
         }
-        CommandKind::Reclaim {
-            keys,
-            consumer,
-            min_idle_ms,
-            cursor,
-            count,
-            now_ms,
-            interval_ms,
-            jitter,
-            promote_limit,
-        } => {
-            let k = [
-                &keys.jobs,
-                &keys.ids,
-                &keys.delayed,
-                &keys.payloads,
-                &keys.workers,
-            ];
-            Invocation::Script {
-                script: &RECLAIM,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args: vec![
-                    b(consumer),
-                    num(min_idle_ms),
-                    id(*cursor),
-                    num(count),
-                    num(now_ms),
-                    num(interval_ms),
-                    num(jitter),
-                    num(promote_limit),
-                ],
-            }
-        }
+        CommandKind::Reclaim { .. } => reclaim_invocation(kind),
         CommandKind::Heartbeat {
             keys,
             consumer,
@@ -813,6 +788,45 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.extend(keys.all().iter().map(|s| b(s)));
             Invocation::Plain(args)
         }
+    }
+}
+
+/// The reclaim script's invocation (`invocation` is one match; its longest arm lives here).
+fn reclaim_invocation(kind: &CommandKind) -> Invocation<'_> {
+    let CommandKind::Reclaim {
+        keys,
+        consumer,
+        min_idle_ms,
+        cursor,
+        count,
+        now_ms,
+        interval_ms,
+        jitter,
+        promote_limit,
+    } = kind
+    else {
+        unreachable!("called for reclaims only")
+    };
+    let k = [
+        &keys.jobs,
+        &keys.ids,
+        &keys.delayed,
+        &keys.payloads,
+        &keys.workers,
+    ];
+    Invocation::Script {
+        script: &RECLAIM,
+        keys: k.iter().map(|s| b(s)).collect(),
+        args: vec![
+            b(consumer),
+            num(min_idle_ms),
+            id(*cursor),
+            num(count),
+            num(now_ms),
+            num(interval_ms),
+            num(jitter),
+            num(promote_limit),
+        ],
     }
 }
 

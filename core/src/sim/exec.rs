@@ -155,52 +155,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             now_ms,
             limit,
         } => promote(sim, keys, *now_ms, *limit),
-        CommandKind::Reclaim {
-            keys,
-            consumer,
-            min_idle_ms,
-            cursor,
-            count,
-            now_ms,
-            interval_ms,
-            jitter,
-            promote_limit,
-        } => {
-            let promoted = promote(sim, keys, *now_ms, *promote_limit)?;
-            let next_due = match promoted {
-                Value::Array(mut a) => a.pop().unwrap_or(Value::Int(-1)),
-                _ => Value::Int(-1),
-            };
-            let (mut cursor, mut claimed, mut deleted) = (*cursor, Vec::new(), Vec::new());
-            if *count > 0 {
-                let now = sim.now_ms;
-                let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
-                let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
-                let c = s
-                    .autoclaim(GROUP, consumer, *min_idle_ms, cursor, *count as usize, now)
-                    .ok_or_else(missing)?;
-                claimed = c
-                    .claimed
-                    .into_iter()
-                    .map(|(id, f)| {
-                        let n = s.pending(GROUP, id).map_or(0, |p| p.deliveries);
-                        let mut e = entry_parts(id, f);
-                        e.push(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
-                        Value::Array(e)
-                    })
-                    .collect();
-                deleted = c.deleted.into_iter().map(id_value).collect();
-                cursor = c.cursor;
-            }
-            let visit = register(sim, keys, consumer, *now_ms, *interval_ms, *jitter)?;
-            Ok(Value::Array(vec![
-                id_value(cursor),
-                Value::Array(claimed),
-                Value::Array(deleted),
-                next_due,
-                Value::Int(i64::try_from(visit).unwrap_or(i64::MAX)),
-            ]))
-        }
+        CommandKind::Reclaim { .. } => reclaim(sim, kind),
         CommandKind::Ping => Ok(Value::Status("PONG".into())),
         CommandKind::Heartbeat {
             keys,
@@ -463,6 +418,58 @@ fn promote(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, limit: u32) -> Exec {
     Ok(Value::Array(vec![
         Value::Int(due.len() as i64),
         Value::Int(next),
+    ]))
+}
+
+/// The reclaim script: promote, XAUTOCLAIM (with `count` > 0), schedule the next visit.
+fn reclaim(sim: &mut Sim, kind: &CommandKind) -> Exec {
+    let CommandKind::Reclaim {
+        keys,
+        consumer,
+        min_idle_ms,
+        cursor,
+        count,
+        now_ms,
+        interval_ms,
+        jitter,
+        promote_limit,
+    } = kind
+    else {
+        return Err("ERR not a reclaim".into());
+    };
+    let promoted = promote(sim, keys, *now_ms, *promote_limit)?;
+    let next_due = match promoted {
+        Value::Array(mut a) => a.pop().unwrap_or(Value::Int(-1)),
+        _ => Value::Int(-1),
+    };
+    let (mut cursor, mut claimed, mut deleted) = (*cursor, Vec::new(), Vec::new());
+    if *count > 0 {
+        let now = sim.now_ms;
+        let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
+        let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+        let c = s
+            .autoclaim(GROUP, consumer, *min_idle_ms, cursor, *count as usize, now)
+            .ok_or_else(missing)?;
+        claimed = c
+            .claimed
+            .into_iter()
+            .map(|(id, f)| {
+                let n = s.pending(GROUP, id).map_or(0, |p| p.deliveries);
+                let mut e = entry_parts(id, f);
+                e.push(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
+                Value::Array(e)
+            })
+            .collect();
+        deleted = c.deleted.into_iter().map(id_value).collect();
+        cursor = c.cursor;
+    }
+    let visit = register(sim, keys, consumer, *now_ms, *interval_ms, *jitter)?;
+    Ok(Value::Array(vec![
+        id_value(cursor),
+        Value::Array(claimed),
+        Value::Array(deleted),
+        next_due,
+        Value::Int(i64::try_from(visit).unwrap_or(i64::MAX)),
     ]))
 }
 

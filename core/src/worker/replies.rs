@@ -263,7 +263,8 @@ impl Worker {
             run.lost = false;
             return;
         }
-        if self.settling(entry.id) {
+        // Only a reclaim (deliveries > 1) can bring back an entry that ran here.
+        if deliveries > 1 && self.settling(entry.id) {
             // Ours, run and settled here, the settlement not yet confirmed (Redis was away
             // longer than the lease, and this worker's own upkeep claimed it back): it
             // must not run again; the settlement goes on and finds it held.
