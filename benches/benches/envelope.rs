@@ -42,6 +42,7 @@ fn record(payload: Vec<u8>) -> JobRecord {
         payload,
         attempt: 1,
         created_at_ms: 1_700_000_000_000,
+        instance: datalayer_core::job::Instance([7; 16]),
     }
 }
 

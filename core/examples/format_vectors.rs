@@ -1,11 +1,13 @@
 //! Prints FORMAT.md's test vectors: `cargo run -p datalayer-core --example format_vectors`.
 //! The test `core/tests/format_vectors.rs` checks the document against the code.
 
-use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
-use datalayer_core::job::{JobId, JobRecord};
+use datalayer_core::envelope::{
+    Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer, outcome_detail,
+};
+use datalayer_core::job::{Instance, JobId, JobRecord};
 use datalayer_core::keys::{
     Key, KeyId, Keyring, Secret, derive_credential_names_key_bytes, derive_credentials_key_bytes,
-    derive_queue_key_bytes,
+    derive_credentials_root_bytes, derive_queue_key_bytes,
 };
 
 fn hex(b: &[u8]) -> String {
@@ -25,7 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hex(&seq(0, 32))
     );
     println!("key: {}\n```\n", hex(qkey.as_ref()));
-    let ckey = derive_credentials_key_bytes(&server, &session, "session-a");
+    let root_bytes = derive_credentials_root_bytes(&server);
+    let root = Secret::from_bytes(*root_bytes);
+    println!(
+        "```vector\nvector: credentials-root\nserver-secret: {}",
+        hex(&seq(0, 32))
+    );
+    println!("root: {}\n```\n", hex(root_bytes.as_ref()));
+    let ckey = derive_credentials_key_bytes(&root, &session, "session-a");
     println!(
         "```vector\nvector: credentials-key\nserver-secret: {}",
         hex(&seq(0, 32))
@@ -36,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("key: {}\n```\n", hex(ckey.as_ref()));
 
-    let nkey = derive_credential_names_key_bytes(&server, &session, "session-a");
+    let nkey = derive_credential_names_key_bytes(&root, &session, "session-a");
     println!(
         "```vector\nvector: credential-names\nserver-secret: {}",
         hex(&seq(0, 32))
@@ -52,12 +61,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         h.update(m);
         h.finalize().into_bytes().to_vec()
     };
-    println!(
-        "verifier: {}",
-        hex(&mac(b"datalayer/v1/credentials/verifier")[..16])
-    );
+    println!("verifier: {}", hex(&mac(b"datalayer/v2/verifier")[..16]));
     println!("credential: irc:nick@irc.example");
-    println!("field: c:1:{}\n```\n", hex(&mac(b"irc:nick@irc.example")));
+    println!(
+        "field: c:1:{}\n```\n",
+        hex(&mac(b"datalayer/v2/name/irc:nick@irc.example"))
+    );
     for (name, json) in [
         (
             "hash-irc",
@@ -99,9 +108,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             payload,
             attempt: 1,
             created_at_ms: 1_700_000_000_000,
+            instance: Instance(seq(0x60, 16).as_slice().try_into()?),
         };
         let plain = postcard::to_allocvec(&record)?;
-        let ctx = Context::new(Purpose::Job, "irc", b"job-1");
+        let ctx = Context::new(Purpose::Job, "dl:{irc}", b"job-1");
         let nonce: [u8; 12] = nonce.as_slice().try_into()?;
         let env = sealer.seal_bytes_with_nonce(&ctx, &plain, nonce)?;
         let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into()?;
@@ -110,7 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             hex(qkey.as_ref())
         );
         println!(
-            "nonce: {}\npurpose: 1\nscope: irc\nitem: job-1",
+            "nonce: {}\npurpose: 1\nscope: dl:{{irc}}\nitem: job-1",
             hex(&nonce)
         );
         println!("plaintext: {}", hex(&plain));
@@ -122,5 +132,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("aad: {}", hex(&ctx.aad(&header)));
         println!("envelope: {}\n```\n", hex(&env));
     }
+
+    // An outcome: the result of attempt 2 of that job, bound to its instance.
+    let instance: [u8; 16] = seq(0x60, 16).as_slice().try_into()?;
+    let detail = outcome_detail(2, &instance);
+    let ctx = Context::outcome(Purpose::Result, "dl:{irc}", b"job-1", &detail);
+    let nonce: [u8; 12] = seq(0x80, 12).as_slice().try_into()?;
+    let plain = br#"{"ok":true}"#;
+    let env = sealer.seal_bytes_with_nonce(&ctx, plain, nonce)?;
+    let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into()?;
+    println!(
+        "```vector\nvector: result\nkey: {}\nkey-id: 1",
+        hex(qkey.as_ref())
+    );
+    println!(
+        "nonce: {}\npurpose: 2\nscope: dl:{{irc}}\nitem: job-1\nattempt: 2\ninstance: {}",
+        hex(&nonce),
+        hex(&instance)
+    );
+    println!("plaintext: {}", hex(plain));
+    println!("aad: {}", hex(&ctx.aad(&header)));
+    println!("envelope: {}\n```\n", hex(&env));
     Ok(())
 }

@@ -62,6 +62,10 @@ pub struct Settle {
     pub entry: EntryId,
     /// The job id (`None` for an entry too malformed to name one).
     pub job: Option<String>,
+    /// The instance of the add that queued the job (`None` for an entry that did not
+    /// open): events and dead letters carry it in plain as field `i` (hex), and the sealed
+    /// value is bound to it.
+    pub instance: Option<crate::job::Instance>,
     /// The sealed value: result (complete), failure reason (retry, bury).
     pub value: Arc<[u8]>,
     /// Retry: the re-sealed job for its next attempt. Bury: the entry's sealed job as read

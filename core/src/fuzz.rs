@@ -31,6 +31,14 @@ fn context() -> Context<'static> {
     Context::new(Purpose::Job, SCOPE, ITEM)
 }
 
+/// The outcome detail every fuzz outcome is sealed for: attempt 1, instance `FUZZ_INSTANCE`.
+pub const FUZZ_INSTANCE: [u8; 16] = *b"instance-0123456";
+
+/// The context of a fuzz outcome (a result of attempt 1 of [`ITEM`]).
+fn outcome_context(detail: &[u8]) -> Context<'_> {
+    Context::outcome(Purpose::Result, SCOPE, ITEM, detail)
+}
+
 /// Opens arbitrary bytes as a job record and as raw bytes: must never panic, and the two
 /// must agree on whether the envelope authenticates.
 pub fn open_envelope(data: &[u8]) {
@@ -42,6 +50,14 @@ pub fn open_envelope(data: &[u8]) {
         (Err(a), Err(b)) => assert_eq!(a, b),
         _ => panic!("open_bytes {raw:?} disagrees with open {typed:?}"),
     }
+    // The same bytes as an outcome: never both a job and an outcome (the purpose and the
+    // detail are in the AAD).
+    let detail = crate::envelope::outcome_detail(1, &FUZZ_INSTANCE);
+    let outcome = sealer.open_bytes(&outcome_context(&detail), data);
+    assert!(
+        raw.is_err() || outcome.is_err(),
+        "opened as a job and as an outcome"
+    );
 }
 
 /// A structured case: seal a plaintext, apply up to 8 mutations, and check that the result
@@ -134,6 +150,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         payload: br#"{"type":"send","object":{"content":"hello"}}"#.repeat(40),
         attempt: 1,
         created_at_ms: 1_700_000_000_000,
+        instance: crate::job::Instance(FUZZ_INSTANCE),
     };
     let mut out = Vec::new();
     let mut push = |target, name: &str, bytes: Result<Vec<u8>, EnvelopeError>| {
@@ -159,6 +176,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "open_envelope",
         "empty",
         sealer.seal_bytes(&context(), b"", &mut rng),
+    );
+    let detail = crate::envelope::outcome_detail(1, &FUZZ_INSTANCE);
+    push(
+        "open_envelope",
+        "outcome",
+        sealer.seal_bytes(&outcome_context(&detail), br#"{"ok":true}"#, &mut rng),
     );
     let never = sealer
         .clone()

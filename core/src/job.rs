@@ -38,6 +38,65 @@ impl From<&str> for JobId {
     }
 }
 
+/// A random id for one add of a job (16 bytes), sealed in its record and bound into the
+/// AAD of every outcome of that job: an outcome of an earlier job with the same id (ids
+/// like `<session>:<counter>` repeat after restarts) does not pass as this one's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Instance(pub [u8; 16]);
+
+impl Instance {
+    /// Draws an instance from `rng`.
+    pub fn generate(rng: &mut impl crate::random::Random) -> Self {
+        let mut bytes = [0u8; 16];
+        rng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    /// Lower-case hex (32 characters): how the instance sits in plain in events and dead
+    /// letters (field `i`).
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32);
+        for b in self.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        out
+    }
+
+    /// Parses 32 hex digits (either case); anything else is `None`.
+    #[must_use]
+    pub fn parse_hex(text: &[u8]) -> Option<Self> {
+        if text.len() != 32 {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 16];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Instance({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
 /// What a queue seals for one job (the envelope's plaintext is this record's postcard).
 ///
 /// Everything here is sealed; only the job id and attempt also sit in plain in the stream
@@ -58,6 +117,8 @@ pub struct JobRecord {
     pub attempt: u32,
     /// When the job was first added, in milliseconds since the Unix epoch (given by the caller).
     pub created_at_ms: u64,
+    /// The add's random instance id; retries keep it. Every outcome is bound to it.
+    pub instance: Instance,
 }
 
 #[cfg(test)]
@@ -74,6 +135,26 @@ mod tests {
         assert_eq!(max, "f".repeat(28));
         assert!(JobId::generate(1, u64::MAX) < JobId::generate(2, 0));
     }
+
+    #[test]
+    fn instances_round_trip_through_hex_and_refuse_anything_else() {
+        let i = Instance(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\xfc\xfd\xfe\xff");
+        assert_eq!(i.to_hex(), "000102030405060708090a0bfcfdfeff");
+        assert_eq!(Instance::parse_hex(i.to_hex().as_bytes()), Some(i));
+        assert_eq!(
+            Instance::parse_hex(b"000102030405060708090A0BFCFDFEFF"),
+            Some(i)
+        );
+        for bad in [
+            &b""[..],
+            b"00",
+            b"000102030405060708090a0bfcfdfeff00",
+            b"g00102030405060708090a0bfcfdfeff",
+            b"+00102030405060708090a0bfcfdfeff",
+        ] {
+            assert_eq!(Instance::parse_hex(bad), None, "{bad:?}");
+        }
+    }
 }
 
 impl std::fmt::Debug for JobRecord {
@@ -85,6 +166,7 @@ impl std::fmt::Debug for JobRecord {
             .field("payload", &format_args!("<{} bytes>", self.payload.len()))
             .field("attempt", &self.attempt)
             .field("created_at_ms", &self.created_at_ms)
+            .field("instance", &self.instance)
             .finish()
     }
 }
@@ -102,6 +184,7 @@ mod debug_tests {
             payload: b"{\"sessionSecret\":\"hunter2\"}".to_vec(),
             attempt: 1,
             created_at_ms: 0,
+            instance: Instance([7; 16]),
         };
         let shown = format!("{job:?} {job:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -10,10 +10,12 @@
 //! Derivation (also in FORMAT.md):
 //! - salt = `"datalayer/v1"`;
 //! - queue key: IKM = server secret, info = `"datalayer/v1/queue/" || queue name`;
-//! - credential key: IKM = server secret || session secret,
-//!   info = `"datalayer/v1/credentials/" || session id`;
+//! - credentials root ([`CredentialsRoot`]): IKM = server secret,
+//!   info = `"datalayer/v2/credentials-root"`;
+//! - credential key: IKM = credentials root || session secret,
+//!   info = `"datalayer/v2/credentials/" || session id`;
 //! - credential names key (HMAC of field names): the same IKM,
-//!   info = `"datalayer/v1/credential-names/" || session id`;
+//!   info = `"datalayer/v2/credential-names/" || session id`;
 //! - a text secret (see [`Secret::from_text`]): IKM = its UTF-8 bytes,
 //!   info = `"datalayer/v1/text-secret"`.
 
@@ -31,8 +33,9 @@ pub const SECRET_LEN: usize = 32;
 
 const SALT: &[u8] = b"datalayer/v1";
 const INFO_QUEUE: &[u8] = b"datalayer/v1/queue/";
-const INFO_CREDENTIALS: &[u8] = b"datalayer/v1/credentials/";
-const INFO_CREDENTIAL_NAMES: &[u8] = b"datalayer/v1/credential-names/";
+const INFO_CREDENTIALS_ROOT: &[u8] = b"datalayer/v2/credentials-root";
+const INFO_CREDENTIALS: &[u8] = b"datalayer/v2/credentials/";
+const INFO_CREDENTIAL_NAMES: &[u8] = b"datalayer/v2/credential-names/";
 const INFO_TEXT_SECRET: &[u8] = b"datalayer/v1/text-secret";
 
 /// A 32-byte secret. Zeroized on drop; `Debug` prints nothing of it.
@@ -320,30 +323,46 @@ pub fn derive_queue_key_bytes(server: &Secret, queue: &str) -> Zeroizing<[u8; SE
     hkdf(&[server.expose()], &[INFO_QUEUE, queue.as_bytes()])
 }
 
-/// The raw bytes of a session's credential key (for FORMAT.md's vectors; use
-/// [`SecretRing::credentials_keyring`]).
+/// The credentials root secret of a server secret: what a process needs (with a session's
+/// secret) to read that session's credentials, and nothing else (it opens no queue).
+#[must_use]
+pub fn derive_credentials_root(server: &Secret) -> Secret {
+    Secret(*derive_credentials_root_bytes(server))
+}
+
+/// The raw bytes of [`derive_credentials_root`]: to hand a credentials root to another
+/// process (which wraps them with [`Secret::from_bytes`] and
+/// [`CredentialsRoot::from_root_secrets`]), and for FORMAT.md's vectors.
+#[must_use]
+pub fn derive_credentials_root_bytes(server: &Secret) -> Zeroizing<[u8; SECRET_LEN]> {
+    hkdf(&[server.expose()], &[INFO_CREDENTIALS_ROOT])
+}
+
+/// The raw bytes of a session's credential key, from the credentials root (for
+/// FORMAT.md's vectors; use [`CredentialsRoot::credentials_keyring`]).
 #[must_use]
 pub fn derive_credentials_key_bytes(
-    server: &Secret,
+    root: &Secret,
     session_secret: &Secret,
     session: &str,
 ) -> Zeroizing<[u8; SECRET_LEN]> {
     hkdf(
-        &[server.expose(), session_secret.expose()],
+        &[root.expose(), session_secret.expose()],
         &[INFO_CREDENTIALS, session.as_bytes()],
     )
 }
 
-/// The raw bytes of a session's credential names key: the HMAC key that turns credential
-/// keys (`<platform>:<actor>`) into field names (for FORMAT.md's vectors).
+/// The raw bytes of a session's credential names key, from the credentials root: the HMAC
+/// key that turns credential keys (`<platform>:<actor>`) into field names (for
+/// FORMAT.md's vectors).
 #[must_use]
 pub fn derive_credential_names_key_bytes(
-    server: &Secret,
+    root: &Secret,
     session_secret: &Secret,
     session: &str,
 ) -> Zeroizing<[u8; SECRET_LEN]> {
     hkdf(
-        &[server.expose(), session_secret.expose()],
+        &[root.expose(), session_secret.expose()],
         &[INFO_CREDENTIAL_NAMES, session.as_bytes()],
     )
 }
@@ -480,11 +499,42 @@ impl SecretRing {
         self.derive(|s| derive_queue_key_bytes(s, queue))
     }
 
+    /// The credentials root of every secret of the ring, under the same ids: hand it (not
+    /// the ring) to a process that reads credentials but must open no queue.
+    #[must_use]
+    pub fn credentials_root(&self) -> CredentialsRoot {
+        CredentialsRoot(SecretRing {
+            active: self.active,
+            secrets: self
+                .secrets
+                .iter()
+                .map(|(id, s)| (*id, derive_credentials_root(s)))
+                .collect(),
+        })
+    }
+}
+
+/// The secrets credentials are derived from ([`SecretRing::credentials_root`]), by key id:
+/// with a session's secret they open that session's credentials, and they open no queue.
+/// A platform worker that reads credentials needs this and its queue's [`Keyring`], never
+/// the server's [`SecretRing`].
+#[derive(Debug, Clone)]
+pub struct CredentialsRoot(SecretRing);
+
+impl CredentialsRoot {
+    /// Wraps root secrets handed to this process (each [`derive_credentials_root`] of a
+    /// server secret, under that secret's id).
+    #[must_use]
+    pub fn from_root_secrets(ring: SecretRing) -> Self {
+        Self(ring)
+    }
+
     /// The keyring of a session's credential store; needs the session's own secret too, so
     /// the server secret alone opens no credentials.
     #[must_use]
     pub fn credentials_keyring(&self, session: &str, session_secret: &Secret) -> Keyring {
-        self.derive(|s| derive_credentials_key_bytes(s, session_secret, session))
+        self.0
+            .derive(|s| derive_credentials_key_bytes(s, session_secret, session))
     }
 
     /// The credential names keys of a session, by secret id, the active one first.
@@ -494,7 +544,8 @@ impl SecretRing {
         session: &str,
         session_secret: &Secret,
     ) -> Vec<(KeyId, Zeroizing<[u8; SECRET_LEN]>)> {
-        let mut out: Vec<_> = self
+        let ring = &self.0;
+        let mut out: Vec<_> = ring
             .secrets
             .iter()
             .map(|(id, s)| {
@@ -504,7 +555,7 @@ impl SecretRing {
                 )
             })
             .collect();
-        out.sort_by_key(|(id, _)| (*id != self.active, *id));
+        out.sort_by_key(|(id, _)| (*id != ring.active, *id));
         out
     }
 }
@@ -646,16 +697,19 @@ mod tests {
         let mut ring = SecretRing::new(KeyId(1), secret(1));
         ring.insert(KeyId(2), secret(2));
         ring.set_active(KeyId(2)).unwrap();
-        let keys = ring.credential_names_keys("s", &secret(9));
+        let keys = ring
+            .credentials_root()
+            .credential_names_keys("s", &secret(9));
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].0, KeyId(2));
+        let root = derive_credentials_root(&secret(2));
         assert_eq!(
             *keys[0].1,
-            *derive_credential_names_key_bytes(&secret(2), &secret(9), "s")
+            *derive_credential_names_key_bytes(&root, &secret(9), "s")
         );
         assert_ne!(
             *keys[0].1,
-            *derive_credentials_key_bytes(&secret(2), &secret(9), "s")
+            *derive_credentials_key_bytes(&root, &secret(9), "s")
         );
     }
 

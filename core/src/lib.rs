@@ -86,7 +86,7 @@
 //!
 //! ```
 //! use datalayer_core::envelope::{Context, Purpose, Sealer};
-//! use datalayer_core::job::{JobId, JobRecord};
+//! use datalayer_core::job::{Instance, JobId, JobRecord};
 //! use datalayer_core::keys::{KeyId, Secret, SecretRing};
 //! use datalayer_core::random::SeededRandom;
 //!
@@ -101,13 +101,15 @@
 //!     payload: br#"{"type":"send"}"#.to_vec(),
 //!     attempt: 1,
 //!     created_at_ms: 1_700_000_000_000,
+//!     instance: Instance::generate(&mut rng),
 //! };
-//! let ctx = Context::new(Purpose::Job, "irc", job.id.0.as_bytes());
+//! // The scope is the queue's key stem, `<prefix>:{<queue>}`.
+//! let ctx = Context::new(Purpose::Job, "dl:{irc}", job.id.0.as_bytes());
 //! let bytes = sealer.seal(&ctx, &job, &mut rng)?;
 //! assert_eq!(sealer.open::<JobRecord>(&ctx, &bytes)?, job);
 //!
 //! // The same bytes in another queue do not open.
-//! let other = Context::new(Purpose::Job, "xmpp", job.id.0.as_bytes());
+//! let other = Context::new(Purpose::Job, "dl:{xmpp}", job.id.0.as_bytes());
 //! assert!(sealer.open::<JobRecord>(&other, &bytes).is_err());
 //! # Ok::<(), datalayer_core::envelope::EnvelopeError>(())
 //! ```

@@ -66,6 +66,9 @@ pub fn validate(name: &str) -> Result<(), NameError> {
 pub struct QueueKeys {
     /// The queue's name.
     pub queue: String,
+    /// The stem of every key, `<prefix>:{<queue>}`: the scope its envelopes are sealed for
+    /// (neither part holds a brace, so the stem names one prefix and one queue).
+    pub scope: String,
     /// The work stream.
     pub jobs: String,
     /// Job ids of living jobs (idempotent adds).
@@ -91,6 +94,7 @@ impl QueueKeys {
         let key = |suffix: &str| format!("{prefix}:{{{queue}}}:{suffix}");
         Ok(Self {
             queue: queue.to_owned(),
+            scope: format!("{prefix}:{{{queue}}}"),
             jobs: key("jobs"),
             ids: key("ids"),
             delayed: key("delayed"),

@@ -153,7 +153,8 @@ end
 }
 
 /// `complete` — KEYS: jobs, ids, events. ARGV: min event id, consumer, the lowest and the
-/// highest entry of the batch, then per job: entry, job id, sealed result, attempt.
+/// highest entry of the batch, then per job: entry, job id, sealed result, attempt,
+/// instance (hex).
 ///
 /// One XPENDING finds which of the batch's entries this consumer holds (its pending entries
 /// between the lowest and the highest of them), one HMGET reads the jobs' id markers, one
@@ -170,13 +171,14 @@ if #ARGV > 4 then
     held[p[1]] = true
   end
 end
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local entry, job = ARGV[i], ARGV[i + 1]
   if held[entry] and not seen[entry] then
     seen[entry] = true
     settled[#settled + 1] = entry
     jobs[#jobs + 1] = job
-    redis.call('XADD', KEYS[3], '*', 'j', job, 'k', 'c', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+    redis.call('XADD', KEYS[3], '*', 'j', job, 'k', 'c', 'a', ARGV[i + 3], 'i', ARGV[i + 4],
+      'v', ARGV[i + 2])
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -203,20 +205,20 @@ end
 };
 
 /// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, consumer, then
-/// per job: entry, job id, sealed reason, attempt, due, re-sealed job.
+/// per job: entry, job id, sealed reason, attempt, due, re-sealed job, instance (hex).
 pub const RETRY: Script = Script {
     name: "retry",
     source: concat!(
         r#"
 local now = tonumber(ARGV[1])
 local out, settled = {}, {}
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local entry, job = ARGV[i], ARGV[i + 1]
   local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[3]) == 1
   if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     settled[#settled + 1] = entry
     redis.call('XADD', KEYS[4], 'MINID', ARGV[2], '*',
-      'j', job, 'k', 'f', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+      'j', job, 'k', 'f', 'a', ARGV[i + 3], 'i', ARGV[i + 6], 'v', ARGV[i + 2])
     local due = tonumber(ARGV[i + 4])
     if due > now then
       redis.call('ZADD', KEYS[2], due, job)
@@ -237,25 +239,26 @@ end
 
 /// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, min dead-letter
 /// id, then per job: entry, job id (empty if unknown), sealed reason, attempt, the job's
-/// envelope (or the first bytes of garbage). Dead letters older than the min id go.
+/// envelope (or the first bytes of garbage), instance (hex; empty if unknown). Dead
+/// letters older than the min id go.
 pub const BURY: Script = Script {
     name: "bury",
     source: concat!(
         r#"
 local out, settled = {}, {}
-for i = 4, #ARGV, 5 do
+for i = 4, #ARGV, 6 do
   local entry, job = ARGV[i], ARGV[i + 1]
   local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[2]) == 1
   if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
     settled[#settled + 1] = entry
     redis.call('XADD', KEYS[3], 'MINID', ARGV[3], '*',
-      'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3])
+      'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3], 'i', ARGV[i + 5])
     if job ~= '' then
       if redis.call('HGET', KEYS[2], job) == 'w' then
         redis.call('HDEL', KEYS[2], job)
       end
       redis.call('XADD', KEYS[4], 'MINID', ARGV[1], '*',
-        'j', job, 'k', 'd', 'a', ARGV[i + 3], 'v', ARGV[i + 2])
+        'j', job, 'k', 'd', 'a', ARGV[i + 3], 'i', ARGV[i + 5], 'v', ARGV[i + 2])
     end
     out[#out + 1] = 1
   else
@@ -570,6 +573,10 @@ fn settle_args<'a>(items: &'a [Settle], out: &mut Vec<Arg<'a>>, fields: &[Settle
                 SettleField::Attempt => num(item.attempt),
                 SettleField::Due => num(item.due_ms),
                 SettleField::JobEnvelope => Cow::Borrowed(&item.job_envelope[..]),
+                SettleField::Instance => match item.instance {
+                    Some(i) => Cow::Owned(i.to_hex().into_bytes()),
+                    None => Cow::Borrowed(&b""[..]),
+                },
             });
         }
     }
@@ -582,6 +589,7 @@ enum SettleField {
     Attempt,
     Due,
     JobEnvelope,
+    Instance,
 }
 
 /// The Redis invocation of `kind`.
@@ -668,9 +676,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             // The batch's range, for the script's one XPENDING.
             let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
             let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
-            let mut args = Vec::with_capacity(4 + 4 * items.len());
+            let mut args = Vec::with_capacity(4 + 5 * items.len());
             args.extend([min_id(*min_event_ms), b(consumer), id(lo), id(hi)]);
-            settle_args(items, &mut args, &[F::Entry, F::Job, F::Value, F::Attempt]);
+            let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
+            settle_args(items, &mut args, &fields);
             let k = [&keys.jobs, &keys.ids, &keys.events];
             Invocation::Script {
                 script: &COMPLETE,
@@ -693,6 +702,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
                 F::Attempt,
                 F::Due,
                 F::JobEnvelope,
+                F::Instance,
             ];
             settle_args(items, &mut args, &fields);
             let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.events];
@@ -710,7 +720,14 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             items,
         } => {
             let mut args = vec![min_id(*min_event_ms), b(consumer), min_id(*min_dead_ms)];
-            let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::JobEnvelope];
+            let fields = [
+                F::Entry,
+                F::Job,
+                F::Value,
+                F::Attempt,
+                F::JobEnvelope,
+                F::Instance,
+            ];
             settle_args(items, &mut args, &fields);
             let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
             Invocation::Script {

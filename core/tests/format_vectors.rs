@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 
 use datalayer_core::credentials::{CredentialStore, canonical_json, credentials_hash};
-use datalayer_core::envelope::{Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer};
-use datalayer_core::job::{JobId, JobRecord};
+use datalayer_core::envelope::{
+    Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer, outcome_detail,
+};
+use datalayer_core::job::{Instance, JobId, JobRecord};
 use datalayer_core::keys::{
     Key, KeyId, Keyring, Secret, SecretRing, derive_credential_names_key_bytes,
-    derive_credentials_key_bytes, derive_queue_key_bytes,
+    derive_credentials_key_bytes, derive_credentials_root_bytes, derive_queue_key_bytes,
 };
 use datalayer_core::random::SeededRandom;
 use datalayer_core::scripts::Invocation;
@@ -51,6 +53,57 @@ fn record(payload: &[u8]) -> JobRecord {
         payload: payload.to_vec(),
         attempt: 1,
         created_at_ms: 1_700_000_000_000,
+        instance: Instance(std::array::from_fn(|i| 0x60 + i as u8)),
+    }
+}
+
+fn root(v: &Vector) -> Secret {
+    Secret::from_bytes(*derive_credentials_root_bytes(&secret(v, "server-secret")))
+}
+
+/// An outcome vector: the AAD binds purpose, scope, job, attempt and instance.
+fn check_outcome(v: &Vector) {
+    let key: [u8; 32] = unhex(&v["key"]).try_into().expect("32-byte key");
+    let id = KeyId(v["key-id"].parse().expect("key id"));
+    let sealer = Sealer::new(Keyring::new(Key::from_bytes(id, &key)));
+    assert_eq!(v["purpose"], "2");
+    let attempt: u32 = v["attempt"].parse().expect("attempt");
+    let instance: [u8; 16] = unhex(&v["instance"]).try_into().expect("16-byte instance");
+    let detail = outcome_detail(attempt, &instance);
+    let ctx = Context::outcome(Purpose::Result, &v["scope"], v["item"].as_bytes(), &detail);
+    let nonce: [u8; 12] = unhex(&v["nonce"]).try_into().expect("12-byte nonce");
+    let plain = unhex(&v["plaintext"]);
+    let env = unhex(&v["envelope"]);
+    let sealed = sealer
+        .seal_bytes_with_nonce(&ctx, &plain, nonce)
+        .expect("seal");
+    assert_eq!(sealed, env, "result: envelope");
+    let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into().expect("header");
+    assert_eq!(ctx.aad(&header), unhex(&v["aad"]), "result: aad");
+    assert_eq!(sealer.open_bytes(&ctx, &env).expect("open"), plain);
+    // The same bytes under another kind, attempt or instance do not open.
+    let other = outcome_detail(attempt + 1, &instance);
+    let mut stale = instance;
+    stale[0] ^= 1;
+    let stale = outcome_detail(attempt, &stale);
+    for ctx in [
+        Context::outcome(Purpose::Failure, &v["scope"], v["item"].as_bytes(), &detail),
+        Context::outcome(
+            Purpose::DeadLetter,
+            &v["scope"],
+            v["item"].as_bytes(),
+            &detail,
+        ),
+        Context::outcome(Purpose::Result, &v["scope"], v["item"].as_bytes(), &other),
+        Context::outcome(Purpose::Result, &v["scope"], v["item"].as_bytes(), &stale),
+        Context::outcome(
+            Purpose::Result,
+            "other:{irc}",
+            v["item"].as_bytes(),
+            &detail,
+        ),
+    ] {
+        assert!(sealer.open_bytes(&ctx, &env).is_err(), "{ctx:?} opened");
     }
 }
 
@@ -106,13 +159,15 @@ fn format_md_vectors() {
         names,
         [
             "queue-key",
+            "credentials-root",
             "credentials-key",
             "credential-names",
             "hash-irc",
             "hash-order",
             "hash-unicode",
             "job-plain",
-            "job-compressed"
+            "job-compressed",
+            "result"
         ],
         "FORMAT.md's vectors"
     );
@@ -122,15 +177,24 @@ fn format_md_vectors() {
                 let key = derive_queue_key_bytes(&secret(v, "server-secret"), &v["queue"]);
                 assert_eq!(key.as_ref(), unhex(&v["key"]).as_slice(), "queue key");
             }
+            "credentials-root" => {
+                let bytes = derive_credentials_root_bytes(&secret(v, "server-secret"));
+                assert_eq!(
+                    bytes.as_ref(),
+                    unhex(&v["root"]).as_slice(),
+                    "credentials root"
+                );
+            }
             "credentials-key" => {
                 let key = derive_credentials_key_bytes(
-                    &secret(v, "server-secret"),
+                    &root(v),
                     &secret(v, "session-secret"),
                     &v["session"],
                 );
                 assert_eq!(key.as_ref(), unhex(&v["key"]).as_slice(), "credentials key");
             }
             "credential-names" => check_names(v),
+            "result" => check_outcome(v),
             name if name.starts_with("hash-") => {
                 let json: serde_json::Value = serde_json::from_str(&v["json"]).expect("json");
                 assert_eq!(canonical_json(&json), v["canonical"], "{name}: canonical");
@@ -144,12 +208,12 @@ fn format_md_vectors() {
 /// The names key, and the verifier and field name as the store writes them to Redis.
 fn check_names(v: &Vector) {
     let (server, session) = (secret(v, "server-secret"), secret(v, "session-secret"));
-    let key = derive_credential_names_key_bytes(&server, &session, &v["session"]);
+    let key = derive_credential_names_key_bytes(&root(v), &session, &v["session"]);
     assert_eq!(key.as_ref(), unhex(&v["names-key"]).as_slice(), "names key");
     let store = CredentialStore::new(
         "dl",
         &v["session"],
-        &SecretRing::new(KeyId(1), server),
+        &SecretRing::new(KeyId(1), server).credentials_root(),
         &session,
         0,
     )
@@ -162,7 +226,7 @@ fn check_names(v: &Vector) {
         panic!("save is a script")
     };
     // ARGV: ttl, n, verifier field, verifier, credential field, envelope.
-    assert_eq!(&args[2][..], b"v:1");
+    assert_eq!(&args[2][..], b"v2:1");
     assert_eq!(&args[3][..], unhex(&v["verifier"]).as_slice(), "verifier");
     assert_eq!(&args[4][..], v["field"].as_bytes(), "field");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datalayer_core::credentials::{self, CredentialStore, CredentialsError};
-use datalayer_core::keys::{Secret, SecretRing};
+use datalayer_core::keys::{CredentialsRoot, Secret, SecretRing};
 use datalayer_core::naming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,18 +69,13 @@ impl CredentialsStore {
         layer: DataLayer,
         session: &str,
         session_secret: &Secret,
-        secrets: &SecretRing,
+        root: &CredentialsRoot,
         options: &CredentialsOptions,
     ) -> Result<Self, Error> {
         let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
-        let store = CredentialStore::new(
-            &layer.options.prefix,
-            session,
-            secrets,
-            session_secret,
-            ttl_ms,
-        )
-        .map_err(|e| Error::Config(e.to_string()))?;
+        let store =
+            CredentialStore::new(&layer.options.prefix, session, root, session_secret, ttl_ms)
+                .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {
             layer,
             store: Arc::new(store),
@@ -148,7 +143,23 @@ impl DataLayer {
         secrets: &SecretRing,
         options: CredentialsOptions,
     ) -> Result<CredentialsStore, Error> {
-        CredentialsStore::new(self.clone(), session, session_secret, secrets, &options)
+        let root = secrets.credentials_root();
+        CredentialsStore::new(self.clone(), session, session_secret, &root, &options)
+    }
+
+    /// The credentials store of `session`, from the credentials root only
+    /// ([`SecretRing::credentials_root`], or root secrets handed to this process): for a
+    /// platform worker that reads its sessions' credentials and must not hold the server's
+    /// secrets (which open every queue). The same store as [`DataLayer::credentials`] with
+    /// the ring the root came from.
+    pub fn credentials_with_root(
+        &self,
+        session: &str,
+        session_secret: &Secret,
+        root: &CredentialsRoot,
+        options: CredentialsOptions,
+    ) -> Result<CredentialsStore, Error> {
+        CredentialsStore::new(self.clone(), session, session_secret, root, &options)
     }
 
     /// Deletes every credentials store whose session starts with `session_prefix` (a server's

@@ -555,3 +555,51 @@ async fn tls_connections_work_and_verify_the_server() {
     }
     worker.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Least privilege: a process given the credentials root alone (as bytes, the way it would
+/// be handed over) reads and writes the same credentials as the server with its full ring,
+/// and a wrong root is a wrong secret.
+#[tokio::test]
+async fn a_worker_with_the_credentials_root_alone_reads_the_server_s_credentials() {
+    use datalayer_core::keys::{CredentialsRoot, KeyId, SecretRing, derive_credentials_root_bytes};
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let s = store(&dl, "session-r", 1, CredentialsOptions::default());
+    let creds = json!({"nick": "n", "password": "hunter2"});
+    s.save("irc:n", &creds).await.expect("save");
+
+    // The server derives the root and hands its bytes to the worker's process.
+    let bytes = derive_credentials_root_bytes(&Secret::from_bytes([42; 32]));
+    let root =
+        CredentialsRoot::from_root_secrets(SecretRing::new(KeyId(1), Secret::from_bytes(*bytes)));
+    let worker = dl
+        .credentials_with_root(
+            "session-r",
+            &session_secret(1),
+            &root,
+            CredentialsOptions::default(),
+        )
+        .expect("store");
+    assert_eq!(
+        worker.get::<Value>("irc:n", None).await.expect("get"),
+        creds
+    );
+    let newer = json!({"nick": "n", "password": "hunter3"});
+    worker.save("irc:n", &newer).await.expect("save");
+    assert_eq!(s.get::<Value>("irc:n", None).await.expect("get"), newer);
+
+    // The master secret used as if it were the root is not the root.
+    let wrong = CredentialsRoot::from_root_secrets(secrets());
+    let w = dl
+        .credentials_with_root(
+            "session-r",
+            &session_secret(1),
+            &wrong,
+            CredentialsOptions::default(),
+        )
+        .expect("store");
+    assert!(matches!(
+        cred_error(w.get("irc:n", None).await),
+        CredentialsError::WrongSecret { .. }
+    ));
+}

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use datalayer_core::command::{Command, CommandKind, NewJob, OpId, Reply, Settle};
+use datalayer_core::job::Instance;
 use datalayer_core::naming::QueueKeys;
 use datalayer_core::random::{Random, SeededRandom};
 use datalayer_core::sim::Sim;
@@ -180,6 +181,8 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .map(|(e, j, due)| Settle {
                     entry: side.id(*e),
                     job: Some(JOBS[*j].into()),
+                    // Some items without an instance (an entry that did not open).
+                    instance: (*j % 3 != 2).then_some(Instance([*j as u8; 16])),
                     value: Arc::from(&b"value"[..]),
                     job_envelope: Arc::from(&b"env-again"[..]),
                     attempt: 1,

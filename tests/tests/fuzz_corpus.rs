@@ -50,6 +50,17 @@ fn seeds_open() {
     );
     for (target, name, bytes) in fuzz::seeds() {
         match target {
+            "open_envelope" if name == "outcome" => {
+                let detail = datalayer_core::envelope::outcome_detail(1, &fuzz::FUZZ_INSTANCE);
+                let ctx = datalayer_core::envelope::Context::outcome(
+                    datalayer_core::envelope::Purpose::Result,
+                    fuzz::SCOPE,
+                    fuzz::ITEM,
+                    &detail,
+                );
+                assert!(sealer.open_bytes(&ctx, &bytes).is_ok(), "seed {name}");
+                fuzz::open_envelope(&bytes);
+            }
             "open_envelope" => assert!(sealer.open_bytes(&ctx, &bytes).is_ok(), "seed {name}"),
             "engine_ops" => fuzz::engine_ops(&bytes),
             _ => fuzz::seal_then_mutate(&bytes),

@@ -4,15 +4,19 @@
 //! [`crate::naming::credentials_key`]). Its fields:
 //!
 //! ```text
-//! v:<key id>            verifier: HMAC-SHA256(names key, "datalayer/v1/credentials/verifier")[..16]
-//! c:<key id>:<hmac>     a credential: hex HMAC-SHA256(names key, "<platform>:<actor>"),
-//!                       valued with the envelope of the credentials (JSON), sealed with the
-//!                       session's credential key; AAD = purpose 4, session, "<platform>:<actor>"
+//! v2:<key id>           verifier: HMAC-SHA256(names key, "datalayer/v2/verifier")[..16]
+//! c:<key id>:<hmac>     a credential: hex HMAC-SHA256(names key,
+//!                       "datalayer/v2/name/" || "<platform>:<actor>"), valued with the
+//!                       envelope of the credentials (JSON), sealed with the session's
+//!                       credential key; AAD = purpose 4, "<prefix>:{<session>}",
+//!                       "<platform>:<actor>"
 //! ```
 //!
-//! Both keys are derived from the server secret *and* the session's secret (FORMAT.md), so
-//! neither Redis nor the server secret alone reads a credential or tests a guessed actor id
-//! against a field name. The verifier tells a wrong secret (`WrongSecret`) apart from a
+//! Both keys are derived from the credentials root (itself derived from the server secret)
+//! *and* the session's secret (FORMAT.md), so neither Redis nor the server secret alone
+//! reads a credential or tests a guessed actor id against a field name. The two HMAC
+//! messages start with distinct labels, so no credential key makes a field name that is
+//! also the verifier. The verifier tells a wrong secret (`WrongSecret`) apart from a
 //! missing credential (`NotFound`): a wrong secret finds a verifier that is not its own.
 //!
 //! Everything here is sans-io: [`CredentialStore`] makes the [`Invocation`] of each step and
@@ -62,7 +66,7 @@ use zeroize::Zeroizing;
 pub use canonical::canonical_json;
 
 use crate::envelope::{Compression, Context, EnvelopeError, Purpose, SealOptions, Sealer};
-use crate::keys::{KeyId, SECRET_LEN, Secret, SecretRing};
+use crate::keys::{CredentialsRoot, KeyId, SECRET_LEN, Secret};
 use crate::naming::{self, NameError};
 use crate::random::Random;
 use crate::scripts::{self, Arg, Invocation};
@@ -74,7 +78,9 @@ pub const DEFAULT_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Length of a store's verifier value.
 pub const VERIFIER_LEN: usize = 16;
 
-const VERIFIER_MESSAGE: &[u8] = b"datalayer/v1/credentials/verifier";
+const VERIFIER_MESSAGE: &[u8] = b"datalayer/v2/verifier";
+/// The label before a credential key in its field name's HMAC message.
+const NAME_LABEL: &[u8] = b"datalayer/v2/name/";
 
 /// Why credentials could not be saved or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +158,8 @@ fn is_valid(value: &Json) -> bool {
 /// One session's credentials store: derives its keys once, then plans every step.
 pub struct CredentialStore {
     session: String,
+    /// The AAD scope: `<prefix>:{<session>}`.
+    scope: String,
     redis_key: String,
     sealer: Sealer,
     /// The HMAC key of field names per secret id, the active secret first.
@@ -170,23 +178,25 @@ impl std::fmt::Debug for CredentialStore {
 }
 
 impl CredentialStore {
-    /// The store of `session` under `prefix`, with keys derived from the server's `secrets`
-    /// and the session's own secret; `ttl_ms` = 0 disables the sliding expiry.
+    /// The store of `session` under `prefix`, with keys derived from the credentials
+    /// `root` ([`crate::keys::SecretRing::credentials_root`]) and the session's own secret;
+    /// `ttl_ms` = 0 disables the sliding expiry.
     pub fn new(
         prefix: &str,
         session: &str,
-        secrets: &SecretRing,
+        root: &CredentialsRoot,
         session_secret: &Secret,
         ttl_ms: u64,
     ) -> Result<Self, NameError> {
         let redis_key = naming::credentials_key(prefix, session)?;
-        let sealer = Sealer::new(secrets.credentials_keyring(session, session_secret))
+        let sealer = Sealer::new(root.credentials_keyring(session, session_secret))
             .with_options(SealOptions::default().compression(Compression::Never));
         Ok(Self {
             session: session.to_owned(),
+            scope: format!("{prefix}:{{{session}}}"),
             redis_key,
             sealer,
-            names: secrets.credential_names_keys(session, session_secret),
+            names: root.credential_names_keys(session, session_secret),
             ttl_ms,
         })
     }
@@ -209,34 +219,34 @@ impl CredentialStore {
         self.ttl_ms
     }
 
-    fn mac(names_key: &[u8; SECRET_LEN], message: &[u8]) -> [u8; 32] {
+    fn mac(names_key: &[u8; SECRET_LEN], message: &[&[u8]]) -> [u8; 32] {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(names_key) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC takes keys of any length"),
         };
-        mac.update(message);
+        for part in message {
+            mac.update(part);
+        }
         mac.finalize().into_bytes().into()
     }
 
     /// The verifier field and value of the secret at `index` of `names`.
     fn verifier(&self, index: usize) -> Option<(String, Vec<u8>)> {
         let (id, key) = self.names.get(index)?;
-        let mac = Self::mac(key, VERIFIER_MESSAGE);
-        Some((format!("v:{id}"), mac[..VERIFIER_LEN].to_vec()))
+        let mac = Self::mac(key, &[VERIFIER_MESSAGE]);
+        Some((format!("v2:{id}"), mac[..VERIFIER_LEN].to_vec()))
     }
 
     /// The field holding `key`'s credentials under the secret at `index` of `names`.
     fn field(&self, index: usize, key: &str) -> Option<String> {
         let (id, names_key) = self.names.get(index)?;
-        Some(format!(
-            "c:{id}:{}",
-            hex(&Self::mac(names_key, key.as_bytes()))
-        ))
+        let mac = Self::mac(names_key, &[NAME_LABEL, key.as_bytes()]);
+        Some(format!("c:{id}:{}", hex(&mac)))
     }
 
     fn context<'a>(&'a self, key: &'a str) -> Context<'a> {
-        Context::new(Purpose::Credential, &self.session, key.as_bytes())
+        Context::new(Purpose::Credential, &self.scope, key.as_bytes())
     }
 
     /// The invocation that saves `credentials` under `key` (and slides the expiry).

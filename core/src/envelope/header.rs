@@ -6,8 +6,9 @@ use super::EnvelopeError;
 
 /// The first two bytes of every envelope.
 pub const MAGIC: [u8; 2] = *b"DL";
-/// The format version this code writes and reads.
-pub const VERSION: u8 = 1;
+/// The format version this code writes and reads. Version 1 (before outcomes were bound
+/// to their kind, attempt and instance) is not opened: see FORMAT.md, "Versions".
+pub const VERSION: u8 = 2;
 /// Length of the AEAD nonce.
 pub const NONCE_LEN: usize = 12;
 /// Length of the AEAD tag that ends every envelope.
@@ -24,7 +25,7 @@ const KNOWN_FLAGS: u8 = FLAG_COMPRESSED;
 /// A parsed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Flag bits; only [`FLAG_COMPRESSED`] is defined in v1.
+    /// Flag bits; only [`FLAG_COMPRESSED`] is defined.
     pub flags: u8,
     /// The key that sealed the envelope.
     pub key_id: KeyId,
@@ -103,10 +104,27 @@ pub enum Purpose {
     Job = 1,
     /// A job's result, in the queue's events stream.
     Result = 2,
-    /// A job's failure reason (events stream or dead letters).
+    /// The reason of a failed attempt that will be retried (events stream).
     Failure = 3,
     /// A credential in a session's store.
     Credential = 4,
+    /// The reason a job was dead-lettered (events stream and dead letters).
+    DeadLetter = 5,
+}
+
+/// Length of an outcome's instance id (see [`Context::outcome`]).
+pub const INSTANCE_LEN: usize = 16;
+
+/// Length of an outcome's detail: attempt u32 LE || instance.
+pub const OUTCOME_DETAIL_LEN: usize = 4 + INSTANCE_LEN;
+
+/// The detail bytes an outcome is bound to: `attempt u32 LE || instance (16 bytes)`.
+#[must_use]
+pub fn outcome_detail(attempt: u32, instance: &[u8; INSTANCE_LEN]) -> [u8; OUTCOME_DETAIL_LEN] {
+    let mut out = [0u8; OUTCOME_DETAIL_LEN];
+    out[..4].copy_from_slice(&attempt.to_le_bytes());
+    out[4..].copy_from_slice(instance);
+    out
 }
 
 /// Where sealed bytes belong: bound into the AAD, so bytes moved elsewhere do not open.
@@ -114,33 +132,57 @@ pub enum Purpose {
 pub struct Context<'a> {
     /// What the bytes are.
     pub purpose: Purpose,
-    /// The queue name or the credential store's session id.
+    /// Where they live: the queue's or the credential store's key stem,
+    /// `<prefix>:{<queue or session>}` (so the key prefix is bound too).
     pub scope: &'a str,
-    /// The job id, or the credential's field.
+    /// The job id, or the credential's key.
     pub item: &'a [u8],
+    /// More that the bytes are bound to: for an outcome (result, failure reason, dead
+    /// letter), the attempt and the add's instance ([`outcome_detail`]); empty otherwise.
+    pub detail: &'a [u8],
 }
 
 impl<'a> Context<'a> {
-    /// A context for `purpose` in `scope` (queue or session), for `item` (job id or field).
+    /// A context for `purpose` in `scope`, for `item` (job id or credential key), with no
+    /// detail (jobs and credentials).
     #[must_use]
     pub fn new(purpose: Purpose, scope: &'a str, item: &'a [u8]) -> Self {
         Self {
             purpose,
             scope,
             item,
+            detail: &[],
+        }
+    }
+
+    /// The context of an outcome of job `item`: `purpose` is its kind (result, retried
+    /// failure, dead letter) and `detail` its [`outcome_detail`] (attempt and the instance
+    /// id of the add that queued the job). An outcome relabelled with another kind or
+    /// attempt, or replayed from an earlier job with the same id, does not open as this one.
+    #[must_use]
+    pub fn outcome(purpose: Purpose, scope: &'a str, item: &'a [u8], detail: &'a [u8]) -> Self {
+        Self {
+            purpose,
+            scope,
+            item,
+            detail,
         }
     }
 
     /// The AAD: header || purpose u8 || scope length u64 LE || scope || item length u64 LE ||
-    /// item. Length prefixes make the encoding injective: no two contexts share an AAD.
+    /// item || detail length u64 LE || detail. Length prefixes make the encoding injective:
+    /// no two contexts share an AAD.
     pub fn aad(&self, header: &[u8; HEADER_LEN]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(HEADER_LEN + 17 + self.scope.len() + self.item.len());
+        let len = HEADER_LEN + 25 + self.scope.len() + self.item.len() + self.detail.len();
+        let mut aad = Vec::with_capacity(len);
         aad.extend_from_slice(header);
         aad.push(self.purpose as u8);
         aad.extend_from_slice(&(self.scope.len() as u64).to_le_bytes());
         aad.extend_from_slice(self.scope.as_bytes());
         aad.extend_from_slice(&(self.item.len() as u64).to_le_bytes());
         aad.extend_from_slice(self.item);
+        aad.extend_from_slice(&(self.detail.len() as u64).to_le_bytes());
+        aad.extend_from_slice(self.detail);
         aad
     }
 }

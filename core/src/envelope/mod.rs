@@ -13,8 +13,8 @@
 mod header;
 
 pub use header::{
-    Context, FLAG_COMPRESSED, HEADER_LEN, Header, MAGIC, MIN_LEN, NONCE_LEN, Purpose, TAG_LEN,
-    VERSION,
+    Context, FLAG_COMPRESSED, HEADER_LEN, Header, INSTANCE_LEN, MAGIC, MIN_LEN, NONCE_LEN,
+    OUTCOME_DETAIL_LEN, Purpose, TAG_LEN, VERSION, outcome_detail,
 };
 
 use aes_gcm_siv::aead::AeadInPlace;

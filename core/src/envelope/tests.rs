@@ -85,12 +85,14 @@ fn typed_errors_for_malformed_headers() {
         s.open_bytes(&c, b"{\"json\":1}"),
         Err(EnvelopeError::BadMagic)
     );
-    let mut v2 = good.clone();
-    v2[2] = 2;
-    assert_eq!(
-        s.open_bytes(&c, &v2),
-        Err(EnvelopeError::UnsupportedVersion(2))
-    );
+    for version in [0, 1, 3, 0xff] {
+        let mut other = good.clone();
+        other[2] = version;
+        assert_eq!(
+            s.open_bytes(&c, &other),
+            Err(EnvelopeError::UnsupportedVersion(version))
+        );
+    }
     let mut flags = good.clone();
     flags[3] = 0x80;
     assert_eq!(
@@ -236,7 +238,7 @@ fn rotation() {
 #[test]
 fn credentials_need_the_session_secret() {
     let mut rng = SeededRandom::new(8);
-    let ring = SecretRing::new(KeyId(1), Secret::generate(&mut rng));
+    let ring = SecretRing::new(KeyId(1), Secret::generate(&mut rng)).credentials_root();
     let (s1, s2) = (Secret::generate(&mut rng), Secret::generate(&mut rng));
     let c = Context::new(Purpose::Credential, "session-a", b"irc:nick");
     let a = Sealer::new(ring.credentials_keyring("session-a", &s1))
@@ -267,15 +269,17 @@ fn any_job() -> impl Strategy<Value = JobRecord> {
         ],
         any::<u32>(),
         any::<u64>(),
+        any::<[u8; 16]>(),
     )
         .prop_map(
-            |(id, title, session_id, payload, attempt, created_at_ms)| JobRecord {
+            |(id, title, session_id, payload, attempt, created_at_ms, instance)| JobRecord {
                 id: JobId(id),
                 title,
                 session_id,
                 payload,
                 attempt,
                 created_at_ms,
+                instance: crate::job::Instance(instance),
             },
         )
 }
@@ -358,8 +362,26 @@ proptest! {
         let s = sealer();
         let _ = s.open_bytes(&ctx(b"i"), &bytes);
         // With a valid-looking header, the input reaches the AEAD.
-        let mut framed = b"DL\x01\x00\x07\x00\x00\x00".to_vec();
+        let mut framed = b"DL\x02\x00\x07\x00\x00\x00".to_vec();
         framed.extend_from_slice(&bytes);
         prop_assert!(s.open::<JobRecord>(&ctx(b"i"), &framed).is_err());
     }
+}
+
+/// FORMAT.md's version 1 `job-plain` vector (before outcomes were bound to their instance):
+/// v2 refuses it by its version byte, before any key is looked up.
+#[test]
+fn version_1_envelopes_are_refused() {
+    let hex = "444c010001000000000102030405060708090a0ba02dad9528f72cb7b1d3860fe3af9b036d28\
+               44030ad7f4272de0ff84f3b2801578410a956a4b9dbceec99789d57ed444d737ab4f4cffbbb3\
+               1f7dae4ded4dc9c2";
+    let v1: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let s = sealer();
+    assert_eq!(
+        s.open_bytes(&ctx(b"job-1"), &v1),
+        Err(EnvelopeError::UnsupportedVersion(1))
+    );
 }

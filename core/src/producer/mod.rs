@@ -22,8 +22,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandKind, NewJob, OpId, Reply, is_transient_error};
-use crate::envelope::{Context, Purpose, Sealer};
-use crate::job::{JobId, JobRecord};
+use crate::envelope::{Context, Purpose, Sealer, outcome_detail};
+use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
 use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
@@ -34,9 +34,9 @@ use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
 enum InFlight {
-    /// Jobs, whether they went as a fresh (MULTI/EXEC) add, and for each whether it had been
-    /// sent before and whether its id was generated.
-    Add(Vec<NewJob>, bool, Vec<(bool, bool)>),
+    /// Jobs, whether they went as a fresh (MULTI/EXEC) add, and what else the producer
+    /// knows of each add.
+    Add(Vec<NewJob>, bool, Vec<AddMeta>),
     ReadEvents,
     AckEvents {
         through: Option<EntryId>,
@@ -54,11 +54,20 @@ struct Unsent {
     job: NewJob,
     /// A new id, due now, never sent: the first send needs no duplicate check.
     fresh: bool,
+    meta: AddMeta,
+}
+
+/// What the producer knows of one add beside the job it sends.
+#[derive(Debug, Clone, Copy)]
+struct AddMeta {
     /// Sent at least once: it may be in Redis, so it is never withdrawn as "not queued".
     sent: bool,
     /// Its id was generated for this add: no other add, here or anywhere, can have queued
     /// it. Only such an add, never sent, is known not to be in Redis.
     generated: bool,
+    /// The instance sealed in the add's record: the outcomes of the job it queues are
+    /// bound to it.
+    instance: Instance,
 }
 
 /// The producer machine of one queue.
@@ -100,6 +109,10 @@ pub struct Producer {
     /// Due times of this producer's delayed jobs: it promotes them then (a worker promotes
     /// them too, but an idle worker runs no timer per delayed job it never saw).
     promote_at: BTreeSet<u64>,
+    /// The instance each job this producer queued (and still waits for) was added with:
+    /// an outcome bound to another instance is stale (an earlier job with the same id) and
+    /// surfaces as a `BadEvent`. Forgotten when the job ends.
+    awaited: HashMap<String, Instance>,
 }
 
 impl Producer {
@@ -129,6 +142,7 @@ impl Producer {
             reads: ResendBackoff::default(),
             reachable: true,
             promote_at: BTreeSet::new(),
+            awaited: HashMap::new(),
             cfg,
         })
     }
@@ -168,7 +182,7 @@ impl Producer {
     /// [`Withdrawal::Unconfirmed`]); nor is an add of a caller-chosen id (an earlier add,
     /// here or in another process, may have queued it): both are `Unconfirmed`.
     pub fn withdraw(&mut self, job: &JobId) -> Withdrawal {
-        let sent = |u: &Unsent| u.job.id == job.0 && (u.sent || !u.generated);
+        let sent = |u: &Unsent| u.job.id == job.0 && (u.meta.sent || !u.meta.generated);
         let in_flight = self.in_flight.values().any(|f| match f {
             InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == job.0),
             _ => false,
@@ -246,6 +260,7 @@ impl Producer {
         let id = job
             .id
             .unwrap_or_else(|| JobId::generate(now_ms, rng.next_u64()));
+        let instance = Instance::generate(rng);
         let record = JobRecord {
             id: id.clone(),
             title: job.title,
@@ -253,14 +268,16 @@ impl Producer {
             payload: job.payload,
             attempt: 1,
             created_at_ms: now_ms,
+            instance,
         };
-        let ctx = Context::new(Purpose::Job, &self.keys.queue, id.0.as_bytes());
+        let ctx = Context::new(Purpose::Job, &self.keys.scope, id.0.as_bytes());
         // Postcard: the fields' bytes plus a varint length or value each (at most 10 bytes).
         let size = record.id.0.len()
             + record.title.len()
             + record.session_id.len()
             + record.payload.len()
-            + 6 * 10;
+            + 6 * 10
+            + 16;
         let envelope = self.sealer.seal_sized(&ctx, &record, size, rng)?;
         *self.outstanding.entry(id.0.clone()).or_default() += 1;
         let new = NewJob {
@@ -271,8 +288,11 @@ impl Producer {
         self.unsent.push_back(Unsent {
             job: new,
             fresh,
-            sent: false,
-            generated,
+            meta: AddMeta {
+                sent: false,
+                generated,
+                instance,
+            },
         });
         Ok(id)
     }
@@ -436,7 +456,7 @@ impl Producer {
     }
 
     /// The next batch: fresh adds and adds that need the duplicate check never mix.
-    fn take_batch(&mut self) -> (Vec<NewJob>, bool, Vec<(bool, bool)>) {
+    fn take_batch(&mut self) -> (Vec<NewJob>, bool, Vec<AddMeta>) {
         let mut jobs = Vec::new();
         let mut sent = Vec::new();
         let mut bytes = 0;
@@ -452,7 +472,7 @@ impl Producer {
             bytes += size;
             if let Some(u) = self.unsent.pop_front() {
                 jobs.push(u.job);
-                sent.push((u.sent, u.generated));
+                sent.push(u.meta);
             }
         }
         (jobs, fresh, sent)
@@ -565,7 +585,7 @@ impl Producer {
         &mut self,
         jobs: Vec<NewJob>,
         fresh: bool,
-        sent: &[(bool, bool)],
+        sent: &[AddMeta],
         reply: Reply,
         not_sent: bool,
     ) {
@@ -611,19 +631,24 @@ impl Producer {
                 // Unknown outcome: send the same sealed jobs again, first in line, through
                 // the script (the first send may have landed). A send that never left
                 // changes nothing: a fresh job stays fresh, an unsent one unsent.
-                for (job, (was_sent, generated)) in jobs.into_iter().zip(sent).rev() {
+                for (job, meta) in jobs.into_iter().zip(sent).rev() {
                     self.unsent.push_front(Unsent {
                         job,
                         fresh: fresh && not_sent,
-                        sent: *was_sent || !not_sent,
-                        generated: *generated,
+                        meta: AddMeta {
+                            sent: meta.sent || !not_sent,
+                            ..*meta
+                        },
                     });
                 }
                 return self.failed(&reply_kind);
             }
         };
         self.resend.succeed();
-        for (job, item) in jobs.into_iter().zip(items) {
+        for ((job, item), meta) in jobs.into_iter().zip(items).zip(sent) {
+            // The job may have ended already (its outcome read on another connection
+            // before this reply): then there is nothing left to await.
+            let ended = self.forget_later.contains(&job.id);
             self.resolved(&job.id);
             if let Value::Error(error) = item {
                 // An XADD of a fresh add failed inside its transaction (the rest ran).
@@ -646,6 +671,10 @@ impl Producer {
                     _ => AddStatus::AlreadyQueued,
                 },
             };
+            if self.cfg.read_events && !ended && status != AddStatus::AlreadyQueued {
+                // This add's record is the one in Redis: only its instance's outcomes count.
+                self.awaited.insert(job.id.clone(), meta.instance);
+            }
             self.events.push_back(ProducerEvent::Accepted {
                 job: JobId(job.id),
                 status,
@@ -672,6 +701,7 @@ impl Producer {
         if !self.cfg.read_events {
             return;
         }
+        self.awaited.remove(&job.0);
         if self.outstanding.contains_key(&job.0) {
             self.forget_later.insert(job.0.clone());
         } else {
@@ -724,17 +754,32 @@ impl Producer {
         let job = JobId(text(b"j")?.to_owned());
         let kind = text(b"k")?;
         let attempt: u32 = text(b"a")?.parse().map_err(|_| "bad attempt".to_owned())?;
+        let instance = entry
+            .field(b"i")
+            .and_then(Instance::parse_hex)
+            .ok_or("missing or malformed field i")?;
         let sealed = entry.field(b"v").ok_or("missing field v")?;
         let purpose = match kind {
             "c" => Purpose::Result,
-            "f" | "d" => Purpose::Failure,
+            "f" => Purpose::Failure,
+            "d" => Purpose::DeadLetter,
             other => return Err(format!("unknown event kind {other:?}")),
         };
-        let ctx = Context::new(purpose, &self.keys.queue, job.0.as_bytes());
+        // Kind, attempt and instance are in the AAD: relabelled, none of them opens.
+        let detail = outcome_detail(attempt, &instance.0);
+        let ctx = Context::outcome(purpose, &self.keys.scope, job.0.as_bytes(), &detail);
         let value = self
             .sealer
             .open_bytes(&ctx, sealed)
             .map_err(|e| e.to_string())?;
+        // A job this producer did not queue itself (an add found it queued, or another
+        // producer's) has no awaited instance: its outcomes are authentic, but whether they
+        // are this job's or an earlier one's with the same id cannot be told.
+        if let Some(awaited) = self.awaited.get(&job.0).filter(|a| **a != instance) {
+            return Err(format!(
+                "stale outcome of job {job}: instance {instance}, not the awaited {awaited}"
+            ));
+        }
         let reason = || String::from_utf8_lossy(&value).into_owned();
         Ok(match kind {
             "c" => ProducerEvent::Completed {

@@ -626,3 +626,167 @@ fn an_empty_job_id_is_refused() {
     assert_eq!(p.pending_adds(), 0);
     assert!(p.add(T0, job("x"), &mut rng).is_ok());
 }
+
+/// A worker that answers each job with `f`: `Ok(result)` completes, `Err(reason)` fails it
+/// (retried at once while attempts remain: 3).
+fn work_with(
+    sim: &mut Sim,
+    rng: &mut SeededRandom,
+    mut f: impl FnMut(&JobRecord) -> Result<Vec<u8>, String>,
+) {
+    use crate::retry::{Backoff, RetryPolicy};
+    let wc = WorkerConfig::new("q", "w")
+        .concurrency(50)
+        .block_ms(None)
+        .retry(RetryPolicy::new(3, Backoff::None));
+    let mut w = Worker::new(wc, sealer(), sim.now_ms()).unwrap();
+    for _ in 0..3 {
+        while let Some(cmd) = w.poll_command() {
+            let v = sim.execute(&cmd.kind);
+            w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+                .unwrap();
+            while let Some(ev) = w.poll_event() {
+                if let WorkerEvent::Job(d) = ev {
+                    match f(&d.job) {
+                        Ok(r) => w.complete(sim.now_ms(), d.entry, &r, rng).unwrap(),
+                        Err(e) => w.fail(sim.now_ms(), d.entry, &e, rng).unwrap(),
+                    }
+                }
+            }
+        }
+        sim.set_time(sim.now_ms() + 100);
+        w.handle_timeout(sim.now_ms(), rng).unwrap();
+    }
+}
+
+/// The events stream's entries as they are now (what a Redis reader can copy).
+fn events_now(sim: &Sim, keys: &QueueKeys) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    sim.stream(&keys.events)
+        .map(|s| s.entries.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn with_field(fields: &[(Vec<u8>, Vec<u8>)], name: &[u8], value: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fields
+        .iter()
+        .map(|(k, v)| match k == name {
+            true => (k.clone(), value.to_vec()),
+            false => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+fn bad_events(events: &[ProducerEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::BadEvent { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Security review, finding 2: a "failed, will retry" event relabelled as a dead letter,
+/// or given another attempt number, or another instance, must not pass as an outcome.
+#[test]
+fn a_relabelled_kind_attempt_or_instance_is_a_bad_event_never_an_outcome() {
+    let mut rng = SeededRandom::new(21);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    let keys = p.keys().clone();
+    p.add(T0, job("a"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    // Attempt 1 fails (and will be retried); nothing else runs yet.
+    let mut runs = 0;
+    work_with(&mut sim, &mut rng, |_| {
+        runs += 1;
+        match runs {
+            1 => Err("try again".into()),
+            _ => Ok(b"late".to_vec()),
+        }
+    });
+    let failed = events_now(&sim, &keys)
+        .into_iter()
+        .find(|f| f.contains(&(b"k".to_vec(), b"f".to_vec())))
+        .expect("a retry event");
+    // A Redis writer re-adds it three ways: as a dead letter, as attempt 2, and with
+    // another instance id.
+    let relabelled = [
+        with_field(&failed, b"k", b"d"),
+        with_field(&failed, b"a", b"2"),
+        with_field(&failed, b"i", &[b'0'; 32]),
+        with_field(&failed, b"k", b"c"),
+    ];
+    for forged in relabelled {
+        sim.xadd_raw(&keys.events, forged).unwrap();
+    }
+    sim.set_time(sim.now_ms() + 100);
+    p.handle_timeout(sim.now_ms());
+    let events = drive(&mut p, &mut sim);
+    let dead = events
+        .iter()
+        .filter(|e| matches!(e, ProducerEvent::DeadLettered { .. }))
+        .count();
+    let failures = events
+        .iter()
+        .filter(|e| matches!(e, ProducerEvent::Failed { .. }))
+        .count();
+    assert_eq!(dead, 0, "a relabelled retry ended the job: {events:?}");
+    assert_eq!(failures, 1, "{events:?}");
+    assert!(
+        completed(&events).iter().all(|(_, r)| r == b"late"),
+        "{events:?}"
+    );
+    assert_eq!(bad_events(&events).len(), 4, "{events:?}");
+}
+
+/// Security review, finding 2: a result captured from an earlier job with the same
+/// caller-chosen id (ids like `<session>:<counter>` repeat after restarts) must not
+/// resolve the new job.
+#[test]
+fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
+    let mut rng = SeededRandom::new(22);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    let keys = p.keys().clone();
+    p.add(T0, job("s:1"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    work_with(&mut sim, &mut rng, |_| {
+        Ok(b"transfer 10 to alice: done".to_vec())
+    });
+    let old = events_now(&sim, &keys)
+        .pop()
+        .expect("the first job's result");
+    sim.set_time(sim.now_ms() + 100);
+    p.handle_timeout(sim.now_ms());
+    assert_eq!(completed(&drive(&mut p, &mut sim)).len(), 1);
+    // The id comes again, for a new job; before it runs, the old result is replayed.
+    p.add(sim.now_ms(), job("s:1"), &mut rng).unwrap();
+    let accepted = drive(&mut p, &mut sim);
+    assert!(
+        accepted.iter().any(|e| matches!(
+            e,
+            ProducerEvent::Accepted {
+                status: AddStatus::Added(_),
+                ..
+            }
+        )),
+        "{accepted:?}"
+    );
+    sim.xadd_raw(&keys.events, old).unwrap();
+    sim.set_time(sim.now_ms() + 100);
+    p.handle_timeout(sim.now_ms());
+    let events = drive(&mut p, &mut sim);
+    assert!(
+        completed(&events).is_empty(),
+        "the old result resolved the new job: {events:?}"
+    );
+    let bad = bad_events(&events);
+    assert!(bad.len() == 1 && bad[0].contains("stale"), "{bad:?}");
+    // The new job's own result still comes.
+    work_with(&mut sim, &mut rng, |_| Ok(b"new".to_vec()));
+    sim.set_time(sim.now_ms() + 100);
+    p.handle_timeout(sim.now_ms());
+    let events = drive(&mut p, &mut sim);
+    assert_eq!(completed(&events), [("s:1".to_owned(), b"new".to_vec())]);
+}

@@ -93,6 +93,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
                 ("j", job.as_bytes()),
                 ("k", b"c"),
                 ("a", item.attempt.to_string().as_bytes()),
+                ("i", instance_hex(item).as_bytes()),
                 ("v", &item.value),
             ]);
             xadd_trimmed(sim, &keys.events, *min_event_ms, f)
@@ -109,6 +110,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
                 ("j", job.as_bytes()),
                 ("k", b"f"),
                 ("a", item.attempt.to_string().as_bytes()),
+                ("i", instance_hex(item).as_bytes()),
                 ("v", &item.value),
             ]);
             xadd_trimmed(sim, &keys.events, *min_event_ms, f)?;
@@ -131,11 +133,13 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         } => settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let attempt = item.attempt.to_string();
+            let instance = instance_hex(item);
             let f = fields(&[
                 ("j", job.as_bytes()),
                 ("e", &item.job_envelope),
                 ("r", &item.value),
                 ("a", attempt.as_bytes()),
+                ("i", instance.as_bytes()),
             ]);
             xadd_trimmed(sim, &keys.dead, *min_dead_ms, f)?;
             if !job.is_empty() {
@@ -144,6 +148,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
                     ("j", job.as_bytes()),
                     ("k", b"d"),
                     ("a", attempt.as_bytes()),
+                    ("i", instance.as_bytes()),
                     ("v", &item.value),
                 ]);
                 xadd_trimmed(sim, &keys.events, *min_event_ms, f)?;
@@ -522,4 +527,9 @@ fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
             .map(Value::Int)
             .collect(),
     ))
+}
+
+/// An item's instance as its scripts write it: hex, or empty when unknown.
+fn instance_hex(item: &Settle) -> String {
+    item.instance.map(|i| i.to_hex()).unwrap_or_default()
 }

@@ -25,6 +25,7 @@ fn settle(entry: EntryId, job: &str) -> Settle {
     Settle {
         entry,
         job: Some(job.into()),
+        instance: Some(crate::job::Instance([3; 16])),
         value: Arc::from(&b"V"[..]),
         job_envelope: Arc::from(&b"ENV2"[..]),
         attempt: 1,

@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandKind, OpId, Settle};
-use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer};
-use crate::job::{JobId, JobRecord};
+use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer, outcome_detail};
+use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
 use crate::retry::{ResendBackoff, RetryDecision};
@@ -49,6 +49,8 @@ struct Running {
     /// the envelope again rather than every delivery keeping a copy).
     id: JobId,
     attempt: u32,
+    /// The add's instance, to which the job's outcomes are bound.
+    instance: Instance,
     envelope: Arc<[u8]>,
     started_ms: u64,
     last_beat_ms: u64,
@@ -198,7 +200,13 @@ impl Worker {
             .running
             .get(&entry)
             .ok_or(WorkerError::NotRunning(entry))?;
-        let ctx = Context::new(Purpose::Result, &self.keys.queue, run.id.0.as_bytes());
+        let detail = outcome_detail(run.attempt, &run.instance.0);
+        let ctx = Context::outcome(
+            Purpose::Result,
+            &self.keys.scope,
+            run.id.0.as_bytes(),
+            &detail,
+        );
         let value = self.sealer.seal_bytes(&ctx, result, rng)?;
         let Some(run) = self.running.remove(&entry) else {
             return Err(WorkerError::NotRunning(entry));
@@ -209,6 +217,7 @@ impl Worker {
                 entry,
                 attempt: run.attempt,
                 job: Some(run.id.0),
+                instance: Some(run.instance),
                 value: value.into(),
                 job_envelope: Arc::from(&[][..]),
                 due_ms: 0,
@@ -243,21 +252,29 @@ impl Worker {
             .running
             .get(&entry)
             .ok_or(WorkerError::NotRunning(entry))?;
-        let ctx = Context::new(Purpose::Failure, &self.keys.queue, run.id.0.as_bytes());
+        let decision = self.cfg.retry.decide(run.attempt, rng);
+        // The reason is bound to what happens: a retried failure or a dead letter.
+        let purpose = match decision {
+            RetryDecision::RetryAfter(_) => Purpose::Failure,
+            RetryDecision::Dead => Purpose::DeadLetter,
+        };
+        let detail = outcome_detail(run.attempt, &run.instance.0);
+        let ctx = Context::outcome(purpose, &self.keys.scope, run.id.0.as_bytes(), &detail);
         let value: Arc<[u8]> = self
             .reason_sealer
             .seal_bytes(&ctx, reason.as_bytes(), rng)?
             .into();
-        let (kind, settle) = match self.cfg.retry.decide(run.attempt, rng) {
+        let (kind, settle) = match decision {
             RetryDecision::RetryAfter(delay) => {
                 // The record as delivered (it opened then), with the next attempt.
-                let ctx = Context::new(Purpose::Job, &self.keys.queue, run.id.0.as_bytes());
+                let ctx = Context::new(Purpose::Job, &self.keys.scope, run.id.0.as_bytes());
                 let mut next: JobRecord = self.sealer.open(&ctx, &run.envelope)?;
                 next.attempt = run.attempt.saturating_add(1);
                 let sealed = self.sealer.seal(&ctx, &next, rng)?;
                 let settle = Settle {
                     entry,
                     job: Some(run.id.0.clone()),
+                    instance: Some(run.instance),
                     value,
                     job_envelope: sealed.into(),
                     attempt: run.attempt,
@@ -274,6 +291,7 @@ impl Worker {
                 let settle = Settle {
                     entry,
                     job: Some(run.id.0.clone()),
+                    instance: Some(run.instance),
                     value,
                     job_envelope: run.envelope.clone(),
                     attempt: run.attempt,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::{Delivery, InFlight, Running, SettleKind, Worker, WorkerError, WorkerEvent};
 use crate::command::{OpId, Reply, Settle, is_transient_error};
-use crate::envelope::{Context, Purpose};
-use crate::job::{JobId, JobRecord};
+use crate::envelope::{Context, Purpose, outcome_detail};
+use crate::job::{Instance, JobId, JobRecord};
 use crate::random::Random;
 use crate::retry::POLL_INTERVAL_MS;
 use crate::value::{EntryId, ReplyError, StreamEntry, Value, decode_read};
@@ -284,7 +284,7 @@ impl Worker {
             let reason = "malformed entry: no job id (field j)".to_owned();
             return self.bury_unread(entry.id, None, envelope, reason, rng);
         };
-        let ctx = Context::new(Purpose::Job, &self.keys.queue, id.as_bytes());
+        let ctx = Context::new(Purpose::Job, &self.keys.scope, id.as_bytes());
         let job: JobRecord = match self.sealer.open(&ctx, &envelope) {
             Ok(job) => job,
             Err(e) => {
@@ -310,13 +310,15 @@ impl Worker {
                 self.cfg.retry.max_stalled
             );
             let attempt = job.attempt;
-            return self.bury(entry.id, Some(job.id), envelope, reason, attempt, rng);
+            let known = Some((job.id, job.instance));
+            return self.bury(entry.id, known, envelope, reason, attempt, rng);
         }
         self.running.insert(
             entry.id,
             Running {
                 id: job.id.clone(),
                 attempt: job.attempt,
+                instance: job.instance,
                 envelope,
                 started_ms: self.now_ms,
                 last_beat_ms: self.now_ms,
@@ -365,19 +367,24 @@ impl Worker {
         self.bury(entry, None, envelope, reason, 0, rng);
     }
 
-    /// Dead-letters an entry that never ran: the reason is sealed with the job id (or an
-    /// empty item when the entry names no job).
+    /// Dead-letters an entry that never ran: the reason is sealed for the job and its
+    /// instance (or, for an entry that did not open, for an empty item and a zero instance).
     fn bury(
         &mut self,
         entry: EntryId,
-        job: Option<JobId>,
+        known: Option<(JobId, Instance)>,
         envelope: Arc<[u8]>,
         reason: String,
         attempt: u32,
         rng: &mut impl Random,
     ) {
+        let (job, instance) = match known {
+            Some((job, instance)) => (Some(job), Some(instance)),
+            None => (None, None),
+        };
         let item = job.as_ref().map_or(&b""[..], |j| j.0.as_bytes());
-        let ctx = Context::new(Purpose::Failure, &self.keys.queue, item);
+        let detail = outcome_detail(attempt, &instance.unwrap_or(Instance([0; 16])).0);
+        let ctx = Context::outcome(Purpose::DeadLetter, &self.keys.scope, item, &detail);
         // Sealing a short reason cannot fail; should it, the entry still leaves the queue
         // (never blocking it) with an empty reason.
         let value = self
@@ -394,6 +401,7 @@ impl Worker {
             Settle {
                 entry,
                 job: job.map(|j| j.0),
+                instance,
                 value: value.into(),
                 job_envelope: envelope,
                 attempt,

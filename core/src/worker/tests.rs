@@ -857,8 +857,9 @@ fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
         payload: b"transfer".to_vec(),
         attempt: 1,
         created_at_ms: T0 - 8 * day,
+        instance: crate::job::Instance([1; 16]),
     };
-    let ctx = Context::new(Purpose::Job, "q", b"old");
+    let ctx = Context::new(Purpose::Job, "dl:{q}", b"old");
     let envelope = sealer().seal(&ctx, &old, &mut rng).unwrap();
     let keys = keys_of("q");
     sim.xadd_raw(
