@@ -8,9 +8,20 @@
 //! same bytes, which is what makes the credentials hash stable across processes, languages
 //! and versions.
 
-use std::fmt::Write as _;
-
 use serde_json::{Number, Value};
+
+/// Where the canonical form goes: a string, or straight into a hash (so that checking
+/// credentials leaves no canonical copy of them in memory).
+pub(crate) trait Sink {
+    /// Appends `s`.
+    fn put(&mut self, s: &str);
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
 
 /// The canonical (RFC 8785) serialization of `value`.
 #[must_use]
@@ -20,61 +31,60 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
-fn write_value(out: &mut String, value: &Value) {
+/// Writes the canonical form of `value` into `out`.
+pub(crate) fn write_value(out: &mut impl Sink, value: &Value) {
     match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
+        Value::Null => out.put("null"),
+        Value::Bool(true) => out.put("true"),
+        Value::Bool(false) => out.put("false"),
         Value::Number(n) => write_number(out, n),
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
-            out.push('[');
+            out.put("[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.put(",");
                 }
                 write_value(out, item);
             }
-            out.push(']');
+            out.put("]");
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
             members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push('{');
+            out.put("{");
             for (i, (name, item)) in members.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.put(",");
                 }
                 write_string(out, name);
-                out.push(':');
+                out.put(":");
                 write_value(out, item);
             }
-            out.push('}');
+            out.put("}");
         }
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
-    out.push('"');
+fn write_string(out: &mut impl Sink, s: &str) {
+    out.put("\"");
     for c in s.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\u{c}' => out.push_str("\\f"),
-            '\r' => out.push_str("\\r"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
+            '"' => out.put("\\\""),
+            '\\' => out.put("\\\\"),
+            '\u{8}' => out.put("\\b"),
+            '\t' => out.put("\\t"),
+            '\n' => out.put("\\n"),
+            '\u{c}' => out.put("\\f"),
+            '\r' => out.put("\\r"),
+            c if u32::from(c) < 0x20 => out.put(&format!("\\u{:04x}", u32::from(c))),
+            c => out.put(c.encode_utf8(&mut [0; 4])),
         }
     }
-    out.push('"');
+    out.put("\"");
 }
 
-fn write_number(out: &mut String, n: &Number) {
+fn write_number(out: &mut impl Sink, n: &Number) {
     // JSON numbers are doubles in JCS (and in JavaScript): integers beyond 2^53 round.
     #[allow(clippy::cast_precision_loss)]
     let f = match (n.as_i64(), n.as_u64()) {
@@ -86,14 +96,14 @@ fn write_number(out: &mut String, n: &Number) {
 }
 
 /// Writes a finite double as ECMAScript's Number.prototype.toString (ECMA-262, 7.1.12.1).
-pub(crate) fn write_double(out: &mut String, f: f64) {
+pub(crate) fn write_double(out: &mut impl Sink, f: f64) {
     if f == 0.0 || !f.is_finite() {
         // -0 is "0"; JSON has no NaN or infinity (serde_json never holds them).
-        out.push('0');
+        out.put("0");
         return;
     }
     if f < 0.0 {
-        out.push('-');
+        out.put("-");
     }
     // Ryu writes the shortest digits that round-trip, the closest to the exact value and the
     // even one on a tie, as ECMAScript requires (Rust's `{:e}` breaks ties the other way:
@@ -110,7 +120,7 @@ pub(crate) fn write_double(out: &mut String, f: f64) {
     let lead = all.len() - all.trim_start_matches('0').len();
     let digits = all.trim_start_matches('0').trim_end_matches('0');
     if digits.is_empty() {
-        out.push('0');
+        out.put("0");
         return;
     }
     let int_len = i32::try_from(int.len()).unwrap_or(i32::MAX);
@@ -119,28 +129,30 @@ pub(crate) fn write_double(out: &mut String, f: f64) {
     let k = i32::try_from(digits.len()).unwrap_or(i32::MAX);
     let n = exp + int_len - lead;
     if k <= n && n <= 21 {
-        out.push_str(digits);
-        out.extend(std::iter::repeat_n(
-            '0',
-            usize::try_from(n - k).unwrap_or(0),
-        ));
+        out.put(digits);
+        for _ in 0..(n - k) {
+            out.put("0");
+        }
     } else if 0 < n && n <= 21 {
         let (int, frac) = digits.split_at(usize::try_from(n).unwrap_or(0));
-        out.push_str(int);
-        out.push('.');
-        out.push_str(frac);
+        out.put(int);
+        out.put(".");
+        out.put(frac);
     } else if -6 < n && n <= 0 {
-        out.push_str("0.");
-        out.extend(std::iter::repeat_n('0', usize::try_from(-n).unwrap_or(0)));
-        out.push_str(digits);
+        out.put("0.");
+        for _ in 0..(-n) {
+            out.put("0");
+        }
+        out.put(digits);
     } else {
         let (first, rest) = digits.split_at(1);
-        out.push_str(first);
+        out.put(first);
         if !rest.is_empty() {
-            out.push('.');
-            out.push_str(rest);
+            out.put(".");
+            out.put(rest);
         }
         let e = n - 1;
-        let _ = write!(out, "e{}{}", if e < 0 { '-' } else { '+' }, e.abs());
+        out.put(if e < 0 { "e-" } else { "e+" });
+        out.put(&e.abs().to_string());
     }
 }

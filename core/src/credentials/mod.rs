@@ -139,7 +139,16 @@ pub enum CredentialsError {
 /// The credentials hash: lower-case hex SHA-256 of the canonical JSON (RFC 8785) of `value`.
 #[must_use]
 pub fn credentials_hash(value: &Json) -> String {
-    hex(&Sha256::digest(canonical_json(value).as_bytes()))
+    // Streamed into the hash: no canonical copy of the credentials is left in memory.
+    struct Hashing(Sha256);
+    impl canonical::Sink for Hashing {
+        fn put(&mut self, s: &str) {
+            self.0.update(s.as_bytes());
+        }
+    }
+    let mut sink = Hashing(Sha256::new());
+    canonical::write_value(&mut sink, value);
+    hex(&sink.0.finalize())
 }
 
 fn hex(bytes: &[u8]) -> String {

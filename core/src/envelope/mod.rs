@@ -223,7 +223,9 @@ impl Sealer {
         ctx: &Context<'_>,
         bytes: &[u8],
     ) -> Result<T, EnvelopeError> {
-        let plain = self.open_bytes(ctx, bytes)?;
+        // The plaintext is decoded into the record, then wiped: only the record (the
+        // caller's to keep or drop) holds the job's contents.
+        let plain = zeroize::Zeroizing::new(self.open_bytes(ctx, bytes)?);
         let (record, rest) = postcard::take_from_bytes::<T>(&plain)
             .map_err(|e| EnvelopeError::Decode(e.to_string()))?;
         if !rest.is_empty() {
