@@ -14,6 +14,14 @@
 //! `max_reconnect_delay`), rather than every driver of the process dialing a Redis that is
 //! down. Such a failure means nothing was written: it is reported as a connection refusal
 //! (`RedisError::is_connection_refusal`), which `exec` turns into `Reply::NotSent`.
+//!
+//! **Fencing.** A connection retired after a timeout or an I/O error may still have commands
+//! that Redis has not read yet (a stalled server, a slow network): they could run *after*
+//! the engine resent them on the new connection, and a fresh add (its `MULTI`/`EXEC` has no
+//! duplicate check) would then enqueue its job a second time. So before a replacement
+//! serves any command, it kills the retired connections by client id (`CLIENT KILL ID`) on
+//! the same server (same `run_id`): Redis runs one command at a time, so whatever of theirs
+//! has not run by then never will, and a resend finds whatever did.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,12 +55,69 @@ struct Inner {
 #[derive(Default)]
 struct State {
     current: Option<(MultiplexedConnection, u64)>,
+    /// The current connection's server `run_id` and client id.
+    identity: Option<Identity>,
+    /// Connections retired while their commands' fate was unknown: killed before the next
+    /// connection serves a command.
+    fence: Vec<Identity>,
     generation: u64,
     /// After a failed attempt: no other before this instant, and the delay that led to it.
     retry_at: Option<(Instant, Duration)>,
 }
 
 const MIN_DELAY: Duration = Duration::from_millis(20);
+
+/// Which server process a connection is on, and its client id there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    run_id: String,
+    client_id: i64,
+}
+
+/// The `run_id` line of `INFO server`.
+fn run_id(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+}
+
+/// This connection's identity, then a kill of every fenced connection of the same server
+/// (a restarted server reuses client ids: those of another run are left alone).
+async fn fence(c: &mut MultiplexedConnection, fenced: &[Identity]) -> RedisResult<Identity> {
+    let (client_id, info): (i64, String) = redis::pipe()
+        .cmd("CLIENT")
+        .arg("ID")
+        .cmd("INFO")
+        .arg("server")
+        .query_async(c)
+        .await?;
+    let me = Identity {
+        run_id: run_id(&info).unwrap_or_default(),
+        client_id,
+    };
+    let mut kill = redis::pipe();
+    let mut any = false;
+    for old in fenced
+        .iter()
+        .filter(|o| o.run_id == me.run_id && !me.run_id.is_empty())
+    {
+        kill.cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(old.client_id)
+            .ignore();
+        any = true;
+    }
+    if any {
+        // "No such client" (it is gone already) is an answer too: only an I/O error fails.
+        if let Err(e) = kill.query_async::<()>(c).await {
+            if e.is_io_error() || e.is_timeout() {
+                return Err(e);
+            }
+        }
+    }
+    Ok(me)
+}
 
 fn not_connected(why: &str) -> RedisError {
     RedisError::from(std::io::Error::new(
@@ -116,17 +181,25 @@ impl Conn {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let config = self.inner.config.clone().set_push_sender(tx);
-        match self
+        let fenced = self.state().fence.clone();
+        let connected = match self
             .inner
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
-            Ok(c) => {
+            Ok(mut c) => fence(&mut c, &fenced).await.map(|me| (c, me)),
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok((c, me)) => {
                 let generation = {
                     let mut state = self.state();
                     state.generation += 1;
                     state.current = Some((c.clone(), state.generation));
+                    state.identity = Some(me);
+                    // Killed (or of another server run): nothing of theirs can run now.
+                    state.fence.retain(|f| !fenced.contains(f));
                     state.retry_at = None;
                     state.generation
                 };
@@ -154,7 +227,7 @@ impl Conn {
     }
 
     /// Drops connection `generation` if it is still the current one: the next command
-    /// connects anew.
+    /// connects anew, after fencing this one off (see the module's docs).
     fn retire(&self, generation: u64) {
         let mut state = self.state();
         if state
@@ -163,6 +236,13 @@ impl Conn {
             .is_some_and(|(_, g)| *g == generation)
         {
             state.current = None;
+            if let Some(me) = state.identity.take() {
+                // Bounded: a long outage retires at most one connection per attempt, and
+                // each is forgotten once a connection to a server is made.
+                if state.fence.len() < 64 {
+                    state.fence.push(me);
+                }
+            }
         }
     }
 

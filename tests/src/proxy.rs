@@ -24,6 +24,10 @@ pub enum Fault {
     /// The next connection to carry bytes to Redis is cut after this many more of them (the
     /// rest of the pipeline never arrives); then the fault is over.
     CutAfter(usize),
+    /// The next bytes toward Redis that hold a `MULTI` are held this long, then delivered
+    /// (a stalled network, or a Redis too busy to read): the client times out while the
+    /// command is still to run. Then the fault is over.
+    HoldMulti(std::time::Duration),
 }
 
 #[derive(Debug)]
@@ -37,6 +41,18 @@ struct State {
 impl State {
     fn fault(&self) -> Fault {
         *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long to hold `bytes` toward Redis before they pass (a `HoldMulti` fault).
+    fn hold(&self, bytes: &[u8]) -> Option<std::time::Duration> {
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        match *fault {
+            Fault::HoldMulti(d) if bytes.windows(5).any(|w| w == b"MULTI") => {
+                *fault = Fault::None;
+                Some(d)
+            }
+            _ => None,
+        }
     }
 
     /// How many of `n` bytes toward Redis may pass, and whether the connection is cut after.
@@ -182,6 +198,9 @@ async fn carry(client: TcpStream, state: Arc<State>, id: u64) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
+                if let Some(d) = state.hold(&buf[..n]) {
+                    tokio::time::sleep(d).await;
+                }
                 let (pass, cut) = state.budget(n);
                 if server_tx.write_all(&buf[..pass]).await.is_err() || cut {
                     return;

@@ -296,3 +296,43 @@ async fn after_an_outage_connections_killed_every_second_and_a_half_stop_nothing
     eprintln!("slowest add under kills: {slowest:?}; {killed} connections killed");
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A pipeline that Redis reads only after the client gave up on it (a stalled network or
+/// server) must not run after its resend: a fresh add's `MULTI`/`EXEC` has no duplicate
+/// check, so it would enqueue its job a second time. The replacement connection kills the
+/// retired one first (`CLIENT KILL ID`), so the late bytes never run.
+#[tokio::test]
+async fn a_late_pipeline_of_a_retired_connection_never_runs_after_its_resend() {
+    let server = RedisServer::start(Persistence::None);
+    let proxy = Proxy::start(server.port()).await;
+    let dl = via(&proxy).await;
+    let queue = waiting(&dl, "q", Duration::from_secs(10));
+    let runs = Runs::default();
+    let direct = layer(&server).await;
+    let worker = counting_worker(&direct, "q", &runs);
+    let warm = queue.add("s", &json!("warm")).await.expect("add");
+    assert!(matches!(warm.result().await, Ok(Outcome::Completed(_))));
+
+    // The fresh add's MULTI reaches Redis 1.5 s late; the client times out after 400 ms
+    // and sends it again (through the checking script) on a new connection.
+    proxy.set(Fault::HoldMulti(Duration::from_millis(1_500)));
+    let handle = queue.add("s", &json!("late")).await.expect("add");
+    let id = handle.id.clone();
+    let r: Value = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .expect("in time")
+        .expect("running")
+        .json()
+        .expect("completed");
+    assert_eq!(r["echo"], "late");
+    // Past the hold, and time for a second copy to be run.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        runs.lock().expect("runs").get(&id.0),
+        Some(&1),
+        "the late MULTI/EXEC enqueued the job again"
+    );
+    let mut conn = raw(&server).await;
+    assert_eq!(xlen(&mut conn, "dl:{q}:jobs").await, 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
