@@ -113,6 +113,10 @@ pub struct Producer {
     /// an outcome bound to another instance is stale (an earlier job with the same id) and
     /// surfaces as a `BadEvent`. Forgotten when the job ends.
     awaited: HashMap<String, Instance>,
+    /// Jobs whose add the caller was told may be in Redis (`withdraw` answered
+    /// `Unconfirmed`): the caller may add the id again, here or elsewhere, so no add of
+    /// these goes unchecked (fresh) any more. Forgotten when no add of the job is left.
+    unconfirmed: HashSet<String>,
 }
 
 impl Producer {
@@ -143,6 +147,7 @@ impl Producer {
             reachable: true,
             promote_at: BTreeSet::new(),
             awaited: HashMap::new(),
+            unconfirmed: HashSet::new(),
             cfg,
         })
     }
@@ -188,6 +193,12 @@ impl Producer {
             _ => false,
         });
         if in_flight || self.unsent.iter().any(sent) {
+            // The caller may now add the id again (through the duplicate check, here or in
+            // another process): an unchecked resend of this add could land after it.
+            self.unconfirmed.insert(job.0.clone());
+            for u in self.unsent.iter_mut().filter(|u| u.job.id == job.0) {
+                u.fresh = false;
+            }
             return Withdrawal::Unconfirmed;
         }
         // The latest add of the job first (the earlier ones are older calls).
@@ -455,17 +466,26 @@ impl Producer {
         None
     }
 
+    /// Whether `u` may go unchecked: it is fresh, the only add of its id here, and its
+    /// caller was never told it may be in Redis (else another add of the id may have
+    /// landed, or be sent, first).
+    fn goes_fresh(&self, u: &Unsent) -> bool {
+        u.fresh
+            && self.outstanding.get(&u.job.id) == Some(&1)
+            && !self.unconfirmed.contains(&u.job.id)
+    }
+
     /// The next batch: fresh adds and adds that need the duplicate check never mix.
     fn take_batch(&mut self) -> (Vec<NewJob>, bool, Vec<AddMeta>) {
         let mut jobs = Vec::new();
         let mut sent = Vec::new();
         let mut bytes = 0;
-        let fresh = self.unsent.front().is_some_and(|u| u.fresh);
+        let fresh = self.unsent.front().is_some_and(|u| self.goes_fresh(u));
         while let Some(next) = self.unsent.front() {
             let size = next.job.envelope.len();
             let full = jobs.len() >= self.cfg.max_batch_jobs
                 || (!jobs.is_empty() && bytes + size > self.cfg.max_batch_bytes)
-                || next.fresh != fresh;
+                || self.goes_fresh(next) != fresh;
             if full {
                 break;
             }
@@ -688,6 +708,7 @@ impl Producer {
             *n -= 1;
             if *n == 0 {
                 self.outstanding.remove(job);
+                self.unconfirmed.remove(job);
                 if self.forget_later.remove(job) {
                     self.forget.push(job.to_owned());
                 }

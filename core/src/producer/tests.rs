@@ -790,3 +790,52 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
     let events = drive(&mut p, &mut sim);
     assert_eq!(completed(&events), [("s:1".to_owned(), b"new".to_vec())]);
 }
+
+/// Found by the long chaos run: an add in flight when its caller was told `Unconfirmed`
+/// came back `NotSent` and went again unchecked (fresh) after the caller's re-add of the
+/// same id had landed: two entries, the job ran twice. Once the caller is told the add may
+/// be in Redis, no add of that id goes unchecked.
+#[test]
+fn an_add_told_unconfirmed_never_goes_unchecked_after_a_re_add() {
+    let mut rng = SeededRandom::new(23);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    let jobs = p.keys().jobs.clone();
+    let id = p
+        .add(
+            T0,
+            AddJob {
+                payload: b"x".to_vec(),
+                ..AddJob::default()
+            },
+            &mut rng,
+        )
+        .unwrap();
+    let first = p.poll_command().expect("the fresh add");
+    assert!(matches!(
+        first.kind,
+        CommandKind::Enqueue { fresh: true, .. }
+    ));
+    // The caller's wait ends while it is in flight: it may be in Redis.
+    assert_eq!(p.withdraw(&id), Withdrawal::Unconfirmed);
+    // As advised, the caller adds the id again; that add lands first.
+    p.add(T0, job(&id.0), &mut rng).unwrap();
+    let readd = p.poll_command().expect("the re-add");
+    let v = sim.execute(&readd.kind);
+    p.handle_reply(T0, readd.op, Reply::Value(v)).unwrap();
+    // The first add never left after all.
+    p.handle_reply(T0, first.op, Reply::NotSent).unwrap();
+    let t = p.poll_timeout().expect("resend timer");
+    sim.set_time(t);
+    p.handle_timeout(t);
+    let again = p.poll_command().expect("resent");
+    assert!(
+        matches!(again.kind, CommandKind::Enqueue { fresh: false, .. }),
+        "{again:?}"
+    );
+    let v = sim.execute(&again.kind);
+    p.handle_reply(t, again.op, Reply::Value(v)).unwrap();
+    drive(&mut p, &mut sim);
+    let entries = sim.stream(&jobs).map_or(0, |s| s.entries.len());
+    assert_eq!(entries, 1, "the job was enqueued twice");
+}
