@@ -28,8 +28,11 @@ use redis::aio::MultiplexedConnection;
 use crate::connection::Conn;
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::exec::{push, to_value};
-use crate::layer::now_ms;
+
+/// How long an idle reader's read blocks in Redis (ms).
+pub(crate) const BLOCK_MS: u64 = 5_000;
 
 /// Where a blocking read's reply goes: the driver's channel, with the op to reply to.
 pub(crate) type ReplyTx = mpsc::UnboundedSender<(OpId, Reply)>;
@@ -209,14 +212,7 @@ impl Task {
     /// changes), and answers the reads it settled.
     async fn round(&mut self) {
         let now = now_ms();
-        // Reads past their deadline that are not in a command: nothing came.
-        let (expired, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.deadline_ms <= now);
-        self.pending = rest;
-        for p in expired {
-            p.answer(Reply::Value(Value::Nil));
-        }
+        self.expire(now);
         if self.pending.is_empty() {
             return;
         }
@@ -233,17 +229,7 @@ impl Task {
                 }
             },
         };
-        // The batch: the first read of each stream (a second read of one stream, from a
-        // second queue instance in this process, waits for the next round).
-        let mut batch: Vec<usize> = Vec::new();
-        for (i, p) in self.pending.iter().enumerate() {
-            if !batch
-                .iter()
-                .any(|&j| self.pending[j].stream() == p.stream())
-            {
-                batch.push(i);
-            }
-        }
+        let batch = self.batch();
         let block_ms = batch
             .iter()
             .map(|&i| self.pending[i].deadline_ms.saturating_sub(now))
@@ -267,17 +253,61 @@ impl Task {
         pipe.ignore_errors();
         push(&mut pipe, &invocation);
         let limit = Duration::from_millis(block_ms) + self.response_timeout;
+        let Some(value) = self.block(&mut conn, client_id, &pipe, limit).await else {
+            // The connection is dropped (a new one next round); the batch's reads may have
+            // delivered entries nobody saw: the machines treat them as unknown.
+            self.settle_batch(&batch, |_| Some(Reply::Unknown));
+            return;
+        };
+        self.conn = Some((conn, client_id));
+        self.distribute(&batch, &streams, value);
+    }
+
+    /// Answers the reads past their deadline that are not in a command: nothing came.
+    fn expire(&mut self, now: u64) {
+        let (expired, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.deadline_ms <= now);
+        self.pending = rest;
+        for p in expired {
+            p.answer(Reply::Value(Value::Nil));
+        }
+    }
+
+    /// The next command's reads: the first of each stream (a second read of one stream,
+    /// from a second queue instance in this process, waits for the next round).
+    fn batch(&self) -> Vec<usize> {
+        let mut batch: Vec<usize> = Vec::new();
+        for (i, p) in self.pending.iter().enumerate() {
+            if !batch
+                .iter()
+                .any(|&j| self.pending[j].stream() == p.stream())
+            {
+                batch.push(i);
+            }
+        }
+        batch
+    }
+
+    /// Runs the blocking command, taking requests meanwhile: the first one interrupts it
+    /// (`CLIENT UNBLOCK`), later ones wait in the channel. `None`: no usable reply (the
+    /// connection is to be dropped).
+    async fn block(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        client_id: i64,
+        pipe: &redis::Pipeline,
+        limit: Duration,
+    ) -> Option<Value> {
         let done = Arc::new(AtomicBool::new(false));
         let result = {
-            let query =
-                tokio::time::timeout(limit, pipe.query_async::<Vec<redis::Value>>(&mut conn));
+            let query = tokio::time::timeout(limit, pipe.query_async::<Vec<redis::Value>>(conn));
             tokio::pin!(query);
             let mut interrupted = false;
             loop {
                 tokio::select! {
                     r = &mut query => break r,
                     req = self.rx.recv(), if !interrupted => {
-                        // Interrupted once per command; later requests wait in the channel.
                         interrupted = true;
                         if let Some(req) = req {
                             self.apply(req);
@@ -288,7 +318,7 @@ impl Task {
             }
         };
         done.store(true, Ordering::Relaxed);
-        let value = match result {
+        match result {
             Ok(Ok(mut values)) if values.len() == 1 => values.pop().map(to_value),
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
@@ -299,14 +329,11 @@ impl Task {
                 tracing::warn!(?limit, "blocking read timed out: outcomes unknown");
                 None
             }
-        };
-        let Some(value) = value else {
-            // The connection is dropped (a new one next round); the batch's reads may have
-            // delivered entries nobody saw: the machines treat them as unknown.
-            self.settle_batch(&batch, |_| Some(Reply::Unknown));
-            return;
-        };
-        self.conn = Some((conn, client_id));
+        }
+    }
+
+    /// Hands each read of `batch` (on `streams`) its part of the merged reply `value`.
+    fn distribute(&mut self, batch: &[usize], streams: &[Vec<u8>], value: Value) {
         let now = now_ms();
         match value {
             Value::Error(e) => {
@@ -315,7 +342,7 @@ impl Task {
                 let named = streams
                     .iter()
                     .position(|s| e.contains(&*String::from_utf8_lossy(s)));
-                self.settle_batch(&batch, |i| match named {
+                self.settle_batch(batch, |i| match named {
                     Some(n) if n != i => None,
                     _ => Some(Reply::Value(Value::Error(e.clone()))),
                 });
@@ -327,24 +354,20 @@ impl Task {
                         let deadlines: Vec<u64> =
                             batch.iter().map(|&i| self.pending[i].deadline_ms).collect();
                         // Each read takes its part (entries and their envelopes are not copied).
-                        self.settle_batch(&batch, |i| match &mut parts[i] {
+                        self.settle_batch(batch, |i| match &mut parts[i] {
                             Value::Nil if deadlines[i] > now => None,
                             part => Some(Reply::Value(std::mem::replace(part, Value::Nil))),
                         });
                     }
                     Err(e) => {
                         let msg = format!("ERR merged read reply: {e}");
-                        self.settle_batch(&batch, |_| {
-                            Some(Reply::Value(Value::Error(msg.clone())))
-                        });
+                        self.settle_batch(batch, |_| Some(Reply::Value(Value::Error(msg.clone()))));
                     }
                 }
             }
         }
     }
 
-    /// Answers the reads of the batch (indices into `pending`) for which `reply` gives a
-    /// reply; the others stay pending.
     fn settle_batch(&mut self, batch: &[usize], mut reply: impl FnMut(usize) -> Option<Reply>) {
         let mut answers: Vec<(usize, Reply)> = batch
             .iter()

@@ -72,7 +72,7 @@ impl CredentialsStore {
         root: &CredentialsRoot,
         options: &CredentialsOptions,
     ) -> Result<Self, Error> {
-        let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = crate::clock::ms(options.ttl);
         let store =
             CredentialStore::new(&layer.options.prefix, session, root, session_secret, ttl_ms)
                 .map_err(|e| Error::Config(e.to_string()))?;
@@ -97,7 +97,7 @@ impl CredentialsStore {
         credentials: &T,
     ) -> Result<(), Error> {
         let json = serde_json::to_value(credentials)?;
-        let invocation = self.store.save(key, &json, &mut crate::OsRandom)?;
+        let invocation = self.store.save(key, &json, &mut crate::random::OsRandom)?;
         let mut conn = self.layer.conn.clone();
         let reply = run_one(&mut conn, &invocation).await?;
         Ok(self.store.save_reply(reply)?)

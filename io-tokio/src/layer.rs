@@ -2,14 +2,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::connection::Conn;
-use datalayer_core::keys::SecretRing;
 
 use crate::blocking::Blocker;
-use crate::queue::{JobQueue, QueueOptions};
-use crate::worker::{JobWorker, WorkerOptions};
 
 /// Why the data layer could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -156,24 +153,6 @@ impl std::fmt::Debug for DataLayer {
     }
 }
 
-/// Milliseconds since the Unix epoch: the engine's clock input.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Sleeps until the wall-clock time `wake` (ms), a machine's `poll_timeout`; forever if none.
-pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
-    match wake {
-        Some(at) => {
-            let wait = at.saturating_sub(now_ms());
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// The client for `url`: with `rediss://` and a root certificate, TLS trusting that root.
 /// TCP connections set `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on, which holds a
 /// small write back until the previous one is acknowledged: pipelines then wait for the
@@ -280,7 +259,11 @@ impl DataLayer {
         )
         .await?;
         crate::exec::load_scripts(&mut conn).await?;
-        let consumer = format!("{}-{:08x}", std::process::id(), crate::random_u64() as u32);
+        let consumer = format!(
+            "{}-{:08x}",
+            std::process::id(),
+            crate::random::random_u64() as u32
+        );
         let layer = Self {
             conn,
             options,
@@ -319,7 +302,7 @@ impl DataLayer {
     /// `timeout`. Two processes checking at once never wait on each other.
     pub async fn health(&self, timeout: Duration) -> Result<(), Error> {
         let mut conn = self.conn.clone();
-        let token = format!("{:016x}", crate::random_u64());
+        let token = format!("{:016x}", crate::random::random_u64());
         let key = format!("{}:health:{token}", self.options.prefix);
         let check = async {
             let (back,): (Option<String>,) = redis::pipe()
@@ -344,40 +327,5 @@ impl DataLayer {
         tokio::time::timeout(timeout, check)
             .await
             .map_err(|_| Error::HealthTimeout(timeout))?
-    }
-
-    /// A queue (Sockethub's JobQueue) for `name`, sealing with keys derived from `secrets`.
-    pub fn queue(
-        &self,
-        name: &str,
-        secrets: &SecretRing,
-        options: QueueOptions,
-    ) -> Result<JobQueue, Error> {
-        JobQueue::start(self.clone(), name, secrets.queue_keyring(name), options)
-    }
-
-    /// A worker (Sockethub's JobWorker) for the queue `name`.
-    pub fn worker(
-        &self,
-        name: &str,
-        secrets: &SecretRing,
-        options: WorkerOptions,
-    ) -> Result<JobWorker, Error> {
-        JobWorker::new(self.clone(), name, secrets.queue_keyring(name), options)
-    }
-
-    /// A worker of the queue `name` that holds that queue's keys only
-    /// ([`SecretRing::queue_keyring`], or keys built from
-    /// [`datalayer_core::keys::derive_queue_key_bytes`] handed to its process): a
-    /// compromised worker process then opens this queue's jobs, and no other queue's, nor
-    /// anyone's credentials. (It cannot read credentials either: those keys derive from the
-    /// master secret and the session's.)
-    pub fn worker_with_keys(
-        &self,
-        name: &str,
-        keys: datalayer_core::keys::Keyring,
-        options: WorkerOptions,
-    ) -> Result<JobWorker, Error> {
-        JobWorker::new(self.clone(), name, keys, options)
     }
 }

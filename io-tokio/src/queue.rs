@@ -15,10 +15,11 @@ use datalayer_core::producer::{
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::OsRandom;
 use crate::blocking::Reads;
-use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
+use crate::clock::{now_ms, sleep_until_ms};
+use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
+use crate::random::OsRandom;
 
 /// What `add` does while Redis cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +181,7 @@ impl JobQueue {
         keys: Keyring,
         options: QueueOptions,
     ) -> Result<Self, Error> {
-        let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::worker::BLOCK_MS));
+        let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::blocking::BLOCK_MS));
         cfg.prefix = layer.options.prefix.clone();
         if let Some(after) = options.events_after {
             cfg.events_after = after;
@@ -278,7 +279,7 @@ impl JobQueue {
         if let Some(id) = &job.id {
             return id.clone();
         }
-        let id = JobId::generate(now_ms(), crate::random_u64());
+        let id = JobId::generate(now_ms(), crate::random::random_u64());
         job.id = Some(id.clone());
         job.generated_id = true;
         id
@@ -460,10 +461,7 @@ impl Driver {
         for id in ids {
             // The latest calls of a job are the ones not sent yet.
             loop {
-                let error = match self.producer.withdraw(&id) {
-                    Withdrawal::NotSent => Error::Unavailable,
-                    _ => Error::Unconfirmed(id.clone()),
-                };
+                let error = withdrawn(&id, self.producer.withdraw(&id));
                 let unconfirmed = matches!(error, Error::Unconfirmed(_));
                 let Some(a) = self.take_accepting(&id, Vec::pop) else {
                     break;
@@ -558,8 +556,7 @@ impl Driver {
             // add, to send when Redis is back, and the caller hears at once.
             let answer = match self.producer.add(now_ms(), job, &mut OsRandom) {
                 Ok(id) => Error::Unconfirmed(id),
-                Err(ProducerError::QueueClosed) => Error::QueueClosed,
-                Err(e) => Error::Add(e.to_string()),
+                Err(e) => refused(e),
             };
             let _ = reply.send(Err(answer));
             return;
@@ -575,11 +572,8 @@ impl Driver {
                     handle,
                 });
             }
-            Err(ProducerError::QueueClosed) => {
-                let _ = reply.send(Err(Error::QueueClosed));
-            }
             Err(e) => {
-                let _ = reply.send(Err(Error::Add(e.to_string())));
+                let _ = reply.send(Err(refused(e)));
             }
         }
     }
@@ -603,12 +597,8 @@ impl Driver {
                     // Its handle is never given: its outcome sender goes too.
                     Some(_) => {
                         self.drop_waiter(&id, call);
-                        match self.producer.withdraw(&id) {
-                            Withdrawal::NotSent => Err(Error::Unavailable),
-                            // Sent (or answered just now): it may be queued, and the engine
-                            // keeps sending it until Redis answers.
-                            _ => Err(Error::Unconfirmed(id)),
-                        }
+                        let w = self.producer.withdraw(&id);
+                        Err(withdrawn(&id, w))
                     }
                 };
                 let _ = answer.send(result);
@@ -680,5 +670,35 @@ impl Driver {
             };
             let _ = self.events.send(event);
         }
+    }
+}
+
+/// What a caller hears of an add the engine withdrew (or could not): `Unavailable` only
+/// for one that never left; one sent (or answered just now) may be queued, and the engine
+/// keeps sending it until Redis answers.
+fn withdrawn(id: &JobId, w: Withdrawal) -> Error {
+    match w {
+        Withdrawal::NotSent => Error::Unavailable,
+        _ => Error::Unconfirmed(id.clone()),
+    }
+}
+
+/// What a caller hears of an add the engine refused.
+fn refused(e: ProducerError) -> Error {
+    match e {
+        ProducerError::QueueClosed => Error::QueueClosed,
+        e => Error::Add(e.to_string()),
+    }
+}
+
+impl DataLayer {
+    /// A queue (Sockethub's JobQueue) for `name`, sealing with keys derived from `secrets`.
+    pub fn queue(
+        &self,
+        name: &str,
+        secrets: &datalayer_core::keys::SecretRing,
+        options: QueueOptions,
+    ) -> Result<JobQueue, Error> {
+        JobQueue::start(self.clone(), name, secrets.queue_keyring(name), options)
     }
 }

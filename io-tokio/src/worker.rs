@@ -19,10 +19,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::OsRandom;
 use crate::blocking::Reads;
-use crate::layer::{DataLayer, Error, now_ms, sleep_until_ms};
+use crate::clock::{now_ms, sleep_until_ms};
+use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
+use crate::random::OsRandom;
 
 /// Options of a worker.
 #[derive(Debug, Clone)]
@@ -176,9 +177,6 @@ enum Ctl {
 
 type Done = (EntryId, Result<Vec<u8>, String>);
 
-/// How long an idle reader's read blocks in Redis (ms).
-pub(crate) const BLOCK_MS: u64 = 5_000;
-
 impl JobWorker {
     pub(crate) fn new(
         layer: DataLayer,
@@ -189,21 +187,16 @@ impl JobWorker {
         let consumer = options
             .consumer
             .unwrap_or_else(|| layer.next_consumer(name));
-        let lease_ms = u64::try_from(options.lease.as_millis()).unwrap_or(u64::MAX);
+        let lease_ms = crate::clock::ms(options.lease);
         let mut cfg = WorkerConfig::new(name, &consumer)
             .concurrency(options.concurrency)
             .retry(options.retry)
             .lease_ms(lease_ms)
-            .block_ms(Some(BLOCK_MS))
-            .timeout_ms(
-                options
-                    .timeout
-                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            );
+            .block_ms(Some(crate::blocking::BLOCK_MS))
+            .timeout_ms(options.timeout.map(crate::clock::ms));
         cfg.prefix = layer.options.prefix.clone();
-        cfg.max_job_age_ms = u64::try_from(options.max_job_age.as_millis()).unwrap_or(u64::MAX);
-        cfg.dead_retention_ms =
-            u64::try_from(options.dead_retention.as_millis()).unwrap_or(u64::MAX);
+        cfg.max_job_age_ms = crate::clock::ms(options.max_job_age);
+        cfg.dead_retention_ms = crate::clock::ms(options.dead_retention);
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
         let worker =
@@ -323,7 +316,7 @@ impl Driver {
                 }
                 (op, reply) = self.reads.recv() => self.reply(op, reply),
                 Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
-                    let at = now_ms().saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX));
+                    let at = now_ms().saturating_add(crate::clock::ms(deadline));
                     self.worker.drain(now_ms());
                     self.reads.cancel();
                     self.shutdown = Some((at, done));
@@ -439,5 +432,32 @@ impl Driver {
             }
         }
         drained
+    }
+}
+
+impl DataLayer {
+    /// A worker (Sockethub's JobWorker) for the queue `name`.
+    pub fn worker(
+        &self,
+        name: &str,
+        secrets: &datalayer_core::keys::SecretRing,
+        options: WorkerOptions,
+    ) -> Result<JobWorker, Error> {
+        JobWorker::new(self.clone(), name, secrets.queue_keyring(name), options)
+    }
+
+    /// A worker of the queue `name` that holds that queue's keys only
+    /// ([`datalayer_core::keys::SecretRing::queue_keyring`], or keys built from
+    /// [`datalayer_core::keys::derive_queue_key_bytes`] handed to its process): a
+    /// compromised worker process then opens this queue's jobs, and no other queue's, nor
+    /// anyone's credentials (those need the credentials root and the session's secret; see
+    /// [`DataLayer::credentials_with_root`]).
+    pub fn worker_with_keys(
+        &self,
+        name: &str,
+        keys: datalayer_core::keys::Keyring,
+        options: WorkerOptions,
+    ) -> Result<JobWorker, Error> {
+        JobWorker::new(self.clone(), name, keys, options)
     }
 }

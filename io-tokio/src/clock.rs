@@ -1,0 +1,24 @@
+//! Wall-clock time in milliseconds: the time the core's machines take as an input.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch: the engine's clock input.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
+}
+
+/// A duration in whole milliseconds, as the core's machines take it (saturating).
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sleeps until the wall-clock time `wake` (ms), a machine's `poll_timeout`; forever if none.
+pub(crate) async fn sleep_until_ms(wake: Option<u64>) {
+    match wake {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
