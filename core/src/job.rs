@@ -56,31 +56,14 @@ impl Instance {
     /// letters (field `i`).
     #[must_use]
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(32);
-        for b in self.0 {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        out
+        crate::hex::encode(&self.0)
     }
 
     /// Parses 32 hex digits (either case); anything else is `None`.
     #[must_use]
     pub fn parse_hex(text: &[u8]) -> Option<Self> {
-        if text.len() != 32 {
-            return None;
-        }
-        let digit = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        };
         let mut out = [0u8; 16];
-        for (i, pair) in text.chunks_exact(2).enumerate() {
-            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-        }
+        crate::hex::decode_into(text, &mut out)?;
         Some(Self(out))
     }
 }

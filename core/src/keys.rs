@@ -183,11 +183,8 @@ fn decode_hex(text: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     if digits.is_empty() || digits.len() % 2 != 0 {
         return None;
     }
-    let nibble = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(digits.len() / 2));
-    for pair in digits.chunks_exact(2) {
-        out.push((nibble(pair[0])? << 4) | nibble(pair[1])?);
-    }
+    let mut out = zeroize::Zeroizing::new(vec![0u8; digits.len() / 2]);
+    crate::hex::decode_into(digits, &mut out)?;
     Some(out)
 }
 

@@ -125,6 +125,7 @@ pub mod credentials;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzz;
+mod hex;
 pub mod job;
 pub mod keys;
 pub mod naming;

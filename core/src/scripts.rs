@@ -12,8 +12,8 @@
 
 use std::borrow::Cow;
 
-use crate::command::{CommandKind, Settle};
-use crate::naming::GROUP;
+use crate::command::{CommandKind, NewJob, Settle};
+use crate::naming::{GROUP, QueueKeys};
 use crate::value::EntryId;
 
 /// A Lua script: its name (for logs and metrics) and its source.
@@ -595,7 +595,6 @@ enum SettleField {
 /// The Redis invocation of `kind`.
 #[must_use]
 pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
-    use SettleField as F;
     match kind {
         CommandKind::EnsureGroup { keys } => Invocation::Plain(vec![
             b("XGROUP"),
@@ -607,52 +606,11 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         ]),
         CommandKind::Enqueue {
             keys,
-            producer_forgets,
-            jobs,
-            fresh: true,
-            ..
-        } => {
-            let marker = b(if *producer_forgets { "p" } else { "w" });
-            let mut hset = Vec::with_capacity(2 + 2 * jobs.len());
-            hset.extend([b("HSET"), b(&keys.ids)]);
-            let mut cmds = Vec::with_capacity(1 + jobs.len());
-            for j in jobs {
-                hset.extend([b(&j.id), marker.clone()]);
-                cmds.push(vec![
-                    b("XADD"),
-                    b(&keys.jobs),
-                    b("*"),
-                    b("j"),
-                    b(&j.id),
-                    b("e"),
-                    Cow::Borrowed(&j.envelope[..]),
-                ]);
-            }
-            cmds.insert(0, hset);
-            Invocation::Transaction(cmds)
-        }
-        CommandKind::Enqueue {
-            keys,
             now_ms,
             producer_forgets,
             jobs,
-            fresh: false,
-        } => {
-            let mut args = Vec::with_capacity(2 + 3 * jobs.len());
-            args.push(num(now_ms));
-            args.push(b(if *producer_forgets { "p" } else { "w" }));
-            for j in jobs {
-                args.push(b(&j.id));
-                args.push(j.due_ms.map_or(b("0"), num));
-                args.push(Cow::Borrowed(&j.envelope[..]));
-            }
-            let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
-            Invocation::Script {
-                script: &ENQUEUE,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args,
-            }
-        }
+            fresh,
+        } => enqueue_invocation(keys, *now_ms, *producer_forgets, jobs, *fresh),
         CommandKind::Read {
             keys,
             consumer,
@@ -672,81 +630,28 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             min_event_ms,
             consumer,
             items,
-        } => {
-            // The batch's range, for the script's one XPENDING.
-            let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
-            let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
-            let mut args = Vec::with_capacity(4 + 5 * items.len());
-            args.extend([min_id(*min_event_ms), b(consumer), id(lo), id(hi)]);
-            let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
-            settle_args(items, &mut args, &fields);
-            let k = [&keys.jobs, &keys.ids, &keys.events];
-            Invocation::Script {
-                script: &COMPLETE,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args,
-            }
-        }
+        } => complete_invocation(keys, *min_event_ms, consumer, items),
         CommandKind::Retry {
             keys,
             now_ms,
             min_event_ms,
             consumer,
             items,
-        } => {
-            let mut args = vec![num(now_ms), min_id(*min_event_ms), b(consumer)];
-            let fields = [
-                F::Entry,
-                F::Job,
-                F::Value,
-                F::Attempt,
-                F::Due,
-                F::JobEnvelope,
-                F::Instance,
-            ];
-            settle_args(items, &mut args, &fields);
-            let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.events];
-            Invocation::Script {
-                script: &RETRY,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args,
-            }
-        }
+        } => retry_invocation(keys, (*now_ms, *min_event_ms), consumer, items),
         CommandKind::Bury {
             keys,
             min_event_ms,
             min_dead_ms,
             consumer,
             items,
-        } => {
-            let mut args = vec![min_id(*min_event_ms), b(consumer), min_id(*min_dead_ms)];
-            let fields = [
-                F::Entry,
-                F::Job,
-                F::Value,
-                F::Attempt,
-                F::JobEnvelope,
-                F::Instance,
-            ];
-            settle_args(items, &mut args, &fields);
-            let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
-            Invocation::Script {
-                script: &BURY,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args,
-            }
-        }
+        } => bury_invocation(keys, (*min_event_ms, *min_dead_ms), consumer, items),
         CommandKind::Promote {
             keys,
             now_ms,
             limit,
         } => {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
-            Invocation::Script {
-                script: &PROMOTE,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args: vec![num(now_ms), num(limit)],
-            }
+            script(&PROMOTE, &k, vec![num(now_ms), num(limit)])
         }
         CommandKind::Reclaim { .. } => reclaim_invocation(kind),
         CommandKind::Heartbeat {
@@ -757,11 +662,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         } => {
             let mut args = vec![b(consumer), num(idle_ms)];
             args.extend(entries.iter().map(|e| id(*e)));
-            Invocation::Script {
-                script: &HEARTBEAT,
-                keys: vec![b(&keys.jobs)],
-                args,
-            }
+            script(&HEARTBEAT, &[&keys.jobs], args)
         }
         CommandKind::ReadEvents {
             keys,
@@ -785,19 +686,11 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             let mut args = Vec::with_capacity(1 + forget.len());
             args.push(threshold.unwrap_or(Cow::Borrowed(b"")));
             args.extend(forget.iter().map(|j| b(j)));
-            Invocation::Script {
-                script: &ACK_EVENTS,
-                keys: vec![b(&keys.events), b(&keys.ids)],
-                args,
-            }
+            script(&ACK_EVENTS, &[&keys.events, &keys.ids], args)
         }
         CommandKind::Stats { keys } => {
             let k = [&keys.jobs, &keys.delayed, &keys.dead, &keys.events];
-            Invocation::Script {
-                script: &STATS,
-                keys: k.iter().map(|s| b(s)).collect(),
-                args: Vec::new(),
-            }
+            script(&STATS, &k, Vec::new())
         }
         CommandKind::Ping => Invocation::Plain(vec![b("PING")]),
         CommandKind::Destroy { keys } => {
@@ -806,6 +699,120 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             Invocation::Plain(args)
         }
     }
+}
+
+/// Script `complete` for a batch.
+fn complete_invocation<'a>(
+    keys: &'a QueueKeys,
+    min_event_ms: u64,
+    consumer: &'a str,
+    items: &'a [Settle],
+) -> Invocation<'a> {
+    use SettleField as F;
+    // The batch's range, for the script's one XPENDING.
+    let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
+    let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
+    let mut args = Vec::with_capacity(4 + 5 * items.len());
+    args.extend([min_id(min_event_ms), b(consumer), id(lo), id(hi)]);
+    let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
+    settle_args(items, &mut args, &fields);
+    script(&COMPLETE, &[&keys.jobs, &keys.ids, &keys.events], args)
+}
+
+/// Script `retry` for a batch, at `now_ms`, trimming events below `min_event_ms`.
+fn retry_invocation<'a>(
+    keys: &'a QueueKeys,
+    (now_ms, min_event_ms): (u64, u64),
+    consumer: &'a str,
+    items: &'a [Settle],
+) -> Invocation<'a> {
+    use SettleField as F;
+    let mut args = vec![num(now_ms), min_id(min_event_ms), b(consumer)];
+    let fields = [
+        F::Entry,
+        F::Job,
+        F::Value,
+        F::Attempt,
+        F::Due,
+        F::JobEnvelope,
+        F::Instance,
+    ];
+    settle_args(items, &mut args, &fields);
+    let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.events];
+    script(&RETRY, &k, args)
+}
+
+/// Script `bury` for a batch, trimming events below `min_event_ms` and dead letters below
+/// `min_dead_ms`.
+fn bury_invocation<'a>(
+    keys: &'a QueueKeys,
+    (min_event_ms, min_dead_ms): (u64, u64),
+    consumer: &'a str,
+    items: &'a [Settle],
+) -> Invocation<'a> {
+    use SettleField as F;
+    let mut args = vec![min_id(min_event_ms), b(consumer), min_id(min_dead_ms)];
+    let fields = [
+        F::Entry,
+        F::Job,
+        F::Value,
+        F::Attempt,
+        F::JobEnvelope,
+        F::Instance,
+    ];
+    settle_args(items, &mut args, &fields);
+    let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
+    script(&BURY, &k, args)
+}
+
+/// A script's invocation with these keys.
+fn script<'a>(script: &'static Script, keys: &[&'a String], args: Vec<Arg<'a>>) -> Invocation<'a> {
+    Invocation::Script {
+        script,
+        keys: keys.iter().map(|k| b(k)).collect(),
+        args,
+    }
+}
+
+/// An add: a fresh batch in one `MULTI`/`EXEC` (its markers, then its entries, unchecked),
+/// any other through the `enqueue` script.
+fn enqueue_invocation<'a>(
+    keys: &'a QueueKeys,
+    now_ms: u64,
+    producer_forgets: bool,
+    jobs: &'a [NewJob],
+    fresh: bool,
+) -> Invocation<'a> {
+    let marker = if producer_forgets { "p" } else { "w" };
+    if fresh {
+        let mut hset = Vec::with_capacity(2 + 2 * jobs.len());
+        hset.extend([b("HSET"), b(&keys.ids)]);
+        let mut cmds = Vec::with_capacity(1 + jobs.len());
+        for j in jobs {
+            hset.extend([b(&j.id), b(marker)]);
+            cmds.push(vec![
+                b("XADD"),
+                b(&keys.jobs),
+                b("*"),
+                b("j"),
+                b(&j.id),
+                b("e"),
+                Cow::Borrowed(&j.envelope[..]),
+            ]);
+        }
+        cmds.insert(0, hset);
+        return Invocation::Transaction(cmds);
+    }
+    let mut args = Vec::with_capacity(2 + 3 * jobs.len());
+    args.push(num(now_ms));
+    args.push(b(marker));
+    for j in jobs {
+        args.push(b(&j.id));
+        args.push(j.due_ms.map_or(b("0"), num));
+        args.push(Cow::Borrowed(&j.envelope[..]));
+    }
+    let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
+    script(&ENQUEUE, &k, args)
 }
 
 /// The reclaim script's invocation (`invocation` is one match; its longest arm lives here).
@@ -831,20 +838,17 @@ fn reclaim_invocation(kind: &CommandKind) -> Invocation<'_> {
         &keys.payloads,
         &keys.workers,
     ];
-    Invocation::Script {
-        script: &RECLAIM,
-        keys: k.iter().map(|s| b(s)).collect(),
-        args: vec![
-            b(consumer),
-            num(min_idle_ms),
-            id(*cursor),
-            num(count),
-            num(now_ms),
-            num(interval_ms),
-            num(jitter),
-            num(promote_limit),
-        ],
-    }
+    let args = vec![
+        b(consumer),
+        num(min_idle_ms),
+        id(*cursor),
+        num(count),
+        num(now_ms),
+        num(interval_ms),
+        num(jitter),
+        num(promote_limit),
+    ];
+    script(&RECLAIM, &k, args)
 }
 
 #[cfg(test)]
@@ -852,7 +856,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::naming::QueueKeys;
 
     fn read(queue: &str, consumer: &str, count: u32) -> CommandKind {
         CommandKind::Read {

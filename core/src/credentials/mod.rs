@@ -56,7 +56,6 @@ fn hashes_match(ours: &str, theirs: &str) -> bool {
 mod tests;
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value as Json;
@@ -148,15 +147,7 @@ pub fn credentials_hash(value: &Json) -> String {
     }
     let mut sink = Hashing(Sha256::new());
     canonical::write_value(&mut sink, value);
-    hex(&sink.0.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    crate::hex::encode(&sink.0.finalize())
 }
 
 /// Whether `value` can be credentials: a JSON object with at least one member.
@@ -251,7 +242,7 @@ impl CredentialStore {
     fn field(&self, index: usize, key: &str) -> Option<String> {
         let (id, names_key) = self.names.get(index)?;
         let mac = Self::mac(names_key, &[NAME_LABEL, key.as_bytes()]);
-        Some(format!("c:{id}:{}", hex(&mac)))
+        Some(format!("c:{id}:{}", crate::hex::encode(&mac)))
     }
 
     fn context<'a>(&'a self, key: &'a str) -> Context<'a> {

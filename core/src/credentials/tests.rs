@@ -304,7 +304,7 @@ fn field_names_are_keyed_and_hide_the_actor() {
     let f = s.field(0, "irc:alice").unwrap();
     assert!(f.starts_with("c:1:") && f.len() == 4 + 64, "{f}");
     assert!(!f.contains("alice"));
-    let plain_sha = hex(&Sha256::digest(b"irc:alice"));
+    let plain_sha = crate::hex::encode(&Sha256::digest(b"irc:alice"));
     assert!(
         !f.contains(&plain_sha),
         "a plain hash of the actor id can be guessed"

@@ -196,9 +196,6 @@ impl Producer {
             // The caller may now add the id again (through the duplicate check, here or in
             // another process): an unchecked resend of this add could land after it.
             self.unconfirmed.insert(job.0.clone());
-            for u in self.unsent.iter_mut().filter(|u| u.job.id == job.0) {
-                u.fresh = false;
-            }
             return Withdrawal::Unconfirmed;
         }
         // The latest add of the job first (the earlier ones are older calls).

@@ -86,75 +86,21 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             min_event_ms,
             consumer,
             items,
-        } => settle(sim, keys, consumer, items, |sim, item| {
-            let job = item.job.as_deref().unwrap_or_default();
-            forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
-            let f = fields(&[
-                ("j", job.as_bytes()),
-                ("k", b"c"),
-                ("a", item.attempt.to_string().as_bytes()),
-                ("i", instance_hex(item).as_bytes()),
-                ("v", &item.value),
-            ]);
-            xadd_trimmed(sim, &keys.events, *min_event_ms, f)
-        }),
+        } => complete(sim, keys, *min_event_ms, consumer, items),
         CommandKind::Retry {
             keys,
             now_ms,
             min_event_ms,
             consumer,
             items,
-        } => settle(sim, keys, consumer, items, |sim, item| {
-            let job = item.job.as_deref().unwrap_or_default();
-            let f = fields(&[
-                ("j", job.as_bytes()),
-                ("k", b"f"),
-                ("a", item.attempt.to_string().as_bytes()),
-                ("i", instance_hex(item).as_bytes()),
-                ("v", &item.value),
-            ]);
-            xadd_trimmed(sim, &keys.events, *min_event_ms, f)?;
-            if item.due_ms > *now_ms {
-                sim.zset_mut(&keys.delayed)?
-                    .add(item.due_ms, job.as_bytes());
-                sim.hash_mut(&keys.payloads)?
-                    .insert(job.as_bytes().to_vec(), item.job_envelope.to_vec());
-            } else {
-                xadd(sim, &keys.jobs, work_fields(job, &item.job_envelope))?;
-            }
-            Ok(())
-        }),
+        } => retry(sim, keys, (*now_ms, *min_event_ms), consumer, items),
         CommandKind::Bury {
             keys,
             min_event_ms,
             min_dead_ms,
             consumer,
             items,
-        } => settle(sim, keys, consumer, items, |sim, item| {
-            let job = item.job.as_deref().unwrap_or_default();
-            let attempt = item.attempt.to_string();
-            let instance = instance_hex(item);
-            let f = fields(&[
-                ("j", job.as_bytes()),
-                ("e", &item.job_envelope),
-                ("r", &item.value),
-                ("a", attempt.as_bytes()),
-                ("i", instance.as_bytes()),
-            ]);
-            xadd_trimmed(sim, &keys.dead, *min_dead_ms, f)?;
-            if !job.is_empty() {
-                forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
-                let f = fields(&[
-                    ("j", job.as_bytes()),
-                    ("k", b"d"),
-                    ("a", attempt.as_bytes()),
-                    ("i", instance.as_bytes()),
-                    ("v", &item.value),
-                ]);
-                xadd_trimmed(sim, &keys.events, *min_event_ms, f)?;
-            }
-            Ok(())
-        }),
+        } => bury(sim, keys, (*min_event_ms, *min_dead_ms), consumer, items),
         CommandKind::Promote {
             keys,
             now_ms,
@@ -167,27 +113,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             consumer,
             idle_ms,
             entries,
-        } => {
-            let now = sim.now_ms;
-            let missing = || nogroup(&keys.jobs, "XPENDING");
-            let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
-            if !s.groups.contains_key(GROUP) {
-                return Err(missing());
-            }
-            let mut out = Vec::with_capacity(entries.len());
-            for id in entries {
-                let owned = s
-                    .pending(GROUP, *id)
-                    .is_some_and(|p| p.consumer == *consumer);
-                if owned {
-                    // As Redis: a delivery time before the epoch is bogus and becomes now.
-                    let at = now.checked_sub(*idle_ms).unwrap_or(now);
-                    s.claim_justid(GROUP, consumer, *id, at);
-                }
-                out.push(Value::Int(i64::from(owned)));
-            }
-            Ok(Value::Array(out))
-        }
+        } => heartbeat(sim, keys, consumer, *idle_ms, entries),
         CommandKind::ReadEvents {
             keys, after, count, ..
         } => match sim.stream_mut(&keys.events, false)? {
@@ -221,6 +147,125 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             Ok(Value::Int(n as i64))
         }
     }
+}
+
+/// An outcome event's fields, as the settle scripts write them (`kind`: c, f or d).
+fn event_fields(job: &str, kind: &[u8], item: &Settle) -> Fields {
+    fields(&[
+        ("j", job.as_bytes()),
+        ("k", kind),
+        ("a", item.attempt.to_string().as_bytes()),
+        ("i", instance_hex(item).as_bytes()),
+        ("v", &item.value),
+    ])
+}
+
+/// Script `complete`.
+fn complete(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    min_event_ms: u64,
+    consumer: &str,
+    items: &[Settle],
+) -> Exec {
+    settle(sim, keys, consumer, items, |sim, item| {
+        let job = item.job.as_deref().unwrap_or_default();
+        forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
+        xadd_trimmed(
+            sim,
+            &keys.events,
+            min_event_ms,
+            event_fields(job, b"c", item),
+        )
+    })
+}
+
+/// Script `retry`, at `now_ms`, trimming events below `min_event_ms`.
+fn retry(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    (now_ms, min_event_ms): (u64, u64),
+    consumer: &str,
+    items: &[Settle],
+) -> Exec {
+    settle(sim, keys, consumer, items, |sim, item| {
+        let job = item.job.as_deref().unwrap_or_default();
+        xadd_trimmed(
+            sim,
+            &keys.events,
+            min_event_ms,
+            event_fields(job, b"f", item),
+        )?;
+        if item.due_ms > now_ms {
+            sim.zset_mut(&keys.delayed)?
+                .add(item.due_ms, job.as_bytes());
+            sim.hash_mut(&keys.payloads)?
+                .insert(job.as_bytes().to_vec(), item.job_envelope.to_vec());
+        } else {
+            xadd(sim, &keys.jobs, work_fields(job, &item.job_envelope))?;
+        }
+        Ok(())
+    })
+}
+
+/// Script `bury`, trimming events below `min_event_ms` and dead letters below `min_dead_ms`.
+fn bury(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    (min_event_ms, min_dead_ms): (u64, u64),
+    consumer: &str,
+    items: &[Settle],
+) -> Exec {
+    settle(sim, keys, consumer, items, |sim, item| {
+        let job = item.job.as_deref().unwrap_or_default();
+        let f = fields(&[
+            ("j", job.as_bytes()),
+            ("e", &item.job_envelope),
+            ("r", &item.value),
+            ("a", item.attempt.to_string().as_bytes()),
+            ("i", instance_hex(item).as_bytes()),
+        ]);
+        xadd_trimmed(sim, &keys.dead, min_dead_ms, f)?;
+        if !job.is_empty() {
+            forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
+            xadd_trimmed(
+                sim,
+                &keys.events,
+                min_event_ms,
+                event_fields(job, b"d", item),
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Script `heartbeat`: extends the leases this consumer holds.
+fn heartbeat(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    consumer: &str,
+    idle_ms: u64,
+    entries: &[EntryId],
+) -> Exec {
+    let now = sim.now_ms;
+    let missing = || nogroup(&keys.jobs, "XPENDING");
+    let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+    if !s.groups.contains_key(GROUP) {
+        return Err(missing());
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for id in entries {
+        let owned = s
+            .pending(GROUP, *id)
+            .is_some_and(|p| p.consumer == consumer);
+        if owned {
+            // As Redis: a delivery time before the epoch is bogus and becomes now.
+            let at = now.checked_sub(idle_ms).unwrap_or(now);
+            s.claim_justid(GROUP, consumer, *id, at);
+        }
+        out.push(Value::Int(i64::from(owned)));
+    }
+    Ok(Value::Array(out))
 }
 
 fn ensure_group(sim: &mut Sim, keys: &QueueKeys) -> Exec {
