@@ -123,6 +123,7 @@
 pub mod command;
 pub mod credentials;
 pub mod envelope;
+#[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod fuzz;
 mod hex;
@@ -133,6 +134,7 @@ pub mod producer;
 pub mod random;
 pub mod retry;
 pub mod scripts;
+#[cfg(feature = "model")]
 pub mod sim;
 pub mod value;
 pub mod worker;

@@ -27,15 +27,18 @@ impl<R: Random + ?Sized> Random for &mut R {
     }
 }
 
-/// A deterministic generator (SplitMix64) for tests, simulations and fuzzing.
+/// A deterministic generator (SplitMix64) for tests, simulations and fuzzing; only with
+/// the `test-util` feature.
 ///
 /// **Not cryptographically secure**: anyone who sees a few outputs can predict the rest.
 /// Never seal production data with it; the adapter uses the OS generator.
+#[cfg(feature = "test-util")]
 #[derive(Debug, Clone)]
 pub struct SeededRandom {
     state: u64,
 }
 
+#[cfg(feature = "test-util")]
 impl SeededRandom {
     /// A generator whose whole output is determined by `seed`.
     #[must_use]
@@ -52,6 +55,7 @@ impl SeededRandom {
     }
 }
 
+#[cfg(feature = "test-util")]
 impl Random for SeededRandom {
     fn fill_bytes(&mut self, dest: &mut [u8]) {
         for chunk in dest.chunks_mut(8) {
@@ -65,7 +69,7 @@ impl Random for SeededRandom {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "test-util"))]
 mod tests {
     use super::*;
 

@@ -680,3 +680,106 @@ async fn stats_of_a_large_backlog_without_a_lag_are_bounded() {
     assert_eq!(counts[0], Value::Int(11_999), "{counts:?}");
     assert_eq!(counts[1], Value::Int(5), "{counts:?}");
 }
+
+/// Runs one invocation on the real server; its reply.
+async fn invoke_on_redis(
+    conn: &mut redis::aio::MultiplexedConnection,
+    invocation: &datalayer_core::scripts::Invocation<'_>,
+) -> Value {
+    datalayer_tokio::exec::run_one(conn, invocation)
+        .await
+        .expect("a reply")
+}
+
+/// The credentials store's invocations (save, get, teardown, a purge's SCAN, and PTTL) in
+/// random sequences over two sessions, each opened with its own and with a wrong secret,
+/// and a ring rotated mid-way: the model and redis-server give the same replies, the same
+/// stored hashes, and the same expiry (PTTL's sign: none, gone, or a positive ttl).
+#[tokio::test]
+async fn credentials_on_the_model_and_redis_agree() {
+    use datalayer_core::credentials::{CredentialStore, scan};
+    use datalayer_core::keys::{KeyId, Secret, SecretRing};
+    use datalayer_core::scripts::Invocation;
+    use std::borrow::Cow;
+
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = connect(&server).await;
+    let secret = |b: u8| Secret::from_bytes([b; 32]);
+    let mut ring = SecretRing::new(KeyId(1), secret(1));
+    let old_root = ring.credentials_root();
+    ring.insert(KeyId(2), secret(2));
+    ring.set_active(KeyId(2)).expect("a key");
+    let roots = [old_root, ring.credentials_root()];
+    let mut rng = SeededRandom::new(5);
+    let mut sim = Sim::new(1_700_000_000_000);
+    let mut steps = 0;
+    for seed in 0..40u64 {
+        let mut pick = SeededRandom::new(seed);
+        let mut r = |n: u64| (pick.next_u64() % n) as usize;
+        for step in 0..40 {
+            let session = ["s-a", "s-b"][r(2)];
+            let root = &roots[r(2)];
+            let session_secret = secret([7, 8][r(2)]);
+            let ttl = [0, 1_000_000_000][r(2)];
+            let store =
+                CredentialStore::new("dl", session, root, &session_secret, ttl).expect("a store");
+            let key = ["irc:a", "irc:b", "xmpp:c"][r(3)];
+            let key_name: Vec<u8> = store.redis_key().as_bytes().to_vec();
+            let invocation: Invocation<'static> = match r(6) {
+                0 | 1 => store
+                    .save(key, &serde_json::json!({ "n": step }), &mut rng)
+                    .expect("seals"),
+                2 | 3 => store.get(key).expect("a key"),
+                4 => match r(3) {
+                    0 => store.teardown(),
+                    1 => Invocation::Plain(vec![Cow::Borrowed(b"PTTL"), Cow::Owned(key_name)]),
+                    _ => scan("dl:{s-*}:creds", b"0", 1000),
+                },
+                _ => Invocation::Plain(vec![Cow::Borrowed(b"EXISTS"), Cow::Owned(key_name)]),
+            };
+            let m = sim.invoke(&invocation);
+            let r_ = invoke_on_redis(&mut conn, &invocation).await;
+            let coarse = |v: Value| match v {
+                // PTTL: only its sign is the same on two clocks.
+                Value::Int(n) if n > 1 => Value::Int(1),
+                Value::Error(e) => Value::Error(e.split(' ').next().unwrap_or_default().into()),
+                other => other,
+            };
+            assert_eq!(
+                coarse(m),
+                coarse(r_),
+                "seed {seed} step {step}: {invocation:?}"
+            );
+            // The stored hashes are the same, field by field.
+            let stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
+                .arg(store.redis_key())
+                .query_async(&mut conn)
+                .await
+                .expect("HGETALL");
+            let modelled = match sim.get(store.redis_key()) {
+                Some(datalayer_core::sim::Data::Hash(h)) => h.clone(),
+                None => Default::default(),
+                Some(other) => panic!("not a hash: {other:?}"),
+            };
+            assert_eq!(modelled, stored, "seed {seed} step {step}: the store");
+            steps += 1;
+        }
+    }
+    assert_eq!(steps, 40 * 40);
+
+    // A short ttl runs out on both clocks alike.
+    let store = CredentialStore::new("dl", "s-ttl", &roots[1], &secret(7), 50).expect("a store");
+    let save = store
+        .save("irc:a", &serde_json::json!({ "p": 1 }), &mut rng)
+        .expect("seals");
+    assert_eq!(sim.invoke(&save), invoke_on_redis(&mut conn, &save).await);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    sim.set_time(sim.now_ms() + 200);
+    let get = store.get("irc:a").expect("a key");
+    let (m, real) = (sim.invoke(&get), invoke_on_redis(&mut conn, &get).await);
+    assert_eq!(m, real);
+    assert!(
+        matches!(&m, Value::Array(v) if v.iter().all(|x| *x == Value::Nil)),
+        "{m:?}"
+    );
+}

@@ -1,11 +1,10 @@
-use std::collections::HashMap;
-
 use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
 use crate::keys::SecretRing;
 use crate::random::SeededRandom;
+use crate::sim::{Data, Sim};
 
 fn secret(b: u8) -> Secret {
     Secret::from_bytes([b; SECRET_LEN])
@@ -23,48 +22,21 @@ fn store(session: &str, session_secret: u8) -> CredentialStore {
     .expect("valid session")
 }
 
-/// A Redis with hashes only, running the two credential scripts as their Lua does (the
-/// real scripts are exercised against redis-server in the adapter's tests).
+/// Redis: the model, which runs the credential scripts as their Lua does (the differential
+/// test checks it against redis-server).
 #[derive(Default)]
-struct Hashes(HashMap<Vec<u8>, HashMap<Vec<u8>, Vec<u8>>>);
+struct Hashes(Sim);
 
 impl Hashes {
     fn run(&mut self, inv: &Invocation<'_>) -> Value {
-        let Invocation::Script { script, keys, args } = inv else {
-            panic!("not a script: {inv:?}")
-        };
-        let hash = self.0.entry(keys[0].to_vec()).or_default();
-        let a: Vec<&[u8]> = args.iter().map(|x| x.as_ref()).collect();
-        let out = match script.name {
-            "cred_save" => {
-                let n: usize = std::str::from_utf8(a[1]).unwrap().parse().unwrap();
-                for pair in a[2..2 + 2 * n].chunks(2) {
-                    if hash.get(pair[0]).is_some_and(|cur| cur != pair[1]) {
-                        return Value::Error("WRONGSECRET store".into());
-                    }
-                }
-                let f = 2 + 2 * n;
-                hash.insert(a[2].to_vec(), a[3].to_vec());
-                hash.insert(a[f].to_vec(), a[f + 1].to_vec());
-                for stale in &a[f + 2..] {
-                    hash.remove(*stale);
-                }
-                Value::Int(1)
-            }
-            "cred_get" => Value::Array(
-                a[1..]
-                    .iter()
-                    .map(|f| hash.get(*f).map_or(Value::Nil, |v| Value::Bulk(v.clone())))
-                    .collect(),
-            ),
-            other => panic!("unknown script {other}"),
-        };
-        self.0.retain(|_, h| !h.is_empty());
-        out
+        self.0.invoke(inv)
     }
 
-    fn values_mut(&mut self, key: &str) -> &mut HashMap<Vec<u8>, Vec<u8>> {
-        self.0.get_mut(key.as_bytes()).expect("store exists")
+    fn values_mut(&mut self, key: &str) -> &mut crate::sim::Hash {
+        match self.0.get_mut(key) {
+            Some(Data::Hash(h)) => h,
+            other => panic!("no store at {key}: {other:?}"),
+        }
     }
 }
 

@@ -139,11 +139,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         }
         CommandKind::Stats { keys } => stats(sim, keys),
         CommandKind::Destroy { keys } => {
-            let n = keys
-                .all()
-                .iter()
-                .filter(|k| sim.db.remove(**k).is_some())
-                .count();
+            let n = keys.all().iter().filter(|k| sim.remove(k)).count();
             Ok(Value::Int(n as i64))
         }
     }

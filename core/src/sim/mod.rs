@@ -9,15 +9,20 @@
 //! its machine (its pending entries stay in the model); jumping the clock is
 //! [`Sim::set_time`].
 
+mod credentials;
 mod exec;
 mod stream;
+#[cfg(feature = "test-util")]
 pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use stream::{AutoClaim, Group, Pending, Stream};
 
-use crate::command::{Command, CommandKind, Reply};
+use crate::command::CommandKind;
+#[cfg(feature = "test-util")]
+use crate::command::{Command, Reply};
+#[cfg(feature = "test-util")]
 use crate::random::{Random, SeededRandom};
 use crate::value::{EntryId, Fields, Value};
 
@@ -111,6 +116,8 @@ pub enum Data {
 pub struct Sim {
     now_ms: u64,
     db: HashMap<String, Data>,
+    /// Keys with a time to live: when they expire (ms; gone once the clock is past it).
+    expires: HashMap<String, u64>,
     executed: u64,
 }
 
@@ -146,6 +153,7 @@ impl Sim {
     /// Runs one command and returns Redis' reply.
     pub fn execute(&mut self, kind: &CommandKind) -> Value {
         self.executed += 1;
+        self.expire_due();
         exec::run(self, kind).unwrap_or_else(Value::Error)
     }
 
@@ -161,6 +169,11 @@ impl Sim {
     #[must_use]
     pub fn get(&self, key: &str) -> Option<&Data> {
         self.db.get(key)
+    }
+
+    /// The value of a key, to change (as an attacker or a bug would).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Data> {
+        self.db.get_mut(key)
     }
 
     /// The stream at `key`, if it is one.
@@ -232,6 +245,37 @@ impl Sim {
         }
     }
 
+    /// Removes `key` (and its time to live); whether it was there.
+    fn remove(&mut self, key: &str) -> bool {
+        self.expires.remove(key);
+        self.db.remove(key).is_some()
+    }
+
+    /// Removes the keys whose time to live ran out (Redis: a key expires once the clock is
+    /// past its expiry time).
+    fn expire_due(&mut self) {
+        let now = self.now_ms;
+        let due: Vec<String> = self
+            .expires
+            .iter()
+            .filter(|(_, at)| now > **at)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.remove(&key);
+        }
+    }
+
+    /// PTTL: the time to live left (ms), -1 for a key without one, -2 for no key.
+    #[must_use]
+    pub fn pttl(&self, key: &str) -> i64 {
+        match (self.db.contains_key(key), self.expires.get(key)) {
+            (false, _) => -2,
+            (true, None) => -1,
+            (true, Some(at)) => i64::try_from(at.saturating_sub(self.now_ms)).unwrap_or(i64::MAX),
+        }
+    }
+
     /// Redis removes hashes and sorted sets that become empty.
     fn drop_if_empty(&mut self, key: &str) {
         let empty = match self.db.get(key) {
@@ -240,12 +284,13 @@ impl Sim {
             _ => false,
         };
         if empty {
-            self.db.remove(key);
+            self.remove(key);
         }
     }
 }
 
-/// Faults between machines and the model, in parts per thousand of commands.
+/// Faults between machines and the model, in parts per thousand of commands (`test-util`).
+#[cfg(feature = "test-util")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
     /// The command is lost before it runs (the connection died while sending).
@@ -254,7 +299,8 @@ pub struct Faults {
     pub lose_reply: u16,
 }
 
-/// The model behind a faulty connection.
+/// The model behind a faulty connection (`test-util`).
+#[cfg(feature = "test-util")]
 #[derive(Debug, Clone)]
 pub struct Network {
     /// The model.
@@ -264,6 +310,7 @@ pub struct Network {
     rng: SeededRandom,
 }
 
+#[cfg(feature = "test-util")]
 impl Network {
     /// A network over `sim` injecting `faults`, drawn from `seed`.
     #[must_use]
@@ -296,5 +343,5 @@ impl Network {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "test-util"))]
 mod tests;
