@@ -84,6 +84,14 @@ impl Blocker {
         Self { tx }
     }
 
+    /// Starts the task that serves blocking reads on the in-process backend.
+    #[cfg(feature = "memory")]
+    pub(crate) fn start_in_memory(memory: Arc<crate::memory::Memory>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(serve_in_memory(memory, rx));
+        Self { tx }
+    }
+
     /// Hands a blocking read to the task; its reply comes on `reply`, exactly once (unless
     /// the task is gone, in which case the reply is `Unknown` at once).
     pub(crate) fn submit(&self, op: OpId, kind: CommandKind, reply: &ReplyTx) -> Ticket {
@@ -129,6 +137,73 @@ impl Pending {
     }
 }
 
+/// Takes a request: a read joins `pending` with its deadline; a cancelled read's deadline
+/// is now.
+fn apply(pending: &mut Vec<Pending>, req: Req) {
+    match req {
+        Req::Read {
+            ticket,
+            op,
+            kind,
+            reply,
+        } => {
+            let block = match &kind {
+                CommandKind::Read { block_ms, .. } | CommandKind::ReadEvents { block_ms, .. } => {
+                    block_ms.unwrap_or(0)
+                }
+                _ => 0,
+            };
+            pending.push(Pending {
+                ticket,
+                op,
+                kind,
+                reply,
+                deadline_ms: now_ms().saturating_add(block),
+            });
+        }
+        Req::Cancel(ticket) => {
+            if let Some(p) = pending.iter_mut().find(|p| p.ticket == ticket) {
+                p.deadline_ms = 0;
+            }
+        }
+    }
+}
+
+/// The blocking reads of the in-process backend: each runs whenever a pipeline changed the
+/// model, and is answered once it finds something (or an error), or at its deadline.
+#[cfg(feature = "memory")]
+async fn serve_in_memory(memory: Arc<crate::memory::Memory>, mut rx: mpsc::UnboundedReceiver<Req>) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut changes = memory.changes();
+    loop {
+        changes.borrow_and_update();
+        let now = now_ms();
+        let mut i = 0;
+        while i < pending.len() {
+            let value = memory.read(&pending[i].kind);
+            if value != Value::Nil || pending[i].deadline_ms <= now {
+                pending.swap_remove(i).answer(Reply::Value(value));
+            } else {
+                i += 1;
+            }
+        }
+        let deadline = pending.iter().map(|p| p.deadline_ms).min();
+        tokio::select! {
+            req = rx.recv() => match req {
+                Some(req) => apply(&mut pending, req),
+                None => {
+                    for p in pending {
+                        p.answer(Reply::Value(Value::Nil));
+                    }
+                    return;
+                }
+            },
+            _ = changes.changed() => {}
+            () = crate::clock::sleep_until_ms(deadline) => {}
+        }
+    }
+}
+
 struct Task {
     client: redis::Client,
     shared: Conn,
@@ -159,32 +234,7 @@ impl Task {
     }
 
     fn apply(&mut self, req: Req) {
-        match req {
-            Req::Read {
-                ticket,
-                op,
-                kind,
-                reply,
-            } => {
-                let block = match &kind {
-                    CommandKind::Read { block_ms, .. }
-                    | CommandKind::ReadEvents { block_ms, .. } => block_ms.unwrap_or(0),
-                    _ => 0,
-                };
-                self.pending.push(Pending {
-                    ticket,
-                    op,
-                    kind,
-                    reply,
-                    deadline_ms: now_ms().saturating_add(block),
-                });
-            }
-            Req::Cancel(ticket) => {
-                if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
-                    p.deadline_ms = 0;
-                }
-            }
-        }
+        apply(&mut self.pending, req);
     }
 
     async fn connect(&mut self) -> redis::RedisResult<(MultiplexedConnection, i64)> {

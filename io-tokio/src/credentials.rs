@@ -12,7 +12,6 @@ use datalayer_core::naming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::exec::run_one;
 use crate::layer::{DataLayer, Error};
 
 /// Options of a credentials store.
@@ -98,8 +97,7 @@ impl CredentialsStore {
     ) -> Result<(), Error> {
         let json = serde_json::to_value(credentials)?;
         let invocation = self.store.save(key, &json, &mut crate::random::OsRandom)?;
-        let mut conn = self.layer.conn.clone();
-        let reply = run_one(&mut conn, &invocation).await?;
+        let reply = self.layer.backend.run_one(&invocation).await?;
         Ok(self.store.save_reply(reply)?)
     }
 
@@ -116,8 +114,7 @@ impl CredentialsStore {
         expected_hash: Option<&str>,
     ) -> Result<T, Error> {
         let invocation = self.store.get(key)?;
-        let mut conn = self.layer.conn.clone();
-        let reply = run_one(&mut conn, &invocation).await?;
+        let reply = self.layer.backend.run_one(&invocation).await?;
         let json = self.store.get_reply(key, reply, expected_hash)?;
         serde_json::from_value(json).map_err(Error::Decode)
     }
@@ -125,8 +122,7 @@ impl CredentialsStore {
     /// Deletes the session's whole store. `Ok(true)` if there was one; a failure is an error,
     /// not silence.
     pub async fn teardown(&self) -> Result<bool, Error> {
-        let mut conn = self.layer.conn.clone();
-        match run_one(&mut conn, &self.store.teardown()).await? {
+        match self.layer.backend.run_one(&self.store.teardown()).await? {
             datalayer_core::value::Value::Int(n) => Ok(n > 0),
             other => Err(CredentialsError::Reply(format!("DEL answered {other:?}")).into()),
         }
@@ -169,19 +165,26 @@ impl DataLayer {
     pub async fn purge_credentials(&self, session_prefix: &str) -> Result<u64, Error> {
         let pattern = naming::credentials_pattern(&self.options.prefix, session_prefix)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let mut conn = self.conn.clone();
         let mut cursor = b"0".to_vec();
         let mut deleted = 0u64;
         loop {
-            let page = run_one(&mut conn, &credentials::scan(&pattern, &cursor, 1000)).await?;
+            let page = self
+                .backend
+                .run_one(&credentials::scan(&pattern, &cursor, 1000))
+                .await?;
             let (next, keys) = credentials::parse_scan(page)?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("DEL").arg(key);
+            let dels: Vec<_> = keys.iter().map(|k| credentials::delete(k)).collect();
+            for reply in self.backend.run(&dels).await? {
+                match reply {
+                    datalayer_core::value::Value::Int(n) => {
+                        deleted += u64::try_from(n).unwrap_or(0)
+                    }
+                    other => {
+                        return Err(
+                            CredentialsError::Reply(format!("DEL answered {other:?}")).into()
+                        );
+                    }
                 }
-                let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
-                deleted += counts.iter().sum::<u64>();
             }
             if next == b"0" {
                 return Ok(deleted);

@@ -220,7 +220,7 @@ fn is_noscript(reply: &Reply) -> bool {
 
 /// Sends `invocations` as one pipeline; returns one reply per invocation, in order. A script
 /// Redis does not know (NOSCRIPT: it did not run) is loaded and sent again.
-async fn run_invocations<C: ConnectionLike + Desync>(
+pub(crate) async fn run_invocations<C: ConnectionLike + Desync>(
     conn: &mut C,
     invocations: &[Invocation<'_>],
 ) -> Vec<Reply> {

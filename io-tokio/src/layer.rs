@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::backend::Backend;
 use crate::connection::Conn;
 
 use crate::blocking::Blocker;
@@ -129,9 +130,8 @@ impl Options {
 /// that every queue and worker made from it shares. Cheap to clone.
 #[derive(Clone)]
 pub struct DataLayer {
-    pub(crate) conn: Conn,
+    pub(crate) backend: Backend,
     pub(crate) options: Options,
-    client: redis::Client,
     shared: Arc<Shared>,
 }
 
@@ -218,13 +218,15 @@ impl DataLayer {
             .unwrap_or_else(PoisonError::into_inner);
         blockers
             .entry(key.to_owned())
-            .or_insert_with(|| {
-                Blocker::start(
-                    self.client.clone(),
-                    self.conn.clone(),
+            .or_insert_with(|| match &self.backend {
+                Backend::Redis { conn, client } => Blocker::start(
+                    client.as_ref().clone(),
+                    conn.clone(),
                     self.options.connect_timeout,
                     self.options.response_timeout,
-                )
+                ),
+                #[cfg(feature = "memory")]
+                Backend::Memory(memory) => Blocker::start_in_memory(memory.clone()),
             })
             .clone()
     }
@@ -246,8 +248,13 @@ impl DataLayer {
         }
     }
 
-    /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`).
+    /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`;
+    /// with the `memory` feature, `memory://` is [`DataLayer::in_memory`]).
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
+        #[cfg(feature = "memory")]
+        if url == "memory://" {
+            return Self::in_memory(options);
+        }
         let client = client(url, &options)?;
         // While Redis is away, a command fails at once (not sent: the engine backs off and
         // sends again) rather than waiting for Redis to come back.
@@ -259,27 +266,102 @@ impl DataLayer {
         )
         .await?;
         crate::exec::load_scripts(&mut conn).await?;
+        let client = Arc::new(client);
+        let layer = Self::over(Backend::Redis { conn, client }, options);
+        layer.warn_if_evicting().await;
+        Ok(layer)
+    }
+
+    /// A data layer on the in-process backend (feature `memory`): no Redis, no server, no
+    /// port. The core's model of Redis Streams (the one the differential tests check
+    /// against redis-server on every command datalayer sends) runs in this process, on the
+    /// wall clock, with the same API: queues, workers (blocking reads included), retries,
+    /// delayed jobs, dead letters, stats, credentials. Everything is sealed as on Redis,
+    /// with the OS generator.
+    ///
+    /// For tests of an application's handlers and for single-process embedding. Its limits:
+    /// nothing persists (the data lives as long as the handle and its clones), one process
+    /// (clones of the handle share the data; another `in_memory()` is another, empty,
+    /// keyspace), no cluster, and the fault handling (reconnects, fencing) has nothing to
+    /// do. `health` always succeeds.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), datalayer_tokio::Error> {
+    /// use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
+    /// use datalayer_tokio::{DataLayer, Job, Options, QueueOptions, WorkerOptions};
+    ///
+    /// let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut datalayer_tokio::OsRandom));
+    /// let dl = DataLayer::in_memory(Options::default())?;
+    /// let queue = dl.queue("irc", &secrets, QueueOptions::default())?;
+    /// let worker = dl.worker("irc", &secrets, WorkerOptions::default())?;
+    /// let running = worker.start(|job: Job| async move {
+    ///     let n: u64 = job.json().map_err(|e| e.to_string())?;
+    ///     Ok::<_, String>(n * 2)
+    /// });
+    /// let job = queue.add("session-1", &21).await?;
+    /// assert_eq!(job.result().await?.json::<u64>(), Ok(42));
+    /// running.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "memory")]
+    pub fn in_memory(options: Options) -> Result<Self, Error> {
+        datalayer_core::naming::validate_prefix(&options.prefix)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Self::over(Backend::Memory(crate::memory::new()), options))
+    }
+
+    /// Whether this layer runs on the in-process backend.
+    #[must_use]
+    pub fn is_in_memory(&self) -> bool {
+        match &self.backend {
+            Backend::Redis { .. } => false,
+            #[cfg(feature = "memory")]
+            Backend::Memory(_) => true,
+        }
+    }
+
+    /// The key names of the in-process backend, sorted (for tests: what is left behind).
+    /// Empty on Redis (use `SCAN` there).
+    #[must_use]
+    pub fn memory_keys(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Redis { .. } => Vec::new(),
+            #[cfg(feature = "memory")]
+            Backend::Memory(memory) => memory.keys(),
+        }
+    }
+
+    fn over(backend: Backend, options: Options) -> Self {
         let consumer = format!(
             "{}-{:08x}",
             std::process::id(),
             crate::random::random_u64() as u32
         );
-        let layer = Self {
-            conn,
+        Self {
+            backend,
             options,
-            client,
             shared: Arc::new(Shared {
                 blockers: Mutex::new(HashMap::new()),
                 consumer,
                 workers_per_queue: Mutex::new(HashMap::new()),
             }),
-        };
-        layer.warn_if_evicting().await;
-        Ok(layer)
+        }
+    }
+
+    /// The shared connection, on Redis.
+    fn conn(&self) -> Option<Conn> {
+        match &self.backend {
+            Backend::Redis { conn, .. } => Some(conn.clone()),
+            #[cfg(feature = "memory")]
+            Backend::Memory(_) => None,
+        }
     }
 
     async fn warn_if_evicting(&self) {
-        let mut conn = self.conn.clone();
+        let Some(mut conn) = self.conn() else {
+            return;
+        };
         // A map in RESP3 (a flat array in RESP2): either decodes as one.
         let policy: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
             .arg("GET")
@@ -301,7 +383,9 @@ impl DataLayer {
     /// Checks that Redis answers a write and a read on a key private to this call, within
     /// `timeout`. Two processes checking at once never wait on each other.
     pub async fn health(&self, timeout: Duration) -> Result<(), Error> {
-        let mut conn = self.conn.clone();
+        let Some(mut conn) = self.conn() else {
+            return Ok(());
+        };
         let token = format!("{:016x}", crate::random::random_u64());
         let key = format!("{}:health:{token}", self.options.prefix);
         let check = async {

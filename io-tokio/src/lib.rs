@@ -8,12 +8,15 @@
 //! as pipelines, and [`OsRandom`] gives the core the operating system's randomness.
 #![forbid(unsafe_code)]
 
+mod backend;
 mod blocking;
 mod clock;
 mod connection;
 mod credentials;
 pub mod exec;
 mod layer;
+#[cfg(feature = "memory")]
+mod memory;
 mod pipelines;
 mod queue;
 mod random;

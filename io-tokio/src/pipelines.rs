@@ -1,4 +1,4 @@
-//! Pipelines in flight on the shared connection: a driver sends what its machine emits as
+//! Pipelines in flight on the backend (the shared connection): a driver sends what its machine emits as
 //! one pipeline and, while that one is out, the next — up to [`Pipelines::MAX`] at once — so
 //! that a round trip to Redis is not a pause in which nothing is sent.
 //!
@@ -12,16 +12,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use crate::connection::Conn;
+use crate::backend::Backend;
 use datalayer_core::command::{Command, OpId, Reply};
-
-use crate::exec;
 
 type InFlight = Pin<Box<dyn Future<Output = (Vec<OpId>, Vec<Reply>)> + Send>>;
 
 /// A driver's pipelines in flight.
 pub(crate) struct Pipelines {
-    conn: Conn,
+    backend: Backend,
     in_flight: VecDeque<InFlight>,
 }
 
@@ -38,9 +36,9 @@ impl Pipelines {
     /// enqueue rate from 58k to 72k jobs/s and end to end from 16k to 25k, on 2 cores).
     pub(crate) const MAX: usize = 4;
 
-    pub(crate) fn new(conn: Conn) -> Self {
+    pub(crate) fn new(backend: Backend) -> Self {
         Self {
-            conn,
+            backend,
             in_flight: VecDeque::new(),
         }
     }
@@ -61,9 +59,9 @@ impl Pipelines {
         if cmds.is_empty() {
             return;
         }
-        let mut conn = self.conn.clone();
+        let backend = self.backend.clone();
         self.in_flight.push_back(Box::pin(async move {
-            let replies = exec::execute(&mut conn, &cmds).await;
+            let replies = backend.execute(&cmds).await;
             (cmds.into_iter().map(|c| c.op).collect(), replies)
         }));
     }

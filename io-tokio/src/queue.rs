@@ -194,7 +194,7 @@ impl JobQueue {
         let (events, _) = broadcast::channel(4096);
         let driver = Driver {
             producer,
-            pipes: Pipelines::new(layer.conn.clone()),
+            pipes: Pipelines::new(layer.backend.clone()),
             reads: Reads::new(layer.blocker("events")),
             rx,
             events: events.clone(),

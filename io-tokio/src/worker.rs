@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::Conn;
+use crate::backend::Backend;
 use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
@@ -158,7 +158,7 @@ impl Job {
 /// A worker, not yet running: `start` it with a handler.
 #[derive(Debug)]
 pub struct JobWorker {
-    conn: Conn,
+    backend: Backend,
     reads: Reads,
     worker: Worker,
     queue: String,
@@ -203,7 +203,7 @@ impl JobWorker {
             Worker::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {
             reads: Reads::new(layer.blocker(&format!("group:{consumer}"))),
-            conn: layer.conn,
+            backend: layer.backend,
             worker,
             queue: name.to_owned(),
             log_reasons: options.log_reasons,
@@ -224,7 +224,7 @@ impl JobWorker {
         let (done_tx, done_rx) = mpsc::channel(1024);
         let driver = Driver {
             worker: self.worker,
-            pipes: Pipelines::new(self.conn),
+            pipes: Pipelines::new(self.backend),
             reads: self.reads,
             ctl: ctl_rx,
             done_tx,

@@ -725,7 +725,7 @@ async fn credentials_on_the_model_and_redis_agree() {
                 CredentialStore::new("dl", session, root, &session_secret, ttl).expect("a store");
             let key = ["irc:a", "irc:b", "xmpp:c"][r(3)];
             let key_name: Vec<u8> = store.redis_key().as_bytes().to_vec();
-            let invocation: Invocation<'static> = match r(6) {
+            let invocation: Invocation<'_> = match r(6) {
                 0 | 1 => store
                     .save(key, &serde_json::json!({ "n": step }), &mut rng)
                     .expect("seals"),

@@ -424,16 +424,19 @@ impl CredentialStore {
 
     /// The invocation that deletes the whole store (its reply: 1 deleted, 0 there was none).
     #[must_use]
-    pub fn teardown(&self) -> Invocation<'static> {
-        Invocation::Plain(vec![
-            Cow::Borrowed(b"DEL"),
-            Cow::Owned(self.redis_key.clone().into_bytes()),
-        ])
+    pub fn teardown(&self) -> Invocation<'_> {
+        delete(self.redis_key.as_bytes())
     }
 }
 
 fn num(n: impl ToString) -> Arg<'static> {
     Cow::Owned(n.to_string().into_bytes())
+}
+
+/// The `DEL` of one store found by a purge's `SCAN` (its reply: 1 deleted, 0 gone already).
+#[must_use]
+pub fn delete(redis_key: &[u8]) -> Invocation<'_> {
+    Invocation::Plain(vec![Cow::Borrowed(b"DEL"), Cow::Borrowed(redis_key)])
 }
 
 /// The `SCAN` invocation of one page of a purge: keys matching `pattern` from `cursor`.

@@ -1,6 +1,7 @@
 //! The README's first command: a queue and a pool of workers over Redis.
 //!
-//! It uses `REDIS_URL` if set, else starts its own `redis-server` on a free loopback port;
+//! It uses `REDIS_URL` if set, else starts its own `redis-server` on a free loopback port,
+//! else (no `redis-server` on the `PATH`) runs on the in-process backend and says so;
 //! pushes a few thousand sealed jobs through a producer and four workers, shows progress,
 //! prints results, jobs/s and the connection count, and leaves no keys behind.
 
@@ -24,18 +25,46 @@ impl Drop for OwnRedis {
     }
 }
 
-fn start_redis() -> Result<(String, OwnRedis), String> {
+/// Where the demo runs.
+enum Target {
+    /// `REDIS_URL`, or a server of the demo's own (stopped when this is dropped).
+    Redis {
+        url: String,
+        _server: Option<OwnRedis>,
+    },
+    /// No Redis at all: the in-process backend.
+    Memory,
+}
+
+/// `REDIS_URL`, else a `redis-server` of its own, else the in-process backend.
+fn target() -> Result<Target, String> {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return Ok(Target::Redis { url, _server: None });
+    }
+    match start_redis() {
+        Ok((url, own)) => Ok(Target::Redis {
+            url,
+            _server: Some(own),
+        }),
+        Err(None) => Ok(Target::Memory),
+        Err(Some(e)) => Err(e),
+    }
+}
+
+/// A server on a free port; `Err(None)` when there is no `redis-server` to start.
+fn start_redis() -> Result<(String, OwnRedis), Option<String>> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
+        .map_err(|e| Some(format!("no free port: {e}")))?
         .port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()
-        .map_err(|e| {
-            format!("cannot start redis-server ({e}): sudo apt-get install redis-server, or set REDIS_URL")
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => None,
+            _ => Some(format!("cannot start redis-server: {e}")),
         })?;
     let own = OwnRedis(child);
     for _ in 0..500 {
@@ -44,24 +73,32 @@ fn start_redis() -> Result<(String, OwnRedis), String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err("redis-server did not start".into())
+    Err(Some("redis-server did not start".into()))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (url, _own) = match std::env::var("REDIS_URL") {
-        Ok(url) => (url, None),
-        Err(_) => {
-            let (url, own) = start_redis()?;
-            (url, Some(own))
+    let target = target()?;
+    let dl = match &target {
+        Target::Redis { url, .. } => {
+            println!(
+                "datalayer demo: {JOBS} sealed jobs through a queue and 4 workers on {}\n",
+                datalayer_tokio::redact_url(url)
+            );
+            DataLayer::connect(url, Options::default()).await?
+        }
+        Target::Memory => {
+            println!(
+                "datalayer demo: {JOBS} sealed jobs through a queue and 4 workers, on the \
+                 in-process backend\n\n  No redis-server on the PATH and no REDIS_URL: this \
+                 runs on DataLayer::in_memory (the core's model of Redis, in this process).\n  \
+                 To run on Redis: install redis-server (sudo apt-get install redis-server) or \
+                 set REDIS_URL=redis://host:port.\n"
+            );
+            DataLayer::in_memory(Options::default())?
         }
     };
-    println!(
-        "datalayer demo: {JOBS} sealed jobs through a queue and 4 workers on {}\n",
-        datalayer_tokio::redact_url(&url)
-    );
     let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut OsRandom));
-    let dl = DataLayer::connect(&url, Options::default()).await?;
     dl.health(Duration::from_secs(2)).await?;
     let queue_name = format!("demo-{}", std::process::id());
     let queue = dl.queue(&queue_name, &secrets, QueueOptions::default())?;
@@ -123,6 +160,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         JOBS as f64 / elapsed.as_secs_f64()
     );
 
+    let url = match &target {
+        Target::Redis { url, .. } => url.clone(),
+        Target::Memory => {
+            for w in &workers {
+                w.shutdown(Duration::from_secs(5)).await;
+            }
+            queue.shutdown().await;
+            println!("keys left behind: {}", dl.memory_keys().len());
+            return Ok(());
+        }
+    };
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let clients: String = redis::cmd("CLIENT")

@@ -1,0 +1,83 @@
+//! Where the core's commands run: a Redis server, over the process's shared connection, or
+//! (feature `memory`) the core's model of Redis in this process ([`crate::memory`]).
+//!
+//! Everything above this module (queues, workers, credentials) is the same for both: a
+//! pipeline of commands in, one reply per command out.
+
+use datalayer_core::command::{Command, Reply};
+use datalayer_core::scripts::Invocation;
+use datalayer_core::value::Value;
+
+use crate::connection::Conn;
+use crate::exec;
+
+/// A backend (cheap to clone).
+#[derive(Clone)]
+pub(crate) enum Backend {
+    /// A Redis server: the shared command connection, and the client that opens the
+    /// blocking-read connections.
+    Redis {
+        conn: Conn,
+        client: std::sync::Arc<redis::Client>,
+    },
+    /// The in-process model.
+    #[cfg(feature = "memory")]
+    Memory(std::sync::Arc<crate::memory::Memory>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Redis { .. } => f.write_str("Backend::Redis"),
+            #[cfg(feature = "memory")]
+            Backend::Memory(_) => f.write_str("Backend::Memory"),
+        }
+    }
+}
+
+/// A failed connection: the outcome of what was sent is unknown.
+fn unknown() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the connection to Redis failed: the outcome is unknown",
+    ))
+}
+
+impl Backend {
+    /// Runs `commands` as one pipeline: one reply per command, in order.
+    pub(crate) async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
+        match self {
+            Backend::Redis { conn, .. } => exec::execute(&mut conn.clone(), commands).await,
+            #[cfg(feature = "memory")]
+            Backend::Memory(memory) => memory.execute(commands),
+        }
+    }
+
+    /// Runs `invocations` as one pipeline: one reply per invocation (an error reply is a
+    /// [`Value::Error`]); `Err` when the connection failed (the outcomes are unknown).
+    pub(crate) async fn run(
+        &self,
+        invocations: &[Invocation<'_>],
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Backend::Redis { conn, .. } => exec::run_invocations(&mut conn.clone(), invocations)
+                .await
+                .into_iter()
+                .map(|r| match r {
+                    Reply::Value(v) => Ok(v),
+                    _ => Err(unknown()),
+                })
+                .collect(),
+            #[cfg(feature = "memory")]
+            Backend::Memory(memory) => Ok(memory.invoke(invocations)),
+        }
+    }
+
+    /// Runs one invocation on its own.
+    pub(crate) async fn run_one(&self, invocation: &Invocation<'_>) -> redis::RedisResult<Value> {
+        self.run(std::slice::from_ref(invocation))
+            .await?
+            .pop()
+            .ok_or_else(unknown)
+    }
+}

@@ -1,0 +1,95 @@
+//! The in-process backend (feature `memory`): the core's model of Redis Streams
+//! ([`datalayer_core::sim::Sim`], the one the differential tests prove equal to
+//! redis-server on every command datalayer sends) behind a mutex, on the wall clock.
+//!
+//! Pipelines run at once, in one critical section each (as Redis runs one command at a
+//! time). A blocking read is served by a task of the layer's: it runs the read whenever a
+//! pipeline has changed the keyspace, and answers it once it finds something or its
+//! `BLOCK` has passed.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use datalayer_core::command::{Command, CommandKind, Reply};
+use datalayer_core::scripts::Invocation;
+use datalayer_core::sim::Sim;
+use datalayer_core::value::Value;
+use tokio::sync::watch;
+
+use crate::clock::now_ms;
+
+/// The model, and a counter of the pipelines that ran on it (blocking reads wait on it).
+pub(crate) struct Memory {
+    sim: Mutex<Sim>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory").finish_non_exhaustive()
+    }
+}
+
+impl Memory {
+    pub(crate) fn new() -> Self {
+        Self {
+            sim: Mutex::new(Sim::new(now_ms())),
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    /// The model, its clock set to now (a panic elsewhere while it was held left it as
+    /// whole as after any command: commands run to the end or not at all).
+    fn sim(&self) -> MutexGuard<'_, Sim> {
+        let mut sim = self.sim.lock().unwrap_or_else(PoisonError::into_inner);
+        sim.set_time(now_ms());
+        sim
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Runs a pipeline of the machines' commands (a blocking read runs without blocking).
+    pub(crate) fn execute(&self, commands: &[Command]) -> Vec<Reply> {
+        let replies = {
+            let mut sim = self.sim();
+            commands
+                .iter()
+                .map(|c| Reply::Value(sim.execute(&c.kind)))
+                .collect()
+        };
+        self.changed();
+        replies
+    }
+
+    /// Runs the credentials store's invocations.
+    pub(crate) fn invoke(&self, invocations: &[Invocation<'_>]) -> Vec<Value> {
+        let replies = {
+            let mut sim = self.sim();
+            invocations.iter().map(|i| sim.invoke(i)).collect()
+        };
+        self.changed();
+        replies
+    }
+
+    /// Runs one read of a blocking reader now (which changes nothing another reader waits
+    /// for: reads deliver entries, they do not add any).
+    pub(crate) fn read(&self, kind: &CommandKind) -> Value {
+        self.sim().execute(kind)
+    }
+
+    /// News of every pipeline that runs from now on.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The key names in the model, sorted.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.sim().keys().into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// Shares one model between clones.
+pub(crate) fn new() -> Arc<Memory> {
+    Arc::new(Memory::new())
+}
