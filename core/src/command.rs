@@ -3,7 +3,7 @@
 //! Each [`Command`] carries an [`OpId`]; its reply comes back to the machine that emitted it
 //! as a [`Reply`] with the same id. Commands are not `redis::Cmd`: the adapter translates each
 //! kind to one Redis command or one Lua script of [`crate::scripts`], and the in-memory model
-//! ([`crate::sim`]) executes the same kinds with the same semantics.
+//! (`sim`, feature `model`) executes the same kinds with the same semantics.
 //!
 //! Every multi-key kind touches the keys of one queue only (one hash tag), so it is atomic
 //! and cluster-safe. Every kind is safe to send again after an unknown outcome: the

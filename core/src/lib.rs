@@ -14,7 +14,7 @@
 //! and call `handle_timeout` when `poll_timeout` says. Every command gets exactly one reply:
 //! Redis' answer, [`command::Reply::Unknown`] when the connection failed (it may have run),
 //! or [`command::Reply::NotSent`] when it was never written. Here the
-//! in-memory model [`sim::Sim`] stands in for Redis:
+//! in-memory model `sim::Sim` (feature `model`) stands in for Redis:
 //!
 //! ```
 //! use datalayer_core::command::Reply;
@@ -78,9 +78,13 @@
 //!   lz4-compressed) every job, result and reason is stored in; [`keys`]: secrets, HKDF
 //!   derivation per queue and per session, keyrings for rotation.
 //! - [`retry`]: attempts and backoff; [`naming`]: the Redis key layout; [`job`]: job records.
-//! - [`sim`]: the deterministic model of Redis Streams, with fault injection, and
-//!   [`sim::world`], the driver of the state-machine tests.
-//! - [`random`]: the injected randomness.
+//! - `sim` (feature `model`): the deterministic model of Redis Streams, which the
+//!   adapter's in-process backend runs and the differential tests check against
+//!   redis-server; with feature `test-util` also its fault injection and `sim::world`, the
+//!   driver of the state-machine tests.
+//! - [`random`]: the injected randomness (`random::SeededRandom`, a predictable generator
+//!   for tests, and the `fuzz` entry points need `test-util`: no production build has
+//!   them).
 //!
 //! ## Sealing, on its own
 //!

@@ -2,7 +2,8 @@
 //!
 //! The core never asks the operating system for random bytes: nonces and backoff jitter come
 //! from a [`Random`] source the caller passes in. The tokio adapter passes the OS generator;
-//! tests and simulations pass a [`SeededRandom`] so that every run is reproducible.
+//! tests and simulations pass a `SeededRandom` (feature `test-util`) so that every run is
+//! reproducible.
 
 /// A source of random bytes, injected by the caller.
 ///

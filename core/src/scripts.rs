@@ -2,7 +2,7 @@
 //! the atomic transitions, with their KEYS and ARGV.
 //!
 //! The adapter sends [`Invocation`]s as they are (scripts as EVALSHA, loaded and sent again
-//! on `NOSCRIPT`; a transaction as MULTI … EXEC); it never builds arguments itself. The in-memory model ([`crate::sim`])
+//! on `NOSCRIPT`; a transaction as MULTI … EXEC); it never builds arguments itself. The in-memory model (`sim`, feature `model`)
 //! implements the same semantics, and a differential test runs both.
 //!
 //! Stream entry fields: work and dead entries carry `j` (job id) and `e` (sealed job); dead

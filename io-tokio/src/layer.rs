@@ -249,7 +249,7 @@ impl DataLayer {
     }
 
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`;
-    /// with the `memory` feature, `memory://` is [`DataLayer::in_memory`]).
+    /// with the `memory` feature, `memory://` is `DataLayer::in_memory`).
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
         #[cfg(feature = "memory")]
         if url == "memory://" {

@@ -119,26 +119,34 @@ impl RedisServer {
     }
 
     fn start_with(persistence: Persistence, tls: bool) -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("datalayer-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("server data directory");
-        let tls_port = tls.then(|| {
-            make_certificates(&dir);
-            free_port()
-        });
-        let mut server = Self {
-            port,
-            tls_port,
-            dir,
-            persistence,
-            child: None,
-        };
-        server.spawn();
-        server
+        // A free port can be taken by another test's server between our probe and
+        // redis-server's bind: then ours exits and the port answers with another process.
+        // The server is ours only if it reports our child's pid; else try another port.
+        for _ in 0..10 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("datalayer-redis-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("server data directory");
+            let tls_port = tls.then(|| {
+                make_certificates(&dir);
+                free_port()
+            });
+            let mut server = Self {
+                port,
+                tls_port,
+                dir,
+                persistence,
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("no redis-server of ours came up on 10 free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the child; whether the server on the port is it (see [`RedisServer::ours`]).
+    fn spawn(&mut self) -> bool {
         let mut cmd = Command::new(binary());
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--dir"])
@@ -171,14 +179,18 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    /// Waits for the port to answer; whether it is our child that answers.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if self.exited() {
+                return false;
+            }
             if self.ping() {
-                return;
+                return self.ours();
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -186,6 +198,55 @@ impl RedisServer {
             "redis-server on port {} did not start within 10 s",
             self.port
         );
+    }
+
+    /// Whether our child has exited (it could not bind the port, say).
+    fn exited(&mut self) -> bool {
+        let gone = self
+            .child
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+        if gone {
+            self.child = None;
+        }
+        gone
+    }
+
+    /// Whether the server on the port is our child: `INFO server` gives its `process_id`.
+    fn ours(&mut self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        let same = self.server_pid() == Some(pid);
+        if !same {
+            self.kill();
+        }
+        same
+    }
+
+    /// The `process_id` the server on the port reports.
+    fn server_pid(&self) -> Option<u32> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        conn.write_all(b"INFO server\r\n").ok()?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let n = conn.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            if let Some(at) = text.find("process_id:") {
+                let rest = &text[at + "process_id:".len()..];
+                if let Some(end) = rest.find('\n') {
+                    return rest[..end].trim().parse().ok();
+                }
+            }
+        }
+        None
     }
 
     /// Whether the server answers PING with PONG (not LOADING, not refused).
@@ -242,7 +303,11 @@ impl RedisServer {
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "another process took port {} while the server was down",
+            self.port
+        );
     }
 }
 
@@ -420,5 +485,30 @@ pub async fn worker_process(
             eprintln!("worker: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_is_ours_only_if_it_reports_our_pid() {
+        let a = RedisServer::start(Persistence::None);
+        assert!(a.server_pid().is_some());
+        // Another child on `a`'s port cannot bind it: `b` sees `a` answer, with `a`'s pid.
+        let mut b = RedisServer {
+            port: a.port,
+            tls_port: None,
+            dir: std::env::temp_dir().join(format!("datalayer-redis-b-{}", std::process::id())),
+            persistence: Persistence::None,
+            child: None,
+        };
+        std::fs::create_dir_all(&b.dir).expect("a directory");
+        assert!(!b.spawn(), "a server of another process is not ours");
+        assert!(b.child.is_none());
+        drop(b);
+        // `a` still serves.
+        assert!(a.ping());
     }
 }

@@ -3,9 +3,11 @@
 //! [`Sim`] executes the command plan ([`CommandKind`]) with Redis' semantics (those of
 //! [`crate::scripts`]): streams with entry ids from the model's clock, consumer groups,
 //! pending lists with owners, delivery counts and idle times, XAUTOCLAIM cursors, XDEL,
-//! sorted sets and hashes; empty hashes and sorted sets vanish as in Redis. [`Network`] puts
-//! faults between a machine and the model: a command lost before it ran, or a reply lost
-//! after it ran (both are [`Reply::Unknown`] to the machine). Crashing a consumer is dropping
+//! sorted sets and hashes; empty hashes and sorted sets vanish as in Redis; keys with a
+//! time to live expire on the model's clock (the credentials store's, [`Sim::invoke`]).
+//! `Network` (feature `test-util`) puts faults between a machine and the model: a command
+//! lost before it ran, or a reply lost after it ran (both are
+//! [`crate::command::Reply::Unknown`] to the machine). Crashing a consumer is dropping
 //! its machine (its pending entries stay in the model); jumping the clock is
 //! [`Sim::set_time`].
 
