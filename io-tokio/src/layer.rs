@@ -22,9 +22,22 @@ pub enum Error {
     /// The health check read back something else than it wrote.
     #[error("health check failed: {0}")]
     Health(String),
-    /// A queue or worker could not be set up.
+    /// The connection, a queue or a worker could not be set up (a URL, a prefix, a name).
     #[error("{0}")]
     Config(String),
+    /// The queue's engine refused the job before sending it, with the core's reason (match
+    /// it): [`ProducerError::Backpressure`] (too many adds await Redis' confirmation: wait
+    /// for outcomes, then add again), [`ProducerError::EmptyJobId`], a name that cannot be a
+    /// key, a job that could not be sealed. Nothing was queued.
+    ///
+    /// [`ProducerError::Backpressure`]: datalayer_core::producer::ProducerError::Backpressure
+    /// [`ProducerError::EmptyJobId`]: datalayer_core::producer::ProducerError::EmptyJobId
+    #[error("add refused: {0}")]
+    Producer(#[from] datalayer_core::producer::ProducerError),
+    /// The worker could not be set up, with the core's reason (a concurrency of 0, a lease
+    /// too short, a name that cannot be a key).
+    #[error("worker: {0}")]
+    Worker(#[from] datalayer_core::worker::WorkerError),
     /// The queue is paused (Sockethub's "queue closed"), or was shut down.
     #[error("queue closed")]
     QueueClosed,
@@ -40,8 +53,8 @@ pub enum Error {
     /// Stored data does not decode as the requested type.
     #[error("does not decode as the requested type: {0}")]
     Decode(#[source] serde_json::Error),
-    /// The engine or Redis refused the job.
-    #[error("add refused: {0}")]
+    /// Redis refused the job (its error reply: out of memory, a key of the wrong type, ...).
+    #[error("redis refused the add: {0}")]
     Add(String),
     /// Redis cannot be reached, and the job never left this process: its id was generated
     /// for this add (so no other add can have queued it) and it was withdrawn; it is not

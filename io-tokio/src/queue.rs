@@ -48,6 +48,9 @@ pub struct QueueOptions {
     /// text an attacker chooses leaks the secret to anyone who sees lengths (any Redis
     /// reader). Opt in only for payloads that never mix the two.
     pub compression: Compression,
+    /// The most adds awaiting Redis' confirmation at once (default 100,000); an add beyond
+    /// fails at once with [`ProducerError::Backpressure`] in [`Error::Producer`].
+    pub max_pending: usize,
 }
 
 impl Default for QueueOptions {
@@ -56,6 +59,7 @@ impl Default for QueueOptions {
             events_after: None,
             when_unreachable: Unreachable::Wait(Duration::from_secs(10)),
             compression: Compression::Never,
+            max_pending: ProducerConfig::new("q").max_pending,
         }
     }
 }
@@ -65,6 +69,13 @@ impl QueueOptions {
     #[must_use]
     pub fn when_unreachable(mut self, when: Unreachable) -> Self {
         self.when_unreachable = when;
+        self
+    }
+
+    /// With at most this many adds awaiting Redis' confirmation (at least 1).
+    #[must_use]
+    pub fn max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max.max(1);
         self
     }
 
@@ -183,13 +194,13 @@ impl JobQueue {
     ) -> Result<Self, Error> {
         let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::blocking::BLOCK_MS));
         cfg.prefix = layer.options.prefix.clone();
+        cfg.max_pending = options.max_pending;
         if let Some(after) = options.events_after {
             cfg.events_after = after;
         }
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
-        let producer =
-            Producer::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
+        let producer = Producer::new(cfg, sealer, now_ms())?;
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(4096);
         let driver = Driver {
@@ -349,8 +360,13 @@ impl JobQueue {
 
     async fn close(&self, destroy: bool) {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Msg::Close { destroy, done }).await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        let sent = self.tx.send(Msg::Close { destroy, done }).await.is_ok();
+        if sent
+            && tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .is_err()
+        {
+            tracing::warn!(destroy, "the queue did not close within 30 s (Redis away?)");
         }
     }
 }
@@ -687,7 +703,7 @@ fn withdrawn(id: &JobId, w: Withdrawal) -> Error {
 fn refused(e: ProducerError) -> Error {
     match e {
         ProducerError::QueueClosed => Error::QueueClosed,
-        e => Error::Add(e.to_string()),
+        e => Error::Producer(e),
     }
 }
 

@@ -13,7 +13,7 @@ use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::retry::RetryPolicy;
 use datalayer_core::value::EntryId;
-use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
+use datalayer_core::worker::{Worker, WorkerConfig, WorkerError, WorkerEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -199,8 +199,7 @@ impl JobWorker {
         cfg.dead_retention_ms = crate::clock::ms(options.dead_retention);
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
-        let worker =
-            Worker::new(cfg, sealer, now_ms()).map_err(|e| Error::Config(e.to_string()))?;
+        let worker = Worker::new(cfg, sealer, now_ms())?;
         Ok(Self {
             reads: Reads::new(layer.blocker(&format!("group:{consumer}"))),
             backend: layer.backend,
@@ -339,17 +338,23 @@ impl Driver {
                 self.worker.hand_back(now);
             }
         }
-        let _ = self.worker.handle_timeout(now, &mut OsRandom);
+        if let Err(e) = self.worker.handle_timeout(now, &mut OsRandom) {
+            tracing::error!(error = %e, "worker refused a timeout");
+        }
     }
 
     fn settle(&mut self, entry: EntryId, outcome: Result<Vec<u8>, String>) {
         self.running.remove(&entry);
         let now = now_ms();
-        // NotRunning: the job timed out or was handed back meanwhile; its answer is moot.
-        let _ = match outcome {
+        let settled = match outcome {
             Ok(result) => self.worker.complete(now, entry, &result, &mut OsRandom),
             Err(reason) => self.worker.fail(now, entry, &reason, &mut OsRandom),
         };
+        match settled {
+            // The job timed out or was handed back meanwhile: its answer is moot.
+            Ok(()) | Err(WorkerError::NotRunning(_)) => {}
+            Err(e) => tracing::error!(error = %e, %entry, "the worker could not settle a job"),
+        }
     }
 
     /// Sends what the machine has to say: blocking reads to the blocker, the rest as

@@ -342,6 +342,229 @@ async fn work_streams(
     (model.normalize(JOBS_NS, m), real.normalize(JOBS_NS, r))
 }
 
+/// Every key of the queue, as one value: per key its type and whole content (a stream's
+/// entries and fields, each group's last delivered id and pending entries with owner and
+/// delivery count; a hash's fields; a sorted set's members and scores), in one canonical
+/// order. Idle times (wall clock) are left out.
+fn model_keyspace(sim: &Sim, keys: &QueueKeys) -> Value {
+    use datalayer_core::sim::Data;
+    let id = |id: &EntryId| bulk(id.to_string());
+    let flat = |fields: &datalayer_core::value::Fields| {
+        Value::Array(
+            fields
+                .iter()
+                .flat_map(|(k, v)| [Value::Bulk(k.clone()), Value::Bulk(v.clone())])
+                .collect(),
+        )
+    };
+    Value::Array(
+        keys.all()
+            .iter()
+            .map(|key| match sim.get(key) {
+                None => Value::Nil,
+                Some(Data::Stream(st)) => Value::Array(vec![
+                    bulk("stream".into()),
+                    Value::Array(
+                        st.entries
+                            .iter()
+                            .map(|(i, f)| Value::Array(vec![id(i), flat(f)]))
+                            .collect(),
+                    ),
+                    Value::Array(
+                        st.groups
+                            .iter()
+                            .map(|(name, g)| {
+                                let pel = g
+                                    .pel
+                                    .iter()
+                                    .map(|(i, p)| {
+                                        Value::Array(vec![
+                                            id(i),
+                                            bulk(p.consumer.clone()),
+                                            Value::Int(p.deliveries as i64),
+                                        ])
+                                    })
+                                    .collect();
+                                Value::Array(vec![
+                                    bulk(name.clone()),
+                                    id(&g.last_delivered),
+                                    Value::Array(pel),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ]),
+                Some(Data::Hash(h)) => Value::Array(vec![
+                    bulk("hash".into()),
+                    Value::Array(
+                        h.iter()
+                            .flat_map(|(k, v)| [Value::Bulk(k.clone()), Value::Bulk(v.clone())])
+                            .collect(),
+                    ),
+                ]),
+                Some(Data::ZSet(z)) => {
+                    let mut members: Vec<(u64, Vec<u8>)> = z
+                        .range_to(u64::MAX, usize::MAX)
+                        .into_iter()
+                        .map(|m| (z.score(&m).unwrap_or_default(), m))
+                        .collect();
+                    members.sort();
+                    Value::Array(vec![
+                        bulk("zset".into()),
+                        Value::Array(
+                            members
+                                .into_iter()
+                                .flat_map(|(s, m)| [Value::Bulk(m), Value::Int(s as i64)])
+                                .collect(),
+                        ),
+                    ])
+                }
+            })
+            .collect(),
+    )
+}
+
+/// XRANGE's reply: (id, field/value pairs) per entry.
+type RawEntries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// The same value read from redis-server (TYPE, XRANGE, XINFO GROUPS, XPENDING, HGETALL,
+/// ZRANGE WITHSCORES).
+async fn redis_keyspace(conn: &mut redis::aio::MultiplexedConnection, keys: &QueueKeys) -> Value {
+    let mut out = Vec::new();
+    for key in keys.all() {
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .expect("TYPE");
+        out.push(match kind.as_str() {
+            "none" => Value::Nil,
+            "stream" => {
+                let entries: RawEntries = redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(conn)
+                    .await
+                    .expect("XRANGE");
+                let entries = entries
+                    .into_iter()
+                    .map(|(i, f)| {
+                        let flat = f
+                            .into_iter()
+                            .flat_map(|(k, v)| [Value::Bulk(k), Value::Bulk(v)])
+                            .collect();
+                        Value::Array(vec![bulk(i), Value::Array(flat)])
+                    })
+                    .collect();
+                let infos: Vec<std::collections::HashMap<String, redis::Value>> =
+                    redis::cmd("XINFO")
+                        .arg("GROUPS")
+                        .arg(key)
+                        .query_async(conn)
+                        .await
+                        .expect("XINFO GROUPS");
+                let mut groups = Vec::new();
+                for info in infos {
+                    let text = |v: Option<&redis::Value>| match v {
+                        Some(redis::Value::BulkString(b)) => {
+                            String::from_utf8_lossy(b).into_owned()
+                        }
+                        Some(redis::Value::SimpleString(s)) => s.clone(),
+                        other => panic!("XINFO GROUPS field {other:?}"),
+                    };
+                    let name = text(info.get("name"));
+                    let last = text(info.get("last-delivered-id"));
+                    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                        .arg(key)
+                        .arg(&name)
+                        .arg("-")
+                        .arg("+")
+                        .arg(100_000)
+                        .query_async(conn)
+                        .await
+                        .expect("XPENDING");
+                    let pel = pending
+                        .into_iter()
+                        .map(|(i, c, _idle, n)| {
+                            Value::Array(vec![bulk(i), bulk(c), Value::Int(n as i64)])
+                        })
+                        .collect();
+                    groups.push((name, last, pel));
+                }
+                groups.sort_by(|a, b| a.0.cmp(&b.0));
+                let groups = groups
+                    .into_iter()
+                    .map(|(n, l, p)| Value::Array(vec![bulk(n), bulk(l), Value::Array(p)]))
+                    .collect();
+                Value::Array(vec![
+                    bulk("stream".into()),
+                    Value::Array(entries),
+                    Value::Array(groups),
+                ])
+            }
+            "hash" => {
+                let h: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(conn)
+                    .await
+                    .expect("HGETALL");
+                Value::Array(vec![
+                    bulk("hash".into()),
+                    Value::Array(
+                        h.into_iter()
+                            .flat_map(|(k, v)| [Value::Bulk(k), Value::Bulk(v)])
+                            .collect(),
+                    ),
+                ])
+            }
+            "zset" => {
+                let z: Vec<(Vec<u8>, u64)> = redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(conn)
+                    .await
+                    .expect("ZRANGE");
+                let mut z: Vec<(u64, Vec<u8>)> = z.into_iter().map(|(m, s)| (s, m)).collect();
+                z.sort();
+                Value::Array(vec![
+                    bulk("zset".into()),
+                    Value::Array(
+                        z.into_iter()
+                            .flat_map(|(s, m)| [Value::Bulk(m), Value::Int(s as i64)])
+                            .collect(),
+                    ),
+                ])
+            }
+            other => panic!("{key} is a {other}"),
+        });
+    }
+    Value::Array(out)
+}
+
+/// Both keyspaces, with entry ids renamed by first appearance (per key: ids are unique
+/// within a stream only) and times made base-relative.
+async fn keyspaces(
+    sim: &Sim,
+    conn: &mut redis::aio::MultiplexedConnection,
+    (model_base, real_base): (u64, u64),
+    keys: &QueueKeys,
+) -> (Value, Value) {
+    let per_key = |v: Value, base: u64| match v {
+        Value::Array(keys) => Value::Array(
+            keys.into_iter()
+                .map(|k| Side::new(base).normalize(JOBS_NS, k))
+                .collect(),
+        ),
+        other => other,
+    };
+    let mv = model_keyspace(sim, keys);
+    let rv = redis_keyspace(conn, keys).await;
+    (per_key(mv, model_base), per_key(rv, real_base))
+}
+
 async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
     secs * 1000 + micros / 1000
@@ -395,6 +618,11 @@ async fn model_and_redis_agree() {
             assert_eq!(m, r, "seed {seed} step {step}: {op:?}");
             let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
             assert_eq!(m, r, "seed {seed} step {step}: work stream after {op:?}");
+            let (m, r) = keyspaces(&sim, &mut conn, (model.base, real.base), &keys).await;
+            assert_eq!(
+                m, r,
+                "seed {seed} step {step}: the queue's keys after {op:?}"
+            );
             if matches!(op, Op::Destroy) {
                 // New streams may reuse ids of the deleted ones (Redis does, within a ms).
                 model.ids = Default::default();
@@ -739,9 +967,17 @@ async fn credentials_on_the_model_and_redis_agree() {
             };
             let m = sim.invoke(&invocation);
             let r_ = invoke_on_redis(&mut conn, &invocation).await;
+            let scan = matches!(&invocation, Invocation::Plain(a) if a[0].as_ref() == b"SCAN");
             let coarse = |v: Value| match v {
                 // PTTL: only its sign is the same on two clocks.
                 Value::Int(n) if n > 1 => Value::Int(1),
+                // SCAN's order is Redis' hash table's (seeded per process): compare sorted.
+                Value::Array(mut page) if scan && page.len() == 2 => {
+                    if let Value::Array(keys) = &mut page[1] {
+                        keys.sort_by_key(|k| format!("{k:?}"));
+                    }
+                    Value::Array(page)
+                }
                 Value::Error(e) => Value::Error(e.split(' ').next().unwrap_or_default().into()),
                 other => other,
             };

@@ -279,3 +279,36 @@ async fn a_memory_url_connects_in_process_and_layers_do_not_share() {
         "clones share theirs"
     );
 }
+
+#[tokio::test]
+async fn backpressure_is_the_cores_error_to_match() {
+    use datalayer_core::producer::ProducerError;
+    let dl = memory();
+    let queue = dl
+        .queue("bp", &secrets(), QueueOptions::default().max_pending(2))
+        .expect("queue");
+    let jobs = (0..5).map(|n| AddJob {
+        session_id: "s".into(),
+        payload: format!("{n}").into_bytes(),
+        ..AddJob::default()
+    });
+    // One message: the first two await Redis, the other three are refused at once.
+    let results = queue.add_many(jobs).await.expect("running");
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Producer(ProducerError::Backpressure(2)))))
+        .count();
+    assert_eq!(refused, 3, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+    // A worker's bad setting is the core's error too.
+    let err = dl
+        .worker("bp", &secrets(), WorkerOptions::default().concurrency(0))
+        .expect_err("concurrency 0");
+    assert!(
+        matches!(
+            err,
+            Error::Worker(datalayer_core::worker::WorkerError::Concurrency(0))
+        ),
+        "{err:?}"
+    );
+}

@@ -74,6 +74,12 @@ impl ZSet {
         }
     }
 
+    /// The score of `member`, if it is in the set.
+    #[must_use]
+    pub fn score(&self, member: &[u8]) -> Option<u64> {
+        self.scores.get(member).copied()
+    }
+
     /// Whether `member` is in the set.
     #[must_use]
     pub fn contains(&self, member: &[u8]) -> bool {
