@@ -36,7 +36,7 @@ pub enum Error {
     Producer(#[from] datalayer_core::producer::ProducerError),
     /// The worker could not be set up, with the core's reason (a concurrency of 0, a lease
     /// too short, a name that cannot be a key).
-    #[error("worker: {0}")]
+    #[error(transparent)]
     Worker(#[from] datalayer_core::worker::WorkerError),
     /// The queue is paused (Sockethub's "queue closed"), or was shut down.
     #[error("queue closed")]
