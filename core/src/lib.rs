@@ -133,6 +133,7 @@ pub mod fuzz;
 mod hex;
 pub mod job;
 pub mod keys;
+pub mod mux;
 pub mod naming;
 pub mod producer;
 pub mod random;

@@ -11,18 +11,25 @@
 //! connection) and sends the new set. So 1,000 idle workers and 1,000 idle queues block on
 //! two connections, and a job reaches an idle worker one round trip after it is added.
 //!
-//! A read's reply is what a read of its stream alone would have had; a read that saw
-//! nothing by its deadline gets nil. A failed connection makes the outcome of every read of
-//! the command unknown ([`Reply::Unknown`]): the machines back off and read again, and the
-//! blocker connects anew for the next command.
+//! What goes out when, and who gets which part of a reply, is decided by the core's
+//! [`ReadMux`] (merging, deadlines, re-sending, NOGROUP routing, the CLIENT UNBLOCK retries;
+//! tested on the model with faults); this module only owns the connection, sends, and
+//! hands answers to the drivers. A read's reply is what a read of its stream alone would
+//! have had; a read that saw nothing by its deadline gets nil. A failed connection makes
+//! the outcome of every read of the command unknown ([`Reply::Unknown`]): the machines
+//! back off and read again, and the blocker connects anew for the next command.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use datalayer_core::command::{CommandKind, OpId, Reply};
+use datalayer_core::mux::{self, MuxCommand, ReadMux};
 use datalayer_core::scripts;
-use datalayer_core::value::{Value, split_read};
+use datalayer_core::value::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::connection::Conn;
@@ -67,28 +74,41 @@ impl Blocker {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = Task {
+        Self::spawn(Line::Redis(Box::new(RedisLine {
             client,
             shared,
             connect_timeout,
             response_timeout,
-            rx,
             conn: None,
-            pending: Vec::new(),
-        };
-        tokio::spawn(tracing::Instrument::instrument(
-            task.run(),
-            tracing::debug_span!("blocker"),
-        ));
-        Self { tx }
+            client_id: Arc::new(AtomicI64::new(0)),
+        })))
     }
 
     /// Starts the task that serves blocking reads on the in-process backend.
     #[cfg(feature = "memory")]
     pub(crate) fn start_in_memory(memory: Arc<crate::memory::Memory>) -> Self {
+        Self::spawn(Line::Memory {
+            memory,
+            unblock: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    fn spawn(line: Line) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(serve_in_memory(memory, rx));
+        let (unblocked_tx, unblocked_rx) = mpsc::unbounded_channel();
+        let task = Task {
+            line,
+            rx,
+            mux: ReadMux::new(),
+            replies: HashMap::new(),
+            tickets: HashMap::new(),
+            unblocked_tx,
+            unblocked_rx,
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            task.run(),
+            tracing::debug_span!("blocker"),
+        ));
         Self { tx }
     }
 
@@ -115,343 +135,262 @@ impl Blocker {
     }
 }
 
-struct Pending {
-    ticket: Ticket,
-    op: OpId,
-    kind: CommandKind,
-    reply: ReplyTx,
-    deadline_ms: u64,
-}
+/// The merged read that is out: its reply, and the connection it went on (kept for the
+/// next command when it is still good).
+type ReadOut = Pin<Box<dyn Future<Output = (Option<MultiplexedConnection>, Reply)> + Send>>;
 
-impl Pending {
-    fn stream(&self) -> &[u8] {
-        match &self.kind {
-            CommandKind::Read { keys, .. } => keys.jobs.as_bytes(),
-            CommandKind::ReadEvents { keys, .. } => keys.events.as_bytes(),
-            _ => b"",
-        }
-    }
-
-    fn answer(self, reply: Reply) {
-        let _ = self.reply.send((self.op, reply));
-    }
-}
-
-/// Takes a request: a read joins `pending` with its deadline; a cancelled read's deadline
-/// is now.
-fn apply(pending: &mut Vec<Pending>, req: Req) {
-    match req {
-        Req::Read {
-            ticket,
-            op,
-            kind,
-            reply,
-        } => {
-            let block = match &kind {
-                CommandKind::Read { block_ms, .. } | CommandKind::ReadEvents { block_ms, .. } => {
-                    block_ms.unwrap_or(0)
-                }
-                _ => 0,
-            };
-            pending.push(Pending {
-                ticket,
-                op,
-                kind,
-                reply,
-                deadline_ms: now_ms().saturating_add(block),
-            });
-        }
-        Req::Cancel(ticket) => {
-            if let Some(p) = pending.iter_mut().find(|p| p.ticket == ticket) {
-                p.deadline_ms = 0;
-            }
-        }
-    }
-}
-
-/// The blocking reads of the in-process backend: each runs whenever a pipeline changed the
-/// model, and is answered once it finds something (or an error), or at its deadline.
-#[cfg(feature = "memory")]
-async fn serve_in_memory(memory: Arc<crate::memory::Memory>, mut rx: mpsc::UnboundedReceiver<Req>) {
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut changes = memory.changes();
-    loop {
-        changes.borrow_and_update();
-        let now = now_ms();
-        let mut i = 0;
-        while i < pending.len() {
-            let value = memory.read(&pending[i].kind);
-            if value != Value::Nil || pending[i].deadline_ms <= now {
-                pending.swap_remove(i).answer(Reply::Value(value));
-            } else {
-                i += 1;
-            }
-        }
-        let deadline = pending.iter().map(|p| p.deadline_ms).min();
-        tokio::select! {
-            req = rx.recv() => match req {
-                Some(req) => apply(&mut pending, req),
-                None => {
-                    for p in pending {
-                        p.answer(Reply::Value(Value::Nil));
-                    }
-                    return;
-                }
-            },
-            _ = changes.changed() => {}
-            () = crate::clock::sleep_until_ms(deadline) => {}
-        }
-    }
-}
-
-struct Task {
+/// A blocking connection to Redis.
+struct RedisLine {
     client: redis::Client,
     shared: Conn,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// The dedicated connection, while no command is out on it.
+    conn: Option<MultiplexedConnection>,
+    /// Its client id (for CLIENT UNBLOCK); 0 while unknown.
+    client_id: Arc<AtomicI64>,
+}
+
+/// Where the merged reads go.
+enum Line {
+    Redis(Box<RedisLine>),
+    /// The in-process backend: a read waits for a pipeline to change the model, its
+    /// `BLOCK` to end, or an unblock.
+    #[cfg(feature = "memory")]
+    Memory {
+        memory: Arc<crate::memory::Memory>,
+        unblock: Arc<tokio::sync::Notify>,
+    },
+}
+
+/// The IO of one blocking connection; every decision is the [`ReadMux`]'s.
+struct Task {
+    line: Line,
     rx: mpsc::UnboundedReceiver<Req>,
-    /// The dedicated connection and its client id (for CLIENT UNBLOCK).
-    conn: Option<(MultiplexedConnection, i64)>,
-    pending: Vec<Pending>,
+    mux: ReadMux,
+    /// Where each read's answer goes, by the mux's ticket; the driver's tickets to the mux's.
+    replies: HashMap<mux::Ticket, ReplyTx>,
+    tickets: HashMap<Ticket, mux::Ticket>,
+    unblocked_tx: mpsc::UnboundedSender<Option<bool>>,
+    unblocked_rx: mpsc::UnboundedReceiver<Option<bool>>,
 }
 
 impl Task {
     async fn run(mut self) {
+        let mut out: Option<ReadOut> = None;
         loop {
-            if self.pending.is_empty() {
-                match self.rx.recv().await {
+            self.send(&mut out);
+            self.answer();
+            let wake = self.mux.poll_timeout();
+            tokio::select! {
+                req = self.rx.recv() => match req {
                     Some(req) => self.apply(req),
-                    None => return,
+                    // Every handle is gone: answer what waits (the drivers are gone too).
+                    None if out.is_none() => return,
+                    None => {}
+                },
+                done = async {
+                    match out.as_mut() {
+                        Some(read) => read.await,
+                        None => std::future::pending().await,
+                    }
+                }, if out.is_some() => {
+                    out = None;
+                    let (conn, reply) = done;
+                    #[allow(irrefutable_let_patterns)] // without the memory feature
+                    if let Line::Redis(line) = &mut self.line {
+                        if conn.is_none() {
+                            line.client_id.store(0, Ordering::Relaxed);
+                        }
+                        line.conn = conn;
+                    }
+                    self.mux.handle_read_reply(now_ms(), reply);
                 }
-            }
-            while let Ok(req) = self.rx.try_recv() {
-                self.apply(req);
-            }
-            if !self.pending.is_empty() {
-                self.round().await;
+                Some(unblocked) = self.unblocked_rx.recv() => {
+                    self.mux.handle_unblock_reply(now_ms(), unblocked);
+                }
+                () = crate::clock::sleep_until_ms(wake) => self.mux.handle_timeout(now_ms()),
             }
         }
     }
 
     fn apply(&mut self, req: Req) {
-        apply(&mut self.pending, req);
-    }
-
-    async fn connect(&mut self) -> redis::RedisResult<(MultiplexedConnection, i64)> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            // The real bound is per command: BLOCK + response_timeout, below.
-            .set_response_timeout(None);
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await?;
-        let _: () = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg("datalayer-blocker")
-            .query_async(&mut conn)
-            .await?;
-        Ok((conn, id))
-    }
-
-    /// One merged command: sends it, waits for it (interrupting it when the set of reads
-    /// changes), and answers the reads it settled.
-    async fn round(&mut self) {
         let now = now_ms();
-        self.expire(now);
-        if self.pending.is_empty() {
-            return;
-        }
-        let (mut conn, client_id) = match self.conn.take() {
-            Some(c) => c,
-            None => match self.connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "blocking connection failed: reads unknown");
-                    for p in std::mem::take(&mut self.pending) {
-                        p.answer(Reply::Unknown);
-                    }
-                    return;
+        match req {
+            Req::Read {
+                ticket,
+                op,
+                kind,
+                reply,
+            } => {
+                let t = self.mux.submit(now, op, kind);
+                self.tickets.insert(ticket, t);
+                self.replies.insert(t, reply);
+            }
+            Req::Cancel(ticket) => {
+                if let Some(t) = self.tickets.get(&ticket) {
+                    self.mux.cancel(now, *t);
                 }
-            },
-        };
-        let batch = self.batch();
-        let block_ms = batch
-            .iter()
-            .map(|&i| self.pending[i].deadline_ms.saturating_sub(now))
-            .min()
-            .unwrap_or(1);
-        let kinds: Vec<&CommandKind> = batch.iter().map(|&i| &self.pending[i].kind).collect();
-        let Some(invocation) = scripts::merged_read(&kinds, block_ms) else {
-            // Reads that cannot be merged (a bug in whoever made this blocker's key): each
-            // fails as unknown rather than blocking forever.
-            for p in std::mem::take(&mut self.pending) {
-                p.answer(Reply::Unknown);
-            }
-            self.conn = Some((conn, client_id));
-            return;
-        };
-        let streams: Vec<Vec<u8>> = batch
-            .iter()
-            .map(|&i| self.pending[i].stream().to_vec())
-            .collect();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        push(&mut pipe, &invocation);
-        let limit = Duration::from_millis(block_ms) + self.response_timeout;
-        let Some(value) = self.block(&mut conn, client_id, &pipe, limit).await else {
-            // The connection is dropped (a new one next round); the batch's reads may have
-            // delivered entries nobody saw: the machines treat them as unknown.
-            self.settle_batch(&batch, |_| Some(Reply::Unknown));
-            return;
-        };
-        self.conn = Some((conn, client_id));
-        self.distribute(&batch, &streams, value);
-    }
-
-    /// Answers the reads past their deadline that are not in a command: nothing came.
-    fn expire(&mut self, now: u64) {
-        let (expired, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.deadline_ms <= now);
-        self.pending = rest;
-        for p in expired {
-            p.answer(Reply::Value(Value::Nil));
-        }
-    }
-
-    /// The next command's reads: the first of each stream (a second read of one stream,
-    /// from a second queue instance in this process, waits for the next round).
-    fn batch(&self) -> Vec<usize> {
-        let mut batch: Vec<usize> = Vec::new();
-        for (i, p) in self.pending.iter().enumerate() {
-            if !batch
-                .iter()
-                .any(|&j| self.pending[j].stream() == p.stream())
-            {
-                batch.push(i);
             }
         }
-        batch
     }
 
-    /// Runs the blocking command, taking requests meanwhile: the first one interrupts it
-    /// (`CLIENT UNBLOCK`), later ones wait in the channel. `None`: no usable reply (the
-    /// connection is to be dropped).
-    async fn block(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-        client_id: i64,
-        pipe: &redis::Pipeline,
-        limit: Duration,
-    ) -> Option<Value> {
-        let done = Arc::new(AtomicBool::new(false));
-        let result = {
-            let query = tokio::time::timeout(limit, pipe.query_async::<Vec<redis::Value>>(conn));
-            tokio::pin!(query);
-            let mut interrupted = false;
-            loop {
-                tokio::select! {
-                    r = &mut query => break r,
-                    req = self.rx.recv(), if !interrupted => {
-                        interrupted = true;
-                        if let Some(req) = req {
-                            self.apply(req);
-                            self.unblock(client_id, done.clone());
+    /// Hands each answer to its driver.
+    fn answer(&mut self) {
+        while let Some(a) = self.mux.poll_answer() {
+            self.tickets.retain(|_, t| *t != a.ticket);
+            if let Some(tx) = self.replies.remove(&a.ticket) {
+                let _ = tx.send((a.op, a.reply));
+            }
+        }
+    }
+
+    /// Sends what the mux asks for: the merged read (at most one out), unblocks.
+    fn send(&mut self, out: &mut Option<ReadOut>) {
+        while let Some(cmd) = self.mux.poll_command() {
+            match cmd {
+                MuxCommand::Read { reads, block_ms } => {
+                    *out = Some(match &mut self.line {
+                        Line::Redis(line) => line.read(reads, block_ms),
+                        #[cfg(feature = "memory")]
+                        Line::Memory { memory, unblock } => {
+                            read_in_memory(memory.clone(), unblock.clone(), reads, block_ms)
                         }
-                    }
+                    });
                 }
-            }
-        };
-        done.store(true, Ordering::Relaxed);
-        match result {
-            Ok(Ok(mut values)) if values.len() == 1 => values.pop().map(to_value),
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "blocking read failed: outcomes unknown");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(?limit, "blocking read timed out: outcomes unknown");
-                None
+                MuxCommand::Unblock => match &self.line {
+                    Line::Redis(line) => line.unblock(self.unblocked_tx.clone()),
+                    #[cfg(feature = "memory")]
+                    Line::Memory { unblock, .. } => {
+                        unblock.notify_one();
+                        let _ = self.unblocked_tx.send(Some(true));
+                    }
+                },
             }
         }
     }
+}
 
-    /// Hands each read of `batch` (on `streams`) its part of the merged reply `value`.
-    fn distribute(&mut self, batch: &[usize], streams: &[Vec<u8>], value: Value) {
-        let now = now_ms();
-        match value {
-            Value::Error(e) => {
-                // NOGROUP names its stream: that read gets the error (its worker makes the
-                // group again), the others go on. Any other error goes to every read.
-                let named = streams
-                    .iter()
-                    .position(|s| e.contains(&*String::from_utf8_lossy(s)));
-                self.settle_batch(batch, |i| match named {
-                    Some(n) if n != i => None,
-                    _ => Some(Reply::Value(Value::Error(e.clone()))),
-                });
-            }
-            value => {
-                let keys: Vec<&[u8]> = streams.iter().map(Vec::as_slice).collect();
-                match split_read(value, &keys) {
-                    Ok(mut parts) => {
-                        let deadlines: Vec<u64> =
-                            batch.iter().map(|&i| self.pending[i].deadline_ms).collect();
-                        // Each read takes its part (entries and their envelopes are not copied).
-                        self.settle_batch(batch, |i| match &mut parts[i] {
-                            Value::Nil if deadlines[i] > now => None,
-                            part => Some(Reply::Value(std::mem::replace(part, Value::Nil))),
-                        });
+impl RedisLine {
+    /// The merged read, on the dedicated connection (connecting first when there is none).
+    fn read(&mut self, reads: Vec<CommandKind>, block_ms: u64) -> ReadOut {
+        let conn = self.conn.take();
+        let client = self.client.clone();
+        let client_id = self.client_id.clone();
+        let connect_timeout = self.connect_timeout;
+        let limit = Duration::from_millis(block_ms) + self.response_timeout;
+        Box::pin(async move {
+            let refs: Vec<&CommandKind> = reads.iter().collect();
+            let Some(invocation) = scripts::merged_read(&refs, block_ms) else {
+                let e = Value::Error("ERR reads that do not merge".into());
+                return (conn, Reply::Value(e));
+            };
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            push(&mut pipe, &invocation);
+            let mut conn = match conn {
+                Some(c) => c,
+                None => match connect(&client, connect_timeout).await {
+                    Ok((c, id)) => {
+                        client_id.store(id, Ordering::Relaxed);
+                        c
                     }
                     Err(e) => {
-                        let msg = format!("ERR merged read reply: {e}");
-                        self.settle_batch(batch, |_| Some(Reply::Value(Value::Error(msg.clone()))));
+                        tracing::warn!(error = %e, "blocking connection failed: reads unknown");
+                        return (None, Reply::Unknown);
                     }
+                },
+            };
+            let query = pipe.query_async::<Vec<redis::Value>>(&mut conn);
+            match tokio::time::timeout(limit, query).await {
+                Ok(Ok(mut values)) if values.len() == 1 => {
+                    let v = values.pop().map_or(Value::Nil, to_value);
+                    (Some(conn), Reply::Value(v))
+                }
+                Ok(Ok(_)) => (None, Reply::Unknown),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "blocking read failed: outcomes unknown");
+                    (None, Reply::Unknown)
+                }
+                Err(_) => {
+                    tracing::warn!(?limit, "blocking read timed out: outcomes unknown");
+                    (None, Reply::Unknown)
                 }
             }
-        }
+        })
     }
 
-    fn settle_batch(&mut self, batch: &[usize], mut reply: impl FnMut(usize) -> Option<Reply>) {
-        let mut answers: Vec<(usize, Reply)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(b, &i)| reply(b).map(|r| (i, r)))
-            .collect();
-        // Remove from the back so that earlier indices stay valid.
-        answers.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-        for (i, r) in answers {
-            self.pending.swap_remove(i).answer(r);
-        }
-    }
-
-    /// Interrupts the blocked command: `CLIENT UNBLOCK` on the shared connection, again a
-    /// few times if it came before the command blocked, until the command has returned.
-    fn unblock(&self, client_id: i64, done: Arc<AtomicBool>) {
+    /// `CLIENT UNBLOCK` of the dedicated connection, on the shared one; its answer comes
+    /// back to the mux.
+    fn unblock(&self, tx: mpsc::UnboundedSender<Option<bool>>) {
         let mut shared = self.shared.clone();
+        let id = self.client_id.load(Ordering::Relaxed);
         tokio::spawn(async move {
-            for attempt in 0..50u32 {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                let unblocked: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            let unblocked = if id == 0 {
+                None
+            } else {
+                redis::cmd("CLIENT")
                     .arg("UNBLOCK")
-                    .arg(client_id)
-                    .query_async(&mut shared)
-                    .await;
-                if matches!(unblocked, Ok(1)) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) + 1)).await;
-            }
+                    .arg(id)
+                    .query_async::<i64>(&mut shared)
+                    .await
+                    .ok()
+                    .map(|n| n == 1)
+            };
+            let _ = tx.send(unblocked);
         });
     }
+}
+
+/// A merged read on the in-process backend: run at once, and again whenever a pipeline
+/// changed the model, until it finds something, its `BLOCK` ends, or it is unblocked.
+#[cfg(feature = "memory")]
+fn read_in_memory(
+    memory: Arc<crate::memory::Memory>,
+    unblock: Arc<tokio::sync::Notify>,
+    reads: Vec<CommandKind>,
+    block_ms: u64,
+) -> ReadOut {
+    Box::pin(async move {
+        let deadline = now_ms().saturating_add(block_ms);
+        let mut changes = memory.changes();
+        loop {
+            changes.borrow_and_update();
+            let value = memory.read_merged(&reads);
+            if value != Value::Nil || now_ms() >= deadline {
+                return (None, Reply::Value(value));
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = unblock.notified() => return (None, Reply::Value(Value::Nil)),
+                () = crate::clock::sleep_until_ms(Some(deadline)) => {}
+            }
+        }
+    })
+}
+
+/// A dedicated connection for blocking reads, and its client id.
+async fn connect(
+    client: &redis::Client,
+    connect_timeout: Duration,
+) -> redis::RedisResult<(MultiplexedConnection, i64)> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        // The real bound is per command: BLOCK + response_timeout.
+        .set_response_timeout(None);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut conn)
+        .await?;
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("datalayer-blocker")
+        .query_async(&mut conn)
+        .await?;
+    Ok((conn, id))
 }
 
 /// A driver's side of blocking reads: at most one read in flight (the machines never send

@@ -3,9 +3,9 @@
 //! redis-server on every command datalayer sends) behind a mutex, on the wall clock.
 //!
 //! Pipelines run at once, in one critical section each (as Redis runs one command at a
-//! time). A blocking read is served by a task of the layer's: it runs the read whenever a
-//! pipeline has changed the keyspace, and answers it once it finds something or its
-//! `BLOCK` has passed.
+//! time). Blocking reads are merged by the same [`datalayer_core::mux::ReadMux`] as on
+//! Redis; a merged read runs whenever a pipeline has changed the keyspace, until it finds
+//! something, its `BLOCK` has passed, or the mux interrupts it.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -72,10 +72,10 @@ impl Memory {
         replies
     }
 
-    /// Runs one read of a blocking reader now (which changes nothing another reader waits
-    /// for: reads deliver entries, they do not add any).
-    pub(crate) fn read(&self, kind: &CommandKind) -> Value {
-        self.sim().execute(kind)
+    /// Runs a merged read of blocking readers now, without blocking (which changes nothing
+    /// another reader waits for: reads deliver entries, they do not add any).
+    pub(crate) fn read_merged(&self, reads: &[CommandKind]) -> Value {
+        self.sim().execute_merged(reads)
     }
 
     /// News of every pipeline that runs from now on.

@@ -1019,3 +1019,128 @@ async fn credentials_on_the_model_and_redis_agree() {
         "{m:?}"
     );
 }
+
+/// The merged blocking reads (`scripts::merged_read`: one XREADGROUP over several work
+/// streams, one XREAD over several events streams) on the model (`Sim::execute_merged`,
+/// what the in-process backend runs) and on redis-server, in random sequences with a
+/// stream whose group is missing (NOGROUP), entries added, and COUNTs that differ: the
+/// same replies (BLOCK 1 ms on Redis, nothing blocks on the model).
+#[tokio::test]
+async fn merged_reads_on_the_model_and_redis_agree() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = connect(&server).await;
+    let mut steps = 0;
+    // Redis ends a BLOCK that found nothing on its cron (10 Hz): few, long sequences.
+    for seed in 0..12u64 {
+        let queues: Vec<Arc<QueueKeys>> = (0..3)
+            .map(|q| Arc::new(QueueKeys::new("dl", &format!("m{seed}-{q}")).expect("keys")))
+            .collect();
+        let mut sim = Sim::new(redis_time(&mut conn).await);
+        // Per stream, per side: the ids seen (ids are unique within a stream only).
+        let mut model: Vec<Side> = (0..6).map(|_| Side::new(0)).collect();
+        let mut real: Vec<Side> = (0..6).map(|_| Side::new(0)).collect();
+        let mut rng = SeededRandom::new(seed);
+        for step in 0..60 {
+            sim.set_time(sim.now_ms() + 1);
+            let mut r = |n: u64| (rng.next_u64() % n) as usize;
+            let q = r(3);
+            match r(5) {
+                0 if q < 2 => {
+                    let kind = CommandKind::EnsureGroup {
+                        keys: queues[q].clone(),
+                    };
+                    sim.execute(&kind);
+                    on_redis(&mut conn, step, kind).await;
+                }
+                0 | 1 => {
+                    // An entry in a work stream or in an events stream.
+                    let key = if r(2) == 0 {
+                        &queues[q].jobs
+                    } else {
+                        &queues[q].events
+                    };
+                    let fields = vec![(b"j".to_vec(), format!("{step}").into_bytes())];
+                    sim.xadd_raw(key, fields).expect("xadd");
+                    let _: String = redis::cmd("XADD")
+                        .arg(key)
+                        .arg("*")
+                        .arg("j")
+                        .arg(step.to_string())
+                        .query_async(&mut conn)
+                        .await
+                        .expect("xadd");
+                }
+                kind => {
+                    let picked: Vec<usize> = (0..3).filter(|_| r(2) == 0).collect();
+                    if picked.is_empty() {
+                        continue;
+                    }
+                    let reads: Vec<CommandKind> = picked
+                        .iter()
+                        .map(|&q| {
+                            if kind == 4 {
+                                CommandKind::ReadEvents {
+                                    keys: queues[q].clone(),
+                                    after: EntryId::ZERO,
+                                    count: 1 + r(3) as u32,
+                                    block_ms: Some(1),
+                                }
+                            } else {
+                                CommandKind::Read {
+                                    keys: queues[q].clone(),
+                                    consumer: "c".into(),
+                                    count: 1 + r(3) as u32,
+                                    block_ms: Some(1),
+                                }
+                            }
+                        })
+                        .collect();
+                    let refs: Vec<&CommandKind> = reads.iter().collect();
+                    let invocation =
+                        datalayer_core::scripts::merged_read(&refs, 1).expect("they merge");
+                    let m = sim.execute_merged(&reads);
+                    let real_reply = invoke_on_redis(&mut conn, &invocation).await;
+                    // Each stream's part, normalized in that stream's namespace.
+                    let streams: Vec<Vec<u8>> = picked
+                        .iter()
+                        .map(|&q| {
+                            let k = if kind == 4 {
+                                &queues[q].events
+                            } else {
+                                &queues[q].jobs
+                            };
+                            k.as_bytes().to_vec()
+                        })
+                        .collect();
+                    let split = |v: Value| match v {
+                        Value::Error(e) => Err(e.split(' ').next().unwrap_or_default().to_owned()),
+                        v => Ok(datalayer_core::value::split_read(
+                            v,
+                            &streams.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+                        )
+                        .expect("a merged reply")),
+                    };
+                    let (m, rr) = (split(m), split(real_reply));
+                    let ns = |i: usize| picked[i] + if kind == 4 { 3 } else { 0 };
+                    let m = m.map(|parts| {
+                        parts
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, p)| model[ns(i)].normalize(JOBS_NS, p))
+                            .collect::<Vec<_>>()
+                    });
+                    let rr = rr.map(|parts| {
+                        parts
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, p)| real[ns(i)].normalize(JOBS_NS, p))
+                            .collect::<Vec<_>>()
+                    });
+                    assert_eq!(m, rr, "seed {seed} step {step}: {reads:?}");
+                    steps += 1;
+                }
+            }
+        }
+    }
+    assert!(steps > 200, "{steps} merged reads compared");
+}

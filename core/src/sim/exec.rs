@@ -39,7 +39,7 @@ fn read_reply(key: &str, entries: Vec<(EntryId, Fields)>) -> Value {
     ])])
 }
 
-fn nogroup(key: &str, command: &str) -> String {
+pub(super) fn nogroup(key: &str, command: &str) -> String {
     format!("NOGROUP No such key '{key}' or consumer group '{GROUP}' in {command}")
 }
 

@@ -165,6 +165,60 @@ impl Sim {
         exec::run(self, kind).unwrap_or_else(Value::Error)
     }
 
+    /// Runs a merged blocking read ([`crate::scripts::merged_read`] of `reads`) as Redis
+    /// runs it, without blocking: every stream's group is checked first (`NOGROUP` before
+    /// anything is read), then each stream is read with the command's `COUNT` (the least of
+    /// the reads'); the reply names the streams that had entries, nil if none had.
+    pub fn execute_merged(&mut self, reads: &[CommandKind]) -> Value {
+        let count = reads
+            .iter()
+            .filter_map(|r| match r {
+                CommandKind::Read { count, .. } | CommandKind::ReadEvents { count, .. } => {
+                    Some(*count)
+                }
+                _ => None,
+            })
+            .min()
+            .unwrap_or(1);
+        for r in reads {
+            if let CommandKind::Read { keys, .. } = r {
+                let grouped = self
+                    .stream(&keys.jobs)
+                    .is_some_and(|s| s.groups.contains_key(crate::naming::GROUP));
+                if !grouped {
+                    self.executed += 1;
+                    return Value::Error(exec::nogroup(&keys.jobs, "XREADGROUP with GROUP option"));
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        for r in reads {
+            let mut r = r.clone();
+            match &mut r {
+                CommandKind::Read {
+                    count: c, block_ms, ..
+                }
+                | CommandKind::ReadEvents {
+                    count: c, block_ms, ..
+                } => {
+                    *c = count;
+                    *block_ms = None;
+                }
+                _ => return Value::Error("ERR not a read".into()),
+            }
+            match self.execute(&r) {
+                Value::Array(a) => parts.extend(a),
+                Value::Nil => {}
+                other => return other,
+            }
+        }
+        if parts.is_empty() {
+            Value::Nil
+        } else {
+            Value::Array(parts)
+        }
+    }
+
     /// The key names, sorted.
     #[must_use]
     pub fn keys(&self) -> Vec<&str> {

@@ -1,0 +1,392 @@
+//! The blocking reads of idle readers, merged onto one connection: a sans-io machine.
+//!
+//! An idle worker or queue sends its next read with `BLOCK`. Such a read must not sit on the
+//! command connection (it would hold every pipeline behind it), so the adapter gives each
+//! consumer name (and the queues' events) one blocking connection, and this machine decides
+//! what goes on it: the reads of every idle reader it serves, merged into one command
+//! ([`crate::scripts::merged_read`]: one `XREADGROUP` for reads that share a consumer name,
+//! one `XREAD` for events reads), at most one read per stream per command.
+//!
+//! - A read is answered with what a read of its stream alone would have had: entries, or
+//!   nil once its own `BLOCK` has passed (or it was [cancelled](ReadMux::cancel)); a read
+//!   whose part of a merged reply is empty before its deadline stays for the next command.
+//! - A read that arrives (or is cancelled) while a command blocks interrupts it
+//!   ([`MuxCommand::Unblock`]: `CLIENT UNBLOCK` on another connection), so that the next
+//!   command carries it; an unblock that came before the command blocked (`0`) is sent
+//!   again, a few ms later, up to [`UNBLOCK_ATTEMPTS`] times, while the command is out.
+//! - An error naming one stream (`NOGROUP`: its group is gone) goes to that stream's read
+//!   only (its worker makes the group again); the others stay for the next command. Any
+//!   other error, and an unknown outcome ([`Reply::Unknown`]: the connection failed, and the
+//!   command may have delivered entries nobody saw), goes to every read of the command.
+//!
+//! Inputs and outputs follow the engine's machines: feed [`ReadMux::submit`],
+//! [`ReadMux::cancel`], [`ReadMux::handle_read_reply`], [`ReadMux::handle_unblock_reply`]
+//! and [`ReadMux::handle_timeout`], then drain [`ReadMux::poll_command`] and
+//! [`ReadMux::poll_answer`]; call `handle_timeout` at [`ReadMux::poll_timeout`]. Time may go
+//! backwards (deadlines are compared, never subtracted unsaturated); a timeout that finds
+//! nothing due is a no-op. Every submitted read is answered exactly once.
+
+use std::collections::VecDeque;
+
+use crate::command::{CommandKind, OpId, Reply};
+use crate::value::{Value, split_read};
+
+/// How often an unblock that found nothing blocked is sent again while the command is out.
+pub const UNBLOCK_ATTEMPTS: u32 = 50;
+
+/// Names one submitted read (to cancel it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxCommand {
+    /// Send these reads as one command, `scripts::merged_read(&reads, block_ms)`, on the
+    /// blocking connection; its reply goes to [`ReadMux::handle_read_reply`]. At most one is
+    /// out at a time.
+    Read {
+        /// The reads, all of one kind (and consumer), each of another stream.
+        reads: Vec<CommandKind>,
+        /// The command's `BLOCK` (ms, at least 1): until the earliest deadline of its reads.
+        block_ms: u64,
+    },
+    /// Interrupt the read command that is out: `CLIENT UNBLOCK <its connection's id>`; the
+    /// reply goes to [`ReadMux::handle_unblock_reply`].
+    Unblock,
+}
+
+/// A read's reply, for the reader that submitted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The read.
+    pub ticket: Ticket,
+    /// The reader's op id for it.
+    pub op: OpId,
+    /// What a read of its stream alone would have had.
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone)]
+struct Waiting {
+    ticket: Ticket,
+    op: OpId,
+    kind: CommandKind,
+    deadline_ms: u64,
+}
+
+impl Waiting {
+    fn stream(&self) -> &[u8] {
+        match &self.kind {
+            CommandKind::Read { keys, .. } => keys.jobs.as_bytes(),
+            CommandKind::ReadEvents { keys, .. } => keys.events.as_bytes(),
+            _ => b"",
+        }
+    }
+
+    /// Whether `other` can go in one command with this read.
+    fn merges_with(&self, other: &Waiting) -> bool {
+        match (&self.kind, &other.kind) {
+            (CommandKind::Read { consumer: a, .. }, CommandKind::Read { consumer: b, .. }) => {
+                a == b
+            }
+            (CommandKind::ReadEvents { .. }, CommandKind::ReadEvents { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where the interruption of the command that is out stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// Not asked for.
+    No,
+    /// An unblock is out.
+    Sent { attempt: u32 },
+    /// The last unblock found nothing blocked: send another at this time.
+    Again { attempt: u32, at_ms: u64 },
+    /// Done (the command was unblocked, or attempts ran out).
+    Done,
+}
+
+/// The command that is out.
+#[derive(Debug, Clone)]
+struct InFlight {
+    tickets: Vec<Ticket>,
+    interrupt: Interrupt,
+}
+
+/// The multiplexer of one blocking connection.
+#[derive(Debug, Default)]
+pub struct ReadMux {
+    next_ticket: u64,
+    /// Every read not answered yet, in arrival order (those in the command included).
+    waiting: Vec<Waiting>,
+    in_flight: Option<InFlight>,
+    commands: VecDeque<MuxCommand>,
+    answers: VecDeque<Answer>,
+}
+
+impl ReadMux {
+    /// A multiplexer with nothing to read.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many reads wait for their answer.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Takes a blocking read of a reader (`op`: the reader's op id, given back with the
+    /// answer); its deadline is `now` plus its `BLOCK`. Anything but a read is answered at
+    /// once with an error reply.
+    pub fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> Ticket {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let block = match &kind {
+            CommandKind::Read { block_ms, .. } | CommandKind::ReadEvents { block_ms, .. } => {
+                block_ms.unwrap_or(0)
+            }
+            _ => {
+                self.answers.push_back(Answer {
+                    ticket,
+                    op,
+                    reply: Reply::Value(Value::Error("ERR not a read".into())),
+                });
+                return ticket;
+            }
+        };
+        self.waiting.push(Waiting {
+            ticket,
+            op,
+            kind,
+            deadline_ms: now_ms.saturating_add(block),
+        });
+        self.interrupt(now_ms);
+        self.pump(now_ms);
+        ticket
+    }
+
+    /// Ends the read's wait now: it is answered with what the command that is out brings
+    /// for it (nil if nothing), or at once with nil if it is not in one. A read already
+    /// answered is a no-op.
+    pub fn cancel(&mut self, now_ms: u64, ticket: Ticket) {
+        let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) else {
+            return;
+        };
+        if self.is_out(ticket) {
+            self.waiting[i].deadline_ms = 0;
+            self.interrupt(now_ms);
+        } else {
+            let w = self.waiting.remove(i);
+            self.answer(w, Reply::Value(Value::Nil));
+        }
+        self.pump(now_ms);
+    }
+
+    /// The reply of the [`MuxCommand::Read`] that is out (its whole merged reply, or
+    /// `Unknown`/`NotSent`). A reply when none is out is ignored.
+    pub fn handle_read_reply(&mut self, now_ms: u64, reply: Reply) {
+        let Some(out) = self.in_flight.take() else {
+            return;
+        };
+        let streams: Vec<Vec<u8>> = out
+            .tickets
+            .iter()
+            .filter_map(|t| self.find(*t).map(|w| w.stream().to_vec()))
+            .collect();
+        match reply {
+            Reply::Value(Value::Error(e)) => {
+                // An error that names one of the streams is that read's (NOGROUP).
+                let named = streams
+                    .iter()
+                    .position(|s| !s.is_empty() && e.contains(&*String::from_utf8_lossy(s)));
+                for (i, t) in out.tickets.iter().enumerate() {
+                    if named.is_none_or(|n| n == i) {
+                        self.settle(*t, Reply::Value(Value::Error(e.clone())));
+                    }
+                }
+            }
+            Reply::Value(value) => {
+                let keys: Vec<&[u8]> = streams.iter().map(Vec::as_slice).collect();
+                match split_read(value, &keys) {
+                    Ok(parts) => {
+                        for (t, part) in out.tickets.iter().zip(parts) {
+                            let due = self.find(*t).is_some_and(|w| w.deadline_ms <= now_ms);
+                            if part != Value::Nil || due {
+                                self.settle(*t, Reply::Value(part));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("ERR merged read reply: {e}");
+                        for t in &out.tickets {
+                            self.settle(*t, Reply::Value(Value::Error(msg.clone())));
+                        }
+                    }
+                }
+            }
+            other => {
+                for t in &out.tickets {
+                    self.settle(*t, other.clone());
+                }
+            }
+        }
+        self.pump(now_ms);
+    }
+
+    /// The reply of a [`MuxCommand::Unblock`]: `Some(true)` it unblocked the command,
+    /// `Some(false)` nothing was blocked (the command has not reached Redis yet, or just
+    /// returned), `None` it failed. While the command is out, an unblock that did not
+    /// unblock is sent again shortly.
+    pub fn handle_unblock_reply(&mut self, now_ms: u64, unblocked: Option<bool>) {
+        let Some(out) = self.in_flight.as_mut() else {
+            return;
+        };
+        if let Interrupt::Sent { attempt } = out.interrupt {
+            out.interrupt = match unblocked {
+                Some(true) => Interrupt::Done,
+                _ if attempt + 1 >= UNBLOCK_ATTEMPTS => Interrupt::Done,
+                _ => Interrupt::Again {
+                    attempt: attempt + 1,
+                    at_ms: now_ms.saturating_add(u64::from(attempt.min(10)) + 1),
+                },
+            };
+        }
+    }
+
+    /// Time passed: reads past their deadline that are not in a command are answered (nil),
+    /// an unblock due again is sent.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if let Some(out) = self.in_flight.as_mut() {
+            if let Interrupt::Again { attempt, at_ms } = out.interrupt {
+                if at_ms <= now_ms {
+                    out.interrupt = Interrupt::Sent { attempt };
+                    self.commands.push_back(MuxCommand::Unblock);
+                }
+            }
+        }
+        self.pump(now_ms);
+    }
+
+    /// When to call [`ReadMux::handle_timeout`]: the next unblock to send again, or the
+    /// earliest deadline of a read not in a command.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let again = match self.in_flight.as_ref().map(|o| o.interrupt) {
+            Some(Interrupt::Again { at_ms, .. }) => Some(at_ms),
+            _ => None,
+        };
+        let deadlines = self
+            .waiting
+            .iter()
+            .filter(|w| !self.is_out(w.ticket))
+            .map(|w| w.deadline_ms);
+        again.into_iter().chain(deadlines).min()
+    }
+
+    /// The next command to send.
+    pub fn poll_command(&mut self) -> Option<MuxCommand> {
+        self.commands.pop_front()
+    }
+
+    /// The next answer for a reader.
+    pub fn poll_answer(&mut self) -> Option<Answer> {
+        self.answers.pop_front()
+    }
+
+    fn find(&self, ticket: Ticket) -> Option<&Waiting> {
+        self.waiting.iter().find(|w| w.ticket == ticket)
+    }
+
+    fn is_out(&self, ticket: Ticket) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|o| o.tickets.contains(&ticket))
+    }
+
+    fn answer(&mut self, w: Waiting, reply: Reply) {
+        self.answers.push_back(Answer {
+            ticket: w.ticket,
+            op: w.op,
+            reply,
+        });
+    }
+
+    /// Answers `ticket` (if it still waits).
+    fn settle(&mut self, ticket: Ticket, reply: Reply) {
+        if let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) {
+            let w = self.waiting.remove(i);
+            self.answer(w, reply);
+        }
+    }
+
+    /// Asks for the command that is out to be interrupted (once per command).
+    fn interrupt(&mut self, _now_ms: u64) {
+        if let Some(out) = self.in_flight.as_mut() {
+            if out.interrupt == Interrupt::No {
+                out.interrupt = Interrupt::Sent { attempt: 0 };
+                self.commands.push_back(MuxCommand::Unblock);
+            }
+        }
+    }
+
+    /// With no command out: answers the reads past their deadline, then sends the next
+    /// command (the first waiting read, and every later one that merges with it, one per
+    /// stream).
+    fn pump(&mut self, now_ms: u64) {
+        if self.in_flight.is_some() {
+            // Reads not in the command still end at their deadline.
+            let out: Vec<Ticket> = self
+                .in_flight
+                .iter()
+                .flat_map(|o| o.tickets.clone())
+                .collect();
+            self.expire(now_ms, &out);
+            return;
+        }
+        self.expire(now_ms, &[]);
+        let Some(first) = self.waiting.first() else {
+            return;
+        };
+        let mut batch: Vec<&Waiting> = vec![first];
+        for w in &self.waiting[1..] {
+            if first.merges_with(w) && !batch.iter().any(|b| b.stream() == w.stream()) {
+                batch.push(w);
+            }
+        }
+        let block_ms = batch
+            .iter()
+            .map(|w| w.deadline_ms.saturating_sub(now_ms))
+            .min()
+            .unwrap_or(1)
+            .max(1);
+        let tickets = batch.iter().map(|w| w.ticket).collect();
+        let reads = batch.iter().map(|w| w.kind.clone()).collect();
+        self.commands
+            .push_back(MuxCommand::Read { reads, block_ms });
+        self.in_flight = Some(InFlight {
+            tickets,
+            interrupt: Interrupt::No,
+        });
+    }
+
+    /// Answers (nil) the reads past their deadline, but those in `out`.
+    fn expire(&mut self, now_ms: u64, out: &[Ticket]) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = &self.waiting[i];
+            if w.deadline_ms <= now_ms && !out.contains(&w.ticket) {
+                let w = self.waiting.remove(i);
+                self.answer(w, Reply::Value(Value::Nil));
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests;

@@ -1,0 +1,393 @@
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::*;
+use crate::naming::{GROUP, QueueKeys};
+use crate::random::{Random, SeededRandom};
+use crate::sim::Sim;
+use crate::value::EntryId;
+
+fn keys(q: &str) -> Arc<QueueKeys> {
+    Arc::new(QueueKeys::new("dl", q).expect("keys"))
+}
+
+fn read(q: &str, count: u32, block_ms: u64) -> CommandKind {
+    CommandKind::Read {
+        keys: keys(q),
+        consumer: "c".into(),
+        count,
+        block_ms: Some(block_ms),
+    }
+}
+
+fn entries_of(reply: &Reply) -> Vec<EntryId> {
+    let Reply::Value(Value::Array(streams)) = reply else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for s in streams {
+        if let Value::Array(parts) = s {
+            if let Some(Value::Array(entries)) = parts.get(1) {
+                for e in entries {
+                    if let Value::Array(e) = e {
+                        if let Some(Value::Bulk(id)) = e.first() {
+                            ids.extend(EntryId::parse(id));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn run_merged(sim: &mut Sim, reads: &[CommandKind]) -> Value {
+    sim.execute_merged(reads)
+}
+
+fn drain(mux: &mut ReadMux) -> (Vec<MuxCommand>, Vec<Answer>) {
+    (
+        std::iter::from_fn(|| mux.poll_command()).collect(),
+        std::iter::from_fn(|| mux.poll_answer()).collect(),
+    )
+}
+
+#[test]
+fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
+    let mut mux = ReadMux::new();
+    let a = mux.submit(0, OpId(1), read("q0", 5, 5_000));
+    let (cmds, answers) = drain(&mut mux);
+    assert!(answers.is_empty());
+    assert_eq!(
+        cmds,
+        vec![MuxCommand::Read {
+            reads: vec![read("q0", 5, 5_000)],
+            block_ms: 5_000
+        }]
+    );
+    // A read of another stream interrupts the command; so would a second read of q0.
+    let b = mux.submit(10, OpId(2), read("q1", 5, 5_000));
+    let c = mux.submit(10, OpId(3), read("q0", 5, 1_000));
+    assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
+    mux.handle_unblock_reply(11, Some(true));
+    mux.handle_read_reply(12, Reply::Value(Value::Nil));
+    // The next command: a and b (one per stream), until the earliest deadline; c waits.
+    let (cmds, answers) = drain(&mut mux);
+    assert!(answers.is_empty(), "{answers:?}");
+    assert_eq!(
+        cmds,
+        vec![MuxCommand::Read {
+            reads: vec![read("q0", 5, 5_000), read("q1", 5, 5_000)],
+            block_ms: 4_988
+        }]
+    );
+    // c's deadline passes while it is not in the command: nil at its deadline.
+    assert_eq!(mux.poll_timeout(), Some(1_010));
+    mux.handle_timeout(1_010);
+    let (_, answers) = drain(&mut mux);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        (answers[0].ticket, &answers[0].reply),
+        (c, &Reply::Value(Value::Nil))
+    );
+    // An unknown outcome goes to every read of the command.
+    mux.handle_read_reply(1_020, Reply::Unknown);
+    let (_, answers) = drain(&mut mux);
+    let got: Vec<(Ticket, Reply)> = answers.into_iter().map(|x| (x.ticket, x.reply)).collect();
+    assert_eq!(got, vec![(a, Reply::Unknown), (b, Reply::Unknown)]);
+    assert_eq!(mux.waiting(), 0);
+    assert_eq!(mux.poll_timeout(), None);
+}
+
+#[test]
+fn an_early_unblock_is_sent_again_until_it_lands() {
+    let mut mux = ReadMux::new();
+    mux.submit(0, OpId(1), read("q0", 1, 5_000));
+    drain(&mut mux);
+    mux.submit(1, OpId(2), read("q1", 1, 5_000));
+    assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
+    // Nothing was blocked yet: again, 1 ms later, then 2 ms later.
+    mux.handle_unblock_reply(2, Some(false));
+    assert_eq!(mux.poll_timeout(), Some(3));
+    mux.handle_timeout(2);
+    assert!(drain(&mut mux).0.is_empty(), "not yet due");
+    mux.handle_timeout(3);
+    assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
+    mux.handle_unblock_reply(4, None);
+    assert_eq!(mux.poll_timeout(), Some(6));
+    mux.handle_timeout(6);
+    assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
+    mux.handle_unblock_reply(7, Some(true));
+    assert_eq!(
+        mux.poll_timeout(),
+        Some(5_001),
+        "q1 waits outside the command: its deadline"
+    );
+    // Late replies of an unblock after the command returned change nothing.
+    mux.handle_read_reply(8, Reply::Value(Value::Nil));
+    mux.handle_unblock_reply(9, Some(false));
+    let (cmds, _) = drain(&mut mux);
+    assert!(matches!(cmds.as_slice(), [MuxCommand::Read { reads, .. }] if reads.len() == 2));
+}
+
+#[test]
+fn nogroup_goes_to_its_stream_only_and_cancel_ends_a_wait() {
+    let mut mux = ReadMux::new();
+    let a = mux.submit(0, OpId(1), read("q0", 1, 5_000));
+    drain(&mut mux);
+    mux.submit(0, OpId(2), read("q1", 1, 5_000));
+    mux.handle_unblock_reply(0, Some(true));
+    mux.handle_read_reply(0, Reply::Value(Value::Nil));
+    drain(&mut mux);
+    let err = "NOGROUP No such key 'dl:{q1}:jobs' or consumer group 'workers'".to_owned();
+    mux.handle_read_reply(5, Reply::Value(Value::Error(err.clone())));
+    let (cmds, answers) = drain(&mut mux);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].op, OpId(2));
+    assert_eq!(answers[0].reply, Reply::Value(Value::Error(err)));
+    // q0's read goes out again on its own; cancelling it interrupts and its nil comes back.
+    assert!(matches!(cmds.as_slice(), [MuxCommand::Read { reads, .. }] if reads.len() == 1));
+    mux.cancel(6, a);
+    assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
+    mux.handle_read_reply(7, Reply::Value(Value::Nil));
+    let (cmds, answers) = drain(&mut mux);
+    assert!(cmds.is_empty());
+    assert_eq!(
+        (answers[0].ticket, &answers[0].reply),
+        (a, &Reply::Value(Value::Nil))
+    );
+    // Cancelling what was answered already, and a reply nobody waits for: no-ops.
+    mux.cancel(8, a);
+    mux.handle_read_reply(9, Reply::Unknown);
+    assert_eq!(drain(&mut mux), (vec![], vec![]));
+}
+
+/// The command at "Redis": its reads, when it blocks until, whether it was unblocked.
+struct Out {
+    reads: Vec<CommandKind>,
+    until_ms: u64,
+    blocking: bool,
+    unblocked: bool,
+}
+
+/// Random readers (two of one stream, one of a stream without a group until someone makes
+/// it) over the model, with entries added, time passing, unblocks that come early, and
+/// replies lost: every read is answered exactly once, never nil before its deadline unless
+/// cancelled, each entry reaches at most one read (of its stream), and every entry the
+/// model delivered reached a read or was in a lost reply.
+#[test]
+fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
+    const STREAMS: [&str; 3] = ["q0", "q1", "q2"];
+    const READERS: [usize; 4] = [0, 1, 2, 0]; // the stream each reader reads
+    for seed in 0..300u64 {
+        let mut rng = SeededRandom::new(seed);
+        let mut r = |n: u64| rng.next_u64() % n;
+        let mut now = 1_000_000u64;
+        let mut sim = Sim::new(now);
+        for q in &STREAMS[..2] {
+            sim.execute(&CommandKind::EnsureGroup { keys: keys(q) });
+        }
+        let mut mux = ReadMux::new();
+        let mut outstanding: HashMap<Ticket, (usize, u64, bool)> = HashMap::new(); // reader, deadline, cancelled
+        let mut reader_ticket: [Option<Ticket>; 4] = [None; 4];
+        let mut out: Option<Out> = None;
+        let mut unblocks = 0u32;
+        let mut delivered: BTreeSet<(usize, EntryId)> = BTreeSet::new();
+        let mut lost: BTreeSet<(usize, EntryId)> = BTreeSet::new();
+        let stream_of = |kind: &CommandKind| match kind {
+            CommandKind::Read { keys, .. } => STREAMS
+                .iter()
+                .position(|q| keys.jobs == format!("dl:{{{q}}}:jobs")),
+            _ => None,
+        };
+        for step in 0..400 {
+            let mut reply: Option<Reply> = None;
+            match r(9) {
+                0 | 1 => {
+                    let reader = r(4) as usize;
+                    if reader_ticket[reader].is_none() {
+                        let block = [1, 50, 5_000][r(3) as usize];
+                        let t = mux.submit(
+                            now,
+                            OpId(reader as u64),
+                            read(STREAMS[READERS[reader]], 1 + r(3) as u32, block),
+                        );
+                        reader_ticket[reader] = Some(t);
+                        outstanding.insert(t, (reader, now + block, false));
+                    }
+                }
+                2 => {
+                    let reader = r(4) as usize;
+                    if let Some(t) = reader_ticket[reader] {
+                        if let Some(o) = outstanding.get_mut(&t) {
+                            o.2 = true;
+                        }
+                        mux.cancel(now, t);
+                    }
+                }
+                3 => {
+                    let q = STREAMS[r(3) as usize];
+                    let fields = vec![(b"j".to_vec(), format!("{step}").into_bytes())];
+                    sim.xadd_raw(&format!("dl:{{{q}}}:jobs"), fields)
+                        .expect("a stream");
+                }
+                4 => {
+                    now += [1, 10, 1_000][r(3) as usize];
+                    sim.set_time(now);
+                }
+                5 | 6 => {
+                    // Redis serves the command: at once when it finds something (or an error),
+                    // else when its block ends or it is unblocked.
+                    if let Some(o) = &out {
+                        let value = run_merged(&mut sim, &o.reads);
+                        let ends = o.unblocked || now >= o.until_ms;
+                        if value != Value::Nil || ends {
+                            let lose = r(10) == 0;
+                            if lose {
+                                for id in entries_of(&Reply::Value(value.clone())) {
+                                    // Which stream: by id lookup (ids are per stream).
+                                    for (q, name) in STREAMS.iter().enumerate() {
+                                        if sim
+                                            .stream(&format!("dl:{{{name}}}:jobs"))
+                                            .is_some_and(|s| s.entries.contains_key(&id))
+                                        {
+                                            lost.insert((q, id));
+                                        }
+                                    }
+                                }
+                            }
+                            reply = Some(if lose {
+                                Reply::Unknown
+                            } else {
+                                Reply::Value(value)
+                            });
+                            out = None;
+                        } else if let Some(o) = out.as_mut() {
+                            o.blocking = true;
+                        }
+                    }
+                }
+                7 => {
+                    if unblocks > 0 {
+                        unblocks -= 1;
+                        let landed = match out.as_mut() {
+                            Some(o) if o.blocking => {
+                                o.unblocked = true;
+                                Some(true)
+                            }
+                            _ => [Some(false), None][r(2) as usize],
+                        };
+                        mux.handle_unblock_reply(now, landed);
+                    }
+                }
+                _ => {
+                    if r(2) == 0 {
+                        sim.execute(&CommandKind::EnsureGroup { keys: keys("q2") });
+                    }
+                    mux.handle_timeout(now);
+                }
+            }
+            if let Some(reply) = reply {
+                mux.handle_read_reply(now, reply);
+            }
+            // Drain: at most one command out; answers exactly once, in their terms.
+            while let Some(cmd) = mux.poll_command() {
+                match cmd {
+                    MuxCommand::Read { reads, block_ms } => {
+                        assert!(out.is_none(), "seed {seed} step {step}: two commands out");
+                        let streams: BTreeSet<_> = reads.iter().map(stream_of).collect();
+                        assert_eq!(streams.len(), reads.len(), "one read per stream");
+                        assert!(block_ms >= 1);
+                        out = Some(Out {
+                            reads,
+                            until_ms: now + block_ms,
+                            blocking: false,
+                            unblocked: false,
+                        });
+                    }
+                    MuxCommand::Unblock => unblocks += 1,
+                }
+            }
+            while let Some(a) = mux.poll_answer() {
+                let (reader, deadline, cancelled) =
+                    outstanding.remove(&a.ticket).unwrap_or_else(|| {
+                        panic!("seed {seed} step {step}: {a:?} answered twice or never asked")
+                    });
+                assert_eq!(a.op, OpId(reader as u64));
+                reader_ticket[reader] = None;
+                if a.reply == Reply::Value(Value::Nil) {
+                    assert!(
+                        cancelled || now >= deadline,
+                        "seed {seed} step {step}: nil before the deadline"
+                    );
+                }
+                for id in entries_of(&a.reply) {
+                    let q = READERS[reader];
+                    assert!(
+                        sim.stream(&format!("dl:{{{}}}:jobs", STREAMS[q]))
+                            .is_some_and(|s| s.entries.contains_key(&id)),
+                        "seed {seed} step {step}: an entry of another stream"
+                    );
+                    assert!(delivered.insert((q, id)), "delivered twice");
+                }
+            }
+            if let Some(t) = mux.poll_timeout() {
+                assert!(t >= now || out.is_none() || mux.waiting() > 0, "timer");
+            }
+        }
+        // Quiesce: time passes, Redis answers, unblocks land, until every read is answered.
+        for _ in 0..200 {
+            if outstanding.is_empty() {
+                break;
+            }
+            now += 1_000;
+            sim.set_time(now);
+            if let Some(o) = out.take() {
+                let value = run_merged(&mut sim, &o.reads);
+                mux.handle_read_reply(now, Reply::Value(value));
+            }
+            while unblocks > 0 {
+                unblocks -= 1;
+                mux.handle_unblock_reply(now, Some(false));
+            }
+            mux.handle_timeout(now);
+            while let Some(cmd) = mux.poll_command() {
+                match cmd {
+                    MuxCommand::Read { reads, block_ms } => {
+                        out = Some(Out {
+                            reads,
+                            until_ms: now + block_ms,
+                            blocking: false,
+                            unblocked: false,
+                        });
+                    }
+                    MuxCommand::Unblock => unblocks += 1,
+                }
+            }
+            while let Some(a) = mux.poll_answer() {
+                let (reader, _, _) = outstanding.remove(&a.ticket).expect("answered once");
+                for id in entries_of(&a.reply) {
+                    assert!(delivered.insert((READERS[reader], id)), "delivered twice");
+                }
+            }
+        }
+        assert!(
+            outstanding.is_empty(),
+            "seed {seed}: reads never answered: {outstanding:?}"
+        );
+        // Every entry the model handed out reached a read, or was in a lost reply.
+        for (q, name) in STREAMS.iter().enumerate() {
+            let Some(s) = sim.stream(&format!("dl:{{{name}}}:jobs")) else {
+                continue;
+            };
+            if let Some(g) = s.groups.get(GROUP) {
+                for id in g.pel.keys() {
+                    assert!(
+                        delivered.contains(&(q, *id)) || lost.contains(&(q, *id)),
+                        "seed {seed}: entry {id} of {name} delivered to nobody"
+                    );
+                }
+            }
+        }
+    }
+}
