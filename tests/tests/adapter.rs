@@ -108,12 +108,18 @@ async fn errors_fail_and_retries_back_off_then_dead_letter() {
     let mut events = queue.events();
     let tries = Arc::new(AtomicU32::new(0));
     let seen = tries.clone();
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = starts.clone();
     let retry = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 200 });
     let worker = dl
         .worker("q", &secrets(), WorkerOptions::default().retry(retry))
         .expect("worker")
         .start(move |job: Job| {
             let seen = seen.clone();
+            started
+                .lock()
+                .expect("lock")
+                .push(std::time::Instant::now());
             async move {
                 seen.fetch_add(1, Ordering::SeqCst);
                 if job.attempt < 3 {
@@ -132,6 +138,12 @@ async fn errors_fail_and_retries_back_off_then_dead_letter() {
         other => panic!("{other:?}"),
     }
     assert_eq!(tries.load(Ordering::SeqCst), 3);
+    // The attempts are spaced by the backoff (200 ms, fixed), not run back to back.
+    let starts = starts.lock().expect("lock").clone();
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(190), "attempts {gap:?} apart");
+    }
     let mut failed = Vec::new();
     while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
         if let QueueEvent::Failed {
@@ -484,8 +496,22 @@ async fn an_idle_worker_blocks_and_shuts_down_without_waiting_for_its_block() {
         assert_eq!(r["echo"], i);
     }
     // Shutdown interrupts the blocking read (CLIENT UNBLOCK) instead of waiting out BLOCK
-    // (5 s): generous bound, the expected time is a few milliseconds.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (5 s): generous bound, the expected time is a few milliseconds. First the worker is
+    // idle and blocked again.
+    let mut blocked_again = false;
+    for _ in 0..250 {
+        let list = client_list(&mut conn).await;
+        blocked_again = list.lines().any(|l| {
+            l.contains("name=datalayer-blocker")
+                && l.contains("cmd=xreadgroup")
+                && l.contains("flags=b")
+        });
+        if blocked_again {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(blocked_again, "the worker's read never blocked again");
     let t = std::time::Instant::now();
     worker.shutdown(Duration::from_secs(10)).await;
     assert!(
@@ -535,9 +561,10 @@ async fn a_killed_worker_process_job_is_reclaimed_after_the_lease() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(held, "the worker process never took the job");
+    // The lease (1 s, the child's) started at or before this instant.
+    let leased = std::time::Instant::now();
     child.0.kill().expect("SIGKILL");
     let _ = child.0.wait();
-    let started = std::time::Instant::now();
     let worker = dl
         .worker(
             "q",
@@ -551,9 +578,12 @@ async fn a_killed_worker_process_job_is_reclaimed_after_the_lease() {
         .json()
         .unwrap_or_else(|e| panic!("not completed: {e}"));
     assert_eq!(r["echo"], "crash me");
+    // Reclaimed only once the lease ran out: at least the lease after the job was seen
+    // held (less the poll interval, 25 ms, and a query it may have been held before).
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "reclaimed only after the lease"
+        leased.elapsed() >= Duration::from_millis(1_000 - 60),
+        "reclaimed {:?} after the lease began",
+        leased.elapsed()
     );
     worker.shutdown(Duration::from_secs(5)).await;
 }
