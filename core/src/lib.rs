@@ -77,6 +77,8 @@
 //! - [`envelope`]: the sealed byte format (AES-256-GCM-SIV, context-bound, optionally
 //!   lz4-compressed) every job, result and reason is stored in; [`keys`]: secrets, HKDF
 //!   derivation per queue and per session, keyrings for rotation.
+//! - [`mux`]: the multiplexer that merges the blocking reads of idle readers onto one
+//!   connection (deadlines, interruptions, who gets which part of a reply).
 //! - [`retry`]: attempts and backoff; [`naming`]: the Redis key layout; [`job`]: job records.
 //! - `sim` (feature `model`): the deterministic model of Redis Streams, which the
 //!   adapter's in-process backend runs and the differential tests check against
