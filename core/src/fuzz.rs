@@ -284,6 +284,7 @@ pub fn engine_ops(data: &[u8]) {
                 world.net.faults = Faults {
                     lose_command: (a % 4 * 50) as u16,
                     lose_reply: (b % 4 * 50) as u16,
+                    error_reply: ((a >> 2) % 3 * 30) as u16,
                 };
             }
         }

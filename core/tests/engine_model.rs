@@ -2,8 +2,12 @@
 //! outcomes (ok, error, panic, hang), worker crashes and restarts, lost commands and
 //! replies, and clock jumps, over 1–3 queues with 1–4 workers each. Checked at every step
 //! and at quiescence against what the application saw:
-//! - no job is lost: every added job ends completed or dead-lettered, never both;
-//! - attempts never exceed the limit;
+//! - no job is lost: every added job ends completed or dead-lettered, never both, with
+//!   exactly one final outcome at its producer, even when the caller adds its id again
+//!   before it ended;
+//! - attempts never exceed the limit, are delivered in order (a reclaim repeats one, a
+//!   retry takes the next), failures are reported in order; no job runs before its delay;
+//! - transient error replies (`LOADING`) are retried, never an outcome;
 //! - every completed job's result reaches its producer, intact;
 //! - pending lists, work streams and every per-job key end empty.
 
@@ -41,6 +45,11 @@ enum Op {
     Faults {
         lose_command: u16,
         lose_reply: u16,
+        error_reply: u16,
+    },
+    AddAgain {
+        queue: usize,
+        pick: usize,
     },
 }
 
@@ -64,8 +73,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..12).prop_map(|slot| Op::Crash { slot }),
         2 => (0usize..12).prop_map(|slot| Op::Restart { slot }),
         1 => (1u64..5_000).prop_map(|ms| Op::JumpBack { ms }),
-        1 => (0u16..300, 0u16..300)
-            .prop_map(|(lose_command, lose_reply)| Op::Faults { lose_command, lose_reply }),
+        1 => (0u16..300, 0u16..300, prop_oneof![2 => Just(0u16), 1 => 0u16..200])
+            .prop_map(|(lose_command, lose_reply, error_reply)| Op::Faults {
+                lose_command,
+                lose_reply,
+                error_reply,
+            }),
+        2 => (0usize..3, any::<usize>()).prop_map(|(queue, pick)| Op::AddAgain { queue, pick }),
     ]
 }
 
@@ -124,9 +138,10 @@ proptest! {
                 Op::Crash { slot } => world.crash(slot % slots),
                 Op::Restart { slot } => world.restart(slot % slots),
                 Op::JumpBack { ms } => world.set_time(world.now_ms - ms),
-                Op::Faults { lose_command, lose_reply } => {
-                    world.net.faults = Faults { lose_command, lose_reply };
+                Op::Faults { lose_command, lose_reply, error_reply } => {
+                    world.net.faults = Faults { lose_command, lose_reply, error_reply };
                 }
+                Op::AddAgain { queue, pick } => world.add_again(queue % queues, pick),
             }
             if let Err(e) = world.check_step() {
                 prop_assert!(false, "{}", e);

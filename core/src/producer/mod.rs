@@ -221,6 +221,13 @@ impl Producer {
         self.reachable
     }
 
+    /// Whether something waits to be sent (an add, a trim of read events, markers to
+    /// forget): a producer that is backing off holds it until its timer.
+    #[must_use]
+    pub fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty() || self.trim_through.is_some() || !self.forget.is_empty()
+    }
+
     /// Adds not yet confirmed by Redis.
     #[must_use]
     pub fn pending_adds(&self) -> usize {
@@ -287,7 +294,13 @@ impl Producer {
             + 6 * 10
             + 16;
         let envelope = self.sealer.seal_sized(&ctx, &record, size, rng)?;
-        *self.outstanding.entry(id.0.clone()).or_default() += 1;
+        let count = self.outstanding.entry(id.0.clone()).or_default();
+        *count += 1;
+        if *count > 1 {
+            // Another add of this id is out: whichever lands first, an unchecked send (or
+            // resend, after it was not sent) of either could land after it. Both check.
+            self.unconfirmed.insert(id.0.clone());
+        }
         let new = NewJob {
             id: id.0.clone(),
             due_ms: (job.delay_ms > 0).then(|| now_ms.saturating_add(job.delay_ms)),

@@ -824,3 +824,48 @@ fn an_add_told_unconfirmed_never_goes_unchecked_after_a_re_add() {
     let entries = sim.stream(&jobs).map_or(0, |s| s.entries.len());
     assert_eq!(entries, 1, "the job was enqueued twice");
 }
+
+/// Found by the engine model (a caller re-adding an id while its first add was out): the
+/// same as above without a withdrawal. The first, fresh add never left; a second add of its
+/// id landed meanwhile; the first's resend must go through the check, or the job is queued
+/// twice (and the outcome, bound to the first's instance, is then refused as stale).
+#[test]
+fn a_fresh_add_never_goes_unchecked_once_its_id_is_added_again() {
+    let mut rng = SeededRandom::new(29);
+    let mut sim = Sim::new(T0);
+    let mut p = producer(|c| c);
+    let jobs = p.keys().jobs.clone();
+    let id = p
+        .add(
+            T0,
+            AddJob {
+                payload: b"x".to_vec(),
+                ..AddJob::default()
+            },
+            &mut rng,
+        )
+        .unwrap();
+    let first = p.poll_command().expect("the fresh add");
+    assert!(matches!(
+        first.kind,
+        CommandKind::Enqueue { fresh: true, .. }
+    ));
+    p.add(T0, job(&id.0), &mut rng).unwrap();
+    let readd = p.poll_command().expect("the re-add");
+    let v = sim.execute(&readd.kind);
+    p.handle_reply(T0, readd.op, Reply::Value(v)).unwrap();
+    p.handle_reply(T0, first.op, Reply::NotSent).unwrap();
+    let t = p.poll_timeout().expect("resend timer");
+    sim.set_time(t);
+    p.handle_timeout(t);
+    let again = p.poll_command().expect("resent");
+    assert!(
+        matches!(again.kind, CommandKind::Enqueue { fresh: false, .. }),
+        "{again:?}"
+    );
+    let v = sim.execute(&again.kind);
+    p.handle_reply(t, again.op, Reply::Value(v)).unwrap();
+    drive(&mut p, &mut sim);
+    let entries = sim.stream(&jobs).map_or(0, |s| s.entries.len());
+    assert_eq!(entries, 1, "the job was enqueued twice");
+}

@@ -359,6 +359,9 @@ pub struct Faults {
     pub lose_command: u16,
     /// The command runs but its reply is lost (the connection died after sending).
     pub lose_reply: u16,
+    /// Redis refuses the command with a transient error (`LOADING`, as after a restart):
+    /// it did not run.
+    pub error_reply: u16,
 }
 
 /// The model behind a faulty connection (`test-util`).
@@ -396,6 +399,11 @@ impl Network {
                 0 => Reply::NotSent,
                 _ => Reply::Unknown,
             };
+        }
+        if self.roll(self.faults.error_reply) {
+            return Reply::Value(Value::Error(
+                "LOADING Redis is loading the dataset in memory".into(),
+            ));
         }
         let value = self.sim.execute(&command.kind);
         if self.roll(self.faults.lose_reply) {

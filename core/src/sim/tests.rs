@@ -359,6 +359,7 @@ fn network_faults_are_seeded() {
     let faults = Faults {
         lose_command: 300,
         lose_reply: 300,
+        ..Faults::default()
     };
     let run = |seed| {
         let mut net = Network::new(Sim::new(1), faults, seed);

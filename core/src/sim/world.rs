@@ -51,6 +51,16 @@ pub struct Ledger {
     pub failed: BTreeMap<JobId, Vec<u32>>,
     /// Adds Redis refused.
     pub add_failed: BTreeSet<JobId>,
+    /// Final outcomes (completed, dead-lettered, add failed) the producers reported, per
+    /// job: exactly one each.
+    pub outcomes: BTreeMap<JobId, u32>,
+    /// When each job may first run (its add's time plus its delay).
+    pub due: BTreeMap<JobId, u64>,
+    /// Deliveries before their job was due.
+    pub early: Vec<(JobId, u64, u64)>,
+    /// Adds of an id again while its job had not ended (a caller resending after an unknown
+    /// outcome).
+    pub re_added: u64,
     /// Every engine error returned to the driver (must stay empty).
     pub errors: Vec<String>,
 }
@@ -130,6 +140,8 @@ pub struct World {
     cfg: WorldConfig,
     rng: SeededRandom,
     next_job: u64,
+    /// The clock went back at some point: due times are no longer comparable.
+    jumped_back: bool,
 }
 
 /// The result a handler returns for a job (checked when it reaches the producer).
@@ -162,6 +174,7 @@ impl World {
             sealers,
             rng: SeededRandom::new(cfg.seed),
             next_job: 0,
+            jumped_back: false,
             cfg,
         };
         for q in 0..world.cfg.queues {
@@ -249,9 +262,48 @@ impl World {
         };
         match p.add(self.now_ms, job, &mut self.rng) {
             Ok(id) => {
+                self.ledger
+                    .due
+                    .insert(id.clone(), self.now_ms.saturating_add(delay_ms));
                 self.ledger.added.insert(id, queue);
             }
             Err(e) => self.ledger.errors.push(format!("add: {e}")),
+        }
+        self.pump();
+    }
+
+    /// The application adds again the id of a job of `queue` that has not ended (number
+    /// `pick` of those), as a caller does after an unknown outcome: it must not run twice,
+    /// and it still ends once.
+    pub fn add_again(&mut self, queue: usize, pick: usize) {
+        let open: Vec<JobId> = self
+            .ledger
+            .added
+            .iter()
+            .filter(|(j, q)| **q == queue && !self.ledger.outcomes.contains_key(*j))
+            .map(|(j, _)| j.clone())
+            .collect();
+        let (Some(p), false) = (self.producers.get_mut(queue), open.is_empty()) else {
+            return;
+        };
+        let id = open[pick % open.len()].clone();
+        let n = id.0.trim_start_matches("job-").parse::<u64>().unwrap_or(0);
+        let job = AddJob {
+            id: Some(id),
+            title: "t".into(),
+            session_id: "s".into(),
+            payload: n.to_le_bytes().to_vec(),
+            delay_ms: 0,
+            generated_id: false,
+        };
+        // This add is due now: whichever add lands first sets when the job runs.
+        let now = self.now_ms;
+        match p.add(now, job, &mut self.rng) {
+            Ok(id) => {
+                self.ledger.re_added += 1;
+                self.ledger.due.entry(id).and_modify(|d| *d = (*d).min(now));
+            }
+            Err(e) => self.ledger.errors.push(format!("add again: {e}")),
         }
         self.pump();
     }
@@ -263,6 +315,7 @@ impl World {
 
     /// Sets the clock of the machines and of the model (a jump back is allowed).
     pub fn set_time(&mut self, now_ms: u64) {
+        self.jumped_back |= now_ms < self.now_ms;
         self.now_ms = now_ms;
         self.net.sim.set_time(now_ms);
         for p in &mut self.producers {
@@ -377,6 +430,10 @@ impl World {
             while let Some(ev) = w.poll_event() {
                 match ev {
                     WorkerEvent::Job(d) => {
+                        let due = self.ledger.due.get(&d.job.id).copied().unwrap_or(0);
+                        if d.job.attempt == 1 && self.now_ms < due && !self.jumped_back {
+                            self.ledger.early.push((d.job.id.clone(), due, self.now_ms));
+                        }
                         self.ledger
                             .delivered
                             .entry(d.job.id.clone())
@@ -440,7 +497,10 @@ impl World {
         self.slots
             .iter()
             .all(|s| s.worker.as_ref().is_none_or(|w| w.running() == 0))
-            && self.producers.iter().all(|p| p.pending_adds() == 0)
+            && self
+                .producers
+                .iter()
+                .all(|p| p.pending_adds() == 0 && !p.has_unsent())
     }
 
     /// The invariants that hold at every step: no engine error, attempts within the limit,
@@ -456,10 +516,31 @@ impl World {
                 return Err(format!("{job}: attempts {attempts:?} beyond {max}"));
             }
         }
+        for (job, attempts) in &l.delivered {
+            // A reclaim delivers the same attempt again; a retry the next one.
+            if attempts.windows(2).any(|w| w[1] < w[0] || w[1] > w[0] + 1) {
+                return Err(format!(
+                    "{job}: attempts delivered out of order: {attempts:?}"
+                ));
+            }
+        }
+        if let Some((job, n)) = l.outcomes.iter().find(|(_, n)| **n > 1) {
+            return Err(format!("{job}: {n} final outcomes"));
+        }
+        if let Some((job, due, at)) = l.early.first() {
+            return Err(format!(
+                "{job} delivered at {at}, before it was due at {due}"
+            ));
+        }
         if let Some((job, entries)) = l.first_entries.iter().find(|(_, e)| e.len() > 1) {
             return Err(format!("{job} enqueued twice: entries {entries:?}"));
         }
         for (job, attempts) in &l.failed {
+            if attempts.windows(2).any(|w| w[1] <= w[0]) {
+                return Err(format!(
+                    "{job}: failures reported out of order: {attempts:?}"
+                ));
+            }
             if attempts.iter().any(|a| *a >= max) {
                 return Err(format!("{job} retried after attempt {attempts:?} of {max}"));
             }
@@ -498,8 +579,8 @@ impl World {
                 }
             }
             for key in [&keys.ids, &keys.delayed, &keys.payloads] {
-                if self.net.sim.get(key).is_some() {
-                    return Err(format!("{key} left behind"));
+                if let Some(left) = self.net.sim.get(key) {
+                    return Err(format!("{key} left behind: {left:?}"));
                 }
             }
         }
@@ -518,15 +599,18 @@ fn record_producer_event(ledger: &mut Ledger, ev: ProducerEvent) {
             if result != result_of(&job) {
                 ledger.errors.push(format!("wrong result for {job}"));
             }
+            *ledger.outcomes.entry(job.clone()).or_default() += 1;
             ledger.completed.insert(job, result);
         }
         ProducerEvent::DeadLettered { job, .. } => {
+            *ledger.outcomes.entry(job.clone()).or_default() += 1;
             ledger.dead.insert(job);
         }
         ProducerEvent::Failed { job, attempt, .. } => {
             ledger.failed.entry(job).or_default().push(attempt);
         }
         ProducerEvent::AddFailed { job, .. } => {
+            *ledger.outcomes.entry(job.clone()).or_default() += 1;
             ledger.add_failed.insert(job);
         }
         ProducerEvent::Accepted {

@@ -306,6 +306,7 @@ fn faults_lose_nothing() {
         faults: Faults {
             lose_command: 100,
             lose_reply: 100,
+            ..Faults::default()
         },
         seed: 7,
         ..WorldConfig::default()
