@@ -152,6 +152,44 @@ end
     };
 }
 
+/// The start of every settle script (`complete`, `retry`, `bury`): which of the batch's
+/// entries the consumer holds, from one `XPENDING` of its pending entries between the
+/// batch's lowest and highest entry (ARGV `$lo`, `$hi`, `$consumer`). A settle of an entry
+/// it does not hold (its lease ran out and another worker took it) does nothing. The loop
+/// takes an entry with `take(entry)` (true once per held entry, which joins `settled`);
+/// `ack_settled()` acknowledges them all in one `XACK`, before [`trim_settled!`].
+macro_rules! held_prelude {
+    ($lo:literal, $hi:literal, $consumer:literal) => {
+        concat!(
+            "\nlocal out, settled, seen, held = {}, {}, {}, {}\n",
+            "local pel = redis.call('XPENDING', KEYS[1], 'workers', ARGV[",
+            $lo,
+            "], ARGV[",
+            $hi,
+            "], 1000000, ARGV[",
+            $consumer,
+            "])\n",
+            r#"for _, p in ipairs(pel) do
+  held[p[1]] = true
+end
+local function take(entry)
+  if held[entry] and not seen[entry] then
+    seen[entry] = true
+    settled[#settled + 1] = entry
+    return true
+  end
+  return false
+end
+local function ack_settled()
+  if #settled > 0 then
+    redis.call('XACK', KEYS[1], 'workers', unpack(settled))
+  end
+end
+"#
+        )
+    };
+}
+
 /// `complete` — KEYS: jobs, ids, events. ARGV: min event id, consumer, the lowest and the
 /// highest entry of the batch, then per job: entry, job id, sealed result, attempt,
 /// instance (hex).
@@ -163,19 +201,11 @@ end
 pub const COMPLETE: Script = Script {
     name: "complete",
     source: concat!(
-        r#"
-local out, settled, seen, held, jobs = {}, {}, {}, {}, {}
-if #ARGV > 4 then
-  local mine = redis.call('XPENDING', KEYS[1], 'workers', ARGV[3], ARGV[4], 1000000, ARGV[2])
-  for _, p in ipairs(mine) do
-    held[p[1]] = true
-  end
-end
+        held_prelude!("3", "4", "2"),
+        r#"local jobs = {}
 for i = 5, #ARGV, 5 do
   local entry, job = ARGV[i], ARGV[i + 1]
-  if held[entry] and not seen[entry] then
-    seen[entry] = true
-    settled[#settled + 1] = entry
+  if take(entry) then
     jobs[#jobs + 1] = job
     redis.call('XADD', KEYS[3], '*', 'j', job, 'k', 'c', 'a', ARGV[i + 3], 'i', ARGV[i + 4],
       'v', ARGV[i + 2])
@@ -196,27 +226,25 @@ if #settled > 0 then
   if #done > 0 then
     redis.call('HDEL', KEYS[2], unpack(done))
   end
-  redis.call('XACK', KEYS[1], 'workers', unpack(settled))
 end
+ack_settled()
 "#,
         trim_settled!(),
         "return out\n"
     ),
 };
 
-/// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, consumer, then
-/// per job: entry, job id, sealed reason, attempt, due, re-sealed job, instance (hex).
+/// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, consumer, the
+/// lowest and the highest entry of the batch, then per job: entry, job id, sealed reason,
+/// attempt, due, re-sealed job, instance (hex).
 pub const RETRY: Script = Script {
     name: "retry",
     source: concat!(
-        r#"
-local now = tonumber(ARGV[1])
-local out, settled = {}, {}
-for i = 4, #ARGV, 7 do
+        held_prelude!("4", "5", "3"),
+        r#"local now = tonumber(ARGV[1])
+for i = 6, #ARGV, 7 do
   local entry, job = ARGV[i], ARGV[i + 1]
-  local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[3]) == 1
-  if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
-    settled[#settled + 1] = entry
+  if take(entry) then
     redis.call('XADD', KEYS[4], 'MINID', ARGV[2], '*',
       'j', job, 'k', 'f', 'a', ARGV[i + 3], 'i', ARGV[i + 6], 'v', ARGV[i + 2])
     local due = tonumber(ARGV[i + 4])
@@ -231,6 +259,7 @@ for i = 4, #ARGV, 7 do
     out[#out + 1] = 0
   end
 end
+ack_settled()
 "#,
         trim_settled!(),
         "return out\n"
@@ -238,19 +267,16 @@ end
 };
 
 /// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, min dead-letter
-/// id, then per job: entry, job id (empty if unknown), sealed reason, attempt, the job's
-/// envelope (or the first bytes of garbage), instance (hex; empty if unknown). Dead
-/// letters older than the min id go.
+/// id, the lowest and the highest entry of the batch, then per job: entry, job id (empty if
+/// unknown), sealed reason, attempt, the job's envelope (or the first bytes of garbage),
+/// instance (hex; empty if unknown). Dead letters older than the min id go.
 pub const BURY: Script = Script {
     name: "bury",
     source: concat!(
-        r#"
-local out, settled = {}, {}
-for i = 4, #ARGV, 6 do
+        held_prelude!("4", "5", "2"),
+        r#"for i = 6, #ARGV, 6 do
   local entry, job = ARGV[i], ARGV[i + 1]
-  local held = #redis.call('XPENDING', KEYS[1], 'workers', entry, entry, 1, ARGV[2]) == 1
-  if held and redis.call('XACK', KEYS[1], 'workers', entry) == 1 then
-    settled[#settled + 1] = entry
+  if take(entry) then
     redis.call('XADD', KEYS[3], 'MINID', ARGV[3], '*',
       'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3], 'i', ARGV[i + 5])
     if job ~= '' then
@@ -265,6 +291,7 @@ for i = 4, #ARGV, 6 do
     out[#out + 1] = 0
   end
 end
+ack_settled()
 "#,
         trim_settled!(),
         "return out\n"
@@ -709,9 +736,7 @@ fn complete_invocation<'a>(
     items: &'a [Settle],
 ) -> Invocation<'a> {
     use SettleField as F;
-    // The batch's range, for the script's one XPENDING.
-    let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
-    let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
+    let (lo, hi) = batch_range(items);
     let mut args = Vec::with_capacity(4 + 5 * items.len());
     args.extend([min_id(min_event_ms), b(consumer), id(lo), id(hi)]);
     let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
@@ -727,7 +752,14 @@ fn retry_invocation<'a>(
     items: &'a [Settle],
 ) -> Invocation<'a> {
     use SettleField as F;
-    let mut args = vec![num(now_ms), min_id(min_event_ms), b(consumer)];
+    let (lo, hi) = batch_range(items);
+    let mut args = vec![
+        num(now_ms),
+        min_id(min_event_ms),
+        b(consumer),
+        id(lo),
+        id(hi),
+    ];
     let fields = [
         F::Entry,
         F::Job,
@@ -751,7 +783,14 @@ fn bury_invocation<'a>(
     items: &'a [Settle],
 ) -> Invocation<'a> {
     use SettleField as F;
-    let mut args = vec![min_id(min_event_ms), b(consumer), min_id(min_dead_ms)];
+    let (lo, hi) = batch_range(items);
+    let mut args = vec![
+        min_id(min_event_ms),
+        b(consumer),
+        min_id(min_dead_ms),
+        id(lo),
+        id(hi),
+    ];
     let fields = [
         F::Entry,
         F::Job,
@@ -763,6 +802,14 @@ fn bury_invocation<'a>(
     settle_args(items, &mut args, &fields);
     let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
     script(&BURY, &k, args)
+}
+
+/// The lowest and the highest entry of a settle batch, for the one XPENDING of the settle
+/// scripts' prelude (`held_prelude!`).
+fn batch_range(items: &[Settle]) -> (EntryId, EntryId) {
+    let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
+    let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
+    (lo, hi)
 }
 
 /// A script's invocation with these keys.
