@@ -8,6 +8,8 @@
 //! - attempts never exceed the limit, are delivered in order (a reclaim repeats one, a
 //!   retry takes the next), failures are reported in order; no job runs before its delay;
 //! - transient error replies (`LOADING`) are retried, never an outcome;
+//! - workers shut down draining or handing their jobs back lose none; adds to a paused
+//!   queue are refused;
 //! - every completed job's result reaches its producer, intact;
 //! - pending lists, work streams and every per-job key end empty.
 
@@ -51,6 +53,14 @@ enum Op {
         queue: usize,
         pick: usize,
     },
+    Pause {
+        queue: usize,
+        paused: bool,
+    },
+    ShutDown {
+        slot: usize,
+        hand_back: bool,
+    },
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
@@ -80,6 +90,9 @@ fn op() -> impl Strategy<Value = Op> {
                 error_reply,
             }),
         2 => (0usize..3, any::<usize>()).prop_map(|(queue, pick)| Op::AddAgain { queue, pick }),
+        1 => (0usize..3, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
+        1 => (0usize..12, any::<bool>())
+            .prop_map(|(slot, hand_back)| Op::ShutDown { slot, hand_back }),
     ]
 }
 
@@ -142,12 +155,19 @@ proptest! {
                     world.net.faults = Faults { lose_command, lose_reply, error_reply };
                 }
                 Op::AddAgain { queue, pick } => world.add_again(queue % queues, pick),
+                Op::Pause { queue, paused } => world.pause(queue % queues, paused),
+                Op::ShutDown { slot, hand_back } => world.shut_down(slot % slots, hand_back),
             }
             if let Err(e) = world.check_step() {
                 prop_assert!(false, "{}", e);
             }
         }
-        prop_assert!(world.quiesce(200_000), "did not quiesce: {:?}", world.ledger);
+        prop_assert!(
+            world.quiesce(200_000),
+            "did not quiesce: {} (ledger {:?})",
+            world.why_not_quiescent(),
+            world.ledger
+        );
         if let Err(e) = world.check_quiescent() {
             prop_assert!(false, "{}", e);
         }

@@ -61,6 +61,17 @@ pub struct Ledger {
     /// Adds of an id again while its job had not ended (a caller resending after an unknown
     /// outcome).
     pub re_added: u64,
+    /// Jobs whose add Redis confirmed (`Accepted`).
+    pub accepted: BTreeSet<JobId>,
+    /// Jobs whose add was unconfirmed when their producer was replaced: they may be in
+    /// Redis or not; if they run, they end once, like any other.
+    pub abandoned: BTreeSet<JobId>,
+    /// Adds refused while the queue was paused.
+    pub refused_paused: u64,
+    /// Producers replaced, workers shut down (drained or handing back).
+    pub replaced: u64,
+    /// Workers shut down.
+    pub shut_down: u64,
     /// Every engine error returned to the driver (must stay empty).
     pub errors: Vec<String>,
 }
@@ -267,6 +278,9 @@ impl World {
                     .insert(id.clone(), self.now_ms.saturating_add(delay_ms));
                 self.ledger.added.insert(id, queue);
             }
+            Err(crate::producer::ProducerError::QueueClosed) if p.is_paused() => {
+                self.ledger.refused_paused += 1;
+            }
             Err(e) => self.ledger.errors.push(format!("add: {e}")),
         }
         self.pump();
@@ -280,7 +294,13 @@ impl World {
             .ledger
             .added
             .iter()
-            .filter(|(j, q)| **q == queue && !self.ledger.outcomes.contains_key(*j))
+            .filter(|(j, q)| {
+                let l = &self.ledger;
+                **q == queue
+                    && !l.completed.contains_key(*j)
+                    && !l.dead.contains(*j)
+                    && !l.add_failed.contains(*j)
+            })
             .map(|(j, _)| j.clone())
             .collect();
         let (Some(p), false) = (self.producers.get_mut(queue), open.is_empty()) else {
@@ -303,8 +323,81 @@ impl World {
                 self.ledger.re_added += 1;
                 self.ledger.due.entry(id).and_modify(|d| *d = (*d).min(now));
             }
+            Err(crate::producer::ProducerError::QueueClosed) if p.is_paused() => {
+                self.ledger.refused_paused += 1;
+            }
             Err(e) => self.ledger.errors.push(format!("add again: {e}")),
         }
+        self.pump();
+    }
+
+    /// Pauses (adds fail with `QueueClosed`) or resumes the producer of `queue`.
+    pub fn pause(&mut self, queue: usize, paused: bool) {
+        if let Some(p) = self.producers.get_mut(queue) {
+            if paused {
+                p.pause();
+            } else {
+                p.resume();
+            }
+        }
+    }
+
+    /// The producer of `queue` is replaced (its process died; another takes over under the
+    /// same queue name): its state and its commands not yet run are gone; the new one reads
+    /// every event still in Redis, so it gets the outcomes its predecessor was owed. Adds
+    /// its predecessor had not seen confirmed are abandoned (their callers never heard).
+    pub fn replace_producer(&mut self, queue: usize) {
+        if queue >= self.producers.len() {
+            return;
+        }
+        self.in_flight
+            .retain(|(t, _)| !matches!(t, Target::Producer(i) if *i == queue));
+        let pc = ProducerConfig::new(&format!("q{queue}")).block_ms(None);
+        match Producer::new(pc, self.sealers[queue].clone(), self.now_ms) {
+            Ok(p) => self.producers[queue] = p,
+            Err(e) => return self.ledger.errors.push(format!("producer config: {e}")),
+        }
+        let l = &mut self.ledger;
+        let unconfirmed: Vec<JobId> = l
+            .added
+            .iter()
+            .filter(|(j, q)| {
+                **q == queue && !l.accepted.contains(*j) && !l.outcomes.contains_key(*j)
+            })
+            .map(|(j, _)| j.clone())
+            .collect();
+        for job in unconfirmed {
+            l.added.remove(&job);
+            l.abandoned.insert(job);
+        }
+        // The new producer may surface again outcomes its predecessor surfaced (events it
+        // read and had not trimmed yet): one final outcome per job per producer.
+        let other_queue =
+            |added: &BTreeMap<JobId, usize>, j: &JobId| added.get(j).is_some_and(|q| *q != queue);
+        let added = l.added.clone();
+        l.outcomes.retain(|j, _| other_queue(&added, j));
+        l.failed.retain(|j, _| other_queue(&added, j));
+        l.replaced += 1;
+        self.pump();
+    }
+
+    /// The worker in `slot` shuts down: it stops reading and lets its running jobs finish
+    /// (`drain`), or hands them back to the queue at once (`hand_back`: the shutdown deadline
+    /// passed); once `Drained`, its process exits (restart it to have a worker there again).
+    pub fn shut_down(&mut self, slot: usize, hand_back: bool) {
+        let now = self.now_ms;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let Some(w) = &mut s.worker else { return };
+        if hand_back {
+            w.hand_back(now);
+            // The application's answers to handed-back jobs are discarded.
+            s.running.clear();
+        } else {
+            w.drain(now);
+        }
+        self.ledger.shut_down += 1;
         self.pump();
     }
 
@@ -427,6 +520,7 @@ impl World {
                 self.in_flight
                     .push_back((Target::Worker(i, s.generation), cmd));
             }
+            let mut exited = false;
             while let Some(ev) = w.poll_event() {
                 match ev {
                     WorkerEvent::Job(d) => {
@@ -449,8 +543,13 @@ impl World {
                         s.running.push(d.entry);
                     }
                     WorkerEvent::TimedOut { entry } => s.running.retain(|e| *e != entry),
+                    WorkerEvent::Drained => exited = true,
                     _ => {}
                 }
+            }
+            if exited {
+                s.worker = None;
+                s.running.clear();
             }
         }
     }
@@ -476,6 +575,8 @@ impl World {
         self.pump();
         for _ in 0..max_steps {
             for slot in 0..self.slots.len() {
+                // A worker that drained and exited is started again.
+                self.restart(slot);
                 while !self.slots[slot].running.is_empty() {
                     self.answer(slot, 0, Answer::Ok);
                 }
@@ -484,7 +585,8 @@ impl World {
                 self.deliver(0);
                 continue;
             }
-            if self.all_settled() && self.idle() {
+            // Jobs abandoned with a replaced producer may be in Redis still: run them too.
+            if self.all_settled() && self.idle() && self.keys_drained().is_ok() {
                 return true;
             }
             let next = self.next_timeout().unwrap_or(self.now_ms + 100);
@@ -538,7 +640,9 @@ impl World {
         for (job, attempts) in &l.failed {
             if attempts.windows(2).any(|w| w[1] <= w[0]) {
                 return Err(format!(
-                    "{job}: failures reported out of order: {attempts:?}"
+                    "{job}: failures reported out of order: {attempts:?} (delivered {:?}, now {})",
+                    l.delivered.get(job),
+                    self.now_ms
                 ));
             }
             if attempts.iter().any(|a| *a >= max) {
@@ -549,7 +653,7 @@ impl World {
             if l.dead.contains(job) {
                 return Err(format!("{job} both completed and dead"));
             }
-            if !l.added.contains_key(job) {
+            if !l.added.contains_key(job) && !l.abandoned.contains(job) {
                 return Err(format!("{job} completed but never added"));
             }
         }
@@ -568,6 +672,35 @@ impl World {
         {
             return Err(format!("{job} lost: neither completed nor dead"));
         }
+        self.keys_drained()
+    }
+
+    /// What keeps the world from quiescence (for failure reports).
+    #[must_use]
+    pub fn why_not_quiescent(&self) -> String {
+        let l = &self.ledger;
+        let open: Vec<&JobId> = l
+            .added
+            .keys()
+            .filter(|j| {
+                !l.completed.contains_key(*j) && !l.dead.contains(*j) && !l.add_failed.contains(*j)
+            })
+            .collect();
+        format!(
+            "jobs not ended {open:?}; idle {}; in flight {}; keys {:?}; workers {:?}",
+            self.idle(),
+            self.in_flight.len(),
+            self.keys_drained(),
+            self.slots
+                .iter()
+                .map(|s| (s.worker.is_some(), s.running.len()))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    /// Whether Redis holds nothing of any job: the work streams and pending lists are
+    /// empty; no id marker, delayed job or payload is left.
+    fn keys_drained(&self) -> Result<(), String> {
         for q in 0..self.cfg.queues {
             let keys = QueueKeys::new("dl", &format!("q{q}")).map_err(|e| e.to_string())?;
             if let Some(jobs) = self.net.sim.stream(&keys.jobs) {
@@ -614,9 +747,11 @@ fn record_producer_event(ledger: &mut Ledger, ev: ProducerEvent) {
             ledger.add_failed.insert(job);
         }
         ProducerEvent::Accepted {
+            job,
             status: AddStatus::Added(_) | AddStatus::Delayed | AddStatus::AlreadyQueued,
-            ..
-        } => {}
+        } => {
+            ledger.accepted.insert(job);
+        }
         ProducerEvent::BadEvent { event, reason } => {
             ledger.errors.push(format!("bad event {event}: {reason}"));
         }

@@ -243,6 +243,67 @@ fn world_happy_path_leaves_nothing_behind() {
     }
 }
 
+/// A producer replaced mid-run (its state gone; another takes over under the queue's name)
+/// receives the outcomes of its predecessor's confirmed jobs, and nothing is left behind.
+#[test]
+fn a_replacement_producer_gets_what_its_predecessor_was_owed() {
+    let mut world = World::new(WorldConfig {
+        workers_per_queue: 2,
+        ..WorldConfig::default()
+    });
+    for _ in 0..10 {
+        world.add(0, 0);
+    }
+    // The adds are confirmed; a few jobs run and complete; then the producer dies.
+    for _ in 0..30 {
+        world.deliver(0);
+        world.answer(0, 0, Answer::Ok);
+    }
+    let confirmed = world.ledger.accepted.len();
+    world.replace_producer(0);
+    assert_eq!(world.ledger.replaced, 1);
+    assert!(world.quiesce(20_000), "{}", world.why_not_quiescent());
+    assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
+    // Every confirmed job ended at one of the two producers; the rest were abandoned.
+    assert!(confirmed > 0);
+    assert_eq!(world.ledger.added.len() + world.ledger.abandoned.len(), 10);
+    assert!(
+        world
+            .ledger
+            .added
+            .keys()
+            .all(|j| world.ledger.completed.contains_key(j))
+    );
+    world.check_quiescent().expect("nothing left behind");
+}
+
+/// Workers shut down, one draining and one handing its jobs back, lose no job; adds to a
+/// paused queue are refused, and taken again after resume.
+#[test]
+fn shut_down_workers_and_a_paused_queue_lose_nothing() {
+    let mut world = World::new(WorldConfig {
+        workers_per_queue: 2,
+        ..WorldConfig::default()
+    });
+    for _ in 0..6 {
+        world.add(0, 0);
+    }
+    for _ in 0..20 {
+        world.deliver(0);
+    }
+    world.shut_down(0, false);
+    world.shut_down(1, true);
+    world.pause(0, true);
+    world.add(0, 0);
+    assert_eq!(world.ledger.refused_paused, 1);
+    world.pause(0, false);
+    world.add(0, 0);
+    assert!(world.quiesce(20_000), "{}", world.why_not_quiescent());
+    assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
+    assert_eq!(world.ledger.completed.len(), 7);
+    world.check_quiescent().expect("nothing left behind");
+}
+
 #[test]
 fn failures_retry_with_backoff_then_dead_letter() {
     let mut world = World::new(WorldConfig {
