@@ -575,12 +575,13 @@ impl World {
         self.pump();
         for _ in 0..max_steps {
             for slot in 0..self.slots.len() {
-                // A worker that drained and exited is started again.
+                // A worker that drained and exited is started again (and drained below).
                 self.restart(slot);
                 while !self.slots[slot].running.is_empty() {
                     self.answer(slot, 0, Answer::Ok);
                 }
             }
+            self.pump();
             if !self.in_flight.is_empty() {
                 self.deliver(0);
                 continue;
@@ -589,8 +590,31 @@ impl World {
             if self.all_settled() && self.idle() && self.keys_drained().is_ok() {
                 return true;
             }
+            // After a full drain every timer lies ahead: a machine whose `poll_timeout` is
+            // not later than now would be woken again and again for nothing (or hides work
+            // it is not doing). The clock is not forced past such a timer: it is an error.
             let next = self.next_timeout().unwrap_or(self.now_ms + 100);
-            self.set_time(next.max(self.now_ms + 1));
+            if next <= self.now_ms {
+                let who: Vec<String> = self
+                    .producers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.poll_timeout().is_some_and(|t| t <= self.now_ms))
+                    .map(|(i, p)| format!("producer {i}: {p:?}"))
+                    .chain(self.slots.iter().enumerate().filter_map(|(i, s)| {
+                        let w = s.worker.as_ref()?;
+                        w.poll_timeout()
+                            .is_some_and(|t| t <= self.now_ms)
+                            .then(|| format!("worker {i}: {w:?}"))
+                    }))
+                    .collect();
+                self.ledger.errors.push(format!(
+                    "stale timer at {next}, now {}: {who:?}",
+                    self.now_ms
+                ));
+                return false;
+            }
+            self.set_time(next);
         }
         false
     }

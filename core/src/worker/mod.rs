@@ -393,14 +393,20 @@ impl Worker {
             at(start.saturating_add(timeout));
         }
         if !self.draining {
+            // Intake (reads, reclaims, promotions) waits out a backoff: none of its timers
+            // is before the backoff ends, and the end itself is one (a read is due then).
+            let gate = |x: u64| x.max(self.resend.at_ms());
+            if !self.resend.ready(self.now_ms) {
+                at(self.resend.at_ms());
+            }
             if !self.upkeep_waits_for_read() {
-                at(self.next_reclaim_ms);
+                at(gate(self.next_reclaim_ms));
             }
             if let Some(due) = self.next_promote_ms {
-                at(due);
+                at(gate(due));
             }
-            if self.cfg.block_ms.is_none() && self.next_read_ms > self.now_ms {
-                at(self.next_read_ms);
+            if self.cfg.block_ms.is_none() && gate(self.next_read_ms) > self.now_ms {
+                at(gate(self.next_read_ms));
             }
         }
         t

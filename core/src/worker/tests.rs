@@ -1008,3 +1008,40 @@ fn an_entry_reclaimed_by_its_own_worker_while_its_settlement_waits_does_not_run_
     let s = sim.stream(&keys_of("q").jobs).unwrap();
     assert!(s.groups[GROUP].pel.is_empty(), "settled");
 }
+
+/// Found by the engine model's stale-timer check: a worker backing off after a failed
+/// command, with nothing to settle, still reported its due upkeep as its timer, a time in
+/// the past. Its driver then woke at once, again and again, doing nothing, until the backoff
+/// ended (a busy loop for up to a second per outage). Now every timer lies ahead.
+#[test]
+fn a_worker_backing_off_has_no_timer_in_the_past() {
+    let mut rng = SeededRandom::new(3);
+    let t0 = 1_700_000_000_000;
+    let mut sim = Sim::new(t0);
+    let cfg = WorkerConfig::new("q", "c1").block_ms(None);
+    let mut w = Worker::new(cfg, sealer(), t0).expect("a worker");
+    drive(&mut w, &mut sim, &mut rng);
+    // Time passes past the upkeep's due time; its command's connection fails.
+    let now = t0 + 60_000;
+    w.handle_timeout(now, &mut rng).expect("timeout");
+    let mut failed = 0;
+    for _ in 0..10 {
+        let cmds: Vec<_> = std::iter::from_fn(|| w.poll_command()).take(100).collect();
+        if cmds.is_empty() {
+            break;
+        }
+        for cmd in cmds {
+            w.handle_reply(now, cmd.op, Reply::Unknown, &mut rng)
+                .expect("a reply");
+            failed += 1;
+        }
+        while w.poll_event().is_some() {}
+    }
+    assert!(failed > 0, "something was sent");
+    assert!(
+        w.poll_command().is_none(),
+        "backing off: nothing more is sent"
+    );
+    let next = w.poll_timeout().expect("a timer: the backoff's end");
+    assert!(next > now, "timer {next} is not after now {now}");
+}
