@@ -736,12 +736,10 @@ fn complete_invocation<'a>(
     items: &'a [Settle],
 ) -> Invocation<'a> {
     use SettleField as F;
-    let (lo, hi) = batch_range(items);
-    let mut args = Vec::with_capacity(4 + 5 * items.len());
-    args.extend([min_id(min_event_ms), b(consumer), id(lo), id(hi)]);
+    let head = vec![min_id(min_event_ms), b(consumer)];
     let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
-    settle_args(items, &mut args, &fields);
-    script(&COMPLETE, &[&keys.jobs, &keys.ids, &keys.events], args)
+    let keys = [&keys.jobs, &keys.ids, &keys.events];
+    settle_invocation(&COMPLETE, &keys, head, items, &fields)
 }
 
 /// Script `retry` for a batch, at `now_ms`, trimming events below `min_event_ms`.
@@ -752,14 +750,7 @@ fn retry_invocation<'a>(
     items: &'a [Settle],
 ) -> Invocation<'a> {
     use SettleField as F;
-    let (lo, hi) = batch_range(items);
-    let mut args = vec![
-        num(now_ms),
-        min_id(min_event_ms),
-        b(consumer),
-        id(lo),
-        id(hi),
-    ];
+    let head = vec![num(now_ms), min_id(min_event_ms), b(consumer)];
     let fields = [
         F::Entry,
         F::Job,
@@ -769,9 +760,8 @@ fn retry_invocation<'a>(
         F::JobEnvelope,
         F::Instance,
     ];
-    settle_args(items, &mut args, &fields);
     let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.events];
-    script(&RETRY, &k, args)
+    settle_invocation(&RETRY, &k, head, items, &fields)
 }
 
 /// Script `bury` for a batch, trimming events below `min_event_ms` and dead letters below
@@ -783,14 +773,7 @@ fn bury_invocation<'a>(
     items: &'a [Settle],
 ) -> Invocation<'a> {
     use SettleField as F;
-    let (lo, hi) = batch_range(items);
-    let mut args = vec![
-        min_id(min_event_ms),
-        b(consumer),
-        min_id(min_dead_ms),
-        id(lo),
-        id(hi),
-    ];
+    let head = vec![min_id(min_event_ms), b(consumer), min_id(min_dead_ms)];
     let fields = [
         F::Entry,
         F::Job,
@@ -799,17 +782,25 @@ fn bury_invocation<'a>(
         F::JobEnvelope,
         F::Instance,
     ];
-    settle_args(items, &mut args, &fields);
     let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
-    script(&BURY, &k, args)
+    settle_invocation(&BURY, &k, head, items, &fields)
 }
 
-/// The lowest and the highest entry of a settle batch, for the one XPENDING of the settle
-/// scripts' prelude (`held_prelude!`).
-fn batch_range(items: &[Settle]) -> (EntryId, EntryId) {
+/// A settle script's invocation: its own leading ARGV (`head`), then the batch's lowest and
+/// highest entry (for the one XPENDING of `held_prelude!`), then `fields` of every item.
+fn settle_invocation<'a>(
+    which: &'static Script,
+    keys: &[&'a String],
+    mut head: Vec<Arg<'a>>,
+    items: &'a [Settle],
+    fields: &[SettleField],
+) -> Invocation<'a> {
     let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
     let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
-    (lo, hi)
+    head.reserve(2 + fields.len() * items.len());
+    head.extend([id(lo), id(hi)]);
+    settle_args(items, &mut head, fields);
+    script(which, keys, head)
 }
 
 /// A script's invocation with these keys.

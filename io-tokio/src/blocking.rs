@@ -168,8 +168,9 @@ struct Task {
     line: Line,
     rx: mpsc::UnboundedReceiver<Req>,
     mux: ReadMux,
-    /// Where each read's answer goes, by the mux's ticket; the driver's tickets to the mux's.
-    replies: HashMap<mux::Ticket, ReplyTx>,
+    /// Where each read's answer goes (and the driver's ticket for it), by the mux's ticket;
+    /// the driver's tickets to the mux's.
+    replies: HashMap<mux::Ticket, (Ticket, ReplyTx)>,
     tickets: HashMap<Ticket, mux::Ticket>,
     unblocked_tx: mpsc::UnboundedSender<Option<bool>>,
     unblocked_rx: mpsc::UnboundedReceiver<Option<bool>>,
@@ -225,7 +226,7 @@ impl Task {
             } => {
                 let t = self.mux.submit(now, op, kind);
                 self.tickets.insert(ticket, t);
-                self.replies.insert(t, reply);
+                self.replies.insert(t, (ticket, reply));
             }
             Req::Cancel(ticket) => {
                 if let Some(t) = self.tickets.get(&ticket) {
@@ -238,8 +239,8 @@ impl Task {
     /// Hands each answer to its driver.
     fn answer(&mut self) {
         while let Some(a) = self.mux.poll_answer() {
-            self.tickets.retain(|_, t| *t != a.ticket);
-            if let Some(tx) = self.replies.remove(&a.ticket) {
+            if let Some((ticket, tx)) = self.replies.remove(&a.ticket) {
+                self.tickets.remove(&ticket);
                 let _ = tx.send((a.op, a.reply));
             }
         }

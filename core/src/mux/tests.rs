@@ -170,15 +170,103 @@ struct Out {
     unblocked: bool,
 }
 
+const STREAMS: [&str; 3] = ["q0", "q1", "q2"];
+/// The stream each reader reads (two read q0).
+const READERS: [usize; 4] = [0, 1, 2, 0];
+
+fn jobs_key(q: usize) -> String {
+    format!("dl:{{{}}}:jobs", STREAMS[q])
+}
+
+/// The stream of the model that holds entry `id` (ids are unique within a stream only).
+fn stream_holding(sim: &Sim, id: EntryId) -> Vec<usize> {
+    (0..STREAMS.len())
+        .filter(|q| {
+            sim.stream(&jobs_key(*q))
+                .is_some_and(|s| s.entries.contains_key(&id))
+        })
+        .collect()
+}
+
+/// What the readers and "Redis" know, and the checks on every drain of the mux.
+#[derive(Default)]
+struct Readers {
+    /// Reads not answered: reader, deadline, cancelled.
+    outstanding: HashMap<Ticket, (usize, u64, bool)>,
+    ticket: [Option<Ticket>; 4],
+    out: Option<Out>,
+    unblocks: u32,
+    delivered: BTreeSet<(usize, EntryId)>,
+}
+
+impl Readers {
+    /// Drains the mux at `now`: at most one command out, one read per stream; every answer
+    /// for a read that waits, once, never nil before its deadline unless cancelled, with
+    /// entries of its own stream only, each delivered once. After `handle_timeout(now)`
+    /// (`timed_out`) no timer is due any more (a past timer after another input only says a
+    /// timeout is due).
+    fn drain(&mut self, mux: &mut ReadMux, sim: &Sim, now: u64, timed_out: bool, at: &str) {
+        while let Some(cmd) = mux.poll_command() {
+            match cmd {
+                MuxCommand::Read { reads, block_ms } => {
+                    assert!(self.out.is_none(), "{at}: two commands out");
+                    let streams: BTreeSet<_> = reads
+                        .iter()
+                        .map(|r| match r {
+                            CommandKind::Read { keys, .. } => keys.jobs.clone(),
+                            _ => String::new(),
+                        })
+                        .collect();
+                    assert_eq!(streams.len(), reads.len(), "{at}: one read per stream");
+                    assert!(block_ms >= 1);
+                    self.out = Some(Out {
+                        reads,
+                        until_ms: now + block_ms,
+                        blocking: false,
+                        unblocked: false,
+                    });
+                }
+                MuxCommand::Unblock => self.unblocks += 1,
+            }
+        }
+        while let Some(a) = mux.poll_answer() {
+            let (reader, deadline, cancelled) = self
+                .outstanding
+                .remove(&a.ticket)
+                .unwrap_or_else(|| panic!("{at}: {a:?} answered twice or never asked"));
+            assert_eq!(a.op, OpId(reader as u64));
+            self.ticket[reader] = None;
+            if a.reply == Reply::Value(Value::Nil) {
+                assert!(
+                    cancelled || now >= deadline,
+                    "{at}: nil before the deadline"
+                );
+            }
+            for id in entries_of(&a.reply) {
+                let q = READERS[reader];
+                assert!(
+                    stream_holding(sim, id).contains(&q),
+                    "{at}: an entry of another stream"
+                );
+                assert!(self.delivered.insert((q, id)), "{at}: delivered twice");
+            }
+        }
+        if let Some(t) = mux.poll_timeout().filter(|_| timed_out) {
+            assert!(
+                t > now,
+                "{at}: timer {t} still due after the timeout at {now}"
+            );
+        }
+    }
+}
+
 /// Random readers (two of one stream, one of a stream without a group until someone makes
 /// it) over the model, with entries added, time passing, unblocks that come early, and
 /// replies lost: every read is answered exactly once, never nil before its deadline unless
-/// cancelled, each entry reaches at most one read (of its stream), and every entry the
-/// model delivered reached a read or was in a lost reply.
+/// cancelled, each entry reaches at most one read (of its stream), every entry the model
+/// delivered reached a read or was in a lost reply, and no timer is still due after a timeout.
 #[test]
 fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
-    const STREAMS: [&str; 3] = ["q0", "q1", "q2"];
-    const READERS: [usize; 4] = [0, 1, 2, 0]; // the stream each reader reads
     for seed in 0..300u64 {
         let mut rng = SeededRandom::new(seed);
         let mut r = |n: u64| rng.next_u64() % n;
@@ -188,89 +276,74 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
             sim.execute(&CommandKind::EnsureGroup { keys: keys(q) });
         }
         let mut mux = ReadMux::new();
-        let mut outstanding: HashMap<Ticket, (usize, u64, bool)> = HashMap::new(); // reader, deadline, cancelled
-        let mut reader_ticket: [Option<Ticket>; 4] = [None; 4];
-        let mut out: Option<Out> = None;
-        let mut unblocks = 0u32;
-        let mut delivered: BTreeSet<(usize, EntryId)> = BTreeSet::new();
+        let mut h = Readers::default();
         let mut lost: BTreeSet<(usize, EntryId)> = BTreeSet::new();
-        let stream_of = |kind: &CommandKind| match kind {
-            CommandKind::Read { keys, .. } => STREAMS
-                .iter()
-                .position(|q| keys.jobs == format!("dl:{{{q}}}:jobs")),
-            _ => None,
-        };
         for step in 0..400 {
-            let mut reply: Option<Reply> = None;
+            let at = format!("seed {seed} step {step}");
+            let (mut fed, mut timed_out) = (true, false);
             match r(9) {
                 0 | 1 => {
                     let reader = r(4) as usize;
-                    if reader_ticket[reader].is_none() {
+                    if h.ticket[reader].is_none() {
                         let block = [1, 50, 5_000][r(3) as usize];
-                        let t = mux.submit(
-                            now,
-                            OpId(reader as u64),
-                            read(STREAMS[READERS[reader]], 1 + r(3) as u32, block),
-                        );
-                        reader_ticket[reader] = Some(t);
-                        outstanding.insert(t, (reader, now + block, false));
+                        let kind = read(STREAMS[READERS[reader]], 1 + r(3) as u32, block);
+                        let t = mux.submit(now, OpId(reader as u64), kind);
+                        h.ticket[reader] = Some(t);
+                        h.outstanding.insert(t, (reader, now + block, false));
                     }
                 }
                 2 => {
                     let reader = r(4) as usize;
-                    if let Some(t) = reader_ticket[reader] {
-                        if let Some(o) = outstanding.get_mut(&t) {
+                    if let Some(t) = h.ticket[reader] {
+                        if let Some(o) = h.outstanding.get_mut(&t) {
                             o.2 = true;
                         }
                         mux.cancel(now, t);
                     }
                 }
                 3 => {
-                    let q = STREAMS[r(3) as usize];
                     let fields = vec![(b"j".to_vec(), format!("{step}").into_bytes())];
-                    sim.xadd_raw(&format!("dl:{{{q}}}:jobs"), fields)
+                    sim.xadd_raw(&jobs_key(r(3) as usize), fields)
                         .expect("a stream");
+                    fed = false;
                 }
                 4 => {
                     now += [1, 10, 1_000][r(3) as usize];
                     sim.set_time(now);
+                    fed = false;
                 }
                 5 | 6 => {
                     // Redis serves the command: at once when it finds something (or an error),
                     // else when its block ends or it is unblocked.
-                    if let Some(o) = &out {
+                    fed = false;
+                    if let Some(o) = &mut h.out {
                         let value = run_merged(&mut sim, &o.reads);
-                        let ends = o.unblocked || now >= o.until_ms;
-                        if value != Value::Nil || ends {
+                        if value != Value::Nil || o.unblocked || now >= o.until_ms {
                             let lose = r(10) == 0;
                             if lose {
                                 for id in entries_of(&Reply::Value(value.clone())) {
-                                    // Which stream: by id lookup (ids are per stream).
-                                    for (q, name) in STREAMS.iter().enumerate() {
-                                        if sim
-                                            .stream(&format!("dl:{{{name}}}:jobs"))
-                                            .is_some_and(|s| s.entries.contains_key(&id))
-                                        {
-                                            lost.insert((q, id));
-                                        }
-                                    }
+                                    lost.extend(
+                                        stream_holding(&sim, id).into_iter().map(|q| (q, id)),
+                                    );
                                 }
                             }
-                            reply = Some(if lose {
+                            h.out = None;
+                            let reply = if lose {
                                 Reply::Unknown
                             } else {
                                 Reply::Value(value)
-                            });
-                            out = None;
-                        } else if let Some(o) = out.as_mut() {
+                            };
+                            mux.handle_read_reply(now, reply);
+                            fed = true;
+                        } else {
                             o.blocking = true;
                         }
                     }
                 }
                 7 => {
-                    if unblocks > 0 {
-                        unblocks -= 1;
-                        let landed = match out.as_mut() {
+                    if h.unblocks > 0 {
+                        h.unblocks -= 1;
+                        let landed = match h.out.as_mut() {
                             Some(o) if o.blocking => {
                                 o.unblocked = true;
                                 Some(true)
@@ -278,6 +351,8 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                             _ => [Some(false), None][r(2) as usize],
                         };
                         mux.handle_unblock_reply(now, landed);
+                    } else {
+                        fed = false;
                     }
                 }
                 _ => {
@@ -285,105 +360,47 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                         sim.execute(&CommandKind::EnsureGroup { keys: keys("q2") });
                     }
                     mux.handle_timeout(now);
+                    timed_out = true;
                 }
             }
-            if let Some(reply) = reply {
-                mux.handle_read_reply(now, reply);
-            }
-            // Drain: at most one command out; answers exactly once, in their terms.
-            while let Some(cmd) = mux.poll_command() {
-                match cmd {
-                    MuxCommand::Read { reads, block_ms } => {
-                        assert!(out.is_none(), "seed {seed} step {step}: two commands out");
-                        let streams: BTreeSet<_> = reads.iter().map(stream_of).collect();
-                        assert_eq!(streams.len(), reads.len(), "one read per stream");
-                        assert!(block_ms >= 1);
-                        out = Some(Out {
-                            reads,
-                            until_ms: now + block_ms,
-                            blocking: false,
-                            unblocked: false,
-                        });
-                    }
-                    MuxCommand::Unblock => unblocks += 1,
-                }
-            }
-            while let Some(a) = mux.poll_answer() {
-                let (reader, deadline, cancelled) =
-                    outstanding.remove(&a.ticket).unwrap_or_else(|| {
-                        panic!("seed {seed} step {step}: {a:?} answered twice or never asked")
-                    });
-                assert_eq!(a.op, OpId(reader as u64));
-                reader_ticket[reader] = None;
-                if a.reply == Reply::Value(Value::Nil) {
-                    assert!(
-                        cancelled || now >= deadline,
-                        "seed {seed} step {step}: nil before the deadline"
-                    );
-                }
-                for id in entries_of(&a.reply) {
-                    let q = READERS[reader];
-                    assert!(
-                        sim.stream(&format!("dl:{{{}}}:jobs", STREAMS[q]))
-                            .is_some_and(|s| s.entries.contains_key(&id)),
-                        "seed {seed} step {step}: an entry of another stream"
-                    );
-                    assert!(delivered.insert((q, id)), "delivered twice");
-                }
-            }
-            if let Some(t) = mux.poll_timeout() {
-                assert!(t >= now || out.is_none() || mux.waiting() > 0, "timer");
+            if fed {
+                h.drain(&mut mux, &sim, now, timed_out, &at);
             }
         }
         // Quiesce: time passes, Redis answers, unblocks land, until every read is answered.
-        for _ in 0..200 {
-            if outstanding.is_empty() {
+        for round in 0..200 {
+            if h.outstanding.is_empty() {
                 break;
             }
             now += 1_000;
             sim.set_time(now);
-            if let Some(o) = out.take() {
+            let at = format!("seed {seed} quiescing {round}");
+            if let Some(o) = h.out.take() {
                 let value = run_merged(&mut sim, &o.reads);
                 mux.handle_read_reply(now, Reply::Value(value));
+                h.drain(&mut mux, &sim, now, false, &at);
             }
-            while unblocks > 0 {
-                unblocks -= 1;
+            while h.unblocks > 0 {
+                h.unblocks -= 1;
                 mux.handle_unblock_reply(now, Some(false));
             }
             mux.handle_timeout(now);
-            while let Some(cmd) = mux.poll_command() {
-                match cmd {
-                    MuxCommand::Read { reads, block_ms } => {
-                        out = Some(Out {
-                            reads,
-                            until_ms: now + block_ms,
-                            blocking: false,
-                            unblocked: false,
-                        });
-                    }
-                    MuxCommand::Unblock => unblocks += 1,
-                }
-            }
-            while let Some(a) = mux.poll_answer() {
-                let (reader, _, _) = outstanding.remove(&a.ticket).expect("answered once");
-                for id in entries_of(&a.reply) {
-                    assert!(delivered.insert((READERS[reader], id)), "delivered twice");
-                }
-            }
+            h.drain(&mut mux, &sim, now, true, &at);
         }
         assert!(
-            outstanding.is_empty(),
-            "seed {seed}: reads never answered: {outstanding:?}"
+            h.outstanding.is_empty(),
+            "seed {seed}: reads never answered: {:?}",
+            h.outstanding
         );
         // Every entry the model handed out reached a read, or was in a lost reply.
         for (q, name) in STREAMS.iter().enumerate() {
-            let Some(s) = sim.stream(&format!("dl:{{{name}}}:jobs")) else {
+            let Some(s) = sim.stream(&jobs_key(q)) else {
                 continue;
             };
             if let Some(g) = s.groups.get(GROUP) {
                 for id in g.pel.keys() {
                     assert!(
-                        delivered.contains(&(q, *id)) || lost.contains(&(q, *id)),
+                        h.delivered.contains(&(q, *id)) || lost.contains(&(q, *id)),
                         "seed {seed}: entry {id} of {name} delivered to nobody"
                     );
                 }

@@ -372,11 +372,10 @@ impl World {
         }
         // The new producer may surface again outcomes its predecessor surfaced (events it
         // read and had not trimmed yet): one final outcome per job per producer.
-        let other_queue =
-            |added: &BTreeMap<JobId, usize>, j: &JobId| added.get(j).is_some_and(|q| *q != queue);
-        let added = l.added.clone();
-        l.outcomes.retain(|j, _| other_queue(&added, j));
-        l.failed.retain(|j, _| other_queue(&added, j));
+        let added = &l.added;
+        let other_queue = |j: &JobId| added.get(j).is_some_and(|q| *q != queue);
+        l.outcomes.retain(|j, _| other_queue(j));
+        l.failed.retain(|j, _| other_queue(j));
         l.replaced += 1;
         self.pump();
     }
