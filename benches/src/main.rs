@@ -297,8 +297,9 @@ impl Bench {
     /// Redis (work entries, id markers, events, delayed jobs and their payloads, dead
     /// letters). Waits up to 3 s for the producer's last acknowledgement; an error if
     /// anything remains.
-    async fn residue(&mut self, name: &str) -> Res<u64> {
+    async fn residue(&mut self, name: &str, producer: &str) -> Res<u64> {
         let keys = datalayer_core::naming::QueueKeys::new(&self.prefix, name)?;
+        let events = keys.events_of(producer);
         let started = Instant::now();
         loop {
             let (jobs, events, dead, ids, payloads, delayed): (u64, u64, u64, u64, u64, u64) =
@@ -306,7 +307,7 @@ impl Bench {
                     .cmd("XLEN")
                     .arg(&keys.jobs)
                     .cmd("XLEN")
-                    .arg(&keys.events)
+                    .arg(&events)
                     .cmd("XLEN")
                     .arg(&keys.dead)
                     .cmd("HLEN")
@@ -612,7 +613,7 @@ impl Bench {
         worker.shutdown(Duration::from_secs(10)).await;
         // What completed jobs left: give the producer a moment to acknowledge the last events.
         let stalls = self.stalls().await;
-        let left = self.residue(&name).await?;
+        let left = self.residue(&name, queue.producer_id()).await?;
         let after = used_memory(&mut self.raw).await?;
         queue.shutdown().await;
         let latency = hist.lock().map(|h| h.clone()).ok();

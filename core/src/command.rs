@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::naming::QueueKeys;
+use crate::naming::{ProducerKeys, QueueKeys};
 use crate::value::{EntryId, Value};
 
 /// Identifies one command and its reply.
@@ -93,10 +93,11 @@ pub enum CommandKind {
     /// the new markers, per 1,000 jobs): XADD it to the work stream (or ZADD it to `delayed`
     /// with its envelope in `payloads` when due later).
     ///
-    /// The marker makes adds idempotent. Marker `p`: it stays until the producer has read
-    /// the job's final event and has no add of it outstanding ([`CommandKind::AckEvents`]),
-    /// so even an add sent again after the job completed is recognized. Marker `w` (for
-    /// producers that read no events): the settling worker removes it.
+    /// The marker makes adds idempotent, and names the producer the job's outcomes go to.
+    /// A producer's id: the marker stays until that producer has read the job's final event
+    /// and has no add of it outstanding ([`CommandKind::AckEvents`]), so even an add sent
+    /// again after the job completed is recognized. Marker `w` (for producers that read no
+    /// events), or a producer no longer registered: the settling worker removes it.
     ///
     /// Reply: an array with, per job, the entry id (added), `1` (delayed) or `0` (a job with
     /// this id is known already: a duplicate). Unknown outcome: send the same jobs again (the
@@ -114,8 +115,9 @@ pub enum CommandKind {
         keys: Arc<QueueKeys>,
         /// The current time (ms), to tell due jobs from delayed ones.
         now_ms: u64,
-        /// Marker `p` (the producer forgets the id) rather than `w` (the worker does).
-        producer_forgets: bool,
+        /// The id marker: the adding producer's id (its events stream gets the job's
+        /// outcomes, and it forgets the id), or `w` (nobody reads them: the worker forgets).
+        marker: Arc<str>,
         /// The jobs, in order.
         jobs: Vec<NewJob>,
         /// New ids, due now, first send: MULTI/EXEC rather than the script.
@@ -137,9 +139,10 @@ pub enum CommandKind {
         block_ms: Option<u64>,
     },
     /// Script `complete`: per item, if the entry is pending for `consumer` (a worker that
-    /// lost its lease settles nothing) and `XACK` removes it: XADD the sealed result to
-    /// `events` (trimming entries older than `min_event_ms`) and HDEL its id marker if it is
-    /// `w`. Then the work stream is trimmed below its oldest pending entry, and settled
+    /// lost its lease settles nothing) and `XACK` removes it: XADD the sealed result to the
+    /// events stream of the producer its id marker names, if that producer is registered
+    /// (trimming entries older than `min_event_ms`), else HDEL the marker (`w`, or a
+    /// producer gone). Then the work stream is trimmed below its oldest pending entry, and settled
     /// entries further ahead than [`crate::scripts::TRIM_WINDOW_MS`] are deleted by id.
     ///
     /// Reply: an array of `1` (done) or `0` (the entry is not this worker's any more: its
@@ -156,7 +159,7 @@ pub enum CommandKind {
         items: Vec<Settle>,
     },
     /// Script `retry`: per item, if `XACK` removes the entry: XADD a failure event with the
-    /// sealed reason, and re-add the re-sealed job: to the work stream if due, else to
+    /// sealed reason (to its producer's events, as `Complete`), and re-add the re-sealed job: to the work stream if due, else to
     /// `delayed`/`payloads`; the settled entries then leave by the trim of `Complete`.
     /// Reply and outcomes as for `Complete`.
     Retry {
@@ -172,8 +175,8 @@ pub enum CommandKind {
         items: Vec<Settle>,
     },
     /// Script `bury`: per item, if `XACK` removes the entry: XADD the job and its sealed
-    /// reason to `dead`, XADD a dead-letter event (when the job id is known), HDEL its id
-    /// marker if it is `w`; the settled entries then leave by the trim of `Complete`. Reply
+    /// reason to `dead`, XADD a dead-letter event (when the job id is known; to its
+    /// producer's events, or HDEL its marker, as `Complete`); the settled entries then leave by the trim of `Complete`. Reply
     /// and outcomes as for `Complete`.
     Bury {
         /// The queue.
@@ -205,8 +208,8 @@ pub enum CommandKind {
     ///
     /// Reply: `PONG`. Unknown outcome: still unreachable; again after a backoff.
     Ping,
-    /// Script `reclaim`: the queue's upkeep (see [`crate::scripts::RECLAIM`]): promote the
-    /// due delayed jobs, `XAUTOCLAIM <jobs> workers <consumer> <min_idle_ms> <cursor> COUNT
+    /// Script `reclaim`: the queue's upkeep (see [`crate::scripts::RECLAIM`]): sweep what
+    /// producers gone for good left, promote the due delayed jobs, `XAUTOCLAIM <jobs> workers <consumer> <min_idle_ms> <cursor> COUNT
     /// <count>` (when `count` > 0) with each claimed entry's delivery count, and schedule
     /// this worker's next upkeep so that the queue's live workers run one per
     /// `interval_ms` between them, however many they are.
@@ -259,6 +262,8 @@ pub enum CommandKind {
     ReadEvents {
         /// The queue.
         keys: Arc<QueueKeys>,
+        /// The producer whose events these are.
+        producer: Arc<ProducerKeys>,
         /// The last event id seen.
         after: EntryId,
         /// The most events to read.
@@ -277,18 +282,40 @@ pub enum CommandKind {
     AckEvents {
         /// The queue.
         keys: Arc<QueueKeys>,
+        /// The producer whose events these are.
+        producer: Arc<ProducerKeys>,
         /// The last event surfaced; `None`: trim nothing.
         through: Option<EntryId>,
         /// The job ids whose markers go.
         forget: Vec<String>,
     },
     /// Script `stats`: `[waiting + pending jobs, pending, ZCARD delayed, XLEN dead, XLEN
-    /// events]`.
+    /// of the producer's events]`.
     Stats {
         /// The queue.
         keys: Arc<QueueKeys>,
+        /// The producer asking.
+        producer: Arc<ProducerKeys>,
     },
-    /// `DEL` every key of the queue (one slot, so one command).
+    /// Script `register`: the producer promises to be back by `until_ms` (`ZADD producers`;
+    /// out of `gone` if it was swept meanwhile), and sweeps what producers gone for good
+    /// left, as `Reclaim` does (a queue without workers is swept too).
+    ///
+    /// Reply: `1` (it was not registered: the first registration, or it had been declared
+    /// gone, its unread outcomes swept) or `0` (refreshed). Unknown outcome or error: again
+    /// after a backoff.
+    Register {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The producer.
+        producer: Arc<ProducerKeys>,
+        /// The current time (ms): producers past their promise are gone.
+        now_ms: u64,
+        /// The promise.
+        until_ms: u64,
+    },
+    /// Script `destroy`: `DEL` every key of the queue, with every producer's events stream
+    /// (one slot, so one step).
     Destroy {
         /// The queue.
         keys: Arc<QueueKeys>,

@@ -227,7 +227,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 }
 
 /// Arbitrary operation sequences on the engine over the model; panics when an invariant of
-/// [`World`] breaks. Layout of `data`: `queues u8 | workers u8 | concurrency u8 | attempts u8
+/// [`World`] breaks. Layout of `data`: `queues u8 (mod 3; its quotient's parity: 1 or 2
+/// producers per queue) | workers u8 | concurrency u8 | attempts u8
 /// | max_stalled u8 | seed u64 LE | ops`, each op 3 bytes `(code, a, b)`.
 pub fn engine_ops(data: &[u8]) {
     let Some((head, mut ops)) = data.split_first_chunk::<13>() else {
@@ -238,6 +239,7 @@ pub fn engine_ops(data: &[u8]) {
     ]);
     let cfg = WorldConfig {
         queues: usize::from(head[0] % 3) + 1,
+        producers_per_queue: usize::from(head[0] / 3 % 2) + 1,
         workers_per_queue: usize::from(head[1] % 4) + 1,
         concurrency: u32::from(head[2] % 3) + 1,
         retry: RetryPolicy::new(
@@ -252,7 +254,8 @@ pub fn engine_ops(data: &[u8]) {
         seed,
         ..WorldConfig::default()
     };
-    let (queues, mut world) = (cfg.queues, World::new(cfg));
+    let mut world = World::new(cfg);
+    let queues = world.producers();
     let slots = world.slots();
     // Bounded work per input, so the fuzzer stays fast.
     let mut steps = 0;

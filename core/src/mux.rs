@@ -78,7 +78,7 @@ impl Waiting {
     fn stream(&self) -> &[u8] {
         match &self.kind {
             CommandKind::Read { keys, .. } => keys.jobs.as_bytes(),
-            CommandKind::ReadEvents { keys, .. } => keys.events.as_bytes(),
+            CommandKind::ReadEvents { producer, .. } => producer.events.as_bytes(),
             _ => b"",
         }
     }

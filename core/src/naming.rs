@@ -9,7 +9,11 @@
 //! <prefix>:{<queue>}:delayed   zset: job id by due time (ms)
 //! <prefix>:{<queue>}:payloads  hash: job id -> sealed job, for delayed jobs
 //! <prefix>:{<queue>}:dead      stream of dead letters (sealed job + sealed reason)
-//! <prefix>:{<queue>}:events    stream of results and failures, trimmed by age
+//! <prefix>:{<queue>}:events:<producer>
+//!                              stream of one producer's results and failures, trimmed by age
+//! <prefix>:{<queue>}:producers zset: producer id -> the time (ms) it promised to be back by
+//! <prefix>:{<queue>}:gone      zset: producers past their promise whose results are swept
+//! <prefix>:{<queue>}:workers   zset: live workers by the time they will be back
 //! <prefix>:{<session>}:creds   hash of a session's sealed credentials
 //! ```
 
@@ -79,8 +83,15 @@ pub struct QueueKeys {
     pub payloads: String,
     /// Dead letters.
     pub dead: String,
-    /// Results and failures.
+    /// The stem of the producers' events streams: producer `p` reads `<events>:<p>`
+    /// ([`QueueKeys::events_of`]).
     pub events: String,
+    /// The queue's producers, each with the time (ms) by which it promised to refresh its
+    /// registration: a settle writes an outcome only for a registered producer.
+    pub producers: String,
+    /// Producers past their promise, whose events streams (and the markers of the jobs whose
+    /// ends they hold) the queue's upkeep sweeps.
+    pub gone: String,
     /// The queue's live workers, each with the time by which it will be back (a sorted set:
     /// it spreads the queue's upkeep over them, see [`crate::scripts::RECLAIM`]).
     pub workers: String,
@@ -101,22 +112,79 @@ impl QueueKeys {
             payloads: key("payloads"),
             dead: key("dead"),
             events: key("events"),
+            producers: key("producers"),
+            gone: key("gone"),
             workers: key("workers"),
         })
     }
 
-    /// Every key of the queue (what `shutdown` deletes).
+    /// The events stream of producer `producer`.
     #[must_use]
-    pub fn all(&self) -> [&str; 7] {
+    pub fn events_of(&self, producer: &str) -> String {
+        format!("{}:{producer}", self.events)
+    }
+
+    /// Every key of the queue of fixed name (what `shutdown` deletes, with the events
+    /// stream of every producer in `producers` and `gone`).
+    #[must_use]
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.jobs,
             &self.ids,
             &self.delayed,
             &self.payloads,
             &self.dead,
-            &self.events,
             &self.workers,
+            &self.producers,
+            &self.gone,
         ]
+    }
+}
+
+/// The longest producer id accepted (bytes).
+pub const MAX_PRODUCER_LEN: usize = 64;
+
+/// Why a producer id cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "producer id {0:?} must be 1 to {MAX_PRODUCER_LEN} bytes of ASCII letters, digits, '-', \
+     '_' or '.', and not \"w\""
+)]
+pub struct ProducerIdError(pub String);
+
+/// Checks a producer id: 1 to [`MAX_PRODUCER_LEN`] ASCII letters, digits, `-`, `_` or `.`,
+/// and not `w` (the marker of jobs whose producer reads no events).
+pub fn validate_producer(id: &str) -> Result<(), ProducerIdError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_PRODUCER_LEN
+        && id != "w"
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProducerIdError(id.chars().take(80).collect()))
+    }
+}
+
+/// One producer of a queue: its id and its events stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerKeys {
+    /// The producer's id (also the id marker of the jobs it adds).
+    pub id: String,
+    /// Its events stream, `<prefix>:{<queue>}:events:<id>`.
+    pub events: String,
+}
+
+impl ProducerKeys {
+    /// The keys of producer `id` of the queue `keys`.
+    pub fn new(keys: &QueueKeys, id: &str) -> Result<Self, ProducerIdError> {
+        validate_producer(id)?;
+        Ok(Self {
+            id: id.to_owned(),
+            events: keys.events_of(id),
+        })
     }
 }
 
@@ -191,6 +259,11 @@ mod tests {
         let k = QueueKeys::new("dl", "sockethub:p1:data-layer:queue:irc").unwrap();
         assert_eq!(k.jobs, "dl:{sockethub:p1:data-layer:queue:irc}:jobs");
         assert_eq!(k.events, "dl:{sockethub:p1:data-layer:queue:irc}:events");
+        let p = ProducerKeys::new(&k, "a1").unwrap();
+        assert_eq!(p.events, "dl:{sockethub:p1:data-layer:queue:irc}:events:a1");
+        for bad in ["", "w", "a:b", "a}b", "é", &"x".repeat(65)] {
+            assert!(ProducerKeys::new(&k, bad).is_err(), "{bad:?}");
+        }
         assert_eq!(credentials_key("x", "s1").unwrap(), "x:{s1}:creds");
         assert_eq!(QueueKeys::new("dl", ""), Err(NameError::Empty));
         assert!(matches!(

@@ -9,6 +9,12 @@
 //! entries also `r` (sealed reason) and `a` (attempt); events carry `j`, `k` (kind: `c`
 //! completed, `f` failed and retried, `d` dead-lettered), `a` (attempt) and `v` (sealed
 //! result or reason).
+//!
+//! Outcomes go to the producer that added the job: its id is the job's id marker (in
+//! `ids`), and its events stream is `<events>:<id>` ([`QueueKeys::events_of`]). The settle
+//! scripts and the sweep build those names from the events stem they get in KEYS (the
+//! producer ids are data); every such key carries the queue's hash tag, so it is on the slot
+//! of the declared keys.
 
 use std::borrow::Cow;
 
@@ -190,39 +196,80 @@ end
     };
 }
 
-/// `complete` — KEYS: jobs, ids, events. ARGV: min event id, consumer, the lowest and the
+/// The settle scripts' routing of outcomes (KEYS `$events`: the events stem, `$producers`:
+/// the registry): `events_of(marker)` is the events stream of the producer a job's id marker
+/// names, or `nil` when no producer awaits the job's outcomes (no marker, `w`, or a producer
+/// not registered: gone, its outcomes swept); one ZSCORE per producer per batch.
+/// `trim_events(min)` trims every stream written below `min`, once each.
+macro_rules! producer_events {
+    ($events:literal, $producers:literal) => {
+        concat!(
+            "local events_stem, producers_key = KEYS[",
+            $events,
+            "], KEYS[",
+            $producers,
+            "]\n",
+            r#"local registered, written = {}, {}
+local function events_of(marker)
+  if not marker or marker == 'w' then return nil end
+  local r = registered[marker]
+  if r == nil then
+    r = redis.call('ZSCORE', producers_key, marker) ~= false
+    registered[marker] = r
+  end
+  if not r then return nil end
+  local key = events_stem .. ':' .. marker
+  written[key] = true
+  return key
+end
+local function trim_events(min)
+  for key in pairs(written) do
+    redis.call('XTRIM', key, 'MINID', min)
+  end
+end
+"#
+        )
+    };
+}
+
+/// `complete` — KEYS: jobs, ids, events stem, producers. ARGV: min event id, consumer, the lowest and the
 /// highest entry of the batch, then per job: entry, job id, sealed result, attempt,
 /// instance (hex).
 ///
 /// One XPENDING finds which of the batch's entries this consumer holds (its pending entries
-/// between the lowest and the highest of them), one HMGET reads the jobs' id markers, one
-/// HDEL drops the `w` ones, one XACK settles them all: calls from Lua cost Redis as much
-/// as the commands, so the per-job work is the result's XADD alone.
+/// between the lowest and the highest of them), one HMGET reads the jobs' id markers (each
+/// names the producer the result goes to), one HDEL drops the markers no producer will
+/// forget (`w`, or a producer gone), one XACK settles them all: calls from Lua cost Redis as
+/// much as the commands, so the per-job work is the result's XADD alone.
 pub const COMPLETE: Script = Script {
     name: "complete",
     source: concat!(
         held_prelude!("3", "4", "2"),
-        r#"local jobs = {}
+        producer_events!("3", "4"),
+        r#"local jobs, at = {}, {}
 for i = 5, #ARGV, 5 do
-  local entry, job = ARGV[i], ARGV[i + 1]
-  if take(entry) then
-    jobs[#jobs + 1] = job
-    redis.call('XADD', KEYS[3], '*', 'j', job, 'k', 'c', 'a', ARGV[i + 3], 'i', ARGV[i + 4],
-      'v', ARGV[i + 2])
+  if take(ARGV[i]) then
+    jobs[#jobs + 1] = ARGV[i + 1]
+    at[#at + 1] = i
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
-if #settled > 0 then
-  -- Results nobody read for the retention time go, once per batch.
-  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[1])
-  -- Markers `w` (the producer reads no events) go with their jobs.
+if #jobs > 0 then
   local marks = redis.call('HMGET', KEYS[2], unpack(jobs))
   local done = {}
-  for n, m in ipairs(jobs) do
-    if marks[n] == 'w' then done[#done + 1] = m end
+  for n, i in ipairs(at) do
+    local key = events_of(marks[n])
+    if key then
+      redis.call('XADD', key, '*', 'j', jobs[n], 'k', 'c', 'a', ARGV[i + 3], 'i', ARGV[i + 4],
+        'v', ARGV[i + 2])
+    elseif marks[n] then
+      done[#done + 1] = jobs[n]
+    end
   end
+  -- Results nobody read for the retention time go, once per batch and stream.
+  trim_events(ARGV[1])
   if #done > 0 then
     redis.call('HDEL', KEYS[2], unpack(done))
   end
@@ -234,19 +281,34 @@ ack_settled()
     ),
 };
 
-/// `retry` — KEYS: jobs, delayed, payloads, events. ARGV: now, min event id, consumer, the
-/// lowest and the highest entry of the batch, then per job: entry, job id, sealed reason,
-/// attempt, due, re-sealed job, instance (hex).
+/// `retry` — KEYS: jobs, delayed, payloads, events stem, producers, ids. ARGV: now, min
+/// event id, consumer, the lowest and the highest entry of the batch, then per job: entry,
+/// job id, sealed reason, attempt, due, re-sealed job, instance (hex).
 pub const RETRY: Script = Script {
     name: "retry",
     source: concat!(
         held_prelude!("4", "5", "3"),
+        producer_events!("4", "5"),
         r#"local now = tonumber(ARGV[1])
+local jobs, at = {}, {}
 for i = 6, #ARGV, 7 do
-  local entry, job = ARGV[i], ARGV[i + 1]
-  if take(entry) then
-    redis.call('XADD', KEYS[4], 'MINID', ARGV[2], '*',
-      'j', job, 'k', 'f', 'a', ARGV[i + 3], 'i', ARGV[i + 6], 'v', ARGV[i + 2])
+  if take(ARGV[i]) then
+    jobs[#jobs + 1] = ARGV[i + 1]
+    at[#at + 1] = i
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #jobs > 0 then
+  local marks = redis.call('HMGET', KEYS[6], unpack(jobs))
+  for n, i in ipairs(at) do
+    local job = jobs[n]
+    local key = events_of(marks[n])
+    if key then
+      redis.call('XADD', key, '*',
+        'j', job, 'k', 'f', 'a', ARGV[i + 3], 'i', ARGV[i + 6], 'v', ARGV[i + 2])
+    end
     local due = tonumber(ARGV[i + 4])
     if due > now then
       redis.call('ZADD', KEYS[2], due, job)
@@ -254,10 +316,8 @@ for i = 6, #ARGV, 7 do
     else
       redis.call('XADD', KEYS[1], '*', 'j', job, 'e', ARGV[i + 5])
     end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
   end
+  trim_events(ARGV[2])
 end
 ack_settled()
 "#,
@@ -266,31 +326,36 @@ ack_settled()
     ),
 };
 
-/// `bury` — KEYS: jobs, ids, dead, events. ARGV: min event id, consumer, min dead-letter
-/// id, the lowest and the highest entry of the batch, then per job: entry, job id (empty if
-/// unknown), sealed reason, attempt, the job's envelope (or the first bytes of garbage),
-/// instance (hex; empty if unknown). Dead letters older than the min id go.
+/// `bury` — KEYS: jobs, ids, dead, events stem, producers. ARGV: min event id, consumer,
+/// min dead-letter id, the lowest and the highest entry of the batch, then per job: entry,
+/// job id (empty if unknown), sealed reason, attempt, the job's envelope (or the first bytes
+/// of garbage), instance (hex; empty if unknown). Dead letters older than the min id go.
 pub const BURY: Script = Script {
     name: "bury",
     source: concat!(
         held_prelude!("4", "5", "2"),
+        producer_events!("4", "5"),
         r#"for i = 6, #ARGV, 6 do
   local entry, job = ARGV[i], ARGV[i + 1]
   if take(entry) then
     redis.call('XADD', KEYS[3], 'MINID', ARGV[3], '*',
       'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3], 'i', ARGV[i + 5])
     if job ~= '' then
-      if redis.call('HGET', KEYS[2], job) == 'w' then
+      local marker = redis.call('HGET', KEYS[2], job)
+      local key = events_of(marker)
+      if key then
+        redis.call('XADD', key, '*',
+          'j', job, 'k', 'd', 'a', ARGV[i + 3], 'i', ARGV[i + 5], 'v', ARGV[i + 2])
+      elseif marker then
         redis.call('HDEL', KEYS[2], job)
       end
-      redis.call('XADD', KEYS[4], 'MINID', ARGV[1], '*',
-        'j', job, 'k', 'd', 'a', ARGV[i + 3], 'i', ARGV[i + 5], 'v', ARGV[i + 2])
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+trim_events(ARGV[1])
 ack_settled()
 "#,
         trim_settled!(),
@@ -329,6 +394,99 @@ if nxt[2] then next_due = tonumber(nxt[2]) end
     };
 }
 
+/// The most producers one sweep declares gone, and the most events of a gone producer's
+/// stream it removes (with the markers of the jobs they ended).
+pub const SWEEP_LIMIT: usize = 256;
+
+/// What producers gone for good leave, swept a bounded chunk at a time, by every upkeep
+/// (`reclaim`) and every producer's `register` (KEYS `$ids`, `$producers`, `$gone`,
+/// `$events`: the id markers, the registry, the gone set, the events stem; `now` a Lua
+/// variable). Producers past their promise move from `producers` to `gone` (a settle writes
+/// no more outcomes for them, and drops their jobs' markers as those jobs end). Then the
+/// first gone producer's events stream loses up to [`SWEEP_LIMIT`] events, and the markers
+/// of the jobs those events ended (`c`, `d`) that still name it; once its stream is empty
+/// it is deleted and the producer leaves `gone`.
+macro_rules! sweep_gone {
+    ($ids:literal, $producers:literal, $gone:literal, $events:literal) => {
+        concat!(
+            "local s_ids, s_live, s_gone, s_stem = KEYS[",
+            $ids,
+            "], KEYS[",
+            $producers,
+            "], KEYS[",
+            $gone,
+            "], KEYS[",
+            $events,
+            "]\n",
+            r#"for _, p in ipairs(redis.call('ZRANGEBYSCORE', s_live, '-inf', '(' .. now,
+    'LIMIT', 0, 256)) do
+  redis.call('ZREM', s_live, p)
+  redis.call('ZADD', s_gone, now, p)
+end
+local first_gone = redis.call('ZRANGE', s_gone, 0, 0)[1]
+if first_gone then
+  local key = s_stem .. ':' .. first_gone
+  local entries = redis.call('XRANGE', key, '-', '+', 'COUNT', 256)
+  local ended, ids = {}, {}
+  for _, e in ipairs(entries) do
+    ids[#ids + 1] = e[1]
+    local f, job, kind = e[2], nil, nil
+    for k = 1, #f - 1, 2 do
+      if f[k] == 'j' then job = f[k + 1] elseif f[k] == 'k' then kind = f[k + 1] end
+    end
+    if job and (kind == 'c' or kind == 'd') then ended[#ended + 1] = job end
+  end
+  if #ended > 0 then
+    local marks = redis.call('HMGET', s_ids, unpack(ended))
+    local mine = {}
+    for n, job in ipairs(ended) do
+      if marks[n] == first_gone then mine[#mine + 1] = job end
+    end
+    if #mine > 0 then redis.call('HDEL', s_ids, unpack(mine)) end
+  end
+  if #entries < 256 then
+    redis.call('DEL', key)
+    redis.call('ZREM', s_gone, first_gone)
+  else
+    redis.call('XDEL', key, unpack(ids))
+  end
+end
+"#
+        )
+    };
+}
+
+/// `register` — KEYS: producers, gone, ids, events stem. ARGV: producer id, now, until.
+/// The producer promises to be back by `until` (out of `gone` if it had been swept), then
+/// sweeps as [`RECLAIM`] does. Reply: 1 if it was not registered, else 0.
+pub const REGISTER: Script = Script {
+    name: "register",
+    source: concat!(
+        r#"
+local now = tonumber(ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local new = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+"#,
+        sweep_gone!("3", "1", "2", "4"),
+        "return new\n"
+    ),
+};
+
+/// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
+/// `gone` 7th and 8th), the events stem. Deletes them and every producer's events stream.
+pub const DESTROY: Script = Script {
+    name: "destroy",
+    source: r#"
+local n = 0
+for _, set in ipairs({KEYS[7], KEYS[8]}) do
+  for _, p in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+    n = n + redis.call('DEL', KEYS[9] .. ':' .. p)
+  end
+end
+return n + redis.call('DEL', unpack(KEYS, 1, 8))
+"#,
+};
+
 /// `promote` — KEYS: jobs, ids, delayed, payloads. ARGV: now, limit.
 pub const PROMOTE: Script = Script {
     name: "promote",
@@ -340,9 +498,10 @@ pub const PROMOTE: Script = Script {
 };
 
 /// `reclaim` — the queue's upkeep, shared by its workers. KEYS: jobs, ids, delayed, payloads,
-/// workers. ARGV: consumer, min idle, cursor, count, now, interval, jitter (‰), promote
-/// limit.
+/// workers, producers, gone, events stem. ARGV: consumer, min idle, cursor, count, now,
+/// interval, jitter (‰), promote limit.
 ///
+/// 0. Sweeps what producers gone for good left (see `sweep_gone!`).
 /// 1. Promotes the delayed jobs that are due (as `promote`), and finds the next due time.
 /// 2. With `count` > 0, `XAUTOCLAIM`s up to `count` entries idle past the lease, each with
 ///    its delivery count (from XPENDING).
@@ -360,6 +519,7 @@ pub const RECLAIM: Script = Script {
         r#"
 local now = tonumber(ARGV[5])
 "#,
+        sweep_gone!("2", "6", "7", "8"),
         promote_due!("now", "ARGV[8]"),
         r#"local cursor, claimed, deleted = ARGV[3], {}, {}
 if tonumber(ARGV[4]) > 0 then
@@ -401,7 +561,7 @@ return out
 "#,
 };
 
-/// `stats` — KEYS: jobs, delayed, dead, events. Jobs counts the entries waiting (not yet
+/// `stats` — KEYS: jobs, delayed, dead, the producer's events. Jobs counts the entries waiting (not yet
 /// delivered: the group's lag) and running (pending), not completed entries the next trim
 /// will drop. When Redis does not know the lag (after deletions from the stream), at most
 /// 10,000 waiting entries are counted one by one; past that the count is an upper bound.
@@ -500,8 +660,10 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 11] = [
+pub const ALL: [&Script; 13] = [
     &ENQUEUE,
+    &REGISTER,
+    &DESTROY,
     &COMPLETE,
     &RETRY,
     &BURY,
@@ -543,9 +705,12 @@ pub fn merged_read<'a>(reads: &[&'a CommandKind], block_ms: u64) -> Option<Invoc
             (
                 CommandKind::ReadEvents { .. },
                 CommandKind::ReadEvents {
-                    keys, after, count, ..
+                    producer,
+                    after,
+                    count,
+                    ..
                 },
-            ) => (&keys.events, id(*after), *count),
+            ) => (&producer.events, id(*after), *count),
             _ => return None,
         };
         if streams.iter().any(|k| k.as_ref() == key.as_bytes()) {
@@ -634,10 +799,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Enqueue {
             keys,
             now_ms,
-            producer_forgets,
+            marker,
             jobs,
             fresh,
-        } => enqueue_invocation(keys, *now_ms, *producer_forgets, jobs, *fresh),
+        } => enqueue_invocation(keys, *now_ms, marker, jobs, *fresh),
         CommandKind::Read {
             keys,
             consumer,
@@ -692,20 +857,22 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             script(&HEARTBEAT, &[&keys.jobs], args)
         }
         CommandKind::ReadEvents {
-            keys,
+            producer,
             after,
             count,
             block_ms,
+            ..
         } => {
             let mut args = vec![b("XREAD"), b("COUNT"), num(count)];
             if let Some(ms) = block_ms {
                 args.extend([b("BLOCK"), num(ms)]);
             }
-            args.extend([b("STREAMS"), b(&keys.events), id(*after)]);
+            args.extend([b("STREAMS"), b(&producer.events), id(*after)]);
             Invocation::Plain(args)
         }
         CommandKind::AckEvents {
             keys,
+            producer,
             through,
             forget,
         } => {
@@ -713,17 +880,31 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             let mut args = Vec::with_capacity(1 + forget.len());
             args.push(threshold.unwrap_or(Cow::Borrowed(b"")));
             args.extend(forget.iter().map(|j| b(j)));
-            script(&ACK_EVENTS, &[&keys.events, &keys.ids], args)
+            script(&ACK_EVENTS, &[&producer.events, &keys.ids], args)
         }
-        CommandKind::Stats { keys } => {
-            let k = [&keys.jobs, &keys.delayed, &keys.dead, &keys.events];
+        CommandKind::Stats { keys, producer } => {
+            let k = [&keys.jobs, &keys.delayed, &keys.dead, &producer.events];
             script(&STATS, &k, Vec::new())
+        }
+        CommandKind::Register {
+            keys,
+            producer,
+            now_ms,
+            until_ms,
+        } => {
+            let k = [&keys.producers, &keys.gone, &keys.ids, &keys.events];
+            let args = vec![b(&producer.id), num(now_ms), num(until_ms)];
+            script(&REGISTER, &k, args)
         }
         CommandKind::Ping => Invocation::Plain(vec![b("PING")]),
         CommandKind::Destroy { keys } => {
-            let mut args = vec![b("DEL")];
-            args.extend(keys.all().iter().map(|s| b(s)));
-            Invocation::Plain(args)
+            let mut k: Vec<Arg<'_>> = keys.all().into_iter().map(b).collect();
+            k.push(b(&keys.events));
+            Invocation::Script {
+                script: &DESTROY,
+                keys: k,
+                args: Vec::new(),
+            }
         }
     }
 }
@@ -738,7 +919,7 @@ fn complete_invocation<'a>(
     use SettleField as F;
     let head = vec![min_id(min_event_ms), b(consumer)];
     let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
-    let keys = [&keys.jobs, &keys.ids, &keys.events];
+    let keys = [&keys.jobs, &keys.ids, &keys.events, &keys.producers];
     settle_invocation(&COMPLETE, &keys, head, items, &fields)
 }
 
@@ -760,7 +941,14 @@ fn retry_invocation<'a>(
         F::JobEnvelope,
         F::Instance,
     ];
-    let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.events];
+    let k = [
+        &keys.jobs,
+        &keys.delayed,
+        &keys.payloads,
+        &keys.events,
+        &keys.producers,
+        &keys.ids,
+    ];
     settle_invocation(&RETRY, &k, head, items, &fields)
 }
 
@@ -782,7 +970,13 @@ fn bury_invocation<'a>(
         F::JobEnvelope,
         F::Instance,
     ];
-    let k = [&keys.jobs, &keys.ids, &keys.dead, &keys.events];
+    let k = [
+        &keys.jobs,
+        &keys.ids,
+        &keys.dead,
+        &keys.events,
+        &keys.producers,
+    ];
     settle_invocation(&BURY, &k, head, items, &fields)
 }
 
@@ -817,11 +1011,10 @@ fn script<'a>(script: &'static Script, keys: &[&'a String], args: Vec<Arg<'a>>) 
 fn enqueue_invocation<'a>(
     keys: &'a QueueKeys,
     now_ms: u64,
-    producer_forgets: bool,
+    marker: &'a str,
     jobs: &'a [NewJob],
     fresh: bool,
 ) -> Invocation<'a> {
-    let marker = if producer_forgets { "p" } else { "w" };
     if fresh {
         let mut hset = Vec::with_capacity(2 + 2 * jobs.len());
         hset.extend([b("HSET"), b(&keys.ids)]);
@@ -875,6 +1068,9 @@ fn reclaim_invocation(kind: &CommandKind) -> Invocation<'_> {
         &keys.delayed,
         &keys.payloads,
         &keys.workers,
+        &keys.producers,
+        &keys.gone,
+        &keys.events,
     ];
     let args = vec![
         b(consumer),
@@ -914,8 +1110,10 @@ mod tests {
     }
 
     fn events(queue: &str, after: EntryId) -> CommandKind {
+        let keys = Arc::new(QueueKeys::new("dl", queue).unwrap());
         CommandKind::ReadEvents {
-            keys: Arc::new(QueueKeys::new("dl", queue).unwrap()),
+            producer: Arc::new(crate::naming::ProducerKeys::new(&keys, "p").unwrap()),
+            keys,
             after,
             count: 100,
             block_ms: Some(5_000),
@@ -949,7 +1147,7 @@ mod tests {
         );
         assert_eq!(
             words(merged_read(&[&e1, &e2], 0)).as_deref(),
-            Some("XREAD COUNT 100 BLOCK 1 STREAMS dl:{a}:events dl:{b}:events 5-1 0-0")
+            Some("XREAD COUNT 100 BLOCK 1 STREAMS dl:{a}:events:p dl:{b}:events:p 5-1 0-0")
         );
         // What cannot be merged.
         assert_eq!(words(merged_read(&[], 10)), None);

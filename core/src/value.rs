@@ -129,6 +129,15 @@ impl EntryId {
         })
     }
 
+    /// The largest id before this one.
+    #[must_use]
+    pub fn prev(self) -> Option<Self> {
+        match self.seq.checked_sub(1) {
+            Some(seq) => Some(Self { ms: self.ms, seq }),
+            None => self.ms.checked_sub(1).map(|ms| Self { ms, seq: u64::MAX }),
+        }
+    }
+
     /// The smallest id after this one.
     #[must_use]
     pub fn next(self) -> Option<Self> {

@@ -1,6 +1,7 @@
 //! The engine against the Redis Streams model: random interleavings of adds, handler
 //! outcomes (ok, error, panic, hang), worker crashes and restarts, lost commands and
-//! replies, and clock jumps, over 1–3 queues with 1–4 workers each. Checked at every step
+//! replies, and clock jumps, over 1–3 queues with 1–3 producers (each its own id) and 1–4
+//! workers each. Checked at every step
 //! and at quiescence against what the application saw:
 //! - no job is lost: every added job ends completed or dead-lettered, never both, with
 //!   exactly one final outcome at its producer, even when the caller adds its id again
@@ -10,7 +11,8 @@
 //! - transient error replies (`LOADING`) are retried, never an outcome;
 //! - workers shut down draining or handing their jobs back lose none; adds to a paused
 //!   queue are refused;
-//! - every completed job's result reaches its producer, intact;
+//! - every completed job's result reaches the producer that added it, intact, and no
+//!   outcome reaches another producer of the queue;
 //! - pending lists, work streams and every per-job key end empty.
 
 use datalayer_core::retry::{Backoff, RetryPolicy};
@@ -61,6 +63,9 @@ enum Op {
         slot: usize,
         hand_back: bool,
     },
+    Replace {
+        producer: usize,
+    },
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
@@ -74,7 +79,7 @@ fn answer() -> impl Strategy<Value = Answer> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0usize..3, prop_oneof![4 => Just(0u64), 1 => 1u64..5_000])
+        6 => (0usize..9, prop_oneof![4 => Just(0u64), 1 => 1u64..5_000])
             .prop_map(|(queue, delay_ms)| Op::Add { queue, delay_ms }),
         12 => any::<usize>().prop_map(|pick| Op::Deliver { pick }),
         10 => (0usize..12, any::<usize>(), answer())
@@ -89,16 +94,17 @@ fn op() -> impl Strategy<Value = Op> {
                 lose_reply,
                 error_reply,
             }),
-        2 => (0usize..3, any::<usize>()).prop_map(|(queue, pick)| Op::AddAgain { queue, pick }),
-        1 => (0usize..3, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
+        2 => (0usize..9, any::<usize>()).prop_map(|(queue, pick)| Op::AddAgain { queue, pick }),
+        1 => (0usize..9, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
         1 => (0usize..12, any::<bool>())
             .prop_map(|(slot, hand_back)| Op::ShutDown { slot, hand_back }),
+        1 => (0usize..9).prop_map(|producer| Op::Replace { producer }),
     ]
 }
 
 fn world_config() -> impl Strategy<Value = WorldConfig> {
     (
-        1usize..=3,
+        (1usize..=3, prop_oneof![2 => Just(1usize), 1 => 2usize..=3]),
         1usize..=4,
         1u32..=3,
         1u32..=4,
@@ -106,8 +112,16 @@ fn world_config() -> impl Strategy<Value = WorldConfig> {
         any::<u64>(),
     )
         .prop_map(
-            |(queues, workers_per_queue, concurrency, attempts, max_stalled, seed)| WorldConfig {
+            |(
+                (queues, producers_per_queue),
+                workers_per_queue,
+                concurrency,
+                attempts,
+                max_stalled,
+                seed,
+            )| WorldConfig {
                 queues,
+                producers_per_queue,
                 workers_per_queue,
                 concurrency,
                 retry: RetryPolicy::new(
@@ -139,12 +153,12 @@ proptest! {
 
     #[test]
     fn no_job_is_lost(cfg in world_config(), ops in prop::collection::vec(op(), 1..200)) {
-        let queues = cfg.queues;
         let mut world = World::new(cfg);
+        let producers = world.producers();
         let slots = world.slots();
         for op in ops {
             match op {
-                Op::Add { queue, delay_ms } => world.add(queue % queues, delay_ms),
+                Op::Add { queue, delay_ms } => world.add(queue % producers, delay_ms),
                 Op::Deliver { pick } => world.deliver(pick),
                 Op::Answer { slot, pick, answer } => world.answer(slot % slots, pick, answer),
                 Op::Advance { ms } => world.advance(ms),
@@ -154,9 +168,10 @@ proptest! {
                 Op::Faults { lose_command, lose_reply, error_reply } => {
                     world.net.faults = Faults { lose_command, lose_reply, error_reply };
                 }
-                Op::AddAgain { queue, pick } => world.add_again(queue % queues, pick),
-                Op::Pause { queue, paused } => world.pause(queue % queues, paused),
+                Op::AddAgain { queue, pick } => world.add_again(queue % producers, pick),
+                Op::Pause { queue, paused } => world.pause(queue % producers, paused),
                 Op::ShutDown { slot, hand_back } => world.shut_down(slot % slots, hand_back),
+                Op::Replace { producer } => world.replace_producer(producer % producers),
             }
             if let Err(e) = world.check_step() {
                 prop_assert!(false, "{}", e);

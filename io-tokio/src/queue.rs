@@ -12,6 +12,7 @@ use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
     AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent, Withdrawal,
 };
+use datalayer_core::random::Random;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -38,8 +39,9 @@ pub enum Unreachable {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct QueueOptions {
-    /// Where the events cursor starts (default: every event still in Redis, so a
-    /// replacement instance receives what its predecessor missed).
+    /// Where the events cursor starts (default: every event still in this producer's
+    /// stream, so a replacement opened with its predecessor's
+    /// [`QueueOptions::producer_id`] receives what the predecessor missed).
     pub events_after: Option<datalayer_core::value::EntryId>,
     /// What `add` does while Redis cannot be reached (default: wait up to 10 s).
     pub when_unreachable: Unreachable,
@@ -51,6 +53,18 @@ pub struct QueueOptions {
     /// The most adds awaiting Redis' confirmation at once (default 100,000); an add beyond
     /// fails at once with [`ProducerError::Backpressure`] in [`Error::Producer`].
     pub max_pending: usize,
+    /// This producer's id among the queue's producers (default: 6 random letters and digits,
+    /// new for each `JobQueue`). Any number of producers, in any number of processes, share
+    /// a queue; each receives the outcomes of its own jobs only, from its own events stream.
+    /// Give the id of a producer that died to the one that replaces it, and it takes over
+    /// the outcomes its predecessor was owed (within [`QueueOptions::producer_ttl`]). Two
+    /// live producers must not share an id: they would split its outcomes between them.
+    pub producer_id: Option<String>,
+    /// How long this producer may be away (its process dead, or Redis unreachable) before
+    /// the queue declares it gone for good (default 1 h): then its unread outcomes and the
+    /// id markers of its ended jobs are swept, and outcomes of its jobs that end later are
+    /// dropped. It refreshes its registration every quarter of this.
+    pub producer_ttl: Duration,
 }
 
 impl Default for QueueOptions {
@@ -60,6 +74,8 @@ impl Default for QueueOptions {
             when_unreachable: Unreachable::Wait(Duration::from_secs(10)),
             compression: Compression::Never,
             max_pending: ProducerConfig::new("q").max_pending,
+            producer_id: None,
+            producer_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -76,6 +92,21 @@ impl QueueOptions {
     #[must_use]
     pub fn max_pending(mut self, max: usize) -> Self {
         self.max_pending = max.max(1);
+        self
+    }
+
+    /// With this producer id (see [`QueueOptions::producer_id`]): 1 to 64 ASCII letters,
+    /// digits, `-`, `_` or `.`, not `w`; `queue` refuses others.
+    #[must_use]
+    pub fn producer_id(mut self, id: &str) -> Self {
+        self.producer_id = Some(id.to_owned());
+        self
+    }
+
+    /// With this producer ttl (see [`QueueOptions::producer_ttl`]; at least 4 ms).
+    #[must_use]
+    pub fn producer_ttl(mut self, ttl: Duration) -> Self {
+        self.producer_ttl = ttl.max(Duration::from_millis(4));
         self
     }
 
@@ -183,6 +214,21 @@ pub struct JobQueue {
     calls: Arc<AtomicU64>,
     events: broadcast::Sender<QueueEvent>,
     when_unreachable: Unreachable,
+    producer_id: Arc<str>,
+}
+
+/// A new producer id: 6 letters and digits from the OS generator (62^6 ids: two of 1,000
+/// producers live at once on one queue collide with a chance of about 1 in 100,000).
+fn generate_producer_id() -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut bytes = [0u8; 6];
+    OsRandom.fill_bytes(&mut bytes);
+    // 256 = 4 × 62 + 8: the first 8 letters come up a little more often; an id needs
+    // uniqueness, not uniformity.
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % 62]))
+        .collect()
 }
 
 impl JobQueue {
@@ -195,6 +241,12 @@ impl JobQueue {
         let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::blocking::BLOCK_MS));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_pending = options.max_pending;
+        cfg.producer = options
+            .producer_id
+            .clone()
+            .unwrap_or_else(generate_producer_id);
+        cfg.producer_ttl_ms = u64::try_from(options.producer_ttl.as_millis()).unwrap_or(u64::MAX);
+        let producer_id: Arc<str> = cfg.producer.as_str().into();
         if let Some(after) = options.events_after {
             cfg.events_after = after;
         }
@@ -223,7 +275,15 @@ impl JobQueue {
             calls: Arc::new(AtomicU64::new(0)),
             events,
             when_unreachable: options.when_unreachable,
+            producer_id,
         })
+    }
+
+    /// This producer's id (see [`QueueOptions::producer_id`]): give it to a replacement
+    /// to hand it the outcomes this one is owed.
+    #[must_use]
+    pub fn producer_id(&self) -> &str {
+        &self.producer_id
     }
 
     /// Adds a job for `session_id` with a JSON payload; returns its handle.
@@ -348,7 +408,8 @@ impl JobQueue {
             .map_err(|_| Error::Stopped)
     }
 
-    /// Stops this instance and leaves the queue's data in Redis for a replacement.
+    /// Stops this instance and leaves the queue's data in Redis for a replacement (which
+    /// takes over this producer's outcomes when opened with its [`JobQueue::producer_id`]).
     pub async fn disconnect(&self) {
         self.close(false).await;
     }

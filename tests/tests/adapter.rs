@@ -15,6 +15,7 @@ use datalayer_tokio::{
     WorkerHandle, WorkerOptions,
 };
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -326,7 +327,10 @@ async fn no_plaintext_in_redis() {
 async fn results_are_not_lost_while_the_producer_is_away() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
-    let first = queue(&dl, "q");
+    // A replacement takes over under its predecessor's producer id.
+    let as_first = || QueueOptions::default().producer_id("first");
+    let first = dl.queue("q", &secrets(), as_first()).expect("queue");
+    assert_eq!(first.producer_id(), "first");
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(first.add("s", &json!(i)).await.expect("add").id);
@@ -336,14 +340,16 @@ async fn results_are_not_lost_while_the_producer_is_away() {
     // All complete while nobody listens.
     let mut conn = raw(&server).await;
     for _ in 0..400 {
-        let n: usize = xlen(&mut conn, "dl:{q}:events").await;
+        let n: usize = xlen(&mut conn, "dl:{q}:events:first").await;
         if n == 20 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    // A replacement instance receives every result.
-    let second = queue(&dl, "q");
+    // A replacement instance receives every result; another producer of the queue none.
+    let other = queue(&dl, "q");
+    let mut others = other.events();
+    let second = dl.queue("q", &secrets(), as_first()).expect("queue");
     let mut events = second.events();
     let mut done = std::collections::BTreeSet::new();
     while done.len() < ids.len() {
@@ -357,6 +363,13 @@ async fn results_are_not_lost_while_the_producer_is_away() {
     }
     let want: std::collections::BTreeSet<_> = ids.into_iter().collect();
     assert_eq!(done, want);
+    assert!(
+        matches!(
+            others.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ),
+        "another producer received outcomes of the first one's jobs"
+    );
     worker.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use datalayer_core::command::{Command, CommandKind, NewJob, OpId, Reply, Settle};
 use datalayer_core::job::Instance;
-use datalayer_core::naming::QueueKeys;
+use datalayer_core::naming::{ProducerKeys, QueueKeys};
 use datalayer_core::random::{Random, SeededRandom};
 use datalayer_core::sim::Sim;
 use datalayer_core::value::{EntryId, Value};
@@ -21,7 +21,7 @@ use datalayer_tests::{Persistence, RedisServer};
 /// One side's view: the ids it has seen, per stream (ids are unique within a stream only),
 /// and its base time.
 struct Side {
-    ids: [Vec<EntryId>; 2],
+    ids: [Vec<EntryId>; 3],
     base: u64,
 }
 
@@ -34,9 +34,24 @@ impl Side {
     }
 }
 
-/// Id namespaces: the work stream, the events stream.
+/// Id namespaces: the work stream, then the events stream of each of [`PRODUCERS`].
 const JOBS_NS: usize = 0;
 const EVENTS_NS: usize = 1;
+
+/// The producers of the queue (ids), and the markers an add may carry (`w`: none reads).
+const PRODUCERS: [&str; 2] = ["pa", "pb"];
+const MARKERS: [&str; 3] = ["w", "pa", "pb"];
+
+fn producer(keys: &QueueKeys, p: usize) -> Arc<ProducerKeys> {
+    Arc::new(ProducerKeys::new(keys, PRODUCERS[p]).expect("producer"))
+}
+
+/// The keys compared: the queue's keys of fixed name and every producer's events stream.
+fn diff_keys(keys: &QueueKeys) -> Vec<String> {
+    let mut all: Vec<String> = keys.all().iter().map(|k| k.to_string()).collect();
+    all.extend(PRODUCERS.iter().map(|p| keys.events_of(p)));
+    all
+}
 
 impl Side {
     fn pick(&self, ns: usize, pick: usize) -> EntryId {
@@ -51,8 +66,8 @@ impl Side {
         self.pick(JOBS_NS, pick)
     }
 
-    fn event(&self, pick: usize) -> EntryId {
-        self.pick(EVENTS_NS, pick)
+    fn event(&self, producer: usize, pick: usize) -> EntryId {
+        self.pick(EVENTS_NS + producer, pick)
     }
 
     /// Renames entry ids of namespace `ns` (by first appearance) and base-relative times,
@@ -87,17 +102,22 @@ impl Side {
 #[derive(Debug, Clone)]
 enum Op {
     EnsureGroup,
-    /// Jobs (id, due offset), producer forgets, fresh (MULTI/EXEC, no check).
-    Enqueue(Vec<(usize, Option<i64>)>, bool, bool),
+    /// Jobs (id, due offset), marker (of [`MARKERS`]), fresh (MULTI/EXEC, no check).
+    Enqueue(Vec<(usize, Option<i64>)>, usize, bool),
     Read(usize, u32),
     Settle(u8, usize, Vec<(usize, usize, i64)>),
     Promote(u64, u32),
     /// Consumer, min idle, cursor, count, time offset, jitter.
     Reclaim(usize, u64, usize, u32, u64, u32),
     Heartbeat(usize, u64, Vec<usize>),
-    ReadEvents(usize, u32),
-    AckEvents(Option<usize>, Vec<usize>),
-    Stats,
+    /// Producer, after (pick), count.
+    ReadEvents(usize, usize, u32),
+    /// Producer, through (pick), jobs forgotten.
+    AckEvents(usize, Option<usize>, Vec<usize>),
+    /// Producer.
+    Stats(usize),
+    /// Producer, time offset, promise offset.
+    Register(usize, u64, i64),
     Garbage,
     Destroy,
     Ping,
@@ -111,13 +131,13 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(24) {
+    match r(26) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
                 .map(|_| (r(6), [None, Some(-1), Some(1_000_000)][r(3)]))
                 .collect();
-            Op::Enqueue(jobs, r(2) == 0, r(3) == 0)
+            Op::Enqueue(jobs, r(3), r(3) == 0)
         }
         5..=7 => Op::Read(r(3), 1 + r(3) as u32),
         8..=11 => {
@@ -136,9 +156,18 @@ fn random_op(rng: &mut SeededRandom) -> Op {
             [500, 1000, 1500, 500 + r(1001) as u32][r(4)],
         ),
         15 => Op::Heartbeat(r(3), [0, 5_000][r(2)], (0..=r(2)).map(|_| r(64)).collect()),
-        16 | 17 => Op::ReadEvents([usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
-        18 => Op::AckEvents([None, Some(r(64))][r(2)], (0..r(3)).map(|_| r(6)).collect()),
-        19 => Op::Stats,
+        16 | 17 => Op::ReadEvents(r(2), [usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
+        18 => Op::AckEvents(
+            r(2),
+            [None, Some(r(64))][r(2)],
+            (0..r(3)).map(|_| r(6)).collect(),
+        ),
+        19 => Op::Stats(r(2)),
+        23 | 24 => Op::Register(
+            r(2),
+            [0, 2_000_000][r(2)],
+            [-1, 1_000_000, 10_000_000][r(3)],
+        ),
         20 => Op::Garbage,
         21 if r(4) == 0 => Op::Destroy,
         22 if r(3) == 0 => Op::Ping,
@@ -155,10 +184,10 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
     let base = side.base;
     Some(match op {
         Op::EnsureGroup => CommandKind::EnsureGroup { keys },
-        Op::Enqueue(jobs, producer_forgets, fresh) => CommandKind::Enqueue {
+        Op::Enqueue(jobs, marker, fresh) => CommandKind::Enqueue {
             keys,
             now_ms: base,
-            producer_forgets: *producer_forgets,
+            marker: MARKERS[*marker].into(),
             jobs: jobs
                 .iter()
                 .map(|(j, due)| NewJob {
@@ -241,22 +270,33 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             idle_ms: *idle_ms,
             entries: entries.iter().map(|e| side.id(*e)).collect(),
         },
-        Op::ReadEvents(after, count) => CommandKind::ReadEvents {
+        Op::ReadEvents(p, after, count) => CommandKind::ReadEvents {
+            producer: producer(&keys, *p),
             keys,
             after: if *after == usize::MAX {
                 EntryId::ZERO
             } else {
-                side.event(*after)
+                side.event(*p, *after)
             },
             count: *count,
             block_ms: None,
         },
-        Op::AckEvents(through, forget) => CommandKind::AckEvents {
+        Op::AckEvents(p, through, forget) => CommandKind::AckEvents {
+            producer: producer(&keys, *p),
             keys,
-            through: through.map(|e| side.event(e)),
+            through: through.map(|e| side.event(*p, e)),
             forget: forget.iter().map(|j| JOBS[*j].to_owned()).collect(),
         },
-        Op::Stats => CommandKind::Stats { keys },
+        Op::Stats(p) => CommandKind::Stats {
+            producer: producer(&keys, *p),
+            keys,
+        },
+        Op::Register(p, now, until) => CommandKind::Register {
+            producer: producer(&keys, *p),
+            keys,
+            now_ms: base + now,
+            until_ms: at(base, *until),
+        },
         Op::Destroy => CommandKind::Destroy { keys },
         Op::Ping => CommandKind::Ping,
         Op::Garbage => return None,
@@ -358,7 +398,7 @@ fn model_keyspace(sim: &Sim, keys: &QueueKeys) -> Value {
         )
     };
     Value::Array(
-        keys.all()
+        diff_keys(keys)
             .iter()
             .map(|key| match sim.get(key) {
                 None => Value::Nil,
@@ -431,7 +471,7 @@ type RawEntries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 /// ZRANGE WITHSCORES).
 async fn redis_keyspace(conn: &mut redis::aio::MultiplexedConnection, keys: &QueueKeys) -> Value {
     let mut out = Vec::new();
-    for key in keys.all() {
+    for key in &diff_keys(keys) {
         let kind: String = redis::cmd("TYPE")
             .arg(key)
             .query_async(conn)
@@ -609,10 +649,9 @@ async fn model_and_redis_agree() {
                     (m, datalayer_tokio::exec::to_value(r))
                 }
             };
-            let ns = if matches!(op, Op::ReadEvents(..)) {
-                EVENTS_NS
-            } else {
-                JOBS_NS
+            let ns = match op {
+                Op::ReadEvents(p, ..) => EVENTS_NS + p,
+                _ => JOBS_NS,
             };
             let (m, r) = (model.normalize(ns, m), real.normalize(ns, r));
             assert_eq!(m, r, "seed {seed} step {step}: {op:?}");
@@ -676,14 +715,14 @@ async fn trim_window_agrees_with_the_model() {
     }
     sim.set_time(now);
     let steps = [
-        Op::Enqueue(vec![(2, None)], false, false),
+        Op::Enqueue(vec![(2, None)], 0, false),
         Op::Read(0, 3),
         // Complete "a" (within the window of the running "slow"), then "b" (beyond it).
         Op::Settle(0, 0, vec![(1, 1, -1)]),
         Op::Settle(0, 0, vec![(2, 2, -1)]),
-        Op::Stats,
+        Op::Stats(0),
         Op::Settle(0, 0, vec![(0, 0, -1)]),
-        Op::Stats,
+        Op::Stats(0),
     ];
     for (step, op) in steps.iter().enumerate() {
         let sides = (&mut model, &mut real);
@@ -791,7 +830,7 @@ async fn large_enqueue_batches_agree_with_the_model() {
     let kind = CommandKind::Enqueue {
         keys: keys.clone(),
         now_ms: now,
-        producer_forgets: false,
+        marker: "w".into(),
         jobs,
         fresh: false,
     };
@@ -817,7 +856,7 @@ async fn large_enqueue_batches_agree_with_the_model() {
                 .map(|i| (i % 998 + 1, 0, -1))
                 .collect(),
         ),
-        Op::Stats,
+        Op::Stats(0),
     ];
     for (step, op) in steps.iter().enumerate() {
         let sides = (&mut model, &mut real);
@@ -898,7 +937,7 @@ async fn stats_of_a_large_backlog_without_a_lag_are_bounded() {
     let stats = on_redis(
         &mut conn,
         2,
-        build(&Op::Stats, &side, &keys).expect("stats"),
+        build(&Op::Stats(0), &side, &keys).expect("stats"),
     )
     .await;
     let Value::Array(counts) = stats else {
@@ -1054,11 +1093,8 @@ async fn merged_reads_on_the_model_and_redis_agree() {
                 }
                 0 | 1 => {
                     // An entry in a work stream or in an events stream.
-                    let key = if r(2) == 0 {
-                        &queues[q].jobs
-                    } else {
-                        &queues[q].events
-                    };
+                    let events = queues[q].events_of("pa");
+                    let key = if r(2) == 0 { &queues[q].jobs } else { &events };
                     let fields = vec![(b"j".to_vec(), format!("{step}").into_bytes())];
                     sim.xadd_raw(key, fields).expect("xadd");
                     let _: String = redis::cmd("XADD")
@@ -1081,6 +1117,7 @@ async fn merged_reads_on_the_model_and_redis_agree() {
                             if kind == 4 {
                                 CommandKind::ReadEvents {
                                     keys: queues[q].clone(),
+                                    producer: producer(&queues[q], 0),
                                     after: EntryId::ZERO,
                                     count: 1 + r(3) as u32,
                                     block_ms: Some(1),
@@ -1104,12 +1141,11 @@ async fn merged_reads_on_the_model_and_redis_agree() {
                     let streams: Vec<Vec<u8>> = picked
                         .iter()
                         .map(|&q| {
-                            let k = if kind == 4 {
-                                &queues[q].events
+                            if kind == 4 {
+                                queues[q].events_of("pa").into_bytes()
                             } else {
-                                &queues[q].jobs
-                            };
-                            k.as_bytes().to_vec()
+                                queues[q].jobs.as_bytes().to_vec()
+                            }
                         })
                         .collect();
                     let split = |v: Value| match v {

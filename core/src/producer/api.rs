@@ -3,7 +3,7 @@
 use crate::command::OpId;
 use crate::envelope::EnvelopeError;
 use crate::job::JobId;
-use crate::naming::NameError;
+use crate::naming::{NameError, ProducerIdError};
 use crate::value::EntryId;
 
 /// How a producer behaves.
@@ -14,6 +14,17 @@ pub struct ProducerConfig {
     pub prefix: String,
     /// The queue.
     pub queue: String,
+    /// This producer's id among the queue's producers (default `p`): the jobs it adds carry
+    /// it, and their outcomes go to its own events stream, so that any number of producers
+    /// share a queue, each reading its own jobs' outcomes only. Give every live producer of
+    /// a queue its own id (the adapter generates one); a producer that replaces one that
+    /// died takes the dead one's id, and with it the outcomes it was owed.
+    pub producer: String,
+    /// How long this producer may be away (ms, default 1 h) before the queue declares it
+    /// gone for good: its unread outcomes, and the id markers of its jobs, are swept, and
+    /// the outcomes of its jobs still running are dropped. It refreshes its registration
+    /// every quarter of this.
+    pub producer_ttl_ms: u64,
     /// The most jobs in one add command.
     pub max_batch_jobs: usize,
     /// The most envelope bytes in one add command (a single larger job goes alone).
@@ -39,6 +50,8 @@ impl ProducerConfig {
         Self {
             prefix: "dl".into(),
             queue: queue.into(),
+            producer: "p".into(),
+            producer_ttl_ms: 3_600_000,
             max_batch_jobs: 128,
             max_batch_bytes: 1 << 20,
             max_pending: 100_000,
@@ -47,6 +60,13 @@ impl ProducerConfig {
             events_count: 256,
             block_ms: Some(5_000),
         }
+    }
+
+    /// With this producer id (see [`ProducerConfig::producer`]).
+    #[must_use]
+    pub fn producer(mut self, id: &str) -> Self {
+        self.producer = id.into();
+        self
     }
 
     /// With events reads that block this long (`None`: poll).
@@ -90,6 +110,9 @@ pub enum ProducerError {
     /// The queue name cannot be used in a key.
     #[error(transparent)]
     Name(#[from] NameError),
+    /// The producer id cannot be used.
+    #[error(transparent)]
+    ProducerId(#[from] ProducerIdError),
     /// The job could not be sealed.
     #[error("sealing failed: {0}")]
     Seal(#[from] EnvelopeError),
@@ -208,6 +231,6 @@ pub struct QueueStats {
     pub delayed: u64,
     /// Dead letters.
     pub dead: u64,
-    /// Events not yet read.
+    /// This producer's events not yet read.
     pub events: u64,
 }

@@ -18,13 +18,13 @@ pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
 };
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandKind, NewJob, OpId, Reply, is_transient_error};
 use crate::envelope::{Context, Purpose, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
-use crate::naming::QueueKeys;
+use crate::naming::{ProducerKeys, QueueKeys};
 use crate::random::Random;
 use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
 
@@ -46,6 +46,7 @@ enum InFlight {
     Destroy,
     Promote,
     Ping,
+    Register,
 }
 
 /// An add the producer holds: not sent yet, or sent and back after an unknown outcome.
@@ -75,6 +76,15 @@ struct AddMeta {
 pub struct Producer {
     cfg: ProducerConfig,
     keys: Arc<QueueKeys>,
+    /// This producer's id and events stream.
+    me: Arc<ProducerKeys>,
+    /// The id marker of the jobs it adds: its id, or `w` when it reads no events.
+    marker: Arc<str>,
+    /// Redis confirmed its registration once: adds go (before, a job could end before a
+    /// settle knew whom its outcome is for, and the outcome would be dropped).
+    registered: bool,
+    /// When it refreshes its registration next (ms).
+    register_at: u64,
     sealer: Sealer,
     now_ms: u64,
     next_op: u64,
@@ -88,6 +98,14 @@ pub struct Producer {
     idle: bool,
     /// Every event up to this id has been read and surfaced: trimmed with the next ack.
     trim_through: Option<EntryId>,
+    /// The last event read and surfaced.
+    read_through: Option<EntryId>,
+    /// The furthest trim sent (or to be sent).
+    trimmed_through: Option<EntryId>,
+    /// Final events of jobs whose markers wait for an outstanding add of theirs: the trim
+    /// stops before the first of them, so that a replacement of this producer reads them
+    /// again and forgets the markers if this one never does.
+    held: BTreeMap<EntryId, String>,
     /// Adds not yet resolved, by job id: a job's marker is forgotten only when none is left.
     outstanding: HashMap<String, u32>,
     /// Jobs that ended while an add of theirs was outstanding: forgotten when it resolves.
@@ -123,8 +141,19 @@ impl Producer {
     /// A producer for `cfg.queue`, sealing with `sealer` (the queue's keyring), at `now_ms`.
     pub fn new(cfg: ProducerConfig, sealer: Sealer, now_ms: u64) -> Result<Self, ProducerError> {
         let keys = Arc::new(QueueKeys::new(&cfg.prefix, &cfg.queue)?);
+        let me = Arc::new(ProducerKeys::new(&keys, &cfg.producer)?);
+        let marker: Arc<str> = if cfg.read_events {
+            me.id.as_str().into()
+        } else {
+            "w".into()
+        };
         Ok(Self {
             keys,
+            me,
+            marker,
+            // A producer that reads no events needs no registration.
+            registered: !cfg.read_events,
+            register_at: now_ms,
             sealer,
             now_ms,
             next_op: 0,
@@ -135,6 +164,9 @@ impl Producer {
             next_read_ms: now_ms,
             idle: false,
             trim_through: None,
+            read_through: None,
+            trimmed_through: None,
+            held: BTreeMap::new(),
             outstanding: HashMap::new(),
             forget_later: HashSet::new(),
             forget: Vec::new(),
@@ -156,6 +188,18 @@ impl Producer {
     #[must_use]
     pub fn keys(&self) -> &QueueKeys {
         &self.keys
+    }
+
+    /// This producer's id and events stream.
+    #[must_use]
+    pub fn producer_keys(&self) -> &ProducerKeys {
+        &self.me
+    }
+
+    /// Whether Redis has confirmed this producer's registration (adds wait for it).
+    #[must_use]
+    pub fn is_registered(&self) -> bool {
+        self.registered
     }
 
     /// The last event id seen: pass it as `events_after` to a replacement producer.
@@ -364,6 +408,9 @@ impl Producer {
         if !self.resend.ready(self.now_ms) && waiting {
             at(self.resend.at_ms());
         }
+        if self.registers() && !self.any_in_flight(|f| matches!(f, InFlight::Register)) {
+            at(self.register_at.max(self.resend.at_ms()));
+        }
         if let Some(&due) = self.promote_at.first() {
             at(due.max(self.resend.at_ms()));
         }
@@ -404,12 +451,25 @@ impl Producer {
             return Some(self.op(CommandKind::Destroy { keys }, InFlight::Destroy));
         }
         let ready = self.resend.ready(now);
-        if !self.unsent.is_empty() && ready {
+        if self.registers()
+            && ready
+            && now >= self.register_at
+            && !self.any_in_flight(|f| matches!(f, InFlight::Register))
+        {
+            let kind = CommandKind::Register {
+                keys: keys.clone(),
+                producer: self.me.clone(),
+                now_ms: now,
+                until_ms: now.saturating_add(self.cfg.producer_ttl_ms),
+            };
+            return Some(self.op(kind, InFlight::Register));
+        }
+        if !self.unsent.is_empty() && ready && self.registered {
             let (jobs, fresh, sent) = self.take_batch();
             let kind = CommandKind::Enqueue {
                 keys,
                 now_ms: now,
-                producer_forgets: self.cfg.read_events,
+                marker: self.marker.clone(),
                 jobs: jobs.clone(),
                 fresh,
             };
@@ -423,13 +483,15 @@ impl Producer {
         }
         if self.want_stats && !self.any_in_flight(|f| matches!(f, InFlight::Stats)) {
             self.want_stats = false;
-            return Some(self.op(CommandKind::Stats { keys }, InFlight::Stats));
+            let producer = self.me.clone();
+            return Some(self.op(CommandKind::Stats { keys, producer }, InFlight::Stats));
         }
         if self.trim_through.is_some() || !self.forget.is_empty() {
             let through = self.trim_through.take();
             let forget = std::mem::take(&mut self.forget);
             let kind = CommandKind::AckEvents {
                 keys,
+                producer: self.me.clone(),
                 through,
                 forget: forget.clone(),
             };
@@ -467,6 +529,7 @@ impl Producer {
         if self.cfg.read_events && !reading && now >= self.next_read_ms {
             let kind = CommandKind::ReadEvents {
                 keys: self.keys.clone(),
+                producer: self.me.clone(),
                 after: self.cursor,
                 count: self.cfg.events_count,
                 block_ms: self.cfg.block_ms.filter(|_| self.idle),
@@ -559,6 +622,7 @@ impl Producer {
             }
             (InFlight::Stats, Reply::Value(v)) => self.stats(v),
             (InFlight::Ping, _) => {}
+            (InFlight::Register, reply) => self.register_reply(reply),
             (InFlight::Promote, reply) => self.promoted(reply),
             (InFlight::Destroy, Reply::Value(Value::Int(_))) => {
                 self.events.push_back(ProducerEvent::Destroyed)
@@ -570,6 +634,38 @@ impl Producer {
             }
         }
         Ok(())
+    }
+
+    /// Whether this producer keeps a registration: it reads events and the queue is not
+    /// being destroyed (a registration after the delete would bring a key back).
+    fn registers(&self) -> bool {
+        self.cfg.read_events && !self.destroying
+    }
+
+    fn register_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Value(Value::Int(n)) => {
+                if n == 1 && self.registered && self.cfg.read_events {
+                    self.trouble(format!(
+                        "producer {} was away longer than its ttl ({} ms) and was declared \
+                         gone: outcomes of its jobs that ended meanwhile were dropped",
+                        self.me.id, self.cfg.producer_ttl_ms
+                    ));
+                }
+                self.registered = true;
+                self.resend.succeed();
+                self.register_at = self
+                    .now_ms
+                    .saturating_add((self.cfg.producer_ttl_ms / 4).max(1));
+            }
+            other => {
+                self.failed(&other);
+                if let Reply::Value(v) = &other {
+                    self.trouble(format!("register: unexpected reply {v:?}"));
+                }
+                self.register_at = self.resend.at_ms();
+            }
+        }
     }
 
     /// A command of the general kind failed: back off (by the failure's cause).
@@ -721,20 +817,24 @@ impl Producer {
                 self.unconfirmed.remove(job);
                 if self.forget_later.remove(job) {
                     self.forget.push(job.to_owned());
+                    self.held.retain(|_, j| j != job);
+                    self.advance_trim();
                 }
             }
         }
     }
 
-    /// `job` ended: its marker can go once no add of it is outstanding (an add sent again
-    /// after an unknown outcome must still find it, or the job would run twice).
-    fn ended(&mut self, job: &JobId) {
+    /// `job` ended (its final event is `event`): its marker can go once no add of it is
+    /// outstanding (an add sent again after an unknown outcome must still find it, or the
+    /// job would run twice); until then its event is held back from the trim.
+    fn ended(&mut self, job: &JobId, event: EntryId) {
         if !self.cfg.read_events {
             return;
         }
         self.awaited.remove(&job.0);
         if self.outstanding.contains_key(&job.0) {
             self.forget_later.insert(job.0.clone());
+            self.held.insert(event, job.0.clone());
         } else {
             self.forget.push(job.0.clone());
         }
@@ -759,7 +859,7 @@ impl Producer {
         }
         for entry in entries {
             self.cursor = self.cursor.max(entry.id);
-            self.trim_through = self.trim_through.max(Some(entry.id));
+            self.read_through = self.read_through.max(Some(entry.id));
             let event = self
                 .open_event(&entry)
                 .unwrap_or_else(|reason| ProducerEvent::BadEvent {
@@ -769,9 +869,23 @@ impl Producer {
             if let ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } =
                 &event
             {
-                self.ended(job);
+                self.ended(job, entry.id);
             }
             self.events.push_back(event);
+        }
+        self.advance_trim();
+    }
+
+    /// Trims what was read, up to the first held event.
+    fn advance_trim(&mut self) {
+        let limit = match self.held.first_key_value() {
+            Some((first, _)) => first.prev(),
+            None => self.read_through,
+        };
+        let through = self.read_through.min(limit);
+        if through > self.trimmed_through {
+            self.trimmed_through = through;
+            self.trim_through = through;
         }
     }
 

@@ -12,8 +12,30 @@ fn sealer() -> Sealer {
     Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[1; 32])))
 }
 
+/// A producer whose registration Redis confirmed (see [`model`]: the tests' model holds it).
 fn producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig) -> Producer {
-    Producer::new(cfg(ProducerConfig::new("q").block_ms(None)), sealer(), T0).unwrap()
+    let mut p = Producer::new(cfg(ProducerConfig::new("q").block_ms(None)), sealer(), T0).unwrap();
+    if !p.is_registered() {
+        let cmd = p.poll_command().unwrap();
+        assert!(matches!(cmd.kind, CommandKind::Register { .. }), "{cmd:?}");
+        p.handle_reply(T0, cmd.op, Reply::Value(Value::Int(1)))
+            .unwrap();
+    }
+    p
+}
+
+/// The model at `now`, with producer `p` of queue `q` registered (as [`producer`] assumes).
+fn model(now: u64) -> Sim {
+    let mut sim = Sim::new(now);
+    let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
+    let reg = CommandKind::Register {
+        producer: Arc::new(ProducerKeys::new(&keys, "p").unwrap()),
+        keys,
+        now_ms: now,
+        until_ms: now + 3_600_000,
+    };
+    assert_eq!(sim.execute(&reg), Value::Int(1));
+    sim
 }
 
 fn job(id: &str) -> AddJob {
@@ -103,7 +125,7 @@ fn adds_batch_by_count_and_bytes_and_push_back_when_full() {
 #[test]
 fn an_unknown_add_is_sent_again_and_never_enqueued_twice() {
     let mut rng = SeededRandom::new(3);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     p.add(T0, job("a"), &mut rng).unwrap();
     let cmd = p.poll_command().unwrap();
@@ -127,13 +149,13 @@ fn an_unknown_add_is_sent_again_and_never_enqueued_twice() {
     p.handle_timeout(T0 + 2_000);
     drive(&mut p, &mut sim);
     assert!(sim.get(&keys.ids).is_none());
-    assert!(sim.stream(&keys.events).unwrap().entries.is_empty());
+    assert!(sim.stream(&keys.events_of("p")).unwrap().entries.is_empty());
 }
 
 #[test]
 fn results_written_while_away_reach_a_replacement() {
     let mut rng = SeededRandom::new(4);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut first = producer(|c| c);
     for id in ["a", "b", "c"] {
         first.add(T0, job(id), &mut rng).unwrap();
@@ -160,15 +182,15 @@ fn results_written_while_away_reach_a_replacement() {
 #[test]
 fn unreadable_events_are_reported_and_skipped() {
     let mut rng = SeededRandom::new(5);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     let keys = p.keys().clone();
     let garbage = sim
-        .xadd_raw(&keys.events, vec![(b"j".to_vec(), b"x".to_vec())])
+        .xadd_raw(&keys.events_of("p"), vec![(b"j".to_vec(), b"x".to_vec())])
         .unwrap();
     let forged = sim
         .xadd_raw(
-            &keys.events,
+            &keys.events_of("p"),
             vec![
                 (b"j".to_vec(), b"x".to_vec()),
                 (b"k".to_vec(), b"c".to_vec()),
@@ -223,7 +245,7 @@ fn refused_adds_fail_visibly() {
 #[test]
 fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
     let mut rng = SeededRandom::new(9);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|mut c| {
         c.read_events = false;
         c.max_batch_jobs = 1;
@@ -271,7 +293,7 @@ fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
 #[test]
 fn stats_and_destroy() {
     let mut rng = SeededRandom::new(7);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|mut c| {
         c.read_events = false;
         c
@@ -309,7 +331,7 @@ fn stats_and_destroy() {
 #[test]
 fn unsent_adds_can_be_withdrawn() {
     let mut rng = SeededRandom::new(8);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     let generated = |id: &str| AddJob {
         generated_id: true,
@@ -344,7 +366,7 @@ fn unsent_adds_can_be_withdrawn() {
 #[test]
 fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
     let mut rng = SeededRandom::new(9);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     p.add(T0, job("a"), &mut rng).unwrap();
     let add = p.poll_command().expect("the add");
@@ -382,7 +404,7 @@ fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
 #[test]
 fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backoff() {
     let mut rng = SeededRandom::new(10);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c.block_ms(None));
     p.add(T0, job("a"), &mut rng).unwrap();
     // Redis is away for a while: every add fails and its backoff grows to the cap, while
@@ -437,7 +459,7 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
 #[test]
 fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome() {
     let mut rng = SeededRandom::new(11);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     sim.execute(&CommandKind::EnsureGroup {
         keys: Arc::new(QueueKeys::new("dl", "q").unwrap()),
     });
@@ -545,7 +567,7 @@ fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
 #[test]
 fn an_add_that_never_left_is_withdrawn_as_not_queued_and_stays_fresh() {
     let mut rng = SeededRandom::new(12);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     let id = JobId::generate(T0, 7);
     let fresh = AddJob {
@@ -645,7 +667,7 @@ fn work_with(
 
 /// The events stream's entries as they are now (what a Redis reader can copy).
 fn events_now(sim: &Sim, keys: &QueueKeys) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-    sim.stream(&keys.events)
+    sim.stream(&keys.events_of("p"))
         .map(|s| s.entries.values().cloned().collect())
         .unwrap_or_default()
 }
@@ -675,7 +697,7 @@ fn bad_events(events: &[ProducerEvent]) -> Vec<String> {
 #[test]
 fn a_relabelled_kind_attempt_or_instance_is_a_bad_event_never_an_outcome() {
     let mut rng = SeededRandom::new(21);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     let keys = p.keys().clone();
     p.add(T0, job("a"), &mut rng).unwrap();
@@ -702,7 +724,7 @@ fn a_relabelled_kind_attempt_or_instance_is_a_bad_event_never_an_outcome() {
         with_field(&failed, b"k", b"c"),
     ];
     for forged in relabelled {
-        sim.xadd_raw(&keys.events, forged).unwrap();
+        sim.xadd_raw(&keys.events_of("p"), forged).unwrap();
     }
     sim.set_time(sim.now_ms() + 100);
     p.handle_timeout(sim.now_ms());
@@ -731,7 +753,7 @@ fn a_relabelled_kind_attempt_or_instance_is_a_bad_event_never_an_outcome() {
 #[test]
 fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
     let mut rng = SeededRandom::new(22);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     let keys = p.keys().clone();
     p.add(T0, job("s:1"), &mut rng).unwrap();
@@ -758,7 +780,7 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
         )),
         "{accepted:?}"
     );
-    sim.xadd_raw(&keys.events, old).unwrap();
+    sim.xadd_raw(&keys.events_of("p"), old).unwrap();
     sim.set_time(sim.now_ms() + 100);
     p.handle_timeout(sim.now_ms());
     let events = drive(&mut p, &mut sim);
@@ -782,7 +804,7 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
 /// between (and re-added, as advised).
 fn a_re_add_lands_before_a_fresh_add_that_never_left(withdrawn: bool, seed: u64) {
     let mut rng = SeededRandom::new(seed);
-    let mut sim = Sim::new(T0);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
     let jobs = p.keys().jobs.clone();
     let id = p

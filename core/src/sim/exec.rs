@@ -2,8 +2,10 @@
 
 use super::{Sim, Stream, ZSet};
 use crate::command::{CommandKind, NewJob, Settle};
-use crate::naming::{GROUP, QueueKeys};
-use crate::scripts::TRIM_WINDOW_MS;
+use std::collections::BTreeSet;
+
+use crate::naming::{GROUP, ProducerKeys, QueueKeys};
+use crate::scripts::{SWEEP_LIMIT, TRIM_WINDOW_MS};
 use crate::value::{EntryId, Fields, Value};
 
 type Exec = Result<Value, String>;
@@ -56,11 +58,11 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::Enqueue {
             keys,
             now_ms,
-            producer_forgets,
+            marker,
             jobs,
             fresh,
         } => {
-            let marker: &[u8] = if *producer_forgets { b"p" } else { b"w" };
+            let marker = marker.as_bytes();
             if *fresh {
                 enqueue_fresh(sim, keys, marker, jobs)
             } else {
@@ -115,20 +117,24 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             entries,
         } => heartbeat(sim, keys, consumer, *idle_ms, entries),
         CommandKind::ReadEvents {
-            keys, after, count, ..
-        } => match sim.stream_mut(&keys.events, false)? {
+            producer,
+            after,
+            count,
+            ..
+        } => match sim.stream_mut(&producer.events, false)? {
             None => Ok(Value::Nil),
             Some(s) => Ok(read_reply(
-                &keys.events,
+                &producer.events,
                 s.read_after(*after, *count as usize),
             )),
         },
         CommandKind::AckEvents {
             keys,
+            producer,
             through,
             forget,
         } => {
-            let n = match (through, sim.stream_mut(&keys.events, false)?) {
+            let n = match (through, sim.stream_mut(&producer.events, false)?) {
                 (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(*t)),
                 _ => 0,
             };
@@ -137,12 +143,127 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             }
             Ok(Value::Int(n as i64))
         }
-        CommandKind::Stats { keys } => stats(sim, keys),
+        CommandKind::Stats { keys, producer } => stats(sim, keys, producer),
+        CommandKind::Register {
+            keys,
+            producer,
+            now_ms,
+            until_ms,
+        } => {
+            sim.zset_mut(&keys.gone)?.remove(producer.id.as_bytes());
+            sim.drop_if_empty(&keys.gone);
+            let live = sim.zset_mut(&keys.producers)?;
+            let new = !live.contains(producer.id.as_bytes());
+            live.add(*until_ms, producer.id.as_bytes());
+            sweep_gone(sim, keys, *now_ms)?;
+            Ok(Value::Int(i64::from(new)))
+        }
         CommandKind::Destroy { keys } => {
-            let n = keys.all().iter().filter(|k| sim.remove(k)).count();
+            let mut n = 0;
+            for set in [&keys.producers, &keys.gone] {
+                let members = sim.zset(set)?.map_or_else(Vec::new, |z| z.members());
+                for p in members {
+                    n += usize::from(sim.remove(&events_key(keys, &p)));
+                }
+            }
+            n += keys.all().iter().filter(|k| sim.remove(k)).count();
             Ok(Value::Int(n as i64))
         }
     }
+}
+
+/// The events stream of the producer `id` names (bytes from Redis, as Lua concatenates them).
+fn events_key(keys: &QueueKeys, id: &[u8]) -> String {
+    keys.events_of(&String::from_utf8_lossy(id))
+}
+
+/// The settle scripts' `events_of`: the events stream of the producer a job's marker names,
+/// if it is registered (`written` collects the streams for the batch's trim).
+fn events_of(
+    sim: &Sim,
+    keys: &QueueKeys,
+    marker: Option<&[u8]>,
+    written: &mut BTreeSet<String>,
+) -> Result<Option<String>, String> {
+    let Some(m) = marker.filter(|m| *m != b"w") else {
+        return Ok(None);
+    };
+    if !sim.zset(&keys.producers)?.is_some_and(|z| z.contains(m)) {
+        return Ok(None);
+    }
+    let key = events_key(keys, m);
+    written.insert(key.clone());
+    Ok(Some(key))
+}
+
+/// A job's id marker, if any.
+fn marker_of(sim: &Sim, keys: &QueueKeys, job: &str) -> Result<Option<Vec<u8>>, String> {
+    Ok(sim
+        .hash(&keys.ids)?
+        .and_then(|h| h.get(job.as_bytes()))
+        .cloned())
+}
+
+/// The settle scripts' `trim_events`: every stream written is trimmed below `min_ms`.
+fn trim_events(sim: &mut Sim, written: &BTreeSet<String>, min_ms: u64) -> Result<(), String> {
+    for key in written {
+        if let Some(s) = sim.stream_mut(key, false)? {
+            s.trim_min_id(EntryId::new(min_ms, 0));
+        }
+    }
+    Ok(())
+}
+
+/// `sweep_gone!` of the scripts: producers past their promise are gone; the first gone
+/// producer's stream loses a chunk of events, and the markers of the jobs they ended.
+fn sweep_gone(sim: &mut Sim, keys: &QueueKeys, now_ms: u64) -> Result<(), String> {
+    let lapsed = sim.zset(&keys.producers)?.map_or_else(Vec::new, |z| {
+        now_ms
+            .checked_sub(1)
+            .map_or_else(Vec::new, |max| z.range_to(max, SWEEP_LIMIT))
+    });
+    for p in &lapsed {
+        sim.zset_mut(&keys.producers)?.remove(p);
+        sim.drop_if_empty(&keys.producers);
+        sim.zset_mut(&keys.gone)?.add(now_ms, p);
+    }
+    let Some(first) = sim
+        .zset(&keys.gone)?
+        .and_then(|z| z.members().into_iter().next())
+    else {
+        return Ok(());
+    };
+    let key = events_key(keys, &first);
+    let entries: Vec<(EntryId, Fields)> = sim.stream(&key).map_or_else(Vec::new, |s| {
+        let first = s.entries.iter().take(SWEEP_LIMIT);
+        first.map(|(id, f)| (*id, f.clone())).collect()
+    });
+    for (_, f) in &entries {
+        let field = |name: &[u8]| f.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let (Some(job), Some(kind)) = (field(b"j"), field(b"k")) else {
+            continue;
+        };
+        if kind != b"c" && kind != b"d" {
+            continue;
+        }
+        let mine = sim
+            .hash(&keys.ids)?
+            .and_then(|h| h.get(&job))
+            .is_some_and(|m| *m == first);
+        if mine {
+            hdel(sim, &keys.ids, &job)?;
+        }
+    }
+    if entries.len() < SWEEP_LIMIT {
+        sim.remove(&key);
+        sim.zset_mut(&keys.gone)?.remove(&first);
+        sim.drop_if_empty(&keys.gone);
+    } else if let Some(s) = sim.stream_mut(&key, false)? {
+        for (id, _) in &entries {
+            s.entries.remove(id);
+        }
+    }
+    Ok(())
 }
 
 /// An outcome event's fields, as the settle scripts write them (`kind`: c, f or d).
@@ -164,16 +285,18 @@ fn complete(
     consumer: &str,
     items: &[Settle],
 ) -> Exec {
-    settle(sim, keys, consumer, items, |sim, item| {
+    let mut written = BTreeSet::new();
+    let out = settle(sim, keys, consumer, items, |sim, item| {
         let job = item.job.as_deref().unwrap_or_default();
-        forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
-        xadd_trimmed(
-            sim,
-            &keys.events,
-            min_event_ms,
-            event_fields(job, b"c", item),
-        )
-    })
+        let marker = marker_of(sim, keys, job)?;
+        match events_of(sim, keys, marker.as_deref(), &mut written)? {
+            Some(key) => xadd(sim, &key, event_fields(job, b"c", item)).map(drop),
+            None if marker.is_some() => hdel(sim, &keys.ids, job.as_bytes()),
+            None => Ok(()),
+        }
+    })?;
+    trim_events(sim, &written, min_event_ms)?;
+    Ok(out)
 }
 
 /// Script `retry`, at `now_ms`, trimming events below `min_event_ms`.
@@ -184,14 +307,13 @@ fn retry(
     consumer: &str,
     items: &[Settle],
 ) -> Exec {
-    settle(sim, keys, consumer, items, |sim, item| {
+    let mut written = BTreeSet::new();
+    let out = settle(sim, keys, consumer, items, |sim, item| {
         let job = item.job.as_deref().unwrap_or_default();
-        xadd_trimmed(
-            sim,
-            &keys.events,
-            min_event_ms,
-            event_fields(job, b"f", item),
-        )?;
+        let marker = marker_of(sim, keys, job)?;
+        if let Some(key) = events_of(sim, keys, marker.as_deref(), &mut written)? {
+            xadd(sim, &key, event_fields(job, b"f", item))?;
+        }
         if item.due_ms > now_ms {
             sim.zset_mut(&keys.delayed)?
                 .add(item.due_ms, job.as_bytes());
@@ -201,7 +323,9 @@ fn retry(
             xadd(sim, &keys.jobs, work_fields(job, &item.job_envelope))?;
         }
         Ok(())
-    })
+    })?;
+    trim_events(sim, &written, min_event_ms)?;
+    Ok(out)
 }
 
 /// Script `bury`, trimming events below `min_event_ms` and dead letters below `min_dead_ms`.
@@ -212,7 +336,8 @@ fn bury(
     consumer: &str,
     items: &[Settle],
 ) -> Exec {
-    settle(sim, keys, consumer, items, |sim, item| {
+    let mut written = BTreeSet::new();
+    let out = settle(sim, keys, consumer, items, |sim, item| {
         let job = item.job.as_deref().unwrap_or_default();
         let f = fields(&[
             ("j", job.as_bytes()),
@@ -223,16 +348,19 @@ fn bury(
         ]);
         xadd_trimmed(sim, &keys.dead, min_dead_ms, f)?;
         if !job.is_empty() {
-            forget_if_worker_marked(sim, &keys.ids, job.as_bytes())?;
-            xadd_trimmed(
-                sim,
-                &keys.events,
-                min_event_ms,
-                event_fields(job, b"d", item),
-            )?;
+            let marker = marker_of(sim, keys, job)?;
+            match events_of(sim, keys, marker.as_deref(), &mut written)? {
+                Some(key) => {
+                    xadd(sim, &key, event_fields(job, b"d", item))?;
+                }
+                None if marker.is_some() => hdel(sim, &keys.ids, job.as_bytes())?,
+                None => {}
+            }
         }
         Ok(())
-    })
+    })?;
+    trim_events(sim, &written, min_event_ms)?;
+    Ok(out)
 }
 
 /// Script `heartbeat`: extends the leases this consumer holds.
@@ -300,18 +428,6 @@ fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
     if sim.hash(key)?.is_some() {
         sim.hash_mut(key)?.remove(field);
         sim.drop_if_empty(key);
-    }
-    Ok(())
-}
-
-/// The `w` marker goes with the job; a `p` marker waits for the producer.
-fn forget_if_worker_marked(sim: &mut Sim, ids: &str, job: &[u8]) -> Result<(), String> {
-    if sim
-        .hash(ids)?
-        .and_then(|h| h.get(job))
-        .is_some_and(|m| m == b"w")
-    {
-        hdel(sim, ids, job)?;
     }
     Ok(())
 }
@@ -483,6 +599,7 @@ fn reclaim(sim: &mut Sim, kind: &CommandKind) -> Exec {
     else {
         return Err("ERR not a reclaim".into());
     };
+    sweep_gone(sim, keys, *now_ms)?;
     let promoted = promote(sim, keys, *now_ms, *promote_limit)?;
     let next_due = match promoted {
         Value::Array(mut a) => a.pop().unwrap_or(Value::Int(-1)),
@@ -550,7 +667,7 @@ fn xlen(s: Option<&mut Stream>) -> i64 {
     s.map_or(0, |s| s.entries.len() as i64)
 }
 
-fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
+fn stats(sim: &mut Sim, keys: &QueueKeys, producer: &ProducerKeys) -> Exec {
     let jobs = sim.stream_mut(&keys.jobs, false)?;
     let group = jobs.as_ref().and_then(|s| s.groups.get(GROUP));
     let pending = group.map_or(0, |g| g.pel.len() as i64);
@@ -561,7 +678,7 @@ fn stats(sim: &mut Sim, keys: &QueueKeys) -> Exec {
     };
     let delayed = sim.zset(&keys.delayed)?.map_or(0, |z| z.len() as i64);
     let dead = xlen(sim.stream_mut(&keys.dead, false)?);
-    let events = xlen(sim.stream_mut(&keys.events, false)?);
+    let events = xlen(sim.stream_mut(&producer.events, false)?);
     Ok(Value::Array(
         [len, pending, delayed, dead, events]
             .into_iter()

@@ -74,6 +74,12 @@ impl ZSet {
         }
     }
 
+    /// Every member, lowest score first (ZRANGE 0 -1).
+    #[must_use]
+    pub fn members(&self) -> Vec<Vec<u8>> {
+        self.order.iter().map(|(_, m)| m.clone()).collect()
+    }
+
     /// The score of `member`, if it is in the set.
     #[must_use]
     pub fn score(&self, member: &[u8]) -> Option<u64> {

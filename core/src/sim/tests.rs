@@ -5,12 +5,34 @@ use std::sync::Arc;
 
 use super::*;
 use crate::command::{NewJob, Settle};
-use crate::naming::{GROUP, QueueKeys};
+use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 use crate::scripts::TRIM_WINDOW_MS;
 use crate::value::{StreamEntry, decode_read};
 
 fn keys() -> Arc<QueueKeys> {
     Arc::new(QueueKeys::new("dl", "q").unwrap())
+}
+
+/// Producer `p` of queue `q`.
+fn pk() -> Arc<ProducerKeys> {
+    Arc::new(ProducerKeys::new(&keys(), "p").unwrap())
+}
+
+fn stats_of(sim: &mut Sim) -> Vec<i64> {
+    ints(sim.execute(&CommandKind::Stats {
+        keys: keys(),
+        producer: pk(),
+    }))
+}
+
+fn register(sim: &mut Sim, producer: &str, until_ms: u64) -> Value {
+    let now_ms = sim.now_ms();
+    sim.execute(&CommandKind::Register {
+        keys: keys(),
+        producer: Arc::new(ProducerKeys::new(&keys(), producer).unwrap()),
+        now_ms,
+        until_ms,
+    })
 }
 
 fn job(id: &str, due_ms: Option<u64>) -> NewJob {
@@ -51,12 +73,14 @@ fn read(sim: &mut Sim, consumer: &str, count: u32) -> Vec<StreamEntry> {
     .unwrap()
 }
 
+/// An add by producer `p` (registered until far ahead).
 fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
     let now_ms = sim.now_ms();
+    register(sim, "p", u64::MAX >> 12);
     sim.execute(&CommandKind::Enqueue {
         keys: keys(),
         now_ms,
-        producer_forgets: false,
+        marker: "p".into(),
         jobs,
         fresh: false,
     })
@@ -122,14 +146,23 @@ fn complete_acks_deletes_and_reports_once() {
     assert_eq!(ints(sim.execute(&complete)), [0]);
     let k = keys();
     assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
-    assert_eq!(sim.stream(&k.events).unwrap().entries.len(), 1);
+    assert_eq!(sim.stream(&pk().events).unwrap().entries.len(), 1);
+    // The marker waits for its producer, who has not read the result yet.
+    assert_eq!(ints(enqueue(&mut sim, vec![job("a", None)])), [0]);
+    let forget = CommandKind::AckEvents {
+        keys: keys(),
+        producer: pk(),
+        through: None,
+        forget: vec!["a".into()],
+    };
+    assert_eq!(sim.execute(&forget), Value::Int(0));
     assert!(
         sim.get(&k.ids).is_none(),
         "the ids hash vanished when empty"
     );
     // The id is free again once the job is gone.
     assert!(ints_or_ids(enqueue(&mut sim, vec![job("a", None)]))[0].is_some());
-    let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
+    let stats = stats_of(&mut sim);
     assert_eq!(stats, [1, 0, 0, 0, 1]);
 }
 
@@ -196,7 +229,7 @@ fn bury_moves_to_dead_letters() {
     assert_eq!(ints(sim.execute(&bury)), [1, 1]);
     assert_eq!(sim.stream(&k.dead).unwrap().entries.len(), 2);
     // Only the job with an id produces an event.
-    assert_eq!(sim.stream(&k.events).unwrap().entries.len(), 1);
+    assert_eq!(sim.stream(&pk().events).unwrap().entries.len(), 1);
     assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
 }
 
@@ -326,6 +359,7 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     sim.execute(&complete(got[0].id, "a", 0));
     let events = |after| CommandKind::ReadEvents {
         keys: keys(),
+        producer: pk(),
         after,
         count: 10,
         block_ms: None,
@@ -343,13 +377,15 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     assert_eq!(all[0].field(b"j"), Some(&b"b"[..]));
     let del = CommandKind::AckEvents {
         keys: keys(),
+        producer: pk(),
         through: Some(all[0].id),
         forget: vec![],
     };
     assert_eq!(sim.execute(&del), Value::Int(1));
     assert_eq!(
         sim.execute(&CommandKind::Destroy { keys: keys() }),
-        Value::Int(2)
+        Value::Int(4),
+        "jobs, ids, producers, events:p"
     );
     assert!(sim.keys().is_empty());
 }
@@ -402,7 +438,7 @@ fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
     assert_eq!(ids(&sim), [slow, a, b]);
     assert_eq!(ints(sim.execute(&complete(b, "b"))), [1]);
     assert_eq!(ids(&sim), [slow, a]);
-    let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
+    let stats = stats_of(&mut sim);
     assert_eq!(stats[..2], [1, 1], "done entries are not counted as jobs");
     // The oldest job ends: everything up to the last delivered entry goes.
     assert_eq!(ints(sim.execute(&complete(slow, "slow"))), [1]);
@@ -412,7 +448,7 @@ fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
     let c = read(&mut sim, "c1", 1)[0].id;
     assert_eq!(ints(sim.execute(&complete(c, "c"))), [1]);
     assert_eq!(ids(&sim).len(), 1);
-    let stats = ints(sim.execute(&CommandKind::Stats { keys: keys() }));
+    let stats = stats_of(&mut sim);
     assert_eq!(stats[..2], [1, 0]);
 }
 

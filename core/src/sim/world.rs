@@ -36,8 +36,11 @@ pub enum Answer {
 /// What the application saw, for invariant checks.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    /// Jobs added (accepted by `add`), by id, with their queue.
+    /// Jobs added (accepted by `add`), by id, with the producer that added them.
     pub added: BTreeMap<JobId, usize>,
+    /// The producer each job was added by (kept when the job is abandoned): its outcomes
+    /// must reach that producer (or its replacement), never another.
+    pub owner: BTreeMap<JobId, usize>,
     /// Deliveries: job → attempts delivered.
     pub delivered: BTreeMap<JobId, Vec<u32>>,
     /// Work stream entries delivered with a job's first attempt: more than one means the
@@ -95,8 +98,11 @@ enum Target {
 /// The world's settings.
 #[derive(Debug, Clone)]
 pub struct WorldConfig {
-    /// Queues, each with one producer.
+    /// Queues.
     pub queues: usize,
+    /// Producers per queue, each with its own id (`p<n>`), in any number sharing a queue.
+    /// Producer `n` serves queue `n % queues`.
+    pub producers_per_queue: usize,
     /// Workers per queue.
     pub workers_per_queue: usize,
     /// Worker concurrency.
@@ -117,6 +123,7 @@ impl Default for WorldConfig {
     fn default() -> Self {
         Self {
             queues: 1,
+            producers_per_queue: 1,
             workers_per_queue: 1,
             concurrency: 2,
             retry: RetryPolicy::new(
@@ -169,10 +176,10 @@ impl World {
         let sealers: Vec<Sealer> = (0..cfg.queues)
             .map(|q| Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[q as u8 + 1; 32]))))
             .collect();
-        let producers = (0..cfg.queues)
-            .filter_map(|q| {
-                let pc = ProducerConfig::new(&format!("q{q}")).block_ms(None);
-                Producer::new(pc, sealers[q].clone(), now_ms).ok()
+        let producers = (0..cfg.queues * cfg.producers_per_queue.max(1))
+            .filter_map(|n| {
+                let q = n % cfg.queues;
+                Producer::new(producer_config(n, q), sealers[q].clone(), now_ms).ok()
             })
             .collect();
         let mut world = Self {
@@ -210,6 +217,12 @@ impl World {
             .lease_ms(self.cfg.lease_ms)
             .block_ms(None)
             .timeout_ms(self.cfg.timeout_ms)
+    }
+
+    /// Number of producers (producer `n` serves queue `n % queues`).
+    #[must_use]
+    pub fn producers(&self) -> usize {
+        self.producers.len()
     }
 
     /// Number of worker slots.
@@ -256,9 +269,9 @@ impl World {
         }
     }
 
-    /// The application adds a job to `queue`, due after `delay_ms`.
-    pub fn add(&mut self, queue: usize, delay_ms: u64) {
-        let Some(p) = self.producers.get_mut(queue) else {
+    /// The application adds a job through `producer`, due after `delay_ms`.
+    pub fn add(&mut self, producer: usize, delay_ms: u64) {
+        let Some(p) = self.producers.get_mut(producer) else {
             return;
         };
         self.next_job += 1;
@@ -276,7 +289,8 @@ impl World {
                 self.ledger
                     .due
                     .insert(id.clone(), self.now_ms.saturating_add(delay_ms));
-                self.ledger.added.insert(id, queue);
+                self.ledger.owner.insert(id.clone(), producer);
+                self.ledger.added.insert(id, producer);
             }
             Err(crate::producer::ProducerError::QueueClosed) if p.is_paused() => {
                 self.ledger.refused_paused += 1;
@@ -286,24 +300,24 @@ impl World {
         self.pump();
     }
 
-    /// The application adds again the id of a job of `queue` that has not ended (number
-    /// `pick` of those), as a caller does after an unknown outcome: it must not run twice,
-    /// and it still ends once.
-    pub fn add_again(&mut self, queue: usize, pick: usize) {
+    /// The application adds again, through `producer`, the id of a job it added that has
+    /// not ended (number `pick` of those), as a caller does after an unknown outcome: it
+    /// must not run twice, and it still ends once.
+    pub fn add_again(&mut self, producer: usize, pick: usize) {
         let open: Vec<JobId> = self
             .ledger
             .added
             .iter()
             .filter(|(j, q)| {
                 let l = &self.ledger;
-                **q == queue
+                **q == producer
                     && !l.completed.contains_key(*j)
                     && !l.dead.contains(*j)
                     && !l.add_failed.contains(*j)
             })
             .map(|(j, _)| j.clone())
             .collect();
-        let (Some(p), false) = (self.producers.get_mut(queue), open.is_empty()) else {
+        let (Some(p), false) = (self.producers.get_mut(producer), open.is_empty()) else {
             return;
         };
         let id = open[pick % open.len()].clone();
@@ -331,9 +345,9 @@ impl World {
         self.pump();
     }
 
-    /// Pauses (adds fail with `QueueClosed`) or resumes the producer of `queue`.
-    pub fn pause(&mut self, queue: usize, paused: bool) {
-        if let Some(p) = self.producers.get_mut(queue) {
+    /// Pauses (adds fail with `QueueClosed`) or resumes `producer`.
+    pub fn pause(&mut self, producer: usize, paused: bool) {
+        if let Some(p) = self.producers.get_mut(producer) {
             if paused {
                 p.pause();
             } else {
@@ -342,19 +356,20 @@ impl World {
         }
     }
 
-    /// The producer of `queue` is replaced (its process died; another takes over under the
-    /// same queue name): its state and its commands not yet run are gone; the new one reads
-    /// every event still in Redis, so it gets the outcomes its predecessor was owed. Adds
-    /// its predecessor had not seen confirmed are abandoned (their callers never heard).
-    pub fn replace_producer(&mut self, queue: usize) {
-        if queue >= self.producers.len() {
+    /// `producer` is replaced (its process died; another takes over under its id): its
+    /// state and its commands not yet run are gone; the new one reads every event still in
+    /// its stream, so it gets the outcomes its predecessor was owed. Adds its predecessor
+    /// had not seen confirmed are abandoned (their callers never heard).
+    pub fn replace_producer(&mut self, producer: usize) {
+        if producer >= self.producers.len() {
             return;
         }
         self.in_flight
-            .retain(|(t, _)| !matches!(t, Target::Producer(i) if *i == queue));
-        let pc = ProducerConfig::new(&format!("q{queue}")).block_ms(None);
-        match Producer::new(pc, self.sealers[queue].clone(), self.now_ms) {
-            Ok(p) => self.producers[queue] = p,
+            .retain(|(t, _)| !matches!(t, Target::Producer(i) if *i == producer));
+        let q = producer % self.cfg.queues;
+        let pc = producer_config(producer, q);
+        match Producer::new(pc, self.sealers[q].clone(), self.now_ms) {
+            Ok(p) => self.producers[producer] = p,
             Err(e) => return self.ledger.errors.push(format!("producer config: {e}")),
         }
         let l = &mut self.ledger;
@@ -362,7 +377,7 @@ impl World {
             .added
             .iter()
             .filter(|(j, q)| {
-                **q == queue && !l.accepted.contains(*j) && !l.outcomes.contains_key(*j)
+                **q == producer && !l.accepted.contains(*j) && !l.outcomes.contains_key(*j)
             })
             .map(|(j, _)| j.clone())
             .collect();
@@ -373,7 +388,7 @@ impl World {
         // The new producer may surface again outcomes its predecessor surfaced (events it
         // read and had not trimmed yet): one final outcome per job per producer.
         let added = &l.added;
-        let other_queue = |j: &JobId| added.get(j).is_some_and(|q| *q != queue);
+        let other_queue = |j: &JobId| added.get(j).is_some_and(|q| *q != producer);
         l.outcomes.retain(|j, _| other_queue(j));
         l.failed.retain(|j, _| other_queue(j));
         l.replaced += 1;
@@ -510,7 +525,7 @@ impl World {
                 self.in_flight.push_back((Target::Producer(i), cmd));
             }
             while let Some(ev) = p.poll_event() {
-                record_producer_event(&mut self.ledger, ev);
+                record_producer_event(&mut self.ledger, i, ev);
             }
         }
         for (i, s) in self.slots.iter_mut().enumerate() {
@@ -740,6 +755,15 @@ impl World {
                 }
             }
         }
+        // Every producer read its outcomes and trimmed them.
+        for p in &self.producers {
+            let events = &p.producer_keys().events;
+            if let Some(s) = self.net.sim.stream(events) {
+                if !s.entries.is_empty() {
+                    return Err(format!("{events}: {} events left", s.entries.len()));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -749,7 +773,24 @@ impl World {
     }
 }
 
-fn record_producer_event(ledger: &mut Ledger, ev: ProducerEvent) {
+/// Producer `n` (of queue `queue`): id `p<n>`, polling reads.
+fn producer_config(n: usize, queue: usize) -> ProducerConfig {
+    ProducerConfig::new(&format!("q{queue}"))
+        .producer(&format!("p{n}"))
+        .block_ms(None)
+}
+
+fn record_producer_event(ledger: &mut Ledger, producer: usize, ev: ProducerEvent) {
+    if let ProducerEvent::Completed { job, .. }
+    | ProducerEvent::DeadLettered { job, .. }
+    | ProducerEvent::Failed { job, .. } = &ev
+    {
+        if let Some(owner) = ledger.owner.get(job).filter(|o| **o != producer) {
+            ledger.errors.push(format!(
+                "{job} of producer {owner} reached producer {producer}"
+            ));
+        }
+    }
     match ev {
         ProducerEvent::Completed { job, result, .. } => {
             if result != result_of(&job) {

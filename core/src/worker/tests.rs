@@ -215,7 +215,7 @@ fn unknown_outcomes_of_settlements_are_sent_again() {
         .unwrap();
     // The first run's result is the one in the events stream; the resend reports 0, which
     // the worker cannot tell from a lost lease, so it says so.
-    assert_eq!(sim.stream(&keys.events).unwrap().entries.len(), 1);
+    assert_eq!(sim.stream(&keys.events_of("p")).unwrap().entries.len(), 1);
     assert_eq!(
         w.handle_reply(t, cmd.op, Reply::Unknown, &mut rng),
         Err(WorkerError::UnknownOp(cmd.op))
@@ -503,7 +503,7 @@ fn a_silent_worker_loses_its_lease_and_is_told() {
         .unwrap();
     b.drive(&mut other);
     let keys = a.keys().clone();
-    let events = &b.sim.stream(&keys.events).unwrap().entries;
+    let events = &b.sim.stream(&keys.events_of("p")).unwrap().entries;
     assert_eq!(events.len(), 1, "one result, the reclaimer's");
 }
 

@@ -1,0 +1,274 @@
+//! Many producers on one queue, in several processes (issue 14, part 1): each producer
+//! receives every outcome of its own jobs and none of another's; a producer killed mid-load
+//! and replaced under its id hands what it was owed to its replacement; producers gone for
+//! good leave nothing behind.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datalayer_tests::{KillOnDrop, Persistence, RedisServer, raw};
+
+const QUEUE: &str = "shared";
+
+/// What one producer process logged.
+#[derive(Debug, Default)]
+struct Log {
+    /// Jobs Redis took: id → n.
+    added: HashMap<String, u64>,
+    /// Results its handles got: id → (n, echo).
+    done: HashMap<String, (u64, String)>,
+    /// Outcomes of jobs it did not add: id → result.
+    owed: HashMap<String, String>,
+    /// Handles that ended otherwise.
+    failed: Vec<String>,
+}
+
+fn read_log(path: &Path) -> Log {
+    let mut log = Log::default();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.splitn(4, ' ').collect();
+        match parts.as_slice() {
+            ["added", id, n] => {
+                log.added
+                    .insert((*id).into(), n.parse().unwrap_or(u64::MAX));
+            }
+            ["done", id, n, echo] => {
+                let n = n.parse().unwrap_or(u64::MAX);
+                log.done.insert((*id).into(), (n, (*echo).into()));
+            }
+            ["owed", id, rest @ ..] => {
+                log.owed.insert((*id).into(), rest.join(" "));
+            }
+            _ => log.failed.push(line.to_owned()),
+        }
+    }
+    log
+}
+
+/// A producer process; its id, read from its first line of output.
+fn producer(
+    url: &str,
+    id: Option<&str>,
+    tag: &str,
+    jobs: usize,
+    ttl_ms: u64,
+    log: &Path,
+) -> (KillOnDrop, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dl-producer"))
+        .args([url, QUEUE, id.unwrap_or("-"), tag])
+        .arg(jobs.to_string())
+        .arg(ttl_ms.to_string())
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a producer process");
+    let mut first = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut reader = BufReader::new(out);
+        let _ = reader.read_line(&mut first);
+        // Keep reading in the background so that the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+    }
+    let id = first.trim().strip_prefix("producer ").unwrap_or_default();
+    assert!(!id.is_empty(), "the producer printed no id: {first:?}");
+    (KillOnDrop(child), id.to_owned())
+}
+
+fn worker(url: &str, log: &Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_dl-echo-worker"))
+            .args([url, QUEUE])
+            .arg(log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a worker process"),
+    )
+}
+
+/// Waits for `child` to exit, at most `limit`; whether it exited successfully.
+async fn exited_ok(child: &mut KillOnDrop, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return status.success();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_in_several_processes_each_get_their_own_outcomes_and_a_replacement_the_rest() {
+    const JOBS: usize = 1_000;
+    let server = RedisServer::start(Persistence::None);
+    let url = server.url();
+    let dir = server.dir().to_path_buf();
+    let path = |name: &str| -> PathBuf { dir.join(name) };
+    let _workers = [worker(&url, &path("w1.log")), worker(&url, &path("w2.log"))];
+
+    // Three producers with generated ids, gone for good (2 s ttl) once they exit; one with
+    // a chosen id that is killed mid-load and replaced.
+    let mut free = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let (child, id) = producer(&url, None, tag, JOBS, 2_000, &path(&format!("{tag}.log")));
+        free.push((tag, child, id));
+    }
+    let (mut doomed, doomed_id) =
+        producer(&url, Some("replaceable"), "d", JOBS, 8_000, &path("d.log"));
+    assert_eq!(doomed_id, "replaceable");
+    let ids: HashSet<String> = free.iter().map(|(_, _, id)| id.clone()).collect();
+    assert_eq!(ids.len(), 3, "generated ids are distinct: {ids:?}");
+
+    // Kill the doomed producer once some of its results came back (and many jobs are out).
+    let some_done = until(Duration::from_secs(60), || {
+        read_log(&path("d.log")).done.len() >= 100
+    })
+    .await;
+    assert!(some_done, "the doomed producer got no results");
+    let _ = doomed.0.kill();
+    let _ = doomed.0.wait();
+    let (_replacement, id) = producer(&url, Some("replaceable"), "e", 0, 8_000, &path("e.log"));
+    assert_eq!(id, "replaceable");
+
+    for (tag, child, _) in &mut free {
+        assert!(
+            exited_ok(child, Duration::from_secs(120)).await,
+            "producer {tag} did not get every result of its own jobs: {:?}",
+            read_log(&path(&format!("{tag}.log"))).failed
+        );
+    }
+    let mut all_jobs: HashMap<String, &str> = HashMap::new();
+    for (tag, _, _) in &free {
+        let log = read_log(&path(&format!("{tag}.log")));
+        assert_eq!(log.added.len(), JOBS, "{tag}");
+        assert_eq!(log.done.len(), JOBS, "{tag}: every job's result");
+        for (job, (n, echo)) in &log.done {
+            assert_eq!(
+                echo,
+                &n.to_string(),
+                "{tag}: {job} got another job's result"
+            );
+            assert_eq!(
+                log.added.get(job),
+                Some(n),
+                "{tag}: a result of a job it did not add"
+            );
+        }
+        assert!(
+            log.owed.is_empty(),
+            "{tag} received outcomes of other producers' jobs: {:?}",
+            log.owed.keys().take(5).collect::<Vec<_>>()
+        );
+        for job in log.added.keys() {
+            assert!(all_jobs.insert(job.clone(), tag).is_none(), "{job} twice");
+        }
+    }
+
+    // Every job the doomed producer saw Redis take ends at it or at its replacement.
+    let d = read_log(&path("d.log"));
+    let covered = until(Duration::from_secs(60), || {
+        let e = read_log(&path("e.log"));
+        d.added
+            .keys()
+            .all(|j| d.done.contains_key(j) || e.owed.contains_key(j))
+    })
+    .await;
+    let e = read_log(&path("e.log"));
+    let missing: Vec<&String> = d
+        .added
+        .keys()
+        .filter(|j| !d.done.contains_key(*j) && !e.owed.contains_key(*j))
+        .collect();
+    assert!(
+        covered,
+        "{} of the killed producer's {} jobs never reached it or its replacement: {:?}",
+        missing.len(),
+        d.added.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    for (job, result) in &e.owed {
+        assert!(
+            !all_jobs.contains_key(job),
+            "the replacement received {job} of producer {}",
+            all_jobs[job]
+        );
+        if let Some(n) = d.added.get(job) {
+            assert_eq!(result, &format!("{{\"echo\":{n}}}"), "{job}");
+        }
+    }
+    println!(
+        "killed producer: {} jobs taken, {} results before the kill, {} handed to the \
+         replacement",
+        d.added.len(),
+        d.done.len(),
+        e.owed.len()
+    );
+
+    // The producers that exited are declared gone after their ttl, and swept: their events
+    // streams, and the id markers of their jobs.
+    let mut conn = raw(&server).await;
+    let start = Instant::now();
+    loop {
+        let mut left = Vec::new();
+        for (_, _, id) in &free {
+            let key = format!("dl:{{{QUEUE}}}:events:{id}");
+            let exists: u64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("EXISTS");
+            if exists > 0 {
+                left.push(key);
+            }
+        }
+        let markers: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("dl:{{{QUEUE}}}:ids"))
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL");
+        let stale = markers
+            .values()
+            .filter(|m| ids.contains(m.as_str()))
+            .count();
+        let registered: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("dl:{{{QUEUE}}}:producers"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("ZRANGE");
+        let gone_left = registered.iter().any(|p| ids.contains(p));
+        if left.is_empty() && stale == 0 && !gone_left {
+            assert_eq!(
+                registered,
+                ["replaceable"],
+                "only the replacement is registered"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gone producers left {left:?}, {stale} markers, registered {registered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
