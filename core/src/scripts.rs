@@ -561,21 +561,33 @@ return out
 "#,
 };
 
-/// `stats` — KEYS: jobs, delayed, dead, the producer's events. Jobs counts the entries waiting (not yet
-/// delivered: the group's lag) and running (pending), not completed entries the next trim
-/// will drop. When Redis does not know the lag (after deletions from the stream), at most
-/// 10,000 waiting entries are counted one by one; past that the count is an upper bound.
+/// `stats` — KEYS: jobs, delayed, dead, the producer's events, workers. Jobs counts the
+/// entries waiting (not yet delivered: the group's lag) and running (pending), not completed
+/// entries the next trim will drop. When Redis does not know the lag (after deletions from
+/// the stream), at most 10,000 waiting entries are counted one by one; past that the count is
+/// an upper bound. Then the live workers (ZCARD), and the ids of the oldest waiting entry
+/// (the first after the group's last delivered one) and of the oldest running one (the first
+/// pending), or empty: each one O(log n) lookup.
 pub const STATS: Script = Script {
     name: "stats",
     source: r#"
-local jobs, pending = 0, 0
+local jobs, pending, oldest_waiting, oldest_running = 0, 0, '', ''
+local function first_after(start)
+  local e = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1)
+  if e[1] then return e[1][1] end
+  return ''
+end
 local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
 if type(groups) == 'table' and groups.err == nil then
   jobs = redis.call('XLEN', KEYS[1])
+  oldest_waiting = first_after('-')
   for _, g in ipairs(groups) do
     local f = {}
     for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
     if f['name'] == 'workers' then
+      oldest_waiting = first_after('(' .. f['last-delivered-id'])
+      local p = redis.call('XPENDING', KEYS[1], 'workers', '-', '+', 1)
+      if p[1] then oldest_running = p[1][1] end
       pending = f['pending']
       local lag = f['lag']
       if type(lag) ~= 'number' then
@@ -595,7 +607,8 @@ if type(groups) == 'table' and groups.err == nil then
   end
 end
 return {jobs, pending, redis.call('ZCARD', KEYS[2]),
-  redis.call('XLEN', KEYS[3]), redis.call('XLEN', KEYS[4])}
+  redis.call('XLEN', KEYS[3]), redis.call('XLEN', KEYS[4]), redis.call('ZCARD', KEYS[5]),
+  oldest_waiting, oldest_running}
 "#,
 };
 
@@ -883,7 +896,13 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             script(&ACK_EVENTS, &[&producer.events, &keys.ids], args)
         }
         CommandKind::Stats { keys, producer } => {
-            let k = [&keys.jobs, &keys.delayed, &keys.dead, &producer.events];
+            let k = [
+                &keys.jobs,
+                &keys.delayed,
+                &keys.dead,
+                &producer.events,
+                &keys.workers,
+            ];
             script(&STATS, &k, Vec::new())
         }
         CommandKind::Register {

@@ -2,8 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch: the engine's clock input.
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the engine's clock input (and the `now` to give
+/// [`crate::QueueStats::oldest_waiting_ms`]).
+#[must_use]
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
 }
 

@@ -22,10 +22,12 @@ mod queue;
 mod random;
 mod worker;
 
+pub use clock::now_ms;
 pub use credentials::{CredentialsOptions, CredentialsStore, credentials_hash};
 pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;
 pub use datalayer_core::envelope::Compression;
+pub use datalayer_core::producer::QueueStats;
 pub use layer::{DataLayer, Error, Options};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;

@@ -10,7 +10,7 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
-    AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent, Withdrawal,
+    AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
 };
 use datalayer_core::random::Random;
 use serde::Serialize;
@@ -194,6 +194,7 @@ type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
 type AddCall = (u64, AddJob, AddReply);
 
 enum Msg {
+    Stats(oneshot::Sender<QueueStats>),
     Add(AddCall),
     AddMany(Vec<AddCall>),
     /// The caller of add number `.1` stopped waiting: `Ok(())` if it was accepted meanwhile.
@@ -267,6 +268,7 @@ impl JobQueue {
             accepting: HashMap::new(),
             fail_fast: options.when_unreachable == Unreachable::FailFast,
             closing: None,
+            stats: Vec::new(),
         };
         let span = tracing::info_span!("queue", name);
         tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
@@ -392,6 +394,19 @@ impl JobQueue {
         self.events.subscribe()
     }
 
+    /// The queue's counts, from one script of O(log n) lookups (plus, after deletions from
+    /// the work stream, a count of at most 10,000 waiting entries): jobs waiting and running,
+    /// delayed, dead letters, this producer's unread events, live workers, and the oldest
+    /// waiting and running jobs (ages: [`QueueStats::oldest_waiting_ms`]). Waits for Redis.
+    pub async fn stats(&self) -> Result<QueueStats, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Stats(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
     /// Adds fail with "queue closed" until `resume`.
     pub async fn pause(&self) -> Result<(), Error> {
         self.tx
@@ -463,6 +478,8 @@ struct Driver {
     fail_fast: bool,
     /// `close` was called: (destroy still to be confirmed, who to tell when done).
     closing: Option<(bool, oneshot::Sender<()>)>,
+    /// Callers of `stats`, answered by the next `Stats` event.
+    stats: Vec<oneshot::Sender<QueueStats>>,
 }
 
 impl Driver {
@@ -663,6 +680,10 @@ impl Driver {
                 }
             }
             Msg::Add((call, job, reply)) => self.add(call, job, reply),
+            Msg::Stats(reply) => {
+                self.producer.request_stats();
+                self.stats.push(reply);
+            }
             Msg::Withdraw(id, call, answer) => {
                 let mine = |calls: &mut Vec<Accepting>| {
                     let at = calls.iter().position(|a| a.call == call)?;
@@ -732,6 +753,12 @@ impl Driver {
                 ProducerEvent::Destroyed => {
                     if let Some((true, _)) = &self.closing {
                         self.closing = self.closing.take().map(|(_, done)| (false, done));
+                    }
+                    continue;
+                }
+                ProducerEvent::Stats(stats) => {
+                    for reply in self.stats.drain(..) {
+                        let _ = reply.send(stats);
                     }
                     continue;
                 }

@@ -21,7 +21,7 @@ async fn job_queue_and_job_worker() -> Result {
     use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
     use datalayer_tokio::core::producer::AddJob;
     use datalayer_tokio::core::retry::{Backoff, RetryPolicy};
-    use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueEvent, QueueOptions, WorkerOptions};
+    use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueEvent, QueueOptions, WorkerOptions, now_ms};
     use serde_json::json;
 
     let secrets = SecretRing::new(KeyId(1), Secret::from_bytes(server_secret)); // 32 random bytes
@@ -52,6 +52,8 @@ async fn job_queue_and_job_worker() -> Result {
     let handles = queue.add_many(jobs).await?; // Vec<AddJob> in one message: each its own Result
     queue.pause().await?; // add() now fails with Error::QueueClosed ("queue closed")
     queue.resume().await?;
+    let stats = queue.stats().await?; // waiting+running, running, delayed, dead, workers, oldest
+    println!("{} jobs, oldest waiting {} ms", stats.jobs, stats.oldest_waiting_ms(now_ms()));
     delayed.result().await?;
     running.shutdown(Duration::from_secs(10)).await; // finish, or hand jobs back at the deadline
     queue.shutdown().await; // delete the queue's keys; disconnect() leaves them

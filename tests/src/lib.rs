@@ -488,6 +488,119 @@ pub async fn worker_process(
     }
 }
 
+/// `JobQueue::stats` through a queue's life, on any backend: jobs waiting (with the age of
+/// the oldest), running (with the oldest), delayed, dead, the live workers.
+pub async fn stats_scenario(dl: &datalayer_tokio::DataLayer) {
+    use datalayer_core::retry::{Backoff, RetryPolicy};
+    use datalayer_tokio::{Job, QueueOptions, QueueStats, WorkerOptions};
+    use std::time::Duration;
+
+    async fn until(
+        queue: &datalayer_tokio::JobQueue,
+        what: &str,
+        ok: impl Fn(&QueueStats) -> bool,
+    ) -> QueueStats {
+        let start = std::time::Instant::now();
+        loop {
+            let stats = queue.stats().await.expect("stats");
+            if ok(&stats) {
+                return stats;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: stats stayed {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let now = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(u64::MAX)
+    };
+    let queue = dl
+        .queue("stats", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let empty = queue.stats().await.expect("stats");
+    assert_eq!(
+        (empty.jobs, empty.pending, empty.dead),
+        (0, 0, 0),
+        "{empty:?}"
+    );
+    assert_eq!((empty.oldest_waiting, empty.oldest_running), (None, None));
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        handles.push(queue.add("s", &serde_json::json!(i)).await.expect("add"));
+    }
+    let later = datalayer_core::producer::AddJob {
+        session_id: "s".into(),
+        payload: b"99".to_vec(),
+        delay_ms: 60_000,
+        ..Default::default()
+    };
+    queue.add_job(later).await.expect("delayed add");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiting = queue.stats().await.expect("stats");
+    assert_eq!(
+        (
+            waiting.jobs,
+            waiting.pending,
+            waiting.delayed,
+            waiting.workers
+        ),
+        (5, 0, 1, 0),
+        "{waiting:?}"
+    );
+    assert!(waiting.oldest_waiting_ms(now()) >= 30, "{waiting:?}");
+    assert_eq!(waiting.oldest_running, None);
+
+    // A worker of concurrency 2 holds its jobs until released; "fail" dies at once.
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let retry = RetryPolicy::new(1, Backoff::None);
+    let worker = dl
+        .worker(
+            "stats",
+            &secrets(),
+            WorkerOptions::default().concurrency(2).retry(retry),
+        )
+        .expect("worker")
+        .start(move |job: Job| {
+            let mut gate = gate.clone();
+            async move {
+                let v: serde_json::Value = job.json().map_err(|e| e.to_string())?;
+                if v == serde_json::json!("fail") {
+                    return Err("failed on purpose".to_owned());
+                }
+                let _ = gate.wait_for(|open| *open).await;
+                Ok::<_, String>(v)
+            }
+        });
+    let running = until(&queue, "two running", |s| s.pending == 2 && s.workers == 1).await;
+    assert_eq!(running.jobs, 5, "{running:?}");
+    assert!(running.oldest_running.is_some() && running.oldest_waiting.is_some());
+    assert!(
+        running.oldest_running < running.oldest_waiting,
+        "{running:?}"
+    );
+    let _ = release.send(true);
+    for h in handles {
+        h.result().await.expect("result");
+    }
+    let dead = queue.add("s", &"fail").await.expect("add");
+    dead.result().await.expect("an outcome");
+    let settled = until(&queue, "settled", |s| s.jobs == 0 && s.dead == 1).await;
+    assert_eq!((settled.pending, settled.delayed), (0, 1), "{settled:?}");
+    assert_eq!(
+        (settled.oldest_waiting, settled.oldest_running),
+        (None, None)
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1030,3 +1030,10 @@ async fn adding_again_the_id_of_a_job_that_just_ended_gives_its_outcome_and_runs
     assert_eq!(runs.load(Ordering::SeqCst), 1, "ran once");
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn stats_count_waiting_running_delayed_dead_and_workers() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    datalayer_tests::stats_scenario(&dl).await;
+}

@@ -312,3 +312,8 @@ async fn backpressure_is_the_cores_error_to_match() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn stats_count_waiting_running_delayed_dead_and_workers() {
+    datalayer_tests::stats_scenario(&memory()).await;
+}

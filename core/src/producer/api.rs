@@ -233,4 +233,27 @@ pub struct QueueStats {
     pub dead: u64,
     /// This producer's events not yet read.
     pub events: u64,
+    /// Live workers of the queue (registered by their upkeep, in any process).
+    pub workers: u64,
+    /// The oldest job waiting to be delivered (its entry id: when it was queued, or queued
+    /// again by a retry or a promotion), if any.
+    pub oldest_waiting: Option<EntryId>,
+    /// The oldest job running (the first entry of the pending list), if any.
+    pub oldest_running: Option<EntryId>,
+}
+
+impl QueueStats {
+    /// How long the oldest waiting job has waited at `now_ms` (0 if none).
+    #[must_use]
+    pub fn oldest_waiting_ms(&self, now_ms: u64) -> u64 {
+        self.oldest_waiting
+            .map_or(0, |e| now_ms.saturating_sub(e.ms))
+    }
+
+    /// How long ago the oldest running job was queued, at `now_ms` (0 if none).
+    #[must_use]
+    pub fn oldest_running_ms(&self, now_ms: u64) -> u64 {
+        self.oldest_running
+            .map_or(0, |e| now_ms.saturating_sub(e.ms))
+    }
 }

@@ -946,24 +946,45 @@ impl Producer {
     }
 
     fn stats(&mut self, v: Value) {
-        let ints: Option<Vec<u64>> = v.into_array("stats").ok().and_then(|a| {
-            a.iter()
-                .map(|x| x.as_int("count").ok().and_then(|n| u64::try_from(n).ok()))
-                .collect()
-        });
-        match ints.as_deref() {
-            Some(&[jobs, pending, delayed, dead, events]) => {
-                self.events.push_back(ProducerEvent::Stats(QueueStats {
-                    jobs,
-                    pending,
-                    delayed,
-                    dead,
-                    events,
-                }))
-            }
-            _ => self.trouble("stats: unexpected reply".into()),
+        match parse_stats(v) {
+            Some(stats) => self.events.push_back(ProducerEvent::Stats(stats)),
+            None => self.trouble("stats: unexpected reply".into()),
         }
     }
+}
+
+/// The `stats` script's reply: six counts, then the oldest waiting and running entry ids
+/// (empty: none).
+fn parse_stats(v: Value) -> Option<QueueStats> {
+    let items = v.into_array("stats").ok()?;
+    let [
+        jobs,
+        pending,
+        delayed,
+        dead,
+        events,
+        workers,
+        waiting,
+        running,
+    ] = <[Value; 8]>::try_from(items).ok()?;
+    let count = |x: Value| x.as_int("count").ok().and_then(|n| u64::try_from(n).ok());
+    let entry = |x: Value| -> Option<Option<EntryId>> {
+        let bytes = x.into_bytes("entry id").ok()?;
+        if bytes.is_empty() {
+            return Some(None);
+        }
+        EntryId::parse(&bytes).ok().map(Some)
+    };
+    Some(QueueStats {
+        jobs: count(jobs)?,
+        pending: count(pending)?,
+        delayed: count(delayed)?,
+        dead: count(dead)?,
+        events: count(events)?,
+        workers: count(workers)?,
+        oldest_waiting: entry(waiting)?,
+        oldest_running: entry(running)?,
+    })
 }
 
 #[cfg(test)]

@@ -298,6 +298,8 @@ fn stats_and_destroy() {
         c.read_events = false;
         c
     });
+    let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
+    sim.execute(&CommandKind::EnsureGroup { keys: keys.clone() });
     p.add(T0, job("a"), &mut rng).unwrap();
     p.add(
         T0,
@@ -311,13 +313,43 @@ fn stats_and_destroy() {
     drive(&mut p, &mut sim);
     p.request_stats();
     let events = drive(&mut p, &mut sim);
-    assert!(events.contains(&ProducerEvent::Stats(QueueStats {
+    let waiting = QueueStats {
         jobs: 1,
         pending: 0,
         delayed: 1,
         dead: 0,
         events: 0,
-    })));
+        workers: 0,
+        oldest_waiting: Some(EntryId::new(T0, 0)),
+        oldest_running: None,
+    };
+    assert!(
+        events.contains(&ProducerEvent::Stats(waiting)),
+        "{events:?}"
+    );
+    assert_eq!(waiting.oldest_waiting_ms(T0 + 250), 250);
+    // A worker takes it: running, and nothing waits.
+    let read = CommandKind::Read {
+        keys,
+        consumer: "c".into(),
+        count: 1,
+        block_ms: None,
+    };
+    sim.set_time(T0 + 100);
+    assert!(matches!(sim.execute(&read), Value::Array(_)));
+    p.request_stats();
+    let events = drive(&mut p, &mut sim);
+    let running = QueueStats {
+        pending: 1,
+        oldest_waiting: None,
+        oldest_running: Some(EntryId::new(T0, 0)),
+        ..waiting
+    };
+    assert!(
+        events.contains(&ProducerEvent::Stats(running)),
+        "{events:?}"
+    );
+    assert_eq!(running.oldest_running_ms(T0 + 100), 100);
     p.destroy();
     let events = drive(&mut p, &mut sim);
     assert!(events.contains(&ProducerEvent::Destroyed));

@@ -663,28 +663,38 @@ fn register(
     Ok(visit)
 }
 
-fn xlen(s: Option<&mut Stream>) -> i64 {
+fn xlen(s: Option<&Stream>) -> i64 {
     s.map_or(0, |s| s.entries.len() as i64)
 }
 
 fn stats(sim: &mut Sim, keys: &QueueKeys, producer: &ProducerKeys) -> Exec {
-    let jobs = sim.stream_mut(&keys.jobs, false)?;
-    let group = jobs.as_ref().and_then(|s| s.groups.get(GROUP));
+    let jobs = sim.stream_mut(&keys.jobs, false)?.map(|s| &*s);
+    let group = jobs.and_then(|s| s.groups.get(GROUP));
     let pending = group.map_or(0, |g| g.pel.len() as i64);
     // Waiting (after the group's last delivered id) and running; without the group, all.
-    let len = match (&jobs, group) {
+    let len = match (jobs, group) {
         (Some(s), Some(g)) => s.entries.range(g.undelivered_from()..).count() as i64 + pending,
         _ => xlen(jobs),
     };
+    // The first entry after the last delivered one (all, without the group); the first
+    // pending one.
+    let oldest_waiting = match (jobs, group) {
+        (Some(s), Some(g)) => s.entries.range(g.undelivered_from()..).next().map(|e| *e.0),
+        (Some(s), None) => s.entries.keys().next().copied(),
+        _ => None,
+    };
+    let oldest_running = group.and_then(|g| g.pel.keys().next().copied());
     let delayed = sim.zset(&keys.delayed)?.map_or(0, |z| z.len() as i64);
-    let dead = xlen(sim.stream_mut(&keys.dead, false)?);
-    let events = xlen(sim.stream_mut(&producer.events, false)?);
-    Ok(Value::Array(
-        [len, pending, delayed, dead, events]
-            .into_iter()
-            .map(Value::Int)
-            .collect(),
-    ))
+    let dead = xlen(sim.stream_mut(&keys.dead, false)?.map(|s| &*s));
+    let events = xlen(sim.stream_mut(&producer.events, false)?.map(|s| &*s));
+    let workers = sim.zset(&keys.workers)?.map_or(0, |z| z.len() as i64);
+    let id = |e: Option<EntryId>| Value::Bulk(e.map(|e| e.to_string()).unwrap_or_default().into());
+    let mut out: Vec<Value> = [len, pending, delayed, dead, events, workers]
+        .into_iter()
+        .map(Value::Int)
+        .collect();
+    out.extend([id(oldest_waiting), id(oldest_running)]);
+    Ok(Value::Array(out))
 }
 
 /// An item's instance as its scripts write it: hex, or empty when unknown.
