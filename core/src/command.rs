@@ -314,6 +314,41 @@ pub enum CommandKind {
         /// The promise.
         until_ms: u64,
     },
+    /// `XRANGE <dead> (<after> + COUNT <count>`: a page of dead letters, oldest first.
+    ///
+    /// Reply: the entries. Unknown outcome or transient error: read again.
+    ReadDead {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The page starts after this entry (`0-0`: the first).
+        after: EntryId,
+        /// The most letters.
+        count: u32,
+    },
+    /// Script `revive`: per item (dead entry, job id, the job re-sealed as attempt 1), if the
+    /// dead letter is still there and no job of that id lives (`HSETNX ids <job> <marker>`):
+    /// XADD the job to the work stream and XDEL the letter.
+    ///
+    /// Reply: per item the new entry id, `0` (the letter is gone: revived or deleted
+    /// before) or `-1` (a job with that id lives; the letter stays). Unknown outcome: send
+    /// again (a letter revived the first time is gone the second).
+    Revive {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The id marker of the revived jobs (see `Enqueue`).
+        marker: Arc<str>,
+        /// Dead entry, job id, sealed job.
+        items: Vec<(EntryId, String, Arc<[u8]>)>,
+    },
+    /// `XDEL <dead> <entries...>` (at least one).
+    ///
+    /// Reply: how many were deleted. Unknown outcome: send again.
+    DeleteDead {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The dead letters' entries.
+        entries: Vec<EntryId>,
+    },
     /// Script `destroy`: `DEL` every key of the queue, with every producer's events stream
     /// (one slot, so one step).
     Destroy {

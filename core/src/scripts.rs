@@ -472,6 +472,29 @@ local new = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
     ),
 };
 
+/// `revive` — KEYS: jobs, ids, dead. ARGV: marker, then per dead letter: its entry, job
+/// id, the job re-sealed as attempt 1. A letter that is gone answers 0; one whose job id
+/// lives again (its marker is set) answers -1 and stays; else the job goes back to the work
+/// stream under the marker and the letter goes: its new entry id.
+pub const REVIVE: Script = Script {
+    name: "revive",
+    source: r#"
+local out = {}
+for i = 2, #ARGV, 3 do
+  local entry, job = ARGV[i], ARGV[i + 1]
+  if #redis.call('XRANGE', KEYS[3], entry, entry) == 0 then
+    out[#out + 1] = 0
+  elseif redis.call('HSETNX', KEYS[2], job, ARGV[1]) == 0 then
+    out[#out + 1] = -1
+  else
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'j', job, 'e', ARGV[i + 2])
+    redis.call('XDEL', KEYS[3], entry)
+  end
+end
+return out
+"#,
+};
+
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
 /// `gone` 7th and 8th), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
@@ -673,8 +696,9 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 13] = [
+pub const ALL: [&Script; 14] = [
     &ENQUEUE,
+    &REVIVE,
     &REGISTER,
     &DESTROY,
     &COMPLETE,
@@ -914,6 +938,31 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             let k = [&keys.producers, &keys.gone, &keys.ids, &keys.events];
             let args = vec![b(&producer.id), num(now_ms), num(until_ms)];
             script(&REGISTER, &k, args)
+        }
+        CommandKind::ReadDead { keys, after, count } => Invocation::Plain(vec![
+            b("XRANGE"),
+            b(&keys.dead),
+            Cow::Owned(format!("({after}").into_bytes()),
+            b("+"),
+            b("COUNT"),
+            num(count),
+        ]),
+        CommandKind::Revive {
+            keys,
+            marker,
+            items,
+        } => {
+            let mut args = Vec::with_capacity(1 + 3 * items.len());
+            args.push(b(marker));
+            for (entry, job, envelope) in items {
+                args.extend([id(*entry), b(job), Cow::Borrowed(&envelope[..])]);
+            }
+            script(&REVIVE, &[&keys.jobs, &keys.ids, &keys.dead], args)
+        }
+        CommandKind::DeleteDead { keys, entries } => {
+            let mut args = vec![b("XDEL"), b(&keys.dead)];
+            args.extend(entries.iter().map(|e| id(*e)));
+            Invocation::Plain(args)
         }
         CommandKind::Ping => Invocation::Plain(vec![b("PING")]),
         CommandKind::Destroy { keys } => {

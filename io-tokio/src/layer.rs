@@ -56,6 +56,10 @@ pub enum Error {
     /// Redis refused the job (its error reply: out of memory, a key of the wrong type, ...).
     #[error("redis refused the add: {0}")]
     Add(String),
+    /// Redis refused an operator's request (dead letters: its error reply), or the queue
+    /// was destroyed.
+    #[error("request refused: {0}")]
+    Request(String),
     /// Redis cannot be reached, and the job never left this process: its id was generated
     /// for this add (so no other add can have queued it) and it was withdrawn; it is not
     /// queued, and adding it again cannot run it twice. An add with a caller-chosen id is

@@ -10,9 +10,11 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
-    AddJob, Producer, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
+    AddJob, DeadLetter, DeadPage, Producer, ProducerConfig, ProducerError, ProducerEvent,
+    QueueStats, Request, Revival, Withdrawal,
 };
 use datalayer_core::random::Random;
+use datalayer_core::value::EntryId;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -193,8 +195,16 @@ type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
 /// job, and where to answer.
 type AddCall = (u64, AddJob, AddReply);
 
+/// An operator's request of the dead letters.
+enum DeadOp {
+    Read(EntryId, u32),
+    Revive(Vec<DeadLetter>),
+    Delete(Vec<EntryId>),
+}
+
 enum Msg {
     Stats(oneshot::Sender<QueueStats>),
+    Dead(DeadOp, oneshot::Sender<ProducerEvent>),
     Add(AddCall),
     AddMany(Vec<AddCall>),
     /// The caller of add number `.1` stopped waiting: `Ok(())` if it was accepted meanwhile.
@@ -269,6 +279,7 @@ impl JobQueue {
             fail_fast: options.when_unreachable == Unreachable::FailFast,
             closing: None,
             stats: Vec::new(),
+            requests: HashMap::new(),
         };
         let span = tracing::info_span!("queue", name);
         tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
@@ -407,6 +418,87 @@ impl JobQueue {
         rx.await.map_err(|_| Error::Stopped)
     }
 
+    async fn dead(&self, op: DeadOp) -> Result<ProducerEvent, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Dead(op, tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        match rx.await.map_err(|_| Error::Stopped)? {
+            ProducerEvent::RequestFailed { error, .. } => Err(Error::Request(error)),
+            ev => Ok(ev),
+        }
+    }
+
+    /// A page of at most `count` dead letters, oldest first, after entry `after` (`None`:
+    /// from the oldest; then pass the page's `next`), each opened with this queue's key:
+    /// the job as last delivered, its last attempt and the reason it failed. Waits for Redis.
+    pub async fn dead_letters(
+        &self,
+        after: Option<EntryId>,
+        count: u32,
+    ) -> Result<DeadPage, Error> {
+        match self
+            .dead(DeadOp::Read(after.unwrap_or(EntryId::ZERO), count))
+            .await?
+        {
+            ProducerEvent::DeadPage { page, .. } => Ok(page),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
+    /// Sends dead letters (from [`JobQueue::dead_letters`]) back to the queue, each as its
+    /// job's first attempt, in one atomic step; each letter's fate: `Queued` (and the letter
+    /// is gone), `AlreadyQueued` (its job id lives again; the letter stays), `Gone` (revived
+    /// or deleted before: retrying twice is safe), `Unreadable` (delete it). The revived
+    /// jobs' outcomes arrive on [`JobQueue::events`].
+    pub async fn retry_dead(
+        &self,
+        letters: &[DeadLetter],
+    ) -> Result<Vec<(EntryId, Revival)>, Error> {
+        match self.dead(DeadOp::Revive(letters.to_vec())).await? {
+            ProducerEvent::Revived { results, .. } => Ok(results),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
+    /// Retries every dead letter buried at least `older_than` ago (`None`: all), a page of
+    /// 256 at a time; how many went back to the queue. Letters buried after the call began
+    /// are left (a job that dies again is not chased). Interrupted, it can be run again.
+    pub async fn retry_all_dead(&self, older_than: Option<Duration>) -> Result<u64, Error> {
+        let age = older_than.map_or(0, crate::clock::ms);
+        let cutoff = now_ms().saturating_sub(age);
+        let (mut after, mut queued) = (None, 0);
+        loop {
+            let page = self.dead_letters(after, 256).await?;
+            let letters: Vec<DeadLetter> = page
+                .letters
+                .into_iter()
+                .filter(|l| l.entry.ms <= cutoff)
+                .collect();
+            let done = page.next.is_none_or(|n| n.ms > cutoff);
+            if !letters.is_empty() {
+                let results = self.retry_dead(&letters).await?;
+                queued += results
+                    .iter()
+                    .filter(|(_, r)| matches!(r, Revival::Queued(_)))
+                    .count() as u64;
+            }
+            if done {
+                return Ok(queued);
+            }
+            after = page.next;
+        }
+    }
+
+    /// Deletes dead letters; how many were still there.
+    pub async fn delete_dead(&self, entries: &[EntryId]) -> Result<u64, Error> {
+        match self.dead(DeadOp::Delete(entries.to_vec())).await? {
+            ProducerEvent::DeadDeleted { deleted, .. } => Ok(deleted),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
     /// Adds fail with "queue closed" until `resume`.
     pub async fn pause(&self) -> Result<(), Error> {
         self.tx
@@ -480,6 +572,8 @@ struct Driver {
     closing: Option<(bool, oneshot::Sender<()>)>,
     /// Callers of `stats`, answered by the next `Stats` event.
     stats: Vec<oneshot::Sender<QueueStats>>,
+    /// Callers of the dead-letter operations, by request.
+    requests: HashMap<Request, oneshot::Sender<ProducerEvent>>,
 }
 
 impl Driver {
@@ -680,6 +774,14 @@ impl Driver {
                 }
             }
             Msg::Add((call, job, reply)) => self.add(call, job, reply),
+            Msg::Dead(op, reply) => {
+                let request = match op {
+                    DeadOp::Read(after, count) => self.producer.read_dead(after, count),
+                    DeadOp::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
+                    DeadOp::Delete(entries) => self.producer.delete_dead(&entries),
+                };
+                self.requests.insert(request, reply);
+            }
             Msg::Stats(reply) => {
                 self.producer.request_stats();
                 self.stats.push(reply);
@@ -753,6 +855,15 @@ impl Driver {
                 ProducerEvent::Destroyed => {
                     if let Some((true, _)) = &self.closing {
                         self.closing = self.closing.take().map(|(_, done)| (false, done));
+                    }
+                    continue;
+                }
+                ProducerEvent::DeadPage { request, .. }
+                | ProducerEvent::Revived { request, .. }
+                | ProducerEvent::DeadDeleted { request, .. }
+                | ProducerEvent::RequestFailed { request, .. } => {
+                    if let Some(reply) = self.requests.remove(&request) {
+                        let _ = reply.send(ev);
                     }
                     continue;
                 }

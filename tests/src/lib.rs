@@ -601,6 +601,104 @@ pub async fn stats_scenario(dl: &datalayer_tokio::DataLayer) {
     queue.shutdown().await;
 }
 
+/// Dead letters through an operator's hands, on any backend: listed by page and opened,
+/// retried one (twice: the second finds it gone), retried all, deleted.
+pub async fn dead_letters_scenario(dl: &datalayer_tokio::DataLayer) {
+    use datalayer_core::retry::{Backoff, RetryPolicy};
+    use datalayer_tokio::{Job, Outcome, QueueEvent, QueueOptions, Revival, WorkerOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let queue = dl
+        .queue("dead", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let worker = dl
+        .worker(
+            "dead",
+            &secrets(),
+            WorkerOptions::default().retry(RetryPolicy::new(2, Backoff::None)),
+        )
+        .expect("worker")
+        .start(move |job: Job| {
+            let failing = flag.load(Ordering::SeqCst);
+            async move {
+                let n: u64 = job.json().map_err(|e| e.to_string())?;
+                if failing {
+                    return Err(format!("job {n} failed on purpose"));
+                }
+                Ok::<_, String>(n * 10)
+            }
+        });
+    let mut ids = Vec::new();
+    for n in 0..3u64 {
+        let h = queue.add("s", &n).await.expect("add");
+        ids.push(h.id.clone());
+        match h.result().await.expect("outcome") {
+            Outcome::Failed(reason) => assert!(reason.contains("on purpose"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(queue.stats().await.expect("stats").dead, 3);
+
+    let first = queue.dead_letters(None, 2).await.expect("page");
+    assert_eq!(first.letters.len(), 2);
+    let second = queue.dead_letters(first.next, 2).await.expect("page");
+    assert_eq!((second.letters.len(), second.next), (1, None));
+    let letters: Vec<_> = first
+        .letters
+        .iter()
+        .chain(&second.letters)
+        .cloned()
+        .collect();
+    for (n, letter) in letters.iter().enumerate() {
+        assert_eq!(letter.job.as_ref(), Some(&ids[n]));
+        assert_eq!(letter.attempt, Some(2));
+        assert_eq!(
+            letter.reason.as_deref(),
+            Ok(format!("job {n} failed on purpose").as_str())
+        );
+        let record = letter.record.as_ref().expect("opens");
+        assert_eq!(record.payload, n.to_string().into_bytes());
+    }
+
+    failing.store(false, Ordering::SeqCst);
+    let mut events = queue.events();
+    let results = queue.retry_dead(&letters[..1]).await.expect("retry");
+    assert!(matches!(results[0].1, Revival::Queued(_)), "{results:?}");
+    let again = queue.retry_dead(&letters[..1]).await.expect("retry again");
+    assert_eq!(again[0].1, Revival::Gone);
+    assert_eq!(queue.retry_all_dead(None).await.expect("retry all"), 2);
+    let mut completed = std::collections::BTreeMap::new();
+    while completed.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Ok(QueueEvent::Completed { job, result })) => {
+                completed.insert(job, String::from_utf8_lossy(&result).into_owned());
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("retried jobs did not complete: {other:?} after {completed:?}"),
+        }
+    }
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(completed.get(id), Some(&(n * 10).to_string()), "{id}");
+    }
+    assert_eq!(queue.stats().await.expect("stats").dead, 0);
+
+    // One more dead letter, deleted.
+    failing.store(true, Ordering::SeqCst);
+    let h = queue.add("s", &7u64).await.expect("add");
+    assert!(matches!(h.result().await, Ok(Outcome::Failed(_))));
+    let page = queue.dead_letters(None, 10).await.expect("page");
+    let entries: Vec<_> = page.letters.iter().map(|l| l.entry).collect();
+    assert_eq!(queue.delete_dead(&entries).await.expect("delete"), 1);
+    assert_eq!(queue.delete_dead(&entries).await.expect("delete again"), 0);
+    assert_eq!(queue.stats().await.expect("stats").dead, 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1037,3 +1037,10 @@ async fn stats_count_waiting_running_delayed_dead_and_workers() {
     let dl = layer(&server).await;
     datalayer_tests::stats_scenario(&dl).await;
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_opened_retried_and_deleted() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    datalayer_tests::dead_letters_scenario(&dl).await;
+}

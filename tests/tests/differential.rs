@@ -21,7 +21,7 @@ use datalayer_tests::{Persistence, RedisServer};
 /// One side's view: the ids it has seen, per stream (ids are unique within a stream only),
 /// and its base time.
 struct Side {
-    ids: [Vec<EntryId>; 3],
+    ids: [Vec<EntryId>; 4],
     base: u64,
 }
 
@@ -37,6 +37,8 @@ impl Side {
 /// Id namespaces: the work stream, then the events stream of each of [`PRODUCERS`].
 const JOBS_NS: usize = 0;
 const EVENTS_NS: usize = 1;
+/// The dead letters' ids (after the two events namespaces).
+const DEAD_NS: usize = 3;
 
 /// The producers of the queue (ids), and the markers an add may carry (`w`: none reads).
 const PRODUCERS: [&str; 2] = ["pa", "pb"];
@@ -118,6 +120,12 @@ enum Op {
     Stats(usize),
     /// Producer, time offset, promise offset.
     Register(usize, u64, i64),
+    /// After (pick of the dead letters seen), count.
+    ReadDead(usize, u32),
+    /// Marker, items: (dead letter pick, job).
+    Revive(usize, Vec<(usize, usize)>),
+    /// Dead letter picks.
+    DeleteDead(Vec<usize>),
     Garbage,
     Destroy,
     Ping,
@@ -131,7 +139,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(26) {
+    match r(29) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -163,6 +171,9 @@ fn random_op(rng: &mut SeededRandom) -> Op {
             (0..r(3)).map(|_| r(6)).collect(),
         ),
         19 => Op::Stats(r(2)),
+        26 => Op::ReadDead([usize::MAX, r(64)][r(2)], 1 + r(3) as u32),
+        27 => Op::Revive(r(3), (0..=r(2)).map(|_| (r(64), r(6))).collect()),
+        28 => Op::DeleteDead((0..=r(2)).map(|_| r(64)).collect()),
         23 | 24 => Op::Register(
             r(2),
             [0, 2_000_000][r(2)],
@@ -290,6 +301,30 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
         Op::Stats(p) => CommandKind::Stats {
             producer: producer(&keys, *p),
             keys,
+        },
+        Op::ReadDead(after, count) => CommandKind::ReadDead {
+            keys,
+            after: if *after == usize::MAX {
+                EntryId::ZERO
+            } else {
+                side.pick(DEAD_NS, *after)
+            },
+            count: *count,
+        },
+        Op::Revive(marker, items) => CommandKind::Revive {
+            keys,
+            marker: MARKERS[*marker].into(),
+            items: items
+                .iter()
+                .map(|(e, j)| {
+                    let env: Arc<[u8]> = Arc::from(format!("revived-{j}").as_bytes());
+                    (side.pick(DEAD_NS, *e), JOBS[*j].to_owned(), env)
+                })
+                .collect(),
+        },
+        Op::DeleteDead(picks) => CommandKind::DeleteDead {
+            keys,
+            entries: picks.iter().map(|e| side.pick(DEAD_NS, *e)).collect(),
         },
         Op::Register(p, now, until) => CommandKind::Register {
             producer: producer(&keys, *p),
@@ -651,6 +686,7 @@ async fn model_and_redis_agree() {
             };
             let ns = match op {
                 Op::ReadEvents(p, ..) => EVENTS_NS + p,
+                Op::ReadDead(..) => DEAD_NS,
                 _ => JOBS_NS,
             };
             let (m, r) = (model.normalize(ns, m), real.normalize(ns, r));

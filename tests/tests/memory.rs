@@ -317,3 +317,8 @@ async fn backpressure_is_the_cores_error_to_match() {
 async fn stats_count_waiting_running_delayed_dead_and_workers() {
     datalayer_tests::stats_scenario(&memory()).await;
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_opened_retried_and_deleted() {
+    datalayer_tests::dead_letters_scenario(&memory()).await;
+}

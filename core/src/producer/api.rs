@@ -211,6 +211,34 @@ pub enum ProducerEvent {
     },
     /// The queue's counts.
     Stats(QueueStats),
+    /// A page of dead letters (`read_dead`).
+    DeadPage {
+        /// The request.
+        request: super::Request,
+        /// The page.
+        page: super::DeadPage,
+    },
+    /// What `revive` did with each letter.
+    Revived {
+        /// The request.
+        request: super::Request,
+        /// Each letter's entry and fate.
+        results: Vec<(EntryId, super::Revival)>,
+    },
+    /// `delete_dead` deleted this many letters.
+    DeadDeleted {
+        /// The request.
+        request: super::Request,
+        /// How many were still there.
+        deleted: u64,
+    },
+    /// Redis refused an operator's request (or the queue was destroyed).
+    RequestFailed {
+        /// The request.
+        request: super::Request,
+        /// Why.
+        error: String,
+    },
     /// `destroy`: every key of the queue is gone.
     Destroyed,
     /// Redis answered something unexpected; the producer retries, nothing is lost.

@@ -13,6 +13,9 @@
 //!   by age.
 
 mod api;
+mod dead;
+
+pub use dead::{DeadLetter, DeadPage, Request, Revival};
 
 pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
@@ -47,6 +50,9 @@ enum InFlight {
     Promote,
     Ping,
     Register,
+    /// An operator's request: the command (sent again after an unknown outcome) and, for a
+    /// revive, the letters that could not be re-sealed (answered `Unreadable`).
+    Request(Request, CommandKind, Vec<EntryId>),
 }
 
 /// An add the producer holds: not sent yet, or sent and back after an unknown outcome.
@@ -124,6 +130,9 @@ pub struct Producer {
     reads: ResendBackoff,
     /// Whether the last reply was Redis' (not an unknown outcome).
     reachable: bool,
+    /// Operators' requests not sent yet (or sent again after an unknown outcome).
+    requests: VecDeque<(Request, CommandKind, Vec<EntryId>)>,
+    next_request: u64,
     /// Due times of this producer's delayed jobs: it promotes them then (a worker promotes
     /// them too, but an idle worker runs no timer per delayed job it never saw).
     promote_at: BTreeSet<u64>,
@@ -177,6 +186,8 @@ impl Producer {
             resend: ResendBackoff::default(),
             reads: ResendBackoff::default(),
             reachable: true,
+            requests: VecDeque::new(),
+            next_request: 0,
             promote_at: BTreeSet::new(),
             awaited: HashMap::new(),
             unconfirmed: HashSet::new(),
@@ -269,7 +280,10 @@ impl Producer {
     /// forget): a producer that is backing off holds it until its timer.
     #[must_use]
     pub fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty() || self.trim_through.is_some() || !self.forget.is_empty()
+        !self.unsent.is_empty()
+            || self.trim_through.is_some()
+            || !self.forget.is_empty()
+            || !self.requests.is_empty()
     }
 
     /// Adds not yet confirmed by Redis.
@@ -367,6 +381,80 @@ impl Producer {
         self.want_stats = true;
     }
 
+    fn request(&mut self, kind: CommandKind, unreadable: Vec<EntryId>) -> Request {
+        self.next_request += 1;
+        let r = Request(self.next_request);
+        if self.destroying {
+            let error = "queue destroyed".to_owned();
+            self.events
+                .push_back(ProducerEvent::RequestFailed { request: r, error });
+        } else {
+            self.requests.push_back((r, kind, unreadable));
+        }
+        r
+    }
+
+    /// Reads a page of at most `count` (at least 1) dead letters after entry `after` (`0-0`:
+    /// from the oldest), opened with this producer's key; a `DeadPage` event follows.
+    pub fn read_dead(&mut self, after: EntryId, count: u32) -> Request {
+        let kind = CommandKind::ReadDead {
+            keys: self.keys.clone(),
+            after,
+            count: count.max(1),
+        };
+        self.request(kind, Vec::new())
+    }
+
+    /// Sends dead letters back to the queue as their jobs' first attempt (re-sealed), in one
+    /// atomic step; a `Revived` event follows with each letter's fate. Idempotent: a letter
+    /// revived (or deleted) already is `Gone`, one whose job id lives again stays
+    /// (`AlreadyQueued`). The revived jobs' outcomes come to this producer.
+    pub fn revive(&mut self, letters: &[DeadLetter], rng: &mut impl Random) -> Request {
+        let mut items = Vec::with_capacity(letters.len());
+        let mut unreadable = Vec::new();
+        for letter in letters {
+            match dead::reseal(letter, &self.sealer, &self.keys.scope, rng) {
+                Some((entry, job, sealed)) => items.push((entry, job, Arc::from(sealed))),
+                None => unreadable.push(letter.entry),
+            }
+        }
+        if items.is_empty() {
+            self.next_request += 1;
+            let request = Request(self.next_request);
+            let results = unreadable
+                .into_iter()
+                .map(|e| (e, Revival::Unreadable))
+                .collect();
+            self.events
+                .push_back(ProducerEvent::Revived { request, results });
+            return request;
+        }
+        let kind = CommandKind::Revive {
+            keys: self.keys.clone(),
+            marker: self.marker.clone(),
+            items,
+        };
+        self.request(kind, unreadable)
+    }
+
+    /// Deletes dead letters; a `DeadDeleted` event follows with how many were there.
+    pub fn delete_dead(&mut self, entries: &[EntryId]) -> Request {
+        if entries.is_empty() {
+            self.next_request += 1;
+            let request = Request(self.next_request);
+            self.events.push_back(ProducerEvent::DeadDeleted {
+                request,
+                deleted: 0,
+            });
+            return request;
+        }
+        let kind = CommandKind::DeleteDead {
+            keys: self.keys.clone(),
+            entries: entries.to_vec(),
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Deletes every key of the queue (Sockethub's `shutdown`); `Destroyed` follows. Jobs
     /// not yet run are lost with it: pause and drain first. Adds not yet sent fail at once
     /// (`AddFailed`, "queue destroyed"); the delete goes out once no add is in flight, and an
@@ -404,7 +492,8 @@ impl Producer {
             || !self.reachable
             || self.want_stats
             || self.trim_through.is_some()
-            || !self.forget.is_empty();
+            || !self.forget.is_empty()
+            || !self.requests.is_empty();
         if !self.resend.ready(self.now_ms) && waiting {
             at(self.resend.at_ms());
         }
@@ -480,6 +569,10 @@ impl Producer {
         }
         if !ready {
             return self.poll_read();
+        }
+        if let Some((request, kind, unreadable)) = self.requests.pop_front() {
+            let state = InFlight::Request(request, kind.clone(), unreadable);
+            return Some(self.op(kind, state));
         }
         if self.want_stats && !self.any_in_flight(|f| matches!(f, InFlight::Stats)) {
             self.want_stats = false;
@@ -623,6 +716,9 @@ impl Producer {
             (InFlight::Stats, Reply::Value(v)) => self.stats(v),
             (InFlight::Ping, _) => {}
             (InFlight::Register, reply) => self.register_reply(reply),
+            (InFlight::Request(request, kind, unreadable), reply) => {
+                self.answered(request, kind, unreadable, reply);
+            }
             (InFlight::Promote, reply) => self.promoted(reply),
             (InFlight::Destroy, Reply::Value(Value::Int(_))) => {
                 self.events.push_back(ProducerEvent::Destroyed)
@@ -634,6 +730,59 @@ impl Producer {
             }
         }
         Ok(())
+    }
+
+    /// The reply to an operator's request.
+    fn answered(
+        &mut self,
+        request: Request,
+        kind: CommandKind,
+        unreadable: Vec<EntryId>,
+        reply: Reply,
+    ) {
+        let v = match reply {
+            Reply::Value(Value::Error(e)) if !is_transient_error(&e) => {
+                let error = e;
+                self.resend.succeed();
+                return self
+                    .events
+                    .push_back(ProducerEvent::RequestFailed { request, error });
+            }
+            Reply::Value(Value::Error(_)) | Reply::Unknown | Reply::NotSent => {
+                // Every request is idempotent: again, first in line, after the backoff.
+                let failed = match &reply {
+                    Reply::Value(_) => Reply::Value(Value::Nil),
+                    _ => Reply::Unknown,
+                };
+                self.requests.push_front((request, kind, unreadable));
+                return self.failed(&failed);
+            }
+            Reply::Value(v) => v,
+        };
+        self.resend.succeed();
+        let event = match kind {
+            CommandKind::ReadDead { count, .. } => {
+                dead::page(v, count, &self.sealer, &self.keys.scope)
+                    .map(|page| ProducerEvent::DeadPage { request, page })
+            }
+            CommandKind::Revive { items, .. } => revived(v, &items).map(|mut results| {
+                results.extend(unreadable.into_iter().map(|e| (e, Revival::Unreadable)));
+                ProducerEvent::Revived { request, results }
+            }),
+            CommandKind::DeleteDead { .. } => match v {
+                Value::Int(n) => Some(ProducerEvent::DeadDeleted {
+                    request,
+                    deleted: u64::try_from(n).unwrap_or(0),
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+        let event = event.unwrap_or_else(|| ProducerEvent::RequestFailed {
+            request,
+            error: "unexpected reply".to_owned(),
+        });
+        self.events.push_back(event);
     }
 
     /// Whether this producer keeps a registration: it reads events and the queue is not
@@ -951,6 +1100,29 @@ impl Producer {
             None => self.trouble("stats: unexpected reply".into()),
         }
     }
+}
+
+/// The `revive` script's reply, per item: its new entry, gone (0) or alive (-1).
+fn revived(v: Value, items: &[(EntryId, String, Arc<[u8]>)]) -> Option<Vec<(EntryId, Revival)>> {
+    let answers = v.into_array("revive").ok()?;
+    if answers.len() != items.len() {
+        return None;
+    }
+    items
+        .iter()
+        .zip(answers)
+        .map(|((entry, ..), a)| {
+            let fate = match a {
+                Value::Int(0) => Revival::Gone,
+                Value::Int(-1) => Revival::AlreadyQueued,
+                other => {
+                    let bytes = other.into_bytes("entry id").ok()?;
+                    Revival::Queued(EntryId::parse(&bytes).ok()?)
+                }
+            };
+            Some((*entry, fate))
+        })
+        .collect()
 }
 
 /// The `stats` script's reply: six counts, then the oldest waiting and running entry ids

@@ -895,3 +895,125 @@ fn an_add_told_unconfirmed_never_goes_unchecked_after_a_re_add() {
 fn a_fresh_add_never_goes_unchecked_once_its_id_is_added_again() {
     a_re_add_lands_before_a_fresh_add_that_never_left(false, 29);
 }
+
+#[test]
+fn dead_letters_are_read_opened_revived_once_and_deleted() {
+    let mut rng = SeededRandom::new(41);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("doomed"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    // Every attempt fails: a dead letter.
+    for _ in 0..3 {
+        work_with(&mut sim, &mut rng, |_| Err("boom".into()));
+    }
+    later(&mut p, &mut sim);
+    let events = drive(&mut p, &mut sim);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProducerEvent::DeadLettered { job, .. } if job.0 == "doomed")),
+        "{events:?}"
+    );
+    // Garbage in the dead letters too (someone without the key).
+    let keys = QueueKeys::new("dl", "q").unwrap();
+    let garbage = sim
+        .xadd_raw(&keys.dead, vec![(b"j".to_vec(), b"x".to_vec())])
+        .unwrap();
+    let asked = p.read_dead(EntryId::ZERO, 1);
+    let events = drive(&mut p, &mut sim);
+    let Some(ProducerEvent::DeadPage { request, page }) = events.first() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(*request, asked);
+    assert_eq!(page.letters.len(), 1);
+    assert!(page.next.is_some(), "a full page has a next");
+    let letter = page.letters[0].clone();
+    assert_eq!(letter.job, Some(JobId::from("doomed")));
+    assert_eq!(letter.attempt, Some(3));
+    assert_eq!(letter.reason.as_deref(), Ok("boom"));
+    assert_eq!(letter.record.as_ref().map(|r| r.attempt), Ok(3));
+    // The second page: the garbage, unreadable, and the end.
+    p.read_dead(letter.entry, 10);
+    let events = drive(&mut p, &mut sim);
+    let Some(ProducerEvent::DeadPage { page: second, .. }) = events.first() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(second.next, None);
+    assert_eq!(second.letters.len(), 1);
+    assert_eq!(second.letters[0].entry, garbage);
+    assert!(second.letters[0].record.is_err());
+    // Revived: back as attempt 1, then it completes and its result comes here.
+    let both = [letter.clone(), second.letters[0].clone()];
+    p.revive(&both, &mut rng);
+    let events = drive(&mut p, &mut sim);
+    let Some(ProducerEvent::Revived { results, .. }) = events.first() else {
+        panic!("{events:?}");
+    };
+    assert!(matches!(results[0], (e, Revival::Queued(_)) if e == letter.entry));
+    assert_eq!(results[1], (garbage, Revival::Unreadable));
+    let mut attempts = Vec::new();
+    work_with(&mut sim, &mut rng, |job| {
+        attempts.push(job.attempt);
+        Ok(b"second life".to_vec())
+    });
+    assert_eq!(attempts, [1]);
+    later(&mut p, &mut sim);
+    let events = drive(&mut p, &mut sim);
+    assert!(events.iter().any(|e| matches!(e,
+        ProducerEvent::Completed { job, result, .. } if job.0 == "doomed" && result == b"second life")));
+    // Reviving again finds the letter gone; deleting removes the garbage only.
+    p.revive(&[letter], &mut rng);
+    let events = drive(&mut p, &mut sim);
+    assert!(
+        matches!(events.first(), Some(ProducerEvent::Revived { results, .. }) if results[0].1 == Revival::Gone)
+    );
+    p.delete_dead(&[garbage, EntryId::new(1, 1)]);
+    let events = drive(&mut p, &mut sim);
+    assert!(matches!(
+        events.first(),
+        Some(ProducerEvent::DeadDeleted { deleted: 1, .. })
+    ));
+    assert!(sim.stream(&keys.dead).unwrap().entries.is_empty());
+}
+
+#[test]
+fn a_revive_whose_job_lives_again_leaves_the_letter_and_an_unknown_outcome_resends() {
+    let mut rng = SeededRandom::new(42);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("twice"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    for _ in 0..3 {
+        work_with(&mut sim, &mut rng, |_| Err("boom".into()));
+    }
+    drive(&mut p, &mut sim);
+    p.read_dead(EntryId::ZERO, 10);
+    let events = drive(&mut p, &mut sim);
+    let Some(ProducerEvent::DeadPage { page, .. }) = events.first() else {
+        panic!("{events:?}");
+    };
+    let letter = page.letters[0].clone();
+    // The job is added again (a caller) before the revive.
+    p.add(T0, job("twice"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    // The revive runs but its reply is lost: sent again, it answers for the first run.
+    p.revive(std::slice::from_ref(&letter), &mut rng);
+    let cmd = p.poll_command().unwrap();
+    let first = sim.execute(&cmd.kind);
+    assert_eq!(first, Value::Array(vec![Value::Int(-1)]), "the job lives");
+    p.handle_reply(T0, cmd.op, Reply::Unknown).unwrap();
+    sim.set_time(T0 + 2_000);
+    p.handle_timeout(T0 + 2_000);
+    let events = drive(&mut p, &mut sim);
+    assert!(events.iter().any(|e| matches!(e,
+        ProducerEvent::Revived { results, .. } if results[0].1 == Revival::AlreadyQueued)));
+    assert_eq!(sim.stream(&p.keys().dead).unwrap().entries.len(), 1);
+}
+
+/// Time passes for the producer and the model (past the producer's poll interval).
+fn later(p: &mut Producer, sim: &mut Sim) {
+    let now = sim.now_ms() + 2_000;
+    sim.set_time(now);
+    p.handle_timeout(now);
+}

@@ -110,6 +110,54 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         } => promote(sim, keys, *now_ms, *limit),
         CommandKind::Reclaim { .. } => reclaim(sim, kind),
         CommandKind::Ping => Ok(Value::Status("PONG".into())),
+        CommandKind::ReadDead { keys, after, count } => {
+            let entries = match sim.stream_mut(&keys.dead, false)? {
+                Some(s) => s.read_after(*after, *count as usize),
+                None => Vec::new(),
+            };
+            Ok(Value::Array(entries.into_iter().map(entry_value).collect()))
+        }
+        CommandKind::Revive {
+            keys,
+            marker,
+            items,
+        } => {
+            let mut out = Vec::with_capacity(items.len());
+            for (entry, job, envelope) in items {
+                let there = sim
+                    .stream_mut(&keys.dead, false)?
+                    .is_some_and(|s| s.entries.contains_key(entry));
+                if !there {
+                    out.push(Value::Int(0));
+                    continue;
+                }
+                let ids = sim.hash_mut(&keys.ids)?;
+                if ids.contains_key(job.as_bytes()) {
+                    out.push(Value::Int(-1));
+                    continue;
+                }
+                ids.insert(job.as_bytes().to_vec(), marker.as_bytes().to_vec());
+                let id = xadd(sim, &keys.jobs, work_fields(job, envelope))?;
+                if let Some(s) = sim.stream_mut(&keys.dead, false)? {
+                    s.entries.remove(entry);
+                }
+                out.push(id_value(id));
+            }
+            Ok(Value::Array(out))
+        }
+        CommandKind::DeleteDead { keys, entries } => {
+            if entries.is_empty() {
+                return Err("ERR wrong number of arguments for 'xdel' command".into());
+            }
+            let n = match sim.stream_mut(&keys.dead, false)? {
+                Some(s) => entries
+                    .iter()
+                    .filter(|e| s.entries.remove(e).is_some())
+                    .count(),
+                None => 0,
+            };
+            Ok(Value::Int(n as i64))
+        }
         CommandKind::Heartbeat {
             keys,
             consumer,

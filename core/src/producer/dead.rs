@@ -1,0 +1,156 @@
+//! Dead letters as an operator sees them: read by page, opened with the queue's key, sent
+//! back to the queue (`revive`), deleted.
+//!
+//! A dead letter is an entry of `<prefix>:{<queue>}:dead` written by `bury`: the job id (`j`,
+//! empty for an entry too malformed to name one), the job's envelope as it was delivered
+//! (`e`; for garbage, its first bytes), the sealed reason (`r`), the last attempt (`a`) and
+//! the add's instance (`i`, hex). Everything else about it is sealed: without the queue's key
+//! an operator sees ids, attempts and times only.
+
+use crate::envelope::{Context, Purpose, Sealer, outcome_detail};
+use crate::job::{Instance, JobId, JobRecord};
+use crate::value::{EntryId, StreamEntry, Value, decode_entries};
+
+/// Identifies one operator request of a producer and its answering event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Request(pub u64);
+
+/// One dead letter, opened as far as the key allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its entry in the dead-letter stream (its time is when the job was buried).
+    pub entry: EntryId,
+    /// The job id, if the entry names one.
+    pub job: Option<JobId>,
+    /// The last attempt, if readable.
+    pub attempt: Option<u32>,
+    /// The add's instance, if readable.
+    pub instance: Option<Instance>,
+    /// The job as it was last delivered, or why it does not open (tampered, another key,
+    /// garbage that never was a job).
+    pub record: Result<JobRecord, String>,
+    /// Why it failed for good, or why the reason does not open.
+    pub reason: Result<String, String>,
+    /// The job's envelope as stored (what `revive` re-seals).
+    envelope: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// Opens a dead-letter entry with `sealer`, the keyring of the queue whose scope is
+    /// `scope`. Never fails: what does not open says why.
+    #[must_use]
+    pub fn open(entry: &StreamEntry, sealer: &Sealer, scope: &str) -> Self {
+        let text = |name: &[u8]| entry.field(name).and_then(|v| std::str::from_utf8(v).ok());
+        let job = text(b"j").filter(|j| !j.is_empty()).map(JobId::from);
+        let attempt = text(b"a").and_then(|a| a.parse().ok());
+        let instance = entry.field(b"i").and_then(Instance::parse_hex);
+        let envelope = entry.field(b"e").unwrap_or_default().to_vec();
+        let record = match &job {
+            None => Err("no job id: the entry was garbage, not a job".to_owned()),
+            Some(id) => {
+                let ctx = Context::new(Purpose::Job, scope, id.0.as_bytes());
+                sealer
+                    .open::<JobRecord>(&ctx, &envelope)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        if r.id == *id {
+                            Ok(r)
+                        } else {
+                            Err(format!("the record names another job: {}", r.id))
+                        }
+                    })
+            }
+        };
+        // `bury` seals the reason for the job id (empty if unknown) and the instance (zeros
+        // if unknown).
+        let reason = match (attempt, entry.field(b"r")) {
+            (Some(attempt), Some(sealed)) => {
+                let item = job.as_ref().map_or(&b""[..], |j| j.0.as_bytes());
+                let zero = Instance([0; 16]);
+                let detail = outcome_detail(attempt, &instance.unwrap_or(zero).0);
+                let ctx = Context::outcome(Purpose::DeadLetter, scope, item, &detail);
+                sealer
+                    .open_bytes(&ctx, sealed)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("missing field a or r".to_owned()),
+        };
+        Self {
+            entry: entry.id,
+            job,
+            attempt,
+            instance,
+            record,
+            reason,
+            envelope,
+        }
+    }
+
+    /// How long ago (ms) it was buried, at `now_ms`.
+    #[must_use]
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.entry.ms)
+    }
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadPage {
+    /// The letters.
+    pub letters: Vec<DeadLetter>,
+    /// Where the next page starts (pass it as `after`); `None`: this was the last.
+    pub next: Option<EntryId>,
+}
+
+/// What `revive` did with one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revival {
+    /// Back in the work stream at this entry, as its first attempt; the letter is gone.
+    Queued(EntryId),
+    /// A job with this id lives already (added again meanwhile): the letter stays.
+    AlreadyQueued,
+    /// The letter is gone (revived or deleted before: running a revive twice is safe).
+    Gone,
+    /// The letter does not open (no id, tampered, another key): it cannot be revived, only
+    /// deleted.
+    Unreadable,
+}
+
+/// The page a `ReadDead` reply holds (`count` asked).
+pub(crate) fn page(v: Value, count: u32, sealer: &Sealer, scope: &str) -> Option<DeadPage> {
+    let entries = decode_entries(v).ok()?;
+    let full = entries.len() >= count as usize && count > 0;
+    let next = entries.last().map(|e| e.id).filter(|_| full);
+    let letters = entries
+        .iter()
+        .map(|e| DeadLetter::open(e, sealer, scope))
+        .collect();
+    Some(DeadPage { letters, next })
+}
+
+/// A letter as `revive` sends it: its entry, its job id, the job re-sealed as attempt 1.
+pub(crate) fn reseal(
+    letter: &DeadLetter,
+    sealer: &Sealer,
+    scope: &str,
+    rng: &mut impl crate::random::Random,
+) -> Option<(EntryId, String, Vec<u8>)> {
+    let (Some(job), Ok(record)) = (&letter.job, &letter.record) else {
+        return None;
+    };
+    let mut again = record.clone();
+    again.attempt = 1;
+    let ctx = Context::new(Purpose::Job, scope, job.0.as_bytes());
+    let sealed = sealer.seal(&ctx, &again, rng).ok()?;
+    Some((letter.entry, job.0.clone(), sealed))
+}
+
+/// Whether the stored envelope is what `open` read (for tests of garbage letters).
+impl DeadLetter {
+    /// The envelope bytes as stored in the dead letter.
+    #[must_use]
+    pub fn envelope(&self) -> &[u8] {
+        &self.envelope
+    }
+}
