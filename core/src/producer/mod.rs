@@ -579,7 +579,11 @@ impl Producer {
             let producer = self.me.clone();
             return Some(self.op(CommandKind::Stats { keys, producer }, InFlight::Stats));
         }
-        if self.trim_through.is_some() || !self.forget.is_empty() {
+        // One ack at a time: a later ack's trim must never run while an earlier one's
+        // forgets are unconfirmed (it would drop events whose markers nobody forgot; a
+        // replacement could never read them again).
+        let acking = self.any_in_flight(|f| matches!(f, InFlight::AckEvents { .. }));
+        if (self.trim_through.is_some() || !self.forget.is_empty()) && !acking {
             let through = self.trim_through.take();
             let forget = std::mem::take(&mut self.forget);
             let kind = CommandKind::AckEvents {
