@@ -533,6 +533,8 @@ pub const PROMOTE: Script = Script {
 ///    by which it promised to come back (its next visit plus one interval of grace); the
 ///    ones past their promise are dropped, and this worker's next visit is `now + interval ×
 ///    live workers × jitter / 1000` (jitter in [500, 1500] spreads them out).
+/// 4. Deletes the group's consumers that hold no pending entry and are not live workers (a
+///    worker process that exited, or restarted under a new name).
 ///
 /// Reply: `[next cursor, [[id, fields, deliveries], ...], [deleted ids], next due or -1,
 /// next visit]`.
@@ -561,6 +563,19 @@ local live = redis.call('ZCARD', KEYS[5])
 if not redis.call('ZSCORE', KEYS[5], ARGV[1]) then live = live + 1 end
 local visit = now + math.floor(interval * live * tonumber(ARGV[7]) / 1000)
 redis.call('ZADD', KEYS[5], visit + interval, ARGV[1])
+-- Consumers of workers gone (not live, nothing pending) leave the group: every worker
+-- process is a new consumer, and the group would keep every one that ever ran.
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], 'workers')
+if type(consumers) == 'table' and consumers.err == nil then
+  for _, c in ipairs(consumers) do
+    local f = {}
+    for k = 1, #c, 2 do f[c[k]] = c[k + 1] end
+    if f['pending'] == 0 and f['name'] ~= ARGV[1]
+        and not redis.call('ZSCORE', KEYS[5], f['name']) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', f['name'])
+    end
+  end
+end
 return {cursor, claimed, deleted, next_due, visit}
 "#
     ),

@@ -1044,3 +1044,60 @@ async fn dead_letters_are_listed_opened_retried_and_deleted() {
     let dl = layer(&server).await;
     datalayer_tests::dead_letters_scenario(&dl).await;
 }
+
+/// The consumer names in the group of `queue`.
+async fn consumers(conn: &mut redis::aio::MultiplexedConnection, queue: &str) -> Vec<String> {
+    let infos: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(format!("dl:{{{queue}}}:jobs"))
+        .arg("workers")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    infos
+        .iter()
+        .filter_map(|c| match c.get("name") {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn consumers_of_workers_that_exited_leave_the_group() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = raw(&server).await;
+    let options = || WorkerOptions::default().lease(Duration::from_secs(2));
+    // Five worker processes' lifetimes, one after the other: each a consumer of its own.
+    for i in 0..5 {
+        let dl = layer(&server).await;
+        let worker = echo_worker(&dl, "churn", options());
+        let q = queue(&dl, "churn");
+        q.add("s", &json!(i))
+            .await
+            .expect("add")
+            .result()
+            .await
+            .expect("ran");
+        worker.shutdown(Duration::from_secs(5)).await;
+        q.disconnect().await;
+    }
+    // (Each worker's upkeep already removed some of its predecessors'; the last one's is
+    // there, since no upkeep ran after it exited.)
+    assert!(!consumers(&mut conn, "churn").await.is_empty());
+    // A live worker's upkeep (once per second here) removes the ones that are gone.
+    let dl = layer(&server).await;
+    let _worker = echo_worker(&dl, "churn", options());
+    let start = std::time::Instant::now();
+    loop {
+        let left = consumers(&mut conn, "churn").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "consumers of exited workers stayed: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

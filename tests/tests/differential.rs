@@ -464,6 +464,9 @@ fn model_keyspace(sim: &Sim, keys: &QueueKeys) -> Value {
                                     bulk(name.clone()),
                                     id(&g.last_delivered),
                                     Value::Array(pel),
+                                    Value::Array(
+                                        g.consumers.iter().map(|c| bulk(c.clone())).collect(),
+                                    ),
                                 ])
                             })
                             .collect(),
@@ -565,12 +568,26 @@ async fn redis_keyspace(conn: &mut redis::aio::MultiplexedConnection, keys: &Que
                             Value::Array(vec![bulk(i), bulk(c), Value::Int(n as i64)])
                         })
                         .collect();
-                    groups.push((name, last, pel));
+                    let infos: Vec<std::collections::HashMap<String, redis::Value>> =
+                        redis::cmd("XINFO")
+                            .arg("CONSUMERS")
+                            .arg(key)
+                            .arg(&name)
+                            .query_async(conn)
+                            .await
+                            .expect("XINFO CONSUMERS");
+                    let mut consumers: Vec<String> =
+                        infos.iter().map(|c| text(c.get("name"))).collect();
+                    consumers.sort();
+                    let consumers = consumers.into_iter().map(bulk).collect();
+                    groups.push((name, last, pel, consumers));
                 }
                 groups.sort_by(|a, b| a.0.cmp(&b.0));
                 let groups = groups
                     .into_iter()
-                    .map(|(n, l, p)| Value::Array(vec![bulk(n), bulk(l), Value::Array(p)]))
+                    .map(|(n, l, p, c)| {
+                        Value::Array(vec![bulk(n), bulk(l), Value::Array(p), Value::Array(c)])
+                    })
                     .collect();
                 Value::Array(vec![
                     bulk("stream".into()),

@@ -675,6 +675,7 @@ fn reclaim(sim: &mut Sim, kind: &CommandKind) -> Exec {
         cursor = c.cursor;
     }
     let visit = register(sim, keys, consumer, *now_ms, *interval_ms, *jitter)?;
+    prune_consumers(sim, keys, consumer)?;
     Ok(Value::Array(vec![
         id_value(cursor),
         Value::Array(claimed),
@@ -709,6 +710,35 @@ fn register(
     );
     workers.add(visit.saturating_add(interval_ms), consumer.as_bytes());
     Ok(visit)
+}
+
+/// The reclaim script's last step: consumers holding nothing, and not live workers, go.
+fn prune_consumers(sim: &mut Sim, keys: &QueueKeys, consumer: &str) -> Result<(), String> {
+    let live: Vec<Vec<u8>> = sim
+        .zset(&keys.workers)?
+        .map_or_else(Vec::new, |z| z.members());
+    let Some(s) = sim.stream_mut(&keys.jobs, false)? else {
+        return Ok(());
+    };
+    let Some(g) = s.groups.get_mut(GROUP) else {
+        return Ok(());
+    };
+    let holding: std::collections::BTreeSet<&str> =
+        g.pel.values().map(|p| p.consumer.as_str()).collect();
+    let gone: Vec<String> = g
+        .consumers
+        .iter()
+        .filter(|c| {
+            c.as_str() != consumer
+                && !holding.contains(c.as_str())
+                && !live.iter().any(|l| l == c.as_bytes())
+        })
+        .cloned()
+        .collect();
+    for c in gone {
+        g.consumers.remove(&c);
+    }
+    Ok(())
 }
 
 fn xlen(s: Option<&Stream>) -> i64 {

@@ -1,6 +1,6 @@
 //! A Redis stream with consumer groups, as the model keeps it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::value::{EntryId, Fields};
 
@@ -22,6 +22,10 @@ pub struct Group {
     pub last_delivered: EntryId,
     /// The pending entries list.
     pub pel: BTreeMap<EntryId, Pending>,
+    /// The group's consumers. As Redis 7.0 does it, a consumer comes into being when it is
+    /// first given an entry (a read that returns some, a claim that takes some), and stays
+    /// until `XGROUP DELCONSUMER`.
+    pub consumers: BTreeSet<String>,
 }
 
 impl Group {
@@ -93,6 +97,9 @@ impl Stream {
             .take(if count == 0 { usize::MAX } else { count })
             .map(|(id, f)| (*id, f.clone()))
             .collect();
+        if !fresh.is_empty() {
+            g.consumers.insert(consumer.to_owned());
+        }
         for (id, _) in &fresh {
             g.last_delivered = *id;
             g.pel.insert(
@@ -166,6 +173,9 @@ impl Stream {
             left -= 1;
         }
         out.cursor = ids.get(scanned).copied().unwrap_or(EntryId::ZERO);
+        if !out.claimed.is_empty() {
+            g.consumers.insert(consumer.to_owned());
+        }
         Some(out)
     }
 
@@ -191,6 +201,7 @@ impl Stream {
             Some(p) => {
                 p.consumer = consumer.to_owned();
                 p.delivered_at = delivered_at;
+                g.consumers.insert(consumer.to_owned());
                 true
             }
             None => false,
