@@ -77,6 +77,49 @@ pub enum Error {
     Unconfirmed(datalayer_core::job::JobId),
 }
 
+/// What Redis says of itself ([`DataLayer::server_info`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// `redis_version`.
+    pub version: String,
+    /// `maxmemory-policy` (anything but `noeviction` may evict queued jobs).
+    pub maxmemory_policy: Option<String>,
+    /// Whether the append-only file is on.
+    pub appendonly: Option<bool>,
+    /// The RDB snapshot schedule (`save`; empty: none).
+    pub save: Option<String>,
+    /// The in-process backend (nothing persists).
+    pub in_memory: bool,
+}
+
+impl ServerInfo {
+    /// What in these settings can lose jobs, in words (empty: nothing found).
+    #[must_use]
+    pub fn risks(&self) -> Vec<String> {
+        let mut risks = Vec::new();
+        if let Some(p) = self
+            .maxmemory_policy
+            .as_deref()
+            .filter(|p| *p != "noeviction")
+        {
+            risks.push(format!(
+                "maxmemory-policy is {p}: Redis may evict queued jobs (use noeviction)"
+            ));
+        }
+        let snapshots = self.save.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if self.in_memory || (self.appendonly == Some(false) && !snapshots) {
+            risks.push("no persistence: a restart loses every job".into());
+        } else if self.appendonly == Some(false) {
+            risks.push(
+                "no append-only file: a restart loses what was written since the last snapshot"
+                    .into(),
+            );
+        }
+        risks
+    }
+}
+
 /// Options of the process-wide connection.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -395,6 +438,57 @@ impl DataLayer {
                 }
             }
         }
+    }
+
+    /// What Redis says of itself (within `timeout`): its version, its eviction policy and
+    /// its persistence; [`ServerInfo::risks`] says what of it can lose jobs. Settings Redis
+    /// does not tell (`CONFIG` renamed or disabled, as on some managed services) are `None`.
+    pub async fn server_info(&self, timeout: Duration) -> Result<ServerInfo, Error> {
+        let Some(mut conn) = self.conn() else {
+            return Ok(ServerInfo {
+                version: "in-process".into(),
+                maxmemory_policy: Some("noeviction".into()),
+                appendonly: Some(false),
+                save: Some(String::new()),
+                in_memory: true,
+            });
+        };
+        let ask = async {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await?;
+            let version = info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned();
+            let config = |name: &'static str| {
+                let mut conn = conn.clone();
+                async move {
+                    let pair: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg(name)
+                        .query_async(&mut conn)
+                        .await;
+                    pair.ok().and_then(|mut p| p.remove(name))
+                }
+            };
+            let maxmemory_policy = config("maxmemory-policy").await;
+            let appendonly = config("appendonly").await.map(|v| v == "yes");
+            let save = config("save").await;
+            Ok::<_, Error>(ServerInfo {
+                version,
+                maxmemory_policy,
+                appendonly,
+                save,
+                in_memory: false,
+            })
+        };
+        tokio::time::timeout(timeout, ask)
+            .await
+            .map_err(|_| Error::HealthTimeout(timeout))?
     }
 
     /// Checks that Redis answers a write and a read on a key private to this call, within

@@ -28,7 +28,7 @@ pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;
 pub use datalayer_core::envelope::Compression;
 pub use datalayer_core::producer::{DeadLetter, DeadPage, QueueStats, Revival};
-pub use layer::{DataLayer, Error, Options};
+pub use layer::{DataLayer, Error, Options, ServerInfo};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;
 pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};

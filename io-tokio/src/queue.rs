@@ -67,6 +67,10 @@ pub struct QueueOptions {
     /// id markers of its ended jobs are swept, and outcomes of its jobs that end later are
     /// dropped. It refreshes its registration every quarter of this.
     pub producer_ttl: Duration,
+    /// Whether this queue reads its jobs' outcomes (default true). One that does not (a
+    /// fire-and-forget producer, an operator's tool) neither registers as a producer nor
+    /// reads events: its jobs' markers go when they end, and their handles never resolve.
+    pub read_results: bool,
 }
 
 impl Default for QueueOptions {
@@ -78,6 +82,7 @@ impl Default for QueueOptions {
             max_pending: ProducerConfig::new("q").max_pending,
             producer_id: None,
             producer_ttl: Duration::from_secs(3600),
+            read_results: true,
         }
     }
 }
@@ -109,6 +114,13 @@ impl QueueOptions {
     #[must_use]
     pub fn producer_ttl(mut self, ttl: Duration) -> Self {
         self.producer_ttl = ttl.max(Duration::from_millis(4));
+        self
+    }
+
+    /// Reading its jobs' outcomes or not (see [`QueueOptions::read_results`]).
+    #[must_use]
+    pub fn read_results(mut self, read: bool) -> Self {
+        self.read_results = read;
         self
     }
 
@@ -257,6 +269,7 @@ impl JobQueue {
             .clone()
             .unwrap_or_else(generate_producer_id);
         cfg.producer_ttl_ms = u64::try_from(options.producer_ttl.as_millis()).unwrap_or(u64::MAX);
+        cfg.read_events = options.read_results;
         let producer_id: Arc<str> = cfg.producer.as_str().into();
         if let Some(after) = options.events_after {
             cfg.events_after = after;

@@ -1,0 +1,426 @@
+//! `datalayer`: an operator's command line for datalayer queues on Redis.
+//!
+//! ```text
+//! datalayer [--url URL] [--prefix P] [--json] [--secret-file PATH] [--key-id N] COMMAND
+//!   health [--timeout-ms N]       reachability, version, eviction policy, persistence
+//!   stats QUEUE                   counts, live workers, oldest waiting/running ages
+//!   dead ls QUEUE [--count N] [--after ENTRY]
+//!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
+//!   dead delete QUEUE (--all | ENTRY...) [--dry-run]
+//!   secret gen                    32 random bytes, hex (for DATALAYER_SECRET)
+//! ```
+//!
+//! The URL comes from `--url`, else `REDIS_URL`, else `redis://127.0.0.1:6379`. The server
+//! secret (to open dead letters and to re-seal retried jobs) comes from `--secret-file` or
+//! the `DATALAYER_SECRET` environment variable, never from a flag's value; counts, ids and
+//! ages need none. Output is a table, or one JSON document (`--json`; `dead ls` prints one
+//! JSON object per line). Exit codes: 0 done (healthy), 1 failed (unhealthy, unreachable,
+//! refused), 2 risky (`health`: a setting that can lose jobs), 64 usage.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
+use datalayer_tokio::core::value::EntryId;
+use datalayer_tokio::{DataLayer, DeadLetter, JobQueue, Options, QueueOptions, now_ms};
+use serde_json::{Value, json};
+
+const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secret-file PATH] \
+[--key-id N] COMMAND
+  health [--timeout-ms N]
+  stats QUEUE
+  dead ls QUEUE [--count N] [--after ENTRY]
+  dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
+  dead delete QUEUE (--all | ENTRY...) [--dry-run]
+  secret gen
+The secret comes from --secret-file or DATALAYER_SECRET (hex or base64 of 32 random bytes).
+Exit: 0 ok, 1 failed or unhealthy, 2 risky, 64 usage.";
+
+/// A failure and the exit code it maps to.
+struct Failure(u8, String);
+
+fn usage(why: &str) -> Failure {
+    Failure(64, format!("{why}\n{USAGE}"))
+}
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure(1, e.to_string())
+}
+
+#[derive(Default)]
+struct Args {
+    url: Option<String>,
+    prefix: Option<String>,
+    json: bool,
+    secret_file: Option<String>,
+    key_id: u32,
+    dry_run: bool,
+    all: bool,
+    count: u32,
+    after: Option<EntryId>,
+    older_than: Option<u64>,
+    timeout_ms: u64,
+    words: Vec<String>,
+}
+
+fn parse(argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
+    let mut a = Args {
+        key_id: 1,
+        count: 20,
+        timeout_ms: 2_000,
+        ..Args::default()
+    };
+    let mut it = argv;
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| usage(&format!("{name} needs a value")))
+        };
+        let number = |v: String, name: &str| {
+            v.parse::<u64>()
+                .map_err(|_| usage(&format!("{name} needs a number, got {v:?}")))
+        };
+        match arg.as_str() {
+            "--url" => a.url = Some(value("--url")?),
+            "--prefix" => a.prefix = Some(value("--prefix")?),
+            "--json" => a.json = true,
+            "--secret-file" => a.secret_file = Some(value("--secret-file")?),
+            "--key-id" => {
+                let n = number(value("--key-id")?, "--key-id")?;
+                a.key_id = u32::try_from(n).map_err(|_| usage("--key-id is too large"))?;
+            }
+            "--dry-run" => a.dry_run = true,
+            "--all" => a.all = true,
+            "--count" => {
+                let n = number(value("--count")?, "--count")?;
+                a.count = u32::try_from(n.clamp(1, 10_000)).unwrap_or(10_000);
+            }
+            "--after" => {
+                let v = value("--after")?;
+                a.after = Some(entry(&v)?);
+            }
+            "--older-than" => a.older_than = Some(number(value("--older-than")?, "--older-than")?),
+            "--timeout-ms" => a.timeout_ms = number(value("--timeout-ms")?, "--timeout-ms")?,
+            "--secret" => {
+                return Err(usage(
+                    "secrets are never given as a flag's value (they would show in `ps` and \
+                     shell history): use --secret-file or DATALAYER_SECRET",
+                ));
+            }
+            "-h" | "--help" => return Err(Failure(0, USAGE.to_owned())),
+            s if s.starts_with("--") => return Err(usage(&format!("unknown option {s}"))),
+            _ => a.words.push(arg),
+        }
+    }
+    Ok(a)
+}
+
+fn entry(text: &str) -> Result<EntryId, Failure> {
+    EntryId::parse(text.as_bytes()).map_err(|_| usage(&format!("{text:?} is not an entry id")))
+}
+
+/// The server secret, if one is given (file first, then the environment).
+fn secrets(a: &Args) -> Result<Option<SecretRing>, Failure> {
+    let text = match &a.secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| failed(format!("secret file {path}: {e}")))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        None => std::env::var("DATALAYER_SECRET").ok(),
+    };
+    let Some(text) = text else { return Ok(None) };
+    let secret = Secret::from_text(&text).map_err(|e| failed(format!("secret: {e}")))?;
+    Ok(Some(SecretRing::new(KeyId(a.key_id), secret)))
+}
+
+/// A ring that opens nothing (counts, ids and ages need no secret).
+fn no_secret() -> SecretRing {
+    let mut bytes = [0u8; 32];
+    getrandom_fill(&mut bytes);
+    SecretRing::new(KeyId(u32::MAX), Secret::from_bytes(bytes))
+}
+
+fn getrandom_fill(bytes: &mut [u8]) {
+    use datalayer_tokio::core::random::Random;
+    datalayer_tokio::OsRandom.fill_bytes(bytes);
+}
+
+async fn connect(a: &Args) -> Result<DataLayer, Failure> {
+    let url = a
+        .url
+        .clone()
+        .or_else(|| std::env::var("REDIS_URL").ok())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let mut options = Options::default();
+    if let Some(p) = &a.prefix {
+        options = options.prefix(p.clone());
+    }
+    DataLayer::connect(&url, options).await.map_err(failed)
+}
+
+/// The queue as the tool sees it: it reads no outcomes (and so registers no producer).
+fn queue(dl: &DataLayer, name: &str, ring: &SecretRing) -> Result<JobQueue, Failure> {
+    let options = QueueOptions::default()
+        .read_results(false)
+        .when_unreachable(datalayer_tokio::Unreachable::FailFast);
+    dl.queue(name, ring, options).map_err(failed)
+}
+
+fn letter_json(l: &DeadLetter, now: u64) -> Value {
+    json!({
+        "entry": l.entry.to_string(),
+        "job": l.job.as_ref().map(|j| j.0.clone()),
+        "attempt": l.attempt,
+        "age_ms": l.age_ms(now),
+        "session": l.record.as_ref().ok().map(|r| r.session_id.clone()),
+        "title": l.record.as_ref().ok().map(|r| r.title.clone()),
+        "payload": l.record.as_ref().ok().map(|r| String::from_utf8_lossy(&r.payload).into_owned()),
+        "reason": l.reason.as_ref().ok(),
+        "sealed": l.record.as_ref().err(),
+    })
+}
+
+async fn run(a: Args) -> Result<u8, Failure> {
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["secret", "gen"] => {
+            let mut bytes = [0u8; 32];
+            getrandom_fill(&mut bytes);
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{hex}");
+            Ok(0)
+        }
+        ["health"] => health(&a).await,
+        ["stats", name] => {
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &no_secret())?;
+            let s = tokio::time::timeout(Duration::from_millis(a.timeout_ms), q.stats())
+                .await
+                .map_err(|_| failed("redis did not answer in time"))?
+                .map_err(failed)?;
+            let now = now_ms();
+            if a.json {
+                let v = json!({
+                    "queue": name, "jobs": s.jobs, "running": s.pending,
+                    "waiting": s.jobs.saturating_sub(s.pending), "delayed": s.delayed,
+                    "dead": s.dead, "workers": s.workers,
+                    "oldest_waiting_ms": s.oldest_waiting.map(|_| s.oldest_waiting_ms(now)),
+                    "oldest_running_ms": s.oldest_running.map(|_| s.oldest_running_ms(now)),
+                });
+                println!("{v}");
+            } else {
+                println!("queue     {name}");
+                println!("waiting   {}", s.jobs.saturating_sub(s.pending));
+                println!("running   {}", s.pending);
+                println!("delayed   {}", s.delayed);
+                println!("dead      {}", s.dead);
+                println!("workers   {}", s.workers);
+                let age = |e: Option<EntryId>, ms: u64| {
+                    e.map_or_else(
+                        || "-".to_owned(),
+                        |_| format!("{:.1} s", ms as f64 / 1000.0),
+                    )
+                };
+                println!(
+                    "oldest waiting  {}",
+                    age(s.oldest_waiting, s.oldest_waiting_ms(now))
+                );
+                println!(
+                    "oldest running  {}",
+                    age(s.oldest_running, s.oldest_running_ms(now))
+                );
+            }
+            Ok(0)
+        }
+        ["dead", "ls", name] => {
+            let ring = secrets(&a)?.unwrap_or_else(no_secret);
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &ring)?;
+            let page = q.dead_letters(a.after, a.count).await.map_err(failed)?;
+            let now = now_ms();
+            for l in &page.letters {
+                if a.json {
+                    println!("{}", letter_json(l, now));
+                } else {
+                    let job = l.job.as_ref().map_or("-".to_owned(), |j| j.0.clone());
+                    let why = match (&l.reason, &l.record) {
+                        (Ok(r), _) => r.clone(),
+                        (Err(_), Err(e)) => format!("(sealed: {e})"),
+                        (Err(e), Ok(_)) => format!("(reason sealed: {e})"),
+                    };
+                    let attempt = l.attempt.map_or("-".into(), |n| n.to_string());
+                    let age = l.age_ms(now) / 1000;
+                    println!("{}  {job}  attempt {attempt}  {age} s ago  {why}", l.entry);
+                }
+            }
+            if !a.json {
+                match page.next {
+                    Some(next) => println!("more: --after {next}"),
+                    None => println!("{} dead letters shown; no more", page.letters.len()),
+                }
+            }
+            Ok(0)
+        }
+        ["dead", verb @ ("retry" | "delete"), name, entries @ ..] => {
+            let retry = *verb == "retry";
+            let picked: Vec<EntryId> =
+                entries.iter().map(|e| entry(e)).collect::<Result<_, _>>()?;
+            if picked.is_empty() && !a.all && (a.older_than.is_none() || !retry) {
+                return Err(usage(
+                    "name entries, or --all (retry: or --older-than SECONDS)",
+                ));
+            }
+            let ring = match secrets(&a)? {
+                Some(ring) => ring,
+                None if retry => {
+                    return Err(failed(
+                        "retrying re-seals the jobs: give the secret (--secret-file or \
+                         DATALAYER_SECRET)",
+                    ));
+                }
+                None => no_secret(),
+            };
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &ring)?;
+            dead_batch(&a, &q, retry, &picked).await
+        }
+        [] => Err(usage("no command")),
+        _ => Err(usage(&format!("unknown command {:?}", a.words.join(" ")))),
+    }
+}
+
+/// `dead retry` / `dead delete`: the letters picked (by entry, `--all`, `--older-than`),
+/// page by page; `--dry-run` lists them and changes nothing.
+async fn dead_batch(
+    a: &Args,
+    q: &JobQueue,
+    retry: bool,
+    picked: &[EntryId],
+) -> Result<u8, Failure> {
+    let cutoff = now_ms().saturating_sub(a.older_than.unwrap_or(0).saturating_mul(1000));
+    let (mut after, mut done, mut left) = (None, 0u64, 0u64);
+    loop {
+        let page = q.dead_letters(after, 256).await.map_err(failed)?;
+        let chosen: Vec<DeadLetter> = page
+            .letters
+            .iter()
+            .filter(|l| {
+                if picked.is_empty() {
+                    l.entry.ms <= cutoff
+                } else {
+                    picked.contains(&l.entry)
+                }
+            })
+            .cloned()
+            .collect();
+        if a.dry_run {
+            for l in &chosen {
+                let job = l.job.as_ref().map_or("-".to_owned(), |j| j.0.clone());
+                println!(
+                    "would {} {} {job}",
+                    if retry { "retry" } else { "delete" },
+                    l.entry
+                );
+            }
+            done += chosen.len() as u64;
+        } else if !chosen.is_empty() {
+            if retry {
+                for (entry, fate) in q.retry_dead(&chosen).await.map_err(failed)? {
+                    match fate {
+                        datalayer_tokio::Revival::Queued(_) => done += 1,
+                        other => {
+                            left += 1;
+                            eprintln!("{entry}: {other:?}");
+                        }
+                    }
+                }
+            } else {
+                let entries: Vec<EntryId> = chosen.iter().map(|l| l.entry).collect();
+                done += q.delete_dead(&entries).await.map_err(failed)?;
+            }
+        }
+        match page.next {
+            Some(next) if next.ms <= cutoff || !picked.is_empty() => after = Some(next),
+            _ => break,
+        }
+    }
+    let verb = match (retry, a.dry_run) {
+        (true, true) => "would retry",
+        (true, false) => "retried",
+        (false, true) => "would delete",
+        (false, false) => "deleted",
+    };
+    if a.json {
+        println!(
+            "{}",
+            json!({ "action": verb, "count": done, "not_retried": left })
+        );
+    } else {
+        println!("{verb} {done}");
+    }
+    Ok(if left > 0 { 1 } else { 0 })
+}
+
+async fn health(a: &Args) -> Result<u8, Failure> {
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let dl = match tokio::time::timeout(timeout, connect(a)).await {
+        Ok(dl) => dl?,
+        Err(_) => return Err(failed(format!("no connection within {timeout:?}"))),
+    };
+    let (healthy, info) = (dl.health(timeout).await, dl.server_info(timeout).await);
+    let risks = info.as_ref().map(|i| i.risks()).unwrap_or_default();
+    let code = match (&healthy, risks.is_empty()) {
+        (Err(_), _) => 1,
+        (Ok(()), false) => 2,
+        (Ok(()), true) => 0,
+    };
+    if a.json {
+        let v = json!({
+            "healthy": healthy.is_ok(),
+            "error": healthy.as_ref().err().map(ToString::to_string),
+            "server": info.as_ref().ok(),
+            "risks": risks,
+        });
+        println!("{v}");
+    } else {
+        match &healthy {
+            Ok(()) => println!("healthy: a write and a read answered within {timeout:?}"),
+            Err(e) => println!("unhealthy: {e}"),
+        }
+        if let Ok(i) = &info {
+            println!("redis {}", i.version);
+            println!(
+                "maxmemory-policy {}",
+                i.maxmemory_policy.as_deref().unwrap_or("?")
+            );
+            let aof = i.appendonly.map_or("?", |on| if on { "yes" } else { "no" });
+            println!("appendonly {aof}");
+            println!("save {:?}", i.save.as_deref().unwrap_or("?"));
+        }
+        for r in &risks {
+            println!("risk: {r}");
+        }
+    }
+    Ok(code)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let result = match parse(std::env::args().skip(1)) {
+        Ok(args) => run(args).await,
+        Err(f) => Err(f),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(0, text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure(code, text)) => {
+            eprintln!("datalayer: {text}");
+            ExitCode::from(code)
+        }
+    }
+}

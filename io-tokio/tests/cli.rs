@@ -1,0 +1,258 @@
+//! The `datalayer` command line, run as a user would against a real redis-server: health
+//! (exit codes), stats, dead letters listed with and without the secret, retried (one, all,
+//! dry run), deleted; no plaintext printed without the secret.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
+use datalayer_tokio::core::retry::{Backoff, RetryPolicy};
+use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueOptions, WorkerOptions};
+use serde_json::Value;
+
+/// A redis-server of this test's own on a free loopback port (checked by its pid).
+struct Server {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Server {
+    fn start() -> Self {
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let dir = std::env::temp_dir().join(format!("datalayer-cli-{port}"));
+            let _ = std::fs::create_dir_all(&dir);
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (install it: apt install redis-server)");
+            let mut server = Self { child, port, dir };
+            if server.ours() {
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("no redis-server of ours came up");
+    }
+
+    /// Whether the server on our port answers with our child's pid.
+    fn ours(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let out = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "INFO", "server"])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let pid = format!("process_id:{}", self.child.id());
+                if text.lines().any(|l| l.trim() == pid) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const SECRET: &str = "4f1c2b9a7d3e5f60818293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e9";
+
+fn cli(url: &str, secret: bool, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datalayer"));
+    cmd.arg("--url")
+        .arg(url)
+        .args(args)
+        .env_remove("DATALAYER_SECRET");
+    if secret {
+        cmd.env("DATALAYER_SECRET", SECRET);
+    }
+    cmd.output().expect("run datalayer")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_and_handles_dead_letters() {
+    let server = Server::start();
+    let url = server.url();
+    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
+    let dl = DataLayer::connect(&url, Options::default())
+        .await
+        .expect("connect");
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failing.clone();
+    let worker = dl
+        .worker(
+            "cli",
+            &secrets,
+            WorkerOptions::default().retry(RetryPolicy::new(1, Backoff::None)),
+        )
+        .expect("worker")
+        .start(move |job: Job| {
+            let fail = flag.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let text: String = job.json().map_err(|e| e.to_string())?;
+                if fail {
+                    return Err(format!("{text} failed on purpose"));
+                }
+                Ok::<_, String>(text)
+            }
+        });
+    let queue = dl
+        .queue("cli", &secrets, QueueOptions::default())
+        .expect("queue");
+    for n in 0..3 {
+        let h = queue
+            .add("s", &format!("plaintext-marker-{n}"))
+            .await
+            .expect("add");
+        assert!(matches!(h.result().await, Ok(Outcome::Failed(_))));
+    }
+
+    let stats = cli(&url, false, &["--json", "stats", "cli"]);
+    assert!(stats.status.success(), "{stats:?}");
+    let s = json(&stats);
+    assert_eq!(
+        (s["dead"].as_u64(), s["waiting"].as_u64()),
+        (Some(3), Some(0)),
+        "{s}"
+    );
+    assert!(s["workers"].as_u64() >= Some(1), "{s}");
+
+    // Without the secret: entries, ids, attempts; nothing of the jobs.
+    let sealed = cli(&url, false, &["--json", "dead", "ls", "cli"]);
+    assert!(sealed.status.success());
+    let letters = lines(&sealed);
+    assert_eq!(letters.len(), 3);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l["reason"].is_null() && l["sealed"].is_string())
+    );
+    assert!(
+        !stdout(&sealed).contains("plaintext-marker"),
+        "{}",
+        stdout(&sealed)
+    );
+    let table = cli(&url, false, &["dead", "ls", "cli"]);
+    assert!(!stdout(&table).contains("plaintext-marker"));
+    // With it: the payloads and the reasons.
+    let open = lines(&cli(&url, true, &["--json", "dead", "ls", "cli"]));
+    for (n, l) in open.iter().enumerate() {
+        let text = format!("\"plaintext-marker-{n}\"");
+        assert_eq!(l["payload"].as_str(), Some(text.as_str()), "{l}");
+        let reason = format!("plaintext-marker-{n} failed on purpose");
+        assert_eq!(l["reason"].as_str(), Some(reason.as_str()), "{l}");
+        assert_eq!(l["attempt"].as_u64(), Some(1));
+    }
+
+    // Retrying needs the secret; a dry run changes nothing.
+    let refused = cli(&url, false, &["dead", "retry", "cli", "--all"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let dry = cli(&url, true, &["dead", "retry", "cli", "--all", "--dry-run"]);
+    assert!(stdout(&dry).contains("would retry 3"), "{}", stdout(&dry));
+    assert_eq!(
+        json(&cli(&url, false, &["--json", "stats", "cli"]))["dead"],
+        3
+    );
+
+    // One by entry, then the rest; the jobs run again and succeed.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let first = open[0]["entry"].as_str().expect("entry").to_owned();
+    let one = cli(&url, true, &["dead", "retry", "cli", &first]);
+    assert!(stdout(&one).contains("retried 1"), "{one:?}");
+    let rest = cli(&url, true, &["--json", "dead", "retry", "cli", "--all"]);
+    assert_eq!(json(&rest)["count"], 2, "{rest:?}");
+    let start = Instant::now();
+    loop {
+        let s = json(&cli(&url, false, &["--json", "stats", "cli"]));
+        if s["dead"] == 0 && s["waiting"] == 0 && s["running"] == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Delete: one more dead letter, deleted.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let h = queue.add("s", &"doomed").await.expect("add");
+    assert!(matches!(h.result().await, Ok(Outcome::Failed(_))));
+    let dry = cli(
+        &url,
+        false,
+        &["dead", "delete", "cli", "--all", "--dry-run"],
+    );
+    assert!(stdout(&dry).contains("would delete 1"), "{dry:?}");
+    let gone = cli(&url, false, &["dead", "delete", "cli", "--all"]);
+    assert!(stdout(&gone).contains("deleted 1"), "{gone:?}");
+    assert_eq!(
+        json(&cli(&url, false, &["--json", "stats", "cli"]))["dead"],
+        0
+    );
+
+    // Health: no persistence on this server is a risk (exit 2); no server, unhealthy (1).
+    let health = cli(&url, false, &["--json", "health"]);
+    assert_eq!(health.status.code(), Some(2), "{health:?}");
+    let h = json(&health);
+    assert_eq!(h["healthy"], true);
+    assert!(
+        h["risks"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("persistence")),
+        "{h}"
+    );
+    let down = cli(
+        "redis://127.0.0.1:1",
+        false,
+        &["health", "--timeout-ms", "500"],
+    );
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    // Usage errors, and a secret given as a flag is refused.
+    assert_eq!(cli(&url, false, &["frobnicate"]).status.code(), Some(64));
+    assert_eq!(
+        cli(&url, false, &["--secret", SECRET, "stats", "cli"])
+            .status
+            .code(),
+        Some(64)
+    );
+
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+}
