@@ -284,6 +284,9 @@ pub enum CommandKind {
         keys: Arc<QueueKeys>,
         /// The producer whose events these are.
         producer: Arc<ProducerKeys>,
+        /// The instance's token: an instance superseded by another under the same id gets
+        /// the error `SUPERSEDED` and changes nothing.
+        token: Arc<str>,
         /// The last event surfaced; `None`: trim nothing.
         through: Option<EntryId>,
         /// The job ids whose markers go.
@@ -302,13 +305,18 @@ pub enum CommandKind {
     /// left, as `Reclaim` does (a queue without workers is swept too).
     ///
     /// Reply: `1` (it was not registered: the first registration, or it had been declared
-    /// gone, its unread outcomes swept) or `0` (refreshed). Unknown outcome or error: again
-    /// after a backoff.
+    /// gone, its unread outcomes swept), `0` (refreshed) or `-1` (superseded: another
+    /// instance holds the id). Unknown outcome or error: again after a backoff.
     Register {
         /// The queue.
         keys: Arc<QueueKeys>,
         /// The producer.
         producer: Arc<ProducerKeys>,
+        /// The instance's token (see `owners` in [`QueueKeys`]).
+        token: Arc<str>,
+        /// The instance's first registration: it takes the id over. A refresh (false) of an
+        /// instance whose id was taken over answers -1 and changes nothing.
+        claim: bool,
         /// The current time (ms): producers past their promise are gone.
         now_ms: u64,
         /// The promise.

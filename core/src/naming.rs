@@ -13,6 +13,7 @@
 //!                              stream of one producer's results and failures, trimmed by age
 //! <prefix>:{<queue>}:producers zset: producer id -> the time (ms) it promised to be back by
 //! <prefix>:{<queue>}:gone      zset: producers past their promise whose results are swept
+//! <prefix>:{<queue>}:owners    hash: producer id -> the token of the instance that holds it
 //! <prefix>:{<queue>}:workers   zset: live workers by the time they will be back
 //! <prefix>:{<session>}:creds   hash of a session's sealed credentials
 //! ```
@@ -92,6 +93,9 @@ pub struct QueueKeys {
     /// Producers past their promise, whose events streams (and the markers of the jobs whose
     /// ends they hold) the queue's upkeep sweeps.
     pub gone: String,
+    /// Which instance holds each producer id (its token): a replacement under the same id
+    /// takes it over, and the instance it replaced learns so at its next acknowledgement.
+    pub owners: String,
     /// The queue's live workers, each with the time by which it will be back (a sorted set:
     /// it spreads the queue's upkeep over them, see [`crate::scripts::RECLAIM`]).
     pub workers: String,
@@ -114,6 +118,7 @@ impl QueueKeys {
             events: key("events"),
             producers: key("producers"),
             gone: key("gone"),
+            owners: key("owners"),
             workers: key("workers"),
         })
     }
@@ -127,7 +132,7 @@ impl QueueKeys {
     /// Every key of the queue of fixed name (what `shutdown` deletes, with the events
     /// stream of every producer in `producers` and `gone`).
     #[must_use]
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.jobs,
             &self.ids,
@@ -135,6 +140,7 @@ impl QueueKeys {
             &self.payloads,
             &self.dead,
             &self.workers,
+            &self.owners,
             &self.producers,
             &self.gone,
         ]

@@ -401,15 +401,16 @@ pub const SWEEP_LIMIT: usize = 256;
 /// What producers gone for good leave, swept a bounded chunk at a time, by every upkeep
 /// (`reclaim`) and every producer's `register` (KEYS `$ids`, `$producers`, `$gone`,
 /// `$events`: the id markers, the registry, the gone set, the events stem; `now` a Lua
-/// variable). Producers past their promise move from `producers` to `gone` (a settle writes
+/// variable; `$owners` the instances' tokens, which a gone producer loses). Producers past
+/// their promise move from `producers` to `gone` (a settle writes
 /// no more outcomes for them, and drops their jobs' markers as those jobs end). Then the
 /// first gone producer's events stream loses up to [`SWEEP_LIMIT`] events, and the markers
 /// of the jobs those events ended (`c`, `d`) that still name it; once its stream is empty
 /// it is deleted and the producer leaves `gone`.
 macro_rules! sweep_gone {
-    ($ids:literal, $producers:literal, $gone:literal, $events:literal) => {
+    ($ids:literal, $producers:literal, $gone:literal, $events:literal, $owners:literal) => {
         concat!(
-            "local s_ids, s_live, s_gone, s_stem = KEYS[",
+            "local s_ids, s_live, s_gone, s_stem, s_owners = KEYS[",
             $ids,
             "], KEYS[",
             $producers,
@@ -417,10 +418,13 @@ macro_rules! sweep_gone {
             $gone,
             "], KEYS[",
             $events,
+            "], KEYS[",
+            $owners,
             "]\n",
             r#"for _, p in ipairs(redis.call('ZRANGEBYSCORE', s_live, '-inf', '(' .. now,
     'LIMIT', 0, 256)) do
   redis.call('ZREM', s_live, p)
+  redis.call('HDEL', s_owners, p)
   redis.call('ZADD', s_gone, now, p)
 end
 local first_gone = redis.call('ZRANGE', s_gone, 0, 0)[1]
@@ -456,18 +460,26 @@ end
     };
 }
 
-/// `register` — KEYS: producers, gone, ids, events stem. ARGV: producer id, now, until.
-/// The producer promises to be back by `until` (out of `gone` if it had been swept), then
-/// sweeps as [`RECLAIM`] does. Reply: 1 if it was not registered, else 0.
+/// `register` — KEYS: producers, gone, ids, events stem, owners. ARGV: producer id, now,
+/// until, the instance's token, claim (`1`: the instance's first registration, which takes
+/// the id over from any other instance; `0`: a refresh). A refresh by an instance whose id
+/// another has taken over answers -1 and changes nothing. Otherwise the producer promises to
+/// be back by `until` (out of `gone` if it had been swept), then sweeps as [`RECLAIM`] does.
+/// Reply: 1 if it was not registered, else 0.
 pub const REGISTER: Script = Script {
     name: "register",
     source: concat!(
         r#"
 local now = tonumber(ARGV[2])
+local owner = redis.call('HGET', KEYS[5], ARGV[1])
+if ARGV[5] == '0' and owner and owner ~= ARGV[4] then
+  return -1
+end
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local new = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 "#,
-        sweep_gone!("3", "1", "2", "4"),
+        sweep_gone!("3", "1", "2", "4", "5"),
         "return new\n"
     ),
 };
@@ -496,17 +508,17 @@ return out
 };
 
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
-/// `gone` 7th and 8th), the events stem. Deletes them and every producer's events stream.
+/// `gone` 8th and 9th), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
     name: "destroy",
     source: r#"
 local n = 0
-for _, set in ipairs({KEYS[7], KEYS[8]}) do
+for _, set in ipairs({KEYS[8], KEYS[9]}) do
   for _, p in ipairs(redis.call('ZRANGE', set, 0, -1)) do
-    n = n + redis.call('DEL', KEYS[9] .. ':' .. p)
+    n = n + redis.call('DEL', KEYS[10] .. ':' .. p)
   end
 end
-return n + redis.call('DEL', unpack(KEYS, 1, 8))
+return n + redis.call('DEL', unpack(KEYS, 1, 9))
 "#,
 };
 
@@ -521,7 +533,7 @@ pub const PROMOTE: Script = Script {
 };
 
 /// `reclaim` — the queue's upkeep, shared by its workers. KEYS: jobs, ids, delayed, payloads,
-/// workers, producers, gone, events stem. ARGV: consumer, min idle, cursor, count, now,
+/// workers, producers, gone, events stem, owners. ARGV: consumer, min idle, cursor, count, now,
 /// interval, jitter (‰), promote limit.
 ///
 /// 0. Sweeps what producers gone for good left (see `sweep_gone!`).
@@ -544,7 +556,7 @@ pub const RECLAIM: Script = Script {
         r#"
 local now = tonumber(ARGV[5])
 "#,
-        sweep_gone!("2", "6", "7", "8"),
+        sweep_gone!("2", "6", "7", "8", "9"),
         promote_due!("now", "ARGV[8]"),
         r#"local cursor, claimed, deleted = ARGV[3], {}, {}
 if tonumber(ARGV[4]) > 0 then
@@ -650,16 +662,21 @@ return {jobs, pending, redis.call('ZCARD', KEYS[2]),
 "#,
 };
 
-/// `ack_events` — KEYS: events, ids. ARGV: the trim threshold (MINID, exclusive; empty:
-/// none), then job ids whose markers go.
+/// `ack_events` — KEYS: events, ids, owners. ARGV: the trim threshold (MINID, exclusive;
+/// empty: none), the producer id, the instance's token, then job ids whose markers go. An
+/// instance whose id another has taken over trims and forgets nothing: `SUPERSEDED`.
 pub const ACK_EVENTS: Script = Script {
     name: "ack_events",
     source: r#"
+local owner = redis.call('HGET', KEYS[3], ARGV[2])
+if owner and owner ~= ARGV[3] then
+  return redis.error_reply('SUPERSEDED another instance took over producer ' .. ARGV[2])
+end
 local trimmed = 0
 if ARGV[1] ~= '' then
   trimmed = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 end
-for i = 2, #ARGV, 512 do
+for i = 4, #ARGV, 512 do
   redis.call('HDEL', KEYS[2], unpack(ARGV, i, math.min(i + 511, #ARGV)))
 end
 return trimmed
@@ -925,14 +942,20 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::AckEvents {
             keys,
             producer,
+            token,
             through,
             forget,
         } => {
             let threshold = through.map(|t| id(t.next().unwrap_or(t)));
-            let mut args = Vec::with_capacity(1 + forget.len());
+            let mut args = Vec::with_capacity(3 + forget.len());
             args.push(threshold.unwrap_or(Cow::Borrowed(b"")));
+            args.extend([b(&producer.id), b(token)]);
             args.extend(forget.iter().map(|j| b(j)));
-            script(&ACK_EVENTS, &[&producer.events, &keys.ids], args)
+            script(
+                &ACK_EVENTS,
+                &[&producer.events, &keys.ids, &keys.owners],
+                args,
+            )
         }
         CommandKind::Stats { keys, producer } => {
             let k = [
@@ -947,11 +970,20 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Register {
             keys,
             producer,
+            token,
+            claim,
             now_ms,
             until_ms,
         } => {
-            let k = [&keys.producers, &keys.gone, &keys.ids, &keys.events];
-            let args = vec![b(&producer.id), num(now_ms), num(until_ms)];
+            let k = [
+                &keys.producers,
+                &keys.gone,
+                &keys.ids,
+                &keys.events,
+                &keys.owners,
+            ];
+            let claim = b(if *claim { "1" } else { "0" });
+            let args = vec![b(&producer.id), num(now_ms), num(until_ms), b(token), claim];
             script(&REGISTER, &k, args)
         }
         CommandKind::ReadDead { keys, after, count } => Invocation::Plain(vec![
@@ -1154,6 +1186,7 @@ fn reclaim_invocation(kind: &CommandKind) -> Invocation<'_> {
         &keys.producers,
         &keys.gone,
         &keys.events,
+        &keys.owners,
     ];
     let args = vec![
         b(consumer),

@@ -59,8 +59,10 @@ pub struct QueueOptions {
     /// new for each `JobQueue`). Any number of producers, in any number of processes, share
     /// a queue; each receives the outcomes of its own jobs only, from its own events stream.
     /// Give the id of a producer that died to the one that replaces it, and it takes over
-    /// the outcomes its predecessor was owed (within [`QueueOptions::producer_ttl`]). Two
-    /// live producers must not share an id: they would split its outcomes between them.
+    /// the outcomes its predecessor was owed (within [`QueueOptions::producer_ttl`]). A
+    /// second live instance under an id takes it over: the first learns so at its next
+    /// acknowledgement of events (or registration refresh), after which its adds fail with
+    /// `ProducerError::Superseded` and its waiting handles end with [`Error::Stopped`].
     pub producer_id: Option<String>,
     /// How long this producer may be away (its process dead, or Redis unreachable) before
     /// the queue declares it gone for good (default 1 h): then its unread outcomes and the
@@ -270,6 +272,8 @@ impl JobQueue {
             .unwrap_or_else(generate_producer_id);
         cfg.producer_ttl_ms = u64::try_from(options.producer_ttl.as_millis()).unwrap_or(u64::MAX);
         cfg.read_events = options.read_results;
+        // This instance's token: a later instance under the same producer id takes it over.
+        cfg.token = format!("{:016x}", crate::random::random_u64());
         let producer_id: Arc<str> = cfg.producer.as_str().into();
         if let Some(after) = options.events_after {
             cfg.events_after = after;
@@ -884,6 +888,15 @@ impl Driver {
                     for reply in self.stats.drain(..) {
                         let _ = reply.send(stats);
                     }
+                    continue;
+                }
+                ProducerEvent::Superseded => {
+                    tracing::warn!(
+                        "another instance took over this queue's producer id: its outcomes go \
+                         there now; this queue takes no more adds"
+                    );
+                    // Their outcomes go to the other instance: the handles end (`Stopped`).
+                    self.waiters.clear();
                     continue;
                 }
                 ProducerEvent::Trouble { message } => {

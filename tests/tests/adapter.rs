@@ -1101,3 +1101,37 @@ async fn consumers_of_workers_that_exited_leave_the_group() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_second_instance_under_a_producer_id_takes_it_over() {
+    use datalayer_core::producer::ProducerError;
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let _worker = echo_worker(&dl, "q", WorkerOptions::default());
+    let as_one = || QueueOptions::default().producer_id("one");
+    let first = dl.queue("q", &secrets(), as_one()).expect("queue");
+    first
+        .add("s", &json!(1))
+        .await
+        .expect("add")
+        .result()
+        .await
+        .expect("result");
+    let second = dl.queue("q", &secrets(), as_one()).expect("queue");
+    let mine = second.add("s", &json!(2)).await.expect("add");
+    // The first keeps adding until it learns it was superseded (at its next ack).
+    let start = std::time::Instant::now();
+    loop {
+        match first.add("s", &json!(3)).await {
+            Err(Error::Producer(ProducerError::Superseded)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(start.elapsed() < WAIT, "the first instance was never told");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second holds the id: its own job's result, and it goes on adding.
+    assert!(matches!(mine.result().await, Ok(Outcome::Completed(_))));
+    let again = second.add("s", &json!(4)).await.expect("add");
+    assert!(matches!(again.result().await, Ok(Outcome::Completed(_))));
+}

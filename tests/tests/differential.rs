@@ -43,6 +43,8 @@ const DEAD_NS: usize = 3;
 /// The producers of the queue (ids), and the markers an add may carry (`w`: none reads).
 const PRODUCERS: [&str; 2] = ["pa", "pb"];
 const MARKERS: [&str; 3] = ["w", "pa", "pb"];
+/// Two instances' tokens (a producer id taken over by another instance).
+const TOKENS: [&str; 2] = ["ta", "tb"];
 
 fn producer(keys: &QueueKeys, p: usize) -> Arc<ProducerKeys> {
     Arc::new(ProducerKeys::new(keys, PRODUCERS[p]).expect("producer"))
@@ -114,12 +116,12 @@ enum Op {
     Heartbeat(usize, u64, Vec<usize>),
     /// Producer, after (pick), count.
     ReadEvents(usize, usize, u32),
-    /// Producer, through (pick), jobs forgotten.
-    AckEvents(usize, Option<usize>, Vec<usize>),
+    /// Producer, token, through (pick), jobs forgotten.
+    AckEvents(usize, usize, Option<usize>, Vec<usize>),
     /// Producer.
     Stats(usize),
-    /// Producer, time offset, promise offset.
-    Register(usize, u64, i64),
+    /// Producer, token, claim, time offset, promise offset.
+    Register(usize, usize, bool, u64, i64),
     /// After (pick of the dead letters seen), count.
     ReadDead(usize, u32),
     /// Marker, items: (dead letter pick, job).
@@ -167,6 +169,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         16 | 17 => Op::ReadEvents(r(2), [usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
         18 => Op::AckEvents(
             r(2),
+            r(2),
             [None, Some(r(64))][r(2)],
             (0..r(3)).map(|_| r(6)).collect(),
         ),
@@ -176,6 +179,8 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         28 => Op::DeleteDead((0..=r(2)).map(|_| r(64)).collect()),
         23 | 24 => Op::Register(
             r(2),
+            r(2),
+            r(2) == 0,
             [0, 2_000_000][r(2)],
             [-1, 1_000_000, 10_000_000][r(3)],
         ),
@@ -292,8 +297,9 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             count: *count,
             block_ms: None,
         },
-        Op::AckEvents(p, through, forget) => CommandKind::AckEvents {
+        Op::AckEvents(p, token, through, forget) => CommandKind::AckEvents {
             producer: producer(&keys, *p),
+            token: TOKENS[*token].into(),
             keys,
             through: through.map(|e| side.event(*p, e)),
             forget: forget.iter().map(|j| JOBS[*j].to_owned()).collect(),
@@ -326,8 +332,10 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             keys,
             entries: picks.iter().map(|e| side.pick(DEAD_NS, *e)).collect(),
         },
-        Op::Register(p, now, until) => CommandKind::Register {
+        Op::Register(p, token, claim, now, until) => CommandKind::Register {
             producer: producer(&keys, *p),
+            token: TOKENS[*token].into(),
+            claim: *claim,
             keys,
             now_ms: base + now,
             until_ms: at(base, *until),

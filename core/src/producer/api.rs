@@ -25,6 +25,10 @@ pub struct ProducerConfig {
     /// the outcomes of its jobs still running are dropped. It refreshes its registration
     /// every quarter of this.
     pub producer_ttl_ms: u64,
+    /// This instance's token (default `0`): a new instance under the same `producer` id
+    /// takes the id over from an instance with another token, which is then told
+    /// `Superseded`. Give each instance its own (the adapter draws one at random).
+    pub token: String,
     /// The most jobs in one add command.
     pub max_batch_jobs: usize,
     /// The most envelope bytes in one add command (a single larger job goes alone).
@@ -52,6 +56,7 @@ impl ProducerConfig {
             queue: queue.into(),
             producer: "p".into(),
             producer_ttl_ms: 3_600_000,
+            token: "0".into(),
             max_batch_jobs: 128,
             max_batch_bytes: 1 << 20,
             max_pending: 100_000,
@@ -123,6 +128,9 @@ pub enum ProducerError {
     /// no job looks like).
     #[error("a job id must not be empty")]
     EmptyJobId,
+    /// Another instance took this producer's id over ([`ProducerEvent::Superseded`]).
+    #[error("superseded: another instance took over this producer id")]
+    Superseded,
     /// Events were not drained: call `poll_event` until `None` after every input.
     #[error("{0} events are waiting: drain poll_event after every input")]
     Undrained(usize),
@@ -241,6 +249,9 @@ pub enum ProducerEvent {
     },
     /// `destroy`: every key of the queue is gone.
     Destroyed,
+    /// Another instance registered under this producer's id (its replacement) and took over
+    /// its outcomes: this one reads no more events and takes no more adds.
+    Superseded,
     /// Redis answered something unexpected; the producer retries, nothing is lost.
     Trouble {
         /// What happened.

@@ -89,6 +89,10 @@ pub struct Producer {
     /// Redis confirmed its registration once: adds go (before, a job could end before a
     /// settle knew whom its outcome is for, and the outcome would be dropped).
     registered: bool,
+    /// This instance's token in the queue's `owners`.
+    token: Arc<str>,
+    /// Another instance took the id over.
+    superseded: bool,
     /// When it refreshes its registration next (ms).
     register_at: u64,
     sealer: Sealer,
@@ -163,6 +167,8 @@ impl Producer {
             // A producer that reads no events needs no registration.
             registered: !cfg.read_events,
             register_at: now_ms,
+            token: cfg.token.as_str().into(),
+            superseded: false,
             sealer,
             now_ms,
             next_op: 0,
@@ -319,6 +325,9 @@ impl Producer {
         self.now_ms = now_ms;
         if self.paused {
             return Err(ProducerError::QueueClosed);
+        }
+        if self.superseded {
+            return Err(ProducerError::Superseded);
         }
         if job.id.as_ref().is_some_and(|id| id.0.is_empty()) {
             return Err(ProducerError::EmptyJobId);
@@ -548,6 +557,8 @@ impl Producer {
             let kind = CommandKind::Register {
                 keys: keys.clone(),
                 producer: self.me.clone(),
+                token: self.token.clone(),
+                claim: !self.registered,
                 now_ms: now,
                 until_ms: now.saturating_add(self.cfg.producer_ttl_ms),
             };
@@ -583,12 +594,16 @@ impl Producer {
         // forgets are unconfirmed (it would drop events whose markers nobody forgot; a
         // replacement could never read them again).
         let acking = self.any_in_flight(|f| matches!(f, InFlight::AckEvents { .. }));
-        if (self.trim_through.is_some() || !self.forget.is_empty()) && !acking {
+        // Acks wait for this instance's claim of its id (before it, the id may still be its
+        // predecessor's, and the ack would be refused as superseded).
+        let claimed = self.registered || !self.registers();
+        if (self.trim_through.is_some() || !self.forget.is_empty()) && !acking && claimed {
             let through = self.trim_through.take();
             let forget = std::mem::take(&mut self.forget);
             let kind = CommandKind::AckEvents {
                 keys,
                 producer: self.me.clone(),
+                token: self.token.clone(),
                 through,
                 forget: forget.clone(),
             };
@@ -623,7 +638,7 @@ impl Producer {
     fn poll_read(&mut self) -> Option<Command> {
         let now = self.now_ms;
         let reading = self.any_in_flight(|f| matches!(f, InFlight::ReadEvents));
-        if self.cfg.read_events && !reading && now >= self.next_read_ms {
+        if self.cfg.read_events && !self.superseded && !reading && now >= self.next_read_ms {
             let kind = CommandKind::ReadEvents {
                 keys: self.keys.clone(),
                 producer: self.me.clone(),
@@ -707,6 +722,12 @@ impl Producer {
             }
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
             (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => self.resend.succeed(),
+            (InFlight::AckEvents { .. }, Reply::Value(Value::Error(e)))
+                if e.starts_with("SUPERSEDED") =>
+            {
+                self.resend.succeed();
+                self.supersede();
+            }
             (InFlight::AckEvents { through, forget }, reply) => {
                 // Idempotent: send again with the next ack.
                 self.trim_through = self.trim_through.max(through);
@@ -792,11 +813,36 @@ impl Producer {
     /// Whether this producer keeps a registration: it reads events and the queue is not
     /// being destroyed (a registration after the delete would bring a key back).
     fn registers(&self) -> bool {
-        self.cfg.read_events && !self.destroying
+        self.cfg.read_events && !self.destroying && !self.superseded
+    }
+
+    /// Another instance took this producer's id over (a replacement): this one reads and
+    /// acknowledges no more events (they are the other's now), and adds no more jobs under
+    /// the id (their outcomes would go to the other).
+    fn supersede(&mut self) {
+        if self.superseded {
+            return;
+        }
+        self.superseded = true;
+        self.trim_through = None;
+        self.forget.clear();
+        self.held.clear();
+        for u in std::mem::take(&mut self.unsent) {
+            self.resolved(&u.job.id);
+            self.events.push_back(ProducerEvent::AddFailed {
+                job: JobId(u.job.id),
+                error: "superseded: another instance took over this producer id".into(),
+            });
+        }
+        self.events.push_back(ProducerEvent::Superseded);
     }
 
     fn register_reply(&mut self, reply: Reply) {
         match reply {
+            Reply::Value(Value::Int(-1)) => {
+                self.resend.succeed();
+                self.supersede();
+            }
             Reply::Value(Value::Int(n)) => {
                 if n == 1 && self.registered && self.cfg.read_events {
                     self.trouble(format!(

@@ -29,6 +29,8 @@ fn model(now: u64) -> Sim {
     let mut sim = Sim::new(now);
     let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
     let reg = CommandKind::Register {
+        token: "0".into(),
+        claim: true,
         producer: Arc::new(ProducerKeys::new(&keys, "p").unwrap()),
         keys,
         now_ms: now,
@@ -1016,4 +1018,70 @@ fn later(p: &mut Producer, sim: &mut Sim) {
     let now = sim.now_ms() + 2_000;
     sim.set_time(now);
     p.handle_timeout(now);
+}
+
+fn instance(token: &str) -> Producer {
+    let mut cfg = ProducerConfig::new("q").block_ms(None);
+    cfg.token = token.into();
+    Producer::new(cfg, sealer(), T0).unwrap()
+}
+
+#[test]
+fn a_second_instance_under_the_same_id_takes_it_over_and_the_first_is_told() {
+    let mut rng = SeededRandom::new(43);
+    let mut sim = Sim::new(T0);
+    let mut a = instance("a");
+    a.add(T0, job("x"), &mut rng).unwrap();
+    drive(&mut a, &mut sim);
+    work(&mut sim, &mut rng);
+    // A replacement starts while the first still runs: it claims the id.
+    let mut b = instance("b");
+    b.add(T0, job("y"), &mut rng).unwrap();
+    let mut seen = drive(&mut b, &mut sim);
+    work(&mut sim, &mut rng);
+    // The first reads y's result, and its acknowledgement is refused: it is told, it
+    // trimmed nothing, and it takes no more adds.
+    later(&mut a, &mut sim);
+    let first = drive(&mut a, &mut sim);
+    assert!(first.contains(&ProducerEvent::Superseded), "{first:?}");
+    assert_eq!(
+        a.add(T0, job("z"), &mut rng),
+        Err(ProducerError::Superseded)
+    );
+    assert!(
+        a.poll_command().is_none(),
+        "a superseded instance sends nothing"
+    );
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e, ProducerEvent::Completed { job, .. } if job.0 == "y")),
+        "{first:?}"
+    );
+    // The replacement gets every outcome: its predecessor's job's, and its own (which the
+    // first saw too, but could not trim).
+    later(&mut b, &mut sim);
+    seen.extend(drive(&mut b, &mut sim));
+    let got: Vec<String> = completed(&seen).into_iter().map(|(j, _)| j).collect();
+    assert_eq!(got, ["x", "y"], "{seen:?}");
+    assert!(!seen.contains(&ProducerEvent::Superseded));
+}
+
+#[test]
+fn a_superseded_instance_learns_it_at_its_next_refresh_too() {
+    let mut rng = SeededRandom::new(44);
+    let mut sim = Sim::new(T0);
+    let mut a = instance("a");
+    a.add(T0, job("x"), &mut rng).unwrap();
+    drive(&mut a, &mut sim);
+    let mut b = instance("b");
+    b.add(T0, job("y"), &mut rng).unwrap();
+    drive(&mut b, &mut sim);
+    // Nothing for the first to acknowledge; its refresh (a quarter of the ttl) is refused.
+    let refresh = T0 + 3_600_000 / 4 + 1;
+    sim.set_time(refresh);
+    a.handle_timeout(refresh);
+    let events = drive(&mut a, &mut sim);
+    assert!(events.contains(&ProducerEvent::Superseded), "{events:?}");
+    assert_eq!(a.poll_timeout(), None, "no timer left");
 }

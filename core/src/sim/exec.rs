@@ -179,9 +179,16 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::AckEvents {
             keys,
             producer,
+            token,
             through,
             forget,
         } => {
+            if superseded(sim, keys, &producer.id, token)? {
+                return Err(format!(
+                    "SUPERSEDED another instance took over producer {}",
+                    producer.id
+                ));
+            }
             let n = match (through, sim.stream_mut(&producer.events, false)?) {
                 (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(*t)),
                 _ => 0,
@@ -195,9 +202,16 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         CommandKind::Register {
             keys,
             producer,
+            token,
+            claim,
             now_ms,
             until_ms,
         } => {
+            if !*claim && superseded(sim, keys, &producer.id, token)? {
+                return Ok(Value::Int(-1));
+            }
+            sim.hash_mut(&keys.owners)?
+                .insert(producer.id.as_bytes().to_vec(), token.as_bytes().to_vec());
             sim.zset_mut(&keys.gone)?.remove(producer.id.as_bytes());
             sim.drop_if_empty(&keys.gone);
             let live = sim.zset_mut(&keys.producers)?;
@@ -218,6 +232,14 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             Ok(Value::Int(n as i64))
         }
     }
+}
+
+/// Whether another instance than `token`'s holds producer `id`.
+fn superseded(sim: &Sim, keys: &QueueKeys, id: &str, token: &str) -> Result<bool, String> {
+    Ok(sim
+        .hash(&keys.owners)?
+        .and_then(|h| h.get(id.as_bytes()))
+        .is_some_and(|owner| owner != token.as_bytes()))
 }
 
 /// The events stream of the producer `id` names (bytes from Redis, as Lua concatenates them).
@@ -273,6 +295,7 @@ fn sweep_gone(sim: &mut Sim, keys: &QueueKeys, now_ms: u64) -> Result<(), String
     for p in &lapsed {
         sim.zset_mut(&keys.producers)?.remove(p);
         sim.drop_if_empty(&keys.producers);
+        hdel(sim, &keys.owners, p)?;
         sim.zset_mut(&keys.gone)?.add(now_ms, p);
     }
     let Some(first) = sim

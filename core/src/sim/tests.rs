@@ -32,6 +32,8 @@ fn stats_of(sim: &mut Sim) -> Vec<i64> {
 fn register(sim: &mut Sim, producer: &str, until_ms: u64) -> Value {
     let now_ms = sim.now_ms();
     sim.execute(&CommandKind::Register {
+        token: "0".into(),
+        claim: true,
         keys: keys(),
         producer: Arc::new(ProducerKeys::new(&keys(), producer).unwrap()),
         now_ms,
@@ -156,6 +158,7 @@ fn complete_acks_deletes_and_reports_once() {
     let forget = CommandKind::AckEvents {
         keys: keys(),
         producer: pk(),
+        token: "0".into(),
         through: None,
         forget: vec!["a".into()],
     };
@@ -382,14 +385,15 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     let del = CommandKind::AckEvents {
         keys: keys(),
         producer: pk(),
+        token: "0".into(),
         through: Some(all[0].id),
         forget: vec![],
     };
     assert_eq!(sim.execute(&del), Value::Int(1));
     assert_eq!(
         sim.execute(&CommandKind::Destroy { keys: keys() }),
-        Value::Int(4),
-        "jobs, ids, producers, events:p"
+        Value::Int(5),
+        "jobs, ids, owners, producers, events:p"
     );
     assert!(sim.keys().is_empty());
 }

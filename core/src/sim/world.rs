@@ -179,7 +179,7 @@ impl World {
         let producers = (0..cfg.queues * cfg.producers_per_queue.max(1))
             .filter_map(|n| {
                 let q = n % cfg.queues;
-                Producer::new(producer_config(n, q), sealers[q].clone(), now_ms).ok()
+                Producer::new(producer_config(n, q, 0), sealers[q].clone(), now_ms).ok()
             })
             .collect();
         let mut world = Self {
@@ -367,7 +367,8 @@ impl World {
         self.in_flight
             .retain(|(t, _)| !matches!(t, Target::Producer(i) if *i == producer));
         let q = producer % self.cfg.queues;
-        let pc = producer_config(producer, q);
+        // A new instance: its own token, so that it takes the id over.
+        let pc = producer_config(producer, q, self.ledger.replaced + 1);
         match Producer::new(pc, self.sealers[q].clone(), self.now_ms) {
             Ok(p) => self.producers[producer] = p,
             Err(e) => return self.ledger.errors.push(format!("producer config: {e}")),
@@ -773,11 +774,13 @@ impl World {
     }
 }
 
-/// Producer `n` (of queue `queue`): id `p<n>`, polling reads.
-fn producer_config(n: usize, queue: usize) -> ProducerConfig {
-    ProducerConfig::new(&format!("q{queue}"))
+/// Producer `n` (of queue `queue`), its `instance`-th instance: id `p<n>`, polling reads.
+fn producer_config(n: usize, queue: usize, instance: u64) -> ProducerConfig {
+    let mut cfg = ProducerConfig::new(&format!("q{queue}"))
         .producer(&format!("p{n}"))
-        .block_ms(None)
+        .block_ms(None);
+    cfg.token = format!("{n}.{instance}");
+    cfg
 }
 
 fn record_producer_event(ledger: &mut Ledger, producer: usize, ev: ProducerEvent) {
