@@ -227,6 +227,33 @@ pub fn credentials_pattern(prefix: &str, session_prefix: &str) -> Result<String,
     ))
 }
 
+/// The `SCAN MATCH` pattern of every key of every queue (and credentials store) under
+/// `prefix`; [`queue_of_key`] tells the queues' keys from the rest.
+#[must_use]
+pub fn queues_pattern(prefix: &str) -> String {
+    format!("{}:{{*}}:*", glob_escape(prefix))
+}
+
+/// The queue whose key `key` is, under `prefix` (a key of fixed name: jobs, ids, delayed,
+/// payloads, dead, workers, producers, gone, owners), if it is one.
+#[must_use]
+pub fn queue_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix(":{")?;
+    let (name, suffix) = rest.split_once("}:")?;
+    const SUFFIXES: [&str; 9] = [
+        "jobs",
+        "ids",
+        "delayed",
+        "payloads",
+        "dead",
+        "workers",
+        "producers",
+        "gone",
+        "owners",
+    ];
+    (SUFFIXES.contains(&suffix) && validate(name).is_ok()).then_some(name)
+}
+
 /// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, mod 16384).
 #[must_use]
 pub fn hash_slot(key: &[u8]) -> u16 {
@@ -265,6 +292,13 @@ mod tests {
         let k = QueueKeys::new("dl", "sockethub:p1:data-layer:queue:irc").unwrap();
         assert_eq!(k.jobs, "dl:{sockethub:p1:data-layer:queue:irc}:jobs");
         assert_eq!(k.events, "dl:{sockethub:p1:data-layer:queue:irc}:events");
+        assert_eq!(
+            queue_of_key("dl", &k.dead),
+            Some("sockethub:p1:data-layer:queue:irc")
+        );
+        assert_eq!(queue_of_key("dl", "dl:{s1}:creds"), None);
+        assert_eq!(queue_of_key("dl", &k.events_of("a1")), None);
+        assert_eq!(queue_of_key("x", &k.jobs), None);
         let p = ProducerKeys::new(&k, "a1").unwrap();
         assert_eq!(p.events, "dl:{sockethub:p1:data-layer:queue:irc}:events:a1");
         for bad in ["", "w", "a:b", "a}b", "é", &"x".repeat(65)] {

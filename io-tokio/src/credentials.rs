@@ -158,6 +158,33 @@ impl DataLayer {
         CredentialsStore::new(self.clone(), session, session_secret, root, &options)
     }
 
+    /// The queues under this data layer's prefix, by name (sorted): found with `SCAN` (never
+    /// `KEYS`), following the cursor to the end; a queue is any name with a key of a queue's
+    /// (a work stream, delayed jobs, dead letters, producers, ...).
+    pub async fn queues(&self) -> Result<Vec<String>, Error> {
+        let prefix = &self.options.prefix;
+        let pattern = naming::queues_pattern(prefix);
+        let mut cursor = b"0".to_vec();
+        let mut names = std::collections::BTreeSet::new();
+        loop {
+            let page = self
+                .backend
+                .run_one(&credentials::scan(&pattern, &cursor, 1000))
+                .await?;
+            let (next, keys) = credentials::parse_scan(page)?;
+            for key in &keys {
+                let key = String::from_utf8_lossy(key);
+                if let Some(name) = naming::queue_of_key(prefix, &key) {
+                    names.insert(name.to_owned());
+                }
+            }
+            if next == b"0" {
+                return Ok(names.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
     /// Deletes every credentials store whose session starts with `session_prefix` (a server's
     /// sessions, e.g. `sockethub:<parent>:`): SCAN with the prefix's glob characters escaped,
     /// following the cursor to the end, one DEL per key (each key may live on another cluster

@@ -146,6 +146,8 @@ async fn the_cli_reports_and_handles_dead_letters() {
         assert!(matches!(h.result().await, Ok(Outcome::Failed(_))));
     }
 
+    let queues = cli(&url, false, &["--json", "queues"]);
+    assert_eq!(json(&queues), serde_json::json!(["cli"]), "{queues:?}");
     let stats = cli(&url, false, &["--json", "stats", "cli"]);
     assert!(stats.status.success(), "{stats:?}");
     let s = json(&stats);

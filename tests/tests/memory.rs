@@ -322,3 +322,27 @@ async fn stats_count_waiting_running_delayed_dead_and_workers() {
 async fn dead_letters_are_listed_opened_retried_and_deleted() {
     datalayer_tests::dead_letters_scenario(&memory()).await;
 }
+
+#[tokio::test]
+async fn queues_are_found_by_scan_and_sessions_are_not_queues() {
+    let dl = memory();
+    for name in ["alpha", "beta"] {
+        let q = dl
+            .queue(name, &secrets(), QueueOptions::default())
+            .expect("queue");
+        q.add("s", &json!(1)).await.expect("add");
+    }
+    let store = dl
+        .credentials(
+            "session-1",
+            &Secret::from_bytes([9; 32]),
+            &secrets(),
+            CredentialsOptions::default(),
+        )
+        .expect("store");
+    store
+        .save("irc", &json!({"nick": "n"}))
+        .await
+        .expect("save");
+    assert_eq!(dl.queues().await.expect("queues"), ["alpha", "beta"]);
+}

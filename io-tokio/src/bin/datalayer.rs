@@ -3,6 +3,7 @@
 //! ```text
 //! datalayer [--url URL] [--prefix P] [--json] [--secret-file PATH] [--key-id N] COMMAND
 //!   health [--timeout-ms N]       reachability, version, eviction policy, persistence
+//!   queues                        the queues under the prefix (SCAN, never KEYS)
 //!   stats QUEUE                   counts, live workers, oldest waiting/running ages
 //!   dead ls QUEUE [--count N] [--after ENTRY]
 //!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
@@ -28,6 +29,7 @@ use serde_json::{Value, json};
 const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secret-file PATH] \
 [--key-id N] COMMAND
   health [--timeout-ms N]
+  queues
   stats QUEUE
   dead ls QUEUE [--count N] [--after ENTRY]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
@@ -193,6 +195,18 @@ async fn run(a: Args) -> Result<u8, Failure> {
             Ok(0)
         }
         ["health"] => health(&a).await,
+        ["queues"] => {
+            let dl = connect(&a).await?;
+            let names = dl.queues().await.map_err(failed)?;
+            if a.json {
+                println!("{}", json!(names));
+            } else {
+                for n in &names {
+                    println!("{n}");
+                }
+            }
+            Ok(0)
+        }
         ["stats", name] => {
             let dl = connect(&a).await?;
             let q = queue(&dl, name, &no_secret())?;
