@@ -348,6 +348,22 @@ pub enum CommandKind {
         /// Dead entry, job id, sealed job.
         items: Vec<(EntryId, String, Arc<[u8]>)>,
     },
+    /// Script `find_job`: where job `job` is. Its id marker, its due time if delayed, the
+    /// pending entry that holds it (among the first `limit` pending: entry, consumer,
+    /// deliveries), the waiting entry that holds it (among the first `limit` after the
+    /// group's last delivered one), the newest dead letter of it (among the last `limit`).
+    /// Bounded: O(limit) at most, for an operator's question, not for a hot path.
+    ///
+    /// Reply: `[marker or "", due or -1, [entry, consumer, deliveries] or [], waiting entry
+    /// or "", [dead entry, attempt] or []]`. Unknown outcome: ask again.
+    FindJob {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The job id.
+        job: String,
+        /// How far each scan goes.
+        limit: u32,
+    },
     /// `XDEL <dead> <entries...>` (at least one).
     ///
     /// Reply: how many were deleted. Unknown outcome: send again.

@@ -507,6 +507,60 @@ return out
 "#,
 };
 
+/// `find_job` — KEYS: jobs, ids, delayed, dead. ARGV: job id, limit. See
+/// [`CommandKind::FindJob`].
+pub const FIND_JOB: Script = Script {
+    name: "find_job",
+    source: r#"
+local job, limit = ARGV[1], tonumber(ARGV[2])
+local function job_of(fields)
+  for k = 1, #fields - 1, 2 do
+    if fields[k] == 'j' then return fields[k + 1] end
+  end
+  return nil
+end
+local marker = redis.call('HGET', KEYS[2], job) or ''
+local due = redis.call('ZSCORE', KEYS[3], job)
+if due then due = tonumber(due) else due = -1 end
+local running, waiting, dead = {}, '', {}
+local start = '-'
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if type(groups) == 'table' and groups.err == nil then
+  for _, g in ipairs(groups) do
+    local f = {}
+    for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+    if f['name'] == 'workers' then
+      start = '(' .. f['last-delivered-id']
+      for _, p in ipairs(redis.call('XPENDING', KEYS[1], 'workers', '-', '+', limit)) do
+        local e = redis.call('XRANGE', KEYS[1], p[1], p[1])
+        if e[1] and job_of(e[1][2]) == job then
+          running = {p[1], p[2], p[4]}
+          break
+        end
+      end
+    end
+  end
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', limit)) do
+    if job_of(e[2]) == job then
+      waiting = e[1]
+      break
+    end
+  end
+end
+for _, e in ipairs(redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', limit)) do
+  if job_of(e[2]) == job then
+    local attempt = -1
+    for k = 1, #e[2] - 1, 2 do
+      if e[2][k] == 'a' then attempt = tonumber(e[2][k + 1]) or -1 end
+    end
+    dead = {e[1], attempt}
+    break
+  end
+end
+return {marker, due, running, waiting, dead}
+"#,
+};
+
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
 /// `gone` 8th and 9th), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
@@ -728,8 +782,9 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 14] = [
+pub const ALL: [&Script; 15] = [
     &ENQUEUE,
+    &FIND_JOB,
     &REVIVE,
     &REGISTER,
     &DESTROY,
@@ -1005,6 +1060,10 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
                 args.extend([id(*entry), b(job), Cow::Borrowed(&envelope[..])]);
             }
             script(&REVIVE, &[&keys.jobs, &keys.ids, &keys.dead], args)
+        }
+        CommandKind::FindJob { keys, job, limit } => {
+            let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.dead];
+            script(&FIND_JOB, &k, vec![b(job), num(limit)])
         }
         CommandKind::DeleteDead { keys, entries } => {
             let mut args = vec![b("XDEL"), b(&keys.dead)];

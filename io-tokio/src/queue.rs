@@ -10,7 +10,7 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
-    AddJob, DeadLetter, DeadPage, Producer, ProducerConfig, ProducerError, ProducerEvent,
+    AddJob, DeadLetter, DeadPage, JobPlace, Producer, ProducerConfig, ProducerError, ProducerEvent,
     QueueStats, Request, Revival, Withdrawal,
 };
 use datalayer_core::random::Random;
@@ -211,6 +211,7 @@ type AddCall = (u64, AddJob, AddReply);
 
 /// An operator's request of the dead letters.
 enum DeadOp {
+    Find(JobId, u32),
     Read(EntryId, u32),
     Revive(Vec<DeadLetter>),
     Delete(Vec<EntryId>),
@@ -508,6 +509,18 @@ impl JobQueue {
         }
     }
 
+    /// Where job `id` is: waiting (at which entry), running (on which consumer, delivered
+    /// how often), delayed (until when), dead (its newest letter and last attempt), ended
+    /// (its marker waits for its producer to read its end), or unknown. One script whose
+    /// searches of the work stream, the pending list and the dead letters go at most 10,000
+    /// entries deep each: an operator's question, not for a hot path.
+    pub async fn find_job(&self, id: &JobId) -> Result<JobPlace, Error> {
+        match self.dead(DeadOp::Find(id.clone(), 10_000)).await? {
+            ProducerEvent::JobFound { place, .. } => Ok(place),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
     /// Deletes dead letters; how many were still there.
     pub async fn delete_dead(&self, entries: &[EntryId]) -> Result<u64, Error> {
         match self.dead(DeadOp::Delete(entries.to_vec())).await? {
@@ -794,6 +807,7 @@ impl Driver {
             Msg::Dead(op, reply) => {
                 let request = match op {
                     DeadOp::Read(after, count) => self.producer.read_dead(after, count),
+                    DeadOp::Find(job, limit) => self.producer.find_job(&job, limit),
                     DeadOp::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
                     DeadOp::Delete(entries) => self.producer.delete_dead(&entries),
                 };
@@ -876,6 +890,7 @@ impl Driver {
                     continue;
                 }
                 ProducerEvent::DeadPage { request, .. }
+                | ProducerEvent::JobFound { request, .. }
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }
                 | ProducerEvent::RequestFailed { request, .. } => {

@@ -185,6 +185,15 @@ async fn the_cli_reports_and_handles_dead_letters() {
         assert_eq!(l["attempt"].as_u64(), Some(1));
     }
 
+    // Where a job is: dead, with its attempt; an unknown one exits 1.
+    let id = open[0]["job"].as_str().expect("a job id").to_owned();
+    let shown = json(&cli(&url, false, &["--json", "job", "show", "cli", &id]));
+    assert_eq!(shown["state"], "dead", "{shown}");
+    assert_eq!(shown["dead"]["attempt"], 1, "{shown}");
+    let unknown = cli(&url, false, &["job", "show", "cli", "no-such-job"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stdout(&unknown).contains("unknown"));
+
     // Retrying needs the secret; a dry run changes nothing.
     let refused = cli(&url, false, &["dead", "retry", "cli", "--all"]);
     assert_eq!(refused.status.code(), Some(1));

@@ -128,6 +128,8 @@ enum Op {
     Revive(usize, Vec<(usize, usize)>),
     /// Dead letter picks.
     DeleteDead(Vec<usize>),
+    /// Job, limit.
+    FindJob(usize, u32),
     Garbage,
     Destroy,
     Ping,
@@ -141,7 +143,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(29) {
+    match r(31) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -177,6 +179,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         26 => Op::ReadDead([usize::MAX, r(64)][r(2)], 1 + r(3) as u32),
         27 => Op::Revive(r(3), (0..=r(2)).map(|_| (r(64), r(6))).collect()),
         28 => Op::DeleteDead((0..=r(2)).map(|_| r(64)).collect()),
+        29 | 30 => Op::FindJob(r(6), [1, 2, 1000][r(3)]),
         23 | 24 => Op::Register(
             r(2),
             r(2),
@@ -327,6 +330,11 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     (side.pick(DEAD_NS, *e), JOBS[*j].to_owned(), env)
                 })
                 .collect(),
+        },
+        Op::FindJob(j, limit) => CommandKind::FindJob {
+            keys,
+            job: JOBS[*j].into(),
+            limit: *limit,
         },
         Op::DeleteDead(picks) => CommandKind::DeleteDead {
             keys,

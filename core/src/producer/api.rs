@@ -233,6 +233,13 @@ pub enum ProducerEvent {
         /// Each letter's entry and fate.
         results: Vec<(EntryId, super::Revival)>,
     },
+    /// Where a job is (`find_job`).
+    JobFound {
+        /// The request.
+        request: super::Request,
+        /// What the searches found.
+        place: super::JobPlace,
+    },
     /// `delete_dead` deleted this many letters.
     DeadDeleted {
         /// The request.

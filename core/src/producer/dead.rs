@@ -154,3 +154,84 @@ impl DeadLetter {
         &self.envelope
     }
 }
+
+/// Where a job is, as `find_job` found it (each search bounded by its limit).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobPlace {
+    /// Its id marker: the producer its outcomes go to (`w`: none), while the job lives or
+    /// its producer has not yet read its end; `None`: no job of this id lives.
+    pub marker: Option<String>,
+    /// Delayed until this time (ms since the epoch).
+    pub delayed_until: Option<u64>,
+    /// Running: its entry, the consumer that holds it, how many times it was delivered.
+    pub running: Option<(EntryId, String, u64)>,
+    /// Waiting to be delivered, at this entry.
+    pub waiting: Option<EntryId>,
+    /// Its newest dead letter, with the attempt it died at.
+    pub dead: Option<(EntryId, Option<u32>)>,
+}
+
+impl JobPlace {
+    /// In a word: `running`, `waiting`, `delayed`, `dead`, `ended` (its marker waits for its
+    /// producer to read its end, or a job of this id is queued beyond the searches), or
+    /// `unknown`.
+    #[must_use]
+    pub fn state(&self) -> &'static str {
+        match self {
+            Self {
+                running: Some(_), ..
+            } => "running",
+            Self {
+                waiting: Some(_), ..
+            } => "waiting",
+            Self {
+                delayed_until: Some(_),
+                ..
+            } => "delayed",
+            Self { dead: Some(_), .. } => "dead",
+            Self {
+                marker: Some(_), ..
+            } => "ended",
+            _ => "unknown",
+        }
+    }
+}
+
+/// The `find_job` script's reply.
+pub(crate) fn place(v: Value) -> Option<JobPlace> {
+    let items = v.into_array("find_job").ok()?;
+    let [marker, due, running, waiting, dead] = <[Value; 5]>::try_from(items).ok()?;
+    let entry = |v: Value| -> Option<EntryId> { EntryId::parse(&v.into_bytes("entry").ok()?).ok() };
+    let marker = marker.into_bytes("marker").ok()?;
+    let due = due.as_int("due").ok()?;
+    let running = match running.into_array("running").ok()?.as_slice() {
+        [] => None,
+        [e, c, n] => Some((
+            entry(e.clone())?,
+            String::from_utf8_lossy(&c.clone().into_bytes("consumer").ok()?).into_owned(),
+            u64::try_from(n.as_int("deliveries").ok()?).ok()?,
+        )),
+        _ => return None,
+    };
+    let waiting = waiting.into_bytes("waiting").ok()?;
+    let waiting = if waiting.is_empty() {
+        None
+    } else {
+        Some(EntryId::parse(&waiting).ok()?)
+    };
+    let dead = match dead.into_array("dead").ok()?.as_slice() {
+        [] => None,
+        [e, a] => Some((
+            entry(e.clone())?,
+            a.as_int("attempt").ok().and_then(|a| u32::try_from(a).ok()),
+        )),
+        _ => return None,
+    };
+    Some(JobPlace {
+        marker: (!marker.is_empty()).then(|| String::from_utf8_lossy(&marker).into_owned()),
+        delayed_until: u64::try_from(due).ok(),
+        running,
+        waiting,
+        dead,
+    })
+}

@@ -15,7 +15,7 @@
 mod api;
 mod dead;
 
-pub use dead::{DeadLetter, DeadPage, Request, Revival};
+pub use dead::{DeadLetter, DeadPage, JobPlace, Request, Revival};
 
 pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
@@ -446,6 +446,18 @@ impl Producer {
         self.request(kind, unreadable)
     }
 
+    /// Asks where job `job` is (each search of the work stream, its pending list and the
+    /// dead letters goes at most `limit` entries deep, at least 1); a `JobFound` event
+    /// follows.
+    pub fn find_job(&mut self, job: &JobId, limit: u32) -> Request {
+        let kind = CommandKind::FindJob {
+            keys: self.keys.clone(),
+            job: job.0.clone(),
+            limit: limit.max(1),
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Deletes dead letters; a `DeadDeleted` event follows with how many were there.
     pub fn delete_dead(&mut self, entries: &[EntryId]) -> Request {
         if entries.is_empty() {
@@ -794,6 +806,9 @@ impl Producer {
                 results.extend(unreadable.into_iter().map(|e| (e, Revival::Unreadable)));
                 ProducerEvent::Revived { request, results }
             }),
+            CommandKind::FindJob { .. } => {
+                dead::place(v).map(|place| ProducerEvent::JobFound { request, place })
+            }
             CommandKind::DeleteDead { .. } => match v {
                 Value::Int(n) => Some(ProducerEvent::DeadDeleted {
                     request,

@@ -1085,3 +1085,60 @@ fn a_superseded_instance_learns_it_at_its_next_refresh_too() {
     assert!(events.contains(&ProducerEvent::Superseded), "{events:?}");
     assert_eq!(a.poll_timeout(), None, "no timer left");
 }
+
+#[test]
+fn find_job_says_where_a_job_is_through_its_life() {
+    let mut rng = SeededRandom::new(45);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
+    sim.execute(&CommandKind::EnsureGroup { keys: keys.clone() });
+    let ask = |p: &mut Producer, sim: &mut Sim, job: &str| -> JobPlace {
+        p.find_job(&JobId::from(job), 100);
+        let events = drive(p, sim);
+        match events.into_iter().find_map(|e| match e {
+            ProducerEvent::JobFound { place, .. } => Some(place),
+            _ => None,
+        }) {
+            Some(place) => place,
+            None => panic!("no answer"),
+        }
+    };
+    assert_eq!(ask(&mut p, &mut sim, "nobody").state(), "unknown");
+    p.add(T0, job("a"), &mut rng).unwrap();
+    let later_job = AddJob {
+        delay_ms: 5_000,
+        ..job("b")
+    };
+    p.add(T0, later_job, &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    let a = ask(&mut p, &mut sim, "a");
+    assert_eq!((a.state(), a.marker.as_deref()), ("waiting", Some("p")));
+    let b = ask(&mut p, &mut sim, "b");
+    assert_eq!((b.state(), b.delayed_until), ("delayed", Some(T0 + 5_000)));
+    // A worker takes a: running, on its consumer, delivered once.
+    let read = CommandKind::Read {
+        keys: keys.clone(),
+        consumer: "c1".into(),
+        count: 1,
+        block_ms: None,
+    };
+    sim.execute(&read);
+    let a = ask(&mut p, &mut sim, "a");
+    let (_, consumer, deliveries) = a.running.clone().expect("running");
+    assert_eq!(
+        (a.state(), consumer.as_str(), deliveries),
+        ("running", "c1", 1)
+    );
+    // A job that died: its dead letter and its attempt.
+    for _ in 0..3 {
+        work_with(&mut sim, &mut rng, |_| Err("boom".into()));
+    }
+    sim.set_time(T0 + 60_000);
+    for _ in 0..3 {
+        work_with(&mut sim, &mut rng, |_| Err("boom".into()));
+    }
+    let dead = ask(&mut p, &mut sim, "b");
+    assert_eq!(dead.state(), "dead", "{dead:?}");
+    assert_eq!(dead.dead.map(|(_, a)| a), Some(Some(3)));
+}

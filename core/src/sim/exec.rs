@@ -145,6 +145,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             }
             Ok(Value::Array(out))
         }
+        CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
         CommandKind::DeleteDead { keys, entries } => {
             if entries.is_empty() {
                 return Err("ERR wrong number of arguments for 'xdel' command".into());
@@ -232,6 +233,65 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             Ok(Value::Int(n as i64))
         }
     }
+}
+
+/// Script `find_job`: where a job is, each scan bounded by `limit`.
+fn find_job(sim: &mut Sim, keys: &QueueKeys, job: &str, limit: usize) -> Exec {
+    let names = |f: &Fields| f.iter().find(|(k, _)| k == b"j").map(|(_, v)| v.clone());
+    let marker = marker_of(sim, keys, job)?.unwrap_or_default();
+    let due = sim
+        .zset(&keys.delayed)?
+        .and_then(|z| z.score(job.as_bytes()))
+        .map_or(-1, |d| i64::try_from(d).unwrap_or(i64::MAX));
+    let (mut running, mut waiting) = (Value::Array(Vec::new()), Value::Bulk(Vec::new()));
+    if let Some(s) = sim.stream_mut(&keys.jobs, false)?.map(|s| &*s) {
+        let group = s.groups.get(GROUP);
+        if let Some(g) = group {
+            for (id, p) in g.pel.iter().take(limit) {
+                if s.entries.get(id).and_then(names).as_deref() == Some(job.as_bytes()) {
+                    running = Value::Array(vec![
+                        id_value(*id),
+                        bulk(p.consumer.as_bytes()),
+                        Value::Int(i64::try_from(p.deliveries).unwrap_or(i64::MAX)),
+                    ]);
+                    break;
+                }
+            }
+        }
+        // As the script: after the group's last delivered entry; without the group, from
+        // the first entry.
+        let from = group.map_or(EntryId::ZERO, |g| g.undelivered_from());
+        {
+            let after = s.entries.range(from..).take(limit);
+            for (id, f) in after {
+                if names(f).as_deref() == Some(job.as_bytes()) {
+                    waiting = id_value(*id);
+                    break;
+                }
+            }
+        }
+    }
+    let mut dead = Value::Array(Vec::new());
+    if let Some(s) = sim.stream_mut(&keys.dead, false)?.map(|s| &*s) {
+        for (id, f) in s.entries.iter().rev().take(limit) {
+            if names(f).as_deref() == Some(job.as_bytes()) {
+                let attempt = f
+                    .iter()
+                    .find(|(k, _)| k == b"a")
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    .unwrap_or(-1);
+                dead = Value::Array(vec![id_value(*id), Value::Int(attempt)]);
+                break;
+            }
+        }
+    }
+    Ok(Value::Array(vec![
+        Value::Bulk(marker),
+        Value::Int(due),
+        running,
+        waiting,
+        dead,
+    ]))
 }
 
 /// Whether another instance than `token`'s holds producer `id`.

@@ -5,6 +5,7 @@
 //!   health [--timeout-ms N]       reachability, version, eviction policy, persistence
 //!   queues                        the queues under the prefix (SCAN, never KEYS)
 //!   stats QUEUE                   counts, live workers, oldest waiting/running ages
+//!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
 //!   dead ls QUEUE [--count N] [--after ENTRY]
 //!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
 //!   dead delete QUEUE (--all | ENTRY...) [--dry-run]
@@ -31,6 +32,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   health [--timeout-ms N]
   queues
   stats QUEUE
+  job show QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
   dead delete QUEUE (--all | ENTRY...) [--dry-run]
@@ -247,6 +249,44 @@ async fn run(a: Args) -> Result<u8, Failure> {
                 );
             }
             Ok(0)
+        }
+        ["job", "show", name, id] => {
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &no_secret())?;
+            let job = datalayer_tokio::core::job::JobId::from(*id);
+            let p = q.find_job(&job).await.map_err(failed)?;
+            let v = json!({
+                "job": id,
+                "state": p.state(),
+                "producer": p.marker,
+                "delayed_until": p.delayed_until,
+                "running": p.running.as_ref().map(|(e, c, n)| json!({
+                    "entry": e.to_string(), "consumer": c, "deliveries": n,
+                })),
+                "waiting": p.waiting.map(|e| e.to_string()),
+                "dead": p.dead.map(|(e, a)| json!({ "entry": e.to_string(), "attempt": a })),
+            });
+            if a.json {
+                println!("{v}");
+            } else {
+                println!("job    {id}");
+                println!("state  {}", p.state());
+                if let Some((e, c, n)) = &p.running {
+                    println!("running  entry {e} on {c}, delivered {n} times");
+                }
+                if let Some(e) = p.waiting {
+                    println!("waiting  entry {e}");
+                }
+                if let Some(t) = p.delayed_until {
+                    let secs = t.saturating_sub(now_ms()) as f64 / 1000.0;
+                    println!("delayed  due in {secs:.1} s");
+                }
+                if let Some((e, at)) = p.dead {
+                    let at = at.map_or("?".into(), |n| n.to_string());
+                    println!("dead     entry {e}, last attempt {at}");
+                }
+            }
+            Ok(if p.state() == "unknown" { 1 } else { 0 })
         }
         ["dead", "ls", name] => {
             let ring = secrets(&a)?.unwrap_or_else(no_secret);
