@@ -2,82 +2,14 @@
 //! (exit codes), stats, dead letters listed with and without the secret, retried (one, all,
 //! dry run), deleted; no plaintext printed without the secret.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use datalayer_tests::{Persistence, RedisServer};
 use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
 use datalayer_tokio::core::retry::{Backoff, RetryPolicy};
 use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueOptions, WorkerOptions};
 use serde_json::Value;
-
-/// A redis-server of this test's own on a free loopback port (checked by its pid).
-struct Server {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Server {
-    fn start() -> Self {
-        for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("a free port");
-            let dir = std::env::temp_dir().join(format!("datalayer-cli-{port}"));
-            let _ = std::fs::create_dir_all(&dir);
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (install it: apt install redis-server)");
-            let mut server = Self { child, port, dir };
-            if server.ours() {
-                return server;
-            }
-            let _ = server.child.kill();
-        }
-        panic!("no redis-server of ours came up");
-    }
-
-    /// Whether the server on our port answers with our child's pid.
-    fn ours(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            let out = Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "INFO", "server"])
-                .output();
-            if let Ok(out) = out {
-                let text = String::from_utf8_lossy(&out.stdout);
-                let pid = format!("process_id:{}", self.child.id());
-                if text.lines().any(|l| l.trim() == pid) {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 const SECRET: &str = "4f1c2b9a7d3e5f60818293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e9";
 
@@ -110,7 +42,7 @@ fn lines(o: &Output) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_reports_and_handles_dead_letters() {
-    let server = Server::start();
+    let server = RedisServer::start(Persistence::None);
     let url = server.url();
     let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
     let dl = DataLayer::connect(&url, Options::default())
