@@ -364,6 +364,23 @@ pub enum CommandKind {
         /// How far each scan goes.
         limit: u32,
     },
+    /// Script `delayed_job`: one delayed job, by id. `promote`: to the work stream now (its
+    /// payload gone: dropped, as a promotion does). Withdraw (`withdraw_as` is the caller's
+    /// marker): out of the delayed set with its payload and marker, only if its marker is the
+    /// caller's (a producer withdraws its own jobs, whose handles it can end).
+    ///
+    /// Reply: promote: the new entry id, or `0` (not delayed); withdraw: `1`, `0` (not
+    /// delayed) or `-1` (another producer's). Unknown outcome: ask again (a withdrawn job's
+    /// marker is a tombstone, `x:<marker>`, until the producer forgets it with its next ack:
+    /// a second run finds it and answers `1` again).
+    DelayedJob {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The job id.
+        job: String,
+        /// `None`: promote; `Some(marker)`: withdraw as that marker.
+        withdraw_as: Option<Arc<str>>,
+    },
     /// `XDEL <dead> <entries...>` (at least one).
     ///
     /// Reply: how many were deleted. Unknown outcome: send again.

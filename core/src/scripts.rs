@@ -561,6 +561,42 @@ return {marker, due, running, waiting, dead}
 "#,
 };
 
+/// `delayed_job` — KEYS: jobs, ids, delayed, payloads. ARGV: job id, then the caller's
+/// marker to withdraw (none: promote). See [`CommandKind::DelayedJob`]. A withdrawn job's
+/// marker becomes `x:<marker>` (a tombstone: the same withdrawal sent again answers 1; an
+/// add of the id finds it queued) until its producer forgets it.
+pub const DELAYED_JOB: Script = Script {
+    name: "delayed_job",
+    source: r#"
+local job = ARGV[1]
+if not redis.call('ZSCORE', KEYS[3], job) then
+  -- A withdrawal sent again after a lost reply finds its own tombstone.
+  if ARGV[2] and redis.call('HGET', KEYS[2], job) == 'x:' .. ARGV[2] then
+    return 1
+  end
+  return 0
+end
+if ARGV[2] then
+  if redis.call('HGET', KEYS[2], job) ~= ARGV[2] then
+    return -1
+  end
+  redis.call('ZREM', KEYS[3], job)
+  redis.call('HDEL', KEYS[4], job)
+  -- The marker becomes a tombstone, which the producer forgets with its next ack.
+  redis.call('HSET', KEYS[2], job, 'x:' .. ARGV[2])
+  return 1
+end
+local env = redis.call('HGET', KEYS[4], job)
+redis.call('ZREM', KEYS[3], job)
+redis.call('HDEL', KEYS[4], job)
+if not env then
+  redis.call('HDEL', KEYS[2], job)
+  return 0
+end
+return redis.call('XADD', KEYS[1], '*', 'j', job, 'e', env)
+"#,
+};
+
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
 /// `gone` 8th and 9th), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
@@ -782,8 +818,9 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 15] = [
+pub const ALL: [&Script; 16] = [
     &ENQUEUE,
+    &DELAYED_JOB,
     &FIND_JOB,
     &REVIVE,
     &REGISTER,
@@ -1060,6 +1097,16 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
                 args.extend([id(*entry), b(job), Cow::Borrowed(&envelope[..])]);
             }
             script(&REVIVE, &[&keys.jobs, &keys.ids, &keys.dead], args)
+        }
+        CommandKind::DelayedJob {
+            keys,
+            job,
+            withdraw_as,
+        } => {
+            let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
+            let mut args = vec![b(job)];
+            args.extend(withdraw_as.as_deref().map(b));
+            script(&DELAYED_JOB, &k, args)
         }
         CommandKind::FindJob { keys, job, limit } => {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.dead];

@@ -27,7 +27,9 @@ pub use credentials::{CredentialsOptions, CredentialsStore, credentials_hash};
 pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;
 pub use datalayer_core::envelope::Compression;
-pub use datalayer_core::producer::{DeadLetter, DeadPage, JobPlace, QueueStats, Revival};
+pub use datalayer_core::producer::{
+    DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, QueueStats, Revival,
+};
 pub use layer::{DataLayer, Error, Options, ServerInfo};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;

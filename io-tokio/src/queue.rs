@@ -10,8 +10,8 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
-    AddJob, DeadLetter, DeadPage, JobPlace, Producer, ProducerConfig, ProducerError, ProducerEvent,
-    QueueStats, Request, Revival, Withdrawal,
+    AddJob, DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Producer, ProducerConfig,
+    ProducerError, ProducerEvent, QueueStats, Request, Revival, Withdrawal,
 };
 use datalayer_core::random::Random;
 use datalayer_core::value::EntryId;
@@ -212,6 +212,8 @@ type AddCall = (u64, AddJob, AddReply);
 /// An operator's request of the dead letters.
 enum DeadOp {
     Find(JobId, u32),
+    Promote(JobId),
+    Withdraw(JobId),
     Read(EntryId, u32),
     Revive(Vec<DeadLetter>),
     Delete(Vec<EntryId>),
@@ -521,6 +523,25 @@ impl JobQueue {
         }
     }
 
+    /// Runs delayed job `id` now instead of at its due time; whether it was delayed.
+    pub async fn run_now(&self, id: &JobId) -> Result<bool, Error> {
+        match self.dead(DeadOp::Promote(id.clone())).await? {
+            ProducerEvent::Promoted { entry, .. } => Ok(entry.is_some()),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
+    /// Withdraws delayed job `id`, which this queue added: it will not run, and its handle
+    /// ends with `Outcome::Failed("withdrawn before it ran")`. Another producer's delayed job
+    /// is `NotOurs`; a job not delayed (running, ended, unknown) `NotDelayed`; one whose add
+    /// still awaits Redis here `AddOutstanding` (ask again once it is answered).
+    pub async fn cancel_delayed(&self, id: &JobId) -> Result<DelayedWithdrawal, Error> {
+        match self.dead(DeadOp::Withdraw(id.clone())).await? {
+            ProducerEvent::DelayedWithdrawn { result, .. } => Ok(result),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
     /// Deletes dead letters; how many were still there.
     pub async fn delete_dead(&self, entries: &[EntryId]) -> Result<u64, Error> {
         match self.dead(DeadOp::Delete(entries.to_vec())).await? {
@@ -808,6 +829,8 @@ impl Driver {
                 let request = match op {
                     DeadOp::Read(after, count) => self.producer.read_dead(after, count),
                     DeadOp::Find(job, limit) => self.producer.find_job(&job, limit),
+                    DeadOp::Promote(job) => self.producer.promote_job(&job),
+                    DeadOp::Withdraw(job) => self.producer.withdraw_delayed(&job),
                     DeadOp::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
                     DeadOp::Delete(entries) => self.producer.delete_dead(&entries),
                 };
@@ -889,8 +912,23 @@ impl Driver {
                     }
                     continue;
                 }
+                ProducerEvent::DelayedWithdrawn {
+                    request,
+                    ref job,
+                    result: DelayedWithdrawal::Withdrawn,
+                } => {
+                    // Its final outcome: the job will not run.
+                    let job = job.clone();
+                    self.resolve(&job, &Outcome::Failed("withdrawn before it ran".into()));
+                    if let Some(reply) = self.requests.remove(&request) {
+                        let _ = reply.send(ev);
+                    }
+                    continue;
+                }
                 ProducerEvent::DeadPage { request, .. }
                 | ProducerEvent::JobFound { request, .. }
+                | ProducerEvent::Promoted { request, .. }
+                | ProducerEvent::DelayedWithdrawn { request, .. }
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }
                 | ProducerEvent::RequestFailed { request, .. } => {

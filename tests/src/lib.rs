@@ -699,6 +699,56 @@ pub async fn dead_letters_scenario(dl: &datalayer_tokio::DataLayer) {
     queue.shutdown().await;
 }
 
+/// A delayed job run now, another withdrawn by its producer (its handle ends), on any
+/// backend.
+pub async fn delayed_scenario(dl: &datalayer_tokio::DataLayer) {
+    use datalayer_core::producer::AddJob;
+    use datalayer_tokio::{DelayedWithdrawal, Job, Outcome, QueueOptions, WorkerOptions};
+    use std::time::Duration;
+
+    let queue = dl
+        .queue("later", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let worker = dl
+        .worker("later", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(|job: Job| async move { Ok::<_, String>(job.payload.len()) });
+    let delayed = || AddJob {
+        session_id: "s".into(),
+        payload: b"\"x\"".to_vec(),
+        delay_ms: 600_000,
+        ..AddJob::default()
+    };
+    let soon = queue.add_job(delayed()).await.expect("add");
+    let never = queue.add_job(delayed()).await.expect("add");
+    assert_eq!(queue.stats().await.expect("stats").delayed, 2);
+    assert!(queue.run_now(&soon.id).await.expect("run now"));
+    let id = never.id.clone();
+    assert_eq!(
+        queue.cancel_delayed(&id).await.expect("cancel"),
+        DelayedWithdrawal::Withdrawn
+    );
+    let ran = tokio::time::timeout(Duration::from_secs(10), soon.result())
+        .await
+        .expect("in time");
+    assert!(matches!(ran, Ok(Outcome::Completed(_))), "{ran:?}");
+    let withdrawn = tokio::time::timeout(Duration::from_secs(10), never.result())
+        .await
+        .expect("in time");
+    assert_eq!(
+        withdrawn.ok(),
+        Some(Outcome::Failed("withdrawn before it ran".into()))
+    );
+    assert_eq!(
+        queue.cancel_delayed(&id).await.expect("cancel again"),
+        DelayedWithdrawal::NotDelayed
+    );
+    assert!(!queue.run_now(&id).await.expect("run now"));
+    assert_eq!(queue.stats().await.expect("stats").delayed, 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

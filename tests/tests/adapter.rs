@@ -1135,3 +1135,10 @@ async fn a_second_instance_under_a_producer_id_takes_it_over() {
     let again = second.add("s", &json!(4)).await.expect("add");
     assert!(matches!(again.result().await, Ok(Outcome::Completed(_))));
 }
+
+#[tokio::test]
+async fn a_delayed_job_runs_now_or_is_withdrawn() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    datalayer_tests::delayed_scenario(&dl).await;
+}

@@ -74,6 +74,23 @@ impl Side {
         self.pick(EVENTS_NS + producer, pick)
     }
 
+    /// A `find_job` reply: its dead letter (last part) in the dead letters' namespace, the
+    /// rest in the work stream's.
+    fn normalize_find(&mut self, v: Value) -> Value {
+        match v {
+            Value::Array(mut parts) if parts.len() == 5 => {
+                let dead = parts.pop().unwrap_or(Value::Nil);
+                let mut out: Vec<Value> = parts
+                    .into_iter()
+                    .map(|p| self.normalize(JOBS_NS, p))
+                    .collect();
+                out.push(self.normalize(DEAD_NS, dead));
+                Value::Array(out)
+            }
+            other => self.normalize(JOBS_NS, other),
+        }
+    }
+
     /// Renames entry ids of namespace `ns` (by first appearance) and base-relative times,
     /// recursively.
     fn normalize(&mut self, ns: usize, v: Value) -> Value {
@@ -130,6 +147,8 @@ enum Op {
     DeleteDead(Vec<usize>),
     /// Job, limit.
     FindJob(usize, u32),
+    /// Job, the marker to withdraw as (`None`: promote).
+    DelayedJob(usize, Option<usize>),
     Garbage,
     Destroy,
     Ping,
@@ -143,7 +162,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(31) {
+    match r(33) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -180,6 +199,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         27 => Op::Revive(r(3), (0..=r(2)).map(|_| (r(64), r(6))).collect()),
         28 => Op::DeleteDead((0..=r(2)).map(|_| r(64)).collect()),
         29 | 30 => Op::FindJob(r(6), [1, 2, 1000][r(3)]),
+        31 | 32 => Op::DelayedJob(r(6), [None, Some(r(3))][r(2)]),
         23 | 24 => Op::Register(
             r(2),
             r(2),
@@ -330,6 +350,11 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     (side.pick(DEAD_NS, *e), JOBS[*j].to_owned(), env)
                 })
                 .collect(),
+        },
+        Op::DelayedJob(j, marker) => CommandKind::DelayedJob {
+            keys,
+            job: JOBS[*j].into(),
+            withdraw_as: marker.map(|m| MARKERS[m].into()),
         },
         Op::FindJob(j, limit) => CommandKind::FindJob {
             keys,
@@ -722,7 +747,12 @@ async fn model_and_redis_agree() {
                 Op::ReadDead(..) => DEAD_NS,
                 _ => JOBS_NS,
             };
-            let (m, r) = (model.normalize(ns, m), real.normalize(ns, r));
+            let (m, r) = if matches!(op, Op::FindJob(..)) {
+                // Its last part names a dead letter: ids of another stream.
+                (model.normalize_find(m), real.normalize_find(r))
+            } else {
+                (model.normalize(ns, m), real.normalize(ns, r))
+            };
             assert_eq!(m, r, "seed {seed} step {step}: {op:?}");
             let (m, r) = work_streams(&sim, &mut conn, (&mut model, &mut real), &keys).await;
             assert_eq!(m, r, "seed {seed} step {step}: work stream after {op:?}");

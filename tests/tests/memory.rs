@@ -346,3 +346,8 @@ async fn queues_are_found_by_scan_and_sessions_are_not_queues() {
         .expect("save");
     assert_eq!(dl.queues().await.expect("queues"), ["alpha", "beta"]);
 }
+
+#[tokio::test]
+async fn a_delayed_job_runs_now_or_is_withdrawn() {
+    datalayer_tests::delayed_scenario(&memory()).await;
+}

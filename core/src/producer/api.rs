@@ -233,6 +233,24 @@ pub enum ProducerEvent {
         /// Each letter's entry and fate.
         results: Vec<(EntryId, super::Revival)>,
     },
+    /// `promote_job`: the job's new entry, or `None` (it was not delayed).
+    Promoted {
+        /// The request.
+        request: super::Request,
+        /// The job.
+        job: JobId,
+        /// Its entry in the work stream.
+        entry: Option<EntryId>,
+    },
+    /// `withdraw_delayed`: what became of the job (`Withdrawn` is its final outcome).
+    DelayedWithdrawn {
+        /// The request.
+        request: super::Request,
+        /// The job.
+        job: JobId,
+        /// What was found.
+        result: super::DelayedWithdrawal,
+    },
     /// Where a job is (`find_job`).
     JobFound {
         /// The request.

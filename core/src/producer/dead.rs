@@ -155,6 +155,19 @@ impl DeadLetter {
     }
 }
 
+/// What `withdraw_delayed` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayedWithdrawal {
+    /// Withdrawn: it will not run; its marker is gone.
+    Withdrawn,
+    /// It is not delayed (it runs, ran, or never was).
+    NotDelayed,
+    /// Another producer added it: only that one withdraws it.
+    NotOurs,
+    /// An add of it awaits Redis here: withdrawing now could not stop that add.
+    AddOutstanding,
+}
+
 /// Where a job is, as `find_job` found it (each search bounded by its limit).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobPlace {

@@ -15,7 +15,7 @@
 mod api;
 mod dead;
 
-pub use dead::{DeadLetter, DeadPage, JobPlace, Request, Revival};
+pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
 
 pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
@@ -458,6 +458,38 @@ impl Producer {
         self.request(kind, Vec::new())
     }
 
+    /// Runs delayed job `job` now (to the work stream); a `Promoted` event follows.
+    pub fn promote_job(&mut self, job: &JobId) -> Request {
+        let kind = CommandKind::DelayedJob {
+            keys: self.keys.clone(),
+            job: job.0.clone(),
+            withdraw_as: None,
+        };
+        self.request(kind, Vec::new())
+    }
+
+    /// Withdraws delayed job `job`, which this producer added (its marker is this
+    /// producer's): it will not run. A `DelayedWithdrawn` event follows; when withdrawn, it
+    /// is the job's final outcome.
+    pub fn withdraw_delayed(&mut self, job: &JobId) -> Request {
+        if self.outstanding.contains_key(&job.0) {
+            self.next_request += 1;
+            let request = Request(self.next_request);
+            self.events.push_back(ProducerEvent::DelayedWithdrawn {
+                request,
+                job: job.clone(),
+                result: DelayedWithdrawal::AddOutstanding,
+            });
+            return request;
+        }
+        let kind = CommandKind::DelayedJob {
+            keys: self.keys.clone(),
+            job: job.0.clone(),
+            withdraw_as: Some(self.marker.clone()),
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Deletes dead letters; a `DeadDeleted` event follows with how many were there.
     pub fn delete_dead(&mut self, entries: &[EntryId]) -> Request {
         if entries.is_empty() {
@@ -808,6 +840,44 @@ impl Producer {
             }),
             CommandKind::FindJob { .. } => {
                 dead::place(v).map(|place| ProducerEvent::JobFound { request, place })
+            }
+            CommandKind::DelayedJob {
+                job,
+                withdraw_as: None,
+                ..
+            } => {
+                let entry = match v {
+                    Value::Int(0) => Some(None),
+                    other => other
+                        .into_bytes("entry id")
+                        .ok()
+                        .and_then(|b| EntryId::parse(&b).ok())
+                        .map(Some),
+                };
+                entry.map(|entry| ProducerEvent::Promoted {
+                    request,
+                    job: JobId(job),
+                    entry,
+                })
+            }
+            CommandKind::DelayedJob { job, .. } => {
+                let result = match v {
+                    Value::Int(1) => Some(DelayedWithdrawal::Withdrawn),
+                    Value::Int(0) => Some(DelayedWithdrawal::NotDelayed),
+                    Value::Int(-1) => Some(DelayedWithdrawal::NotOurs),
+                    _ => None,
+                };
+                let job = JobId(job);
+                if result == Some(DelayedWithdrawal::Withdrawn) {
+                    // Nothing of it is left to await; its tombstone goes with the next ack.
+                    self.awaited.remove(&job.0);
+                    self.forget.push(job.0.clone());
+                }
+                result.map(|result| ProducerEvent::DelayedWithdrawn {
+                    request,
+                    job,
+                    result,
+                })
             }
             CommandKind::DeleteDead { .. } => match v {
                 Value::Int(n) => Some(ProducerEvent::DeadDeleted {

@@ -1142,3 +1142,80 @@ fn find_job_says_where_a_job_is_through_its_life() {
     assert_eq!(dead.state(), "dead", "{dead:?}");
     assert_eq!(dead.dead.map(|(_, a)| a), Some(Some(3)));
 }
+
+#[test]
+fn a_delayed_job_is_promoted_or_withdrawn_by_its_producer_only() {
+    let mut rng = SeededRandom::new(46);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    let delayed = |id: &str| AddJob {
+        delay_ms: 60_000,
+        ..job(id)
+    };
+    p.add(T0, delayed("soon"), &mut rng).unwrap();
+    p.add(T0, delayed("never"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    let keys = QueueKeys::new("dl", "q").unwrap();
+    // Promoted: in the work stream now, and it runs.
+    p.promote_job(&JobId::from("soon"));
+    let events = drive(&mut p, &mut sim);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProducerEvent::Promoted { entry: Some(_), .. })),
+        "{events:?}"
+    );
+    assert_eq!(sim.stream(&keys.jobs).map(|s| s.entries.len()), Some(1));
+    // Another producer (another marker) cannot withdraw it; its own producer can, once:
+    // the lost reply's resend finds the tombstone and answers the same.
+    let mut other = Producer::new(
+        ProducerConfig::new("q").producer("other").block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    other.withdraw_delayed(&JobId::from("never"));
+    let events = drive(&mut other, &mut sim);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ProducerEvent::DelayedWithdrawn {
+            result: DelayedWithdrawal::NotOurs,
+            ..
+        }
+    )));
+    p.withdraw_delayed(&JobId::from("never"));
+    let cmd = p.poll_command().unwrap();
+    assert_eq!(sim.execute(&cmd.kind), Value::Int(1));
+    p.handle_reply(T0, cmd.op, Reply::Unknown).unwrap();
+    sim.set_time(T0 + 2_000);
+    p.handle_timeout(T0 + 2_000);
+    let events = drive(&mut p, &mut sim);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ProducerEvent::DelayedWithdrawn {
+                result: DelayedWithdrawal::Withdrawn,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    // Nothing of it is left once the producer forgot its tombstone; it never runs.
+    assert!(sim.get(&keys.delayed).is_none());
+    assert!(sim.get(&keys.payloads).is_none());
+    let ids = sim.get(&keys.ids);
+    assert!(
+        !format!("{ids:?}").contains(&format!("{:?}", b"never")),
+        "{ids:?}"
+    );
+    // Not delayed any more: a second withdrawal finds nothing.
+    p.withdraw_delayed(&JobId::from("never"));
+    let events = drive(&mut p, &mut sim);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ProducerEvent::DelayedWithdrawn {
+            result: DelayedWithdrawal::NotDelayed,
+            ..
+        }
+    )));
+}

@@ -146,6 +146,40 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             Ok(Value::Array(out))
         }
         CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
+        CommandKind::DelayedJob {
+            keys,
+            job,
+            withdraw_as,
+        } => {
+            let id = job.as_bytes();
+            if !sim.zset(&keys.delayed)?.is_some_and(|z| z.contains(id)) {
+                let tombstone = withdraw_as.as_ref().map(|m| format!("x:{m}").into_bytes());
+                let found = marker_of(sim, keys, job)?;
+                let again = tombstone.is_some() && found == tombstone;
+                return Ok(Value::Int(i64::from(again)));
+            }
+            if let Some(marker) = withdraw_as {
+                if marker_of(sim, keys, job)?.as_deref() != Some(marker.as_bytes()) {
+                    return Ok(Value::Int(-1));
+                }
+            }
+            let env = sim.hash(&keys.payloads)?.and_then(|h| h.get(id).cloned());
+            sim.zset_mut(&keys.delayed)?.remove(id);
+            sim.drop_if_empty(&keys.delayed);
+            hdel(sim, &keys.payloads, id)?;
+            match (withdraw_as, env) {
+                (Some(marker), _) => {
+                    sim.hash_mut(&keys.ids)?
+                        .insert(id.to_vec(), format!("x:{marker}").into_bytes());
+                    Ok(Value::Int(1))
+                }
+                (None, None) => {
+                    hdel(sim, &keys.ids, id)?;
+                    Ok(Value::Int(0))
+                }
+                (None, Some(env)) => Ok(id_value(xadd(sim, &keys.jobs, work_fields(job, &env))?)),
+            }
+        }
         CommandKind::DeleteDead { keys, entries } => {
             if entries.is_empty() {
                 return Err("ERR wrong number of arguments for 'xdel' command".into());
