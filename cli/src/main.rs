@@ -6,6 +6,7 @@
 //!   queues                        the queues under the prefix (SCAN, never KEYS)
 //!   stats QUEUE                   counts, live workers, oldest waiting/running ages
 //!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
+//!   job run-now QUEUE ID          a delayed job to the work stream at once
 //!   dead ls QUEUE [--count N] [--after ENTRY]
 //!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
 //!   dead delete QUEUE (--all | ENTRY...) [--dry-run]
@@ -33,6 +34,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   queues
   stats QUEUE
   job show QUEUE ID
+  job run-now QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
   dead delete QUEUE (--all | ENTRY...) [--dry-run]
@@ -287,6 +289,20 @@ async fn run(a: Args) -> Result<u8, Failure> {
                 }
             }
             Ok(if p.state() == "unknown" { 1 } else { 0 })
+        }
+        ["job", "run-now", name, id] => {
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &no_secret())?;
+            let job = datalayer_tokio::core::job::JobId::from(*id);
+            let moved = q.run_now(&job).await.map_err(failed)?;
+            if a.json {
+                println!("{}", json!({ "job": id, "run_now": moved }));
+            } else if moved {
+                println!("{id}: in the work stream now");
+            } else {
+                println!("{id}: not delayed");
+            }
+            Ok(if moved { 0 } else { 1 })
         }
         ["dead", "ls", name] => {
             let ring = secrets(&a)?.unwrap_or_else(no_secret);

@@ -170,6 +170,33 @@ async fn the_cli_reports_and_handles_dead_letters() {
         0
     );
 
+    // A delayed job, run now from the command line.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let later = datalayer_tokio::core::producer::AddJob {
+        session_id: "s".into(),
+        payload: br#""later""#.to_vec(),
+        delay_ms: 600_000,
+        ..Default::default()
+    };
+    let h = queue.add_job(later).await.expect("add");
+    let id = h.id.0.clone();
+    assert_eq!(
+        json(&cli(&url, false, &["--json", "job", "show", "cli", &id]))["state"],
+        "delayed"
+    );
+    let now = cli(&url, false, &["job", "run-now", "cli", &id]);
+    assert!(now.status.success(), "{now:?}");
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), h.result()).await,
+        Ok(Ok(Outcome::Completed(_)))
+    ));
+    assert_eq!(
+        cli(&url, false, &["job", "run-now", "cli", &id])
+            .status
+            .code(),
+        Some(1)
+    );
+
     // Health: no persistence on this server is a risk (exit 2); no server, unhealthy (1).
     let health = cli(&url, false, &["--json", "health"]);
     assert_eq!(health.status.code(), Some(2), "{health:?}");
