@@ -5,6 +5,7 @@
 //!   health [--timeout-ms N]       reachability, version, eviction policy, persistence
 //!   queues                        the queues under the prefix (SCAN, never KEYS)
 //!   stats QUEUE                   counts, live workers, oldest waiting/running ages
+//!   workers QUEUE                 live workers, and when each promised to be back
 //!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
 //!   job run-now QUEUE ID          a delayed job to the work stream at once
 //!   dead ls QUEUE [--count N] [--after ENTRY]
@@ -33,6 +34,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   health [--timeout-ms N]
   queues
   stats QUEUE
+  workers QUEUE
   job show QUEUE ID
   job run-now QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
@@ -289,6 +291,26 @@ async fn run(a: Args) -> Result<u8, Failure> {
                 }
             }
             Ok(if p.state() == "unknown" { 1 } else { 0 })
+        }
+        ["workers", name] => {
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &no_secret())?;
+            let workers = q.workers().await.map_err(failed)?;
+            let now = now_ms();
+            if a.json {
+                let v: Vec<Value> = workers
+                    .iter()
+                    .map(|(w, at)| json!({ "consumer": w, "back_by_ms": at, "live": *at >= now }))
+                    .collect();
+                println!("{}", json!(v));
+            } else {
+                for (w, at) in &workers {
+                    let secs = (*at as f64 - now as f64) / 1000.0;
+                    println!("{w}  back within {secs:.1} s");
+                }
+                println!("{} workers", workers.len());
+            }
+            Ok(0)
         }
         ["job", "run-now", name, id] => {
             let dl = connect(&a).await?;

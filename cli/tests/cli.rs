@@ -80,6 +80,9 @@ async fn the_cli_reports_and_handles_dead_letters() {
 
     let queues = cli(&url, false, &["--json", "queues"]);
     assert_eq!(json(&queues), serde_json::json!(["cli"]), "{queues:?}");
+    let workers = json(&cli(&url, false, &["--json", "workers", "cli"]));
+    assert_eq!(workers.as_array().map(Vec::len), Some(1), "{workers}");
+    assert_eq!(workers[0]["live"], true, "{workers}");
     let stats = cli(&url, false, &["--json", "stats", "cli"]);
     assert!(stats.status.success(), "{stats:?}");
     let s = json(&stats);

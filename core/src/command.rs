@@ -381,6 +381,14 @@ pub enum CommandKind {
         /// `None`: promote; `Some(marker)`: withdraw as that marker.
         withdraw_as: Option<Arc<str>>,
     },
+    /// Script `workers`: the queue's live workers (consumer names) with the time each
+    /// promised to run its next upkeep by (ms), soonest first.
+    ///
+    /// Reply: a flat array of name, time (as text). Unknown outcome: ask again.
+    Workers {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+    },
     /// `XDEL <dead> <entries...>` (at least one).
     ///
     /// Reply: how many were deleted. Unknown outcome: send again.

@@ -597,6 +597,15 @@ return redis.call('XADD', KEYS[1], '*', 'j', job, 'e', env)
 "#,
 };
 
+/// `workers` — KEYS: workers. The zset flat (name, score as text), as Lua sees `ZRANGE
+/// WITHSCORES` whatever the connection's protocol.
+pub const WORKERS: Script = Script {
+    name: "workers",
+    source: r#"
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+"#,
+};
+
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
 /// `gone` 8th and 9th), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
@@ -818,8 +827,9 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 16] = [
+pub const ALL: [&Script; 17] = [
     &ENQUEUE,
+    &WORKERS,
     &DELAYED_JOB,
     &FIND_JOB,
     &REVIVE,
@@ -1108,6 +1118,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.extend(withdraw_as.as_deref().map(b));
             script(&DELAYED_JOB, &k, args)
         }
+        CommandKind::Workers { keys } => script(&WORKERS, &[&keys.workers], Vec::new()),
         CommandKind::FindJob { keys, job, limit } => {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.dead];
             script(&FIND_JOB, &k, vec![b(job), num(limit)])

@@ -211,6 +211,7 @@ type AddCall = (u64, AddJob, AddReply);
 
 /// An operator's request of the dead letters.
 enum DeadOp {
+    Workers,
     Find(JobId, u32),
     Promote(JobId),
     Withdraw(JobId),
@@ -523,6 +524,15 @@ impl JobQueue {
         }
     }
 
+    /// The queue's live workers, in any process: each consumer name with the time (ms since
+    /// the epoch) by which it promised to run its next upkeep (a worker past it is gone).
+    pub async fn workers(&self) -> Result<Vec<(String, u64)>, Error> {
+        match self.dead(DeadOp::Workers).await? {
+            ProducerEvent::Workers { workers, .. } => Ok(workers),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
     /// Runs delayed job `id` now instead of at its due time; whether it was delayed.
     pub async fn run_now(&self, id: &JobId) -> Result<bool, Error> {
         match self.dead(DeadOp::Promote(id.clone())).await? {
@@ -829,6 +839,7 @@ impl Driver {
                 let request = match op {
                     DeadOp::Read(after, count) => self.producer.read_dead(after, count),
                     DeadOp::Find(job, limit) => self.producer.find_job(&job, limit),
+                    DeadOp::Workers => self.producer.request_workers(),
                     DeadOp::Promote(job) => self.producer.promote_job(&job),
                     DeadOp::Withdraw(job) => self.producer.withdraw_delayed(&job),
                     DeadOp::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
@@ -928,6 +939,7 @@ impl Driver {
                 ProducerEvent::DeadPage { request, .. }
                 | ProducerEvent::JobFound { request, .. }
                 | ProducerEvent::Promoted { request, .. }
+                | ProducerEvent::Workers { request, .. }
                 | ProducerEvent::DelayedWithdrawn { request, .. }
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }

@@ -149,6 +149,7 @@ enum Op {
     FindJob(usize, u32),
     /// Job, the marker to withdraw as (`None`: promote).
     DelayedJob(usize, Option<usize>),
+    Workers,
     Garbage,
     Destroy,
     Ping,
@@ -162,7 +163,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(33) {
+    match r(34) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -200,6 +201,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         28 => Op::DeleteDead((0..=r(2)).map(|_| r(64)).collect()),
         29 | 30 => Op::FindJob(r(6), [1, 2, 1000][r(3)]),
         31 | 32 => Op::DelayedJob(r(6), [None, Some(r(3))][r(2)]),
+        33 => Op::Workers,
         23 | 24 => Op::Register(
             r(2),
             r(2),
@@ -351,6 +353,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 })
                 .collect(),
         },
+        Op::Workers => CommandKind::Workers { keys },
         Op::DelayedJob(j, marker) => CommandKind::DelayedJob {
             keys,
             job: JOBS[*j].into(),
@@ -747,6 +750,22 @@ async fn model_and_redis_agree() {
                 Op::ReadDead(..) => DEAD_NS,
                 _ => JOBS_NS,
             };
+            // The workers' promises are times as text: as numbers, they compare base-relative.
+            let scores = |v: Value| match v {
+                Value::Array(flat) if matches!(op, Op::Workers) => Value::Array(
+                    flat.into_iter()
+                        .enumerate()
+                        .map(|(i, x)| match x {
+                            Value::Bulk(b) if i % 2 == 1 => String::from_utf8_lossy(&b)
+                                .parse::<i64>()
+                                .map_or(Value::Bulk(b), Value::Int),
+                            other => other,
+                        })
+                        .collect(),
+                ),
+                other => other,
+            };
+            let (m, r) = (scores(m), scores(r));
             let (m, r) = if matches!(op, Op::FindJob(..)) {
                 // Its last part names a dead letter: ids of another stream.
                 (model.normalize_find(m), real.normalize_find(r))

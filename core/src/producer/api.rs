@@ -233,6 +233,13 @@ pub enum ProducerEvent {
         /// Each letter's entry and fate.
         results: Vec<(EntryId, super::Revival)>,
     },
+    /// The queue's live workers: consumer name, and when it promised to be back (ms).
+    Workers {
+        /// The request.
+        request: super::Request,
+        /// Name and promise, soonest first.
+        workers: Vec<(String, u64)>,
+    },
     /// `promote_job`: the job's new entry, or `None` (it was not delayed).
     Promoted {
         /// The request.

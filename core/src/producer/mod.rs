@@ -458,6 +458,14 @@ impl Producer {
         self.request(kind, Vec::new())
     }
 
+    /// Asks for the queue's live workers; a `Workers` event follows.
+    pub fn request_workers(&mut self) -> Request {
+        let kind = CommandKind::Workers {
+            keys: self.keys.clone(),
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Runs delayed job `job` now (to the work stream); a `Promoted` event follows.
     pub fn promote_job(&mut self, job: &JobId) -> Request {
         let kind = CommandKind::DelayedJob {
@@ -840,6 +848,9 @@ impl Producer {
             }),
             CommandKind::FindJob { .. } => {
                 dead::place(v).map(|place| ProducerEvent::JobFound { request, place })
+            }
+            CommandKind::Workers { .. } => {
+                workers(v).map(|workers| ProducerEvent::Workers { request, workers })
             }
             CommandKind::DelayedJob {
                 job,
@@ -1235,6 +1246,30 @@ impl Producer {
             None => self.trouble("stats: unexpected reply".into()),
         }
     }
+}
+
+/// The `workers` script's reply: (name, promise) pairs.
+fn workers(v: Value) -> Option<Vec<(String, u64)>> {
+    let flat = v.into_array("workers").ok()?;
+    if flat.len() % 2 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(name), Some(score)) = (it.next(), it.next()) {
+        let name = String::from_utf8_lossy(&name.into_bytes("name").ok()?).into_owned();
+        let score = score.into_bytes("score").ok()?;
+        // A score as Lua formats it: an integer, or a float for one that is not.
+        let text = std::str::from_utf8(&score).ok()?;
+        let ms = text.parse::<u64>().ok().or_else(|| {
+            text.parse::<f64>()
+                .ok()
+                .filter(|f| *f >= 0.0)
+                .map(|f| f as u64)
+        })?;
+        out.push((name, ms));
+    }
+    Some(out)
 }
 
 /// The `revive` script's reply, per item: its new entry, gone (0) or alive (-1).

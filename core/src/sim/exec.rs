@@ -146,6 +146,18 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             Ok(Value::Array(out))
         }
         CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
+        CommandKind::Workers { keys } => {
+            let flat = sim.zset(&keys.workers)?.map_or_else(Vec::new, |z| {
+                z.members()
+                    .into_iter()
+                    .flat_map(|m| {
+                        let score = z.score(&m).unwrap_or_default().to_string();
+                        [Value::Bulk(m), Value::Bulk(score.into_bytes())]
+                    })
+                    .collect()
+            });
+            Ok(Value::Array(flat))
+        }
         CommandKind::DelayedJob {
             keys,
             job,
