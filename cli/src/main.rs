@@ -4,7 +4,8 @@
 //! datalayer [--url URL] [--prefix P] [--json] [--secret-file PATH] [--key-id N] COMMAND
 //!   health [--timeout-ms N]       reachability, version, eviction policy, persistence
 //!   queues                        the queues under the prefix (SCAN, never KEYS)
-//!   stats QUEUE                   counts, live workers, oldest waiting/running ages
+//!   stats QUEUE [--watch [--interval-ms N] [--times N]]
+//!                                 counts, live workers, oldest waiting/running ages
 //!   workers QUEUE                 live workers, and when each promised to be back
 //!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
 //!   job run-now QUEUE ID          a delayed job to the work stream at once
@@ -33,7 +34,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
 [--key-id N] COMMAND
   health [--timeout-ms N]
   queues
-  stats QUEUE
+  stats QUEUE [--watch [--interval-ms N] [--times N]]
   workers QUEUE
   job show QUEUE ID
   job run-now QUEUE ID
@@ -68,6 +69,8 @@ struct Args {
     after: Option<EntryId>,
     older_than: Option<u64>,
     timeout_ms: u64,
+    watch_ms: Option<u64>,
+    watch_count: Option<u64>,
     words: Vec<String>,
 }
 
@@ -109,6 +112,11 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
             }
             "--older-than" => a.older_than = Some(number(value("--older-than")?, "--older-than")?),
             "--timeout-ms" => a.timeout_ms = number(value("--timeout-ms")?, "--timeout-ms")?,
+            "--watch" => a.watch_ms = Some(a.watch_ms.unwrap_or(2_000)),
+            "--interval-ms" => {
+                a.watch_ms = Some(number(value("--interval-ms")?, "--interval-ms")?.max(10));
+            }
+            "--times" => a.watch_count = Some(number(value("--times")?, "--times")?),
             "--secret" => {
                 return Err(usage(
                     "secrets are never given as a flag's value (they would show in `ps` and \
@@ -216,41 +224,15 @@ async fn run(a: Args) -> Result<u8, Failure> {
         ["stats", name] => {
             let dl = connect(&a).await?;
             let q = queue(&dl, name, &no_secret())?;
-            let s = tokio::time::timeout(Duration::from_millis(a.timeout_ms), q.stats())
-                .await
-                .map_err(|_| failed("redis did not answer in time"))?
-                .map_err(failed)?;
-            let now = now_ms();
-            if a.json {
-                let v = json!({
-                    "queue": name, "jobs": s.jobs, "running": s.pending,
-                    "waiting": s.jobs.saturating_sub(s.pending), "delayed": s.delayed,
-                    "dead": s.dead, "workers": s.workers,
-                    "oldest_waiting_ms": s.oldest_waiting.map(|_| s.oldest_waiting_ms(now)),
-                    "oldest_running_ms": s.oldest_running.map(|_| s.oldest_running_ms(now)),
-                });
-                println!("{v}");
-            } else {
-                println!("queue     {name}");
-                println!("waiting   {}", s.jobs.saturating_sub(s.pending));
-                println!("running   {}", s.pending);
-                println!("delayed   {}", s.delayed);
-                println!("dead      {}", s.dead);
-                println!("workers   {}", s.workers);
-                let age = |e: Option<EntryId>, ms: u64| {
-                    e.map_or_else(
-                        || "-".to_owned(),
-                        |_| format!("{:.1} s", ms as f64 / 1000.0),
-                    )
-                };
-                println!(
-                    "oldest waiting  {}",
-                    age(s.oldest_waiting, s.oldest_waiting_ms(now))
-                );
-                println!(
-                    "oldest running  {}",
-                    age(s.oldest_running, s.oldest_running_ms(now))
-                );
+            let mut shown = 0u64;
+            loop {
+                stats(&a, &q, name).await?;
+                shown += 1;
+                let Some(every) = a.watch_ms else { break };
+                if a.watch_count.is_some_and(|n| shown >= n) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(every)).await;
             }
             Ok(0)
         }
@@ -381,6 +363,47 @@ async fn run(a: Args) -> Result<u8, Failure> {
         [] => Err(usage("no command")),
         _ => Err(usage(&format!("unknown command {:?}", a.words.join(" ")))),
     }
+}
+
+/// One `stats` report of queue `name`.
+async fn stats(a: &Args, q: &JobQueue, name: &str) -> Result<(), Failure> {
+    let s = tokio::time::timeout(Duration::from_millis(a.timeout_ms), q.stats())
+        .await
+        .map_err(|_| failed("redis did not answer in time"))?
+        .map_err(failed)?;
+    let now = now_ms();
+    if a.json {
+        let v = json!({
+            "queue": name, "jobs": s.jobs, "running": s.pending,
+            "waiting": s.jobs.saturating_sub(s.pending), "delayed": s.delayed,
+            "dead": s.dead, "workers": s.workers,
+            "oldest_waiting_ms": s.oldest_waiting.map(|_| s.oldest_waiting_ms(now)),
+            "oldest_running_ms": s.oldest_running.map(|_| s.oldest_running_ms(now)),
+        });
+        println!("{v}");
+    } else {
+        println!("queue     {name}");
+        println!("waiting   {}", s.jobs.saturating_sub(s.pending));
+        println!("running   {}", s.pending);
+        println!("delayed   {}", s.delayed);
+        println!("dead      {}", s.dead);
+        println!("workers   {}", s.workers);
+        let age = |e: Option<EntryId>, ms: u64| {
+            e.map_or_else(
+                || "-".to_owned(),
+                |_| format!("{:.1} s", ms as f64 / 1000.0),
+            )
+        };
+        println!(
+            "oldest waiting  {}",
+            age(s.oldest_waiting, s.oldest_waiting_ms(now))
+        );
+        println!(
+            "oldest running  {}",
+            age(s.oldest_running, s.oldest_running_ms(now))
+        );
+    }
+    Ok(())
 }
 
 /// `dead retry` / `dead delete`: the letters picked (by entry, `--all`, `--older-than`),

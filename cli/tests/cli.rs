@@ -80,6 +80,23 @@ async fn the_cli_reports_and_handles_dead_letters() {
 
     let queues = cli(&url, false, &["--json", "queues"]);
     assert_eq!(json(&queues), serde_json::json!(["cli"]), "{queues:?}");
+    let watched = cli(
+        &url,
+        false,
+        &[
+            "--json",
+            "stats",
+            "cli",
+            "--watch",
+            "--interval-ms",
+            "20",
+            "--times",
+            "3",
+        ],
+    );
+    let reports = lines(&watched);
+    assert_eq!(reports.len(), 3, "{watched:?}");
+    assert!(reports.iter().all(|r| r["dead"] == 3));
     let workers = json(&cli(&url, false, &["--json", "workers", "cli"]));
     assert_eq!(workers.as_array().map(Vec::len), Some(1), "{workers}");
     assert_eq!(workers[0]["live"], true, "{workers}");
