@@ -232,6 +232,34 @@ end
     };
 }
 
+/// The items a settle script's consumer holds, and their id markers: per item of `$stride`
+/// ARGV from `$first` (its entry, then its job id), `take` it (see `held_prelude!`) and
+/// answer 1 or 0; the held ones go in `jobs` (their ids) and `at` (their first ARGV index),
+/// and one HMGET of `KEYS[$ids]` reads their markers into `marks` (empty if none is held).
+macro_rules! held_items {
+    ($first:literal, $stride:literal, $ids:literal) => {
+        concat!(
+            "local jobs, at, marks = {}, {}, {}\nfor i = ",
+            $first,
+            ", #ARGV, ",
+            $stride,
+            " do\n",
+            r#"  if take(ARGV[i]) then
+    jobs[#jobs + 1] = ARGV[i + 1]
+    at[#at + 1] = i
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #jobs > 0 then
+  marks = redis.call('HMGET', KEYS["#,
+            $ids,
+            "], unpack(jobs))\nend\n"
+        )
+    };
+}
+
 /// `complete` — KEYS: jobs, ids, events stem, producers. ARGV: min event id, consumer, the lowest and the
 /// highest entry of the batch, then per job: entry, job id, sealed result, attempt,
 /// instance (hex).
@@ -246,18 +274,8 @@ pub const COMPLETE: Script = Script {
     source: concat!(
         held_prelude!("3", "4", "2"),
         producer_events!("3", "4"),
-        r#"local jobs, at = {}, {}
-for i = 5, #ARGV, 5 do
-  if take(ARGV[i]) then
-    jobs[#jobs + 1] = ARGV[i + 1]
-    at[#at + 1] = i
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-if #jobs > 0 then
-  local marks = redis.call('HMGET', KEYS[2], unpack(jobs))
+        held_items!("5", "5", "2"),
+        r#"if #jobs > 0 then
   local done = {}
   for n, i in ipairs(at) do
     local key = events_of(marks[n])
@@ -289,19 +307,9 @@ pub const RETRY: Script = Script {
     source: concat!(
         held_prelude!("4", "5", "3"),
         producer_events!("4", "5"),
+        held_items!("6", "7", "6"),
         r#"local now = tonumber(ARGV[1])
-local jobs, at = {}, {}
-for i = 6, #ARGV, 7 do
-  if take(ARGV[i]) then
-    jobs[#jobs + 1] = ARGV[i + 1]
-    at[#at + 1] = i
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
 if #jobs > 0 then
-  local marks = redis.call('HMGET', KEYS[6], unpack(jobs))
   for n, i in ipairs(at) do
     local job = jobs[n]
     local key = events_of(marks[n])
