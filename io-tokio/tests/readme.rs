@@ -129,6 +129,53 @@ fn envelope() -> Result {
     Ok(())
 }
 
+#[rustfmt::skip]
+#[tokio::test]
+async fn operating_a_queue() -> Result {
+    use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
+    use datalayer_tokio::core::retry::{Backoff, RetryPolicy};
+    use datalayer_tokio::{DataLayer, Job, Options, WorkerOptions};
+    let dl = DataLayer::connect(&url(), Options::default()).await?;
+    let secrets = SecretRing::new(KeyId(1), Secret::from_bytes([7u8; 32]));
+    // A job that fails for good first, so that there is a dead letter to see.
+    let worker = dl.worker("xmpp", &secrets, WorkerOptions::default().retry(RetryPolicy::new(1, Backoff::None)))?
+        .start(|_job: Job| async move { Err::<(), _>("unreachable network") });
+    let first = dl.queue("xmpp", &secrets, datalayer_tokio::QueueOptions::default())?;
+    first.add("s", &1).await?.result().await?;
+    // README: Operating a queue
+    use datalayer_tokio::core::job::JobId;
+    use datalayer_tokio::core::producer::AddJob;
+    use datalayer_tokio::{DelayedWithdrawal, QueueOptions, Revival};
+
+    // Any number of producers share a queue, each with its own id and its own jobs' outcomes;
+    // a replacement of one that died opens the queue with its id and gets what it was owed.
+    let queue = dl.queue("xmpp", &secrets, QueueOptions::default().producer_id("server-1"))?;
+    let stats = queue.stats().await?; // waiting+running, running, delayed, dead, workers, oldest
+    let workers = queue.workers().await?; // live workers: (consumer, promised back by, ms)
+    println!("{} dead, {} workers, producer {}", stats.dead, workers.len(), queue.producer_id());
+
+    // Dead letters: read by page (opened with the queue's key), retried, deleted.
+    let page = queue.dead_letters(None, 50).await?; // oldest first; page.next: the next page
+    for letter in &page.letters {
+        println!("{} {:?} attempt {:?}: {:?}", letter.entry, letter.job, letter.attempt, letter.reason);
+    }
+    let fates = queue.retry_dead(&page.letters).await?; // as attempt 1; safe to run twice
+    assert!(fates.iter().all(|(_, f)| matches!(f, Revival::Queued(_) | Revival::Gone)));
+    queue.retry_all_dead(Some(Duration::from_secs(3600))).await?; // buried over an hour ago
+    let deleted = queue.delete_dead(&[]).await?; // entries from a page
+
+    // One job: where it is; a delayed one run now, or withdrawn by the producer that added it.
+    let later = queue.add_job(AddJob { session_id: "s".into(), payload: b"{}".to_vec(), delay_ms: 60_000, ..AddJob::default() }).await?;
+    println!("{}", queue.find_job(&later.id).await?.state()); // "delayed"
+    assert_eq!(queue.cancel_delayed(&later.id).await?, DelayedWithdrawal::Withdrawn);
+    assert!(!queue.run_now(&JobId::from("no-such-job")).await?);
+    // README end
+    assert_eq!((page.letters.len(), deleted), (1, 0));
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+    Ok(())
+}
+
 /// The code blocks of `markdown` fenced as `rust`.
 fn rust_blocks(markdown: &str) -> Vec<Vec<&str>> {
     let mut blocks = Vec::new();
