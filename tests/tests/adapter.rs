@@ -1142,3 +1142,37 @@ async fn a_delayed_job_runs_now_or_is_withdrawn() {
     let dl = layer(&server).await;
     datalayer_tests::delayed_scenario(&dl).await;
 }
+
+/// The reproduction, as a new user would write it: two data layers (two servers'
+/// worth) open one queue with default options, one worker serves it, each adds 2,000 jobs
+/// and awaits every result. Before per-producer events, ~150 results never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_data_layers_on_one_queue_each_get_all_their_results() {
+    let server = RedisServer::start(Persistence::None);
+    let (a, b) = (layer(&server).await, layer(&server).await);
+    let worker_dl = layer(&server).await;
+    let _worker = echo_worker(
+        &worker_dl,
+        "shared",
+        WorkerOptions::default().concurrency(32),
+    );
+    let qa = queue(&a, "shared");
+    let qb = queue(&b, "shared");
+    assert_ne!(qa.producer_id(), qb.producer_id());
+    let run = |q: JobQueue, tag: &'static str| async move {
+        let mut handles = Vec::new();
+        for i in 0..2_000 {
+            handles.push((i, q.add(tag, &json!(i)).await.expect("add")));
+        }
+        for (i, h) in handles {
+            let outcome = tokio::time::timeout(WAIT, h.result())
+                .await
+                .expect("a result in time")
+                .expect("an outcome");
+            let v: Value = outcome.json().expect("completed");
+            assert_eq!(v["echo"], json!(i), "{tag}");
+            assert_eq!(v["session"], json!(tag), "{tag}");
+        }
+    };
+    tokio::join!(run(qa.clone(), "a"), run(qb.clone(), "b"));
+}
