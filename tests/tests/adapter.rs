@@ -1098,8 +1098,10 @@ async fn consumers_of_workers_that_exited_leave_the_group() {
         if left.is_empty() {
             break;
         }
+        // Typically 10 s here (the exited workers' promises run out first); room for a
+        // loaded machine.
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(60),
             "consumers of exited workers stayed: {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
