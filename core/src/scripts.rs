@@ -1035,6 +1035,26 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.extend(entries.iter().map(|e| id(*e)));
             script(&HEARTBEAT, &[&keys.jobs], args)
         }
+        CommandKind::ReadEvents { .. }
+        | CommandKind::AckEvents { .. }
+        | CommandKind::Stats { .. }
+        | CommandKind::Register { .. }
+        | CommandKind::Destroy { .. }
+        | CommandKind::ReadDead { .. }
+        | CommandKind::Revive { .. }
+        | CommandKind::DelayedJob { .. }
+        | CommandKind::Workers { .. }
+        | CommandKind::FindJob { .. }
+        | CommandKind::DeleteDead { .. } => producer_invocation(kind),
+        CommandKind::Ping => Invocation::Plain(vec![b("PING")]),
+    }
+}
+
+/// The invocations of the producer's commands: its events, its registration, stats, the
+/// queue's destruction, and the operator's requests (`invocation` is one match; these
+/// arms live here).
+fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
+    match kind {
         CommandKind::ReadEvents {
             producer,
             after,
@@ -1136,7 +1156,6 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             args.extend(entries.iter().map(|e| id(*e)));
             Invocation::Plain(args)
         }
-        CommandKind::Ping => Invocation::Plain(vec![b("PING")]),
         CommandKind::Destroy { keys } => {
             let mut k: Vec<Arg<'_>> = keys.all().into_iter().map(b).collect();
             k.push(b(&keys.events));
@@ -1146,6 +1165,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
                 args: Vec::new(),
             }
         }
+        _ => unreachable!("called for the producer's commands only"),
     }
 }
 

@@ -209,8 +209,8 @@ type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
 /// job, and where to answer.
 type AddCall = (u64, AddJob, AddReply);
 
-/// An operator's request of the dead letters.
-enum DeadOp {
+/// An operator's request (dead letters, one job, the workers): answered by one event.
+enum Ask {
     Workers,
     Find(JobId, u32),
     Promote(JobId),
@@ -222,7 +222,7 @@ enum DeadOp {
 
 enum Msg {
     Stats(oneshot::Sender<QueueStats>),
-    Dead(DeadOp, oneshot::Sender<ProducerEvent>),
+    Ask(Ask, oneshot::Sender<ProducerEvent>),
     Add(AddCall),
     AddMany(Vec<AddCall>),
     /// The caller of add number `.1` stopped waiting: `Ok(())` if it was accepted meanwhile.
@@ -439,10 +439,10 @@ impl JobQueue {
         rx.await.map_err(|_| Error::Stopped)
     }
 
-    async fn dead(&self, op: DeadOp) -> Result<ProducerEvent, Error> {
+    async fn ask(&self, op: Ask) -> Result<ProducerEvent, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Dead(op, tx))
+            .send(Msg::Ask(op, tx))
             .await
             .map_err(|_| Error::Stopped)?;
         match rx.await.map_err(|_| Error::Stopped)? {
@@ -460,7 +460,7 @@ impl JobQueue {
         count: u32,
     ) -> Result<DeadPage, Error> {
         match self
-            .dead(DeadOp::Read(after.unwrap_or(EntryId::ZERO), count))
+            .ask(Ask::Read(after.unwrap_or(EntryId::ZERO), count))
             .await?
         {
             ProducerEvent::DeadPage { page, .. } => Ok(page),
@@ -477,7 +477,7 @@ impl JobQueue {
         &self,
         letters: &[DeadLetter],
     ) -> Result<Vec<(EntryId, Revival)>, Error> {
-        match self.dead(DeadOp::Revive(letters.to_vec())).await? {
+        match self.ask(Ask::Revive(letters.to_vec())).await? {
             ProducerEvent::Revived { results, .. } => Ok(results),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -518,7 +518,7 @@ impl JobQueue {
     /// searches of the work stream, the pending list and the dead letters go at most 10,000
     /// entries deep each: an operator's question, not for a hot path.
     pub async fn find_job(&self, id: &JobId) -> Result<JobPlace, Error> {
-        match self.dead(DeadOp::Find(id.clone(), 10_000)).await? {
+        match self.ask(Ask::Find(id.clone(), 10_000)).await? {
             ProducerEvent::JobFound { place, .. } => Ok(place),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -527,7 +527,7 @@ impl JobQueue {
     /// The queue's live workers, in any process: each consumer name with the time (ms since
     /// the epoch) by which it promised to run its next upkeep (a worker past it is gone).
     pub async fn workers(&self) -> Result<Vec<(String, u64)>, Error> {
-        match self.dead(DeadOp::Workers).await? {
+        match self.ask(Ask::Workers).await? {
             ProducerEvent::Workers { workers, .. } => Ok(workers),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -535,7 +535,7 @@ impl JobQueue {
 
     /// Runs delayed job `id` now instead of at its due time; whether it was delayed.
     pub async fn run_now(&self, id: &JobId) -> Result<bool, Error> {
-        match self.dead(DeadOp::Promote(id.clone())).await? {
+        match self.ask(Ask::Promote(id.clone())).await? {
             ProducerEvent::Promoted { entry, .. } => Ok(entry.is_some()),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -546,7 +546,7 @@ impl JobQueue {
     /// is `NotOurs`; a job not delayed (running, ended, unknown) `NotDelayed`; one whose add
     /// still awaits Redis here `AddOutstanding` (ask again once it is answered).
     pub async fn cancel_delayed(&self, id: &JobId) -> Result<DelayedWithdrawal, Error> {
-        match self.dead(DeadOp::Withdraw(id.clone())).await? {
+        match self.ask(Ask::Withdraw(id.clone())).await? {
             ProducerEvent::DelayedWithdrawn { result, .. } => Ok(result),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -554,7 +554,7 @@ impl JobQueue {
 
     /// Deletes dead letters; how many were still there.
     pub async fn delete_dead(&self, entries: &[EntryId]) -> Result<u64, Error> {
-        match self.dead(DeadOp::Delete(entries.to_vec())).await? {
+        match self.ask(Ask::Delete(entries.to_vec())).await? {
             ProducerEvent::DeadDeleted { deleted, .. } => Ok(deleted),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -835,15 +835,15 @@ impl Driver {
                 }
             }
             Msg::Add((call, job, reply)) => self.add(call, job, reply),
-            Msg::Dead(op, reply) => {
+            Msg::Ask(op, reply) => {
                 let request = match op {
-                    DeadOp::Read(after, count) => self.producer.read_dead(after, count),
-                    DeadOp::Find(job, limit) => self.producer.find_job(&job, limit),
-                    DeadOp::Workers => self.producer.request_workers(),
-                    DeadOp::Promote(job) => self.producer.promote_job(&job),
-                    DeadOp::Withdraw(job) => self.producer.withdraw_delayed(&job),
-                    DeadOp::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
-                    DeadOp::Delete(entries) => self.producer.delete_dead(&entries),
+                    Ask::Read(after, count) => self.producer.read_dead(after, count),
+                    Ask::Find(job, limit) => self.producer.find_job(&job, limit),
+                    Ask::Workers => self.producer.request_workers(),
+                    Ask::Promote(job) => self.producer.promote_job(&job),
+                    Ask::Withdraw(job) => self.producer.withdraw_delayed(&job),
+                    Ask::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
+                    Ask::Delete(entries) => self.producer.delete_dead(&entries),
                 };
                 self.requests.insert(request, reply);
             }

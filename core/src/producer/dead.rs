@@ -31,8 +31,6 @@ pub struct DeadLetter {
     pub record: Result<JobRecord, String>,
     /// Why it failed for good, or why the reason does not open.
     pub reason: Result<String, String>,
-    /// The job's envelope as stored (what `revive` re-seals).
-    envelope: Vec<u8>,
 }
 
 impl DeadLetter {
@@ -44,13 +42,13 @@ impl DeadLetter {
         let job = text(b"j").filter(|j| !j.is_empty()).map(JobId::from);
         let attempt = text(b"a").and_then(|a| a.parse().ok());
         let instance = entry.field(b"i").and_then(Instance::parse_hex);
-        let envelope = entry.field(b"e").unwrap_or_default().to_vec();
+        let envelope = entry.field(b"e").unwrap_or_default();
         let record = match &job {
             None => Err("no job id: the entry was garbage, not a job".to_owned()),
             Some(id) => {
                 let ctx = Context::new(Purpose::Job, scope, id.0.as_bytes());
                 sealer
-                    .open::<JobRecord>(&ctx, &envelope)
+                    .open::<JobRecord>(&ctx, envelope)
                     .map_err(|e| e.to_string())
                     .and_then(|r| {
                         if r.id == *id {
@@ -83,7 +81,6 @@ impl DeadLetter {
             instance,
             record,
             reason,
-            envelope,
         }
     }
 
@@ -144,15 +141,6 @@ pub(crate) fn reseal(
     let ctx = Context::new(Purpose::Job, scope, job.0.as_bytes());
     let sealed = sealer.seal(&ctx, &again, rng).ok()?;
     Some((letter.entry, job.0.clone(), sealed))
-}
-
-/// Whether the stored envelope is what `open` read (for tests of garbage letters).
-impl DeadLetter {
-    /// The envelope bytes as stored in the dead letter.
-    #[must_use]
-    pub fn envelope(&self) -> &[u8] {
-        &self.envelope
-    }
 }
 
 /// What `withdraw_delayed` found.

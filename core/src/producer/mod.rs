@@ -390,9 +390,13 @@ impl Producer {
         self.want_stats = true;
     }
 
-    fn request(&mut self, kind: CommandKind, unreadable: Vec<EntryId>) -> Request {
+    fn new_request(&mut self) -> Request {
         self.next_request += 1;
-        let r = Request(self.next_request);
+        Request(self.next_request)
+    }
+
+    fn request(&mut self, kind: CommandKind, unreadable: Vec<EntryId>) -> Request {
+        let r = self.new_request();
         if self.destroying {
             let error = "queue destroyed".to_owned();
             self.events
@@ -428,8 +432,7 @@ impl Producer {
             }
         }
         if items.is_empty() {
-            self.next_request += 1;
-            let request = Request(self.next_request);
+            let request = self.new_request();
             let results = unreadable
                 .into_iter()
                 .map(|e| (e, Revival::Unreadable))
@@ -481,8 +484,7 @@ impl Producer {
     /// is the job's final outcome.
     pub fn withdraw_delayed(&mut self, job: &JobId) -> Request {
         if self.outstanding.contains_key(&job.0) {
-            self.next_request += 1;
-            let request = Request(self.next_request);
+            let request = self.new_request();
             self.events.push_back(ProducerEvent::DelayedWithdrawn {
                 request,
                 job: job.clone(),
@@ -501,8 +503,7 @@ impl Producer {
     /// Deletes dead letters; a `DeadDeleted` event follows with how many were there.
     pub fn delete_dead(&mut self, entries: &[EntryId]) -> Request {
         if entries.is_empty() {
-            self.next_request += 1;
-            let request = Request(self.next_request);
+            let request = self.new_request();
             self.events.push_back(ProducerEvent::DeadDeleted {
                 request,
                 deleted: 0,

@@ -3,6 +3,7 @@
 use super::{Sim, Stream, ZSet};
 use crate::command::{CommandKind, NewJob, Settle};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 use crate::scripts::{SWEEP_LIMIT, TRIM_WINDOW_MS};
@@ -110,101 +111,20 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         } => promote(sim, keys, *now_ms, *limit),
         CommandKind::Reclaim { .. } => reclaim(sim, kind),
         CommandKind::Ping => Ok(Value::Status("PONG".into())),
-        CommandKind::ReadDead { keys, after, count } => {
-            let entries = match sim.stream_mut(&keys.dead, false)? {
-                Some(s) => s.read_after(*after, *count as usize),
-                None => Vec::new(),
-            };
-            Ok(Value::Array(entries.into_iter().map(entry_value).collect()))
-        }
+        CommandKind::ReadDead { keys, after, count } => read_dead(sim, keys, *after, *count),
         CommandKind::Revive {
             keys,
             marker,
             items,
-        } => {
-            let mut out = Vec::with_capacity(items.len());
-            for (entry, job, envelope) in items {
-                let there = sim
-                    .stream_mut(&keys.dead, false)?
-                    .is_some_and(|s| s.entries.contains_key(entry));
-                if !there {
-                    out.push(Value::Int(0));
-                    continue;
-                }
-                let ids = sim.hash_mut(&keys.ids)?;
-                if ids.contains_key(job.as_bytes()) {
-                    out.push(Value::Int(-1));
-                    continue;
-                }
-                ids.insert(job.as_bytes().to_vec(), marker.as_bytes().to_vec());
-                let id = xadd(sim, &keys.jobs, work_fields(job, envelope))?;
-                if let Some(s) = sim.stream_mut(&keys.dead, false)? {
-                    s.entries.remove(entry);
-                }
-                out.push(id_value(id));
-            }
-            Ok(Value::Array(out))
-        }
+        } => revive(sim, keys, marker, items),
         CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
-        CommandKind::Workers { keys } => {
-            let flat = sim.zset(&keys.workers)?.map_or_else(Vec::new, |z| {
-                z.members()
-                    .into_iter()
-                    .flat_map(|m| {
-                        let score = z.score(&m).unwrap_or_default().to_string();
-                        [Value::Bulk(m), Value::Bulk(score.into_bytes())]
-                    })
-                    .collect()
-            });
-            Ok(Value::Array(flat))
-        }
+        CommandKind::Workers { keys } => workers(sim, keys),
         CommandKind::DelayedJob {
             keys,
             job,
             withdraw_as,
-        } => {
-            let id = job.as_bytes();
-            if !sim.zset(&keys.delayed)?.is_some_and(|z| z.contains(id)) {
-                let tombstone = withdraw_as.as_ref().map(|m| format!("x:{m}").into_bytes());
-                let found = marker_of(sim, keys, job)?;
-                let again = tombstone.is_some() && found == tombstone;
-                return Ok(Value::Int(i64::from(again)));
-            }
-            if let Some(marker) = withdraw_as {
-                if marker_of(sim, keys, job)?.as_deref() != Some(marker.as_bytes()) {
-                    return Ok(Value::Int(-1));
-                }
-            }
-            let env = sim.hash(&keys.payloads)?.and_then(|h| h.get(id).cloned());
-            sim.zset_mut(&keys.delayed)?.remove(id);
-            sim.drop_if_empty(&keys.delayed);
-            hdel(sim, &keys.payloads, id)?;
-            match (withdraw_as, env) {
-                (Some(marker), _) => {
-                    sim.hash_mut(&keys.ids)?
-                        .insert(id.to_vec(), format!("x:{marker}").into_bytes());
-                    Ok(Value::Int(1))
-                }
-                (None, None) => {
-                    hdel(sim, &keys.ids, id)?;
-                    Ok(Value::Int(0))
-                }
-                (None, Some(env)) => Ok(id_value(xadd(sim, &keys.jobs, work_fields(job, &env))?)),
-            }
-        }
-        CommandKind::DeleteDead { keys, entries } => {
-            if entries.is_empty() {
-                return Err("ERR wrong number of arguments for 'xdel' command".into());
-            }
-            let n = match sim.stream_mut(&keys.dead, false)? {
-                Some(s) => entries
-                    .iter()
-                    .filter(|e| s.entries.remove(e).is_some())
-                    .count(),
-                None => 0,
-            };
-            Ok(Value::Int(n as i64))
-        }
+        } => delayed_job(sim, keys, job, withdraw_as.as_deref()),
+        CommandKind::DeleteDead { keys, entries } => delete_dead(sim, keys, entries),
         CommandKind::Heartbeat {
             keys,
             consumer,
@@ -229,22 +149,7 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             token,
             through,
             forget,
-        } => {
-            if superseded(sim, keys, &producer.id, token)? {
-                return Err(format!(
-                    "SUPERSEDED another instance took over producer {}",
-                    producer.id
-                ));
-            }
-            let n = match (through, sim.stream_mut(&producer.events, false)?) {
-                (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(*t)),
-                _ => 0,
-            };
-            for job in forget {
-                hdel(sim, &keys.ids, job.as_bytes())?;
-            }
-            Ok(Value::Int(n as i64))
-        }
+        } => ack_events(sim, keys, producer, token, (*through, forget)),
         CommandKind::Stats { keys, producer } => stats(sim, keys, producer),
         CommandKind::Register {
             keys,
@@ -253,32 +158,169 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             claim,
             now_ms,
             until_ms,
-        } => {
-            if !*claim && superseded(sim, keys, &producer.id, token)? {
-                return Ok(Value::Int(-1));
-            }
-            sim.hash_mut(&keys.owners)?
-                .insert(producer.id.as_bytes().to_vec(), token.as_bytes().to_vec());
-            sim.zset_mut(&keys.gone)?.remove(producer.id.as_bytes());
-            sim.drop_if_empty(&keys.gone);
-            let live = sim.zset_mut(&keys.producers)?;
-            let new = !live.contains(producer.id.as_bytes());
-            live.add(*until_ms, producer.id.as_bytes());
-            sweep_gone(sim, keys, *now_ms)?;
-            Ok(Value::Int(i64::from(new)))
+        } => register_producer(sim, keys, (producer, token, *claim), (*now_ms, *until_ms)),
+        CommandKind::Destroy { keys } => destroy(sim, keys),
+    }
+}
+
+/// `XRANGE <dead> (<after> + COUNT <count>`.
+fn read_dead(sim: &mut Sim, keys: &QueueKeys, after: EntryId, count: u32) -> Exec {
+    let entries = match sim.stream_mut(&keys.dead, false)? {
+        Some(s) => s.read_after(after, count as usize),
+        None => Vec::new(),
+    };
+    Ok(Value::Array(entries.into_iter().map(entry_value).collect()))
+}
+
+/// Script `revive`: dead letters back to the work stream, each once, under `marker`.
+fn revive(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    marker: &str,
+    items: &[(EntryId, String, Arc<[u8]>)],
+) -> Exec {
+    let mut out = Vec::with_capacity(items.len());
+    for (entry, job, envelope) in items {
+        let there = sim
+            .stream_mut(&keys.dead, false)?
+            .is_some_and(|s| s.entries.contains_key(entry));
+        if !there {
+            out.push(Value::Int(0));
+            continue;
         }
-        CommandKind::Destroy { keys } => {
-            let mut n = 0;
-            for set in [&keys.producers, &keys.gone] {
-                let members = sim.zset(set)?.map_or_else(Vec::new, |z| z.members());
-                for p in members {
-                    n += usize::from(sim.remove(&events_key(keys, &p)));
-                }
-            }
-            n += keys.all().iter().filter(|k| sim.remove(k)).count();
-            Ok(Value::Int(n as i64))
+        let ids = sim.hash_mut(&keys.ids)?;
+        if ids.contains_key(job.as_bytes()) {
+            out.push(Value::Int(-1));
+            continue;
+        }
+        ids.insert(job.as_bytes().to_vec(), marker.as_bytes().to_vec());
+        let id = xadd(sim, &keys.jobs, work_fields(job, envelope))?;
+        if let Some(s) = sim.stream_mut(&keys.dead, false)? {
+            s.entries.remove(entry);
+        }
+        out.push(id_value(id));
+    }
+    Ok(Value::Array(out))
+}
+
+/// Script `workers`: the workers zset flat, scores as text (as Lua sees them).
+fn workers(sim: &mut Sim, keys: &QueueKeys) -> Exec {
+    let flat = sim.zset(&keys.workers)?.map_or_else(Vec::new, |z| {
+        z.members()
+            .into_iter()
+            .flat_map(|m| {
+                let score = z.score(&m).unwrap_or_default().to_string();
+                [Value::Bulk(m), Value::Bulk(score.into_bytes())]
+            })
+            .collect()
+    });
+    Ok(Value::Array(flat))
+}
+
+/// Script `delayed_job`: promote one delayed job, or withdraw it as `withdraw_as`.
+fn delayed_job(sim: &mut Sim, keys: &QueueKeys, job: &str, withdraw_as: Option<&str>) -> Exec {
+    let id = job.as_bytes();
+    if !sim.zset(&keys.delayed)?.is_some_and(|z| z.contains(id)) {
+        let tombstone = withdraw_as.as_ref().map(|m| format!("x:{m}").into_bytes());
+        let found = marker_of(sim, keys, job)?;
+        let again = tombstone.is_some() && found == tombstone;
+        return Ok(Value::Int(i64::from(again)));
+    }
+    if let Some(marker) = withdraw_as {
+        if marker_of(sim, keys, job)?.as_deref() != Some(marker.as_bytes()) {
+            return Ok(Value::Int(-1));
         }
     }
+    let env = sim.hash(&keys.payloads)?.and_then(|h| h.get(id).cloned());
+    sim.zset_mut(&keys.delayed)?.remove(id);
+    sim.drop_if_empty(&keys.delayed);
+    hdel(sim, &keys.payloads, id)?;
+    match (withdraw_as, env) {
+        (Some(marker), _) => {
+            sim.hash_mut(&keys.ids)?
+                .insert(id.to_vec(), format!("x:{marker}").into_bytes());
+            Ok(Value::Int(1))
+        }
+        (None, None) => {
+            hdel(sim, &keys.ids, id)?;
+            Ok(Value::Int(0))
+        }
+        (None, Some(env)) => Ok(id_value(xadd(sim, &keys.jobs, work_fields(job, &env))?)),
+    }
+}
+
+/// `XDEL <dead> <entries...>`.
+fn delete_dead(sim: &mut Sim, keys: &QueueKeys, entries: &[EntryId]) -> Exec {
+    if entries.is_empty() {
+        return Err("ERR wrong number of arguments for 'xdel' command".into());
+    }
+    let n = match sim.stream_mut(&keys.dead, false)? {
+        Some(s) => entries
+            .iter()
+            .filter(|e| s.entries.remove(e).is_some())
+            .count(),
+        None => 0,
+    };
+    Ok(Value::Int(n as i64))
+}
+
+/// Script `ack_events`: trim what the producer read, forget its ended jobs' markers;
+/// refused to an instance that no longer holds its id.
+fn ack_events(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    producer: &ProducerKeys,
+    token: &str,
+    (through, forget): (Option<EntryId>, &[String]),
+) -> Exec {
+    if superseded(sim, keys, &producer.id, token)? {
+        return Err(format!(
+            "SUPERSEDED another instance took over producer {}",
+            producer.id
+        ));
+    }
+    let n = match (through, sim.stream_mut(&producer.events, false)?) {
+        (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(t)),
+        _ => 0,
+    };
+    for job in forget {
+        hdel(sim, &keys.ids, job.as_bytes())?;
+    }
+    Ok(Value::Int(n as i64))
+}
+
+/// Script `register`: the producer's claim or refresh, then the sweep.
+fn register_producer(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    (producer, token, claim): (&ProducerKeys, &str, bool),
+    (now_ms, until_ms): (u64, u64),
+) -> Exec {
+    if !claim && superseded(sim, keys, &producer.id, token)? {
+        return Ok(Value::Int(-1));
+    }
+    sim.hash_mut(&keys.owners)?
+        .insert(producer.id.as_bytes().to_vec(), token.as_bytes().to_vec());
+    sim.zset_mut(&keys.gone)?.remove(producer.id.as_bytes());
+    sim.drop_if_empty(&keys.gone);
+    let live = sim.zset_mut(&keys.producers)?;
+    let new = !live.contains(producer.id.as_bytes());
+    live.add(until_ms, producer.id.as_bytes());
+    sweep_gone(sim, keys, now_ms)?;
+    Ok(Value::Int(i64::from(new)))
+}
+
+/// Script `destroy`: every key of the queue, with every producer's events stream.
+fn destroy(sim: &mut Sim, keys: &QueueKeys) -> Exec {
+    let mut n = 0;
+    for set in [&keys.producers, &keys.gone] {
+        let members = sim.zset(set)?.map_or_else(Vec::new, |z| z.members());
+        for p in members {
+            n += usize::from(sim.remove(&events_key(keys, &p)));
+        }
+    }
+    n += keys.all().iter().filter(|k| sim.remove(k)).count();
+    Ok(Value::Int(n as i64))
 }
 
 /// Script `find_job`: where a job is, each scan bounded by `limit`.
