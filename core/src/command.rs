@@ -424,8 +424,14 @@ pub enum Reply {
 /// over, or the cluster is reconfiguring.
 #[must_use]
 pub fn is_transient_error(message: &str) -> bool {
-    const TRANSIENT: [&str; 7] = [
+    const TRANSIENT: [&str; 10] = [
         "LOADING",
+        // A cluster's redirects (the command did not run on that node: the adapter reads
+        // the slot table again, and the resend goes to the slot's new node) and a blocked
+        // read a failover or a migration ended.
+        "MOVED",
+        "ASK",
+        "UNBLOCKED",
         "BUSY",
         "TRYAGAIN",
         "CLUSTERDOWN",

@@ -126,6 +126,8 @@
 )]
 #![warn(missing_docs)]
 
+pub mod bells;
+pub mod cluster;
 pub mod command;
 pub mod credentials;
 pub mod envelope;

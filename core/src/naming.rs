@@ -99,6 +99,11 @@ pub struct QueueKeys {
     /// The queue's live workers, each with the time by which it will be back (a sorted set:
     /// it spreads the queue's upkeep over them, see [`crate::scripts::RECLAIM`]).
     pub workers: String,
+    /// The doorbell channel of the work stream (sharded pub/sub, in the queue's slot): on a
+    /// cluster, idle workers wait on it ([`crate::cluster`]). Not a key.
+    pub bell_jobs: String,
+    /// The doorbell channel of the producers' events streams. Not a key.
+    pub bell_events: String,
 }
 
 impl QueueKeys {
@@ -120,6 +125,8 @@ impl QueueKeys {
             gone: key("gone"),
             owners: key("owners"),
             workers: key("workers"),
+            bell_jobs: key("bell:jobs"),
+            bell_events: key("bell:events"),
         })
     }
 

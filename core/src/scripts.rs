@@ -53,6 +53,43 @@ pub enum Invocation<'a> {
     },
 }
 
+impl Invocation<'_> {
+    /// The key that decides where the invocation runs on a cluster (every key it touches
+    /// shares its slot): a script's first key, a transaction's first keyed command's, a
+    /// plain command's key (`None` for keyless commands: `PING`, `SCAN`, ...).
+    #[must_use]
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Invocation::Plain(args) => command_key(args),
+            Invocation::Transaction(cmds) => cmds.iter().find_map(|c| command_key(c)),
+            Invocation::Script { keys, .. } => keys.first().map(AsRef::as_ref),
+        }
+    }
+
+    /// The hash slot of [`Invocation::key`].
+    #[must_use]
+    pub fn slot(&self) -> Option<u16> {
+        self.key().map(crate::naming::hash_slot)
+    }
+}
+
+/// The key of one command (its name first), for the commands datalayer sends.
+fn command_key<'a>(args: &'a [Arg<'_>]) -> Option<&'a [u8]> {
+    let name = args.first()?.to_ascii_uppercase();
+    match name.as_slice() {
+        b"PING" | b"SCAN" | b"ECHO" | b"INFO" | b"CLIENT" | b"CONFIG" | b"CLUSTER" | b"SCRIPT"
+        | b"MULTI" | b"EXEC" | b"WAIT" => None,
+        b"XREAD" | b"XREADGROUP" => {
+            let streams = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+            args.get(streams + 1).map(AsRef::as_ref)
+        }
+        b"XGROUP" | b"XINFO" => args.get(2).map(AsRef::as_ref),
+        _ => args.get(1).map(AsRef::as_ref),
+    }
+}
+
 /// `enqueue` — KEYS: jobs, ids, delayed, payloads. ARGV: now, marker (`p` or `w`), then per
 /// job: id, due (0: now), envelope.
 ///
@@ -1419,5 +1456,57 @@ mod tests {
             words(merged_read(&[&e1, &events("a", EntryId::new(9, 0))], 10)),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+    use crate::naming::hash_slot;
+    use std::sync::Arc;
+
+    /// Every kind's invocation goes to its queue's slot; keyless ones to none.
+    #[test]
+    fn every_invocation_routes_by_its_queues_slot() {
+        let keys = Arc::new(QueueKeys::new("dl", "irc").unwrap());
+        let slot = hash_slot(keys.jobs.as_bytes());
+        let kinds = [
+            CommandKind::EnsureGroup { keys: keys.clone() },
+            CommandKind::Read {
+                keys: keys.clone(),
+                consumer: "c".into(),
+                count: 1,
+                block_ms: Some(5),
+            },
+            CommandKind::Enqueue {
+                keys: keys.clone(),
+                now_ms: 1,
+                marker: "w".into(),
+                jobs: vec![crate::command::NewJob {
+                    id: "j".into(),
+                    due_ms: None,
+                    envelope: Arc::from(&b"x"[..]),
+                }],
+                fresh: true,
+            },
+            CommandKind::Enqueue {
+                keys: keys.clone(),
+                now_ms: 1,
+                marker: "w".into(),
+                jobs: vec![],
+                fresh: false,
+            },
+            CommandKind::ReadDead {
+                keys: keys.clone(),
+                after: EntryId::default(),
+                count: 3,
+            },
+            CommandKind::Workers { keys: keys.clone() },
+            CommandKind::Destroy { keys },
+        ];
+        for kind in &kinds {
+            assert_eq!(invocation(kind).slot(), Some(slot), "{kind:?}");
+        }
+        assert_eq!(invocation(&CommandKind::Ping).slot(), None);
     }
 }

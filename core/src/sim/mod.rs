@@ -365,8 +365,9 @@ pub struct Faults {
     pub lose_command: u16,
     /// The command runs but its reply is lost (the connection died after sending).
     pub lose_reply: u16,
-    /// Redis refuses the command with a transient error (`LOADING`, as after a restart):
-    /// it did not run.
+    /// Redis refuses the command with a transient error: `LOADING` (as after a restart), or
+    /// a cluster's `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `READONLY` (a redirect, a
+    /// migration, a failover under way): it did not run.
     pub error_reply: u16,
 }
 
@@ -397,6 +398,23 @@ impl Network {
         per_mille > 0 && self.rng.next_u64() % 1000 < u64::from(per_mille)
     }
 
+    /// A refusal of `command` that means "not run, try again": a restarted server's, or a
+    /// cluster's while its layout changes (a redirect to the command's slot, a migration
+    /// under way, a failover).
+    fn refusal(&mut self, command: &Command) -> String {
+        let slot = crate::scripts::invocation(&command.kind)
+            .slot()
+            .unwrap_or(0);
+        match self.rng.next_u64() % 6 {
+            0 => "LOADING Redis is loading the dataset in memory".into(),
+            1 => format!("MOVED {slot} 127.0.0.1:7001"),
+            2 => format!("ASK {slot} 127.0.0.1:7002"),
+            3 => "TRYAGAIN Multiple keys request during rehashing of slot".into(),
+            4 => "CLUSTERDOWN The cluster is down".into(),
+            _ => "READONLY You can't write against a read only replica.".into(),
+        }
+    }
+
     /// Sends one command: its reply, or `Unknown` when a fault struck (`NotSent`, half the
     /// time, for a command lost before it ran: an adapter may know that much).
     pub fn send(&mut self, command: &Command) -> Reply {
@@ -407,9 +425,7 @@ impl Network {
             };
         }
         if self.roll(self.faults.error_reply) {
-            return Reply::Value(Value::Error(
-                "LOADING Redis is loading the dataset in memory".into(),
-            ));
+            return Reply::Value(Value::Error(self.refusal(command)));
         }
         let value = self.sim.execute(&command.kind);
         if self.roll(self.faults.lose_reply) {

@@ -1,0 +1,390 @@
+//! Idle readers on a Redis Cluster, woken by doorbells: a sans-io machine.
+//!
+//! On one server the idle readers of a process block in one merged command ([`crate::mux`]).
+//! A cluster cannot merge reads of two slots, and a blocked command would stall the node's
+//! command connection, so there a blocking read is turned into this:
+//!
+//! 1. Subscribe to the read's doorbell ([`crate::cluster::read_bell`]: a sharded channel in
+//!    its queue's slot), once per channel, and wait for the subscription to be confirmed.
+//! 2. Read *without* `BLOCK` ([`BellCommand::Read`], on the command connection). Entries (or
+//!    an error, or an unknown outcome) are the answer.
+//! 3. Nothing: wait until the bell rings, then read again; nil once the read's own `BLOCK`
+//!    has passed, or at once when it is [cancelled](Bells::cancel).
+//!
+//! No ring is missed: each channel counts its rings (its *epoch*), a read notes the epoch
+//! it was sent at, and a read that comes back empty after a ring is sent again at once. A
+//! lost subscription (the connection dropped, the slot moved: [`Bells::handle_lost`]) counts
+//! as a ring and subscribes again. Every command that may add what a reader waits for rings
+//! its bell ([`crate::cluster::rings`]) after it ran, in the same pipeline.
+//!
+//! A channel stays subscribed while readers use it, and for [`LINGER_MS`] after the last
+//! one left (an idle reader's next read comes after its `BLOCK`; unsubscribing and
+//! subscribing again every few seconds would double the commands).
+//!
+//! The same rules as the engine's machines: feed inputs, drain [`Bells::poll_command`] and
+//! [`Bells::poll_answer`], call [`Bells::handle_timeout`] at [`Bells::poll_timeout`]. Time
+//! may go backwards; a spurious timeout is a no-op. Every submitted read is answered exactly
+//! once.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::cluster::read_bell;
+use crate::command::{CommandKind, OpId, Reply};
+use crate::mux::{Answer, Ticket};
+use crate::value::Value;
+
+/// How long a channel stays subscribed after its last reader left (ms).
+pub const LINGER_MS: u64 = 60_000;
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BellCommand {
+    /// `SSUBSCRIBE <channel>` on the subscription connection of the channel's node; the
+    /// outcome goes to [`Bells::handle_subscribed`].
+    Subscribe(String),
+    /// `SUNSUBSCRIBE <channel>` (no answer expected).
+    Unsubscribe(String),
+    /// This read (its `BLOCK` removed), on the command connection; the reply goes to
+    /// [`Bells::handle_read_reply`] with the ticket.
+    Read {
+        /// The read.
+        ticket: Ticket,
+        /// The command.
+        kind: CommandKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// Not subscribed (nor asked).
+    No,
+    /// `SSUBSCRIBE` is out.
+    Asking,
+    /// Confirmed.
+    Yes,
+}
+
+#[derive(Debug)]
+struct Channel {
+    sub: Sub,
+    epoch: u64,
+    readers: usize,
+    /// When the last reader left (for the linger).
+    idle_since_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for its channel's subscription.
+    Subscribing,
+    /// A read is out, sent at this epoch.
+    Reading { epoch: u64 },
+    /// Read empty: waiting for a ring.
+    Parked,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    op: OpId,
+    /// The read without `BLOCK`.
+    kind: CommandKind,
+    channel: String,
+    deadline_ms: u64,
+    state: State,
+    cancelled: bool,
+}
+
+/// The doorbell readers of one process.
+#[derive(Debug, Default)]
+pub struct Bells {
+    next_ticket: u64,
+    reads: HashMap<Ticket, Waiting>,
+    channels: HashMap<String, Channel>,
+    commands: VecDeque<BellCommand>,
+    answers: VecDeque<Answer>,
+}
+
+impl Bells {
+    /// No reader, no subscription.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many reads wait for their answer.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// The channels subscribed (or being subscribed).
+    #[must_use]
+    pub fn subscribed(&self) -> usize {
+        self.channels.values().filter(|c| c.sub != Sub::No).count()
+    }
+
+    /// Takes a blocking read (`op`: the reader's op id, given back with the answer); its
+    /// deadline is `now` plus its `BLOCK`. Anything but a read is answered at once with an
+    /// error reply.
+    pub fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> Ticket {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let mut kind = kind;
+        let channel = read_bell(&kind).map(str::to_owned);
+        let (block, channel) = match (&mut kind, channel) {
+            (
+                CommandKind::Read { block_ms, .. } | CommandKind::ReadEvents { block_ms, .. },
+                Some(channel),
+            ) => (block_ms.take().unwrap_or(0), channel),
+            _ => {
+                self.answers.push_back(Answer {
+                    ticket,
+                    op,
+                    reply: Reply::Value(Value::Error("ERR not a read".into())),
+                });
+                return ticket;
+            }
+        };
+        let ch = self.channels.entry(channel.clone()).or_insert(Channel {
+            sub: Sub::No,
+            epoch: 0,
+            readers: 0,
+            idle_since_ms: None,
+        });
+        ch.readers += 1;
+        ch.idle_since_ms = None;
+        self.reads.insert(
+            ticket,
+            Waiting {
+                op,
+                kind,
+                channel,
+                deadline_ms: now_ms.saturating_add(block),
+                state: State::Subscribing,
+                cancelled: false,
+            },
+        );
+        self.advance(ticket);
+        ticket
+    }
+
+    /// Ends the read's wait now: answered nil at once unless its read is out (then with what
+    /// that read brings). A read already answered is a no-op.
+    pub fn cancel(&mut self, now_ms: u64, ticket: Ticket) {
+        let Some(w) = self.reads.get_mut(&ticket) else {
+            return;
+        };
+        w.cancelled = true;
+        if !matches!(w.state, State::Reading { .. }) {
+            self.answer(now_ms, ticket, Reply::Value(Value::Nil));
+        }
+    }
+
+    /// The outcome of a [`BellCommand::Subscribe`]: confirmed, or failed (nothing is known
+    /// to be subscribed: its readers are answered [`Reply::NotSent`], nothing having been
+    /// read, and their machines read again after a backoff).
+    pub fn handle_subscribed(&mut self, now_ms: u64, channel: &str, ok: bool) {
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if ch.sub != Sub::Asking {
+            return;
+        }
+        ch.sub = if ok { Sub::Yes } else { Sub::No };
+        let waiting: Vec<Ticket> = self.readers_of(channel, |s| s == State::Subscribing);
+        for t in waiting {
+            if ok {
+                self.advance(t);
+            } else {
+                self.answer(now_ms, t, Reply::NotSent);
+            }
+        }
+    }
+
+    /// A ring of `channel`: its parked readers read again.
+    pub fn handle_ring(&mut self, channel: &str) {
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return;
+        };
+        ch.epoch += 1;
+        for t in self.readers_of(channel, |s| s == State::Parked) {
+            self.advance(t);
+        }
+    }
+
+    /// These channels' subscriptions are gone (the connection dropped, the slot moved, the
+    /// node was demoted): rings may have been missed, so it counts as a ring, and they are
+    /// subscribed again (where the slot lives now).
+    pub fn handle_lost<'a>(&mut self, channels: impl IntoIterator<Item = &'a str>) {
+        for channel in channels {
+            let Some(ch) = self.channels.get_mut(channel) else {
+                continue;
+            };
+            ch.epoch += 1;
+            if ch.sub == Sub::Asking {
+                // The subscription's answer is still to come.
+                continue;
+            }
+            ch.sub = Sub::No;
+            for t in self.readers_of(channel, |s| s == State::Parked) {
+                if let Some(w) = self.reads.get_mut(&t) {
+                    w.state = State::Subscribing;
+                }
+                self.advance(t);
+            }
+        }
+    }
+
+    /// Every channel subscribed or being subscribed (for a lost connection of unknown
+    /// scope).
+    #[must_use]
+    pub fn channels(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.sub != Sub::No)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The reply of a [`BellCommand::Read`].
+    pub fn handle_read_reply(&mut self, now_ms: u64, ticket: Ticket, reply: Reply) {
+        let Some(w) = self.reads.get_mut(&ticket) else {
+            return;
+        };
+        let State::Reading { epoch } = w.state else {
+            return;
+        };
+        if reply != Reply::Value(Value::Nil) || w.cancelled || w.deadline_ms <= now_ms {
+            self.answer(now_ms, ticket, reply);
+            return;
+        }
+        let (sub, now_epoch) = self
+            .channels
+            .get(&w.channel)
+            .map_or((Sub::No, epoch), |c| (c.sub, c.epoch));
+        if sub == Sub::Yes && now_epoch == epoch {
+            w.state = State::Parked;
+        } else {
+            // Rung meanwhile: read again at once; or the subscription was lost: again first.
+            w.state = State::Subscribing;
+            self.advance(ticket);
+        }
+    }
+
+    /// Time passed: parked reads past their deadline are answered (nil); channels idle past
+    /// the linger are unsubscribed.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let due: Vec<Ticket> = self
+            .reads
+            .iter()
+            .filter(|(_, w)| !matches!(w.state, State::Reading { .. }) && w.deadline_ms <= now_ms)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            self.answer(now_ms, t, Reply::Value(Value::Nil));
+        }
+        let idle: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| {
+                c.readers == 0
+                    && c.sub != Sub::Asking
+                    && c.idle_since_ms
+                        .is_some_and(|s| s.saturating_add(LINGER_MS) <= now_ms)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            if let Some(c) = self.channels.remove(&name) {
+                if c.sub == Sub::Yes {
+                    self.commands.push_back(BellCommand::Unsubscribe(name));
+                }
+            }
+        }
+    }
+
+    /// When to call [`Bells::handle_timeout`]: the earliest deadline of a read not out, or
+    /// the end of a channel's linger.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let reads = self
+            .reads
+            .values()
+            .filter(|w| !matches!(w.state, State::Reading { .. }))
+            .map(|w| w.deadline_ms);
+        let lingers = self
+            .channels
+            .values()
+            .filter(|c| c.readers == 0 && c.sub != Sub::Asking)
+            .filter_map(|c| c.idle_since_ms.map(|s| s.saturating_add(LINGER_MS)));
+        reads.chain(lingers).min()
+    }
+
+    /// The next command to send.
+    pub fn poll_command(&mut self) -> Option<BellCommand> {
+        self.commands.pop_front()
+    }
+
+    /// The next answer for a reader.
+    pub fn poll_answer(&mut self) -> Option<Answer> {
+        self.answers.pop_front()
+    }
+
+    fn readers_of(&self, channel: &str, state: impl Fn(State) -> bool) -> Vec<Ticket> {
+        let mut t: Vec<Ticket> = self
+            .reads
+            .iter()
+            .filter(|(_, w)| w.channel == channel && state(w.state))
+            .map(|(t, _)| *t)
+            .collect();
+        t.sort_unstable();
+        t
+    }
+
+    /// The next step of a read that is not out: read if its channel is subscribed, else
+    /// subscribe it (once).
+    fn advance(&mut self, ticket: Ticket) {
+        let Some(w) = self.reads.get_mut(&ticket) else {
+            return;
+        };
+        let Some(ch) = self.channels.get_mut(&w.channel) else {
+            return;
+        };
+        match ch.sub {
+            Sub::Yes => {
+                w.state = State::Reading { epoch: ch.epoch };
+                self.commands.push_back(BellCommand::Read {
+                    ticket,
+                    kind: w.kind.clone(),
+                });
+            }
+            Sub::Asking => w.state = State::Subscribing,
+            Sub::No => {
+                w.state = State::Subscribing;
+                ch.sub = Sub::Asking;
+                self.commands
+                    .push_back(BellCommand::Subscribe(w.channel.clone()));
+            }
+        }
+    }
+
+    fn answer(&mut self, now_ms: u64, ticket: Ticket, reply: Reply) {
+        let Some(w) = self.reads.remove(&ticket) else {
+            return;
+        };
+        if let Some(ch) = self.channels.get_mut(&w.channel) {
+            ch.readers = ch.readers.saturating_sub(1);
+            if ch.readers == 0 {
+                ch.idle_since_ms = Some(now_ms);
+            }
+        }
+        self.answers.push_back(Answer {
+            ticket,
+            op: w.op,
+            reply,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
