@@ -20,6 +20,8 @@ pub(crate) enum Backend {
         conn: Conn,
         client: std::sync::Arc<redis::Client>,
     },
+    /// A Redis Cluster: a connection per primary, each pipeline routed by its slot.
+    Cluster(std::sync::Arc<crate::cluster::Cluster>),
     /// The in-process model.
     #[cfg(feature = "memory")]
     Memory(std::sync::Arc<crate::memory::Memory>),
@@ -29,6 +31,7 @@ impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Redis { .. } => f.write_str("Backend::Redis"),
+            Backend::Cluster(_) => f.write_str("Backend::Cluster"),
             #[cfg(feature = "memory")]
             Backend::Memory(_) => f.write_str("Backend::Memory"),
         }
@@ -48,6 +51,7 @@ impl Backend {
     pub(crate) async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
         match self {
             Backend::Redis { conn, .. } => exec::execute(&mut conn.clone(), commands).await,
+            Backend::Cluster(cluster) => cluster.execute(commands).await,
             #[cfg(feature = "memory")]
             Backend::Memory(memory) => memory.execute(commands),
         }
@@ -59,18 +63,21 @@ impl Backend {
         &self,
         invocations: &[Invocation<'_>],
     ) -> redis::RedisResult<Vec<Value>> {
-        match self {
-            Backend::Redis { conn, .. } => exec::run_invocations(&mut conn.clone(), invocations)
-                .await
-                .into_iter()
-                .map(|r| match r {
-                    Reply::Value(v) => Ok(v),
-                    _ => Err(unknown()),
-                })
-                .collect(),
+        let replies = match self {
+            Backend::Redis { conn, .. } => {
+                exec::run_invocations(&mut conn.clone(), invocations).await
+            }
+            Backend::Cluster(cluster) => cluster.run(invocations).await,
             #[cfg(feature = "memory")]
-            Backend::Memory(memory) => Ok(memory.invoke(invocations)),
-        }
+            Backend::Memory(memory) => return Ok(memory.invoke(invocations)),
+        };
+        replies
+            .into_iter()
+            .map(|r| match r {
+                Reply::Value(v) => Ok(v),
+                _ => Err(unknown()),
+            })
+            .collect()
     }
 
     /// Runs one invocation on its own.

@@ -41,6 +41,11 @@ use crate::exec::{push, to_value};
 /// How long an idle reader's read blocks in Redis (ms).
 pub(crate) const BLOCK_MS: u64 = 5_000;
 
+/// How long an idle reader waits for its doorbell on a cluster before it reads anyway (ms):
+/// the read at the end is only a safety net (every command that adds rings the bell), and
+/// each costs a command, so it is rare.
+pub(crate) const BELL_WAIT_MS: u64 = 30_000;
+
 /// Where a blocking read's reply goes: the driver's channel, with the op to reply to.
 pub(crate) type ReplyTx = mpsc::UnboundedSender<(OpId, Reply)>;
 
@@ -49,7 +54,8 @@ pub(crate) type Ticket = u64;
 
 static TICKETS: AtomicU64 = AtomicU64::new(1);
 
-enum Req {
+/// What a driver asks of a blocking-read task.
+pub(crate) enum Req {
     Read {
         ticket: Ticket,
         op: OpId,
@@ -91,6 +97,11 @@ impl Blocker {
             memory,
             unblock: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// A handle on a task that serves `Req`s its own way (a cluster's doorbells).
+    pub(crate) fn from_sender(tx: mpsc::UnboundedSender<Req>) -> Self {
+        Self { tx }
     }
 
     fn spawn(line: Line) -> Self {

@@ -135,10 +135,22 @@ impl Conn {
         connect_timeout: Duration,
         max_delay: Duration,
     ) -> RedisResult<Self> {
+        let conn = Self::lazy(client, response_timeout, connect_timeout, max_delay);
+        conn.get().await?;
+        Ok(conn)
+    }
+
+    /// A handle that connects when its first command needs it (a cluster node's).
+    pub(crate) fn lazy(
+        client: redis::Client,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+        max_delay: Duration,
+    ) -> Self {
         let config = redis::AsyncConnectionConfig::new()
             .set_response_timeout(Some(response_timeout))
             .set_connection_timeout(Some(connect_timeout));
-        let conn = Self {
+        Self {
             last: 0,
             inner: Arc::new(Inner {
                 client,
@@ -147,9 +159,7 @@ impl Conn {
                 state: Mutex::new(State::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
-        };
-        conn.get().await?;
-        Ok(conn)
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -159,48 +159,58 @@ impl DataLayer {
     }
 
     /// The queues under this data layer's prefix, by name (sorted): found with `SCAN` (never
-    /// `KEYS`), following the cursor to the end; a queue is any name with a key of a queue's
-    /// (a work stream, delayed jobs, dead letters, producers, ...).
+    /// `KEYS`), following the cursor to the end, on every primary of a cluster; a queue is
+    /// any name with a key of a queue's (a work stream, delayed jobs, dead letters,
+    /// producers, ...).
     pub async fn queues(&self) -> Result<Vec<String>, Error> {
         let prefix = &self.options.prefix;
-        let pattern = naming::queues_pattern(prefix);
-        let mut cursor = b"0".to_vec();
         let mut names = std::collections::BTreeSet::new();
-        loop {
-            let page = self
-                .backend
-                .run_one(&credentials::scan(&pattern, &cursor, 1000))
-                .await?;
-            let (next, keys) = credentials::parse_scan(page)?;
-            for key in &keys {
-                let key = String::from_utf8_lossy(key);
-                if let Some(name) = naming::queue_of_key(prefix, &key) {
-                    names.insert(name.to_owned());
-                }
+        for key in self.scan(&naming::queues_pattern(prefix)).await? {
+            let key = String::from_utf8_lossy(&key);
+            if let Some(name) = naming::queue_of_key(prefix, &key) {
+                names.insert(name.to_owned());
             }
-            if next == b"0" {
-                return Ok(names.into_iter().collect());
-            }
-            cursor = next;
         }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Every key matching `pattern`: `SCAN` to the end, on each server (every primary of a
+    /// cluster).
+    async fn scan(&self, pattern: &str) -> Result<Vec<Vec<u8>>, Error> {
+        let mut all = Vec::new();
+        let conns = self.node_conns().await?;
+        // The in-process backend has no connection: it is one server.
+        let servers = conns.len().max(1);
+        for i in 0..servers {
+            let mut cursor = b"0".to_vec();
+            loop {
+                let ask = credentials::scan(pattern, &cursor, 1000);
+                let page = match conns.get(i) {
+                    Some(conn) => crate::exec::run_one(&mut conn.clone(), &ask).await?,
+                    None => self.backend.run_one(&ask).await?,
+                };
+                let (next, keys) = credentials::parse_scan(page)?;
+                all.extend(keys);
+                if next == b"0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(all)
     }
 
     /// Deletes every credentials store whose session starts with `session_prefix` (a server's
     /// sessions, e.g. `sockethub:<parent>:`): SCAN with the prefix's glob characters escaped,
-    /// following the cursor to the end, one DEL per key (each key may live on another cluster
-    /// node). Returns how many stores were deleted.
+    /// on every primary of a cluster, then one DEL per key, 1,000 to a pipeline (each goes
+    /// to its key's node). Returns how many stores were deleted.
     pub async fn purge_credentials(&self, session_prefix: &str) -> Result<u64, Error> {
         let pattern = naming::credentials_pattern(&self.options.prefix, session_prefix)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let mut cursor = b"0".to_vec();
+        let keys = self.scan(&pattern).await?;
         let mut deleted = 0u64;
-        loop {
-            let page = self
-                .backend
-                .run_one(&credentials::scan(&pattern, &cursor, 1000))
-                .await?;
-            let (next, keys) = credentials::parse_scan(page)?;
-            let dels: Vec<_> = keys.iter().map(|k| credentials::delete(k)).collect();
+        for chunk in keys.chunks(1000) {
+            let dels: Vec<_> = chunk.iter().map(|k| credentials::delete(k)).collect();
             for reply in self.backend.run(&dels).await? {
                 match reply {
                     datalayer_core::value::Value::Int(n) => {
@@ -213,10 +223,7 @@ impl DataLayer {
                     }
                 }
             }
-            if next == b"0" {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
+        Ok(deleted)
     }
 }

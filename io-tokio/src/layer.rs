@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::connection::Conn;
+use datalayer_core::scripts::Invocation;
+use datalayer_core::value::Value;
 
 use crate::blocking::Blocker;
 
@@ -91,6 +93,8 @@ pub struct ServerInfo {
     pub save: Option<String>,
     /// The in-process backend (nothing persists).
     pub in_memory: bool,
+    /// How many servers answered: the primaries of a cluster, else 1.
+    pub nodes: usize,
 }
 
 impl ServerInfo {
@@ -213,14 +217,8 @@ impl std::fmt::Debug for DataLayer {
     }
 }
 
-/// The client for `url`: with `rediss://` and a root certificate, TLS trusting that root.
-/// TCP connections set `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on, which holds a
-/// small write back until the previous one is acknowledged: pipelines then wait for the
-/// peer's delayed ACK, 40 ms at a time). Connections speak RESP3: redis-rs's connection
-/// manager then learns of a dropped connection when it drops (not when the next command
-/// fails on it) and reconnects at once, so no command is sent down a connection already
-/// known to be dead.
-fn client(url: &str, options: &Options) -> Result<redis::Client, Error> {
+/// The connection info of `url`, checked, with RESP3 and `TCP_NODELAY`.
+fn connection_info(url: &str, options: &Options) -> Result<redis::ConnectionInfo, Error> {
     use redis::IntoConnectionInfo;
     if url.contains('#') {
         // redis-rs reads `rediss://..#insecure` as "do not verify the certificate" when a
@@ -247,9 +245,19 @@ fn client(url: &str, options: &Options) -> Result<redis::Client, Error> {
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    let info = info
+    Ok(info
         .set_redis_settings(redis_settings)
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+}
+
+/// The client for `info`: with `rediss://` and a root certificate, TLS trusting that root.
+/// TCP connections set `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on, which holds a
+/// small write back until the previous one is acknowledged: pipelines then wait for the
+/// peer's delayed ACK, 40 ms at a time). Connections speak RESP3: redis-rs's connection
+/// manager then learns of a dropped connection when it drops (not when the next command
+/// fails on it) and reconnects at once, so no command is sent down a connection already
+/// known to be dead.
+fn client_of(info: redis::ConnectionInfo, options: &Options) -> Result<redis::Client, Error> {
     match &options.tls_root_cert {
         #[cfg(feature = "tls")]
         Some(pem) => Ok(redis::Client::build_with_tls(
@@ -267,6 +275,25 @@ fn client(url: &str, options: &Options) -> Result<redis::Client, Error> {
     }
 }
 
+/// The URLs of the hosts `url` names: `redis://[auth@]h1:p1,h2:p2[/db]` is one URL per
+/// host, each with the same scheme, credentials and path (cluster seeds).
+fn seed_urls(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![url.to_owned()];
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (auth, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{auth}{h}{tail}"))
+        .collect()
+}
+
 impl DataLayer {
     /// The blocking-read task for `key` (`events`, or `group:<consumer>`), started on first
     /// use.
@@ -276,9 +303,12 @@ impl DataLayer {
             .blockers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // On a cluster one doorbell task serves every idle reader of the process.
+        let key = if self.is_cluster() { "doorbells" } else { key };
         blockers
             .entry(key.to_owned())
             .or_insert_with(|| match &self.backend {
+                Backend::Cluster(cluster) => crate::doorbells::start(cluster.clone()),
                 Backend::Redis { conn, client } => Blocker::start(
                     client.as_ref().clone(),
                     conn.clone(),
@@ -310,12 +340,31 @@ impl DataLayer {
 
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`;
     /// with the `memory` feature, `memory://` is `DataLayer::in_memory`).
+    ///
+    /// **Redis Cluster**: a node of a cluster (`cluster_enabled:1`) makes this a cluster
+    /// connection, found by itself: give one node or several as seeds,
+    /// `redis://[user:pass@]host1:port1,host2:port2` (TLS with `rediss://`). The slot table
+    /// is read from the seeds; a process holds one command connection and (when it has idle
+    /// readers) one doorbell connection per primary, however many queues it serves.
     pub async fn connect(url: &str, options: Options) -> Result<Self, Error> {
         #[cfg(feature = "memory")]
         if url == "memory://" {
             return Self::in_memory(options);
         }
-        let client = client(url, &options)?;
+        let seeds = seed_urls(url);
+        let mut last = None;
+        for seed in &seeds {
+            match Self::connect_seed(seed, &seeds, options.clone()).await {
+                Ok(layer) => return Ok(layer),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config(format!("no host in {}", crate::redact_url(url)))))
+    }
+
+    async fn connect_seed(seed: &str, seeds: &[String], options: Options) -> Result<Self, Error> {
+        let info = connection_info(seed, &options)?;
+        let client = client_of(info.clone(), &options)?;
         // While Redis is away, a command fails at once (not sent: the engine backs off and
         // sends again) rather than waiting for Redis to come back.
         let mut conn = Conn::connect(
@@ -325,11 +374,71 @@ impl DataLayer {
             options.max_reconnect_delay,
         )
         .await?;
+        let cluster_info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if cluster_info.contains("cluster_enabled:1") {
+            return Self::connect_cluster(info, seeds, options).await;
+        }
         crate::exec::load_scripts(&mut conn).await?;
         let client = Arc::new(client);
         let layer = Self::over(Backend::Redis { conn, client }, options);
         layer.warn_if_evicting().await;
         Ok(layer)
+    }
+
+    async fn connect_cluster(
+        base: redis::ConnectionInfo,
+        seeds: &[String],
+        options: Options,
+    ) -> Result<Self, Error> {
+        let mut addrs = Vec::new();
+        for seed in seeds {
+            let info = connection_info(seed, &options)?;
+            match info.addr() {
+                redis::ConnectionAddr::Tcp(host, port)
+                | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                    addrs.push(datalayer_core::cluster::NodeAddr {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                }
+                _ => {
+                    return Err(Error::Config(
+                        "a cluster's seeds are host:port addresses".into(),
+                    ));
+                }
+            }
+        }
+        let settings = crate::cluster::NodeSettings {
+            base,
+            tls_root_cert: options.tls_root_cert.clone(),
+            response_timeout: options.response_timeout,
+            connect_timeout: options.connect_timeout,
+            max_reconnect_delay: options.max_reconnect_delay,
+        };
+        let cluster = crate::cluster::Cluster::connect(settings, addrs).await?;
+        let layer = Self::over(Backend::Cluster(cluster), options);
+        layer.warn_if_evicting().await;
+        Ok(layer)
+    }
+
+    /// How long an idle reader's read waits (ms): its `BLOCK` on one server, the wait for
+    /// its doorbell on a cluster.
+    pub(crate) fn idle_block_ms(&self) -> u64 {
+        if self.is_cluster() {
+            crate::blocking::BELL_WAIT_MS
+        } else {
+            crate::blocking::BLOCK_MS
+        }
+    }
+
+    /// Whether this layer is connected to a Redis Cluster.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// A data layer on the in-process backend (feature `memory`): no Redis, no server, no
@@ -375,7 +484,7 @@ impl DataLayer {
     #[must_use]
     pub fn is_in_memory(&self) -> bool {
         match &self.backend {
-            Backend::Redis { .. } => false,
+            Backend::Redis { .. } | Backend::Cluster(_) => false,
             #[cfg(feature = "memory")]
             Backend::Memory(_) => true,
         }
@@ -386,7 +495,7 @@ impl DataLayer {
     #[must_use]
     pub fn memory_keys(&self) -> Vec<String> {
         match &self.backend {
-            Backend::Redis { .. } => Vec::new(),
+            Backend::Redis { .. } | Backend::Cluster(_) => Vec::new(),
             #[cfg(feature = "memory")]
             Backend::Memory(memory) => memory.keys(),
         }
@@ -409,32 +518,44 @@ impl DataLayer {
         }
     }
 
-    /// The shared connection, on Redis.
-    fn conn(&self) -> Option<Conn> {
+    /// The command connection of every server: the one on a single Redis, each primary's
+    /// on a cluster; none on the in-process backend.
+    pub(crate) async fn node_conns(&self) -> Result<Vec<Conn>, Error> {
         match &self.backend {
-            Backend::Redis { conn, .. } => Some(conn.clone()),
+            Backend::Redis { conn, .. } => Ok(vec![conn.clone()]),
+            Backend::Cluster(cluster) => {
+                let mut conns = Vec::new();
+                for addr in cluster.primaries().await {
+                    conns.push(cluster.conn(&addr)?);
+                }
+                if conns.is_empty() {
+                    return Err(Error::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "no cluster node is known to serve a slot",
+                    ))));
+                }
+                Ok(conns)
+            }
             #[cfg(feature = "memory")]
-            Backend::Memory(_) => None,
+            Backend::Memory(_) => Ok(Vec::new()),
         }
     }
 
     async fn warn_if_evicting(&self) {
-        let Some(mut conn) = self.conn() else {
-            return;
-        };
-        // A map in RESP3 (a flat array in RESP2): either decodes as one.
-        let policy: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut conn)
-            .await;
-        if let Ok(pair) = policy {
-            if let Some(p) = pair.get("maxmemory-policy") {
+        for mut conn in self.node_conns().await.unwrap_or_default() {
+            // A map in RESP3 (a flat array in RESP2): either decodes as one.
+            let policy: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async(&mut conn)
+                .await;
+            if let Some(p) = policy.ok().and_then(|mut p| p.remove("maxmemory-policy")) {
                 if p != "noeviction" {
                     eprintln!(
                         "datalayer: warning: maxmemory-policy is {p}: Redis may evict queued jobs; \
                          use noeviction"
                     );
+                    return;
                 }
             }
         }
@@ -443,48 +564,49 @@ impl DataLayer {
     /// What Redis says of itself (within `timeout`): its version, its eviction policy and
     /// its persistence; [`ServerInfo::risks`] says what of it can lose jobs. Settings Redis
     /// does not tell (`CONFIG` renamed or disabled, as on some managed services) are `None`.
+    /// On a cluster every primary is asked, and each setting is the riskiest found (the
+    /// lowest version, an evicting policy, no append-only file, no snapshots).
     pub async fn server_info(&self, timeout: Duration) -> Result<ServerInfo, Error> {
-        let Some(mut conn) = self.conn() else {
-            return Ok(ServerInfo {
-                version: "in-process".into(),
-                maxmemory_policy: Some("noeviction".into()),
-                appendonly: Some(false),
-                save: Some(String::new()),
-                in_memory: true,
-            });
-        };
         let ask = async {
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut conn)
-                .await?;
-            let version = info
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
-                .unwrap_or("unknown")
-                .trim()
-                .to_owned();
-            let config = |name: &'static str| {
-                let mut conn = conn.clone();
-                async move {
-                    let pair: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg(name)
-                        .query_async(&mut conn)
-                        .await;
-                    pair.ok().and_then(|mut p| p.remove(name))
-                }
-            };
-            let maxmemory_policy = config("maxmemory-policy").await;
-            let appendonly = config("appendonly").await.map(|v| v == "yes");
-            let save = config("save").await;
-            Ok::<_, Error>(ServerInfo {
-                version,
-                maxmemory_policy,
-                appendonly,
-                save,
-                in_memory: false,
-            })
+            let conns = self.node_conns().await?;
+            if conns.is_empty() {
+                return Ok(ServerInfo {
+                    version: "in-process".into(),
+                    maxmemory_policy: Some("noeviction".into()),
+                    appendonly: Some(false),
+                    save: Some(String::new()),
+                    in_memory: true,
+                    nodes: 1,
+                });
+            }
+            let mut merged: Option<ServerInfo> = None;
+            let nodes = conns.len();
+            for conn in conns {
+                let one = node_info(conn).await?;
+                merged = Some(match merged {
+                    None => one,
+                    Some(m) => ServerInfo {
+                        version: lowest_version(m.version, one.version),
+                        maxmemory_policy: match (m.maxmemory_policy, one.maxmemory_policy) {
+                            (Some(a), _) if a != "noeviction" => Some(a),
+                            (_, Some(b)) if b != "noeviction" => Some(b),
+                            (a, b) => a.or(b),
+                        },
+                        appendonly: match (m.appendonly, one.appendonly) {
+                            (Some(a), Some(b)) => Some(a && b),
+                            (a, b) => a.or(b),
+                        },
+                        save: match (m.save, one.save) {
+                            (Some(a), _) if a.trim().is_empty() => Some(a),
+                            (_, Some(b)) if b.trim().is_empty() => Some(b),
+                            (a, b) => a.or(b),
+                        },
+                        in_memory: false,
+                        nodes,
+                    },
+                });
+            }
+            merged.ok_or_else(|| Error::Health("no server answered".into()))
         };
         tokio::time::timeout(timeout, ask)
             .await
@@ -492,30 +614,31 @@ impl DataLayer {
     }
 
     /// Checks that Redis answers a write and a read on a key private to this call, within
-    /// `timeout`. Two processes checking at once never wait on each other.
+    /// `timeout` (on a cluster: every primary answers, and the write and the read go to
+    /// the key's node). Two processes checking at once never wait on each other.
     pub async fn health(&self, timeout: Duration) -> Result<(), Error> {
-        let Some(mut conn) = self.conn() else {
+        if self.is_in_memory() {
             return Ok(());
-        };
+        }
         let token = format!("{:016x}", crate::random::random_u64());
         let key = format!("{}:health:{token}", self.options.prefix);
         let check = async {
-            let (back,): (Option<String>,) = redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("PX")
-                .arg(10_000)
-                .ignore()
-                .cmd("GET")
-                .arg(&key)
-                .cmd("DEL")
-                .arg(&key)
-                .ignore()
-                .query_async(&mut conn)
+            if self.is_cluster() {
+                for mut conn in self.node_conns().await? {
+                    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                }
+            }
+            let b = |s: &str| std::borrow::Cow::Owned(s.as_bytes().to_vec());
+            let replies = self
+                .backend
+                .run(&[
+                    Invocation::Plain(vec![b("SET"), b(&key), b(&token), b("PX"), b("10000")]),
+                    Invocation::Plain(vec![b("GET"), b(&key)]),
+                    Invocation::Plain(vec![b("DEL"), b(&key)]),
+                ])
                 .await?;
-            match back {
-                Some(v) if v == token => Ok(()),
+            match replies.get(1) {
+                Some(Value::Bulk(v)) if *v == token.as_bytes() => Ok(()),
                 other => Err(Error::Health(format!("read back {other:?}"))),
             }
         };
@@ -523,4 +646,46 @@ impl DataLayer {
             .await
             .map_err(|_| Error::HealthTimeout(timeout))?
     }
+}
+
+/// One server's [`ServerInfo`].
+async fn node_info(mut conn: Conn) -> Result<ServerInfo, Error> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let config = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let pair: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await;
+            pair.ok().and_then(|mut p| p.remove(name))
+        }
+    };
+    let maxmemory_policy = config("maxmemory-policy").await;
+    let appendonly = config("appendonly").await.map(|v| v == "yes");
+    let save = config("save").await;
+    Ok(ServerInfo {
+        version,
+        maxmemory_policy,
+        appendonly,
+        save,
+        in_memory: false,
+        nodes: 1,
+    })
+}
+
+/// The lower of two `x.y.z` versions.
+fn lowest_version(a: String, b: String) -> String {
+    let parse = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    if parse(&b) < parse(&a) { b } else { a }
 }

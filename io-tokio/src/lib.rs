@@ -11,8 +11,10 @@
 mod backend;
 mod blocking;
 mod clock;
+mod cluster;
 mod connection;
 mod credentials;
+mod doorbells;
 pub mod exec;
 mod layer;
 #[cfg(feature = "memory")]

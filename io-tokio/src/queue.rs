@@ -267,7 +267,7 @@ impl JobQueue {
         keys: Keyring,
         options: QueueOptions,
     ) -> Result<Self, Error> {
-        let mut cfg = ProducerConfig::new(name).block_ms(Some(crate::blocking::BLOCK_MS));
+        let mut cfg = ProducerConfig::new(name).block_ms(Some(layer.idle_block_ms()));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_pending = options.max_pending;
         cfg.producer = options

@@ -192,7 +192,7 @@ impl JobWorker {
             .concurrency(options.concurrency)
             .retry(options.retry)
             .lease_ms(lease_ms)
-            .block_ms(Some(crate::blocking::BLOCK_MS))
+            .block_ms(Some(layer.idle_block_ms()))
             .timeout_ms(options.timeout.map(crate::clock::ms));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_job_age_ms = crate::clock::ms(options.max_job_age);

@@ -5,6 +5,7 @@
 //! same port with the same data directory, so tests can inject real faults.
 
 pub mod chaos;
+pub mod cluster;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -33,18 +34,18 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn binary() -> String {
+pub(crate) fn binary() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     // Bind port 0 to let the OS pick a free port, then release it for redis-server.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     listener.local_addr().expect("local address").port()
 }
 
 /// A CA and a server certificate for 127.0.0.1 (ECDSA P-256, valid two days) in `dir`.
-fn make_certificates(dir: &std::path::Path) {
+pub(crate) fn make_certificates(dir: &std::path::Path) {
     let run = |args: &[&str]| {
         let status = Command::new("openssl")
             .args(args)
@@ -81,7 +82,7 @@ fn make_certificates(dir: &std::path::Path) {
     run(&csr);
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .expect("extensions file");
     run(&[

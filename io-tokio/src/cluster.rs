@@ -1,0 +1,331 @@
+//! A Redis Cluster: one command connection per primary, and the routing of each pipeline
+//! to the node of its slot.
+//!
+//! Each node's connection is a [`Conn`] (reconnect with backoff, fencing, desync checks: the
+//! same as on one server). A pipeline is split by slot ([`Invocation::slot`]; an engine's
+//! pipelines are of one queue, so of one slot) and each part goes to the node the slot
+//! table names. Nothing is retried here: a redirect (`MOVED`, `ASK`), `TRYAGAIN` or
+//! `CLUSTERDOWN` is an error reply to the engine, which sends again after a backoff (every
+//! command it sends is safe to send again); a failed node is an unknown outcome. Either
+//! way the slot table is read again (`CLUSTER SLOTS`, from any node that answers, the seeds
+//! last), at most one reading at a time, so the resend goes where the slot lives now.
+//! redis-rs's own cluster client is not used: it re-sends whole pipelines on redirects and
+//! timeouts, which would run a fresh add's unchecked transaction twice.
+//!
+//! Doorbells: a command that may add what an idle reader waits for is followed, in the
+//! same pipeline, by `SPUBLISH` of the bell the core names ([`cluster::rings`]).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use datalayer_core::cluster::{self, NodeAddr, Redirect, SlotTable};
+use datalayer_core::command::{Command, Reply};
+use datalayer_core::scripts::{self, Invocation};
+use datalayer_core::value::Value;
+
+use crate::connection::Conn;
+use crate::exec;
+
+/// The settings every node connection is made with.
+#[derive(Clone)]
+pub(crate) struct NodeSettings {
+    /// The first seed's connection info (user, password, TLS, protocol): a node's is this
+    /// with the node's address.
+    pub(crate) base: redis::ConnectionInfo,
+    pub(crate) tls_root_cert: Option<Vec<u8>>,
+    pub(crate) response_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_reconnect_delay: Duration,
+}
+
+impl NodeSettings {
+    /// A client for the node at `addr`.
+    pub(crate) fn client(&self, addr: &NodeAddr) -> redis::RedisResult<redis::Client> {
+        let node = match self.base.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: addr.host.clone(),
+                port: addr.port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(addr.host.clone(), addr.port),
+        };
+        let info = self.base.clone().set_addr(node);
+        match &self.tls_root_cert {
+            #[cfg(feature = "tls")]
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            _ => redis::Client::open(info),
+        }
+    }
+}
+
+/// The cluster: its slot table and a connection per node.
+pub(crate) struct Cluster {
+    settings: NodeSettings,
+    seeds: Vec<NodeAddr>,
+    table: Mutex<SlotTable>,
+    nodes: Mutex<HashMap<NodeAddr, Conn>>,
+    /// Held while the table is read again; the time the last reading ended.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Readings of the table closer together than this are one.
+const REFRESH_GAP: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Cluster {
+    /// Reads the slot table from the seeds; fails when none answers with one.
+    pub(crate) async fn connect(
+        settings: NodeSettings,
+        seeds: Vec<NodeAddr>,
+    ) -> Result<Arc<Self>, redis::RedisError> {
+        let cluster = Arc::new(Self {
+            settings,
+            seeds,
+            table: Mutex::new(SlotTable::default()),
+            nodes: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(None),
+        });
+        cluster.refresh(true).await?;
+        Ok(cluster)
+    }
+
+    /// The connection to `addr` (made on first use; it connects when a command needs it).
+    pub(crate) fn conn(&self, addr: &NodeAddr) -> redis::RedisResult<Conn> {
+        let mut nodes = lock(&self.nodes);
+        if let Some(c) = nodes.get(addr) {
+            return Ok(c.clone());
+        }
+        let s = &self.settings;
+        let conn = Conn::lazy(
+            s.client(addr)?,
+            s.response_timeout,
+            s.connect_timeout,
+            s.max_reconnect_delay,
+        );
+        nodes.insert(addr.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// The settings of node connections (the doorbells' connections are made with them).
+    pub(crate) fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// The primary serving `slot`, as far as the table knows.
+    pub(crate) fn node_of(&self, slot: u16) -> Option<NodeAddr> {
+        lock(&self.table).node_of(slot).cloned()
+    }
+
+    /// Every primary (the table read again first when it knows none).
+    pub(crate) async fn primaries(&self) -> Vec<NodeAddr> {
+        let known: Vec<NodeAddr> = lock(&self.table).primaries().into_iter().cloned().collect();
+        if !known.is_empty() {
+            return known;
+        }
+        let _ = self.refresh(true).await;
+        lock(&self.table).primaries().into_iter().cloned().collect()
+    }
+
+    /// Reads the slot table again, from the nodes known and then the seeds; the first
+    /// complete table wins (else the most complete). `force`: even right after another
+    /// reading.
+    pub(crate) async fn refresh(&self, force: bool) -> redis::RedisResult<()> {
+        let mut last = self.refreshing.lock().await;
+        if !force && last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
+            return Ok(());
+        }
+        let mut candidates: Vec<NodeAddr> =
+            lock(&self.table).primaries().into_iter().cloned().collect();
+        candidates.extend(lock(&self.nodes).keys().cloned());
+        candidates.extend(self.seeds.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|c| seen.insert(c.clone()));
+        let mut best: Option<SlotTable> = None;
+        let mut error = None;
+        let ask = Invocation::Plain(vec![Cow::Borrowed(b"CLUSTER"), Cow::Borrowed(b"SLOTS")]);
+        for addr in candidates {
+            let mut conn = match self.conn(&addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    error = Some(e);
+                    continue;
+                }
+            };
+            match exec::run_one(&mut conn, &ask).await {
+                Ok(reply) => match SlotTable::from_cluster_slots(&reply, &addr) {
+                    Ok(t) if t.covers_all() => {
+                        best = Some(t);
+                        break;
+                    }
+                    Ok(t) => {
+                        let better = best
+                            .as_ref()
+                            .is_none_or(|b| b.primaries().len() < t.primaries().len());
+                        if better {
+                            best = Some(t);
+                        }
+                    }
+                    Err(e) => {
+                        error = Some(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "not a cluster",
+                            e.to_string(),
+                        )));
+                    }
+                },
+                Err(e) => error = Some(e),
+            }
+        }
+        *last = Some(Instant::now());
+        match best {
+            Some(t) if !t.primaries().is_empty() => {
+                tracing::debug!(primaries = t.primaries().len(), "cluster slot table read");
+                *lock(&self.table) = t;
+                Ok(())
+            }
+            _ => Err(error.unwrap_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Client, "no cluster node answered"))
+            })),
+        }
+    }
+
+    /// Reads the table again in the background (a failed node, a redirect).
+    fn refresh_soon(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.refresh(false).await {
+                tracing::warn!(error = %e, "reading the cluster's slot table failed");
+            }
+        });
+    }
+
+    /// Runs the engine's commands, each followed by the doorbells it rings.
+    pub(crate) async fn execute(self: &Arc<Self>, commands: &[Command]) -> Vec<Reply> {
+        let mut invocations = Vec::with_capacity(commands.len());
+        let mut own = Vec::with_capacity(commands.len());
+        for c in commands {
+            own.push(invocations.len());
+            invocations.push(scripts::invocation(&c.kind));
+            let (jobs, events) = cluster::rings(&c.kind);
+            for bell in [jobs, events].into_iter().flatten() {
+                invocations.push(Invocation::Plain(vec![
+                    Cow::Borrowed(b"SPUBLISH"),
+                    Cow::Borrowed(bell.as_bytes()),
+                    Cow::Borrowed(b""),
+                ]));
+            }
+        }
+        let mut replies = self.run(&invocations).await;
+        own.into_iter()
+            .map(|i| std::mem::replace(&mut replies[i], Reply::Unknown))
+            .collect()
+    }
+
+    /// Runs `invocations`, each on the node of its slot (one pipeline per node, in order of
+    /// first appearance; keyless ones on any primary): one reply per invocation, in order.
+    pub(crate) async fn run(self: &Arc<Self>, invocations: &[Invocation<'_>]) -> Vec<Reply> {
+        let mut any_primary = None;
+        let mut groups: Vec<(Option<NodeAddr>, Vec<usize>)> = Vec::new();
+        for (i, inv) in invocations.iter().enumerate() {
+            let node = match inv.slot() {
+                Some(slot) => self.node_of(slot),
+                None => {
+                    if any_primary.is_none() {
+                        any_primary = Some(self.primaries().await.into_iter().next());
+                    }
+                    any_primary.clone().flatten()
+                }
+            };
+            match groups.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((node, vec![i])),
+            }
+        }
+        let mut replies = vec![Reply::NotSent; invocations.len()];
+        for (node, members) in groups {
+            let part: Vec<Invocation<'_>> = members
+                .iter()
+                .map(|i| clone_invocation(&invocations[*i]))
+                .collect();
+            let got = match node {
+                Some(addr) => self.run_on(&addr, &part).await,
+                None => {
+                    self.refresh_soon();
+                    vec![Reply::NotSent; part.len()]
+                }
+            };
+            for (i, reply) in members.into_iter().zip(got) {
+                replies[i] = reply;
+            }
+        }
+        replies
+    }
+
+    /// Invocations on one node, as one pipeline; a redirect, a failed node or a cluster in
+    /// trouble has the slot table read again.
+    async fn run_on(self: &Arc<Self>, addr: &NodeAddr, part: &[Invocation<'_>]) -> Vec<Reply> {
+        let mut conn = match self.conn(addr) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, node = %addr, "no client for a cluster node");
+                return vec![Reply::NotSent; part.len()];
+            }
+        };
+        let replies = exec::run_invocations(&mut conn, part).await;
+        let mut stale = false;
+        for reply in &replies {
+            match reply {
+                Reply::Value(Value::Error(e)) if cluster::is_topology_error(e) => {
+                    if let Some(Redirect::Moved { slot, addr }) = cluster::redirect(e) {
+                        lock(&self.table).moved(slot, addr);
+                    }
+                    stale = true;
+                }
+                Reply::Unknown | Reply::NotSent => stale = true,
+                _ => {}
+            }
+        }
+        if stale {
+            self.refresh_soon();
+        }
+        replies
+    }
+}
+
+/// A borrowed copy of an invocation (its arguments borrowed from the original).
+fn clone_invocation<'a>(inv: &'a Invocation<'_>) -> Invocation<'a> {
+    let args = |a: &'a [Cow<'_, [u8]>]| -> Vec<Cow<'a, [u8]>> {
+        a.iter().map(|x| Cow::Borrowed(x.as_ref())).collect()
+    };
+    match inv {
+        Invocation::Plain(a) => Invocation::Plain(args(a)),
+        Invocation::Transaction(cmds) => {
+            Invocation::Transaction(cmds.iter().map(|c| args(c)).collect())
+        }
+        Invocation::Script {
+            script,
+            keys,
+            args: a,
+        } => Invocation::Script {
+            script,
+            keys: args(keys),
+            args: args(a),
+        },
+    }
+}

@@ -1,0 +1,358 @@
+//! Idle readers on a Redis Cluster: the IO of the core's [`Bells`] machine.
+//!
+//! One task per process serves every idle reader of every queue. It holds one subscription
+//! connection per primary that has a bell in use (RESP3, sharded pub/sub only: `SSUBSCRIBE`
+//! and `SUNSUBSCRIBE`, nothing else, so that a push from the server cannot be taken for the
+//! reply of another command), sends the machine's reads (without `BLOCK`) through the
+//! cluster's command connections, and feeds back rings (`smessage`), lost subscriptions
+//! (`sunsubscribe` from the server when a slot moves or a primary is demoted, a dropped
+//! connection) and replies. Every decision is the machine's: what to subscribe, when to
+//! read again, when a read ends. So a process holds two connections per primary, however
+//! many queues it serves, and no command blocks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datalayer_core::bells::{BellCommand, Bells};
+use datalayer_core::cluster::NodeAddr;
+use datalayer_core::command::{Command, OpId, Reply};
+use datalayer_core::mux::Ticket as BellTicket;
+use datalayer_core::naming::hash_slot;
+use redis::aio::MultiplexedConnection;
+use redis::{PushInfo, PushKind};
+use tokio::sync::mpsc;
+
+use crate::blocking::{Blocker, ReplyTx, Req, Ticket};
+use crate::clock::now_ms;
+use crate::cluster::Cluster;
+
+/// What the task's helpers report back.
+enum Ev {
+    Subscribed(String, bool),
+    Read(BellTicket, Reply),
+    Push(NodeAddr, u64, PushInfo),
+    Connected(NodeAddr, u64, Option<MultiplexedConnection>),
+}
+
+/// A subscription connection: made once per node (generation `gen`), or being made.
+enum SubConn {
+    Connecting { queued: Vec<String> },
+    Up(MultiplexedConnection),
+}
+
+struct Task {
+    cluster: Arc<Cluster>,
+    bells: Bells,
+    rx: mpsc::UnboundedReceiver<Req>,
+    ev_tx: mpsc::UnboundedSender<Ev>,
+    ev_rx: mpsc::UnboundedReceiver<Ev>,
+    replies: HashMap<BellTicket, (Ticket, ReplyTx)>,
+    tickets: HashMap<Ticket, BellTicket>,
+    subs: HashMap<NodeAddr, (u64, SubConn)>,
+    /// The node each channel was subscribed on.
+    homes: HashMap<String, NodeAddr>,
+    generation: u64,
+}
+
+/// Starts the doorbell task of a cluster.
+pub(crate) fn start(cluster: Arc<Cluster>) -> Blocker {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let task = Task {
+        cluster,
+        bells: Bells::new(),
+        rx,
+        ev_tx,
+        ev_rx,
+        replies: HashMap::new(),
+        tickets: HashMap::new(),
+        subs: HashMap::new(),
+        homes: HashMap::new(),
+        generation: 0,
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        task.run(),
+        tracing::debug_span!("doorbells"),
+    ));
+    Blocker::from_sender(tx)
+}
+
+impl Task {
+    async fn run(mut self) {
+        loop {
+            self.send();
+            self.answer();
+            let wake = self.bells.poll_timeout();
+            tokio::select! {
+                req = self.rx.recv() => match req {
+                    Some(req) => self.apply(req),
+                    None if self.bells.waiting() == 0 => return,
+                    None => {}
+                },
+                Some(ev) = self.ev_rx.recv() => self.event(ev),
+                () = crate::clock::sleep_until_ms(wake) => self.bells.handle_timeout(now_ms()),
+            }
+        }
+    }
+
+    fn apply(&mut self, req: Req) {
+        let now = now_ms();
+        match req {
+            Req::Read {
+                ticket,
+                op,
+                kind,
+                reply,
+            } => {
+                let t = self.bells.submit(now, op, kind);
+                self.tickets.insert(ticket, t);
+                self.replies.insert(t, (ticket, reply));
+            }
+            Req::Cancel(ticket) => {
+                if let Some(t) = self.tickets.get(&ticket) {
+                    self.bells.cancel(now, *t);
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self) {
+        while let Some(a) = self.bells.poll_answer() {
+            if let Some((ticket, tx)) = self.replies.remove(&a.ticket) {
+                self.tickets.remove(&ticket);
+                let _ = tx.send((a.op, a.reply));
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Ev) {
+        let now = now_ms();
+        match ev {
+            Ev::Subscribed(channel, ok) => {
+                if !ok {
+                    // MOVED (the slot moved), a dead node: where does it live now?
+                    self.homes.remove(&channel);
+                    self.refresh_cluster();
+                }
+                self.bells.handle_subscribed(now, &channel, ok);
+            }
+            Ev::Read(ticket, reply) => self.bells.handle_read_reply(now, ticket, reply),
+            Ev::Connected(addr, generation, conn) => self.connected(addr, generation, conn),
+            Ev::Push(addr, generation, push) => self.push(&addr, generation, push),
+        }
+    }
+
+    /// A subscription connection is made (or failed): subscribe what waited for it.
+    fn connected(&mut self, addr: NodeAddr, generation: u64, conn: Option<MultiplexedConnection>) {
+        let Some((g, sub)) = self.subs.get_mut(&addr) else {
+            return;
+        };
+        if *g != generation {
+            return;
+        }
+        let queued = match sub {
+            SubConn::Connecting { queued } => std::mem::take(queued),
+            SubConn::Up(_) => return,
+        };
+        match conn {
+            Some(c) => {
+                *sub = SubConn::Up(c.clone());
+                for channel in queued {
+                    self.subscribe_on(&c, channel, "SSUBSCRIBE");
+                }
+            }
+            None => {
+                self.subs.remove(&addr);
+                for channel in queued {
+                    let _ = self.ev_tx.send(Ev::Subscribed(channel, false));
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, addr: &NodeAddr, generation: u64, push: PushInfo) {
+        let current = self.subs.get(addr).is_some_and(|(g, _)| *g == generation);
+        match push.kind {
+            PushKind::SMessage => {
+                if let Some(channel) = push.data.first().and_then(channel_name) {
+                    self.bells.handle_ring(&channel);
+                }
+            }
+            // The server ended a subscription (its slot moved away, the node was demoted):
+            // subscribe again where the slot lives now. Our own unsubscribes come here too;
+            // the machine has forgotten those channels, so they change nothing.
+            PushKind::SUnsubscribe if current => {
+                if let Some(channel) = push.data.first().and_then(channel_name) {
+                    if self.homes.get(&channel) == Some(addr) {
+                        self.homes.remove(&channel);
+                        self.refresh_cluster();
+                        self.bells.handle_lost([channel.as_str()]);
+                    }
+                }
+            }
+            PushKind::Disconnection if current => {
+                self.subs.remove(addr);
+                let lost: Vec<String> = self
+                    .homes
+                    .iter()
+                    .filter(|(_, home)| *home == addr)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for c in &lost {
+                    self.homes.remove(c);
+                }
+                tracing::debug!(node = %addr, channels = lost.len(), "doorbell connection lost");
+                self.refresh_cluster();
+                self.bells.handle_lost(lost.iter().map(String::as_str));
+            }
+            _ => {}
+        }
+    }
+
+    fn refresh_cluster(&self) {
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let _ = cluster.refresh(false).await;
+        });
+    }
+
+    /// Sends what the machine asks for.
+    fn send(&mut self) {
+        let mut reads = Vec::new();
+        while let Some(cmd) = self.bells.poll_command() {
+            match cmd {
+                BellCommand::Subscribe(channel) => self.subscribe(channel),
+                BellCommand::Unsubscribe(channel) => {
+                    if let Some(addr) = self.homes.remove(&channel) {
+                        if let Some((_, SubConn::Up(c))) = self.subs.get(&addr) {
+                            let c = c.clone();
+                            self.subscribe_on(&c, channel, "SUNSUBSCRIBE");
+                        }
+                    }
+                }
+                BellCommand::Read { ticket, kind } => reads.push((ticket, kind)),
+            }
+        }
+        if reads.is_empty() {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let tx = self.ev_tx.clone();
+        tokio::spawn(async move {
+            let (tickets, commands): (Vec<BellTicket>, Vec<Command>) = reads
+                .into_iter()
+                .map(|(t, kind)| {
+                    (
+                        t,
+                        Command {
+                            op: OpId(t.0),
+                            kind,
+                        },
+                    )
+                })
+                .unzip();
+            let replies = cluster.execute(&commands).await;
+            for (t, reply) in tickets.into_iter().zip(replies) {
+                let _ = tx.send(Ev::Read(t, reply));
+            }
+        });
+    }
+
+    /// `SSUBSCRIBE channel` on the subscription connection of its slot's node (made first
+    /// when there is none).
+    fn subscribe(&mut self, channel: String) {
+        let Some(addr) = self.cluster.node_of(hash_slot(channel.as_bytes())) else {
+            self.refresh_cluster();
+            let _ = self.ev_tx.send(Ev::Subscribed(channel, false));
+            return;
+        };
+        self.homes.insert(channel.clone(), addr.clone());
+        match self.subs.get_mut(&addr) {
+            Some((_, SubConn::Up(c))) => {
+                let c = c.clone();
+                self.subscribe_on(&c, channel, "SSUBSCRIBE");
+            }
+            Some((_, SubConn::Connecting { queued })) => queued.push(channel),
+            None => {
+                self.generation += 1;
+                let generation = self.generation;
+                self.subs.insert(
+                    addr.clone(),
+                    (
+                        generation,
+                        SubConn::Connecting {
+                            queued: vec![channel],
+                        },
+                    ),
+                );
+                self.connect(addr, generation);
+            }
+        }
+    }
+
+    fn connect(&self, addr: NodeAddr, generation: u64) {
+        let settings = self.cluster.settings().clone();
+        let tx = self.ev_tx.clone();
+        tokio::spawn(async move {
+            let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.response_timeout))
+                .set_push_sender(push_tx);
+            let conn = match settings.client(&addr) {
+                Ok(client) => client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(
+                        |e| tracing::warn!(error = %e, node = %addr, "doorbell connection failed"),
+                    )
+                    .ok(),
+                Err(_) => None,
+            };
+            let up = conn.is_some();
+            let _ = tx.send(Ev::Connected(addr.clone(), generation, conn));
+            if up {
+                while let Some(push) = push_rx.recv().await {
+                    if tx.send(Ev::Push(addr.clone(), generation, push)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// One `SSUBSCRIBE` or `SUNSUBSCRIBE` on `conn`; a subscription's outcome goes back to
+    /// the machine (its reply must be the confirmation of that channel).
+    fn subscribe_on(&self, conn: &MultiplexedConnection, channel: String, verb: &'static str) {
+        let mut conn = conn.clone();
+        let tx = self.ev_tx.clone();
+        tokio::spawn(async move {
+            let reply = redis::cmd(verb)
+                .arg(&channel)
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+            if verb != "SSUBSCRIBE" {
+                return;
+            }
+            let ok = match &reply {
+                Ok(redis::Value::Push { kind, data }) => {
+                    *kind == PushKind::SSubscribe
+                        && data.first().and_then(channel_name).as_deref() == Some(&channel)
+                }
+                _ => false,
+            };
+            if !ok {
+                tracing::debug!(?reply, channel, "doorbell subscription failed");
+            }
+            let _ = tx.send(Ev::Subscribed(channel, ok));
+        });
+    }
+}
+
+fn channel_name(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
