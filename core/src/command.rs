@@ -28,6 +28,39 @@ pub struct Command {
     pub op: OpId,
     /// What to do.
     pub kind: CommandKind,
+    /// Whether its writes must have reached replicas before it counts as done.
+    pub replicas: Option<Replicas>,
+}
+
+/// A durability demand: right after the command, on the same connection, `WAIT <count>
+/// <timeout_ms>`; when fewer replicas than `count` acknowledged its writes, a failover
+/// could still lose them, so the command's reply is [`Reply::Unknown`] (it ran, and may be
+/// lost): the machine sends it again (every command is safe to send again), and the
+/// resend's own `WAIT` decides. An error reply stays as it is (nothing ran).
+///
+/// `WAIT` holds the connection it runs on for up to `timeout_ms` while replicas lag, and a
+/// server without `count` replicas never confirms: keep the timeout short, and ask only
+/// what the deployment has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// How many replicas must acknowledge.
+    pub count: u32,
+    /// How long `WAIT` may wait (ms, at least 1: 0 would wait forever).
+    pub timeout_ms: u64,
+}
+
+impl Replicas {
+    /// The reply of a command that asked for `self`, given its own reply and its `WAIT`'s.
+    #[must_use]
+    pub fn judge(self, reply: Reply, wait: &Reply) -> Reply {
+        let enough = matches!(wait, Reply::Value(Value::Int(n)) if *n >= i64::from(self.count));
+        match reply {
+            Reply::Value(Value::Error(_)) => reply,
+            Reply::Value(_) if enough => reply,
+            Reply::NotSent => Reply::NotSent,
+            _ => Reply::Unknown,
+        }
+    }
 }
 
 impl Command {
@@ -446,6 +479,28 @@ pub fn is_transient_error(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_fewer_replicas_acknowledged_has_an_unknown_outcome() {
+        let r = Replicas {
+            count: 2,
+            timeout_ms: 100,
+        };
+        let ok = Reply::Value(Value::Int(1));
+        let refused = Reply::Value(Value::Error("OOM".into()));
+        assert_eq!(r.judge(ok.clone(), &Reply::Value(Value::Int(2))), ok);
+        assert_eq!(r.judge(ok.clone(), &Reply::Value(Value::Int(3))), ok);
+        assert_eq!(
+            r.judge(ok.clone(), &Reply::Value(Value::Int(1))),
+            Reply::Unknown
+        );
+        assert_eq!(r.judge(ok.clone(), &Reply::Unknown), Reply::Unknown);
+        let moved = Reply::Value(Value::Error("ERR WAIT cannot be used".into()));
+        assert_eq!(r.judge(ok, &moved), Reply::Unknown);
+        // Nothing ran: the command's own answer stands.
+        assert_eq!(r.judge(refused.clone(), &Reply::Unknown), refused);
+        assert_eq!(r.judge(Reply::NotSent, &Reply::NotSent), Reply::NotSent);
+    }
 
     #[test]
     fn transient_errors() {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use datalayer_core::cluster::{self, NodeAddr, Redirect, SlotTable};
 use datalayer_core::command::{Command, Reply};
-use datalayer_core::scripts::{self, Invocation};
+use datalayer_core::scripts::Invocation;
 use datalayer_core::value::Value;
 
 use crate::connection::Conn;
@@ -215,43 +215,28 @@ impl Cluster {
         });
     }
 
-    /// Runs the engine's commands, each followed by the doorbells it rings.
+    /// Runs the engine's commands, each followed by its `WAIT` (when it asks for replicas)
+    /// and the doorbells it rings.
     pub(crate) async fn execute(self: &Arc<Self>, commands: &[Command]) -> Vec<Reply> {
-        let mut invocations = Vec::with_capacity(commands.len());
-        let mut own = Vec::with_capacity(commands.len());
-        for c in commands {
-            own.push(invocations.len());
-            invocations.push(scripts::invocation(&c.kind));
-            let (jobs, events) = cluster::rings(&c.kind);
-            for bell in [jobs, events].into_iter().flatten() {
-                invocations.push(Invocation::Plain(vec![
-                    Cow::Borrowed(b"SPUBLISH"),
-                    Cow::Borrowed(bell.as_bytes()),
-                    Cow::Borrowed(b""),
-                ]));
-            }
-        }
-        let mut replies = self.run(&invocations).await;
-        own.into_iter()
-            .map(|i| std::mem::replace(&mut replies[i], Reply::Unknown))
-            .collect()
+        let (invocations, planned) = exec::plan(commands, true);
+        let replies = self.run(&invocations).await;
+        exec::judge(&planned, replies)
     }
 
     /// Runs `invocations`, each on the node of its slot (one pipeline per node, in order of
-    /// first appearance; keyless ones on any primary): one reply per invocation, in order.
+    /// first appearance): one reply per invocation, in order. A keyless invocation goes
+    /// with the one before it (a `WAIT` must follow its command on its connection); one
+    /// that starts the pipeline, on any primary.
     pub(crate) async fn run(self: &Arc<Self>, invocations: &[Invocation<'_>]) -> Vec<Reply> {
-        let mut any_primary = None;
+        let mut previous: Option<Option<NodeAddr>> = None;
         let mut groups: Vec<(Option<NodeAddr>, Vec<usize>)> = Vec::new();
         for (i, inv) in invocations.iter().enumerate() {
-            let node = match inv.slot() {
-                Some(slot) => self.node_of(slot),
-                None => {
-                    if any_primary.is_none() {
-                        any_primary = Some(self.primaries().await.into_iter().next());
-                    }
-                    any_primary.clone().flatten()
-                }
+            let node = match (inv.slot(), previous.take()) {
+                (Some(slot), _) => self.node_of(slot),
+                (None, Some(node)) => node,
+                (None, None) => self.primaries().await.into_iter().next(),
             };
+            previous = Some(node.clone());
             match groups.iter_mut().find(|(n, _)| *n == node) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((node, vec![i])),

@@ -247,6 +247,7 @@ impl Task {
                         Command {
                             op: OpId(t.0),
                             kind,
+                            replicas: None,
                         },
                     )
                 })

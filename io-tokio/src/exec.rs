@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use datalayer_core::command::{Command, Reply};
+use std::borrow::Cow;
+
+use datalayer_core::command::{Command, Replicas, Reply};
 use datalayer_core::scripts::{self, Invocation, Script};
 use datalayer_core::value::Value;
 use redis::aio::ConnectionLike;
@@ -250,11 +252,68 @@ pub(crate) async fn run_invocations<C: ConnectionLike + Desync>(
 
 /// Sends `commands` as one pipeline; returns one reply per command, in order.
 pub async fn execute<C: ConnectionLike + Desync>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
-    let invocations: Vec<Invocation<'_>> = commands
+    let (invocations, planned) = plan(commands, false);
+    let replies = run_invocations(conn, &invocations).await;
+    judge(&planned, replies)
+}
+
+/// Where a command's reply sits among its plan's replies: its own, and its `WAIT`'s.
+pub(crate) struct Planned {
+    own: usize,
+    wait: Option<(usize, Replicas)>,
+}
+
+/// The invocations that carry `commands`, in order: each command's, then its `WAIT` when
+/// it asks for replicas, then (with `bells`, on a cluster) the `SPUBLISH` of each doorbell
+/// it rings ([`datalayer_core::cluster::rings`]).
+pub(crate) fn plan(commands: &[Command], bells: bool) -> (Vec<Invocation<'_>>, Vec<Planned>) {
+    let mut invocations = Vec::with_capacity(commands.len());
+    let mut planned = Vec::with_capacity(commands.len());
+    for c in commands {
+        let own = invocations.len();
+        invocations.push(scripts::invocation(&c.kind));
+        let wait = c.replicas.map(|r| {
+            invocations.push(wait_invocation(r));
+            (invocations.len() - 1, r)
+        });
+        planned.push(Planned { own, wait });
+        if bells {
+            let (jobs, events) = datalayer_core::cluster::rings(&c.kind);
+            for bell in [jobs, events].into_iter().flatten() {
+                invocations.push(Invocation::Plain(vec![
+                    Cow::Borrowed(b"SPUBLISH"),
+                    Cow::Borrowed(bell.as_bytes()),
+                    Cow::Borrowed(b""),
+                ]));
+            }
+        }
+    }
+    (invocations, planned)
+}
+
+/// `WAIT <count> <timeout>`: keyless, so on a cluster it goes with the command before it
+/// (the router sends a keyless invocation to the node of the one it follows), on the same
+/// connection, where it covers that command's writes.
+fn wait_invocation(r: Replicas) -> Invocation<'static> {
+    Invocation::Plain(vec![
+        Cow::Borrowed(b"WAIT"),
+        Cow::Owned(r.count.to_string().into_bytes()),
+        Cow::Owned(r.timeout_ms.max(1).to_string().into_bytes()),
+    ])
+}
+
+/// One reply per command: its own, judged by its `WAIT` when it asked for replicas.
+pub(crate) fn judge(planned: &[Planned], mut replies: Vec<Reply>) -> Vec<Reply> {
+    planned
         .iter()
-        .map(|c| scripts::invocation(&c.kind))
-        .collect();
-    run_invocations(conn, &invocations).await
+        .map(|p| {
+            let own = std::mem::replace(&mut replies[p.own], Reply::Unknown);
+            match p.wait {
+                Some((w, r)) => r.judge(own, &replies[w]),
+                None => own,
+            }
+        })
+        .collect()
 }
 
 /// Runs one invocation on its own (no pipeline of the engine's), through the same path as

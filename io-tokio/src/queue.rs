@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use datalayer_core::command::Replicas;
 use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
@@ -73,6 +74,13 @@ pub struct QueueOptions {
     /// fire-and-forget producer, an operator's tool) neither registers as a producer nor
     /// reads events: its jobs' markers go when they end, and their handles never resolve.
     pub read_results: bool,
+    /// An add counts as done (its `add` returns, its handle waits for the outcome) only
+    /// once this many replicas acknowledged it within the timeout (`WAIT`, right after it
+    /// on the same connection); fewer: its outcome is unknown and it is sent again (a
+    /// resend is checked: it never queues the job twice). Default `None`: once the primary
+    /// has it, which a failover after the master died can still lose. See
+    /// [`datalayer_core::command::Replicas`].
+    pub replicated: Option<(u32, Duration)>,
 }
 
 impl Default for QueueOptions {
@@ -85,6 +93,7 @@ impl Default for QueueOptions {
             producer_id: None,
             producer_ttl: Duration::from_secs(3600),
             read_results: true,
+            replicated: None,
         }
     }
 }
@@ -123,6 +132,15 @@ impl QueueOptions {
     #[must_use]
     pub fn read_results(mut self, read: bool) -> Self {
         self.read_results = read;
+        self
+    }
+
+    /// Adds done only once `replicas` replicas have them, waiting at most `timeout` for
+    /// them each time (see [`QueueOptions::replicated`]; keep it short: `WAIT` holds the
+    /// node's command connection meanwhile).
+    #[must_use]
+    pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicated = Some((replicas, timeout));
         self
     }
 
@@ -270,6 +288,10 @@ impl JobQueue {
         let mut cfg = ProducerConfig::new(name).block_ms(Some(layer.idle_block_ms()));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_pending = options.max_pending;
+        cfg.replicas = options.replicated.map(|(count, timeout)| Replicas {
+            count,
+            timeout_ms: crate::clock::ms(timeout).max(1),
+        });
         cfg.producer = options
             .producer_id
             .clone()

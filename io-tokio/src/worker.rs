@@ -51,6 +51,11 @@ pub struct WorkerOptions {
     /// Whether a dead-lettered job's failure reason goes into the log (default: no, only its
     /// length: reasons are sealed in Redis, and may quote the job's data).
     pub log_reasons: bool,
+    /// A settle (complete, retry, bury) counts as done only once this many replicas
+    /// acknowledged it within the timeout (`WAIT`); fewer: it is sent again (settles are
+    /// idempotent). Default `None`: once the primary has it; a failover after the master
+    /// died can then undo a settle, and the job runs again.
+    pub replicated: Option<(u32, Duration)>,
 }
 
 impl Default for WorkerOptions {
@@ -65,6 +70,7 @@ impl Default for WorkerOptions {
             log_reasons: false,
             max_job_age: Duration::from_secs(7 * 24 * 3600),
             dead_retention: Duration::from_secs(7 * 24 * 3600),
+            replicated: None,
         }
     }
 }
@@ -109,6 +115,14 @@ impl WorkerOptions {
     #[must_use]
     pub fn log_reasons(mut self, log_reasons: bool) -> Self {
         self.log_reasons = log_reasons;
+        self
+    }
+
+    /// Settles done only once `replicas` replicas have them, waiting at most `timeout`
+    /// each time (see [`WorkerOptions::replicated`]).
+    #[must_use]
+    pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicated = Some((replicas, timeout));
         self
     }
 
@@ -196,6 +210,13 @@ impl JobWorker {
             .timeout_ms(options.timeout.map(crate::clock::ms));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_job_age_ms = crate::clock::ms(options.max_job_age);
+        cfg.replicas =
+            options
+                .replicated
+                .map(|(count, timeout)| datalayer_core::command::Replicas {
+                    count,
+                    timeout_ms: crate::clock::ms(timeout).max(1),
+                });
         cfg.dead_retention_ms = crate::clock::ms(options.dead_retention);
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));

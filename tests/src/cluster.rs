@@ -376,6 +376,14 @@ impl RedisCluster {
         });
     }
 
+    /// Waits until a node other than `port` serves `slot` (a replica took over).
+    pub fn wait_taken_over(&self, slot: u16, port: u16) {
+        self.wait(Duration::from_secs(30), "taken over", || {
+            let m = self.master_of(slot);
+            m != port && self.master_ports().contains(&m)
+        });
+    }
+
     /// A manual failover: the replica on `port` takes over from its master (lossless).
     pub fn failover(&self, port: u16) {
         let _: () = query(port, redis::cmd("CLUSTER").arg("FAILOVER")).expect("FAILOVER");

@@ -234,17 +234,30 @@ async fn count_through(
     at: u32,
     fault: impl FnOnce() + Send + 'static,
 ) {
+    count_through_with(dl, name, total, at, None, fault).await;
+}
+
+/// [`count_through`], with adds and settles replicated to `replicated` replicas.
+async fn count_through_with(
+    dl: &DataLayer,
+    name: &str,
+    total: u32,
+    at: u32,
+    replicated: Option<u32>,
+    fault: impl FnOnce() + Send + 'static,
+) {
+    let wait = Duration::from_millis(500);
+    let mut worker_options = WorkerOptions::default()
+        .concurrency(32)
+        .lease(Duration::from_secs(5));
+    let mut queue_options = QueueOptions::default();
+    if let Some(n) = replicated {
+        worker_options = worker_options.replicated(n, wait);
+        queue_options = queue_options.replicated(n, wait);
+    }
     let runs = Arc::new(AtomicU32::new(0));
     let counted = runs.clone();
-    let worker = dl
-        .worker(
-            name,
-            &secrets(),
-            WorkerOptions::default()
-                .concurrency(32)
-                .lease(Duration::from_secs(5)),
-        )
-        .expect("worker");
+    let worker = dl.worker(name, &secrets(), worker_options).expect("worker");
     let running = worker.start(move |job: Job| {
         let counted = counted.clone();
         async move {
@@ -252,9 +265,7 @@ async fn count_through(
             echo(job).await
         }
     });
-    let queue = dl
-        .queue(name, &secrets(), QueueOptions::default())
-        .expect("queue");
+    let queue = dl.queue(name, &secrets(), queue_options).expect("queue");
     let mut fault = Some(fault);
     let mut handles = Vec::new();
     let mut fault_task = None;
@@ -319,27 +330,29 @@ async fn a_manual_failover_mid_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_load_is_replaced_and_every_job_ends() {
-    let cluster = Arc::new(std::sync::Mutex::new(RedisCluster::start(3, 1)));
-    let (dl, master, replica) = {
+    // Two replicas per master: once one is promoted, the other replicates it, so that the
+    // new master's writes can be confirmed by a replica too.
+    let cluster = Arc::new(std::sync::Mutex::new(RedisCluster::start(3, 2)));
+    let slot = slot_of("kill");
+    let (url, master) = {
         let c = cluster.lock().unwrap();
-        let master = c.master_of(slot_of("kill"));
-        let replica = c.replica_of(master);
-        (c.url(), master, replica)
+        (c.url(), c.master_of(slot))
     };
     let options = Options::default().response_timeout(Duration::from_secs(2));
-    let dl = DataLayer::connect(&dl, options).await.expect("connect");
+    let dl = DataLayer::connect(&url, options).await.expect("connect");
     let c = cluster.clone();
-    count_through(&dl, "kill", 3_000, 1_000, move || {
+    // Adds and settles wait for a replica: nothing acknowledged is lost with the master.
+    count_through_with(&dl, "kill", 3_000, 1_000, Some(1), move || {
         let mut c = c.lock().unwrap();
         c.kill(master);
-        c.wait_promoted(replica);
+        c.wait_taken_over(slot, master);
     })
     .await;
     // The killed master comes back as a replica of its successor.
     let mut c = cluster.lock().unwrap();
     c.restart(master);
     c.wait_ready();
-    assert_eq!(c.master_of(slot_of("kill")), replica);
+    assert_ne!(c.master_of(slot), master);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,4 +434,50 @@ async fn a_tls_cluster_with_a_private_authority() {
     for r in running {
         r.shutdown(Duration::from_secs(5)).await;
     }
+}
+
+/// With `replicated(1, ..)`, an add counts only once a replica has it: with the queue's
+/// replica down, an add is `Unconfirmed` (it may be queued), and once the replica is back,
+/// adding it again gives its handle and its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_adds_wait_for_a_replica() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let dl = connect(&cluster).await;
+    let wait = Duration::from_millis(200);
+    let options = QueueOptions::default()
+        .replicated(1, wait)
+        .when_unreachable(datalayer_tokio::Unreachable::Wait(Duration::from_secs(2)));
+    let queue = dl.queue("rep", &secrets(), options).expect("queue");
+    let worker = dl
+        .worker(
+            "rep",
+            &secrets(),
+            WorkerOptions::default().replicated(1, wait),
+        )
+        .expect("worker");
+    let running = worker.start(echo);
+    for i in 0..50 {
+        let h = queue.add("s", &json!({ "n": i })).await.expect("add");
+        assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    }
+    let replica = cluster.replica_of(cluster.master_of(slot_of("rep")));
+    cluster.kill(replica);
+    let job = datalayer_core::producer::AddJob {
+        id: Some("while-alone".into()),
+        session_id: "s".into(),
+        payload: br#"{"n":"alone"}"#.to_vec(),
+        ..Default::default()
+    };
+    match queue.add_job(job.clone()).await {
+        Err(datalayer_tokio::Error::Unconfirmed(id)) => assert_eq!(id.to_string(), "while-alone"),
+        other => panic!("an add no replica has is not done: {other:?}"),
+    }
+    cluster.restart(replica);
+    cluster.wait_ready();
+    let h = queue
+        .add_job(job)
+        .await
+        .expect("added again, once the replica is back");
+    assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    running.shutdown(Duration::from_secs(5)).await;
 }

@@ -423,7 +423,11 @@ async fn on_redis(
     op: u64,
     kind: CommandKind,
 ) -> Value {
-    let cmd = Command { op: OpId(op), kind };
+    let cmd = Command {
+        op: OpId(op),
+        kind,
+        replicas: None,
+    };
     match datalayer_tokio::exec::execute(conn, &[cmd]).await.pop() {
         Some(Reply::Value(v)) => v,
         other => panic!("no reply from redis: {other:?}"),

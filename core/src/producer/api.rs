@@ -44,6 +44,9 @@ pub struct ProducerConfig {
     /// How long an events read blocks in Redis (ms) once the stream is found empty; `None`
     /// polls. A read that follows one which found events never blocks.
     pub block_ms: Option<u64>,
+    /// Adds count as done only once this many replicas have them (`WAIT`, see
+    /// [`crate::command::Replicas`]); `None` (the default): once the primary has them.
+    pub replicas: Option<crate::command::Replicas>,
 }
 
 impl ProducerConfig {
@@ -64,6 +67,7 @@ impl ProducerConfig {
             events_after: EntryId::ZERO,
             events_count: 256,
             block_ms: Some(5_000),
+            replicas: None,
         }
     }
 

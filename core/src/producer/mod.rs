@@ -581,7 +581,13 @@ impl Producer {
         self.next_op += 1;
         let op = OpId(self.next_op);
         self.in_flight.insert(op, state);
-        Command { op, kind }
+        // Only an add must be replicated before it counts: every other loss is seen
+        // (a request asked again) or harmless (an ack undone: an event read twice).
+        let replicas = match kind {
+            CommandKind::Enqueue { .. } => self.cfg.replicas,
+            _ => None,
+        };
+        Command { op, kind, replicas }
     }
 
     fn any_in_flight(&self, f: fn(&InFlight) -> bool) -> bool {

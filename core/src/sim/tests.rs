@@ -410,6 +410,7 @@ fn network_faults_are_seeded() {
         let cmd = Command {
             op: crate::command::OpId(1),
             kind: CommandKind::EnsureGroup { keys: keys() },
+            replicas: None,
         };
         (0..50)
             .map(|_| matches!(net.send(&cmd), Reply::Unknown | Reply::NotSent))

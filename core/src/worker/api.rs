@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     /// A job running longer than this fails with "timed out" (and is retried or
     /// dead-lettered like any failure); `None`: jobs may run forever, their lease extended.
     pub timeout_ms: Option<u64>,
+    /// Settles (complete, retry, bury) count as done only once this many replicas have
+    /// them (`WAIT`, see [`crate::command::Replicas`]); `None` (the default): once the
+    /// primary has them. A settle a failover lost runs the job again.
+    pub replicas: Option<crate::command::Replicas>,
 }
 
 /// The largest settle batch, whatever [`WorkerConfig::max_batch`] says.
@@ -73,6 +77,7 @@ impl WorkerConfig {
             max_job_age_ms: 7 * 24 * 3600 * 1000,
             max_batch: 256,
             timeout_ms: None,
+            replicas: None,
         }
     }
 

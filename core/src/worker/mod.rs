@@ -174,7 +174,13 @@ impl Worker {
         self.next_op += 1;
         let op = OpId(self.next_op);
         self.in_flight.insert(op, state);
-        Command { op, kind }
+        let replicas = match kind {
+            CommandKind::Complete { .. } | CommandKind::Retry { .. } | CommandKind::Bury { .. } => {
+                self.cfg.replicas
+            }
+            _ => None,
+        };
+        Command { op, kind, replicas }
     }
 
     fn check_drained(&self) -> Result<(), WorkerError> {
