@@ -10,6 +10,8 @@
 //! (HdrHistogram), Redis memory per queued job, client CPU per job. It leaves no keys behind.
 //! BENCHMARKS.md explains the method and keeps the results.
 
+mod cluster_mode;
+
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +27,7 @@ use serde_json::{Value, json};
 /// Redis latency events at least this long (ms) are reported.
 const STALL_MS: u64 = 20;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Args {
     /// `--chaos N`: the chaos run with N jobs instead of the throughput scenarios.
@@ -40,6 +42,8 @@ struct Args {
     sizes: Vec<usize>,
     json: bool,
     quick: bool,
+    /// `--cluster`: the cluster scenarios instead.
+    cluster: bool,
 }
 
 fn args() -> Res<Args> {
@@ -53,6 +57,7 @@ fn args() -> Res<Args> {
         sizes: vec![200, 4096],
         json: false,
         quick: false,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -62,6 +67,7 @@ fn args() -> Res<Args> {
                 a.jobs = 5_000;
             }
             "--json" => a.json = true,
+            "--cluster" => a.cluster = true,
             "--chaos" => a.chaos = Some(it.next().ok_or("--chaos needs a job count")?.parse()?),
             "--restarts" => a.restarts = it.next().ok_or("--restarts needs a count")?.parse()?,
             "--add-wait" => {
@@ -86,6 +92,7 @@ fn args() -> Res<Args> {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
                      [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process256|e2e] [--rate JOBS_PER_S]\n\
+                     \x20      datalayer-bench --cluster [--jobs N] [--sizes 200] [--json]: end to end on one server and a 3-master cluster\n\
                      \x20      datalayer-bench --chaos JOBS [--rate JOBS_PER_S] [--add-wait MS] [--json]: every fault at once \
                      (4 worker processes, 3 Redis restarts; default 1,000 adds/s)\n\
                      REDIS_URL=redis://host:port uses that server instead of starting one."
@@ -107,13 +114,13 @@ fn since_start() -> Duration {
     START.get_or_init(Instant::now).elapsed()
 }
 
-fn secrets() -> SecretRing {
+pub(crate) fn secrets() -> SecretRing {
     SecretRing::new(KeyId(1), Secret::from_bytes([7; 32]))
 }
 
 /// A payload of `size` bytes whose first 8 hold the time it was made (ns since start); the
 /// rest is pseudo-random, so that compression does not flatter the figures.
-fn payload(size: usize) -> Vec<u8> {
+pub(crate) fn payload(size: usize) -> Vec<u8> {
     let ns = u64::try_from(since_start().as_nanos()).unwrap_or(u64::MAX);
     let mut p = Vec::with_capacity(size.max(8));
     p.extend_from_slice(&ns.to_le_bytes());
@@ -138,7 +145,7 @@ fn latency_us(payload: &[u8]) -> u64 {
 }
 
 /// User + system CPU time of this process (all threads), from /proc (Linux).
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return Duration::ZERO;
     };
@@ -155,7 +162,7 @@ fn cpu_time() -> Duration {
 }
 
 /// Redis' own CPU time (user + system), from INFO cpu.
-async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Res<f64> {
+pub(crate) async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Res<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
     Ok(info
         .lines()
@@ -820,6 +827,10 @@ async fn main() -> Res<()> {
         return chaos(jobs, args.rate, args.add_wait_ms, args.restarts, args.json).await;
     }
     since_start();
+    if args.cluster {
+        let size = args.sizes.first().copied().unwrap_or(200);
+        return cluster_mode::run(args.jobs, size, args.json).await;
+    }
     let (server, url) = match std::env::var("REDIS_URL") {
         Ok(url) => (None, url),
         Err(_) => {

@@ -118,10 +118,37 @@ async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_in_several_processes_each_get_their_own_outcomes_and_a_replacement_the_rest() {
-    const JOBS: usize = 1_000;
     let server = RedisServer::start(Persistence::None);
-    let url = server.url();
-    let dir = server.dir().to_path_buf();
+    let conn = raw(&server).await;
+    several_producers(&server.url(), server.dir(), conn).await;
+}
+
+/// The same on a Redis Cluster of 3 masters: the producer and worker processes find the
+/// cluster from its seeds, and the queue's node is checked for what gone producers left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_producer_and_worker_processes_on_a_cluster() {
+    let cluster = datalayer_tests::cluster::RedisCluster::start(3, 0);
+    let slot = datalayer_core::naming::hash_slot(format!("dl:{{{QUEUE}}}:jobs").as_bytes());
+    let node = cluster.master_of(slot);
+    let conn = redis::Client::open(format!("redis://127.0.0.1:{node}"))
+        .expect("a client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the queue's node");
+    let dir =
+        std::env::temp_dir().join(format!("datalayer-producers-{node}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a log directory");
+    several_producers(&cluster.url(), &dir, conn).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three producer processes and a fourth killed mid-load and replaced, two worker
+/// processes, 1,000 jobs each: every result at the producer that added it (or the
+/// replacement), none at another, and the exited producers swept after their ttl.
+async fn several_producers(url: &str, dir: &Path, mut conn: redis::aio::MultiplexedConnection) {
+    const JOBS: usize = 1_000;
+    let url = url.to_owned();
+    let dir = dir.to_path_buf();
     let path = |name: &str| -> PathBuf { dir.join(name) };
     let _workers = [worker(&url, &path("w1.log")), worker(&url, &path("w2.log"))];
 
@@ -225,7 +252,6 @@ async fn producers_in_several_processes_each_get_their_own_outcomes_and_a_replac
 
     // The producers that exited are declared gone after their ttl, and swept: their events
     // streams, and the id markers of their jobs.
-    let mut conn = raw(&server).await;
     let start = Instant::now();
     loop {
         let mut left = Vec::new();
