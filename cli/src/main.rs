@@ -505,6 +505,12 @@ async fn health(a: &Args) -> Result<u8, Failure> {
             Err(e) => println!("unhealthy: {e}"),
         }
         if let Ok(i) = &info {
+            if i.nodes > 1 {
+                println!(
+                    "cluster of {} primaries (each setting: the riskiest found)",
+                    i.nodes
+                );
+            }
             println!("redis {}", i.version);
             println!(
                 "maxmemory-policy {}",

@@ -246,3 +246,44 @@ async fn the_cli_reports_and_handles_dead_letters() {
     worker.shutdown(Duration::from_secs(5)).await;
     queue.shutdown().await;
 }
+
+/// The same tool on a Redis Cluster (seeds in `--url`): health visits every primary,
+/// `queues` finds queues on every master, `stats` and `dead ls` reach the queue's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_on_a_cluster() {
+    let cluster = datalayer_tests::cluster::RedisCluster::start(3, 0);
+    let url = cluster.url();
+    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
+    let dl = DataLayer::connect(&url, Options::default())
+        .await
+        .expect("connect");
+    assert!(dl.is_cluster());
+    let names: Vec<String> = (0..12).map(|i| format!("cq{i}")).collect();
+    for name in &names {
+        let queue = dl
+            .queue(name, &secrets, QueueOptions::default())
+            .expect("queue");
+        queue
+            .add("s", &serde_json::json!({ "n": 1 }))
+            .await
+            .expect("add");
+    }
+    let health = cli(&url, false, &["--json", "health"]);
+    let h = json(&health);
+    assert_eq!(h["healthy"], true, "{h}");
+    assert_eq!(h["server"]["nodes"], 3, "{h}");
+    // Test nodes keep nothing on disk: risky, exit 2.
+    assert_eq!(health.status.code(), Some(2), "{h}");
+    let found = json(&cli(&url, false, &["--json", "queues"]));
+    let found: Vec<&str> = found
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in &names {
+        assert!(found.contains(&name.as_str()), "{name} in {found:?}");
+    }
+    let s = json(&cli(&url, false, &["--json", "stats", "cq3"]));
+    assert_eq!(s["jobs"], 1, "{s}");
+}
