@@ -13,6 +13,8 @@
 //!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
 //!   dead delete QUEUE (--all | ENTRY...) [--dry-run]
 //!   secret gen                    32 random bytes, hex (for DATALAYER_SECRET)
+//!   serve [--listen ADDR] [--interval-ms N]
+//!                                 Prometheus metrics of every queue at /metrics
 //! ```
 //!
 //! The URL comes from `--url`, else `REDIS_URL`, else `redis://127.0.0.1:6379`. The server
@@ -42,6 +44,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
   dead delete QUEUE (--all | ENTRY...) [--dry-run]
   secret gen
+  serve [--listen 127.0.0.1:9187] [--interval-ms 15000]
 The secret comes from --secret-file or DATALAYER_SECRET (hex or base64 of 32 random bytes).
 Exit: 0 ok, 1 failed or unhealthy, 2 risky, 64 usage.";
 
@@ -71,6 +74,7 @@ struct Args {
     timeout_ms: u64,
     watch_ms: Option<u64>,
     watch_count: Option<u64>,
+    listen: Option<String>,
     words: Vec<String>,
 }
 
@@ -101,6 +105,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
                 a.key_id = u32::try_from(n).map_err(|_| usage("--key-id is too large"))?;
             }
             "--dry-run" => a.dry_run = true,
+            "--listen" => a.listen = Some(value("--listen")?),
             "--all" => a.all = true,
             "--count" => {
                 let n = number(value("--count")?, "--count")?;
@@ -209,6 +214,7 @@ async fn run(a: Args) -> Result<u8, Failure> {
             Ok(0)
         }
         ["health"] => health(&a).await,
+        ["serve"] => serve(&a).await,
         ["queues"] => {
             let dl = connect(&a).await?;
             let names = dl.queues().await.map_err(failed)?;
@@ -525,6 +531,149 @@ async fn health(a: &Args) -> Result<u8, Failure> {
         }
     }
     Ok(code)
+}
+
+/// `serve`: every interval, the stats of every queue (found with `SCAN`) into a snapshot;
+/// `GET /metrics` answers it in Prometheus' text format, sending no Redis command. Each
+/// queue costs one stats script per interval, whatever its length; no secret is needed,
+/// and nothing of a job is shown.
+async fn serve(a: &Args) -> Result<u8, Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listen = a.listen.clone().unwrap_or_else(|| "127.0.0.1:9187".into());
+    let every = Duration::from_millis(a.watch_ms.unwrap_or(15_000));
+    let dl = connect(a).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| failed(format!("listen on {listen}: {e}")))?;
+    eprintln!("datalayer: serving metrics at http://{listen}/metrics, every {every:?}");
+    let snapshot = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let shared = snapshot.clone();
+    let sampler = tokio::spawn(async move {
+        let ring = no_secret();
+        let mut queues: std::collections::BTreeMap<String, JobQueue> = Default::default();
+        let mut samples = 0u64;
+        loop {
+            let started = std::time::Instant::now();
+            let names = dl.queues().await.unwrap_or_default();
+            let mut rows = Vec::new();
+            for name in names {
+                if !queues.contains_key(&name) {
+                    match queue(&dl, &name, &ring) {
+                        Ok(q) => {
+                            queues.insert(name.clone(), q);
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                if let Some(q) = queues.get(&name) {
+                    if let Ok(Ok(s)) = tokio::time::timeout(every, q.stats()).await {
+                        rows.push((name, s));
+                    }
+                }
+            }
+            samples += 1;
+            let text = prometheus_text(&rows, samples, started.elapsed(), now_ms());
+            if let Ok(mut s) = shared.lock() {
+                *s = text;
+            }
+            tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+        }
+    });
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        if sampler.is_finished() {
+            return Err(failed("the sampler stopped"));
+        }
+        let body = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let reply = if head.starts_with(b"GET /metrics ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+            };
+            let _ = conn.write_all(reply.as_bytes()).await;
+        });
+    }
+}
+
+/// A label value as Prometheus' text format writes it.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The snapshot of `rows` in Prometheus' text format.
+fn prometheus_text(
+    rows: &[(String, datalayer_tokio::QueueStats)],
+    samples: u64,
+    took: Duration,
+    now: u64,
+) -> String {
+    use std::fmt::Write;
+    type Get = fn(&datalayer_tokio::QueueStats, u64) -> f64;
+    let gauges: [(&str, &str, Get); 6] = [
+        (
+            "datalayer_queue_jobs",
+            "Jobs waiting or running.",
+            |s, _| s.jobs as f64,
+        ),
+        (
+            "datalayer_queue_running",
+            "Jobs running (delivered, not settled).",
+            |s, _| s.pending as f64,
+        ),
+        (
+            "datalayer_queue_delayed",
+            "Jobs delayed (due later).",
+            |s, _| s.delayed as f64,
+        ),
+        ("datalayer_queue_dead", "Dead letters.", |s, _| {
+            s.dead as f64
+        }),
+        (
+            "datalayer_queue_workers",
+            "Live workers, in any process.",
+            |s, _| s.workers as f64,
+        ),
+        (
+            "datalayer_queue_oldest_waiting_seconds",
+            "How long the oldest waiting job has waited.",
+            |s, now| s.oldest_waiting_ms(now) as f64 / 1e3,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (queue, s) in rows {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", label(queue), get(s, now));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP datalayer_sampler_samples_total Samples taken.\n\
+         # TYPE datalayer_sampler_samples_total counter\n\
+         datalayer_sampler_samples_total {samples}\n\
+         # HELP datalayer_sampler_seconds How long the last sample took.\n\
+         # TYPE datalayer_sampler_seconds gauge\n\
+         datalayer_sampler_seconds {}",
+        took.as_secs_f64()
+    );
+    out
 }
 
 #[tokio::main(flavor = "current_thread")]

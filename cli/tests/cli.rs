@@ -287,3 +287,79 @@ async fn the_cli_on_a_cluster() {
     let s = json(&cli(&url, false, &["--json", "stats", "cq3"]));
     assert_eq!(s["jobs"], 1, "{s}");
 }
+
+/// `datalayer serve`: a Prometheus endpoint of every queue's state, scraped as Prometheus
+/// would; no secret given, nothing of a job in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_queue_state_for_prometheus() {
+    use std::io::{Read, Write};
+    let server = RedisServer::start(Persistence::None);
+    let url = server.url();
+    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
+    let dl = DataLayer::connect(&url, Options::default())
+        .await
+        .expect("connect");
+    let queue = dl
+        .queue("served", &secrets, QueueOptions::default())
+        .expect("queue");
+    for i in 0..3 {
+        let payload = serde_json::json!({ "n": i, "text": "served-payload-marker" });
+        queue
+            .add("served-session-marker", &payload)
+            .await
+            .expect("add");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_datalayer"))
+        .args([
+            "--url",
+            &url,
+            "serve",
+            "--listen",
+            &listen,
+            "--interval-ms",
+            "100",
+        ])
+        .env_remove("DATALAYER_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run datalayer serve");
+    let _child = datalayer_tests::KillOnDrop(child);
+    let get = |path: &str| -> Option<String> {
+        let mut conn = std::net::TcpStream::connect(&listen).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(conn, "GET {path} HTTP/1.1\r\nhost: {listen}\r\n\r\n").ok()?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let started = Instant::now();
+    let body = loop {
+        if let Some(reply) = get("/metrics") {
+            if reply.contains("datalayer_queue_jobs{queue=\"served\"} 3") {
+                break reply;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no metrics served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("# TYPE datalayer_queue_jobs gauge"), "{body}");
+    assert!(
+        body.contains("datalayer_queue_dead{queue=\"served\"} 0"),
+        "{body}"
+    );
+    assert!(body.contains("datalayer_queue_oldest_waiting_seconds{queue=\"served\"}"));
+    for marker in ["served-payload-marker", "served-session-marker"] {
+        assert!(!body.contains(marker), "{marker} in the metrics");
+    }
+    assert!(get("/other").is_some_and(|r| r.starts_with("HTTP/1.1 404")));
+}

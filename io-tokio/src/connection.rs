@@ -205,6 +205,9 @@ impl Conn {
             Ok((c, me)) => {
                 let generation = {
                     let mut state = self.state();
+                    if state.generation > 0 {
+                        crate::telemetry::reconnect();
+                    }
                     state.generation += 1;
                     state.current = Some((c.clone(), state.generation));
                     state.identity = Some(me);

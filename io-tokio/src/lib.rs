@@ -22,6 +22,7 @@ mod memory;
 mod pipelines;
 mod queue;
 mod random;
+mod telemetry;
 mod worker;
 
 pub use clock::now_ms;

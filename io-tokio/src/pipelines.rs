@@ -62,6 +62,8 @@ impl Pipelines {
         let backend = self.backend.clone();
         self.in_flight.push_back(Box::pin(async move {
             let replies = backend.execute(&cmds).await;
+            let unknown = replies.iter().filter(|r| **r == Reply::Unknown).count();
+            crate::telemetry::pipeline(cmds.len(), unknown);
             (cmds.into_iter().map(|c| c.op).collect(), replies)
         }));
     }

@@ -414,6 +414,11 @@ impl Driver {
         for ev in std::mem::take(&mut self.pending_events) {
             match ev {
                 WorkerEvent::Job(d) => {
+                    let queue: Arc<str> = Arc::from(self.worker.keys().queue.as_str());
+                    let waited = (d.job.attempt == 1).then(|| {
+                        Duration::from_millis(now_ms().saturating_sub(d.job.created_at_ms))
+                    });
+                    crate::telemetry::started(&queue, waited);
                     let job = Job {
                         id: d.job.id,
                         title: d.job.title,
@@ -427,12 +432,14 @@ impl Driver {
                     let done = self.done_tx.clone();
                     let entry = d.entry;
                     tokio::spawn(async move {
+                        let started = std::time::Instant::now();
                         let outcome = match task.await {
                             Ok(Ok(value)) => serde_json::to_vec(&value)
                                 .map_err(|e| format!("result does not encode: {e}")),
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(e) => Err(panic_message(e)),
                         };
+                        crate::telemetry::handled(&queue, outcome.is_ok(), started.elapsed());
                         let _ = done.send((entry, outcome)).await;
                     });
                 }
@@ -443,6 +450,7 @@ impl Driver {
                 }
                 WorkerEvent::Drained => drained = true,
                 WorkerEvent::DeadLettered { entry, job, reason } => {
+                    crate::telemetry::worker_dead_letter(&self.worker.keys().queue);
                     if self.log_reasons {
                         tracing::warn!(%entry, job = ?job, %reason, "dead-lettered");
                     } else {
@@ -451,6 +459,7 @@ impl Driver {
                     }
                 }
                 WorkerEvent::LeaseLost { entry, job } => {
+                    crate::telemetry::lease_lost(&self.worker.keys().queue);
                     tracing::warn!(%entry, %job, "lease lost: another worker took the job");
                 }
                 WorkerEvent::Trouble { message } => tracing::warn!(%message, "worker trouble"),

@@ -1,0 +1,305 @@
+//! The adapter's metrics (feature `metrics`), read by a recorder of this test's own: what a
+//! queue and a worker record when Redis confirmed the events, the queue-state gauges of the
+//! sampler, and that no label carries anything of a job. Then the sampler's cost: one
+//! script per tick, whether the queue holds 10 entries or 1,000,000.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use datalayer_core::retry::{Backoff, RetryPolicy};
+use datalayer_tests::{Persistence, RedisServer, command_calls, layer, raw, reset_stats, secrets};
+use datalayer_tokio::{Job, QueueOptions, WorkerOptions};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use serde_json::json;
+
+/// Every metric recorded: name and labels → counter total, last gauge value, histogram
+/// samples.
+#[derive(Default)]
+struct Seen {
+    counters: HashMap<String, u64>,
+    gauges: HashMap<String, f64>,
+    histograms: HashMap<String, Vec<f64>>,
+}
+
+fn seen() -> &'static Mutex<Seen> {
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    SEEN.get_or_init(Mutex::default)
+}
+
+fn id(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+struct Handle(String);
+
+impl metrics::CounterFn for Handle {
+    fn increment(&self, value: u64) {
+        *seen()
+            .lock()
+            .unwrap()
+            .counters
+            .entry(self.0.clone())
+            .or_default() += value;
+    }
+    fn absolute(&self, value: u64) {
+        seen()
+            .lock()
+            .unwrap()
+            .counters
+            .insert(self.0.clone(), value);
+    }
+}
+
+impl metrics::GaugeFn for Handle {
+    fn increment(&self, value: f64) {
+        *seen()
+            .lock()
+            .unwrap()
+            .gauges
+            .entry(self.0.clone())
+            .or_default() += value;
+    }
+    fn decrement(&self, value: f64) {
+        *seen()
+            .lock()
+            .unwrap()
+            .gauges
+            .entry(self.0.clone())
+            .or_default() -= value;
+    }
+    fn set(&self, value: f64) {
+        seen().lock().unwrap().gauges.insert(self.0.clone(), value);
+    }
+}
+
+impl metrics::HistogramFn for Handle {
+    fn record(&self, value: f64) {
+        seen()
+            .lock()
+            .unwrap()
+            .histograms
+            .entry(self.0.clone())
+            .or_default()
+            .push(value);
+    }
+}
+
+struct TestRecorder;
+
+impl Recorder for TestRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(Arc::new(Handle(id(key))))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(Arc::new(Handle(id(key))))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(Arc::new(Handle(id(key))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_and_a_worker_record_what_redis_confirmed() {
+    metrics::set_global_recorder(TestRecorder).expect("the only recorder");
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("met", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let retry = RetryPolicy::new(2, Backoff::Fixed { delay_ms: 20 });
+    let running = dl
+        .worker(
+            "met",
+            &secrets(),
+            WorkerOptions::default().concurrency(4).retry(retry),
+        )
+        .expect("worker")
+        .start(|job: Job| async move {
+            let v: serde_json::Value = job.json().map_err(|e| e.to_string())?;
+            if v["fail"] == true {
+                return Err("secret-reason-marker".to_owned());
+            }
+            Ok::<_, String>(json!({ "echo": v }))
+        });
+    let mut handles = Vec::new();
+    for i in 0..19 {
+        let payload = json!({ "n": i, "marker": "secret-payload-marker" });
+        handles.push(
+            queue
+                .add("secret-session-marker", &payload)
+                .await
+                .expect("add"),
+        );
+    }
+    handles.push(queue.add("s", &json!({ "fail": true })).await.expect("add"));
+    for h in handles {
+        tokio::time::timeout(Duration::from_secs(20), h.result())
+            .await
+            .expect("ended")
+            .expect("running");
+    }
+    let sampler = queue.sample_metrics(Duration::from_millis(50));
+    let gauge = |name: &str| {
+        seen()
+            .lock()
+            .unwrap()
+            .gauges
+            .get(&format!("{name}{{queue=met}}"))
+            .copied()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gauge("datalayer_queue_dead") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "no dead-letter gauge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sampler.abort();
+    running.shutdown(Duration::from_secs(5)).await;
+
+    let s = seen().lock().unwrap();
+    let counter = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+    let samples = |k: &str| s.histograms.get(k).map_or(0, Vec::len);
+    assert_eq!(counter("datalayer_jobs_added_total{queue=met}"), 20);
+    assert_eq!(
+        counter("datalayer_jobs_ended_total{outcome=completed,queue=met}"),
+        19
+    );
+    assert_eq!(
+        counter("datalayer_jobs_ended_total{outcome=failed,queue=met}"),
+        1
+    );
+    assert_eq!(
+        counter("datalayer_jobs_ended_total{outcome=dead,queue=met}"),
+        1
+    );
+    assert_eq!(counter("datalayer_jobs_started_total{queue=met}"), 21);
+    assert_eq!(counter("datalayer_worker_dead_letters_total{queue=met}"), 1);
+    assert_eq!(samples("datalayer_job_end_to_end_seconds{queue=met}"), 20);
+    assert_eq!(
+        samples("datalayer_job_wait_seconds{queue=met}"),
+        20,
+        "first attempts only"
+    );
+    assert_eq!(
+        samples("datalayer_handler_seconds{queue=met,result=ok}"),
+        19
+    );
+    assert_eq!(
+        samples("datalayer_handler_seconds{queue=met,result=error}"),
+        2
+    );
+    assert!(samples("datalayer_pipeline_commands{}") > 0);
+    assert_eq!(gauge_of(&s, "datalayer_queue_jobs"), Some(0.0));
+    // Nothing of a job in any metric's name or labels.
+    let names: Vec<&String> = s
+        .counters
+        .keys()
+        .chain(s.gauges.keys())
+        .chain(s.histograms.keys())
+        .collect();
+    for marker in [
+        "secret-payload-marker",
+        "secret-session-marker",
+        "secret-reason-marker",
+    ] {
+        assert!(
+            !names.iter().any(|n| n.contains(marker)),
+            "{marker} in {names:?}"
+        );
+    }
+}
+
+fn gauge_of(s: &Seen, name: &str) -> Option<f64> {
+    s.gauges.get(&format!("{name}{{queue=met}}")).copied()
+}
+
+/// The sampler's tick is one stats script: with 10 entries in the queue and with
+/// 1,000,000, the same commands, and the script's cost per call stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_costs_the_same_for_ten_entries_and_a_million() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue(
+            "big",
+            &secrets(),
+            QueueOptions::default().read_results(false),
+        )
+        .expect("queue");
+    let mut conn = raw(&server).await;
+    // A consumer group, as a worker makes it, then entries straight into the stream.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("dl:{big}:jobs")
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let fill = |n: usize| {
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            pipe.cmd("XADD")
+                .arg("dl:{big}:jobs")
+                .arg("*")
+                .arg("e")
+                .arg("x")
+                .ignore();
+        }
+        pipe
+    };
+    let ticks = 20;
+    let mut per_tick = Vec::new();
+    for target in [10usize, 1_000_000] {
+        let len: usize = redis::cmd("XLEN")
+            .arg("dl:{big}:jobs")
+            .query_async(&mut conn)
+            .await
+            .expect("XLEN");
+        let mut left = target - len;
+        while left > 0 {
+            let n = left.min(20_000);
+            let _: () = fill(n).query_async(&mut conn).await.expect("fill");
+            left -= n;
+        }
+        let stats = queue.stats().await.expect("stats");
+        assert_eq!(stats.jobs, target as u64);
+        reset_stats(&mut conn).await;
+        for _ in 0..ticks {
+            queue.stats().await.expect("stats");
+        }
+        let calls = command_calls(&mut conn).await;
+        let mut calls: Vec<(String, u64)> = calls
+            .into_iter()
+            .filter(|(c, _)| c != "config|resetstat" && c != "info")
+            .collect();
+        calls.sort();
+        per_tick.push(calls);
+    }
+    assert_eq!(
+        per_tick[0], per_tick[1],
+        "the same commands per tick at 10 and 1,000,000"
+    );
+    // One script per tick (with the token every pipeline starts with, exec.rs), and the
+    // same commands inside it at both sizes (commandstats counts a script's calls too).
+    let evalsha = per_tick[0].iter().find(|(c, _)| c == "evalsha");
+    assert_eq!(
+        evalsha,
+        Some(&("evalsha".to_owned(), ticks)),
+        "{per_tick:?}"
+    );
+    let total: u64 = per_tick[0].iter().map(|(_, n)| n).sum();
+    assert!(
+        total <= 12 * ticks,
+        "a tick is a handful of O(1)/O(log n) commands: {per_tick:?}"
+    );
+}
