@@ -481,3 +481,113 @@ async fn replicated_adds_wait_for_a_replica() {
     assert!(matches!(outcome(h).await, Outcome::Completed(_)));
     running.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Connections stay O(nodes): 100 queues and 100 workers in one process, idle, hold at most
+/// two connections per master (commands, doorbells), and every worker still gets its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_queues_and_workers_hold_two_connections_per_master() {
+    let cluster = RedisCluster::start(3, 0);
+    let before: HashMap<u16, usize> = cluster.clients_per_master().into_iter().collect();
+    let dl = connect(&cluster).await;
+    let mut running = Vec::new();
+    let mut queues = Vec::new();
+    for i in 0..100 {
+        let name = format!("many{i}");
+        let worker = dl
+            .worker(&name, &secrets(), WorkerOptions::default())
+            .expect("worker");
+        running.push(worker.start(echo));
+        queues.push(
+            dl.queue(&name, &secrets(), QueueOptions::default())
+                .expect("queue"),
+        );
+    }
+    // Every reader idle, waiting on its doorbell; then one job through each queue.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, queue) in queues.iter().enumerate() {
+        let h = queue.add("s", &json!({ "n": i })).await.expect("add");
+        assert!(matches!(outcome(h).await, Outcome::Completed(_)));
+    }
+    for (port, now) in cluster.clients_per_master() {
+        let added = now.saturating_sub(before.get(&port).copied().unwrap_or(0));
+        assert!(added <= 2, "{added} connections of this process on {port}");
+    }
+    // Idle: every command the masters run in 10 s (the 200 readers' 30 s safety reads,
+    // each queue's upkeep every 15 s, and the commands inside those scripts).
+    let mut masters = Vec::new();
+    for port in cluster.master_ports() {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        datalayer_tests::reset_stats(&mut conn).await;
+        masters.push(conn);
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut idle = 0;
+    for conn in &mut masters {
+        let calls = datalayer_tests::command_calls(conn).await;
+        idle += calls
+            .iter()
+            .filter(|(c, _)| !c.starts_with("config") && c.as_str() != "info")
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    }
+    eprintln!("100 idle queues and workers: {idle} commands in 10 s on the masters");
+    // Polling every reader each 100 ms would be 20,000.
+    assert!(idle < 2_000, "{idle} commands in 10 s of idling");
+    for r in running {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// A process starts while the first seed's node is down: the next seed answers, and once
+/// the dead master's replica took over, jobs flow on every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_while_the_first_seed_is_down() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let url = cluster.url();
+    let first: u16 = url
+        .trim_start_matches("redis://")
+        .split(',')
+        .next()
+        .and_then(|h| h.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the first seed's port");
+    // A queue on the first seed's slots (asked before it dies).
+    let name = (0..1_000)
+        .map(|i| format!("down{i}"))
+        .find(|n| cluster.master_of(slot_of(n)) == first)
+        .expect("a queue on the first master");
+    cluster.kill(first);
+    let options = Options::default()
+        .response_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1));
+    let dl = DataLayer::connect(&url, options)
+        .await
+        .expect("connected through another seed");
+    assert!(dl.is_cluster());
+    // Its jobs wait for the replica's promotion, then run.
+    let running = dl
+        .worker(&name, &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    let queue = dl
+        .queue(&name, &secrets(), QueueOptions::default())
+        .expect("queue");
+    let job = datalayer_core::producer::AddJob {
+        id: Some("after-failover".into()),
+        session_id: "s".into(),
+        payload: br#"{"n":1}"#.to_vec(),
+        ..Default::default()
+    };
+    let handle = loop {
+        match queue.add_job(job.clone()).await {
+            Ok(h) => break h,
+            Err(e) => {
+                eprintln!("add: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(matches!(outcome(handle).await, Outcome::Completed(_)));
+    running.shutdown(Duration::from_secs(5)).await;
+}
