@@ -325,6 +325,19 @@ pub enum CommandKind {
         /// The job ids whose markers go.
         forget: Vec<String>,
     },
+    /// Script `events_tail`: the last id its events stream ever generated (`XINFO STREAM`'s
+    /// `last-generated-id`; `0-0` when there is no stream). Sent after the connection
+    /// failed (a failover may have lost the stream's tail): a stream whose last id is
+    /// behind the producer's cursor moved backwards, and new events could get ids at or
+    /// below the cursor, which a read after it would skip; the cursor steps back to it.
+    ///
+    /// Reply: the id. Unknown outcome or error: asked again after a backoff.
+    EventsTail {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The producer whose events these are.
+        producer: Arc<ProducerKeys>,
+    },
     /// Script `stats`: `[waiting + pending jobs, pending, ZCARD delayed, XLEN dead, XLEN
     /// of the producer's events]`.
     Stats {

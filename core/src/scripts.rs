@@ -871,8 +871,24 @@ return out
 "#,
 };
 
+/// `events_tail` — KEYS: a producer's events stream. The last id the stream generated
+/// (`0-0` without a stream): `XINFO STREAM` answers a map, read here so that every
+/// protocol gets the same bulk string.
+pub const EVENTS_TAIL: Script = Script {
+    name: "events_tail",
+    source: r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return '0-0' end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return info[i + 1] end
+end
+return '0-0'
+"#,
+};
+
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 17] = [
+pub const ALL: [&Script; 18] = [
+    &EVENTS_TAIL,
     &ENQUEUE,
     &WORKERS,
     &DELAYED_JOB,
@@ -1074,6 +1090,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         }
         CommandKind::ReadEvents { .. }
         | CommandKind::AckEvents { .. }
+        | CommandKind::EventsTail { .. }
         | CommandKind::Stats { .. }
         | CommandKind::Register { .. }
         | CommandKind::Destroy { .. }
@@ -1184,6 +1201,9 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
             script(&DELAYED_JOB, &k, args)
         }
         CommandKind::Workers { keys } => script(&WORKERS, &[&keys.workers], Vec::new()),
+        CommandKind::EventsTail { producer, .. } => {
+            script(&EVENTS_TAIL, &[&producer.events], Vec::new())
+        }
         CommandKind::FindJob { keys, job, limit } => {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.dead];
             script(&FIND_JOB, &k, vec![b(job), num(limit)])

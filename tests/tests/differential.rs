@@ -136,6 +136,8 @@ enum Op {
     /// Producer, token, through (pick), jobs forgotten.
     AckEvents(usize, usize, Option<usize>, Vec<usize>),
     /// Producer.
+    /// The last id producer `p`'s events stream generated.
+    EventsTail(usize),
     Stats(usize),
     /// Producer, token, claim, time offset, promise offset.
     Register(usize, usize, bool, u64, i64),
@@ -163,7 +165,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(34) {
+    match r(35) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -202,6 +204,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         29 | 30 => Op::FindJob(r(6), [1, 2, 1000][r(3)]),
         31 | 32 => Op::DelayedJob(r(6), [None, Some(r(3))][r(2)]),
         33 => Op::Workers,
+        34 => Op::EventsTail(r(2)),
         23 | 24 => Op::Register(
             r(2),
             r(2),
@@ -328,6 +331,10 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             keys,
             through: through.map(|e| side.event(*p, e)),
             forget: forget.iter().map(|j| JOBS[*j].to_owned()).collect(),
+        },
+        Op::EventsTail(p) => CommandKind::EventsTail {
+            producer: producer(&keys, *p),
+            keys,
         },
         Op::Stats(p) => CommandKind::Stats {
             producer: producer(&keys, *p),
@@ -750,7 +757,7 @@ async fn model_and_redis_agree() {
                 }
             };
             let ns = match op {
-                Op::ReadEvents(p, ..) => EVENTS_NS + p,
+                Op::ReadEvents(p, ..) | Op::EventsTail(p) => EVENTS_NS + p,
                 Op::ReadDead(..) => DEAD_NS,
                 _ => JOBS_NS,
             };
@@ -1301,4 +1308,55 @@ async fn merged_reads_on_the_model_and_redis_agree() {
         }
     }
     assert!(steps > 200, "{steps} merged reads compared");
+}
+
+/// The last id an events stream generated (`events_tail`), on both sides: no stream yet
+/// (`0-0`), then after two outcomes were written to producer "pa"'s stream.
+#[tokio::test]
+async fn events_tail_agrees_with_the_model() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = connect(&server).await;
+    let keys = Arc::new(QueueKeys::new("dl", "tail").expect("keys"));
+    let now = redis_time(&mut conn).await;
+    let mut sim = Sim::new(now);
+    let (mut model, mut real) = (Side::new(now), Side::new(now));
+    let steps = [
+        Op::EnsureGroup,
+        Op::EventsTail(0),
+        Op::Register(0, 0, true, 0, 1_000_000),
+        // Two jobs of producer "pa" (marker 1), read by consumer 0, completed: two events.
+        Op::Enqueue(vec![(0, None), (1, None)], 1, false),
+        Op::Read(0, 5),
+        Op::Settle(0, 0, vec![(0, 0, -1), (1, 1, -1)]),
+        Op::EventsTail(0),
+        Op::ReadEvents(0, usize::MAX, 10),
+        Op::EventsTail(0),
+    ];
+    let mut tails = Vec::new();
+    for (step, op) in steps.iter().enumerate() {
+        // Ids of the events stream in its own namespace: ids of two streams can coincide
+        // on one side only (each side's clock makes them).
+        let ns = match op {
+            Op::EventsTail(p) | Op::ReadEvents(p, ..) => EVENTS_NS + p,
+            _ => JOBS_NS,
+        };
+        let m = sim.execute(&build(op, &model, &keys).expect("op"));
+        let r = on_redis(
+            &mut conn,
+            step as u64 + 1,
+            build(op, &real, &keys).expect("op"),
+        )
+        .await;
+        let (m, r) = (model.normalize(ns, m), real.normalize(ns, r));
+        assert_eq!(m, r, "step {step}: {op:?}");
+        if matches!(op, Op::EventsTail(_)) {
+            tails.push(m);
+        }
+    }
+    assert_eq!(tails[0], Value::Bulk(b"0-0".to_vec()), "no stream yet");
+    assert!(
+        matches!(&tails[1], Value::Status(s) if s.starts_with("id#")),
+        "an id once events were written: {tails:?}"
+    );
+    assert_eq!(tails[1], tails[2], "reading changes nothing");
 }

@@ -41,6 +41,8 @@ enum InFlight {
     /// knows of each add.
     Add(Vec<NewJob>, bool, Vec<AddMeta>),
     ReadEvents,
+    /// The events stream's last generated id (after a connection failure).
+    EventsTail,
     AckEvents {
         through: Option<EntryId>,
         forget: Vec<String>,
@@ -112,6 +114,9 @@ pub struct Producer {
     read_through: Option<EntryId>,
     /// The furthest trim sent (or to be sent).
     trimmed_through: Option<EntryId>,
+    /// A connection failed: before the next events read, ask whether the events stream
+    /// moved backwards (a failover lost its tail), and step the cursor back if it did.
+    check_tail: bool,
     /// Final events of jobs whose markers wait for an outstanding add of theirs: the trim
     /// stops before the first of them, so that a replacement of this producer reads them
     /// again and forgets the markers if this one never does.
@@ -181,6 +186,7 @@ impl Producer {
             trim_through: None,
             read_through: None,
             trimmed_through: None,
+            check_tail: false,
             held: BTreeMap::new(),
             outstanding: HashMap::new(),
             forget_later: HashSet::new(),
@@ -696,8 +702,27 @@ impl Producer {
 
     fn poll_read(&mut self) -> Option<Command> {
         let now = self.now_ms;
-        let reading = self.any_in_flight(|f| matches!(f, InFlight::ReadEvents));
-        if self.cfg.read_events && !self.superseded && !reading && now >= self.next_read_ms {
+        let reading =
+            self.any_in_flight(|f| matches!(f, InFlight::ReadEvents | InFlight::EventsTail));
+        if self.check_tail && !reading && now >= self.next_read_ms {
+            // In place of the next read (and, like a read, a probe of whether Redis is
+            // back), with no ack out: its answer decides where the next read starts.
+            if !self.any_in_flight(|f| matches!(f, InFlight::AckEvents { .. })) {
+                self.check_tail = false;
+                let kind = CommandKind::EventsTail {
+                    keys: self.keys.clone(),
+                    producer: self.me.clone(),
+                };
+                return Some(self.op(kind, InFlight::EventsTail));
+            }
+            return None;
+        }
+        if self.cfg.read_events
+            && !self.superseded
+            && !reading
+            && !self.check_tail
+            && now >= self.next_read_ms
+        {
             let kind = CommandKind::ReadEvents {
                 keys: self.keys.clone(),
                 producer: self.me.clone(),
@@ -761,7 +786,10 @@ impl Producer {
             r => r,
         };
         match &reply {
-            Reply::Unknown | Reply::NotSent => self.reachable = false,
+            Reply::Unknown | Reply::NotSent => {
+                self.reachable = false;
+                self.check_tail = self.cfg.read_events;
+            }
             Reply::Value(_) => {
                 // Redis answered: whatever waited because of the connection goes now.
                 self.reachable = true;
@@ -780,6 +808,7 @@ impl Producer {
                 self.next_read_ms = self.reads.fail_unknown(now_ms);
             }
             (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
+            (InFlight::EventsTail, reply) => self.events_tail(reply),
             (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => self.resend.succeed(),
             (InFlight::AckEvents { .. }, Reply::Value(Value::Error(e)))
                 if e.starts_with("SUPERSEDED") =>
@@ -1179,6 +1208,45 @@ impl Producer {
     }
 
     /// Trims what was read, up to the first held event.
+    /// The events stream's last generated id: behind the cursor, the stream lost its tail
+    /// (a failover): read on from there, and trim nothing beyond it.
+    fn events_tail(&mut self, reply: Reply) {
+        let last = match &reply {
+            Reply::Value(Value::Bulk(b)) => EntryId::parse(b).ok(),
+            _ => None,
+        };
+        let Some(last) = last else {
+            self.check_tail = true;
+            self.next_read_ms = match &reply {
+                Reply::Value(v) => {
+                    if !matches!(v, Value::Error(e) if is_transient_error(e)) {
+                        self.trouble(format!("events tail: unexpected reply {v:?}"));
+                    }
+                    self.reads.fail(self.now_ms)
+                }
+                _ => self.reads.fail_unknown(self.now_ms),
+            };
+            return;
+        };
+        self.reads.succeed();
+        if last < self.cursor {
+            // Events written since may have ids at or below the cursor, and which of those
+            // below `last` are new cannot be told: read the stream again from its start
+            // (trims keep it short). Events read before come again: an outcome of a job
+            // no longer awaited is a stale `BadEvent`, not a second outcome.
+            self.trouble(format!(
+                "the events stream moved back from {} to {last} (a failover lost its tail): \
+                 reading it again from the start",
+                self.cursor
+            ));
+            self.cursor = EntryId::ZERO;
+            self.read_through = None;
+            self.trimmed_through = None;
+            self.trim_through = None;
+            self.next_read_ms = self.next_read_ms.min(self.now_ms);
+        }
+    }
+
     fn advance_trim(&mut self) {
         let limit = match self.held.first_key_value() {
             Some((first, _)) => first.prev(),

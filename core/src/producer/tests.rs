@@ -449,7 +449,13 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
         p.handle_timeout(now);
         while let Some(cmd) = p.poll_command() {
             match cmd.kind {
-                CommandKind::ReadEvents { .. } => read = Some(cmd),
+                // The events read, or (after the first failure) the check of the events
+                // stream's tail that goes in its place.
+                CommandKind::ReadEvents { .. } | CommandKind::EventsTail { .. }
+                    if read.is_none() =>
+                {
+                    read = Some(cmd)
+                }
                 _ => p.handle_reply(now, cmd.op, Reply::Unknown).unwrap(),
             }
         }
@@ -1218,4 +1224,57 @@ fn a_delayed_job_is_promoted_or_withdrawn_by_its_producer_only() {
             ..
         }
     )));
+}
+
+/// A failover lost the tail of the producer's events stream, and the new master's clock is
+/// behind: a job's result gets an id below the producer's cursor. After the connection
+/// failure, the producer checks the stream's last id, finds it behind its cursor, reads
+/// the stream again, and the result arrives (without the check it never would).
+#[test]
+fn a_results_stream_that_moved_backwards_is_read_again() {
+    let mut rng = SeededRandom::new(21);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("a"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    p.handle_timeout(sim.now_ms());
+    let events = drive(&mut p, &mut sim);
+    assert_eq!(completed(&events).len(), 1, "{events:?}");
+    let before = p.cursor();
+    // The failover: the events stream is gone, the new master's clock 10 s behind.
+    assert!(sim.lose(&p.producer_keys().events));
+    sim.set_time(T0 - 10_000);
+    p.add(sim.now_ms(), job("b"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    let tail = sim
+        .stream(&p.producer_keys().events)
+        .and_then(|s| s.entries.keys().next_back().copied())
+        .expect("b's result");
+    assert!(tail < before, "the new event sits below the cursor");
+    // A plain read misses it.
+    p.handle_timeout(sim.now_ms());
+    assert!(completed(&drive(&mut p, &mut sim)).is_empty());
+    // The connection fails once (the failover), then Redis answers.
+    p.handle_timeout(sim.now_ms() + 60_000);
+    let cmd = p.poll_command().expect("a command");
+    p.handle_reply(sim.now_ms(), cmd.op, Reply::Unknown)
+        .unwrap();
+    let mut events = Vec::new();
+    for _ in 0..20 {
+        sim.set_time(sim.now_ms() + 1_000);
+        p.handle_timeout(sim.now_ms());
+        events.extend(drive(&mut p, &mut sim));
+        if !completed(&events).is_empty() {
+            break;
+        }
+    }
+    assert_eq!(completed(&events), vec![("b".to_owned(), b"ok:b".to_vec())]);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, ProducerEvent::Trouble { message } if message.contains("moved back"))
+        ),
+        "{events:?}"
+    );
 }

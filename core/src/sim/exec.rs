@@ -151,6 +151,12 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             forget,
         } => ack_events(sim, keys, producer, token, (*through, forget)),
         CommandKind::Stats { keys, producer } => stats(sim, keys, producer),
+        CommandKind::EventsTail { producer, .. } => {
+            let last = sim
+                .stream_mut(&producer.events, false)?
+                .map_or(EntryId::ZERO, |s| s.last_id);
+            Ok(Value::Bulk(last.to_string().into_bytes()))
+        }
         CommandKind::Register {
             keys,
             producer,

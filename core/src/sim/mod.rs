@@ -153,6 +153,13 @@ impl Sim {
         self.now_ms
     }
 
+    /// Drops `key` as a failover can: its writes never reached the replica that took over
+    /// (`test-util`).
+    #[cfg(feature = "test-util")]
+    pub fn lose(&mut self, key: &str) -> bool {
+        self.remove(key)
+    }
+
     /// Sets the clock; it may jump forward or back (ids stay increasing, as in Redis).
     pub fn set_time(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
