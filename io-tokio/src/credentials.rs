@@ -207,7 +207,22 @@ impl DataLayer {
     pub async fn purge_credentials(&self, session_prefix: &str) -> Result<u64, Error> {
         let pattern = naming::credentials_pattern(&self.options.prefix, session_prefix)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let keys = self.scan(&pattern).await?;
+        let mut deleted = 0u64;
+        // On a cluster a slot migrating during the SCAN can hide keys from it: passes
+        // repeat until one finds nothing (at most 5).
+        let passes = if self.is_cluster() { 5 } else { 1 };
+        for _ in 0..passes {
+            let keys = self.scan(&pattern).await?;
+            if keys.is_empty() {
+                break;
+            }
+            deleted += self.delete_keys(&keys).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// One `DEL` per key, 1,000 to a pipeline (each to its key's node): how many went.
+    async fn delete_keys(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
         let mut deleted = 0u64;
         for chunk in keys.chunks(1000) {
             let dels: Vec<_> = chunk.iter().map(|k| credentials::delete(k)).collect();
