@@ -171,6 +171,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     };
+    if dl.is_cluster() {
+        // The queue lives on one master; connections are per primary (see the README).
+        for w in &workers {
+            w.shutdown(Duration::from_secs(5)).await;
+        }
+        queue.shutdown().await;
+        println!(
+            "on a Redis Cluster: the queue's keys live on one master and were deleted; the \
+             process held two connections per primary (commands, doorbells)"
+        );
+        return Ok(());
+    }
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let clients: String = redis::cmd("CLIENT")
