@@ -16,7 +16,6 @@
 use std::fmt;
 
 use crate::command::CommandKind;
-use crate::naming::hash_slot;
 use crate::value::Value;
 
 /// The number of hash slots.
@@ -246,12 +245,6 @@ pub fn is_topology_error(error: &str) -> bool {
     )
 }
 
-/// The slot `key` hashes to.
-#[must_use]
-pub fn slot_of(key: &[u8]) -> u16 {
-    hash_slot(key)
-}
-
 /// The doorbell channel an idle blocking read of `kind` waits on: its queue's jobs bell for
 /// a worker's read, events bell for a producer's.
 #[must_use]
@@ -286,7 +279,7 @@ pub fn rings(kind: &CommandKind) -> (Option<&str>, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::naming::QueueKeys;
+    use crate::naming::{QueueKeys, hash_slot};
     use std::sync::Arc;
 
     fn bulk(s: &str) -> Value {
@@ -387,9 +380,9 @@ mod tests {
     #[test]
     fn bells_live_in_their_queues_slot() {
         let keys = Arc::new(QueueKeys::new("dl", "irc").unwrap());
-        let slot = slot_of(keys.jobs.as_bytes());
-        assert_eq!(slot_of(keys.bell_jobs.as_bytes()), slot);
-        assert_eq!(slot_of(keys.bell_events.as_bytes()), slot);
+        let slot = hash_slot(keys.jobs.as_bytes());
+        assert_eq!(hash_slot(keys.bell_jobs.as_bytes()), slot);
+        assert_eq!(hash_slot(keys.bell_events.as_bytes()), slot);
         let read = CommandKind::Read {
             keys: keys.clone(),
             consumer: "c".into(),

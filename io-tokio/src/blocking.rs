@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use datalayer_core::bells::Bells;
 use datalayer_core::command::{CommandKind, OpId, Reply};
 use datalayer_core::mux::{self, MuxCommand, ReadMux};
 use datalayer_core::scripts;
@@ -63,6 +64,81 @@ pub(crate) enum Req {
         reply: ReplyTx,
     },
     Cancel(Ticket),
+}
+
+/// A machine that serves blocking reads: the merging [`ReadMux`] on one server, the
+/// doorbells' [`Bells`] on a cluster.
+pub(crate) trait ReadMachine {
+    fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> mux::Ticket;
+    fn cancel(&mut self, now_ms: u64, ticket: mux::Ticket);
+    fn poll_answer(&mut self) -> Option<mux::Answer>;
+}
+
+impl ReadMachine for ReadMux {
+    fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> mux::Ticket {
+        ReadMux::submit(self, now_ms, op, kind)
+    }
+    fn cancel(&mut self, now_ms: u64, ticket: mux::Ticket) {
+        ReadMux::cancel(self, now_ms, ticket);
+    }
+    fn poll_answer(&mut self) -> Option<mux::Answer> {
+        ReadMux::poll_answer(self)
+    }
+}
+
+impl ReadMachine for Bells {
+    fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> mux::Ticket {
+        Bells::submit(self, now_ms, op, kind)
+    }
+    fn cancel(&mut self, now_ms: u64, ticket: mux::Ticket) {
+        Bells::cancel(self, now_ms, ticket);
+    }
+    fn poll_answer(&mut self) -> Option<mux::Answer> {
+        Bells::poll_answer(self)
+    }
+}
+
+/// The reads a blocking-read task holds for its drivers: where each read's answer goes
+/// (and the driver's ticket for it), by the machine's ticket; the driver's tickets to the
+/// machine's.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    replies: HashMap<mux::Ticket, (Ticket, ReplyTx)>,
+    tickets: HashMap<Ticket, mux::Ticket>,
+}
+
+impl Waiters {
+    /// A driver's request, given to `machine`.
+    pub(crate) fn apply(&mut self, machine: &mut impl ReadMachine, req: Req) {
+        let now = now_ms();
+        match req {
+            Req::Read {
+                ticket,
+                op,
+                kind,
+                reply,
+            } => {
+                let t = machine.submit(now, op, kind);
+                self.tickets.insert(ticket, t);
+                self.replies.insert(t, (ticket, reply));
+            }
+            Req::Cancel(ticket) => {
+                if let Some(t) = self.tickets.get(&ticket) {
+                    machine.cancel(now, *t);
+                }
+            }
+        }
+    }
+
+    /// Hands each of `machine`'s answers to its driver.
+    pub(crate) fn answer(&mut self, machine: &mut impl ReadMachine) {
+        while let Some(a) = machine.poll_answer() {
+            if let Some((ticket, tx)) = self.replies.remove(&a.ticket) {
+                self.tickets.remove(&ticket);
+                let _ = tx.send((a.op, a.reply));
+            }
+        }
+    }
 }
 
 /// A handle on one blocking-read task (cheap to clone).
@@ -111,8 +187,7 @@ impl Blocker {
             line,
             rx,
             mux: ReadMux::new(),
-            replies: HashMap::new(),
-            tickets: HashMap::new(),
+            waiters: Waiters::default(),
             unblocked_tx,
             unblocked_rx,
         };
@@ -179,10 +254,7 @@ struct Task {
     line: Line,
     rx: mpsc::UnboundedReceiver<Req>,
     mux: ReadMux,
-    /// Where each read's answer goes (and the driver's ticket for it), by the mux's ticket;
-    /// the driver's tickets to the mux's.
-    replies: HashMap<mux::Ticket, (Ticket, ReplyTx)>,
-    tickets: HashMap<Ticket, mux::Ticket>,
+    waiters: Waiters,
     unblocked_tx: mpsc::UnboundedSender<Option<bool>>,
     unblocked_rx: mpsc::UnboundedReceiver<Option<bool>>,
 }
@@ -192,11 +264,11 @@ impl Task {
         let mut out: Option<ReadOut> = None;
         loop {
             self.send(&mut out);
-            self.answer();
+            self.waiters.answer(&mut self.mux);
             let wake = self.mux.poll_timeout();
             tokio::select! {
                 req = self.rx.recv() => match req {
-                    Some(req) => self.apply(req),
+                    Some(req) => self.waiters.apply(&mut self.mux, req),
                     // Every handle is gone: answer what waits (the drivers are gone too).
                     None if out.is_none() => return,
                     None => {}
@@ -222,37 +294,6 @@ impl Task {
                     self.mux.handle_unblock_reply(now_ms(), unblocked);
                 }
                 () = crate::clock::sleep_until_ms(wake) => self.mux.handle_timeout(now_ms()),
-            }
-        }
-    }
-
-    fn apply(&mut self, req: Req) {
-        let now = now_ms();
-        match req {
-            Req::Read {
-                ticket,
-                op,
-                kind,
-                reply,
-            } => {
-                let t = self.mux.submit(now, op, kind);
-                self.tickets.insert(ticket, t);
-                self.replies.insert(t, (ticket, reply));
-            }
-            Req::Cancel(ticket) => {
-                if let Some(t) = self.tickets.get(&ticket) {
-                    self.mux.cancel(now, *t);
-                }
-            }
-        }
-    }
-
-    /// Hands each answer to its driver.
-    fn answer(&mut self) {
-        while let Some(a) = self.mux.poll_answer() {
-            if let Some((ticket, tx)) = self.replies.remove(&a.ticket) {
-                self.tickets.remove(&ticket);
-                let _ = tx.send((a.op, a.reply));
             }
         }
     }

@@ -2,9 +2,9 @@
 //! to the node of its slot.
 //!
 //! Each node's connection is a [`Conn`] (reconnect with backoff, fencing, desync checks: the
-//! same as on one server). A pipeline is split by slot ([`Invocation::slot`]; an engine's
-//! pipelines are of one queue, so of one slot) and each part goes to the node the slot
-//! table names. Nothing is retried here: a redirect (`MOVED`, `ASK`), `TRYAGAIN` or
+//! same as on one server). Each invocation of a pipeline goes to the node the slot table
+//! names for its slot ([`Invocation::slot`]; an engine's pipelines are of one queue, so of
+//! one slot), one pipeline per node. Nothing is retried here: a redirect (`MOVED`, `ASK`), `TRYAGAIN` or
 //! `CLUSTERDOWN` is an error reply to the engine, which sends again after a backoff (every
 //! command it sends is safe to send again); a failed node is an unknown outcome. Either
 //! way the slot table is read again (`CLUSTER SLOTS`, from any node that answers, the seeds
@@ -132,14 +132,19 @@ impl Cluster {
         lock(&self.table).node_of(slot).cloned()
     }
 
+    /// The primaries the table knows now.
+    fn known_primaries(&self) -> Vec<NodeAddr> {
+        lock(&self.table).primaries().into_iter().cloned().collect()
+    }
+
     /// Every primary (the table read again first when it knows none).
     pub(crate) async fn primaries(&self) -> Vec<NodeAddr> {
-        let known: Vec<NodeAddr> = lock(&self.table).primaries().into_iter().cloned().collect();
+        let known = self.known_primaries();
         if !known.is_empty() {
             return known;
         }
         let _ = self.refresh(true).await;
-        lock(&self.table).primaries().into_iter().cloned().collect()
+        self.known_primaries()
     }
 
     /// Reads the slot table again, from the nodes known and then the seeds; the first
@@ -150,8 +155,7 @@ impl Cluster {
         if !force && last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
             return Ok(());
         }
-        let mut candidates: Vec<NodeAddr> =
-            lock(&self.table).primaries().into_iter().cloned().collect();
+        let mut candidates = self.known_primaries();
         candidates.extend(lock(&self.nodes).keys().cloned());
         candidates.extend(self.seeds.iter().cloned());
         let mut seen = std::collections::HashSet::new();
@@ -206,7 +210,7 @@ impl Cluster {
     }
 
     /// Reads the table again in the background (a failed node, a redirect).
-    fn refresh_soon(self: &Arc<Self>) {
+    pub(crate) fn refresh_soon(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
             if let Err(e) = me.refresh(false).await {
@@ -244,10 +248,7 @@ impl Cluster {
         }
         let mut replies = vec![Reply::NotSent; invocations.len()];
         for (node, members) in groups {
-            let part: Vec<Invocation<'_>> = members
-                .iter()
-                .map(|i| clone_invocation(&invocations[*i]))
-                .collect();
+            let part: Vec<&Invocation<'_>> = members.iter().map(|i| &invocations[*i]).collect();
             let got = match node {
                 Some(addr) => self.run_on(&addr, &part).await,
                 None => {
@@ -264,7 +265,7 @@ impl Cluster {
 
     /// Invocations on one node, as one pipeline; a redirect, a failed node or a cluster in
     /// trouble has the slot table read again.
-    async fn run_on(self: &Arc<Self>, addr: &NodeAddr, part: &[Invocation<'_>]) -> Vec<Reply> {
+    async fn run_on(self: &Arc<Self>, addr: &NodeAddr, part: &[&Invocation<'_>]) -> Vec<Reply> {
         let mut conn = match self.conn(addr) {
             Ok(c) => c,
             Err(e) => {
@@ -272,7 +273,7 @@ impl Cluster {
                 return vec![Reply::NotSent; part.len()];
             }
         };
-        let replies = exec::run_invocations(&mut conn, part).await;
+        let replies = exec::run_refs(&mut conn, part).await;
         let mut stale = false;
         for reply in &replies {
             match reply {
@@ -290,27 +291,5 @@ impl Cluster {
             self.refresh_soon();
         }
         replies
-    }
-}
-
-/// A borrowed copy of an invocation (its arguments borrowed from the original).
-fn clone_invocation<'a>(inv: &'a Invocation<'_>) -> Invocation<'a> {
-    let args = |a: &'a [Cow<'_, [u8]>]| -> Vec<Cow<'a, [u8]>> {
-        a.iter().map(|x| Cow::Borrowed(x.as_ref())).collect()
-    };
-    match inv {
-        Invocation::Plain(a) => Invocation::Plain(args(a)),
-        Invocation::Transaction(cmds) => {
-            Invocation::Transaction(cmds.iter().map(|c| args(c)).collect())
-        }
-        Invocation::Script {
-            script,
-            keys,
-            args: a,
-        } => Invocation::Script {
-            script,
-            keys: args(keys),
-            args: args(a),
-        },
     }
 }

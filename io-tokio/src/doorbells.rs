@@ -22,7 +22,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
-use crate::blocking::{Blocker, ReplyTx, Req, Ticket};
+use crate::blocking::{Blocker, Req, Waiters};
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
 
@@ -46,8 +46,7 @@ struct Task {
     rx: mpsc::UnboundedReceiver<Req>,
     ev_tx: mpsc::UnboundedSender<Ev>,
     ev_rx: mpsc::UnboundedReceiver<Ev>,
-    replies: HashMap<BellTicket, (Ticket, ReplyTx)>,
-    tickets: HashMap<Ticket, BellTicket>,
+    waiters: Waiters,
     subs: HashMap<NodeAddr, (u64, SubConn)>,
     /// The node each channel was subscribed on.
     homes: HashMap<String, NodeAddr>,
@@ -64,8 +63,7 @@ pub(crate) fn start(cluster: Arc<Cluster>) -> Blocker {
         rx,
         ev_tx,
         ev_rx,
-        replies: HashMap::new(),
-        tickets: HashMap::new(),
+        waiters: Waiters::default(),
         subs: HashMap::new(),
         homes: HashMap::new(),
         generation: 0,
@@ -81,46 +79,16 @@ impl Task {
     async fn run(mut self) {
         loop {
             self.send();
-            self.answer();
+            self.waiters.answer(&mut self.bells);
             let wake = self.bells.poll_timeout();
             tokio::select! {
                 req = self.rx.recv() => match req {
-                    Some(req) => self.apply(req),
+                    Some(req) => self.waiters.apply(&mut self.bells, req),
                     None if self.bells.waiting() == 0 => return,
                     None => {}
                 },
                 Some(ev) = self.ev_rx.recv() => self.event(ev),
                 () = crate::clock::sleep_until_ms(wake) => self.bells.handle_timeout(now_ms()),
-            }
-        }
-    }
-
-    fn apply(&mut self, req: Req) {
-        let now = now_ms();
-        match req {
-            Req::Read {
-                ticket,
-                op,
-                kind,
-                reply,
-            } => {
-                let t = self.bells.submit(now, op, kind);
-                self.tickets.insert(ticket, t);
-                self.replies.insert(t, (ticket, reply));
-            }
-            Req::Cancel(ticket) => {
-                if let Some(t) = self.tickets.get(&ticket) {
-                    self.bells.cancel(now, *t);
-                }
-            }
-        }
-    }
-
-    fn answer(&mut self) {
-        while let Some(a) = self.bells.poll_answer() {
-            if let Some((ticket, tx)) = self.replies.remove(&a.ticket) {
-                self.tickets.remove(&ticket);
-                let _ = tx.send((a.op, a.reply));
             }
         }
     }
@@ -132,7 +100,7 @@ impl Task {
                 if !ok {
                     // MOVED (the slot moved), a dead node: where does it live now?
                     self.homes.remove(&channel);
-                    self.refresh_cluster();
+                    self.cluster.refresh_soon();
                 }
                 self.bells.handle_subscribed(now, &channel, ok);
             }
@@ -185,7 +153,7 @@ impl Task {
                 if let Some(channel) = push.data.first().and_then(channel_name) {
                     if self.homes.get(&channel) == Some(addr) {
                         self.homes.remove(&channel);
-                        self.refresh_cluster();
+                        self.cluster.refresh_soon();
                         self.bells.handle_lost([channel.as_str()]);
                     }
                 }
@@ -202,18 +170,11 @@ impl Task {
                     self.homes.remove(c);
                 }
                 tracing::debug!(node = %addr, channels = lost.len(), "doorbell connection lost");
-                self.refresh_cluster();
+                self.cluster.refresh_soon();
                 self.bells.handle_lost(lost.iter().map(String::as_str));
             }
             _ => {}
         }
-    }
-
-    fn refresh_cluster(&self) {
-        let cluster = self.cluster.clone();
-        tokio::spawn(async move {
-            let _ = cluster.refresh(false).await;
-        });
     }
 
     /// Sends what the machine asks for.
@@ -263,7 +224,7 @@ impl Task {
     /// when there is none).
     fn subscribe(&mut self, channel: String) {
         let Some(addr) = self.cluster.node_of(hash_slot(channel.as_bytes())) else {
-            self.refresh_cluster();
+            self.cluster.refresh_soon();
             let _ = self.ev_tx.send(Ev::Subscribed(channel, false));
             return;
         };

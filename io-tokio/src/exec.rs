@@ -226,11 +226,19 @@ pub(crate) async fn run_invocations<C: ConnectionLike + Desync>(
     conn: &mut C,
     invocations: &[Invocation<'_>],
 ) -> Vec<Reply> {
+    let all: Vec<&Invocation<'_>> = invocations.iter().collect();
+    run_refs(conn, &all).await
+}
+
+/// [`run_invocations`] of invocations held elsewhere (a cluster's part of a pipeline).
+pub(crate) async fn run_refs<C: ConnectionLike + Desync>(
+    conn: &mut C,
+    invocations: &[&Invocation<'_>],
+) -> Vec<Reply> {
     if invocations.is_empty() {
         return Vec::new();
     }
-    let all: Vec<&Invocation<'_>> = invocations.iter().collect();
-    let mut replies = run_pipeline(conn, &all).await;
+    let mut replies = run_pipeline(conn, invocations).await;
     let missing: Vec<usize> = (0..replies.len())
         .filter(|i| is_noscript(&replies[*i]))
         .collect();
@@ -243,7 +251,7 @@ pub(crate) async fn run_invocations<C: ConnectionLike + Desync>(
         }
         return replies;
     }
-    let again: Vec<&Invocation<'_>> = missing.iter().map(|i| &invocations[*i]).collect();
+    let again: Vec<&Invocation<'_>> = missing.iter().map(|i| invocations[*i]).collect();
     for (i, reply) in missing.into_iter().zip(run_pipeline(conn, &again).await) {
         replies[i] = reply;
     }

@@ -829,9 +829,8 @@ impl Driver {
 
     /// Job `id` ended (`kind`: completed, dead, withdrawn): its handles get `outcome`.
     fn resolve(&mut self, id: &JobId, outcome: &Outcome, kind: &'static str) {
-        let queue = self.producer.keys().queue.clone();
         let since = self.since_added(id);
-        crate::telemetry::ended(&queue, kind, since);
+        crate::telemetry::ended(&self.producer.keys().queue, kind, since);
         for (_, w) in self.waiters.remove(id).unwrap_or_default() {
             let _ = w.send(outcome.clone());
         }

@@ -253,6 +253,7 @@ impl JobWorker {
             shutdown: None,
             pending_events: Vec::new(),
             log_reasons: self.log_reasons,
+            queue: Arc::from(self.queue.as_str()),
         };
         let span = tracing::info_span!("worker", queue = %self.queue);
         tokio::spawn(tracing::Instrument::instrument(
@@ -286,6 +287,8 @@ struct Driver {
     /// Events drained from the machine after each reply, handled by `route_events`.
     pending_events: Vec<WorkerEvent>,
     log_reasons: bool,
+    /// The queue's name, shared with the handler tasks (their metrics' label).
+    queue: Arc<str>,
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -414,7 +417,7 @@ impl Driver {
         for ev in std::mem::take(&mut self.pending_events) {
             match ev {
                 WorkerEvent::Job(d) => {
-                    let queue: Arc<str> = Arc::from(self.worker.keys().queue.as_str());
+                    let queue = self.queue.clone();
                     let waited = (d.job.attempt == 1).then(|| {
                         Duration::from_millis(now_ms().saturating_sub(d.job.created_at_ms))
                     });

@@ -161,10 +161,10 @@ async fn queues_workers_and_credentials_across_the_masters() {
         assert_eq!(back["password"], "hunter2-cluster");
         stores.push(store);
     }
-    let slots: std::collections::HashSet<u16> = (0..12)
+    let masters: std::collections::HashSet<u16> = (0..12)
         .map(|i| cluster.master_of(hash_slot(format!("dl:{{sockethub:p1:s{i}}}").as_bytes())))
         .collect();
-    assert!(slots.len() > 1, "the stores span masters");
+    assert!(masters.len() > 1, "the stores span masters");
 
     // Nothing readable on any master.
     for port in cluster.master_ports() {
