@@ -153,5 +153,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("plaintext: {}", hex(plain));
     println!("aad: {}", hex(&ctx.aad(&header)));
     println!("envelope: {}\n```\n", hex(&env));
+
+    // The same result with the trace context of the span that ran the attempt.
+    let trace = datalayer_core::trace::TraceContext {
+        trace_id: seq(0xa0, 16).as_slice().try_into()?,
+        span_id: seq(0xb0, 8).as_slice().try_into()?,
+        flags: 1,
+        state: "dl=1".into(),
+    };
+    let nonce: [u8; 12] = seq(0xc0, 12).as_slice().try_into()?;
+    let env = sealer.seal_bytes_traced_with_nonce(&ctx, plain, Some(&trace), nonce)?;
+    let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into()?;
+    let opened = sealer.open_bytes_traced(&ctx, &env)?;
+    assert_eq!(opened, (plain.to_vec(), Some(trace.clone())));
+    println!(
+        "```vector\nvector: result-traced\nkey: {}\nkey-id: 1",
+        hex(qkey.as_ref())
+    );
+    println!(
+        "nonce: {}\npurpose: 2\nscope: dl:{{irc}}\nitem: job-1\nattempt: 2\ninstance: {}",
+        hex(&nonce),
+        hex(&instance)
+    );
+    println!(
+        "traceparent: {}\ntracestate: {}",
+        trace.traceparent(),
+        trace.state
+    );
+    println!("body: {}", hex(plain));
+    let mut full = plain.to_vec();
+    full.extend_from_slice(&trace.trace_id);
+    full.extend_from_slice(&trace.span_id);
+    full.push(trace.flags);
+    full.push(trace.state.len() as u8);
+    full.extend_from_slice(trace.state.as_bytes());
+    full.extend_from_slice(&30u16.to_le_bytes());
+    println!("plaintext: {}", hex(&full));
+    println!("aad: {}", hex(&ctx.aad(&header)));
+    println!("envelope: {}\n```\n", hex(&env));
     Ok(())
 }

@@ -3,8 +3,8 @@
 #![allow(clippy::panic)]
 
 use crate::envelope::{
-    Compression, Context, EnvelopeError, FLAG_COMPRESSED, HEADER_LEN, OpenLimits, Purpose,
-    SealOptions, Sealer,
+    Compression, Context, EnvelopeError, FLAG_COMPRESSED, FLAG_TRACE, HEADER_LEN, OpenLimits,
+    Purpose, SealOptions, Sealer,
 };
 use crate::job::{JobId, JobRecord};
 use crate::keys::{Key, KeyId, Keyring};
@@ -43,8 +43,13 @@ fn outcome_context(detail: &[u8]) -> Context<'_> {
 /// must agree on whether the envelope authenticates.
 pub fn open_envelope(data: &[u8]) {
     let sealer = sealer();
-    let raw = sealer.open_bytes(&context(), data);
-    let typed = sealer.open::<JobRecord>(&context(), data);
+    let raw = sealer.open_bytes_traced(&context(), data);
+    let typed = sealer.open_traced::<JobRecord>(&context(), data);
+    if let (Ok((_, a)), Ok((_, b))) = (&raw, &typed) {
+        assert_eq!(a, b, "the two readings disagree on the trailer");
+    }
+    let raw = raw.map(|(bytes, _)| bytes);
+    let typed = typed.map(|(record, _)| record);
     match (&raw, &typed) {
         (Ok(_), Ok(_)) | (Ok(_), Err(EnvelopeError::Decode(_))) => {}
         (Err(a), Err(b)) => assert_eq!(a, b),
@@ -62,8 +67,9 @@ pub fn open_envelope(data: &[u8]) {
 
 /// A structured case: seal a plaintext, apply up to 8 mutations, and check that the result
 /// opens to the plaintext exactly when nothing was changed. Layout of `data`:
-/// `options u8 (bit 0: compress; bit 1: forge a compressed body instead) | seed u64 LE | mutation count u8 | count × (kind u8, pos u16 LE, value u8) |
-/// plaintext`.
+/// `options u8 (bit 0: compress; bit 1: forge a compressed body instead; bit 2: with a
+/// trace trailer, or a forged one) | seed u64 LE | mutation count u8 | count × (kind u8,
+/// pos u16 LE, value u8) | plaintext`.
 pub fn seal_then_mutate(data: &[u8]) {
     let Some((&options, rest)) = data.split_first() else {
         return;
@@ -92,16 +98,24 @@ pub fn seal_then_mutate(data: &[u8]) {
     if options & 2 == 2 {
         // Forge: an authenticated envelope whose "compressed" body is arbitrary bytes, so
         // that the length checks and the lz4 decoder see hostile input past the AEAD.
+        // With bit 2, the body is also read as (a compressed) plaintext with a trailer.
         let mut body = vec![0u8; HEADER_LEN];
         body.extend_from_slice(plaintext);
-        if let Ok(forged) = sealer.encrypt(&context(), body, FLAG_COMPRESSED, [7; 12]) {
-            let _ = sealer.open_bytes(&context(), &forged);
-            let _ = sealer.open::<JobRecord>(&context(), &forged);
+        let flags = FLAG_COMPRESSED | if options & 4 == 4 { FLAG_TRACE } else { 0 };
+        if let Ok(forged) = sealer.encrypt(&context(), body, flags, [7; 12]) {
+            let _ = sealer.open_bytes_traced(&context(), &forged);
+            let _ = sealer.open_traced::<JobRecord>(&context(), &forged);
         }
         return;
     }
+    let trace = (options & 4 == 4).then(|| crate::trace::TraceContext {
+        trace_id: [seed[0] | 1; 16],
+        span_id: [seed[1] | 1; 8],
+        flags: seed[2],
+        state: "k=v".into(),
+    });
     let mut rng = SeededRandom::new(u64::from_le_bytes(*seed));
-    let sealed = match sealer.seal_bytes(&context(), plaintext, &mut rng) {
+    let sealed = match sealer.seal_bytes_traced(&context(), plaintext, trace.as_ref(), &mut rng) {
         Ok(s) => s,
         Err(e) => panic!("sealing {} bytes failed: {e}", plaintext.len()),
     };
@@ -112,11 +126,11 @@ pub fn seal_then_mutate(data: &[u8]) {
         mutate(&mut bytes, &mut scope, kind, pos, value);
     }
     let ctx = Context::new(Purpose::Job, &scope, ITEM);
-    let opened = sealer.open_bytes(&ctx, &bytes);
+    let opened = sealer.open_bytes_traced(&ctx, &bytes);
     if bytes == sealed && scope == SCOPE {
         assert_eq!(
-            opened.as_deref(),
-            Ok(plaintext),
+            opened,
+            Ok((plaintext.to_vec(), trace)),
             "an intact envelope must open"
         );
     } else {
@@ -191,8 +205,20 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "job-plain",
         never.seal(&context(), &job, &mut rng),
     );
+    let trace = crate::trace::TraceContext {
+        trace_id: [0xa1; 16],
+        span_id: [0xb2; 8],
+        flags: 1,
+        state: "dl=1".into(),
+    };
+    push(
+        "open_envelope",
+        "job-traced",
+        never.seal_traced(&context(), &small, Some(&trace), &mut rng),
+    );
     for kind in 0u8..6 {
-        let mut case = vec![kind & 1];
+        // Kinds 3 to 5 carry a trace trailer.
+        let mut case = vec![(kind & 1) | if kind >= 3 { 4 } else { 0 }];
         case.extend_from_slice(&u64::from(kind).to_le_bytes());
         case.extend_from_slice(&[1, kind, 3 + kind, 0, 0x41]);
         case.extend_from_slice(&br"hello, hello, hello, hello, hello, hello".repeat(3));

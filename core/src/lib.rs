@@ -145,6 +145,7 @@ pub mod retry;
 pub mod scripts;
 #[cfg(feature = "model")]
 pub mod sim;
+pub mod trace;
 pub mod value;
 pub mod worker;
 

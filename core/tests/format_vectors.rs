@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use datalayer_core::credentials::{CredentialStore, canonical_json, credentials_hash};
 use datalayer_core::envelope::{
-    Compression, Context, HEADER_LEN, Purpose, SealOptions, Sealer, outcome_detail,
+    Compression, Context, FLAG_TRACE, HEADER_LEN, Purpose, SealOptions, Sealer, outcome_detail,
 };
 use datalayer_core::job::{Instance, JobId, JobRecord};
 use datalayer_core::keys::{
@@ -14,6 +14,7 @@ use datalayer_core::keys::{
 };
 use datalayer_core::random::SeededRandom;
 use datalayer_core::scripts::Invocation;
+use datalayer_core::trace::TraceContext;
 
 const FORMAT: &str = include_str!("../../FORMAT.md");
 
@@ -107,6 +108,55 @@ fn check_outcome(v: &Vector) {
     }
 }
 
+/// A result with a trace trailer: the plaintext is the body, the postcard trailer and its
+/// length, written out here by hand; the envelope decrypts to it with any AES-GCM-SIV.
+fn check_traced(v: &Vector) {
+    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+    let key: [u8; 32] = unhex(&v["key"]).try_into().expect("32-byte key");
+    let sealer = Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &key)));
+    let attempt: u32 = v["attempt"].parse().expect("attempt");
+    let instance: [u8; 16] = unhex(&v["instance"]).try_into().expect("16-byte instance");
+    let detail = outcome_detail(attempt, &instance);
+    let ctx = Context::outcome(Purpose::Result, &v["scope"], v["item"].as_bytes(), &detail);
+    let trace = TraceContext::parse(&v["traceparent"], &v["tracestate"]).expect("traceparent");
+    let body = unhex(&v["body"]);
+    let mut plain = body.clone();
+    plain.extend_from_slice(&trace.trace_id);
+    plain.extend_from_slice(&trace.span_id);
+    plain.push(trace.flags);
+    plain.push(u8::try_from(trace.state.len()).expect("a short state"));
+    plain.extend_from_slice(trace.state.as_bytes());
+    let trailer = u16::try_from(plain.len() - body.len()).expect("trailer length");
+    plain.extend_from_slice(&trailer.to_le_bytes());
+    assert_eq!(plain, unhex(&v["plaintext"]), "result-traced: plaintext");
+    let env = unhex(&v["envelope"]);
+    assert_eq!(env[3], FLAG_TRACE, "result-traced: flags");
+    let nonce: [u8; 12] = unhex(&v["nonce"]).try_into().expect("12-byte nonce");
+    let sealed = sealer
+        .seal_bytes_traced_with_nonce(&ctx, &body, Some(&trace), nonce)
+        .expect("seal");
+    assert_eq!(sealed, env, "result-traced: envelope");
+    let header: [u8; HEADER_LEN] = env[..HEADER_LEN].try_into().expect("header");
+    let aad = ctx.aad(&header);
+    assert_eq!(aad, unhex(&v["aad"]), "result-traced: aad");
+    let cipher = aes_gcm_siv::Aes256GcmSiv::new_from_slice(&key).expect("key");
+    let decrypted = cipher
+        .decrypt(
+            aes_gcm_siv::Nonce::from_slice(&nonce),
+            Payload {
+                msg: &env[HEADER_LEN..],
+                aad: &aad,
+            },
+        )
+        .expect("decrypts");
+    assert_eq!(decrypted, plain, "result-traced: decrypted");
+    assert_eq!(
+        sealer.open_bytes_traced(&ctx, &env).expect("open"),
+        (body.clone(), Some(trace))
+    );
+    assert_eq!(sealer.open_bytes(&ctx, &env).expect("open"), body);
+}
+
 fn check_envelope(v: &Vector) {
     let name = v["vector"].as_str();
     let payload = match name {
@@ -167,7 +217,8 @@ fn format_md_vectors() {
             "hash-unicode",
             "job-plain",
             "job-compressed",
-            "result"
+            "result",
+            "result-traced"
         ],
         "FORMAT.md's vectors"
     );
@@ -195,6 +246,7 @@ fn format_md_vectors() {
             }
             "credential-names" => check_names(v),
             "result" => check_outcome(v),
+            "result-traced" => check_traced(v),
             name if name.starts_with("hash-") => {
                 let json: serde_json::Value = serde_json::from_str(&v["json"]).expect("json");
                 assert_eq!(canonical_json(&json), v["canonical"], "{name}: canonical");

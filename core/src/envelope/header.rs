@@ -20,12 +20,15 @@ pub const MIN_LEN: usize = HEADER_LEN + TAG_LEN;
 
 /// Flag bit: the plaintext is `u32 LE length || lz4 block`.
 pub const FLAG_COMPRESSED: u8 = 0x01;
-const KNOWN_FLAGS: u8 = FLAG_COMPRESSED;
+/// Flag bit: the (decompressed) plaintext ends with a trace trailer,
+/// `postcard(TraceContext) || u16 LE length` ([`crate::trace::TraceContext`]).
+pub const FLAG_TRACE: u8 = 0x02;
+const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_TRACE;
 
 /// A parsed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Flag bits; only [`FLAG_COMPRESSED`] is defined.
+    /// Flag bits: [`FLAG_COMPRESSED`] and [`FLAG_TRACE`] are defined.
     pub flags: u8,
     /// The key that sealed the envelope.
     pub key_id: KeyId,
@@ -38,6 +41,12 @@ impl Header {
     #[must_use]
     pub fn compressed(&self) -> bool {
         self.flags & FLAG_COMPRESSED != 0
+    }
+
+    /// Whether the plaintext ends with a trace trailer.
+    #[must_use]
+    pub fn traced(&self) -> bool {
+        self.flags & FLAG_TRACE != 0
     }
 
     /// The header's bytes.

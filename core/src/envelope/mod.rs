@@ -13,8 +13,8 @@
 mod header;
 
 pub use header::{
-    Context, FLAG_COMPRESSED, HEADER_LEN, Header, INSTANCE_LEN, MAGIC, MIN_LEN, NONCE_LEN,
-    OUTCOME_DETAIL_LEN, Purpose, TAG_LEN, VERSION, outcome_detail,
+    Context, FLAG_COMPRESSED, FLAG_TRACE, HEADER_LEN, Header, INSTANCE_LEN, MAGIC, MIN_LEN,
+    NONCE_LEN, OUTCOME_DETAIL_LEN, Purpose, TAG_LEN, VERSION, outcome_detail,
 };
 
 use aes_gcm_siv::aead::AeadInPlace;
@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::keys::{KeyId, Keyring};
 use crate::random::Random;
+use crate::trace::TraceContext;
 
 /// Why bytes could not be sealed or opened. Opening untrusted bytes fails with one of these,
 /// never with a panic.
@@ -198,6 +199,18 @@ impl Sealer {
         self.seal_sized(ctx, record, 64, rng)
     }
 
+    /// [`Sealer::seal`] with a trace context in the trailer (FORMAT.md, "The trace
+    /// trailer"); `None` seals exactly as `seal`.
+    pub fn seal_traced<T: Serialize + ?Sized>(
+        &self,
+        ctx: &Context<'_>,
+        record: &T,
+        trace: Option<&TraceContext>,
+        rng: &mut impl Random,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        self.seal_sized_traced(ctx, record, 64, trace, rng)
+    }
+
     /// [`Sealer::seal`], with the encoded record's expected size: the envelope is written
     /// into one allocation of that size (plus header and tag) rather than grown.
     pub fn seal_sized<T: Serialize + ?Sized>(
@@ -207,14 +220,29 @@ impl Sealer {
         size_hint: usize,
         rng: &mut impl Random,
     ) -> Result<Vec<u8>, EnvelopeError> {
+        self.seal_sized_traced(ctx, record, size_hint, None, rng)
+    }
+
+    /// [`Sealer::seal_sized`] with an optional trace trailer.
+    pub fn seal_sized_traced<T: Serialize + ?Sized>(
+        &self,
+        ctx: &Context<'_>,
+        record: &T,
+        size_hint: usize,
+        trace: Option<&TraceContext>,
+        rng: &mut impl Random,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         let cap = size_hint.min(self.limits.max_plaintext);
         let mut out = Vec::with_capacity(HEADER_LEN + cap + TAG_LEN);
         out.resize(HEADER_LEN, 0);
-        let out =
+        let mut out =
             postcard::to_extend(record, out).map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-        self.finish(ctx, out, nonce)
+        if let Some(trace) = trace {
+            trace.append_trailer(&mut out)?;
+        }
+        self.finish(ctx, out, nonce, trace.is_some())
     }
 
     /// Opens an envelope sealed for `ctx` and decodes its record.
@@ -223,10 +251,26 @@ impl Sealer {
         ctx: &Context<'_>,
         bytes: &[u8],
     ) -> Result<T, EnvelopeError> {
+        Ok(self.open_traced(ctx, bytes)?.0)
+    }
+
+    /// [`Sealer::open`], and the trace context of the envelope's trailer, if it has one.
+    pub fn open_traced<T: DeserializeOwned>(
+        &self,
+        ctx: &Context<'_>,
+        bytes: &[u8],
+    ) -> Result<(T, Option<TraceContext>), EnvelopeError> {
         // The plaintext is decoded into the record, then wiped: only the record (the
         // caller's to keep or drop) holds the job's contents.
-        let plain = zeroize::Zeroizing::new(self.open_bytes(ctx, bytes)?);
-        let (record, rest) = postcard::take_from_bytes::<T>(&plain)
+        let (plain, traced) = self.open_inner(ctx, bytes)?;
+        let plain = zeroize::Zeroizing::new(plain);
+        let (body, trace) = if traced {
+            let (body, trace) = TraceContext::split_trailer(&plain)?;
+            (body, Some(trace))
+        } else {
+            (&plain[..], None)
+        };
+        let (record, rest) = postcard::take_from_bytes::<T>(body)
             .map_err(|e| EnvelopeError::Decode(e.to_string()))?;
         if !rest.is_empty() {
             return Err(EnvelopeError::Decode(format!(
@@ -234,7 +278,7 @@ impl Sealer {
                 rest.len()
             )));
         }
-        Ok(record)
+        Ok((record, trace))
     }
 
     /// Seals plaintext bytes (already encoded) for `ctx`.
@@ -249,6 +293,19 @@ impl Sealer {
         self.seal_bytes_with_nonce(ctx, plaintext, nonce)
     }
 
+    /// [`Sealer::seal_bytes`] with an optional trace trailer.
+    pub fn seal_bytes_traced(
+        &self,
+        ctx: &Context<'_>,
+        plaintext: &[u8],
+        trace: Option<&TraceContext>,
+        rng: &mut impl Random,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        self.seal_bytes_traced_with_nonce(ctx, plaintext, trace, nonce)
+    }
+
     /// Seals with a caller-chosen nonce. Only for test vectors: a nonce must never be reused
     /// with one key (GCM-SIV then reveals whether two plaintexts are equal, nothing more).
     pub fn seal_bytes_with_nonce(
@@ -257,10 +314,25 @@ impl Sealer {
         plaintext: &[u8],
         nonce: [u8; NONCE_LEN],
     ) -> Result<Vec<u8>, EnvelopeError> {
-        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        self.seal_bytes_traced_with_nonce(ctx, plaintext, None, nonce)
+    }
+
+    /// [`Sealer::seal_bytes_with_nonce`] with an optional trace trailer. Only for test
+    /// vectors, like it.
+    pub fn seal_bytes_traced_with_nonce(
+        &self,
+        ctx: &Context<'_>,
+        plaintext: &[u8],
+        trace: Option<&TraceContext>,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN + 48);
         out.resize(HEADER_LEN, 0);
         out.extend_from_slice(plaintext);
-        self.finish(ctx, out, nonce)
+        if let Some(trace) = trace {
+            trace.append_trailer(&mut out)?;
+        }
+        self.finish(ctx, out, nonce, trace.is_some())
     }
 
     /// `out` = header placeholder || plaintext. Compresses if that pays, writes the header,
@@ -270,6 +342,7 @@ impl Sealer {
         ctx: &Context<'_>,
         mut out: Vec<u8>,
         nonce: [u8; NONCE_LEN],
+        traced: bool,
     ) -> Result<Vec<u8>, EnvelopeError> {
         let plain_len = out.len() - HEADER_LEN;
         if plain_len > self.limits.max_plaintext {
@@ -279,7 +352,7 @@ impl Sealer {
                 max: self.limits.max_plaintext,
             });
         }
-        let mut flags = 0;
+        let mut flags = if traced { FLAG_TRACE } else { 0 };
         if let Some(compressed) = self.compress(&out[HEADER_LEN..]) {
             out.truncate(HEADER_LEN);
             out.extend_from_slice(&compressed);
@@ -342,8 +415,35 @@ impl Sealer {
         (buf.len() < plain.len()).then_some(buf)
     }
 
-    /// Opens an envelope sealed for `ctx` and returns its plaintext (decompressed).
+    /// Opens an envelope sealed for `ctx` and returns its plaintext (decompressed, without
+    /// its trace trailer if it has one).
     pub fn open_bytes(&self, ctx: &Context<'_>, bytes: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        Ok(self.open_bytes_traced(ctx, bytes)?.0)
+    }
+
+    /// [`Sealer::open_bytes`], and the trace context of the envelope's trailer, if any.
+    pub fn open_bytes_traced(
+        &self,
+        ctx: &Context<'_>,
+        bytes: &[u8],
+    ) -> Result<(Vec<u8>, Option<TraceContext>), EnvelopeError> {
+        let (mut plain, traced) = self.open_inner(ctx, bytes)?;
+        if !traced {
+            return Ok((plain, None));
+        }
+        let (body, trace) = TraceContext::split_trailer(&plain)?;
+        let body_len = body.len();
+        plain.truncate(body_len);
+        Ok((plain, Some(trace)))
+    }
+
+    /// The authenticated, decompressed plaintext (trailer included), and whether it has a
+    /// trace trailer.
+    fn open_inner(
+        &self,
+        ctx: &Context<'_>,
+        bytes: &[u8],
+    ) -> Result<(Vec<u8>, bool), EnvelopeError> {
         if bytes.len() > self.limits.max_envelope {
             return Err(EnvelopeError::TooLarge {
                 len: bytes.len(),
@@ -377,7 +477,7 @@ impl Sealer {
                 max: self.limits.max_plaintext,
             });
         }
-        Ok(plain)
+        Ok((plain, header.traced()))
     }
 
     fn decompress(&self, body: &[u8]) -> Result<Vec<u8>, EnvelopeError> {

@@ -288,7 +288,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn round_trip_records(record in any_job(), compress in any::<bool>(), seed in any::<u64>()) {
+    fn round_trip_records(
+        record in any_job(),
+        compress in any::<bool>(),
+        seed in any::<u64>(),
+        trace in prop::option::of((any::<[u8; 16]>(), any::<[u8; 8]>(), any::<u8>(), "[ -~]{0,40}")),
+    ) {
         let opts = SealOptions::default().compression(if compress {
             Compression::Above(64)
         } else {
@@ -296,10 +301,18 @@ proptest! {
         });
         let s = sealer().with_options(opts);
         let c = ctx(record.id.0.as_bytes());
-        let sealed = s.seal(&c, &record, &mut SeededRandom::new(seed)).unwrap();
+        let trace = trace.map(|(t, sp, flags, state)| TraceContext {
+            trace_id: t, span_id: sp, flags, state,
+        }).filter(TraceContext::is_valid);
+        let sealed = s
+            .seal_traced(&c, &record, trace.as_ref(), &mut SeededRandom::new(seed))
+            .unwrap();
+        prop_assert_eq!(sealed[3] & FLAG_TRACE != 0, trace.is_some());
         if !compress {
-            prop_assert_eq!(sealed[3], 0);
+            prop_assert_eq!(sealed[3] & FLAG_COMPRESSED, 0);
         }
+        prop_assert_eq!(s.open_traced::<JobRecord>(&c, &sealed).unwrap(), (record.clone(), trace));
+        // A reader that does not want the context gets the record alone.
         prop_assert_eq!(s.open::<JobRecord>(&c, &sealed).unwrap(), record);
     }
 }
@@ -383,5 +396,71 @@ fn version_1_envelopes_are_refused() {
     assert_eq!(
         s.open_bytes(&ctx(b"job-1"), &v1),
         Err(EnvelopeError::UnsupportedVersion(1))
+    );
+}
+
+fn trace() -> TraceContext {
+    TraceContext {
+        trace_id: [0x11; 16],
+        span_id: [0x22; 8],
+        flags: 1,
+        state: "k=v".into(),
+    }
+}
+
+#[test]
+fn trace_trailers_round_trip_and_cannot_be_stripped() {
+    let s = sealer();
+    let c = ctx(b"x");
+    let t = trace();
+    let sealed = s
+        .seal_bytes_traced_with_nonce(&c, b"result", Some(&t), [3; 12])
+        .unwrap();
+    assert_eq!(sealed[3], FLAG_TRACE);
+    assert_eq!(
+        s.open_bytes_traced(&c, &sealed).unwrap(),
+        (b"result".to_vec(), Some(t.clone()))
+    );
+    assert_eq!(s.open_bytes(&c, &sealed).unwrap(), b"result");
+    // The flag is in the AAD: clearing it (to pass the trailer off as the body) or setting
+    // it on an untraced envelope fails authentication.
+    let mut stripped = sealed.clone();
+    stripped[3] = 0;
+    assert_eq!(s.open_bytes(&c, &stripped), Err(EnvelopeError::Decrypt));
+    let plain = s.seal_bytes_with_nonce(&c, b"result", [3; 12]).unwrap();
+    let mut forged = plain.clone();
+    forged[3] = FLAG_TRACE;
+    assert_eq!(s.open_bytes(&c, &forged), Err(EnvelopeError::Decrypt));
+    // Compressed and traced: the trailer is inside the compressed plaintext.
+    let z = s.with_options(SealOptions::default().compression(Compression::Above(16)));
+    let big = vec![b'z'; 4096];
+    let sealed = z
+        .seal_bytes_traced(&c, &big, Some(&t), &mut SeededRandom::new(1))
+        .unwrap();
+    assert_eq!(sealed[3], FLAG_TRACE | FLAG_COMPRESSED);
+    assert_eq!(z.open_bytes_traced(&c, &sealed).unwrap(), (big, Some(t)));
+}
+
+#[test]
+fn a_traced_envelope_with_a_bad_trailer_is_a_decode_error() {
+    // Only a holder of the key can write one: seal a body whose "trailer" is garbage by
+    // setting the flag through the private path.
+    let s = sealer();
+    let c = ctx(b"x");
+    let mut body = vec![0u8; HEADER_LEN];
+    body.extend_from_slice(b"abc\x05\x00");
+    let sealed = s.finish(&c, body, [4; 12], true).unwrap();
+    assert!(matches!(
+        s.open_bytes_traced(&c, &sealed),
+        Err(EnvelopeError::Decode(_))
+    ));
+    // An invalid context (all-zero ids) does not seal.
+    let zero = TraceContext {
+        trace_id: [0; 16],
+        ..trace()
+    };
+    assert!(
+        s.seal_bytes_traced(&c, b"", Some(&zero), &mut SeededRandom::new(1))
+            .is_err()
     );
 }
