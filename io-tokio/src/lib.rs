@@ -23,6 +23,7 @@ mod pipelines;
 mod queue;
 mod random;
 mod telemetry;
+mod traces;
 mod worker;
 
 pub use clock::now_ms;
@@ -68,6 +69,7 @@ mod tests {
             session_id: "s".into(),
             payload: b"{\"sessionSecret\":\"hunter2\"}".to_vec(),
             attempt: 1,
+            trace: None,
         };
         let shown = format!("{job:?}");
         assert!(

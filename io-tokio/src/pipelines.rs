@@ -56,16 +56,27 @@ impl Pipelines {
     /// Queues `cmds` as one pipeline; it goes out when the driver next waits on
     /// [`Pipelines::next`], after the pipelines made before it.
     pub(crate) fn send(&mut self, cmds: Vec<Command>) {
+        self.send_in(cmds, None);
+    }
+
+    /// [`Pipelines::send`], inside `span` (from the write to the last reply) if given.
+    pub(crate) fn send_in(&mut self, cmds: Vec<Command>, span: Option<tracing::Span>) {
         if cmds.is_empty() {
             return;
         }
         let backend = self.backend.clone();
-        self.in_flight.push_back(Box::pin(async move {
+        let pipeline = async move {
             let replies = backend.execute(&cmds).await;
             let unknown = replies.iter().filter(|r| **r == Reply::Unknown).count();
             crate::telemetry::pipeline(cmds.len(), unknown);
             (cmds.into_iter().map(|c| c.op).collect(), replies)
-        }));
+        };
+        match span {
+            Some(span) => self
+                .in_flight
+                .push_back(Box::pin(tracing::Instrument::instrument(pipeline, span))),
+            None => self.in_flight.push_back(Box::pin(pipeline)),
+        }
     }
 
     /// The next pipeline to come back: its ops and their replies. Pending forever when none

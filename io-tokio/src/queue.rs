@@ -371,14 +371,21 @@ impl JobQueue {
     /// has the job; see [`Unreachable`] for what happens while it cannot be reached.
     pub async fn add_job(&self, mut job: AddJob) -> Result<JobHandle, Error> {
         let id = Self::assign_id(&mut job);
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Add((call, job, reply)))
-            .await
-            .map_err(|_| Error::Stopped)?;
-        let deadline = tokio::time::Instant::now() + self.accept_wait();
-        self.accepted(id, call, rx, deadline).await
+        let span = crate::traces::send(self.name(), Some(&id), 1);
+        if job.trace.is_none() {
+            job.trace = crate::traces::context_of(&span);
+        }
+        let sent = async move {
+            let call = self.calls.fetch_add(1, Ordering::Relaxed);
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Msg::Add((call, job, reply)))
+                .await
+                .map_err(|_| Error::Stopped)?;
+            let deadline = tokio::time::Instant::now() + self.accept_wait();
+            self.accepted(id, call, rx, deadline).await
+        };
+        tracing::Instrument::instrument(sent, span).await
     }
 
     /// Adds several jobs in one message to the queue's task: they are sealed and sent in
@@ -390,9 +397,15 @@ impl JobQueue {
         &self,
         jobs: impl IntoIterator<Item = AddJob>,
     ) -> Result<Vec<Result<JobHandle, Error>>, Error> {
+        let jobs: Vec<AddJob> = jobs.into_iter().collect();
+        let span = crate::traces::send(self.name(), None, jobs.len());
+        let trace = crate::traces::context_of(&span);
         let mut batch = Vec::new();
         let mut waits = Vec::new();
         for mut job in jobs {
+            if job.trace.is_none() {
+                job.trace.clone_from(&trace);
+            }
             let id = Self::assign_id(&mut job);
             let call = self.calls.fetch_add(1, Ordering::Relaxed);
             let (reply, rx) = oneshot::channel();
@@ -404,11 +417,14 @@ impl JobQueue {
             .await
             .map_err(|_| Error::Stopped)?;
         let deadline = tokio::time::Instant::now() + self.accept_wait();
-        let mut out = Vec::with_capacity(waits.len());
-        for (id, call, rx) in waits {
-            out.push(self.accepted(id, call, rx, deadline).await);
-        }
-        Ok(out)
+        let accepted = async move {
+            let mut out = Vec::with_capacity(waits.len());
+            for (id, call, rx) in waits {
+                out.push(self.accepted(id, call, rx, deadline).await);
+            }
+            out
+        };
+        Ok(tracing::Instrument::instrument(accepted, span).await)
     }
 
     /// The id is chosen here, so that a caller who gives up knows which job to add again;
@@ -974,7 +990,17 @@ impl Driver {
                     }
                     continue;
                 }
-                ProducerEvent::Completed { job, result, .. } => {
+                ProducerEvent::Completed {
+                    job, result, trace, ..
+                } => {
+                    if let Some(trace) = &trace {
+                        crate::traces::receive(
+                            &self.producer.keys().queue,
+                            &job,
+                            "completed",
+                            trace,
+                        );
+                    }
                     self.resolve(&job, &Outcome::Completed(result.clone()), "completed");
                     QueueEvent::Completed { job, result }
                 }
@@ -982,7 +1008,11 @@ impl Driver {
                     job,
                     reason,
                     attempt,
+                    trace,
                 } => {
+                    if let Some(trace) = &trace {
+                        crate::traces::receive(&self.producer.keys().queue, &job, "failed", trace);
+                    }
                     crate::telemetry::ended(&self.producer.keys().queue, "failed", None);
                     QueueEvent::Failed {
                         job,
@@ -990,7 +1020,12 @@ impl Driver {
                         attempt,
                     }
                 }
-                ProducerEvent::DeadLettered { job, reason, .. } => {
+                ProducerEvent::DeadLettered {
+                    job, reason, trace, ..
+                } => {
+                    if let Some(trace) = &trace {
+                        crate::traces::receive(&self.producer.keys().queue, &job, "dead", trace);
+                    }
                     self.resolve(&job, &Outcome::Failed(reason.clone()), "dead");
                     QueueEvent::DeadLettered { job, reason }
                 }

@@ -16,7 +16,8 @@
 //! | `datalayer_job_wait_seconds` | histogram | queue: created → first attempt started |
 //! | `datalayer_handler_seconds` | histogram | queue, result = ok, error |
 //! | `datalayer_leases_lost_total` | counter | queue |
-//! | `datalayer_worker_dead_letters_total` | counter | queue |
+//! | `datalayer_worker_settled_total` | counter | queue, outcome = completed, retried, dead (settles Redis confirmed) |
+//! | `datalayer_reclaimed_total` | counter | queue (entries taken over from workers that missed their lease) |
 //! | `datalayer_pipeline_commands` | histogram | (commands per pipeline) |
 //! | `datalayer_unknown_outcomes_total` | counter | (commands whose outcome was unknown) |
 //! | `datalayer_reconnects_total` | counter | (command connections made after the first) |
@@ -60,8 +61,12 @@ mod on {
     pub(crate) fn lease_lost(queue: &str) {
         counter!("datalayer_leases_lost_total", "queue" => queue.to_owned()).increment(1);
     }
-    pub(crate) fn worker_dead_letter(queue: &str) {
-        counter!("datalayer_worker_dead_letters_total", "queue" => queue.to_owned()).increment(1);
+    pub(crate) fn settled(queue: &str, outcome: &'static str, count: usize) {
+        counter!("datalayer_worker_settled_total", "queue" => queue.to_owned(), "outcome" => outcome)
+            .increment(count as u64);
+    }
+    pub(crate) fn reclaimed(queue: &str, count: usize) {
+        counter!("datalayer_reclaimed_total", "queue" => queue.to_owned()).increment(count as u64);
     }
     pub(crate) fn pipeline(commands: usize, unknown: usize) {
         histogram!("datalayer_pipeline_commands").record(commands as f64);
@@ -95,7 +100,8 @@ mod on {
     pub(crate) fn started(_: &str, _: Option<Duration>) {}
     pub(crate) fn handled(_: &str, _: bool, _: Duration) {}
     pub(crate) fn lease_lost(_: &str) {}
-    pub(crate) fn worker_dead_letter(_: &str) {}
+    pub(crate) fn settled(_: &str, _: &'static str, _: usize) {}
+    pub(crate) fn reclaimed(_: &str, _: usize) {}
     pub(crate) fn pipeline(_: usize, _: usize) {}
     pub(crate) fn reconnect() {}
     pub(crate) fn queue_state(_: &str, _: &datalayer_core::producer::QueueStats, _: u64) {}

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use datalayer_core::command::{Command, OpId, Reply};
+use datalayer_core::command::{Command, CommandKind, OpId, Reply};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::retry::RetryPolicy;
+use datalayer_core::trace::TraceContext;
 use datalayer_core::value::EntryId;
 use datalayer_core::worker::{Worker, WorkerConfig, WorkerError, WorkerEvent};
 use serde::Serialize;
@@ -148,6 +149,9 @@ pub struct Job {
     pub payload: Vec<u8>,
     /// Which attempt this is, from 1.
     pub attempt: u32,
+    /// The trace context the producer sealed with the job (the span that added it), if
+    /// any; with the `otel` feature the handler's span already continues it.
+    pub trace: Option<TraceContext>,
 }
 
 impl std::fmt::Debug for Job {
@@ -158,6 +162,7 @@ impl std::fmt::Debug for Job {
             .field("session_id", &self.session_id)
             .field("payload", &format_args!("<{} bytes>", self.payload.len()))
             .field("attempt", &self.attempt)
+            .field("trace", &self.trace)
             .finish()
     }
 }
@@ -176,6 +181,7 @@ pub struct JobWorker {
     reads: Reads,
     worker: Worker,
     queue: String,
+    consumer: String,
     log_reasons: bool,
 }
 
@@ -189,7 +195,9 @@ enum Ctl {
     Shutdown(Duration, oneshot::Sender<()>),
 }
 
-type Done = (EntryId, Result<Vec<u8>, String>);
+/// A handler's answer: the entry, the result or reason, and the trace context of the
+/// `process` span that ran it (sealed with the outcome).
+type Done = (EntryId, Result<Vec<u8>, String>, Option<TraceContext>);
 
 impl JobWorker {
     pub(crate) fn new(
@@ -226,6 +234,7 @@ impl JobWorker {
             backend: layer.backend,
             worker,
             queue: name.to_owned(),
+            consumer,
             log_reasons: options.log_reasons,
         })
     }
@@ -254,6 +263,7 @@ impl JobWorker {
             pending_events: Vec::new(),
             log_reasons: self.log_reasons,
             queue: Arc::from(self.queue.as_str()),
+            consumer: self.consumer,
         };
         let span = tracing::info_span!("worker", queue = %self.queue);
         tokio::spawn(tracing::Instrument::instrument(
@@ -289,6 +299,8 @@ struct Driver {
     log_reasons: bool,
     /// The queue's name, shared with the handler tasks (their metrics' label).
     queue: Arc<str>,
+    /// This worker's consumer name (its spans' `messaging.client.id`).
+    consumer: String,
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -328,13 +340,13 @@ impl Driver {
                         self.reply(op, reply);
                     }
                 }
-                Some((entry, outcome)) = self.done_rx.recv() => {
-                    self.settle(entry, outcome);
+                Some(done) = self.done_rx.recv() => {
+                    self.settle(done);
                     // Every answer already waiting (after one scheduler turn, for handlers
                     // that are about to finish) goes into the same settle command.
                     tokio::task::yield_now().await;
-                    while let Ok((entry, outcome)) = self.done_rx.try_recv() {
-                        self.settle(entry, outcome);
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.settle(done);
                     }
                 }
                 (op, reply) = self.reads.recv() => self.reply(op, reply),
@@ -367,12 +379,17 @@ impl Driver {
         }
     }
 
-    fn settle(&mut self, entry: EntryId, outcome: Result<Vec<u8>, String>) {
+    fn settle(&mut self, (entry, outcome, trace): Done) {
         self.running.remove(&entry);
         let now = now_ms();
+        let trace = trace.as_ref();
         let settled = match outcome {
-            Ok(result) => self.worker.complete(now, entry, &result, &mut OsRandom),
-            Err(reason) => self.worker.fail(now, entry, &reason, &mut OsRandom),
+            Ok(result) => self
+                .worker
+                .complete_traced(now, entry, &result, trace, &mut OsRandom),
+            Err(reason) => self
+                .worker
+                .fail_traced(now, entry, &reason, trace, &mut OsRandom),
         };
         match settled {
             // The job timed out or was handed back meanwhile: its answer is moot.
@@ -391,7 +408,8 @@ impl Driver {
                 return;
             }
             let cmds = self.reads.take_blocking(cmds);
-            self.pipes.send(cmds);
+            let span = settle_span(&self.queue, &cmds);
+            self.pipes.send_in(cmds, span);
         }
     }
 
@@ -422,28 +440,49 @@ impl Driver {
                         Duration::from_millis(now_ms().saturating_sub(d.job.created_at_ms))
                     });
                     crate::telemetry::started(&queue, waited);
+                    let span = crate::traces::process(
+                        &queue,
+                        &self.consumer,
+                        &d.job.id,
+                        d.job.attempt,
+                        d.deliveries,
+                        d.trace.as_ref(),
+                    );
+                    // The outcome continues the trace from this attempt.
+                    let sent = crate::traces::context_of(&span);
                     let job = Job {
                         id: d.job.id,
                         title: d.job.title,
                         session_id: d.job.session_id,
                         payload: d.job.payload,
                         attempt: d.job.attempt,
+                        trace: d.trace,
                     };
-                    let span = tracing::info_span!("job", id = %job.id, attempt = job.attempt);
-                    let task = tokio::spawn(tracing::Instrument::instrument((handler)(job), span));
+                    let task = tokio::spawn(tracing::Instrument::instrument(
+                        (handler)(job),
+                        span.clone(),
+                    ));
                     self.running.insert(d.entry, task.abort_handle());
                     let done = self.done_tx.clone();
                     let entry = d.entry;
                     tokio::spawn(async move {
                         let started = std::time::Instant::now();
-                        let outcome = match task.await {
-                            Ok(Ok(value)) => serde_json::to_vec(&value)
-                                .map_err(|e| format!("result does not encode: {e}")),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(e) => Err(panic_message(e)),
+                        let (outcome, error) = match task.await {
+                            Ok(Ok(value)) => (
+                                serde_json::to_vec(&value)
+                                    .map_err(|e| format!("result does not encode: {e}")),
+                                "result_encoding",
+                            ),
+                            Ok(Err(e)) => (Err(e.to_string()), "handler_error"),
+                            Err(e) if e.is_cancelled() => (Err(panic_message(e)), "cancelled"),
+                            Err(e) => (Err(panic_message(e)), "panic"),
                         };
+                        if outcome.is_err() {
+                            span.record("error.type", error);
+                        }
+                        drop(span);
                         crate::telemetry::handled(&queue, outcome.is_ok(), started.elapsed());
-                        let _ = done.send((entry, outcome)).await;
+                        let _ = done.send((entry, outcome, sent)).await;
                     });
                 }
                 WorkerEvent::TimedOut { entry } => {
@@ -452,8 +491,13 @@ impl Driver {
                     }
                 }
                 WorkerEvent::Drained => drained = true,
+                WorkerEvent::Settled { settlement, count } => {
+                    crate::telemetry::settled(&self.queue, settlement.as_str(), count);
+                }
+                WorkerEvent::Reclaimed { count } => {
+                    crate::telemetry::reclaimed(&self.queue, count);
+                }
                 WorkerEvent::DeadLettered { entry, job, reason } => {
-                    crate::telemetry::worker_dead_letter(&self.worker.keys().queue);
                     if self.log_reasons {
                         tracing::warn!(%entry, job = ?job, %reason, "dead-lettered");
                     } else {
@@ -498,4 +542,19 @@ impl DataLayer {
     ) -> Result<JobWorker, Error> {
         JobWorker::new(self.clone(), name, keys, options)
     }
+}
+
+/// A `settle <queue>` span for a pipeline that settles jobs (none for one that does not).
+fn settle_span(queue: &str, cmds: &[Command]) -> Option<tracing::Span> {
+    let (mut completed, mut retried, mut buried) = (0, 0, 0);
+    for cmd in cmds {
+        match &cmd.kind {
+            CommandKind::Complete { items, .. } => completed += items.len(),
+            CommandKind::Retry { items, .. } => retried += items.len(),
+            CommandKind::Bury { items, .. } => buried += items.len(),
+            _ => {}
+        }
+    }
+    (completed + retried + buried > 0)
+        .then(|| crate::traces::settle(queue, completed, retried, buried))
 }

@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod otel;
 pub mod proxy;
 
 use std::io::{Read, Write};

@@ -164,57 +164,117 @@ async fn a_queue_and_a_worker_record_what_redis_confirmed() {
     sampler.abort();
     running.shutdown(Duration::from_secs(5)).await;
 
-    let s = seen().lock().unwrap();
-    let counter = |k: &str| s.counters.get(k).copied().unwrap_or(0);
-    let samples = |k: &str| s.histograms.get(k).map_or(0, Vec::len);
-    assert_eq!(counter("datalayer_jobs_added_total{queue=met}"), 20);
-    assert_eq!(
-        counter("datalayer_jobs_ended_total{outcome=completed,queue=met}"),
-        19
-    );
-    assert_eq!(
-        counter("datalayer_jobs_ended_total{outcome=failed,queue=met}"),
-        1
-    );
-    assert_eq!(
-        counter("datalayer_jobs_ended_total{outcome=dead,queue=met}"),
-        1
-    );
-    assert_eq!(counter("datalayer_jobs_started_total{queue=met}"), 21);
-    assert_eq!(counter("datalayer_worker_dead_letters_total{queue=met}"), 1);
-    assert_eq!(samples("datalayer_job_end_to_end_seconds{queue=met}"), 20);
-    assert_eq!(
-        samples("datalayer_job_wait_seconds{queue=met}"),
-        20,
-        "first attempts only"
-    );
-    assert_eq!(
-        samples("datalayer_handler_seconds{queue=met,result=ok}"),
-        19
-    );
-    assert_eq!(
-        samples("datalayer_handler_seconds{queue=met,result=error}"),
-        2
-    );
-    assert!(samples("datalayer_pipeline_commands{}") > 0);
-    assert_eq!(gauge_of(&s, "datalayer_queue_jobs"), Some(0.0));
-    // Nothing of a job in any metric's name or labels.
-    let names: Vec<&String> = s
-        .counters
-        .keys()
-        .chain(s.gauges.keys())
-        .chain(s.histograms.keys())
-        .collect();
-    for marker in [
-        "secret-payload-marker",
-        "secret-session-marker",
-        "secret-reason-marker",
-    ] {
-        assert!(
-            !names.iter().any(|n| n.contains(marker)),
-            "{marker} in {names:?}"
+    {
+        let s = seen().lock().unwrap();
+        let counter = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+        let samples = |k: &str| s.histograms.get(k).map_or(0, Vec::len);
+        assert_eq!(counter("datalayer_jobs_added_total{queue=met}"), 20);
+        assert_eq!(
+            counter("datalayer_jobs_ended_total{outcome=completed,queue=met}"),
+            19
         );
+        assert_eq!(
+            counter("datalayer_jobs_ended_total{outcome=failed,queue=met}"),
+            1
+        );
+        assert_eq!(
+            counter("datalayer_jobs_ended_total{outcome=dead,queue=met}"),
+            1
+        );
+        assert_eq!(counter("datalayer_jobs_started_total{queue=met}"), 21);
+        // Settles as Redis confirmed them: 19 completed, one retried, then dead.
+        assert_eq!(
+            counter("datalayer_worker_settled_total{outcome=completed,queue=met}"),
+            19
+        );
+        assert_eq!(
+            counter("datalayer_worker_settled_total{outcome=retried,queue=met}"),
+            1
+        );
+        assert_eq!(
+            counter("datalayer_worker_settled_total{outcome=dead,queue=met}"),
+            1
+        );
+        assert_eq!(counter("datalayer_reclaimed_total{queue=met}"), 0);
+        assert_eq!(samples("datalayer_job_end_to_end_seconds{queue=met}"), 20);
+        assert_eq!(
+            samples("datalayer_job_wait_seconds{queue=met}"),
+            20,
+            "first attempts only"
+        );
+        assert_eq!(
+            samples("datalayer_handler_seconds{queue=met,result=ok}"),
+            19
+        );
+        assert_eq!(
+            samples("datalayer_handler_seconds{queue=met,result=error}"),
+            2
+        );
+        assert!(samples("datalayer_pipeline_commands{}") > 0);
+        assert_eq!(gauge_of(&s, "datalayer_queue_jobs"), Some(0.0));
+        // Nothing of a job in any metric's name or labels.
+        let names: Vec<&String> = s
+            .counters
+            .keys()
+            .chain(s.gauges.keys())
+            .chain(s.histograms.keys())
+            .collect();
+        for marker in [
+            "secret-payload-marker",
+            "secret-session-marker",
+            "secret-reason-marker",
+        ] {
+            assert!(
+                !names.iter().any(|n| n.contains(marker)),
+                "{marker} in {names:?}"
+            );
+        }
     }
+
+    // A worker process killed mid-job: the entry it held is reclaimed by ours, and counted.
+    let rec = dl
+        .queue("rec", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dl-hang-worker"))
+        .args([server.url().as_str(), "rec", "500"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the worker process");
+    let handle = rec.add("s", &json!("crash me")).await.expect("add");
+    // The child prints "running <id>" once it holds the job.
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        line
+    })
+    .await
+    .expect("join");
+    assert!(line.starts_with("running"), "{line:?}");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let taker = dl
+        .worker(
+            "rec",
+            &secrets(),
+            WorkerOptions::default().lease(Duration::from_millis(500)),
+        )
+        .expect("worker")
+        .start(|_job: Job| async move { Ok::<_, String>(json!("ok")) });
+    tokio::time::timeout(Duration::from_secs(20), handle.result())
+        .await
+        .expect("ended")
+        .expect("running");
+    taker.shutdown(Duration::from_secs(5)).await;
+    let s = seen().lock().unwrap();
+    assert_eq!(
+        s.counters
+            .get("datalayer_reclaimed_total{queue=rec}")
+            .copied(),
+        Some(1)
+    );
 }
 
 fn gauge_of(s: &Seen, name: &str) -> Option<f64> {

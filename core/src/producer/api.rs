@@ -4,6 +4,7 @@ use crate::command::OpId;
 use crate::envelope::EnvelopeError;
 use crate::job::JobId;
 use crate::naming::{NameError, ProducerIdError};
+use crate::trace::TraceContext;
 use crate::value::EntryId;
 
 /// How a producer behaves.
@@ -104,6 +105,10 @@ pub struct AddJob {
     /// instead of the enqueue script; a resend after an unknown outcome still checks). Set
     /// it only for such ids: a reused id sent this way is queued twice.
     pub generated_id: bool,
+    /// The trace context of the span that adds the job, sealed in its envelope (never
+    /// visible in Redis) so that the span running it can continue the trace. The adapter's
+    /// `otel` feature fills it from the current span.
+    pub trace: Option<TraceContext>,
 }
 
 /// A caller's misuse, or an add that cannot be taken.
@@ -195,6 +200,9 @@ pub enum ProducerEvent {
         result: Vec<u8>,
         /// The attempt that succeeded.
         attempt: u32,
+        /// The trace context the worker sealed with the outcome (the span that ran the
+        /// attempt), if it sent one.
+        trace: Option<TraceContext>,
     },
     /// An attempt failed; the job will be retried.
     Failed {
@@ -204,6 +212,9 @@ pub enum ProducerEvent {
         reason: String,
         /// The attempt that failed.
         attempt: u32,
+        /// The trace context the worker sealed with the outcome (the span that ran the
+        /// attempt), if it sent one.
+        trace: Option<TraceContext>,
     },
     /// The job failed for good and sits in the dead letters.
     DeadLettered {
@@ -213,6 +224,9 @@ pub enum ProducerEvent {
         reason: String,
         /// The last attempt.
         attempt: u32,
+        /// The trace context the worker sealed with the outcome (the span that ran the
+        /// attempt), if it sent one.
+        trace: Option<TraceContext>,
     },
     /// An event could not be read (tampered, wrong key, malformed) and was skipped.
     BadEvent {

@@ -366,7 +366,9 @@ impl Producer {
             + record.payload.len()
             + 6 * 10
             + 16;
-        let envelope = self.sealer.seal_sized(&ctx, &record, size, rng)?;
+        let envelope =
+            self.sealer
+                .seal_sized_traced(&ctx, &record, size, job.trace.as_ref(), rng)?;
         let count = self.outstanding.entry(id.0.clone()).or_default();
         *count += 1;
         if *count > 1 {
@@ -1283,9 +1285,9 @@ impl Producer {
         // Kind, attempt and instance are in the AAD: relabelled, none of them opens.
         let detail = outcome_detail(attempt, &instance.0);
         let ctx = Context::outcome(purpose, &self.keys.scope, job.0.as_bytes(), &detail);
-        let value = self
+        let (value, trace) = self
             .sealer
-            .open_bytes(&ctx, sealed)
+            .open_bytes_traced(&ctx, sealed)
             .map_err(|e| e.to_string())?;
         // A job this producer did not queue itself (an add found it queued, or another
         // producer's) has no awaited instance: its outcomes are authentic, but whether they
@@ -1301,16 +1303,19 @@ impl Producer {
                 job,
                 result: value,
                 attempt,
+                trace,
             },
             "f" => ProducerEvent::Failed {
                 job,
                 reason: reason(),
                 attempt,
+                trace,
             },
             _ => ProducerEvent::DeadLettered {
                 job,
                 reason: reason(),
                 attempt,
+                trace,
             },
         })
     }

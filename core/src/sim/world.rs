@@ -17,6 +17,7 @@ use crate::naming::QueueKeys;
 use crate::producer::{AddJob, AddStatus, Producer, ProducerConfig, ProducerEvent};
 use crate::random::{Random, SeededRandom};
 use crate::retry::{Backoff, RetryPolicy};
+use crate::trace::TraceContext;
 use crate::value::EntryId;
 use crate::worker::{Worker, WorkerConfig, WorkerEvent};
 
@@ -168,6 +169,19 @@ pub fn result_of(job: &JobId) -> Vec<u8> {
     format!("result of {job}").into_bytes()
 }
 
+/// The trace context a job is added with (`span` 1: the producer's span) or settled with
+/// (`span` 2: the worker's): two jobs in three carry one, so both paths run.
+#[must_use]
+pub fn trace_of(job: &JobId, span: u8) -> Option<TraceContext> {
+    let n = job.0.trim_start_matches("job-").parse::<u64>().ok()?;
+    if n % 3 == 0 {
+        return None;
+    }
+    let mut trace_id = [0xee; 16];
+    trace_id[..8].copy_from_slice(&n.to_le_bytes());
+    TraceContext::new(trace_id, [span; 8], 1)
+}
+
 impl World {
     /// A world at a realistic wall-clock time.
     #[must_use]
@@ -283,6 +297,7 @@ impl World {
             delay_ms,
             // Ids are unique: half the adds take the fresh (unchecked) path on first send.
             generated_id: self.next_job % 2 == 0,
+            trace: trace_of(&JobId(format!("job-{}", self.next_job)), 1),
         };
         match p.add(self.now_ms, job, &mut self.rng) {
             Ok(id) => {
@@ -323,6 +338,7 @@ impl World {
         let id = open[pick % open.len()].clone();
         let n = id.0.trim_start_matches("job-").parse::<u64>().unwrap_or(0);
         let job = AddJob {
+            trace: trace_of(&id, 1),
             id: Some(id),
             title: "t".into(),
             session_id: "s".into(),
@@ -505,8 +521,15 @@ impl World {
         let Some(w) = &mut s.worker else { return };
         let job = w.job_id(entry);
         let result = match (answer, job) {
-            (Answer::Ok, Some(job)) => w.complete(now, entry, &result_of(&job), &mut self.rng),
-            (Answer::Err, _) => w.fail(now, entry, "handler error", &mut self.rng),
+            (Answer::Ok, Some(job)) => {
+                let trace = trace_of(&job, 2);
+                w.complete_traced(now, entry, &result_of(&job), trace.as_ref(), &mut self.rng)
+            }
+            (Answer::Err, Some(job)) => {
+                let trace = trace_of(&job, 2);
+                w.fail_traced(now, entry, "handler error", trace.as_ref(), &mut self.rng)
+            }
+            (Answer::Err, None) => w.fail(now, entry, "handler error", &mut self.rng),
             (Answer::Panic, _) => w.fail(now, entry, "handler panicked: boom", &mut self.rng),
             // Timed out or lost meanwhile: the answer is refused, as the adapter would see.
             _ => Ok(()),
@@ -539,6 +562,11 @@ impl World {
             while let Some(ev) = w.poll_event() {
                 match ev {
                     WorkerEvent::Job(d) => {
+                        if d.trace != trace_of(&d.job.id, 1) {
+                            self.ledger
+                                .errors
+                                .push(format!("{}: delivered with trace {:?}", d.job.id, d.trace));
+                        }
                         let due = self.ledger.due.get(&d.job.id).copied().unwrap_or(0);
                         if d.job.attempt == 1 && self.now_ms < due && !self.jumped_back {
                             self.ledger.early.push((d.job.id.clone(), due, self.now_ms));
@@ -795,9 +823,16 @@ fn record_producer_event(ledger: &mut Ledger, producer: usize, ev: ProducerEvent
         }
     }
     match ev {
-        ProducerEvent::Completed { job, result, .. } => {
+        ProducerEvent::Completed {
+            job, result, trace, ..
+        } => {
             if result != result_of(&job) {
                 ledger.errors.push(format!("wrong result for {job}"));
+            }
+            if trace != trace_of(&job, 2) {
+                ledger
+                    .errors
+                    .push(format!("{job}: result with trace {trace:?}"));
             }
             *ledger.outcomes.entry(job.clone()).or_default() += 1;
             ledger.completed.insert(job, result);

@@ -157,6 +157,8 @@ pub struct Delivery {
     pub job: JobRecord,
     /// How many times the entry was delivered (above 1: a previous worker stalled).
     pub deliveries: u64,
+    /// The trace context the producer sealed with the job (the span that added it), if any.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// What the worker tells the application.
@@ -201,4 +203,42 @@ pub enum WorkerEvent {
     },
     /// `drain`: nothing runs and every settlement is confirmed; the worker is idle.
     Drained,
+    /// Redis confirmed that this many jobs were settled so (this reply applied them; a
+    /// resend finding its first send applied counts in neither, and is `Discarded`).
+    Settled {
+        /// Completed, retried or dead-lettered.
+        settlement: Settlement,
+        /// How many.
+        count: usize,
+    },
+    /// The queue's upkeep, run by this worker, took over this many entries of workers that
+    /// missed their lease (they are delivered as `Job`s, or dead-lettered when stalled).
+    Reclaimed {
+        /// How many.
+        count: usize,
+    },
+}
+
+/// How a job was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Completed: its result went to its producer.
+    Completed,
+    /// Failed, retried later: the failure went to its producer.
+    Retried,
+    /// Failed for good (or unreadable): moved to the dead letters.
+    Buried,
+}
+
+impl Settlement {
+    /// A short lower-case word: `completed`, `retried`, `dead`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Retried => "retried",
+            Self::Buried => "dead",
+        }
+    }
 }

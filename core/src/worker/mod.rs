@@ -18,7 +18,7 @@ mod tests;
 
 mod api;
 
-pub use api::{Delivery, MAX_SETTLE_BATCH, WorkerConfig, WorkerError, WorkerEvent};
+pub use api::{Delivery, MAX_SETTLE_BATCH, Settlement, WorkerConfig, WorkerError, WorkerEvent};
 pub use replies::MAX_GARBAGE_COPY;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -30,6 +30,7 @@ use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
 use crate::retry::{ResendBackoff, RetryDecision};
+use crate::trace::TraceContext;
 use crate::value::EntryId;
 
 /// The most delayed jobs one promotion moves.
@@ -200,6 +201,19 @@ impl Worker {
         result: &[u8],
         rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
+        self.complete_traced(now_ms, entry, result, None, rng)
+    }
+
+    /// [`Worker::complete`], sealing `trace` (the span that ran the attempt) with the result
+    /// so that the producer's trace continues from it.
+    pub fn complete_traced(
+        &mut self,
+        now_ms: u64,
+        entry: EntryId,
+        result: &[u8],
+        trace: Option<&TraceContext>,
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
         let run = self
@@ -213,7 +227,7 @@ impl Worker {
             run.id.0.as_bytes(),
             &detail,
         );
-        let value = self.sealer.seal_bytes(&ctx, result, rng)?;
+        let value = self.sealer.seal_bytes_traced(&ctx, result, trace, rng)?;
         let Some(run) = self.running.remove(&entry) else {
             return Err(WorkerError::NotRunning(entry));
         };
@@ -242,15 +256,28 @@ impl Worker {
         reason: &str,
         rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
+        self.fail_traced(now_ms, entry, reason, None, rng)
+    }
+
+    /// [`Worker::fail`], sealing `trace` (the span that ran the attempt) with the reason.
+    pub fn fail_traced(
+        &mut self,
+        now_ms: u64,
+        entry: EntryId,
+        reason: &str,
+        trace: Option<&TraceContext>,
+        rng: &mut impl Random,
+    ) -> Result<(), WorkerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
-        self.fail_running(entry, reason, rng)
+        self.fail_running(entry, reason, trace, rng)
     }
 
     fn fail_running(
         &mut self,
         entry: EntryId,
         reason: &str,
+        trace: Option<&TraceContext>,
         rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         let now_ms = self.now_ms;
@@ -268,15 +295,17 @@ impl Worker {
         let ctx = Context::outcome(purpose, &self.keys.scope, run.id.0.as_bytes(), &detail);
         let value: Arc<[u8]> = self
             .reason_sealer
-            .seal_bytes(&ctx, reason.as_bytes(), rng)?
+            .seal_bytes_traced(&ctx, reason.as_bytes(), trace, rng)?
             .into();
         let (kind, settle) = match decision {
             RetryDecision::RetryAfter(delay) => {
                 // The record as delivered (it opened then), with the next attempt.
                 let ctx = Context::new(Purpose::Job, &self.keys.scope, run.id.0.as_bytes());
-                let mut next: JobRecord = self.sealer.open(&ctx, &run.envelope)?;
+                // The producer's trace context goes with the job to its next attempt.
+                let (mut next, sent): (JobRecord, _) =
+                    self.sealer.open_traced(&ctx, &run.envelope)?;
                 next.attempt = run.attempt.saturating_add(1);
-                let sealed = self.sealer.seal(&ctx, &next, rng)?;
+                let sealed = self.sealer.seal_traced(&ctx, &next, sent.as_ref(), rng)?;
                 let settle = Settle {
                     entry,
                     job: Some(run.id.0.clone()),
@@ -369,7 +398,7 @@ impl Worker {
             .collect();
         for entry in expired {
             self.events.push_back(WorkerEvent::TimedOut { entry });
-            self.fail_running(entry, &format!("timed out after {timeout} ms"), rng)?;
+            self.fail_running(entry, &format!("timed out after {timeout} ms"), None, rng)?;
         }
         self.maybe_drained();
         Ok(())

@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use super::{Delivery, InFlight, Running, SettleKind, Worker, WorkerError, WorkerEvent};
+use super::{
+    Delivery, InFlight, Running, SettleKind, Settlement, Worker, WorkerError, WorkerEvent,
+};
 use crate::command::{OpId, Reply, Settle, is_transient_error};
 use crate::envelope::{Context, Purpose, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
@@ -145,6 +147,11 @@ impl Worker {
                 if let Some(due) = r.next_due_ms {
                     self.promote_by(due);
                 }
+                if !r.claimed.is_empty() {
+                    self.events.push_back(WorkerEvent::Reclaimed {
+                        count: r.claimed.len(),
+                    });
+                }
                 for (entry, deliveries) in r.claimed {
                     self.accept(entry, deliveries, rng);
                 }
@@ -241,13 +248,28 @@ impl Worker {
         };
         self.resend.succeed();
         let mut retry_due = None::<u64>;
+        let mut applied = 0;
         for (item, flag) in items.iter().zip(flags) {
             if *flag != Value::Int(1) {
                 self.events
                     .push_back(WorkerEvent::Discarded { entry: item.entry });
-            } else if kind == SettleKind::Retry && item.due_ms > self.now_ms {
+                continue;
+            }
+            applied += 1;
+            if kind == SettleKind::Retry && item.due_ms > self.now_ms {
                 retry_due = Some(retry_due.map_or(item.due_ms, |d| d.min(item.due_ms)));
             }
+        }
+        if applied > 0 {
+            let settlement = match kind {
+                SettleKind::Complete => Settlement::Completed,
+                SettleKind::Retry => Settlement::Retried,
+                SettleKind::Bury => Settlement::Buried,
+            };
+            self.events.push_back(WorkerEvent::Settled {
+                settlement,
+                count: applied,
+            });
         }
         if let Some(due) = retry_due {
             // This worker put the job in the delayed set: it promotes it when due.
@@ -285,8 +307,8 @@ impl Worker {
             return self.bury_unread(entry.id, None, envelope, reason, rng);
         };
         let ctx = Context::new(Purpose::Job, &self.keys.scope, id.as_bytes());
-        let job: JobRecord = match self.sealer.open(&ctx, &envelope) {
-            Ok(job) => job,
+        let (job, trace): (JobRecord, _) = match self.sealer.open_traced(&ctx, &envelope) {
+            Ok(opened) => opened,
             Err(e) => {
                 let reason = format!("unreadable job: {e}");
                 return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
@@ -329,6 +351,7 @@ impl Worker {
             entry: entry.id,
             job,
             deliveries,
+            trace,
         }));
     }
 
