@@ -10,6 +10,9 @@
 //!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
 //!   job run-now QUEUE ID          a delayed job to the work stream at once
 //!   dead ls QUEUE [--count N] [--after ENTRY]
+//!   events ls QUEUE [--watch [--interval-ms N] [--times N]]
+//!                                 outcomes not yet read by their producer (job, kind,
+//!                                 attempt, producer; a failure's reason with the secret)
 //!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
 //!   dead delete QUEUE (--all | ENTRY...) [--dry-run]
 //!   secret gen                    32 random bytes, hex (for DATALAYER_SECRET)
@@ -29,7 +32,9 @@ use std::time::Duration;
 
 use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
 use datalayer_tokio::core::value::EntryId;
-use datalayer_tokio::{DataLayer, DeadLetter, JobQueue, Options, QueueOptions, now_ms};
+use datalayer_tokio::{
+    DataLayer, DeadLetter, EventsCursor, JobQueue, Options, PeekedEvent, QueueOptions, now_ms,
+};
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secret-file PATH] \
@@ -41,6 +46,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   job show QUEUE ID
   job run-now QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
+  events ls QUEUE [--watch [--interval-ms N] [--times N]]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
   dead delete QUEUE (--all | ENTRY...) [--dry-run]
   secret gen
@@ -314,6 +320,7 @@ async fn run(a: Args) -> Result<u8, Failure> {
             }
             Ok(if moved { 0 } else { 1 })
         }
+        ["events", "ls", name] => events_ls(&a, name).await,
         ["dead", "ls", name] => {
             let ring = secrets(&a)?.unwrap_or_else(no_secret);
             let dl = connect(&a).await?;
@@ -372,6 +379,69 @@ async fn run(a: Args) -> Result<u8, Failure> {
 }
 
 /// One `stats` report of queue `name`.
+/// Prints the outcomes that wait in the producers' events streams (a producer reads and
+/// trims its own at once: what is listed is owed to producers that are away); with
+/// `--watch`, then the new ones, every interval. Results are never opened; a failure's
+/// reason only with the secret.
+async fn events_ls(a: &Args, name: &str) -> Result<u8, Failure> {
+    let ring = secrets(a)?.unwrap_or_else(no_secret);
+    let dl = connect(a).await?;
+    let q = queue(&dl, name, &ring)?;
+    let mut cursor = EventsCursor::new(EntryId::ZERO);
+    let mut polls = 0u64;
+    loop {
+        // A page at a time: a backlog drains without waiting between pages.
+        loop {
+            let events = q.peek_events(&mut cursor, 1_000).await.map_err(failed)?;
+            for e in &events {
+                print_event(a, e);
+            }
+            if events.len() < 1_000 {
+                break;
+            }
+        }
+        polls += 1;
+        let Some(every) = a.watch_ms else {
+            return Ok(0);
+        };
+        if a.watch_count.is_some_and(|n| polls >= n) {
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(every)).await;
+    }
+}
+
+fn print_event(a: &Args, e: &PeekedEvent) {
+    let job = e.job.as_ref().map_or("-", |j| j.0.as_str());
+    if a.json {
+        let mut v = json!({
+            "entry": e.entry.to_string(), "at_ms": e.entry.ms, "producer": e.producer,
+            "job": e.job.as_ref().map(|j| j.0.clone()), "kind": e.kind.as_str(),
+            "attempt": e.attempt, "sealed_bytes": e.sealed_len,
+        });
+        if let Some(r) = &e.reason {
+            v["reason"] = json!(r);
+        }
+        println!("{v}");
+    } else {
+        let attempt = e.attempt.map_or("-".into(), |n| n.to_string());
+        let why = e
+            .reason
+            .as_deref()
+            .map(|r| format!("  {r}"))
+            .unwrap_or_default();
+        println!(
+            "{}  {}  {job}  {}  attempt {attempt}  ({} sealed bytes){why}",
+            e.entry,
+            e.producer,
+            e.kind.as_str(),
+            e.sealed_len
+        );
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
 async fn stats(a: &Args, q: &JobQueue, name: &str) -> Result<(), Failure> {
     let s = tokio::time::timeout(Duration::from_millis(a.timeout_ms), q.stats())
         .await

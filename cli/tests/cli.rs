@@ -363,3 +363,85 @@ async fn serve_exports_queue_state_for_prometheus() {
     }
     assert!(get("/other").is_some_and(|r| r.starts_with("HTTP/1.1 404")));
 }
+
+/// `events ls`: the outcomes owed to a producer that is away, with the reason of a failure
+/// only with the secret, never a result or payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_ls_shows_outcomes_waiting_for_their_producer() {
+    let server = RedisServer::start(Persistence::None);
+    let url = server.url();
+    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
+    let dl = DataLayer::connect(&url, Options::default())
+        .await
+        .expect("connect");
+    // A producer adds three jobs and goes away (its registration stays, so its outcomes
+    // are kept for it).
+    let queue = dl
+        .queue("ev", &secrets, QueueOptions::default().producer_id("away-1"))
+        .expect("queue");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let h = queue
+            .add("s", &format!("payload-marker-{n}"))
+            .await
+            .expect("add");
+        ids.push(h.id.0.clone());
+    }
+    queue.disconnect().await;
+    let worker = dl
+        .worker(
+            "ev",
+            &secrets,
+            WorkerOptions::default().retry(RetryPolicy::new(1, Backoff::None)),
+        )
+        .expect("worker")
+        .start(|job: Job| async move {
+            let text: String = job.json().map_err(|e| e.to_string())?;
+            if text.ends_with('2') {
+                return Err("reason-marker: failed on purpose".to_owned());
+            }
+            Ok::<_, String>(format!("result-marker for {text}"))
+        });
+    // Three outcomes in the away producer's stream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let out = cli(&url, false, &["--json", "events", "ls", "ev"]);
+        assert!(out.status.success(), "{}", stdout(&out));
+        let shown = lines(&out);
+        if shown.len() == 3 {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "{shown:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    worker.shutdown(Duration::from_secs(5)).await;
+    let mut kinds: Vec<&str> = shown.iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["completed", "completed", "dead"]);
+    for e in &shown {
+        assert_eq!(e["producer"], "away-1");
+        assert!(ids.iter().any(|id| e["job"] == id.as_str()), "{e}");
+        assert_eq!(e["attempt"], 1);
+        assert!(e.get("reason").is_none(), "no reason without the secret: {e}");
+    }
+    // With the secret: the dead letter's reason, still no result, no payload.
+    let out = cli(&url, true, &["events", "ls", "ev"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.contains("reason-marker: failed on purpose"), "{text}");
+    for secret_free in [
+        stdout(&cli(&url, false, &["events", "ls", "ev"])),
+        text.clone(),
+    ] {
+        assert!(!secret_free.contains("result-marker"), "{secret_free}");
+        assert!(!secret_free.contains("payload-marker"), "{secret_free}");
+    }
+    // --watch --times: the same page, then nothing new.
+    let out = cli(
+        &url,
+        false,
+        &["events", "ls", "ev", "--watch", "--interval-ms", "20", "--times", "3"],
+    );
+    assert_eq!(stdout(&out).lines().count(), 3);
+}

@@ -338,6 +338,23 @@ pub enum CommandKind {
         /// The producer whose events these are.
         producer: Arc<ProducerKeys>,
     },
+    /// Script `peek_events`: the events of every registered producer after its cursor,
+    /// read without acknowledging (an operator's tail; the producers read their own). Per
+    /// producer (registration order) `XRANGE <events>:<p> (<cursor> + COUNT <left>`, the
+    /// cursor being the one in `cursors` or else `since`, until `count` entries are read.
+    ///
+    /// Reply: an array of `[producer, entries]` for producers with entries. Unknown
+    /// outcome: ask again (nothing changes).
+    PeekEvents {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// The cursor of producers not in `cursors`.
+        since: EntryId,
+        /// Each producer's cursor: the last entry read of its stream.
+        cursors: Vec<(String, EntryId)>,
+        /// The most entries in the reply.
+        count: u32,
+    },
     /// Script `stats`: `[waiting + pending jobs, pending, ZCARD delayed, XLEN dead, XLEN
     /// of the producer's events]`.
     Stats {

@@ -886,8 +886,32 @@ return '0-0'
 "#,
 };
 
+/// `peek_events` — KEYS: producers, events stem. ARGV: since, count, then (producer,
+/// cursor) pairs. Every registered producer's events after its cursor (or `since`), at
+/// most `count` in all, as `[producer, entries]` pairs; nothing is acknowledged.
+pub const PEEK_EVENTS: Script = Script {
+    name: "peek_events",
+    source: r#"
+local known = {}
+for i = 3, #ARGV - 1, 2 do known[ARGV[i]] = ARGV[i + 1] end
+local left = tonumber(ARGV[2])
+local out = {}
+for _, p in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if left <= 0 then break end
+  local from = known[p] or ARGV[1]
+  local es = redis.call('XRANGE', KEYS[2] .. ':' .. p, '(' .. from, '+', 'COUNT', left)
+  if #es > 0 then
+    out[#out + 1] = {p, es}
+    left = left - #es
+  end
+end
+return out
+"#,
+};
+
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 18] = [
+pub const ALL: [&Script; 19] = [
+    &PEEK_EVENTS,
     &EVENTS_TAIL,
     &ENQUEUE,
     &WORKERS,
@@ -1091,6 +1115,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::ReadEvents { .. }
         | CommandKind::AckEvents { .. }
         | CommandKind::EventsTail { .. }
+        | CommandKind::PeekEvents { .. }
         | CommandKind::Stats { .. }
         | CommandKind::Register { .. }
         | CommandKind::Destroy { .. }
@@ -1203,6 +1228,19 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
         CommandKind::Workers { keys } => script(&WORKERS, &[&keys.workers], Vec::new()),
         CommandKind::EventsTail { producer, .. } => {
             script(&EVENTS_TAIL, &[&producer.events], Vec::new())
+        }
+        CommandKind::PeekEvents {
+            keys,
+            since,
+            cursors,
+            count,
+        } => {
+            let mut args = vec![id(*since), num(count)];
+            for (producer, cursor) in cursors {
+                args.push(b(producer));
+                args.push(id(*cursor));
+            }
+            script(&PEEK_EVENTS, &[&keys.producers, &keys.events], args)
         }
         CommandKind::FindJob { keys, job, limit } => {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.dead];
@@ -1522,6 +1560,12 @@ mod key_tests {
                 count: 3,
             },
             CommandKind::Workers { keys: keys.clone() },
+            CommandKind::PeekEvents {
+                keys: keys.clone(),
+                since: EntryId::ZERO,
+                cursors: vec![("p".into(), EntryId::ZERO)],
+                count: 10,
+            },
             CommandKind::Destroy { keys },
         ];
         for kind in &kinds {

@@ -32,8 +32,10 @@ pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;
 pub use datalayer_core::envelope::Compression;
 pub use datalayer_core::producer::{
-    DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, QueueStats, Revival,
+    DeadLetter, DeadPage, DelayedWithdrawal, EventKind, EventsCursor, JobPlace, PeekedEvent,
+    QueueStats, Revival,
 };
+pub use datalayer_core::trace::TraceContext;
 pub use layer::{DataLayer, Error, Options, ServerInfo};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;

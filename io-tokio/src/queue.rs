@@ -11,8 +11,8 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
 use datalayer_core::producer::{
-    AddJob, DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Producer, ProducerConfig,
-    ProducerError, ProducerEvent, QueueStats, Request, Revival, Withdrawal,
+    AddJob, DeadLetter, DeadPage, DelayedWithdrawal, EventsCursor, JobPlace, PeekedEvent, Producer,
+    ProducerConfig, ProducerError, ProducerEvent, QueueStats, Request, Revival, Withdrawal,
 };
 use datalayer_core::random::Random;
 use datalayer_core::value::EntryId;
@@ -230,6 +230,7 @@ type AddCall = (u64, AddJob, AddReply);
 /// An operator's request (dead letters, one job, the workers): answered by one event.
 enum Ask {
     Workers,
+    Peek(EventsCursor, u32),
     Find(JobId, u32),
     Promote(JobId),
     Withdraw(JobId),
@@ -608,6 +609,24 @@ impl JobQueue {
         }
     }
 
+    /// The queue's outcomes as they are written, for an operator's tail: up to `count`
+    /// events of every registered producer (in any process) after `cursor`, which moves
+    /// past them. Nothing is acknowledged: each producer still reads its own. Results are
+    /// never opened (their length only); a failure's reason is, with this queue's key.
+    pub async fn peek_events(
+        &self,
+        cursor: &mut EventsCursor,
+        count: u32,
+    ) -> Result<Vec<PeekedEvent>, Error> {
+        match self.ask(Ask::Peek(cursor.clone(), count)).await? {
+            ProducerEvent::EventsPeeked { events, .. } => {
+                cursor.advance(&events);
+                Ok(events)
+            }
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
     /// Runs delayed job `id` now instead of at its due time; whether it was delayed.
     pub async fn run_now(&self, id: &JobId) -> Result<bool, Error> {
         match self.ask(Ask::Promote(id.clone())).await? {
@@ -936,6 +955,7 @@ impl Driver {
                     Ask::Read(after, count) => self.producer.read_dead(after, count),
                     Ask::Find(job, limit) => self.producer.find_job(&job, limit),
                     Ask::Workers => self.producer.request_workers(),
+                    Ask::Peek(cursor, count) => self.producer.peek_events(&cursor, count),
                     Ask::Promote(job) => self.producer.promote_job(&job),
                     Ask::Withdraw(job) => self.producer.withdraw_delayed(&job),
                     Ask::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
@@ -1064,6 +1084,7 @@ impl Driver {
                 | ProducerEvent::JobFound { request, .. }
                 | ProducerEvent::Promoted { request, .. }
                 | ProducerEvent::Workers { request, .. }
+                | ProducerEvent::EventsPeeked { request, .. }
                 | ProducerEvent::DelayedWithdrawn { request, .. }
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }

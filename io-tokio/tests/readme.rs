@@ -145,7 +145,8 @@ async fn operating_a_queue() -> Result {
     // README: Operating a queue
     use datalayer_tokio::core::job::JobId;
     use datalayer_tokio::core::producer::AddJob;
-    use datalayer_tokio::{DelayedWithdrawal, QueueOptions, Revival};
+    use datalayer_tokio::core::value::EntryId;
+    use datalayer_tokio::{DelayedWithdrawal, EventsCursor, QueueOptions, Revival};
 
     // Any number of producers share a queue, each with its own id and its own jobs' outcomes;
     // a replacement of one that died opens the queue with its id and gets what it was owed.
@@ -169,6 +170,11 @@ async fn operating_a_queue() -> Result {
     println!("{}", queue.find_job(&later.id).await?.state()); // "delayed"
     assert_eq!(queue.cancel_delayed(&later.id).await?, DelayedWithdrawal::Withdrawn);
     assert!(!queue.run_now(&JobId::from("no-such-job")).await?);
+        // Outcomes waiting for producers that are away (each reads and trims its own at once).
+    let mut cursor = EventsCursor::new(EntryId::ZERO); // from the oldest kept
+    for e in queue.peek_events(&mut cursor, 100).await? {
+        println!("{} {:?} {} attempt {:?}", e.producer, e.job, e.kind.as_str(), e.attempt);
+    }
     // README end
     assert_eq!((page.letters.len(), deleted), (1, 0));
     worker.shutdown(Duration::from_secs(5)).await;

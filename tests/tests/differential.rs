@@ -74,6 +74,30 @@ impl Side {
         self.pick(EVENTS_NS + producer, pick)
     }
 
+    /// A `peek_events` reply: each producer's entries in its events stream's namespace.
+    fn normalize_peek(&mut self, v: Value) -> Value {
+        let Value::Array(pairs) = v else {
+            return self.normalize(JOBS_NS, v);
+        };
+        let pairs = pairs
+            .into_iter()
+            .map(|pair| match pair {
+                Value::Array(mut parts) if parts.len() == 2 => {
+                    let p = match &parts[0] {
+                        Value::Bulk(b) => PRODUCERS.iter().position(|x| x.as_bytes() == &b[..]),
+                        _ => None,
+                    };
+                    let entries = parts.pop().unwrap_or(Value::Nil);
+                    let ns = EVENTS_NS + p.unwrap_or(0);
+                    parts.push(self.normalize(ns, entries));
+                    Value::Array(parts)
+                }
+                other => self.normalize(JOBS_NS, other),
+            })
+            .collect();
+        Value::Array(pairs)
+    }
+
     /// A `find_job` reply: its dead letter (last part) in the dead letters' namespace, the
     /// rest in the work stream's.
     fn normalize_find(&mut self, v: Value) -> Value {
@@ -152,6 +176,9 @@ enum Op {
     /// Job, the marker to withdraw as (`None`: promote).
     DelayedJob(usize, Option<usize>),
     Workers,
+    /// Since (`None`: 0-0; else a pick of producer 0's events), cursors (producer, pick),
+    /// count.
+    PeekEvents(Option<usize>, Vec<(usize, usize)>, u32),
     Garbage,
     Destroy,
     Ping,
@@ -165,7 +192,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(35) {
+    match r(37) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -205,6 +232,11 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         31 | 32 => Op::DelayedJob(r(6), [None, Some(r(3))][r(2)]),
         33 => Op::Workers,
         34 => Op::EventsTail(r(2)),
+        35 | 36 => Op::PeekEvents(
+            [None, Some(r(64))][r(2)],
+            (0..r(3)).map(|_| (r(2), r(64))).collect(),
+            [0, 1, 2, 100][r(4)],
+        ),
         23 | 24 => Op::Register(
             r(2),
             r(2),
@@ -361,6 +393,15 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .collect(),
         },
         Op::Workers => CommandKind::Workers { keys },
+        Op::PeekEvents(since, cursors, count) => CommandKind::PeekEvents {
+            keys,
+            since: since.map_or(EntryId::ZERO, |e| side.event(0, e)),
+            cursors: cursors
+                .iter()
+                .map(|(p, e)| (PRODUCERS[*p].to_owned(), side.event(*p, *e)))
+                .collect(),
+            count: *count,
+        },
         Op::DelayedJob(j, marker) => CommandKind::DelayedJob {
             keys,
             job: JOBS[*j].into(),
@@ -780,6 +821,9 @@ async fn model_and_redis_agree() {
             let (m, r) = if matches!(op, Op::FindJob(..)) {
                 // Its last part names a dead letter: ids of another stream.
                 (model.normalize_find(m), real.normalize_find(r))
+            } else if matches!(op, Op::PeekEvents(..)) {
+                // Each producer's entries are ids of its own events stream.
+                (model.normalize_peek(m), real.normalize_peek(r))
             } else {
                 (model.normalize(ns, m), real.normalize(ns, r))
             };

@@ -258,6 +258,13 @@ pub enum ProducerEvent {
         /// Name and promise, soonest first.
         workers: Vec<(String, u64)>,
     },
+    /// `peek_events`: the queue's events after the cursor, oldest first per producer.
+    EventsPeeked {
+        /// The request.
+        request: super::Request,
+        /// The events.
+        events: Vec<super::PeekedEvent>,
+    },
     /// `promote_job`: the job's new entry, or `None` (it was not delayed).
     Promoted {
         /// The request.

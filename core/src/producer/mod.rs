@@ -14,8 +14,10 @@
 
 mod api;
 mod dead;
+mod peek;
 
 pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
+pub use peek::{EventKind, EventsCursor, PeekedEvent};
 
 pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
@@ -477,6 +479,19 @@ impl Producer {
         self.request(kind, Vec::new())
     }
 
+    /// Reads up to `count` of the queue's events (every registered producer's, after
+    /// `cursor`) without acknowledging them; an `EventsPeeked` event follows. Advance the
+    /// cursor with what came ([`EventsCursor::advance`]).
+    pub fn peek_events(&mut self, cursor: &EventsCursor, count: u32) -> Request {
+        let kind = CommandKind::PeekEvents {
+            keys: self.keys.clone(),
+            since: cursor.since(),
+            cursors: cursor.producers(),
+            count,
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Runs delayed job `job` now (to the work stream); a `Promoted` event follows.
     pub fn promote_job(&mut self, job: &JobId) -> Request {
         let kind = CommandKind::DelayedJob {
@@ -890,6 +905,8 @@ impl Producer {
             CommandKind::Workers { .. } => {
                 workers(v).map(|workers| ProducerEvent::Workers { request, workers })
             }
+            CommandKind::PeekEvents { .. } => peek::parse(v, &self.sealer, &self.keys.scope)
+                .map(|events| ProducerEvent::EventsPeeked { request, events }),
             CommandKind::DelayedJob {
                 job,
                 withdraw_as: None,

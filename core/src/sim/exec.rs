@@ -119,6 +119,12 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         } => revive(sim, keys, marker, items),
         CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
         CommandKind::Workers { keys } => workers(sim, keys),
+        CommandKind::PeekEvents {
+            keys,
+            since,
+            cursors,
+            count,
+        } => peek_events(sim, keys, *since, cursors, *count),
         CommandKind::DelayedJob {
             keys,
             job,
@@ -221,6 +227,42 @@ fn workers(sim: &mut Sim, keys: &QueueKeys) -> Exec {
             .collect()
     });
     Ok(Value::Array(flat))
+}
+
+/// Script `peek_events`: every registered producer's events after its cursor.
+fn peek_events(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    since: EntryId,
+    cursors: &[(String, EntryId)],
+    count: u32,
+) -> Exec {
+    let producers = sim
+        .zset(&keys.producers)?
+        .map_or_else(Vec::new, ZSet::members);
+    let mut left = count as usize;
+    let mut out = Vec::new();
+    for p in producers {
+        if left == 0 {
+            break;
+        }
+        let name = String::from_utf8_lossy(&p).into_owned();
+        let from = cursors
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == name)
+            .map_or(since, |(_, e)| *e);
+        let entries = match sim.stream_mut(&keys.events_of(&name), false)? {
+            Some(s) => s.read_after(from, left),
+            None => Vec::new(),
+        };
+        if !entries.is_empty() {
+            left -= entries.len();
+            let entries = entries.into_iter().map(entry_value).collect();
+            out.push(Value::Array(vec![Value::Bulk(p), Value::Array(entries)]));
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 /// Script `delayed_job`: promote one delayed job, or withdraw it as `withdraw_as`.
