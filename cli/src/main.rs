@@ -13,8 +13,10 @@
 //!   events ls QUEUE [--watch [--interval-ms N] [--times N]]
 //!                                 outcomes not yet read by their producer (job, kind,
 //!                                 attempt, producer; a failure's reason with the secret)
-//!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
-//!   dead delete QUEUE (--all | ENTRY...) [--dry-run]
+//!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
+//!   dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
+//!                                 a progress bar on stderr when it is a terminal (or with
+//!                                 --progress) for --all and --older-than
 //!   secret gen                    32 random bytes, hex (for DATALAYER_SECRET)
 //!   serve [--listen ADDR] [--interval-ms N]
 //!                                 Prometheus metrics of every queue at /metrics
@@ -47,8 +49,8 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   job run-now QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
   events ls QUEUE [--watch [--interval-ms N] [--times N]]
-  dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run]
-  dead delete QUEUE (--all | ENTRY...) [--dry-run]
+  dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
+  dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
   secret gen
   serve [--listen 127.0.0.1:9187] [--interval-ms 15000]
 The secret comes from --secret-file or DATALAYER_SECRET (hex or base64 of 32 random bytes).
@@ -73,6 +75,7 @@ struct Args {
     secret_file: Option<String>,
     key_id: u32,
     dry_run: bool,
+    progress: bool,
     all: bool,
     count: u32,
     after: Option<EntryId>,
@@ -111,6 +114,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
                 a.key_id = u32::try_from(n).map_err(|_| usage("--key-id is too large"))?;
             }
             "--dry-run" => a.dry_run = true,
+            "--progress" => a.progress = true,
             "--listen" => a.listen = Some(value("--listen")?),
             "--all" => a.all = true,
             "--count" => {
@@ -492,6 +496,16 @@ async fn dead_batch(
 ) -> Result<u8, Failure> {
     let cutoff = now_ms().saturating_sub(a.older_than.unwrap_or(0).saturating_mul(1000));
     let (mut after, mut done, mut left) = (None, 0u64, 0u64);
+    // A progress bar on stderr when it is a terminal (or with --progress): the dead letters'
+    // count bounds the work; each page moves it.
+    let progress = (a.progress || std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then_some(())
+        .filter(|()| !a.dry_run && picked.is_empty());
+    let total = match progress {
+        Some(()) => q.stats().await.map_err(failed)?.dead,
+        None => 0,
+    };
+    let (mut seen, started) = (0u64, std::time::Instant::now());
     loop {
         let page = q.dead_letters(after, 256).await.map_err(failed)?;
         let chosen: Vec<DeadLetter> = page
@@ -532,10 +546,17 @@ async fn dead_batch(
                 done += q.delete_dead(&entries).await.map_err(failed)?;
             }
         }
+        seen += page.letters.len() as u64;
+        if progress.is_some() {
+            bar(seen, total.max(seen), done, started.elapsed());
+        }
         match page.next {
             Some(next) if next.ms <= cutoff || !picked.is_empty() => after = Some(next),
             _ => break,
         }
+    }
+    if progress.is_some() {
+        eprintln!();
     }
     let verb = match (retry, a.dry_run) {
         (true, true) => "would retry",
@@ -552,6 +573,23 @@ async fn dead_batch(
         println!("{verb} {done}");
     }
     Ok(if left > 0 { 1 } else { 0 })
+}
+
+/// One line of progress, redrawn in place: letters gone through of the total, how many
+/// acted on, the rate.
+fn bar(seen: u64, total: u64, done: u64, took: Duration) {
+    const WIDTH: u64 = 30;
+    let filled = (seen * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    let rate = seen as f64 / took.as_secs_f64().max(1e-3);
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '#' } else { '.' })
+        .collect();
+    eprint!("\r[{bar}] {seen}/{total} letters, {done} done, {rate:.0}/s");
+    use std::io::Write as _;
+    let _ = std::io::stderr().flush();
 }
 
 async fn health(a: &Args) -> Result<u8, Failure> {

@@ -161,8 +161,15 @@ async fn the_cli_reports_and_handles_dead_letters() {
     let first = open[0]["entry"].as_str().expect("entry").to_owned();
     let one = cli(&url, true, &["dead", "retry", "cli", &first]);
     assert!(stdout(&one).contains("retried 1"), "{one:?}");
-    let rest = cli(&url, true, &["--json", "dead", "retry", "cli", "--all"]);
+    let rest = cli(
+        &url,
+        true,
+        &["--json", "dead", "retry", "cli", "--all", "--progress"],
+    );
     assert_eq!(json(&rest)["count"], 2, "{rest:?}");
+    // The progress bar went to stderr (forced: not a terminal here), not into the JSON.
+    let bar = String::from_utf8_lossy(&rest.stderr);
+    assert!(bar.contains("2/2 letters, 2 done"), "{bar:?}");
     let start = Instant::now();
     loop {
         let s = json(&cli(&url, false, &["--json", "stats", "cli"]));
@@ -377,7 +384,11 @@ async fn events_ls_shows_outcomes_waiting_for_their_producer() {
     // A producer adds three jobs and goes away (its registration stays, so its outcomes
     // are kept for it).
     let queue = dl
-        .queue("ev", &secrets, QueueOptions::default().producer_id("away-1"))
+        .queue(
+            "ev",
+            &secrets,
+            QueueOptions::default().producer_id("away-1"),
+        )
         .expect("queue");
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -415,14 +426,20 @@ async fn events_ls_shows_outcomes_waiting_for_their_producer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     worker.shutdown(Duration::from_secs(5)).await;
-    let mut kinds: Vec<&str> = shown.iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
+    let mut kinds: Vec<&str> = shown
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .collect();
     kinds.sort_unstable();
     assert_eq!(kinds, ["completed", "completed", "dead"]);
     for e in &shown {
         assert_eq!(e["producer"], "away-1");
         assert!(ids.iter().any(|id| e["job"] == id.as_str()), "{e}");
         assert_eq!(e["attempt"], 1);
-        assert!(e.get("reason").is_none(), "no reason without the secret: {e}");
+        assert!(
+            e.get("reason").is_none(),
+            "no reason without the secret: {e}"
+        );
     }
     // With the secret: the dead letter's reason, still no result, no payload.
     let out = cli(&url, true, &["events", "ls", "ev"]);
@@ -441,7 +458,16 @@ async fn events_ls_shows_outcomes_waiting_for_their_producer() {
     let out = cli(
         &url,
         false,
-        &["events", "ls", "ev", "--watch", "--interval-ms", "20", "--times", "3"],
+        &[
+            "events",
+            "ls",
+            "ev",
+            "--watch",
+            "--interval-ms",
+            "20",
+            "--times",
+            "3",
+        ],
     );
     assert_eq!(stdout(&out).lines().count(), 3);
 }
