@@ -10,6 +10,8 @@
 //!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
 //!   job run-now QUEUE ID          a delayed job to the work stream at once
 //!   dead ls QUEUE [--count N] [--after ENTRY]
+//!   keys QUEUE                    envelopes by the key id that sealed them (rotation
+//!                                 progress: jobs, delayed jobs, dead letters)
 //!   events ls QUEUE [--watch [--interval-ms N] [--times N]]
 //!                                 outcomes not yet read by their producer (job, kind,
 //!                                 attempt, producer; a failure's reason with the secret)
@@ -48,6 +50,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   job show QUEUE ID
   job run-now QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
+  keys QUEUE
   events ls QUEUE [--watch [--interval-ms N] [--times N]]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
   dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
@@ -325,6 +328,28 @@ async fn run(a: Args) -> Result<u8, Failure> {
             Ok(if moved { 0 } else { 1 })
         }
         ["events", "ls", name] => events_ls(&a, name).await,
+        ["keys", name] => {
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &no_secret())?;
+            let usage = q.key_usage().await.map_err(failed)?;
+            if a.json {
+                let rows: Vec<Value> = usage
+                    .iter()
+                    .map(|((source, key), n)| {
+                        json!({ "source": source.as_str(), "key_id": key.map(|k| k.0), "envelopes": n })
+                    })
+                    .collect();
+                println!("{}", json!(rows));
+            } else if usage.is_empty() {
+                println!("no envelopes");
+            } else {
+                for ((source, key), n) in &usage {
+                    let key = key.map_or("not an envelope".to_owned(), |k| format!("key {}", k.0));
+                    println!("{:<8} {key:<16} {n}", source.as_str());
+                }
+            }
+            Ok(0)
+        }
         ["dead", "ls", name] => {
             let ring = secrets(&a)?.unwrap_or_else(no_secret);
             let dl = connect(&a).await?;

@@ -471,3 +471,77 @@ async fn events_ls_shows_outcomes_waiting_for_their_producer() {
     );
     assert_eq!(stdout(&out).lines().count(), 3);
 }
+
+/// `keys`: a queue's envelopes by the key id that sealed them, across a rotation, with no
+/// secret; bytes that are not an envelope are counted apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_counts_envelopes_by_key_id_across_a_rotation() {
+    let server = RedisServer::start(Persistence::None);
+    let url = server.url();
+    let old = Secret::from_text(SECRET).expect("secret");
+    let new = Secret::from_bytes([9; 32]);
+    let mut ring = SecretRing::new(KeyId(1), old);
+    let dl = DataLayer::connect(&url, Options::default())
+        .await
+        .expect("connect");
+    let before = dl
+        .queue("rot", &ring, QueueOptions::default())
+        .expect("queue");
+    for n in 0..2 {
+        before.add("s", &n).await.expect("add");
+    }
+    before.disconnect().await;
+    // Rotate: key 2 seals from now on, key 1 still opens.
+    ring.insert(KeyId(2), new);
+    ring.set_active(KeyId(2)).expect("active");
+    let after = dl
+        .queue("rot", &ring, QueueOptions::default())
+        .expect("queue");
+    for n in 0..3 {
+        after.add("s", &n).await.expect("add");
+    }
+    let later = datalayer_tokio::core::producer::AddJob {
+        payload: b"{}".to_vec(),
+        delay_ms: 3_600_000,
+        ..Default::default()
+    };
+    after.add_job(later).await.expect("delayed");
+    // An entry whose envelope is garbage (written by someone without the secret).
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: String = redis::cmd("XADD")
+        .arg("dl:{rot}:jobs")
+        .arg("*")
+        .arg("j")
+        .arg("x")
+        .arg("e")
+        .arg("not an envelope")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+
+    let out = cli(&url, false, &["--json", "keys", "rot"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let rows = json(&out);
+    let count = |source: &str, key: Value| {
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["source"] == source && r["key_id"] == key)
+            .map_or(0, |r| r["envelopes"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(count("jobs", 1.into()), 2, "{rows}");
+    assert_eq!(count("jobs", 2.into()), 3, "{rows}");
+    assert_eq!(count("jobs", Value::Null), 1, "{rows}");
+    assert_eq!(count("delayed", 2.into()), 1, "{rows}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(4), "{rows}");
+    let table = stdout(&cli(&url, false, &["keys", "rot"]));
+    assert!(
+        table.contains("key 1") && table.contains("not an envelope"),
+        "{table}"
+    );
+    after.shutdown().await;
+}

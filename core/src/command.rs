@@ -355,6 +355,27 @@ pub enum CommandKind {
         /// The most entries in the reply.
         count: u32,
     },
+    /// Script `key_usage`: one page of a queue's envelopes counted by the key id in their
+    /// headers (rotation progress: a retired key can go once nothing names it). `Jobs`:
+    /// field `e` of the work stream's entries after `after`; `Dead`: fields `e` and `r` of
+    /// the dead letters after `after`; `Delayed`: the sealed jobs of the delayed set's
+    /// members `offset .. offset + count` (by due time).
+    ///
+    /// Reply: `[more (1: a full page), last entry read (streams; empty otherwise), then
+    /// key id as text (or "bad": not an envelope of this version) and its count, ...]` in
+    /// order of first appearance. Unknown outcome: ask again (nothing changes).
+    KeyUsage {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// Where to count.
+        source: crate::producer::EnvelopeSource,
+        /// Streams: the page starts after this entry.
+        after: EntryId,
+        /// Delayed: the page starts at this rank.
+        offset: u64,
+        /// The page's size (at least 1).
+        count: u32,
+    },
     /// Script `stats`: `[waiting + pending jobs, pending, ZCARD delayed, XLEN dead, XLEN
     /// of the producer's events]`.
     Stats {

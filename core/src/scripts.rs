@@ -909,8 +909,58 @@ return out
 "#,
 };
 
+/// `key_usage` — KEYS: jobs, delayed, payloads, dead. ARGV: source (`jobs`, `delayed`,
+/// `dead`), after, offset, count. See [`CommandKind::KeyUsage`].
+pub const KEY_USAGE: Script = Script {
+    name: "key_usage",
+    source: r#"
+local counts, order = {}, {}
+local function tally(v)
+  local k = 'bad'
+  if type(v) == 'string' and #v >= 36 and string.sub(v, 1, 3) == 'DL\2' then
+    k = tostring(struct.unpack('<I4', v, 5))
+  end
+  if counts[k] == nil then
+    counts[k] = 0
+    order[#order + 1] = k
+  end
+  counts[k] = counts[k] + 1
+end
+local n = tonumber(ARGV[4])
+local more, last = 0, ''
+if ARGV[1] == 'delayed' then
+  local off = tonumber(ARGV[3])
+  local ids = redis.call('ZRANGE', KEYS[2], off, off + n - 1)
+  if #ids > 0 then
+    local vs = redis.call('HMGET', KEYS[3], unpack(ids))
+    for i = 1, #ids do tally(vs[i]) end
+  end
+  if #ids == n then more = 1 end
+else
+  local key = KEYS[1]
+  if ARGV[1] == 'dead' then key = KEYS[4] end
+  local es = redis.call('XRANGE', key, '(' .. ARGV[2], '+', 'COUNT', n)
+  for _, e in ipairs(es) do
+    local f = e[2]
+    for i = 1, #f - 1, 2 do
+      if f[i] == 'e' or f[i] == 'r' then tally(f[i + 1]) end
+    end
+  end
+  if #es > 0 then last = es[#es][1] end
+  if #es == n then more = 1 end
+end
+local out = {more, last}
+for _, k in ipairs(order) do
+  out[#out + 1] = k
+  out[#out + 1] = counts[k]
+end
+return out
+"#,
+};
+
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 19] = [
+pub const ALL: [&Script; 20] = [
+    &KEY_USAGE,
     &PEEK_EVENTS,
     &EVENTS_TAIL,
     &ENQUEUE,
@@ -1116,6 +1166,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
         | CommandKind::AckEvents { .. }
         | CommandKind::EventsTail { .. }
         | CommandKind::PeekEvents { .. }
+        | CommandKind::KeyUsage { .. }
         | CommandKind::Stats { .. }
         | CommandKind::Register { .. }
         | CommandKind::Destroy { .. }
@@ -1241,6 +1292,17 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
                 args.push(id(*cursor));
             }
             script(&PEEK_EVENTS, &[&keys.producers, &keys.events], args)
+        }
+        CommandKind::KeyUsage {
+            keys,
+            source,
+            after,
+            offset,
+            count,
+        } => {
+            let k = [&keys.jobs, &keys.delayed, &keys.payloads, &keys.dead];
+            let args = vec![b(source.as_str()), id(*after), num(offset), num(count)];
+            script(&KEY_USAGE, &k, args)
         }
         CommandKind::FindJob { keys, job, limit } => {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.dead];
@@ -1560,6 +1622,13 @@ mod key_tests {
                 count: 3,
             },
             CommandKind::Workers { keys: keys.clone() },
+            CommandKind::KeyUsage {
+                keys: keys.clone(),
+                source: crate::producer::EnvelopeSource::Delayed,
+                after: EntryId::ZERO,
+                offset: 0,
+                count: 1,
+            },
             CommandKind::PeekEvents {
                 keys: keys.clone(),
                 since: EntryId::ZERO,

@@ -32,8 +32,8 @@ pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;
 pub use datalayer_core::envelope::Compression;
 pub use datalayer_core::producer::{
-    DeadLetter, DeadPage, DelayedWithdrawal, EventKind, EventsCursor, JobPlace, PeekedEvent,
-    QueueStats, Revival,
+    DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource, EventKind, EventsCursor, JobPlace,
+    PeekedEvent, QueueStats, Revival,
 };
 pub use datalayer_core::trace::TraceContext;
 pub use layer::{DataLayer, Error, Options, ServerInfo};

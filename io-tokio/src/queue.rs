@@ -1,6 +1,6 @@
 //! JobQueue: the producer machine driven over the shared connection by one task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,10 +9,11 @@ use datalayer_core::command::Replicas;
 use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
-use datalayer_core::keys::Keyring;
+use datalayer_core::keys::{KeyId, Keyring};
 use datalayer_core::producer::{
-    AddJob, DeadLetter, DeadPage, DelayedWithdrawal, EventsCursor, JobPlace, PeekedEvent, Producer,
-    ProducerConfig, ProducerError, ProducerEvent, QueueStats, Request, Revival, Withdrawal,
+    AddJob, DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource, EventsCursor, JobPlace,
+    PeekedEvent, Producer, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Request,
+    Revival, Withdrawal,
 };
 use datalayer_core::random::Random;
 use datalayer_core::value::EntryId;
@@ -231,6 +232,7 @@ type AddCall = (u64, AddJob, AddReply);
 enum Ask {
     Workers,
     Peek(EventsCursor, u32),
+    Usage(EnvelopeSource, EntryId, u64),
     Find(JobId, u32),
     Promote(JobId),
     Withdraw(JobId),
@@ -627,6 +629,34 @@ impl JobQueue {
         }
     }
 
+    /// The queue's envelopes (waiting and running jobs, delayed jobs, dead letters' jobs and
+    /// reasons) counted by the key id that sealed them, `None` for bytes that are not an
+    /// envelope: rotation progress (a retired secret can be removed from the ring once no
+    /// envelope names its id; results and failures are read at once by their producers, and
+    /// credentials are per session). Reads every envelope, a page of 1,000 per script: an
+    /// operator's question, O(queue length), never for a hot path. Needs no key.
+    pub async fn key_usage(&self) -> Result<BTreeMap<(EnvelopeSource, Option<KeyId>), u64>, Error> {
+        let mut out = BTreeMap::new();
+        for source in EnvelopeSource::ALL {
+            let (mut after, mut offset) = (EntryId::ZERO, 0);
+            loop {
+                let page = match self.ask(Ask::Usage(source, after, offset)).await? {
+                    ProducerEvent::KeyUsage { page, .. } => page,
+                    _ => return Err(Error::Request("unexpected answer".into())),
+                };
+                for (key, n) in page.counts {
+                    *out.entry((source, key)).or_insert(0) += n;
+                }
+                match (page.next_after, page.next_offset) {
+                    (Some(a), _) => after = a,
+                    (_, Some(o)) => offset = o,
+                    (None, None) => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs delayed job `id` now instead of at its due time; whether it was delayed.
     pub async fn run_now(&self, id: &JobId) -> Result<bool, Error> {
         match self.ask(Ask::Promote(id.clone())).await? {
@@ -956,6 +986,9 @@ impl Driver {
                     Ask::Find(job, limit) => self.producer.find_job(&job, limit),
                     Ask::Workers => self.producer.request_workers(),
                     Ask::Peek(cursor, count) => self.producer.peek_events(&cursor, count),
+                    Ask::Usage(source, after, offset) => {
+                        self.producer.key_usage(source, after, offset, 1_000)
+                    }
                     Ask::Promote(job) => self.producer.promote_job(&job),
                     Ask::Withdraw(job) => self.producer.withdraw_delayed(&job),
                     Ask::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
@@ -1085,6 +1118,7 @@ impl Driver {
                 | ProducerEvent::Promoted { request, .. }
                 | ProducerEvent::Workers { request, .. }
                 | ProducerEvent::EventsPeeked { request, .. }
+                | ProducerEvent::KeyUsage { request, .. }
                 | ProducerEvent::DelayedWithdrawn { request, .. }
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }

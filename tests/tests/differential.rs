@@ -13,6 +13,7 @@ use std::sync::Arc;
 use datalayer_core::command::{Command, CommandKind, NewJob, OpId, Reply, Settle};
 use datalayer_core::job::Instance;
 use datalayer_core::naming::{ProducerKeys, QueueKeys};
+use datalayer_core::producer::EnvelopeSource;
 use datalayer_core::random::{Random, SeededRandom};
 use datalayer_core::sim::Sim;
 use datalayer_core::value::{EntryId, Value};
@@ -143,6 +144,18 @@ impl Side {
     }
 }
 
+/// A job's "envelope": for even jobs a header of key id `j / 2 + 1` and a body (what
+/// `key_usage` counts), for odd ones bytes that are not an envelope.
+fn fake_envelope(j: usize) -> Vec<u8> {
+    if j % 2 == 1 {
+        return format!("env-{j}").into_bytes();
+    }
+    let mut v = b"DL\x02\x00".to_vec();
+    v.extend_from_slice(&(j as u32 / 2 + 1).to_le_bytes());
+    v.extend_from_slice(&[b'x'; 32]);
+    v
+}
+
 /// A command in symbolic form.
 #[derive(Debug, Clone)]
 enum Op {
@@ -179,6 +192,9 @@ enum Op {
     /// Since (`None`: 0-0; else a pick of producer 0's events), cursors (producer, pick),
     /// count.
     PeekEvents(Option<usize>, Vec<(usize, usize)>, u32),
+    /// Source (jobs, delayed, dead), after (a pick of that stream; `usize::MAX`: 0-0),
+    /// offset, count.
+    KeyUsage(usize, usize, u64, u32),
     Garbage,
     Destroy,
     Ping,
@@ -192,7 +208,7 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(37) {
+    match r(39) {
         0 => Op::EnsureGroup,
         1..=4 => {
             let jobs = (0..=r(3))
@@ -232,6 +248,12 @@ fn random_op(rng: &mut SeededRandom) -> Op {
         31 | 32 => Op::DelayedJob(r(6), [None, Some(r(3))][r(2)]),
         33 => Op::Workers,
         34 => Op::EventsTail(r(2)),
+        37 | 38 => Op::KeyUsage(
+            r(3),
+            [usize::MAX, r(64)][r(2)],
+            r(3) as u64,
+            1 + r(4) as u32,
+        ),
         35 | 36 => Op::PeekEvents(
             [None, Some(r(64))][r(2)],
             (0..r(3)).map(|_| (r(2), r(64))).collect(),
@@ -269,7 +291,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .map(|(j, due)| NewJob {
                     id: JOBS[*j].into(),
                     due_ms: due.map(|d| at(base, d)),
-                    envelope: Arc::from(format!("env-{j}").as_bytes()),
+                    envelope: Arc::from(fake_envelope(*j)),
                 })
                 .collect(),
             fresh: *fresh,
@@ -288,7 +310,9 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     job: Some(JOBS[*j].into()),
                     // Some items without an instance (an entry that did not open).
                     instance: (*j % 3 != 2).then_some(Instance([*j as u8; 16])),
-                    value: Arc::from(&b"value"[..]),
+                    value: Arc::from(
+                        &b"DL\x02\x00\x07\x00\x00\x00reason-of-thirty-six-bytes-at-least"[..],
+                    ),
                     job_envelope: Arc::from(&b"env-again"[..]),
                     attempt: 1,
                     due_ms: at(base, *due),
@@ -393,6 +417,25 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .collect(),
         },
         Op::Workers => CommandKind::Workers { keys },
+        Op::KeyUsage(source, after, offset, count) => {
+            let source = EnvelopeSource::ALL[*source];
+            let ns = if source == EnvelopeSource::Dead {
+                DEAD_NS
+            } else {
+                JOBS_NS
+            };
+            CommandKind::KeyUsage {
+                keys,
+                source,
+                after: if *after == usize::MAX {
+                    EntryId::ZERO
+                } else {
+                    side.pick(ns, *after)
+                },
+                offset: *offset,
+                count: *count,
+            }
+        }
         Op::PeekEvents(since, cursors, count) => CommandKind::PeekEvents {
             keys,
             since: since.map_or(EntryId::ZERO, |e| side.event(0, e)),
@@ -800,6 +843,7 @@ async fn model_and_redis_agree() {
             let ns = match op {
                 Op::ReadEvents(p, ..) | Op::EventsTail(p) => EVENTS_NS + p,
                 Op::ReadDead(..) => DEAD_NS,
+                Op::KeyUsage(2, ..) => DEAD_NS,
                 _ => JOBS_NS,
             };
             // The workers' promises are times as text: as numbers, they compare base-relative.

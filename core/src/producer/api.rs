@@ -265,6 +265,15 @@ pub enum ProducerEvent {
         /// The events.
         events: Vec<super::PeekedEvent>,
     },
+    /// `key_usage`: one page of envelopes counted by key id.
+    KeyUsage {
+        /// The request.
+        request: super::Request,
+        /// Where they were counted.
+        source: super::EnvelopeSource,
+        /// The counts, and where the next page starts.
+        page: super::KeyUsagePage,
+    },
     /// `promote_job`: the job's new entry, or `None` (it was not delayed).
     Promoted {
         /// The request.

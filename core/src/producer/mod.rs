@@ -15,9 +15,11 @@
 mod api;
 mod dead;
 mod peek;
+mod usage;
 
 pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
 pub use peek::{EventKind, EventsCursor, PeekedEvent};
+pub use usage::{EnvelopeSource, KeyUsagePage};
 
 pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
@@ -492,6 +494,25 @@ impl Producer {
         self.request(kind, Vec::new())
     }
 
+    /// Counts one page of the queue's envelopes in `source` by key id (streams: after
+    /// `after`; delayed: from rank `offset`); a `KeyUsage` event follows.
+    pub fn key_usage(
+        &mut self,
+        source: EnvelopeSource,
+        after: EntryId,
+        offset: u64,
+        count: u32,
+    ) -> Request {
+        let kind = CommandKind::KeyUsage {
+            keys: self.keys.clone(),
+            source,
+            after,
+            offset,
+            count: count.max(1),
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Runs delayed job `job` now (to the work stream); a `Promoted` event follows.
     pub fn promote_job(&mut self, job: &JobId) -> Request {
         let kind = CommandKind::DelayedJob {
@@ -907,6 +928,16 @@ impl Producer {
             }
             CommandKind::PeekEvents { .. } => peek::parse(v, &self.sealer, &self.keys.scope)
                 .map(|events| ProducerEvent::EventsPeeked { request, events }),
+            CommandKind::KeyUsage {
+                source,
+                offset,
+                count,
+                ..
+            } => usage::parse(v, source, offset, count).map(|page| ProducerEvent::KeyUsage {
+                request,
+                source,
+                page,
+            }),
             CommandKind::DelayedJob {
                 job,
                 withdraw_as: None,

@@ -125,6 +125,13 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             cursors,
             count,
         } => peek_events(sim, keys, *since, cursors, *count),
+        CommandKind::KeyUsage {
+            keys,
+            source,
+            after,
+            offset,
+            count,
+        } => key_usage(sim, keys, *source, (*after, *offset), *count),
         CommandKind::DelayedJob {
             keys,
             job,
@@ -227,6 +234,73 @@ fn workers(sim: &mut Sim, keys: &QueueKeys) -> Exec {
             .collect()
     });
     Ok(Value::Array(flat))
+}
+
+/// Script `key_usage`: one page of envelopes counted by the key id in their headers.
+fn key_usage(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    source: crate::producer::EnvelopeSource,
+    (after, offset): (EntryId, u64),
+    count: u32,
+) -> Exec {
+    use crate::producer::EnvelopeSource;
+    let mut order: Vec<(Vec<u8>, i64)> = Vec::new();
+    let mut tally = |v: Option<&[u8]>| {
+        let key = match v {
+            Some(v) if v.len() >= 36 && v[..3] == *b"DL\x02" => {
+                let id = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
+                id.to_string().into_bytes()
+            }
+            _ => b"bad".to_vec(),
+        };
+        match order.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => order.push((key, 1)),
+        }
+    };
+    let n = count as usize;
+    let mut last = Vec::new();
+    let more = if source == EnvelopeSource::Delayed {
+        let ids: Vec<Vec<u8>> = sim.zset(&keys.delayed)?.map_or_else(Vec::new, |z| {
+            z.members()
+                .into_iter()
+                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                .take(n)
+                .collect()
+        });
+        let payloads = sim.hash(&keys.payloads)?;
+        for id in &ids {
+            tally(payloads.and_then(|h| h.get(id)).map(|v| &v[..]));
+        }
+        ids.len() == n
+    } else {
+        let key = match source {
+            EnvelopeSource::Dead => &keys.dead,
+            _ => &keys.jobs,
+        };
+        let entries = match sim.stream_mut(key, false)? {
+            Some(s) => s.read_after(after, n),
+            None => Vec::new(),
+        };
+        for (_, fields) in &entries {
+            for (name, value) in fields.iter() {
+                if name[..] == *b"e" || name[..] == *b"r" {
+                    tally(Some(&value[..]));
+                }
+            }
+        }
+        if let Some((id, _)) = entries.last() {
+            last = id.to_string().into_bytes();
+        }
+        entries.len() == n
+    };
+    let mut out = vec![Value::Int(i64::from(more)), Value::Bulk(last)];
+    for (k, c) in order {
+        out.push(Value::Bulk(k));
+        out.push(Value::Int(c));
+    }
+    Ok(Value::Array(out))
 }
 
 /// Script `peek_events`: every registered producer's events after its cursor.
