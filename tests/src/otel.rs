@@ -37,7 +37,7 @@ pub fn line(span: &SpanData) -> String {
     )
 }
 
-/// A span read back from a [`line`].
+/// A span read back from a [`line()`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
     /// Its name (`process irc`).
@@ -52,7 +52,7 @@ pub struct Span {
     pub attributes: String,
 }
 
-/// Parses a [`line`]; `None` for any other line.
+/// Parses a [`line()`]; `None` for any other line.
 #[must_use]
 pub fn parse(line: &str) -> Option<Span> {
     let rest = line.strip_prefix("span ")?;
