@@ -19,6 +19,10 @@
 //!   dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
 //!                                 a progress bar on stderr when it is a terminal (or with
 //!                                 --progress) for --all and --older-than
+//!   credentials count [--session-prefix P]
+//!                                 credentials stores (sessions) under the prefix
+//!   credentials purge --session-prefix P [--dry-run]
+//!                                 delete the stores of sessions starting with P
 //!   secret gen                    32 random bytes, hex (for DATALAYER_SECRET)
 //!   serve [--listen ADDR] [--interval-ms N]
 //!                                 Prometheus metrics of every queue at /metrics
@@ -54,6 +58,8 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   events ls QUEUE [--watch [--interval-ms N] [--times N]]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
   dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
+  credentials count [--session-prefix P]
+  credentials purge --session-prefix P [--dry-run]
   secret gen
   serve [--listen 127.0.0.1:9187] [--interval-ms 15000]
 The secret comes from --secret-file or DATALAYER_SECRET (hex or base64 of 32 random bytes).
@@ -87,6 +93,7 @@ struct Args {
     watch_ms: Option<u64>,
     watch_count: Option<u64>,
     listen: Option<String>,
+    session_prefix: Option<String>,
     words: Vec<String>,
 }
 
@@ -119,6 +126,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
             "--dry-run" => a.dry_run = true,
             "--progress" => a.progress = true,
             "--listen" => a.listen = Some(value("--listen")?),
+            "--session-prefix" => a.session_prefix = Some(value("--session-prefix")?),
             "--all" => a.all = true,
             "--count" => {
                 let n = number(value("--count")?, "--count")?;
@@ -328,6 +336,44 @@ async fn run(a: Args) -> Result<u8, Failure> {
             Ok(if moved { 0 } else { 1 })
         }
         ["events", "ls", name] => events_ls(&a, name).await,
+        ["credentials", "count"] => {
+            let dl = connect(&a).await?;
+            let n = dl
+                .count_credentials(a.session_prefix.as_deref())
+                .await
+                .map_err(failed)?;
+            if a.json {
+                println!(
+                    "{}",
+                    json!({ "stores": n, "session_prefix": a.session_prefix })
+                );
+            } else {
+                println!("{n} credentials stores");
+            }
+            Ok(0)
+        }
+        ["credentials", "purge"] => {
+            // Never every store by accident: a session prefix is required.
+            let Some(prefix) = a.session_prefix.as_deref().filter(|p| !p.is_empty()) else {
+                return Err(usage(
+                    "credentials purge needs --session-prefix P (not empty)",
+                ));
+            };
+            let dl = connect(&a).await?;
+            let (verb, n) = if a.dry_run {
+                let n = dl.count_credentials(Some(prefix)).await.map_err(failed)?;
+                ("would delete", n)
+            } else {
+                let n = dl.purge_credentials(prefix).await.map_err(failed)?;
+                ("deleted", n)
+            };
+            if a.json {
+                println!("{}", json!({ "action": verb, "stores": n }));
+            } else {
+                println!("{verb} {n} credentials stores");
+            }
+            Ok(0)
+        }
         ["keys", name] => {
             let dl = connect(&a).await?;
             let q = queue(&dl, name, &no_secret())?;

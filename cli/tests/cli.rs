@@ -545,3 +545,51 @@ async fn keys_counts_envelopes_by_key_id_across_a_rotation() {
     );
     after.shutdown().await;
 }
+
+/// `credentials count` and `purge`: sessions' stores counted and deleted by session prefix,
+/// without any secret, never printing a credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_counted_and_purged_by_session_prefix() {
+    let server = RedisServer::start(Persistence::None);
+    let url = server.url();
+    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
+    let dl = DataLayer::connect(&url, Options::default())
+        .await
+        .expect("connect");
+    for session in ["srv1:a", "srv1:b", "srv2:c"] {
+        let store = dl
+            .credentials(
+                session,
+                &Secret::from_bytes([3; 32]),
+                &secrets,
+                datalayer_tokio::CredentialsOptions::default(),
+            )
+            .expect("store");
+        let creds = serde_json::json!({ "password": "credential-marker" });
+        store.save("irc:nick", &creds).await.expect("save");
+    }
+    let count = |args: &[&str]| {
+        let mut all = vec!["--json", "credentials", "count"];
+        all.extend_from_slice(args);
+        json(&cli(&url, false, &all))["stores"].as_u64()
+    };
+    assert_eq!(count(&[]), Some(3));
+    assert_eq!(count(&["--session-prefix", "srv1:"]), Some(2));
+    // Purging needs a prefix; a dry run deletes nothing.
+    let refused = cli(&url, false, &["credentials", "purge"]);
+    assert_eq!(refused.status.code(), Some(64), "{refused:?}");
+    let dry = cli(
+        &url,
+        false,
+        &["credentials", "purge", "--session-prefix", "srv1:", "--dry-run"],
+    );
+    assert!(stdout(&dry).contains("would delete 2"), "{dry:?}");
+    assert_eq!(count(&[]), Some(3));
+    let gone = cli(&url, false, &["credentials", "purge", "--session-prefix", "srv1:"]);
+    assert!(stdout(&gone).contains("deleted 2"), "{gone:?}");
+    assert_eq!(count(&[]), Some(1));
+    assert_eq!(count(&["--session-prefix", "srv2:"]), Some(1));
+    for out in [&dry, &gone] {
+        assert!(!stdout(out).contains("credential-marker"));
+    }
+}

@@ -234,6 +234,12 @@ pub fn credentials_pattern(prefix: &str, session_prefix: &str) -> Result<String,
     ))
 }
 
+/// The `SCAN MATCH` pattern of every credentials store under `prefix`, whatever its session.
+#[must_use]
+pub fn all_credentials_pattern(prefix: &str) -> String {
+    format!("{}:{{*}}:creds", glob_escape(prefix))
+}
+
 /// The `SCAN MATCH` pattern of every key of every queue (and credentials store) under
 /// `prefix`; [`queue_of_key`] tells the queues' keys from the rest.
 #[must_use]
@@ -418,6 +424,16 @@ mod tests {
             key("aXXbYcdef:42").as_bytes()
         ));
         assert_eq!(credentials_pattern("dl", ""), Err(NameError::Empty));
+        let all = all_credentials_pattern("d*l");
+        assert_eq!(all, "d\\*l:{*}:creds");
+        assert!(glob_match(
+            all.as_bytes(),
+            credentials_key("d*l", "any:1").unwrap().as_bytes()
+        ));
+        assert!(!glob_match(
+            all.as_bytes(),
+            credentials_key("dxl", "any:1").unwrap().as_bytes()
+        ));
     }
 
     proptest! {

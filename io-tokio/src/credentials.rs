@@ -200,6 +200,21 @@ impl DataLayer {
         Ok(all)
     }
 
+    /// How many credentials stores exist whose session starts with `session_prefix` (`None`:
+    /// every store under this data layer's prefix): `SCAN` to the end on every primary,
+    /// counting distinct keys. An operator's question (O(keyspace)); stores that expire or
+    /// are saved meanwhile may or may not be counted.
+    pub async fn count_credentials(&self, session_prefix: Option<&str>) -> Result<u64, Error> {
+        let pattern = match session_prefix {
+            Some(p) => naming::credentials_pattern(&self.options.prefix, p)
+                .map_err(|e| Error::Config(e.to_string()))?,
+            None => naming::all_credentials_pattern(&self.options.prefix),
+        };
+        let keys: std::collections::BTreeSet<Vec<u8>> =
+            self.scan(&pattern).await?.into_iter().collect();
+        Ok(keys.len() as u64)
+    }
+
     /// Deletes every credentials store whose session starts with `session_prefix` (a server's
     /// sessions, e.g. `sockethub:<parent>:`): SCAN with the prefix's glob characters escaped,
     /// on every primary of a cluster, then one DEL per key, 1,000 to a pipeline (each goes

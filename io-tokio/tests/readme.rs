@@ -93,6 +93,7 @@ async fn credentials_store() -> Result {
         _ => {}
     }
     store.teardown().await?; // delete the session's store
+    println!("{} stores", dl.count_credentials(Some("sockethub:")).await?); // SCAN, no secret
     dl.purge_credentials("sockethub:p1:").await?; // every store of server p1: SCAN, DEL each
     // README end
     assert_eq!(back, creds);
