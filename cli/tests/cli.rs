@@ -581,11 +581,21 @@ async fn credentials_are_counted_and_purged_by_session_prefix() {
     let dry = cli(
         &url,
         false,
-        &["credentials", "purge", "--session-prefix", "srv1:", "--dry-run"],
+        &[
+            "credentials",
+            "purge",
+            "--session-prefix",
+            "srv1:",
+            "--dry-run",
+        ],
     );
     assert!(stdout(&dry).contains("would delete 2"), "{dry:?}");
     assert_eq!(count(&[]), Some(3));
-    let gone = cli(&url, false, &["credentials", "purge", "--session-prefix", "srv1:"]);
+    let gone = cli(
+        &url,
+        false,
+        &["credentials", "purge", "--session-prefix", "srv1:"],
+    );
     assert!(stdout(&gone).contains("deleted 2"), "{gone:?}");
     assert_eq!(count(&[]), Some(1));
     assert_eq!(count(&["--session-prefix", "srv2:"]), Some(1));
