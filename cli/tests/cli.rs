@@ -40,14 +40,20 @@ fn lines(o: &Output) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_reports_and_handles_dead_letters() {
+/// A server of the test's own, its URL, the secret ring of [`SECRET`] and a data layer on it.
+async fn setup() -> (RedisServer, String, SecretRing, DataLayer) {
     let server = RedisServer::start(Persistence::None);
     let url = server.url();
     let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
     let dl = DataLayer::connect(&url, Options::default())
         .await
         .expect("connect");
+    (server, url, secrets, dl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_and_handles_dead_letters() {
+    let (_server, url, secrets, dl) = setup().await;
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = failing.clone();
     let worker = dl
@@ -300,12 +306,7 @@ async fn the_cli_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_queue_state_for_prometheus() {
     use std::io::{Read, Write};
-    let server = RedisServer::start(Persistence::None);
-    let url = server.url();
-    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
-    let dl = DataLayer::connect(&url, Options::default())
-        .await
-        .expect("connect");
+    let (_server, url, secrets, dl) = setup().await;
     let queue = dl
         .queue("served", &secrets, QueueOptions::default())
         .expect("queue");
@@ -375,12 +376,7 @@ async fn serve_exports_queue_state_for_prometheus() {
 /// only with the secret, never a result or payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_ls_shows_outcomes_waiting_for_their_producer() {
-    let server = RedisServer::start(Persistence::None);
-    let url = server.url();
-    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
-    let dl = DataLayer::connect(&url, Options::default())
-        .await
-        .expect("connect");
+    let (_server, url, secrets, dl) = setup().await;
     // A producer adds three jobs and goes away (its registration stays, so its outcomes
     // are kept for it).
     let queue = dl
@@ -550,12 +546,7 @@ async fn keys_counts_envelopes_by_key_id_across_a_rotation() {
 /// without any secret, never printing a credential.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_counted_and_purged_by_session_prefix() {
-    let server = RedisServer::start(Persistence::None);
-    let url = server.url();
-    let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
-    let dl = DataLayer::connect(&url, Options::default())
-        .await
-        .expect("connect");
+    let (_server, url, secrets, dl) = setup().await;
     for session in ["srv1:a", "srv1:b", "srv2:c"] {
         let store = dl
             .credentials(

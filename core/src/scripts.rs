@@ -1181,8 +1181,7 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
 }
 
 /// The invocations of the producer's commands: its events, its registration, stats, the
-/// queue's destruction, and the operator's requests (`invocation` is one match; these
-/// arms live here).
+/// queue's destruction; the operator's requests go on to [`operator_invocation`].
 fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
     match kind {
         CommandKind::ReadEvents {
@@ -1246,6 +1245,26 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
             let args = vec![b(&producer.id), num(now_ms), num(until_ms), b(token), claim];
             script(&REGISTER, &k, args)
         }
+        CommandKind::EventsTail { producer, .. } => {
+            script(&EVENTS_TAIL, &[&producer.events], Vec::new())
+        }
+        CommandKind::Destroy { keys } => {
+            let mut k: Vec<Arg<'_>> = keys.all().into_iter().map(b).collect();
+            k.push(b(&keys.events));
+            Invocation::Script {
+                script: &DESTROY,
+                keys: k,
+                args: Vec::new(),
+            }
+        }
+        _ => operator_invocation(kind),
+    }
+}
+
+/// The invocations of the operator's requests (dead letters, one job, the workers, the
+/// outcomes owed to producers away, key-id usage).
+fn operator_invocation(kind: &CommandKind) -> Invocation<'_> {
+    match kind {
         CommandKind::ReadDead { keys, after, count } => Invocation::Plain(vec![
             b("XRANGE"),
             b(&keys.dead),
@@ -1277,9 +1296,6 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
             script(&DELAYED_JOB, &k, args)
         }
         CommandKind::Workers { keys } => script(&WORKERS, &[&keys.workers], Vec::new()),
-        CommandKind::EventsTail { producer, .. } => {
-            script(&EVENTS_TAIL, &[&producer.events], Vec::new())
-        }
         CommandKind::PeekEvents {
             keys,
             since,
@@ -1312,15 +1328,6 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
             let mut args = vec![b("XDEL"), b(&keys.dead)];
             args.extend(entries.iter().map(|e| id(*e)));
             Invocation::Plain(args)
-        }
-        CommandKind::Destroy { keys } => {
-            let mut k: Vec<Arg<'_>> = keys.all().into_iter().map(b).collect();
-            k.push(b(&keys.events));
-            Invocation::Script {
-                script: &DESTROY,
-                keys: k,
-                args: Vec::new(),
-            }
         }
         _ => unreachable!("called for the producer's commands only"),
     }

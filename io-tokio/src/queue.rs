@@ -16,6 +16,7 @@ use datalayer_core::producer::{
     Revival, Withdrawal,
 };
 use datalayer_core::random::Random;
+use datalayer_core::trace::TraceContext;
 use datalayer_core::value::EntryId;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -1043,45 +1044,12 @@ impl Driver {
                     }
                     continue;
                 }
-                ProducerEvent::Completed {
-                    job, result, trace, ..
-                } => {
-                    if let Some(trace) = &trace {
-                        crate::traces::receive(
-                            &self.producer.keys().queue,
-                            &job,
-                            "completed",
-                            trace,
-                        );
-                    }
-                    self.resolve(&job, &Outcome::Completed(result.clone()), "completed");
-                    QueueEvent::Completed { job, result }
-                }
-                ProducerEvent::Failed {
-                    job,
-                    reason,
-                    attempt,
-                    trace,
-                } => {
-                    if let Some(trace) = &trace {
-                        crate::traces::receive(&self.producer.keys().queue, &job, "failed", trace);
-                    }
-                    crate::telemetry::ended(&self.producer.keys().queue, "failed", None);
-                    QueueEvent::Failed {
-                        job,
-                        reason,
-                        attempt,
-                    }
-                }
-                ProducerEvent::DeadLettered {
-                    job, reason, trace, ..
-                } => {
-                    if let Some(trace) = &trace {
-                        crate::traces::receive(&self.producer.keys().queue, &job, "dead", trace);
-                    }
-                    self.resolve(&job, &Outcome::Failed(reason.clone()), "dead");
-                    QueueEvent::DeadLettered { job, reason }
-                }
+                ev @ (ProducerEvent::Completed { .. }
+                | ProducerEvent::Failed { .. }
+                | ProducerEvent::DeadLettered { .. }) => match self.outcome(ev) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 ProducerEvent::AddFailed { job, error } => {
                     crate::telemetry::add_error(&self.producer.keys().queue);
                     if let Some(a) = self.take_accepting(&job, oldest) {
@@ -1108,9 +1076,7 @@ impl Driver {
                         &Outcome::Failed("withdrawn before it ran".into()),
                         "withdrawn",
                     );
-                    if let Some(reply) = self.requests.remove(&request) {
-                        let _ = reply.send(ev);
-                    }
+                    self.answer(request, ev);
                     continue;
                 }
                 ProducerEvent::DeadPage { request, .. }
@@ -1123,9 +1089,7 @@ impl Driver {
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }
                 | ProducerEvent::RequestFailed { request, .. } => {
-                    if let Some(reply) = self.requests.remove(&request) {
-                        let _ = reply.send(ev);
-                    }
+                    self.answer(request, ev);
                     continue;
                 }
                 ProducerEvent::Stats(stats) => {
@@ -1157,6 +1121,57 @@ impl Driver {
                 _ => continue,
             };
             let _ = self.events.send(event);
+        }
+    }
+
+    /// An outcome read (the engine hands over only `Completed`, `Failed`, `DeadLettered`):
+    /// the `receive` span continuing the worker's trace, the job's handle, the metrics; the
+    /// event for `events()`.
+    fn outcome(&mut self, ev: ProducerEvent) -> Option<QueueEvent> {
+        match ev {
+            ProducerEvent::Completed {
+                job, result, trace, ..
+            } => {
+                self.received(&job, "completed", trace.as_ref());
+                self.resolve(&job, &Outcome::Completed(result.clone()), "completed");
+                Some(QueueEvent::Completed { job, result })
+            }
+            ProducerEvent::Failed {
+                job,
+                reason,
+                attempt,
+                trace,
+            } => {
+                self.received(&job, "failed", trace.as_ref());
+                crate::telemetry::ended(&self.producer.keys().queue, "failed", None);
+                Some(QueueEvent::Failed {
+                    job,
+                    reason,
+                    attempt,
+                })
+            }
+            ProducerEvent::DeadLettered {
+                job, reason, trace, ..
+            } => {
+                self.received(&job, "dead", trace.as_ref());
+                self.resolve(&job, &Outcome::Failed(reason.clone()), "dead");
+                Some(QueueEvent::DeadLettered { job, reason })
+            }
+            _ => None,
+        }
+    }
+
+    /// The `receive` span of an outcome whose worker sealed its trace context.
+    fn received(&self, job: &JobId, what: &'static str, trace: Option<&TraceContext>) {
+        if let Some(trace) = trace {
+            crate::traces::receive(&self.producer.keys().queue, job, what, trace);
+        }
+    }
+
+    /// Answers the operator's request `request` with `ev` (if its caller still waits).
+    fn answer(&mut self, request: Request, ev: ProducerEvent) {
+        if let Some(reply) = self.requests.remove(&request) {
+            let _ = reply.send(ev);
         }
     }
 }

@@ -111,39 +111,19 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
         } => promote(sim, keys, *now_ms, *limit),
         CommandKind::Reclaim { .. } => reclaim(sim, kind),
         CommandKind::Ping => Ok(Value::Status("PONG".into())),
-        CommandKind::ReadDead { keys, after, count } => read_dead(sim, keys, *after, *count),
-        CommandKind::Revive {
-            keys,
-            marker,
-            items,
-        } => revive(sim, keys, marker, items),
-        CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
-        CommandKind::Workers { keys } => workers(sim, keys),
-        CommandKind::PeekEvents {
-            keys,
-            since,
-            cursors,
-            count,
-        } => peek_events(sim, keys, *since, cursors, *count),
-        CommandKind::KeyUsage {
-            keys,
-            source,
-            after,
-            offset,
-            count,
-        } => key_usage(sim, keys, *source, (*after, *offset), *count),
-        CommandKind::DelayedJob {
-            keys,
-            job,
-            withdraw_as,
-        } => delayed_job(sim, keys, job, withdraw_as.as_deref()),
-        CommandKind::DeleteDead { keys, entries } => delete_dead(sim, keys, entries),
         CommandKind::Heartbeat {
             keys,
             consumer,
             idle_ms,
             entries,
         } => heartbeat(sim, keys, consumer, *idle_ms, entries),
+        _ => run_producer(sim, kind),
+    }
+}
+
+/// The producer's commands and the operator's requests.
+fn run_producer(sim: &mut Sim, kind: &CommandKind) -> Exec {
+    match kind {
         CommandKind::ReadEvents {
             producer,
             after,
@@ -179,6 +159,34 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             until_ms,
         } => register_producer(sim, keys, (producer, token, *claim), (*now_ms, *until_ms)),
         CommandKind::Destroy { keys } => destroy(sim, keys),
+        CommandKind::ReadDead { keys, after, count } => read_dead(sim, keys, *after, *count),
+        CommandKind::Revive {
+            keys,
+            marker,
+            items,
+        } => revive(sim, keys, marker, items),
+        CommandKind::FindJob { keys, job, limit } => find_job(sim, keys, job, *limit as usize),
+        CommandKind::Workers { keys } => workers(sim, keys),
+        CommandKind::PeekEvents {
+            keys,
+            since,
+            cursors,
+            count,
+        } => peek_events(sim, keys, *since, cursors, *count),
+        CommandKind::KeyUsage {
+            keys,
+            source,
+            after,
+            offset,
+            count,
+        } => key_usage(sim, keys, *source, (*after, *offset), *count),
+        CommandKind::DelayedJob {
+            keys,
+            job,
+            withdraw_as,
+        } => delayed_job(sim, keys, job, withdraw_as.as_deref()),
+        CommandKind::DeleteDead { keys, entries } => delete_dead(sim, keys, entries),
+        _ => Err("ERR not a producer command".to_owned()),
     }
 }
 
