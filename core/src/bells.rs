@@ -254,7 +254,14 @@ impl Bells {
         let State::Reading { epoch } = w.state else {
             return;
         };
-        if reply != Reply::Value(Value::Nil) || w.cancelled || w.deadline_ms <= now_ms {
+        // Nothing came: nil (an events read), or a worker's `[0, nil]` (not paused; a
+        // paused queue's answer goes back at once, so that its worker stops waiting).
+        let empty = match &reply {
+            Reply::Value(Value::Nil) => true,
+            Reply::Value(Value::Array(pair)) => pair[..] == [Value::Int(0), Value::Nil],
+            _ => false,
+        };
+        if !empty || w.cancelled || w.deadline_ms <= now_ms {
             self.answer(now_ms, ticket, reply);
             return;
         }

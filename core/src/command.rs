@@ -156,9 +156,15 @@ pub enum CommandKind {
         /// New ids, due now, first send: MULTI/EXEC rather than the script.
         fresh: bool,
     },
-    /// `XREADGROUP GROUP workers <consumer> COUNT <count> [BLOCK <ms>] STREAMS <jobs> >`.
+    /// Alone, script `read` (it does not block): `[1]` if the queue is paused (nothing is
+    /// read), else `[0, reply of XREADGROUP GROUP workers <consumer> COUNT <count> STREAMS
+    /// <jobs> >]`. With `block_ms`, merged by [`crate::mux`]: `XREADGROUP ... BLOCK <ms> ...`;
+    /// when it took entries, the mux checks the queue's pause after it
+    /// ([`crate::mux::MuxCommand::Check`]) and answers `[paused (0/1), its entries]` (a
+    /// read that took entries after a pause always sees it: the worker hands them back
+    /// unstarted); a read that took nothing is answered nil.
     ///
-    /// Reply: nil (nothing came) or the entries. Unknown outcome: the entries may now sit in
+    /// Reply: as above (nil: nothing came). Unknown outcome: the entries may now sit in
     /// this consumer's pending list unseen; they are reclaimed after the lease like a crashed
     /// worker's, and the read is sent again. Error `NOGROUP`: ensure the group, then read.
     Read {
@@ -472,6 +478,18 @@ pub enum CommandKind {
     Workers {
         /// The queue.
         keys: Arc<QueueKeys>,
+    },
+    /// Pauses the queue in Redis (`HSET <paused> at <now>`) or resumes it (`DEL
+    /// <paused>`), for every producer and worker of the queue, in every process.
+    ///
+    /// Reply: the HSET's or DEL's integer. Unknown outcome: send again (idempotent).
+    SetPaused {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// Pause (`true`) or resume.
+        paused: bool,
+        /// When (ms), recorded with a pause.
+        now_ms: u64,
     },
     /// `XDEL <dead> <entries...>` (at least one).
     ///

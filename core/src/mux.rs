@@ -10,6 +10,11 @@
 //! - A read is answered with what a read of its stream alone would have had: entries, or
 //!   nil once its own `BLOCK` has passed (or it was [cancelled](ReadMux::cancel)); a read
 //!   whose part of a merged reply is empty before its deadline stays for the next command.
+//! - Workers' reads that took entries are not answered yet: their queues' pauses are
+//!   checked first ([`MuxCommand::Check`], on the same connection, so after the read: a read
+//!   that took entries after a pause always sees it), then each is answered `[paused (0/1),
+//!   its entries]`; a worker hands back what it took from a paused queue. Reads that took
+//!   nothing cost no check (an idle process sends nothing but its blocking reads).
 //! - A read that arrives (or is cancelled) while a command blocks interrupts it
 //!   ([`MuxCommand::Unblock`]: `CLIENT UNBLOCK` on another connection), so that the next
 //!   command carries it; an unblock that came before the command blocked (`0`) is sent
@@ -20,8 +25,8 @@
 //!   command may have delivered entries nobody saw), goes to every read of the command.
 //!
 //! Inputs and outputs follow the engine's machines: feed [`ReadMux::submit`],
-//! [`ReadMux::cancel`], [`ReadMux::handle_read_reply`], [`ReadMux::handle_unblock_reply`]
-//! and [`ReadMux::handle_timeout`], then drain [`ReadMux::poll_command`] and
+//! [`ReadMux::cancel`], [`ReadMux::handle_read_reply`], [`ReadMux::handle_check_reply`],
+//! [`ReadMux::handle_unblock_reply`] and [`ReadMux::handle_timeout`], then drain [`ReadMux::poll_command`] and
 //! [`ReadMux::poll_answer`]; call `handle_timeout` at [`ReadMux::poll_timeout`]. Time may go
 //! backwards (deadlines are compared, never subtracted unsaturated); a timeout that finds
 //! nothing due is a no-op. Every submitted read is answered exactly once.
@@ -53,6 +58,14 @@ pub enum MuxCommand {
     /// Interrupt the read command that is out: `CLIENT UNBLOCK <its connection's id>`; the
     /// reply goes to [`ReadMux::handle_unblock_reply`].
     Unblock,
+    /// Check the pauses of these workers' reads' queues (they took entries):
+    /// `scripts::pause_check(&reads)` on the blocking connection, after the read; its reply
+    /// (EXEC's array) goes to [`ReadMux::handle_check_reply`]. Nothing else is sent until
+    /// it is answered.
+    Check {
+        /// The reads (workers'), in the order of the check's replies.
+        reads: Vec<CommandKind>,
+    },
 }
 
 /// A read's reply, for the reader that submitted it.
@@ -115,6 +128,12 @@ struct InFlight {
     interrupt: Interrupt,
 }
 
+/// Reads whose entries wait for their queues' pause check.
+#[derive(Debug, Clone)]
+struct Checking {
+    items: Vec<(Ticket, Value)>,
+}
+
 /// The multiplexer of one blocking connection.
 #[derive(Debug, Default)]
 pub struct ReadMux {
@@ -122,6 +141,7 @@ pub struct ReadMux {
     /// Every read not answered yet, in arrival order (those in the command included).
     waiting: Vec<Waiting>,
     in_flight: Option<InFlight>,
+    checking: Option<Checking>,
     commands: VecDeque<MuxCommand>,
     answers: VecDeque<Answer>,
 }
@@ -213,11 +233,23 @@ impl ReadMux {
                 let keys: Vec<&[u8]> = streams.iter().map(Vec::as_slice).collect();
                 match split_read(value, &keys) {
                     Ok(parts) => {
+                        let mut check = Vec::new();
                         for (t, part) in out.tickets.iter().zip(parts) {
-                            let due = self.find(*t).is_some_and(|w| w.deadline_ms <= now_ms);
-                            if part != Value::Nil || due {
+                            let Some(w) = self.find(*t) else { continue };
+                            let due = w.deadline_ms <= now_ms;
+                            if part != Value::Nil && matches!(w.kind, CommandKind::Read { .. }) {
+                                check.push((*t, part));
+                            } else if part != Value::Nil || due {
                                 self.settle(*t, Reply::Value(part));
                             }
+                        }
+                        if !check.is_empty() {
+                            let reads = check
+                                .iter()
+                                .filter_map(|(t, _)| self.find(*t).map(|w| w.kind.clone()))
+                                .collect();
+                            self.commands.push_back(MuxCommand::Check { reads });
+                            self.checking = Some(Checking { items: check });
                         }
                     }
                     Err(e) => {
@@ -233,6 +265,27 @@ impl ReadMux {
                     self.settle(*t, other.clone());
                 }
             }
+        }
+        self.pump(now_ms);
+    }
+
+    /// The reply of a [`MuxCommand::Check`]: one integer per read (1: its queue is paused),
+    /// or anything else (the check failed: as if every queue were paused, so that nothing
+    /// starts unchecked; the workers hand the entries back and ask again). A reply when no
+    /// check is out is ignored.
+    pub fn handle_check_reply(&mut self, now_ms: u64, reply: Reply) {
+        let Some(checking) = self.checking.take() else {
+            return;
+        };
+        let flags: Vec<i64> = match reply {
+            Reply::Value(Value::Array(f)) if f.len() == checking.items.len() => f
+                .into_iter()
+                .map(|v| i64::from(!matches!(v, Value::Int(0))))
+                .collect(),
+            _ => vec![1; checking.items.len()],
+        };
+        for ((t, part), flag) in checking.items.into_iter().zip(flags) {
+            self.settle(t, Reply::Value(Value::Array(vec![Value::Int(flag), part])));
         }
         self.pump(now_ms);
     }
@@ -305,6 +358,10 @@ impl ReadMux {
         self.in_flight
             .as_ref()
             .is_some_and(|o| o.tickets.contains(&ticket))
+            || self
+                .checking
+                .as_ref()
+                .is_some_and(|c| c.items.iter().any(|(t, _)| *t == ticket))
     }
 
     fn answer(&mut self, w: Waiting, reply: Reply) {
@@ -337,12 +394,17 @@ impl ReadMux {
     /// command (the first waiting read, and every later one that merges with it, one per
     /// stream).
     fn pump(&mut self, now_ms: u64) {
-        if self.in_flight.is_some() {
-            // Reads not in the command still end at their deadline.
+        if self.in_flight.is_some() || self.checking.is_some() {
+            // Reads not in the command (or the check) still end at their deadline.
             let out: Vec<Ticket> = self
                 .in_flight
                 .iter()
                 .flat_map(|o| o.tickets.clone())
+                .chain(
+                    self.checking
+                        .iter()
+                        .flat_map(|c| c.items.iter().map(|(t, _)| *t)),
+                )
                 .collect();
             self.expire(now_ms, &out);
             return;

@@ -99,6 +99,10 @@ pub struct QueueKeys {
     /// The queue's live workers, each with the time by which it will be back (a sorted set:
     /// it spreads the queue's upkeep over them, see [`crate::scripts::RECLAIM`]).
     pub workers: String,
+    /// The queue's pause, held in Redis (a hash, `at` = when it was paused, ms): while it
+    /// exists, adds are refused and no worker starts a job
+    /// ([`crate::command::CommandKind::SetPaused`]).
+    pub paused: String,
     /// The doorbell channel of the work stream (sharded pub/sub, in the queue's slot): on a
     /// cluster, idle workers wait on it ([`crate::cluster`]). Not a key.
     pub bell_jobs: String,
@@ -125,6 +129,7 @@ impl QueueKeys {
             gone: key("gone"),
             owners: key("owners"),
             workers: key("workers"),
+            paused: key("paused"),
             bell_jobs: key("bell:jobs"),
             bell_events: key("bell:events"),
         })
@@ -139,7 +144,7 @@ impl QueueKeys {
     /// Every key of the queue of fixed name (what `shutdown` deletes, with the events
     /// stream of every producer in `producers` and `gone`).
     #[must_use]
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.jobs,
             &self.ids,
@@ -150,6 +155,7 @@ impl QueueKeys {
             &self.owners,
             &self.producers,
             &self.gone,
+            &self.paused,
         ]
     }
 }

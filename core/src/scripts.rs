@@ -90,8 +90,10 @@ fn command_key<'a>(args: &'a [Arg<'_>]) -> Option<&'a [u8]> {
     }
 }
 
-/// `enqueue` — KEYS: jobs, ids, delayed, payloads. ARGV: now, marker (`p` or `w`), then per
-/// job: id, due (0: now), envelope.
+/// `enqueue` — KEYS: jobs, ids, delayed, payloads, paused. ARGV: now, marker (`p` or `w`),
+/// then per job: id, due (0: now), envelope. Per job: its entry id (added), `1` (delayed),
+/// `0` (its id is marked: queued already) or, while the queue is paused, `-1` (refused,
+/// not queued).
 ///
 /// The markers are read with one HMGET and written with one HSET per 1,000 jobs (a call
 /// from Lua costs Redis about as much as the command itself); a job whose id is marked, or
@@ -100,6 +102,7 @@ pub const ENQUEUE: Script = Script {
     name: "enqueue",
     source: r#"
 local now = tonumber(ARGV[1])
+local paused = redis.call('EXISTS', KEYS[5]) == 1
 local out, fresh = {}, {}
 for c = 3, #ARGV, 3000 do
   local last = math.min(c + 2999, #ARGV)
@@ -108,7 +111,7 @@ for c = 3, #ARGV, 3000 do
   local marked = redis.call('HMGET', KEYS[2], unpack(ids))
   local marks = {}
   for n, id in ipairs(ids) do
-    if not marked[n] and not fresh[id] then
+    if not marked[n] and not fresh[id] and not paused then
       fresh[id] = c + 3 * (n - 1)
       marks[#marks + 1] = id
       marks[#marks + 1] = ARGV[2]
@@ -120,7 +123,7 @@ for c = 3, #ARGV, 3000 do
   for n, id in ipairs(ids) do
     local i = c + 3 * (n - 1)
     if fresh[id] ~= i then
-      out[#out + 1] = 0
+      if paused and not marked[n] then out[#out + 1] = -1 else out[#out + 1] = 0 end
     else
       local due = tonumber(ARGV[i + 1])
       if due > now then
@@ -652,17 +655,17 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 };
 
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
-/// `gone` 8th and 9th), the events stem. Deletes them and every producer's events stream.
+/// `gone` 8th and 9th, ten of them), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
     name: "destroy",
     source: r#"
 local n = 0
 for _, set in ipairs({KEYS[8], KEYS[9]}) do
   for _, p in ipairs(redis.call('ZRANGE', set, 0, -1)) do
-    n = n + redis.call('DEL', KEYS[10] .. ':' .. p)
+    n = n + redis.call('DEL', KEYS[11] .. ':' .. p)
   end
 end
-return n + redis.call('DEL', unpack(KEYS, 1, 9))
+return n + redis.call('DEL', unpack(KEYS, 1, 10))
 "#,
 };
 
@@ -677,13 +680,13 @@ pub const PROMOTE: Script = Script {
 };
 
 /// `reclaim` — the queue's upkeep, shared by its workers. KEYS: jobs, ids, delayed, payloads,
-/// workers, producers, gone, events stem, owners. ARGV: consumer, min idle, cursor, count, now,
-/// interval, jitter (‰), promote limit.
+/// workers, producers, gone, events stem, owners, paused. ARGV: consumer, min idle, cursor,
+/// count, now, interval, jitter (‰), promote limit.
 ///
 /// 0. Sweeps what producers gone for good left (see `sweep_gone!`).
 /// 1. Promotes the delayed jobs that are due (as `promote`), and finds the next due time.
-/// 2. With `count` > 0, `XAUTOCLAIM`s up to `count` entries idle past the lease, each with
-///    its delivery count (from XPENDING).
+/// 2. With `count` > 0 and the queue not paused, `XAUTOCLAIM`s up to `count` entries idle
+///    past the lease, each with its delivery count (from XPENDING).
 /// 3. Schedules this worker's next upkeep so that the queue's workers, however many, run
 ///    one upkeep per `interval` between them: `workers` holds each live worker with the time
 ///    by which it promised to come back (its next visit plus one interval of grace); the
@@ -703,7 +706,7 @@ local now = tonumber(ARGV[5])
         sweep_gone!("2", "6", "7", "8", "9"),
         promote_due!("now", "ARGV[8]"),
         r#"local cursor, claimed, deleted = ARGV[3], {}, {}
-if tonumber(ARGV[4]) > 0 then
+if tonumber(ARGV[4]) > 0 and redis.call('EXISTS', KEYS[10]) == 0 then
   local r = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
   for _, e in ipairs(r[2]) do
     local p = redis.call('XPENDING', KEYS[1], 'workers', e[1], e[1], 1)
@@ -755,17 +758,23 @@ return out
 "#,
 };
 
-/// `stats` — KEYS: jobs, delayed, dead, the producer's events, workers. Jobs counts the
+/// `stats` — KEYS: jobs, delayed, dead, the producer's events, workers, paused. Jobs counts the
 /// entries waiting (not yet delivered: the group's lag) and running (pending), not completed
 /// entries the next trim will drop. When Redis does not know the lag (after deletions from
 /// the stream), at most 10,000 waiting entries are counted one by one; past that the count is
 /// an upper bound. Then the live workers (ZCARD), and the ids of the oldest waiting entry
 /// (the first after the group's last delivered one) and of the oldest running one (the first
-/// pending), or empty: each one O(log n) lookup.
+/// pending), or empty: each one O(log n) lookup; last, when the queue was paused (ms), or
+/// empty if it is not.
 pub const STATS: Script = Script {
     name: "stats",
     source: r#"
 local jobs, pending, oldest_waiting, oldest_running = 0, 0, '', ''
+local paused = ''
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  paused = redis.pcall('HGET', KEYS[6], 'at')
+  if type(paused) ~= 'string' then paused = '0' end
+end
 local function first_after(start)
   local e = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1)
   if e[1] then return e[1][1] end
@@ -802,7 +811,7 @@ if type(groups) == 'table' and groups.err == nil then
 end
 return {jobs, pending, redis.call('ZCARD', KEYS[2]),
   redis.call('XLEN', KEYS[3]), redis.call('XLEN', KEYS[4]), redis.call('ZCARD', KEYS[5]),
-  oldest_waiting, oldest_running}
+  oldest_waiting, oldest_running, paused}
 "#,
 };
 
@@ -868,6 +877,17 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 return out
+"#,
+};
+
+/// `read` — KEYS: jobs, paused. ARGV: consumer, count. A worker's read that does not block:
+/// `[1]` while the queue is paused (nothing is read), else `[0, XREADGROUP's reply]`.
+pub const READ: Script = Script {
+    name: "read",
+    source: r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+return {0, redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', ARGV[2],
+  'STREAMS', KEYS[1], '>')}
 "#,
 };
 
@@ -959,7 +979,8 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 20] = [
+pub const ALL: [&Script; 21] = [
+    &READ,
     &KEY_USAGE,
     &PEEK_EVENTS,
     &EVENTS_TAIL,
@@ -1044,6 +1065,22 @@ pub fn merged_read<'a>(reads: &[&'a CommandKind], block_ms: u64) -> Option<Invoc
     Some(Invocation::Plain(args))
 }
 
+/// What follows a merged read of workers ([`merged_read`]) that took entries, once its reply
+/// came ([`crate::mux::MuxCommand::Check`]): `EXISTS` of each read's queue's pause, in the
+/// reads' order, in one transaction (its reply: EXEC's array), so that a read that took
+/// entries after a pause always learns of it. `None` for events reads (and an empty list).
+#[must_use]
+pub fn pause_check<'a>(reads: &[&'a CommandKind]) -> Option<Invocation<'a>> {
+    let mut cmds = Vec::with_capacity(reads.len());
+    for read in reads {
+        match read {
+            CommandKind::Read { keys, .. } => cmds.push(vec![b("EXISTS"), b(&keys.paused)]),
+            _ => return None,
+        }
+    }
+    (!cmds.is_empty()).then_some(Invocation::Transaction(cmds))
+}
+
 fn b(s: &str) -> Arg<'_> {
     Cow::Borrowed(s.as_bytes())
 }
@@ -1109,19 +1146,28 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             jobs,
             fresh,
         } => enqueue_invocation(keys, *now_ms, marker, jobs, *fresh),
+        // Alone, a read never blocks: blocking reads go through the mux (`merged_read`,
+        // then `pause_check`).
         CommandKind::Read {
             keys,
             consumer,
             count,
-            block_ms,
+            ..
+        } => script(
+            &READ,
+            &[&keys.jobs, &keys.paused],
+            vec![b(consumer), num(count)],
+        ),
+        CommandKind::SetPaused {
+            keys,
+            paused,
+            now_ms,
         } => {
-            let mut args = vec![b("XREADGROUP"), b("GROUP"), b(GROUP), b(consumer)];
-            args.extend([b("COUNT"), num(count)]);
-            if let Some(ms) = block_ms {
-                args.extend([b("BLOCK"), num(ms)]);
+            if *paused {
+                Invocation::Plain(vec![b("HSET"), b(&keys.paused), b("at"), num(now_ms)])
+            } else {
+                Invocation::Plain(vec![b("DEL"), b(&keys.paused)])
             }
-            args.extend([b("STREAMS"), b(&keys.jobs), b(">")]);
-            Invocation::Plain(args)
         }
         CommandKind::Complete {
             keys,
@@ -1223,6 +1269,7 @@ fn producer_invocation(kind: &CommandKind) -> Invocation<'_> {
                 &keys.dead,
                 &producer.events,
                 &keys.workers,
+                &keys.paused,
             ];
             script(&STATS, &k, Vec::new())
         }
@@ -1430,8 +1477,10 @@ fn script<'a>(script: &'static Script, keys: &[&'a String], args: Vec<Arg<'a>>) 
     }
 }
 
-/// An add: a fresh batch in one `MULTI`/`EXEC` (its markers, then its entries, unchecked),
-/// any other through the `enqueue` script.
+/// An add: a fresh batch in one `MULTI`/`EXEC` (`EXISTS <paused>`, its markers, then its
+/// entries, unchecked: a pause set elsewhere is learnt from the first reply, and the jobs
+/// wait in the stream, as no worker starts a job while paused), any other through the
+/// `enqueue` script.
 fn enqueue_invocation<'a>(
     keys: &'a QueueKeys,
     now_ms: u64,
@@ -1456,6 +1505,7 @@ fn enqueue_invocation<'a>(
             ]);
         }
         cmds.insert(0, hset);
+        cmds.insert(0, vec![b("EXISTS"), b(&keys.paused)]);
         return Invocation::Transaction(cmds);
     }
     let mut args = Vec::with_capacity(2 + 3 * jobs.len());
@@ -1466,7 +1516,13 @@ fn enqueue_invocation<'a>(
         args.push(j.due_ms.map_or(b("0"), num));
         args.push(Cow::Borrowed(&j.envelope[..]));
     }
-    let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
+    let k = [
+        &keys.jobs,
+        &keys.ids,
+        &keys.delayed,
+        &keys.payloads,
+        &keys.paused,
+    ];
     script(&ENQUEUE, &k, args)
 }
 
@@ -1496,6 +1552,7 @@ fn reclaim_invocation(kind: &CommandKind) -> Invocation<'_> {
         &keys.gone,
         &keys.events,
         &keys.owners,
+        &keys.paused,
     ];
     let args = vec![
         b(consumer),

@@ -223,6 +223,29 @@ pub fn decode_entries(value: Value) -> Result<Vec<StreamEntry>, ReplyError> {
     }
 }
 
+/// Splits a worker read's reply ([`crate::command::CommandKind::Read`]): `[paused,
+/// XREADGROUP's reply]`, `[1]` (paused, nothing read), or nil (a blocking read that ended
+/// without a word from Redis: `None`, nothing came). An error reply stays an error.
+pub fn split_paused(value: Value) -> Result<(Option<bool>, Value), ReplyError> {
+    const EXPECTED: &str = "[paused, read reply]";
+    match value {
+        Value::Nil => Ok((None, Value::Nil)),
+        Value::Error(e) => Err(ReplyError::Redis(e)),
+        Value::Array(mut pair) if (1..=2).contains(&pair.len()) => {
+            let read = if pair.len() == 2 {
+                pair.pop().unwrap_or(Value::Nil)
+            } else {
+                Value::Nil
+            };
+            match pair.pop() {
+                Some(Value::Int(flag)) => Ok((Some(flag != 0), read)),
+                other => Err(shape(EXPECTED, &other.unwrap_or(Value::Nil))),
+            }
+        }
+        other => Err(shape(EXPECTED, &other)),
+    }
+}
+
 /// Decodes an XREAD/XREADGROUP reply for a single stream: nil (timed out) or
 /// `[[stream, [entries...]]]`.
 pub fn decode_read(value: Value) -> Result<Vec<StreamEntry>, ReplyError> {

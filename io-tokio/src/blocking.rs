@@ -225,6 +225,12 @@ impl Blocker {
 /// next command when it is still good).
 type ReadOut = Pin<Box<dyn Future<Output = (Option<MultiplexedConnection>, Reply)> + Send>>;
 
+/// What is out: a merged read, or the pause check of the workers' reads that took entries.
+enum Out {
+    Read(ReadOut),
+    Check(Pin<Box<dyn Future<Output = Reply> + Send>>),
+}
+
 /// A blocking connection to Redis.
 struct RedisLine {
     client: redis::Client,
@@ -261,7 +267,7 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
-        let mut out: Option<ReadOut> = None;
+        let mut out: Option<Out> = None;
         loop {
             self.send(&mut out);
             self.waiters.answer(&mut self.mux);
@@ -275,12 +281,17 @@ impl Task {
                 },
                 done = async {
                     match out.as_mut() {
-                        Some(read) => read.await,
+                        Some(Out::Read(read)) => (false, read.await),
+                        Some(Out::Check(check)) => (true, (None, check.await)),
                         None => std::future::pending().await,
                     }
                 }, if out.is_some() => {
                     out = None;
-                    let (conn, reply) = done;
+                    let (check, (conn, reply)) = done;
+                    if check {
+                        self.mux.handle_check_reply(now_ms(), reply);
+                        continue;
+                    }
                     #[allow(irrefutable_let_patterns)] // without the memory feature
                     if let Line::Redis(line) = &mut self.line {
                         if conn.is_none() {
@@ -298,18 +309,29 @@ impl Task {
         }
     }
 
-    /// Sends what the mux asks for: the merged read (at most one out), unblocks.
-    fn send(&mut self, out: &mut Option<ReadOut>) {
+    /// Sends what the mux asks for: the merged read or its pause check (one at a time),
+    /// unblocks.
+    fn send(&mut self, out: &mut Option<Out>) {
         while let Some(cmd) = self.mux.poll_command() {
             match cmd {
+                MuxCommand::Check { reads } => {
+                    *out = Some(Out::Check(match &self.line {
+                        Line::Redis(line) => line.check(reads),
+                        #[cfg(feature = "memory")]
+                        Line::Memory { memory, .. } => {
+                            let reply = Reply::Value(memory.pause_check(&reads));
+                            Box::pin(async move { reply })
+                        }
+                    }));
+                }
                 MuxCommand::Read { reads, block_ms } => {
-                    *out = Some(match &mut self.line {
+                    *out = Some(Out::Read(match &mut self.line {
                         Line::Redis(line) => line.read(reads, block_ms),
                         #[cfg(feature = "memory")]
                         Line::Memory { memory, unblock } => {
                             read_in_memory(memory.clone(), unblock.clone(), reads, block_ms)
                         }
-                    });
+                    }));
                 }
                 MuxCommand::Unblock => match &self.line {
                     Line::Redis(line) => line.unblock(self.unblocked_tx.clone()),
@@ -369,6 +391,30 @@ impl RedisLine {
                     tracing::warn!(?limit, "blocking read timed out: outcomes unknown");
                     (None, Reply::Unknown)
                 }
+            }
+        })
+    }
+
+    /// The pause check ([`scripts::pause_check`]) of reads that took entries, on the shared
+    /// connection: it runs after the read, whose reply came (that order is all it needs).
+    fn check(&self, reads: Vec<CommandKind>) -> Pin<Box<dyn Future<Output = Reply> + Send>> {
+        let mut shared = self.shared.clone();
+        let limit = self.response_timeout;
+        Box::pin(async move {
+            let refs: Vec<&CommandKind> = reads.iter().collect();
+            let Some(check) = scripts::pause_check(&refs) else {
+                return Reply::Value(Value::Error("ERR not workers' reads".into()));
+            };
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let n = push(&mut pipe, &check);
+            let query = pipe.query_async::<Vec<redis::Value>>(&mut shared);
+            match tokio::time::timeout(limit, query).await {
+                // EXEC's array is the last reply.
+                Ok(Ok(mut values)) if values.len() == n => {
+                    Reply::Value(values.pop().map_or(Value::Nil, to_value))
+                }
+                Ok(Ok(_) | Err(_)) | Err(_) => Reply::Unknown,
             }
         })
     }

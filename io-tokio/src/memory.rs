@@ -78,6 +78,11 @@ impl Memory {
         self.sim().execute_merged(reads)
     }
 
+    /// The pause check of workers' reads ([`datalayer_core::scripts::pause_check`]).
+    pub(crate) fn pause_check(&self, reads: &[CommandKind]) -> Value {
+        self.sim().execute_pause_check(reads)
+    }
+
     /// News of every pipeline that runs from now on.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

@@ -240,6 +240,7 @@ enum Ask {
     Read(EntryId, u32),
     Revive(Vec<DeadLetter>),
     Delete(Vec<EntryId>),
+    Pause(bool),
 }
 
 enum Msg {
@@ -249,7 +250,6 @@ enum Msg {
     AddMany(Vec<AddCall>),
     /// The caller of add number `.1` stopped waiting: `Ok(())` if it was accepted meanwhile.
     Withdraw(JobId, u64, oneshot::Sender<Result<(), Error>>),
-    Pause(bool),
     Close {
         destroy: bool,
         done: oneshot::Sender<()>,
@@ -685,20 +685,29 @@ impl JobQueue {
         }
     }
 
-    /// Adds fail with "queue closed" until `resume`.
+    /// Pauses the queue, in Redis, for every producer and worker of it in every process;
+    /// returns once Redis holds the pause. Then adds fail with [`Error::QueueClosed`]
+    /// ("queue closed"), whichever producer makes them, and no worker starts a job: running
+    /// jobs finish, waiting and delayed ones wait (a worker that read jobs as the pause
+    /// landed hands them back unstarted; they run after the resume). A producer elsewhere
+    /// learns of the pause at its next add (an add it sent unchecked just before is queued
+    /// and waits like the others); idle workers within a second or at their next wake-up.
     pub async fn pause(&self) -> Result<(), Error> {
-        self.tx
-            .send(Msg::Pause(true))
-            .await
-            .map_err(|_| Error::Stopped)
+        self.set_paused(true).await
     }
 
-    /// Adds are taken again.
+    /// Resumes the queue (paused by [`JobQueue::pause`], here or in any process): adds are
+    /// taken, and workers start jobs again within about a second (jobs handed back during
+    /// the pause, at the queue's next upkeep). Returns once Redis holds it.
     pub async fn resume(&self) -> Result<(), Error> {
-        self.tx
-            .send(Msg::Pause(false))
-            .await
-            .map_err(|_| Error::Stopped)
+        self.set_paused(false).await
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<(), Error> {
+        match self.ask(Ask::Pause(paused)).await? {
+            ProducerEvent::PauseSet { .. } => Ok(()),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
     }
 
     /// Stops this instance and leaves the queue's data in Redis for a replacement (which
@@ -994,6 +1003,7 @@ impl Driver {
                     Ask::Withdraw(job) => self.producer.withdraw_delayed(&job),
                     Ask::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
                     Ask::Delete(entries) => self.producer.delete_dead(&entries),
+                    Ask::Pause(paused) => self.producer.set_paused(now_ms(), paused),
                 };
                 self.requests.insert(request, reply);
             }
@@ -1018,13 +1028,11 @@ impl Driver {
                 };
                 let _ = answer.send(result);
             }
-            Msg::Pause(true) => self.producer.pause(),
-            Msg::Pause(false) => self.producer.resume(),
             Msg::Close { destroy, done } => {
                 if destroy {
                     self.producer.destroy();
                 } else {
-                    self.producer.pause();
+                    self.producer.close();
                 }
                 self.closing = Some((destroy, done));
                 self.reads.cancel();
@@ -1058,6 +1066,13 @@ impl Driver {
                     }
                     continue;
                 }
+                ProducerEvent::AddPaused { job } => {
+                    if let Some(a) = self.take_accepting(&job, oldest) {
+                        self.drop_waiter(&job, a.call);
+                        let _ = a.reply.send(Err(Error::QueueClosed));
+                    }
+                    continue;
+                }
                 ProducerEvent::Destroyed => {
                     if let Some((true, _)) = &self.closing {
                         self.closing = self.closing.take().map(|(_, done)| (false, done));
@@ -1088,6 +1103,7 @@ impl Driver {
                 | ProducerEvent::DelayedWithdrawn { request, .. }
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }
+                | ProducerEvent::PauseSet { request, .. }
                 | ProducerEvent::RequestFailed { request, .. } => {
                     self.answer(request, ev);
                     continue;

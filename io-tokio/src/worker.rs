@@ -510,6 +510,10 @@ impl Driver {
                     tracing::warn!(%entry, %job, "lease lost: another worker took the job");
                 }
                 WorkerEvent::Trouble { message } => tracing::warn!(%message, "worker trouble"),
+                WorkerEvent::PauseSeen { paused } => {
+                    let queue = &self.worker.keys().queue;
+                    tracing::info!(%queue, paused, "the queue's pause changed");
+                }
                 _ => {}
             }
         }

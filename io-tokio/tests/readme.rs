@@ -50,7 +50,8 @@ async fn job_queue_and_job_worker() -> Result {
     let later = AddJob { session_id: "session-1".into(), payload: b"{}".to_vec(), delay_ms: 500, ..AddJob::default() };
     let delayed = queue.add_job(later).await?; // runs in 500 ms
     let handles = queue.add_many(jobs).await?; // Vec<AddJob> in one message: each its own Result
-    queue.pause().await?; // add() now fails with Error::QueueClosed ("queue closed")
+    queue.pause().await?; // held in Redis: every producer's add() fails with Error::QueueClosed
+                           // ("queue closed"), and no worker in any process starts a job
     queue.resume().await?;
     let stats = queue.stats().await?; // waiting+running, running, delayed, dead, workers, oldest
     println!("{} jobs, oldest waiting {} ms", stats.jobs, stats.oldest_waiting_ms(now_ms()));

@@ -195,6 +195,8 @@ enum Op {
     /// Source (jobs, delayed, dead), after (a pick of that stream; `usize::MAX`: 0-0),
     /// offset, count.
     KeyUsage(usize, usize, u64, u32),
+    /// Pause (true) or resume the queue.
+    SetPaused(bool),
     Garbage,
     Destroy,
     Ping,
@@ -208,8 +210,9 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(39) {
+    match r(41) {
         0 => Op::EnsureGroup,
+        39 | 40 => Op::SetPaused(r(2) == 0),
         1..=4 => {
             let jobs = (0..=r(3))
                 .map(|_| (r(6), [None, Some(-1), Some(1_000_000)][r(3)]))
@@ -417,6 +420,12 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .collect(),
         },
         Op::Workers => CommandKind::Workers { keys },
+        Op::SetPaused(paused) => CommandKind::SetPaused {
+            keys,
+            paused: *paused,
+            // The same on both sides: the dump of the keys shows it.
+            now_ms: 1_000,
+        },
         Op::KeyUsage(source, after, offset, count) => {
             let source = EnvelopeSource::ALL[*source];
             let ns = if source == EnvelopeSource::Dead {
@@ -1301,6 +1310,17 @@ async fn merged_reads_on_the_model_and_redis_agree() {
             let mut r = |n: u64| (rng.next_u64() % n) as usize;
             let q = r(3);
             match r(5) {
+                1 if r(3) == 0 => {
+                    // A queue paused or resumed.
+                    let kind = CommandKind::SetPaused {
+                        keys: queues[q].clone(),
+                        paused: r(2) == 0,
+                        now_ms: sim.now_ms(),
+                    };
+                    let m = sim.execute(&kind);
+                    let rr = on_redis(&mut conn, step, kind).await;
+                    assert_eq!(m, rr, "seed {seed} step {step}: pause");
+                }
                 0 if q < 2 => {
                     let kind = CommandKind::EnsureGroup {
                         keys: queues[q].clone(),
@@ -1354,6 +1374,12 @@ async fn merged_reads_on_the_model_and_redis_agree() {
                         datalayer_core::scripts::merged_read(&refs, 1).expect("they merge");
                     let m = sim.execute_merged(&reads);
                     let real_reply = invoke_on_redis(&mut conn, &invocation).await;
+                    if let Some(check) = datalayer_core::scripts::pause_check(&refs) {
+                        // Workers' reads: their pause check (after reads that took entries).
+                        let m = sim.execute_pause_check(&reads);
+                        let rr = invoke_on_redis(&mut conn, &check).await;
+                        assert_eq!(m, rr, "seed {seed} step {step}: pauses of {reads:?}");
+                    }
                     // Each stream's part, normalized in that stream's namespace.
                     let streams: Vec<Vec<u8>> = picked
                         .iter()

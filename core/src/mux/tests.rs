@@ -20,9 +20,17 @@ fn read(q: &str, count: u32, block_ms: u64) -> CommandKind {
     }
 }
 
+/// The entries of a reply: a merged read's, or a worker's answer `[paused, entries]`.
 fn entries_of(reply: &Reply) -> Vec<EntryId> {
     let Reply::Value(Value::Array(streams)) = reply else {
         return Vec::new();
+    };
+    let streams = match streams.first() {
+        Some(Value::Int(_)) => match streams.get(1) {
+            Some(Value::Array(s)) => s,
+            _ => return Vec::new(),
+        },
+        _ => streams,
     };
     let mut ids = Vec::new();
     for s in streams {
@@ -195,6 +203,10 @@ struct Readers {
     outstanding: HashMap<Ticket, (usize, u64, bool)>,
     ticket: [Option<Ticket>; 4],
     out: Option<Out>,
+    /// The pause check that is out.
+    check: Option<Vec<CommandKind>>,
+    /// The last check's reply was lost.
+    check_lost: bool,
     unblocks: u32,
     delivered: BTreeSet<(usize, EntryId)>,
 }
@@ -210,6 +222,7 @@ impl Readers {
             match cmd {
                 MuxCommand::Read { reads, block_ms } => {
                     assert!(self.out.is_none(), "{at}: two commands out");
+                    assert!(self.check.is_none(), "{at}: a read while a check is out");
                     let streams: BTreeSet<_> = reads
                         .iter()
                         .map(|r| match r {
@@ -227,6 +240,11 @@ impl Readers {
                     });
                 }
                 MuxCommand::Unblock => self.unblocks += 1,
+                MuxCommand::Check { reads } => {
+                    assert!(self.check.is_none() && self.out.is_none(), "{at}: two out");
+                    assert!(!reads.is_empty(), "{at}: an empty check");
+                    self.check = Some(reads);
+                }
             }
         }
         while let Some(a) = mux.poll_answer() {
@@ -242,6 +260,13 @@ impl Readers {
                     "{at}: nil before the deadline"
                 );
             }
+            if let Reply::Value(Value::Array(pair)) = &a.reply {
+                if let (Some(Value::Int(paused)), false) = (pair.first(), self.check_lost) {
+                    // Checked after the read: paused now means paused then or since.
+                    let key = format!("dl:{{{}}}:paused", STREAMS[READERS[reader]]);
+                    assert_eq!(*paused == 1, sim.get(&key).is_some(), "{at}: {a:?}");
+                }
+            }
             for id in entries_of(&a.reply) {
                 let q = READERS[reader];
                 assert!(
@@ -251,6 +276,7 @@ impl Readers {
                 assert!(self.delivered.insert((q, id)), "{at}: delivered twice");
             }
         }
+        self.check_lost = false;
         if let Some(t) = mux.poll_timeout().filter(|_| timed_out) {
             assert!(
                 t > now,
@@ -281,7 +307,31 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
         for step in 0..400 {
             let at = format!("seed {seed} step {step}");
             let (mut fed, mut timed_out) = (true, false);
-            match r(9) {
+            match r(11) {
+                9 => {
+                    let q = STREAMS[r(3) as usize];
+                    sim.execute(&CommandKind::SetPaused {
+                        keys: keys(q),
+                        paused: r(2) == 0,
+                        now_ms: now,
+                    });
+                    fed = false;
+                }
+                10 => {
+                    fed = false;
+                    if let Some(reads) = h.check.take() {
+                        // Lost, sometimes: as if paused (the entries go back).
+                        let reply = if r(8) == 0 {
+                            Reply::Unknown
+                        } else {
+                            Reply::Value(sim.execute_pause_check(&reads))
+                        };
+                        // Lost, its answers come as paused whatever the queue is.
+                        h.check_lost = reply == Reply::Unknown;
+                        mux.handle_check_reply(now, reply);
+                        fed = true;
+                    }
+                }
                 0 | 1 => {
                     let reader = r(4) as usize;
                     if h.ticket[reader].is_none() {
@@ -378,6 +428,10 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
             if let Some(o) = h.out.take() {
                 let value = run_merged(&mut sim, &o.reads);
                 mux.handle_read_reply(now, Reply::Value(value));
+                h.drain(&mut mux, &sim, now, false, &at);
+            }
+            if let Some(reads) = h.check.take() {
+                mux.handle_check_reply(now, Reply::Value(sim.execute_pause_check(&reads)));
                 h.drain(&mut mux, &sim, now, false, &at);
             }
             while h.unblocks > 0 {

@@ -299,6 +299,19 @@ pub enum ProducerEvent {
         /// What the searches found.
         place: super::JobPlace,
     },
+    /// The queue is paused (in Redis, by this process or another): the job was not queued
+    /// (Sockethub's "queue closed").
+    AddPaused {
+        /// The job.
+        job: JobId,
+    },
+    /// Redis holds the queue's pause as asked (`set_paused`): paused, or resumed.
+    PauseSet {
+        /// The request.
+        request: super::Request,
+        /// Paused or resumed.
+        paused: bool,
+    },
     /// `delete_dead` deleted this many letters.
     DeadDeleted {
         /// The request.
@@ -345,6 +358,8 @@ pub struct QueueStats {
     pub oldest_waiting: Option<EntryId>,
     /// The oldest job running (the first entry of the pending list), if any.
     pub oldest_running: Option<EntryId>,
+    /// When the queue was paused (ms since the epoch; 0 if unknown), if it is.
+    pub paused_at: Option<u64>,
 }
 
 impl QueueStats {

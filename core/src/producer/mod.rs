@@ -104,6 +104,8 @@ pub struct Producer {
     sealer: Sealer,
     now_ms: u64,
     next_op: u64,
+    /// Redis said the queue is paused (or this producer paused it): adds go through the
+    /// `enqueue` script, which refuses them while the pause holds, until one is taken.
     paused: bool,
     /// Adds to send.
     unsent: VecDeque<Unsent>,
@@ -135,6 +137,8 @@ pub struct Producer {
     want_destroy: bool,
     /// `destroy` was called: adds are failed rather than sent (again).
     destroying: bool,
+    /// `close` or `destroy` was called: new adds are refused (`QueueClosed`).
+    closed: bool,
     events: VecDeque<ProducerEvent>,
     /// When adds, acks, stats and the like may go again after a failure.
     resend: ResendBackoff,
@@ -198,6 +202,7 @@ impl Producer {
             want_stats: false,
             want_destroy: false,
             destroying: false,
+            closed: false,
             events: VecDeque::new(),
             resend: ResendBackoff::default(),
             reads: ResendBackoff::default(),
@@ -235,17 +240,32 @@ impl Producer {
         self.cursor
     }
 
-    /// Adds fail with `QueueClosed` until `resume`.
-    pub fn pause(&mut self) {
-        self.paused = true;
+    /// Pauses the queue (`true`) or resumes it, in Redis, for every producer and worker of
+    /// the queue in every process, at `now_ms`; a `PauseSet` event follows once Redis holds
+    /// it. While the queue is paused, adds end in `AddPaused` (whichever producer adds) and
+    /// no worker starts a job (running jobs finish). A pause set elsewhere reaches this
+    /// producer with its next add: an add sent unchecked before it knew is queued, and
+    /// waits for the resume like every waiting job.
+    pub fn set_paused(&mut self, now_ms: u64, paused: bool) -> Request {
+        self.now_ms = now_ms;
+        // Adds after this call go through the check (or unchecked again): Redis runs them
+        // after the pause's write, as they go out after it.
+        self.paused = paused;
+        let kind = CommandKind::SetPaused {
+            keys: self.keys.clone(),
+            paused,
+            now_ms,
+        };
+        self.request(kind, Vec::new())
     }
 
-    /// Adds are taken again.
-    pub fn resume(&mut self) {
-        self.paused = false;
+    /// This producer takes no new add (`QueueClosed`): it is going away (the adds it holds
+    /// are still sent). Nothing changes in Redis.
+    pub fn close(&mut self) {
+        self.closed = true;
     }
 
-    /// Whether the queue is paused.
+    /// Whether the queue was paused when Redis last told this producer (or it paused it).
     #[must_use]
     pub fn is_paused(&self) -> bool {
         self.paused
@@ -333,7 +353,7 @@ impl Producer {
     ) -> Result<JobId, ProducerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
-        if self.paused {
+        if self.closed {
             return Err(ProducerError::QueueClosed);
         }
         if self.superseded {
@@ -567,7 +587,7 @@ impl Producer {
     /// add whose outcome was unknown is not sent again — so no add lands after the delete
     /// and brings the queue's keys back.
     pub fn destroy(&mut self) {
-        self.paused = true;
+        self.closed = true;
         self.want_destroy = true;
         self.destroying = true;
         self.promote_at.clear();
@@ -778,6 +798,7 @@ impl Producer {
     /// landed, or be sent, first).
     fn goes_fresh(&self, u: &Unsent) -> bool {
         u.fresh
+            && !self.paused
             && self.outstanding.get(&u.job.id) == Some(&1)
             && !self.unconfirmed.contains(&u.job.id)
     }
@@ -905,6 +926,13 @@ impl Producer {
                     Reply::Value(_) => Reply::Value(Value::Nil),
                     _ => Reply::Unknown,
                 };
+                if matches!(kind, CommandKind::SetPaused { .. }) && self.newer_pause(request) {
+                    // Sent again, it would land after the later pause or resume and undo it.
+                    let error = "superseded by a later pause or resume".to_owned();
+                    self.events
+                        .push_back(ProducerEvent::RequestFailed { request, error });
+                    return self.failed(&failed);
+                }
                 self.requests.push_front((request, kind, unreadable));
                 return self.failed(&failed);
             }
@@ -976,6 +1004,10 @@ impl Producer {
                     result,
                 })
             }
+            CommandKind::SetPaused { paused, .. } => match v {
+                Value::Int(_) => Some(ProducerEvent::PauseSet { request, paused }),
+                _ => None,
+            },
             CommandKind::DeleteDead { .. } => match v {
                 Value::Int(n) => Some(ProducerEvent::DeadDeleted {
                     request,
@@ -990,6 +1022,18 @@ impl Producer {
             error: "unexpected reply".to_owned(),
         });
         self.events.push_back(event);
+    }
+
+    /// Whether a pause or resume was asked after `request` (queued or in flight).
+    fn newer_pause(&self, request: Request) -> bool {
+        let queued = self.requests.iter().map(|(r, k, _)| (*r, k));
+        let out = self.in_flight.values().filter_map(|f| match f {
+            InFlight::Request(r, k, _) => Some((*r, k)),
+            _ => None,
+        });
+        queued
+            .chain(out)
+            .any(|(r, k)| r > request && matches!(k, CommandKind::SetPaused { .. }))
     }
 
     /// Whether this producer keeps a registration: it reads events and the queue is not
@@ -1105,15 +1149,29 @@ impl Producer {
         let not_sent =
             not_sent || matches!(&reply, Reply::Value(Value::Error(e)) if is_transient_error(e));
         let items = match reply {
-            // EXEC's array: the markers' HSET, then one XADD per job.
-            Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 1 => {
-                if let Value::Error(e) = items.remove(0) {
+            // EXEC's array: the pause's EXISTS, the markers' HSET, then one XADD per job.
+            Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 2 => {
+                let mut head = items.drain(..2);
+                if head.next().is_some_and(|p| p != Value::Int(0)) {
+                    // Paused elsewhere: these jobs wait in the stream; the next adds check.
+                    self.paused = true;
+                }
+                if let Some(Value::Error(e)) = head.next() {
                     // The jobs are queued all the same, without their markers.
                     self.trouble(format!("enqueue: markers not written: {e}"));
                 }
+                drop(head);
                 items
             }
-            Reply::Value(Value::Array(items)) if !fresh && items.len() == jobs.len() => items,
+            Reply::Value(Value::Array(items)) if !fresh && items.len() == jobs.len() => {
+                // Refused (paused), or a job taken: the queue is paused, or not (any more).
+                if items.contains(&Value::Int(-1)) {
+                    self.paused = true;
+                } else if items.iter().any(|i| *i != Value::Int(0)) {
+                    self.paused = false;
+                }
+                items
+            }
             Reply::Value(Value::Error(e)) if !is_transient_error(&e) => {
                 for job in jobs {
                     self.resolved(&job.id);
@@ -1166,6 +1224,12 @@ impl Producer {
                 continue;
             }
             let status = match item {
+                Value::Int(-1) => {
+                    // The queue is paused: not queued.
+                    self.events
+                        .push_back(ProducerEvent::AddPaused { job: JobId(job.id) });
+                    continue;
+                }
                 Value::Int(0) => AddStatus::AlreadyQueued,
                 Value::Int(_) => {
                     if let Some(due) = job.due_ms {
@@ -1370,7 +1434,10 @@ impl Producer {
 
     fn stats(&mut self, v: Value) {
         match parse_stats(v) {
-            Some(stats) => self.events.push_back(ProducerEvent::Stats(stats)),
+            Some(stats) => {
+                self.paused = stats.paused_at.is_some();
+                self.events.push_back(ProducerEvent::Stats(stats));
+            }
             None => self.trouble("stats: unexpected reply".into()),
         }
     }
@@ -1436,7 +1503,8 @@ fn parse_stats(v: Value) -> Option<QueueStats> {
         workers,
         waiting,
         running,
-    ] = <[Value; 8]>::try_from(items).ok()?;
+        paused,
+    ] = <[Value; 9]>::try_from(items).ok()?;
     let count = |x: Value| x.as_int("count").ok().and_then(|n| u64::try_from(n).ok());
     let entry = |x: Value| -> Option<Option<EntryId>> {
         let bytes = x.into_bytes("entry id").ok()?;
@@ -1454,6 +1522,14 @@ fn parse_stats(v: Value) -> Option<QueueStats> {
         workers: count(workers)?,
         oldest_waiting: entry(waiting)?,
         oldest_running: entry(running)?,
+        paused_at: {
+            let at = paused.into_bytes("paused").ok()?;
+            if at.is_empty() {
+                None
+            } else {
+                Some(std::str::from_utf8(&at).ok()?.parse().unwrap_or(0))
+            }
+        },
     })
 }
 

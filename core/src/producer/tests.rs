@@ -75,18 +75,98 @@ fn completed(events: &[ProducerEvent]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+fn fresh(id: &str) -> AddJob {
+    AddJob {
+        generated_id: true,
+        ..job(id)
+    }
+}
+
+fn paused_adds(events: &[ProducerEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::AddPaused { job } => Some(job.0.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn accepted(events: &[ProducerEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::Accepted { job, .. } => Some(job.0.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A pause held in Redis: adds through the script are refused (`AddPaused`, nothing
+/// queued) whichever producer adds; a producer that did not know learns it from its
+/// unchecked add (queued all the same: no worker starts it) and checks its next adds; an
+/// add whose id is marked is answered as queued; resume takes adds again.
 #[test]
-fn paused_queue_is_closed() {
+fn a_pause_in_redis_refuses_every_producers_adds() {
     let mut rng = SeededRandom::new(1);
+    let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.pause();
-    assert_eq!(
-        p.add(T0, job("a"), &mut rng),
-        Err(ProducerError::QueueClosed)
-    );
+    let mut other = producer(|c| c.producer("p2"));
+    let keys = p.keys().clone();
     assert_eq!(ProducerError::QueueClosed.to_string(), "queue closed");
-    p.resume();
-    assert_eq!(p.add(T0, job("a"), &mut rng), Ok(JobId::from("a")));
+
+    p.add(T0, fresh("a"), &mut rng).unwrap();
+    assert_eq!(accepted(&drive(&mut p, &mut sim)), ["a"]);
+    let request = p.set_paused(T0, true);
+    assert!(p.is_paused());
+    let events = drive(&mut p, &mut sim);
+    assert!(
+        events.contains(&ProducerEvent::PauseSet {
+            request,
+            paused: true
+        }),
+        "{events:?}"
+    );
+    assert!(sim.get(&keys.paused).is_some());
+    // This producer checks: refused, nothing of it in Redis.
+    p.add(T0, fresh("b"), &mut rng).unwrap();
+    p.add(T0, job("a"), &mut rng).unwrap();
+    let events = drive(&mut p, &mut sim);
+    assert_eq!(paused_adds(&events), ["b"]);
+    assert_eq!(accepted(&events), ["a"], "a marked id is queued already");
+    assert_eq!(sim.stream(&keys.jobs).map(|s| s.entries.len()), Some(1));
+
+    // The other one did not know: its unchecked add lands, and tells it.
+    assert!(!other.is_paused());
+    other.add(T0, fresh("c"), &mut rng).unwrap();
+    assert_eq!(accepted(&drive(&mut other, &mut sim)), ["c"]);
+    assert!(other.is_paused());
+    other.add(T0, fresh("d"), &mut rng).unwrap();
+    assert_eq!(paused_adds(&drive(&mut other, &mut sim)), ["d"]);
+
+    // Stats tell when it was paused.
+    other.request_stats();
+    let stats = drive(&mut other, &mut sim)
+        .into_iter()
+        .find_map(|e| match e {
+            ProducerEvent::Stats(s) => Some(s),
+            _ => None,
+        });
+    assert_eq!(stats.map(|s| s.paused_at), Some(Some(T0)));
+
+    // Resumed by the first: the other's checked add is taken, and it adds unchecked again.
+    p.set_paused(T0 + 1, false);
+    drive(&mut p, &mut sim);
+    assert!(sim.get(&keys.paused).is_none());
+    other.add(T0, fresh("d"), &mut rng).unwrap();
+    assert_eq!(accepted(&drive(&mut other, &mut sim)), ["d"]);
+    assert!(!other.is_paused());
+    other.add(T0, fresh("e"), &mut rng).unwrap();
+    let cmd = other.poll_command().unwrap();
+    assert!(
+        matches!(cmd.kind, CommandKind::Enqueue { fresh: true, .. }),
+        "{cmd:?}"
+    );
 }
 
 #[test]
@@ -324,6 +404,7 @@ fn stats_and_destroy() {
         workers: 0,
         oldest_waiting: Some(EntryId::new(T0, 0)),
         oldest_running: None,
+        paused_at: None,
     };
     assert!(
         events.contains(&ProducerEvent::Stats(waiting)),
@@ -479,7 +560,6 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
     );
     // With nothing to send and Redis unreachable, the producer pings.
     let mut q = producer(|c| c.block_ms(None));
-    q.pause();
     let read = q.poll_command().expect("the events read");
     q.handle_reply(T0, read.op, Reply::Unknown).unwrap();
     let t = q.poll_timeout().expect("a timer to ask again");
@@ -542,7 +622,7 @@ fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome(
     let first = &cmds[0];
     let v = sim.execute(&first.kind);
     assert!(
-        matches!(&v, Value::Array(items) if items.len() == 3),
+        matches!(&v, Value::Array(items) if items.len() == 4),
         "{v:?}"
     );
     p.handle_reply(T0, first.op, Reply::Unknown).unwrap();
@@ -582,6 +662,7 @@ fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
     let second = p.add(T0, AddJob::default(), &mut rng).unwrap();
     let cmd = p.poll_command().unwrap();
     let reply = Value::Array(vec![
+        Value::Int(0),
         Value::Int(2),
         Value::Error("OOM command not allowed".into()),
         Value::Bulk(b"1700000000000-0".to_vec()),

@@ -76,13 +76,26 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             count,
             ..
         } => {
-            let now = sim.now_ms;
-            let Some(s) = sim.stream_mut(&keys.jobs, false)? else {
-                return Err(nogroup(&keys.jobs, "XREADGROUP with GROUP option"));
-            };
-            let got = s.read_group(GROUP, consumer, *count as usize, now);
-            let got = got.ok_or_else(|| nogroup(&keys.jobs, "XREADGROUP with GROUP option"))?;
-            Ok(read_reply(&keys.jobs, got))
+            // Script `read` (alone, a read never blocks; merged ones: `execute_merged`):
+            // nothing while paused.
+            if sim.exists(&keys.paused) {
+                return Ok(Value::Array(vec![Value::Int(1)]));
+            }
+            let got = read_group(sim, keys, consumer, *count)?;
+            Ok(Value::Array(vec![Value::Int(0), got]))
+        }
+        CommandKind::SetPaused {
+            keys,
+            paused,
+            now_ms,
+        } => {
+            if *paused {
+                let h = sim.hash_mut(&keys.paused)?;
+                let new = h.insert(b"at".to_vec(), now_ms.to_string().into_bytes());
+                Ok(Value::Int(i64::from(new.is_none())))
+            } else {
+                Ok(Value::Int(i64::from(sim.remove(&keys.paused))))
+            }
         }
         CommandKind::Complete {
             keys,
@@ -781,9 +794,29 @@ fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// `XREADGROUP GROUP workers <consumer> COUNT <count> STREAMS <jobs> >`.
+pub(super) fn read_group(sim: &mut Sim, keys: &QueueKeys, consumer: &str, count: u32) -> Exec {
+    let now = sim.now_ms;
+    let Some(s) = sim.stream_mut(&keys.jobs, false)? else {
+        return Err(nogroup(&keys.jobs, "XREADGROUP with GROUP option"));
+    };
+    let got = s.read_group(GROUP, consumer, count as usize, now);
+    let got = got.ok_or_else(|| nogroup(&keys.jobs, "XREADGROUP with GROUP option"))?;
+    Ok(read_reply(&keys.jobs, got))
+}
+
 fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[NewJob]) -> Exec {
+    let paused = sim.exists(&keys.paused);
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
+        if paused {
+            // Read only: an HMGET creates no key.
+            let marked = sim
+                .hash(&keys.ids)?
+                .is_some_and(|h| h.contains_key(job.id.as_bytes()));
+            out.push(Value::Int(if marked { 0 } else { -1 }));
+            continue;
+        }
         let ids = sim.hash_mut(&keys.ids)?;
         if ids.contains_key(job.id.as_bytes()) {
             out.push(Value::Int(0));
@@ -806,8 +839,9 @@ fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[
     Ok(Value::Array(out))
 }
 
-/// MULTI, HSET of every marker, an XADD per job, EXEC: no check (the ids are new), every job
-/// due now. The reply is EXEC's: the HSET's count of new fields, then the entry ids. With an
+/// MULTI, EXISTS of the pause, HSET of every marker, an XADD per job, EXEC: no check (the
+/// ids are new; a pause is only reported), every job due now. The reply is EXEC's: whether
+/// the queue is paused, the HSET's count of new fields, then the entry ids. With an
 /// empty batch, `HSET ids` alone fails (wrong number of arguments) and MULTI refuses it, so
 /// EXEC aborts.
 fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]) -> Exec {
@@ -815,7 +849,8 @@ fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]
         return Err("EXECABORT Transaction discarded because of previous errors.".into());
     }
     // A command of the transaction that fails leaves its error in EXEC's array; the others run.
-    let mut out = Vec::with_capacity(1 + jobs.len());
+    let mut out = Vec::with_capacity(2 + jobs.len());
+    out.push(Value::Int(i64::from(sim.exists(&keys.paused))));
     out.push(match sim.hash_mut(&keys.ids) {
         Ok(ids) => {
             let mut added = 0;
@@ -955,7 +990,7 @@ fn reclaim(sim: &mut Sim, kind: &CommandKind) -> Exec {
         _ => Value::Int(-1),
     };
     let (mut cursor, mut claimed, mut deleted) = (*cursor, Vec::new(), Vec::new());
-    if *count > 0 {
+    if *count > 0 && !sim.exists(&keys.paused) {
         let now = sim.now_ms;
         let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
         let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
@@ -1073,6 +1108,17 @@ fn stats(sim: &mut Sim, keys: &QueueKeys, producer: &ProducerKeys) -> Exec {
         .map(Value::Int)
         .collect();
     out.extend([id(oldest_waiting), id(oldest_running)]);
+    let paused = if sim.exists(&keys.paused) {
+        let at = sim
+            .hash(&keys.paused)
+            .ok()
+            .flatten()
+            .and_then(|h| h.get(&b"at"[..]));
+        at.cloned().unwrap_or_else(|| b"0".to_vec())
+    } else {
+        Vec::new()
+    };
+    out.push(Value::Bulk(paused));
     Ok(Value::Array(out))
 }
 

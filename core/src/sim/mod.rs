@@ -183,6 +183,27 @@ impl Sim {
     /// anything is read), then each stream is read with the command's `COUNT` (the least of
     /// the reads'); the reply names the streams that had entries, nil if none had.
     pub fn execute_merged(&mut self, reads: &[CommandKind]) -> Value {
+        self.execute_read(reads)
+    }
+
+    /// Runs the pause check of workers' reads ([`crate::scripts::pause_check`]): EXEC's
+    /// array, `EXISTS` of each read's queue's pause.
+    pub fn execute_pause_check(&mut self, reads: &[CommandKind]) -> Value {
+        self.executed += 1;
+        Value::Array(
+            reads
+                .iter()
+                .map(|r| match r {
+                    CommandKind::Read { keys, .. } => {
+                        Value::Int(i64::from(self.exists(&keys.paused)))
+                    }
+                    _ => Value::Error("ERR not a worker's read".into()),
+                })
+                .collect(),
+        )
+    }
+
+    fn execute_read(&mut self, reads: &[CommandKind]) -> Value {
         let count = reads
             .iter()
             .filter_map(|r| match r {
@@ -219,7 +240,19 @@ impl Sim {
                 }
                 _ => return Value::Error("ERR not a read".into()),
             }
-            match self.execute(&r) {
+            let reply = match &r {
+                CommandKind::Read {
+                    keys,
+                    consumer,
+                    count,
+                    ..
+                } => {
+                    self.executed += 1;
+                    exec::read_group(self, keys, consumer, *count).unwrap_or_else(Value::Error)
+                }
+                _ => self.execute(&r),
+            };
+            match reply {
                 Value::Array(a) => parts.extend(a),
                 Value::Nil => {}
                 other => return other,
@@ -318,6 +351,11 @@ impl Sim {
             Data::ZSet(z) => Ok(z),
             _ => Err(WRONGTYPE.into()),
         }
+    }
+
+    /// EXISTS.
+    fn exists(&self, key: &str) -> bool {
+        self.db.contains_key(key)
     }
 
     /// Removes `key` (and its time to live); whether it was there.

@@ -7,7 +7,7 @@ use super::*;
 use crate::command::{NewJob, Settle};
 use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 use crate::scripts::TRIM_WINDOW_MS;
-use crate::value::{StreamEntry, decode_read};
+use crate::value::{StreamEntry, decode_read, split_paused};
 
 fn keys() -> Arc<QueueKeys> {
     Arc::new(QueueKeys::new("dl", "q").unwrap())
@@ -70,13 +70,15 @@ fn ints(v: Value) -> Vec<i64> {
 }
 
 fn read(sim: &mut Sim, consumer: &str, count: u32) -> Vec<StreamEntry> {
-    decode_read(sim.execute(&CommandKind::Read {
+    let (paused, reply) = split_paused(sim.execute(&CommandKind::Read {
         keys: keys(),
         consumer: consumer.into(),
         count,
         block_ms: None,
     }))
-    .unwrap()
+    .unwrap();
+    assert_eq!(paused, Some(false));
+    decode_read(reply).unwrap()
 }
 
 /// An add by producer `p` (registered until far ahead).

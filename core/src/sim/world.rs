@@ -72,6 +72,9 @@ pub struct Ledger {
     pub abandoned: BTreeSet<JobId>,
     /// Adds refused while the queue was paused.
     pub refused_paused: u64,
+    /// Jobs an add of which was refused while the queue was paused: ended, unless an add
+    /// of theirs was accepted.
+    pub refused: BTreeSet<JobId>,
     /// Producers replaced, workers shut down (drained or handing back).
     pub replaced: u64,
     /// Workers shut down.
@@ -307,9 +310,6 @@ impl World {
                 self.ledger.owner.insert(id.clone(), producer);
                 self.ledger.added.insert(id, producer);
             }
-            Err(crate::producer::ProducerError::QueueClosed) if p.is_paused() => {
-                self.ledger.refused_paused += 1;
-            }
             Err(e) => self.ledger.errors.push(format!("add: {e}")),
         }
         self.pump();
@@ -353,23 +353,28 @@ impl World {
                 self.ledger.re_added += 1;
                 self.ledger.due.entry(id).and_modify(|d| *d = (*d).min(now));
             }
-            Err(crate::producer::ProducerError::QueueClosed) if p.is_paused() => {
-                self.ledger.refused_paused += 1;
-            }
             Err(e) => self.ledger.errors.push(format!("add again: {e}")),
         }
         self.pump();
     }
 
-    /// Pauses (adds fail with `QueueClosed`) or resumes `producer`.
+    /// Pauses (in Redis: adds are refused, no job starts) or resumes the queue of
+    /// `producer`, through it.
     pub fn pause(&mut self, producer: usize, paused: bool) {
         if let Some(p) = self.producers.get_mut(producer) {
-            if paused {
-                p.pause();
-            } else {
-                p.resume();
-            }
+            p.set_paused(self.now_ms, paused);
         }
+        self.pump();
+    }
+
+    /// Whether job `job` ended: completed, dead, its add failed, or refused while paused
+    /// (and never accepted).
+    fn ended(&self, job: &JobId) -> bool {
+        let l = &self.ledger;
+        l.completed.contains_key(job)
+            || l.dead.contains(job)
+            || l.add_failed.contains(job)
+            || (l.refused.contains(job) && !l.accepted.contains(job))
     }
 
     /// `producer` is replaced (its process died; another takes over under its id): its
@@ -562,6 +567,13 @@ impl World {
             while let Some(ev) = w.poll_event() {
                 match ev {
                     WorkerEvent::Job(d) => {
+                        // Deliveries come from the reply of the command that just ran: the
+                        // queue was not paused when it read them.
+                        if self.net.sim.exists(&w.keys().paused) {
+                            self.ledger
+                                .errors
+                                .push(format!("{} started while its queue is paused", d.job.id));
+                        }
                         if d.trace != trace_of(&d.job.id, 1) {
                             self.ledger
                                 .errors
@@ -600,11 +612,7 @@ impl World {
     /// Whether every added job ended (completed or dead-lettered, as its producer saw it).
     #[must_use]
     pub fn all_settled(&self) -> bool {
-        self.ledger.added.keys().all(|j| {
-            self.ledger.completed.contains_key(j)
-                || self.ledger.dead.contains(j)
-                || self.ledger.add_failed.contains(j)
-        })
+        self.ledger.added.keys().all(|j| self.ended(j))
     }
 
     /// Heals the world (no faults, every worker up) and runs it until every job ended and
@@ -614,6 +622,11 @@ impl World {
         self.net.faults = Faults::default();
         for slot in 0..self.slots.len() {
             self.restart(slot);
+        }
+        // Every queue runs again: each producer's last word is a resume (a pause of one
+        // still out lands before it; one sent again after a loss is dropped).
+        for p in 0..self.producers.len() {
+            self.pause(p, false);
         }
         self.pump();
         for _ in 0..max_steps {
@@ -732,10 +745,12 @@ impl World {
     pub fn check_quiescent(&self) -> Result<(), String> {
         self.check_step()?;
         let l = &self.ledger;
+        // Refused while paused, and never accepted: never queued.
+        let never_queued = |j: &JobId| l.refused.contains(j) && !l.accepted.contains(j);
         if let Some(job) = l
             .added
             .keys()
-            .find(|j| !l.completed.contains_key(*j) && !l.dead.contains(*j))
+            .find(|j| !(l.completed.contains_key(*j) || l.dead.contains(*j) || never_queued(j)))
         {
             return Err(format!("{job} lost: neither completed nor dead"));
         }
@@ -746,13 +761,7 @@ impl World {
     #[must_use]
     pub fn why_not_quiescent(&self) -> String {
         let l = &self.ledger;
-        let open: Vec<&JobId> = l
-            .added
-            .keys()
-            .filter(|j| {
-                !l.completed.contains_key(*j) && !l.dead.contains(*j) && !l.add_failed.contains(*j)
-            })
-            .collect();
+        let open: Vec<&JobId> = l.added.keys().filter(|j| !self.ended(j)).collect();
         format!(
             "jobs not ended {open:?}; idle {}; in flight {}; keys {:?}; workers {:?}",
             self.idle(),
@@ -847,6 +856,10 @@ fn record_producer_event(ledger: &mut Ledger, producer: usize, ev: ProducerEvent
         ProducerEvent::AddFailed { job, .. } => {
             *ledger.outcomes.entry(job.clone()).or_default() += 1;
             ledger.add_failed.insert(job);
+        }
+        ProducerEvent::AddPaused { job } => {
+            ledger.refused_paused += 1;
+            ledger.refused.insert(job);
         }
         ProducerEvent::Accepted {
             job,

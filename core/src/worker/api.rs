@@ -217,6 +217,12 @@ pub enum WorkerEvent {
         /// How many.
         count: usize,
     },
+    /// Redis told this worker that the queue was paused (`true`: it starts no job until
+    /// the queue is resumed, and asks again every [`super::PAUSED_POLL_MS`]) or resumed.
+    PauseSeen {
+        /// Paused or resumed.
+        paused: bool,
+    },
 }
 
 /// How a job was settled.

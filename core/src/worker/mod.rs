@@ -36,6 +36,10 @@ use crate::value::EntryId;
 /// The most delayed jobs one promotion moves.
 const PROMOTE_LIMIT: u32 = 256;
 
+/// How often a worker of a paused queue asks whether it was resumed (ms): its reads do
+/// not block while the queue is paused, and take nothing.
+pub const PAUSED_POLL_MS: u64 = 1_000;
+
 /// The three transitions that settle a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum SettleKind {
@@ -106,6 +110,8 @@ pub struct Worker {
     next_read_ms: u64,
     /// The last read found nothing: the next one may block.
     idle: bool,
+    /// The last read found the queue paused: no job starts, reads do not block.
+    paused: bool,
     resend: ResendBackoff,
     draining: bool,
     drained_sent: bool,
@@ -146,6 +152,7 @@ impl Worker {
             next_promote_ms: None,
             next_read_ms: now_ms,
             idle: false,
+            paused: false,
             resend: ResendBackoff::default(),
             draining: false,
             drained_sent: false,
@@ -163,6 +170,13 @@ impl Worker {
     #[must_use]
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// Whether the queue was paused when Redis last told this worker (a paused queue's
+    /// workers start no job).
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// The job running at `entry`, if it runs here.
@@ -440,7 +454,8 @@ impl Worker {
             if let Some(due) = self.next_promote_ms {
                 at(gate(due));
             }
-            if self.cfg.block_ms.is_none() && gate(self.next_read_ms) > self.now_ms {
+            let polls = self.cfg.block_ms.is_none() || self.paused;
+            if polls && gate(self.next_read_ms) > self.now_ms {
                 at(gate(self.next_read_ms));
             }
         }
@@ -656,7 +671,7 @@ impl Worker {
             keys: self.keys.clone(),
             consumer: self.cfg.consumer.clone(),
             count: credits,
-            block_ms: self.cfg.block_ms.filter(|_| self.idle),
+            block_ms: self.cfg.block_ms.filter(|_| self.idle && !self.paused),
         };
         Some(self.op(kind, InFlight::Read { count: credits }))
     }

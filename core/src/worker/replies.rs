@@ -13,14 +13,15 @@
 use std::sync::Arc;
 
 use super::{
-    Delivery, InFlight, Running, SettleKind, Settlement, Worker, WorkerError, WorkerEvent,
+    Delivery, InFlight, PAUSED_POLL_MS, Running, SettleKind, Settlement, Worker, WorkerError,
+    WorkerEvent,
 };
 use crate::command::{OpId, Reply, Settle, is_transient_error};
 use crate::envelope::{Context, Purpose, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::random::Random;
 use crate::retry::POLL_INTERVAL_MS;
-use crate::value::{EntryId, ReplyError, StreamEntry, Value, decode_read};
+use crate::value::{EntryId, ReplyError, StreamEntry, Value, decode_read, split_paused};
 
 impl Worker {
     /// The reply to command `op`. Every command gets exactly one reply (a value, an error
@@ -106,17 +107,42 @@ impl Worker {
         self.backoff();
     }
 
+    /// A read's reply ([`split_paused`]).
     fn read(&mut self, v: Value, rng: &mut impl Random) {
+        let (paused, v) = match split_paused(v) {
+            Ok(split) => split,
+            Err(ReplyError::Redis(e)) => return self.trouble("read", &Value::Error(e)),
+            Err(e) => return self.bad_shape("read", e),
+        };
         if let Value::Error(_) = v {
             return self.trouble("XREADGROUP", &v);
         }
         match decode_read(v) {
             Ok(entries) => {
+                self.resend.succeed();
+                if let Some(paused) = paused {
+                    if paused != self.paused {
+                        self.paused = paused;
+                        self.events.push_back(WorkerEvent::PauseSeen { paused });
+                        if !paused {
+                            // Resumed: the upkeep now, so that what workers handed back
+                            // during the pause runs without waiting for its turn.
+                            self.next_reclaim_ms = self.now_ms;
+                        }
+                    }
+                }
+                if self.paused {
+                    // Nothing starts: what came (a read that met the pause) goes back
+                    // unstarted, to be reclaimed after the queue is resumed.
+                    self.idle = false;
+                    self.next_read_ms = self.now_ms.saturating_add(PAUSED_POLL_MS);
+                    self.hand_back.extend(entries.into_iter().map(|e| e.id));
+                    return;
+                }
                 self.idle = entries.is_empty();
                 if entries.is_empty() && self.cfg.block_ms.is_none() {
                     self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
                 }
-                self.resend.succeed();
                 for e in entries {
                     self.accept(e, 1, rng);
                 }

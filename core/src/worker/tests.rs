@@ -295,6 +295,9 @@ fn shut_down_workers_and_a_paused_queue_lose_nothing() {
     world.shut_down(1, true);
     world.pause(0, true);
     world.add(0, 0);
+    for _ in 0..20 {
+        world.deliver(0);
+    }
     assert_eq!(world.ledger.refused_paused, 1);
     world.pause(0, false);
     world.add(0, 0);
@@ -1044,4 +1047,94 @@ fn a_worker_backing_off_has_no_timer_in_the_past() {
     );
     let next = w.poll_timeout().expect("a timer: the backoff's end");
     assert!(next > now, "timer {next} is not after now {now}");
+}
+
+/// A blocking read that took entries as the queue was paused (its pause check said so)
+/// starts none of them: it hands them back, polls without blocking while the pause lasts,
+/// and once resumed runs the upkeep at once, which brings them back as jobs.
+#[test]
+fn a_read_that_met_a_pause_hands_its_entries_back() {
+    let mut rng = SeededRandom::new(5);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c")
+            .concurrency(2)
+            .block_ms(Some(5_000)),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    let keys = Arc::new(w.keys().clone());
+    // Until the worker, idle, blocks.
+    let blocking = loop {
+        let cmd = w.poll_command().expect("a command");
+        if cmd.block_ms().is_some() {
+            break cmd;
+        }
+        let v = sim.execute(&cmd.kind);
+        w.handle_reply(T0, cmd.op, Reply::Value(v), &mut rng)
+            .unwrap();
+        while w.poll_event().is_some() {}
+    };
+    enqueue(&mut sim, &mut rng, 2);
+    let pause = |paused| CommandKind::SetPaused {
+        keys: keys.clone(),
+        paused,
+        now_ms: T0,
+    };
+    sim.execute(&pause(true));
+    // The read takes both entries; the check after it finds the pause.
+    let reads = std::slice::from_ref(&blocking.kind);
+    let merged = sim.execute_merged(reads);
+    assert_eq!(
+        sim.execute_pause_check(reads),
+        Value::Array(vec![Value::Int(1)])
+    );
+    // The mux's answer: `[paused, entries]`.
+    let answer = Value::Array(vec![Value::Int(1), merged]);
+    w.handle_reply(T0, blocking.op, Reply::Value(answer), &mut rng)
+        .unwrap();
+    let events: Vec<WorkerEvent> = std::iter::from_fn(|| w.poll_event()).collect();
+    assert_eq!(events, [WorkerEvent::PauseSeen { paused: true }]);
+    assert!(w.is_paused());
+    let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
+    assert!(
+        matches!(&cmds[..], [Command { kind: CommandKind::Heartbeat { idle_ms, entries, .. }, .. }]
+            if *idle_ms == WorkerConfig::new("q", "c").lease_ms && entries.len() == 2),
+        "handed back: {cmds:?}"
+    );
+    for c in cmds {
+        let v = sim.execute(&c.kind);
+        w.handle_reply(T0, c.op, Reply::Value(v), &mut rng).unwrap();
+    }
+    // Paused: a read a second later, without blocking, takes nothing.
+    assert_eq!(w.poll_timeout(), Some(T0 + PAUSED_POLL_MS));
+    sim.set_time(T0 + PAUSED_POLL_MS);
+    w.handle_timeout(T0 + PAUSED_POLL_MS, &mut rng).unwrap();
+    let read = w.poll_command().expect("a read");
+    assert!(
+        matches!(read.kind, CommandKind::Read { block_ms: None, .. }),
+        "{read:?}"
+    );
+    let v = sim.execute(&read.kind);
+    assert_eq!(v, Value::Array(vec![Value::Int(1)]));
+    w.handle_reply(sim.now_ms(), read.op, Reply::Value(v), &mut rng)
+        .unwrap();
+    assert!(w.poll_event().is_none());
+    // Resumed: the next read says so, and the upkeep brings both back at once.
+    sim.execute(&pause(false));
+    let t = T0 + 2 * PAUSED_POLL_MS;
+    sim.set_time(t);
+    w.handle_timeout(t, &mut rng).unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    assert!(
+        events.contains(&WorkerEvent::PauseSeen { paused: false }),
+        "{events:?}"
+    );
+    let jobs = events
+        .iter()
+        .filter(|e| matches!(e, WorkerEvent::Job(_)))
+        .count();
+    assert_eq!(jobs, 2, "{events:?}");
+    assert!(!w.is_paused());
 }
