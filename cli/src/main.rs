@@ -7,9 +7,12 @@
 //!   stats QUEUE [--watch [--interval-ms N] [--times N]]
 //!                                 counts, live workers, oldest waiting/running ages
 //!   workers QUEUE                 live workers, and when each promised to be back
+//!   pause QUEUE | resume QUEUE    held in Redis, for every producer and worker of the queue
 //!   job show QUEUE ID             where a job is: waiting, running (where), delayed, dead
 //!   job run-now QUEUE ID          a delayed job to the work stream at once
 //!   dead ls QUEUE [--count N] [--after ENTRY]
+//!   dead show QUEUE ENTRY         one letter: job, attempt, age; with the secret its session,
+//!                                 title, payload and reason
 //!   keys QUEUE                    envelopes by the key id that sealed them (rotation
 //!                                 progress: jobs, delayed jobs, dead letters)
 //!   events ls QUEUE [--watch [--interval-ms N] [--times N]]
@@ -51,9 +54,12 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   queues
   stats QUEUE [--watch [--interval-ms N] [--times N]]
   workers QUEUE
+  pause QUEUE
+  resume QUEUE
   job show QUEUE ID
   job run-now QUEUE ID
   dead ls QUEUE [--count N] [--after ENTRY]
+  dead show QUEUE ENTRY
   keys QUEUE
   events ls QUEUE [--watch [--interval-ms N] [--times N]]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
@@ -301,6 +307,30 @@ async fn run(a: Args) -> Result<u8, Failure> {
             }
             Ok(if p.state() == "unknown" { 1 } else { 0 })
         }
+        [verb @ ("pause" | "resume"), name] => {
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &no_secret())?;
+            let paused = *verb == "pause";
+            let done = async {
+                if paused {
+                    q.pause().await
+                } else {
+                    q.resume().await
+                }
+            };
+            tokio::time::timeout(Duration::from_millis(a.timeout_ms.max(1_000)), done)
+                .await
+                .map_err(|_| failed("redis did not answer in time"))?
+                .map_err(failed)?;
+            if a.json {
+                println!("{}", json!({ "queue": name, "paused": paused }));
+            } else if paused {
+                println!("{name} paused: adds are refused and no worker starts a job");
+            } else {
+                println!("{name} resumed");
+            }
+            Ok(0)
+        }
         ["workers", name] => {
             let dl = connect(&a).await?;
             let q = queue(&dl, name, &no_secret())?;
@@ -425,6 +455,45 @@ async fn run(a: Args) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        ["dead", "show", name, at] => {
+            let at = entry(at)?;
+            let ring = secrets(&a)?.unwrap_or_else(no_secret);
+            let dl = connect(&a).await?;
+            let q = queue(&dl, name, &ring)?;
+            // The page after the entry just before it: the letter itself, if it is there.
+            let before = if at.seq > 0 {
+                EntryId::new(at.ms, at.seq - 1)
+            } else {
+                EntryId::new(at.ms.saturating_sub(1), u64::MAX)
+            };
+            let page = q.dead_letters(Some(before), 1).await.map_err(failed)?;
+            let Some(l) = page.letters.into_iter().find(|l| l.entry == at) else {
+                return Err(failed(format!("no dead letter {at} in {name}")));
+            };
+            let now = now_ms();
+            if a.json {
+                println!("{}", letter_json(&l, now));
+                return Ok(0);
+            }
+            let or_dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+            println!("entry     {}", l.entry);
+            println!("job       {}", or_dash(l.job.as_ref().map(|j| j.0.clone())));
+            println!("attempt   {}", or_dash(l.attempt.map(|n| n.to_string())));
+            println!("dead for  {:.1} s", l.age_ms(now) as f64 / 1000.0);
+            match (&l.record, &l.reason) {
+                (Ok(r), reason) => {
+                    println!("session   {}", r.session_id);
+                    println!("title     {}", r.title);
+                    println!("payload   {}", String::from_utf8_lossy(&r.payload));
+                    match reason {
+                        Ok(why) => println!("reason    {why}"),
+                        Err(e) => println!("reason    (sealed: {e})"),
+                    }
+                }
+                (Err(e), _) => println!("sealed    {e} (give the secret to open it)"),
+            }
+            Ok(0)
+        }
         ["dead", verb @ ("retry" | "delete"), name, entries @ ..] => {
             let retry = *verb == "retry";
             let picked: Vec<EntryId> =
@@ -530,10 +599,16 @@ async fn stats(a: &Args, q: &JobQueue, name: &str) -> Result<(), Failure> {
             "dead": s.dead, "workers": s.workers,
             "oldest_waiting_ms": s.oldest_waiting.map(|_| s.oldest_waiting_ms(now)),
             "oldest_running_ms": s.oldest_running.map(|_| s.oldest_running_ms(now)),
+            "paused": s.paused_at.is_some(),
+            "paused_for_ms": s.paused_at.map(|at| now.saturating_sub(at)),
         });
         println!("{v}");
     } else {
         println!("queue     {name}");
+        if let Some(at) = s.paused_at {
+            let secs = now.saturating_sub(at) as f64 / 1000.0;
+            println!("paused    for {secs:.1} s (no worker starts a job)");
+        }
         println!("waiting   {}", s.jobs.saturating_sub(s.pending));
         println!("running   {}", s.pending);
         println!("delayed   {}", s.delayed);

@@ -143,6 +143,33 @@ async fn the_cli_reports_and_handles_dead_letters() {
         assert_eq!(l["attempt"].as_u64(), Some(1));
     }
 
+    // One letter: sealed without the secret, opened with it; an unknown entry exits 1.
+    let second = open[1]["entry"].as_str().expect("an entry").to_owned();
+    let shown = cli(&url, false, &["dead", "show", "cli", &second]);
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(stdout(&shown).contains("sealed"), "{}", stdout(&shown));
+    assert!(
+        !stdout(&shown).contains("plaintext-marker"),
+        "{}",
+        stdout(&shown)
+    );
+    let shown = cli(&url, true, &["dead", "show", "cli", &second]);
+    assert!(
+        stdout(&shown).contains("plaintext-marker-1 failed on purpose"),
+        "{}",
+        stdout(&shown)
+    );
+    let one = json(&cli(
+        &url,
+        true,
+        &["--json", "dead", "show", "cli", &second],
+    ));
+    for field in ["entry", "job", "attempt", "payload", "reason", "session"] {
+        assert_eq!(one[field], open[1][field], "{field}: {one}");
+    }
+    let missing = cli(&url, false, &["dead", "show", "cli", "1-0"]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+
     // Where a job is: dead, with its attempt; an unknown one exits 1.
     let id = open[0]["job"].as_str().expect("a job id").to_owned();
     let shown = json(&cli(&url, false, &["--json", "job", "show", "cli", &id]));
@@ -593,4 +620,46 @@ async fn credentials_are_counted_and_purged_by_session_prefix() {
     for out in [&dry, &gone] {
         assert!(!stdout(out).contains("credential-marker"));
     }
+}
+
+/// `pause` and `resume` from the command line (another process) hold for this process's
+/// producer and worker; `stats` shows the pause; no secret is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_from_the_command_line() {
+    let (_server, url, secrets, dl) = setup().await;
+    let worker = dl
+        .worker("pz", &secrets, WorkerOptions::default())
+        .expect("worker")
+        .start(|job: Job| async move { Ok::<_, String>(job.attempt) });
+    let queue = dl
+        .queue("pz", &secrets, QueueOptions::default())
+        .expect("queue");
+    let h = queue.add("s", &1).await.expect("add");
+    assert!(matches!(h.result().await, Ok(Outcome::Completed(_))));
+
+    let out = cli(&url, false, &["--json", "pause", "pz"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json(&out)["paused"], true);
+    let stats = json(&cli(&url, false, &["--json", "stats", "pz"]));
+    assert_eq!(stats["paused"], true, "{stats}");
+    assert!(stdout(&cli(&url, false, &["stats", "pz"])).contains("paused"));
+    // This producer learns at its first add (queued, not run); the next is refused.
+    let queued = queue.add("s", &2).await.expect("queued unchecked");
+    assert!(matches!(
+        queue.add("s", &3).await,
+        Err(datalayer_tokio::Error::QueueClosed)
+    ));
+    let mut pending = Box::pin(queued.result());
+    let waited = tokio::time::timeout(Duration::from_millis(1_500), &mut pending).await;
+    assert!(waited.is_err(), "ran while paused: {waited:?}");
+
+    let out = cli(&url, false, &["resume", "pz"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).contains("resumed"));
+    let done = tokio::time::timeout(Duration::from_secs(20), pending).await;
+    assert!(matches!(done, Ok(Ok(Outcome::Completed(_)))), "{done:?}");
+    let stats = json(&cli(&url, false, &["--json", "stats", "pz"]));
+    assert_eq!(stats["paused"], false, "{stats}");
+    assert!(queue.add("s", &4).await.is_ok());
+    worker.shutdown(Duration::from_secs(5)).await;
 }
