@@ -18,6 +18,9 @@
 //!   events ls QUEUE [--watch [--interval-ms N] [--times N]]
 //!                                 outcomes not yet read by their producer (job, kind,
 //!                                 attempt, producer; a failure's reason with the secret)
+//!   events tail QUEUE [--interval-ms N] [--times N]
+//!                                 every outcome as it is written (job, kind, attempt,
+//!                                 producer), from the queue's outcome log
 //!   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
 //!   dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
 //!                                 a progress bar on stderr when it is a terminal (or with
@@ -62,6 +65,7 @@ const USAGE: &str = "usage: datalayer [--url URL] [--prefix P] [--json] [--secre
   dead show QUEUE ENTRY
   keys QUEUE
   events ls QUEUE [--watch [--interval-ms N] [--times N]]
+  events tail QUEUE [--interval-ms N] [--times N]
   dead retry QUEUE (--all | --older-than SECONDS | ENTRY...) [--dry-run] [--progress]
   dead delete QUEUE (--all | ENTRY...) [--dry-run] [--progress]
   credentials count [--session-prefix P]
@@ -366,6 +370,7 @@ async fn run(a: Args) -> Result<u8, Failure> {
             Ok(if moved { 0 } else { 1 })
         }
         ["events", "ls", name] => events_ls(&a, name).await,
+        ["events", "tail", name] => events_tail(&a, name).await,
         ["credentials", "count"] => {
             let dl = connect(&a).await?;
             let n = dl
@@ -555,6 +560,36 @@ async fn events_ls(a: &Args, name: &str) -> Result<u8, Failure> {
     }
 }
 
+/// `events tail`: every outcome as the settles write it (the queue's outcome log, opened
+/// by the first read and kept while this tails), every `--interval-ms` (250 ms), until
+/// `--times` reads or forever. Plain fields only; no secret needed.
+async fn events_tail(a: &Args, name: &str) -> Result<u8, Failure> {
+    let dl = connect(a).await?;
+    let q = queue(&dl, name, &no_secret())?;
+    let every = Duration::from_millis(a.watch_ms.unwrap_or(250));
+    // Long enough to outlive a slow read; short enough to stop the writes soon after.
+    let keep = (every * 4).max(Duration::from_secs(10));
+    let mut after = None;
+    let mut polls = 0u64;
+    loop {
+        loop {
+            let (events, last) = q.tail_outcomes(after, 1_000, keep).await.map_err(failed)?;
+            after = last;
+            for e in &events {
+                print_event(a, e);
+            }
+            if events.len() < 1_000 {
+                break;
+            }
+        }
+        polls += 1;
+        if a.watch_count.is_some_and(|n| polls >= n) {
+            return Ok(0);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 fn print_event(a: &Args, e: &PeekedEvent) {
     let job = e.job.as_ref().map_or("-", |j| j.0.as_str());
     if a.json {
@@ -574,12 +609,16 @@ fn print_event(a: &Args, e: &PeekedEvent) {
             .as_deref()
             .map(|r| format!("  {r}"))
             .unwrap_or_default();
+        let sealed = if e.sealed_len > 0 {
+            format!("  ({} sealed bytes)", e.sealed_len)
+        } else {
+            String::new()
+        };
         println!(
-            "{}  {}  {job}  {}  attempt {attempt}  ({} sealed bytes){why}",
+            "{}  {}  {job}  {}  attempt {attempt}{sealed}{why}",
             e.entry,
             e.producer,
             e.kind.as_str(),
-            e.sealed_len
         );
     }
     use std::io::Write as _;

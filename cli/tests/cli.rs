@@ -663,3 +663,94 @@ async fn pause_and_resume_from_the_command_line() {
     assert!(queue.add("s", &4).await.is_ok());
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `events tail` shows every outcome as the settles write it (job, kind, attempt,
+/// producer), including those their producer read at once; nothing sealed, no secret; the
+/// outcome log expires after the tail stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_shows_every_outcome_as_it_is_written() {
+    let (_server, url, secrets, dl) = setup().await;
+    let worker = dl
+        .worker(
+            "tl",
+            &secrets,
+            WorkerOptions::default().retry(RetryPolicy::new(2, Backoff::None)),
+        )
+        .expect("worker")
+        .start(|job: Job| async move {
+            let text: String = job.json().map_err(|e| e.to_string())?;
+            if text.starts_with("fail") {
+                return Err(format!("{text}: plaintext-marker reason"));
+            }
+            Ok::<_, String>(text)
+        });
+    let queue = dl
+        .queue("tl", &secrets, QueueOptions::default())
+        .expect("queue");
+    let tail = std::process::Command::new(env!("CARGO_BIN_EXE_datalayer"))
+        .args(["--url", &url, "--json", "events", "tail", "tl"])
+        .args(["--interval-ms", "100", "--times", "60"])
+        .env_remove("DATALAYER_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run datalayer");
+    // Once the log is open, the jobs: three complete, one fails twice and is dead.
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let start = Instant::now();
+    while !redis::cmd("EXISTS")
+        .arg("dl:{tl}:log")
+        .query_async::<bool>(&mut conn)
+        .await
+        .expect("EXISTS")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the tail never opened the log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ids = Vec::new();
+    for text in [
+        "plaintext-marker-a",
+        "plaintext-marker-b",
+        "fail-plaintext-marker",
+        "c",
+    ] {
+        let h = queue.add("s", &text).await.expect("add");
+        ids.push(h.id.0.clone());
+        let _ = h.result().await;
+    }
+    let out = tail.wait_with_output().expect("the tail ends");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("plaintext-marker"), "{text}");
+    let seen: Vec<(String, String, u64)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+        .map(|v| {
+            let job = v["job"].as_str().unwrap_or_default().to_owned();
+            let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+            (job, kind, v["attempt"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    let expected = vec![
+        (ids[0].clone(), "completed".to_owned(), 1),
+        (ids[1].clone(), "completed".to_owned(), 1),
+        (ids[2].clone(), "failed".to_owned(), 1),
+        (ids[2].clone(), "dead".to_owned(), 2),
+        (ids[3].clone(), "completed".to_owned(), 1),
+    ];
+    assert_eq!(seen, expected, "{text}");
+    // The log goes by itself (10 s after the last read); nothing stays.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("dl:{tl}:log")
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!((0..=10_000).contains(&ttl), "{ttl}");
+    worker.shutdown(Duration::from_secs(5)).await;
+}

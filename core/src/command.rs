@@ -479,6 +479,23 @@ pub enum CommandKind {
         /// The queue.
         keys: Arc<QueueKeys>,
     },
+    /// Script `tail_log`: opens the queue's outcome log if it is not there (an entry of kind
+    /// `open`), keeps it `keep_ms` longer (PEXPIRE), and reads up to `count` entries after
+    /// `after`. While the log exists, the settle scripts append every outcome to it (job,
+    /// kind `c`/`f`/`d`, attempt, producer marker; nothing sealed); it expires `keep_ms`
+    /// after the last tailer's read.
+    ///
+    /// Reply: the entries. Unknown outcome: ask again (idempotent).
+    TailLog {
+        /// The queue.
+        keys: Arc<QueueKeys>,
+        /// Entries after this one.
+        after: EntryId,
+        /// At most this many.
+        count: u32,
+        /// How long the log stays after this read (ms, at least 1).
+        keep_ms: u64,
+    },
     /// Pauses the queue in Redis (`HSET <paused> at <now>`) or resumes it (`DEL
     /// <paused>`), for every producer and worker of the queue, in every process.
     ///

@@ -103,6 +103,11 @@ pub struct QueueKeys {
     /// exists, adds are refused and no worker starts a job
     /// ([`crate::command::CommandKind::SetPaused`]).
     pub paused: String,
+    /// The outcome log, kept only while an operator tails it (`datalayer events tail`): the
+    /// settle scripts append each outcome (job, kind, attempt, producer; nothing sealed)
+    /// while it exists; it expires shortly after the last tailer left
+    /// ([`crate::command::CommandKind::TailLog`]).
+    pub log: String,
     /// The doorbell channel of the work stream (sharded pub/sub, in the queue's slot): on a
     /// cluster, idle workers wait on it ([`crate::cluster`]). Not a key.
     pub bell_jobs: String,
@@ -130,6 +135,7 @@ impl QueueKeys {
             owners: key("owners"),
             workers: key("workers"),
             paused: key("paused"),
+            log: key("log"),
             bell_jobs: key("bell:jobs"),
             bell_events: key("bell:events"),
         })
@@ -144,7 +150,7 @@ impl QueueKeys {
     /// Every key of the queue of fixed name (what `shutdown` deletes, with the events
     /// stream of every producer in `producers` and `gone`).
     #[must_use]
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.jobs,
             &self.ids,
@@ -156,6 +162,7 @@ impl QueueKeys {
             &self.producers,
             &self.gone,
             &self.paused,
+            &self.log,
         ]
     }
 }

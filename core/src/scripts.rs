@@ -272,6 +272,31 @@ end
     };
 }
 
+/// The most entries the outcome log keeps (`XADD ... MAXLEN ~`: Redis may keep up to a
+/// node more).
+pub const LOG_MAX: u64 = 10_000;
+
+/// The settle scripts' outcome log (KEY `$log`, [`QueueKeys::log`]): `log(job, kind, attempt,
+/// marker)` appends one entry while the log exists (an operator tails it), else nothing.
+macro_rules! outcome_log {
+    ($log:literal) => {
+        concat!(
+            "local log_key = KEYS[",
+            $log,
+            "]
+",
+            r#"local logging = redis.call('EXISTS', log_key) == 1
+local function log(job, kind, attempt, marker)
+  if logging then
+    redis.call('XADD', log_key, 'MAXLEN', '~', 10000, '*',
+      'j', job, 'k', kind, 'a', attempt, 'p', marker or '')
+  end
+end
+"#
+        )
+    };
+}
+
 /// The items a settle script's consumer holds, and their id markers: per item of `$stride`
 /// ARGV from `$first` (its entry, then its job id), `take` it (see `held_prelude!`) and
 /// answer 1 or 0; the held ones go in `jobs` (their ids) and `at` (their first ARGV index),
@@ -300,7 +325,7 @@ if #jobs > 0 then
     };
 }
 
-/// `complete` — KEYS: jobs, ids, events stem, producers. ARGV: min event id, consumer, the lowest and the
+/// `complete` — KEYS: jobs, ids, events stem, producers, log. ARGV: min event id, consumer, the lowest and the
 /// highest entry of the batch, then per job: entry, job id, sealed result, attempt,
 /// instance (hex).
 ///
@@ -314,10 +339,12 @@ pub const COMPLETE: Script = Script {
     source: concat!(
         held_prelude!("3", "4", "2"),
         producer_events!("3", "4"),
+        outcome_log!("5"),
         held_items!("5", "5", "2"),
         r#"if #jobs > 0 then
   local done = {}
   for n, i in ipairs(at) do
+    log(jobs[n], 'c', ARGV[i + 3], marks[n])
     local key = events_of(marks[n])
     if key then
       redis.call('XADD', key, '*', 'j', jobs[n], 'k', 'c', 'a', ARGV[i + 3], 'i', ARGV[i + 4],
@@ -339,7 +366,7 @@ ack_settled()
     ),
 };
 
-/// `retry` — KEYS: jobs, delayed, payloads, events stem, producers, ids. ARGV: now, min
+/// `retry` — KEYS: jobs, delayed, payloads, events stem, producers, ids, log. ARGV: now, min
 /// event id, consumer, the lowest and the highest entry of the batch, then per job: entry,
 /// job id, sealed reason, attempt, due, re-sealed job, instance (hex).
 pub const RETRY: Script = Script {
@@ -347,11 +374,13 @@ pub const RETRY: Script = Script {
     source: concat!(
         held_prelude!("4", "5", "3"),
         producer_events!("4", "5"),
+        outcome_log!("7"),
         held_items!("6", "7", "6"),
         r#"local now = tonumber(ARGV[1])
 if #jobs > 0 then
   for n, i in ipairs(at) do
     local job = jobs[n]
+    log(job, 'f', ARGV[i + 3], marks[n])
     local key = events_of(marks[n])
     if key then
       redis.call('XADD', key, '*',
@@ -374,7 +403,7 @@ ack_settled()
     ),
 };
 
-/// `bury` — KEYS: jobs, ids, dead, events stem, producers. ARGV: min event id, consumer,
+/// `bury` — KEYS: jobs, ids, dead, events stem, producers, log. ARGV: min event id, consumer,
 /// min dead-letter id, the lowest and the highest entry of the batch, then per job: entry,
 /// job id (empty if unknown), sealed reason, attempt, the job's envelope (or the first bytes
 /// of garbage), instance (hex; empty if unknown). Dead letters older than the min id go.
@@ -383,13 +412,17 @@ pub const BURY: Script = Script {
     source: concat!(
         held_prelude!("4", "5", "2"),
         producer_events!("4", "5"),
+        outcome_log!("6"),
         r#"for i = 6, #ARGV, 6 do
   local entry, job = ARGV[i], ARGV[i + 1]
   if take(entry) then
     redis.call('XADD', KEYS[3], 'MINID', ARGV[3], '*',
       'j', job, 'e', ARGV[i + 4], 'r', ARGV[i + 2], 'a', ARGV[i + 3], 'i', ARGV[i + 5])
-    if job ~= '' then
+    if job == '' then
+      log(job, 'd', ARGV[i + 3], false)
+    else
       local marker = redis.call('HGET', KEYS[2], job)
+      log(job, 'd', ARGV[i + 3], marker)
       local key = events_of(marker)
       if key then
         redis.call('XADD', key, '*',
@@ -655,17 +688,17 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 };
 
 /// `destroy` — KEYS: the queue's keys of fixed name ([`QueueKeys::all`]; `producers` and
-/// `gone` 8th and 9th, ten of them), the events stem. Deletes them and every producer's events stream.
+/// `gone` 8th and 9th, eleven of them), the events stem. Deletes them and every producer's events stream.
 pub const DESTROY: Script = Script {
     name: "destroy",
     source: r#"
 local n = 0
 for _, set in ipairs({KEYS[8], KEYS[9]}) do
   for _, p in ipairs(redis.call('ZRANGE', set, 0, -1)) do
-    n = n + redis.call('DEL', KEYS[11] .. ':' .. p)
+    n = n + redis.call('DEL', KEYS[12] .. ':' .. p)
   end
 end
-return n + redis.call('DEL', unpack(KEYS, 1, 10))
+return n + redis.call('DEL', unpack(KEYS, 1, 11))
 "#,
 };
 
@@ -880,6 +913,19 @@ return out
 "#,
 };
 
+/// `tail_log` — KEYS: the outcome log. ARGV: after, count, keep (ms). See
+/// [`CommandKind::TailLog`].
+pub const TAIL_LOG: Script = Script {
+    name: "tail_log",
+    source: r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', 10000, '*', 'k', 'open')
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+"#,
+};
+
 /// `read` — KEYS: jobs, paused. ARGV: consumer, count. A worker's read that does not block:
 /// `[1]` while the queue is paused (nothing is read), else `[0, XREADGROUP's reply]`.
 pub const READ: Script = Script {
@@ -979,7 +1025,8 @@ return out
 };
 
 /// Every script, for preloading (SCRIPT LOAD) at connect.
-pub const ALL: [&Script; 21] = [
+pub const ALL: [&Script; 22] = [
+    &TAIL_LOG,
     &READ,
     &KEY_USAGE,
     &PEEK_EVENTS,
@@ -1157,6 +1204,16 @@ pub fn invocation(kind: &CommandKind) -> Invocation<'_> {
             &READ,
             &[&keys.jobs, &keys.paused],
             vec![b(consumer), num(count)],
+        ),
+        CommandKind::TailLog {
+            keys,
+            after,
+            count,
+            keep_ms,
+        } => script(
+            &TAIL_LOG,
+            &[&keys.log],
+            vec![id(*after), num(count), num(keep_ms.max(&1))],
         ),
         CommandKind::SetPaused {
             keys,
@@ -1390,7 +1447,13 @@ fn complete_invocation<'a>(
     use SettleField as F;
     let head = vec![min_id(min_event_ms), b(consumer)];
     let fields = [F::Entry, F::Job, F::Value, F::Attempt, F::Instance];
-    let keys = [&keys.jobs, &keys.ids, &keys.events, &keys.producers];
+    let keys = [
+        &keys.jobs,
+        &keys.ids,
+        &keys.events,
+        &keys.producers,
+        &keys.log,
+    ];
     settle_invocation(&COMPLETE, &keys, head, items, &fields)
 }
 
@@ -1419,6 +1482,7 @@ fn retry_invocation<'a>(
         &keys.events,
         &keys.producers,
         &keys.ids,
+        &keys.log,
     ];
     settle_invocation(&RETRY, &k, head, items, &fields)
 }
@@ -1447,6 +1511,7 @@ fn bury_invocation<'a>(
         &keys.dead,
         &keys.events,
         &keys.producers,
+        &keys.log,
     ];
     settle_invocation(&BURY, &k, head, items, &fields)
 }

@@ -241,6 +241,7 @@ enum Ask {
     Revive(Vec<DeadLetter>),
     Delete(Vec<EntryId>),
     Pause(bool),
+    Tail(EntryId, u32, u64),
 }
 
 enum Msg {
@@ -703,6 +704,27 @@ impl JobQueue {
         self.set_paused(false).await
     }
 
+    /// One read of the queue's outcome log (what `datalayer events tail` shows): the
+    /// outcomes written after `after` (`None`: since the log opened), at most `count`, and
+    /// the entry to pass as the next `after`. The first read opens the log; while someone
+    /// reads it at least every `keep`, every settle, in every process, appends its outcome
+    /// (job id, kind, attempt, producer: nothing sealed, no result or reason); it expires
+    /// `keep` after the last read, and the settles stop writing. Costs nothing while nobody
+    /// tails (one `EXISTS` per settle batch).
+    pub async fn tail_outcomes(
+        &self,
+        after: Option<EntryId>,
+        count: u32,
+        keep: Duration,
+    ) -> Result<(Vec<PeekedEvent>, Option<EntryId>), Error> {
+        let keep = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let ask = Ask::Tail(after.unwrap_or(EntryId::ZERO), count, keep);
+        match self.ask(ask).await? {
+            ProducerEvent::LogPage { events, last, .. } => Ok((events, last.or(after))),
+            _ => Err(Error::Request("unexpected answer".into())),
+        }
+    }
+
     async fn set_paused(&self, paused: bool) -> Result<(), Error> {
         match self.ask(Ask::Pause(paused)).await? {
             ProducerEvent::PauseSet { .. } => Ok(()),
@@ -1004,6 +1026,7 @@ impl Driver {
                     Ask::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
                     Ask::Delete(entries) => self.producer.delete_dead(&entries),
                     Ask::Pause(paused) => self.producer.set_paused(now_ms(), paused),
+                    Ask::Tail(after, count, keep) => self.producer.tail_log(after, count, keep),
                 };
                 self.requests.insert(request, reply);
             }
@@ -1104,6 +1127,7 @@ impl Driver {
                 | ProducerEvent::Revived { request, .. }
                 | ProducerEvent::DeadDeleted { request, .. }
                 | ProducerEvent::PauseSet { request, .. }
+                | ProducerEvent::LogPage { request, .. }
                 | ProducerEvent::RequestFailed { request, .. } => {
                     self.answer(request, ev);
                     continue;

@@ -22,7 +22,7 @@ use datalayer_tests::{Persistence, RedisServer};
 /// One side's view: the ids it has seen, per stream (ids are unique within a stream only),
 /// and its base time.
 struct Side {
-    ids: [Vec<EntryId>; 4],
+    ids: [Vec<EntryId>; 5],
     base: u64,
 }
 
@@ -40,6 +40,8 @@ const JOBS_NS: usize = 0;
 const EVENTS_NS: usize = 1;
 /// The dead letters' ids (after the two events namespaces).
 const DEAD_NS: usize = 3;
+/// The outcome log's ids.
+const LOG_NS: usize = 4;
 
 /// The producers of the queue (ids), and the markers an add may carry (`w`: none reads).
 const PRODUCERS: [&str; 2] = ["pa", "pb"];
@@ -197,6 +199,8 @@ enum Op {
     KeyUsage(usize, usize, u64, u32),
     /// Pause (true) or resume the queue.
     SetPaused(bool),
+    /// Read the outcome log after (a pick of it; `usize::MAX`: 0-0), count.
+    TailLog(usize, u32),
     Garbage,
     Destroy,
     Ping,
@@ -210,9 +214,10 @@ const CONSUMERS: [&str; 3] = ["c0", "c1", "c2"];
 
 fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
-    match r(41) {
+    match r(44) {
         0 => Op::EnsureGroup,
         39 | 40 => Op::SetPaused(r(2) == 0),
+        41..=43 => Op::TailLog([usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
         1..=4 => {
             let jobs = (0..=r(3))
                 .map(|_| (r(6), [None, Some(-1), Some(1_000_000)][r(3)]))
@@ -420,6 +425,16 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .collect(),
         },
         Op::Workers => CommandKind::Workers { keys },
+        Op::TailLog(after, count) => CommandKind::TailLog {
+            keys,
+            after: if *after == usize::MAX {
+                EntryId::ZERO
+            } else {
+                side.pick(LOG_NS, *after)
+            },
+            count: *count,
+            keep_ms: 60_000,
+        },
         Op::SetPaused(paused) => CommandKind::SetPaused {
             keys,
             paused: *paused,
@@ -853,6 +868,7 @@ async fn model_and_redis_agree() {
                 Op::ReadEvents(p, ..) | Op::EventsTail(p) => EVENTS_NS + p,
                 Op::ReadDead(..) => DEAD_NS,
                 Op::KeyUsage(2, ..) => DEAD_NS,
+                Op::TailLog(..) => LOG_NS,
                 _ => JOBS_NS,
             };
             // The workers' promises are times as text: as numbers, they compare base-relative.

@@ -265,6 +265,17 @@ pub enum ProducerEvent {
         /// The events.
         events: Vec<super::PeekedEvent>,
     },
+    /// `tail_log`: outcomes of the queue's log after the cursor, oldest first (plain fields
+    /// only: no reason, `sealed_len` 0), and the last entry read (pass it as the next
+    /// `after`; `None`: nothing new).
+    LogPage {
+        /// The request.
+        request: super::Request,
+        /// The outcomes.
+        events: Vec<super::PeekedEvent>,
+        /// The last entry read (the log's opening entry included).
+        last: Option<EntryId>,
+    },
     /// `key_usage`: one page of envelopes counted by key id.
     KeyUsage {
         /// The request.

@@ -514,6 +514,20 @@ impl Producer {
         self.request(kind, Vec::new())
     }
 
+    /// Reads up to `count` outcomes of the queue's outcome log after `after` (`EntryId::ZERO`
+    /// at first), opening the log if need be and keeping it `keep_ms` longer (the settle
+    /// scripts write to it while it exists: tail it at least that often); a `LogPage` event
+    /// follows.
+    pub fn tail_log(&mut self, after: EntryId, count: u32, keep_ms: u64) -> Request {
+        let kind = CommandKind::TailLog {
+            keys: self.keys.clone(),
+            after,
+            count: count.max(1),
+            keep_ms: keep_ms.max(1),
+        };
+        self.request(kind, Vec::new())
+    }
+
     /// Counts one page of the queue's envelopes in `source` by key id (streams: after
     /// `after`; delayed: from rank `offset`); a `KeyUsage` event follows.
     pub fn key_usage(
@@ -956,6 +970,13 @@ impl Producer {
             }
             CommandKind::PeekEvents { .. } => peek::parse(v, &self.sealer, &self.keys.scope)
                 .map(|events| ProducerEvent::EventsPeeked { request, events }),
+            CommandKind::TailLog { .. } => {
+                peek::parse_log(v).map(|(events, last)| ProducerEvent::LogPage {
+                    request,
+                    events,
+                    last,
+                })
+            }
             CommandKind::KeyUsage {
                 source,
                 offset,

@@ -1,6 +1,7 @@
-//! An operator's view of a queue's outcomes as they are written (`datalayer events tail`):
-//! every registered producer's events stream, read after a cursor per producer, never
-//! acknowledged (each producer still reads its own).
+//! An operator's view of a queue's outcomes: those waiting for their producers (`datalayer
+//! events ls`: every registered producer's events stream, read after a cursor per producer,
+//! never acknowledged; each producer still reads its own), and every outcome as the settles
+//! write it (`datalayer events tail`: the queue's outcome log, plain fields only).
 
 use std::collections::BTreeMap;
 
@@ -108,13 +109,31 @@ pub(crate) fn parse(v: Value, sealer: &Sealer, scope: &str) -> Option<Vec<Peeked
         let producer = String::from_utf8_lossy(&name.into_bytes("producer").ok()?).into_owned();
         for entry in entries.into_array("entries").ok()? {
             let entry = StreamEntry::decode(entry).ok()?;
-            out.push(event(&producer, &entry, sealer, scope));
+            out.push(event(&producer, &entry, Some((sealer, scope))));
         }
     }
     Some(out)
 }
 
-fn event(producer: &str, entry: &StreamEntry, sealer: &Sealer, scope: &str) -> PeekedEvent {
+/// Parses a `tail_log` reply: the outcomes (the log's `open` entry skipped) and the last
+/// entry read; `None` when it is not of that shape.
+pub(crate) fn parse_log(v: Value) -> Option<(Vec<PeekedEvent>, Option<EntryId>)> {
+    let mut out = Vec::new();
+    let mut last = None;
+    for entry in v.into_array("tail_log").ok()? {
+        let entry = StreamEntry::decode(entry).ok()?;
+        last = Some(entry.id);
+        if entry.field(b"k") == Some(&b"open"[..]) {
+            continue;
+        }
+        let producer = String::from_utf8_lossy(entry.field(b"p").unwrap_or_default());
+        // No reason to open: the log holds none.
+        out.push(event(&producer, &entry, None));
+    }
+    Some((out, last))
+}
+
+fn event(producer: &str, entry: &StreamEntry, open: Option<(&Sealer, &str)>) -> PeekedEvent {
     let text = |name: &[u8]| entry.field(name).and_then(|v| std::str::from_utf8(v).ok());
     let job = text(b"j").filter(|j| !j.is_empty()).map(JobId::from);
     let kind = match text(b"k") {
@@ -131,8 +150,8 @@ fn event(producer: &str, entry: &StreamEntry, sealer: &Sealer, scope: &str) -> P
         _ => None,
     };
     let instance = entry.field(b"i").and_then(Instance::parse_hex);
-    let reason = match (purpose, &job, attempt, instance) {
-        (Some(purpose), Some(job), Some(attempt), Some(instance)) => {
+    let reason = match (purpose, &job, attempt, instance, open) {
+        (Some(purpose), Some(job), Some(attempt), Some(instance), Some((sealer, scope))) => {
             let detail = outcome_detail(attempt, &instance.0);
             let ctx = Context::outcome(purpose, scope, job.0.as_bytes(), &detail);
             sealer

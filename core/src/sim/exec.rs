@@ -199,8 +199,62 @@ fn run_producer(sim: &mut Sim, kind: &CommandKind) -> Exec {
             withdraw_as,
         } => delayed_job(sim, keys, job, withdraw_as.as_deref()),
         CommandKind::DeleteDead { keys, entries } => delete_dead(sim, keys, entries),
+        CommandKind::TailLog {
+            keys,
+            after,
+            count,
+            keep_ms,
+        } => tail_log(sim, keys, *after, *count, *keep_ms),
         _ => Err("ERR not a producer command".to_owned()),
     }
+}
+
+/// Script `tail_log`: open the log if need be, keep it `keep_ms` more, read after `after`.
+fn tail_log(sim: &mut Sim, keys: &QueueKeys, after: EntryId, count: u32, keep_ms: u64) -> Exec {
+    if !sim.exists(&keys.log) {
+        log_add(sim, &keys.log, fields(&[("k", b"open")]))?;
+    }
+    let ttl = i64::try_from(keep_ms.max(1)).unwrap_or(i64::MAX);
+    super::credentials::slide(sim, &keys.log, ttl);
+    let entries = match sim.stream_mut(&keys.log, false)? {
+        Some(s) => s.read_after(after, count as usize),
+        None => Vec::new(),
+    };
+    Ok(Value::Array(entries.into_iter().map(entry_value).collect()))
+}
+
+/// XADD to the outcome log, keeping its last [`crate::scripts::LOG_MAX`] entries (Redis'
+/// `MAXLEN ~` may keep a node more: the model keeps exactly these; tests stay below).
+fn log_add(sim: &mut Sim, key: &str, f: Fields) -> Result<(), String> {
+    xadd(sim, key, f)?;
+    if let Some(s) = sim.stream_mut(key, false)? {
+        let max = usize::try_from(crate::scripts::LOG_MAX).unwrap_or(usize::MAX);
+        while s.entries.len() > max {
+            s.entries.pop_first();
+        }
+    }
+    Ok(())
+}
+
+/// The settle scripts' `log(job, kind, attempt, marker)`: one entry while the log exists.
+fn log_outcome(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    job: &str,
+    kind: &[u8],
+    item: &Settle,
+    marker: Option<&[u8]>,
+) -> Result<(), String> {
+    if !sim.exists(&keys.log) {
+        return Ok(());
+    }
+    let f = fields(&[
+        ("j", job.as_bytes()),
+        ("k", kind),
+        ("a", item.attempt.to_string().as_bytes()),
+        ("p", marker.unwrap_or_default()),
+    ]);
+    log_add(sim, &keys.log, f)
 }
 
 /// `XRANGE <dead> (<after> + COUNT <count>`.
@@ -651,6 +705,7 @@ fn complete(
     let out = settle(sim, keys, consumer, items, |sim, item| {
         let job = item.job.as_deref().unwrap_or_default();
         let marker = marker_of(sim, keys, job)?;
+        log_outcome(sim, keys, job, b"c", item, marker.as_deref())?;
         match events_of(sim, keys, marker.as_deref(), &mut written)? {
             Some(key) => xadd(sim, &key, event_fields(job, b"c", item)).map(drop),
             None if marker.is_some() => hdel(sim, &keys.ids, job.as_bytes()),
@@ -673,6 +728,7 @@ fn retry(
     let out = settle(sim, keys, consumer, items, |sim, item| {
         let job = item.job.as_deref().unwrap_or_default();
         let marker = marker_of(sim, keys, job)?;
+        log_outcome(sim, keys, job, b"f", item, marker.as_deref())?;
         if let Some(key) = events_of(sim, keys, marker.as_deref(), &mut written)? {
             xadd(sim, &key, event_fields(job, b"f", item))?;
         }
@@ -709,8 +765,11 @@ fn bury(
             ("i", instance_hex(item).as_bytes()),
         ]);
         xadd_trimmed(sim, &keys.dead, min_dead_ms, f)?;
-        if !job.is_empty() {
+        if job.is_empty() {
+            log_outcome(sim, keys, job, b"d", item, None)?;
+        } else {
             let marker = marker_of(sim, keys, job)?;
+            log_outcome(sim, keys, job, b"d", item, marker.as_deref())?;
             match events_of(sim, keys, marker.as_deref(), &mut written)? {
                 Some(key) => {
                     xadd(sim, &key, event_fields(job, b"d", item))?;
