@@ -714,6 +714,10 @@ async fn dead_batch(
                     l.entry
                 );
             }
+            if !chosen.is_empty() && !a.json {
+                // The command the core would send for this page, as it would go.
+                println!("would send: {}", planned(a, q, retry, &chosen)?);
+            }
             done += chosen.len() as u64;
         } else if !chosen.is_empty() {
             if retry {
@@ -758,6 +762,36 @@ async fn dead_batch(
         println!("{verb} {done}");
     }
     Ok(if left > 0 { 1 } else { 0 })
+}
+
+/// The command of one batch of `dead retry` / `dead delete`, as the core builds it (the
+/// re-sealed jobs, made only when it runs, shown as `<re-sealed job>`).
+fn planned(a: &Args, q: &JobQueue, retry: bool, letters: &[DeadLetter]) -> Result<String, Failure> {
+    use datalayer_tokio::core::command::CommandKind;
+    use datalayer_tokio::core::naming::QueueKeys;
+    use datalayer_tokio::core::scripts::invocation;
+    let prefix = a.prefix.as_deref().unwrap_or("dl");
+    let keys = std::sync::Arc::new(QueueKeys::new(prefix, q.name()).map_err(failed)?);
+    let kind = if retry {
+        let sealed: std::sync::Arc<[u8]> = std::sync::Arc::from(&b"<re-sealed job>"[..]);
+        CommandKind::Revive {
+            keys,
+            // The tool reads no outcomes: its marker is `w`.
+            marker: "w".into(),
+            items: letters
+                .iter()
+                // Only letters that open can be re-sealed (the others stay: `Unreadable`).
+                .filter(|l| l.record.is_ok())
+                .filter_map(|l| Some((l.entry, l.job.as_ref()?.0.clone(), sealed.clone())))
+                .collect(),
+        }
+    } else {
+        CommandKind::DeleteDead {
+            keys,
+            entries: letters.iter().map(|l| l.entry).collect(),
+        }
+    };
+    Ok(invocation(&kind).describe())
 }
 
 /// One line of progress, redrawn in place: letters gone through of the total, how many

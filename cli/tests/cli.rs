@@ -184,6 +184,28 @@ async fn the_cli_reports_and_handles_dead_letters() {
     assert_eq!(refused.status.code(), Some(1));
     let dry = cli(&url, true, &["dead", "retry", "cli", "--all", "--dry-run"]);
     assert!(stdout(&dry).contains("would retry 3"), "{}", stdout(&dry));
+    // The exact command the core would send, nothing sealed printed.
+    assert!(
+        stdout(&dry).contains("would send: EVALSHA revive "),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(stdout(&dry).contains("<re-sealed job>"), "{}", stdout(&dry));
+    assert!(
+        !stdout(&dry).contains("plaintext-marker"),
+        "{}",
+        stdout(&dry)
+    );
+    let dry = cli(
+        &url,
+        false,
+        &["dead", "delete", "cli", "--all", "--dry-run"],
+    );
+    assert!(
+        stdout(&dry).contains("would send: XDEL dl:{cli}:dead "),
+        "{}",
+        stdout(&dry)
+    );
     assert_eq!(
         json(&cli(&url, false, &["--json", "stats", "cli"]))["dead"],
         3

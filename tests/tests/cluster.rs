@@ -591,3 +591,60 @@ async fn connect_while_the_first_seed_is_down() {
     assert!(matches!(outcome(handle).await, Outcome::Completed(_)));
     running.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The Redis-held pause and the outcome log on a cluster (their keys in the queue's slot):
+/// paused through one data layer, the other's unaware add is queued and does not run, its
+/// next add is refused; resumed, it runs; a tail sees both outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_tail_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let (a, b) = (connect(&cluster).await, connect(&cluster).await);
+    let running = a
+        .worker("pt", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo);
+    let qa = a
+        .queue("pt", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let qb = b
+        .queue("pt", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let (_, start) = qb
+        .tail_outcomes(None, 100, Duration::from_secs(30))
+        .await
+        .expect("open the log");
+    let first = qa.add("s", &json!(1)).await.expect("add");
+    assert!(matches!(outcome(first).await, Outcome::Completed(_)));
+
+    qb.pause().await.expect("pause");
+    let unaware = qa.add("s", &json!(2)).await.expect("queued unchecked");
+    let id = unaware.id.clone();
+    assert!(matches!(
+        qa.add("s", &json!(3)).await,
+        Err(datalayer_tokio::Error::QueueClosed)
+    ));
+    let mut pending = Box::pin(unaware.result());
+    let waited = tokio::time::timeout(Duration::from_millis(1_500), &mut pending).await;
+    assert!(waited.is_err(), "ran while paused: {waited:?}");
+    assert!(qb.stats().await.expect("stats").paused_at.is_some());
+    qb.resume().await.expect("resume");
+    let done = tokio::time::timeout(WAIT, pending).await;
+    assert!(matches!(done, Ok(Ok(Outcome::Completed(_)))), "{done:?}");
+
+    let (events, _) = qb
+        .tail_outcomes(start, 100, Duration::from_secs(1))
+        .await
+        .expect("tail");
+    let kinds: Vec<(String, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.job.as_ref().map(|j| j.0.clone()).unwrap_or_default(),
+                e.kind.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert_eq!(kinds[1], (id.0.clone(), "completed"), "{kinds:?}");
+    running.shutdown(Duration::from_secs(5)).await;
+}
