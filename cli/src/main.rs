@@ -953,7 +953,7 @@ fn prometheus_text(
 ) -> String {
     use std::fmt::Write;
     type Get = fn(&datalayer_tokio::QueueStats, u64) -> f64;
-    let gauges: [(&str, &str, Get); 6] = [
+    let gauges: [(&str, &str, Get); 7] = [
         (
             "datalayer_queue_jobs",
             "Jobs waiting or running.",
@@ -981,6 +981,11 @@ fn prometheus_text(
             "datalayer_queue_oldest_waiting_seconds",
             "How long the oldest waiting job has waited.",
             |s, now| s.oldest_waiting_ms(now) as f64 / 1e3,
+        ),
+        (
+            "datalayer_queue_paused",
+            "1 while the queue is paused (no worker starts a job), else 0.",
+            |s, _| f64::from(u8::from(s.paused_at.is_some())),
         ),
     ];
     let mut out = String::new();

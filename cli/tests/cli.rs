@@ -415,6 +415,10 @@ async fn serve_exports_queue_state_for_prometheus() {
         "{body}"
     );
     assert!(body.contains("datalayer_queue_oldest_waiting_seconds{queue=\"served\"}"));
+    assert!(
+        body.contains("datalayer_queue_paused{queue=\"served\"} 0"),
+        "{body}"
+    );
     for marker in ["served-payload-marker", "served-session-marker"] {
         assert!(!body.contains(marker), "{marker} in the metrics");
     }

@@ -86,6 +86,8 @@ mod on {
         gauge!("datalayer_queue_workers", "queue" => q()).set(s.workers as f64);
         let oldest = s.oldest_waiting_ms(now_ms);
         gauge!("datalayer_queue_oldest_waiting_seconds", "queue" => q()).set(oldest as f64 / 1e3);
+        let paused = f64::from(u8::from(s.paused_at.is_some()));
+        gauge!("datalayer_queue_paused", "queue" => q()).set(paused);
     }
 }
 
