@@ -254,11 +254,11 @@ impl Bells {
         let State::Reading { epoch } = w.state else {
             return;
         };
-        // Nothing came: nil (an events read), or a worker's `[0, nil]` (not paused; a
+        // Nothing came: nil (an events read), or a worker's `[nil, 0]` (not paused; a
         // paused queue's answer goes back at once, so that its worker stops waiting).
         let empty = match &reply {
             Reply::Value(Value::Nil) => true,
-            Reply::Value(Value::Array(pair)) => pair[..] == [Value::Int(0), Value::Nil],
+            Reply::Value(Value::Array(pair)) => pair[..] == [Value::Nil, Value::Int(0)],
             _ => false,
         };
         if !empty || w.cancelled || w.deadline_ms <= now_ms {

@@ -156,13 +156,14 @@ pub enum CommandKind {
         /// New ids, due now, first send: MULTI/EXEC rather than the script.
         fresh: bool,
     },
-    /// Alone, script `read` (it does not block): `[1]` if the queue is paused (nothing is
-    /// read), else `[0, reply of XREADGROUP GROUP workers <consumer> COUNT <count> STREAMS
-    /// <jobs> >]`. With `block_ms`, merged by [`crate::mux`]: `XREADGROUP ... BLOCK <ms> ...`;
+    /// Alone (it does not block): `MULTI`, `XREADGROUP GROUP workers <consumer> COUNT
+    /// <count> STREAMS <jobs> >`, `EXISTS <paused>`, `EXEC`: `[its entries or nil, paused
+    /// (0/1)]`. With `block_ms`, merged by [`crate::mux`]: `XREADGROUP ... BLOCK <ms> ...`;
     /// when it took entries, the mux checks the queue's pause after it
-    /// ([`crate::mux::MuxCommand::Check`]) and answers `[paused (0/1), its entries]` (a
-    /// read that took entries after a pause always sees it: the worker hands them back
-    /// unstarted); a read that took nothing is answered nil.
+    /// ([`crate::mux::MuxCommand::Check`]) and answers `[its entries, paused (0/1)]`; a read
+    /// that took nothing is answered nil. Either way the check runs after the read: a read
+    /// that took entries after a pause always sees it (the worker hands them back
+    /// unstarted, and asks only [`CommandKind::IsPaused`] while the pause lasts).
     ///
     /// Reply: as above (nil: nothing came). Unknown outcome: the entries may now sit in
     /// this consumer's pending list unseen; they are reclaimed after the lease like a crashed
@@ -495,6 +496,13 @@ pub enum CommandKind {
         count: u32,
         /// How long the log stays after this read (ms, at least 1).
         keep_ms: u64,
+    },
+    /// `EXISTS <paused>`: a paused worker's question, once a second, instead of reads.
+    ///
+    /// Reply: 1 (paused) or 0. Unknown outcome: ask again.
+    IsPaused {
+        /// The queue.
+        keys: Arc<QueueKeys>,
     },
     /// Pauses the queue in Redis (`HSET <paused> at <now>`) or resumes it (`DEL
     /// <paused>`), for every producer and worker of the queue, in every process.

@@ -11,9 +11,9 @@
 //!   nil once its own `BLOCK` has passed (or it was [cancelled](ReadMux::cancel)); a read
 //!   whose part of a merged reply is empty before its deadline stays for the next command.
 //! - Workers' reads that took entries are not answered yet: their queues' pauses are
-//!   checked first ([`MuxCommand::Check`], on the same connection, so after the read: a read
-//!   that took entries after a pause always sees it), then each is answered `[paused (0/1),
-//!   its entries]`; a worker hands back what it took from a paused queue. Reads that took
+//!   checked first ([`MuxCommand::Check`], after the read's reply came, so after the read: a
+//!   read that took entries after a pause always sees it), then each is answered `[its
+//!   entries, paused (0/1)]`; a worker hands back what it took from a paused queue. Reads that took
 //!   nothing cost no check (an idle process sends nothing but its blocking reads).
 //! - A read that arrives (or is cancelled) while a command blocks interrupts it
 //!   ([`MuxCommand::Unblock`]: `CLIENT UNBLOCK` on another connection), so that the next
@@ -285,7 +285,7 @@ impl ReadMux {
             _ => vec![1; checking.items.len()],
         };
         for ((t, part), flag) in checking.items.into_iter().zip(flags) {
-            self.settle(t, Reply::Value(Value::Array(vec![Value::Int(flag), part])));
+            self.settle(t, Reply::Value(Value::Array(vec![part, Value::Int(flag)])));
         }
         self.pump(now_ms);
     }

@@ -223,25 +223,18 @@ pub fn decode_entries(value: Value) -> Result<Vec<StreamEntry>, ReplyError> {
     }
 }
 
-/// Splits a worker read's reply ([`crate::command::CommandKind::Read`]): `[paused,
-/// XREADGROUP's reply]`, `[1]` (paused, nothing read), or nil (a blocking read that ended
-/// without a word from Redis: `None`, nothing came). An error reply stays an error.
+/// Splits a worker read's reply ([`crate::command::CommandKind::Read`]): `[XREADGROUP's
+/// reply (or its error), paused (0/1)]`, or nil (a blocking read that took nothing: `None`,
+/// nothing came). An error reply (the whole transaction failed) stays an error.
 pub fn split_paused(value: Value) -> Result<(Option<bool>, Value), ReplyError> {
-    const EXPECTED: &str = "[paused, read reply]";
+    const EXPECTED: &str = "[read reply, paused]";
     match value {
         Value::Nil => Ok((None, Value::Nil)),
         Value::Error(e) => Err(ReplyError::Redis(e)),
-        Value::Array(mut pair) if (1..=2).contains(&pair.len()) => {
-            let read = if pair.len() == 2 {
-                pair.pop().unwrap_or(Value::Nil)
-            } else {
-                Value::Nil
-            };
-            match pair.pop() {
-                Some(Value::Int(flag)) => Ok((Some(flag != 0), read)),
-                other => Err(shape(EXPECTED, &other.unwrap_or(Value::Nil))),
-            }
-        }
+        Value::Array(mut pair) if pair.len() == 2 => match pair.pop() {
+            Some(Value::Int(flag)) => Ok((Some(flag != 0), pair.pop().unwrap_or(Value::Nil))),
+            other => Err(shape(EXPECTED, &other.unwrap_or(Value::Nil))),
+        },
         other => Err(shape(EXPECTED, &other)),
     }
 }

@@ -199,6 +199,8 @@ enum Op {
     KeyUsage(usize, usize, u64, u32),
     /// Pause (true) or resume the queue.
     SetPaused(bool),
+    /// A paused worker's question.
+    IsPaused,
     /// Read the outcome log after (a pick of it; `usize::MAX`: 0-0), count.
     TailLog(usize, u32),
     Garbage,
@@ -216,7 +218,8 @@ fn random_op(rng: &mut SeededRandom) -> Op {
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
     match r(44) {
         0 => Op::EnsureGroup,
-        39 | 40 => Op::SetPaused(r(2) == 0),
+        39 => Op::SetPaused(r(2) == 0),
+        40 => Op::IsPaused,
         41..=43 => Op::TailLog([usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
         1..=4 => {
             let jobs = (0..=r(3))
@@ -425,6 +428,7 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 .collect(),
         },
         Op::Workers => CommandKind::Workers { keys },
+        Op::IsPaused => CommandKind::IsPaused { keys },
         Op::TailLog(after, count) => CommandKind::TailLog {
             keys,
             after: if *after == usize::MAX {

@@ -25,11 +25,9 @@ fn entries_of(reply: &Reply) -> Vec<EntryId> {
     let Reply::Value(Value::Array(streams)) = reply else {
         return Vec::new();
     };
-    let streams = match streams.first() {
-        Some(Value::Int(_)) => match streams.get(1) {
-            Some(Value::Array(s)) => s,
-            _ => return Vec::new(),
-        },
+    // A worker's answer: `[entries, paused]`.
+    let streams = match (streams.first(), streams.get(1)) {
+        (Some(Value::Array(s)), Some(Value::Int(_))) => s,
         _ => streams,
     };
     let mut ids = Vec::new();
@@ -261,7 +259,7 @@ impl Readers {
                 );
             }
             if let Reply::Value(Value::Array(pair)) = &a.reply {
-                if let (Some(Value::Int(paused)), false) = (pair.first(), self.check_lost) {
+                if let (Some(Value::Int(paused)), false) = (pair.get(1), self.check_lost) {
                     // Checked after the read: paused now means paused then or since.
                     let key = format!("dl:{{{}}}:paused", STREAMS[READERS[reader]]);
                     assert_eq!(*paused == 1, sim.get(&key).is_some(), "{at}: {a:?}");

@@ -76,14 +76,13 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             count,
             ..
         } => {
-            // Script `read` (alone, a read never blocks; merged ones: `execute_merged`):
-            // nothing while paused.
-            if sim.exists(&keys.paused) {
-                return Ok(Value::Array(vec![Value::Int(1)]));
-            }
-            let got = read_group(sim, keys, consumer, *count)?;
-            Ok(Value::Array(vec![Value::Int(0), got]))
+            // MULTI: the read (its error, if any, in its place), then its pause (alone, a
+            // read never blocks; merged ones: `execute_merged`).
+            let got = read_group(sim, keys, consumer, *count).unwrap_or_else(Value::Error);
+            let paused = Value::Int(i64::from(sim.exists(&keys.paused)));
+            Ok(Value::Array(vec![got, paused]))
         }
+        CommandKind::IsPaused { keys } => Ok(Value::Int(i64::from(sim.exists(&keys.paused)))),
         CommandKind::SetPaused {
             keys,
             paused,
@@ -702,17 +701,25 @@ fn complete(
     items: &[Settle],
 ) -> Exec {
     let mut written = BTreeSet::new();
+    // As the script: the markers read before the loop, the unwanted ones dropped after it.
+    let mut done: Vec<String> = Vec::new();
     let out = settle(sim, keys, consumer, items, |sim, item| {
         let job = item.job.as_deref().unwrap_or_default();
         let marker = marker_of(sim, keys, job)?;
         log_outcome(sim, keys, job, b"c", item, marker.as_deref())?;
         match events_of(sim, keys, marker.as_deref(), &mut written)? {
             Some(key) => xadd(sim, &key, event_fields(job, b"c", item)).map(drop),
-            None if marker.is_some() => hdel(sim, &keys.ids, job.as_bytes()),
+            None if marker.is_some() => {
+                done.push(job.to_owned());
+                Ok(())
+            }
             None => Ok(()),
         }
     })?;
     trim_events(sim, &written, min_event_ms)?;
+    for job in done {
+        hdel(sim, &keys.ids, job.as_bytes())?;
+    }
     Ok(out)
 }
 

@@ -77,6 +77,7 @@ enum InFlight {
         entries: Vec<EntryId>,
     },
     HandBack,
+    IsPaused,
     Settle {
         kind: SettleKind,
         items: Vec<Settle>,
@@ -656,6 +657,20 @@ impl Worker {
                 promote_limit: PROMOTE_LIMIT,
             };
             return Some(self.op(kind, InFlight::Reclaim { count: credits }));
+        }
+        if self.paused {
+            // While paused, only the question, once a second: nothing is read.
+            let asking = self
+                .in_flight
+                .values()
+                .any(|f| matches!(f, InFlight::IsPaused));
+            if asking || now < self.next_read_ms {
+                return None;
+            }
+            let kind = CommandKind::IsPaused {
+                keys: self.keys.clone(),
+            };
+            return Some(self.op(kind, InFlight::IsPaused));
         }
         if credits == 0 {
             return None;

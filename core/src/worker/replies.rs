@@ -73,6 +73,14 @@ impl Worker {
                 self.reclaimed(v, rng);
             }
             (InFlight::Promote, Reply::Value(v)) => self.promoted(v),
+            (InFlight::IsPaused, Reply::Value(Value::Int(n))) => {
+                self.resend.succeed();
+                self.pause_seen(n != 0);
+                if n != 0 {
+                    self.next_read_ms = self.now_ms.saturating_add(PAUSED_POLL_MS);
+                }
+            }
+            (InFlight::IsPaused, Reply::Value(v)) => self.trouble("EXISTS", &v),
         }
         self.maybe_drained();
         Ok(())
@@ -121,15 +129,7 @@ impl Worker {
             Ok(entries) => {
                 self.resend.succeed();
                 if let Some(paused) = paused {
-                    if paused != self.paused {
-                        self.paused = paused;
-                        self.events.push_back(WorkerEvent::PauseSeen { paused });
-                        if !paused {
-                            // Resumed: the upkeep now, so that what workers handed back
-                            // during the pause runs without waiting for its turn.
-                            self.next_reclaim_ms = self.now_ms;
-                        }
-                    }
+                    self.pause_seen(paused);
                 }
                 if self.paused {
                     // Nothing starts: what came (a read that met the pause) goes back
@@ -148,6 +148,21 @@ impl Worker {
                 }
             }
             Err(e) => self.bad_shape("XREADGROUP", e),
+        }
+    }
+
+    /// Redis said whether the queue is paused.
+    fn pause_seen(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        self.events.push_back(WorkerEvent::PauseSeen { paused });
+        if !paused {
+            // Resumed: read now, and the upkeep now, so that what workers handed back
+            // during the pause runs without waiting for its turn.
+            self.next_read_ms = self.now_ms;
+            self.next_reclaim_ms = self.now_ms;
         }
     }
 

@@ -1090,8 +1090,8 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
         sim.execute_pause_check(reads),
         Value::Array(vec![Value::Int(1)])
     );
-    // The mux's answer: `[paused, entries]`.
-    let answer = Value::Array(vec![Value::Int(1), merged]);
+    // The mux's answer: `[entries, paused]`.
+    let answer = Value::Array(vec![merged, Value::Int(1)]);
     w.handle_reply(T0, blocking.op, Reply::Value(answer), &mut rng)
         .unwrap();
     let events: Vec<WorkerEvent> = std::iter::from_fn(|| w.poll_event()).collect();
@@ -1107,17 +1107,18 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
         let v = sim.execute(&c.kind);
         w.handle_reply(T0, c.op, Reply::Value(v), &mut rng).unwrap();
     }
-    // Paused: a read a second later, without blocking, takes nothing.
+    // Paused: a second later it asks, and reads nothing.
     assert_eq!(w.poll_timeout(), Some(T0 + PAUSED_POLL_MS));
     sim.set_time(T0 + PAUSED_POLL_MS);
     w.handle_timeout(T0 + PAUSED_POLL_MS, &mut rng).unwrap();
-    let read = w.poll_command().expect("a read");
+    let read = w.poll_command().expect("a question");
     assert!(
-        matches!(read.kind, CommandKind::Read { block_ms: None, .. }),
+        matches!(read.kind, CommandKind::IsPaused { .. }),
         "{read:?}"
     );
+    assert!(w.poll_command().is_none(), "no read while paused");
     let v = sim.execute(&read.kind);
-    assert_eq!(v, Value::Array(vec![Value::Int(1)]));
+    assert_eq!(v, Value::Int(1));
     w.handle_reply(sim.now_ms(), read.op, Reply::Value(v), &mut rng)
         .unwrap();
     assert!(w.poll_event().is_none());
