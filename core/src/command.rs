@@ -292,6 +292,9 @@ pub enum CommandKind {
         consumer: String,
         /// The idle time to set: 0 extends, the lease hands back.
         idle_ms: u64,
+        /// The entries never started here (handed back in a pause or a drain): their
+        /// delivery is taken back (`RETRYCOUNT` one less), so it is not counted as a stall.
+        unstarted: bool,
         /// The entries.
         entries: Vec<EntryId>,
     },

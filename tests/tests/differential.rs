@@ -169,7 +169,7 @@ enum Op {
     Promote(u64, u32),
     /// Consumer, min idle, cursor, count, time offset, jitter.
     Reclaim(usize, u64, usize, u32, u64, u32),
-    Heartbeat(usize, u64, Vec<usize>),
+    Heartbeat(usize, u64, bool, Vec<usize>),
     /// Producer, after (pick), count.
     ReadEvents(usize, usize, u32),
     /// Producer, token, through (pick), jobs forgotten.
@@ -243,7 +243,12 @@ fn random_op(rng: &mut SeededRandom) -> Op {
             [0, 30_000, 2_000_000][r(3)] as u64,
             [500, 1000, 1500, 500 + r(1001) as u32][r(4)],
         ),
-        15 => Op::Heartbeat(r(3), [0, 5_000][r(2)], (0..=r(2)).map(|_| r(64)).collect()),
+        15 => Op::Heartbeat(
+            r(3),
+            [0, 5_000][r(2)],
+            r(2) == 0,
+            (0..=r(2)).map(|_| r(64)).collect(),
+        ),
         16 | 17 => Op::ReadEvents(r(2), [usize::MAX, r(64)][r(2)], 1 + r(4) as u32),
         18 => Op::AckEvents(
             r(2),
@@ -375,10 +380,11 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             jitter: *jitter,
             promote_limit: 2,
         },
-        Op::Heartbeat(c, idle_ms, entries) => CommandKind::Heartbeat {
+        Op::Heartbeat(c, idle_ms, unstarted, entries) => CommandKind::Heartbeat {
             keys,
             consumer: CONSUMERS[*c].into(),
             idle_ms: *idle_ms,
+            unstarted: *unstarted,
             entries: entries.iter().map(|e| side.id(*e)).collect(),
         },
         Op::ReadEvents(p, after, count) => CommandKind::ReadEvents {

@@ -127,8 +127,9 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             keys,
             consumer,
             idle_ms,
+            unstarted,
             entries,
-        } => heartbeat(sim, keys, consumer, *idle_ms, entries),
+        } => heartbeat(sim, keys, consumer, (*idle_ms, *unstarted), entries),
         _ => run_producer(sim, kind),
     }
 }
@@ -796,7 +797,7 @@ fn heartbeat(
     sim: &mut Sim,
     keys: &QueueKeys,
     consumer: &str,
-    idle_ms: u64,
+    (idle_ms, unstarted): (u64, bool),
     entries: &[EntryId],
 ) -> Exec {
     let now = sim.now_ms;
@@ -814,6 +815,11 @@ fn heartbeat(
             // As Redis: a delivery time before the epoch is bogus and becomes now.
             let at = now.checked_sub(idle_ms).unwrap_or(now);
             s.claim_justid(GROUP, consumer, *id, at);
+            if unstarted {
+                if let Some(p) = s.groups.get_mut(GROUP).and_then(|g| g.pel.get_mut(id)) {
+                    p.deliveries = p.deliveries.saturating_sub(1);
+                }
+            }
         }
         out.push(Value::Int(i64::from(owned)));
     }

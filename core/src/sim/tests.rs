@@ -317,6 +317,7 @@ fn heartbeat_extends_only_owned_leases() {
         keys: keys(),
         consumer: consumer.into(),
         idle_ms: 0,
+        unstarted: false,
         entries: vec![e, EntryId::new(9, 9)],
     };
     assert_eq!(ints(sim.execute(&beat("c1"))), [1, 0]);
@@ -332,6 +333,7 @@ fn heartbeat_extends_only_owned_leases() {
         keys: keys(),
         consumer: "c1".into(),
         idle_ms: 30_000,
+        unstarted: false,
         entries: vec![e],
     };
     assert_eq!(ints(sim.execute(&hand_back)), [1]);
@@ -352,6 +354,19 @@ fn heartbeat_extends_only_owned_leases() {
     };
     let r = sim.execute(&reclaim).into_array("r").unwrap();
     assert_eq!(r[1].clone().into_array("c").unwrap().len(), 1);
+    // Given back unstarted: idle as long as the lease, its delivery taken back.
+    let p = sim.stream(&k.jobs).unwrap().pending(GROUP, e).unwrap();
+    assert_eq!(p.deliveries, 2);
+    let give_back = CommandKind::Heartbeat {
+        keys: keys(),
+        consumer: "c2".into(),
+        idle_ms: 30_000,
+        unstarted: true,
+        entries: vec![e],
+    };
+    assert_eq!(ints(sim.execute(&give_back)), [1]);
+    let p = sim.stream(&k.jobs).unwrap().pending(GROUP, e).unwrap();
+    assert_eq!((p.deliveries, p.consumer.as_str()), (1, "c2"));
 }
 
 #[test]

@@ -97,6 +97,9 @@ pub struct Worker {
     running: BTreeMap<EntryId, Running>,
     outbox: VecDeque<(SettleKind, Settle)>,
     hand_back: Vec<EntryId>,
+    /// Entries that came and never started (a pause, a drain): handed back with their
+    /// delivery taken back.
+    give_back: Vec<EntryId>,
     events: VecDeque<WorkerEvent>,
     group_ready: bool,
     reclaim_cursor: EntryId,
@@ -145,6 +148,7 @@ impl Worker {
             running: BTreeMap::new(),
             outbox: VecDeque::new(),
             hand_back: Vec::new(),
+            give_back: Vec::new(),
             events: VecDeque::new(),
             group_ready: false,
             reclaim_cursor: EntryId::ZERO,
@@ -383,6 +387,7 @@ impl Worker {
         let idle = self.running.is_empty()
             && self.outbox.is_empty()
             && self.hand_back.is_empty()
+            && self.give_back.is_empty()
             && !self
                 .in_flight
                 .values()
@@ -527,12 +532,21 @@ impl Worker {
     }
 
     fn poll_settle(&mut self, resend_ok: bool) -> Option<Command> {
-        if !self.hand_back.is_empty() {
-            let entries = std::mem::take(&mut self.hand_back);
+        for unstarted in [false, true] {
+            let list = if unstarted {
+                &mut self.give_back
+            } else {
+                &mut self.hand_back
+            };
+            if list.is_empty() {
+                continue;
+            }
+            let entries = std::mem::take(list);
             let kind = CommandKind::Heartbeat {
                 keys: self.keys.clone(),
                 consumer: self.cfg.consumer.clone(),
                 idle_ms: self.cfg.lease_ms,
+                unstarted,
                 entries,
             };
             return Some(self.op(kind, InFlight::HandBack));
@@ -606,6 +620,7 @@ impl Worker {
             keys: self.keys.clone(),
             consumer: self.cfg.consumer.clone(),
             idle_ms: 0,
+            unstarted: false,
             entries: entries.clone(),
         };
         Some(self.op(kind, InFlight::Heartbeat { entries }))

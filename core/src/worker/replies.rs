@@ -136,7 +136,7 @@ impl Worker {
                     // unstarted, to be reclaimed after the queue is resumed.
                     self.idle = false;
                     self.next_read_ms = self.now_ms.saturating_add(PAUSED_POLL_MS);
-                    self.hand_back.extend(entries.into_iter().map(|e| e.id));
+                    self.give_back.extend(entries.into_iter().map(|e| e.id));
                     return;
                 }
                 self.idle = entries.is_empty();
@@ -334,7 +334,7 @@ impl Worker {
             return;
         }
         if self.draining {
-            self.hand_back.push(entry.id);
+            self.give_back.push(entry.id);
             return;
         }
         let job_id = entry
