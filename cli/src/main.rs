@@ -397,6 +397,20 @@ async fn run(a: Args) -> Result<u8, Failure> {
             let dl = connect(&a).await?;
             let (verb, n) = if a.dry_run {
                 let n = dl.count_credentials(Some(prefix)).await.map_err(failed)?;
+                if !a.json {
+                    // What a purge sends, as the core builds it.
+                    let pattern = datalayer_tokio::core::naming::credentials_pattern(
+                        a.prefix.as_deref().unwrap_or("dl"),
+                        prefix,
+                    )
+                    .map_err(failed)?;
+                    let scan = datalayer_tokio::core::credentials::scan(&pattern, b"0", 1000);
+                    println!(
+                        "would send: {} (to the end, on every primary), then DEL of each \
+                         store found, 1,000 to a pipeline",
+                        scan.describe()
+                    );
+                }
                 ("would delete", n)
             } else {
                 let n = dl.purge_credentials(prefix).await.map_err(failed)?;

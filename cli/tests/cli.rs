@@ -634,6 +634,11 @@ async fn credentials_are_counted_and_purged_by_session_prefix() {
         ],
     );
     assert!(stdout(&dry).contains("would delete 2"), "{dry:?}");
+    assert!(
+        stdout(&dry).contains("would send: SCAN 0 MATCH dl:{srv1:*}:creds COUNT 1000"),
+        "{}",
+        stdout(&dry)
+    );
     assert_eq!(count(&[]), Some(3));
     let gone = cli(
         &url,
