@@ -871,17 +871,12 @@ impl Driver {
             loop {
                 let error = withdrawn(&id, self.producer.withdraw(&id));
                 let unconfirmed = matches!(error, Error::Unconfirmed(_));
-                let Some(a) = self.take_accepting(&id, Vec::pop) else {
+                if !self.refuse_call(&id, Vec::pop, error) {
                     break;
-                };
-                self.drop_waiter(&id, a.call);
-                let _ = a.reply.send(Err(error));
+                }
                 if unconfirmed {
                     // Every other call of the job may have landed through the one sent.
-                    while let Some(a) = self.take_accepting(&id, Vec::pop) {
-                        self.drop_waiter(&id, a.call);
-                        let _ = a.reply.send(Err(Error::Unconfirmed(id.clone())));
-                    }
+                    while self.refuse_call(&id, Vec::pop, Error::Unconfirmed(id.clone())) {}
                     break;
                 }
             }
@@ -900,6 +895,22 @@ impl Driver {
             self.accepting.remove(id);
         }
         taken
+    }
+
+    /// Answers one waiting add call of `id`, chosen by `pick`, with `error` (its handle is
+    /// never given); whether one waited.
+    fn refuse_call(
+        &mut self,
+        id: &JobId,
+        pick: impl FnOnce(&mut Vec<Accepting>) -> Option<Accepting>,
+        error: Error,
+    ) -> bool {
+        let Some(a) = self.take_accepting(id, pick) else {
+            return false;
+        };
+        self.drop_waiter(id, a.call);
+        let _ = a.reply.send(Err(error));
+        true
     }
 
     /// Forgets the outcome sender of add call `call` of `id` (its handle was never given).
@@ -1083,17 +1094,11 @@ impl Driver {
                 },
                 ProducerEvent::AddFailed { job, error } => {
                     crate::telemetry::add_error(&self.producer.keys().queue);
-                    if let Some(a) = self.take_accepting(&job, oldest) {
-                        self.drop_waiter(&job, a.call);
-                        let _ = a.reply.send(Err(Error::Add(error)));
-                    }
+                    self.refuse_call(&job, oldest, Error::Add(error));
                     continue;
                 }
                 ProducerEvent::AddPaused { job } => {
-                    if let Some(a) = self.take_accepting(&job, oldest) {
-                        self.drop_waiter(&job, a.call);
-                        let _ = a.reply.send(Err(Error::QueueClosed));
-                    }
+                    self.refuse_call(&job, oldest, Error::QueueClosed);
                     continue;
                 }
                 ProducerEvent::Destroyed => {

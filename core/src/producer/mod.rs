@@ -945,15 +945,33 @@ impl Producer {
                     let error = "superseded by a later pause or resume".to_owned();
                     self.events
                         .push_back(ProducerEvent::RequestFailed { request, error });
-                    return self.failed(&failed);
+                } else {
+                    self.requests.push_front((request, kind, unreadable));
                 }
-                self.requests.push_front((request, kind, unreadable));
                 return self.failed(&failed);
             }
             Reply::Value(v) => v,
         };
         self.resend.succeed();
-        let event = match kind {
+        let event = self
+            .request_event(request, kind, unreadable, v)
+            .unwrap_or_else(|| ProducerEvent::RequestFailed {
+                request,
+                error: "unexpected reply".to_owned(),
+            });
+        self.events.push_back(event);
+    }
+
+    /// The event answering request `request` of `kind`, from Redis' reply `v`; `None` when
+    /// the reply is not of the request's shape.
+    fn request_event(
+        &mut self,
+        request: Request,
+        kind: CommandKind,
+        unreadable: Vec<EntryId>,
+        v: Value,
+    ) -> Option<ProducerEvent> {
+        match kind {
             CommandKind::ReadDead { count, .. } => {
                 dead::page(v, count, &self.sealer, &self.keys.scope)
                     .map(|page| ProducerEvent::DeadPage { request, page })
@@ -1006,25 +1024,7 @@ impl Producer {
                     entry,
                 })
             }
-            CommandKind::DelayedJob { job, .. } => {
-                let result = match v {
-                    Value::Int(1) => Some(DelayedWithdrawal::Withdrawn),
-                    Value::Int(0) => Some(DelayedWithdrawal::NotDelayed),
-                    Value::Int(-1) => Some(DelayedWithdrawal::NotOurs),
-                    _ => None,
-                };
-                let job = JobId(job);
-                if result == Some(DelayedWithdrawal::Withdrawn) {
-                    // Nothing of it is left to await; its tombstone goes with the next ack.
-                    self.awaited.remove(&job.0);
-                    self.forget.push(job.0.clone());
-                }
-                result.map(|result| ProducerEvent::DelayedWithdrawn {
-                    request,
-                    job,
-                    result,
-                })
-            }
+            CommandKind::DelayedJob { job, .. } => self.withdrawn(request, JobId(job), &v),
             CommandKind::SetPaused { paused, .. } => match v {
                 Value::Int(_) => Some(ProducerEvent::PauseSet { request, paused }),
                 _ => None,
@@ -1037,12 +1037,27 @@ impl Producer {
                 _ => None,
             },
             _ => None,
+        }
+    }
+
+    /// The answer to `withdraw_delayed(job)`; a withdrawn job is this producer's no more.
+    fn withdrawn(&mut self, request: Request, job: JobId, v: &Value) -> Option<ProducerEvent> {
+        let result = match v {
+            Value::Int(1) => DelayedWithdrawal::Withdrawn,
+            Value::Int(0) => DelayedWithdrawal::NotDelayed,
+            Value::Int(-1) => DelayedWithdrawal::NotOurs,
+            _ => return None,
         };
-        let event = event.unwrap_or_else(|| ProducerEvent::RequestFailed {
+        if result == DelayedWithdrawal::Withdrawn {
+            // Nothing of it is left to await; its tombstone goes with the next ack.
+            self.awaited.remove(&job.0);
+            self.forget.push(job.0.clone());
+        }
+        Some(ProducerEvent::DelayedWithdrawn {
             request,
-            error: "unexpected reply".to_owned(),
-        });
-        self.events.push_back(event);
+            job,
+            result,
+        })
     }
 
     /// Whether a pause or resume was asked after `request` (queued or in flight).

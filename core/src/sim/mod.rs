@@ -178,14 +178,6 @@ impl Sim {
         exec::run(self, kind).unwrap_or_else(Value::Error)
     }
 
-    /// Runs a merged blocking read ([`crate::scripts::merged_read`] of `reads`) as Redis
-    /// runs it, without blocking: every stream's group is checked first (`NOGROUP` before
-    /// anything is read), then each stream is read with the command's `COUNT` (the least of
-    /// the reads'); the reply names the streams that had entries, nil if none had.
-    pub fn execute_merged(&mut self, reads: &[CommandKind]) -> Value {
-        self.execute_read(reads)
-    }
-
     /// Runs the pause check of workers' reads ([`crate::scripts::pause_check`]): EXEC's
     /// array, `EXISTS` of each read's queue's pause.
     pub fn execute_pause_check(&mut self, reads: &[CommandKind]) -> Value {
@@ -203,7 +195,11 @@ impl Sim {
         )
     }
 
-    fn execute_read(&mut self, reads: &[CommandKind]) -> Value {
+    /// Runs a merged blocking read ([`crate::scripts::merged_read`] of `reads`) as Redis
+    /// runs it, without blocking: every stream's group is checked first (`NOGROUP` before
+    /// anything is read), then each stream is read with the command's `COUNT` (the least of
+    /// the reads'); the reply names the streams that had entries, nil if none had.
+    pub fn execute_merged(&mut self, reads: &[CommandKind]) -> Value {
         let count = reads
             .iter()
             .filter_map(|r| match r {

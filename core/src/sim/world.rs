@@ -374,7 +374,13 @@ impl World {
         l.completed.contains_key(job)
             || l.dead.contains(job)
             || l.add_failed.contains(job)
-            || (l.refused.contains(job) && !l.accepted.contains(job))
+            || self.never_queued(job)
+    }
+
+    /// Whether an add of `job` was refused while the queue was paused and none was
+    /// accepted: it was never queued.
+    fn never_queued(&self, job: &JobId) -> bool {
+        self.ledger.refused.contains(job) && !self.ledger.accepted.contains(job)
     }
 
     /// `producer` is replaced (its process died; another takes over under its id): its
@@ -745,13 +751,9 @@ impl World {
     pub fn check_quiescent(&self) -> Result<(), String> {
         self.check_step()?;
         let l = &self.ledger;
-        // Refused while paused, and never accepted: never queued.
-        let never_queued = |j: &JobId| l.refused.contains(j) && !l.accepted.contains(j);
-        if let Some(job) = l
-            .added
-            .keys()
-            .find(|j| !(l.completed.contains_key(*j) || l.dead.contains(*j) || never_queued(j)))
-        {
+        if let Some(job) = l.added.keys().find(|j| {
+            !(l.completed.contains_key(*j) || l.dead.contains(*j) || self.never_queued(j))
+        }) {
             return Err(format!("{job} lost: neither completed nor dead"));
         }
         self.keys_drained()
