@@ -315,8 +315,12 @@ fn hkdf(ikm: &[&[u8]], info: &[&[u8]]) -> Zeroizing<[u8; SECRET_LEN]> {
 }
 
 /// The raw bytes of a queue key (for FORMAT.md's vectors; use [`SecretRing::queue_keyring`]).
+/// Every shard of a sharded queue has the queue's key (a shard's tag,
+/// [`crate::naming::shard_tags`], derives the key of the queue it belongs to); what a
+/// shard seals is still bound to the shard (its scope is the shard's key stem).
 #[must_use]
 pub fn derive_queue_key_bytes(server: &Secret, queue: &str) -> Zeroizing<[u8; SECRET_LEN]> {
+    let queue = crate::naming::parse_shard_tag(queue).map_or(queue, |(base, _, _)| base);
     hkdf(&[server.expose()], &[INFO_QUEUE, queue.as_bytes()])
 }
 

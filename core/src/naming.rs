@@ -41,6 +41,12 @@ pub enum NameError {
     /// the queue's or session's name).
     #[error("key prefix {0:?} must be at most {MAX_NAME_LEN} bytes, without '{{' or '}}'")]
     Prefix(String),
+    /// `#` is reserved for the tags of sharded queues ([`shard_tags`]).
+    #[error("name {0:?} contains '#', which is reserved for the shards of a queue")]
+    Hash(String),
+    /// A queue has 1 to [`MAX_SHARDS`] shards.
+    #[error("a queue has 1 to {MAX_SHARDS} shards, not {0}")]
+    Shards(u16),
 }
 
 /// Checks a key prefix: at most [`MAX_NAME_LEN`] bytes, no braces (a `{` in the prefix
@@ -63,7 +69,92 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     if name.contains(['{', '}']) {
         return Err(NameError::Brace(name.to_owned()));
     }
+    if name.contains('#') && parse_shard_tag(name).is_none() {
+        return Err(NameError::Hash(name.to_owned()));
+    }
     Ok(())
+}
+
+/// The most shards one queue may have ([`shard_tags`]).
+pub const MAX_SHARDS: u16 = 256;
+
+/// The hash tags of a queue of `shards` shards ([`MAX_SHARDS`] at most): each a complete
+/// queue of its own (its keys are [`QueueKeys::new`] of the tag).
+///
+/// One shard is the queue itself, `queue` (the layout of an unsharded queue, so a queue
+/// of one shard costs nothing more). For `n` > 1, shard `i` is `<queue>#<i>.<n>.<k>`, with
+/// `k` the smallest integer from 0 such that the tag's hash slot lies in
+/// `[i * 16384 / n, (i + 1) * 16384 / n)`: on a cluster whose slots are spread evenly (as
+/// `redis-cli --cluster create` does), `n` shards over `n` primaries put one shard on
+/// each. (Should no `k` below 1,000,000 land in the range, `k` is 0.) A pure function,
+/// with vectors in FORMAT.md, so that any client finds the same keys. `#` is reserved:
+/// a queue name holding it is refused unless it is exactly such a tag.
+pub fn shard_tags(queue: &str, shards: u16) -> Result<Vec<String>, NameError> {
+    if shards == 0 || shards > MAX_SHARDS {
+        return Err(NameError::Shards(shards));
+    }
+    if queue.contains('#') {
+        return Err(NameError::Hash(queue.to_owned()));
+    }
+    validate(queue)?;
+    if shards == 1 {
+        return Ok(vec![queue.to_owned()]);
+    }
+    let tags: Vec<String> = (0..shards).map(|i| shard_tag(queue, i, shards)).collect();
+    for tag in &tags {
+        validate(tag)?;
+    }
+    Ok(tags)
+}
+
+/// Shard `i` of `n` (> 1) of `queue`: see [`shard_tags`].
+fn shard_tag(queue: &str, i: u16, n: u16) -> String {
+    let (lo, hi) = shard_range(i, n);
+    (0..1_000_000u32)
+        .map(|k| format!("{queue}#{i}.{n}.{k}"))
+        .find(|tag| (lo..hi).contains(&(crc16_xmodem(tag.as_bytes()) % 16384)))
+        .unwrap_or_else(|| format!("{queue}#{i}.{n}.0"))
+}
+
+/// The slots shard `i` of `n` aims for.
+fn shard_range(i: u16, n: u16) -> (u16, u16) {
+    let at = |i: u16| u16::try_from(u32::from(i) * 16384 / u32::from(n)).unwrap_or(16384);
+    (at(i), at(i + 1))
+}
+
+/// `(queue, i, n)` of a shard tag `<queue>#<i>.<n>.<k>`, if `name` is exactly the tag
+/// [`shard_tags`] gives shard `i` of `n` of `queue`.
+#[must_use]
+pub fn parse_shard_tag(name: &str) -> Option<(&str, u16, u16)> {
+    let (queue, rest) = name.split_once('#')?;
+    if queue.is_empty() || queue.contains(['{', '}']) {
+        return None;
+    }
+    let mut parts = rest.split('.');
+    let i: u16 = parts.next()?.parse().ok()?;
+    let n: u16 = parts.next()?.parse().ok()?;
+    let k = parts.next()?;
+    if parts.next().is_some() || !(2..=MAX_SHARDS).contains(&n) || i >= n || k.is_empty() {
+        return None;
+    }
+    // Cheap checks first; then the one tag this shard has.
+    let (lo, hi) = shard_range(i, n);
+    let slot = crc16_xmodem(name.as_bytes()) % 16384;
+    if !(lo..hi).contains(&slot) && k != "0" {
+        return None;
+    }
+    (shard_tag(queue, i, n) == name).then_some((queue, i, n))
+}
+
+/// The shard of a queue of `shards` shards that job `id` belongs to: CRC16/XMODEM of the
+/// id's bytes, mod `shards` (0 for one shard). A pure function of the id, so that a resend
+/// or a re-add of the id meets its marker in the same shard.
+#[must_use]
+pub fn shard_of(id: &str, shards: u16) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    usize::from(crc16_xmodem(id.as_bytes()) % shards)
 }
 
 /// The key names of one queue.
@@ -449,6 +540,57 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn shards_land_in_their_ranges_and_only_exact_tags_pass() {
+        assert_eq!(shard_tags("q", 1).unwrap(), vec!["q".to_owned()]);
+        assert_eq!(shard_tags("q", 0), Err(NameError::Shards(0)));
+        assert_eq!(shard_tags("q", MAX_SHARDS + 1), Err(NameError::Shards(257)));
+        assert!(matches!(shard_tags("a#b", 2), Err(NameError::Hash(_))));
+        assert!(matches!(validate("a#b"), Err(NameError::Hash(_))));
+        for n in [2u16, 3, 7, 64] {
+            let tags = shard_tags("sockethub:irc", n).unwrap();
+            assert_eq!(tags.len(), usize::from(n));
+            for (i, tag) in tags.iter().enumerate() {
+                let i = u16::try_from(i).unwrap();
+                let (lo, hi) = shard_range(i, n);
+                let slot = hash_slot(QueueKeys::new("dl", tag).unwrap().jobs.as_bytes());
+                assert!((lo..hi).contains(&slot), "{tag}: {slot} not in {lo}..{hi}");
+                assert_eq!(parse_shard_tag(tag), Some(("sockethub:irc", i, n)));
+            }
+        }
+        // A tag of the right shape but another salt, or a shard out of range, is not one.
+        let tag = &shard_tags("q", 3).unwrap()[1];
+        let (stem, k) = tag.rsplit_once('.').unwrap();
+        let other = format!("{stem}.{}", k.parse::<u32>().unwrap() + 1);
+        assert_eq!(parse_shard_tag(&other), None);
+        assert!(QueueKeys::new("dl", &other).is_err());
+        for bad in [
+            "q#3.3.0",
+            "q#0.1.0",
+            "q#0.3",
+            "q#0.3.1.1",
+            "#0.3.1",
+            "q#x.3.1",
+            "q#0.3.",
+        ] {
+            assert_eq!(parse_shard_tag(bad), None, "{bad}");
+            assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_job_goes_to_one_shard_and_ids_spread() {
+        assert_eq!(shard_of("anything", 1), 0);
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            let id = format!("job-{i}");
+            let s = shard_of(&id, 4);
+            assert_eq!(s, shard_of(&id, 4));
+            counts[s] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
     proptest! {
         #[test]
         fn purge_pattern_matches_exactly_the_sessions_with_the_prefix(
@@ -466,7 +608,7 @@ mod tests {
         }
 
         #[test]
-        fn every_key_of_a_queue_shares_one_slot(queue in "[^{}]{1,40}", prefix in "[a-z:]{0,8}") {
+        fn every_key_of_a_queue_shares_one_slot(queue in "[^{}#]{1,40}", prefix in "[a-z:]{0,8}") {
             let k = QueueKeys::new(&prefix, &queue).unwrap();
             let slot = hash_slot(k.jobs.as_bytes());
             for key in k.all() {

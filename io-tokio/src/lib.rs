@@ -22,6 +22,7 @@ mod memory;
 mod pipelines;
 mod queue;
 mod random;
+mod sharded;
 mod telemetry;
 mod traces;
 mod worker;
@@ -39,6 +40,7 @@ pub use datalayer_core::trace::TraceContext;
 pub use layer::{DataLayer, Error, Options, ServerInfo};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;
+pub use sharded::ShardedQueue;
 pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};
 
 /// `url` without the password (and user) it may carry, for logs and messages:

@@ -286,11 +286,14 @@ fn generate_producer_id() -> String {
 }
 
 impl JobQueue {
+    /// A queue's task: `events` is where its outcomes go (the shards of a sharded queue
+    /// share one sender), `None` for a channel of its own.
     pub(crate) fn start(
         layer: DataLayer,
         name: &str,
         keys: Keyring,
         options: QueueOptions,
+        events: Option<broadcast::Sender<QueueEvent>>,
     ) -> Result<Self, Error> {
         let mut cfg = ProducerConfig::new(name).block_ms(Some(layer.idle_block_ms()));
         cfg.prefix = layer.options.prefix.clone();
@@ -315,7 +318,7 @@ impl JobQueue {
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
         let producer = Producer::new(cfg, sealer, now_ms())?;
         let (tx, rx) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(4096);
+        let events = events.unwrap_or_else(|| broadcast::channel(4096).0);
         let driver = Driver {
             producer,
             pipes: Pipelines::new(layer.backend.clone()),
@@ -434,7 +437,7 @@ impl JobQueue {
 
     /// The id is chosen here, so that a caller who gives up knows which job to add again;
     /// the engine is told it is new (its first send needs no duplicate check).
-    fn assign_id(job: &mut AddJob) -> JobId {
+    pub(crate) fn assign_id(job: &mut AddJob) -> JobId {
         if let Some(id) = &job.id {
             return id.clone();
         }
@@ -471,6 +474,11 @@ impl JobQueue {
         answer.await.map_err(|_| Error::Stopped)??;
         // Accepted just before the withdrawal: the handle is on its way.
         rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Where the queue's events go (the other shards of a sharded queue send there too).
+    pub(crate) fn event_sender(&self) -> broadcast::Sender<QueueEvent> {
+        self.events.clone()
     }
 
     /// The queue's lifecycle events (a receiver that falls behind misses events; handles
@@ -1247,6 +1255,12 @@ impl DataLayer {
         secrets: &datalayer_core::keys::SecretRing,
         options: QueueOptions,
     ) -> Result<JobQueue, Error> {
-        JobQueue::start(self.clone(), name, secrets.queue_keyring(name), options)
+        JobQueue::start(
+            self.clone(),
+            name,
+            secrets.queue_keyring(name),
+            options,
+            None,
+        )
     }
 }

@@ -14,7 +14,7 @@ use datalayer_core::keys::Keyring;
 use datalayer_core::retry::RetryPolicy;
 use datalayer_core::trace::TraceContext;
 use datalayer_core::value::EntryId;
-use datalayer_core::worker::{Worker, WorkerConfig, WorkerError, WorkerEvent};
+use datalayer_core::worker::{ShardEvent, ShardedWorker, WorkerConfig, WorkerError, WorkerEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -57,6 +57,11 @@ pub struct WorkerOptions {
     /// idempotent). Default `None`: once the primary has it; a failover after the master
     /// died can then undo a settle, and the job runs again.
     pub replicated: Option<(u32, Duration)>,
+    /// The queue's shards (default 1: an unsharded queue). Every producer
+    /// ([`DataLayer::sharded_queue`]) and worker of a queue must use the same number; the
+    /// worker serves every shard with one pool of `concurrency` credits, which must be at
+    /// least the number of shards (see [`ShardedWorker`]).
+    pub shards: u16,
 }
 
 impl Default for WorkerOptions {
@@ -72,6 +77,7 @@ impl Default for WorkerOptions {
             max_job_age: Duration::from_secs(7 * 24 * 3600),
             dead_retention: Duration::from_secs(7 * 24 * 3600),
             replicated: None,
+            shards: 1,
         }
     }
 }
@@ -134,6 +140,13 @@ impl WorkerOptions {
         self.compression = compression;
         self
     }
+
+    /// For a queue of `shards` shards (see [`WorkerOptions::shards`]).
+    #[must_use]
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = shards;
+        self
+    }
 }
 
 /// A job, as a handler receives it. Its `Debug` shows the payload's length, not its bytes.
@@ -179,7 +192,7 @@ impl Job {
 pub struct JobWorker {
     backend: Backend,
     reads: Reads,
-    worker: Worker,
+    worker: ShardedWorker,
     queue: String,
     consumer: String,
     log_reasons: bool,
@@ -195,9 +208,12 @@ enum Ctl {
     Shutdown(Duration, oneshot::Sender<()>),
 }
 
-/// A handler's answer: the entry, the result or reason, and the trace context of the
+/// A job: its shard and entry.
+type Running = (usize, EntryId);
+
+/// A handler's answer: the job, the result or reason, and the trace context of the
 /// `process` span that ran it (sealed with the outcome).
-type Done = (EntryId, Result<Vec<u8>, String>, Option<TraceContext>);
+type Done = (Running, Result<Vec<u8>, String>, Option<TraceContext>);
 
 impl JobWorker {
     pub(crate) fn new(
@@ -228,7 +244,7 @@ impl JobWorker {
         cfg.dead_retention_ms = crate::clock::ms(options.dead_retention);
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
-        let worker = Worker::new(cfg, sealer, now_ms())?;
+        let worker = ShardedWorker::new(cfg, options.shards, sealer, now_ms())?;
         Ok(Self {
             reads: Reads::new(layer.blocker(&format!("group:{consumer}"))),
             backend: layer.backend,
@@ -286,16 +302,16 @@ impl WorkerHandle {
 }
 
 struct Driver {
-    worker: Worker,
+    worker: ShardedWorker,
     pipes: Pipelines,
     reads: Reads,
     ctl: mpsc::Receiver<Ctl>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
-    running: HashMap<EntryId, AbortHandle>,
+    running: HashMap<Running, AbortHandle>,
     shutdown: Option<(u64, oneshot::Sender<()>)>,
     /// Events drained from the machine after each reply, handled by `route_events`.
-    pending_events: Vec<WorkerEvent>,
+    pending_events: Vec<ShardEvent>,
     log_reasons: bool,
     /// The queue's name, shared with the handler tasks (their metrics' label).
     queue: Arc<str>,
@@ -379,17 +395,17 @@ impl Driver {
         }
     }
 
-    fn settle(&mut self, (entry, outcome, trace): Done) {
-        self.running.remove(&entry);
+    fn settle(&mut self, ((shard, entry), outcome, trace): Done) {
+        self.running.remove(&(shard, entry));
         let now = now_ms();
         let trace = trace.as_ref();
         let settled = match outcome {
             Ok(result) => self
                 .worker
-                .complete_traced(now, entry, &result, trace, &mut OsRandom),
+                .complete(now, shard, entry, &result, trace, &mut OsRandom),
             Err(reason) => self
                 .worker
-                .fail_traced(now, entry, &reason, trace, &mut OsRandom),
+                .fail(now, shard, entry, &reason, trace, &mut OsRandom),
         };
         match settled {
             // The job timed out or was handed back meanwhile: its answer is moot.
@@ -432,8 +448,8 @@ impl Driver {
         let mut drained = false;
         self.pending_events
             .extend(std::iter::from_fn(|| self.worker.poll_event()));
-        for ev in std::mem::take(&mut self.pending_events) {
-            match ev {
+        for ShardEvent { shard, event } in std::mem::take(&mut self.pending_events) {
+            match event {
                 WorkerEvent::Job(d) => {
                     let queue = self.queue.clone();
                     let waited = (d.job.attempt == 1).then(|| {
@@ -462,9 +478,9 @@ impl Driver {
                         (handler)(job),
                         span.clone(),
                     ));
-                    self.running.insert(d.entry, task.abort_handle());
+                    self.running.insert((shard, d.entry), task.abort_handle());
                     let done = self.done_tx.clone();
-                    let entry = d.entry;
+                    let entry = (shard, d.entry);
                     tokio::spawn(async move {
                         let started = std::time::Instant::now();
                         let (outcome, error) = match task.await {
@@ -486,7 +502,7 @@ impl Driver {
                     });
                 }
                 WorkerEvent::TimedOut { entry } => {
-                    if let Some(h) = self.running.remove(&entry) {
+                    if let Some(h) = self.running.remove(&(shard, entry)) {
                         h.abort();
                     }
                 }
@@ -506,12 +522,12 @@ impl Driver {
                     }
                 }
                 WorkerEvent::LeaseLost { entry, job } => {
-                    crate::telemetry::lease_lost(&self.worker.keys().queue);
+                    crate::telemetry::lease_lost(&self.queue);
                     tracing::warn!(%entry, %job, "lease lost: another worker took the job");
                 }
                 WorkerEvent::Trouble { message } => tracing::warn!(%message, "worker trouble"),
                 WorkerEvent::PauseSeen { paused } => {
-                    let queue = &self.worker.keys().queue;
+                    let queue = &self.worker.shards()[shard].keys().queue;
                     tracing::info!(%queue, paused, "the queue's pause changed");
                 }
                 _ => {}

@@ -113,10 +113,16 @@ impl Rng {
 
 /// The worker process's body: echoes each job's payload, appending its id to `log` first.
 pub async fn worker_main(url: &str, queue: &str, log: &Path) {
+    // `DL_SHARDS`: the queue's shards (default 1).
+    let shards: u16 = std::env::var("DL_SHARDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let (_dl, worker) = crate::worker_process(
         url,
         queue,
         WorkerOptions::default()
+            .shards(shards)
             .concurrency(16)
             .lease(Duration::from_secs(2))
             .retry(RetryPolicy::default().max_stalled(20)),

@@ -52,6 +52,7 @@ fn read_log(path: &Path) -> Log {
 /// A producer process; its id, read from its first line of output.
 fn producer(
     url: &str,
+    shards: u16,
     id: Option<&str>,
     tag: &str,
     jobs: usize,
@@ -59,6 +60,7 @@ fn producer(
     log: &Path,
 ) -> (KillOnDrop, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dl-producer"))
+        .env("DL_SHARDS", shards.to_string())
         .args([url, QUEUE, id.unwrap_or("-"), tag])
         .arg(jobs.to_string())
         .arg(ttl_ms.to_string())
@@ -80,9 +82,10 @@ fn producer(
     (KillOnDrop(child), id.to_owned())
 }
 
-fn worker(url: &str, log: &Path) -> KillOnDrop {
+fn worker(url: &str, shards: u16, log: &Path) -> KillOnDrop {
     KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_dl-echo-worker"))
+            .env("DL_SHARDS", shards.to_string())
             .args([url, QUEUE])
             .arg(log)
             .stdin(Stdio::null())
@@ -120,7 +123,26 @@ async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 async fn producers_in_several_processes_each_get_their_own_outcomes_and_a_replacement_the_rest() {
     let server = RedisServer::start(Persistence::None);
     let conn = raw(&server).await;
-    several_producers(&server.url(), server.dir(), conn).await;
+    several_producers(
+        &server.url(),
+        server.dir(),
+        1,
+        vec![(QUEUE.to_owned(), conn)],
+    )
+    .await;
+}
+
+/// The same with a queue of 3 shards on one server: each producer's jobs spread over
+/// the shards, its outcomes come back from all of them, the replacement takes over every
+/// shard's, and every shard sweeps the gone producers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_producer_and_worker_processes_on_a_sharded_queue() {
+    let server = RedisServer::start(Persistence::None);
+    let mut shards = Vec::new();
+    for tag in datalayer_core::naming::shard_tags(QUEUE, 3).expect("tags") {
+        shards.push((tag, raw(&server).await));
+    }
+    several_producers(&server.url(), server.dir(), 3, shards).await;
 }
 
 /// The same on a Redis Cluster of 3 masters: the producer and worker processes find the
@@ -138,29 +160,78 @@ async fn several_producer_and_worker_processes_on_a_cluster() {
     let dir =
         std::env::temp_dir().join(format!("datalayer-producers-{node}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a log directory");
-    several_producers(&cluster.url(), &dir, conn).await;
+    several_producers(&cluster.url(), &dir, 1, vec![(QUEUE.to_owned(), conn)]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sharded queue on a cluster of 3 masters: its 3 shards on the 3 masters, each
+/// checked on its own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_producer_and_worker_processes_on_a_sharded_queue_over_a_cluster() {
+    let cluster = datalayer_tests::cluster::RedisCluster::start(3, 0);
+    let mut shards = Vec::new();
+    let mut nodes = HashSet::new();
+    for tag in datalayer_core::naming::shard_tags(QUEUE, 3).expect("tags") {
+        let slot = datalayer_core::naming::hash_slot(format!("dl:{{{tag}}}:jobs").as_bytes());
+        let node = cluster.master_of(slot);
+        nodes.insert(node);
+        let conn = redis::Client::open(format!("redis://127.0.0.1:{node}"))
+            .expect("a client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the shard's node");
+        shards.push((tag, conn));
+    }
+    assert_eq!(nodes.len(), 3, "one shard on each master");
+    let dir = std::env::temp_dir().join(format!("datalayer-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a log directory");
+    several_producers(&cluster.url(), &dir, 3, shards).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Three producer processes and a fourth killed mid-load and replaced, two worker
 /// processes, 1,000 jobs each: every result at the producer that added it (or the
 /// replacement), none at another, and the exited producers swept after their ttl.
-async fn several_producers(url: &str, dir: &Path, mut conn: redis::aio::MultiplexedConnection) {
+/// `shards`: the queue's shards, each with a connection to its node.
+async fn several_producers(
+    url: &str,
+    dir: &Path,
+    n: u16,
+    mut shards: Vec<(String, redis::aio::MultiplexedConnection)>,
+) {
     const JOBS: usize = 1_000;
     let url = url.to_owned();
     let dir = dir.to_path_buf();
     let path = |name: &str| -> PathBuf { dir.join(name) };
-    let _workers = [worker(&url, &path("w1.log")), worker(&url, &path("w2.log"))];
+    let _workers = [
+        worker(&url, n, &path("w1.log")),
+        worker(&url, n, &path("w2.log")),
+    ];
 
     // Three producers with generated ids, gone for good (2 s ttl) once they exit; one with
     // a chosen id that is killed mid-load and replaced.
     let mut free = Vec::new();
     for tag in ["a", "b", "c"] {
-        let (child, id) = producer(&url, None, tag, JOBS, 2_000, &path(&format!("{tag}.log")));
+        let (child, id) = producer(
+            &url,
+            n,
+            None,
+            tag,
+            JOBS,
+            2_000,
+            &path(&format!("{tag}.log")),
+        );
         free.push((tag, child, id));
     }
-    let (mut doomed, doomed_id) =
-        producer(&url, Some("replaceable"), "d", JOBS, 8_000, &path("d.log"));
+    let (mut doomed, doomed_id) = producer(
+        &url,
+        n,
+        Some("replaceable"),
+        "d",
+        JOBS,
+        8_000,
+        &path("d.log"),
+    );
     assert_eq!(doomed_id, "replaceable");
     let ids: HashSet<String> = free.iter().map(|(_, _, id)| id.clone()).collect();
     assert_eq!(ids.len(), 3, "generated ids are distinct: {ids:?}");
@@ -173,7 +244,7 @@ async fn several_producers(url: &str, dir: &Path, mut conn: redis::aio::Multiple
     assert!(some_done, "the doomed producer got no results");
     let _ = doomed.0.kill();
     let _ = doomed.0.wait();
-    let (_replacement, id) = producer(&url, Some("replaceable"), "e", 0, 8_000, &path("e.log"));
+    let (_replacement, id) = producer(&url, n, Some("replaceable"), "e", 0, 8_000, &path("e.log"));
     assert_eq!(id, "replaceable");
 
     for (tag, child, _) in &mut free {
@@ -250,51 +321,98 @@ async fn several_producers(url: &str, dir: &Path, mut conn: redis::aio::Multiple
         e.owed.len()
     );
 
+    // Each shard took its part of the jobs (the stream counts every entry it was given).
+    if n > 1 {
+        let total = (all_jobs.len() + d.added.len()) as u64;
+        for (tag, conn) in &mut shards {
+            let info: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(format!("dl:{{{tag}}}:jobs"))
+                .query_async(conn)
+                .await
+                .expect("XINFO STREAM");
+            let added = info
+                .iter()
+                .position(|v| matches!(v, redis::Value::BulkString(k) if k == b"entries-added"))
+                .and_then(|i| match info.get(i + 1) {
+                    Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+                    _ => None,
+                })
+                .expect("entries-added");
+            assert!(
+                added * u64::from(n) * 2 >= total,
+                "{tag} took {added} of {total} jobs"
+            );
+        }
+    }
+
     // The producers that exited are declared gone after their ttl, and swept: their events
     // streams, and the id markers of their jobs.
     let start = Instant::now();
     loop {
-        let mut left = Vec::new();
-        for (_, _, id) in &free {
-            let key = format!("dl:{{{QUEUE}}}:events:{id}");
-            let exists: u64 = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .expect("EXISTS");
-            if exists > 0 {
-                left.push(key);
+        let mut swept = true;
+        let mut report = Vec::new();
+        for (tag, conn) in &mut shards {
+            let (left, stale, registered) = leftovers(conn, tag, &free, &ids).await;
+            if left.is_empty() && stale == 0 && !registered.iter().any(|p| ids.contains(p)) {
+                assert_eq!(
+                    registered,
+                    ["replaceable"],
+                    "{tag}: only the replacement is registered"
+                );
+            } else {
+                swept = false;
             }
+            report.push(format!(
+                "{tag}: left {left:?}, {stale} markers, registered {registered:?}"
+            ));
         }
-        let markers: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("dl:{{{QUEUE}}}:ids"))
-            .query_async(&mut conn)
-            .await
-            .expect("HGETALL");
-        let stale = markers
-            .values()
-            .filter(|m| ids.contains(m.as_str()))
-            .count();
-        let registered: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("dl:{{{QUEUE}}}:producers"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .expect("ZRANGE");
-        let gone_left = registered.iter().any(|p| ids.contains(p));
-        if left.is_empty() && stale == 0 && !gone_left {
-            assert_eq!(
-                registered,
-                ["replaceable"],
-                "only the replacement is registered"
-            );
+        if swept {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "gone producers left {left:?}, {stale} markers, registered {registered:?}"
+            "gone producers left: {report:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What the gone producers left in one shard: events streams, id markers of their jobs,
+/// and the producers still registered.
+async fn leftovers(
+    conn: &mut redis::aio::MultiplexedConnection,
+    tag: &str,
+    free: &[(&str, KillOnDrop, String)],
+    ids: &HashSet<String>,
+) -> (Vec<String>, usize, Vec<String>) {
+    let mut left = Vec::new();
+    for (_, _, id) in free {
+        let key = format!("dl:{{{tag}}}:events:{id}");
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("EXISTS");
+        if exists > 0 {
+            left.push(key);
+        }
+    }
+    let markers: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("dl:{{{tag}}}:ids"))
+        .query_async(conn)
+        .await
+        .expect("HGETALL");
+    let stale = markers
+        .values()
+        .filter(|m| ids.contains(m.as_str()))
+        .count();
+    let registered: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("dl:{{{tag}}}:producers"))
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("ZRANGE");
+    (left, stale, registered)
 }

@@ -374,6 +374,33 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// The stats of a sharded queue from its shards': counts summed, the oldest waiting and
+    /// running jobs the oldest of any shard, paused since the earliest pause of any shard
+    /// (a pause of the queue pauses every shard).
+    #[must_use]
+    pub fn sum(shards: impl IntoIterator<Item = QueueStats>) -> QueueStats {
+        let oldest = |a: Option<EntryId>, b: Option<EntryId>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        shards
+            .into_iter()
+            .fold(QueueStats::default(), |t, s| QueueStats {
+                jobs: t.jobs.saturating_add(s.jobs),
+                pending: t.pending.saturating_add(s.pending),
+                delayed: t.delayed.saturating_add(s.delayed),
+                dead: t.dead.saturating_add(s.dead),
+                events: t.events.saturating_add(s.events),
+                workers: t.workers.max(s.workers),
+                oldest_waiting: oldest(t.oldest_waiting, s.oldest_waiting),
+                oldest_running: oldest(t.oldest_running, s.oldest_running),
+                paused_at: match (t.paused_at, s.paused_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            })
+    }
+
     /// How long the oldest waiting job has waited at `now_ms` (0 if none).
     #[must_use]
     pub fn oldest_waiting_ms(&self, now_ms: u64) -> u64 {

@@ -146,6 +146,20 @@ pub enum WorkerError {
     /// The result or reason could not be sealed.
     #[error("sealing failed: {0}")]
     Seal(#[from] EnvelopeError),
+    /// A worker of a sharded queue needs a credit per shard, so that each idle shard can
+    /// keep its blocking read.
+    #[error(
+        "a worker of {shards} shards needs a concurrency of at least {shards}, got {concurrency}"
+    )]
+    Shards {
+        /// The concurrency asked for.
+        concurrency: u32,
+        /// The queue's shards.
+        shards: u16,
+    },
+    /// No such shard.
+    #[error("the queue has no shard {0}")]
+    NoShard(usize),
 }
 
 /// A job for the application to run.

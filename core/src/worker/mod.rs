@@ -17,9 +17,11 @@ mod replies;
 mod tests;
 
 mod api;
+mod shards;
 
 pub use api::{Delivery, MAX_SETTLE_BATCH, Settlement, WorkerConfig, WorkerError, WorkerEvent};
 pub use replies::MAX_GARBAGE_COPY;
+pub use shards::{ShardEvent, ShardedWorker};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -119,6 +121,9 @@ pub struct Worker {
     resend: ResendBackoff,
     draining: bool,
     drained_sent: bool,
+    /// The most credits this worker may take more (set by a [`ShardedWorker`], which shares
+    /// one pool among its shards; unbounded alone).
+    allowance: u32,
 }
 
 impl Worker {
@@ -161,6 +166,7 @@ impl Worker {
             resend: ResendBackoff::default(),
             draining: false,
             drained_sent: false,
+            allowance: u32::MAX,
             cfg,
         })
     }
@@ -496,7 +502,37 @@ impl Worker {
         if unconfirmed >= self.cfg.concurrency as usize {
             return 0;
         }
-        u32::try_from(u64::from(self.cfg.concurrency).saturating_sub(busy)).unwrap_or(0)
+        u32::try_from(u64::from(self.cfg.concurrency).saturating_sub(busy))
+            .unwrap_or(0)
+            .min(self.allowance)
+    }
+
+    /// Credits in use: running jobs and the counts of reads and reclaims in flight.
+    fn used_credits(&self) -> u32 {
+        let reserved: u32 = self
+            .in_flight
+            .values()
+            .map(|f| match f {
+                InFlight::Read { count } | InFlight::Reclaim { count } => *count,
+                _ => 0,
+            })
+            .sum();
+        u32::try_from(self.running.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(reserved)
+    }
+
+    /// Whether this worker's next read would block (the queue looked empty) and none is out.
+    fn wants_blocking_read(&self) -> bool {
+        self.idle
+            && self.group_ready
+            && !self.paused
+            && !self.draining
+            && self.cfg.block_ms.is_some()
+            && !self
+                .in_flight
+                .values()
+                .any(|f| matches!(f, InFlight::Read { .. }))
     }
 
     /// The next command for Redis, if any. Call until `None` after every input; everything

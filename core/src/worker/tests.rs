@@ -1144,3 +1144,148 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
     assert!(jobs.iter().all(|d| d.deliveries == 1), "{jobs:?}");
     assert!(!w.is_paused());
 }
+
+/// Entries of `stream` its group has not delivered yet.
+fn undelivered(sim: &Sim, stream: &str) -> usize {
+    sim.stream(stream).map_or(0, |s| {
+        let last = s.groups.get(GROUP).map(|g| g.last_delivered);
+        s.entries
+            .keys()
+            .filter(|id| last.is_none_or(|l| **id > l))
+            .count()
+    })
+}
+
+#[test]
+fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
+    use crate::naming::{shard_of, shard_tags};
+    use crate::producer::{Producer, ProducerConfig};
+    use std::collections::BTreeMap;
+
+    const C: u32 = 5;
+    const SHARDS: u16 = 3;
+    assert_eq!(
+        ShardedWorker::new(
+            WorkerConfig::new("hot", "c").concurrency(2),
+            3,
+            sealer(),
+            T0
+        )
+        .err(),
+        Some(WorkerError::Shards {
+            concurrency: 2,
+            shards: 3
+        })
+    );
+    for seed in 0..30 {
+        let mut rng = SeededRandom::new(seed);
+        let mut sim = Sim::new(T0);
+        let cfg = WorkerConfig::new("hot", "c").concurrency(C);
+        let mut w = ShardedWorker::new(cfg, SHARDS, sealer(), T0).unwrap();
+        let tags = shard_tags("hot", SHARDS).unwrap();
+        let mut producers: Vec<Producer> = tags
+            .iter()
+            .map(|t| Producer::new(ProducerConfig::new(t).block_ms(None), sealer(), T0).unwrap())
+            .collect();
+        let mut blocked: Vec<Command> = Vec::new();
+        let mut running: Vec<(usize, EntryId)> = Vec::new();
+        let mut started: BTreeMap<String, u32> = BTreeMap::new();
+        let mut added = 0u32;
+        let mut most = 0usize;
+        for step in 0..3_000u64 {
+            let now = T0 + step * 2;
+            sim.set_time(now);
+            let roll = rng.next_u64() % 8;
+            if roll < 3 && added < 400 {
+                // Most jobs go to shard 0, which keeps most of the pool busy.
+                let shard = if rng.next_u64() % 10 < 8 {
+                    0
+                } else {
+                    (rng.next_u64() % u64::from(SHARDS)) as usize
+                };
+                let id = (0..)
+                    .map(|k| JobId(format!("job-{seed}-{added}-{k}")))
+                    .find(|id| shard_of(&id.0, SHARDS) == shard)
+                    .unwrap();
+                added += 1;
+                let p = &mut producers[shard];
+                let job = crate::producer::AddJob {
+                    id: Some(id),
+                    ..Default::default()
+                };
+                p.add(now, job, &mut rng).unwrap();
+                while let Some(cmd) = p.poll_command() {
+                    let v = sim.execute(&cmd.kind);
+                    p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+                }
+                while p.poll_event().is_some() {}
+            } else if roll < 6 && !running.is_empty() {
+                let at = rng.next_u64() as usize % running.len();
+                let (shard, entry) = running.swap_remove(at);
+                w.complete(now, shard, entry, b"ok", None, &mut rng)
+                    .unwrap();
+            }
+            w.handle_timeout(now, &mut rng).unwrap();
+            // Commands are answered one at a time, in random order (so a shard's reply can
+            // come after another shard took credits); a blocked read once its stream has
+            // something for it. Until only blocked reads are out.
+            loop {
+                blocked.extend(std::iter::from_fn(|| w.poll_command()));
+                let ready: Vec<usize> = (0..blocked.len())
+                    .filter(|i| match &blocked[*i].kind {
+                        CommandKind::Read {
+                            block_ms: Some(_),
+                            keys,
+                            ..
+                        } => undelivered(&sim, &keys.jobs) > 0,
+                        _ => true,
+                    })
+                    .collect();
+                if ready.is_empty() {
+                    break;
+                }
+                let cmd = blocked.swap_remove(ready[rng.next_u64() as usize % ready.len()]);
+                let v = sim.execute(&cmd.kind);
+                w.handle_reply(now, cmd.op, Reply::Value(v), &mut rng)
+                    .unwrap();
+                while let Some(ev) = w.poll_event() {
+                    if let WorkerEvent::Job(d) = ev.event {
+                        *started.entry(d.job.id.0.clone()).or_default() += 1;
+                        running.push((ev.shard, d.entry));
+                    }
+                }
+                most = most.max(w.running());
+                assert!(w.running() <= C as usize, "seed {seed}: pool exceeded");
+                assert_eq!(w.running(), running.len());
+            }
+            // No job waits in any shard while a credit is free.
+            let waiting: usize = tags
+                .iter()
+                .map(|t| undelivered(&sim, &QueueKeys::new("dl", t).unwrap().jobs))
+                .sum();
+            // No job waits in any shard while a credit is free: every credit runs a job or
+            // waits in an idle shard's blocking read (one each).
+            let used: u32 = w.shards().iter().map(Worker::used_credits).sum();
+            let idle_reads = (used as usize).saturating_sub(running.len());
+            assert!(
+                waiting == 0 || used == C,
+                "seed {seed} step {step}: {waiting} jobs wait with {used} of {C} credits in use"
+            );
+            assert!(idle_reads <= usize::from(SHARDS), "seed {seed} step {step}");
+            // Every idle shard keeps its blocking read out, even while other shards keep
+            // the rest of the pool busy: a job added to it starts at once.
+            for (shard, sw) in w.shards().iter().enumerate() {
+                let out = blocked
+                    .iter()
+                    .any(|c| c.op.0 % u64::from(SHARDS) == shard as u64);
+                assert!(
+                    !sw.idle || out,
+                    "seed {seed} step {step}: idle shard {shard} has no read"
+                );
+            }
+        }
+        assert_eq!(started.len(), added as usize, "seed {seed}");
+        assert!(started.values().all(|n| *n == 1), "seed {seed}");
+        assert_eq!(most, C as usize, "seed {seed}: the pool was never full");
+    }
+}

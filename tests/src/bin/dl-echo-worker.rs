@@ -1,4 +1,5 @@
-//! A worker process for the chaos run: echoes each job, logging its id to a file first
+//! A worker process for the chaos run (and the producers tests; `DL_SHARDS` for a sharded
+//! queue): echoes each job, logging its id to a file first
 //! (the run counts each job's runs from these logs).
 
 #[tokio::main(flavor = "current_thread")]

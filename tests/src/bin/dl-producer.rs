@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use datalayer_tokio::{DataLayer, JobQueue, Options, Outcome, QueueEvent, QueueOptions};
+use datalayer_tokio::{DataLayer, Options, Outcome, QueueEvent, QueueOptions, ShardedQueue};
 use serde_json::{Value, json};
 
 fn log_line(log: &Mutex<std::fs::File>, line: &str) {
@@ -48,13 +48,19 @@ async fn main() {
     if id != "-" {
         options = options.producer_id(id);
     }
-    let queue: JobQueue = match dl.queue(queue, &datalayer_tests::secrets(), options) {
-        Ok(q) => q,
-        Err(e) => {
-            eprintln!("queue: {e}");
-            std::process::exit(1);
-        }
-    };
+    // `DL_SHARDS`: the queue's shards (default 1, the plain layout).
+    let shards: u16 = std::env::var("DL_SHARDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let queue: ShardedQueue =
+        match dl.sharded_queue(queue, shards, &datalayer_tests::secrets(), options) {
+            Ok(q) => q,
+            Err(e) => {
+                eprintln!("queue: {e}");
+                std::process::exit(1);
+            }
+        };
     println!("producer {}", queue.producer_id());
     // Outcomes of jobs this process did not add: its predecessor's.
     let mut events = queue.events();
