@@ -785,3 +785,55 @@ async fn events_tail_shows_every_outcome_as_it_is_written() {
     assert!((0..=10_000).contains(&ttl), "{ttl}");
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The shards of a sharded queue are queues to the CLI: listed by their tags, each with its
+/// stats, and its dead letters opened with the queue's secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shards_of_a_sharded_queue_are_queues_to_the_cli() {
+    let (_server, url, secrets, dl) = setup().await;
+    let worker = dl
+        .worker(
+            "sh",
+            &secrets,
+            WorkerOptions::default()
+                .shards(3)
+                .concurrency(3)
+                .retry(RetryPolicy::new(1, Backoff::None)),
+        )
+        .expect("worker")
+        .start(|job: Job| async move {
+            let text: String = job.json().map_err(|e| e.to_string())?;
+            Err::<(), _>(format!("{text} failed on purpose"))
+        });
+    let queue = dl
+        .sharded_queue("sh", 3, &secrets, QueueOptions::default())
+        .expect("queue");
+    for n in 0..12 {
+        let h = queue.add("s", &format!("sharded-{n}")).await.expect("add");
+        assert!(matches!(h.result().await, Ok(Outcome::Failed(_))));
+    }
+    let tags = datalayer_tokio::core::naming::shard_tags("sh", 3).expect("tags");
+    let mut listed: Vec<String> =
+        serde_json::from_value(json(&cli(&url, false, &["--json", "queues"]))).expect("names");
+    listed.sort();
+    let mut expected = tags.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let mut dead = 0;
+    for tag in &tags {
+        let stats = json(&cli(&url, false, &["--json", "stats", tag]));
+        let here = stats["dead"].as_u64().expect("dead");
+        let opened = cli(&url, true, &["--json", "dead", "ls", tag]);
+        assert!(opened.status.success(), "{opened:?}");
+        let letters = lines(&opened);
+        assert_eq!(letters.len() as u64, here, "{tag}");
+        for l in &letters {
+            let reason = l["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("failed on purpose"), "{tag}: {l}");
+        }
+        dead += here;
+    }
+    assert_eq!(dead, 12);
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+}

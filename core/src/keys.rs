@@ -597,6 +597,11 @@ mod tests {
         assert_ne!(*a, *b);
         assert_eq!(*a, *derive_queue_key_bytes(&server, "a"));
         assert_ne!(*a, *derive_queue_key_bytes(&secret(2), "a"));
+        // A shard's tag derives its queue's key; a name merely shaped like a tag does not.
+        for tag in crate::naming::shard_tags("a", 3).unwrap() {
+            assert_eq!(*a, *derive_queue_key_bytes(&server, &tag));
+        }
+        assert_ne!(*a, *derive_queue_key_bytes(&server, "a#0.3.7"));
         let c = derive_credentials_key_bytes(&server, &secret(9), "a");
         assert_ne!(*a, *c);
         assert_ne!(*c, *derive_credentials_key_bytes(&server, &secret(8), "a"));

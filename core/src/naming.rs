@@ -579,6 +579,28 @@ mod tests {
     }
 
     #[test]
+    fn shard_vectors_of_format_md() {
+        assert_eq!(
+            shard_tags("irc", 3).unwrap(),
+            ["irc#0.3.0", "irc#1.3.0", "irc#2.3.3"]
+        );
+        assert_eq!(shard_tags("hot", 2).unwrap(), ["hot#0.2.0", "hot#1.2.0"]);
+        let slots: Vec<u16> = [
+            "irc#0.3.0",
+            "irc#1.3.0",
+            "irc#2.3.3",
+            "hot#0.2.0",
+            "hot#1.2.0",
+        ]
+        .iter()
+        .map(|t| hash_slot(format!("{{{t}}}").as_bytes()))
+        .collect();
+        assert_eq!(slots, [918, 10695, 14198, 6762, 12347]);
+        assert_eq!(shard_of("job-1", 3), 2);
+        assert_eq!(shard_of("1764806400000-00000000deadbeef", 3), 1);
+    }
+
+    #[test]
     fn a_job_goes_to_one_shard_and_ids_spread() {
         assert_eq!(shard_of("anything", 1), 0);
         let mut counts = [0u32; 4];

@@ -184,6 +184,32 @@ async fn operating_a_queue() -> Result {
     Ok(())
 }
 
+#[rustfmt::skip]
+#[tokio::test]
+async fn a_sharded_queue() -> Result {
+    use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
+    use datalayer_tokio::{DataLayer, Job, Options, Outcome};
+    let dl = DataLayer::connect(&url(), Options::default()).await?;
+    let secrets = SecretRing::new(KeyId(1), Secret::from_bytes([7u8; 32]));
+    // README: Sharded queues
+    use datalayer_tokio::{QueueOptions, WorkerOptions};
+
+    // One hot queue over 3 shards: 3 hash tags, one per primary of an evenly spread cluster.
+    let queue = dl.sharded_queue("irc-hot", 3, &secrets, QueueOptions::default())?;
+    let worker = dl.worker("irc-hot", &secrets, WorkerOptions::default().shards(3).concurrency(32))?
+        .start(|job: Job| async move { Ok::<_, String>(job.payload.len()) }); // one pool of 32
+    let handle = queue.add("session-1", &"hi").await?; // to the shard its job id names
+    let shard = queue.shard_of(&handle.id); // a JobQueue: that shard's dead letters, find_job...
+    println!("{} on {}", handle.id, shard.name()); // e.g. "irc-hot#2.3.0"
+    assert!(matches!(handle.result().await?, Outcome::Completed(_)));
+    let stats = queue.stats().await?; // every shard's, summed; pause/resume: every shard
+    // README end
+    assert_eq!(stats.jobs, 0);
+    worker.shutdown(Duration::from_secs(5)).await;
+    queue.shutdown().await;
+    Ok(())
+}
+
 /// The code blocks of `markdown` fenced as `rust`.
 fn rust_blocks(markdown: &str) -> Vec<Vec<&str>> {
     let mut blocks = Vec::new();
