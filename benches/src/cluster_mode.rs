@@ -1,7 +1,8 @@
 //! `--cluster`: end to end on a local Redis Cluster of 3 masters, beside the same scenario
 //! on one redis-server, in the same run: one queue on one server; one queue on the cluster
 //! (one slot: one master does all its work); three queues, one per master (how one process
-//! spreads its load). Per scenario: jobs/s, client CPU per job, and Redis CPU per job on
+//! spreads its load); one queue of three shards (how one hot queue spreads its load); one
+//! queue shared by two producers (two `DataLayer`s, as two server processes would). Per scenario: jobs/s, client CPU per job, and Redis CPU per job on
 //! each node (`INFO cpu` before and after), which shows where the work went. On a 2-core
 //! machine the three masters and the client share the cores, so the figure to read is the
 //! per-node cost, not a speed-up that cannot happen here.
@@ -15,7 +16,9 @@ use datalayer_core::naming::{QueueKeys, hash_slot};
 use datalayer_core::producer::AddJob;
 use datalayer_tests::cluster::RedisCluster;
 use datalayer_tests::{Persistence, RedisServer};
-use datalayer_tokio::{DataLayer, Options, QueueOptions, WorkerOptions};
+use datalayer_tokio::{
+    DataLayer, Error, JobHandle, JobQueue, Options, QueueOptions, ShardedQueue, WorkerOptions,
+};
 use serde_json::json;
 
 use crate::{Res, cpu_time, payload, redis_cpu, secrets};
@@ -39,11 +42,37 @@ async fn cpu_of(conns: &mut [(u16, redis::aio::MultiplexedConnection)]) -> Res<V
     Ok(out)
 }
 
-/// `jobs` jobs of `size` bytes through `names` (round robin) from 512 callers, each result
-/// awaited; a worker of concurrency 256 per queue.
+/// A queue the callers add to.
+#[derive(Clone)]
+enum Target {
+    Plain(JobQueue),
+    Sharded(ShardedQueue),
+}
+
+impl Target {
+    async fn add_job(&self, job: AddJob) -> Result<JobHandle, Error> {
+        match self {
+            Self::Plain(q) => q.add_job(job).await,
+            Self::Sharded(q) => q.add_job(job).await,
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Self::Plain(q) => q.shutdown().await,
+            Self::Sharded(q) => q.shutdown().await,
+        }
+    }
+}
+
+/// `jobs` jobs of `size` bytes through `names` (round robin over the queues, and over the
+/// producers' `DataLayer`s `dls`) from 512 callers, each result awaited; a worker of
+/// concurrency 256 per queue (of `shards` shards).
+#[allow(clippy::too_many_arguments)]
 async fn end_to_end(
-    dl: &DataLayer,
+    dls: &[&DataLayer],
     names: &[String],
+    shards: u16,
     conns: &mut [(u16, redis::aio::MultiplexedConnection)],
     jobs: u64,
     size: usize,
@@ -52,11 +81,24 @@ async fn end_to_end(
     let mut workers = Vec::new();
     let mut queues = Vec::new();
     for name in names {
+        let options = WorkerOptions::default().concurrency(256).shards(shards);
         workers.push(
-            dl.worker(name, &secrets(), WorkerOptions::default().concurrency(256))?
+            dls[0]
+                .worker(name, &secrets(), options)?
                 .start(|_job| std::future::ready(Ok::<_, String>(()))),
         );
-        queues.push(dl.queue(name, &secrets(), QueueOptions::default())?);
+        for dl in dls {
+            queues.push(if shards > 1 {
+                Target::Sharded(dl.sharded_queue(
+                    name,
+                    shards,
+                    &secrets(),
+                    QueueOptions::default(),
+                )?)
+            } else {
+                Target::Plain(dl.queue(name, &secrets(), QueueOptions::default())?)
+            });
+        }
     }
     let before = cpu_of(conns).await?;
     let cpu = cpu_time();
@@ -97,7 +139,7 @@ async fn end_to_end(
     for w in workers {
         w.shutdown(Duration::from_secs(10)).await;
     }
-    for q in queues {
+    for q in &queues {
         q.shutdown().await;
     }
     let per_job = |s: f64| s * 1e6 / jobs as f64;
@@ -133,12 +175,25 @@ pub(crate) async fn run(jobs: u64, size: usize, as_json: bool) -> Res<()> {
     let one = vec!["one".to_owned()];
     rows.push(
         end_to_end(
-            &dl,
+            &[&dl],
             &one,
+            1,
             &mut conns,
             jobs,
             size,
             "one server, one queue".into(),
+        )
+        .await?,
+    );
+    rows.push(
+        end_to_end(
+            &[&dl],
+            &one,
+            3,
+            &mut conns,
+            jobs,
+            size,
+            "one server, one queue of 3 shards".into(),
         )
         .await?,
     );
@@ -155,12 +210,38 @@ pub(crate) async fn run(jobs: u64, size: usize, as_json: bool) -> Res<()> {
     }
     rows.push(
         end_to_end(
-            &dl,
+            &[&dl],
             &one,
+            1,
             &mut conns,
             jobs,
             size,
             "cluster, one queue".into(),
+        )
+        .await?,
+    );
+    rows.push(
+        end_to_end(
+            &[&dl],
+            &one,
+            3,
+            &mut conns,
+            jobs,
+            size,
+            "cluster, one queue of 3 shards".into(),
+        )
+        .await?,
+    );
+    let second = DataLayer::connect(&cluster.url(), options()).await?;
+    rows.push(
+        end_to_end(
+            &[&dl, &second],
+            &one,
+            1,
+            &mut conns,
+            jobs,
+            size,
+            "cluster, one queue, 2 producers".into(),
         )
         .await?,
     );
@@ -176,7 +257,7 @@ pub(crate) async fn run(jobs: u64, size: usize, as_json: bool) -> Res<()> {
     }
     let spread: Vec<String> = by_master.into_values().collect();
     let label = format!("cluster, {} queues, one per master", spread.len());
-    rows.push(end_to_end(&dl, &spread, &mut conns, jobs, size, label).await?);
+    rows.push(end_to_end(&[&dl], &spread, 1, &mut conns, jobs, size, label).await?);
 
     // Nothing of ours may remain on any master.
     let mut left = 0;
