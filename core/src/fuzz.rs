@@ -314,6 +314,7 @@ pub fn engine_ops(data: &[u8]) {
                     lose_command: (a % 4 * 50) as u16,
                     lose_reply: (b % 4 * 50) as u16,
                     error_reply: ((a >> 2) % 3 * 30) as u16,
+                    ..Faults::default()
                 };
             }
         }

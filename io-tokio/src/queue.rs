@@ -80,7 +80,10 @@ pub struct QueueOptions {
     /// once this many replicas acknowledged it within the timeout (`WAIT`, right after it
     /// on the same connection); fewer: its outcome is unknown and it is sent again (a
     /// resend is checked: it never queues the job twice). Default `None`: once the primary
-    /// has it, which a failover after the master died can still lose. See
+    /// has it, which a failover after the master died can still lose. The producer's other
+    /// writes whose loss would go unseen wait for the replicas too: its registration, its
+    /// acknowledgements of results, a pause or resume, a destroy, and the operator's
+    /// revivals, deletions, promotions and withdrawals. See
     /// [`datalayer_core::command::Replicas`].
     pub replicated: Option<(u32, Duration)>,
 }

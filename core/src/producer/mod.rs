@@ -157,6 +157,11 @@ pub struct Producer {
     /// an outcome bound to another instance is stale (an earlier job with the same id) and
     /// surfaces as a `BadEvent`. Forgotten when the job ends.
     awaited: HashMap<String, Instance>,
+    /// The last failed attempt reported of each job that has not ended: a failure event
+    /// of an attempt already reported is not reported again (a failover can undo a retry
+    /// after this producer read its event; sent again, it writes the event again).
+    /// Forgotten when the job ends.
+    failures: HashMap<String, u32>,
     /// Jobs whose add the caller was told may be in Redis (`withdraw` answered
     /// `Unconfirmed`): the caller may add the id again, here or elsewhere, so no add of
     /// these goes unchecked (fresh) any more. Forgotten when no add of the job is left.
@@ -211,6 +216,7 @@ impl Producer {
             next_request: 0,
             promote_at: BTreeSet::new(),
             awaited: HashMap::new(),
+            failures: HashMap::new(),
             unconfirmed: HashSet::new(),
             cfg,
         })
@@ -659,10 +665,24 @@ impl Producer {
         self.next_op += 1;
         let op = OpId(self.next_op);
         self.in_flight.insert(op, state);
-        // Only an add must be replicated before it counts: every other loss is seen
-        // (a request asked again) or harmless (an ack undone: an event read twice).
+        // Every write whose loss in a failover would go unseen is replicated before it
+        // counts: an add (a job that never existed), a registration (the owner of the
+        // producer id would go back to the instance this one replaced, and this one would
+        // be refused as superseded), an acknowledgement of events (its id markers would
+        // come back for good, and a later add of such an id would be taken for a live
+        // job's), a pause or resume, a destroy, and an operator's revival, deletion,
+        // promotion or withdrawal (reported done, then undone). Reads and questions are
+        // not. (The model test of failovers found the registration and the
+        // acknowledgement.)
         let replicas = match kind {
-            CommandKind::Enqueue { .. } => self.cfg.replicas,
+            CommandKind::Enqueue { .. }
+            | CommandKind::Register { .. }
+            | CommandKind::AckEvents { .. }
+            | CommandKind::SetPaused { .. }
+            | CommandKind::Destroy { .. }
+            | CommandKind::Revive { .. }
+            | CommandKind::DeleteDead { .. }
+            | CommandKind::DelayedJob { .. } => self.cfg.replicas,
             _ => None,
         };
         Command { op, kind, replicas }
@@ -1313,6 +1333,7 @@ impl Producer {
             return;
         }
         self.awaited.remove(&job.0);
+        self.failures.remove(&job.0);
         if self.outstanding.contains_key(&job.0) {
             self.forget_later.insert(job.0.clone());
             self.held.insert(event, job.0.clone());
@@ -1347,10 +1368,18 @@ impl Producer {
                     event: entry.id,
                     reason,
                 });
-            if let ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } =
-                &event
-            {
-                self.ended(job, entry.id);
+            match &event {
+                ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } => {
+                    self.ended(job, entry.id);
+                }
+                ProducerEvent::Failed { job, attempt, .. } => {
+                    let last = self.failures.entry(job.0.clone()).or_insert(0);
+                    if *attempt <= *last {
+                        continue;
+                    }
+                    *last = *attempt;
+                }
+                _ => {}
             }
             self.events.push_back(event);
         }

@@ -410,6 +410,12 @@ pub struct Faults {
     /// a cluster's `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `READONLY` (a redirect, a
     /// migration, a failover under way): it did not run.
     pub error_reply: u16,
+    /// The master fails over before the command runs: its replica takes over with what it
+    /// had (the writes not yet replicated are gone), and the command's connection dies (an
+    /// unknown outcome; it did not run). Writes reach the replica at a command that asks
+    /// for replicas (its `WAIT`, which times out now and then: an unknown outcome) and,
+    /// for the others, every other command or so (replication lags).
+    pub failover: u16,
 }
 
 /// The model behind a faulty connection (`test-util`).
@@ -420,6 +426,10 @@ pub struct Network {
     pub sim: Sim,
     /// The faults to inject.
     pub faults: Faults,
+    /// The master's replica (kept while failovers are injected): what a failover leaves.
+    replica: Option<Sim>,
+    /// Failovers so far.
+    pub failovers: u64,
     rng: SeededRandom,
 }
 
@@ -431,6 +441,8 @@ impl Network {
         Self {
             sim,
             faults,
+            replica: None,
+            failovers: 0,
             rng: SeededRandom::new(seed),
         }
     }
@@ -459,6 +471,18 @@ impl Network {
     /// Sends one command: its reply, or `Unknown` when a fault struck (`NotSent`, half the
     /// time, for a command lost before it ran: an adapter may know that much).
     pub fn send(&mut self, command: &Command) -> Reply {
+        if self.faults.failover > 0 {
+            let replica = self.replica.get_or_insert_with(|| self.sim.clone());
+            if self.rng.next_u64() % 1000 < u64::from(self.faults.failover) {
+                // The replica takes over on the same clock (ids stay its own: a stream may
+                // have lost its tail, and new ids come from the clock).
+                let now = self.sim.now_ms;
+                self.sim = replica.clone();
+                self.sim.now_ms = now;
+                self.failovers += 1;
+                return Reply::Unknown;
+            }
+        }
         if self.roll(self.faults.lose_command) {
             return match self.rng.next_u64() % 2 {
                 0 => Reply::NotSent,
@@ -469,6 +493,21 @@ impl Network {
             return Reply::Value(Value::Error(self.refusal(command)));
         }
         let value = self.sim.execute(&command.kind);
+        if self.faults.failover > 0 {
+            let replicate = match command.replicas {
+                // Its WAIT: the replica has everything so far, or it timed out.
+                Some(_) => {
+                    if self.rng.next_u64() % 10 == 0 {
+                        return Reply::Unknown;
+                    }
+                    true
+                }
+                None => self.rng.next_u64() % 2 == 0,
+            };
+            if replicate {
+                self.replica = Some(self.sim.clone());
+            }
+        }
         if self.roll(self.faults.lose_reply) {
             return Reply::Unknown;
         }

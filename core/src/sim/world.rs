@@ -60,6 +60,7 @@ pub struct Ledger {
     pub outcomes: BTreeMap<JobId, u32>,
     /// When each job may first run (its add's time plus its delay).
     pub due: BTreeMap<JobId, u64>,
+
     /// Deliveries before their job was due.
     pub early: Vec<(JobId, u64, u64)>,
     /// Adds of an id again while its job had not ended (a caller resending after an unknown
@@ -119,6 +120,9 @@ pub struct WorldConfig {
     pub timeout_ms: Option<u64>,
     /// Faults on every command.
     pub faults: Faults,
+    /// Adds and settles count as done only once a replica has them (`WAIT`), as
+    /// `replicated` does: what a failover ([`Faults::failover`]) must not lose.
+    pub replicated: bool,
     /// The seed of every random choice.
     pub seed: u64,
 }
@@ -141,6 +145,7 @@ impl Default for WorldConfig {
             lease_ms: 3_000,
             timeout_ms: Some(10_000),
             faults: Faults::default(),
+            replicated: false,
             seed: 0,
         }
     }
@@ -196,7 +201,8 @@ impl World {
         let producers = (0..cfg.queues * cfg.producers_per_queue.max(1))
             .filter_map(|n| {
                 let q = n % cfg.queues;
-                Producer::new(producer_config(n, q, 0), sealers[q].clone(), now_ms).ok()
+                let cfg = producer_config(n, q, 0, cfg.replicated);
+                Producer::new(cfg, sealers[q].clone(), now_ms).ok()
             })
             .collect();
         let mut world = Self {
@@ -228,12 +234,14 @@ impl World {
     }
 
     fn worker_config(&self, queue: usize, slot: usize, generation: u64) -> WorkerConfig {
-        WorkerConfig::new(&format!("q{queue}"), &format!("w{slot}-{generation}"))
+        let mut cfg = WorkerConfig::new(&format!("q{queue}"), &format!("w{slot}-{generation}"))
             .concurrency(self.cfg.concurrency)
             .retry(self.cfg.retry)
             .lease_ms(self.cfg.lease_ms)
             .block_ms(None)
-            .timeout_ms(self.cfg.timeout_ms)
+            .timeout_ms(self.cfg.timeout_ms);
+        cfg.replicas = self.cfg.replicated.then_some(REPLICAS);
+        cfg
     }
 
     /// Number of producers (producer `n` serves queue `n % queues`).
@@ -395,7 +403,7 @@ impl World {
             .retain(|(t, _)| !matches!(t, Target::Producer(i) if *i == producer));
         let q = producer % self.cfg.queues;
         // A new instance: its own token, so that it takes the id over.
-        let pc = producer_config(producer, q, self.ledger.replaced + 1);
+        let pc = producer_config(producer, q, self.ledger.replaced + 1, self.cfg.replicated);
         match Producer::new(pc, self.sealers[q].clone(), self.now_ms) {
             Ok(p) => self.producers[producer] = p,
             Err(e) => return self.ledger.errors.push(format!("producer config: {e}")),
@@ -720,8 +728,16 @@ impl World {
                 "{job} delivered at {at}, before it was due at {due}"
             ));
         }
-        if let Some((job, entries)) = l.first_entries.iter().find(|(_, e)| e.len() > 1) {
-            return Err(format!("{job} enqueued twice: entries {entries:?}"));
+        // A worker can read a job before the write that queued it reached the replica (a
+        // promotion, which is not replicated, or an add whose `WAIT` timed out): undone by
+        // a failover, that write is made again (the add is sent again, the job promoted
+        // again), and the job, read from its first entry, runs again from a second (its
+        // first run's settle finds the entry gone; its outcome reaches its producer once,
+        // which the final-outcome check holds). Without failovers, never twice.
+        if self.net.failovers == 0 {
+            if let Some((job, entries)) = l.first_entries.iter().find(|(_, e)| e.len() > 1) {
+                return Err(format!("{job} enqueued twice: entries {entries:?}"));
+            }
         }
         for (job, attempts) in &l.failed {
             if attempts.windows(2).any(|w| w[1] <= w[0]) {
@@ -814,11 +830,18 @@ impl World {
 }
 
 /// Producer `n` (of queue `queue`), its `instance`-th instance: id `p<n>`, polling reads.
-fn producer_config(n: usize, queue: usize, instance: u64) -> ProducerConfig {
+/// What a replicated add or settle asks for.
+const REPLICAS: crate::command::Replicas = crate::command::Replicas {
+    count: 1,
+    timeout_ms: 100,
+};
+
+fn producer_config(n: usize, queue: usize, instance: u64, replicated: bool) -> ProducerConfig {
     let mut cfg = ProducerConfig::new(&format!("q{queue}"))
         .producer(&format!("p{n}"))
         .block_ms(None);
     cfg.token = format!("{n}.{instance}");
+    cfg.replicas = replicated.then_some(REPLICAS);
     cfg
 }
 

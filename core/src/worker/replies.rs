@@ -179,9 +179,13 @@ impl Worker {
         }
         match decode_reclaim(v) {
             Ok(r) => {
+                // A finished scan waits for this worker's next turn; a partial one goes on,
+                // unless it did not move (no credits to claim with, or the queue was
+                // paused: the script skipped the claim): it goes on at the next turn, or
+                // the worker would send the same upkeep again and again meanwhile.
+                let moved = r.cursor != self.reclaim_cursor;
                 self.reclaim_cursor = r.cursor;
-                // A finished scan waits for this worker's next turn; a partial one goes on.
-                self.next_reclaim_ms = match r.cursor == EntryId::ZERO {
+                self.next_reclaim_ms = match r.cursor == EntryId::ZERO || !moved {
                     true => r.next_visit_ms.max(self.now_ms.saturating_add(1)),
                     false => self.now_ms,
                 };

@@ -1289,3 +1289,65 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
         assert_eq!(most, C as usize, "seed {seed}: the pool was never full");
     }
 }
+
+/// A partial reclaim scan that cannot move (no free credits after it claimed its share, or
+/// the queue paused under it) waits for the worker's next turn: it once sent the same
+/// upkeep again and again (the model test of failovers found it, through a pause a
+/// failover brought back).
+#[test]
+fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
+    let mut rng = SeededRandom::new(9);
+    let mut sim = Sim::new(T0);
+    enqueue(&mut sim, &mut rng, 6);
+    // A worker takes all six and dies.
+    let mut dead = Worker::new(
+        WorkerConfig::new("q", "dead").concurrency(6).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    let taken = drive(&mut dead, &mut sim, &mut rng);
+    let jobs = taken
+        .iter()
+        .filter(|e| matches!(e, WorkerEvent::Job(_)))
+        .count();
+    assert_eq!(jobs, 6);
+    let later = T0 + 60_000;
+    sim.set_time(later);
+    for paused in [false, true] {
+        let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
+        let pause = CommandKind::SetPaused {
+            keys: keys.clone(),
+            paused,
+            now_ms: later,
+        };
+        sim.execute(&pause);
+        let mut w = Worker::new(
+            WorkerConfig::new("q", &format!("w{paused}"))
+                .concurrency(2)
+                .block_ms(None),
+            sealer(),
+            later,
+        )
+        .unwrap();
+        let mut reclaims = 0;
+        for _ in 0..50 {
+            let Some(cmd) = w.poll_command() else { break };
+            if matches!(cmd.kind, CommandKind::Reclaim { .. }) {
+                reclaims += 1;
+            }
+            let v = sim.execute(&cmd.kind);
+            w.handle_reply(later, cmd.op, Reply::Value(v), &mut rng)
+                .unwrap();
+            while w.poll_event().is_some() {}
+        }
+        // Running: two jobs claimed and nothing more; paused: nothing claimed. Either way
+        // one upkeep, then one more that found it cannot move, and no more until the turn.
+        assert!(reclaims <= 2, "paused {paused}: {reclaims} upkeeps at once");
+        assert_eq!(w.running(), if paused { 0 } else { 2 }, "paused {paused}");
+        assert!(
+            w.poll_timeout().is_some_and(|t| t > later),
+            "paused {paused}"
+        );
+    }
+}
