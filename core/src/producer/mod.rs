@@ -1071,6 +1071,7 @@ impl Producer {
         if result == DelayedWithdrawal::Withdrawn {
             // Nothing of it is left to await; its tombstone goes with the next ack.
             self.awaited.remove(&job.0);
+            self.failures.remove(&job.0);
             self.forget.push(job.0.clone());
         }
         Some(ProducerEvent::DelayedWithdrawn {

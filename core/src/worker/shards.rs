@@ -61,7 +61,8 @@ impl ShardedWorker {
         now_ms: u64,
     ) -> Result<Self, WorkerError> {
         let tags = shard_tags(&cfg.queue, shards)?;
-        if cfg.concurrency < u32::from(shards) {
+        // A concurrency of 0 is the worker's own error (`Concurrency`).
+        if cfg.concurrency >= 1 && cfg.concurrency < u32::from(shards) {
             return Err(WorkerError::Shards {
                 concurrency: cfg.concurrency,
                 shards,

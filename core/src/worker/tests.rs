@@ -1177,6 +1177,11 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
             shards: 3
         })
     );
+    let zero = WorkerConfig::new("hot", "c").concurrency(0);
+    assert_eq!(
+        ShardedWorker::new(zero, 3, sealer(), T0).err(),
+        Some(WorkerError::Concurrency(0))
+    );
     for seed in 0..30 {
         let mut rng = SeededRandom::new(seed);
         let mut sim = Sim::new(T0);
