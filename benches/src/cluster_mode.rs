@@ -173,30 +173,14 @@ pub(crate) async fn run(jobs: u64, size: usize, as_json: bool) -> Res<()> {
     let dl = DataLayer::connect(&server.url(), options()).await?;
     let mut conns = vec![(server.port(), raw(server.port()).await?)];
     let one = vec!["one".to_owned()];
-    rows.push(
-        end_to_end(
-            &[&dl],
-            &one,
-            1,
-            &mut conns,
-            jobs,
-            size,
-            "one server, one queue".into(),
-        )
-        .await?,
-    );
-    rows.push(
-        end_to_end(
-            &[&dl],
-            &one,
-            3,
-            &mut conns,
-            jobs,
-            size,
-            "one server, one queue of 3 shards".into(),
-        )
-        .await?,
-    );
+    for (shards, label) in [
+        (1, "one server, one queue"),
+        (3, "one server, one queue of 3 shards"),
+    ] {
+        let dls = [&dl];
+        let row = end_to_end(&dls, &one, shards, &mut conns, jobs, size, label.into());
+        rows.push(row.await?);
+    }
     drop(dl);
     drop(server);
 
@@ -208,43 +192,15 @@ pub(crate) async fn run(jobs: u64, size: usize, as_json: bool) -> Res<()> {
     for port in cluster.master_ports() {
         conns.push((port, raw(port).await?));
     }
-    rows.push(
-        end_to_end(
-            &[&dl],
-            &one,
-            1,
-            &mut conns,
-            jobs,
-            size,
-            "cluster, one queue".into(),
-        )
-        .await?,
-    );
-    rows.push(
-        end_to_end(
-            &[&dl],
-            &one,
-            3,
-            &mut conns,
-            jobs,
-            size,
-            "cluster, one queue of 3 shards".into(),
-        )
-        .await?,
-    );
     let second = DataLayer::connect(&cluster.url(), options()).await?;
-    rows.push(
-        end_to_end(
-            &[&dl, &second],
-            &one,
-            1,
-            &mut conns,
-            jobs,
-            size,
-            "cluster, one queue, 2 producers".into(),
-        )
-        .await?,
-    );
+    for (dls, shards, label) in [
+        (&[&dl][..], 1, "cluster, one queue"),
+        (&[&dl][..], 3, "cluster, one queue of 3 shards"),
+        (&[&dl, &second][..], 1, "cluster, one queue, 2 producers"),
+    ] {
+        let row = end_to_end(dls, &one, shards, &mut conns, jobs, size, label.into());
+        rows.push(row.await?);
+    }
     // One queue per master.
     let mut by_master: HashMap<u16, String> = HashMap::new();
     for i in 0.. {

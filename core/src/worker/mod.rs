@@ -481,15 +481,6 @@ impl Worker {
     }
 
     fn free_credits(&self) -> u32 {
-        let reserved: u32 = self
-            .in_flight
-            .values()
-            .map(|f| match f {
-                InFlight::Read { count } | InFlight::Reclaim { count } => *count,
-                _ => 0,
-            })
-            .sum();
-        let busy = self.running.len() as u64 + u64::from(reserved);
         let unconfirmed = self.outbox.len()
             + self
                 .in_flight
@@ -502,8 +493,9 @@ impl Worker {
         if unconfirmed >= self.cfg.concurrency as usize {
             return 0;
         }
-        u32::try_from(u64::from(self.cfg.concurrency).saturating_sub(busy))
-            .unwrap_or(0)
+        self.cfg
+            .concurrency
+            .saturating_sub(self.used_credits())
             .min(self.allowance)
     }
 
