@@ -156,7 +156,7 @@ proptest! {
 
     #[test]
     fn no_job_is_lost(cfg in world_config(), ops in prop::collection::vec(op(), 1..200)) {
-        run(World::new(cfg), ops)?;
+        run(&mut World::new(cfg), ops, 0)?;
     }
 
     /// Failovers: now and then the master's replica takes over with what it had, and the
@@ -176,18 +176,13 @@ proptest! {
             faults: Faults { failover, ..Faults::default() },
             ..cfg
         };
-        let mut world = World::new(cfg);
-        run_with(&mut world, ops, failover)?;
+        run(&mut World::new(cfg), ops, failover)?;
     }
-}
-
-fn run(mut world: World, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    run_with(&mut world, ops, 0)
 }
 
 /// Runs `ops` on `world` (`failover`: the failovers per mille the faults keep), checking
 /// the invariants at every step and at quiescence.
-fn run_with(world: &mut World, ops: Vec<Op>, failover: u16) -> Result<(), TestCaseError> {
+fn run(world: &mut World, ops: Vec<Op>, failover: u16) -> Result<(), TestCaseError> {
     let producers = world.producers();
     let slots = world.slots();
     for op in ops {

@@ -370,12 +370,7 @@ impl JobQueue {
         session_id: &str,
         payload: &impl Serialize,
     ) -> Result<JobHandle, Error> {
-        self.add_job(AddJob {
-            session_id: session_id.to_owned(),
-            payload: serde_json::to_vec(payload)?,
-            ..AddJob::default()
-        })
-        .await
+        self.add_job(json_job(session_id, payload)?).await
     }
 
     /// Adds a job described in full (id for idempotency, title, delay). Returns once Redis
@@ -765,6 +760,15 @@ impl JobQueue {
             tracing::warn!(destroy, "the queue did not close within 30 s (Redis away?)");
         }
     }
+}
+
+/// A job for `session_id` with `payload` encoded as JSON (what `add` adds).
+pub(crate) fn json_job(session_id: &str, payload: &impl Serialize) -> Result<AddJob, Error> {
+    Ok(AddJob {
+        session_id: session_id.to_owned(),
+        payload: serde_json::to_vec(payload)?,
+        ..AddJob::default()
+    })
 }
 
 /// The oldest of a job's waiting add calls.

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::layer::{DataLayer, Error};
-use crate::queue::{JobHandle, JobQueue, QueueEvent, QueueOptions};
+use crate::queue::{JobHandle, JobQueue, QueueEvent, QueueOptions, json_job};
 
 /// A queue spread over several shards (see the module's documentation): adds go to the
 /// shard of their job's id; outcomes come back as from one queue. Order holds within a
@@ -90,8 +90,12 @@ impl ShardedQueue {
     /// The shard of job `id`.
     #[must_use]
     pub fn shard_of(&self, id: &JobId) -> &JobQueue {
-        let n = u16::try_from(self.shards.len()).unwrap_or(u16::MAX);
-        &self.shards[shard_of(&id.0, n)]
+        &self.shards[self.index_of(id)]
+    }
+
+    /// The index of job `id`'s shard.
+    fn index_of(&self, id: &JobId) -> usize {
+        shard_of(&id.0, u16::try_from(self.shards.len()).unwrap_or(u16::MAX))
     }
 
     /// Adds a job for `session_id` with a JSON payload, to the shard of its (new) id.
@@ -100,12 +104,7 @@ impl ShardedQueue {
         session_id: &str,
         payload: &impl Serialize,
     ) -> Result<JobHandle, Error> {
-        self.add_job(AddJob {
-            session_id: session_id.to_owned(),
-            payload: serde_json::to_vec(payload)?,
-            ..AddJob::default()
-        })
-        .await
+        self.add_job(json_job(session_id, payload)?).await
     }
 
     /// [`JobQueue::add_job`] on the shard of the job's id (given, or made here).
@@ -120,12 +119,11 @@ impl ShardedQueue {
         &self,
         jobs: impl IntoIterator<Item = AddJob>,
     ) -> Result<Vec<Result<JobHandle, Error>>, Error> {
-        let n = u16::try_from(self.shards.len()).unwrap_or(u16::MAX);
         let mut parts: Vec<(Vec<usize>, Vec<AddJob>)> = vec![Default::default(); self.shards.len()];
         let mut total = 0;
         for (at, mut job) in jobs.into_iter().enumerate() {
             let id = JobQueue::assign_id(&mut job);
-            let part = &mut parts[shard_of(&id.0, n)];
+            let part = &mut parts[self.index_of(&id)];
             part.0.push(at);
             part.1.push(job);
             total = at + 1;

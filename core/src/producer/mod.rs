@@ -1070,8 +1070,7 @@ impl Producer {
         };
         if result == DelayedWithdrawal::Withdrawn {
             // Nothing of it is left to await; its tombstone goes with the next ack.
-            self.awaited.remove(&job.0);
-            self.failures.remove(&job.0);
+            self.await_no_more(&job.0);
             self.forget.push(job.0.clone());
         }
         Some(ProducerEvent::DelayedWithdrawn {
@@ -1333,14 +1332,19 @@ impl Producer {
         if !self.cfg.read_events {
             return;
         }
-        self.awaited.remove(&job.0);
-        self.failures.remove(&job.0);
+        self.await_no_more(&job.0);
         if self.outstanding.contains_key(&job.0) {
             self.forget_later.insert(job.0.clone());
             self.held.insert(event, job.0.clone());
         } else {
             self.forget.push(job.0.clone());
         }
+    }
+
+    /// `job` will have no more outcomes here: its instance and reported failures go.
+    fn await_no_more(&mut self, job: &str) {
+        self.awaited.remove(job);
+        self.failures.remove(job);
     }
 
     fn read_events(&mut self, v: Value) {

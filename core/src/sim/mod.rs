@@ -472,8 +472,10 @@ impl Network {
     /// time, for a command lost before it ran: an adapter may know that much).
     pub fn send(&mut self, command: &Command) -> Reply {
         if self.faults.failover > 0 {
-            let replica = self.replica.get_or_insert_with(|| self.sim.clone());
-            if self.rng.next_u64() % 1000 < u64::from(self.faults.failover) {
+            if self.replica.is_none() {
+                self.replica = Some(self.sim.clone());
+            }
+            if let (true, Some(replica)) = (self.roll(self.faults.failover), &self.replica) {
                 // The replica takes over on the same clock (ids stay its own: a stream may
                 // have lost its tail, and new ids come from the clock).
                 let now = self.sim.now_ms;

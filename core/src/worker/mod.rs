@@ -521,10 +521,14 @@ impl Worker {
             && !self.paused
             && !self.draining
             && self.cfg.block_ms.is_some()
-            && !self
-                .in_flight
-                .values()
-                .any(|f| matches!(f, InFlight::Read { .. }))
+            && !self.reading()
+    }
+
+    /// Whether a read is out.
+    fn reading(&self) -> bool {
+        self.in_flight
+            .values()
+            .any(|f| matches!(f, InFlight::Read { .. }))
     }
 
     /// The next command for Redis, if any. Call until `None` after every input; everything
@@ -658,11 +662,7 @@ impl Worker {
     /// would use (an idle worker's read blocks in Redis for a few seconds; its reply comes
     /// anyway, and the upkeep goes first then).
     fn upkeep_waits_for_read(&self) -> bool {
-        self.free_credits() == 0
-            && self
-                .in_flight
-                .values()
-                .any(|f| matches!(f, InFlight::Read { .. }))
+        self.free_credits() == 0 && self.reading()
     }
 
     /// Promotion, upkeep (reclaims), then reads: what brings jobs in.
@@ -718,11 +718,7 @@ impl Worker {
         if credits == 0 {
             return None;
         }
-        let reading = self
-            .in_flight
-            .values()
-            .any(|f| matches!(f, InFlight::Read { .. }));
-        if reading || now < self.next_read_ms {
+        if self.reading() || now < self.next_read_ms {
             return None;
         }
         let kind = CommandKind::Read {
