@@ -108,7 +108,17 @@ pub struct Settle {
     pub attempt: u32,
     /// Retry: when the next attempt is due (ms since the epoch).
     pub due_ms: u64,
+    /// The entry's `e` field as this worker read it. Its first [`FINGERPRINT_LEN`] bytes
+    /// (an envelope's header, with its random nonce) go with the settlement, and the
+    /// script settles the entry only if it still starts with them (or is gone from the
+    /// stream): after a failover that lost writes, Redis can give the same entry id to
+    /// another job, and a late answer for the first must not settle the second.
+    pub read: Arc<[u8]>,
 }
+
+/// How many leading bytes of an entry's `e` field identify what a worker read there
+/// ([`Settle::read`]): an envelope's header, whose 12-byte nonce is random per sealing.
+pub const FINGERPRINT_LEN: usize = crate::envelope::HEADER_LEN;
 
 /// The operations of the command plan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -211,9 +211,10 @@ enum Ctl {
 /// A job: its shard and entry.
 type Running = (usize, EntryId);
 
-/// A handler's answer: the job, the result or reason, and the trace context of the
-/// `process` span that ran it (sealed with the outcome).
-type Done = (Running, Result<Vec<u8>, String>, Option<TraceContext>);
+/// A handler's answer: the job, its run (a number this worker gave the delivery), the
+/// result or reason, and the trace context of the `process` span that ran it (sealed with
+/// the outcome).
+type Done = (Running, u64, Result<Vec<u8>, String>, Option<TraceContext>);
 
 impl JobWorker {
     pub(crate) fn new(
@@ -275,6 +276,7 @@ impl JobWorker {
             done_tx,
             done_rx,
             running: HashMap::new(),
+            runs: 0,
             shutdown: None,
             pending_events: Vec::new(),
             log_reasons: self.log_reasons,
@@ -308,7 +310,12 @@ struct Driver {
     ctl: mpsc::Receiver<Ctl>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
-    running: HashMap<Running, AbortHandle>,
+    /// The handler of each running job, and the number of its run: an entry can be
+    /// delivered again while an earlier run's answer is on its way (after a timeout, or
+    /// a failover that gave the id to another job), and only the current run settles it.
+    running: HashMap<Running, (AbortHandle, u64)>,
+    /// The number of the next run.
+    runs: u64,
     shutdown: Option<(u64, oneshot::Sender<()>)>,
     /// Events drained from the machine after each reply, handled by `route_events`.
     pending_events: Vec<ShardEvent>,
@@ -384,7 +391,7 @@ impl Driver {
         let now = now_ms();
         if let Some((deadline, _)) = &self.shutdown {
             if now >= *deadline {
-                for (_, h) in self.running.drain() {
+                for (_, (h, _)) in self.running.drain() {
                     h.abort();
                 }
                 self.worker.hand_back(now);
@@ -395,7 +402,12 @@ impl Driver {
         }
     }
 
-    fn settle(&mut self, ((shard, entry), outcome, trace): Done) {
+    fn settle(&mut self, ((shard, entry), run, outcome, trace): Done) {
+        if self.running.get(&(shard, entry)).map(|(_, r)| *r) != Some(run) {
+            // That run timed out, was handed back or superseded: its answer is moot (and
+            // must not settle what runs at the entry now).
+            return;
+        }
         self.running.remove(&(shard, entry));
         let now = now_ms();
         let trace = trace.as_ref();
@@ -478,7 +490,14 @@ impl Driver {
                         (handler)(job),
                         span.clone(),
                     ));
-                    self.running.insert((shard, d.entry), task.abort_handle());
+                    let run = self.runs;
+                    self.runs += 1;
+                    if let Some((old, _)) = self
+                        .running
+                        .insert((shard, d.entry), (task.abort_handle(), run))
+                    {
+                        old.abort();
+                    }
                     let done = self.done_tx.clone();
                     let entry = (shard, d.entry);
                     tokio::spawn(async move {
@@ -498,11 +517,17 @@ impl Driver {
                         }
                         drop(span);
                         crate::telemetry::handled(&queue, outcome.is_ok(), started.elapsed());
-                        let _ = done.send((entry, outcome, sent)).await;
+                        let _ = done.send((entry, run, outcome, sent)).await;
                     });
                 }
                 WorkerEvent::TimedOut { entry } => {
-                    if let Some(h) = self.running.remove(&(shard, entry)) {
+                    if let Some((h, _)) = self.running.remove(&(shard, entry)) {
+                        h.abort();
+                    }
+                }
+                WorkerEvent::Superseded { entry, job } => {
+                    tracing::warn!(%entry, %job, "a failover gave this job's entry to another job: its run is void");
+                    if let Some((h, _)) = self.running.remove(&(shard, entry)) {
                         h.abort();
                     }
                 }

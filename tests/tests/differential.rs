@@ -332,6 +332,13 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     job_envelope: Arc::from(&b"env-again"[..]),
                     attempt: 1,
                     due_ms: at(base, *due),
+                    // What the worker read there: for jobs 4 and 5 their envelope (the
+                    // settle applies only if the entry holds that job), for the others
+                    // nothing (an empty fingerprint: any entry matches).
+                    read: match *j >= 4 {
+                        true => Arc::from(fake_envelope(*j)),
+                        false => Arc::from(&b""[..]),
+                    },
                 })
                 .collect();
             let consumer = CONSUMERS[*c].to_owned();

@@ -1,7 +1,7 @@
 //! Each command kind, executed on the model as Redis runs it (see [`crate::scripts`]).
 
 use super::{Sim, Stream, ZSet};
-use crate::command::{CommandKind, NewJob, Settle};
+use crate::command::{CommandKind, FINGERPRINT_LEN, NewJob, Settle};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -950,7 +950,7 @@ fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]
 }
 
 /// The shared shape of complete/retry/bury: per item, act only if the entry is pending for
-/// `consumer` and XACK removed it.
+/// `consumer`, still holds what the worker read ([`Settle::read`]), and XACK removed it.
 fn settle(
     sim: &mut Sim,
     keys: &QueueKeys,
@@ -970,7 +970,16 @@ fn settle(
         let held = s
             .pending(GROUP, item.entry)
             .is_some_and(|p| p.consumer == consumer);
-        let acked = held && s.ack(GROUP, item.entry);
+        // An entry id a failover gave to another job: not what this worker read there.
+        let fingerprint = &item.read[..item.read.len().min(FINGERPRINT_LEN)];
+        let other = s.entries.get(&item.entry).is_some_and(|f| {
+            let env = f
+                .iter()
+                .find(|(k, _)| k == b"e")
+                .map_or(&[][..], |(_, v)| v);
+            !env.starts_with(fingerprint)
+        });
+        let acked = held && !other && s.ack(GROUP, item.entry);
         if acked {
             settled.push(item.entry);
             then(sim, item)?;

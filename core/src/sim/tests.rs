@@ -58,6 +58,7 @@ fn settle(entry: EntryId, job: &str) -> Settle {
         job_envelope: Arc::from(&b"ENV2"[..]),
         attempt: 1,
         due_ms: 0,
+        read: Arc::from(format!("ENV-{job}").as_bytes()),
     }
 }
 
@@ -229,6 +230,8 @@ fn bury_moves_to_dead_letters() {
     assert_eq!(got.len(), 2);
     let mut g = settle(garbage, "");
     g.job = None;
+    // The worker read no `e` there.
+    g.read = Arc::from(&b""[..]);
     let bury = CommandKind::Bury {
         keys: keys(),
         min_event_ms: 0,

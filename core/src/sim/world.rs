@@ -611,7 +611,9 @@ impl World {
                         }
                         s.running.push(d.entry);
                     }
-                    WorkerEvent::TimedOut { entry } => s.running.retain(|e| *e != entry),
+                    WorkerEvent::TimedOut { entry } | WorkerEvent::Superseded { entry, .. } => {
+                        s.running.retain(|e| *e != entry);
+                    }
                     WorkerEvent::Drained => exited = true,
                     _ => {}
                 }

@@ -215,6 +215,17 @@ pub enum WorkerEvent {
         /// The entry.
         entry: EntryId,
     },
+    /// The job running at this entry lost it: a failover dropped writes Redis had not yet
+    /// copied to its replica, the entry among them, and Redis gave its id to another job,
+    /// now delivered here (a `Job` with the same entry follows). Stop the handler of the
+    /// first: its answer is refused (`NotRunning`), or settles nothing; that job runs again
+    /// from what the new master kept of it.
+    Superseded {
+        /// The entry.
+        entry: EntryId,
+        /// The job that ran there.
+        job: JobId,
+    },
     /// `drain`: nothing runs and every settlement is confirmed; the worker is idle.
     Drained,
     /// Redis confirmed that this many jobs were settled so (this reply applied them; a

@@ -266,6 +266,7 @@ impl Worker {
                 value: value.into(),
                 job_envelope: Arc::from(&[][..]),
                 due_ms: 0,
+                read: run.envelope,
             },
         ));
         self.maybe_drained();
@@ -339,6 +340,7 @@ impl Worker {
                     job_envelope: sealed.into(),
                     attempt: run.attempt,
                     due_ms: now_ms.saturating_add(delay),
+                    read: run.envelope.clone(),
                 };
                 (SettleKind::Retry, settle)
             }
@@ -356,6 +358,7 @@ impl Worker {
                     job_envelope: run.envelope.clone(),
                     attempt: run.attempt,
                     due_ms: 0,
+                    read: run.envelope.clone(),
                 };
                 (SettleKind::Bury, settle)
             }

@@ -325,10 +325,22 @@ impl Worker {
     /// A delivered entry: run it, or dead-letter it when it cannot run.
     fn accept(&mut self, entry: StreamEntry, deliveries: u64, rng: &mut impl Random) {
         if let Some(run) = self.running.get_mut(&entry.id) {
-            // Our own running entry, reclaimed after missed heartbeats: it is ours again.
-            run.last_beat_ms = self.now_ms;
-            run.lost = false;
-            return;
+            if entry.field(b"e").unwrap_or_default() == &run.envelope[..] {
+                // Our own running entry, reclaimed after missed heartbeats: it is ours again.
+                run.last_beat_ms = self.now_ms;
+                run.lost = false;
+                return;
+            }
+            // The id now names another entry: a failover lost the one this job ran from
+            // (Redis gives an id again once the stream's top went back). That run is void
+            // (its settlement would find another job there); the job runs again from what
+            // Redis kept of it, and this entry is delivered as what it now holds.
+            if let Some(old) = self.running.remove(&entry.id) {
+                self.events.push_back(WorkerEvent::Superseded {
+                    entry: entry.id,
+                    job: old.id,
+                });
+            }
         }
         // Only a reclaim (deliveries > 1) can bring back an entry that ran here.
         if deliveries > 1 && self.settling(entry.id) {
@@ -471,6 +483,7 @@ impl Worker {
                 job: job.map(|j| j.0),
                 instance,
                 value: value.into(),
+                read: envelope.clone(),
                 job_envelope: envelope,
                 attempt,
                 due_ms: 0,

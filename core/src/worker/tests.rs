@@ -1356,3 +1356,119 @@ fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
         );
     }
 }
+
+/// After a failover that lost a delivered entry, Redis can give its id to the next job
+/// added (the stream's top went back). The worker still running the first job there must
+/// neither settle the second with the first's answer (the settle scripts compare what the
+/// worker read with what the entry holds) nor take the second for its own reclaimed entry.
+#[test]
+fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
+    let mut rng = SeededRandom::new(9);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(2).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    let keys = w.keys().clone();
+    let t = T0 + 100;
+    sim.set_time(t);
+    // What the replica has when the master dies: the group, no job.
+    let replica = sim.clone();
+    enqueue(&mut sim, &mut rng, 1);
+    w.handle_timeout(t, &mut rng).unwrap();
+    let first = match drive(&mut w, &mut sim, &mut rng).as_slice() {
+        [WorkerEvent::Job(d)] => d.clone(),
+        other => panic!("{other:?}"),
+    };
+    // The failover: the entry is gone; the next add takes its id.
+    sim = replica;
+    enqueue(&mut sim, &mut rng, 1);
+    let entries: Vec<EntryId> = sim
+        .stream(&keys.jobs)
+        .unwrap()
+        .entries
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(entries, vec![first.entry], "the id was given again");
+
+    // The worker's next read delivers the second job at that id; before its reply is
+    // seen, the first job's handler answers.
+    w.handle_timeout(t + 200, &mut rng).unwrap();
+    let read = w.poll_command().unwrap();
+    assert!(matches!(read.kind, CommandKind::Read { .. }), "{read:?}");
+    let read_reply = sim.execute(&read.kind);
+    w.complete(t + 200, first.entry, b"first", &mut rng)
+        .unwrap();
+    let complete = w.poll_command().unwrap();
+    assert!(matches!(complete.kind, CommandKind::Complete { .. }));
+    let v = sim.execute(&complete.kind);
+    assert_eq!(
+        v,
+        Value::Array(vec![Value::Int(0)]),
+        "not the entry it read"
+    );
+    w.handle_reply(t + 200, read.op, Reply::Value(read_reply), &mut rng)
+        .unwrap();
+    w.handle_reply(t + 200, complete.op, Reply::Value(v), &mut rng)
+        .unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| w.poll_event()).collect();
+    let second = events
+        .iter()
+        .find_map(|e| match e {
+            WorkerEvent::Job(d) => Some(d.clone()),
+            _ => None,
+        })
+        .expect("the second job runs");
+    assert_eq!(second.entry, first.entry);
+    assert_ne!(second.job.id, first.job.id);
+    assert!(events.contains(&WorkerEvent::Discarded { entry: first.entry }));
+
+    // And when the read's reply comes while the first job still runs there: the first
+    // run is superseded (its handler is stopped), the second delivered.
+    let mut sim2 = Sim::new(T0);
+    let mut w2 = Worker::new(
+        WorkerConfig::new("q", "c2").concurrency(2).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    drive(&mut w2, &mut sim2, &mut rng);
+    sim2.set_time(t);
+    let replica = sim2.clone();
+    enqueue(&mut sim2, &mut rng, 1);
+    w2.handle_timeout(t, &mut rng).unwrap();
+    let a = match drive(&mut w2, &mut sim2, &mut rng).as_slice() {
+        [WorkerEvent::Job(d)] => d.clone(),
+        other => panic!("{other:?}"),
+    };
+    sim2 = replica;
+    enqueue(&mut sim2, &mut rng, 1);
+    w2.handle_timeout(t + 200, &mut rng).unwrap();
+    let events = drive(&mut w2, &mut sim2, &mut rng);
+    assert_eq!(
+        events.first(),
+        Some(&WorkerEvent::Superseded {
+            entry: a.entry,
+            job: a.job.id.clone()
+        }),
+        "{events:?}"
+    );
+    let b = match events.get(1) {
+        Some(WorkerEvent::Job(d)) => d.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (b.entry, w2.job_id(b.entry)),
+        (a.entry, Some(b.job.id.clone()))
+    );
+    w2.complete(t + 200, b.entry, b"second", &mut rng).unwrap();
+    drive(&mut w2, &mut sim2, &mut rng);
+    let ev = sim2.stream(&keys.events_of("p")).unwrap();
+    assert_eq!(ev.entries.len(), 1, "the second job's result, once");
+    let fields = ev.entries.values().next().unwrap();
+    assert!(fields.contains(&(b"j".to_vec(), b.job.id.0.clone().into_bytes())));
+}
