@@ -260,6 +260,32 @@ enum Msg {
     },
 }
 
+/// Samples `stats` into the gauges of queue `name` every `interval` (see
+/// [`JobQueue::sample_metrics`]), until they report the queue closed.
+pub(crate) fn sample_metrics<F, Fut>(
+    name: Arc<str>,
+    interval: Duration,
+    stats: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<QueueStats, Error>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match tokio::time::timeout(interval.max(Duration::from_secs(1)), stats()).await {
+                Ok(Ok(stats)) => crate::telemetry::queue_state(&name, &stats, now_ms()),
+                Ok(Err(Error::Stopped | Error::QueueClosed)) => return,
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics sample failed"),
+                Err(_) => tracing::debug!("metrics sample timed out"),
+            }
+        }
+    })
+}
+
 /// A queue (Sockethub's JobQueue): adds sealed jobs and reports their outcomes. Cheap: it is a
 /// task on the process-wide connection.
 #[derive(Debug, Clone)]
@@ -322,7 +348,12 @@ impl JobQueue {
         let producer = Producer::new(cfg, sealer, now_ms())?;
         let (tx, rx) = mpsc::channel(1024);
         let events = events.unwrap_or_else(|| broadcast::channel(4096).0);
+        // Counters carry the logical queue's name: a shard counts under its queue's.
+        let label: Arc<str> = datalayer_core::naming::parse_shard_tag(name)
+            .map_or(name, |(queue, _, _)| queue)
+            .into();
         let driver = Driver {
+            label,
             producer,
             pipes: Pipelines::new(layer.backend.clone()),
             reads: Reads::new(layer.blocker("events")),
@@ -507,21 +538,9 @@ impl JobQueue {
     /// Without the feature the ticks still run and set nothing: do not start it then.
     pub fn sample_metrics(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
         let queue = self.clone();
-        let name = queue.name.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match tokio::time::timeout(interval.max(Duration::from_secs(1)), queue.stats())
-                    .await
-                {
-                    Ok(Ok(stats)) => crate::telemetry::queue_state(&name, &stats, now_ms()),
-                    Ok(Err(Error::Stopped | Error::QueueClosed)) => return,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "metrics sample failed"),
-                    Err(_) => tracing::debug!("metrics sample timed out"),
-                }
-            }
+        sample_metrics(self.name.clone(), interval, move || {
+            let queue = queue.clone();
+            async move { queue.stats().await }
         })
     }
 
@@ -784,6 +803,8 @@ struct Accepting {
 }
 
 struct Driver {
+    /// The metrics' queue label: the queue's name (a shard's: its queue's).
+    label: Arc<str>,
     producer: Producer,
     pipes: Pipelines,
     reads: Reads,
@@ -953,7 +974,7 @@ impl Driver {
     /// Job `id` ended (`kind`: completed, dead, withdrawn): its handles get `outcome`.
     fn resolve(&mut self, id: &JobId, outcome: &Outcome, kind: &'static str) {
         let since = self.since_added(id);
-        crate::telemetry::ended(&self.producer.keys().queue, kind, since);
+        crate::telemetry::ended(&self.label, kind, since);
         for (_, w) in self.waiters.remove(id).unwrap_or_default() {
             let _ = w.send(outcome.clone());
         }
@@ -1093,7 +1114,7 @@ impl Driver {
         while let Some(ev) = self.producer.poll_event() {
             let event = match ev {
                 ProducerEvent::Accepted { job, .. } => {
-                    crate::telemetry::added(&self.producer.keys().queue);
+                    crate::telemetry::added(&self.label);
                     // Adds of one job are answered in the order they were made (the job is
                     // in Redis either way).
                     if let Some(a) = self.take_accepting(&job, oldest) {
@@ -1108,7 +1129,7 @@ impl Driver {
                     None => continue,
                 },
                 ProducerEvent::AddFailed { job, error } => {
-                    crate::telemetry::add_error(&self.producer.keys().queue);
+                    crate::telemetry::add_error(&self.label);
                     self.refuse_call(&job, oldest, Error::Add(error));
                     continue;
                 }
@@ -1174,7 +1195,7 @@ impl Driver {
                     continue;
                 }
                 ProducerEvent::BadEvent { event, reason } => {
-                    crate::telemetry::bad_event(&self.producer.keys().queue);
+                    crate::telemetry::bad_event(&self.label);
                     tracing::warn!(%event, %reason, "unreadable event skipped");
                     continue;
                 }
@@ -1203,7 +1224,7 @@ impl Driver {
                 trace,
             } => {
                 self.received(&job, "failed", trace.as_ref());
-                crate::telemetry::ended(&self.producer.keys().queue, "failed", None);
+                crate::telemetry::ended(&self.label, "failed", None);
                 Some(QueueEvent::Failed {
                     job,
                     reason,

@@ -81,7 +81,7 @@ impl ShardedQueue {
     }
 
     /// The shards, each a [`JobQueue`] of its own (named by its tag): for what is asked of
-    /// one shard (dead letters by entry, workers, key usage, metrics sampling).
+    /// one shard (dead letters by entry, workers, key usage, one shard's gauges).
     #[must_use]
     pub fn shards(&self) -> &[JobQueue] {
         &self.shards
@@ -163,6 +163,17 @@ impl ShardedQueue {
             all.push(stats?);
         }
         Ok(QueueStats::sum(all))
+    }
+
+    /// Samples the whole queue's state (its shards' [`Self::stats`], summed) into the
+    /// gauges of the queue's name every `interval` (see [`JobQueue::sample_metrics`]; the
+    /// shards' counters count under the queue's name too).
+    pub fn sample_metrics(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let queue = self.clone();
+        crate::queue::sample_metrics(self.name.as_str().into(), interval, move || {
+            let queue = queue.clone();
+            async move { queue.stats().await }
+        })
     }
 
     /// Where job `id` is (asked of its shard; see [`JobQueue::find_job`]).

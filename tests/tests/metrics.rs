@@ -109,7 +109,7 @@ impl Recorder for TestRecorder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_and_a_worker_record_what_redis_confirmed() {
-    metrics::set_global_recorder(TestRecorder).expect("the only recorder");
+    install();
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
     let queue = dl
@@ -275,6 +275,98 @@ async fn a_queue_and_a_worker_record_what_redis_confirmed() {
             .copied(),
         Some(1)
     );
+}
+
+/// Installs this test's recorder, once for the whole binary.
+fn install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| metrics::set_global_recorder(TestRecorder).expect("the only recorder"));
+}
+
+/// A sharded queue counts under its queue's name on both sides (not its shards' tags), and
+/// its sampler's gauges are of the whole queue: every shard's counts, summed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_queue_counts_under_its_name() {
+    install();
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .sharded_queue("mets", 3, &secrets(), QueueOptions::default())
+        .expect("queue");
+    let retry = RetryPolicy::new(1, Backoff::Fixed { delay_ms: 20 });
+    let running = dl
+        .worker(
+            "mets",
+            &secrets(),
+            WorkerOptions::default()
+                .concurrency(4)
+                .shards(3)
+                .retry(retry),
+        )
+        .expect("worker")
+        .start(|job: Job| async move {
+            let v: serde_json::Value = job.json().map_err(|e| e.to_string())?;
+            match v["fail"] == true {
+                true => Err("no".to_owned()),
+                false => Ok::<_, String>(v),
+            }
+        });
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let payload = json!({ "n": i, "fail": i % 10 == 0 });
+        handles.push(queue.add("s", &payload).await.expect("add"));
+    }
+    for h in handles {
+        tokio::time::timeout(Duration::from_secs(20), h.result())
+            .await
+            .expect("ended")
+            .expect("running");
+    }
+    let shards_used = queue
+        .shards()
+        .iter()
+        .filter(|q| q.name().contains('#'))
+        .count();
+    assert_eq!(shards_used, 3);
+    let sampler = queue.sample_metrics(Duration::from_millis(50));
+    let gauge = |name: &str| {
+        seen()
+            .lock()
+            .unwrap()
+            .gauges
+            .get(&format!("{name}{{queue=mets}}"))
+            .copied()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Three dead letters, on whichever shards their ids fell: summed.
+    while gauge("datalayer_queue_dead") != Some(3.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no summed dead-letter gauge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sampler.abort();
+    running.shutdown(Duration::from_secs(5)).await;
+    let s = seen().lock().unwrap();
+    let counter = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+    assert_eq!(counter("datalayer_jobs_added_total{queue=mets}"), 30);
+    assert_eq!(counter("datalayer_jobs_started_total{queue=mets}"), 30);
+    assert_eq!(
+        counter("datalayer_jobs_ended_total{outcome=completed,queue=mets}"),
+        27
+    );
+    assert_eq!(
+        counter("datalayer_jobs_ended_total{outcome=dead,queue=mets}"),
+        3
+    );
+    let tagged: Vec<&String> = s
+        .counters
+        .keys()
+        .chain(s.gauges.keys())
+        .filter(|k| k.contains("mets#"))
+        .collect();
+    assert!(tagged.is_empty(), "labelled by shard tag: {tagged:?}");
 }
 
 fn gauge_of(s: &Seen, name: &str) -> Option<f64> {
