@@ -330,8 +330,8 @@ pub enum CommandKind {
     /// One trim drops whole stream nodes; deleting each event by id cost Redis a node
     /// search per event.
     ///
-    /// Reply: the count of events trimmed. Unknown outcome or error: sent again with the
-    /// next ack (XTRIM MINID and HDEL are idempotent).
+    /// Reply: the count of events trimmed, or `-1` (see `check`). Unknown outcome or
+    /// error: sent again with the next ack (XTRIM MINID and HDEL are idempotent).
     AckEvents {
         /// The queue.
         keys: Arc<QueueKeys>,
@@ -344,6 +344,12 @@ pub enum CommandKind {
         through: Option<EntryId>,
         /// The job ids whose markers go.
         forget: Vec<String>,
+        /// The last event read (the producer's cursor) and the first [`FINGERPRINT_LEN`]
+        /// bytes of its `v` field as read. If the stream holds something else there, or
+        /// lacks it while its last generated id is behind it, a failover lost the stream's
+        /// tail and new events may have ids at or below the cursor: nothing is trimmed, and
+        /// the reply is `-1` (the producer reads the stream again from its start).
+        check: Option<(EntryId, Arc<[u8]>)>,
     },
     /// Script `events_tail`: the last id its events stream ever generated (`XINFO STREAM`'s
     /// `last-generated-id`; `0-0` when there is no stream). Sent after the connection

@@ -173,7 +173,15 @@ enum Op {
     /// Producer, after (pick), count.
     ReadEvents(usize, usize, u32),
     /// Producer, token, through (pick), jobs forgotten.
-    AckEvents(usize, usize, Option<usize>, Vec<usize>),
+    /// Producer, token, through (an event), forget (jobs), check (an event, and whether
+    /// with its own fingerprint).
+    AckEvents(
+        usize,
+        usize,
+        Option<usize>,
+        Vec<usize>,
+        Option<(usize, bool)>,
+    ),
     /// Producer.
     /// The last id producer `p`'s events stream generated.
     EventsTail(usize),
@@ -255,6 +263,7 @@ fn random_op(rng: &mut SeededRandom) -> Op {
             r(2),
             [None, Some(r(64))][r(2)],
             (0..r(3)).map(|_| r(6)).collect(),
+            [None, Some((r(64), r(2) == 0))][r(2)],
         ),
         19 => Op::Stats(r(2)),
         26 => Op::ReadDead([usize::MAX, r(64)][r(2)], 1 + r(3) as u32),
@@ -405,12 +414,22 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             count: *count,
             block_ms: None,
         },
-        Op::AckEvents(p, token, through, forget) => CommandKind::AckEvents {
+        Op::AckEvents(p, token, through, forget, check) => CommandKind::AckEvents {
             producer: producer(&keys, *p),
             token: TOKENS[*token].into(),
             keys,
             through: through.map(|e| side.event(*p, e)),
             forget: forget.iter().map(|j| JOBS[*j].to_owned()).collect(),
+            // Every event's `v` starts so (the settles' sealed value): the fingerprint
+            // matches an event there, or never.
+            check: check.map(|(e, own)| {
+                let seen: &[u8] = if own {
+                    b"DL\x02\x00\x07\x00"
+                } else {
+                    b"DL\x02\x00\x08"
+                };
+                (side.event(*p, e), Arc::from(seen))
+            }),
         },
         Op::EventsTail(p) => CommandKind::EventsTail {
             producer: producer(&keys, *p),

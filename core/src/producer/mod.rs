@@ -28,7 +28,9 @@ pub use api::{
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use crate::command::{Command, CommandKind, NewJob, OpId, Reply, is_transient_error};
+use crate::command::{
+    Command, CommandKind, FINGERPRINT_LEN, NewJob, OpId, Reply, is_transient_error,
+};
 use crate::envelope::{Context, Purpose, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::{ProducerKeys, QueueKeys};
@@ -44,12 +46,15 @@ enum InFlight {
     /// Jobs, whether they went as a fresh (MULTI/EXEC) add, and what else the producer
     /// knows of each add.
     Add(Vec<NewJob>, bool, Vec<AddMeta>),
-    ReadEvents,
+    /// A read of events from the cursor of this epoch (see `Producer::epoch`).
+    ReadEvents(u64),
     /// The events stream's last generated id (after a connection failure).
     EventsTail,
     AckEvents {
         through: Option<EntryId>,
         forget: Vec<String>,
+        /// The cursor it checks, if any.
+        checks: Option<EntryId>,
     },
     Stats,
     Destroy,
@@ -111,6 +116,13 @@ pub struct Producer {
     unsent: VecDeque<Unsent>,
     in_flight: HashMap<OpId, InFlight>,
     cursor: EntryId,
+    /// The first bytes of the `v` field of the event at the cursor, as read.
+    cursor_seen: Arc<[u8]>,
+    /// The furthest cursor an ack found intact (see [`CommandKind::AckEvents`]'s `check`).
+    checked: EntryId,
+    /// Bumped when the cursor goes back to the stream's start: replies of reads sent
+    /// before (from the old cursor) are dropped.
+    epoch: u64,
     next_read_ms: u64,
     /// The last events read found nothing: the next one may block.
     idle: bool,
@@ -194,6 +206,9 @@ impl Producer {
             unsent: VecDeque::new(),
             in_flight: HashMap::new(),
             cursor: cfg.events_after,
+            cursor_seen: Arc::from(&[][..]),
+            checked: cfg.events_after,
+            epoch: 0,
             next_read_ms: now_ms,
             idle: false,
             trim_through: None,
@@ -757,17 +772,26 @@ impl Producer {
         if (self.trim_through.is_some() || !self.forget.is_empty()) && !acking && claimed {
             let through = self.trim_through.take();
             let forget = std::mem::take(&mut self.forget);
+            // A cursor not yet found intact is checked (once: a later ack of the same
+            // cursor would find it trimmed, and ask for the stream's last id).
+            let checks = (self.cursor > self.checked).then_some(self.cursor);
             let kind = CommandKind::AckEvents {
                 keys,
                 producer: self.me.clone(),
                 token: self.token.clone(),
                 through,
                 forget: forget.clone(),
+                check: checks.map(|c| (c, self.cursor_seen.clone())),
             };
-            return Some(self.op(kind, InFlight::AckEvents { through, forget }));
+            let state = InFlight::AckEvents {
+                through,
+                forget,
+                checks,
+            };
+            return Some(self.op(kind, state));
         }
         // Unreachable and nothing else to send: ask Redis whether it is back.
-        let asking = self.any_in_flight(|f| !matches!(f, InFlight::ReadEvents));
+        let asking = self.any_in_flight(|f| !matches!(f, InFlight::ReadEvents(_)));
         if !self.reachable && !asking {
             return Some(self.op(CommandKind::Ping, InFlight::Ping));
         }
@@ -795,7 +819,7 @@ impl Producer {
     fn poll_read(&mut self) -> Option<Command> {
         let now = self.now_ms;
         let reading =
-            self.any_in_flight(|f| matches!(f, InFlight::ReadEvents | InFlight::EventsTail));
+            self.any_in_flight(|f| matches!(f, InFlight::ReadEvents(_) | InFlight::EventsTail));
         if self.check_tail && !reading && now >= self.next_read_ms {
             // In place of the next read (and, like a read, a probe of whether Redis is
             // back), with no ack out: its answer decides where the next read starts.
@@ -822,7 +846,7 @@ impl Producer {
                 count: self.cfg.events_count,
                 block_ms: self.cfg.block_ms.filter(|_| self.idle),
             };
-            return Some(self.op(kind, InFlight::ReadEvents));
+            return Some(self.op(kind, InFlight::ReadEvents(self.epoch)));
         }
         None
     }
@@ -897,19 +921,35 @@ impl Producer {
             (InFlight::Add(jobs, fresh, sent), reply) => {
                 self.added(jobs, fresh, &sent, reply, not_sent);
             }
-            (InFlight::ReadEvents, Reply::Unknown | Reply::NotSent) => {
+            (InFlight::ReadEvents(_), Reply::Unknown | Reply::NotSent) => {
                 self.next_read_ms = self.reads.fail_unknown(now_ms);
             }
-            (InFlight::ReadEvents, Reply::Value(v)) => self.read_events(v),
+            // Read from a cursor since stepped back to the start: what it got comes again.
+            (InFlight::ReadEvents(epoch), Reply::Value(_)) if epoch != self.epoch => {}
+            (InFlight::ReadEvents(_), Reply::Value(v)) => self.read_events(v),
             (InFlight::EventsTail, reply) => self.events_tail(reply),
-            (InFlight::AckEvents { .. }, Reply::Value(Value::Int(_))) => self.resend.succeed(),
+            (InFlight::AckEvents { checks, .. }, Reply::Value(Value::Int(n))) => {
+                self.resend.succeed();
+                match (n, checks) {
+                    // Reads since went on from a cursor the stream no longer backs.
+                    (-1, Some(cursor)) => self.moved_back(cursor),
+                    (-1, None) => {}
+                    (_, Some(cursor)) => self.checked = self.checked.max(cursor),
+                    _ => {}
+                }
+            }
             (InFlight::AckEvents { .. }, Reply::Value(Value::Error(e)))
                 if e.starts_with("SUPERSEDED") =>
             {
                 self.resend.succeed();
                 self.supersede();
             }
-            (InFlight::AckEvents { through, forget }, reply) => {
+            (
+                InFlight::AckEvents {
+                    through, forget, ..
+                },
+                reply,
+            ) => {
                 // Idempotent: send again with the next ack.
                 self.trim_through = self.trim_through.max(through);
                 self.forget.extend(forget);
@@ -1365,7 +1405,11 @@ impl Producer {
             self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
         }
         for entry in entries {
-            self.cursor = self.cursor.max(entry.id);
+            if entry.id > self.cursor {
+                self.cursor = entry.id;
+                let v = entry.field(b"v").unwrap_or_default();
+                self.cursor_seen = Arc::from(&v[..v.len().min(FINGERPRINT_LEN)]);
+            }
             self.read_through = self.read_through.max(Some(entry.id));
             let event = self
                 .open_event(&entry)
@@ -1414,21 +1458,29 @@ impl Producer {
         };
         self.reads.succeed();
         if last < self.cursor {
-            // Events written since may have ids at or below the cursor, and which of those
-            // below `last` are new cannot be told: read the stream again from its start
-            // (trims keep it short). Events read before come again: an outcome of a job
-            // no longer awaited is a stale `BadEvent`, not a second outcome.
-            self.trouble(format!(
-                "the events stream moved back from {} to {last} (a failover lost its tail): \
-                 reading it again from the start",
-                self.cursor
-            ));
-            self.cursor = EntryId::ZERO;
-            self.read_through = None;
-            self.trimmed_through = None;
-            self.trim_through = None;
-            self.next_read_ms = self.next_read_ms.min(self.now_ms);
+            self.moved_back(last);
         }
+    }
+
+    /// The events stream moved back behind the cursor (a failover lost its tail; `to`:
+    /// where it is now, as far as known). Events written since may have ids at or below
+    /// the cursor, and which of those are new cannot be told: read the stream again from
+    /// its start (trims keep it short). Events read before come again: an outcome of a job
+    /// no longer awaited is a stale `BadEvent`, not a second outcome.
+    fn moved_back(&mut self, to: EntryId) {
+        self.trouble(format!(
+            "the events stream moved back from {} (to {to}; a failover lost its tail): \
+             reading it again from the start",
+            self.cursor
+        ));
+        self.cursor = EntryId::ZERO;
+        self.cursor_seen = Arc::from(&[][..]);
+        self.checked = EntryId::ZERO;
+        self.epoch += 1;
+        self.read_through = None;
+        self.trimmed_through = None;
+        self.trim_through = None;
+        self.next_read_ms = self.next_read_ms.min(self.now_ms);
     }
 
     fn advance_trim(&mut self) {

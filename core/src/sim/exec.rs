@@ -155,7 +155,13 @@ fn run_producer(sim: &mut Sim, kind: &CommandKind) -> Exec {
             token,
             through,
             forget,
-        } => ack_events(sim, keys, producer, token, (*through, forget)),
+            check,
+        } => ack_events(
+            sim,
+            keys,
+            (producer, token),
+            (*through, forget, check.as_ref()),
+        ),
         CommandKind::Stats { keys, producer } => stats(sim, keys, producer),
         CommandKind::EventsTail { producer, .. } => {
             let last = sim
@@ -463,12 +469,14 @@ fn delete_dead(sim: &mut Sim, keys: &QueueKeys, entries: &[EntryId]) -> Exec {
 
 /// Script `ack_events`: trim what the producer read, forget its ended jobs' markers;
 /// refused to an instance that no longer holds its id.
+/// An ack's check of the producer's cursor: the event id and what was read there.
+type EventCheck = (EntryId, Arc<[u8]>);
+
 fn ack_events(
     sim: &mut Sim,
     keys: &QueueKeys,
-    producer: &ProducerKeys,
-    token: &str,
-    (through, forget): (Option<EntryId>, &[String]),
+    (producer, token): (&ProducerKeys, &str),
+    (through, forget, check): (Option<EntryId>, &[String], Option<&EventCheck>),
 ) -> Exec {
     if superseded(sim, keys, &producer.id, token)? {
         return Err(format!(
@@ -476,14 +484,31 @@ fn ack_events(
             producer.id
         ));
     }
-    let n = match (through, sim.stream_mut(&producer.events, false)?) {
-        (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(t)),
+    let stream = sim.stream_mut(&producer.events, false)?;
+    // The cursor still holds what was read there, or is gone behind the stream's last id.
+    let moved = check.is_some_and(|(cursor, seen)| {
+        let fingerprint = &seen[..seen.len().min(FINGERPRINT_LEN)];
+        match stream.as_ref().map(|s| (s.entries.get(cursor), s.last_id)) {
+            Some((Some(f), _)) => {
+                let v = f
+                    .iter()
+                    .find(|(k, _)| k == b"v")
+                    .map_or(&[][..], |(_, v)| v);
+                !v.starts_with(fingerprint)
+            }
+            Some((None, last)) => last < *cursor,
+            None => true,
+        }
+    });
+    let n = match (through, stream) {
+        _ if moved => -1,
+        (Some(t), Some(s)) => s.trim_min_id(t.next().unwrap_or(t)) as i64,
         _ => 0,
     };
     for job in forget {
         hdel(sim, &keys.ids, job.as_bytes())?;
     }
-    Ok(Value::Int(n as i64))
+    Ok(Value::Int(n))
 }
 
 /// Script `register`: the producer's claim or refresh, then the sweep.

@@ -165,6 +165,7 @@ fn complete_acks_deletes_and_reports_once() {
         token: "0".into(),
         through: None,
         forget: vec!["a".into()],
+        check: None,
     };
     assert_eq!(sim.execute(&forget), Value::Int(0));
     assert!(
@@ -403,14 +404,27 @@ fn events_read_after_a_cursor_and_trim_by_age() {
     let all = decode_read(sim.execute(&events(EntryId::ZERO))).unwrap();
     assert_eq!(all.len(), 1, "the old event was trimmed by MINID");
     assert_eq!(all[0].field(b"j"), Some(&b"b"[..]));
-    let del = CommandKind::AckEvents {
+    let at = |cursor: EntryId, seen: &[u8]| CommandKind::AckEvents {
         keys: keys(),
         producer: pk(),
         token: "0".into(),
         through: Some(all[0].id),
         forget: vec![],
+        check: Some((cursor, Arc::from(seen))),
     };
-    assert_eq!(sim.execute(&del), Value::Int(1));
+    let ack = |seen: &[u8]| at(all[0].id, seen);
+    // Another event than the one read at the cursor (a failover gave its id again): no
+    // trim, -1.
+    assert_eq!(sim.execute(&ack(b"other")), Value::Int(-1));
+    let v = all[0].field(b"v").unwrap().to_vec();
+    assert_eq!(sim.execute(&ack(&v)), Value::Int(1));
+    // Sent again: the cursor is gone, trimmed by the first (the stream's last id is past it).
+    assert_eq!(sim.execute(&ack(&v)), Value::Int(0));
+    // A cursor beyond the stream's last id: its tail was lost.
+    assert_eq!(
+        sim.execute(&at(EntryId::new(9_000, 0), b"")),
+        Value::Int(-1)
+    );
     assert_eq!(
         sim.execute(&CommandKind::Destroy { keys: keys() }),
         Value::Int(5),
