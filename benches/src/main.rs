@@ -76,7 +76,7 @@ fn args() -> Res<Args> {
             "--rate" => a.rate = Some(it.next().ok_or("--rate needs jobs/s")?.parse()?),
             "--only" => {
                 a.only = Some(it.next().ok_or(
-                    "--only needs enqueue, enqueue1, enqueue100, enqueue_many, process, process256 or e2e",
+                    "--only needs enqueue, enqueue1, enqueue100, enqueue_many, process, process1, process256 or e2e",
                 )?)
             }
             "--jobs" | "-n" => a.jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
@@ -91,7 +91,7 @@ fn args() -> Res<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
-                     [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process256|e2e] [--rate JOBS_PER_S]\n\
+                     [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process1|process256|e2e] [--rate JOBS_PER_S]\n\
                      \x20      datalayer-bench --cluster [--jobs N] [--sizes 200] [--json]: end to end on one server and a 3-master cluster\n\
                      \x20      datalayer-bench --chaos JOBS [--rate JOBS_PER_S] [--add-wait MS] [--json]: every fault at once \
                      (4 worker processes, 3 Redis restarts; default 1,000 adds/s)\n\
@@ -901,9 +901,11 @@ async fn main() -> Res<()> {
         if run("enqueue") || run("enqueue_many") {
             sized.push(bench.enqueue_only(size, 1, 100).await?);
         }
-        if run("process") || run("process256") {
+        if run("process") || run("process1") || run("process256") {
             let levels: &[u32] = if run("process") {
                 &[1, 16, 256]
+            } else if run("process1") {
+                &[1]
             } else {
                 &[256]
             };
