@@ -126,7 +126,9 @@ pub(crate) fn page(v: Value, count: u32, sealer: &Sealer, scope: &str) -> Option
     Some(DeadPage { letters, next })
 }
 
-/// A letter as `revive` sends it: its entry, its job id, the job re-sealed as attempt 1.
+/// A letter as `revive` sends it: its entry, its job id, the job re-sealed as attempt 1
+/// under a new instance (a second life: its outcomes are not taken for copies of the first
+/// life's, which the producer reported already).
 pub(crate) fn reseal(
     letter: &DeadLetter,
     sealer: &Sealer,
@@ -138,6 +140,7 @@ pub(crate) fn reseal(
     };
     let mut again = record.clone();
     again.attempt = 1;
+    again.instance = crate::job::Instance::generate(rng);
     let ctx = Context::new(Purpose::Job, scope, job.0.as_bytes());
     let sealed = sealer.seal(&ctx, &again, rng).ok()?;
     Some((letter.entry, job.0.clone(), sealed))

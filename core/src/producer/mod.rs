@@ -39,6 +39,11 @@ use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
 
 /// The most delayed jobs one promotion moves.
 const PROMOTE_LIMIT: u32 = 256;
+/// The most reported final outcomes a producer remembers (see `Producer::reported`).
+const REPORTED_MAX: usize = 10_000;
+/// How long a producer remembers a reported final outcome (ms): past a settle's resends
+/// and a reclaim after a lease.
+const REPORTED_MS: u64 = 15 * 60_000;
 use crate::value::{EntryId, StreamEntry, Value, decode_read};
 
 #[derive(Debug)]
@@ -169,6 +174,12 @@ pub struct Producer {
     /// an outcome bound to another instance is stale (an earlier job with the same id) and
     /// surfaces as a `BadEvent`. Forgotten when the job ends.
     awaited: HashMap<String, Instance>,
+    /// The jobs whose final outcome this instance reported, with their instance and when
+    /// (at most [`REPORTED_MAX`], for [`REPORTED_MS`]): an event of such an instance that
+    /// comes again (a failover undid the settle after this producer read its event, and
+    /// the worker wrote it again) is stale, not a second outcome.
+    reported: HashMap<String, Instance>,
+    reported_order: VecDeque<(String, u64)>,
     /// The last failed attempt reported of each job that has not ended: a failure event
     /// of an attempt already reported is not reported again (a failover can undo a retry
     /// after this producer read its event; sent again, it writes the event again).
@@ -231,6 +242,8 @@ impl Producer {
             next_request: 0,
             promote_at: BTreeSet::new(),
             awaited: HashMap::new(),
+            reported: HashMap::new(),
+            reported_order: VecDeque::new(),
             failures: HashMap::new(),
             unconfirmed: HashSet::new(),
             cfg,
@@ -1411,17 +1424,29 @@ impl Producer {
                 self.cursor_seen = Arc::from(&v[..v.len().min(FINGERPRINT_LEN)]);
             }
             self.read_through = self.read_through.max(Some(entry.id));
-            let event = self
-                .open_event(&entry)
-                .unwrap_or_else(|reason| ProducerEvent::BadEvent {
-                    event: entry.id,
-                    reason,
-                });
-            match &event {
-                ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } => {
+            let (event, instance) = match self.open_event(&entry) {
+                // An event of an instance whose final outcome was reported here already
+                // (a failover undid the write this producer had read; it was written
+                // again): not a second outcome.
+                Ok((event, instance)) if self.repeats(&event, instance) => continue,
+                Ok((event, instance)) => (event, Some(instance)),
+                Err(reason) => (
+                    ProducerEvent::BadEvent {
+                        event: entry.id,
+                        reason,
+                    },
+                    None,
+                ),
+            };
+            match (&event, instance) {
+                (
+                    ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. },
+                    Some(instance),
+                ) => {
+                    self.reported(job, instance);
                     self.ended(job, entry.id);
                 }
-                ProducerEvent::Failed { job, attempt, .. } => {
+                (ProducerEvent::Failed { job, attempt, .. }, _) => {
                     let last = self.failures.entry(job.0.clone()).or_insert(0);
                     if *attempt <= *last {
                         continue;
@@ -1495,7 +1520,34 @@ impl Producer {
         }
     }
 
-    fn open_event(&self, entry: &StreamEntry) -> Result<ProducerEvent, String> {
+    /// Whether `event` is of an instance whose final outcome was reported here already.
+    fn repeats(&self, event: &ProducerEvent, instance: Instance) -> bool {
+        let job = match event {
+            ProducerEvent::Completed { job, .. }
+            | ProducerEvent::DeadLettered { job, .. }
+            | ProducerEvent::Failed { job, .. } => job,
+            _ => return false,
+        };
+        !self.awaited.contains_key(&job.0) && self.reported.get(&job.0) == Some(&instance)
+    }
+
+    /// Remembers that the final outcome of `job`'s `instance` was reported here.
+    fn reported(&mut self, job: &JobId, instance: Instance) {
+        let now = self.now_ms;
+        while let Some((old, at)) = self.reported_order.front() {
+            let full = self.reported_order.len() >= REPORTED_MAX;
+            if !full && now.saturating_sub(*at) < REPORTED_MS {
+                break;
+            }
+            self.reported.remove(old);
+            self.reported_order.pop_front();
+        }
+        if self.reported.insert(job.0.clone(), instance).is_none() {
+            self.reported_order.push_back((job.0.clone(), now));
+        }
+    }
+
+    fn open_event(&self, entry: &StreamEntry) -> Result<(ProducerEvent, Instance), String> {
         let text = |name: &[u8]| {
             entry
                 .field(name)
@@ -1531,8 +1583,9 @@ impl Producer {
                 "stale outcome of job {job}: instance {instance}, not the awaited {awaited}"
             ));
         }
+
         let reason = || String::from_utf8_lossy(&value).into_owned();
-        Ok(match kind {
+        let event = match kind {
             "c" => ProducerEvent::Completed {
                 job,
                 result: value,
@@ -1551,7 +1604,8 @@ impl Producer {
                 attempt,
                 trace,
             },
-        })
+        };
+        Ok((event, instance))
     }
 
     fn stats(&mut self, v: Value) {

@@ -1359,3 +1359,42 @@ fn a_results_stream_that_moved_backwards_is_read_again() {
         "{events:?}"
     );
 }
+
+/// A failover undid a settle after the producer had read its event; the worker sent the
+/// settle again, and the same outcome (same job, same instance) is written once more. The
+/// producer reported the job's end already: the copy is not a second outcome.
+#[test]
+fn a_final_outcome_written_again_is_reported_once() {
+    let mut rng = SeededRandom::new(22);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    p.add(T0, job("a"), &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    let events_key = p.producer_keys().events.clone();
+    let written = sim
+        .stream(&events_key)
+        .and_then(|s| s.entries.values().next().cloned())
+        .expect("a's result");
+    p.handle_timeout(sim.now_ms());
+    let events = drive(&mut p, &mut sim);
+    assert_eq!(completed(&events).len(), 1, "{events:?}");
+    // Written again, at a later id.
+    sim.set_time(sim.now_ms() + 10);
+    sim.xadd_raw(&events_key, written).unwrap();
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        sim.set_time(sim.now_ms() + 1_000);
+        p.handle_timeout(sim.now_ms());
+        again.extend(drive(&mut p, &mut sim));
+    }
+    assert!(completed(&again).is_empty(), "{again:?}");
+    assert!(
+        !again
+            .iter()
+            .any(|e| matches!(e, ProducerEvent::BadEvent { .. })),
+        "{again:?}"
+    );
+    // Read and trimmed all the same.
+    assert_eq!(sim.stream(&events_key).map(|s| s.entries.len()), Some(0));
+}
