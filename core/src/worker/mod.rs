@@ -493,7 +493,11 @@ impl Worker {
                     _ => 0,
                 })
                 .sum::<usize>();
-        if unconfirmed >= self.cfg.concurrency as usize {
+        // Settlements Redis has not confirmed are bounded too, at one more than may run: a
+        // job's settle and the read of the next share a round trip (at concurrency 1, a
+        // round trip per job less), yet a worker whose settles fail does not pile up
+        // finished jobs, and larger pools still read once their settles are in.
+        if unconfirmed > self.cfg.concurrency as usize {
             return 0;
         }
         self.cfg

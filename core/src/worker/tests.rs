@@ -1472,3 +1472,80 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
     let fields = ev.entries.values().next().unwrap();
     assert!(fields.contains(&(b"j".to_vec(), b.job.id.0.clone().into_bytes())));
 }
+
+/// At concurrency 1, a job's settle and the read of the next go out together (one round
+/// trip per job, not two); settlements Redis has not confirmed stay bounded (one more than
+/// may run), so a worker whose settles fail stops taking jobs.
+#[test]
+fn a_settle_and_the_next_read_go_together_and_unconfirmed_ones_are_bounded() {
+    let mut rng = SeededRandom::new(10);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(1).block_ms(None),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    drive(&mut w, &mut sim, &mut rng);
+    enqueue(&mut sim, &mut rng, 3);
+    let t = T0 + 100;
+    sim.set_time(t);
+    w.handle_timeout(t, &mut rng).unwrap();
+    let first = match drive(&mut w, &mut sim, &mut rng).as_slice() {
+        [WorkerEvent::Job(d)] => d.entry,
+        other => panic!("{other:?}"),
+    };
+    w.complete(t, first, b"1", &mut rng).unwrap();
+    let sent: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
+    let kinds: Vec<&str> = sent
+        .iter()
+        .map(|c| match c.kind {
+            CommandKind::Complete { .. } => "complete",
+            CommandKind::Read { .. } => "read",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["complete", "read"], "{sent:?}");
+    // The settle's reply has not come yet; the read brings the second job.
+    let (complete, read) = (&sent[0], &sent[1]);
+    let v = sim.execute(&read.kind);
+    w.handle_reply(t, read.op, Reply::Value(v), &mut rng)
+        .unwrap();
+    let second = std::iter::from_fn(|| w.poll_event())
+        .find_map(|e| match e {
+            WorkerEvent::Job(d) => Some(d.entry),
+            _ => None,
+        })
+        .expect("the second job");
+    w.complete(t, second, b"2", &mut rng).unwrap();
+    // Two settlements unconfirmed at concurrency 1: no read, however long the first takes.
+    let mut held = Vec::new();
+    for step in 1..20u64 {
+        let now = t + step * 1_000;
+        w.handle_timeout(now, &mut rng).unwrap();
+        while let Some(cmd) = w.poll_command() {
+            assert!(
+                !matches!(cmd.kind, CommandKind::Read { .. }),
+                "read with two settlements unconfirmed: {cmd:?}"
+            );
+            held.push(cmd);
+        }
+    }
+    // The first settle is confirmed: the third job is read.
+    let now = t + 30_000;
+    sim.set_time(now);
+    let v = sim.execute(&complete.kind);
+    w.handle_reply(now, complete.op, Reply::Value(v), &mut rng)
+        .unwrap();
+    for cmd in held {
+        let v = sim.execute(&cmd.kind);
+        w.handle_reply(now, cmd.op, Reply::Value(v), &mut rng)
+            .unwrap();
+    }
+    w.handle_timeout(now, &mut rng).unwrap();
+    let events = drive(&mut w, &mut sim, &mut rng);
+    assert!(
+        events.iter().any(|e| matches!(e, WorkerEvent::Job(_))),
+        "{events:?}"
+    );
+}
