@@ -150,6 +150,10 @@ pub struct Producer {
     forget_later: HashSet<String>,
     /// Jobs whose markers go with the next events ack.
     forget: Vec<String>,
+    /// Delayed jobs this producer withdrew whose tombstone (`x:<marker>`, which tells a
+    /// resend of the withdrawal it was done) no ack has removed yet: a later withdrawal of
+    /// one is answered `NotDelayed` here (the script would take it for the resend).
+    tombstones: HashSet<String>,
     want_stats: bool,
     want_destroy: bool,
     /// `destroy` was called: adds are failed rather than sent (again).
@@ -230,6 +234,7 @@ impl Producer {
             outstanding: HashMap::new(),
             forget_later: HashSet::new(),
             forget: Vec::new(),
+            tombstones: HashSet::new(),
             want_stats: false,
             want_destroy: false,
             destroying: false,
@@ -595,12 +600,20 @@ impl Producer {
     /// producer's): it will not run. A `DelayedWithdrawn` event follows; when withdrawn, it
     /// is the job's final outcome.
     pub fn withdraw_delayed(&mut self, job: &JobId) -> Request {
-        if self.outstanding.contains_key(&job.0) {
+        let known = match (
+            self.outstanding.contains_key(&job.0),
+            self.tombstones.contains(&job.0),
+        ) {
+            (true, _) => Some(DelayedWithdrawal::AddOutstanding),
+            (false, true) => Some(DelayedWithdrawal::NotDelayed),
+            (false, false) => None,
+        };
+        if let Some(result) = known {
             let request = self.new_request();
             self.events.push_back(ProducerEvent::DelayedWithdrawn {
                 request,
                 job: job.clone(),
-                result: DelayedWithdrawal::AddOutstanding,
+                result,
             });
             return request;
         }
@@ -941,8 +954,11 @@ impl Producer {
             (InFlight::ReadEvents(epoch), Reply::Value(_)) if epoch != self.epoch => {}
             (InFlight::ReadEvents(_), Reply::Value(v)) => self.read_events(v),
             (InFlight::EventsTail, reply) => self.events_tail(reply),
-            (InFlight::AckEvents { checks, .. }, Reply::Value(Value::Int(n))) => {
+            (InFlight::AckEvents { checks, forget, .. }, Reply::Value(Value::Int(n))) => {
                 self.resend.succeed();
+                for job in &forget {
+                    self.tombstones.remove(job);
+                }
                 match (n, checks) {
                     // Reads since went on from a cursor the stream no longer backs.
                     (-1, Some(cursor)) => self.moved_back(cursor),
@@ -1125,6 +1141,7 @@ impl Producer {
             // Nothing of it is left to await; its tombstone goes with the next ack.
             self.await_no_more(&job.0);
             self.forget.push(job.0.clone());
+            self.tombstones.insert(job.0.clone());
         }
         Some(ProducerEvent::DelayedWithdrawn {
             request,

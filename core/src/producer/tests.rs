@@ -1398,3 +1398,49 @@ fn a_final_outcome_written_again_is_reported_once() {
     // Read and trimmed all the same.
     assert_eq!(sim.stream(&events_key).map(|s| s.entries.len()), Some(0));
 }
+
+/// A second withdrawal of a delayed job, asked before the producer's ack removed the first
+/// one's tombstone, finds it not delayed (the script alone would take it for a resend of
+/// the first and answer `Withdrawn` again: a flake of the cluster scenario under load).
+#[test]
+fn a_second_withdrawal_before_the_tombstone_is_forgotten_finds_nothing() {
+    let mut rng = SeededRandom::new(47);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c);
+    let delayed = AddJob {
+        delay_ms: 60_000,
+        ..job("later")
+    };
+    p.add(T0, delayed, &mut rng).unwrap();
+    drive(&mut p, &mut sim);
+    let id = JobId::from("later");
+    p.withdraw_delayed(&id);
+    let cmd = p.poll_command().expect("the withdrawal");
+    let v = sim.execute(&cmd.kind);
+    assert_eq!(v, Value::Int(1));
+    p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
+    let result = |events: &[ProducerEvent]| {
+        events.iter().find_map(|e| match e {
+            ProducerEvent::DelayedWithdrawn { result, .. } => Some(*result),
+            _ => None,
+        })
+    };
+    let first: Vec<ProducerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
+    assert_eq!(result(&first), Some(DelayedWithdrawal::Withdrawn));
+    // The ack that forgets the tombstone has not run: the script would say 1 again.
+    p.withdraw_delayed(&id);
+    let mut second: Vec<ProducerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
+    if result(&second).is_none() {
+        let cmd = p.poll_command().expect("the second withdrawal");
+        assert!(matches!(cmd.kind, CommandKind::DelayedJob { .. }), "{cmd:?}");
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
+        second.extend(std::iter::from_fn(|| p.poll_event()));
+    }
+    assert_eq!(result(&second), Some(DelayedWithdrawal::NotDelayed));
+    // Once the ack ran, Redis answers the same.
+    drive(&mut p, &mut sim);
+    p.withdraw_delayed(&id);
+    let third = drive(&mut p, &mut sim);
+    assert_eq!(result(&third), Some(DelayedWithdrawal::NotDelayed));
+}
