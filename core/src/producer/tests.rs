@@ -1432,7 +1432,10 @@ fn a_second_withdrawal_before_the_tombstone_is_forgotten_finds_nothing() {
     let mut second: Vec<ProducerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
     if result(&second).is_none() {
         let cmd = p.poll_command().expect("the second withdrawal");
-        assert!(matches!(cmd.kind, CommandKind::DelayedJob { .. }), "{cmd:?}");
+        assert!(
+            matches!(cmd.kind, CommandKind::DelayedJob { .. }),
+            "{cmd:?}"
+        );
         let v = sim.execute(&cmd.kind);
         p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
         second.extend(std::iter::from_fn(|| p.poll_event()));
