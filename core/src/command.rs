@@ -120,6 +120,13 @@ pub struct Settle {
 /// ([`Settle::read`]): an envelope's header, whose 12-byte nonce is random per sealing.
 pub const FINGERPRINT_LEN: usize = crate::envelope::HEADER_LEN;
 
+/// The fingerprint of a field's value as read: its first [`FINGERPRINT_LEN`] bytes (all of
+/// it if shorter).
+#[must_use]
+pub fn fingerprint(read: &[u8]) -> &[u8] {
+    &read[..read.len().min(FINGERPRINT_LEN)]
+}
+
 /// The operations of the command plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -148,19 +148,7 @@ async fn a_queue_and_a_worker_record_what_redis_confirmed() {
             .expect("running");
     }
     let sampler = queue.sample_metrics(Duration::from_millis(50));
-    let gauge = |name: &str| {
-        seen()
-            .lock()
-            .unwrap()
-            .gauges
-            .get(&format!("{name}{{queue=met}}"))
-            .copied()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while gauge("datalayer_queue_dead") != Some(1.0) {
-        assert!(std::time::Instant::now() < deadline, "no dead-letter gauge");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_gauge("met", "datalayer_queue_dead", 1.0, "no dead-letter gauge").await;
     sampler.abort();
     running.shutdown(Duration::from_secs(5)).await;
 
@@ -329,23 +317,14 @@ async fn a_sharded_queue_counts_under_its_name() {
         .count();
     assert_eq!(shards_used, 3);
     let sampler = queue.sample_metrics(Duration::from_millis(50));
-    let gauge = |name: &str| {
-        seen()
-            .lock()
-            .unwrap()
-            .gauges
-            .get(&format!("{name}{{queue=mets}}"))
-            .copied()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     // Three dead letters, on whichever shards their ids fell: summed.
-    while gauge("datalayer_queue_dead") != Some(3.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no summed dead-letter gauge"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_gauge(
+        "mets",
+        "datalayer_queue_dead",
+        3.0,
+        "no summed dead-letter gauge",
+    )
+    .await;
     sampler.abort();
     running.shutdown(Duration::from_secs(5)).await;
     let s = seen().lock().unwrap();
@@ -367,6 +346,16 @@ async fn a_sharded_queue_counts_under_its_name() {
         .filter(|k| k.contains("mets#"))
         .collect();
     assert!(tagged.is_empty(), "labelled by shard tag: {tagged:?}");
+}
+
+/// Waits (up to 10 s) until gauge `name` of `queue` reads `value`; fails with `what`.
+async fn await_gauge(queue: &str, name: &str, value: f64, what: &str) {
+    let key = format!("{name}{{queue={queue}}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen().lock().unwrap().gauges.get(&key).copied() != Some(value) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn gauge_of(s: &Seen, name: &str) -> Option<f64> {

@@ -28,9 +28,7 @@ pub use api::{
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use crate::command::{
-    Command, CommandKind, FINGERPRINT_LEN, NewJob, OpId, Reply, is_transient_error,
-};
+use crate::command::{Command, CommandKind, NewJob, OpId, Reply, fingerprint, is_transient_error};
 use crate::envelope::{Context, Purpose, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::{ProducerKeys, QueueKeys};
@@ -961,7 +959,7 @@ impl Producer {
                 }
                 match (n, checks) {
                     // Reads since went on from a cursor the stream no longer backs.
-                    (-1, Some(cursor)) => self.moved_back(cursor),
+                    (-1, Some(_)) => self.moved_back(None),
                     (-1, None) => {}
                     (_, Some(cursor)) => self.checked = self.checked.max(cursor),
                     _ => {}
@@ -1438,32 +1436,28 @@ impl Producer {
             if entry.id > self.cursor {
                 self.cursor = entry.id;
                 let v = entry.field(b"v").unwrap_or_default();
-                self.cursor_seen = Arc::from(&v[..v.len().min(FINGERPRINT_LEN)]);
+                self.cursor_seen = Arc::from(fingerprint(v));
             }
             self.read_through = self.read_through.max(Some(entry.id));
-            let (event, instance) = match self.open_event(&entry) {
+            let event = match self.open_event(&entry) {
                 // An event of an instance whose final outcome was reported here already
                 // (a failover undid the write this producer had read; it was written
                 // again): not a second outcome.
                 Ok((event, instance)) if self.repeats(&event, instance) => continue,
-                Ok((event, instance)) => (event, Some(instance)),
-                Err(reason) => (
-                    ProducerEvent::BadEvent {
-                        event: entry.id,
-                        reason,
-                    },
-                    None,
-                ),
+                Ok((event, instance)) => {
+                    self.reported(&event, instance);
+                    event
+                }
+                Err(reason) => ProducerEvent::BadEvent {
+                    event: entry.id,
+                    reason,
+                },
             };
-            match (&event, instance) {
-                (
-                    ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. },
-                    Some(instance),
-                ) => {
-                    self.reported(job, instance);
+            match &event {
+                ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } => {
                     self.ended(job, entry.id);
                 }
-                (ProducerEvent::Failed { job, attempt, .. }, _) => {
+                ProducerEvent::Failed { job, attempt, .. } => {
                     let last = self.failures.entry(job.0.clone()).or_insert(0);
                     if *attempt <= *last {
                         continue;
@@ -1500,19 +1494,20 @@ impl Producer {
         };
         self.reads.succeed();
         if last < self.cursor {
-            self.moved_back(last);
+            self.moved_back(Some(last));
         }
     }
 
     /// The events stream moved back behind the cursor (a failover lost its tail; `to`:
-    /// where it is now, as far as known). Events written since may have ids at or below
+    /// its last id now, when known). Events written since may have ids at or below
     /// the cursor, and which of those are new cannot be told: read the stream again from
     /// its start (trims keep it short). Events read before come again: an outcome of a job
     /// no longer awaited is a stale `BadEvent`, not a second outcome.
-    fn moved_back(&mut self, to: EntryId) {
+    fn moved_back(&mut self, to: Option<EntryId>) {
+        let to = to.map_or(String::new(), |to| format!(" to {to}"));
         self.trouble(format!(
-            "the events stream moved back from {} (to {to}; a failover lost its tail): \
-             reading it again from the start",
+            "the events stream moved back from {}{to} (a failover lost its tail): reading \
+             it again from the start",
             self.cursor
         ));
         self.cursor = EntryId::ZERO;
@@ -1548,8 +1543,13 @@ impl Producer {
         !self.awaited.contains_key(&job.0) && self.reported.get(&job.0) == Some(&instance)
     }
 
-    /// Remembers that the final outcome of `job`'s `instance` was reported here.
-    fn reported(&mut self, job: &JobId, instance: Instance) {
+    /// Remembers, when `event` is a job's final outcome, that its `instance` was reported.
+    fn reported(&mut self, event: &ProducerEvent, instance: Instance) {
+        let (ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. }) =
+            event
+        else {
+            return;
+        };
         let now = self.now_ms;
         while let Some((old, at)) = self.reported_order.front() {
             let full = self.reported_order.len() >= REPORTED_MAX;

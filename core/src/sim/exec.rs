@@ -1,7 +1,7 @@
 //! Each command kind, executed on the model as Redis runs it (see [`crate::scripts`]).
 
 use super::{Sim, Stream, ZSet};
-use crate::command::{CommandKind, FINGERPRINT_LEN, NewJob, Settle};
+use crate::command::{CommandKind, NewJob, Settle, fingerprint};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -487,15 +487,8 @@ fn ack_events(
     let stream = sim.stream_mut(&producer.events, false)?;
     // The cursor still holds what was read there, or is gone behind the stream's last id.
     let moved = check.is_some_and(|(cursor, seen)| {
-        let fingerprint = &seen[..seen.len().min(FINGERPRINT_LEN)];
         match stream.as_ref().map(|s| (s.entries.get(cursor), s.last_id)) {
-            Some((Some(f), _)) => {
-                let v = f
-                    .iter()
-                    .find(|(k, _)| k == b"v")
-                    .map_or(&[][..], |(_, v)| v);
-                !v.starts_with(fingerprint)
-            }
+            Some((Some(f), _)) => !holds(f, b"v", seen),
             Some((None, last)) => last < *cursor,
             None => true,
         }
@@ -974,6 +967,16 @@ fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]
     Ok(Value::Array(out))
 }
 
+/// Whether field `name` of an entry (empty when absent) starts with the fingerprint of
+/// `read`, as the scripts compare them ([`crate::command::Settle::read`]).
+fn holds(fields: &Fields, name: &[u8], read: &[u8]) -> bool {
+    let value = fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or(&[][..], |(_, v)| v);
+    value.starts_with(fingerprint(read))
+}
+
 /// The shared shape of complete/retry/bury: per item, act only if the entry is pending for
 /// `consumer`, still holds what the worker read ([`Settle::read`]), and XACK removed it.
 fn settle(
@@ -996,14 +999,10 @@ fn settle(
             .pending(GROUP, item.entry)
             .is_some_and(|p| p.consumer == consumer);
         // An entry id a failover gave to another job: not what this worker read there.
-        let fingerprint = &item.read[..item.read.len().min(FINGERPRINT_LEN)];
-        let other = s.entries.get(&item.entry).is_some_and(|f| {
-            let env = f
-                .iter()
-                .find(|(k, _)| k == b"e")
-                .map_or(&[][..], |(_, v)| v);
-            !env.starts_with(fingerprint)
-        });
+        let other = s
+            .entries
+            .get(&item.entry)
+            .is_some_and(|f| !holds(f, b"e", &item.read));
         let acked = held && !other && s.ack(GROUP, item.entry);
         if acked {
             settled.push(item.entry);

@@ -1357,13 +1357,10 @@ fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
     }
 }
 
-/// After a failover that lost a delivered entry, Redis can give its id to the next job
-/// added (the stream's top went back). The worker still running the first job there must
-/// neither settle the second with the first's answer (the settle scripts compare what the
-/// worker read with what the entry holds) nor take the second for its own reclaimed entry.
-#[test]
-fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
-    let mut rng = SeededRandom::new(9);
+/// A worker running a job when a failover loses its entry (the replica had the group and
+/// no job), and the next job added takes the entry's id: the worker, the new master, the
+/// first job's delivery. Time: `T0 + 100`.
+fn failed_over_under_a_running_job(rng: &mut SeededRandom) -> (Worker, Sim, Delivery) {
     let mut sim = Sim::new(T0);
     let mut w = Worker::new(
         WorkerConfig::new("q", "c").concurrency(2).block_ms(None),
@@ -1371,29 +1368,40 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
         T0,
     )
     .unwrap();
-    drive(&mut w, &mut sim, &mut rng);
-    let keys = w.keys().clone();
+    drive(&mut w, &mut sim, rng);
     let t = T0 + 100;
     sim.set_time(t);
-    // What the replica has when the master dies: the group, no job.
     let replica = sim.clone();
-    enqueue(&mut sim, &mut rng, 1);
-    w.handle_timeout(t, &mut rng).unwrap();
-    let first = match drive(&mut w, &mut sim, &mut rng).as_slice() {
+    enqueue(&mut sim, rng, 1);
+    w.handle_timeout(t, rng).unwrap();
+    let first = match drive(&mut w, &mut sim, rng).as_slice() {
         [WorkerEvent::Job(d)] => d.clone(),
         other => panic!("{other:?}"),
     };
     // The failover: the entry is gone; the next add takes its id.
-    sim = replica;
-    enqueue(&mut sim, &mut rng, 1);
+    let mut sim = replica;
+    enqueue(&mut sim, rng, 1);
     let entries: Vec<EntryId> = sim
-        .stream(&keys.jobs)
+        .stream(&w.keys().jobs)
         .unwrap()
         .entries
         .keys()
         .copied()
         .collect();
     assert_eq!(entries, vec![first.entry], "the id was given again");
+    (w, sim, first)
+}
+
+/// After a failover that lost a delivered entry, Redis can give its id to the next job
+/// added (the stream's top went back). The worker still running the first job there must
+/// neither settle the second with the first's answer (the settle scripts compare what the
+/// worker read with what the entry holds) nor take the second for its own reclaimed entry.
+#[test]
+fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
+    let mut rng = SeededRandom::new(9);
+    let (mut w, mut sim, first) = failed_over_under_a_running_job(&mut rng);
+    let keys = w.keys().clone();
+    let t = T0 + 100;
 
     // The worker's next read delivers the second job at that id; before its reply is
     // seen, the first job's handler answers.
@@ -1429,24 +1437,7 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
 
     // And when the read's reply comes while the first job still runs there: the first
     // run is superseded (its handler is stopped), the second delivered.
-    let mut sim2 = Sim::new(T0);
-    let mut w2 = Worker::new(
-        WorkerConfig::new("q", "c2").concurrency(2).block_ms(None),
-        sealer(),
-        T0,
-    )
-    .unwrap();
-    drive(&mut w2, &mut sim2, &mut rng);
-    sim2.set_time(t);
-    let replica = sim2.clone();
-    enqueue(&mut sim2, &mut rng, 1);
-    w2.handle_timeout(t, &mut rng).unwrap();
-    let a = match drive(&mut w2, &mut sim2, &mut rng).as_slice() {
-        [WorkerEvent::Job(d)] => d.clone(),
-        other => panic!("{other:?}"),
-    };
-    sim2 = replica;
-    enqueue(&mut sim2, &mut rng, 1);
+    let (mut w2, mut sim2, a) = failed_over_under_a_running_job(&mut rng);
     w2.handle_timeout(t + 200, &mut rng).unwrap();
     let events = drive(&mut w2, &mut sim2, &mut rng);
     assert_eq!(
