@@ -31,7 +31,7 @@
 //! backwards (deadlines are compared, never subtracted unsaturated); a timeout that finds
 //! nothing due is a no-op. Every submitted read is answered exactly once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use crate::command::{CommandKind, OpId, Reply};
 use crate::value::{Value, split_read};
@@ -85,6 +85,8 @@ struct Waiting {
     op: OpId,
     kind: CommandKind,
     deadline_ms: u64,
+    /// In the command that is out, or in the pause check after it.
+    out: bool,
 }
 
 impl Waiting {
@@ -135,11 +137,16 @@ struct Checking {
 }
 
 /// The multiplexer of one blocking connection.
+///
+/// Its work per event is linear in the reads that wait, at most (a process of a thousand
+/// idle queues has a thousand reads on one connection): no step compares every read with
+/// every other.
 #[derive(Debug, Default)]
 pub struct ReadMux {
     next_ticket: u64,
-    /// Every read not answered yet, in arrival order (those in the command included).
-    waiting: Vec<Waiting>,
+    /// Every read not answered yet, by ticket: in arrival order (those in the command
+    /// included).
+    waiting: BTreeMap<Ticket, Waiting>,
     in_flight: Option<InFlight>,
     checking: Option<Checking>,
     commands: VecDeque<MuxCommand>,
@@ -178,12 +185,16 @@ impl ReadMux {
                 return ticket;
             }
         };
-        self.waiting.push(Waiting {
+        self.waiting.insert(
             ticket,
-            op,
-            kind,
-            deadline_ms: now_ms.saturating_add(block),
-        });
+            Waiting {
+                ticket,
+                op,
+                kind,
+                deadline_ms: now_ms.saturating_add(block),
+                out: false,
+            },
+        );
         self.interrupt(now_ms);
         self.pump(now_ms);
         ticket
@@ -193,14 +204,13 @@ impl ReadMux {
     /// for it (nil if nothing), or at once with nil if it is not in one. A read already
     /// answered is a no-op.
     pub fn cancel(&mut self, now_ms: u64, ticket: Ticket) {
-        let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) else {
+        let Some(w) = self.waiting.get_mut(&ticket) else {
             return;
         };
-        if self.is_out(ticket) {
-            self.waiting[i].deadline_ms = 0;
+        if w.out {
+            w.deadline_ms = 0;
             self.interrupt(now_ms);
-        } else {
-            let w = self.waiting.remove(i);
+        } else if let Some(w) = self.waiting.remove(&ticket) {
             self.answer(w, Reply::Value(Value::Nil));
         }
         self.pump(now_ms);
@@ -212,11 +222,14 @@ impl ReadMux {
         let Some(out) = self.in_flight.take() else {
             return;
         };
-        let streams: Vec<Vec<u8>> = out
-            .tickets
-            .iter()
-            .filter_map(|t| self.find(*t).map(|w| w.stream().to_vec()))
-            .collect();
+        // Out no more, but those whose entries go to the pause check (below).
+        let mut streams: Vec<Vec<u8>> = Vec::with_capacity(out.tickets.len());
+        for t in &out.tickets {
+            if let Some(w) = self.waiting.get_mut(t) {
+                w.out = false;
+                streams.push(w.stream().to_vec());
+            }
+        }
         match reply {
             Reply::Value(Value::Error(e)) => {
                 // An error that names one of the streams is that read's (NOGROUP).
@@ -234,20 +247,21 @@ impl ReadMux {
                 match split_read(value, &keys) {
                     Ok(parts) => {
                         let mut check = Vec::new();
+                        let mut reads = Vec::new();
                         for (t, part) in out.tickets.iter().zip(parts) {
-                            let Some(w) = self.find(*t) else { continue };
+                            let Some(w) = self.waiting.get_mut(t) else {
+                                continue;
+                            };
                             let due = w.deadline_ms <= now_ms;
                             if part != Value::Nil && matches!(w.kind, CommandKind::Read { .. }) {
+                                w.out = true;
+                                reads.push(w.kind.clone());
                                 check.push((*t, part));
                             } else if part != Value::Nil || due {
                                 self.settle(*t, Reply::Value(part));
                             }
                         }
                         if !check.is_empty() {
-                            let reads = check
-                                .iter()
-                                .filter_map(|(t, _)| self.find(*t).map(|w| w.kind.clone()))
-                                .collect();
                             self.commands.push_back(MuxCommand::Check { reads });
                             self.checking = Some(Checking { items: check });
                         }
@@ -334,8 +348,8 @@ impl ReadMux {
         };
         let deadlines = self
             .waiting
-            .iter()
-            .filter(|w| !self.is_out(w.ticket))
+            .values()
+            .filter(|w| !w.out)
             .map(|w| w.deadline_ms);
         again.into_iter().chain(deadlines).min()
     }
@@ -350,20 +364,6 @@ impl ReadMux {
         self.answers.pop_front()
     }
 
-    fn find(&self, ticket: Ticket) -> Option<&Waiting> {
-        self.waiting.iter().find(|w| w.ticket == ticket)
-    }
-
-    fn is_out(&self, ticket: Ticket) -> bool {
-        self.in_flight
-            .as_ref()
-            .is_some_and(|o| o.tickets.contains(&ticket))
-            || self
-                .checking
-                .as_ref()
-                .is_some_and(|c| c.items.iter().any(|(t, _)| *t == ticket))
-    }
-
     fn answer(&mut self, w: Waiting, reply: Reply) {
         self.answers.push_back(Answer {
             ticket: w.ticket,
@@ -374,8 +374,7 @@ impl ReadMux {
 
     /// Answers `ticket` (if it still waits).
     fn settle(&mut self, ticket: Ticket, reply: Reply) {
-        if let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) {
-            let w = self.waiting.remove(i);
+        if let Some(w) = self.waiting.remove(&ticket) {
             self.answer(w, reply);
         }
     }
@@ -394,58 +393,51 @@ impl ReadMux {
     /// command (the first waiting read, and every later one that merges with it, one per
     /// stream).
     fn pump(&mut self, now_ms: u64) {
+        // Reads not in the command (or the check) end at their deadline.
+        self.expire(now_ms);
         if self.in_flight.is_some() || self.checking.is_some() {
-            // Reads not in the command (or the check) still end at their deadline.
-            let out: Vec<Ticket> = self
-                .in_flight
-                .iter()
-                .flat_map(|o| o.tickets.clone())
-                .chain(
-                    self.checking
-                        .iter()
-                        .flat_map(|c| c.items.iter().map(|(t, _)| *t)),
-                )
-                .collect();
-            self.expire(now_ms, &out);
             return;
         }
-        self.expire(now_ms, &[]);
-        let Some(first) = self.waiting.first() else {
+        let mut all = self.waiting.values();
+        let Some(first) = all.next() else {
             return;
         };
-        let mut batch: Vec<&Waiting> = vec![first];
-        for w in &self.waiting[1..] {
-            if first.merges_with(w) && !batch.iter().any(|b| b.stream() == w.stream()) {
-                batch.push(w);
+        let mut block_ms = first.deadline_ms.saturating_sub(now_ms);
+        let mut tickets = vec![first.ticket];
+        let mut reads = vec![first.kind.clone()];
+        let mut streams: HashSet<&[u8]> = HashSet::from([first.stream()]);
+        for w in all {
+            if first.merges_with(w) && streams.insert(w.stream()) {
+                block_ms = block_ms.min(w.deadline_ms.saturating_sub(now_ms));
+                tickets.push(w.ticket);
+                reads.push(w.kind.clone());
             }
         }
-        let block_ms = batch
-            .iter()
-            .map(|w| w.deadline_ms.saturating_sub(now_ms))
-            .min()
-            .unwrap_or(1)
-            .max(1);
-        let tickets = batch.iter().map(|w| w.ticket).collect();
-        let reads = batch.iter().map(|w| w.kind.clone()).collect();
-        self.commands
-            .push_back(MuxCommand::Read { reads, block_ms });
+        for t in &tickets {
+            if let Some(w) = self.waiting.get_mut(t) {
+                w.out = true;
+            }
+        }
+        self.commands.push_back(MuxCommand::Read {
+            reads,
+            block_ms: block_ms.max(1),
+        });
         self.in_flight = Some(InFlight {
             tickets,
             interrupt: Interrupt::No,
         });
     }
 
-    /// Answers (nil) the reads past their deadline, but those in `out`.
-    fn expire(&mut self, now_ms: u64, out: &[Ticket]) {
-        let mut i = 0;
-        while i < self.waiting.len() {
-            let w = &self.waiting[i];
-            if w.deadline_ms <= now_ms && !out.contains(&w.ticket) {
-                let w = self.waiting.remove(i);
-                self.answer(w, Reply::Value(Value::Nil));
-            } else {
-                i += 1;
-            }
+    /// Answers (nil) the reads past their deadline that are not out.
+    fn expire(&mut self, now_ms: u64) {
+        let due: Vec<Ticket> = self
+            .waiting
+            .values()
+            .filter(|w| w.deadline_ms <= now_ms && !w.out)
+            .map(|w| w.ticket)
+            .collect();
+        for t in due {
+            self.settle(t, Reply::Value(Value::Nil));
         }
     }
 }
