@@ -1,8 +1,9 @@
-//! Idle readers on a Redis Cluster, woken by doorbells: a sans-io machine.
+//! Idle readers woken by doorbells: a sans-io machine.
 //!
-//! On one server the idle readers of a process block in one merged command ([`crate::mux`]).
 //! A cluster cannot merge reads of two slots, and a blocked command would stall the node's
-//! command connection, so there a blocking read is turned into this:
+//! command connection; on one server, a merged blocking read ([`crate::mux`]) names every
+//! idle queue of the process each time it is sent, so its cost grows with the queues. So a
+//! blocking read is turned into this (on a cluster, and on one server by default):
 //!
 //! 1. Subscribe to the read's doorbell ([`crate::cluster::read_bell`]: a sharded channel in
 //!    its queue's slot), once per channel, and wait for the subscription to be confirmed.
@@ -24,9 +25,11 @@
 //! The same rules as the engine's machines: feed inputs, drain [`Bells::poll_command`] and
 //! [`Bells::poll_answer`], call [`Bells::handle_timeout`] at [`Bells::poll_timeout`]. Time
 //! may go backwards; a spurious timeout is a no-op. Every submitted read is answered exactly
-//! once.
+//! once. No step scans every read or every channel: a ring touches its channel's readers,
+//! a timeout the reads and channels that are due (a process of a thousand idle queues has
+//! two thousand readers).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::cluster::read_bell;
 use crate::command::{CommandKind, OpId, Reply};
@@ -68,7 +71,8 @@ enum Sub {
 struct Channel {
     sub: Sub,
     epoch: u64,
-    readers: usize,
+    /// Its reads.
+    readers: BTreeSet<Ticket>,
     /// When the last reader left (for the linger).
     idle_since_ms: Option<u64>,
 }
@@ -99,7 +103,11 @@ struct Waiting {
 pub struct Bells {
     next_ticket: u64,
     reads: HashMap<Ticket, Waiting>,
+    /// Every read's deadline.
+    deadlines: BTreeSet<(u64, Ticket)>,
     channels: HashMap<String, Channel>,
+    /// The end of each channel's linger (no reader left).
+    lingering: BTreeSet<(u64, String)>,
     commands: VecDeque<BellCommand>,
     answers: VecDeque<Answer>,
 }
@@ -148,18 +156,23 @@ impl Bells {
         let ch = self.channels.entry(channel.clone()).or_insert(Channel {
             sub: Sub::No,
             epoch: 0,
-            readers: 0,
+            readers: BTreeSet::new(),
             idle_since_ms: None,
         });
-        ch.readers += 1;
-        ch.idle_since_ms = None;
+        ch.readers.insert(ticket);
+        if let Some(since) = ch.idle_since_ms.take() {
+            self.lingering
+                .remove(&(since.saturating_add(LINGER_MS), channel.clone()));
+        }
+        let deadline_ms = now_ms.saturating_add(block);
+        self.deadlines.insert((deadline_ms, ticket));
         self.reads.insert(
             ticket,
             Waiting {
                 op,
                 kind,
                 channel,
-                deadline_ms: now_ms.saturating_add(block),
+                deadline_ms,
                 state: State::Subscribing,
                 cancelled: false,
             },
@@ -282,26 +295,29 @@ impl Bells {
     /// the linger are unsubscribed.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         let due: Vec<Ticket> = self
-            .reads
+            .deadlines
             .iter()
-            .filter(|(_, w)| !matches!(w.state, State::Reading { .. }) && w.deadline_ms <= now_ms)
-            .map(|(t, _)| *t)
+            .take_while(|(d, _)| *d <= now_ms)
+            .map(|(_, t)| *t)
+            .filter(|t| {
+                self.reads
+                    .get(t)
+                    .is_some_and(|w| !matches!(w.state, State::Reading { .. }))
+            })
             .collect();
         for t in due {
             self.answer(now_ms, t, Reply::Value(Value::Nil));
         }
-        let idle: Vec<String> = self
-            .channels
+        // A channel whose subscription is still being asked for stays until it is answered.
+        let idle: Vec<(u64, String)> = self
+            .lingering
             .iter()
-            .filter(|(_, c)| {
-                c.readers == 0
-                    && c.sub != Sub::Asking
-                    && c.idle_since_ms
-                        .is_some_and(|s| s.saturating_add(LINGER_MS) <= now_ms)
-            })
-            .map(|(name, _)| name.clone())
+            .take_while(|(end, _)| *end <= now_ms)
+            .filter(|(_, name)| self.channels.get(name).is_none_or(|c| c.sub != Sub::Asking))
+            .cloned()
             .collect();
-        for name in idle {
+        for (end, name) in idle {
+            self.lingering.remove(&(end, name.clone()));
             if let Some(c) = self.channels.remove(&name) {
                 if c.sub == Sub::Yes {
                     self.commands.push_back(BellCommand::Unsubscribe(name));
@@ -314,17 +330,21 @@ impl Bells {
     /// the end of a channel's linger.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let reads = self
-            .reads
-            .values()
-            .filter(|w| !matches!(w.state, State::Reading { .. }))
-            .map(|w| w.deadline_ms);
-        let lingers = self
-            .channels
-            .values()
-            .filter(|c| c.readers == 0 && c.sub != Sub::Asking)
-            .filter_map(|c| c.idle_since_ms.map(|s| s.saturating_add(LINGER_MS)));
-        reads.chain(lingers).min()
+        let read = self
+            .deadlines
+            .iter()
+            .find(|(_, t)| {
+                self.reads
+                    .get(t)
+                    .is_some_and(|w| !matches!(w.state, State::Reading { .. }))
+            })
+            .map(|(d, _)| *d);
+        let linger = self
+            .lingering
+            .iter()
+            .find(|(_, name)| self.channels.get(name).is_none_or(|c| c.sub != Sub::Asking))
+            .map(|(end, _)| *end);
+        read.into_iter().chain(linger).min()
     }
 
     /// The next command to send.
@@ -338,14 +358,13 @@ impl Bells {
     }
 
     fn readers_of(&self, channel: &str, state: impl Fn(State) -> bool) -> Vec<Ticket> {
-        let mut t: Vec<Ticket> = self
-            .reads
-            .iter()
-            .filter(|(_, w)| w.channel == channel && state(w.state))
-            .map(|(t, _)| *t)
-            .collect();
-        t.sort_unstable();
-        t
+        self.channels.get(channel).map_or_else(Vec::new, |c| {
+            c.readers
+                .iter()
+                .filter(|t| self.reads.get(t).is_some_and(|w| state(w.state)))
+                .copied()
+                .collect()
+        })
     }
 
     /// The next step of a read that is not out: read if its channel is subscribed, else
@@ -379,10 +398,13 @@ impl Bells {
         let Some(w) = self.reads.remove(&ticket) else {
             return;
         };
+        self.deadlines.remove(&(w.deadline_ms, ticket));
         if let Some(ch) = self.channels.get_mut(&w.channel) {
-            ch.readers = ch.readers.saturating_sub(1);
-            if ch.readers == 0 {
+            ch.readers.remove(&ticket);
+            if ch.readers.is_empty() && ch.idle_since_ms.is_none() {
                 ch.idle_since_ms = Some(now_ms);
+                self.lingering
+                    .insert((now_ms.saturating_add(LINGER_MS), w.channel.clone()));
             }
         }
         self.answers.push_back(Answer {
