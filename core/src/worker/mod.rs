@@ -728,11 +728,24 @@ impl Worker {
         if self.reading() || now < self.next_read_ms {
             return None;
         }
+        // An idle read blocks no later than the next upkeep, which waits for it (see
+        // `upkeep_waits_for_read`): a long wait (a doorbell's) does not put the upkeep off.
+        let until_upkeep = self.next_reclaim_ms.saturating_sub(now);
         let kind = CommandKind::Read {
             keys: self.keys.clone(),
             consumer: self.cfg.consumer.clone(),
             count: credits,
-            block_ms: self.cfg.block_ms.filter(|_| self.idle && !self.paused),
+            block_ms: self
+                .cfg
+                .block_ms
+                .filter(|_| self.idle && !self.paused)
+                .map(|b| {
+                    if until_upkeep > 0 {
+                        b.min(until_upkeep)
+                    } else {
+                        b
+                    }
+                }),
         };
         Some(self.op(kind, InFlight::Read { count: credits }))
     }

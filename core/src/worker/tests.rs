@@ -1540,3 +1540,47 @@ fn a_settle_and_the_next_read_go_together_and_unconfirmed_ones_are_bounded() {
         "{events:?}"
     );
 }
+
+/// An idle read waits no longer than the worker's next upkeep, which waits for it (its
+/// credits are the read's): a long wait (a doorbell's 30 s) does not put the upkeep off.
+#[test]
+fn an_idle_read_ends_by_the_next_upkeep() {
+    let mut rng = SeededRandom::new(5);
+    let mut sim = Sim::new(T0);
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").block_ms(Some(30_000)),
+        sealer(),
+        T0,
+    )
+    .unwrap();
+    // Until the worker goes idle: the first upkeep, an empty read, then a blocking read.
+    let (op, block) = loop {
+        let cmd = w.poll_command().expect("a command");
+        if let CommandKind::Read {
+            block_ms: Some(b), ..
+        } = cmd.kind
+        {
+            break (cmd.op, b);
+        }
+        let v = sim.execute(&cmd.kind);
+        w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), &mut rng)
+            .unwrap();
+        while w.poll_event().is_some() {}
+    };
+    let upkeep_in = w.next_reclaim_ms - sim.now_ms();
+    assert!(
+        (1..30_000).contains(&upkeep_in),
+        "the next upkeep in {upkeep_in} ms"
+    );
+    assert_eq!(block, upkeep_in, "the read blocks until the upkeep");
+    // The read comes back empty then, and the upkeep goes out at once.
+    sim.set_time(sim.now_ms() + block);
+    w.handle_reply(sim.now_ms(), op, Reply::Value(Value::Nil), &mut rng)
+        .unwrap();
+    let next = w.poll_command().expect("the upkeep");
+    assert!(
+        matches!(next.kind, CommandKind::Reclaim { .. }),
+        "{:?}",
+        next.kind
+    );
+}
