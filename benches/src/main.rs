@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use datalayer_core::keys::{KeyId, Secret, SecretRing};
 use datalayer_core::producer::AddJob;
 use datalayer_tests::{Persistence, RedisServer};
-use datalayer_tokio::{DataLayer, Job, JobQueue, Options, QueueOptions, WorkerOptions};
+use datalayer_tokio::{DataLayer, IdleReads, Job, JobQueue, Options, QueueOptions, WorkerOptions};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -44,6 +44,8 @@ struct Args {
     quick: bool,
     /// `--cluster`: the cluster scenarios instead.
     cluster: bool,
+    /// `--idle-reads merged|doorbells`: how idle readers wait (one server).
+    idle_reads: IdleReads,
 }
 
 fn args() -> Res<Args> {
@@ -58,6 +60,7 @@ fn args() -> Res<Args> {
         json: false,
         quick: false,
         cluster: false,
+        idle_reads: IdleReads::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -68,6 +71,13 @@ fn args() -> Res<Args> {
             }
             "--json" => a.json = true,
             "--cluster" => a.cluster = true,
+            "--idle-reads" => {
+                a.idle_reads = match it.next().as_deref() {
+                    Some("merged") => IdleReads::Merged,
+                    Some("doorbells") => IdleReads::Doorbells,
+                    _ => return Err("--idle-reads needs merged or doorbells".into()),
+                }
+            }
             "--chaos" => a.chaos = Some(it.next().ok_or("--chaos needs a job count")?.parse()?),
             "--restarts" => a.restarts = it.next().ok_or("--restarts needs a count")?.parse()?,
             "--add-wait" => {
@@ -76,7 +86,7 @@ fn args() -> Res<Args> {
             "--rate" => a.rate = Some(it.next().ok_or("--rate needs jobs/s")?.parse()?),
             "--only" => {
                 a.only = Some(it.next().ok_or(
-                    "--only needs enqueue, enqueue1, enqueue100, enqueue_many, process, process1, process256 or e2e",
+                    "--only needs enqueue, enqueue1, enqueue100, enqueue_many, process, process1, process256, e2e, trickle, trickle1 or trickle1000",
                 )?)
             }
             "--jobs" | "-n" => a.jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
@@ -91,7 +101,7 @@ fn args() -> Res<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
-                     [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process1|process256|e2e] [--rate JOBS_PER_S]\n\
+                     [--idle-reads merged|doorbells] [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process1|process256|e2e|trickle|trickle1|trickle1000] [--rate JOBS_PER_S]\n\
                      \x20      datalayer-bench --cluster [--jobs N] [--sizes 200] [--json]: end to end on one server and a 3-master cluster\n\
                      \x20      datalayer-bench --chaos JOBS [--rate JOBS_PER_S] [--add-wait MS] [--json]: every fault at once \
                      (4 worker processes, 3 Redis restarts; default 1,000 adds/s)\n\
@@ -174,6 +184,15 @@ pub(crate) async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> R
         .sum())
 }
 
+/// `total_commands_processed` of INFO stats.
+async fn commands_processed(conn: &mut redis::aio::MultiplexedConnection) -> Res<u64> {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "INFO stats has no total_commands_processed".into())
+}
+
 async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> Res<i64> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
     info.lines()
@@ -250,6 +269,9 @@ struct Row {
     /// Redis' own latency events of at least `STALL_MS` during the run (end to end only):
     /// (event, worst ms).
     stalls: Option<Vec<(String, u64)>>,
+    /// Trickle only: the same queues and workers left idle afterwards, (seconds, Redis CPU
+    /// ms per second, commands Redis ran per second).
+    idle: Option<(f64, f64, f64)>,
 }
 
 impl Row {
@@ -285,6 +307,11 @@ impl Row {
             "redis_bytes_left_after": self.left_bytes,
             "redis_items_left_after": self.left_items,
             "redis_stalls_ms": self.stalls.as_ref().map(|v| v.iter().map(|(e, ms)| json!({"event": e, "max_ms": ms})).collect::<Vec<_>>()),
+            "idle_after": self.idle.map(|(secs, cpu_ms, commands)| json!({
+                "seconds": secs,
+                "redis_cpu_ms_per_s": cpu_ms,
+                "redis_commands_per_s": commands,
+            })),
         })
     }
 }
@@ -642,6 +669,134 @@ impl Bench {
             ..Row::default()
         })
     }
+
+    /// A steady trickle, Sockethub's normal load: `queues` queues, each with its producer
+    /// and a worker of concurrency 1 in this process, each queue given `per_queue` jobs/s
+    /// (the queues' adds spread evenly over each second) for `secs` seconds, every result
+    /// awaited. Redis CPU per job, add→handler latency; then the same queues and workers
+    /// left idle for `idle_secs`: what Redis spends on them (CPU, commands per second).
+    async fn trickle(
+        &mut self,
+        size: usize,
+        queues: usize,
+        per_queue: f64,
+        secs: f64,
+        idle_secs: f64,
+    ) -> Res<Row> {
+        let base = self.queue_name("trickle");
+        let names: Vec<String> = (0..queues).map(|i| format!("{base}-{i}")).collect();
+        let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
+        let adds = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?));
+        let handled = Arc::new(AtomicU64::new(0));
+        let mut qs = Vec::with_capacity(queues);
+        let mut workers = Vec::with_capacity(queues);
+        for name in &names {
+            qs.push(self.dl.queue(name, &secrets(), QueueOptions::default())?);
+            workers.push(
+                self.dl
+                    .worker(name, &secrets(), WorkerOptions::default().concurrency(1))?
+                    .start(Self::recorder(&hist, &handled)),
+            );
+        }
+        // Let every worker make its group and block in its first read.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_queue_jobs = (per_queue * secs).ceil().max(1.0) as u64;
+        let n = per_queue_jobs * queues as u64;
+        let label = format!("trickle {queues}q × {per_queue}/s {size} B");
+        let progress = Progress::start(label, n);
+        let rcpu = redis_cpu(&mut self.raw).await?;
+        let cpu = cpu_time();
+        let t = Instant::now();
+        let total_rate = per_queue * queues as f64;
+        let mut tasks = Vec::with_capacity(queues);
+        for (q, queue) in qs.iter().enumerate() {
+            let (queue, done, adds) = (queue.clone(), progress.done.clone(), adds.clone());
+            // Queue q's adds come at q / total_rate past each of its periods.
+            let offset = q as f64 / total_rate;
+            tasks.push(tokio::spawn(async move {
+                let mut results = tokio::task::JoinSet::new();
+                for i in 0..per_queue_jobs {
+                    let due = t + Duration::from_secs_f64(offset + i as f64 / per_queue);
+                    tokio::time::sleep_until(due.into()).await;
+                    let job = AddJob {
+                        session_id: "bench".into(),
+                        payload: payload(size),
+                        ..AddJob::default()
+                    };
+                    let asked = Instant::now();
+                    let added = queue.add_job(job).await;
+                    if let Ok(mut h) = adds.lock() {
+                        let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        let _ = h.record(us.max(1));
+                    }
+                    let done = done.clone();
+                    match added {
+                        Ok(h) => {
+                            results.spawn(async move {
+                                if let Err(e) = h.result().await {
+                                    eprintln!("result lost: {e}");
+                                }
+                                done.fetch_add(1, Ordering::Relaxed);
+                            });
+                        }
+                        Err(e) => {
+                            eprintln!("add failed: {e}");
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                while results.join_next().await.is_some() {}
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let took = t.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu);
+        let rcpu = redis_cpu(&mut self.raw).await? - rcpu;
+        progress.finish();
+        // The same process, idle: let the last acknowledgements go, then watch.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let commands_before = commands_processed(&mut self.raw).await?;
+        let idle_cpu = redis_cpu(&mut self.raw).await?;
+        tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+        let idle_cpu = redis_cpu(&mut self.raw).await? - idle_cpu;
+        // Less the INFO calls of this measurement itself.
+        let commands = commands_processed(&mut self.raw)
+            .await?
+            .saturating_sub(commands_before + 2);
+        for w in &workers {
+            w.shutdown(Duration::from_secs(10)).await;
+        }
+        let mut left = 0;
+        for (name, queue) in names.iter().zip(&qs) {
+            left += self.residue(name, queue.producer_id()).await?;
+        }
+        for queue in &qs {
+            queue.shutdown().await;
+        }
+        Ok(Row {
+            scenario: format!(
+                "trickle, {queues} queue{} at {per_queue} jobs/s{}",
+                if queues == 1 { "" } else { "s" },
+                if queues == 1 { "" } else { " each" }
+            ),
+            size,
+            jobs: n,
+            secs: took.as_secs_f64(),
+            cpu_us_per_job: cpu.as_secs_f64() * 1e6 / n as f64,
+            redis_cpu_us_per_job: rcpu * 1e6 / n as f64,
+            latency: hist.lock().map(|h| h.clone()).ok(),
+            add_latency: adds.lock().map(|h| h.clone()).ok(),
+            left_items: Some(left),
+            idle: Some((
+                idle_secs,
+                idle_cpu * 1e3 / idle_secs,
+                commands as f64 / idle_secs,
+            )),
+            ..Row::default()
+        })
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -720,9 +875,17 @@ fn print_table(rows: &[Row]) {
             r.left_items.unwrap_or_default()
         );
     }
+    for r in rows.iter() {
+        if let Some((secs, cpu_ms, commands)) = r.idle {
+            println!(
+                "{} ({} B), then idle for {secs:.0} s: Redis CPU {cpu_ms:.2} ms/s, {commands:.0} commands/s",
+                r.scenario, r.size
+            );
+        }
+    }
     let adds: Vec<&Row> = rows.iter().filter(|r| r.add_latency.is_some()).collect();
     if !adds.is_empty() {
-        println!("\nadd() → Redis confirmed the job, end-to-end runs:");
+        println!("\nadd() → Redis confirmed the job, end-to-end and trickle runs:");
     }
     for r in adds {
         if let Some(h) = &r.add_latency {
@@ -848,7 +1011,13 @@ async fn main() -> Res<()> {
         .to_owned();
     let (host, port) = addr.rsplit_once(':').ok_or("REDIS_URL needs host:port")?;
     let prefix = format!("dlbench{:08x}", std::process::id());
-    let dl = DataLayer::connect(&url, Options::default().prefix(prefix.clone())).await?;
+    let dl = DataLayer::connect(
+        &url,
+        Options::default()
+            .prefix(prefix.clone())
+            .idle_reads(args.idle_reads),
+    )
+    .await?;
     let raw = redis::Client::open(url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
@@ -920,6 +1089,15 @@ async fn main() -> Res<()> {
             let half = full.rate() / 2.0;
             sized.push(full);
             sized.push(bench.end_to_end(size, Some(half)).await?);
+        }
+        if args.rate.is_none() && (run("trickle") || run("trickle1") || run("trickle1000")) {
+            let (secs, idle) = if args.quick { (2.0, 2.0) } else { (10.0, 5.0) };
+            if run("trickle") || run("trickle1") {
+                sized.push(bench.trickle(size, 1, 200.0, secs, idle).await?);
+            }
+            if run("trickle") || run("trickle1000") {
+                sized.push(bench.trickle(size, 1000, 1.0, secs, idle).await?);
+            }
         }
         for mut r in sized {
             r.ceiling = ceiling;

@@ -19,6 +19,10 @@ pub(crate) enum Backend {
     Redis {
         conn: Conn,
         client: std::sync::Arc<redis::Client>,
+        /// This process's idle readers wait on doorbells ([`crate::IdleReads::Doorbells`]).
+        /// Either way every command that may add what an idle reader waits for rings its
+        /// bell, as on a cluster, so that processes of either kind can share a queue.
+        doorbells: bool,
     },
     /// A Redis Cluster: a connection per primary, each pipeline routed by its slot.
     Cluster(std::sync::Arc<crate::cluster::Cluster>),
@@ -50,7 +54,9 @@ impl Backend {
     /// Runs `commands` as one pipeline: one reply per command, in order.
     pub(crate) async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
         match self {
-            Backend::Redis { conn, .. } => exec::execute(&mut conn.clone(), commands).await,
+            Backend::Redis { conn, .. } => {
+                exec::execute_ringing(&mut conn.clone(), commands, true).await
+            }
             Backend::Cluster(cluster) => cluster.execute(commands).await,
             #[cfg(feature = "memory")]
             Backend::Memory(memory) => memory.execute(commands),

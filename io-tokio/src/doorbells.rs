@@ -1,7 +1,8 @@
-//! Idle readers on a Redis Cluster: the IO of the core's [`Bells`] machine.
+//! Idle readers woken by doorbells: the IO of the core's [`Bells`] machine, on a Redis
+//! Cluster, and on one server with [`crate::IdleReads::Doorbells`].
 //!
 //! One task per process serves every idle reader of every queue. It holds one subscription
-//! connection per primary that has a bell in use (RESP3, sharded pub/sub only: `SSUBSCRIBE`
+//! connection per primary that has a bell in use (one server: one) (RESP3, sharded pub/sub only: `SSUBSCRIBE`
 //! and `SUNSUBSCRIBE`, nothing else, so that a push from the server cannot be taken for the
 //! reply of another command), sends the machine's reads (without `BLOCK`) through the
 //! cluster's command connections, and feeds back rings (`smessage`), lost subscriptions
@@ -12,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datalayer_core::bells::{BellCommand, Bells};
 use datalayer_core::cluster::NodeAddr;
@@ -25,6 +27,81 @@ use tokio::sync::mpsc;
 use crate::blocking::{Blocker, Req, Waiters};
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
+use crate::connection::Conn;
+
+/// Where the task reads and subscribes: the nodes of a cluster, or one server.
+#[derive(Clone)]
+pub(crate) enum Nodes {
+    /// A cluster: each channel on the primary of its slot.
+    Cluster(Arc<Cluster>),
+    /// One server: reads on the process's command connection, subscriptions on a
+    /// connection of their own made with `client`.
+    Single {
+        conn: Conn,
+        client: Arc<redis::Client>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    },
+}
+
+/// The one server's name in the task's tables.
+fn single_addr() -> NodeAddr {
+    NodeAddr {
+        host: String::new(),
+        port: 0,
+    }
+}
+
+impl Nodes {
+    fn node_of(&self, channel: &str) -> Option<NodeAddr> {
+        match self {
+            Nodes::Cluster(c) => c.node_of(hash_slot(channel.as_bytes())),
+            Nodes::Single { .. } => Some(single_addr()),
+        }
+    }
+
+    fn refresh_soon(&self) {
+        if let Nodes::Cluster(c) = self {
+            c.refresh_soon();
+        }
+    }
+
+    async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
+        match self {
+            Nodes::Cluster(c) => c.execute(commands).await,
+            Nodes::Single { conn, .. } => crate::exec::execute(&mut conn.clone(), commands).await,
+        }
+    }
+
+    /// A subscription connection to `addr`, its pushes to `pushes`.
+    async fn subscriber(
+        &self,
+        addr: &NodeAddr,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> Option<MultiplexedConnection> {
+        let (client, connect, response) = match self {
+            Nodes::Cluster(c) => {
+                let s = c.settings();
+                (s.client(addr).ok()?, s.connect_timeout, s.response_timeout)
+            }
+            Nodes::Single {
+                client,
+                connect_timeout,
+                response_timeout,
+                ..
+            } => (client.as_ref().clone(), *connect_timeout, *response_timeout),
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response))
+            .set_push_sender(pushes);
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, node = %addr, "doorbell connection failed"))
+            .ok()
+    }
+}
 
 /// What the task's helpers report back.
 enum Ev {
@@ -41,7 +118,7 @@ enum SubConn {
 }
 
 struct Task {
-    cluster: Arc<Cluster>,
+    nodes: Nodes,
     bells: Bells,
     rx: mpsc::UnboundedReceiver<Req>,
     ev_tx: mpsc::UnboundedSender<Ev>,
@@ -53,12 +130,12 @@ struct Task {
     generation: u64,
 }
 
-/// Starts the doorbell task of a cluster.
-pub(crate) fn start(cluster: Arc<Cluster>) -> Blocker {
+/// Starts the doorbell task of a cluster, or of one server.
+pub(crate) fn start(nodes: Nodes) -> Blocker {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let task = Task {
-        cluster,
+        nodes,
         bells: Bells::new(),
         rx,
         ev_tx,
@@ -100,7 +177,7 @@ impl Task {
                 if !ok {
                     // MOVED (the slot moved), a dead node: where does it live now?
                     self.homes.remove(&channel);
-                    self.cluster.refresh_soon();
+                    self.nodes.refresh_soon();
                 }
                 self.bells.handle_subscribed(now, &channel, ok);
             }
@@ -153,7 +230,7 @@ impl Task {
                 if let Some(channel) = push.data.first().and_then(channel_name) {
                     if self.homes.get(&channel) == Some(addr) {
                         self.homes.remove(&channel);
-                        self.cluster.refresh_soon();
+                        self.nodes.refresh_soon();
                         self.bells.handle_lost([channel.as_str()]);
                     }
                 }
@@ -170,7 +247,7 @@ impl Task {
                     self.homes.remove(c);
                 }
                 tracing::debug!(node = %addr, channels = lost.len(), "doorbell connection lost");
-                self.cluster.refresh_soon();
+                self.nodes.refresh_soon();
                 self.bells.handle_lost(lost.iter().map(String::as_str));
             }
             _ => {}
@@ -197,7 +274,7 @@ impl Task {
         if reads.is_empty() {
             return;
         }
-        let cluster = self.cluster.clone();
+        let nodes = self.nodes.clone();
         let tx = self.ev_tx.clone();
         tokio::spawn(async move {
             let (tickets, commands): (Vec<BellTicket>, Vec<Command>) = reads
@@ -213,7 +290,7 @@ impl Task {
                     )
                 })
                 .unzip();
-            let replies = cluster.execute(&commands).await;
+            let replies = nodes.execute(&commands).await;
             for (t, reply) in tickets.into_iter().zip(replies) {
                 let _ = tx.send(Ev::Read(t, reply));
             }
@@ -223,8 +300,8 @@ impl Task {
     /// `SSUBSCRIBE channel` on the subscription connection of its slot's node (made first
     /// when there is none).
     fn subscribe(&mut self, channel: String) {
-        let Some(addr) = self.cluster.node_of(hash_slot(channel.as_bytes())) else {
-            self.cluster.refresh_soon();
+        let Some(addr) = self.nodes.node_of(&channel) else {
+            self.nodes.refresh_soon();
             let _ = self.ev_tx.send(Ev::Subscribed(channel, false));
             return;
         };
@@ -253,24 +330,11 @@ impl Task {
     }
 
     fn connect(&self, addr: NodeAddr, generation: u64) {
-        let settings = self.cluster.settings().clone();
+        let nodes = self.nodes.clone();
         let tx = self.ev_tx.clone();
         tokio::spawn(async move {
             let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(settings.response_timeout))
-                .set_push_sender(push_tx);
-            let conn = match settings.client(&addr) {
-                Ok(client) => client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map_err(
-                        |e| tracing::warn!(error = %e, node = %addr, "doorbell connection failed"),
-                    )
-                    .ok(),
-                Err(_) => None,
-            };
+            let conn = nodes.subscriber(&addr, push_tx).await;
             let up = conn.is_some();
             let _ = tx.send(Ev::Connected(addr.clone(), generation, conn));
             if up {

@@ -260,7 +260,17 @@ pub(crate) async fn run_refs<C: ConnectionLike + Desync>(
 
 /// Sends `commands` as one pipeline; returns one reply per command, in order.
 pub async fn execute<C: ConnectionLike + Desync>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
-    let (invocations, planned) = plan(commands, false);
+    execute_ringing(conn, commands, false).await
+}
+
+/// [`execute`], each command followed by the doorbells it rings when `rings`
+/// ([`datalayer_core::cluster::rings`]).
+pub(crate) async fn execute_ringing<C: ConnectionLike + Desync>(
+    conn: &mut C,
+    commands: &[Command],
+    rings: bool,
+) -> Vec<Reply> {
+    let (invocations, planned) = plan(commands, rings);
     let replies = run_invocations(conn, &invocations).await;
     judge(&planned, replies)
 }

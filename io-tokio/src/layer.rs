@@ -139,6 +139,34 @@ pub struct Options {
     /// For `rediss://`: the PEM certificate(s) of the authority that signed the server's
     /// certificate, instead of the system's roots (a private CA). Needs the `tls` feature.
     pub tls_root_cert: Option<Vec<u8>>,
+    /// How idle readers wait on one server (default [`IdleReads::Merged`]); a cluster
+    /// always uses doorbells.
+    pub idle_reads: IdleReads,
+}
+
+/// How the idle readers of a process (workers with nothing to run, queues with no results
+/// to read) wait for work on one Redis server. Processes of either kind share queues:
+/// every command that may add what an idle reader waits for rings its queue's doorbell
+/// whatever the kind (an `SPUBLISH` in the same pipeline, which costs Redis next to
+/// nothing when nobody listens: within noise in BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IdleReads {
+    /// The idle readers block in Redis in one merged `XREADGROUP` (workers) and one merged
+    /// `XREAD` (results), re-sent whenever one of them is answered or joins. Redis hands
+    /// a new entry straight to the blocked read: the fewest round trips per job while a
+    /// process has a few queues. But each re-send names every idle queue of the process,
+    /// so with hundreds of queues every event costs Redis (and the process) in proportion
+    /// (BENCHMARKS.md, the trickle across 1,000 queues).
+    #[default]
+    Merged,
+    /// Each idle reader subscribes to its queue's doorbell (a pub/sub channel), reads
+    /// without `BLOCK`, and reads again when the bell rings, as on a cluster: an event
+    /// costs one read of its own queue however many queues the process has, and a parked
+    /// reader costs Redis nothing (it reads anyway after 30 s, or at its worker's next
+    /// upkeep). One round trip more per job than a blocked read: the choice for a process
+    /// with many queues, each at a trickle (Sockethub's persistent platforms).
+    Doorbells,
 }
 
 impl Default for Options {
@@ -149,11 +177,19 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(5),
             max_reconnect_delay: Duration::from_secs(1),
             tls_root_cert: None,
+            idle_reads: IdleReads::default(),
         }
     }
 }
 
 impl Options {
+    /// How idle readers wait on one server ([`IdleReads`]).
+    #[must_use]
+    pub fn idle_reads(mut self, idle_reads: IdleReads) -> Self {
+        self.idle_reads = idle_reads;
+        self
+    }
+
     /// With this key prefix.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -303,13 +339,32 @@ impl DataLayer {
             .blockers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // On a cluster one doorbell task serves every idle reader of the process.
-        let key = if self.is_cluster() { "doorbells" } else { key };
+        // On a cluster (and with doorbells on one server) one doorbell task serves every
+        // idle reader of the process.
+        let key = match &self.backend {
+            Backend::Cluster(_)
+            | Backend::Redis {
+                doorbells: true, ..
+            } => "doorbells",
+            _ => key,
+        };
         blockers
             .entry(key.to_owned())
             .or_insert_with(|| match &self.backend {
-                Backend::Cluster(cluster) => crate::doorbells::start(cluster.clone()),
-                Backend::Redis { conn, client } => Blocker::start(
+                Backend::Cluster(cluster) => {
+                    crate::doorbells::start(crate::doorbells::Nodes::Cluster(cluster.clone()))
+                }
+                Backend::Redis {
+                    conn,
+                    client,
+                    doorbells: true,
+                } => crate::doorbells::start(crate::doorbells::Nodes::Single {
+                    conn: conn.clone(),
+                    client: client.clone(),
+                    connect_timeout: self.options.connect_timeout,
+                    response_timeout: self.options.response_timeout,
+                }),
+                Backend::Redis { conn, client, .. } => Blocker::start(
                     client.as_ref().clone(),
                     conn.clone(),
                     self.options.connect_timeout,
@@ -384,7 +439,15 @@ impl DataLayer {
         }
         crate::exec::load_scripts(&mut conn).await?;
         let client = Arc::new(client);
-        let layer = Self::over(Backend::Redis { conn, client }, options);
+        let doorbells = options.idle_reads == IdleReads::Doorbells;
+        let layer = Self::over(
+            Backend::Redis {
+                conn,
+                client,
+                doorbells,
+            },
+            options,
+        );
         layer.warn_if_evicting().await;
         Ok(layer)
     }
@@ -425,13 +488,15 @@ impl DataLayer {
         Ok(layer)
     }
 
-    /// How long an idle reader's read waits (ms): its `BLOCK` on one server, the wait for
-    /// its doorbell on a cluster.
+    /// How long an idle reader's read waits (ms): the wait for its doorbell (a cluster, or
+    /// [`IdleReads::Doorbells`]), or its `BLOCK` in a merged read.
     pub(crate) fn idle_block_ms(&self) -> u64 {
-        if self.is_cluster() {
-            crate::blocking::BELL_WAIT_MS
-        } else {
-            crate::blocking::BLOCK_MS
+        match &self.backend {
+            Backend::Cluster(_)
+            | Backend::Redis {
+                doorbells: true, ..
+            } => crate::blocking::BELL_WAIT_MS,
+            _ => crate::blocking::BLOCK_MS,
         }
     }
 

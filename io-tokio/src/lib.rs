@@ -37,7 +37,7 @@ pub use datalayer_core::producer::{
     PeekedEvent, QueueStats, Revival,
 };
 pub use datalayer_core::trace::TraceContext;
-pub use layer::{DataLayer, Error, Options, ServerInfo};
+pub use layer::{DataLayer, Error, IdleReads, Options, ServerInfo};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;
 pub use sharded::ShardedQueue;

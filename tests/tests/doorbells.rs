@@ -1,0 +1,156 @@
+//! Idle readers on doorbells on one redis-server (`IdleReads::Doorbells`), beside processes
+//! whose idle readers block in merged reads (`IdleReads::Merged`, the default).
+
+use std::time::{Duration, Instant};
+
+use datalayer_tests::{
+    Persistence, RedisServer, client_list, command_calls, raw, reset_stats, secrets,
+};
+use datalayer_tokio::{
+    DataLayer, IdleReads, Job, JobQueue, Options, Outcome, QueueOptions, WorkerHandle,
+    WorkerOptions,
+};
+use serde_json::{Value, json};
+
+/// Well under the 30 s after which a parked reader reads anyway: a job that ends within it
+/// reached its worker, and its result its producer, through the bells.
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect(server: &RedisServer, idle_reads: IdleReads) -> DataLayer {
+    DataLayer::connect(&server.url(), Options::default().idle_reads(idle_reads))
+        .await
+        .expect("connect")
+}
+
+async fn echo(job: Job) -> Result<Value, String> {
+    let payload: Value = job.json().map_err(|e| e.to_string())?;
+    Ok(json!({ "echo": payload }))
+}
+
+fn start_worker(dl: &DataLayer, name: &str) -> WorkerHandle {
+    dl.worker(name, &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(echo)
+}
+
+fn queue(dl: &DataLayer, name: &str) -> JobQueue {
+    dl.queue(name, &secrets(), QueueOptions::default())
+        .expect("queue")
+}
+
+/// Adds one job after the readers went idle and waits for its result.
+async fn one_job(queue: &JobQueue, n: usize) -> Duration {
+    let started = Instant::now();
+    let h = queue.add("s", &json!({ "n": n })).await.expect("add");
+    let result = tokio::time::timeout(WAIT, h.result())
+        .await
+        .expect("woken by the bell, not by the 30 s safety read")
+        .expect("running");
+    assert!(matches!(result, Outcome::Completed(_)), "{result:?}");
+    started.elapsed()
+}
+
+/// A worker and a producer in two processes, each kind of idle reader on either side: the
+/// merged process's commands ring the bells that the doorbell process waits on, and the
+/// other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_of_either_kind_share_a_queue() {
+    let server = RedisServer::start(Persistence::None);
+    let bells = connect(&server, IdleReads::Doorbells).await;
+    let merged = connect(&server, IdleReads::Merged).await;
+    for (workers, producers, name) in [(&bells, &merged, "a"), (&merged, &bells, "b")] {
+        let running = start_worker(workers, name);
+        let q = queue(producers, name);
+        // Let the worker and the producer's events reader go idle.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for round in 0..3 {
+            let took = one_job(&q, round).await;
+            eprintln!("queue {name}, round {round}: {took:?} idle → result");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        running.shutdown(Duration::from_secs(5)).await;
+        q.shutdown().await;
+    }
+}
+
+/// Two hundred idle queues and workers on doorbells: no blocking connection, one
+/// subscription connection beside the command connection, nothing sent while they wait
+/// (no read, no unblock: an event costs one read of its queue, not a re-send of every
+/// queue's), and every worker still gets its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_readers_on_doorbells_cost_redis_nothing() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = connect(&server, IdleReads::Doorbells).await;
+    let mut running = Vec::new();
+    let mut queues = Vec::new();
+    for i in 0..200 {
+        let name = format!("q{i}");
+        running.push(start_worker(&dl, &name));
+        queues.push(queue(&dl, &name));
+    }
+    // Past the workers' first upkeep (at start): every reader parked.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = raw(&server).await;
+    reset_stats(&mut conn).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = command_calls(&mut conn).await;
+    eprintln!("5 s, 200 idle queues and workers on doorbells: {calls:?}");
+    // The upkeeps come 7.5 s to 22.5 s after the first: none in this window.
+    for quiet in [
+        "xreadgroup",
+        "xread",
+        "client|unblock",
+        "multi",
+        "evalsha",
+        "ping",
+    ] {
+        assert_eq!(calls.get(quiet), None, "{quiet}: {calls:?}");
+    }
+    // One job through every tenth queue: each reaches its worker and its producer.
+    reset_stats(&mut conn).await;
+    for (i, q) in queues.iter().enumerate().step_by(10) {
+        one_job(q, i).await;
+    }
+    let calls = command_calls(&mut conn).await;
+    let reads =
+        calls.get("xreadgroup").copied().unwrap_or(0) + calls.get("xread").copied().unwrap_or(0);
+    // Per job: the worker's read after the ring and the one after its settle, the
+    // producer's likewise; a merged re-send would name 200 streams each time instead.
+    assert!(reads <= 20 * 6, "{reads} reads for 20 jobs: {calls:?}");
+    let list = client_list(&mut conn).await;
+    assert!(
+        !list.contains("name=datalayer-blocker"),
+        "a blocking connection on doorbells:\n{list}"
+    );
+    // The command connection, the subscription connection, and this test's own.
+    assert!(list.lines().count() <= 3, "{list}");
+    for r in running {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// The subscription connection is killed while the readers are parked: the lost
+/// subscriptions count as rings (the readers read again) and are made again, so a job
+/// added afterwards is not missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_doorbell_connection_misses_no_job() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = connect(&server, IdleReads::Doorbells).await;
+    let running = start_worker(&dl, "k");
+    let q = queue(&dl, "k");
+    let mut conn = raw(&server).await;
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .expect("client kill");
+        assert_eq!(killed, 1, "one subscription connection");
+        let took = one_job(&q, round).await;
+        eprintln!("round {round}: {took:?} after the kill → result");
+    }
+    running.shutdown(Duration::from_secs(5)).await;
+}
