@@ -44,7 +44,7 @@ struct Args {
     quick: bool,
     /// `--cluster`: the cluster scenarios instead.
     cluster: bool,
-    /// `--idle-reads merged|doorbells`: how idle readers wait (one server).
+    /// `--idle-reads auto|merged|doorbells`: how idle readers wait (one server).
     idle_reads: IdleReads,
 }
 
@@ -73,9 +73,10 @@ fn args() -> Res<Args> {
             "--cluster" => a.cluster = true,
             "--idle-reads" => {
                 a.idle_reads = match it.next().as_deref() {
+                    Some("auto") => IdleReads::Auto,
                     Some("merged") => IdleReads::Merged,
                     Some("doorbells") => IdleReads::Doorbells,
-                    _ => return Err("--idle-reads needs merged or doorbells".into()),
+                    _ => return Err("--idle-reads needs auto, merged or doorbells".into()),
                 }
             }
             "--chaos" => a.chaos = Some(it.next().ok_or("--chaos needs a job count")?.parse()?),
@@ -101,7 +102,7 @@ fn args() -> Res<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: datalayer-bench [--quick] [--json] [--jobs N] [--sizes 200,4096] \
-                     [--idle-reads merged|doorbells] [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process1|process256|e2e|trickle|trickle1|trickle1000] [--rate JOBS_PER_S]\n\
+                     [--idle-reads auto|merged|doorbells] [--only enqueue|enqueue1|enqueue100|enqueue_many|process|process1|process256|e2e|trickle|trickle1|trickle1000] [--rate JOBS_PER_S]\n\
                      \x20      datalayer-bench --cluster [--jobs N] [--sizes 200] [--json]: end to end on one server and a 3-master cluster\n\
                      \x20      datalayer-bench --chaos JOBS [--rate JOBS_PER_S] [--add-wait MS] [--json]: every fault at once \
                      (4 worker processes, 3 Redis restarts; default 1,000 adds/s)\n\

@@ -11,10 +11,13 @@
 //!   nil once its own `BLOCK` has passed (or it was [cancelled](ReadMux::cancel)); a read
 //!   whose part of a merged reply is empty before its deadline stays for the next command.
 //! - Workers' reads that took entries are not answered yet: their queues' pauses are
-//!   checked first ([`MuxCommand::Check`], after the read's reply came, so after the read: a
-//!   read that took entries after a pause always sees it), then each is answered `[its
-//!   entries, paused (0/1)]`; a worker hands back what it took from a paused queue. Reads that took
-//!   nothing cost no check (an idle process sends nothing but its blocking reads).
+//!   checked first, after the read (a read that took entries after a pause always sees
+//!   it), then each is answered `[its entries, paused (0/1)]`; a worker hands back what it
+//!   took from a paused queue. A command of at most [`MERGE_LIMIT`] workers' reads carries
+//!   the check itself (`check`: sent behind the read in the same write, Redis runs it as
+//!   soon as the read returns, so it costs no round trip of its own); a larger one, or one
+//!   whose check reply did not come, is followed by a [`MuxCommand::Check`] once its reply
+//!   came and took entries.
 //! - A read that arrives (or is cancelled) while a command blocks interrupts it
 //!   ([`MuxCommand::Unblock`]: `CLIENT UNBLOCK` on another connection), so that the next
 //!   command carries it; an unblock that came before the command blocked (`0`) is sent
@@ -39,6 +42,25 @@ use crate::value::{Value, split_read};
 /// How often an unblock that found nothing blocked is sent again while the command is out.
 pub const UNBLOCK_ATTEMPTS: u32 = 50;
 
+/// The longest `BLOCK` of a merged command (ms): reads that wait longer (a doorbell's
+/// 30 s) are sent again in a new command when it ends empty, not answered early, so that a
+/// blocking connection whose replies stopped is found out within this plus the response
+/// timeout.
+pub const MAX_BLOCK_MS: u64 = 5_000;
+
+/// How many idle reads one merged command serves before the next idle readers wait on
+/// doorbells instead (`IdleReads::Auto` in the adapter): each time a merged command is
+/// sent again it names every stream it serves, so its cost grows with them, where a
+/// doorbell costs one read of its own queue per ring but a round trip more per job.
+pub const MERGE_LIMIT: usize = 16;
+
+/// Whether a new idle read goes into the merged command that already serves `merged`
+/// reads ([`MERGE_LIMIT`]); else it waits on its doorbell.
+#[must_use]
+pub fn merges(merged: usize) -> bool {
+    merged < MERGE_LIMIT
+}
+
 /// Names one submitted read (to cancel it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ticket(pub u64);
@@ -52,7 +74,12 @@ pub enum MuxCommand {
     Read {
         /// The reads, all of one kind (and consumer), each of another stream.
         reads: Vec<CommandKind>,
-        /// The command's `BLOCK` (ms, at least 1): until the earliest deadline of its reads.
+        /// Send `scripts::pause_check(&reads)` right behind the read, on the same
+        /// connection (it runs when the read returns), and give both replies to
+        /// [`ReadMux::handle_checked_read_reply`].
+        check: bool,
+        /// The command's `BLOCK` (ms, 1 to [`MAX_BLOCK_MS`]): until the earliest deadline of
+        /// its reads, at most [`MAX_BLOCK_MS`].
         block_ms: u64,
     },
     /// Interrupt the read command that is out: `CLIENT UNBLOCK <its connection's id>`; the
@@ -217,10 +244,27 @@ impl ReadMux {
     }
 
     /// The reply of the [`MuxCommand::Read`] that is out (its whole merged reply, or
-    /// `Unknown`/`NotSent`). A reply when none is out is ignored.
+    /// `Unknown`/`NotSent`), without a pause check: reads that took entries are checked
+    /// next ([`MuxCommand::Check`]). A reply when none is out is ignored.
     pub fn handle_read_reply(&mut self, now_ms: u64, reply: Reply) {
+        self.handle_checked_read_reply(now_ms, reply, Reply::NotSent);
+    }
+
+    /// The replies of a [`MuxCommand::Read`] with `check`: the read's, and its pause
+    /// check's (EXEC's array: one integer per read, 1 when its queue is paused). A check
+    /// reply of another shape (lost, failed) is as none: reads that took entries are
+    /// checked next ([`MuxCommand::Check`]).
+    pub fn handle_checked_read_reply(&mut self, now_ms: u64, reply: Reply, check: Reply) {
         let Some(out) = self.in_flight.take() else {
             return;
+        };
+        let flags: Option<Vec<i64>> = match check {
+            Reply::Value(Value::Array(f)) if f.len() == out.tickets.len() => Some(
+                f.into_iter()
+                    .map(|v| i64::from(!matches!(v, Value::Int(0))))
+                    .collect(),
+            ),
+            _ => None,
         };
         // Out no more, but those whose entries go to the pause check (below).
         let mut streams: Vec<Vec<u8>> = Vec::with_capacity(out.tickets.len());
@@ -248,12 +292,20 @@ impl ReadMux {
                     Ok(parts) => {
                         let mut check = Vec::new();
                         let mut reads = Vec::new();
-                        for (t, part) in out.tickets.iter().zip(parts) {
+                        for (i, (t, part)) in out.tickets.iter().zip(parts).enumerate() {
                             let Some(w) = self.waiting.get_mut(t) else {
                                 continue;
                             };
                             let due = w.deadline_ms <= now_ms;
-                            if part != Value::Nil && matches!(w.kind, CommandKind::Read { .. }) {
+                            let worker = matches!(w.kind, CommandKind::Read { .. });
+                            if let (true, true, Some(flag)) = (
+                                part != Value::Nil,
+                                worker,
+                                flags.as_ref().and_then(|f| f.get(i)),
+                            ) {
+                                let answer = Value::Array(vec![part, Value::Int(*flag)]);
+                                self.settle(*t, Reply::Value(answer));
+                            } else if part != Value::Nil && worker {
                                 w.out = true;
                                 reads.push(w.kind.clone());
                                 check.push((*t, part));
@@ -418,9 +470,12 @@ impl ReadMux {
                 w.out = true;
             }
         }
+        let check = reads.len() <= MERGE_LIMIT
+            && reads.iter().all(|r| matches!(r, CommandKind::Read { .. }));
         self.commands.push_back(MuxCommand::Read {
             reads,
-            block_ms: block_ms.max(1),
+            check,
+            block_ms: block_ms.clamp(1, MAX_BLOCK_MS),
         });
         self.in_flight = Some(InFlight {
             tickets,

@@ -19,10 +19,10 @@ pub(crate) enum Backend {
     Redis {
         conn: Conn,
         client: std::sync::Arc<redis::Client>,
-        /// This process's idle readers wait on doorbells ([`crate::IdleReads::Doorbells`]).
-        /// Either way every command that may add what an idle reader waits for rings its
-        /// bell, as on a cluster, so that processes of either kind can share a queue.
-        doorbells: bool,
+        /// How this process's idle readers wait. Whichever way, every command that may add
+        /// what an idle reader waits for rings its bell, as on a cluster, so that processes
+        /// of every kind can share a queue.
+        idle_reads: crate::IdleReads,
     },
     /// A Redis Cluster: a connection per primary, each pipeline routed by its slot.
     Cluster(std::sync::Arc<crate::cluster::Cluster>),

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use datalayer_core::bells::Bells;
@@ -141,10 +141,15 @@ impl Waiters {
     }
 }
 
-/// A handle on one blocking-read task (cheap to clone).
+/// A handle on one blocking-read task (cheap to clone), and with [`crate::IdleReads::Auto`]
+/// the doorbell task its reads overflow to.
 #[derive(Clone)]
 pub(crate) struct Blocker {
     tx: mpsc::UnboundedSender<Req>,
+    /// The reads submitted to `tx` and not answered yet (counted by the [`Reads`]).
+    merged: Arc<AtomicUsize>,
+    /// Where a read goes when `tx`'s merged command is full ([`mux::merges`]).
+    overflow: Option<mpsc::UnboundedSender<Req>>,
 }
 
 impl Blocker {
@@ -177,7 +182,19 @@ impl Blocker {
 
     /// A handle on a task that serves `Req`s its own way (a cluster's doorbells).
     pub(crate) fn from_sender(tx: mpsc::UnboundedSender<Req>) -> Self {
-        Self { tx }
+        Self {
+            tx,
+            merged: Arc::default(),
+            overflow: None,
+        }
+    }
+
+    /// This merged-read task, its reads beyond [`mux::MERGE_LIMIT`] going to `bells`.
+    pub(crate) fn overflowing_to(&self, bells: &Blocker) -> Blocker {
+        Blocker {
+            overflow: Some(bells.tx.clone()),
+            ..self.clone()
+        }
     }
 
     fn spawn(line: Line) -> Self {
@@ -195,12 +212,19 @@ impl Blocker {
             task.run(),
             tracing::debug_span!("blocker"),
         ));
-        Self { tx }
+        Self::from_sender(tx)
     }
 
-    /// Hands a blocking read to the task; its reply comes on `reply`, exactly once (unless
-    /// the task is gone, in which case the reply is `Unknown` at once).
-    pub(crate) fn submit(&self, op: OpId, kind: CommandKind, reply: &ReplyTx) -> Ticket {
+    /// Hands a blocking read to the task (or, the merged command being full, to the
+    /// doorbells); its reply comes on `reply`, exactly once (unless the task is gone, in
+    /// which case the reply is `Unknown` at once). With the count of merged reads to give
+    /// back once the reply came, when it went to the merged command.
+    fn submit(
+        &self,
+        op: OpId,
+        kind: CommandKind,
+        reply: &ReplyTx,
+    ) -> (Ticket, Option<Arc<AtomicUsize>>) {
         let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
         let req = Req::Read {
             ticket,
@@ -208,22 +232,32 @@ impl Blocker {
             kind,
             reply: reply.clone(),
         };
-        if self.tx.send(req).is_err() {
+        let (tx, counted) = match &self.overflow {
+            Some(bells) if !mux::merges(self.merged.load(Ordering::Relaxed)) => (bells, None),
+            _ => {
+                self.merged.fetch_add(1, Ordering::Relaxed);
+                (&self.tx, Some(self.merged.clone()))
+            }
+        };
+        if tx.send(req).is_err() {
             let _ = reply.send((op, Reply::Unknown));
         }
-        ticket
+        (ticket, counted)
     }
 
     /// Ends the read's wait now: it is answered with what the current command brings (nil if
     /// nothing came).
     pub(crate) fn cancel(&self, ticket: Ticket) {
         let _ = self.tx.send(Req::Cancel(ticket));
+        if let Some(bells) = &self.overflow {
+            let _ = bells.send(Req::Cancel(ticket));
+        }
     }
 }
 
-/// The merged read that is out: its reply, and the connection it went on (kept for the
-/// next command when it is still good).
-type ReadOut = Pin<Box<dyn Future<Output = (Option<MultiplexedConnection>, Reply)> + Send>>;
+/// The merged read that is out: the connection it went on (kept for the next command when
+/// it is still good), its reply, and its pause check's (`NotSent` when none was asked).
+type ReadOut = Pin<Box<dyn Future<Output = (Option<MultiplexedConnection>, Reply, Reply)> + Send>>;
 
 /// What is out: a merged read, or the pause check of the workers' reads that took entries.
 enum Out {
@@ -282,13 +316,13 @@ impl Task {
                 done = async {
                     match out.as_mut() {
                         Some(Out::Read(read)) => (false, read.await),
-                        Some(Out::Check(check)) => (true, (None, check.await)),
+                        Some(Out::Check(check)) => (true, (None, check.await, Reply::NotSent)),
                         None => std::future::pending().await,
                     }
                 }, if out.is_some() => {
                     out = None;
-                    let (check, (conn, reply)) = done;
-                    if check {
+                    let (is_check, (conn, reply, check)) = done;
+                    if is_check {
                         self.mux.handle_check_reply(now_ms(), reply);
                         continue;
                     }
@@ -299,7 +333,7 @@ impl Task {
                         }
                         line.conn = conn;
                     }
-                    self.mux.handle_read_reply(now_ms(), reply);
+                    self.mux.handle_checked_read_reply(now_ms(), reply, check);
                 }
                 Some(unblocked) = self.unblocked_rx.recv() => {
                     self.mux.handle_unblock_reply(now_ms(), unblocked);
@@ -324,12 +358,16 @@ impl Task {
                         }
                     }));
                 }
-                MuxCommand::Read { reads, block_ms } => {
+                MuxCommand::Read {
+                    reads,
+                    block_ms,
+                    check,
+                } => {
                     *out = Some(Out::Read(match &mut self.line {
-                        Line::Redis(line) => line.read(reads, block_ms),
+                        Line::Redis(line) => line.read(reads, block_ms, check),
                         #[cfg(feature = "memory")]
                         Line::Memory { memory, unblock } => {
-                            read_in_memory(memory.clone(), unblock.clone(), reads, block_ms)
+                            read_in_memory(memory.clone(), unblock.clone(), reads, block_ms, check)
                         }
                     }));
                 }
@@ -347,8 +385,10 @@ impl Task {
 }
 
 impl RedisLine {
-    /// The merged read, on the dedicated connection (connecting first when there is none).
-    fn read(&mut self, reads: Vec<CommandKind>, block_ms: u64) -> ReadOut {
+    /// The merged read, on the dedicated connection (connecting first when there is none),
+    /// and with `check` its pause check right behind it, in the same write: Redis runs it
+    /// once the read returns.
+    fn read(&mut self, reads: Vec<CommandKind>, block_ms: u64, check: bool) -> ReadOut {
         let conn = self.conn.take();
         let client = self.client.clone();
         let client_id = self.client_id.clone();
@@ -358,11 +398,14 @@ impl RedisLine {
             let refs: Vec<&CommandKind> = reads.iter().collect();
             let Some(invocation) = scripts::merged_read(&refs, block_ms) else {
                 let e = Value::Error("ERR reads that do not merge".into());
-                return (conn, Reply::Value(e));
+                return (conn, Reply::Value(e), Reply::NotSent);
             };
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            push(&mut pipe, &invocation);
+            let mut replies = push(&mut pipe, &invocation);
+            if let Some(c) = scripts::pause_check(&refs).filter(|_| check) {
+                replies += push(&mut pipe, &c);
+            }
             let mut conn = match conn {
                 Some(c) => c,
                 None => match connect(&client, connect_timeout).await {
@@ -372,24 +415,30 @@ impl RedisLine {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "blocking connection failed: reads unknown");
-                        return (None, Reply::Unknown);
+                        return (None, Reply::Unknown, Reply::NotSent);
                     }
                 },
             };
             let query = pipe.query_async::<Vec<redis::Value>>(&mut conn);
             match tokio::time::timeout(limit, query).await {
-                Ok(Ok(mut values)) if values.len() == 1 => {
-                    let v = values.pop().map_or(Value::Nil, to_value);
-                    (Some(conn), Reply::Value(v))
+                Ok(Ok(values)) if values.len() == replies => {
+                    let mut values = values.into_iter();
+                    let read = values.next().map_or(Value::Nil, to_value);
+                    // The check's reply is EXEC's, the last one.
+                    let check = match values.next_back() {
+                        Some(v) => Reply::Value(to_value(v)),
+                        None => Reply::NotSent,
+                    };
+                    (Some(conn), Reply::Value(read), check)
                 }
-                Ok(Ok(_)) => (None, Reply::Unknown),
+                Ok(Ok(_)) => (None, Reply::Unknown, Reply::NotSent),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "blocking read failed: outcomes unknown");
-                    (None, Reply::Unknown)
+                    (None, Reply::Unknown, Reply::NotSent)
                 }
                 Err(_) => {
                     tracing::warn!(?limit, "blocking read timed out: outcomes unknown");
-                    (None, Reply::Unknown)
+                    (None, Reply::Unknown, Reply::NotSent)
                 }
             }
         })
@@ -449,19 +498,28 @@ fn read_in_memory(
     unblock: Arc<tokio::sync::Notify>,
     reads: Vec<CommandKind>,
     block_ms: u64,
+    check: bool,
 ) -> ReadOut {
     Box::pin(async move {
         let deadline = now_ms().saturating_add(block_ms);
         let mut changes = memory.changes();
+        let checked = |value: Value| {
+            let check = if check {
+                Reply::Value(memory.pause_check(&reads))
+            } else {
+                Reply::NotSent
+            };
+            (None, Reply::Value(value), check)
+        };
         loop {
             changes.borrow_and_update();
             let value = memory.read_merged(&reads);
             if value != Value::Nil || now_ms() >= deadline {
-                return (None, Reply::Value(value));
+                return checked(value);
             }
             tokio::select! {
                 _ = changes.changed() => {}
-                () = unblock.notified() => return (None, Reply::Value(Value::Nil)),
+                () = unblock.notified() => return checked(Value::Nil),
                 () = crate::clock::sleep_until_ms(Some(deadline)) => {}
             }
         }
@@ -499,6 +557,8 @@ pub(crate) struct Reads {
     tx: ReplyTx,
     rx: mpsc::UnboundedReceiver<(OpId, Reply)>,
     ticket: Option<Ticket>,
+    /// The merged reads' count the read in flight is part of, if it went there.
+    counted: Option<Arc<AtomicUsize>>,
 }
 
 impl std::fmt::Debug for Reads {
@@ -506,6 +566,12 @@ impl std::fmt::Debug for Reads {
         f.debug_struct("Reads")
             .field("ticket", &self.ticket)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reads {
+    fn drop(&mut self) {
+        self.uncount();
     }
 }
 
@@ -517,6 +583,15 @@ impl Reads {
             tx,
             rx,
             ticket: None,
+            counted: None,
+        }
+    }
+
+    /// The read in flight was answered (or its reader is gone): it is out of the merged
+    /// command's count.
+    fn uncount(&mut self) {
+        if let Some(c) = self.counted.take() {
+            c.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -529,7 +604,10 @@ impl Reads {
         let mut rest = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             if cmd.block_ms().is_some() {
-                self.ticket = Some(self.blocker.submit(cmd.op, cmd.kind, &self.tx));
+                self.uncount();
+                let (ticket, counted) = self.blocker.submit(cmd.op, cmd.kind, &self.tx);
+                self.ticket = Some(ticket);
+                self.counted = counted;
             } else {
                 rest.push(cmd);
             }
@@ -549,6 +627,7 @@ impl Reads {
         match self.rx.recv().await {
             Some(r) => {
                 self.ticket = None;
+                self.uncount();
                 r
             }
             // `self.tx` lives as long as `self`, so the channel never closes.

@@ -139,7 +139,7 @@ pub struct Options {
     /// For `rediss://`: the PEM certificate(s) of the authority that signed the server's
     /// certificate, instead of the system's roots (a private CA). Needs the `tls` feature.
     pub tls_root_cert: Option<Vec<u8>>,
-    /// How idle readers wait on one server (default [`IdleReads::Merged`]); a cluster
+    /// How idle readers wait on one server (default [`IdleReads::Auto`]); a cluster
     /// always uses doorbells.
     pub idle_reads: IdleReads,
 }
@@ -152,13 +152,18 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum IdleReads {
+    /// Merged reads for the first idle readers, doorbells for the rest: each merged command
+    /// serves at most [`datalayer_core::mux::MERGE_LIMIT`] (16) reads, and an idle read that
+    /// finds it full waits on its doorbell. A process with a few queues gets what
+    /// [`IdleReads::Merged`] gives, one with hundreds what [`IdleReads::Doorbells`] gives.
+    #[default]
+    Auto,
     /// The idle readers block in Redis in one merged `XREADGROUP` (workers) and one merged
     /// `XREAD` (results), re-sent whenever one of them is answered or joins. Redis hands
     /// a new entry straight to the blocked read: the fewest round trips per job while a
     /// process has a few queues. But each re-send names every idle queue of the process,
     /// so with hundreds of queues every event costs Redis (and the process) in proportion
     /// (BENCHMARKS.md, the trickle across 1,000 queues).
-    #[default]
     Merged,
     /// Each idle reader subscribes to its queue's doorbell (a pub/sub channel), reads
     /// without `BLOCK`, and reads again when the bell rings, as on a cluster: an event
@@ -339,31 +344,40 @@ impl DataLayer {
             .blockers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // On a cluster (and with doorbells on one server) one doorbell task serves every
-        // idle reader of the process.
-        let key = match &self.backend {
-            Backend::Cluster(_)
-            | Backend::Redis {
-                doorbells: true, ..
-            } => "doorbells",
-            _ => key,
+        // One doorbell task serves every idle reader of the process that waits on a bell.
+        let mut doorbells = || {
+            blockers
+                .entry("doorbells".to_owned())
+                .or_insert_with(|| match &self.backend {
+                    Backend::Cluster(cluster) => {
+                        crate::doorbells::start(crate::doorbells::Nodes::Cluster(cluster.clone()))
+                    }
+                    Backend::Redis { conn, client, .. } => {
+                        crate::doorbells::start(crate::doorbells::Nodes::Single {
+                            conn: conn.clone(),
+                            client: client.clone(),
+                            connect_timeout: self.options.connect_timeout,
+                            response_timeout: self.options.response_timeout,
+                        })
+                    }
+                    #[cfg(feature = "memory")]
+                    Backend::Memory(memory) => Blocker::start_in_memory(memory.clone()),
+                })
+                .clone()
         };
-        blockers
+        let idle_reads = match &self.backend {
+            Backend::Cluster(_) => return doorbells(),
+            Backend::Redis { idle_reads, .. } => *idle_reads,
+            #[cfg(feature = "memory")]
+            Backend::Memory(_) => IdleReads::Merged,
+        };
+        if idle_reads == IdleReads::Doorbells {
+            return doorbells();
+        }
+        let overflow = (idle_reads == IdleReads::Auto).then(&mut doorbells);
+        let merged = blockers
             .entry(key.to_owned())
             .or_insert_with(|| match &self.backend {
-                Backend::Cluster(cluster) => {
-                    crate::doorbells::start(crate::doorbells::Nodes::Cluster(cluster.clone()))
-                }
-                Backend::Redis {
-                    conn,
-                    client,
-                    doorbells: true,
-                } => crate::doorbells::start(crate::doorbells::Nodes::Single {
-                    conn: conn.clone(),
-                    client: client.clone(),
-                    connect_timeout: self.options.connect_timeout,
-                    response_timeout: self.options.response_timeout,
-                }),
                 Backend::Redis { conn, client, .. } => Blocker::start(
                     client.as_ref().clone(),
                     conn.clone(),
@@ -372,8 +386,13 @@ impl DataLayer {
                 ),
                 #[cfg(feature = "memory")]
                 Backend::Memory(memory) => Blocker::start_in_memory(memory.clone()),
+                Backend::Cluster(_) => unreachable!("a cluster's readers wait on doorbells"),
             })
-            .clone()
+            .clone();
+        match overflow {
+            Some(bells) => merged.overflowing_to(&bells),
+            None => merged,
+        }
     }
 
     /// A consumer name for a new worker of `queue`: the process's, with a suffix from the
@@ -439,12 +458,12 @@ impl DataLayer {
         }
         crate::exec::load_scripts(&mut conn).await?;
         let client = Arc::new(client);
-        let doorbells = options.idle_reads == IdleReads::Doorbells;
+        let idle_reads = options.idle_reads;
         let layer = Self::over(
             Backend::Redis {
                 conn,
                 client,
-                doorbells,
+                idle_reads,
             },
             options,
         );
@@ -488,15 +507,18 @@ impl DataLayer {
         Ok(layer)
     }
 
-    /// How long an idle reader's read waits (ms): the wait for its doorbell (a cluster, or
-    /// [`IdleReads::Doorbells`]), or its `BLOCK` in a merged read.
+    /// How long an idle reader's read waits (ms): the wait for its doorbell (a cluster,
+    /// [`IdleReads::Doorbells`], and [`IdleReads::Auto`], whose merged commands block at most
+    /// [`datalayer_core::mux::MAX_BLOCK_MS`] each), or its `BLOCK` in a merged read.
     pub(crate) fn idle_block_ms(&self) -> u64 {
         match &self.backend {
-            Backend::Cluster(_)
-            | Backend::Redis {
-                doorbells: true, ..
-            } => crate::blocking::BELL_WAIT_MS,
-            _ => crate::blocking::BLOCK_MS,
+            Backend::Redis {
+                idle_reads: IdleReads::Merged,
+                ..
+            } => crate::blocking::BLOCK_MS,
+            #[cfg(feature = "memory")]
+            Backend::Memory(_) => crate::blocking::BLOCK_MS,
+            _ => crate::blocking::BELL_WAIT_MS,
         }
     }
 

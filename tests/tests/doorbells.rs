@@ -1,5 +1,6 @@
 //! Idle readers on doorbells on one redis-server (`IdleReads::Doorbells`), beside processes
-//! whose idle readers block in merged reads (`IdleReads::Merged`, the default).
+//! whose idle readers block in merged reads (`IdleReads::Merged`), and the default mix of
+//! both (`IdleReads::Auto`).
 
 use std::time::{Duration, Instant};
 
@@ -153,4 +154,118 @@ async fn a_killed_doorbell_connection_misses_no_job() {
         eprintln!("round {round}: {took:?} after the kill → result");
     }
     running.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The default: the first idle readers of each kind block in a merged read (up to
+/// `MERGE_LIMIT`), the others wait on doorbells. With 100 queues and workers both are in
+/// use, every job ends through whichever its readers were on, and an event does not re-send
+/// a read naming every queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_first_idle_readers_merge_and_the_rest_wait_on_bells() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = connect(&server, IdleReads::default()).await;
+    assert_eq!(IdleReads::default(), IdleReads::Auto);
+    let mut running = Vec::new();
+    let mut queues = Vec::new();
+    for i in 0..100 {
+        let name = format!("q{i}");
+        running.push(start_worker(&dl, &name));
+        queues.push(queue(&dl, &name));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = raw(&server).await;
+    let list = client_list(&mut conn).await;
+    let blockers = list
+        .lines()
+        .filter(|l| l.contains("name=datalayer-blocker"))
+        .count();
+    assert_eq!(
+        blockers, 2,
+        "the workers' and the results' merged reads:\n{list}"
+    );
+    let subscribers = list
+        .lines()
+        .filter(|l| l.contains(" ssub=") && !l.contains(" ssub=0 "))
+        .count();
+    assert_eq!(subscribers, 1, "one doorbell connection:\n{list}");
+    reset_stats(&mut conn).await;
+    // Every command into the slow log, to see how many streams each merged read names.
+    for (k, v) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async(&mut conn)
+            .await
+            .expect("config set");
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog reset");
+    for (i, q) in queues.iter().enumerate() {
+        one_job(q, i).await;
+    }
+    let calls = command_calls(&mut conn).await;
+    eprintln!("100 jobs through 100 queues, merged and bells: {calls:?}");
+    assert!(
+        calls.get("spublish").copied().unwrap_or(0) >= 100,
+        "the adds ring: {calls:?}"
+    );
+    let widest = widest_blocking_read(&mut conn).await;
+    assert!(
+        (1..=datalayer_tokio::core::mux::MERGE_LIMIT).contains(&widest),
+        "a merged read named {widest} streams"
+    );
+    for r in running {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// The most streams one blocking read (`... BLOCK ... STREAMS k1 .. kn id1 .. idn`) named,
+/// from the slow log (which keeps 32 arguments of a command and counts the rest).
+async fn widest_blocking_read(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let log: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100_000)
+        .query_async(conn)
+        .await
+        .expect("slowlog get");
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let mut widest = 0;
+    let redis::Value::Array(entries) = log else {
+        panic!("slowlog: {log:?}");
+    };
+    for entry in entries {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        let args: Vec<String> = args.iter().map(text).collect();
+        if !args.iter().any(|a| a.eq_ignore_ascii_case("BLOCK")) {
+            continue;
+        }
+        let Some(at) = args.iter().position(|a| a.eq_ignore_ascii_case("STREAMS")) else {
+            continue;
+        };
+        let more: usize = args
+            .last()
+            .and_then(|a| a.strip_prefix("... ("))
+            .and_then(|a| a.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .map_or(0, |n: usize| n + args.len() - 1);
+        let total = if more > 0 { more } else { args.len() };
+        widest = widest.max((total - at - 1) / 2);
+    }
+    widest
 }

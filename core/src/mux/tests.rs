@@ -68,6 +68,7 @@ fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
         cmds,
         vec![MuxCommand::Read {
             reads: vec![read("q0", 5, 5_000)],
+            check: true,
             block_ms: 5_000
         }]
     );
@@ -84,6 +85,7 @@ fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
         cmds,
         vec![MuxCommand::Read {
             reads: vec![read("q0", 5, 5_000), read("q1", 5, 5_000)],
+            check: true,
             block_ms: 4_988
         }]
     );
@@ -171,6 +173,8 @@ fn nogroup_goes_to_its_stream_only_and_cancel_ends_a_wait() {
 /// The command at "Redis": its reads, when it blocks until, whether it was unblocked.
 struct Out {
     reads: Vec<CommandKind>,
+    /// Its pause check goes with it.
+    check: bool,
     until_ms: u64,
     blocking: bool,
     unblocked: bool,
@@ -218,7 +222,11 @@ impl Readers {
     fn drain(&mut self, mux: &mut ReadMux, sim: &Sim, now: u64, timed_out: bool, at: &str) {
         while let Some(cmd) = mux.poll_command() {
             match cmd {
-                MuxCommand::Read { reads, block_ms } => {
+                MuxCommand::Read {
+                    reads,
+                    block_ms,
+                    check,
+                } => {
                     assert!(self.out.is_none(), "{at}: two commands out");
                     assert!(self.check.is_none(), "{at}: a read while a check is out");
                     let streams: BTreeSet<_> = reads
@@ -230,8 +238,10 @@ impl Readers {
                         .collect();
                     assert_eq!(streams.len(), reads.len(), "{at}: one read per stream");
                     assert!(block_ms >= 1);
+                    assert!(check, "{at}: a few workers' reads carry their check");
                     self.out = Some(Out {
                         reads,
+                        check,
                         until_ms: now + block_ms,
                         blocking: false,
                         unblocked: false,
@@ -375,13 +385,19 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                                     );
                                 }
                             }
-                            h.out = None;
                             let reply = if lose {
                                 Reply::Unknown
                             } else {
                                 Reply::Value(value)
                             };
-                            mux.handle_read_reply(now, reply);
+                            // The check behind the read: run right after it, its reply
+                            // lost sometimes (then a check of its own follows).
+                            let check = match (o.check, r(8)) {
+                                (false, _) | (true, 0) => Reply::NotSent,
+                                (true, _) => Reply::Value(sim.execute_pause_check(&o.reads)),
+                            };
+                            h.out = None;
+                            mux.handle_checked_read_reply(now, reply, check);
                             fed = true;
                         } else {
                             o.blocking = true;
@@ -425,7 +441,12 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
             let at = format!("seed {seed} quiescing {round}");
             if let Some(o) = h.out.take() {
                 let value = run_merged(&mut sim, &o.reads);
-                mux.handle_read_reply(now, Reply::Value(value));
+                let check = if o.check {
+                    Reply::Value(sim.execute_pause_check(&o.reads))
+                } else {
+                    Reply::NotSent
+                };
+                mux.handle_checked_read_reply(now, Reply::Value(value), check);
                 h.drain(&mut mux, &sim, now, false, &at);
             }
             if let Some(reads) = h.check.take() {
@@ -459,4 +480,111 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
             }
         }
     }
+}
+
+/// A read that waits longer than a merged command may block (a doorbell's 30 s) goes out
+/// in commands of at most `MAX_BLOCK_MS`, sent again while it waits, and is answered nil
+/// only at its own deadline.
+#[test]
+fn a_long_wait_is_served_by_commands_of_at_most_the_longest_block() {
+    let mut mux = ReadMux::new();
+    mux.submit(0, OpId(1), read("q0", 1, 12_000));
+    let mut now = 0;
+    let mut sent = Vec::new();
+    loop {
+        let (cmds, answers) = drain(&mut mux);
+        if let Some(a) = answers.first() {
+            assert_eq!(a.reply, Reply::Value(Value::Nil));
+            break;
+        }
+        let [MuxCommand::Read { block_ms, .. }] = cmds.as_slice() else {
+            panic!("one read at a time: {cmds:?}");
+        };
+        sent.push(*block_ms);
+        now += block_ms;
+        mux.handle_read_reply(now, Reply::Value(Value::Nil));
+    }
+    assert_eq!(sent, vec![MAX_BLOCK_MS, MAX_BLOCK_MS, 2_000]);
+    assert_eq!(now, 12_000, "answered at its deadline, not before");
+}
+
+/// A command of a few workers' reads carries their pause check: a read that took entries
+/// is answered with its queue's flag at once, no check of its own after it; when that
+/// reply is missing, a check follows as for a command without one. A command of more
+/// than `MERGE_LIMIT` reads carries none.
+#[test]
+fn a_few_workers_reads_carry_their_pause_check() {
+    let mut sim = Sim::new(1_000);
+    for q in ["q0", "q1"] {
+        sim.execute(&CommandKind::EnsureGroup { keys: keys(q) });
+    }
+    sim.execute(&CommandKind::SetPaused {
+        keys: keys("q1"),
+        paused: true,
+        now_ms: 1_000,
+    });
+    let mut mux = ReadMux::new();
+    let a = mux.submit(1_000, OpId(1), read("q0", 5, 5_000));
+    drain(&mut mux);
+    let b = mux.submit(1_000, OpId(2), read("q1", 5, 5_000));
+    assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
+    mux.handle_unblock_reply(1_001, Some(true));
+    mux.handle_read_reply(1_001, Reply::Value(Value::Nil));
+    let (cmds, _) = drain(&mut mux);
+    let [MuxCommand::Read { reads, check, .. }] = cmds.as_slice() else {
+        panic!("{cmds:?}");
+    };
+    assert!(*check);
+    for q in [0, 1] {
+        let fields = vec![(b"j".to_vec(), b"x".to_vec())];
+        sim.xadd_raw(&jobs_key(q), fields).expect("a stream");
+    }
+    let value = run_merged(&mut sim, reads);
+    let flags = sim.execute_pause_check(reads);
+    mux.handle_checked_read_reply(1_002, Reply::Value(value), Reply::Value(flags));
+    let (cmds, answers) = drain(&mut mux);
+    assert!(
+        !cmds.iter().any(|c| matches!(c, MuxCommand::Check { .. })),
+        "{cmds:?}"
+    );
+    let paused: Vec<(Ticket, Option<Value>)> = answers
+        .iter()
+        .map(|x| match &x.reply {
+            Reply::Value(Value::Array(pair)) => (x.ticket, pair.get(1).cloned()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        paused,
+        vec![(a, Some(Value::Int(0))), (b, Some(Value::Int(1)))]
+    );
+    // Again, the check's reply lost: a check of their own follows.
+    mux.submit(1_003, OpId(3), read("q0", 5, 5_000));
+    let (cmds, _) = drain(&mut mux);
+    let [MuxCommand::Read { reads, .. }] = cmds.as_slice() else {
+        panic!("{cmds:?}");
+    };
+    let fields = vec![(b"j".to_vec(), b"y".to_vec())];
+    sim.xadd_raw(&jobs_key(0), fields).expect("a stream");
+    let value = run_merged(&mut sim, reads);
+    mux.handle_checked_read_reply(1_004, Reply::Value(value), Reply::Unknown);
+    let (cmds, answers) = drain(&mut mux);
+    assert!(answers.is_empty(), "{answers:?}");
+    assert!(
+        matches!(cmds.as_slice(), [MuxCommand::Check { .. }]),
+        "{cmds:?}"
+    );
+    // Past MERGE_LIMIT reads, a command carries no check.
+    let mut mux = ReadMux::new();
+    for i in 0..=MERGE_LIMIT {
+        mux.submit(0, OpId(i as u64), read(&format!("w{i}"), 1, 5_000));
+    }
+    drain(&mut mux);
+    mux.handle_unblock_reply(1, Some(true));
+    mux.handle_read_reply(1, Reply::Value(Value::Nil));
+    let (cmds, _) = drain(&mut mux);
+    assert!(
+        matches!(cmds.as_slice(), [MuxCommand::Read { reads, check: false, .. }] if reads.len() == MERGE_LIMIT + 1),
+        "{cmds:?}"
+    );
 }
