@@ -365,33 +365,39 @@ impl DataLayer {
                 })
                 .clone()
         };
-        let idle_reads = match &self.backend {
-            Backend::Cluster(_) => return doorbells(),
-            Backend::Redis { idle_reads, .. } => *idle_reads,
+        match &self.backend {
+            Backend::Cluster(_) => doorbells(),
+            Backend::Redis {
+                idle_reads: IdleReads::Doorbells,
+                ..
+            } => doorbells(),
+            Backend::Redis {
+                conn,
+                client,
+                idle_reads,
+            } => {
+                let overflow = (*idle_reads == IdleReads::Auto).then(&mut doorbells);
+                let merged = blockers
+                    .entry(key.to_owned())
+                    .or_insert_with(|| {
+                        Blocker::start(
+                            client.as_ref().clone(),
+                            conn.clone(),
+                            self.options.connect_timeout,
+                            self.options.response_timeout,
+                        )
+                    })
+                    .clone();
+                match overflow {
+                    Some(bells) => merged.overflowing_to(&bells),
+                    None => merged,
+                }
+            }
             #[cfg(feature = "memory")]
-            Backend::Memory(_) => IdleReads::Merged,
-        };
-        if idle_reads == IdleReads::Doorbells {
-            return doorbells();
-        }
-        let overflow = (idle_reads == IdleReads::Auto).then(&mut doorbells);
-        let merged = blockers
-            .entry(key.to_owned())
-            .or_insert_with(|| match &self.backend {
-                Backend::Redis { conn, client, .. } => Blocker::start(
-                    client.as_ref().clone(),
-                    conn.clone(),
-                    self.options.connect_timeout,
-                    self.options.response_timeout,
-                ),
-                #[cfg(feature = "memory")]
-                Backend::Memory(memory) => Blocker::start_in_memory(memory.clone()),
-                Backend::Cluster(_) => unreachable!("a cluster's readers wait on doorbells"),
-            })
-            .clone();
-        match overflow {
-            Some(bells) => merged.overflowing_to(&bells),
-            None => merged,
+            Backend::Memory(memory) => blockers
+                .entry(key.to_owned())
+                .or_insert_with(|| Blocker::start_in_memory(memory.clone()))
+                .clone(),
         }
     }
 
