@@ -146,6 +146,26 @@ pub(crate) fn payload(size: usize) -> Vec<u8> {
     p
 }
 
+/// Adds one job of `size` bytes; the time until Redis confirmed it goes into `adds`.
+async fn timed_add(
+    queue: &JobQueue,
+    size: usize,
+    adds: &Mutex<Histogram<u64>>,
+) -> Result<datalayer_tokio::JobHandle, datalayer_tokio::Error> {
+    let job = AddJob {
+        session_id: "bench".into(),
+        payload: payload(size),
+        ..AddJob::default()
+    };
+    let asked = Instant::now();
+    let added = queue.add_job(job).await;
+    if let Ok(mut h) = adds.lock() {
+        let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = h.record(us.max(1));
+    }
+    added
+}
+
 fn latency_us(payload: &[u8]) -> u64 {
     let Some(head) = payload.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok()) else {
         return 0;
@@ -615,17 +635,7 @@ impl Bench {
                         let due = t + Duration::from_secs_f64(i as f64 / rate);
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    let job = AddJob {
-                        session_id: "bench".into(),
-                        payload: payload(size),
-                        ..AddJob::default()
-                    };
-                    let asked = Instant::now();
-                    let added = queue.add_job(job).await;
-                    if let Ok(mut h) = adds.lock() {
-                        let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        let _ = h.record(us.max(1));
-                    }
+                    let added = timed_add(&queue, size, &adds).await;
                     match added {
                         Ok(h) => {
                             if let Err(e) = h.result().await {
@@ -719,17 +729,7 @@ impl Bench {
                 for i in 0..per_queue_jobs {
                     let due = t + Duration::from_secs_f64(offset + i as f64 / per_queue);
                     tokio::time::sleep_until(due.into()).await;
-                    let job = AddJob {
-                        session_id: "bench".into(),
-                        payload: payload(size),
-                        ..AddJob::default()
-                    };
-                    let asked = Instant::now();
-                    let added = queue.add_job(job).await;
-                    if let Ok(mut h) = adds.lock() {
-                        let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        let _ = h.record(us.max(1));
-                    }
+                    let added = timed_add(&queue, size, &adds).await;
                     let done = done.clone();
                     match added {
                         Ok(h) => {

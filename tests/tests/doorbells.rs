@@ -39,6 +39,16 @@ fn queue(dl: &DataLayer, name: &str) -> JobQueue {
         .expect("queue")
 }
 
+/// `n` queues (`q0`, `q1`, ...), each with a worker of its own.
+fn queues_with_workers(dl: &DataLayer, n: usize) -> (Vec<WorkerHandle>, Vec<JobQueue>) {
+    (0..n)
+        .map(|i| {
+            let name = format!("q{i}");
+            (start_worker(dl, &name), queue(dl, &name))
+        })
+        .unzip()
+}
+
 /// Adds one job after the readers went idle and waits for its result.
 async fn one_job(queue: &JobQueue, n: usize) -> Duration {
     let started = Instant::now();
@@ -82,13 +92,7 @@ async fn processes_of_either_kind_share_a_queue() {
 async fn idle_readers_on_doorbells_cost_redis_nothing() {
     let server = RedisServer::start(Persistence::None);
     let dl = connect(&server, IdleReads::Doorbells).await;
-    let mut running = Vec::new();
-    let mut queues = Vec::new();
-    for i in 0..200 {
-        let name = format!("q{i}");
-        running.push(start_worker(&dl, &name));
-        queues.push(queue(&dl, &name));
-    }
+    let (running, queues) = queues_with_workers(&dl, 200);
     // Past the workers' first upkeep (at start): every reader parked.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut conn = raw(&server).await;
@@ -165,13 +169,7 @@ async fn by_default_the_first_idle_readers_merge_and_the_rest_wait_on_bells() {
     let server = RedisServer::start(Persistence::None);
     let dl = connect(&server, IdleReads::default()).await;
     assert_eq!(IdleReads::default(), IdleReads::Auto);
-    let mut running = Vec::new();
-    let mut queues = Vec::new();
-    for i in 0..100 {
-        let name = format!("q{i}");
-        running.push(start_worker(&dl, &name));
-        queues.push(queue(&dl, &name));
-    }
+    let (running, queues) = queues_with_workers(&dl, 100);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut conn = raw(&server).await;
     let list = client_list(&mut conn).await;
