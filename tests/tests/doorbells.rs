@@ -267,3 +267,40 @@ async fn widest_blocking_read(conn: &mut redis::aio::MultiplexedConnection) -> u
     }
     widest
 }
+
+/// Redis restarts (from its append-only file) while 40 queues' readers wait, 16 of each
+/// kind in merged reads and the others on doorbells: the subscriptions are made again, the
+/// merged reads sent again, and a job through every queue ends, its result at its
+/// producer, well before the 30 s after which a parked reader reads anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_under_idle_readers_of_both_kinds_loses_no_job() {
+    let mut server = RedisServer::start(Persistence::AofAlways);
+    let dl = connect(&server, IdleReads::Auto).await;
+    let (running, queues) = queues_with_workers(&dl, 40);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart();
+    let started = Instant::now();
+    for (i, q) in queues.iter().enumerate() {
+        let h = loop {
+            match q.add("s", &json!({ "n": i })).await {
+                Ok(h) => break h,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(15),
+                        "Redis never taken back: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let result = tokio::time::timeout(WAIT, h.result())
+            .await
+            .unwrap_or_else(|_| panic!("job {i} never ended"))
+            .expect("running");
+        assert!(matches!(result, Outcome::Completed(_)), "{result:?}");
+    }
+    eprintln!("40 jobs after the restart in {:?}", started.elapsed());
+    for r in running {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
+}
