@@ -396,6 +396,7 @@ mod tests {
             marker: "w".into(),
             jobs: vec![],
             fresh: true,
+            register_until_ms: None,
         };
         assert_eq!(rings(&enqueue), (Some(keys.bell_jobs.as_str()), None));
         assert_eq!(rings(&CommandKind::Ping), (None, None));

@@ -172,6 +172,13 @@ pub enum CommandKind {
         jobs: Vec<NewJob>,
         /// New ids, due now, first send: MULTI/EXEC rather than the script.
         fresh: bool,
+        /// The adding producer's registration, asserted by the add until this time (ms):
+        /// put back among the live producers if it is missing (`ZADD NX`), taken out of
+        /// the gone ones, so that a registration Redis lost (a restart without
+        /// persistence) is back before any of these jobs can end (their outcomes go only to
+        /// registered producers). The reply then ends with `ZADD`'s answer (1: it was
+        /// missing), and, in the transaction, `ZREM`'s. `None`: nothing (marker `w`).
+        register_until_ms: Option<u64>,
     },
     /// Alone (it does not block): `MULTI`, `XREADGROUP GROUP workers <consumer> COUNT
     /// <count> STREAMS <jobs> >`, `EXISTS <paused>`, `EXEC`: `[its entries or nil, paused

@@ -320,6 +320,9 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                 })
                 .collect(),
             fresh: *fresh,
+            // A producer's add asserts its registration (the model and Redis must agree on
+            // the registry too); `w` has none.
+            register_until_ms: (MARKERS[*marker] != "w").then(|| at(base, 3_600_000)),
         },
         Op::Read(c, count) => CommandKind::Read {
             keys,
@@ -1111,6 +1114,7 @@ async fn large_enqueue_batches_agree_with_the_model() {
         marker: "w".into(),
         jobs,
         fresh: false,
+        register_until_ms: None,
     };
     let m = model.normalize(JOBS_NS, sim.execute(&kind));
     let r = real.normalize(JOBS_NS, on_redis(&mut conn, 1, kind).await);

@@ -268,13 +268,19 @@ async fn widest_blocking_read(conn: &mut redis::aio::MultiplexedConnection) -> u
     widest
 }
 
-/// Redis restarts (from its append-only file) while 40 queues' readers wait, 16 of each
-/// kind in merged reads and the others on doorbells: the subscriptions are made again, the
-/// merged reads sent again, and a job through every queue ends, its result at its
-/// producer, well before the 30 s after which a parked reader reads anyway.
+/// Redis restarts while 40 queues' readers wait, 16 of each kind in merged reads and the
+/// others on doorbells: the subscriptions are made again, the merged reads sent again, and
+/// a job through every queue ends, its result at its producer, well before the 30 s after
+/// which a parked reader reads anyway. From its append-only file, and with nothing kept
+/// (the producers' registrations are gone too: each add asserts its producer's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_under_idle_readers_of_both_kinds_loses_no_job() {
-    let mut server = RedisServer::start(Persistence::AofAlways);
+    restart_under_idle_readers(Persistence::AofAlways).await;
+    restart_under_idle_readers(Persistence::None).await;
+}
+
+async fn restart_under_idle_readers(persistence: Persistence) {
+    let mut server = RedisServer::start(persistence);
     let dl = connect(&server, IdleReads::Auto).await;
     let (running, queues) = queues_with_workers(&dl, 40);
     tokio::time::sleep(Duration::from_secs(1)).await;

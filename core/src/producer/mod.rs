@@ -762,12 +762,18 @@ impl Producer {
         }
         if !self.unsent.is_empty() && ready && self.registered {
             let (jobs, fresh, sent) = self.take_batch();
+            // The registration rides along: one Redis lost (a restart without persistence)
+            // is back before any of these jobs can end and send its outcome.
+            let register_until_ms = self
+                .registers()
+                .then(|| now.saturating_add(self.cfg.producer_ttl_ms));
             let kind = CommandKind::Enqueue {
                 keys,
                 now_ms: now,
                 marker: self.marker.clone(),
                 jobs: jobs.clone(),
                 fresh,
+                register_until_ms,
             };
             return Some(self.op(kind, InFlight::Add(jobs, fresh, sent)));
         }
@@ -1272,6 +1278,26 @@ impl Producer {
         // wrote anything: as good as never sent.
         let not_sent =
             not_sent || matches!(&reply, Reply::Value(Value::Error(e)) if is_transient_error(e));
+        // The registration the add asserted answers last (`ZADD NX`, and in the
+        // transaction `ZREM`): 1 when it was missing.
+        let reply = match reply {
+            Reply::Value(Value::Array(mut items))
+                if (fresh && items.len() == jobs.len() + 4)
+                    || (!fresh && items.len() == jobs.len() + 1) =>
+            {
+                let tail = items.split_off(items.len() - if fresh { 2 } else { 1 });
+                if tail.first() == Some(&Value::Int(1)) {
+                    self.trouble(format!(
+                        "producer {} was not registered when it added (Redis lost its data, \
+                         or it was away longer than its ttl and declared gone): registered \
+                         again; outcomes of its jobs that ended meanwhile were dropped",
+                        self.me.id
+                    ));
+                }
+                Reply::Value(Value::Array(items))
+            }
+            other => other,
+        };
         let items = match reply {
             // EXEC's array: the pause's EXISTS, the markers' HSET, then one XADD per job.
             Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 2 => {

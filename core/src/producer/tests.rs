@@ -621,8 +621,9 @@ fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome(
     // script, which finds both jobs queued.
     let first = &cmds[0];
     let v = sim.execute(&first.kind);
+    // The pause, the markers, two entries, then the registration (`ZADD NX`, `ZREM`).
     assert!(
-        matches!(&v, Value::Array(items) if items.len() == 4),
+        matches!(&v, Value::Array(items) if items.len() == 6),
         "{v:?}"
     );
     p.handle_reply(T0, first.op, Reply::Unknown).unwrap();
@@ -1446,4 +1447,51 @@ fn a_second_withdrawal_before_the_tombstone_is_forgotten_finds_nothing() {
     p.withdraw_delayed(&id);
     let third = drive(&mut p, &mut sim);
     assert_eq!(result(&third), Some(DelayedWithdrawal::NotDelayed));
+}
+
+/// Redis lost everything (a restart without persistence): the producer's registration is
+/// gone, and a settle routes an outcome only to a registered producer. The next add (fresh,
+/// and through the script) asserts the registration in the same transaction, so the jobs'
+/// outcomes arrive, and the producer reports the gap. Without it the outcome is dropped
+/// until the registration's renewal (a quarter of the ttl: 15 min by default).
+#[test]
+fn an_add_after_redis_lost_everything_registers_again_and_gets_its_outcomes() {
+    for (name, add) in [("fresh", fresh("f1")), ("checked", job("c1"))] {
+        let mut rng = SeededRandom::new(3);
+        let mut sim = model(T0);
+        let mut p = producer(|c| c);
+        for key in sim
+            .keys()
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+        {
+            sim.lose(&key);
+        }
+        sim.execute(&CommandKind::EnsureGroup {
+            keys: Arc::new(QueueKeys::new("dl", "q").unwrap()),
+        });
+        let id = p.add(T0, add, &mut rng).unwrap();
+        let events = drive(&mut p, &mut sim);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ProducerEvent::Trouble { message }
+                if message.contains("not registered when it added"))),
+            "{name}: {events:?}"
+        );
+        assert!(
+            sim.get("dl:{q}:producers").is_some(),
+            "{name}: registered again"
+        );
+        work(&mut sim, &mut rng);
+        sim.set_time(T0 + 1_000);
+        p.handle_timeout(T0 + 1_000);
+        let events = drive(&mut p, &mut sim);
+        assert_eq!(
+            completed(&events).first().map(|c| c.0.clone()),
+            Some(id.0.clone()),
+            "{name}: {events:?}"
+        );
+    }
 }

@@ -62,12 +62,13 @@ pub(super) fn run(sim: &mut Sim, kind: &CommandKind) -> Exec {
             marker,
             jobs,
             fresh,
+            register_until_ms,
         } => {
             let marker = marker.as_bytes();
             if *fresh {
-                enqueue_fresh(sim, keys, marker, jobs)
+                enqueue_fresh(sim, keys, marker, jobs, *register_until_ms)
             } else {
-                enqueue(sim, keys, *now_ms, marker, jobs)
+                enqueue(sim, keys, *now_ms, marker, jobs, *register_until_ms)
             }
         }
         CommandKind::Read {
@@ -895,9 +896,42 @@ pub(super) fn read_group(sim: &mut Sim, keys: &QueueKeys, consumer: &str, count:
     Ok(read_reply(&keys.jobs, got))
 }
 
-fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[NewJob]) -> Exec {
+/// The adding producer's registration, asserted (`CommandKind::Enqueue`): `ZADD NX` into
+/// the live producers (its answer), `ZREM` from the gone ones (its count).
+fn assert_registration(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    marker: &[u8],
+    until_ms: u64,
+) -> Result<(Value, Value), String> {
+    let live = sim.zset_mut(&keys.producers)?;
+    let added = if live.contains(marker) {
+        0
+    } else {
+        live.add(until_ms, marker);
+        1
+    };
+    let gone = sim.zset_mut(&keys.gone)?;
+    let removed = i64::from(gone.remove(marker));
+    sim.drop_if_empty(&keys.producers);
+    sim.drop_if_empty(&keys.gone);
+    Ok((Value::Int(added), Value::Int(removed)))
+}
+
+fn enqueue(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    now_ms: u64,
+    marker: &[u8],
+    jobs: &[NewJob],
+    register_until_ms: Option<u64>,
+) -> Exec {
     let paused = sim.exists(&keys.paused);
-    let mut out = Vec::with_capacity(jobs.len());
+    let registered = match register_until_ms {
+        Some(until) => Some(assert_registration(sim, keys, marker, until)?.0),
+        None => None,
+    };
+    let mut out = Vec::with_capacity(jobs.len() + 1);
     for job in jobs {
         if paused {
             // Read only: an HMGET creates no key.
@@ -926,6 +960,7 @@ fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[
             }
         }
     }
+    out.extend(registered);
     Ok(Value::Array(out))
 }
 
@@ -934,7 +969,13 @@ fn enqueue(sim: &mut Sim, keys: &QueueKeys, now_ms: u64, marker: &[u8], jobs: &[
 /// the queue is paused, the HSET's count of new fields, then the entry ids. With an
 /// empty batch, `HSET ids` alone fails (wrong number of arguments) and MULTI refuses it, so
 /// EXEC aborts.
-fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]) -> Exec {
+fn enqueue_fresh(
+    sim: &mut Sim,
+    keys: &QueueKeys,
+    marker: &[u8],
+    jobs: &[NewJob],
+    register_until_ms: Option<u64>,
+) -> Exec {
     if jobs.is_empty() {
         return Err("EXECABORT Transaction discarded because of previous errors.".into());
     }
@@ -963,6 +1004,12 @@ fn enqueue_fresh(sim: &mut Sim, keys: &QueueKeys, marker: &[u8], jobs: &[NewJob]
                 Err(e) => Value::Error(e),
             },
         );
+    }
+    if let Some(until) = register_until_ms {
+        match assert_registration(sim, keys, marker, until) {
+            Ok((added, removed)) => out.extend([added, removed]),
+            Err(e) => out.extend([Value::Error(e.clone()), Value::Error(e)]),
+        }
     }
     Ok(Value::Array(out))
 }

@@ -92,6 +92,7 @@ fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
         marker: "p".into(),
         jobs,
         fresh: false,
+        register_until_ms: None,
     })
 }
 
