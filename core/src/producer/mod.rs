@@ -1278,26 +1278,7 @@ impl Producer {
         // wrote anything: as good as never sent.
         let not_sent =
             not_sent || matches!(&reply, Reply::Value(Value::Error(e)) if is_transient_error(e));
-        // The registration the add asserted answers last (`ZADD NX`, and in the
-        // transaction `ZREM`): 1 when it was missing.
-        let reply = match reply {
-            Reply::Value(Value::Array(mut items))
-                if (fresh && items.len() == jobs.len() + 4)
-                    || (!fresh && items.len() == jobs.len() + 1) =>
-            {
-                let tail = items.split_off(items.len() - if fresh { 2 } else { 1 });
-                if tail.first() == Some(&Value::Int(1)) {
-                    self.trouble(format!(
-                        "producer {} was not registered when it added (Redis lost its data, \
-                         or it was away longer than its ttl and declared gone): registered \
-                         again; outcomes of its jobs that ended meanwhile were dropped",
-                        self.me.id
-                    ));
-                }
-                Reply::Value(Value::Array(items))
-            }
-            other => other,
-        };
+        let reply = self.registration_answered(reply, fresh, jobs.len());
         let items = match reply {
             // EXEC's array: the pause's EXISTS, the markers' HSET, then one XADD per job.
             Reply::Value(Value::Array(mut items)) if fresh && items.len() == jobs.len() + 2 => {
@@ -1360,6 +1341,35 @@ impl Producer {
             }
         };
         self.resend.succeed();
+        self.accepted(jobs, items, sent);
+    }
+
+    /// The answer of the registration an add asserted (`CommandKind::Enqueue`'s
+    /// `register_until_ms`), last in its reply (`ZADD NX`, and in the transaction `ZREM`):
+    /// taken off the reply, and the gap reported when the registration was missing.
+    fn registration_answered(&mut self, reply: Reply, fresh: bool, jobs: usize) -> Reply {
+        match reply {
+            Reply::Value(Value::Array(mut items))
+                if (fresh && items.len() == jobs + 4) || (!fresh && items.len() == jobs + 1) =>
+            {
+                let tail = items.split_off(items.len() - if fresh { 2 } else { 1 });
+                if tail.first() == Some(&Value::Int(1)) {
+                    self.trouble(format!(
+                        "producer {} was not registered when it added (Redis lost its data, \
+                         or it was away longer than its ttl and declared gone): registered \
+                         again; outcomes of its jobs that ended meanwhile were dropped",
+                        self.me.id
+                    ));
+                }
+                Reply::Value(Value::Array(items))
+            }
+            other => other,
+        }
+    }
+
+    /// Each job of an add Redis answered, with its item of the reply (an entry id, `1`
+    /// delayed, `0` queued already, `-1` paused, or the error of its XADD).
+    fn accepted(&mut self, jobs: Vec<NewJob>, items: Vec<Value>, sent: &[AddMeta]) {
         for ((job, item), meta) in jobs.into_iter().zip(items).zip(sent) {
             // The job may have ended already (its outcome read on another connection
             // before this reply): then there is nothing left to await.
