@@ -14,6 +14,10 @@
 //! - every completed job's result reaches the producer that added it, intact, and no
 //!   outcome reaches another producer of the queue;
 //! - pending lists, work streams and every per-job key end empty;
+//! - every add call is answered exactly once (taken, ended, unavailable, unconfirmed,
+//!   paused, failed; by its deadline at the latest, at once in fail-fast mode while Redis
+//!   is away), and a job whose call was answered `Unavailable` never reaches Redis unless
+//!   its id is added again;
 //! - and all of it again with failovers (a replica that takes over with what it had;
 //!   adds, settles and the producer's other unseen writes wait for it, `replicated`).
 
@@ -225,4 +229,32 @@ fn run(world: &mut World, ops: Vec<Op>, failover: u16) -> Result<(), TestCaseErr
         prop_assert!(false, "{} ({} failovers)", e, world.net.failovers);
     }
     Ok(())
+}
+
+/// The random runs above reach every answer an add call can get: without this, a model
+/// that never lets a deadline pass would check the answers' rules vacuously.
+#[test]
+fn the_random_runs_reach_every_answer_to_an_add_call() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        let cfg = world_config().new_tree(&mut runner).unwrap().current();
+        let ops = prop::collection::vec(op(), 1..200)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let mut world = World::new(cfg);
+        run(&mut world, ops, 0).unwrap();
+        for (kind, n) in &world.ledger.answers {
+            *answers.entry(*kind).or_insert(0) += n;
+        }
+    }
+    for kind in ["taken", "ended", "unavailable", "unconfirmed", "paused"] {
+        assert!(
+            answers.get(kind).is_some_and(|n| *n > 0),
+            "{kind}: {answers:?}"
+        );
+    }
 }

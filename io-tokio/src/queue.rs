@@ -1,6 +1,6 @@
 //! JobQueue: the producer machine driven over the shared connection by one task.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,9 +11,9 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::{KeyId, Keyring};
 use datalayer_core::producer::{
-    AddJob, DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource, EventsCursor, JobPlace,
-    PeekedEvent, Producer, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Request,
-    Revival, Withdrawal,
+    AddAnswer, AddJob, Call, DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource, EventsCursor,
+    JobEnd, JobPlace, PeekedEvent, Producer, ProducerConfig, ProducerError, ProducerEvent,
+    QueueStats, Request, Revival,
 };
 use datalayer_core::random::Random;
 use datalayer_core::trace::TraceContext;
@@ -157,11 +157,8 @@ impl QueueOptions {
     }
 }
 
-/// How long a queue remembers a job's outcome after it ended (ms): an add of its id in that
-/// time gets the outcome instead of running the job again.
-const ENDED_GRACE_MS: u64 = 60_000;
-/// The most outcomes remembered so.
-const ENDED_MAX: usize = 65_536;
+/// The failure reason a handle reports for a delayed job withdrawn before it ran.
+const WITHDRAWN: &str = "withdrawn before it ran";
 
 /// How a job ended, as its handle reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,8 +249,6 @@ enum Msg {
     Ask(Ask, oneshot::Sender<ProducerEvent>),
     Add(AddCall),
     AddMany(Vec<AddCall>),
-    /// The caller of add number `.1` stopped waiting: `Ok(())` if it was accepted meanwhile.
-    Withdraw(JobId, u64, oneshot::Sender<Result<(), Error>>),
     Close {
         destroy: bool,
         done: oneshot::Sender<()>,
@@ -294,7 +289,6 @@ pub struct JobQueue {
     /// Numbers the add calls.
     calls: Arc<AtomicU64>,
     events: broadcast::Sender<QueueEvent>,
-    when_unreachable: Unreachable,
     producer_id: Arc<str>,
     /// The queue's name.
     name: Arc<str>,
@@ -337,6 +331,7 @@ impl JobQueue {
             .unwrap_or_else(generate_producer_id);
         cfg.producer_ttl_ms = u64::try_from(options.producer_ttl.as_millis()).unwrap_or(u64::MAX);
         cfg.read_events = options.read_results;
+        cfg.fail_fast = options.when_unreachable == Unreachable::FailFast;
         // This instance's token: a later instance under the same producer id takes it over.
         cfg.token = format!("{:016x}", crate::random::random_u64());
         let producer_id: Arc<str> = cfg.producer.as_str().into();
@@ -362,10 +357,12 @@ impl JobQueue {
             waiters: HashMap::new(),
             #[cfg(feature = "metrics")]
             added_at: HashMap::new(),
-            ended: HashMap::new(),
-            ended_order: VecDeque::new(),
-            accepting: HashMap::new(),
-            fail_fast: options.when_unreachable == Unreachable::FailFast,
+            calls: HashMap::new(),
+            accept_wait: match options.when_unreachable {
+                Unreachable::Wait(d) => d,
+                // Answered at once while Redis is known to be away.
+                Unreachable::FailFast => Duration::from_secs(3600),
+            },
             closing: None,
             stats: Vec::new(),
             requests: HashMap::new(),
@@ -376,7 +373,6 @@ impl JobQueue {
             tx,
             calls: Arc::new(AtomicU64::new(0)),
             events,
-            when_unreachable: options.when_unreachable,
             producer_id,
             name: Arc::from(name),
         })
@@ -419,8 +415,7 @@ impl JobQueue {
                 .send(Msg::Add((call, job, reply)))
                 .await
                 .map_err(|_| Error::Stopped)?;
-            let deadline = tokio::time::Instant::now() + self.accept_wait();
-            self.accepted(id, call, rx, deadline).await
+            rx.await.map_err(|_| Error::Stopped)?
         };
         tracing::Instrument::instrument(sent, span).await
     }
@@ -443,21 +438,20 @@ impl JobQueue {
             if job.trace.is_none() {
                 job.trace.clone_from(&trace);
             }
-            let id = Self::assign_id(&mut job);
+            Self::assign_id(&mut job);
             let call = self.calls.fetch_add(1, Ordering::Relaxed);
             let (reply, rx) = oneshot::channel();
             batch.push((call, job, reply));
-            waits.push((id, call, rx));
+            waits.push(rx);
         }
         self.tx
             .send(Msg::AddMany(batch))
             .await
             .map_err(|_| Error::Stopped)?;
-        let deadline = tokio::time::Instant::now() + self.accept_wait();
         let accepted = async move {
             let mut out = Vec::with_capacity(waits.len());
-            for (id, call, rx) in waits {
-                out.push(self.accepted(id, call, rx, deadline).await);
+            for rx in waits {
+                out.push(rx.await.unwrap_or(Err(Error::Stopped)));
             }
             out
         };
@@ -474,35 +468,6 @@ impl JobQueue {
         job.id = Some(id.clone());
         job.generated_id = true;
         id
-    }
-
-    fn accept_wait(&self) -> Duration {
-        match self.when_unreachable {
-            Unreachable::Wait(d) => d,
-            // The driver fails the add at once if Redis is known to be away.
-            Unreachable::FailFast => Duration::from_secs(3600),
-        }
-    }
-
-    /// Waits until add call `call` (of `id`) is answered, or withdraws it at `deadline`.
-    async fn accepted(
-        &self,
-        id: JobId,
-        call: u64,
-        mut rx: oneshot::Receiver<Result<JobHandle, Error>>,
-        deadline: tokio::time::Instant,
-    ) -> Result<JobHandle, Error> {
-        if let Ok(r) = tokio::time::timeout_at(deadline, &mut rx).await {
-            return r.map_err(|_| Error::Stopped)?;
-        }
-        let (ask, answer) = oneshot::channel();
-        self.tx
-            .send(Msg::Withdraw(id, call, ask))
-            .await
-            .map_err(|_| Error::Stopped)?;
-        answer.await.map_err(|_| Error::Stopped)??;
-        // Accepted just before the withdrawal: the handle is on its way.
-        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Where the queue's events go (the other shards of a sharded queue send there too).
@@ -790,18 +755,6 @@ pub(crate) fn json_job(session_id: &str, payload: &impl Serialize) -> Result<Add
     })
 }
 
-/// The oldest of a job's waiting add calls.
-fn oldest(calls: &mut Vec<Accepting>) -> Option<Accepting> {
-    (!calls.is_empty()).then(|| calls.remove(0))
-}
-
-/// An add call waiting for Redis to take its job, with the handle to give back when it does.
-struct Accepting {
-    call: u64,
-    reply: AddReply,
-    handle: JobHandle,
-}
-
 struct Driver {
     /// The metrics' queue label: the queue's name (a shard's: its queue's).
     label: Arc<str>,
@@ -810,17 +763,12 @@ struct Driver {
     reads: Reads,
     rx: mpsc::Receiver<Msg>,
     events: broadcast::Sender<QueueEvent>,
-    /// Handles awaiting each job's outcome, by add call (a job added twice has two).
-    waiters: HashMap<JobId, Vec<(u64, oneshot::Sender<Outcome>)>>,
-    /// Outcomes of the jobs that ended in the last [`ENDED_GRACE_MS`] (at most
-    /// [`ENDED_MAX`]): an add of such an id (a caller adding again after `Unconfirmed`) gets
-    /// the outcome at once and is not sent, since the job's marker may be gone already and
-    /// it would run again.
-    ended: HashMap<JobId, (Outcome, u64)>,
-    ended_order: VecDeque<(JobId, u64)>,
-    /// Adds waiting for Redis to take them, with the handle to give back when it does.
-    accepting: HashMap<JobId, Vec<Accepting>>,
-    fail_fast: bool,
+    /// Handles awaiting each job's outcome (a job added twice has two).
+    waiters: HashMap<JobId, Vec<oneshot::Sender<Outcome>>>,
+    /// The add calls the engine has not answered yet, by number: where to answer.
+    calls: HashMap<u64, AddReply>,
+    /// How long an add waits for Redis to take it ([`Unreachable`]).
+    accept_wait: Duration,
     /// `close` was called: (destroy still to be confirmed, who to tell when done).
     closing: Option<(bool, oneshot::Sender<()>)>,
     /// Callers of `stats`, answered by the next `Stats` event.
@@ -884,9 +832,6 @@ impl Driver {
         for (op, reply) in ops.into_iter().zip(replies) {
             self.reply(op, reply);
         }
-        if self.fail_fast && !self.producer.is_reachable() {
-            self.refuse_waiting_adds();
-        }
     }
 
     fn reply(&mut self, op: OpId, reply: Reply) {
@@ -897,69 +842,6 @@ impl Driver {
         self.route_events();
     }
 
-    /// Fail-fast: Redis is away, so the adds still waiting for it fail now: `Unavailable`
-    /// for those never sent (withdrawn), `Unconfirmed` for those sent (the engine keeps
-    /// sending them until Redis answers).
-    fn refuse_waiting_adds(&mut self) {
-        let ids: Vec<JobId> = self.accepting.keys().cloned().collect();
-        for id in ids {
-            // The latest calls of a job are the ones not sent yet.
-            loop {
-                let error = withdrawn(&id, self.producer.withdraw(&id));
-                let unconfirmed = matches!(error, Error::Unconfirmed(_));
-                if !self.refuse_call(&id, Vec::pop, error) {
-                    break;
-                }
-                if unconfirmed {
-                    // Every other call of the job may have landed through the one sent.
-                    while self.refuse_call(&id, Vec::pop, Error::Unconfirmed(id.clone())) {}
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Takes one waiting add call of `id`, chosen by `pick` from them (oldest first).
-    fn take_accepting(
-        &mut self,
-        id: &JobId,
-        pick: impl FnOnce(&mut Vec<Accepting>) -> Option<Accepting>,
-    ) -> Option<Accepting> {
-        let calls = self.accepting.get_mut(id)?;
-        let taken = pick(calls);
-        if calls.is_empty() {
-            self.accepting.remove(id);
-        }
-        taken
-    }
-
-    /// Answers one waiting add call of `id`, chosen by `pick`, with `error` (its handle is
-    /// never given); whether one waited.
-    fn refuse_call(
-        &mut self,
-        id: &JobId,
-        pick: impl FnOnce(&mut Vec<Accepting>) -> Option<Accepting>,
-        error: Error,
-    ) -> bool {
-        let Some(a) = self.take_accepting(id, pick) else {
-            return false;
-        };
-        self.drop_waiter(id, a.call);
-        let _ = a.reply.send(Err(error));
-        true
-    }
-
-    /// Forgets the outcome sender of add call `call` of `id` (its handle was never given).
-    fn drop_waiter(&mut self, id: &JobId, call: u64) {
-        if let Some(ws) = self.waiters.get_mut(id) {
-            ws.retain(|(c, _)| *c != call);
-            if ws.is_empty() {
-                self.waiters.remove(id);
-            }
-        }
-    }
-
-    /// Gives every handle of `id` its outcome, and remembers it for a while.
     /// How long ago job `id` was first added here, forgotten (with the metrics feature).
     fn since_added(&mut self, id: &JobId) -> Option<Duration> {
         #[cfg(feature = "metrics")]
@@ -975,80 +857,64 @@ impl Driver {
     fn resolve(&mut self, id: &JobId, outcome: &Outcome, kind: &'static str) {
         let since = self.since_added(id);
         crate::telemetry::ended(&self.label, kind, since);
-        for (_, w) in self.waiters.remove(id).unwrap_or_default() {
+        for w in self.waiters.remove(id).unwrap_or_default() {
             let _ = w.send(outcome.clone());
         }
-        let now = now_ms();
-        self.ended.insert(id.clone(), (outcome.clone(), now));
-        self.ended_order.push_back((id.clone(), now));
-        self.forget_ended(now);
     }
 
-    /// Drops remembered outcomes past their grace, or beyond the most kept.
-    fn forget_ended(&mut self, now: u64) {
-        while let Some((id, at)) = self.ended_order.front() {
-            let expired = now.saturating_sub(*at) > ENDED_GRACE_MS;
-            if !expired && self.ended_order.len() <= ENDED_MAX {
-                break;
-            }
-            if self.ended.get(id).is_some_and(|(_, t)| t == at) {
-                self.ended.remove(id);
-            }
-            self.ended_order.pop_front();
-        }
-    }
-
-    /// The outcome of a job with the caller's id that ended a moment ago, if any.
-    fn ended_outcome(&mut self, job: &AddJob) -> Option<(JobId, Outcome)> {
-        let id = job.id.as_ref().filter(|_| !job.generated_id)?;
-        self.forget_ended(now_ms());
-        let (outcome, _) = self.ended.get(id)?;
-        Some((id.clone(), outcome.clone()))
-    }
-
-    /// One add call: answered at once if its job ended a moment ago or Redis is away (fail
-    /// fast), else handed to the engine and answered when Redis takes it.
+    /// One add call, handed to the engine: answered (maybe at once) by an `AddAnswered`.
     fn add(&mut self, call: u64, job: AddJob, reply: AddReply) {
-        if let Some((id, outcome)) = self.ended_outcome(&job) {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(outcome);
-            let _ = reply.send(Ok(JobHandle { id, rx }));
+        let now = now_ms();
+        let deadline = now.saturating_add(crate::clock::ms(self.accept_wait));
+        self.calls.insert(call, reply);
+        let id = self
+            .producer
+            .add_call(now, Call(call), job, deadline, &mut OsRandom);
+        #[cfg(feature = "metrics")]
+        self.added_at
+            .entry(id)
+            .or_insert_with(std::time::Instant::now);
+        #[cfg(not(feature = "metrics"))]
+        drop(id);
+        // Drain after every input, as the machine requires (an `add_many` is many).
+        self.route_events();
+    }
+
+    /// The engine's one answer to add call `call` of `job`.
+    fn answered(&mut self, call: Call, job: JobId, answer: AddAnswer) {
+        let Some(reply) = self.calls.remove(&call.0) else {
             return;
+        };
+        #[cfg(feature = "metrics")]
+        if answer != AddAnswer::Taken && !self.waiters.contains_key(&job) {
+            // No handle awaits the job here: nothing to time.
+            self.added_at.remove(&job);
         }
-        if self.fail_fast && !self.producer.is_reachable() {
-            if job.generated_id {
-                // A new id: nothing of the job can be in Redis.
-                let _ = reply.send(Err(Error::Unavailable));
-                return;
+        let (tx, rx) = oneshot::channel();
+        let result = match answer {
+            AddAnswer::Taken => {
+                self.waiters.entry(job.clone()).or_default().push(tx);
+                Ok(JobHandle { id: job, rx })
             }
-            // A caller-chosen id may be queued already (an earlier add): the engine takes the
-            // add, to send when Redis is back, and the caller hears at once.
-            let answer = match self.producer.add(now_ms(), job, &mut OsRandom) {
-                Ok(id) => Error::Unconfirmed(id),
-                Err(e) => refused(e),
-            };
-            let _ = reply.send(Err(answer));
-            return;
-        }
-        match self.producer.add(now_ms(), job, &mut OsRandom) {
-            Ok(id) => {
-                let (tx, rx) = oneshot::channel();
-                self.waiters.entry(id.clone()).or_default().push((call, tx));
-                #[cfg(feature = "metrics")]
-                self.added_at
-                    .entry(id.clone())
-                    .or_insert_with(std::time::Instant::now);
-                let handle = JobHandle { id: id.clone(), rx };
-                self.accepting.entry(id).or_default().push(Accepting {
-                    call,
-                    reply,
-                    handle,
+            AddAnswer::Ended(end) => {
+                let _ = tx.send(match end {
+                    JobEnd::Completed(result) => Outcome::Completed(result),
+                    JobEnd::Dead(reason) => Outcome::Failed(reason),
+                    JobEnd::Withdrawn => Outcome::Failed(WITHDRAWN.into()),
                 });
+                Ok(JobHandle { id: job, rx })
             }
-            Err(e) => {
-                let _ = reply.send(Err(refused(e)));
+            AddAnswer::Unavailable => Err(Error::Unavailable),
+            AddAnswer::Unconfirmed => Err(Error::Unconfirmed(job)),
+            AddAnswer::Paused => Err(Error::QueueClosed),
+            AddAnswer::Failed(error) => {
+                crate::telemetry::add_error(&self.label);
+                Err(Error::Add(error))
             }
-        }
+            AddAnswer::Refused(e) => Err(refused(e)),
+            other => Err(Error::Add(format!("{other:?}"))),
+        };
+        let _ = reply.send(result);
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -1081,23 +947,6 @@ impl Driver {
                 self.producer.request_stats();
                 self.stats.push(reply);
             }
-            Msg::Withdraw(id, call, answer) => {
-                let mine = |calls: &mut Vec<Accepting>| {
-                    let at = calls.iter().position(|a| a.call == call)?;
-                    Some(calls.remove(at))
-                };
-                let result = match self.take_accepting(&id, mine) {
-                    // Accepted meanwhile: the handle is on its way.
-                    None => Ok(()),
-                    // Its handle is never given: its outcome sender goes too.
-                    Some(_) => {
-                        self.drop_waiter(&id, call);
-                        let w = self.producer.withdraw(&id);
-                        Err(withdrawn(&id, w))
-                    }
-                };
-                let _ = answer.send(result);
-            }
             Msg::Close { destroy, done } => {
                 if destroy {
                     self.producer.destroy();
@@ -1113,13 +962,12 @@ impl Driver {
     fn route_events(&mut self) {
         while let Some(ev) = self.producer.poll_event() {
             let event = match ev {
-                ProducerEvent::Accepted { job, .. } => {
+                ProducerEvent::Accepted { .. } => {
                     crate::telemetry::added(&self.label);
-                    // Adds of one job are answered in the order they were made (the job is
-                    // in Redis either way).
-                    if let Some(a) = self.take_accepting(&job, oldest) {
-                        let _ = a.reply.send(Ok(a.handle));
-                    }
+                    continue;
+                }
+                ProducerEvent::AddAnswered { call, job, answer } => {
+                    self.answered(call, job, answer);
                     continue;
                 }
                 ev @ (ProducerEvent::Completed { .. }
@@ -1128,15 +976,7 @@ impl Driver {
                     Some(event) => event,
                     None => continue,
                 },
-                ProducerEvent::AddFailed { job, error } => {
-                    crate::telemetry::add_error(&self.label);
-                    self.refuse_call(&job, oldest, Error::Add(error));
-                    continue;
-                }
-                ProducerEvent::AddPaused { job } => {
-                    self.refuse_call(&job, oldest, Error::QueueClosed);
-                    continue;
-                }
+
                 ProducerEvent::Destroyed => {
                     if let Some((true, _)) = &self.closing {
                         self.closing = self.closing.take().map(|(_, done)| (false, done));
@@ -1150,11 +990,7 @@ impl Driver {
                 } => {
                     // Its final outcome: the job will not run.
                     let job = job.clone();
-                    self.resolve(
-                        &job,
-                        &Outcome::Failed("withdrawn before it ran".into()),
-                        "withdrawn",
-                    );
+                    self.resolve(&job, &Outcome::Failed(WITHDRAWN.into()), "withdrawn");
                     self.answer(request, ev);
                     continue;
                 }
@@ -1254,16 +1090,6 @@ impl Driver {
         if let Some(reply) = self.requests.remove(&request) {
             let _ = reply.send(ev);
         }
-    }
-}
-
-/// What a caller hears of an add the engine withdrew (or could not): `Unavailable` only
-/// for one that never left; one sent (or answered just now) may be queued, and the engine
-/// keeps sending it until Redis answers.
-fn withdrawn(id: &JobId, w: Withdrawal) -> Error {
-    match w {
-        Withdrawal::NotSent => Error::Unavailable,
-        _ => Error::Unconfirmed(id.clone()),
     }
 }
 

@@ -48,6 +48,11 @@ pub struct ProducerConfig {
     /// Adds count as done only once this many replicas have them (`WAIT`, see
     /// [`crate::command::Replicas`]); `None` (the default): once the primary has them.
     pub replicas: Option<crate::command::Replicas>,
+    /// Whether add calls ([`super::Producer::add_call`]) are answered at once while Redis
+    /// cannot be reached (the last command's outcome was unknown) rather than at their
+    /// deadline: `Unavailable` for a job that never left, `Unconfirmed` for one that may
+    /// be queued (default false).
+    pub fail_fast: bool,
 }
 
 impl ProducerConfig {
@@ -69,6 +74,7 @@ impl ProducerConfig {
             events_count: 256,
             block_ms: Some(5_000),
             replicas: None,
+            fail_fast: false,
         }
     }
 
@@ -342,6 +348,16 @@ pub enum ProducerEvent {
     /// Another instance registered under this producer's id (its replacement) and took over
     /// its outcomes: this one reads no more events and takes no more adds.
     Superseded,
+    /// The one answer to an add call ([`super::Producer::add_call`]); the job's own events
+    /// (`Accepted`, `AddFailed`, `AddPaused`) come too.
+    AddAnswered {
+        /// The call.
+        call: super::Call,
+        /// Its job.
+        job: JobId,
+        /// What became of the add.
+        answer: super::AddAnswer,
+    },
     /// Redis answered something unexpected; the producer retries, nothing is lost.
     Trouble {
         /// What happened.

@@ -11,12 +11,16 @@
 //! - Results are read from the last event id seen (never `$`), so none is lost while the
 //!   producer is away; surfaced events are deleted, and events nobody reads are trimmed
 //!   by age.
+//! - A caller who waits for its add ([`Producer::add_call`]) gets exactly one answer
+//!   ([`ProducerEvent::AddAnswered`]) by its deadline: the rules are in [`AddAnswer`].
 
 mod api;
+mod calls;
 mod dead;
 mod peek;
 mod usage;
 
+pub use calls::{AddAnswer, Call, ENDED_GRACE_MS, ENDED_MAX, JobEnd};
 pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
 pub use peek::{EventKind, EventsCursor, PeekedEvent};
 pub use usage::{EnvelopeSource, KeyUsagePage};
@@ -89,6 +93,8 @@ struct AddMeta {
     /// The instance sealed in the add's record: the outcomes of the job it queues are
     /// bound to it.
     instance: Instance,
+    /// The caller's add call it answers ([`Producer::add_call`]), if any.
+    call: Option<Call>,
 }
 
 /// The producer machine of one queue.
@@ -191,6 +197,8 @@ pub struct Producer {
     /// `Unconfirmed`): the caller may add the id again, here or elsewhere, so no add of
     /// these goes unchecked (fresh) any more. Forgotten when no add of the job is left.
     unconfirmed: HashSet<String>,
+    /// The add calls waiting for Redis, and the outcomes of jobs that ended lately.
+    calls: calls::Calls,
 }
 
 impl Producer {
@@ -249,6 +257,7 @@ impl Producer {
             reported_order: VecDeque::new(),
             failures: HashMap::new(),
             unconfirmed: HashSet::new(),
+            calls: calls::Calls::default(),
             cfg,
         })
     }
@@ -320,7 +329,8 @@ impl Producer {
             InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == job.0),
             _ => false,
         });
-        if in_flight || self.unsent.iter().any(sent) {
+        // Another add of the id (even one answered since) may have queued it.
+        if in_flight || self.unsent.iter().any(sent) || self.unconfirmed.contains(&job.0) {
             // The caller may now add the id again (through the duplicate check, here or in
             // another process): an unchecked resend of this add could land after it.
             self.unconfirmed.insert(job.0.clone());
@@ -381,12 +391,135 @@ impl Producer {
         Ok(())
     }
 
-    /// Seals a job and queues it for the next add command; returns its id.
+    /// Seals a job and queues it for the next add command; returns its id. What became of
+    /// it follows as events of the job (`Accepted`, `AddFailed`, `AddPaused`); a caller who
+    /// waits for an answer of its own, by a deadline, uses [`Producer::add_call`].
     pub fn add(
         &mut self,
         now_ms: u64,
         job: AddJob,
         rng: &mut impl Random,
+    ) -> Result<JobId, ProducerError> {
+        self.add_for(now_ms, job, rng, None)
+    }
+
+    /// Adds a job for a caller who waits for the answer: `call` numbers this add (unique
+    /// among the open calls), and exactly one [`ProducerEvent::AddAnswered`] of it follows
+    /// (it may be among the next events), at `deadline_ms` at the latest; the job's id is
+    /// chosen here when it has none, and returned. See [`AddAnswer`] for the answers: an
+    /// add of an id whose job ended lately is answered with its end and not sent; with
+    /// [`ProducerConfig::fail_fast`], adds are answered at once while Redis cannot be
+    /// reached, and the open calls when it turns out to be so.
+    pub fn add_call(
+        &mut self,
+        now_ms: u64,
+        call: Call,
+        mut job: AddJob,
+        deadline_ms: u64,
+        rng: &mut impl Random,
+    ) -> JobId {
+        self.now_ms = now_ms;
+        let id = match &job.id {
+            Some(id) => id.clone(),
+            None => {
+                let id = JobId::generate(now_ms, rng.next_u64());
+                job.id = Some(id.clone());
+                job.generated_id = true;
+                id
+            }
+        };
+        if !job.generated_id {
+            if let Some(end) = self.calls.ended_lately(&id.0, now_ms) {
+                self.answer(call, &id.0, AddAnswer::Ended(end));
+                return id;
+            }
+        }
+        let away = self.cfg.fail_fast && !self.reachable;
+        if away && job.generated_id {
+            // A new id: nothing of the job can be in Redis.
+            self.answer(call, &id.0, AddAnswer::Unavailable);
+            return id;
+        }
+        match self.add_for(now_ms, job, rng, Some(call)) {
+            Err(e) => self.answer(call, &id.0, AddAnswer::Refused(e)),
+            // A caller-chosen id may be queued already (an earlier add): the add goes when
+            // Redis is back, and the caller hears at once.
+            Ok(_) if away => self.answer(call, &id.0, AddAnswer::Unconfirmed),
+            Ok(_) => self.calls.open(call, &id.0, deadline_ms),
+        }
+        id
+    }
+
+    /// How many add calls await their answer.
+    #[must_use]
+    pub fn open_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    fn answer(&mut self, call: Call, job: &str, answer: AddAnswer) {
+        self.events.push_back(ProducerEvent::AddAnswered {
+            call,
+            job: JobId(job.to_owned()),
+            answer,
+        });
+    }
+
+    /// Redis answered the add of `job` made for `meta`'s call, if it still waits: `answer`
+    /// (`Taken` becomes `Ended` when the job ended meanwhile).
+    fn answer_add(&mut self, meta: &AddMeta, job: &str, answer: AddAnswer) {
+        let Some(call) = meta.call else {
+            return;
+        };
+        let Some(end) = self.calls.close(call) else {
+            return;
+        };
+        let answer = match (answer, end) {
+            (AddAnswer::Taken, Some(end)) => AddAnswer::Ended(end),
+            (answer, _) => answer,
+        };
+        self.answer(call, job, answer);
+    }
+
+    /// The caller of open call `call` stops waiting (its deadline, or Redis unreachable in
+    /// fail-fast mode): its add is withdrawn if it never left and no other add can have
+    /// queued the job (`Unavailable`); else it stays, checked, and the call is answered
+    /// `Unconfirmed` (even if the job's outcome was read meanwhile: Redis has not confirmed
+    /// the add, which with replicas asked for is not done; an add of the id again gets the
+    /// outcome).
+    fn give_up(&mut self, call: Call) {
+        let Some(job) = self.calls.job_of(call).map(str::to_owned) else {
+            return;
+        };
+        self.calls.close(call);
+        // Another add of the id (the caller's, or a re-add after `Unconfirmed`) may have
+        // queued it, even one answered since.
+        let only = self.outstanding.get(&job) == Some(&1) && !self.unconfirmed.contains(&job);
+        let mine = self
+            .unsent
+            .iter()
+            .position(|u| u.meta.call == Some(call) && !u.meta.sent && u.meta.generated);
+        let answer = match mine {
+            Some(at) if only => {
+                self.unsent.remove(at);
+                self.resolved(&job);
+                AddAnswer::Unavailable
+            }
+            _ => {
+                // The caller may now add the id again (through the duplicate check, here or
+                // in another process): an unchecked resend of this add could land after it.
+                self.unconfirmed.insert(job.clone());
+                AddAnswer::Unconfirmed
+            }
+        };
+        self.answer(call, &job, answer);
+    }
+
+    fn add_for(
+        &mut self,
+        now_ms: u64,
+        job: AddJob,
+        rng: &mut impl Random,
+        call: Option<Call>,
     ) -> Result<JobId, ProducerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
@@ -449,6 +582,7 @@ impl Producer {
                 sent: false,
                 generated,
                 instance,
+                call,
             },
         });
         Ok(id)
@@ -651,21 +785,26 @@ impl Producer {
         self.destroying = true;
         self.promote_at.clear();
         for u in std::mem::take(&mut self.unsent) {
-            self.fail_destroyed(u.job);
+            self.add_failed(&u.job, &u.meta, "queue destroyed".to_owned());
         }
     }
 
-    fn fail_destroyed(&mut self, job: NewJob) {
+    /// The add of `job` (for `meta`) failed for good: it is not queued.
+    fn add_failed(&mut self, job: &NewJob, meta: &AddMeta, error: String) {
         self.resolved(&job.id);
         self.events.push_back(ProducerEvent::AddFailed {
-            job: JobId(job.id),
-            error: "queue destroyed".to_owned(),
+            job: JobId(job.id.clone()),
+            error: error.clone(),
         });
+        self.answer_add(meta, &job.id, AddAnswer::Failed(error));
     }
 
-    /// Time passed.
+    /// Time passed: the add calls past their deadline are answered.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+        for call in self.calls.due(now_ms) {
+            self.give_up(call);
+        }
     }
 
     /// When to call `handle_timeout` next (ms), if a timer is set.
@@ -690,6 +829,9 @@ impl Producer {
         }
         if self.cfg.read_events && self.next_read_ms > self.now_ms {
             at(self.next_read_ms);
+        }
+        if let Some(deadline) = self.calls.next_deadline() {
+            at(deadline);
         }
         t
     }
@@ -1008,6 +1150,12 @@ impl Producer {
                 self.trouble(format!("destroy: {other:?}"));
             }
         }
+        if self.cfg.fail_fast && !self.reachable {
+            // Redis is away: the callers still waiting hear now.
+            for call in self.calls.open_calls() {
+                self.give_up(call);
+            }
+        }
         Ok(())
     }
 
@@ -1146,6 +1294,7 @@ impl Producer {
             self.await_no_more(&job.0);
             self.forget.push(job.0.clone());
             self.tombstones.insert(job.0.clone());
+            self.calls.ended(&job.0, &JobEnd::Withdrawn, self.now_ms);
         }
         Some(ProducerEvent::DelayedWithdrawn {
             request,
@@ -1184,11 +1333,8 @@ impl Producer {
         self.forget.clear();
         self.held.clear();
         for u in std::mem::take(&mut self.unsent) {
-            self.resolved(&u.job.id);
-            self.events.push_back(ProducerEvent::AddFailed {
-                job: JobId(u.job.id),
-                error: "superseded: another instance took over this producer id".into(),
-            });
+            let error = "superseded: another instance took over this producer id";
+            self.add_failed(&u.job, &u.meta, error.into());
         }
         self.events.push_back(ProducerEvent::Superseded);
     }
@@ -1304,12 +1450,8 @@ impl Producer {
                 items
             }
             Reply::Value(Value::Error(e)) if !is_transient_error(&e) => {
-                for job in jobs {
-                    self.resolved(&job.id);
-                    self.events.push_back(ProducerEvent::AddFailed {
-                        job: JobId(job.id),
-                        error: e.clone(),
-                    });
+                for (job, meta) in jobs.iter().zip(sent) {
+                    self.add_failed(job, meta, e.clone());
                 }
                 return;
             }
@@ -1319,8 +1461,8 @@ impl Producer {
                 }
                 if self.destroying {
                     // Sending them again could bring the keys back after the delete.
-                    for job in jobs {
-                        self.fail_destroyed(job);
+                    for (job, meta) in jobs.iter().zip(sent) {
+                        self.add_failed(job, meta, "queue destroyed".to_owned());
                     }
                     return;
                 }
@@ -1374,20 +1516,19 @@ impl Producer {
             // The job may have ended already (its outcome read on another connection
             // before this reply): then there is nothing left to await.
             let ended = self.forget_later.contains(&job.id);
-            self.resolved(&job.id);
             if let Value::Error(error) = item {
                 // An XADD of a fresh add failed inside its transaction (the rest ran).
-                self.events.push_back(ProducerEvent::AddFailed {
-                    job: JobId(job.id),
-                    error,
-                });
+                self.add_failed(&job, meta, error);
                 continue;
             }
+            self.resolved(&job.id);
             let status = match item {
                 Value::Int(-1) => {
                     // The queue is paused: not queued.
-                    self.events
-                        .push_back(ProducerEvent::AddPaused { job: JobId(job.id) });
+                    self.events.push_back(ProducerEvent::AddPaused {
+                        job: JobId(job.id.clone()),
+                    });
+                    self.answer_add(meta, &job.id, AddAnswer::Paused);
                     continue;
                 }
                 Value::Int(0) => AddStatus::AlreadyQueued,
@@ -1407,9 +1548,10 @@ impl Producer {
                 self.awaited.insert(job.id.clone(), meta.instance);
             }
             self.events.push_back(ProducerEvent::Accepted {
-                job: JobId(job.id),
+                job: JobId(job.id.clone()),
                 status,
             });
+            self.answer_add(meta, &job.id, AddAnswer::Taken);
         }
     }
 
@@ -1490,8 +1632,15 @@ impl Producer {
                 },
             };
             match &event {
-                ProducerEvent::Completed { job, .. } | ProducerEvent::DeadLettered { job, .. } => {
+                ProducerEvent::Completed { job, result, .. } => {
                     self.ended(job, entry.id);
+                    let end = JobEnd::Completed(result.clone());
+                    self.calls.ended(&job.0, &end, self.now_ms);
+                }
+                ProducerEvent::DeadLettered { job, reason, .. } => {
+                    self.ended(job, entry.id);
+                    let end = JobEnd::Dead(reason.clone());
+                    self.calls.ended(&job.0, &end, self.now_ms);
                 }
                 ProducerEvent::Failed { job, attempt, .. } => {
                     let last = self.failures.entry(job.0.clone()).or_insert(0);

@@ -1495,3 +1495,272 @@ fn an_add_after_redis_lost_everything_registers_again_and_gets_its_outcomes() {
         );
     }
 }
+
+/// The answers to add calls among `events`, in order.
+fn answers(events: &[ProducerEvent]) -> Vec<(u64, String, AddAnswer)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProducerEvent::AddAnswered { call, job, answer } => {
+                Some((call.0, job.0.clone(), answer.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn drained(p: &mut Producer) -> Vec<ProducerEvent> {
+    std::iter::from_fn(|| p.poll_event()).collect()
+}
+
+/// Each call is answered once, by its own add: two calls of one id are both `Taken` (the
+/// second through the duplicate check), a refused one at once; none is left open.
+#[test]
+fn every_add_call_is_answered_once() {
+    let mut rng = SeededRandom::new(40);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    let far = T0 + 10_000;
+    p.add_call(T0, Call(1), job("a"), far, &mut rng);
+    p.add_call(T0, Call(2), job("a"), far, &mut rng);
+    let generated = p.add_call(T0, Call(3), AddJob::default(), far, &mut rng);
+    p.add_call(T0, Call(4), job(""), far, &mut rng);
+    let mut events = drained(&mut p);
+    events.extend(drive(&mut p, &mut sim));
+    let mut got = answers(&events);
+    got.sort_by_key(|(c, ..)| *c);
+    assert_eq!(
+        got,
+        [
+            (1, "a".into(), AddAnswer::Taken),
+            (2, "a".into(), AddAnswer::Taken),
+            (3, generated.0, AddAnswer::Taken),
+            (
+                4,
+                String::new(),
+                AddAnswer::Refused(ProducerError::EmptyJobId)
+            ),
+        ]
+    );
+    assert_eq!(p.open_calls(), 0);
+    assert_eq!(sim.stream(&p.keys().jobs).map(|s| s.entries.len()), Some(2));
+}
+
+/// A call past its deadline whose add never left and whose id was generated for it is
+/// withdrawn: `Unavailable`, and the job never reaches Redis. One sent (or of the caller's
+/// id) is `Unconfirmed`, and its add goes on until Redis has it, once; its later answer
+/// from Redis is not a second answer.
+#[test]
+fn a_call_past_its_deadline_is_withdrawn_only_if_it_never_left() {
+    let mut rng = SeededRandom::new(41);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    p.add_call(T0, Call(1), AddJob::default(), T0 + 100, &mut rng);
+    assert_eq!(p.poll_timeout(), Some(T0 + 100), "the deadline is a timer");
+    p.handle_timeout(T0 + 100);
+    assert_eq!(
+        answers(&drained(&mut p))
+            .into_iter()
+            .map(|a| a.2)
+            .collect::<Vec<_>>(),
+        [AddAnswer::Unavailable]
+    );
+    assert!(drive(&mut p, &mut sim).is_empty());
+    assert!(sim.stream(&p.keys().jobs).is_none(), "never sent");
+    assert_eq!(p.pending_adds(), 0);
+
+    // Sent, the reply lost: at the deadline, unconfirmed; it lands once when Redis is back.
+    let id = p.add_call(T0 + 100, Call(2), AddJob::default(), T0 + 200, &mut rng);
+    let add = p.poll_command().expect("the add");
+    sim.execute(&add.kind);
+    p.handle_reply(T0 + 150, add.op, Reply::Unknown).unwrap();
+    assert!(
+        answers(&drained(&mut p)).is_empty(),
+        "no answer before the deadline"
+    );
+    p.handle_timeout(T0 + 200);
+    assert_eq!(
+        answers(&drained(&mut p)),
+        [(2, id.0.clone(), AddAnswer::Unconfirmed)]
+    );
+    sim.set_time(T0 + 5_000);
+    p.handle_timeout(T0 + 5_000);
+    let events = drive(&mut p, &mut sim);
+    assert!(answers(&events).is_empty(), "{events:?}");
+    assert_eq!(accepted(&events), [id.0]);
+    assert_eq!(sim.stream(&p.keys().jobs).map(|s| s.entries.len()), Some(1));
+}
+
+/// Fail-fast: once a command's outcome is unknown, the open calls hear at once
+/// (`Unconfirmed`: they were sent), and so do new ones while Redis stays away: a new id is
+/// `Unavailable` and never sent, a caller-chosen id `Unconfirmed` and sent when Redis is
+/// back. Without fail-fast, nothing is answered before the deadline.
+#[test]
+fn fail_fast_answers_while_redis_is_away() {
+    let mut rng = SeededRandom::new(42);
+    let mut sim = model(T0);
+    let mut p = producer(|mut c| {
+        c.fail_fast = true;
+        c.block_ms(None)
+    });
+    let far = T0 + 60_000;
+    let a = p.add_call(T0, Call(1), AddJob::default(), far, &mut rng);
+    let add = p.poll_command().expect("the add");
+    p.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    assert_eq!(
+        answers(&drained(&mut p)),
+        [(1, a.0, AddAnswer::Unconfirmed)]
+    );
+    let b = p.add_call(T0, Call(2), AddJob::default(), far, &mut rng);
+    p.add_call(T0, Call(3), job("mine"), far, &mut rng);
+    assert_eq!(
+        answers(&drained(&mut p)),
+        [
+            (2, b.0.clone(), AddAnswer::Unavailable),
+            (3, "mine".into(), AddAnswer::Unconfirmed)
+        ]
+    );
+    assert_eq!(p.open_calls(), 0);
+    sim.set_time(T0 + 5_000);
+    p.handle_timeout(T0 + 5_000);
+    drive(&mut p, &mut sim);
+    let jobs = sim.stream(&p.keys().jobs).map_or(0, |s| s.entries.len());
+    assert_eq!(jobs, 2, "the first add and `mine`, not the unavailable one");
+
+    let mut patient = producer(|c| c.block_ms(None));
+    patient.add_call(T0, Call(1), AddJob::default(), far, &mut rng);
+    let add = patient.poll_command().expect("the add");
+    patient.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    assert!(answers(&drained(&mut patient)).is_empty());
+    assert_eq!(patient.open_calls(), 1);
+}
+
+/// An add of an id whose job ended lately is answered with the end and not sent (its
+/// marker is gone: it would run again); past the grace it is a new job. A call whose job
+/// ended while Redis' answer to its add was lost hears the end when the resend is answered.
+#[test]
+fn calls_of_a_job_that_ended_hear_its_end() {
+    let mut rng = SeededRandom::new(43);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    let far = T0 + 3_600_000;
+    // The add ran, its reply was lost; the job completes and its outcome is read before
+    // the resend is answered.
+    p.add_call(T0, Call(1), job("a"), far, &mut rng);
+    let add = p.poll_command().expect("the add");
+    sim.execute(&add.kind);
+    p.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    work(&mut sim, &mut rng);
+    let now = sim.now_ms() + 5_000;
+    sim.set_time(now);
+    p.handle_timeout(now);
+    // Everything but the add's resend runs (the tail check, then the read) until the
+    // outcome is in; then the resend.
+    let mut events = Vec::new();
+    let mut held = Vec::new();
+    while completed(&events).is_empty() {
+        let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
+        assert!(!cmds.is_empty(), "stuck: {events:?}");
+        for cmd in cmds {
+            if matches!(cmd.kind, CommandKind::Enqueue { .. }) {
+                held.push(cmd);
+                continue;
+            }
+            let v = sim.execute(&cmd.kind);
+            p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+            events.extend(drained(&mut p));
+        }
+    }
+    assert!(answers(&events).is_empty(), "{events:?}");
+    for cmd in held {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+        events.extend(drained(&mut p));
+    }
+    events.extend(drive(&mut p, &mut sim));
+    assert_eq!(completed(&events), [("a".into(), b"ok:a".to_vec())]);
+    let end = AddAnswer::Ended(JobEnd::Completed(b"ok:a".to_vec()));
+    assert_eq!(answers(&events), [(1, "a".into(), end.clone())]);
+    // Added again a moment later: answered with the end, nothing sent.
+    p.add_call(now + 1_000, Call(2), job("a"), far, &mut rng);
+    assert_eq!(answers(&drained(&mut p)), [(2, "a".into(), end)]);
+    let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c.kind, CommandKind::Enqueue { .. })),
+        "{cmds:?}"
+    );
+    for cmd in cmds {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(now + 1_000, cmd.op, Reply::Value(v))
+            .unwrap();
+    }
+    drained(&mut p);
+    // Past the grace: a new job of that id.
+    let later = now + ENDED_GRACE_MS + 1_000;
+    sim.set_time(later);
+    p.add_call(later, Call(3), job("a"), far, &mut rng);
+    let events = drive(&mut p, &mut sim);
+    assert_eq!(answers(&events), [(3, "a".into(), AddAnswer::Taken)]);
+}
+
+/// Redis' refusals answer the calls of the adds they refuse: paused, failed.
+#[test]
+fn refused_add_calls_say_why() {
+    let mut rng = SeededRandom::new(44);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    let far = T0 + 10_000;
+    p.set_paused(T0, true);
+    drive(&mut p, &mut sim);
+    p.add_call(T0, Call(1), job("a"), far, &mut rng);
+    let events = drive(&mut p, &mut sim);
+    assert_eq!(answers(&events), [(1, "a".into(), AddAnswer::Paused)]);
+    p.set_paused(T0, false);
+    drive(&mut p, &mut sim);
+    p.add_call(T0, Call(2), job("b"), far, &mut rng);
+    let add = p.poll_command().expect("the add");
+    let oom = "OOM command not allowed when used memory > 'maxmemory'.";
+    p.handle_reply(T0, add.op, Reply::Value(Value::Error(oom.into())))
+        .unwrap();
+    assert_eq!(
+        answers(&drained(&mut p)),
+        [(2, "b".into(), AddAnswer::Failed(oom.into()))]
+    );
+    assert_eq!(p.open_calls(), 0);
+}
+
+/// A generated id added again by its caller (after `Unconfirmed`, say) is no longer this
+/// call's alone: once the re-add landed, the first call, still unsent, is `Unconfirmed` at
+/// its deadline, never `Unavailable` (the job is queued). Found by the engine model.
+#[test]
+fn a_call_whose_id_was_added_again_is_never_unavailable() {
+    let mut rng = SeededRandom::new(45);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    let id = p.add_call(T0, Call(1), AddJob::default(), T0 + 1_000, &mut rng);
+    let first = p.poll_command().expect("the first add");
+    // While it is out, the caller adds the id again; that add lands.
+    p.add_call(T0, Call(2), job(&id.0), T0 + 60_000, &mut rng);
+    let second = p.poll_command().expect("the second add");
+    assert!(
+        matches!(second.kind, CommandKind::Enqueue { .. }),
+        "{second:?}"
+    );
+    let v = sim.execute(&second.kind);
+    p.handle_reply(T0, second.op, Reply::Value(v)).unwrap();
+    assert_eq!(
+        answers(&drained(&mut p)),
+        [(2, id.0.clone(), AddAnswer::Taken)]
+    );
+    // The first never left (its connection was down): unsent again, its id generated.
+    p.handle_reply(T0, first.op, Reply::NotSent).unwrap();
+    drained(&mut p);
+    p.handle_timeout(T0 + 1_000);
+    assert_eq!(
+        answers(&drained(&mut p)),
+        [(1, id.0.clone(), AddAnswer::Unconfirmed)]
+    );
+    assert_eq!(sim.stream(&p.keys().jobs).map(|s| s.entries.len()), Some(1));
+}

@@ -14,7 +14,9 @@ use crate::envelope::Sealer;
 use crate::job::JobId;
 use crate::keys::{Key, KeyId, Keyring};
 use crate::naming::QueueKeys;
-use crate::producer::{AddJob, AddStatus, Producer, ProducerConfig, ProducerEvent};
+use crate::producer::{
+    AddAnswer, AddJob, AddStatus, Call, JobEnd, Producer, ProducerConfig, ProducerEvent,
+};
 use crate::random::{Random, SeededRandom};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::trace::TraceContext;
@@ -80,6 +82,13 @@ pub struct Ledger {
     pub replaced: u64,
     /// Workers shut down.
     pub shut_down: u64,
+    /// Add calls not answered yet: call → job and producer. Each is answered once
+    /// ([`ProducerEvent::AddAnswered`]); those of a replaced producer are abandoned.
+    pub open_calls: BTreeMap<u64, (JobId, usize)>,
+    /// How many calls got each kind of answer.
+    pub answers: BTreeMap<&'static str, u64>,
+    /// Jobs whose add call was answered `Unavailable`: never queued, so never run.
+    pub unavailable: BTreeSet<JobId>,
     /// Every engine error returned to the driver (must stay empty).
     pub errors: Vec<String>,
 }
@@ -167,6 +176,7 @@ pub struct World {
     cfg: WorldConfig,
     rng: SeededRandom,
     next_job: u64,
+    next_call: u64,
     /// The clock went back at some point: due times are no longer comparable.
     jumped_back: bool,
 }
@@ -215,6 +225,7 @@ impl World {
             sealers,
             rng: SeededRandom::new(cfg.seed),
             next_job: 0,
+            next_call: 0,
             jumped_back: false,
             cfg,
         };
@@ -296,9 +307,9 @@ impl World {
 
     /// The application adds a job through `producer`, due after `delay_ms`.
     pub fn add(&mut self, producer: usize, delay_ms: u64) {
-        let Some(p) = self.producers.get_mut(producer) else {
+        if producer >= self.producers.len() {
             return;
-        };
+        }
         self.next_job += 1;
         let job = AddJob {
             id: Some(JobId(format!("job-{}", self.next_job))),
@@ -310,17 +321,26 @@ impl World {
             generated_id: self.next_job % 2 == 0,
             trace: trace_of(&JobId(format!("job-{}", self.next_job)), 1),
         };
-        match p.add(self.now_ms, job, &mut self.rng) {
-            Ok(id) => {
-                self.ledger
-                    .due
-                    .insert(id.clone(), self.now_ms.saturating_add(delay_ms));
-                self.ledger.owner.insert(id.clone(), producer);
-                self.ledger.added.insert(id, producer);
-            }
-            Err(e) => self.ledger.errors.push(format!("add: {e}")),
-        }
+        let id = self.call(producer, job);
+        self.ledger
+            .due
+            .insert(id.clone(), self.now_ms.saturating_add(delay_ms));
+        self.ledger.owner.insert(id.clone(), producer);
+        self.ledger.added.insert(id, producer);
         self.pump();
+    }
+
+    /// An add call of `job` through `producer`, with a deadline drawn at random (some pass
+    /// before Redis answers, some never); its answer is checked when it comes.
+    fn call(&mut self, producer: usize, job: AddJob) -> JobId {
+        self.next_call += 1;
+        let call = self.next_call;
+        let wait = [100, 1_000, 10_000, 3_600_000][(self.rng.next_u64() % 4) as usize];
+        let deadline = self.now_ms.saturating_add(wait);
+        let p = &mut self.producers[producer];
+        let id = p.add_call(self.now_ms, Call(call), job, deadline, &mut self.rng);
+        self.ledger.open_calls.insert(call, (id.clone(), producer));
+        id
     }
 
     /// The application adds again, through `producer`, the id of a job it added that has
@@ -340,9 +360,9 @@ impl World {
             })
             .map(|(j, _)| j.clone())
             .collect();
-        let (Some(p), false) = (self.producers.get_mut(producer), open.is_empty()) else {
+        if producer >= self.producers.len() || open.is_empty() {
             return;
-        };
+        }
         let id = open[pick % open.len()].clone();
         let n = id.0.trim_start_matches("job-").parse::<u64>().unwrap_or(0);
         let job = AddJob {
@@ -356,13 +376,11 @@ impl World {
         };
         // This add is due now: whichever add lands first sets when the job runs.
         let now = self.now_ms;
-        match p.add(now, job, &mut self.rng) {
-            Ok(id) => {
-                self.ledger.re_added += 1;
-                self.ledger.due.entry(id).and_modify(|d| *d = (*d).min(now));
-            }
-            Err(e) => self.ledger.errors.push(format!("add again: {e}")),
-        }
+        let id = self.call(producer, job);
+        // A caller told `Unavailable` may add the id again: then it runs, once.
+        self.ledger.unavailable.remove(&id);
+        self.ledger.re_added += 1;
+        self.ledger.due.entry(id).and_modify(|d| *d = (*d).min(now));
         self.pump();
     }
 
@@ -382,6 +400,7 @@ impl World {
         l.completed.contains_key(job)
             || l.dead.contains(job)
             || l.add_failed.contains(job)
+            || l.unavailable.contains(job)
             || self.never_queued(job)
     }
 
@@ -421,6 +440,8 @@ impl World {
             l.added.remove(&job);
             l.abandoned.insert(job);
         }
+        // Their callers never hear (the process died).
+        l.open_calls.retain(|_, (_, p)| *p != producer);
         // The new producer may surface again outcomes its predecessor surfaced (events it
         // read and had not trimmed yet): one final outcome per job per producer.
         let added = &l.added;
@@ -725,6 +746,13 @@ impl World {
         if let Some((job, n)) = l.outcomes.iter().find(|(_, n)| **n > 1) {
             return Err(format!("{job}: {n} final outcomes"));
         }
+        if let Some(job) = l.unavailable.iter().find(|j| {
+            l.delivered.contains_key(*j) || l.accepted.contains(*j) || l.outcomes.contains_key(*j)
+        }) {
+            return Err(format!(
+                "{job} was answered Unavailable, yet it reached Redis"
+            ));
+        }
         if let Some((job, due, at)) = l.early.first() {
             return Err(format!(
                 "{job} delivered at {at}, before it was due at {due}"
@@ -770,9 +798,17 @@ impl World {
         self.check_step()?;
         let l = &self.ledger;
         if let Some(job) = l.added.keys().find(|j| {
-            !(l.completed.contains_key(*j) || l.dead.contains(*j) || self.never_queued(j))
+            !(l.completed.contains_key(*j)
+                || l.dead.contains(*j)
+                || l.unavailable.contains(*j)
+                || self.never_queued(j))
         }) {
             return Err(format!("{job} lost: neither completed nor dead"));
+        }
+        if let Some((call, (job, p))) = l.open_calls.first_key_value() {
+            return Err(format!(
+                "add call {call} of {job} (producer {p}) never answered"
+            ));
         }
         self.keys_drained()
     }
@@ -844,6 +880,8 @@ fn producer_config(n: usize, queue: usize, instance: u64, replicated: bool) -> P
         .block_ms(None);
     cfg.token = format!("{n}.{instance}");
     cfg.replicas = replicated.then_some(REPLICAS);
+    // Half the producers answer their callers at once while Redis is away.
+    cfg.fail_fast = n % 2 == 1;
     cfg
 }
 
@@ -897,6 +935,45 @@ fn record_producer_event(ledger: &mut Ledger, producer: usize, ev: ProducerEvent
         ProducerEvent::BadEvent { event, reason } => {
             ledger.errors.push(format!("bad event {event}: {reason}"));
         }
+        ProducerEvent::AddAnswered { call, job, answer } => answered(ledger, call, job, answer),
         _ => {}
     }
+}
+
+/// Add call `call` of `job` got `answer`: once, and consistent with the job.
+fn answered(ledger: &mut Ledger, call: Call, job: JobId, answer: AddAnswer) {
+    match ledger.open_calls.remove(&call.0) {
+        Some((j, _)) if j == job => {}
+        Some((j, _)) => ledger
+            .errors
+            .push(format!("call {} of {j} answered for {job}", call.0)),
+        None => ledger.errors.push(format!(
+            "call {} of {job} answered twice or unknown",
+            call.0
+        )),
+    }
+    let kind = match answer {
+        AddAnswer::Taken => "taken",
+        AddAnswer::Ended(JobEnd::Completed(r)) => {
+            if r != result_of(&job) {
+                ledger
+                    .errors
+                    .push(format!("{job}: ended with a wrong result"));
+            }
+            "ended"
+        }
+        AddAnswer::Ended(_) => "ended",
+        AddAnswer::Unavailable => {
+            ledger.unavailable.insert(job);
+            "unavailable"
+        }
+        AddAnswer::Unconfirmed => "unconfirmed",
+        AddAnswer::Paused => "paused",
+        AddAnswer::Failed(_) => "failed",
+        AddAnswer::Refused(e) => {
+            ledger.errors.push(format!("add of {job} refused: {e}"));
+            "refused"
+        }
+    };
+    *ledger.answers.entry(kind).or_default() += 1;
 }

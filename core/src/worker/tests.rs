@@ -385,7 +385,11 @@ fn faults_lose_nothing() {
     }
     assert!(world.quiesce(50_000), "{:?}", world.ledger);
     assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
-    assert_eq!(world.ledger.completed.len(), 30);
+    world.check_quiescent().unwrap();
+    // Adds whose callers gave up before they left are not queued; every other job ran.
+    let l = &world.ledger;
+    assert_eq!(l.completed.len() + l.unavailable.len(), 30, "{l:?}");
+    assert!(l.completed.len() >= 20, "{l:?}");
 }
 
 /// A worker and a producer on one model, driven by hand.
