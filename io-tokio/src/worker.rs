@@ -316,7 +316,8 @@ struct Driver {
     running: HashMap<Running, (AbortHandle, u64)>,
     /// The number of the next run.
     runs: u64,
-    shutdown: Option<(u64, oneshot::Sender<()>)>,
+    /// Who to tell when a shutdown is done.
+    shutdown: Option<oneshot::Sender<()>>,
     /// Events drained from the machine after each reply, handled by `route_events`.
     pending_events: Vec<ShardEvent>,
     log_reasons: bool,
@@ -352,11 +353,7 @@ impl Driver {
             if self.route_events(&handler) {
                 break;
             }
-            let mut wake = self.worker.poll_timeout();
-            if let Some((deadline, _)) = &self.shutdown {
-                wake = Some(wake.map_or(*deadline, |w| w.min(*deadline)));
-            }
-            let sleep = sleep_until_ms(wake);
+            let sleep = sleep_until_ms(self.worker.poll_timeout());
             tokio::select! {
                 (ops, replies) = self.pipes.next() => {
                     for (op, reply) in ops.into_iter().zip(replies) {
@@ -374,29 +371,22 @@ impl Driver {
                 }
                 (op, reply) = self.reads.recv() => self.reply(op, reply),
                 Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
-                    let at = now_ms().saturating_add(crate::clock::ms(deadline));
-                    self.worker.drain(now_ms());
+                    let now = now_ms();
+                    let at = now.saturating_add(crate::clock::ms(deadline));
+                    self.worker.shut_down(now, at);
                     self.reads.cancel();
-                    self.shutdown = Some((at, done));
+                    self.shutdown = Some(done);
                 }
                 () = sleep => self.tick(),
             }
         }
-        if let Some((_, done)) = self.shutdown.take() {
+        if let Some(done) = self.shutdown.take() {
             let _ = done.send(());
         }
     }
 
     fn tick(&mut self) {
         let now = now_ms();
-        if let Some((deadline, _)) = &self.shutdown {
-            if now >= *deadline {
-                for (_, (h, _)) in self.running.drain() {
-                    h.abort();
-                }
-                self.worker.hand_back(now);
-            }
-        }
         if let Err(e) = self.worker.handle_timeout(now, &mut OsRandom) {
             tracing::error!(error = %e, "worker refused a timeout");
         }
@@ -523,6 +513,13 @@ impl Driver {
                 WorkerEvent::TimedOut { entry } => {
                     if let Some((h, _)) = self.running.remove(&(shard, entry)) {
                         h.abort();
+                    }
+                }
+                WorkerEvent::HandedBack { entries } => {
+                    for entry in entries {
+                        if let Some((h, _)) = self.running.remove(&(shard, entry)) {
+                            h.abort();
+                        }
                     }
                 }
                 WorkerEvent::Superseded { entry, job } => {

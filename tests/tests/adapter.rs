@@ -1192,3 +1192,59 @@ async fn two_data_layers_on_one_queue_each_get_all_their_results() {
     };
     tokio::join!(run(qa.clone(), "a"), run(qb.clone(), "b"));
 }
+
+/// `shutdown(deadline)`: the worker stops taking jobs at once, lets a running job finish
+/// until the deadline, then stops its handler and hands it back, so that another worker
+/// runs it right away (long before the lease would free it), and its outcome reaches the
+/// producer once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_back_at_its_deadline_a_job_still_running() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = queue(&dl, "q");
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let aborted = Arc::new(AtomicU32::new(0));
+    let guard_count = aborted.clone();
+    struct OnDrop(Arc<AtomicU32>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let hung = dl
+        .worker("q", &secrets(), WorkerOptions::default())
+        .expect("worker")
+        .start(move |job: Job| {
+            let started = started_tx.clone();
+            let guard = OnDrop(guard_count.clone());
+            async move {
+                let _ = started.send(job.id.clone());
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(guard);
+                Ok::<_, String>(json!("never"))
+            }
+        });
+    let handle = queue.add("s", &json!("slow")).await.expect("add");
+    tokio::time::timeout(WAIT, started.recv())
+        .await
+        .expect("the job started")
+        .expect("a job");
+    let t0 = std::time::Instant::now();
+    tokio::time::timeout(WAIT, hung.shutdown(Duration::from_millis(500)))
+        .await
+        .expect("shut down by its deadline");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "returned after {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "returned after {took:?}");
+    assert_eq!(aborted.load(Ordering::SeqCst), 1, "the handler was stopped");
+    // Another worker runs it now: the lease (30 s) has not passed.
+    let t1 = std::time::Instant::now();
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
+    assert!(matches!(outcome(handle).await, Outcome::Completed(_)));
+    let rerun = t1.elapsed();
+    assert!(rerun < Duration::from_secs(10), "ran again after {rerun:?}");
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -453,21 +453,21 @@ impl World {
     }
 
     /// The worker in `slot` shuts down: it stops reading and lets its running jobs finish
-    /// (`drain`), or hands them back to the queue at once (`hand_back`: the shutdown deadline
-    /// passed); once `Drained`, its process exits (restart it to have a worker there again).
+    /// until its deadline, 5 s away (then hands back those still running), or hands them
+    /// back to the queue at once (`hand_back`: a deadline of now); once `Drained`, its
+    /// process exits (restart it to have a worker there again).
     pub fn shut_down(&mut self, slot: usize, hand_back: bool) {
         let now = self.now_ms;
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
         let Some(w) = &mut s.worker else { return };
-        if hand_back {
-            w.hand_back(now);
-            // The application's answers to handed-back jobs are discarded.
-            s.running.clear();
+        let deadline = if hand_back {
+            now
         } else {
-            w.drain(now);
-        }
+            now.saturating_add(5_000)
+        };
+        w.shut_down(now, deadline);
         self.ledger.shut_down += 1;
         self.pump();
     }
@@ -634,6 +634,10 @@ impl World {
                     }
                     WorkerEvent::TimedOut { entry } | WorkerEvent::Superseded { entry, .. } => {
                         s.running.retain(|e| *e != entry);
+                    }
+                    // The application's answers to handed-back jobs are discarded.
+                    WorkerEvent::HandedBack { entries } => {
+                        s.running.retain(|e| !entries.contains(e));
                     }
                     WorkerEvent::Drained => exited = true,
                     _ => {}

@@ -226,6 +226,12 @@ pub enum WorkerEvent {
         /// The job that ran there.
         job: JobId,
     },
+    /// `hand_back` (or `shut_down`'s deadline) gave these running jobs back to the queue:
+    /// stop their handlers; their answers are refused (`NotRunning`).
+    HandedBack {
+        /// The entries.
+        entries: Vec<EntryId>,
+    },
     /// `drain`: nothing runs and every settlement is confirmed; the worker is idle.
     Drained,
     /// Redis confirmed that this many jobs were settled so (this reply applied them; a

@@ -120,6 +120,8 @@ pub struct Worker {
     paused: bool,
     resend: ResendBackoff,
     draining: bool,
+    /// When the running jobs are handed back ([`Worker::shut_down`]'s deadline).
+    hand_back_at: Option<u64>,
     drained_sent: bool,
     /// The most credits this worker may take more (set by a [`ShardedWorker`], which shares
     /// one pool among its shards; unbounded alone).
@@ -165,6 +167,7 @@ impl Worker {
             paused: false,
             resend: ResendBackoff::default(),
             draining: false,
+            hand_back_at: None,
             drained_sent: false,
             allowance: u32::MAX,
             cfg,
@@ -377,17 +380,32 @@ impl Worker {
         self.maybe_drained();
     }
 
+    /// Shuts down: stops reading at once (as [`Worker::drain`]), lets running jobs finish
+    /// until `deadline_ms`, then hands back those still running (as [`Worker::hand_back`],
+    /// at the first `handle_timeout` from then; at once if the deadline has passed).
+    /// `Drained` follows when nothing runs and every settlement is confirmed.
+    pub fn shut_down(&mut self, now_ms: u64, deadline_ms: u64) {
+        self.drain(now_ms);
+        if deadline_ms <= now_ms {
+            self.hand_back(now_ms);
+        } else if !self.drained_sent {
+            self.hand_back_at = Some(deadline_ms);
+        }
+    }
+
     /// Give the still-running jobs back to the queue (the shutdown deadline passed): they
-    /// become reclaimable at once by other workers. Their results, if they still come, are
-    /// discarded.
+    /// become reclaimable at once by other workers. [`WorkerEvent::HandedBack`] names them
+    /// (stop their handlers); their results, if they still come, are refused.
     pub fn hand_back(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
         self.draining = true;
-        let entries: Vec<EntryId> = std::mem::take(&mut self.running)
-            .into_iter()
-            .filter(|(_, r)| !r.lost)
-            .map(|(e, _)| e)
-            .collect();
+        self.hand_back_at = None;
+        let running = std::mem::take(&mut self.running);
+        if !running.is_empty() {
+            let entries = running.keys().copied().collect();
+            self.events.push_back(WorkerEvent::HandedBack { entries });
+        }
+        let entries = running.into_iter().filter(|(_, r)| !r.lost).map(|(e, _)| e);
         self.hand_back.extend(entries);
         self.maybe_drained();
     }
@@ -403,6 +421,7 @@ impl Worker {
                 .any(|f| matches!(f, InFlight::Settle { .. } | InFlight::HandBack));
         if self.draining && idle && !self.drained_sent {
             self.drained_sent = true;
+            self.hand_back_at = None;
             self.events.push_back(WorkerEvent::Drained);
         }
     }
@@ -416,6 +435,9 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
+        if self.hand_back_at.is_some_and(|at| at <= now_ms) {
+            self.hand_back(now_ms);
+        }
         let Some(timeout) = self.cfg.timeout_ms else {
             return Ok(());
         };
@@ -455,6 +477,9 @@ impl Worker {
             self.running.values().map(|r| r.started_ms).min(),
         ) {
             at(start.saturating_add(timeout));
+        }
+        if let Some(deadline) = self.hand_back_at {
+            at(deadline);
         }
         if !self.draining {
             // Intake (reads, reclaims, promotions) waits out a backoff: none of its timers

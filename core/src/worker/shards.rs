@@ -138,6 +138,13 @@ impl ShardedWorker {
         }
     }
 
+    /// [`Worker::shut_down`] of every shard; one `Drained` follows when all have drained.
+    pub fn shut_down(&mut self, now_ms: u64, deadline_ms: u64) {
+        for w in &mut self.workers {
+            w.shut_down(now_ms, deadline_ms);
+        }
+    }
+
     /// [`Worker::hand_back`] of every shard.
     pub fn hand_back(&mut self, now_ms: u64) {
         for w in &mut self.workers {

@@ -561,6 +561,58 @@ fn hand_back_makes_running_jobs_reclaimable_at_once() {
     assert_eq!(got, running);
 }
 
+/// A shutdown stops reading at once, lets running jobs finish until its deadline (a
+/// timer), then hands back those still running, named in `HandedBack`; what finished before
+/// settles as usual. A worker that drains before the deadline has no timer left for it.
+#[test]
+fn shut_down_hands_back_at_its_deadline_what_still_runs() {
+    let mut b = Bench::new();
+    let mut a = b.worker("a", |c| c.concurrency(2));
+    b.add(2);
+    let running = jobs(&b.at(T0 + 100, &mut [&mut a])[0]);
+    assert_eq!(running.len(), 2);
+    a.shut_down(T0 + 200, T0 + 5_000);
+    assert!(a.poll_timeout().is_some_and(|t| t <= T0 + 5_000));
+    a.complete(T0 + 300, running[0], b"done", &mut b.rng)
+        .unwrap();
+    let ev = b.drive(&mut a);
+    assert!(!ev.contains(&WorkerEvent::Drained), "{ev:?}");
+    b.add(1);
+    let ev = b.at(T0 + 4_999, &mut [&mut a]);
+    assert!(jobs(&ev[0]).is_empty(), "no reads while shutting down");
+    assert!(
+        !ev[0]
+            .iter()
+            .any(|e| matches!(e, WorkerEvent::HandedBack { .. }))
+    );
+    let ev = b.at(T0 + 5_000, &mut [&mut a]);
+    assert_eq!(
+        ev[0].first(),
+        Some(&WorkerEvent::HandedBack {
+            entries: vec![running[1]]
+        }),
+        "{:?}",
+        ev[0]
+    );
+    assert_eq!(ev[0].last(), Some(&WorkerEvent::Drained));
+    assert_eq!(
+        a.complete(T0 + 5_001, running[1], b"late", &mut b.rng),
+        Err(WorkerError::NotRunning(running[1]))
+    );
+    // Another worker takes the handed-back job and the new one, well before a lease.
+    let mut other = b.worker("b", |c| c.concurrency(2));
+    let ev = b.at(T0 + 5_100, &mut [&mut other]);
+    assert_eq!(jobs(&ev[0]).len(), 2);
+    assert!(jobs(&ev[0]).contains(&running[1]));
+
+    // Drained before its deadline: no timer is left for it.
+    let mut c = b.worker("c", |c| c.concurrency(1).block_ms(Some(5_000)));
+    c.shut_down(T0 + 6_000, T0 + 60_000);
+    let ev = b.drive(&mut c);
+    assert_eq!(ev.last(), Some(&WorkerEvent::Drained));
+    assert!(c.poll_timeout().is_none_or(|t| t < T0 + 60_000));
+}
+
 #[test]
 fn timeouts_fail_hung_jobs() {
     let mut b = Bench::new();
