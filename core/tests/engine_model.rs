@@ -18,6 +18,9 @@
 //!   paused, failed; by its deadline at the latest, at once in fail-fast mode while Redis
 //!   is away), and a job whose call was answered `Unavailable` never reaches Redis unless
 //!   its id is added again;
+//! - after every step (due timers fired, everything drained, as a driver does) no
+//!   machine's timer is due: one whose action waits for a reply or for credits would wake
+//!   its driver again and again;
 //! - and all of it again with failovers (a replica that takes over with what it had;
 //!   adds, settles and the producer's other unseen writes wait for it, `replicated`).
 
@@ -215,6 +218,8 @@ fn run(world: &mut World, ops: Vec<Op>, failover: u16) -> Result<(), TestCaseErr
             Op::ShutDown { slot, hand_back } => world.shut_down(slot % slots, hand_back),
             Op::Replace { producer } => world.replace_producer(producer % producers),
         }
+        // As a driver does between inputs; every timer must then lie ahead.
+        world.fire_due_timers();
         if let Err(e) = world.check_step() {
             prop_assert!(false, "{}", e);
         }

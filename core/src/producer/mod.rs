@@ -824,7 +824,9 @@ impl Producer {
         if self.registers() && !self.any_in_flight(|f| matches!(f, InFlight::Register)) {
             at(self.register_at.max(self.resend.at_ms()));
         }
-        if let Some(&due) = self.promote_at.first() {
+        // A promotion in flight sets the next one when it is answered.
+        let promoting = self.any_in_flight(|f| matches!(f, InFlight::Promote));
+        if let Some(&due) = self.promote_at.first().filter(|_| !promoting) {
             at(due.max(self.resend.at_ms()));
         }
         if self.cfg.read_events && self.next_read_ms > self.now_ms {

@@ -1764,3 +1764,50 @@ fn a_call_whose_id_was_added_again_is_never_unavailable() {
     );
     assert_eq!(sim.stream(&p.keys().jobs).map(|s| s.entries.len()), Some(1));
 }
+
+/// A promotion in flight is not a timer: the next is set when it is answered (else the
+/// driver would wake at once, again and again, for a round trip).
+#[test]
+fn a_producer_promoting_has_no_timer_due_now() {
+    let mut rng = SeededRandom::new(46);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.block_ms(None));
+    p.add(
+        T0,
+        AddJob {
+            delay_ms: 1_000,
+            ..job("later")
+        },
+        &mut rng,
+    )
+    .unwrap();
+    drive(&mut p, &mut sim);
+    sim.set_time(T0 + 1_000);
+    p.handle_timeout(T0 + 1_000);
+    let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c.kind, CommandKind::Promote { .. })),
+        "{cmds:?}"
+    );
+    // Meanwhile another delayed job is taken, due at once.
+    p.add(
+        T0 + 1_000,
+        AddJob {
+            delay_ms: 1,
+            ..job("soon")
+        },
+        &mut rng,
+    )
+    .unwrap();
+    let add = p.poll_command().expect("the add");
+    let v = sim.execute(&add.kind);
+    p.handle_reply(T0 + 1_001, add.op, Reply::Value(v)).unwrap();
+    drained(&mut p);
+    assert!(p.poll_command().is_none(), "one promotion at a time");
+    assert!(
+        p.poll_timeout().is_none_or(|t| t > T0 + 1_001),
+        "{:?}",
+        p.poll_timeout()
+    );
+}

@@ -506,6 +506,46 @@ impl World {
         p.chain(w).min()
     }
 
+    /// What a driver does between inputs: every machine whose timer is due gets
+    /// `handle_timeout(now)`, and everything is drained; after that, every timer must lie
+    /// ahead (a timer not later than now would wake its driver again and again, or hides
+    /// work the machine is not doing): an engine error names the machine otherwise.
+    pub fn fire_due_timers(&mut self) {
+        let now = self.now_ms;
+        let due = |t: Option<u64>| t.is_some_and(|t| t <= now);
+        for p in &mut self.producers {
+            if due(p.poll_timeout()) {
+                p.handle_timeout(now);
+            }
+        }
+        for s in &mut self.slots {
+            if let Some(w) = &mut s.worker {
+                if due(w.poll_timeout()) {
+                    if let Err(e) = w.handle_timeout(now, &mut self.rng) {
+                        self.ledger.errors.push(format!("timeout: {e}"));
+                    }
+                }
+            }
+        }
+        self.pump();
+        for (i, p) in self.producers.iter().enumerate() {
+            if due(p.poll_timeout()) {
+                let at = p.poll_timeout();
+                self.ledger
+                    .errors
+                    .push(format!("producer {i}: stale timer {at:?} at {now}: {p:?}"));
+            }
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(w) = s.worker.as_ref().filter(|w| due(w.poll_timeout())) {
+                let at = w.poll_timeout();
+                self.ledger
+                    .errors
+                    .push(format!("worker {i}: stale timer {at:?} at {now}: {w:?}"));
+            }
+        }
+    }
+
     /// Runs the in-flight command number `pick` (modulo their count) and feeds its reply.
     pub fn deliver(&mut self, pick: usize) {
         if self.in_flight.is_empty() {

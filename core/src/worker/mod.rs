@@ -458,15 +458,21 @@ impl Worker {
     /// When to call `handle_timeout` next (ms), if a timer is set.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
+        // Only timers whose action can go when they fire: one waiting for a reply (a
+        // heartbeat, the upkeep, the group's creation in flight) or for credits is set
+        // again by what unblocks it, else its driver would wake again and again for nothing.
         let mut t: Option<u64> = None;
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
-        if self.resend.backing_off() && (!self.outbox.is_empty() || !self.group_ready) {
+        let out = |f: fn(&InFlight) -> bool| self.in_flight.values().any(f);
+        let backing_off = self.resend.backing_off() && !self.resend.ready(self.now_ms);
+        if backing_off && (!self.outbox.is_empty() || !self.group_ready) {
             at(self.resend.at_ms());
         }
+        let beating = out(|f| matches!(f, InFlight::Heartbeat { .. }));
         if let Some(beat) = self
             .running
             .values()
-            .filter(|r| !r.lost)
+            .filter(|r| !r.lost && !beating)
             .map(|r| r.last_beat_ms)
             .min()
         {
@@ -481,17 +487,18 @@ impl Worker {
         if let Some(deadline) = self.hand_back_at {
             at(deadline);
         }
-        if !self.draining {
+        if !self.draining && self.group_ready {
             // Intake (reads, reclaims, promotions) waits out a backoff: none of its timers
             // is before the backoff ends, and the end itself is one (a read is due then).
             let gate = |x: u64| x.max(self.resend.at_ms());
             if !self.resend.ready(self.now_ms) {
                 at(self.resend.at_ms());
             }
-            if !self.upkeep_waits_for_read() {
+            let upkeep = out(|f| matches!(f, InFlight::Reclaim { .. } | InFlight::Promote));
+            if !upkeep && !self.upkeep_waits_for_read() {
                 at(gate(self.next_reclaim_ms));
             }
-            if let Some(due) = self.next_promote_ms {
+            if let Some(due) = self.next_promote_ms.filter(|_| !upkeep) {
                 at(gate(due));
             }
             let polls = self.cfg.block_ms.is_none() || self.paused;

@@ -613,6 +613,37 @@ fn shut_down_hands_back_at_its_deadline_what_still_runs() {
     assert!(c.poll_timeout().is_none_or(|t| t < T0 + 60_000));
 }
 
+/// A timer whose action waits for a reply is not a timer: the group's creation, a
+/// heartbeat in flight. Else the driver would wake at once, again and again, until the
+/// reply came (a busy loop for a round trip). Found by the engine model's check after
+/// every step.
+#[test]
+fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.concurrency(1));
+    let ensure = w.poll_command().expect("the group's creation");
+    assert!(matches!(ensure.kind, CommandKind::EnsureGroup { .. }));
+    assert!(w.poll_command().is_none());
+    let due_now = |w: &Worker, now: u64| w.poll_timeout().is_some_and(|t| t <= now);
+    assert!(!due_now(&w, T0), "{:?}", w.poll_timeout());
+    let v = b.sim.execute(&ensure.kind);
+    w.handle_reply(T0, ensure.op, Reply::Value(v), &mut b.rng)
+        .unwrap();
+    b.add(1);
+    let running = jobs(&b.at(T0 + 10, &mut [&mut w])[0]);
+    assert_eq!(running.len(), 1);
+    // The heartbeat is due; it goes, and its reply is slow.
+    let beat_at = w.poll_timeout().expect("a heartbeat timer");
+    w.handle_timeout(beat_at, &mut b.rng).unwrap();
+    let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c.kind, CommandKind::Heartbeat { .. })),
+        "{cmds:?}"
+    );
+    assert!(!due_now(&w, beat_at), "{:?}", w.poll_timeout());
+}
+
 #[test]
 fn timeouts_fail_hung_jobs() {
     let mut b = Bench::new();
