@@ -145,6 +145,7 @@ impl RedisCluster {
             dir
         });
         let mut nodes = Vec::new();
+        let mut failed = 0;
         while nodes.len() < masters * (1 + replicas) {
             let (port, bus) = (crate::free_port(), crate::free_port());
             let dir = std::env::temp_dir()
@@ -160,6 +161,18 @@ impl RedisCluster {
             };
             if node.spawn() {
                 nodes.push(node);
+                continue;
+            }
+            // A port taken meanwhile is tried again elsewhere; a server that cannot start
+            // at all (a build without TLS, say) is an error, not an endless retry.
+            failed += 1;
+            if failed >= 10 {
+                let log = std::fs::read_to_string(node.dir.join("redis.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!(
+                    "{} did not start on 10 pairs of free ports; its log ends: {tail:?}",
+                    crate::binary()
+                );
             }
         }
         let cluster = Self {

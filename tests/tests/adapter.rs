@@ -1098,13 +1098,20 @@ async fn consumers_of_workers_that_exited_leave_the_group() {
     }
     // (Each worker's upkeep already removed some of its predecessors'; the last one's is
     // there, since no upkeep ran after it exited.)
-    assert!(!consumers(&mut conn, "churn").await.is_empty());
-    // A live worker's upkeep (once per second here) removes the ones that are gone.
+    let exited = consumers(&mut conn, "churn").await;
+    assert!(!exited.is_empty());
+    // A live worker's upkeep (once per second here) removes the ones that are gone, and
+    // only those (on Redis 7.2 and later the live worker's idle read has made it a
+    // consumer too; on 7.0 a read that blocks does not).
     let dl = layer(&server).await;
     let _worker = echo_worker(&dl, "churn", options());
     let start = std::time::Instant::now();
     loop {
-        let left = consumers(&mut conn, "churn").await;
+        let left: Vec<String> = consumers(&mut conn, "churn")
+            .await
+            .into_iter()
+            .filter(|c| exited.contains(c))
+            .collect();
         if left.is_empty() {
             break;
         }

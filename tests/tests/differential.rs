@@ -859,6 +859,27 @@ async fn keyspaces(
     (per_key(mv, model_base), per_key(rv, real_base))
 }
 
+/// The model at `now_ms`, behaving as the server's version does where versions differ.
+async fn model_of(conn: &mut redis::aio::MultiplexedConnection, now_ms: u64) -> Sim {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    let version: Vec<u32> = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("0")
+        .trim()
+        .split('.')
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let at_least_7_2 = version.as_slice() >= [7, 2].as_slice();
+    let mut sim = Sim::new(now_ms);
+    sim.set_consumers_on_any_read(at_least_7_2);
+    sim
+}
+
 async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
     secs * 1000 + micros / 1000
@@ -873,7 +894,7 @@ async fn model_and_redis_agree() {
         let keys = Arc::new(QueueKeys::new("dl", &format!("diff{seed}")).expect("keys"));
         let mut rng = SeededRandom::new(seed);
         let real_base = redis_time(&mut conn).await;
-        let mut sim = Sim::new(1_700_000_000_000);
+        let mut sim = model_of(&mut conn, 1_700_000_000_000).await;
         let mut model = Side::new(sim.now_ms());
         let mut real = Side::new(real_base);
         for step in 0..80 {
@@ -964,7 +985,7 @@ async fn trim_window_agrees_with_the_model() {
     let keys = Arc::new(QueueKeys::new("dl", "window").expect("keys"));
     let now = redis_time(&mut conn).await;
     let old = now - 5_000;
-    let mut sim = Sim::new(old);
+    let mut sim = model_of(&mut conn, old).await;
     let (mut model, mut real) = (Side::new(old), Side::new(old));
     on_both(
         &mut sim,
@@ -1089,7 +1110,7 @@ async fn large_enqueue_batches_agree_with_the_model() {
     let mut conn = connect(&server).await;
     let keys = Arc::new(QueueKeys::new("dl", "large").expect("keys"));
     let now = redis_time(&mut conn).await;
-    let mut sim = Sim::new(now);
+    let mut sim = model_of(&mut conn, now).await;
     let (mut model, mut real) = (Side::new(now), Side::new(now));
     let jobs: Vec<NewJob> = (0..2_500u32)
         .map(|i| {
@@ -1356,7 +1377,8 @@ async fn merged_reads_on_the_model_and_redis_agree() {
         let queues: Vec<Arc<QueueKeys>> = (0..3)
             .map(|q| Arc::new(QueueKeys::new("dl", &format!("m{seed}-{q}")).expect("keys")))
             .collect();
-        let mut sim = Sim::new(redis_time(&mut conn).await);
+        let now = redis_time(&mut conn).await;
+        let mut sim = model_of(&mut conn, now).await;
         // Per stream, per side: the ids seen (ids are unique within a stream only).
         let mut model: Vec<Side> = (0..6).map(|_| Side::new(0)).collect();
         let mut real: Vec<Side> = (0..6).map(|_| Side::new(0)).collect();
@@ -1488,7 +1510,7 @@ async fn events_tail_agrees_with_the_model() {
     let mut conn = connect(&server).await;
     let keys = Arc::new(QueueKeys::new("dl", "tail").expect("keys"));
     let now = redis_time(&mut conn).await;
-    let mut sim = Sim::new(now);
+    let mut sim = model_of(&mut conn, now).await;
     let (mut model, mut real) = (Side::new(now), Side::new(now));
     let steps = [
         Op::EnsureGroup,

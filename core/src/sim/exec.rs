@@ -887,11 +887,11 @@ fn hdel(sim: &mut Sim, key: &str, field: &[u8]) -> Result<(), String> {
 
 /// `XREADGROUP GROUP workers <consumer> COUNT <count> STREAMS <jobs> >`.
 pub(super) fn read_group(sim: &mut Sim, keys: &QueueKeys, consumer: &str, count: u32) -> Exec {
-    let now = sim.now_ms;
+    let (now, any_read) = (sim.now_ms, sim.consumers_on_any_read);
     let Some(s) = sim.stream_mut(&keys.jobs, false)? else {
         return Err(nogroup(&keys.jobs, "XREADGROUP with GROUP option"));
     };
-    let got = s.read_group(GROUP, consumer, count as usize, now);
+    let got = s.read_group(GROUP, consumer, count as usize, now, any_read);
     let got = got.ok_or_else(|| nogroup(&keys.jobs, "XREADGROUP with GROUP option"))?;
     Ok(read_reply(&keys.jobs, got))
 }
@@ -1143,11 +1143,12 @@ fn reclaim(sim: &mut Sim, kind: &CommandKind) -> Exec {
     };
     let (mut cursor, mut claimed, mut deleted) = (*cursor, Vec::new(), Vec::new());
     if *count > 0 && !sim.exists(&keys.paused) {
-        let now = sim.now_ms;
+        let (now, any_read) = (sim.now_ms, sim.consumers_on_any_read);
         let missing = || nogroup(&keys.jobs, "XAUTOCLAIM");
         let s = sim.stream_mut(&keys.jobs, false)?.ok_or_else(missing)?;
+        let (start, count) = (cursor, *count as usize);
         let c = s
-            .autoclaim(GROUP, consumer, *min_idle_ms, cursor, *count as usize, now)
+            .autoclaim(GROUP, consumer, *min_idle_ms, start, count, now, any_read)
             .ok_or_else(missing)?;
         claimed = c
             .claimed

@@ -133,6 +133,9 @@ pub struct Sim {
     /// Keys with a time to live: when they expire (ms; gone once the clock is past it).
     expires: HashMap<String, u64>,
     executed: u64,
+    /// Whether a read that gets nothing makes its consumer one of the group's (Redis 7.2
+    /// and later; 7.0 does so only when it delivers something).
+    consumers_on_any_read: bool,
 }
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
@@ -145,6 +148,15 @@ impl Sim {
             now_ms,
             ..Self::default()
         }
+    }
+
+    /// Behave as Redis 7.2 and later do (`true`) or as 7.0 does (`false`, the default):
+    /// since 7.2 every `XREADGROUP` makes its consumer one of the group's, even a read that
+    /// gets nothing (or blocks); 7.0 makes it one only when it delivers an entry. The
+    /// engine does not depend on it (the upkeep removes consumers of gone workers either
+    /// way); the differential test sets it from the server's version.
+    pub fn set_consumers_on_any_read(&mut self, on: bool) {
+        self.consumers_on_any_read = on;
     }
 
     /// The model's clock (ms); new entry ids come from it.

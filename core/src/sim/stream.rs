@@ -24,7 +24,8 @@ pub struct Group {
     pub pel: BTreeMap<EntryId, Pending>,
     /// The group's consumers. As Redis 7.0 does it, a consumer comes into being when it is
     /// first given an entry (a read that returns some, a claim that takes some), and stays
-    /// until `XGROUP DELCONSUMER`.
+    /// until `XGROUP DELCONSUMER`; from Redis 7.2 on, any read of its names it
+    /// ([`super::Sim::set_consumers_on_any_read`]).
     pub consumers: BTreeSet<String>,
 }
 
@@ -80,13 +81,16 @@ impl Stream {
         dropped
     }
 
-    /// XREADGROUP `>`: up to `count` (0: all) new entries, now pending for `consumer`.
+    /// XREADGROUP `>`: up to `count` (0: all) new entries, now pending for `consumer`
+    /// (`any_read`: the read makes `consumer` one of the group's even when it gets nothing,
+    /// as Redis 7.2 and later do).
     pub fn read_group(
         &mut self,
         group: &str,
         consumer: &str,
         count: usize,
         now_ms: u64,
+        any_read: bool,
     ) -> Option<Vec<(EntryId, Fields)>> {
         let g = self.groups.get_mut(group)?;
         let after = g.last_delivered;
@@ -97,7 +101,7 @@ impl Stream {
             .take(if count == 0 { usize::MAX } else { count })
             .map(|(id, f)| (*id, f.clone()))
             .collect();
-        if !fresh.is_empty() {
+        if any_read || !fresh.is_empty() {
             g.consumers.insert(consumer.to_owned());
         }
         for (id, _) in &fresh {
@@ -134,7 +138,10 @@ impl Stream {
 
     /// XAUTOCLAIM, as Redis 7 does it: scans at most `10 * count` pending entries from
     /// `start`; deleted entries leave the PEL (and count against `count`); entries idle at
-    /// least `min_idle_ms` move to `consumer` with one more delivery.
+    /// least `min_idle_ms` move to `consumer` with one more delivery (`any_read`: the call
+    /// makes `consumer` one of the group's even when it claims nothing, as Redis 7.2 and
+    /// later do).
+    #[allow(clippy::too_many_arguments)]
     pub fn autoclaim(
         &mut self,
         group: &str,
@@ -143,6 +150,7 @@ impl Stream {
         start: EntryId,
         count: usize,
         now_ms: u64,
+        any_read: bool,
     ) -> Option<AutoClaim> {
         let g = self.groups.get_mut(group)?;
         let mut out = AutoClaim::default();
@@ -173,7 +181,7 @@ impl Stream {
             left -= 1;
         }
         out.cursor = ids.get(scanned).copied().unwrap_or(EntryId::ZERO);
-        if !out.claimed.is_empty() {
+        if any_read || !out.claimed.is_empty() {
             g.consumers.insert(consumer.to_owned());
         }
         Some(out)
