@@ -12,7 +12,7 @@
 //!   ([`AddAnswer::Unavailable`]: not queued); any other is [`AddAnswer::Unconfirmed`]: it
 //!   may be queued, and the producer keeps sending it, checked, until Redis answers.
 //! - The outcomes of the jobs that ended in the last [`ENDED_GRACE_MS`] (at most
-//!   [`ENDED_MAX`]) are kept: an add of such an id (a caller adding again after
+//!   [`ENDED_MAX`], and [`ENDED_MAX_BYTES`] of results) are kept: an add of such an id (a caller adding again after
 //!   `Unconfirmed`) is answered [`AddAnswer::Ended`] and not sent, since the job's marker
 //!   may be gone already and it would run again. A call whose job ended while it waited
 //!   for Redis' answer to its add is answered `Ended` when that answer comes.
@@ -26,6 +26,9 @@ use super::ProducerError;
 pub const ENDED_GRACE_MS: u64 = 60_000;
 /// The most outcomes a producer remembers so.
 pub const ENDED_MAX: usize = 65_536;
+/// The most bytes of results a producer remembers so (the oldest go first beyond it: 65,536
+/// results of 1 MiB would otherwise be 64 GiB).
+pub const ENDED_MAX_BYTES: usize = 64 << 20;
 
 /// A caller's add, numbered by the caller (unique among the producer's open calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +43,17 @@ pub enum JobEnd {
     Dead(String),
     /// It was withdrawn while delayed, before it ran.
     Withdrawn,
+}
+
+impl JobEnd {
+    /// The bytes of its result or reason.
+    fn len(&self) -> usize {
+        match self {
+            JobEnd::Completed(r) => r.len(),
+            JobEnd::Dead(reason) => reason.len(),
+            JobEnd::Withdrawn => 0,
+        }
+    }
 }
 
 /// The one answer to an add call.
@@ -87,6 +101,8 @@ pub(super) struct Calls {
     deadlines: BTreeSet<(u64, Call)>,
     ended: HashMap<String, (JobEnd, u64)>,
     ended_order: VecDeque<(String, u64)>,
+    /// The bytes of the results and reasons in `ended`.
+    ended_bytes: usize,
 }
 
 impl Calls {
@@ -158,7 +174,10 @@ impl Calls {
                 w.end = Some(end.clone());
             }
         }
-        self.ended.insert(job.to_owned(), (end.clone(), now_ms));
+        self.ended_bytes += end.len();
+        if let Some((old, _)) = self.ended.insert(job.to_owned(), (end.clone(), now_ms)) {
+            self.ended_bytes -= old.len();
+        }
         self.ended_order.push_back((job.to_owned(), now_ms));
         self.forget_ended(now_ms);
     }
@@ -173,11 +192,14 @@ impl Calls {
     fn forget_ended(&mut self, now_ms: u64) {
         while let Some((job, at)) = self.ended_order.front() {
             let expired = now_ms.saturating_sub(*at) > ENDED_GRACE_MS;
-            if !expired && self.ended_order.len() <= ENDED_MAX {
+            let full = self.ended_order.len() > ENDED_MAX || self.ended_bytes > ENDED_MAX_BYTES;
+            if !expired && !full {
                 break;
             }
             if self.ended.get(job).is_some_and(|(_, t)| t == at) {
-                self.ended.remove(job);
+                if let Some((end, _)) = self.ended.remove(job) {
+                    self.ended_bytes -= end.len();
+                }
             }
             self.ended_order.pop_front();
         }
@@ -186,5 +208,32 @@ impl Calls {
     /// How many calls are open.
     pub(super) fn len(&self) -> usize {
         self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remembered outcomes are bounded by count, by bytes and by time, oldest first.
+    #[test]
+    fn ended_outcomes_are_bounded_by_bytes_too() {
+        let mut calls = Calls::default();
+        let big = JobEnd::Completed(vec![0; 1 << 20]);
+        for n in 0..70 {
+            calls.ended(&format!("j{n}"), &big, 0);
+        }
+        assert!(calls.ended_bytes <= ENDED_MAX_BYTES);
+        assert!(calls.ended_lately("j0", 0).is_none(), "the oldest went");
+        assert_eq!(calls.ended_lately("j69", 0), Some(big.clone()));
+        assert_eq!(calls.ended.len(), 64);
+        // The same job ending again (a stale repeat) is counted once.
+        calls.ended("j69", &JobEnd::Dead("x".into()), 1);
+        assert_eq!(calls.ended_bytes, 63 * (1 << 20) + 1);
+        assert!(
+            calls.ended_lately("j69", ENDED_GRACE_MS + 2).is_none(),
+            "past the grace"
+        );
+        assert_eq!(calls.ended_bytes, 0);
     }
 }

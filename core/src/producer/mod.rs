@@ -20,7 +20,7 @@ mod dead;
 mod peek;
 mod usage;
 
-pub use calls::{AddAnswer, Call, ENDED_GRACE_MS, ENDED_MAX, JobEnd};
+pub use calls::{AddAnswer, Call, ENDED_GRACE_MS, ENDED_MAX, ENDED_MAX_BYTES, JobEnd};
 pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
 pub use peek::{EventKind, EventsCursor, PeekedEvent};
 pub use usage::{EnvelopeSource, KeyUsagePage};
