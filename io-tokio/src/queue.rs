@@ -865,7 +865,11 @@ impl Driver {
     /// One add call, handed to the engine: answered (maybe at once) by an `AddAnswered`.
     fn add(&mut self, call: u64, job: AddJob, reply: AddReply) {
         let now = now_ms();
-        let deadline = now.saturating_add(crate::clock::ms(self.accept_wait));
+        // The clock is in whole ms (rounded down): one more, so that the call never gives
+        // up before its wait has passed.
+        let deadline = now
+            .saturating_add(crate::clock::ms(self.accept_wait))
+            .saturating_add(1);
         self.calls.insert(call, reply);
         let id = self
             .producer
