@@ -123,11 +123,12 @@ impl Calls {
         self.deadlines.insert((deadline_ms, call));
     }
 
-    /// Closes `call` (it is being answered): its answer if the job ended meanwhile.
-    pub(super) fn close(&mut self, call: Call) -> Option<Option<JobEnd>> {
+    /// Closes `call` (it is being answered): its job, and how the job ended if it did
+    /// meanwhile.
+    pub(super) fn close(&mut self, call: Call) -> Option<(String, Option<JobEnd>)> {
         let w = self.waiting.remove(&call)?;
         self.unlink(call, &w);
-        Some(w.end)
+        Some((w.job, w.end))
     }
 
     fn unlink(&mut self, call: Call, w: &Waiting) {
@@ -138,11 +139,6 @@ impl Calls {
                 self.by_job.remove(&w.job);
             }
         }
-    }
-
-    /// The job of open call `call`.
-    pub(super) fn job_of(&self, call: Call) -> Option<&str> {
-        self.waiting.get(&call).map(|w| w.job.as_str())
     }
 
     /// The open calls, oldest number first.

@@ -470,7 +470,7 @@ impl Producer {
         let Some(call) = meta.call else {
             return;
         };
-        let Some(end) = self.calls.close(call) else {
+        let Some((_, end)) = self.calls.close(call) else {
             return;
         };
         let answer = match (answer, end) {
@@ -487,10 +487,9 @@ impl Producer {
     /// the add, which with replicas asked for is not done; an add of the id again gets the
     /// outcome).
     fn give_up(&mut self, call: Call) {
-        let Some(job) = self.calls.job_of(call).map(str::to_owned) else {
+        let Some((job, _)) = self.calls.close(call) else {
             return;
         };
-        self.calls.close(call);
         // Another add of the id (the caller's, or a re-add after `Unconfirmed`) may have
         // queued it, even one answered since.
         let only = self.outstanding.get(&job) == Some(&1) && !self.unconfirmed.contains(&job);

@@ -528,22 +528,25 @@ impl World {
             }
         }
         self.pump();
-        for (i, p) in self.producers.iter().enumerate() {
-            if due(p.poll_timeout()) {
-                let at = p.poll_timeout();
-                self.ledger
-                    .errors
-                    .push(format!("producer {i}: stale timer {at:?} at {now}: {p:?}"));
-            }
+        for who in self.due_timers() {
+            self.ledger
+                .errors
+                .push(format!("stale timer at {now}: {who}"));
         }
-        for (i, s) in self.slots.iter().enumerate() {
-            if let Some(w) = s.worker.as_ref().filter(|w| due(w.poll_timeout())) {
-                let at = w.poll_timeout();
-                self.ledger
-                    .errors
-                    .push(format!("worker {i}: stale timer {at:?} at {now}: {w:?}"));
-            }
-        }
+    }
+
+    /// The machines whose timer is due (not later than now), described.
+    fn due_timers(&self) -> Vec<String> {
+        let due = |t: Option<u64>| t.is_some_and(|t| t <= self.now_ms);
+        let producers = self.producers.iter().enumerate();
+        let producers = producers
+            .filter(|(_, p)| due(p.poll_timeout()))
+            .map(|(i, p)| format!("producer {i} ({:?}): {p:?}", p.poll_timeout()));
+        let workers = self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let w = s.worker.as_ref().filter(|w| due(w.poll_timeout()))?;
+            Some(format!("worker {i} ({:?}): {w:?}", w.poll_timeout()))
+        });
+        producers.chain(workers).collect()
     }
 
     /// Runs the in-flight command number `pick` (modulo their count) and feeds its reply.
@@ -732,19 +735,7 @@ impl World {
             // it is not doing). The clock is not forced past such a timer: it is an error.
             let next = self.next_timeout().unwrap_or(self.now_ms + 100);
             if next <= self.now_ms {
-                let who: Vec<String> = self
-                    .producers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.poll_timeout().is_some_and(|t| t <= self.now_ms))
-                    .map(|(i, p)| format!("producer {i}: {p:?}"))
-                    .chain(self.slots.iter().enumerate().filter_map(|(i, s)| {
-                        let w = s.worker.as_ref()?;
-                        w.poll_timeout()
-                            .is_some_and(|t| t <= self.now_ms)
-                            .then(|| format!("worker {i}: {w:?}"))
-                    }))
-                    .collect();
+                let who = self.due_timers();
                 self.ledger.errors.push(format!(
                     "stale timer at {next}, now {}: {who:?}",
                     self.now_ms
