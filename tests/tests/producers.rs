@@ -20,7 +20,7 @@ struct Log {
     added: HashMap<String, u64>,
     /// Results its handles got: id → (n, echo).
     done: HashMap<String, (u64, String)>,
-    /// Outcomes of jobs it did not add: id → result.
+    /// Completions its events delivered for jobs it did not add: id → result.
     owed: HashMap<String, String>,
     /// Handles that ended otherwise.
     failed: Vec<String>,
@@ -28,6 +28,7 @@ struct Log {
 
 fn read_log(path: &Path) -> Log {
     let mut log = Log::default();
+    let mut events = Vec::new();
     let text = std::fs::read_to_string(path).unwrap_or_default();
     for line in text.lines() {
         let parts: Vec<&str> = line.splitn(4, ' ').collect();
@@ -40,10 +41,17 @@ fn read_log(path: &Path) -> Log {
                 let n = n.parse().unwrap_or(u64::MAX);
                 log.done.insert((*id).into(), (n, (*echo).into()));
             }
-            ["owed", id, rest @ ..] => {
-                log.owed.insert((*id).into(), rest.join(" "));
+            ["event", id, rest @ ..] => {
+                events.push(((*id).to_owned(), rest.join(" ")));
             }
             _ => log.failed.push(line.to_owned()),
+        }
+    }
+    // Owed: completions of jobs this process did not add (read once the process is done
+    // adding, or never adds: an event may come before its add returned).
+    for (id, result) in events {
+        if !log.added.contains_key(&id) {
+            log.owed.insert(id, result);
         }
     }
     log

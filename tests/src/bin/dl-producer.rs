@@ -4,9 +4,9 @@
 //! with that id (`-`: generated) and producer ttl adds `jobs` jobs
 //! with payload `{"by": tag, "i": n}` (through the echo worker, whose result is
 //! `{"echo": n}`), logs `added <job id> <n>` once Redis took each, and `done <job id> <n>
-//! <echo>` when its handle got the result. Outcomes the queue's events deliver for jobs this
-//! process did not add (a predecessor's, under the same producer id) are logged as `owed
-//! <job id> <result>`. With `jobs` 0 it adds nothing and only listens (a replacement).
+//! <echo>` when its handle got the result, and `event <job id> <result>` for every completion
+//! the queue's events deliver (the reader tells its own jobs' from a predecessor's, under the
+//! same producer id, by the `added` lines). With `jobs` 0 it adds nothing and only listens (a replacement).
 //! Prints `producer <id>` at start; `ok` once every handle got its own job's result.
 
 use std::io::Write;
@@ -62,22 +62,19 @@ async fn main() {
             }
         };
     println!("producer {}", queue.producer_id());
-    // Outcomes of jobs this process did not add: its predecessor's.
+    // Every completion the queue's events deliver. Which of them were owed (jobs this
+    // process did not add: its predecessor's) is decided by the reader of the log, once
+    // every add has returned: an event can arrive before the add of its job returns here
+    // (the worker is that fast, or the shard that reads the events is not the one that
+    // took the job), so "not added yet" does not mean "not ours".
     let mut events = queue.events();
-    let mine = Arc::new(Mutex::new(std::collections::HashSet::new()));
     {
-        let (log, mine) = (log.clone(), mine.clone());
+        let log = log.clone();
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
                 if let QueueEvent::Completed { job, result } = event {
-                    let ours = mine
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .contains(&job.0);
-                    if !ours {
-                        let text = String::from_utf8_lossy(&result).into_owned();
-                        log_line(&log, &format!("owed {job} {text}"));
-                    }
+                    let text = String::from_utf8_lossy(&result).into_owned();
+                    log_line(&log, &format!("event {job} {text}"));
                 }
             }
         });
@@ -93,9 +90,6 @@ async fn main() {
                 }
             }
         };
-        mine.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(handle.id.0.clone());
         log_line(&log, &format!("added {} {n}", handle.id));
         let log = log.clone();
         waits.push(tokio::spawn(async move {
