@@ -34,7 +34,18 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use crate::cluster::read_bell;
 use crate::command::{CommandKind, OpId, Reply};
 use crate::mux::{Answer, Ticket};
+use crate::timers::Timers;
 use crate::value::Value;
+
+/// The doorbells' timers ([`Bells::timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BellTimer {
+    /// The earliest deadline of a parked read: it is answered (nil).
+    ReadDeadline,
+    /// The earliest end of an idle channel's linger: it is unsubscribed.
+    Linger,
+}
 
 /// How long a channel stays subscribed after its last reader left (ms).
 pub const LINGER_MS: u64 = 60_000;
@@ -326,25 +337,33 @@ impl Bells {
         }
     }
 
-    /// When to call [`Bells::handle_timeout`]: the earliest deadline of a read not out, or
-    /// the end of a channel's linger.
+    /// When to call [`Bells::handle_timeout`]: the earliest of [`Bells::timers`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let read = self
-            .deadlines
-            .iter()
-            .find(|(_, t)| {
-                self.reads
-                    .get(t)
-                    .is_some_and(|w| !matches!(w.state, State::Reading { .. }))
-            })
-            .map(|(d, _)| *d);
+        self.timers().next_at()
+    }
+
+    /// The doorbells' timers (see [`crate::timers`]): the earliest deadline of a read not
+    /// out, and the earliest end of a channel's linger.
+    #[must_use]
+    pub fn timers(&self) -> Timers<BellTimer> {
+        let mut t = Timers::new();
+        let read = self.deadlines.iter().find(|(_, t)| {
+            self.reads
+                .get(t)
+                .is_some_and(|w| !matches!(w.state, State::Reading { .. }))
+        });
+        if let Some((deadline, _)) = read {
+            t.set(BellTimer::ReadDeadline, *deadline);
+        }
         let linger = self
             .lingering
             .iter()
-            .find(|(_, name)| self.channels.get(name).is_none_or(|c| c.sub != Sub::Asking))
-            .map(|(end, _)| *end);
-        read.into_iter().chain(linger).min()
+            .find(|(_, name)| self.channels.get(name).is_none_or(|c| c.sub != Sub::Asking));
+        if let Some((end, _)) = linger {
+            t.set(BellTimer::Linger, *end);
+        }
+        t
     }
 
     /// The next command to send.

@@ -79,6 +79,8 @@
 //!   derivation per queue and per session, keyrings for rotation.
 //! - [`mux`]: the multiplexer that merges the blocking reads of idle readers onto one
 //!   connection (deadlines, interruptions, who gets which part of a reply).
+//! - [`timers`]: every machine's timers, each named (`Worker::timers`, `Producer::timers`),
+//!   and the rules of time (it may go backwards; a spurious `handle_timeout` is a no-op).
 //! - [`retry`]: attempts and backoff; [`naming`]: the Redis key layout; [`job`]: job records.
 //! - `sim` (feature `model`): the deterministic model of Redis Streams, which the
 //!   adapter's in-process backend runs and the differential tests check against
@@ -145,6 +147,7 @@ pub mod retry;
 pub mod scripts;
 #[cfg(feature = "model")]
 pub mod sim;
+pub mod timers;
 pub mod trace;
 pub mod value;
 pub mod worker;

@@ -37,7 +37,18 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use crate::command::{CommandKind, OpId, Reply};
+use crate::timers::Timers;
 use crate::value::{Value, split_read};
+
+/// The multiplexer's timers ([`ReadMux::timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MuxTimer {
+    /// An unblock that found nothing blocked is sent again.
+    Unblock,
+    /// The earliest deadline of a read not in a command: it is answered (nil).
+    ReadDeadline,
+}
 
 /// How often an unblock that found nothing blocked is sent again while the command is out.
 pub const UNBLOCK_ATTEMPTS: u32 = 50;
@@ -390,20 +401,30 @@ impl ReadMux {
         self.pump(now_ms);
     }
 
-    /// When to call [`ReadMux::handle_timeout`]: the next unblock to send again, or the
-    /// earliest deadline of a read not in a command.
+    /// When to call [`ReadMux::handle_timeout`]: the earliest of [`ReadMux::timers`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let again = match self.in_flight.as_ref().map(|o| o.interrupt) {
-            Some(Interrupt::Again { at_ms, .. }) => Some(at_ms),
-            _ => None,
-        };
-        let deadlines = self
+        self.timers().next_at()
+    }
+
+    /// The multiplexer's timers (see [`crate::timers`]): the next unblock to send again,
+    /// and the earliest deadline of a read not in a command.
+    #[must_use]
+    pub fn timers(&self) -> Timers<MuxTimer> {
+        let mut t = Timers::new();
+        if let Some(Interrupt::Again { at_ms, .. }) = self.in_flight.as_ref().map(|o| o.interrupt) {
+            t.set(MuxTimer::Unblock, at_ms);
+        }
+        if let Some(deadline) = self
             .waiting
             .values()
             .filter(|w| !w.out)
-            .map(|w| w.deadline_ms);
-        again.into_iter().chain(deadlines).min()
+            .map(|w| w.deadline_ms)
+            .min()
+        {
+            t.set(MuxTimer::ReadDeadline, deadline);
+        }
+        t
     }
 
     /// The next command to send.

@@ -476,7 +476,9 @@ impl JobQueue {
     }
 
     /// The queue's lifecycle events (a receiver that falls behind misses events; handles
-    /// never miss their job's outcome).
+    /// never miss their job's outcome). A job's outcome can come here before the `add` of
+    /// that job has returned to its caller (a fast worker): telling this producer's jobs
+    /// from others' by the ids `add` returned must wait for those adds.
     #[must_use]
     pub fn events(&self) -> broadcast::Receiver<QueueEvent> {
         self.events.subscribe()

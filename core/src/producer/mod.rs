@@ -25,6 +25,23 @@ pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Reviv
 pub use peek::{EventKind, EventsCursor, PeekedEvent};
 pub use usage::{EnvelopeSource, KeyUsagePage};
 
+/// The producer's timers ([`Producer::timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProducerTimer {
+    /// A backoff after a failed round trip ends: what waits for it (unsent adds, requests,
+    /// acknowledgements, a reachability probe) goes out.
+    Backoff,
+    /// The producer's registration is due to be refreshed (it promises to be back).
+    Register,
+    /// The earliest delayed job this producer knows of comes due.
+    Promote,
+    /// The next read of the producer's events, for a producer that polls them.
+    ReadEvents,
+    /// The earliest deadline of an add call still unanswered ([`Producer::add_call`]).
+    AddDeadline,
+}
+
 pub use api::{
     AddJob, AddStatus, ProducerConfig, ProducerError, ProducerEvent, QueueStats, Withdrawal,
 };
@@ -38,6 +55,7 @@ use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::{ProducerKeys, QueueKeys};
 use crate::random::Random;
 use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
+use crate::timers::Timers;
 
 /// The most delayed jobs one promotion moves.
 const PROMOTE_LIMIT: u32 = 256;
@@ -798,7 +816,9 @@ impl Producer {
         self.answer_add(meta, &job.id, AddAnswer::Failed(error));
     }
 
-    /// Time passed: the add calls past their deadline are answered.
+    /// Time passed: the add calls past their deadline are answered. The other timers
+    /// (backoff, registration, promotion, events read) have nothing to do here: being due,
+    /// their commands go out at the next `poll_command`.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
         for call in self.calls.due(now_ms) {
@@ -806,11 +826,19 @@ impl Producer {
         }
     }
 
-    /// When to call `handle_timeout` next (ms), if a timer is set.
+    /// When to call `handle_timeout` next (ms), if a timer is set: the earliest of
+    /// [`Producer::timers`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let mut t: Option<u64> = None;
-        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        self.timers().next_at()
+    }
+
+    /// The producer's timers, each under its name (see [`crate::timers`]). Only timers
+    /// whose action can go when they fire are set (a registration or promotion in flight
+    /// sets the next one when it is answered).
+    #[must_use]
+    pub fn timers(&self) -> Timers<ProducerTimer> {
+        let mut t = Timers::new();
         let waiting = !self.unsent.is_empty()
             || !self.reachable
             || self.want_stats
@@ -818,21 +846,23 @@ impl Producer {
             || !self.forget.is_empty()
             || !self.requests.is_empty();
         if !self.resend.ready(self.now_ms) && waiting {
-            at(self.resend.at_ms());
+            t.set(ProducerTimer::Backoff, self.resend.at_ms());
         }
         if self.registers() && !self.any_in_flight(|f| matches!(f, InFlight::Register)) {
-            at(self.register_at.max(self.resend.at_ms()));
+            t.set(
+                ProducerTimer::Register,
+                self.register_at.max(self.resend.at_ms()),
+            );
         }
-        // A promotion in flight sets the next one when it is answered.
         let promoting = self.any_in_flight(|f| matches!(f, InFlight::Promote));
         if let Some(&due) = self.promote_at.first().filter(|_| !promoting) {
-            at(due.max(self.resend.at_ms()));
+            t.set(ProducerTimer::Promote, due.max(self.resend.at_ms()));
         }
         if self.cfg.read_events && self.next_read_ms > self.now_ms {
-            at(self.next_read_ms);
+            t.set(ProducerTimer::ReadEvents, self.next_read_ms);
         }
         if let Some(deadline) = self.calls.next_deadline() {
-            at(deadline);
+            t.set(ProducerTimer::AddDeadline, deadline);
         }
         t
     }

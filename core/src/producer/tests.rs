@@ -1808,6 +1808,12 @@ fn a_producer_promoting_has_no_timer_due_now() {
     assert!(
         p.poll_timeout().is_none_or(|t| t > T0 + 1_001),
         "{:?}",
-        p.poll_timeout()
+        p.timers()
+    );
+    assert_eq!(
+        p.timers().get(ProducerTimer::Promote),
+        None,
+        "{:?}",
+        p.timers()
     );
 }

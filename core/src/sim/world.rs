@@ -535,16 +535,18 @@ impl World {
         }
     }
 
-    /// The machines whose timer is due (not later than now), described.
+    /// The machines whose timer is due (not later than now): each machine, the timers due
+    /// by name, and its state.
     fn due_timers(&self) -> Vec<String> {
-        let due = |t: Option<u64>| t.is_some_and(|t| t <= self.now_ms);
-        let producers = self.producers.iter().enumerate();
-        let producers = producers
-            .filter(|(_, p)| due(p.poll_timeout()))
-            .map(|(i, p)| format!("producer {i} ({:?}): {p:?}", p.poll_timeout()));
+        let now = self.now_ms;
+        let producers = self.producers.iter().enumerate().filter_map(|(i, p)| {
+            let due: Vec<_> = p.timers().into_iter().filter(|t| t.1 <= now).collect();
+            (!due.is_empty()).then(|| format!("producer {i}, {due:?} due: {p:?}"))
+        });
         let workers = self.slots.iter().enumerate().filter_map(|(i, s)| {
-            let w = s.worker.as_ref().filter(|w| due(w.poll_timeout()))?;
-            Some(format!("worker {i} ({:?}): {w:?}", w.poll_timeout()))
+            let w = s.worker.as_ref()?;
+            let due: Vec<_> = w.timers().into_iter().filter(|t| t.1 <= now).collect();
+            (!due.is_empty()).then(|| format!("worker {i}, {due:?} due: {w:?}"))
         });
         producers.chain(workers).collect()
     }

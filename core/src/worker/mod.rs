@@ -23,6 +23,27 @@ pub use api::{Delivery, MAX_SETTLE_BATCH, Settlement, WorkerConfig, WorkerError,
 pub use replies::MAX_GARBAGE_COPY;
 pub use shards::{ShardEvent, ShardedWorker};
 
+/// The worker's timers ([`Worker::timers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerTimer {
+    /// A backoff after a failed round trip ends: what waits for it (unsent settlements, the
+    /// group's creation, the next read) goes out.
+    Backoff,
+    /// The running jobs' leases are due to be extended (every third of the lease).
+    Heartbeat,
+    /// The oldest running job reaches its timeout ([`WorkerConfig::timeout_ms`]).
+    JobTimeout,
+    /// A shutdown's deadline: what still runs is handed back ([`Worker::shut_down`]).
+    HandBack,
+    /// The next upkeep: reclaiming entries whose lease ran out, sweeping gone producers.
+    Upkeep,
+    /// The earliest delayed job comes due.
+    Promote,
+    /// The next read, for a worker that polls (no blocking reads, or paused).
+    Read,
+}
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -32,6 +53,7 @@ use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
 use crate::retry::{ResendBackoff, RetryDecision};
+use crate::timers::Timers;
 use crate::trace::TraceContext;
 use crate::value::EntryId;
 
@@ -435,38 +457,48 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
-        if self.hand_back_at.is_some_and(|at| at <= now_ms) {
+        // What a timer does when it fires; the intake's timers (backoff, heartbeat, upkeep,
+        // promote, read) have nothing to do here: being due, their commands go out at the
+        // next `poll_command`.
+        let timers = self.timers();
+        let due = |timer| timers.get(timer).is_some_and(|at| at <= now_ms);
+        if due(WorkerTimer::HandBack) {
             self.hand_back(now_ms);
         }
-        let Some(timeout) = self.cfg.timeout_ms else {
-            return Ok(());
-        };
-        let expired: Vec<EntryId> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.started_ms.saturating_add(timeout) <= now_ms)
-            .map(|(e, _)| *e)
-            .collect();
-        for entry in expired {
-            self.events.push_back(WorkerEvent::TimedOut { entry });
-            self.fail_running(entry, &format!("timed out after {timeout} ms"), None, rng)?;
+        if let Some(timeout) = self.cfg.timeout_ms.filter(|_| due(WorkerTimer::JobTimeout)) {
+            let expired: Vec<EntryId> = self
+                .running
+                .iter()
+                .filter(|(_, r)| r.started_ms.saturating_add(timeout) <= now_ms)
+                .map(|(e, _)| *e)
+                .collect();
+            for entry in expired {
+                self.events.push_back(WorkerEvent::TimedOut { entry });
+                self.fail_running(entry, &format!("timed out after {timeout} ms"), None, rng)?;
+            }
         }
         self.maybe_drained();
         Ok(())
     }
 
-    /// When to call `handle_timeout` next (ms), if a timer is set.
+    /// When to call `handle_timeout` next (ms), if a timer is set: the earliest of
+    /// [`Worker::timers`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        // Only timers whose action can go when they fire: one waiting for a reply (a
-        // heartbeat, the upkeep, the group's creation in flight) or for credits is set
-        // again by what unblocks it, else its driver would wake again and again for nothing.
-        let mut t: Option<u64> = None;
-        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        self.timers().next_at()
+    }
+
+    /// The worker's timers, each under its name (see [`crate::timers`]). Only timers whose
+    /// action can go when they fire are set: one waiting for a reply (a heartbeat, the
+    /// upkeep, the group's creation in flight) or for credits is set again by what unblocks
+    /// it, else its driver would wake again and again for nothing.
+    #[must_use]
+    pub fn timers(&self) -> Timers<WorkerTimer> {
+        let mut t = Timers::new();
         let out = |f: fn(&InFlight) -> bool| self.in_flight.values().any(f);
         let backing_off = self.resend.backing_off() && !self.resend.ready(self.now_ms);
         if backing_off && (!self.outbox.is_empty() || !self.group_ready) {
-            at(self.resend.at_ms());
+            t.set(WorkerTimer::Backoff, self.resend.at_ms());
         }
         let beating = out(|f| matches!(f, InFlight::Heartbeat { .. }));
         if let Some(beat) = self
@@ -476,34 +508,37 @@ impl Worker {
             .map(|r| r.last_beat_ms)
             .min()
         {
-            at(beat.saturating_add(self.cfg.lease_ms / 3));
+            t.set(
+                WorkerTimer::Heartbeat,
+                beat.saturating_add(self.cfg.lease_ms / 3),
+            );
         }
         if let (Some(timeout), Some(start)) = (
             self.cfg.timeout_ms,
             self.running.values().map(|r| r.started_ms).min(),
         ) {
-            at(start.saturating_add(timeout));
+            t.set(WorkerTimer::JobTimeout, start.saturating_add(timeout));
         }
         if let Some(deadline) = self.hand_back_at {
-            at(deadline);
+            t.set(WorkerTimer::HandBack, deadline);
         }
         if !self.draining && self.group_ready {
             // Intake (reads, reclaims, promotions) waits out a backoff: none of its timers
             // is before the backoff ends, and the end itself is one (a read is due then).
             let gate = |x: u64| x.max(self.resend.at_ms());
             if !self.resend.ready(self.now_ms) {
-                at(self.resend.at_ms());
+                t.set(WorkerTimer::Backoff, self.resend.at_ms());
             }
             let upkeep = out(|f| matches!(f, InFlight::Reclaim { .. } | InFlight::Promote));
             if !upkeep && !self.upkeep_waits_for_read() {
-                at(gate(self.next_reclaim_ms));
+                t.set(WorkerTimer::Upkeep, gate(self.next_reclaim_ms));
             }
             if let Some(due) = self.next_promote_ms.filter(|_| !upkeep) {
-                at(gate(due));
+                t.set(WorkerTimer::Promote, gate(due));
             }
             let polls = self.cfg.block_ms.is_none() || self.paused;
             if polls && gate(self.next_read_ms) > self.now_ms {
-                at(gate(self.next_read_ms));
+                t.set(WorkerTimer::Read, gate(self.next_read_ms));
             }
         }
         t

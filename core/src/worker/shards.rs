@@ -20,7 +20,7 @@
 //!
 //! Op ids: the op id of shard `i`'s command `o` is `o * n + i`.
 
-use super::{Worker, WorkerConfig, WorkerError, WorkerEvent};
+use super::{Worker, WorkerConfig, WorkerError, WorkerEvent, WorkerTimer};
 use crate::command::{Command, OpId, Reply};
 use crate::envelope::Sealer;
 use crate::naming::shard_tags;
@@ -189,6 +189,14 @@ impl ShardedWorker {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         self.workers.iter().filter_map(Worker::poll_timeout).min()
+    }
+
+    /// Every shard's timers ([`Worker::timers`]): shard, timer, when.
+    pub fn timers(&self) -> impl Iterator<Item = (usize, WorkerTimer, u64)> + '_ {
+        self.workers
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, w)| w.timers().into_iter().map(move |(t, at)| (shard, t, at)))
     }
 
     /// The next event of any shard. Call until `None` after every input.

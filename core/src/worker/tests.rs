@@ -633,7 +633,11 @@ fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
     let running = jobs(&b.at(T0 + 10, &mut [&mut w])[0]);
     assert_eq!(running.len(), 1);
     // The heartbeat is due; it goes, and its reply is slow.
-    let beat_at = w.poll_timeout().expect("a heartbeat timer");
+    let beat_at = w
+        .timers()
+        .get(WorkerTimer::Heartbeat)
+        .expect("a heartbeat timer");
+    assert_eq!(w.poll_timeout(), Some(beat_at), "{:?}", w.timers());
     w.handle_timeout(beat_at, &mut b.rng).unwrap();
     let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
     assert!(
@@ -641,7 +645,12 @@ fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
             .any(|c| matches!(c.kind, CommandKind::Heartbeat { .. })),
         "{cmds:?}"
     );
-    assert!(!due_now(&w, beat_at), "{:?}", w.poll_timeout());
+    assert!(!due_now(&w, beat_at), "{:?}", w.timers());
+    assert_eq!(
+        w.timers().get(WorkerTimer::Heartbeat),
+        None,
+        "the beat is out"
+    );
 }
 
 #[test]
