@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use datalayer_tests::{Persistence, RedisServer};
+use datalayer_testkit::{Persistence, RedisServer};
 use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
 use datalayer_tokio::core::retry::{Backoff, RetryPolicy};
 use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueOptions, WorkerOptions};
@@ -313,7 +313,7 @@ async fn the_cli_reports_and_handles_dead_letters() {
 /// `queues` finds queues on every master, `stats` and `dead ls` reach the queue's node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_on_a_cluster() {
-    let cluster = datalayer_tests::cluster::RedisCluster::start(3, 0);
+    let cluster = datalayer_testkit::cluster::RedisCluster::start(3, 0);
     let url = cluster.url();
     let secrets = SecretRing::new(KeyId(1), Secret::from_text(SECRET).expect("secret"));
     let dl = DataLayer::connect(&url, Options::default())
@@ -386,7 +386,7 @@ async fn serve_exports_queue_state_for_prometheus() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run datalayer serve");
-    let _child = datalayer_tests::KillOnDrop(child);
+    let _child = datalayer_testkit::KillOnDrop(child);
     let get = |path: &str| -> Option<String> {
         let mut conn = std::net::TcpStream::connect(&listen).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -6,74 +6,40 @@
 //! prints results, jobs/s and the connection count, and leaves no keys behind.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datalayer_core::keys::{KeyId, Secret, SecretRing};
+use datalayer_testkit::{Persistence, RedisServer, StartError};
 use datalayer_tokio::{DataLayer, Job, Options, OsRandom, Outcome, QueueOptions, WorkerOptions};
 use serde_json::{Value, json};
 
 const JOBS: usize = 5_000;
-
-/// A redis-server child, killed on drop.
-struct OwnRedis(Child);
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Where the demo runs.
 enum Target {
     /// `REDIS_URL`, or a server of the demo's own (stopped when this is dropped).
     Redis {
         url: String,
-        _server: Option<OwnRedis>,
+        _server: Option<RedisServer>,
     },
     /// No Redis at all: the in-process backend.
     Memory,
 }
 
-/// `REDIS_URL`, else a `redis-server` of its own, else the in-process backend.
+/// `REDIS_URL`, else a `redis-server` of its own (the testkit's: a free loopback port,
+/// checked to be its child's), else the in-process backend.
 fn target() -> Result<Target, String> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         return Ok(Target::Redis { url, _server: None });
     }
-    match start_redis() {
-        Ok((url, own)) => Ok(Target::Redis {
-            url,
-            _server: Some(own),
+    match RedisServer::try_start(Persistence::None) {
+        Ok(server) => Ok(Target::Redis {
+            url: server.url(),
+            _server: Some(server),
         }),
-        Err(None) => Ok(Target::Memory),
-        Err(Some(e)) => Err(e),
+        Err(StartError::NotInstalled(_)) => Ok(Target::Memory),
+        Err(StartError::Failed(e)) => Err(format!("cannot start redis-server: {e}")),
     }
-}
-
-/// A server on a free port; `Err(None)` when there is no `redis-server` to start.
-fn start_redis() -> Result<(String, OwnRedis), Option<String>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Some(format!("no free port: {e}")))?
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => None,
-            _ => Some(format!("cannot start redis-server: {e}")),
-        })?;
-    let own = OwnRedis(child);
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((format!("redis://127.0.0.1:{port}"), own));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(Some("redis-server did not start".into()))
 }
 
 #[tokio::main]

@@ -8,6 +8,7 @@ fn run_demo(path: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_datalayer-demo"))
         .env("PATH", path)
         .env_remove("REDIS_URL")
+        .env_remove("REDIS_SERVER")
         .output()
         .expect("the demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
