@@ -72,7 +72,8 @@
 //!
 //! ## Modules
 //! - [`producer`] and [`worker`]: the machines; [`command`]: what they ask of Redis, and
-//!   [`scripts`]: exactly how that runs (the Lua of every atomic transition); [`value`]: the
+//!   [`scripts`]: exactly how that runs (each atomic transition in one module: its contract,
+//!   its Lua, its arguments and the model of it); [`value`]: the
 //!   replies, decoded totally.
 //! - [`envelope`]: the sealed byte format (AES-256-GCM-SIV, context-bound, optionally
 //!   lz4-compressed) every job, result and reason is stored in; [`keys`]: secrets, HKDF

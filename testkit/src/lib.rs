@@ -394,7 +394,11 @@ mod tests {
             child: None,
         };
         std::fs::create_dir_all(&b.dir).expect("a directory");
-        assert_eq!(b.spawn(), Ok(false), "a server of another process is not ours");
+        assert_eq!(
+            b.spawn(),
+            Ok(false),
+            "a server of another process is not ours"
+        );
         assert!(b.child.is_none());
         drop(b);
         // `a` still serves.
@@ -406,7 +410,12 @@ mod tests {
         // REDIS_SERVER is read by every test's server: set it in a child process of its
         // own rather than in this one.
         let out = std::process::Command::new(std::env::current_exe().expect("this test"))
-            .args(["--exact", "tests::missing_binary_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "tests::missing_binary_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("REDIS_SERVER", "/nonexistent/redis-server")
             .output()
             .expect("run the child test");

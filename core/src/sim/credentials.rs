@@ -60,7 +60,7 @@ fn hget(sim: &Sim, key: &str, field: &[u8]) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// PEXPIRE with a positive ttl (a key that is not there stays so); 0: PERSIST.
-pub(super) fn slide(sim: &mut Sim, key: &str, ttl: i64) {
+pub(crate) fn slide(sim: &mut Sim, key: &str, ttl: i64) {
     if !sim.db.contains_key(key) {
         return;
     }

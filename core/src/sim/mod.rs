@@ -11,8 +11,8 @@
 //! its machine (its pending entries stay in the model); jumping the clock is
 //! [`Sim::set_time`].
 
-mod credentials;
-mod exec;
+pub(crate) mod credentials;
+pub(crate) mod exec;
 mod stream;
 #[cfg(feature = "test-util")]
 pub mod world;
@@ -128,14 +128,14 @@ pub enum Data {
 /// The model: a keyspace and a clock.
 #[derive(Debug, Clone, Default)]
 pub struct Sim {
-    now_ms: u64,
+    pub(crate) now_ms: u64,
     db: HashMap<String, Data>,
     /// Keys with a time to live: when they expire (ms; gone once the clock is past it).
     expires: HashMap<String, u64>,
     executed: u64,
     /// Whether a read that gets nothing makes its consumer one of the group's (Redis 7.2
     /// and later; 7.0 does so only when it delivers something).
-    consumers_on_any_read: bool,
+    pub(crate) consumers_on_any_read: bool,
 }
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
@@ -309,7 +309,11 @@ impl Sim {
             .map_or(EntryId::ZERO, |s| s.add(now, fields)))
     }
 
-    fn stream_mut(&mut self, key: &str, create: bool) -> Result<Option<&mut Stream>, String> {
+    pub(crate) fn stream_mut(
+        &mut self,
+        key: &str,
+        create: bool,
+    ) -> Result<Option<&mut Stream>, String> {
         if create && !self.db.contains_key(key) {
             self.db
                 .insert(key.to_owned(), Data::Stream(Stream::default()));
@@ -322,7 +326,7 @@ impl Sim {
     }
 
     /// The hash at `key`, if any (reads never create keys).
-    fn hash(&self, key: &str) -> Result<Option<&Hash>, String> {
+    pub(crate) fn hash(&self, key: &str) -> Result<Option<&Hash>, String> {
         match self.db.get(key) {
             None => Ok(None),
             Some(Data::Hash(h)) => Ok(Some(h)),
@@ -331,7 +335,7 @@ impl Sim {
     }
 
     /// The sorted set at `key`, if any (reads never create keys).
-    fn zset(&self, key: &str) -> Result<Option<&ZSet>, String> {
+    pub(crate) fn zset(&self, key: &str) -> Result<Option<&ZSet>, String> {
         match self.db.get(key) {
             None => Ok(None),
             Some(Data::ZSet(z)) => Ok(Some(z)),
@@ -339,7 +343,7 @@ impl Sim {
         }
     }
 
-    fn hash_mut(&mut self, key: &str) -> Result<&mut Hash, String> {
+    pub(crate) fn hash_mut(&mut self, key: &str) -> Result<&mut Hash, String> {
         match self
             .db
             .entry(key.to_owned())
@@ -350,7 +354,7 @@ impl Sim {
         }
     }
 
-    fn zset_mut(&mut self, key: &str) -> Result<&mut ZSet, String> {
+    pub(crate) fn zset_mut(&mut self, key: &str) -> Result<&mut ZSet, String> {
         match self
             .db
             .entry(key.to_owned())
@@ -362,19 +366,19 @@ impl Sim {
     }
 
     /// EXISTS.
-    fn exists(&self, key: &str) -> bool {
+    pub(crate) fn exists(&self, key: &str) -> bool {
         self.db.contains_key(key)
     }
 
     /// Removes `key` (and its time to live); whether it was there.
-    fn remove(&mut self, key: &str) -> bool {
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
         self.expires.remove(key);
         self.db.remove(key).is_some()
     }
 
     /// Removes the keys whose time to live ran out (Redis: a key expires once the clock is
     /// past its expiry time).
-    fn expire_due(&mut self) {
+    pub(crate) fn expire_due(&mut self) {
         let now = self.now_ms;
         let due: Vec<String> = self
             .expires
@@ -398,7 +402,7 @@ impl Sim {
     }
 
     /// Redis removes hashes and sorted sets that become empty.
-    fn drop_if_empty(&mut self, key: &str) {
+    pub(crate) fn drop_if_empty(&mut self, key: &str) {
         let empty = match self.db.get(key) {
             Some(Data::Hash(h)) => h.is_empty(),
             Some(Data::ZSet(z)) => z.is_empty(),
