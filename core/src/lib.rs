@@ -140,6 +140,7 @@ pub mod fuzz;
 mod hex;
 pub mod job;
 pub mod keys;
+pub mod machine;
 pub mod mux;
 pub mod naming;
 pub mod producer;

@@ -15,6 +15,7 @@ mod cluster;
 mod connection;
 mod credentials;
 mod doorbells;
+mod driver;
 pub mod exec;
 mod layer;
 #[cfg(feature = "memory")]

@@ -53,13 +53,9 @@ impl Pipelines {
         self.in_flight.is_empty()
     }
 
-    /// Queues `cmds` as one pipeline; it goes out when the driver next waits on
-    /// [`Pipelines::next`], after the pipelines made before it.
-    pub(crate) fn send(&mut self, cmds: Vec<Command>) {
-        self.send_in(cmds, None);
-    }
-
-    /// [`Pipelines::send`], inside `span` (from the write to the last reply) if given.
+    /// Queues `cmds` as one pipeline, inside `span` (from the write to the last reply) if
+    /// given; it goes out when the driver next waits on [`Pipelines::next`], after the
+    /// pipelines made before it.
     pub(crate) fn send_in(&mut self, cmds: Vec<Command>, span: Option<tracing::Span>) {
         if cmds.is_empty() {
             return;

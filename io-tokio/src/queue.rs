@@ -1,12 +1,13 @@
 //! JobQueue: the producer machine driven over the shared connection by one task.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use datalayer_core::command::Replicas;
-use datalayer_core::command::{Command, OpId, Reply};
+
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::{KeyId, Keyring};
@@ -22,7 +23,8 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::blocking::Reads;
-use crate::clock::{now_ms, sleep_until_ms};
+use crate::clock::now_ms;
+use crate::driver::{Engine, Side, drive};
 use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
 use crate::random::OsRandom;
@@ -347,11 +349,13 @@ impl JobQueue {
         let label: Arc<str> = datalayer_core::naming::parse_shard_tag(name)
             .map_or(name, |(queue, _, _)| queue)
             .into();
+        let engine = Engine {
+            pipes: Pipelines::new(layer.backend.clone()),
+            reads: Reads::new(layer.blocker("events")),
+        };
         let driver = Driver {
             label,
             producer,
-            pipes: Pipelines::new(layer.backend.clone()),
-            reads: Reads::new(layer.blocker("events")),
             rx,
             events: events.clone(),
             waiters: HashMap::new(),
@@ -368,7 +372,7 @@ impl JobQueue {
             requests: HashMap::new(),
         };
         let span = tracing::info_span!("queue", name);
-        tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+        tokio::spawn(tracing::Instrument::instrument(drive(engine, driver), span));
         Ok(Self {
             tx,
             calls: Arc::new(AtomicU64::new(0)),
@@ -761,8 +765,6 @@ struct Driver {
     /// The metrics' queue label: the queue's name (a shard's: its queue's).
     label: Arc<str>,
     producer: Producer,
-    pipes: Pipelines,
-    reads: Reads,
     rx: mpsc::Receiver<Msg>,
     events: broadcast::Sender<QueueEvent>,
     /// Handles awaiting each job's outcome (a job added twice has two).
@@ -782,68 +784,44 @@ struct Driver {
     added_at: HashMap<JobId, std::time::Instant>,
 }
 
-impl Driver {
-    async fn run(mut self) {
-        loop {
-            self.send();
-            self.route_events();
-            if let Some((false, _)) = &self.closing {
-                if self.pipes.is_empty() {
-                    break;
-                }
-            }
-            let wake = self.producer.poll_timeout();
-            let sleep = sleep_until_ms(wake);
-            tokio::select! {
-                (ops, replies) = self.pipes.next() => self.replies(ops, replies),
-                msg = self.rx.recv() => match msg {
-                    Some(msg) => {
-                        self.handle(msg);
-                        // Take whatever else is waiting: it goes out in the same pipeline.
-                        while let Ok(msg) = self.rx.try_recv() {
-                            self.handle(msg);
-                        }
-                    }
-                    None => break,
-                },
-                (op, reply) = self.reads.recv() => self.reply(op, reply),
-                () = sleep => self.producer.handle_timeout(now_ms()),
-            }
-        }
+impl Side for Driver {
+    type M = Producer;
+    type Input = Msg;
+
+    fn machine(&mut self) -> &mut Producer {
+        &mut self.producer
+    }
+
+    fn input(&mut self) -> impl Future<Output = Option<Msg>> + Send {
+        self.rx.recv()
+    }
+
+    fn more(&mut self) -> impl Future<Output = Vec<Msg>> + Send {
+        // Whatever else is waiting: it goes out in the same pipeline.
+        let more = std::iter::from_fn(|| self.rx.try_recv().ok()).collect();
+        std::future::ready(more)
+    }
+
+    fn on_input(&mut self, msg: Msg, engine: &mut Engine) {
+        self.handle(msg, engine);
+    }
+
+    fn on_events(&mut self) {
+        self.route_events();
+    }
+
+    fn done(&self, engine: &Engine) -> bool {
+        matches!(self.closing, Some((false, _))) && engine.pipes.is_empty()
+    }
+
+    fn finish(&mut self) {
         if let Some((_, done)) = self.closing.take() {
             let _ = done.send(());
         }
     }
+}
 
-    /// Sends one pipeline of everything the machine has to say; whether anything went out.
-    /// Sends what the machine has to say: the blocking read to the blocker, the rest as
-    /// pipelines while fewer than the most are in flight (meanwhile adds batch up in the
-    /// machine).
-    fn send(&mut self) {
-        while self.pipes.can_send() {
-            let cmds: Vec<Command> = std::iter::from_fn(|| self.producer.poll_command()).collect();
-            if cmds.is_empty() {
-                return;
-            }
-            let cmds = self.reads.take_blocking(cmds);
-            self.pipes.send(cmds);
-        }
-    }
-
-    fn replies(&mut self, ops: Vec<OpId>, replies: Vec<Reply>) {
-        for (op, reply) in ops.into_iter().zip(replies) {
-            self.reply(op, reply);
-        }
-    }
-
-    fn reply(&mut self, op: OpId, reply: Reply) {
-        if let Err(e) = self.producer.handle_reply(now_ms(), op, reply) {
-            tracing::error!(error = %e, "producer refused a reply");
-        }
-        // Drain after every input, as the machine requires.
-        self.route_events();
-    }
-
+impl Driver {
     /// How long ago job `id` was first added here, forgotten (with the metrics feature).
     fn since_added(&mut self, id: &JobId) -> Option<Duration> {
         #[cfg(feature = "metrics")]
@@ -923,11 +901,11 @@ impl Driver {
         let _ = reply.send(result);
     }
 
-    fn handle(&mut self, msg: Msg) {
+    fn handle(&mut self, msg: Msg, engine: &mut Engine) {
         match msg {
             Msg::AddMany(calls) => {
                 for call in calls {
-                    self.handle(Msg::Add(call));
+                    self.handle(Msg::Add(call), engine);
                 }
             }
             Msg::Add((call, job, reply)) => self.add(call, job, reply),
@@ -960,7 +938,7 @@ impl Driver {
                     self.producer.close();
                 }
                 self.closing = Some((destroy, done));
-                self.reads.cancel();
+                engine.reads.cancel();
             }
         }
     }

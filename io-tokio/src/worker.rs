@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use datalayer_core::command::{Command, CommandKind, OpId, Reply};
+use datalayer_core::command::{Command, CommandKind};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::blocking::Reads;
-use crate::clock::{now_ms, sleep_until_ms};
+use crate::clock::now_ms;
+use crate::driver::{Engine, Side, drive};
 use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
 use crate::random::OsRandom;
@@ -268,26 +269,26 @@ impl JobWorker {
     {
         let (ctl, ctl_rx) = mpsc::channel(4);
         let (done_tx, done_rx) = mpsc::channel(1024);
-        let driver = Driver {
-            worker: self.worker,
+        let engine = Engine {
             pipes: Pipelines::new(self.backend),
             reads: self.reads,
+        };
+        let driver = Driver {
+            handler: Arc::new(handler),
+            worker: self.worker,
             ctl: ctl_rx,
             done_tx,
             done_rx,
             running: HashMap::new(),
             runs: 0,
             shutdown: None,
-            pending_events: Vec::new(),
+            drained: false,
             log_reasons: self.log_reasons,
             queue: Arc::from(self.queue.as_str()),
             consumer: self.consumer,
         };
         let span = tracing::info_span!("worker", queue = %self.queue);
-        tokio::spawn(tracing::Instrument::instrument(
-            driver.run(Arc::new(handler)),
-            span,
-        ));
+        tokio::spawn(tracing::Instrument::instrument(drive(engine, driver), span));
         WorkerHandle { ctl }
     }
 }
@@ -303,10 +304,10 @@ impl WorkerHandle {
     }
 }
 
-struct Driver {
+struct Driver<F> {
+    /// What runs each job.
+    handler: Arc<F>,
     worker: ShardedWorker,
-    pipes: Pipelines,
-    reads: Reads,
     ctl: mpsc::Receiver<Ctl>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
@@ -318,8 +319,8 @@ struct Driver {
     runs: u64,
     /// Who to tell when a shutdown is done.
     shutdown: Option<oneshot::Sender<()>>,
-    /// Events drained from the machine after each reply, handled by `route_events`.
-    pending_events: Vec<ShardEvent>,
+    /// The machine has drained for a shutdown: the driver ends.
+    drained: bool,
     log_reasons: bool,
     /// The queue's name, shared with the handler tasks (their metrics' label).
     queue: Arc<str>,
@@ -340,58 +341,83 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-impl Driver {
-    async fn run<F, Fut, T, E>(mut self, handler: Arc<F>)
-    where
-        F: Fn(Job) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-    {
-        loop {
-            self.send();
-            if self.route_events(&handler) {
-                break;
+/// An input of a worker's application: a handler's answer, or a shutdown.
+enum Input {
+    Done(Done),
+    Shutdown(Duration, oneshot::Sender<()>),
+}
+
+impl<F, Fut, T, E> Side for Driver<F>
+where
+    F: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    type M = ShardedWorker;
+    type Input = Input;
+
+    fn machine(&mut self) -> &mut ShardedWorker {
+        &mut self.worker
+    }
+
+    async fn input(&mut self) -> Option<Input> {
+        tokio::select! {
+            Some(done) = self.done_rx.recv() => Some(Input::Done(done)),
+            Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
+                Some(Input::Shutdown(deadline, done))
             }
-            let sleep = sleep_until_ms(self.worker.poll_timeout());
-            tokio::select! {
-                (ops, replies) = self.pipes.next() => {
-                    for (op, reply) in ops.into_iter().zip(replies) {
-                        self.reply(op, reply);
-                    }
-                }
-                Some(done) = self.done_rx.recv() => {
-                    self.settle(done);
-                    // Every answer already waiting (after one scheduler turn, for handlers
-                    // that are about to finish) goes into the same settle command.
-                    tokio::task::yield_now().await;
-                    while let Ok(done) = self.done_rx.try_recv() {
-                        self.settle(done);
-                    }
-                }
-                (op, reply) = self.reads.recv() => self.reply(op, reply),
-                Some(Ctl::Shutdown(deadline, done)) = self.ctl.recv() => {
-                    let now = now_ms();
-                    let at = now.saturating_add(crate::clock::ms(deadline));
-                    self.worker.shut_down(now, at);
-                    self.reads.cancel();
-                    self.shutdown = Some(done);
-                }
-                () = sleep => self.tick(),
+            // The handle is gone and no handler runs: wait for the machine alone.
+            else => std::future::pending().await,
+        }
+    }
+
+    async fn more(&mut self) -> Vec<Input> {
+        // Every answer already waiting (after one scheduler turn, for handlers that are
+        // about to finish) goes into the same settle command.
+        tokio::task::yield_now().await;
+        std::iter::from_fn(|| self.done_rx.try_recv().ok().map(Input::Done)).collect()
+    }
+
+    fn on_input(&mut self, input: Input, engine: &mut Engine) {
+        match input {
+            Input::Done(done) => self.settle(done),
+            Input::Shutdown(deadline, done) => {
+                let now = now_ms();
+                let at = now.saturating_add(crate::clock::ms(deadline));
+                self.worker.shut_down(now, at);
+                engine.reads.cancel();
+                self.shutdown = Some(done);
             }
         }
+    }
+
+    fn on_events(&mut self) {
+        self.route_events();
+    }
+
+    fn done(&self, _engine: &Engine) -> bool {
+        self.drained
+    }
+
+    fn span(&self, cmds: &[Command]) -> Option<tracing::Span> {
+        settle_span(&self.queue, cmds)
+    }
+
+    fn finish(&mut self) {
         if let Some(done) = self.shutdown.take() {
             let _ = done.send(());
         }
     }
+}
 
-    fn tick(&mut self) {
-        let now = now_ms();
-        if let Err(e) = self.worker.handle_timeout(now, &mut OsRandom) {
-            tracing::error!(error = %e, "worker refused a timeout");
-        }
-    }
-
+impl<F, Fut, T, E> Driver<F>
+where
+    F: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     fn settle(&mut self, ((shard, entry), run, outcome, trace): Done) {
         if self.running.get(&(shard, entry)).map(|(_, r)| *r) != Some(run) {
             // That run timed out, was handed back or superseded: its answer is moot (and
@@ -416,41 +442,9 @@ impl Driver {
         }
     }
 
-    /// Sends what the machine has to say: blocking reads to the blocker, the rest as
-    /// pipelines (while fewer than the most are in flight; the rest waits in the machine,
-    /// which batches it further).
-    fn send(&mut self) {
-        while self.pipes.can_send() {
-            let cmds: Vec<Command> = std::iter::from_fn(|| self.worker.poll_command()).collect();
-            if cmds.is_empty() {
-                return;
-            }
-            let cmds = self.reads.take_blocking(cmds);
-            let span = settle_span(&self.queue, &cmds);
-            self.pipes.send_in(cmds, span);
-        }
-    }
-
-    fn reply(&mut self, op: OpId, reply: Reply) {
-        if let Err(e) = self.worker.handle_reply(now_ms(), op, reply, &mut OsRandom) {
-            tracing::error!(error = %e, "worker refused a reply");
-        }
-        self.pending_events
-            .extend(std::iter::from_fn(|| self.worker.poll_event()));
-    }
-
-    /// Starts handlers for new jobs; whether the worker has drained for shutdown.
-    fn route_events<F, Fut, T, E>(&mut self, handler: &Arc<F>) -> bool
-    where
-        F: Fn(Job) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        T: Serialize + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-    {
-        let mut drained = false;
-        self.pending_events
-            .extend(std::iter::from_fn(|| self.worker.poll_event()));
-        for ShardEvent { shard, event } in std::mem::take(&mut self.pending_events) {
+    /// Starts handlers for new jobs, and notes the end of a shutdown's drain.
+    fn route_events(&mut self) {
+        while let Some(ShardEvent { shard, event }) = self.worker.poll_event() {
             match event {
                 WorkerEvent::Job(d) => {
                     let queue = self.queue.clone();
@@ -477,7 +471,7 @@ impl Driver {
                         trace: d.trace,
                     };
                     let task = tokio::spawn(tracing::Instrument::instrument(
-                        (handler)(job),
+                        (self.handler)(job),
                         span.clone(),
                     ));
                     let run = self.runs;
@@ -528,7 +522,7 @@ impl Driver {
                         h.abort();
                     }
                 }
-                WorkerEvent::Drained => drained = true,
+                WorkerEvent::Drained => self.drained = true,
                 WorkerEvent::Settled { settlement, count } => {
                     crate::telemetry::settled(&self.queue, settlement.as_str(), count);
                 }
@@ -555,7 +549,6 @@ impl Driver {
                 _ => {}
             }
         }
-        drained
     }
 }
 

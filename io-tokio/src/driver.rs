@@ -1,0 +1,115 @@
+//! The one driver loop of every machine (a queue's producer, a worker's shards): it moves
+//! the machine's commands to Redis and the replies back, runs its timer, and hands the
+//! application's inputs and the machine's events to the [`Side`] that knows what they
+//! mean. The loop decides nothing; the machine does (see `datalayer_core::machine`).
+
+use std::future::Future;
+
+use datalayer_core::command::Command;
+use datalayer_core::machine::Machine;
+
+use crate::blocking::Reads;
+use crate::clock::{now_ms, sleep_until_ms};
+use crate::pipelines::Pipelines;
+use crate::random::OsRandom;
+
+/// Where a machine's commands go: pipelines on the shared connection, and blocking reads
+/// on the blocking one.
+pub(crate) struct Engine {
+    pub(crate) pipes: Pipelines,
+    pub(crate) reads: Reads,
+}
+
+/// The application's side of a driver: its inputs, and what the machine's events mean to
+/// it.
+pub(crate) trait Side: Send {
+    /// The machine driven.
+    type M: Machine + Send;
+    /// One input of the application.
+    type Input: Send;
+
+    /// The machine.
+    fn machine(&mut self) -> &mut Self::M;
+
+    /// The next input of the application; `None` when the application has gone. Cancel
+    /// safe: the driver waits on it beside the replies and the timer.
+    fn input(&mut self) -> impl Future<Output = Option<Self::Input>> + Send;
+
+    /// After an input, the inputs already waiting (they go out in the same pipeline).
+    fn more(&mut self) -> impl Future<Output = Vec<Self::Input>> + Send;
+
+    /// One input, handed to the machine.
+    fn on_input(&mut self, input: Self::Input, engine: &mut Engine);
+
+    /// Drains the machine's events (called after every input, as the machine requires).
+    fn on_events(&mut self);
+
+    /// Whether the driver is done (`engine`: whether pipelines are still out).
+    fn done(&self, engine: &Engine) -> bool;
+
+    /// The span a pipeline of `cmds` runs in, if any.
+    fn span(&self, _cmds: &[Command]) -> Option<tracing::Span> {
+        None
+    }
+
+    /// The driver ended.
+    fn finish(&mut self);
+}
+
+/// Runs `side`'s machine until the side is done or its application has gone.
+pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
+    loop {
+        send(&mut engine, &mut side);
+        side.on_events();
+        if side.done(&engine) {
+            break;
+        }
+        let sleep = sleep_until_ms(side.machine().poll_timeout());
+        tokio::select! {
+            (ops, replies) = engine.pipes.next() => {
+                for (op, reply) in ops.into_iter().zip(replies) {
+                    let taken = side.machine().handle_reply(now_ms(), op, reply, &mut OsRandom);
+                    if let Err(e) = taken {
+                        tracing::error!(error = %e, "the engine refused a reply");
+                    }
+                    side.on_events();
+                }
+            }
+            input = side.input() => {
+                let Some(input) = input else { break };
+                side.on_input(input, &mut engine);
+                side.on_events();
+                for input in side.more().await {
+                    side.on_input(input, &mut engine);
+                    side.on_events();
+                }
+            }
+            (op, reply) = engine.reads.recv() => {
+                if let Err(e) = side.machine().handle_reply(now_ms(), op, reply, &mut OsRandom) {
+                    tracing::error!(error = %e, "the engine refused a reply");
+                }
+                side.on_events();
+            }
+            () = sleep => {
+                if let Err(e) = side.machine().handle_timeout(now_ms(), &mut OsRandom) {
+                    tracing::error!(error = %e, "the engine refused a timeout");
+                }
+            }
+        }
+    }
+    side.finish();
+}
+
+/// Sends what the machine has to say: blocking reads to the blocker, the rest as pipelines
+/// while fewer than the most are in flight (meanwhile the rest batches up in the machine).
+fn send<S: Side>(engine: &mut Engine, side: &mut S) {
+    while engine.pipes.can_send() {
+        let cmds: Vec<Command> = std::iter::from_fn(|| side.machine().poll_command()).collect();
+        if cmds.is_empty() {
+            return;
+        }
+        let cmds = engine.reads.take_blocking(cmds);
+        let span = side.span(&cmds);
+        engine.pipes.send_in(cmds, span);
+    }
+}
