@@ -121,64 +121,45 @@ impl Machine for crate::producer::Producer {
     }
 }
 
-impl Machine for crate::worker::Worker {
-    type Event = crate::worker::WorkerEvent;
-    type Error = crate::worker::WorkerError;
+/// The workers' implementation: their own methods, which take the generator.
+macro_rules! worker_machine {
+    ($machine:ty, $event:ty) => {
+        impl Machine for $machine {
+            type Event = $event;
+            type Error = crate::worker::WorkerError;
 
-    fn poll_command(&mut self) -> Option<Command> {
-        Self::poll_command(self)
-    }
+            fn poll_command(&mut self) -> Option<Command> {
+                Self::poll_command(self)
+            }
 
-    fn handle_reply(
-        &mut self,
-        now_ms: u64,
-        op: OpId,
-        reply: Reply,
-        rng: &mut impl Random,
-    ) -> Result<(), Self::Error> {
-        Self::handle_reply(self, now_ms, op, reply, rng)
-    }
+            fn handle_reply(
+                &mut self,
+                now_ms: u64,
+                op: OpId,
+                reply: Reply,
+                rng: &mut impl Random,
+            ) -> Result<(), Self::Error> {
+                Self::handle_reply(self, now_ms, op, reply, rng)
+            }
 
-    fn handle_timeout(&mut self, now_ms: u64, rng: &mut impl Random) -> Result<(), Self::Error> {
-        Self::handle_timeout(self, now_ms, rng)
-    }
+            fn handle_timeout(
+                &mut self,
+                now_ms: u64,
+                rng: &mut impl Random,
+            ) -> Result<(), Self::Error> {
+                Self::handle_timeout(self, now_ms, rng)
+            }
 
-    fn poll_timeout(&self) -> Option<u64> {
-        Self::poll_timeout(self)
-    }
+            fn poll_timeout(&self) -> Option<u64> {
+                Self::poll_timeout(self)
+            }
 
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        Self::poll_event(self)
-    }
+            fn poll_event(&mut self) -> Option<Self::Event> {
+                Self::poll_event(self)
+            }
+        }
+    };
 }
 
-impl Machine for crate::worker::ShardedWorker {
-    type Event = crate::worker::ShardEvent;
-    type Error = crate::worker::WorkerError;
-
-    fn poll_command(&mut self) -> Option<Command> {
-        Self::poll_command(self)
-    }
-
-    fn handle_reply(
-        &mut self,
-        now_ms: u64,
-        op: OpId,
-        reply: Reply,
-        rng: &mut impl Random,
-    ) -> Result<(), Self::Error> {
-        Self::handle_reply(self, now_ms, op, reply, rng)
-    }
-
-    fn handle_timeout(&mut self, now_ms: u64, rng: &mut impl Random) -> Result<(), Self::Error> {
-        Self::handle_timeout(self, now_ms, rng)
-    }
-
-    fn poll_timeout(&self) -> Option<u64> {
-        Self::poll_timeout(self)
-    }
-
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        Self::poll_event(self)
-    }
-}
+worker_machine!(crate::worker::Worker, crate::worker::WorkerEvent);
+worker_machine!(crate::worker::ShardedWorker, crate::worker::ShardEvent);
