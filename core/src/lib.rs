@@ -146,6 +146,7 @@ pub mod naming;
 pub mod producer;
 pub mod random;
 pub mod retry;
+mod scaffold;
 pub mod scripts;
 #[cfg(feature = "model")]
 pub mod sim;

@@ -55,6 +55,7 @@ use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::{ProducerKeys, QueueKeys};
 use crate::random::Random;
 use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
+use crate::scaffold::{Ops, undrained};
 use crate::timers::Timers;
 
 /// The most delayed jobs one promotion moves.
@@ -135,13 +136,12 @@ pub struct Producer {
     register_at: u64,
     sealer: Sealer,
     now_ms: u64,
-    next_op: u64,
     /// Redis said the queue is paused (or this producer paused it): adds go through the
     /// `enqueue` script, which refuses them while the pause holds, until one is taken.
     paused: bool,
     /// Adds to send.
     unsent: VecDeque<Unsent>,
-    in_flight: HashMap<OpId, InFlight>,
+    in_flight: Ops<InFlight>,
     cursor: EntryId,
     /// The first bytes of the `v` field of the event at the cursor, as read.
     cursor_seen: Arc<[u8]>,
@@ -240,10 +240,9 @@ impl Producer {
             superseded: false,
             sealer,
             now_ms,
-            next_op: 0,
             paused: false,
             unsent: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: Ops::default(),
             cursor: cfg.events_after,
             cursor_seen: Arc::from(&[][..]),
             checked: cfg.events_after,
@@ -343,7 +342,7 @@ impl Producer {
     /// here or in another process, may have queued it): both are `Unconfirmed`.
     pub fn withdraw(&mut self, job: &JobId) -> Withdrawal {
         let sent = |u: &Unsent| u.job.id == job.0 && (u.meta.sent || !u.meta.generated);
-        let in_flight = self.in_flight.values().any(|f| match f {
+        let in_flight = self.in_flight.any(|f| match f {
             InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == job.0),
             _ => false,
         });
@@ -403,10 +402,7 @@ impl Producer {
 
     fn check_drained(&self) -> Result<(), ProducerError> {
         let bound = 4 * (self.cfg.max_batch_jobs + self.cfg.events_count as usize);
-        if self.events.len() > bound {
-            return Err(ProducerError::Undrained(self.events.len()));
-        }
-        Ok(())
+        undrained(self.events.len(), bound).map_err(ProducerError::Undrained)
     }
 
     /// Seals a job and queues it for the next add command; returns its id. What became of
@@ -874,9 +870,7 @@ impl Producer {
     }
 
     fn op(&mut self, kind: CommandKind, state: InFlight) -> Command {
-        self.next_op += 1;
-        let op = OpId(self.next_op);
-        self.in_flight.insert(op, state);
+        let op = self.in_flight.start(state);
         // Every write whose loss in a failover would go unseen is replicated before it
         // counts: an add (a job that never existed), a registration (the owner of the
         // producer id would go back to the instance this one replaced, and this one would
@@ -901,7 +895,7 @@ impl Producer {
     }
 
     fn any_in_flight(&self, f: fn(&InFlight) -> bool) -> bool {
-        self.in_flight.values().any(f)
+        self.in_flight.any(f)
     }
 
     /// The next command for Redis, if any. Call until `None` after every input; everything
@@ -1098,7 +1092,7 @@ impl Producer {
         self.now_ms = now_ms;
         let state = self
             .in_flight
-            .remove(&op)
+            .finish(op)
             .ok_or(ProducerError::UnknownOp(op))?;
         let not_sent = reply == Reply::NotSent;
         let reply = match reply {

@@ -44,15 +44,16 @@ pub enum WorkerTimer {
     Read,
 }
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crate::command::{Command, CommandKind, OpId, Settle};
+use crate::command::{Command, CommandKind, Settle};
 use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
 use crate::random::Random;
 use crate::retry::{ResendBackoff, RetryDecision};
+use crate::scaffold::{Ops, undrained};
 use crate::timers::Timers;
 use crate::trace::TraceContext;
 use crate::value::EntryId;
@@ -116,8 +117,7 @@ pub struct Worker {
     sealer: Sealer,
     reason_sealer: Sealer,
     now_ms: u64,
-    next_op: u64,
-    in_flight: HashMap<OpId, InFlight>,
+    in_flight: Ops<InFlight>,
     running: BTreeMap<EntryId, Running>,
     outbox: VecDeque<(SettleKind, Settle)>,
     hand_back: Vec<EntryId>,
@@ -172,8 +172,7 @@ impl Worker {
             sealer,
             reason_sealer,
             now_ms,
-            next_op: 0,
-            in_flight: HashMap::new(),
+            in_flight: Ops::default(),
             running: BTreeMap::new(),
             outbox: VecDeque::new(),
             hand_back: Vec::new(),
@@ -222,9 +221,7 @@ impl Worker {
     }
 
     fn op(&mut self, kind: CommandKind, state: InFlight) -> Command {
-        self.next_op += 1;
-        let op = OpId(self.next_op);
-        self.in_flight.insert(op, state);
+        let op = self.in_flight.start(state);
         let replicas = match kind {
             CommandKind::Complete { .. } | CommandKind::Retry { .. } | CommandKind::Bury { .. } => {
                 self.cfg.replicas
@@ -237,10 +234,7 @@ impl Worker {
     fn check_drained(&self) -> Result<(), WorkerError> {
         // The largest burst one input can cause: a reply's worth of deliveries and settles.
         let bound = 4 * (self.cfg.concurrency as usize + self.cfg.max_batch);
-        if self.events.len() > bound {
-            return Err(WorkerError::Undrained(self.events.len()));
-        }
-        Ok(())
+        undrained(self.events.len(), bound).map_err(WorkerError::Undrained)
     }
 
     /// The application finished the job at `entry` with `result` (the encoded result).
@@ -439,7 +433,6 @@ impl Worker {
             && self.give_back.is_empty()
             && !self
                 .in_flight
-                .values()
                 .any(|f| matches!(f, InFlight::Settle { .. } | InFlight::HandBack));
         if self.draining && idle && !self.drained_sent {
             self.drained_sent = true;
@@ -495,7 +488,7 @@ impl Worker {
     #[must_use]
     pub fn timers(&self) -> Timers<WorkerTimer> {
         let mut t = Timers::new();
-        let out = |f: fn(&InFlight) -> bool| self.in_flight.values().any(f);
+        let out = |f: fn(&InFlight) -> bool| self.in_flight.any(f);
         let backing_off = self.resend.backing_off() && !self.resend.ready(self.now_ms);
         if backing_off && (!self.outbox.is_empty() || !self.group_ready) {
             t.set(WorkerTimer::Backoff, self.resend.at_ms());
@@ -600,9 +593,7 @@ impl Worker {
 
     /// Whether a read is out.
     fn reading(&self) -> bool {
-        self.in_flight
-            .values()
-            .any(|f| matches!(f, InFlight::Read { .. }))
+        self.in_flight.any(|f| matches!(f, InFlight::Read { .. }))
     }
 
     /// The next command for Redis, if any. Call until `None` after every input; everything
@@ -612,12 +603,7 @@ impl Worker {
         let now = self.now_ms;
         let resend_ok = self.resend.ready(now);
         if !self.group_ready {
-            if resend_ok
-                && !self
-                    .in_flight
-                    .values()
-                    .any(|f| matches!(f, InFlight::EnsureGroup))
-            {
+            if resend_ok && !self.in_flight.any(|f| matches!(f, InFlight::EnsureGroup)) {
                 let kind = CommandKind::EnsureGroup {
                     keys: self.keys.clone(),
                 };
@@ -704,7 +690,6 @@ impl Worker {
         let third = self.cfg.lease_ms / 3;
         if self
             .in_flight
-            .values()
             .any(|f| matches!(f, InFlight::Heartbeat { .. }))
         {
             return None;
@@ -744,7 +729,6 @@ impl Worker {
         let now = self.now_ms;
         let promoting = self
             .in_flight
-            .values()
             .any(|f| matches!(f, InFlight::Promote | InFlight::Reclaim { .. }));
         if self.next_promote_ms.is_some_and(|due| due <= now) && !promoting {
             self.next_promote_ms = None;
@@ -758,7 +742,6 @@ impl Worker {
         let credits = self.free_credits();
         let upkeep = self
             .in_flight
-            .values()
             .any(|f| matches!(f, InFlight::Reclaim { .. } | InFlight::Promote));
         if now >= self.next_reclaim_ms && !upkeep && !self.upkeep_waits_for_read() {
             // Without credits, the upkeep still promotes and keeps this worker's turn.
@@ -777,10 +760,7 @@ impl Worker {
         }
         if self.paused {
             // While paused, only the question, once a second: nothing is read.
-            let asking = self
-                .in_flight
-                .values()
-                .any(|f| matches!(f, InFlight::IsPaused));
+            let asking = self.in_flight.any(|f| matches!(f, InFlight::IsPaused));
             if asking || now < self.next_read_ms {
                 return None;
             }

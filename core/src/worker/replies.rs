@@ -37,7 +37,7 @@ impl Worker {
         self.now_ms = now_ms;
         let state = self
             .in_flight
-            .remove(&op)
+            .finish(op)
             .ok_or(WorkerError::UnknownOp(op))?;
         let reply = match reply {
             // Nothing ran: for a worker, as good as unknown (every command is sent again).
@@ -419,7 +419,7 @@ impl Worker {
     /// Whether `entry` ran here and its settlement awaits Redis.
     fn settling(&self, entry: EntryId) -> bool {
         self.outbox.iter().any(|(_, s)| s.entry == entry)
-            || self.in_flight.values().any(|f| match f {
+            || self.in_flight.any(|f| match f {
                 InFlight::Settle { items, .. } => items.iter().any(|s| s.entry == entry),
                 _ => false,
             })

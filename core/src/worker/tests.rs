@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::command::Reply;
+use crate::command::{OpId, Reply};
 use crate::keys::{Key, KeyId, Keyring};
 use crate::naming::GROUP;
 use crate::random::SeededRandom;
