@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use datalayer_core::command::Command;
+use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::machine::Machine;
 
 use crate::blocking::Reads;
@@ -68,11 +68,7 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
         tokio::select! {
             (ops, replies) = engine.pipes.next() => {
                 for (op, reply) in ops.into_iter().zip(replies) {
-                    let taken = side.machine().handle_reply(now_ms(), op, reply, &mut OsRandom);
-                    if let Err(e) = taken {
-                        tracing::error!(error = %e, "the engine refused a reply");
-                    }
-                    side.on_events();
+                    handle_reply(&mut side, op, reply);
                 }
             }
             input = side.input() => {
@@ -84,12 +80,7 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
                     side.on_events();
                 }
             }
-            (op, reply) = engine.reads.recv() => {
-                if let Err(e) = side.machine().handle_reply(now_ms(), op, reply, &mut OsRandom) {
-                    tracing::error!(error = %e, "the engine refused a reply");
-                }
-                side.on_events();
-            }
+            (op, reply) = engine.reads.recv() => handle_reply(&mut side, op, reply),
             () = sleep => {
                 if let Err(e) = side.machine().handle_timeout(now_ms(), &mut OsRandom) {
                     tracing::error!(error = %e, "the engine refused a timeout");
@@ -98,6 +89,17 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
         }
     }
     side.finish();
+}
+
+/// One reply (of a pipeline or a blocking read) to the machine, then its events drained.
+fn handle_reply<S: Side>(side: &mut S, op: OpId, reply: Reply) {
+    if let Err(e) = side
+        .machine()
+        .handle_reply(now_ms(), op, reply, &mut OsRandom)
+    {
+        tracing::error!(error = %e, "the engine refused a reply");
+    }
+    side.on_events();
 }
 
 /// Sends what the machine has to say: blocking reads to the blocker, the rest as pipelines

@@ -222,47 +222,6 @@ return out
 "#,
 };
 
-/// The reclaim script's invocation (`invocation` is one match; its longest arm lives here).
-fn reclaim_invocation(kind: &CommandKind) -> Invocation<'_> {
-    let CommandKind::Reclaim {
-        keys,
-        consumer,
-        min_idle_ms,
-        cursor,
-        count,
-        now_ms,
-        interval_ms,
-        jitter,
-        promote_limit,
-    } = kind
-    else {
-        unreachable!("called for reclaims only")
-    };
-    let k = [
-        &keys.jobs,
-        &keys.ids,
-        &keys.delayed,
-        &keys.payloads,
-        &keys.workers,
-        &keys.producers,
-        &keys.gone,
-        &keys.events,
-        &keys.owners,
-        &keys.paused,
-    ];
-    let args = vec![
-        b(consumer),
-        num(min_idle_ms),
-        id(*cursor),
-        num(count),
-        num(now_ms),
-        num(interval_ms),
-        num(jitter),
-        num(promote_limit),
-    ];
-    script(&RECLAIM, &k, args)
-}
-
 /// The invocation of an upkeep command (routed here by [`super::invocation`]).
 pub(super) fn invocation(kind: &CommandKind) -> Invocation<'_> {
     match kind {
@@ -274,7 +233,41 @@ pub(super) fn invocation(kind: &CommandKind) -> Invocation<'_> {
             let k = [&keys.jobs, &keys.ids, &keys.delayed, &keys.payloads];
             script(&PROMOTE, &k, vec![num(now_ms), num(limit)])
         }
-        CommandKind::Reclaim { .. } => reclaim_invocation(kind),
+        CommandKind::Reclaim {
+            keys,
+            consumer,
+            min_idle_ms,
+            cursor,
+            count,
+            now_ms,
+            interval_ms,
+            jitter,
+            promote_limit,
+        } => {
+            let k = [
+                &keys.jobs,
+                &keys.ids,
+                &keys.delayed,
+                &keys.payloads,
+                &keys.workers,
+                &keys.producers,
+                &keys.gone,
+                &keys.events,
+                &keys.owners,
+                &keys.paused,
+            ];
+            let args = vec![
+                b(consumer),
+                num(min_idle_ms),
+                id(*cursor),
+                num(count),
+                num(now_ms),
+                num(interval_ms),
+                num(jitter),
+                num(promote_limit),
+            ];
+            script(&RECLAIM, &k, args)
+        }
         CommandKind::Heartbeat {
             keys,
             consumer,

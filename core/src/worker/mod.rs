@@ -450,15 +450,15 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         self.check_drained()?;
         self.now_ms = now_ms;
-        // What a timer does when it fires; the intake's timers (backoff, heartbeat, upkeep,
-        // promote, read) have nothing to do here: being due, their commands go out at the
-        // next `poll_command`.
-        let timers = self.timers();
-        let due = |timer| timers.get(timer).is_some_and(|at| at <= now_ms);
-        if due(WorkerTimer::HandBack) {
+        // What a timer does when it fires, read from the state the timer is derived from
+        // ([`Worker::timers`]): `HandBack` hands back what still runs, `JobTimeout` fails the
+        // jobs past their timeout. The intake's timers (backoff, heartbeat, upkeep, promote,
+        // read) have nothing to do here: being due, their commands go out at the next
+        // `poll_command`.
+        if self.hand_back_at.is_some_and(|at| at <= now_ms) {
             self.hand_back(now_ms);
         }
-        if let Some(timeout) = self.cfg.timeout_ms.filter(|_| due(WorkerTimer::JobTimeout)) {
+        if let Some(timeout) = self.cfg.timeout_ms {
             let expired: Vec<EntryId> = self
                 .running
                 .iter()
