@@ -16,21 +16,22 @@ use datalayer_core::keys::{Key, KeyId, Keyring};
 use datalayer_core::producer::{AddJob, Producer, ProducerConfig, ProducerEvent};
 use datalayer_core::random::SeededRandom;
 use datalayer_core::sim::Sim;
+use datalayer_core::time::Instant;
 use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
 
-const T0: u64 = 1_700_000_000_000;
+const T0: Instant = Instant::from_unix_ms(1_700_000_000_000);
 
 /// Pushes `n` jobs of `payload` bytes through one producer and one worker of concurrency
 /// `n`; returns how many results came back.
 fn run(n: usize, payload: &[u8], sealer: &Sealer, rng: &mut SeededRandom) -> usize {
     let mut sim = Sim::new(T0);
-    let pc = ProducerConfig::new("bench").block_ms(None);
+    let pc = ProducerConfig::new("bench").block(None);
     let wc = WorkerConfig::new("bench", "w1")
         .concurrency(n as u32)
-        .block_ms(None);
+        .block(None);
     let (Ok(mut p), Ok(mut w)) = (
-        Producer::new(pc, sealer.clone(), T0),
-        Worker::new(wc, sealer.clone(), T0),
+        Producer::new(pc, sealer.clone(), T0, rng),
+        Worker::new(wc, sealer.clone(), T0, rng),
     ) else {
         panic!("bench configuration rejected");
     };
@@ -39,17 +40,17 @@ fn run(n: usize, payload: &[u8], sealer: &Sealer, rng: &mut SeededRandom) -> usi
             payload: payload.to_vec(),
             ..AddJob::default()
         };
-        if p.add(T0, job, rng).is_err() {
+        if p.add(T0, job).is_err() {
             panic!("add refused");
         }
     }
     let mut results = 0;
     let mut now = T0;
     while results < n {
-        now += 1;
+        now += Duration::from_millis(1);
         sim.set_time(now);
-        p.handle_timeout(now);
-        let _ = w.handle_timeout(now, rng);
+        let _ = p.handle_timeout(now);
+        let _ = w.handle_timeout(now);
         while let Some(cmd) = p.poll_command() {
             let v = sim.execute(&cmd.kind);
             let _ = p.handle_reply(now, cmd.op, Reply::Value(v));
@@ -62,19 +63,14 @@ fn run(n: usize, payload: &[u8], sealer: &Sealer, rng: &mut SeededRandom) -> usi
         }
         while let Some(cmd) = w.poll_command() {
             let v = sim.execute(&cmd.kind);
-            let _ = w.handle_reply(now, cmd.op, Reply::Value(v), rng);
+            let _ = w.handle_reply(now, cmd.op, Reply::Value(v));
             while let Some(ev) = w.poll_event() {
                 if let WorkerEvent::Job(d) = ev {
-                    let _ = w.complete(
-                        now,
-                        d.entry,
-                        &d.job.payload[..8.min(d.job.payload.len())],
-                        rng,
-                    );
+                    let _ = w.complete(now, d.entry, &d.job.payload[..8.min(d.job.payload.len())]);
                 }
             }
         }
-        if now > T0 + 10_000 {
+        if now > T0 + Duration::from_secs(10) {
             panic!("bench did not finish: {results} of {n} results");
         }
     }

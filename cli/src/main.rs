@@ -45,9 +45,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
+use datalayer_tokio::core::time::millis;
 use datalayer_tokio::core::value::EntryId;
 use datalayer_tokio::{
-    DataLayer, DeadLetter, EventsCursor, JobQueue, Options, PeekedEvent, QueueOptions, now_ms,
+    DataLayer, DeadLetter, EventsCursor, JobQueue, Options, PeekedEvent, QueueOptions, now,
 };
 use serde_json::{Value, json};
 
@@ -77,6 +78,16 @@ Exit: 0 ok, 1 failed or unhealthy, 2 risky, 64 usage.";
 
 /// A failure and the exit code it maps to.
 struct Failure(u8, String);
+
+/// The wall clock in ms since the epoch (the unit of stream ids and of the JSON output).
+fn now_ms() -> u64 {
+    now().unix_ms()
+}
+
+/// The instant `ms` after the epoch.
+fn instant(ms: u64) -> datalayer_tokio::core::time::Instant {
+    datalayer_tokio::core::time::Instant::from_unix_ms(ms)
+}
 
 fn usage(why: &str) -> Failure {
     Failure(64, format!("{why}\n{USAGE}"))
@@ -225,7 +236,7 @@ fn letter_json(l: &DeadLetter, now: u64) -> Value {
         "entry": l.entry.to_string(),
         "job": l.job.as_ref().map(|j| j.0.clone()),
         "attempt": l.attempt,
-        "age_ms": l.age_ms(now),
+        "age_ms": millis(l.age(instant(now))),
         "session": l.record.as_ref().ok().map(|r| r.session_id.clone()),
         "title": l.record.as_ref().ok().map(|r| r.title.clone()),
         "payload": l.record.as_ref().ok().map(|r| String::from_utf8_lossy(&r.payload).into_owned()),
@@ -462,7 +473,7 @@ async fn run(a: Args) -> Result<u8, Failure> {
                         (Err(e), Ok(_)) => format!("(reason sealed: {e})"),
                     };
                     let attempt = l.attempt.map_or("-".into(), |n| n.to_string());
-                    let age = l.age_ms(now) / 1000;
+                    let age = millis(l.age(instant(now))) / 1000;
                     println!("{}  {job}  attempt {attempt}  {age} s ago  {why}", l.entry);
                 }
             }
@@ -498,7 +509,10 @@ async fn run(a: Args) -> Result<u8, Failure> {
             println!("entry     {}", l.entry);
             println!("job       {}", or_dash(l.job.as_ref().map(|j| j.0.clone())));
             println!("attempt   {}", or_dash(l.attempt.map(|n| n.to_string())));
-            println!("dead for  {:.1} s", l.age_ms(now) as f64 / 1000.0);
+            println!(
+                "dead for  {:.1} s",
+                millis(l.age(instant(now))) as f64 / 1000.0
+            );
             match (&l.record, &l.reason) {
                 (Ok(r), reason) => {
                     println!("session   {}", r.session_id);
@@ -650,8 +664,8 @@ async fn stats(a: &Args, q: &JobQueue, name: &str) -> Result<(), Failure> {
             "queue": name, "jobs": s.jobs, "running": s.pending,
             "waiting": s.jobs.saturating_sub(s.pending), "delayed": s.delayed,
             "dead": s.dead, "workers": s.workers,
-            "oldest_waiting_ms": s.oldest_waiting.map(|_| s.oldest_waiting_ms(now)),
-            "oldest_running_ms": s.oldest_running.map(|_| s.oldest_running_ms(now)),
+            "oldest_waiting_ms": s.oldest_waiting.map(|_| millis(s.oldest_waiting_age(instant(now)))),
+            "oldest_running_ms": s.oldest_running.map(|_| millis(s.oldest_running_age(instant(now)))),
             "paused": s.paused_at.is_some(),
             "paused_for_ms": s.paused_at.map(|at| now.saturating_sub(at)),
         });
@@ -675,11 +689,11 @@ async fn stats(a: &Args, q: &JobQueue, name: &str) -> Result<(), Failure> {
         };
         println!(
             "oldest waiting  {}",
-            age(s.oldest_waiting, s.oldest_waiting_ms(now))
+            age(s.oldest_waiting, millis(s.oldest_waiting_age(instant(now))))
         );
         println!(
             "oldest running  {}",
-            age(s.oldest_running, s.oldest_running_ms(now))
+            age(s.oldest_running, millis(s.oldest_running_age(instant(now))))
         );
     }
     Ok(())
@@ -994,7 +1008,7 @@ fn prometheus_text(
         (
             "datalayer_queue_oldest_waiting_seconds",
             "How long the oldest waiting job has waited.",
-            |s, now| s.oldest_waiting_ms(now) as f64 / 1e3,
+            |s, now| millis(s.oldest_waiting_age(instant(now))) as f64 / 1e3,
         ),
         (
             "datalayer_queue_paused",

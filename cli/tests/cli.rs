@@ -257,7 +257,7 @@ async fn the_cli_reports_and_handles_dead_letters() {
     let later = datalayer_tokio::core::producer::AddJob {
         session_id: "s".into(),
         payload: br#""later""#.to_vec(),
-        delay_ms: 600_000,
+        delay: Duration::from_millis(600_000),
         ..Default::default()
     };
     let h = queue.add_job(later).await.expect("add");
@@ -551,7 +551,7 @@ async fn keys_counts_envelopes_by_key_id_across_a_rotation() {
     }
     let later = datalayer_tokio::core::producer::AddJob {
         payload: b"{}".to_vec(),
-        delay_ms: 3_600_000,
+        delay: Duration::from_millis(3_600_000),
         ..Default::default()
     };
     after.add_job(later).await.expect("delayed");

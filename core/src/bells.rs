@@ -34,6 +34,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use crate::cluster::read_bell;
 use crate::command::{CommandKind, OpId, Reply};
 use crate::mux::{Answer, Ticket};
+use crate::time::Instant;
 use crate::timers::Timers;
 use crate::value::Value;
 
@@ -145,7 +146,8 @@ impl Bells {
     /// Takes a blocking read (`op`: the reader's op id, given back with the answer); its
     /// deadline is `now` plus its `BLOCK`. Anything but a read is answered at once with an
     /// error reply.
-    pub fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> Ticket {
+    pub fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> Ticket {
+        let now_ms = now.unix_ms();
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         let mut kind = kind;
@@ -194,7 +196,8 @@ impl Bells {
 
     /// Ends the read's wait now: answered nil at once unless its read is out (then with what
     /// that read brings). A read already answered is a no-op.
-    pub fn cancel(&mut self, now_ms: u64, ticket: Ticket) {
+    pub fn cancel(&mut self, now: Instant, ticket: Ticket) {
+        let now_ms = now.unix_ms();
         let Some(w) = self.reads.get_mut(&ticket) else {
             return;
         };
@@ -207,7 +210,8 @@ impl Bells {
     /// The outcome of a [`BellCommand::Subscribe`]: confirmed, or failed (nothing is known
     /// to be subscribed: its readers are answered [`Reply::NotSent`], nothing having been
     /// read, and their machines read again after a backoff).
-    pub fn handle_subscribed(&mut self, now_ms: u64, channel: &str, ok: bool) {
+    pub fn handle_subscribed(&mut self, now: Instant, channel: &str, ok: bool) {
+        let now_ms = now.unix_ms();
         let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
@@ -271,7 +275,8 @@ impl Bells {
     }
 
     /// The reply of a [`BellCommand::Read`].
-    pub fn handle_read_reply(&mut self, now_ms: u64, ticket: Ticket, reply: Reply) {
+    pub fn handle_read_reply(&mut self, now: Instant, ticket: Ticket, reply: Reply) {
+        let now_ms = now.unix_ms();
         let Some(w) = self.reads.get_mut(&ticket) else {
             return;
         };
@@ -304,7 +309,8 @@ impl Bells {
 
     /// Time passed: parked reads past their deadline are answered (nil); channels idle past
     /// the linger are unsubscribed.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now_ms = now.unix_ms();
         let due: Vec<Ticket> = self
             .deadlines
             .iter()
@@ -339,7 +345,7 @@ impl Bells {
 
     /// When to call [`Bells::handle_timeout`]: the earliest of [`Bells::timers`].
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers().next_at()
     }
 
@@ -354,14 +360,14 @@ impl Bells {
                 .is_some_and(|w| !matches!(w.state, State::Reading { .. }))
         });
         if let Some((deadline, _)) = read {
-            t.set(BellTimer::ReadDeadline, *deadline);
+            t.set(BellTimer::ReadDeadline, Instant::from_unix_ms(*deadline));
         }
         let linger = self
             .lingering
             .iter()
             .find(|(_, name)| self.channels.get(name).is_none_or(|c| c.sub != Sub::Asking));
         if let Some((end, _)) = linger {
-            t.set(BellTimer::Linger, *end);
+            t.set(BellTimer::Linger, Instant::from_unix_ms(*end));
         }
         t
     }

@@ -33,20 +33,20 @@ pub struct Command {
 }
 
 /// A durability demand: right after the command, on the same connection, `WAIT <count>
-/// <timeout_ms>`; when fewer replicas than `count` acknowledged its writes, a failover
+/// <timeout>` (in ms); when fewer replicas than `count` acknowledged its writes, a failover
 /// could still lose them, so the command's reply is [`Reply::Unknown`] (it ran, and may be
 /// lost): the machine sends it again (every command is safe to send again), and the
 /// resend's own `WAIT` decides. An error reply stays as it is (nothing ran).
 ///
-/// `WAIT` holds the connection it runs on for up to `timeout_ms` while replicas lag, and a
+/// `WAIT` holds the connection it runs on for up to `timeout` while replicas lag, and a
 /// server without `count` replicas never confirms: keep the timeout short, and ask only
 /// what the deployment has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
     /// How many replicas must acknowledge.
     pub count: u32,
-    /// How long `WAIT` may wait (ms, at least 1: 0 would wait forever).
-    pub timeout_ms: u64,
+    /// How long `WAIT` may wait (at least 1 ms is sent: 0 would wait forever).
+    pub timeout: crate::time::Duration,
 }
 
 impl Replicas {
@@ -611,7 +611,7 @@ mod tests {
     fn a_write_fewer_replicas_acknowledged_has_an_unknown_outcome() {
         let r = Replicas {
             count: 2,
-            timeout_ms: 100,
+            timeout: crate::time::Duration::from_millis(100),
         };
         let ok = Reply::Value(Value::Int(1));
         let refused = Reply::Value(Value::Error("OOM".into()));

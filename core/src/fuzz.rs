@@ -12,6 +12,7 @@ use crate::random::SeededRandom;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::sim::Faults;
 use crate::sim::world::{Answer, World, WorldConfig};
+use crate::time::Duration;
 
 /// The scope every fuzz envelope is sealed for.
 pub const SCOPE: &str = "fuzz-queue";
@@ -271,8 +272,8 @@ pub fn engine_ops(data: &[u8]) {
         retry: RetryPolicy::new(
             u32::from(head[3] % 4) + 1,
             Backoff::Exponential {
-                base_ms: 50,
-                max_ms: 2_000,
+                base: Duration::from_millis(50),
+                max: Duration::from_millis(2_000),
                 jitter: true,
             },
         )
@@ -293,7 +294,10 @@ pub fn engine_ops(data: &[u8]) {
         }
         let (a, b) = (usize::from(a), usize::from(b));
         match code % 9 {
-            0 | 1 => world.add(a % queues, if b % 4 == 0 { b as u64 * 20 } else { 0 }),
+            0 | 1 => world.add(
+                a % queues,
+                Duration::from_millis(if b % 4 == 0 { b as u64 * 20 } else { 0 }),
+            ),
             2 | 3 => world.deliver(a * 256 + b),
             4 => {
                 let answer = [
@@ -305,10 +309,10 @@ pub fn engine_ops(data: &[u8]) {
                 ];
                 world.answer(a % slots, b, answer[b % answer.len()]);
             }
-            5 => world.advance((a * 256 + b) as u64),
+            5 => world.advance(Duration::from_millis((a * 256 + b) as u64)),
             6 if b % 2 == 0 => world.crash(a % slots),
             6 => world.restart(a % slots),
-            7 => world.set_time(world.now_ms.saturating_sub((a * 20) as u64)),
+            7 => world.set_time(world.now - Duration::from_millis((a * 20) as u64)),
             _ => {
                 world.net.faults = Faults {
                     lose_command: (a % 4 * 50) as u16,

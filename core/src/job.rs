@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 pub struct JobId(pub String);
 
 impl JobId {
-    /// A generated id: 12 hex digits of `now_ms` then 16 of `random`, so that generated ids
-    /// sort by creation time (28 characters).
+    /// A generated id: 12 hex digits of `now` (ms since the epoch) then 16 of `random`, so
+    /// that generated ids sort by creation time (28 characters).
     #[must_use]
-    pub fn generate(now_ms: u64, random: u64) -> Self {
+    pub fn generate(now: crate::time::Instant, random: u64) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        let now_ms = now.unix_ms();
         let mut out = String::with_capacity(28);
         // The low 48 bits of the time (until the year 10889), then all 64 of the randomness.
         for shift in (0..12).rev() {
@@ -112,11 +113,20 @@ mod tests {
     fn generated_ids_are_hex_time_then_randomness() {
         let now = 0x0123_4567_89ab;
         let r = 0xfedc_ba98_7654_3210;
-        assert_eq!(JobId::generate(now, r).0, format!("{now:012x}{r:016x}"));
-        assert_eq!(JobId::generate(0, 0).0, "0".repeat(28));
-        let max = JobId::generate(u64::MAX, u64::MAX).0;
+        assert_eq!(
+            JobId::generate(crate::time::Instant::from_unix_ms(now), r).0,
+            format!("{now:012x}{r:016x}")
+        );
+        assert_eq!(
+            JobId::generate(crate::time::Instant::from_unix_ms(0), 0).0,
+            "0".repeat(28)
+        );
+        let max = JobId::generate(crate::time::Instant::from_unix_ms(u64::MAX), u64::MAX).0;
         assert_eq!(max, "f".repeat(28));
-        assert!(JobId::generate(1, u64::MAX) < JobId::generate(2, 0));
+        assert!(
+            JobId::generate(crate::time::Instant::from_unix_ms(1), u64::MAX)
+                < JobId::generate(crate::time::Instant::from_unix_ms(2), 0)
+        );
     }
 
     #[test]

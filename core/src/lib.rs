@@ -14,7 +14,9 @@
 //! and call `handle_timeout` when `poll_timeout` says. Every command gets exactly one reply:
 //! Redis' answer, [`command::Reply::Unknown`] when the connection failed (it may have run),
 //! or [`command::Reply::NotSent`] when it was never written. Here the
-//! in-memory model `sim::Sim` (feature `model`) stands in for Redis:
+//! in-memory model `sim::Sim` (feature `model`) stands in for Redis. Time is an input
+//! ([`time::Instant`], [`time::Duration`]); each machine owns its randomness, seeded from the
+//! generator its constructor is given:
 //!
 //! ```
 //! use datalayer_core::command::Reply;
@@ -23,18 +25,20 @@
 //! use datalayer_core::producer::{AddJob, Producer, ProducerConfig, ProducerEvent};
 //! use datalayer_core::random::SeededRandom;
 //! use datalayer_core::sim::Sim;
+//! use datalayer_core::time::{Duration, Instant};
 //! use datalayer_core::worker::{Worker, WorkerConfig, WorkerEvent};
 //!
 //! let mut rng = SeededRandom::new(7); // the adapter passes the OS generator
 //! let secrets = SecretRing::new(KeyId(1), Secret::generate(&mut rng));
 //! let sealer = Sealer::new(secrets.queue_keyring("irc"));
-//! let mut now = 1_700_000_000_000; // ms; the adapter reads the clock
+//! let mut now = Instant::from_unix_ms(1_700_000_000_000); // the adapter reads the clock
 //! let mut redis = Sim::new(now);
 //!
-//! let mut queue = Producer::new(ProducerConfig::new("irc").block_ms(None), sealer.clone(), now)?;
-//! let cfg = WorkerConfig::new("irc", "worker-1").concurrency(4).block_ms(None);
-//! let mut worker = Worker::new(cfg, sealer, now)?;
-//! let job = queue.add(now, AddJob { payload: b"hello".to_vec(), ..AddJob::default() }, &mut rng)?;
+//! let cfg = ProducerConfig::new("irc").block(None);
+//! let mut queue = Producer::new(cfg, sealer.clone(), now, &mut rng)?;
+//! let cfg = WorkerConfig::new("irc", "worker-1").concurrency(4).block(None);
+//! let mut worker = Worker::new(cfg, sealer, now, &mut rng)?;
+//! let job = queue.add(now, AddJob { payload: b"hello".to_vec(), ..AddJob::default() })?;
 //!
 //! let mut result = None;
 //! while result.is_none() {
@@ -52,19 +56,20 @@
 //!     // The worker: the same loop; its events are jobs to run.
 //!     while let Some(cmd) = worker.poll_command() {
 //!         let reply = Reply::Value(redis.execute(&cmd.kind));
-//!         worker.handle_reply(now, cmd.op, reply, &mut rng)?;
+//!         worker.handle_reply(now, cmd.op, reply)?;
 //!         while let Some(event) = worker.poll_event() {
 //!             if let WorkerEvent::Job(d) = event {
 //!                 let answer = [&d.job.payload[..], b", world"].concat();
-//!                 worker.complete(now, d.entry, &answer, &mut rng)?;
+//!                 worker.complete(now, d.entry, &answer)?;
 //!             }
 //!         }
 //!     }
 //!     // Time passes until the earliest timer.
-//!     now = [queue.poll_timeout(), worker.poll_timeout()].into_iter().flatten().min().unwrap_or(now + 10);
+//!     let next = [queue.poll_timeout(), worker.poll_timeout()].into_iter().flatten().min();
+//!     now = next.unwrap_or(now + Duration::from_millis(10));
 //!     redis.set_time(now);
-//!     queue.handle_timeout(now);
-//!     worker.handle_timeout(now, &mut rng)?;
+//!     queue.handle_timeout(now)?;
+//!     worker.handle_timeout(now)?;
 //! }
 //! assert_eq!(result.as_deref(), Some(&b"hello, world"[..]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -87,7 +92,8 @@
 //!   adapter's in-process backend runs and the differential tests check against
 //!   redis-server; with feature `test-util` also its fault injection and `sim::world`, the
 //!   driver of the state-machine tests.
-//! - [`random`]: the injected randomness (`random::SeededRandom`, a predictable generator
+//! - [`time`]: instants and durations, and the rules of time; [`random`]: the injected
+//!   randomness and each machine's own generator (`random::SeededRandom`, a predictable generator
 //!   for tests, and the `fuzz` entry points need `test-util`: no production build has
 //!   them).
 //!
@@ -150,6 +156,7 @@ mod scaffold;
 pub mod scripts;
 #[cfg(feature = "model")]
 pub mod sim;
+pub mod time;
 pub mod timers;
 pub mod trace;
 pub mod value;

@@ -37,6 +37,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use crate::command::{CommandKind, OpId, Reply};
+use crate::time::Instant;
 use crate::timers::Timers;
 use crate::value::{Value, split_read};
 
@@ -207,7 +208,8 @@ impl ReadMux {
     /// Takes a blocking read of a reader (`op`: the reader's op id, given back with the
     /// answer); its deadline is `now` plus its `BLOCK`. Anything but a read is answered at
     /// once with an error reply.
-    pub fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> Ticket {
+    pub fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> Ticket {
+        let now_ms = now.unix_ms();
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         let block = match &kind {
@@ -241,7 +243,8 @@ impl ReadMux {
     /// Ends the read's wait now: it is answered with what the command that is out brings
     /// for it (nil if nothing), or at once with nil if it is not in one. A read already
     /// answered is a no-op.
-    pub fn cancel(&mut self, now_ms: u64, ticket: Ticket) {
+    pub fn cancel(&mut self, now: Instant, ticket: Ticket) {
+        let now_ms = now.unix_ms();
         let Some(w) = self.waiting.get_mut(&ticket) else {
             return;
         };
@@ -257,15 +260,16 @@ impl ReadMux {
     /// The reply of the [`MuxCommand::Read`] that is out (its whole merged reply, or
     /// `Unknown`/`NotSent`), without a pause check: reads that took entries are checked
     /// next ([`MuxCommand::Check`]). A reply when none is out is ignored.
-    pub fn handle_read_reply(&mut self, now_ms: u64, reply: Reply) {
-        self.handle_checked_read_reply(now_ms, reply, Reply::NotSent);
+    pub fn handle_read_reply(&mut self, now: Instant, reply: Reply) {
+        self.handle_checked_read_reply(now, reply, Reply::NotSent);
     }
 
     /// The replies of a [`MuxCommand::Read`] with `check`: the read's, and its pause
     /// check's (EXEC's array: one integer per read, 1 when its queue is paused). A check
     /// reply of another shape (lost, failed) is as none: reads that took entries are
     /// checked next ([`MuxCommand::Check`]).
-    pub fn handle_checked_read_reply(&mut self, now_ms: u64, reply: Reply, check: Reply) {
+    pub fn handle_checked_read_reply(&mut self, now: Instant, reply: Reply, check: Reply) {
+        let now_ms = now.unix_ms();
         let Some(out) = self.in_flight.take() else {
             return;
         };
@@ -350,7 +354,8 @@ impl ReadMux {
     /// or anything else (the check failed: as if every queue were paused, so that nothing
     /// starts unchecked; the workers hand the entries back and ask again). A reply when no
     /// check is out is ignored.
-    pub fn handle_check_reply(&mut self, now_ms: u64, reply: Reply) {
+    pub fn handle_check_reply(&mut self, now: Instant, reply: Reply) {
+        let now_ms = now.unix_ms();
         let Some(checking) = self.checking.take() else {
             return;
         };
@@ -371,7 +376,8 @@ impl ReadMux {
     /// `Some(false)` nothing was blocked (the command has not reached Redis yet, or just
     /// returned), `None` it failed. While the command is out, an unblock that did not
     /// unblock is sent again shortly.
-    pub fn handle_unblock_reply(&mut self, now_ms: u64, unblocked: Option<bool>) {
+    pub fn handle_unblock_reply(&mut self, now: Instant, unblocked: Option<bool>) {
+        let now_ms = now.unix_ms();
         let Some(out) = self.in_flight.as_mut() else {
             return;
         };
@@ -389,7 +395,8 @@ impl ReadMux {
 
     /// Time passed: reads past their deadline that are not in a command are answered (nil),
     /// an unblock due again is sent.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now_ms = now.unix_ms();
         if let Some(out) = self.in_flight.as_mut() {
             if let Interrupt::Again { attempt, at_ms } = out.interrupt {
                 if at_ms <= now_ms {
@@ -403,7 +410,7 @@ impl ReadMux {
 
     /// When to call [`ReadMux::handle_timeout`]: the earliest of [`ReadMux::timers`].
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers().next_at()
     }
 
@@ -413,7 +420,7 @@ impl ReadMux {
     pub fn timers(&self) -> Timers<MuxTimer> {
         let mut t = Timers::new();
         if let Some(Interrupt::Again { at_ms, .. }) = self.in_flight.as_ref().map(|o| o.interrupt) {
-            t.set(MuxTimer::Unblock, at_ms);
+            t.set(MuxTimer::Unblock, Instant::from_unix_ms(at_ms));
         }
         if let Some(deadline) = self
             .waiting
@@ -422,7 +429,7 @@ impl ReadMux {
             .map(|w| w.deadline_ms)
             .min()
         {
-            t.set(MuxTimer::ReadDeadline, deadline);
+            t.set(MuxTimer::ReadDeadline, Instant::from_unix_ms(deadline));
         }
         t
     }

@@ -1,6 +1,7 @@
 //! Retry policy: how many attempts a job gets, and how long it waits between them.
 
 use crate::random::Random;
+use crate::time::{Duration, millis};
 
 /// The wait before a failed job's next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,19 +9,19 @@ use crate::random::Random;
 pub enum Backoff {
     /// Retry at once.
     None,
-    /// Always wait this long (milliseconds).
+    /// Always wait this long.
     Fixed {
-        /// The wait, in milliseconds.
-        delay_ms: u64,
+        /// The wait.
+        delay: Duration,
     },
-    /// Wait `base_ms * 2^(attempt - 1)`, at most `max_ms`; with `jitter`, a uniformly random
-    /// wait between half of that and all of it (so that jobs that failed together do not
-    /// retry together).
+    /// Wait `base * 2^(attempt - 1)`, at most `max`; with `jitter`, a uniformly random wait
+    /// between half of that and all of it (so that jobs that failed together do not retry
+    /// together). Whole milliseconds.
     Exponential {
-        /// The first wait, in milliseconds.
-        base_ms: u64,
-        /// The longest wait, in milliseconds.
-        max_ms: u64,
+        /// The first wait.
+        base: Duration,
+        /// The longest wait.
+        max: Duration,
         /// Randomize each wait within [half, full].
         jitter: bool,
     },
@@ -29,8 +30,8 @@ pub enum Backoff {
 /// What happens to a job that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {
-    /// Run it again after this many milliseconds.
-    RetryAfter(u64),
+    /// Run it again after this long.
+    RetryAfter(Duration),
     /// No attempts left: dead-letter it.
     Dead,
 }
@@ -53,8 +54,8 @@ impl Default for RetryPolicy {
         Self {
             max_attempts: 1,
             backoff: Backoff::Exponential {
-                base_ms: 1_000,
-                max_ms: 60_000,
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
                 jitter: true,
             },
             max_stalled: 3,
@@ -85,21 +86,21 @@ impl RetryPolicy {
         if attempt >= self.max_attempts {
             return RetryDecision::Dead;
         }
-        RetryDecision::RetryAfter(self.delay_ms(attempt, rng))
+        RetryDecision::RetryAfter(self.delay(attempt, rng))
     }
 
     /// The wait after failed attempt `attempt` (from 1).
-    pub fn delay_ms(&self, attempt: u32, rng: &mut impl Random) -> u64 {
+    pub fn delay(&self, attempt: u32, rng: &mut impl Random) -> Duration {
+        Duration::from_millis(self.delay_ms(attempt, rng))
+    }
+
+    fn delay_ms(&self, attempt: u32, rng: &mut impl Random) -> u64 {
         match self.backoff {
             Backoff::None => 0,
-            Backoff::Fixed { delay_ms } => delay_ms,
-            Backoff::Exponential {
-                base_ms,
-                max_ms,
-                jitter,
-            } => {
+            Backoff::Fixed { delay } => millis(delay),
+            Backoff::Exponential { base, max, jitter } => {
                 let shift = attempt.saturating_sub(1).min(63);
-                let full = base_ms.saturating_mul(1u64 << shift).min(max_ms);
+                let full = millis(base).saturating_mul(1u64 << shift).min(millis(max));
                 if jitter && full > 1 {
                     let half = full / 2;
                     half + rng.next_u64() % (full - half + 1)
@@ -236,18 +237,29 @@ mod tests {
         let p = RetryPolicy::new(
             10,
             Backoff::Exponential {
-                base_ms: 100,
-                max_ms: 1_000,
+                base: Duration::from_millis(100),
+                max: Duration::from_millis(1_000),
                 jitter: false,
             },
         );
         let mut rng = SeededRandom::new(1);
         let waits: Vec<u64> = (1..7).map(|a| p.delay_ms(a, &mut rng)).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(p.decide(9, &mut rng), RetryDecision::RetryAfter(1000));
+        assert_eq!(
+            p.decide(9, &mut rng),
+            RetryDecision::RetryAfter(Duration::from_secs(1))
+        );
         assert_eq!(p.decide(10, &mut rng), RetryDecision::Dead);
-        let fixed = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 7 });
-        assert_eq!(fixed.decide(2, &mut rng), RetryDecision::RetryAfter(7));
+        let fixed = RetryPolicy::new(
+            3,
+            Backoff::Fixed {
+                delay: Duration::from_millis(7),
+            },
+        );
+        assert_eq!(
+            fixed.decide(2, &mut rng),
+            RetryDecision::RetryAfter(Duration::from_millis(7))
+        );
     }
 
     proptest! {
@@ -255,8 +267,8 @@ mod tests {
         fn jitter_stays_within_half_and_full(
             base in 0u64..1_000_000, max in 0u64..u64::MAX, attempt in 0u32..200, seed: u64,
         ) {
-            let p = RetryPolicy::new(u32::MAX, Backoff::Exponential { base_ms: base, max_ms: max, jitter: true });
-            let exact = RetryPolicy::new(u32::MAX, Backoff::Exponential { base_ms: base, max_ms: max, jitter: false });
+            let p = RetryPolicy::new(u32::MAX, Backoff::Exponential { base: Duration::from_millis(base), max: Duration::from_millis(max), jitter: true });
+            let exact = RetryPolicy::new(u32::MAX, Backoff::Exponential { base: Duration::from_millis(base), max: Duration::from_millis(max), jitter: false });
             let mut rng = SeededRandom::new(seed);
             let full = exact.delay_ms(attempt, &mut rng);
             let d = p.delay_ms(attempt, &mut rng);

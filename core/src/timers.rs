@@ -11,19 +11,18 @@
 //! in the table lies ahead of now (the deterministic world checks that after each step, and
 //! names the offending timer).
 //!
-//! The rules of time, for every machine:
-//! - Time is in ms since the Unix epoch, as the caller's clock says. It may go backwards (a
-//!   clock step): a machine keeps its deadlines and waits for the clock to reach them again.
-//! - `handle_timeout` may be called at any time: a call before the earliest timer, or a
-//!   second call at the same time, does nothing.
+//! The rules of time, for every machine, are in [`crate::time`]: the clock may go
+//! backwards, and a `handle_timeout` before the earliest timer does nothing.
+
+use crate::time::Instant;
 
 /// The most timers a table holds (the worker's kinds, the largest set).
 const SLOTS: usize = 8;
 
-/// A machine's timers: at most one deadline (ms) per key.
+/// A machine's timers: at most one deadline per key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Timers<K> {
-    slots: [Option<(K, u64)>; SLOTS],
+    slots: [Option<(K, Instant)>; SLOTS],
 }
 
 impl<K: Copy + PartialEq> Default for Timers<K> {
@@ -41,34 +40,34 @@ impl<K: Copy + PartialEq> Timers<K> {
         Self::default()
     }
 
-    /// Sets timer `key` at `at_ms`; a key set twice keeps the earlier time. Every machine
-    /// has fewer kinds of timer than the table has slots, so none is ever dropped.
-    pub fn set(&mut self, key: K, at_ms: u64) {
+    /// Sets timer `key` at `at`; a key set twice keeps the earlier time. Every machine has
+    /// fewer kinds of timer than the table has slots, so none is ever dropped.
+    pub fn set(&mut self, key: K, at: Instant) {
         if let Some(slot) = self.slots.iter_mut().flatten().find(|(k, _)| *k == key) {
-            slot.1 = slot.1.min(at_ms);
+            slot.1 = slot.1.min(at);
             return;
         }
         if let Some(free) = self.slots.iter_mut().find(|s| s.is_none()) {
-            *free = Some((key, at_ms));
+            *free = Some((key, at));
         }
     }
 
     /// When timer `key` fires, if it is set.
     #[must_use]
-    pub fn get(&self, key: K) -> Option<u64> {
+    pub fn get(&self, key: K) -> Option<Instant> {
         self.iter().find(|(k, _)| *k == key).map(|(_, at)| at)
     }
 
     /// Every timer set, in the order set.
-    pub fn iter(&self) -> impl Iterator<Item = (K, u64)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (K, Instant)> + '_ {
         self.slots.iter().flatten().copied()
     }
 
     /// The earliest timer (the first set of those tied).
     #[must_use]
-    pub fn next(&self) -> Option<(K, u64)> {
+    pub fn next(&self) -> Option<(K, Instant)> {
         self.iter()
-            .fold(None, |best: Option<(K, u64)>, (k, at)| match best {
+            .fold(None, |best: Option<(K, Instant)>, (k, at)| match best {
                 Some((_, b)) if b <= at => best,
                 _ => Some((k, at)),
             })
@@ -76,14 +75,14 @@ impl<K: Copy + PartialEq> Timers<K> {
 
     /// When the earliest timer fires: a machine's `poll_timeout`.
     #[must_use]
-    pub fn next_at(&self) -> Option<u64> {
+    pub fn next_at(&self) -> Option<Instant> {
         self.next().map(|(_, at)| at)
     }
 
-    /// The timers due at `now_ms` (not later than it).
-    pub fn due(&self, now_ms: u64) -> impl Iterator<Item = K> + '_ {
+    /// The timers due at `now` (not later than it).
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = K> + '_ {
         self.iter()
-            .filter(move |(_, at)| *at <= now_ms)
+            .filter(move |(_, at)| *at <= now)
             .map(|(k, _)| k)
     }
 
@@ -95,8 +94,8 @@ impl<K: Copy + PartialEq> Timers<K> {
 }
 
 impl<K: Copy> IntoIterator for Timers<K> {
-    type Item = (K, u64);
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(K, u64)>, SLOTS>>;
+    type Item = (K, Instant);
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(K, Instant)>, SLOTS>>;
 
     /// Every timer set, in the order set.
     fn into_iter(self) -> Self::IntoIter {
@@ -113,6 +112,11 @@ impl<K: Copy + PartialEq + std::fmt::Debug> std::fmt::Debug for Timers<K> {
 #[cfg(test)]
 mod tests {
     use super::Timers;
+    use crate::time::Instant;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_unix_ms(ms)
+    }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum T {
@@ -126,29 +130,29 @@ mod tests {
         let mut t = Timers::new();
         assert_eq!(t.next(), None);
         assert!(t.is_empty());
-        t.set(T::A, 30);
-        t.set(T::B, 10);
-        t.set(T::A, 20);
-        t.set(T::A, 40);
-        t.set(T::C, 10);
-        assert_eq!(t.get(T::A), Some(20));
-        assert_eq!(t.next(), Some((T::B, 10)), "ties go to the first set");
-        assert_eq!(t.next_at(), Some(10));
-        assert_eq!(t.due(15).collect::<Vec<_>>(), vec![T::B, T::C]);
-        assert_eq!(t.due(9).count(), 0);
-        assert_eq!(format!("{t:?}"), "{A: 20, B: 10, C: 10}");
+        t.set(T::A, at(30));
+        t.set(T::B, at(10));
+        t.set(T::A, at(20));
+        t.set(T::A, at(40));
+        t.set(T::C, at(10));
+        assert_eq!(t.get(T::A), Some(at(20)));
+        assert_eq!(t.next(), Some((T::B, at(10))), "ties go to the first set");
+        assert_eq!(t.next_at(), Some(at(10)));
+        assert_eq!(t.due(at(15)).collect::<Vec<_>>(), vec![T::B, T::C]);
+        assert_eq!(t.due(at(9)).count(), 0);
+        assert_eq!(format!("{t:?}"), "{A: @20ms, B: @10ms, C: @10ms}");
     }
 
     #[test]
     fn the_table_holds_every_slot() {
         let mut t = Timers::new();
         for k in 0..8u64 {
-            t.set(k, 100 - k);
+            t.set(k, at(100 - k));
         }
         assert_eq!(t.iter().count(), 8);
-        assert_eq!(t.next(), Some((7, 93)));
+        assert_eq!(t.next(), Some((7, at(93))));
         // A ninth key finds no slot: no machine has that many kinds, and nothing panics.
-        t.set(8, 1);
+        t.set(8, at(1));
         assert_eq!(t.get(8), None);
     }
 }

@@ -27,6 +27,7 @@
 use datalayer_core::retry::{Backoff, RetryPolicy};
 use datalayer_core::sim::Faults;
 use datalayer_core::sim::world::{Answer, World, WorldConfig};
+use datalayer_core::time::Duration;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -136,14 +137,14 @@ fn world_config() -> impl Strategy<Value = WorldConfig> {
                 retry: RetryPolicy::new(
                     attempts,
                     Backoff::Exponential {
-                        base_ms: 50,
-                        max_ms: 2_000,
+                        base: Duration::from_millis(50),
+                        max: Duration::from_millis(2_000),
                         jitter: true,
                     },
                 )
                 .max_stalled(max_stalled),
-                lease_ms: 3_000,
-                timeout_ms: Some(8_000),
+                lease: Duration::from_secs(3),
+                timeout: Some(Duration::from_secs(8)),
                 faults: Faults::default(),
                 replicated: false,
                 seed,
@@ -194,13 +195,15 @@ fn run(world: &mut World, ops: Vec<Op>, failover: u16) -> Result<(), TestCaseErr
     let slots = world.slots();
     for op in ops {
         match op {
-            Op::Add { queue, delay_ms } => world.add(queue % producers, delay_ms),
+            Op::Add { queue, delay_ms } => {
+                world.add(queue % producers, Duration::from_millis(delay_ms))
+            }
             Op::Deliver { pick } => world.deliver(pick),
             Op::Answer { slot, pick, answer } => world.answer(slot % slots, pick, answer),
-            Op::Advance { ms } => world.advance(ms),
+            Op::Advance { ms } => world.advance(Duration::from_millis(ms)),
             Op::Crash { slot } => world.crash(slot % slots),
             Op::Restart { slot } => world.restart(slot % slots),
-            Op::JumpBack { ms } => world.set_time(world.now_ms - ms),
+            Op::JumpBack { ms } => world.set_time(world.now - Duration::from_millis(ms)),
             Op::Faults {
                 lose_command,
                 lose_reply,

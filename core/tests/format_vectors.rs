@@ -267,7 +267,7 @@ fn check_names(v: &Vector) {
         &v["session"],
         &SecretRing::new(KeyId(1), server).credentials_root(),
         &session,
-        0,
+        datalayer_core::time::Duration::ZERO,
     )
     .expect("store");
     let creds = serde_json::json!({"nick": "n"});

@@ -30,13 +30,14 @@ use datalayer_core::bells::Bells;
 use datalayer_core::command::{CommandKind, OpId, Reply};
 use datalayer_core::mux::{self, MuxCommand, ReadMux};
 use datalayer_core::scripts;
+use datalayer_core::time::Instant;
 use datalayer_core::value::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::connection::Conn;
 use tokio::sync::mpsc;
 
-use crate::clock::now_ms;
+use crate::clock::{now, now_ms};
 use crate::exec::{push, to_value};
 
 /// How long an idle reader's read blocks in Redis (ms).
@@ -69,17 +70,17 @@ pub(crate) enum Req {
 /// A machine that serves blocking reads: the merging [`ReadMux`] on one server, the
 /// doorbells' [`Bells`] on a cluster.
 pub(crate) trait ReadMachine {
-    fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> mux::Ticket;
-    fn cancel(&mut self, now_ms: u64, ticket: mux::Ticket);
+    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> mux::Ticket;
+    fn cancel(&mut self, now: Instant, ticket: mux::Ticket);
     fn poll_answer(&mut self) -> Option<mux::Answer>;
 }
 
 impl ReadMachine for ReadMux {
-    fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> mux::Ticket {
-        ReadMux::submit(self, now_ms, op, kind)
+    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> mux::Ticket {
+        ReadMux::submit(self, now, op, kind)
     }
-    fn cancel(&mut self, now_ms: u64, ticket: mux::Ticket) {
-        ReadMux::cancel(self, now_ms, ticket);
+    fn cancel(&mut self, now: Instant, ticket: mux::Ticket) {
+        ReadMux::cancel(self, now, ticket);
     }
     fn poll_answer(&mut self) -> Option<mux::Answer> {
         ReadMux::poll_answer(self)
@@ -87,11 +88,11 @@ impl ReadMachine for ReadMux {
 }
 
 impl ReadMachine for Bells {
-    fn submit(&mut self, now_ms: u64, op: OpId, kind: CommandKind) -> mux::Ticket {
-        Bells::submit(self, now_ms, op, kind)
+    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> mux::Ticket {
+        Bells::submit(self, now, op, kind)
     }
-    fn cancel(&mut self, now_ms: u64, ticket: mux::Ticket) {
-        Bells::cancel(self, now_ms, ticket);
+    fn cancel(&mut self, now: Instant, ticket: mux::Ticket) {
+        Bells::cancel(self, now, ticket);
     }
     fn poll_answer(&mut self) -> Option<mux::Answer> {
         Bells::poll_answer(self)
@@ -110,7 +111,7 @@ pub(crate) struct Waiters {
 impl Waiters {
     /// A driver's request, given to `machine`.
     pub(crate) fn apply(&mut self, machine: &mut impl ReadMachine, req: Req) {
-        let now = now_ms();
+        let now = now();
         match req {
             Req::Read {
                 ticket,
@@ -323,7 +324,7 @@ impl Task {
                     out = None;
                     let (is_check, (conn, reply, check)) = done;
                     if is_check {
-                        self.mux.handle_check_reply(now_ms(), reply);
+                        self.mux.handle_check_reply(now(), reply);
                         continue;
                     }
                     #[allow(irrefutable_let_patterns)] // without the memory feature
@@ -333,12 +334,12 @@ impl Task {
                         }
                         line.conn = conn;
                     }
-                    self.mux.handle_checked_read_reply(now_ms(), reply, check);
+                    self.mux.handle_checked_read_reply(now(), reply, check);
                 }
                 Some(unblocked) = self.unblocked_rx.recv() => {
-                    self.mux.handle_unblock_reply(now_ms(), unblocked);
+                    self.mux.handle_unblock_reply(now(), unblocked);
                 }
-                () = crate::clock::sleep_until_ms(wake) => self.mux.handle_timeout(now_ms()),
+                () = crate::clock::sleep_until(wake) => self.mux.handle_timeout(now()),
             }
         }
     }
@@ -520,7 +521,7 @@ fn read_in_memory(
             tokio::select! {
                 _ = changes.changed() => {}
                 () = unblock.notified() => return checked(Value::Nil),
-                () = crate::clock::sleep_until_ms(Some(deadline)) => {}
+                () = crate::clock::sleep_until(Some(Instant::from_unix_ms(deadline))) => {}
             }
         }
     })

@@ -26,7 +26,7 @@ pub struct CredentialsOptions {
 impl Default for CredentialsOptions {
     fn default() -> Self {
         Self {
-            ttl: Duration::from_millis(credentials::DEFAULT_TTL_MS),
+            ttl: credentials::DEFAULT_TTL,
         }
     }
 }
@@ -71,10 +71,14 @@ impl CredentialsStore {
         root: &CredentialsRoot,
         options: &CredentialsOptions,
     ) -> Result<Self, Error> {
-        let ttl_ms = crate::clock::ms(options.ttl);
-        let store =
-            CredentialStore::new(&layer.options.prefix, session, root, session_secret, ttl_ms)
-                .map_err(|e| Error::Config(e.to_string()))?;
+        let store = CredentialStore::new(
+            &layer.options.prefix,
+            session,
+            root,
+            session_secret,
+            options.ttl,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {
             layer,
             store: Arc::new(store),

@@ -25,7 +25,7 @@ use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
 use crate::blocking::{Blocker, Req, Waiters};
-use crate::clock::now_ms;
+use crate::clock::now;
 use crate::cluster::Cluster;
 use crate::connection::Conn;
 
@@ -165,13 +165,13 @@ impl Task {
                     None => {}
                 },
                 Some(ev) = self.ev_rx.recv() => self.event(ev),
-                () = crate::clock::sleep_until_ms(wake) => self.bells.handle_timeout(now_ms()),
+                () = crate::clock::sleep_until(wake) => self.bells.handle_timeout(now()),
             }
         }
     }
 
     fn event(&mut self, ev: Ev) {
-        let now = now_ms();
+        let now = now();
         match ev {
             Ev::Subscribed(channel, ok) => {
                 if !ok {

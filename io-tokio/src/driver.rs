@@ -9,9 +9,8 @@ use datalayer_core::command::{Command, OpId, Reply};
 use datalayer_core::machine::Machine;
 
 use crate::blocking::Reads;
-use crate::clock::{now_ms, sleep_until_ms};
+use crate::clock::{now, sleep_until};
 use crate::pipelines::Pipelines;
-use crate::random::OsRandom;
 
 /// Where a machine's commands go: pipelines on the shared connection, and blocking reads
 /// on the blocking one.
@@ -64,7 +63,7 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
         if side.done(&engine) {
             break;
         }
-        let sleep = sleep_until_ms(side.machine().poll_timeout());
+        let sleep = sleep_until(side.machine().poll_timeout());
         tokio::select! {
             (ops, replies) = engine.pipes.next() => {
                 for (op, reply) in ops.into_iter().zip(replies) {
@@ -82,7 +81,7 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
             }
             (op, reply) = engine.reads.recv() => handle_reply(&mut side, op, reply),
             () = sleep => {
-                if let Err(e) = side.machine().handle_timeout(now_ms(), &mut OsRandom) {
+                if let Err(e) = side.machine().handle_timeout(now()) {
                     tracing::error!(error = %e, "the engine refused a timeout");
                 }
             }
@@ -93,10 +92,7 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
 
 /// One reply (of a pipeline or a blocking read) to the machine, then its events drained.
 fn handle_reply<S: Side>(side: &mut S, op: OpId, reply: Reply) {
-    if let Err(e) = side
-        .machine()
-        .handle_reply(now_ms(), op, reply, &mut OsRandom)
-    {
+    if let Err(e) = side.machine().handle_reply(now(), op, reply) {
         tracing::error!(error = %e, "the engine refused a reply");
     }
     side.on_events();

@@ -316,7 +316,12 @@ fn wait_invocation(r: Replicas) -> Invocation<'static> {
     Invocation::Plain(vec![
         Cow::Borrowed(b"WAIT"),
         Cow::Owned(r.count.to_string().into_bytes()),
-        Cow::Owned(r.timeout_ms.max(1).to_string().into_bytes()),
+        Cow::Owned(
+            datalayer_core::time::millis(r.timeout)
+                .max(1)
+                .to_string()
+                .into_bytes(),
+        ),
     ])
 }
 

@@ -513,11 +513,11 @@ impl DataLayer {
         Ok(layer)
     }
 
-    /// How long an idle reader's read waits (ms): the wait for its doorbell (a cluster,
+    /// How long an idle reader's read waits: the wait for its doorbell (a cluster,
     /// [`IdleReads::Doorbells`], and [`IdleReads::Auto`], whose merged commands block at most
     /// [`datalayer_core::mux::MAX_BLOCK_MS`] each), or its `BLOCK` in a merged read.
-    pub(crate) fn idle_block_ms(&self) -> u64 {
-        match &self.backend {
+    pub(crate) fn idle_block(&self) -> Duration {
+        Duration::from_millis(match &self.backend {
             Backend::Redis {
                 idle_reads: IdleReads::Merged,
                 ..
@@ -525,7 +525,7 @@ impl DataLayer {
             #[cfg(feature = "memory")]
             Backend::Memory(_) => crate::blocking::BLOCK_MS,
             _ => crate::blocking::BELL_WAIT_MS,
-        }
+        })
     }
 
     /// Whether this layer is connected to a Redis Cluster.

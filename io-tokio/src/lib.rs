@@ -28,7 +28,7 @@ mod telemetry;
 mod traces;
 mod worker;
 
-pub use clock::now_ms;
+pub use clock::now;
 pub use credentials::{CredentialsOptions, CredentialsStore, credentials_hash};
 pub use datalayer_core as core;
 pub use datalayer_core::credentials::CredentialsError;

@@ -15,7 +15,7 @@ use datalayer_core::sim::Sim;
 use datalayer_core::value::Value;
 use tokio::sync::watch;
 
-use crate::clock::now_ms;
+use crate::clock::now;
 
 /// The model, and a counter of the pipelines that ran on it (blocking reads wait on it).
 pub(crate) struct Memory {
@@ -32,7 +32,7 @@ impl std::fmt::Debug for Memory {
 impl Memory {
     pub(crate) fn new() -> Self {
         Self {
-            sim: Mutex::new(Sim::new(now_ms())),
+            sim: Mutex::new(Sim::new(now())),
             changes: watch::Sender::new(0),
         }
     }
@@ -41,7 +41,7 @@ impl Memory {
     /// whole as after any command: commands run to the end or not at all).
     fn sim(&self) -> MutexGuard<'_, Sim> {
         let mut sim = self.sim.lock().unwrap_or_else(PoisonError::into_inner);
-        sim.set_time(now_ms());
+        sim.set_time(now());
         sim
     }
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::blocking::Reads;
-use crate::clock::now_ms;
+use crate::clock::{now, now_ms};
 use crate::driver::{Engine, Side, drive};
 use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
@@ -243,7 +243,7 @@ enum Ask {
     Revive(Vec<DeadLetter>),
     Delete(Vec<EntryId>),
     Pause(bool),
-    Tail(EntryId, u32, u64),
+    Tail(EntryId, u32, Duration),
 }
 
 enum Msg {
@@ -274,7 +274,7 @@ where
         loop {
             tick.tick().await;
             match tokio::time::timeout(interval.max(Duration::from_secs(1)), stats()).await {
-                Ok(Ok(stats)) => crate::telemetry::queue_state(&name, &stats, now_ms()),
+                Ok(Ok(stats)) => crate::telemetry::queue_state(&name, &stats, now()),
                 Ok(Err(Error::Stopped | Error::QueueClosed)) => return,
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics sample failed"),
                 Err(_) => tracing::debug!("metrics sample timed out"),
@@ -320,18 +320,17 @@ impl JobQueue {
         options: QueueOptions,
         events: Option<broadcast::Sender<QueueEvent>>,
     ) -> Result<Self, Error> {
-        let mut cfg = ProducerConfig::new(name).block_ms(Some(layer.idle_block_ms()));
+        let mut cfg = ProducerConfig::new(name).block(Some(layer.idle_block()));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_pending = options.max_pending;
-        cfg.replicas = options.replicated.map(|(count, timeout)| Replicas {
-            count,
-            timeout_ms: crate::clock::ms(timeout).max(1),
-        });
+        cfg.replicas = options
+            .replicated
+            .map(|(count, timeout)| Replicas { count, timeout });
         cfg.producer = options
             .producer_id
             .clone()
             .unwrap_or_else(generate_producer_id);
-        cfg.producer_ttl_ms = u64::try_from(options.producer_ttl.as_millis()).unwrap_or(u64::MAX);
+        cfg.producer_ttl = options.producer_ttl;
         cfg.read_events = options.read_results;
         cfg.fail_fast = options.when_unreachable == Unreachable::FailFast;
         // This instance's token: a later instance under the same producer id takes it over.
@@ -342,7 +341,7 @@ impl JobQueue {
         }
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
-        let producer = Producer::new(cfg, sealer, now_ms())?;
+        let producer = Producer::new(cfg, sealer, now(), &mut OsRandom)?;
         let (tx, rx) = mpsc::channel(1024);
         let events = events.unwrap_or_else(|| broadcast::channel(4096).0);
         // Counters carry the logical queue's name: a shard counts under its queue's.
@@ -468,7 +467,7 @@ impl JobQueue {
         if let Some(id) = &job.id {
             return id.clone();
         }
-        let id = JobId::generate(now_ms(), crate::random::random_u64());
+        let id = JobId::generate(now(), crate::random::random_u64());
         job.id = Some(id.clone());
         job.generated_id = true;
         id
@@ -491,7 +490,7 @@ impl JobQueue {
     /// The queue's counts, from one script of O(log n) lookups (plus, after deletions from
     /// the work stream, a count of at most 10,000 waiting entries): jobs waiting and running,
     /// delayed, dead letters, this producer's unread events, live workers, and the oldest
-    /// waiting and running jobs (ages: [`QueueStats::oldest_waiting_ms`]). Waits for Redis.
+    /// waiting and running jobs (ages: [`QueueStats::oldest_waiting_age`]). Waits for Redis.
     pub async fn stats(&self) -> Result<QueueStats, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -713,7 +712,6 @@ impl JobQueue {
         count: u32,
         keep: Duration,
     ) -> Result<(Vec<PeekedEvent>, Option<EntryId>), Error> {
-        let keep = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         let ask = Ask::Tail(after.unwrap_or(EntryId::ZERO), count, keep);
         match self.ask(ask).await? {
             ProducerEvent::LogPage { events, last, .. } => Ok((events, last.or(after))),
@@ -844,16 +842,12 @@ impl Driver {
 
     /// One add call, handed to the engine: answered (maybe at once) by an `AddAnswered`.
     fn add(&mut self, call: u64, job: AddJob, reply: AddReply) {
-        let now = now_ms();
+        let now = now();
         // The clock is in whole ms (rounded down): one more, so that the call never gives
         // up before its wait has passed.
-        let deadline = now
-            .saturating_add(crate::clock::ms(self.accept_wait))
-            .saturating_add(1);
+        let deadline = now + self.accept_wait + Duration::from_millis(1);
         self.calls.insert(call, reply);
-        let id = self
-            .producer
-            .add_call(now, Call(call), job, deadline, &mut OsRandom);
+        let id = self.producer.add_call(now, Call(call), job, deadline);
         #[cfg(feature = "metrics")]
         self.added_at
             .entry(id)
@@ -920,9 +914,9 @@ impl Driver {
                     }
                     Ask::Promote(job) => self.producer.promote_job(&job),
                     Ask::Withdraw(job) => self.producer.withdraw_delayed(&job),
-                    Ask::Revive(letters) => self.producer.revive(&letters, &mut OsRandom),
+                    Ask::Revive(letters) => self.producer.revive(&letters),
                     Ask::Delete(entries) => self.producer.delete_dead(&entries),
-                    Ask::Pause(paused) => self.producer.set_paused(now_ms(), paused),
+                    Ask::Pause(paused) => self.producer.set_paused(now(), paused),
                     Ask::Tail(after, count, keep) => self.producer.tail_log(after, count, keep),
                 };
                 self.requests.insert(request, reply);

@@ -77,15 +77,19 @@ mod on {
     pub(crate) fn reconnect() {
         counter!("datalayer_reconnects_total").increment(1);
     }
-    pub(crate) fn queue_state(queue: &str, s: &datalayer_core::producer::QueueStats, now_ms: u64) {
+    pub(crate) fn queue_state(
+        queue: &str,
+        s: &datalayer_core::producer::QueueStats,
+        now: datalayer_core::time::Instant,
+    ) {
         let q = || queue.to_owned();
         gauge!("datalayer_queue_jobs", "queue" => q()).set(s.jobs as f64);
         gauge!("datalayer_queue_running", "queue" => q()).set(s.pending as f64);
         gauge!("datalayer_queue_delayed", "queue" => q()).set(s.delayed as f64);
         gauge!("datalayer_queue_dead", "queue" => q()).set(s.dead as f64);
         gauge!("datalayer_queue_workers", "queue" => q()).set(s.workers as f64);
-        let oldest = s.oldest_waiting_ms(now_ms);
-        gauge!("datalayer_queue_oldest_waiting_seconds", "queue" => q()).set(oldest as f64 / 1e3);
+        let oldest = s.oldest_waiting_age(now);
+        gauge!("datalayer_queue_oldest_waiting_seconds", "queue" => q()).set(oldest.as_secs_f64());
         let paused = f64::from(u8::from(s.paused_at.is_some()));
         gauge!("datalayer_queue_paused", "queue" => q()).set(paused);
     }
@@ -106,7 +110,12 @@ mod on {
     pub(crate) fn reclaimed(_: &str, _: usize) {}
     pub(crate) fn pipeline(_: usize, _: usize) {}
     pub(crate) fn reconnect() {}
-    pub(crate) fn queue_state(_: &str, _: &datalayer_core::producer::QueueStats, _: u64) {}
+    pub(crate) fn queue_state(
+        _: &str,
+        _: &datalayer_core::producer::QueueStats,
+        _: datalayer_core::time::Instant,
+    ) {
+    }
 }
 
 pub(crate) use on::*;

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::blocking::Reads;
-use crate::clock::now_ms;
+use crate::clock::{now, now_ms};
 use crate::driver::{Engine, Side, drive};
 use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
@@ -40,7 +40,7 @@ pub struct WorkerOptions {
     /// A job running longer fails with "timed out" (default: none).
     pub timeout: Option<Duration>,
     /// A job created longer ago than this is dead-lettered unrun, as a possible replay
-    /// (default 7 days; see `WorkerConfig::max_job_age_ms`).
+    /// (default 7 days; see `WorkerConfig::max_job_age`).
     pub max_job_age: Duration,
     /// How long dead letters are kept (default 7 days).
     pub dead_retention: Duration,
@@ -227,26 +227,21 @@ impl JobWorker {
         let consumer = options
             .consumer
             .unwrap_or_else(|| layer.next_consumer(name));
-        let lease_ms = crate::clock::ms(options.lease);
         let mut cfg = WorkerConfig::new(name, &consumer)
             .concurrency(options.concurrency)
             .retry(options.retry)
-            .lease_ms(lease_ms)
-            .block_ms(Some(layer.idle_block_ms()))
-            .timeout_ms(options.timeout.map(crate::clock::ms));
+            .lease(options.lease)
+            .block(Some(layer.idle_block()))
+            .timeout(options.timeout);
         cfg.prefix = layer.options.prefix.clone();
-        cfg.max_job_age_ms = crate::clock::ms(options.max_job_age);
-        cfg.replicas =
-            options
-                .replicated
-                .map(|(count, timeout)| datalayer_core::command::Replicas {
-                    count,
-                    timeout_ms: crate::clock::ms(timeout).max(1),
-                });
-        cfg.dead_retention_ms = crate::clock::ms(options.dead_retention);
+        cfg.max_job_age = options.max_job_age;
+        cfg.replicas = options
+            .replicated
+            .map(|(count, timeout)| datalayer_core::command::Replicas { count, timeout });
+        cfg.dead_retention = options.dead_retention;
         let sealer =
             Sealer::new(keys).with_options(SealOptions::default().compression(options.compression));
-        let worker = ShardedWorker::new(cfg, options.shards, sealer, now_ms())?;
+        let worker = ShardedWorker::new(cfg, options.shards, sealer, now(), &mut OsRandom)?;
         Ok(Self {
             reads: Reads::new(layer.blocker(&format!("group:{consumer}"))),
             backend: layer.backend,
@@ -383,9 +378,8 @@ where
         match input {
             Input::Done(done) => self.settle(done),
             Input::Shutdown(deadline, done) => {
-                let now = now_ms();
-                let at = now.saturating_add(crate::clock::ms(deadline));
-                self.worker.shut_down(now, at);
+                let now = now();
+                self.worker.shut_down(now, now + deadline);
                 engine.reads.cancel();
                 self.shutdown = Some(done);
             }
@@ -425,15 +419,11 @@ where
             return;
         }
         self.running.remove(&(shard, entry));
-        let now = now_ms();
+        let now = now();
         let trace = trace.as_ref();
         let settled = match outcome {
-            Ok(result) => self
-                .worker
-                .complete(now, shard, entry, &result, trace, &mut OsRandom),
-            Err(reason) => self
-                .worker
-                .fail(now, shard, entry, &reason, trace, &mut OsRandom),
+            Ok(result) => self.worker.complete(now, shard, entry, &result, trace),
+            Err(reason) => self.worker.fail(now, shard, entry, &reason, trace),
         };
         match settled {
             // The job timed out or was handed back meanwhile: its answer is moot.

@@ -21,7 +21,7 @@ async fn job_queue_and_job_worker() -> Result {
     use datalayer_tokio::core::keys::{KeyId, Secret, SecretRing};
     use datalayer_tokio::core::producer::AddJob;
     use datalayer_tokio::core::retry::{Backoff, RetryPolicy};
-    use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueEvent, QueueOptions, WorkerOptions, now_ms};
+    use datalayer_tokio::{DataLayer, Job, Options, Outcome, QueueEvent, QueueOptions, WorkerOptions, now};
     use serde_json::json;
 
     let secrets = SecretRing::new(KeyId(1), Secret::from_bytes(server_secret)); // 32 random bytes
@@ -29,7 +29,7 @@ async fn job_queue_and_job_worker() -> Result {
     dl.health(Duration::from_secs(2)).await?; // a write and a read, bounded by a timeout
 
     // A platform worker (Sockethub's JobWorker), usually in another process.
-    let retry = RetryPolicy::new(3, Backoff::Exponential { base_ms: 1_000, max_ms: 60_000, jitter: true });
+    let retry = RetryPolicy::new(3, Backoff::Exponential { base: Duration::from_secs(1), max: Duration::from_secs(60), jitter: true });
     let worker = dl.worker("irc", &secrets, WorkerOptions::default().concurrency(8).retry(retry))?;
     let running = worker.start(|job: Job| async move {
         let msg: serde_json::Value = job.json().map_err(|e| e.to_string())?;
@@ -47,14 +47,14 @@ async fn job_queue_and_job_worker() -> Result {
     if let Ok(QueueEvent::Completed { job, .. }) = events.try_recv() {
         println!("{job} completed");
     }
-    let later = AddJob { session_id: "session-1".into(), payload: b"{}".to_vec(), delay_ms: 500, ..AddJob::default() };
+    let later = AddJob { session_id: "session-1".into(), payload: b"{}".to_vec(), delay: Duration::from_millis(500), ..AddJob::default() };
     let delayed = queue.add_job(later).await?; // runs in 500 ms
     let handles = queue.add_many(jobs).await?; // Vec<AddJob> in one message: each its own Result
     queue.pause().await?; // held in Redis: every producer's add() fails with Error::QueueClosed
                            // ("queue closed"), and no worker in any process starts a job
     queue.resume().await?;
     let stats = queue.stats().await?; // waiting+running, running, delayed, dead, workers, oldest
-    println!("{} jobs, oldest waiting {} ms", stats.jobs, stats.oldest_waiting_ms(now_ms()));
+    println!("{} jobs, oldest waiting {:?}", stats.jobs, stats.oldest_waiting_age(now()));
     delayed.result().await?;
     running.shutdown(Duration::from_secs(10)).await; // finish, or hand jobs back at the deadline
     queue.shutdown().await; // delete the queue's keys; disconnect() leaves them
@@ -168,7 +168,7 @@ async fn operating_a_queue() -> Result {
     let deleted = queue.delete_dead(&[]).await?; // entries from a page
 
     // One job: where it is; a delayed one run now, or withdrawn by the producer that added it.
-    let later = queue.add_job(AddJob { session_id: "s".into(), payload: b"{}".to_vec(), delay_ms: 60_000, ..AddJob::default() }).await?;
+    let later = queue.add_job(AddJob { session_id: "s".into(), payload: b"{}".to_vec(), delay: Duration::from_secs(60), ..AddJob::default() }).await?;
     println!("{}", queue.find_job(&later.id).await?.state()); // "delayed"
     assert_eq!(queue.cancel_delayed(&later.id).await?, DelayedWithdrawal::Withdrawn);
     assert!(!queue.run_now(&JobId::from("no-such-job")).await?);

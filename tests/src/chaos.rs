@@ -218,12 +218,9 @@ async fn one_job(queue: JobQueue, i: usize) -> Result<(Duration, Story), String>
     // Ids generated here, as the queue would (so that an `Unavailable` names a known id);
     // after `Unconfirmed`, the same id again, as the caller's.
     let fresh_id = || {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let mut r = [0u8; 8];
         datalayer_core::Random::fill_bytes(&mut datalayer_tokio::OsRandom, &mut r);
-        JobId::generate(ms, u64::from_le_bytes(r))
+        JobId::generate(datalayer_tokio::now(), u64::from_le_bytes(r))
     };
     let (mut id, mut generated) = (fresh_id(), true);
     let handle: JobHandle = loop {

@@ -196,14 +196,7 @@ pub async fn stats_scenario(dl: &datalayer_tokio::DataLayer) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let now = || {
-        u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-        )
-        .unwrap_or(u64::MAX)
-    };
+    let now = datalayer_tokio::now;
     let queue = dl
         .queue("stats", &secrets(), QueueOptions::default())
         .expect("queue");
@@ -221,7 +214,7 @@ pub async fn stats_scenario(dl: &datalayer_tokio::DataLayer) {
     let later = datalayer_core::producer::AddJob {
         session_id: "s".into(),
         payload: b"99".to_vec(),
-        delay_ms: 60_000,
+        delay: Duration::from_millis(60_000),
         ..Default::default()
     };
     queue.add_job(later).await.expect("delayed add");
@@ -237,7 +230,10 @@ pub async fn stats_scenario(dl: &datalayer_tokio::DataLayer) {
         (5, 0, 1, 0),
         "{waiting:?}"
     );
-    assert!(waiting.oldest_waiting_ms(now()) >= 30, "{waiting:?}");
+    assert!(
+        waiting.oldest_waiting_age(now()) >= Duration::from_millis(30),
+        "{waiting:?}"
+    );
     assert_eq!(waiting.oldest_running, None);
 
     // A worker of concurrency 2 holds its jobs until released; "fail" dies at once.
@@ -399,7 +395,7 @@ pub async fn delayed_scenario(dl: &datalayer_tokio::DataLayer) {
     let delayed = || AddJob {
         session_id: "s".into(),
         payload: b"\"x\"".to_vec(),
-        delay_ms: 600_000,
+        delay: Duration::from_millis(600_000),
         ..AddJob::default()
     };
     let soon = queue.add_job(delayed()).await.expect("add");

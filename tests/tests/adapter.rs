@@ -111,7 +111,12 @@ async fn errors_fail_and_retries_back_off_then_dead_letter() {
     let seen = tries.clone();
     let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = starts.clone();
-    let retry = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 200 });
+    let retry = RetryPolicy::new(
+        3,
+        Backoff::Fixed {
+            delay: Duration::from_millis(200),
+        },
+    );
     let worker = dl
         .worker("q", &secrets(), WorkerOptions::default().retry(retry))
         .expect("worker")
@@ -252,7 +257,12 @@ async fn no_plaintext_in_redis() {
     let server = RedisServer::start(Persistence::None);
     let dl = layer(&server).await;
     let queue = queue(&dl, "q");
-    let retry = RetryPolicy::new(2, Backoff::Fixed { delay_ms: 60_000 });
+    let retry = RetryPolicy::new(
+        2,
+        Backoff::Fixed {
+            delay: Duration::from_millis(60_000),
+        },
+    );
     let worker = dl
         .worker(
             "q",

@@ -73,7 +73,12 @@ async fn queues_workers_and_credentials_across_the_masters() {
 
     let names = queue_per_master(&cluster);
     assert_eq!(names.len(), 3, "one queue on each master: {names:?}");
-    let retry = RetryPolicy::new(2, Backoff::Fixed { delay_ms: 50 });
+    let retry = RetryPolicy::new(
+        2,
+        Backoff::Fixed {
+            delay: Duration::from_millis(50),
+        },
+    );
     let mut running = Vec::new();
     let mut queues = Vec::new();
     for name in &names {
@@ -106,7 +111,7 @@ async fn queues_workers_and_credentials_across_the_masters() {
             .add_job(datalayer_core::producer::AddJob {
                 session_id: "s".into(),
                 payload: br#"{"late":1}"#.to_vec(),
-                delay_ms: 300,
+                delay: Duration::from_millis(300),
                 ..Default::default()
             })
             .await

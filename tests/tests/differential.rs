@@ -16,6 +16,7 @@ use datalayer_core::naming::{ProducerKeys, QueueKeys};
 use datalayer_core::producer::EnvelopeSource;
 use datalayer_core::random::{Random, SeededRandom};
 use datalayer_core::sim::Sim;
+use datalayer_core::time::{Duration, Instant};
 use datalayer_core::value::{EntryId, Value};
 use datalayer_tests::{Persistence, RedisServer};
 
@@ -875,7 +876,7 @@ async fn model_of(conn: &mut redis::aio::MultiplexedConnection, now_ms: u64) -> 
         .map(|n| n.parse().unwrap_or(0))
         .collect();
     let at_least_7_2 = version.as_slice() >= [7, 2].as_slice();
-    let mut sim = Sim::new(now_ms);
+    let mut sim = Sim::new(Instant::from_unix_ms(now_ms));
     sim.set_consumers_on_any_read(at_least_7_2);
     sim
 }
@@ -895,11 +896,11 @@ async fn model_and_redis_agree() {
         let mut rng = SeededRandom::new(seed);
         let real_base = redis_time(&mut conn).await;
         let mut sim = model_of(&mut conn, 1_700_000_000_000).await;
-        let mut model = Side::new(sim.now_ms());
+        let mut model = Side::new(sim.now().unix_ms());
         let mut real = Side::new(real_base);
         for step in 0..80 {
             // The model's clock moves like Redis' does, so a recreated stream gets new ids.
-            sim.set_time(sim.now_ms() + 1);
+            sim.set_time(sim.now() + Duration::from_millis(1));
             let op = random_op(&mut rng);
             let (m, r) = match build(&op, &model, &keys) {
                 Some(kind) => {
@@ -1015,7 +1016,7 @@ async fn trim_window_agrees_with_the_model() {
             .expect("xadd");
         real.ids[JOBS_NS].push(EntryId::parse(r.as_bytes()).expect("id"));
     }
-    sim.set_time(now);
+    sim.set_time(Instant::from_unix_ms(now));
     let steps = [
         Op::Enqueue(vec![(2, None)], 0, false),
         Op::Read(0, 3),
@@ -1281,7 +1282,7 @@ async fn credentials_on_the_model_and_redis_agree() {
     ring.set_active(KeyId(2)).expect("a key");
     let roots = [old_root, ring.credentials_root()];
     let mut rng = SeededRandom::new(5);
-    let mut sim = Sim::new(1_700_000_000_000);
+    let mut sim = Sim::new(Instant::from_unix_ms(1_700_000_000_000));
     let mut steps = 0;
     for seed in 0..40u64 {
         let mut pick = SeededRandom::new(seed);
@@ -1290,7 +1291,7 @@ async fn credentials_on_the_model_and_redis_agree() {
             let session = ["s-a", "s-b"][r(2)];
             let root = &roots[r(2)];
             let session_secret = secret([7, 8][r(2)]);
-            let ttl = [0, 1_000_000_000][r(2)];
+            let ttl = Duration::from_millis([0, 1_000_000_000][r(2)]);
             let store =
                 CredentialStore::new("dl", session, root, &session_secret, ttl).expect("a store");
             let key = ["irc:a", "irc:b", "xmpp:c"][r(3)];
@@ -1346,13 +1347,20 @@ async fn credentials_on_the_model_and_redis_agree() {
     assert_eq!(steps, 40 * 40);
 
     // A short ttl runs out on both clocks alike.
-    let store = CredentialStore::new("dl", "s-ttl", &roots[1], &secret(7), 50).expect("a store");
+    let store = CredentialStore::new(
+        "dl",
+        "s-ttl",
+        &roots[1],
+        &secret(7),
+        Duration::from_millis(50),
+    )
+    .expect("a store");
     let save = store
         .save("irc:a", &serde_json::json!({ "p": 1 }), &mut rng)
         .expect("seals");
     assert_eq!(sim.invoke(&save), invoke_on_redis(&mut conn, &save).await);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    sim.set_time(sim.now_ms() + 200);
+    sim.set_time(sim.now() + Duration::from_millis(200));
     let get = store.get("irc:a").expect("a key");
     let (m, real) = (sim.invoke(&get), invoke_on_redis(&mut conn, &get).await);
     assert_eq!(m, real);
@@ -1384,7 +1392,7 @@ async fn merged_reads_on_the_model_and_redis_agree() {
         let mut real: Vec<Side> = (0..6).map(|_| Side::new(0)).collect();
         let mut rng = SeededRandom::new(seed);
         for step in 0..60 {
-            sim.set_time(sim.now_ms() + 1);
+            sim.set_time(sim.now() + Duration::from_millis(1));
             let mut r = |n: u64| (rng.next_u64() % n) as usize;
             let q = r(3);
             match r(5) {
@@ -1393,7 +1401,7 @@ async fn merged_reads_on_the_model_and_redis_agree() {
                     let kind = CommandKind::SetPaused {
                         keys: queues[q].clone(),
                         paused: r(2) == 0,
-                        now_ms: sim.now_ms(),
+                        now_ms: sim.now().unix_ms(),
                     };
                     let m = sim.execute(&kind);
                     let rr = on_redis(&mut conn, step, kind).await;

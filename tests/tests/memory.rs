@@ -99,7 +99,12 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     let mut events = queue.events();
     let attempts = Arc::new(AtomicU32::new(0));
     let seen = attempts.clone();
-    let retry = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 100 });
+    let retry = RetryPolicy::new(
+        3,
+        Backoff::Fixed {
+            delay: Duration::from_millis(100),
+        },
+    );
     let running = dl
         .worker("fail", &secrets(), WorkerOptions::default().retry(retry))
         .expect("worker")
@@ -165,7 +170,7 @@ async fn delayed_jobs_wait_and_paused_queues_refuse() {
         .add_job(AddJob {
             session_id: "s".into(),
             payload: b"{}".to_vec(),
-            delay_ms: 400,
+            delay: Duration::from_millis(400),
             ..AddJob::default()
         })
         .await

@@ -115,7 +115,12 @@ async fn a_queue_and_a_worker_record_what_redis_confirmed() {
     let queue = dl
         .queue("met", &secrets(), QueueOptions::default())
         .expect("queue");
-    let retry = RetryPolicy::new(2, Backoff::Fixed { delay_ms: 20 });
+    let retry = RetryPolicy::new(
+        2,
+        Backoff::Fixed {
+            delay: Duration::from_millis(20),
+        },
+    );
     let running = dl
         .worker(
             "met",
@@ -281,7 +286,12 @@ async fn a_sharded_queue_counts_under_its_name() {
     let queue = dl
         .sharded_queue("mets", 3, &secrets(), QueueOptions::default())
         .expect("queue");
-    let retry = RetryPolicy::new(1, Backoff::Fixed { delay_ms: 20 });
+    let retry = RetryPolicy::new(
+        1,
+        Backoff::Fixed {
+            delay: Duration::from_millis(20),
+        },
+    );
     let running = dl
         .worker(
             "mets",

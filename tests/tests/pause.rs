@@ -84,7 +84,7 @@ async fn a_pause_holds_for_every_producer_and_worker_process() {
         .add_job(AddJob {
             session_id: "s".into(),
             payload: serde_json::to_vec(&json!({ "i": 100 })).expect("json"),
-            delay_ms: 800,
+            delay: Duration::from_millis(800),
             ..AddJob::default()
         })
         .await

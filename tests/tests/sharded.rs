@@ -43,7 +43,9 @@ fn start_worker(dl: &DataLayer, seen: &Arc<Seen>, w: usize) -> datalayer_tokio::
         .concurrency(CONCURRENCY)
         .retry(datalayer_core::retry::RetryPolicy::new(
             2,
-            datalayer_core::retry::Backoff::Fixed { delay_ms: 10 },
+            datalayer_core::retry::Backoff::Fixed {
+                delay: Duration::from_millis(10),
+            },
         ));
     let seen = seen.clone();
     dl.worker("hot", &secrets(), options)
@@ -188,7 +190,7 @@ async fn scenario(dl: &DataLayer) {
         .add_job(AddJob {
             id: Some(JobId::from("later")),
             payload: serde_json::to_vec(&json!({ "i": 7 })).expect("json"),
-            delay_ms: 3_600_000,
+            delay: Duration::from_millis(3_600_000),
             ..AddJob::default()
         })
         .await

@@ -5,6 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::naming::QueueKeys;
+#[allow(unused_imports)]
+use crate::time::Duration;
 
 fn read(queue: &str, block_ms: u64) -> CommandKind {
     CommandKind::Read {
@@ -36,12 +38,12 @@ const NIL: Reply = Reply::Value(Value::Nil);
 #[test]
 fn a_read_subscribes_then_reads_without_block() {
     let mut b = Bells::new();
-    let t = b.submit(0, OpId(7), read("q", 5_000));
+    let t = b.submit(inst(0), OpId(7), read("q", 5_000));
     assert_eq!(drain(&mut b), vec![BellCommand::Subscribe(bell("q"))]);
     // A second reader of the channel waits for the same subscription.
-    let t2 = b.submit(0, OpId(8), read("q", 5_000));
+    let t2 = b.submit(inst(0), OpId(8), read("q", 5_000));
     assert!(drain(&mut b).is_empty());
-    b.handle_subscribed(1, &bell("q"), true);
+    b.handle_subscribed(inst(1), &bell("q"), true);
     let sent = drain(&mut b);
     assert_eq!(sent.len(), 2);
     for cmd in &sent {
@@ -50,37 +52,37 @@ fn a_read_subscribes_then_reads_without_block() {
         };
         assert!(matches!(kind, CommandKind::Read { block_ms: None, .. }));
     }
-    b.handle_read_reply(2, t, entries());
-    b.handle_read_reply(2, t2, entries());
+    b.handle_read_reply(inst(2), t, entries());
+    b.handle_read_reply(inst(2), t2, entries());
     let got = answers(&mut b);
     assert_eq!(got.len(), 2);
     assert_eq!((got[0].op, got[0].reply.clone()), (OpId(7), entries()));
     assert_eq!(b.waiting(), 0);
     // The channel stays subscribed: the next read goes at once.
-    b.submit(3, OpId(9), read("q", 5_000));
+    b.submit(inst(3), OpId(9), read("q", 5_000));
     assert!(matches!(drain(&mut b)[..], [BellCommand::Read { .. }]));
 }
 
 #[test]
 fn an_empty_read_parks_until_a_ring_or_its_deadline() {
     let mut b = Bells::new();
-    let t = b.submit(0, OpId(1), read("q", 5_000));
+    let t = b.submit(inst(0), OpId(1), read("q", 5_000));
     drain(&mut b);
-    b.handle_subscribed(0, &bell("q"), true);
+    b.handle_subscribed(inst(0), &bell("q"), true);
     drain(&mut b);
-    b.handle_read_reply(10, t, NIL);
+    b.handle_read_reply(inst(10), t, NIL);
     assert!(drain(&mut b).is_empty() && answers(&mut b).is_empty());
-    assert_eq!(b.poll_timeout(), Some(5_000));
+    assert_eq!(ms_of(b.poll_timeout()), Some(5_000));
     // A ring of another channel does nothing; its own reads again.
     b.handle_ring(&bell("other"));
     assert!(drain(&mut b).is_empty());
     b.handle_ring(&bell("q"));
     assert!(matches!(drain(&mut b)[..], [BellCommand::Read { ticket, .. }] if ticket == t));
-    b.handle_read_reply(20, t, NIL);
+    b.handle_read_reply(inst(20), t, NIL);
     // A spurious timeout is a no-op; the deadline answers nil.
-    b.handle_timeout(4_999);
+    b.handle_timeout(inst(4_999));
     assert!(answers(&mut b).is_empty());
-    b.handle_timeout(5_000);
+    b.handle_timeout(inst(5_000));
     assert_eq!(answers(&mut b)[0].reply, NIL);
     assert_eq!(b.waiting(), 0);
 }
@@ -88,55 +90,55 @@ fn an_empty_read_parks_until_a_ring_or_its_deadline() {
 #[test]
 fn a_ring_while_the_read_is_out_is_not_missed() {
     let mut b = Bells::new();
-    let t = b.submit(0, OpId(1), read("q", 5_000));
-    b.handle_subscribed(0, &bell("q"), true);
+    let t = b.submit(inst(0), OpId(1), read("q", 5_000));
+    b.handle_subscribed(inst(0), &bell("q"), true);
     drain(&mut b);
     // The entry landed (and rang) after the read ran, before its empty reply came back.
     b.handle_ring(&bell("q"));
-    b.handle_read_reply(1, t, NIL);
+    b.handle_read_reply(inst(1), t, NIL);
     assert!(matches!(drain(&mut b)[..], [BellCommand::Read { ticket, .. }] if ticket == t));
 }
 
 #[test]
 fn a_lost_subscription_subscribes_again_and_reads() {
     let mut b = Bells::new();
-    let t = b.submit(0, OpId(1), read("q", 5_000));
-    b.handle_subscribed(0, &bell("q"), true);
+    let t = b.submit(inst(0), OpId(1), read("q", 5_000));
+    b.handle_subscribed(inst(0), &bell("q"), true);
     drain(&mut b);
-    b.handle_read_reply(1, t, NIL);
+    b.handle_read_reply(inst(1), t, NIL);
     b.handle_lost([bell("q").as_str()]);
     assert_eq!(drain(&mut b), vec![BellCommand::Subscribe(bell("q"))]);
-    b.handle_subscribed(2, &bell("q"), true);
+    b.handle_subscribed(inst(2), &bell("q"), true);
     assert!(matches!(drain(&mut b)[..], [BellCommand::Read { .. }]));
     // Lost while the read is out: its empty reply subscribes again instead of parking.
     b.handle_lost(b.channels().iter().map(String::as_str).collect::<Vec<_>>());
     assert!(drain(&mut b).is_empty());
-    b.handle_read_reply(3, t, NIL);
+    b.handle_read_reply(inst(3), t, NIL);
     assert_eq!(drain(&mut b), vec![BellCommand::Subscribe(bell("q"))]);
 }
 
 #[test]
 fn a_failed_subscription_is_not_sent_and_cancels_answer_once() {
     let mut b = Bells::new();
-    let t = b.submit(0, OpId(1), read("q", 5_000));
+    let t = b.submit(inst(0), OpId(1), read("q", 5_000));
     drain(&mut b);
-    b.handle_subscribed(1, &bell("q"), false);
+    b.handle_subscribed(inst(1), &bell("q"), false);
     assert_eq!(answers(&mut b)[0].reply, Reply::NotSent);
     // Cancelled while parked: nil at once; while out: the read's own reply, once.
     let t = {
-        b.cancel(2, t);
-        b.submit(2, OpId(2), read("q", 5_000))
+        b.cancel(inst(2), t);
+        b.submit(inst(2), OpId(2), read("q", 5_000))
     };
     assert_eq!(drain(&mut b), vec![BellCommand::Subscribe(bell("q"))]);
-    b.handle_subscribed(2, &bell("q"), true);
+    b.handle_subscribed(inst(2), &bell("q"), true);
     drain(&mut b);
-    b.cancel(3, t);
+    b.cancel(inst(3), t);
     assert!(answers(&mut b).is_empty());
-    b.handle_read_reply(4, t, NIL);
-    b.cancel(5, t);
+    b.handle_read_reply(inst(4), t, NIL);
+    b.cancel(inst(5), t);
     assert_eq!(answers(&mut b).len(), 1);
     // Not a read: an error at once.
-    b.submit(6, OpId(3), CommandKind::Ping);
+    b.submit(inst(6), OpId(3), CommandKind::Ping);
     assert!(matches!(
         &answers(&mut b)[0].reply,
         Reply::Value(Value::Error(_))
@@ -146,18 +148,18 @@ fn a_failed_subscription_is_not_sent_and_cancels_answer_once() {
 #[test]
 fn an_unused_channel_is_unsubscribed_after_the_linger() {
     let mut b = Bells::new();
-    let t = b.submit(0, OpId(1), read("q", 100));
-    b.handle_subscribed(0, &bell("q"), true);
+    let t = b.submit(inst(0), OpId(1), read("q", 100));
+    b.handle_subscribed(inst(0), &bell("q"), true);
     drain(&mut b);
-    b.handle_read_reply(1, t, NIL);
-    b.handle_timeout(100);
+    b.handle_read_reply(inst(1), t, NIL);
+    b.handle_timeout(inst(100));
     answers(&mut b);
-    assert_eq!(b.poll_timeout(), Some(100 + LINGER_MS));
-    b.handle_timeout(100 + LINGER_MS - 1);
+    assert_eq!(ms_of(b.poll_timeout()), Some(100 + LINGER_MS));
+    b.handle_timeout(inst(100 + LINGER_MS - 1));
     assert!(drain(&mut b).is_empty());
-    b.handle_timeout(100 + LINGER_MS);
+    b.handle_timeout(inst(100 + LINGER_MS));
     assert_eq!(drain(&mut b), vec![BellCommand::Unsubscribe(bell("q"))]);
-    assert_eq!((b.subscribed(), b.poll_timeout()), (0, None));
+    assert_eq!((b.subscribed(), ms_of(b.poll_timeout())), (0, None));
 }
 
 /// One step of the randomized world.
@@ -222,7 +224,7 @@ proptest! {
             match s {
                 Step::Submit(q) => {
                     if let std::collections::btree_map::Entry::Vacant(e) = out.entry(q) {
-                        e.insert(b.submit(now, OpId(u64::from(q)), read(&format!("q{q}"), 5_000)));
+                        e.insert(b.submit(inst(now), OpId(u64::from(q)), read(&format!("q{q}"), 5_000)));
                     }
                 }
                 Step::Add(q) => {
@@ -240,7 +242,7 @@ proptest! {
                 Step::Deliver(false) => match pending.pop_front() {
                     Some(Pending::Command(BellCommand::Subscribe(ch))) => {
                         subscribed.insert(ch.clone());
-                        b.handle_subscribed(now, &ch, true);
+                        b.handle_subscribed(inst(now), &ch, true);
                     }
                     Some(Pending::Command(BellCommand::Unsubscribe(ch))) => {
                         subscribed.remove(&ch);
@@ -253,7 +255,7 @@ proptest! {
                         let reply = if n > 0 { entries() } else { NIL };
                         pending.push_back(Pending::Reply(ticket, reply));
                     }
-                    Some(Pending::Reply(ticket, reply)) => b.handle_read_reply(now, ticket, reply),
+                    Some(Pending::Reply(ticket, reply)) => b.handle_read_reply(inst(now), ticket, reply),
                     None => {}
                 },
                 Step::Drop => {
@@ -264,7 +266,7 @@ proptest! {
                 }
                 Step::Tick(ms) => {
                     now += u64::from(ms);
-                    b.handle_timeout(now);
+                    b.handle_timeout(inst(now));
                 }
             }
             settle(&mut b, &mut out, &mut answered, &mut pending);
@@ -276,8 +278,17 @@ proptest! {
         }
         // Every read ends by its deadline.
         now += 10_000;
-        b.handle_timeout(now);
+        b.handle_timeout(inst(now));
         settle(&mut b, &mut out, &mut answered, &mut pending);
         prop_assert!(out.is_empty() && b.waiting() == 0);
     }
+}
+
+fn inst(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_unix_ms(ms)
+}
+
+#[allow(dead_code)]
+fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
+    t.map(crate::time::Instant::unix_ms)
 }

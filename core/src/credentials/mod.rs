@@ -69,10 +69,11 @@ use crate::keys::{CredentialsRoot, KeyId, SECRET_LEN, Secret};
 use crate::naming::{self, NameError};
 use crate::random::Random;
 use crate::scripts::{self, Arg, Invocation};
+use crate::time::{Duration, millis};
 use crate::value::Value;
 
-/// The default sliding TTL of a store: 7 days, in milliseconds.
-pub const DEFAULT_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// The default sliding TTL of a store: 7 days.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Length of a store's verifier value.
 pub const VERIFIER_LEN: usize = 16;
@@ -180,13 +181,13 @@ impl std::fmt::Debug for CredentialStore {
 impl CredentialStore {
     /// The store of `session` under `prefix`, with keys derived from the credentials
     /// `root` ([`crate::keys::SecretRing::credentials_root`]) and the session's own secret;
-    /// `ttl_ms` = 0 disables the sliding expiry.
+    /// a `ttl` of zero disables the sliding expiry (it counts in whole ms).
     pub fn new(
         prefix: &str,
         session: &str,
         root: &CredentialsRoot,
         session_secret: &Secret,
-        ttl_ms: u64,
+        ttl: Duration,
     ) -> Result<Self, NameError> {
         let redis_key = naming::credentials_key(prefix, session)?;
         let sealer = Sealer::new(root.credentials_keyring(session, session_secret))
@@ -197,7 +198,7 @@ impl CredentialStore {
             redis_key,
             sealer,
             names: root.credential_names_keys(session, session_secret),
-            ttl_ms,
+            ttl_ms: millis(ttl),
         })
     }
 
@@ -213,10 +214,10 @@ impl CredentialStore {
         &self.session
     }
 
-    /// The sliding TTL in milliseconds (0: none).
+    /// The sliding TTL (zero: none).
     #[must_use]
-    pub fn ttl_ms(&self) -> u64 {
-        self.ttl_ms
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
     }
 
     fn mac(names_key: &[u8; SECRET_LEN], message: &[&[u8]]) -> [u8; 32] {

@@ -17,7 +17,7 @@ fn store(session: &str, session_secret: u8) -> CredentialStore {
         session,
         &ring.credentials_root(),
         &secret(session_secret),
-        DEFAULT_TTL_MS,
+        DEFAULT_TTL,
     )
     .expect("valid session")
 }
@@ -193,8 +193,14 @@ fn another_session_cannot_read_and_a_wrong_secret_is_told_apart() {
     );
     // A wrong server secret is a wrong secret too.
     let ring = SecretRing::new(KeyId(1), secret(2));
-    let other_server =
-        CredentialStore::new("dl", "session-a", &ring.credentials_root(), &secret(9), 0).unwrap();
+    let other_server = CredentialStore::new(
+        "dl",
+        "session-a",
+        &ring.credentials_root(),
+        &secret(9),
+        crate::time::Duration::ZERO,
+    )
+    .unwrap();
     assert!(matches!(
         get(&mut redis, &other_server, "irc:a", None),
         Err(CredentialsError::WrongSecret { .. })
@@ -245,11 +251,25 @@ fn values_moved_between_fields_or_stores_do_not_open() {
 fn rotation_reads_old_fields_and_save_moves_them() {
     let mut redis = Hashes::default();
     let mut ring = SecretRing::new(KeyId(1), secret(1));
-    let old = CredentialStore::new("dl", "s", &ring.credentials_root(), &secret(9), 0).unwrap();
+    let old = CredentialStore::new(
+        "dl",
+        "s",
+        &ring.credentials_root(),
+        &secret(9),
+        crate::time::Duration::ZERO,
+    )
+    .unwrap();
     save(&mut redis, &old, "irc:a", &json!({"password": "p"})).unwrap();
     ring.insert(KeyId(2), secret(2));
     ring.set_active(KeyId(2)).unwrap();
-    let new = CredentialStore::new("dl", "s", &ring.credentials_root(), &secret(9), 0).unwrap();
+    let new = CredentialStore::new(
+        "dl",
+        "s",
+        &ring.credentials_root(),
+        &secret(9),
+        crate::time::Duration::ZERO,
+    )
+    .unwrap();
     assert_eq!(
         get(&mut redis, &new, "irc:a", None).unwrap(),
         json!({"password": "p"})
@@ -263,7 +283,14 @@ fn rotation_reads_old_fields_and_save_moves_them() {
     assert!(!fields.iter().any(|f| f.starts_with("c:1:")), "{fields:?}");
     assert!(fields.iter().any(|f| f.starts_with("c:2:")), "{fields:?}");
     ring.remove(KeyId(1)).unwrap();
-    let newest = CredentialStore::new("dl", "s", &ring.credentials_root(), &secret(9), 0).unwrap();
+    let newest = CredentialStore::new(
+        "dl",
+        "s",
+        &ring.credentials_root(),
+        &secret(9),
+        crate::time::Duration::ZERO,
+    )
+    .unwrap();
     assert_eq!(
         get(&mut redis, &newest, "irc:a", None).unwrap(),
         json!({"password": "q"})

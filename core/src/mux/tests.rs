@@ -5,6 +5,8 @@ use super::*;
 use crate::naming::{GROUP, QueueKeys};
 use crate::random::{Random, SeededRandom};
 use crate::sim::Sim;
+#[allow(unused_imports)]
+use crate::time::Duration;
 use crate::value::EntryId;
 
 fn keys(q: &str) -> Arc<QueueKeys> {
@@ -61,7 +63,7 @@ fn drain(mux: &mut ReadMux) -> (Vec<MuxCommand>, Vec<Answer>) {
 #[test]
 fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
     let mut mux = ReadMux::new();
-    let a = mux.submit(0, OpId(1), read("q0", 5, 5_000));
+    let a = mux.submit(inst(0), OpId(1), read("q0", 5, 5_000));
     let (cmds, answers) = drain(&mut mux);
     assert!(answers.is_empty());
     assert_eq!(
@@ -73,11 +75,11 @@ fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
         }]
     );
     // A read of another stream interrupts the command; so would a second read of q0.
-    let b = mux.submit(10, OpId(2), read("q1", 5, 5_000));
-    let c = mux.submit(10, OpId(3), read("q0", 5, 1_000));
+    let b = mux.submit(inst(10), OpId(2), read("q1", 5, 5_000));
+    let c = mux.submit(inst(10), OpId(3), read("q0", 5, 1_000));
     assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
-    mux.handle_unblock_reply(11, Some(true));
-    mux.handle_read_reply(12, Reply::Value(Value::Nil));
+    mux.handle_unblock_reply(inst(11), Some(true));
+    mux.handle_read_reply(inst(12), Reply::Value(Value::Nil));
     // The next command: a and b (one per stream), until the earliest deadline; c waits.
     let (cmds, answers) = drain(&mut mux);
     assert!(answers.is_empty(), "{answers:?}");
@@ -90,8 +92,8 @@ fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
         }]
     );
     // c's deadline passes while it is not in the command: nil at its deadline.
-    assert_eq!(mux.poll_timeout(), Some(1_010));
-    mux.handle_timeout(1_010);
+    assert_eq!(ms_of(mux.poll_timeout()), Some(1_010));
+    mux.handle_timeout(inst(1_010));
     let (_, answers) = drain(&mut mux);
     assert_eq!(answers.len(), 1);
     assert_eq!(
@@ -99,41 +101,41 @@ fn reads_of_different_streams_merge_and_a_second_read_of_one_stream_waits() {
         (c, &Reply::Value(Value::Nil))
     );
     // An unknown outcome goes to every read of the command.
-    mux.handle_read_reply(1_020, Reply::Unknown);
+    mux.handle_read_reply(inst(1_020), Reply::Unknown);
     let (_, answers) = drain(&mut mux);
     let got: Vec<(Ticket, Reply)> = answers.into_iter().map(|x| (x.ticket, x.reply)).collect();
     assert_eq!(got, vec![(a, Reply::Unknown), (b, Reply::Unknown)]);
     assert_eq!(mux.waiting(), 0);
-    assert_eq!(mux.poll_timeout(), None);
+    assert_eq!(ms_of(mux.poll_timeout()), None);
 }
 
 #[test]
 fn an_early_unblock_is_sent_again_until_it_lands() {
     let mut mux = ReadMux::new();
-    mux.submit(0, OpId(1), read("q0", 1, 5_000));
+    mux.submit(inst(0), OpId(1), read("q0", 1, 5_000));
     drain(&mut mux);
-    mux.submit(1, OpId(2), read("q1", 1, 5_000));
+    mux.submit(inst(1), OpId(2), read("q1", 1, 5_000));
     assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
     // Nothing was blocked yet: again, 1 ms later, then 2 ms later.
-    mux.handle_unblock_reply(2, Some(false));
-    assert_eq!(mux.poll_timeout(), Some(3));
-    mux.handle_timeout(2);
+    mux.handle_unblock_reply(inst(2), Some(false));
+    assert_eq!(ms_of(mux.poll_timeout()), Some(3));
+    mux.handle_timeout(inst(2));
     assert!(drain(&mut mux).0.is_empty(), "not yet due");
-    mux.handle_timeout(3);
+    mux.handle_timeout(inst(3));
     assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
-    mux.handle_unblock_reply(4, None);
-    assert_eq!(mux.poll_timeout(), Some(6));
-    mux.handle_timeout(6);
+    mux.handle_unblock_reply(inst(4), None);
+    assert_eq!(ms_of(mux.poll_timeout()), Some(6));
+    mux.handle_timeout(inst(6));
     assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
-    mux.handle_unblock_reply(7, Some(true));
+    mux.handle_unblock_reply(inst(7), Some(true));
     assert_eq!(
-        mux.poll_timeout(),
+        ms_of(mux.poll_timeout()),
         Some(5_001),
         "q1 waits outside the command: its deadline"
     );
     // Late replies of an unblock after the command returned change nothing.
-    mux.handle_read_reply(8, Reply::Value(Value::Nil));
-    mux.handle_unblock_reply(9, Some(false));
+    mux.handle_read_reply(inst(8), Reply::Value(Value::Nil));
+    mux.handle_unblock_reply(inst(9), Some(false));
     let (cmds, _) = drain(&mut mux);
     assert!(matches!(cmds.as_slice(), [MuxCommand::Read { reads, .. }] if reads.len() == 2));
 }
@@ -141,23 +143,23 @@ fn an_early_unblock_is_sent_again_until_it_lands() {
 #[test]
 fn nogroup_goes_to_its_stream_only_and_cancel_ends_a_wait() {
     let mut mux = ReadMux::new();
-    let a = mux.submit(0, OpId(1), read("q0", 1, 5_000));
+    let a = mux.submit(inst(0), OpId(1), read("q0", 1, 5_000));
     drain(&mut mux);
-    mux.submit(0, OpId(2), read("q1", 1, 5_000));
-    mux.handle_unblock_reply(0, Some(true));
-    mux.handle_read_reply(0, Reply::Value(Value::Nil));
+    mux.submit(inst(0), OpId(2), read("q1", 1, 5_000));
+    mux.handle_unblock_reply(inst(0), Some(true));
+    mux.handle_read_reply(inst(0), Reply::Value(Value::Nil));
     drain(&mut mux);
     let err = "NOGROUP No such key 'dl:{q1}:jobs' or consumer group 'workers'".to_owned();
-    mux.handle_read_reply(5, Reply::Value(Value::Error(err.clone())));
+    mux.handle_read_reply(inst(5), Reply::Value(Value::Error(err.clone())));
     let (cmds, answers) = drain(&mut mux);
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].op, OpId(2));
     assert_eq!(answers[0].reply, Reply::Value(Value::Error(err)));
     // q0's read goes out again on its own; cancelling it interrupts and its nil comes back.
     assert!(matches!(cmds.as_slice(), [MuxCommand::Read { reads, .. }] if reads.len() == 1));
-    mux.cancel(6, a);
+    mux.cancel(inst(6), a);
     assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
-    mux.handle_read_reply(7, Reply::Value(Value::Nil));
+    mux.handle_read_reply(inst(7), Reply::Value(Value::Nil));
     let (cmds, answers) = drain(&mut mux);
     assert!(cmds.is_empty());
     assert_eq!(
@@ -165,8 +167,8 @@ fn nogroup_goes_to_its_stream_only_and_cancel_ends_a_wait() {
         (a, &Reply::Value(Value::Nil))
     );
     // Cancelling what was answered already, and a reply nobody waits for: no-ops.
-    mux.cancel(8, a);
-    mux.handle_read_reply(9, Reply::Unknown);
+    mux.cancel(inst(8), a);
+    mux.handle_read_reply(inst(9), Reply::Unknown);
     assert_eq!(drain(&mut mux), (vec![], vec![]));
 }
 
@@ -285,7 +287,7 @@ impl Readers {
             }
         }
         self.check_lost = false;
-        if let Some(t) = mux.poll_timeout().filter(|_| timed_out) {
+        if let Some(t) = ms_of(mux.poll_timeout()).filter(|_| timed_out) {
             assert!(
                 t > now,
                 "{at}: timer {t} still due after the timeout at {now}"
@@ -305,7 +307,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
         let mut rng = SeededRandom::new(seed);
         let mut r = |n: u64| rng.next_u64() % n;
         let mut now = 1_000_000u64;
-        let mut sim = Sim::new(now);
+        let mut sim = Sim::new(inst(now));
         for q in &STREAMS[..2] {
             sim.execute(&CommandKind::EnsureGroup { keys: keys(q) });
         }
@@ -336,7 +338,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                         };
                         // Lost, its answers come as paused whatever the queue is.
                         h.check_lost = reply == Reply::Unknown;
-                        mux.handle_check_reply(now, reply);
+                        mux.handle_check_reply(inst(now), reply);
                         fed = true;
                     }
                 }
@@ -345,7 +347,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                     if h.ticket[reader].is_none() {
                         let block = [1, 50, 5_000][r(3) as usize];
                         let kind = read(STREAMS[READERS[reader]], 1 + r(3) as u32, block);
-                        let t = mux.submit(now, OpId(reader as u64), kind);
+                        let t = mux.submit(inst(now), OpId(reader as u64), kind);
                         h.ticket[reader] = Some(t);
                         h.outstanding.insert(t, (reader, now + block, false));
                     }
@@ -356,7 +358,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                         if let Some(o) = h.outstanding.get_mut(&t) {
                             o.2 = true;
                         }
-                        mux.cancel(now, t);
+                        mux.cancel(inst(now), t);
                     }
                 }
                 3 => {
@@ -367,7 +369,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                 }
                 4 => {
                     now += [1, 10, 1_000][r(3) as usize];
-                    sim.set_time(now);
+                    sim.set_time(inst(now));
                     fed = false;
                 }
                 5 | 6 => {
@@ -397,7 +399,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                                 (true, _) => Reply::Value(sim.execute_pause_check(&o.reads)),
                             };
                             h.out = None;
-                            mux.handle_checked_read_reply(now, reply, check);
+                            mux.handle_checked_read_reply(inst(now), reply, check);
                             fed = true;
                         } else {
                             o.blocking = true;
@@ -414,7 +416,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                             }
                             _ => [Some(false), None][r(2) as usize],
                         };
-                        mux.handle_unblock_reply(now, landed);
+                        mux.handle_unblock_reply(inst(now), landed);
                     } else {
                         fed = false;
                     }
@@ -423,7 +425,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                     if r(2) == 0 {
                         sim.execute(&CommandKind::EnsureGroup { keys: keys("q2") });
                     }
-                    mux.handle_timeout(now);
+                    mux.handle_timeout(inst(now));
                     timed_out = true;
                 }
             }
@@ -437,7 +439,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                 break;
             }
             now += 1_000;
-            sim.set_time(now);
+            sim.set_time(inst(now));
             let at = format!("seed {seed} quiescing {round}");
             if let Some(o) = h.out.take() {
                 let value = run_merged(&mut sim, &o.reads);
@@ -446,18 +448,18 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
                 } else {
                     Reply::NotSent
                 };
-                mux.handle_checked_read_reply(now, Reply::Value(value), check);
+                mux.handle_checked_read_reply(inst(now), Reply::Value(value), check);
                 h.drain(&mut mux, &sim, now, false, &at);
             }
             if let Some(reads) = h.check.take() {
-                mux.handle_check_reply(now, Reply::Value(sim.execute_pause_check(&reads)));
+                mux.handle_check_reply(inst(now), Reply::Value(sim.execute_pause_check(&reads)));
                 h.drain(&mut mux, &sim, now, false, &at);
             }
             while h.unblocks > 0 {
                 h.unblocks -= 1;
-                mux.handle_unblock_reply(now, Some(false));
+                mux.handle_unblock_reply(inst(now), Some(false));
             }
-            mux.handle_timeout(now);
+            mux.handle_timeout(inst(now));
             h.drain(&mut mux, &sim, now, true, &at);
         }
         assert!(
@@ -488,7 +490,7 @@ fn merged_reads_on_the_model_with_faults_answer_every_read_once() {
 #[test]
 fn a_long_wait_is_served_by_commands_of_at_most_the_longest_block() {
     let mut mux = ReadMux::new();
-    mux.submit(0, OpId(1), read("q0", 1, 12_000));
+    mux.submit(inst(0), OpId(1), read("q0", 1, 12_000));
     let mut now = 0;
     let mut sent = Vec::new();
     loop {
@@ -502,7 +504,7 @@ fn a_long_wait_is_served_by_commands_of_at_most_the_longest_block() {
         };
         sent.push(*block_ms);
         now += block_ms;
-        mux.handle_read_reply(now, Reply::Value(Value::Nil));
+        mux.handle_read_reply(inst(now), Reply::Value(Value::Nil));
     }
     assert_eq!(sent, vec![MAX_BLOCK_MS, MAX_BLOCK_MS, 2_000]);
     assert_eq!(now, 12_000, "answered at its deadline, not before");
@@ -514,7 +516,7 @@ fn a_long_wait_is_served_by_commands_of_at_most_the_longest_block() {
 /// than `MERGE_LIMIT` reads carries none.
 #[test]
 fn a_few_workers_reads_carry_their_pause_check() {
-    let mut sim = Sim::new(1_000);
+    let mut sim = Sim::new(inst(1_000));
     for q in ["q0", "q1"] {
         sim.execute(&CommandKind::EnsureGroup { keys: keys(q) });
     }
@@ -524,12 +526,12 @@ fn a_few_workers_reads_carry_their_pause_check() {
         now_ms: 1_000,
     });
     let mut mux = ReadMux::new();
-    let a = mux.submit(1_000, OpId(1), read("q0", 5, 5_000));
+    let a = mux.submit(inst(1_000), OpId(1), read("q0", 5, 5_000));
     drain(&mut mux);
-    let b = mux.submit(1_000, OpId(2), read("q1", 5, 5_000));
+    let b = mux.submit(inst(1_000), OpId(2), read("q1", 5, 5_000));
     assert_eq!(drain(&mut mux).0, vec![MuxCommand::Unblock]);
-    mux.handle_unblock_reply(1_001, Some(true));
-    mux.handle_read_reply(1_001, Reply::Value(Value::Nil));
+    mux.handle_unblock_reply(inst(1_001), Some(true));
+    mux.handle_read_reply(inst(1_001), Reply::Value(Value::Nil));
     let (cmds, _) = drain(&mut mux);
     let [MuxCommand::Read { reads, check, .. }] = cmds.as_slice() else {
         panic!("{cmds:?}");
@@ -541,7 +543,7 @@ fn a_few_workers_reads_carry_their_pause_check() {
     }
     let value = run_merged(&mut sim, reads);
     let flags = sim.execute_pause_check(reads);
-    mux.handle_checked_read_reply(1_002, Reply::Value(value), Reply::Value(flags));
+    mux.handle_checked_read_reply(inst(1_002), Reply::Value(value), Reply::Value(flags));
     let (cmds, answers) = drain(&mut mux);
     assert!(
         !cmds.iter().any(|c| matches!(c, MuxCommand::Check { .. })),
@@ -559,7 +561,7 @@ fn a_few_workers_reads_carry_their_pause_check() {
         vec![(a, Some(Value::Int(0))), (b, Some(Value::Int(1)))]
     );
     // Again, the check's reply lost: a check of their own follows.
-    mux.submit(1_003, OpId(3), read("q0", 5, 5_000));
+    mux.submit(inst(1_003), OpId(3), read("q0", 5, 5_000));
     let (cmds, _) = drain(&mut mux);
     let [MuxCommand::Read { reads, .. }] = cmds.as_slice() else {
         panic!("{cmds:?}");
@@ -567,7 +569,7 @@ fn a_few_workers_reads_carry_their_pause_check() {
     let fields = vec![(b"j".to_vec(), b"y".to_vec())];
     sim.xadd_raw(&jobs_key(0), fields).expect("a stream");
     let value = run_merged(&mut sim, reads);
-    mux.handle_checked_read_reply(1_004, Reply::Value(value), Reply::Unknown);
+    mux.handle_checked_read_reply(inst(1_004), Reply::Value(value), Reply::Unknown);
     let (cmds, answers) = drain(&mut mux);
     assert!(answers.is_empty(), "{answers:?}");
     assert!(
@@ -577,14 +579,23 @@ fn a_few_workers_reads_carry_their_pause_check() {
     // Past MERGE_LIMIT reads, a command carries no check.
     let mut mux = ReadMux::new();
     for i in 0..=MERGE_LIMIT {
-        mux.submit(0, OpId(i as u64), read(&format!("w{i}"), 1, 5_000));
+        mux.submit(inst(0), OpId(i as u64), read(&format!("w{i}"), 1, 5_000));
     }
     drain(&mut mux);
-    mux.handle_unblock_reply(1, Some(true));
-    mux.handle_read_reply(1, Reply::Value(Value::Nil));
+    mux.handle_unblock_reply(inst(1), Some(true));
+    mux.handle_read_reply(inst(1), Reply::Value(Value::Nil));
     let (cmds, _) = drain(&mut mux);
     assert!(
         matches!(cmds.as_slice(), [MuxCommand::Read { reads, check: false, .. }] if reads.len() == MERGE_LIMIT + 1),
         "{cmds:?}"
     );
+}
+
+fn inst(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_unix_ms(ms)
+}
+
+#[allow(dead_code)]
+fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
+    t.map(crate::time::Instant::unix_ms)
 }

@@ -4,6 +4,7 @@ use crate::command::OpId;
 use crate::envelope::EnvelopeError;
 use crate::job::JobId;
 use crate::naming::{NameError, ProducerIdError};
+use crate::time::{Duration, Instant};
 use crate::trace::TraceContext;
 use crate::value::EntryId;
 
@@ -21,11 +22,11 @@ pub struct ProducerConfig {
     /// a queue its own id (the adapter generates one); a producer that replaces one that
     /// died takes the dead one's id, and with it the outcomes it was owed.
     pub producer: String,
-    /// How long this producer may be away (ms, default 1 h) before the queue declares it
+    /// How long this producer may be away (default 1 h) before the queue declares it
     /// gone for good: its unread outcomes, and the id markers of its jobs, are swept, and
     /// the outcomes of its jobs still running are dropped. It refreshes its registration
     /// every quarter of this.
-    pub producer_ttl_ms: u64,
+    pub producer_ttl: Duration,
     /// This instance's token (default `0`): a new instance under the same `producer` id
     /// takes the id over from an instance with another token, which is then told
     /// `Superseded`. Give each instance its own (the adapter draws one at random).
@@ -42,9 +43,9 @@ pub struct ProducerConfig {
     pub events_after: EntryId,
     /// The most events per read.
     pub events_count: u32,
-    /// How long an events read blocks in Redis (ms) once the stream is found empty; `None`
+    /// How long an events read blocks in Redis once the stream is found empty; `None`
     /// polls. A read that follows one which found events never blocks.
-    pub block_ms: Option<u64>,
+    pub block: Option<Duration>,
     /// Adds count as done only once this many replicas have them (`WAIT`, see
     /// [`crate::command::Replicas`]); `None` (the default): once the primary has them.
     pub replicas: Option<crate::command::Replicas>,
@@ -64,7 +65,7 @@ impl ProducerConfig {
             prefix: "dl".into(),
             queue: queue.into(),
             producer: "p".into(),
-            producer_ttl_ms: 3_600_000,
+            producer_ttl: Duration::from_secs(3_600),
             token: "0".into(),
             max_batch_jobs: 128,
             max_batch_bytes: 1 << 20,
@@ -72,7 +73,7 @@ impl ProducerConfig {
             read_events: true,
             events_after: EntryId::ZERO,
             events_count: 256,
-            block_ms: Some(5_000),
+            block: Some(Duration::from_secs(5)),
             replicas: None,
             fail_fast: false,
         }
@@ -87,8 +88,8 @@ impl ProducerConfig {
 
     /// With events reads that block this long (`None`: poll).
     #[must_use]
-    pub fn block_ms(mut self, block_ms: Option<u64>) -> Self {
-        self.block_ms = block_ms;
+    pub fn block(mut self, block: Option<Duration>) -> Self {
+        self.block = block;
         self
     }
 }
@@ -104,8 +105,8 @@ pub struct AddJob {
     pub session_id: String,
     /// The encoded payload.
     pub payload: Vec<u8>,
-    /// Run no sooner than this many ms from now.
-    pub delay_ms: u64,
+    /// Run no sooner than this long from now.
+    pub delay: Duration,
     /// `id` was generated for this add ([`JobId::generate`]), not chosen by the caller: no
     /// job can hold it yet, so the first send skips the duplicate check (one MULTI/EXEC
     /// instead of the enqueue script; a resend after an unknown outcome still checks). Set
@@ -417,17 +418,19 @@ impl QueueStats {
             })
     }
 
-    /// How long the oldest waiting job has waited at `now_ms` (0 if none).
+    /// How long the oldest waiting job has waited at `now` (zero if none).
     #[must_use]
-    pub fn oldest_waiting_ms(&self, now_ms: u64) -> u64 {
-        self.oldest_waiting
-            .map_or(0, |e| now_ms.saturating_sub(e.ms))
+    pub fn oldest_waiting_age(&self, now: Instant) -> Duration {
+        self.oldest_waiting.map_or(Duration::ZERO, |e| {
+            now.saturating_duration_since(Instant::from_unix_ms(e.ms))
+        })
     }
 
-    /// How long ago the oldest running job was queued, at `now_ms` (0 if none).
+    /// How long ago the oldest running job was queued, at `now` (zero if none).
     #[must_use]
-    pub fn oldest_running_ms(&self, now_ms: u64) -> u64 {
-        self.oldest_running
-            .map_or(0, |e| now_ms.saturating_sub(e.ms))
+    pub fn oldest_running_age(&self, now: Instant) -> Duration {
+        self.oldest_running.map_or(Duration::ZERO, |e| {
+            now.saturating_duration_since(Instant::from_unix_ms(e.ms))
+        })
     }
 }

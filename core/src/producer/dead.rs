@@ -84,10 +84,10 @@ impl DeadLetter {
         }
     }
 
-    /// How long ago (ms) it was buried, at `now_ms`.
+    /// How long ago it was buried, at `now`.
     #[must_use]
-    pub fn age_ms(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.entry.ms)
+    pub fn age(&self, now: crate::time::Instant) -> crate::time::Duration {
+        now.saturating_duration_since(crate::time::Instant::from_unix_ms(self.entry.ms))
     }
 }
 

@@ -53,9 +53,10 @@ use crate::command::{Command, CommandKind, NewJob, OpId, Reply, fingerprint, is_
 use crate::envelope::{Context, Purpose, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::{ProducerKeys, QueueKeys};
-use crate::random::Random;
+use crate::random::{MachineRandom, Random};
 use crate::retry::{POLL_INTERVAL_MS, ResendBackoff};
 use crate::scaffold::{Ops, undrained};
+use crate::time::{Duration, Instant, millis};
 use crate::timers::Timers;
 
 /// The most delayed jobs one promotion moves.
@@ -135,6 +136,7 @@ pub struct Producer {
     /// When it refreshes its registration next (ms).
     register_at: u64,
     sealer: Sealer,
+    rng: MachineRandom,
     now_ms: u64,
     /// Redis said the queue is paused (or this producer paused it): adds go through the
     /// `enqueue` script, which refuses them while the pause holds, until one is taken.
@@ -220,8 +222,15 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer for `cfg.queue`, sealing with `sealer` (the queue's keyring), at `now_ms`.
-    pub fn new(cfg: ProducerConfig, sealer: Sealer, now_ms: u64) -> Result<Self, ProducerError> {
+    /// A producer for `cfg.queue`, sealing with `sealer` (the queue's keyring), at `now`,
+    /// with its own generator seeded from `rng` ([`MachineRandom`]: job ids, nonces).
+    pub fn new(
+        cfg: ProducerConfig,
+        sealer: Sealer,
+        now: Instant,
+        rng: &mut (impl Random + ?Sized),
+    ) -> Result<Self, ProducerError> {
+        let now_ms = now.unix_ms();
         let keys = Arc::new(QueueKeys::new(&cfg.prefix, &cfg.queue)?);
         let me = Arc::new(ProducerKeys::new(&keys, &cfg.producer)?);
         let marker: Arc<str> = if cfg.read_events {
@@ -239,6 +248,7 @@ impl Producer {
             token: cfg.token.as_str().into(),
             superseded: false,
             sealer,
+            rng: MachineRandom::from_random(rng),
             now_ms,
             paused: false,
             unsent: VecDeque::new(),
@@ -304,12 +314,13 @@ impl Producer {
     }
 
     /// Pauses the queue (`true`) or resumes it, in Redis, for every producer and worker of
-    /// the queue in every process, at `now_ms`; a `PauseSet` event follows once Redis holds
+    /// the queue in every process, at `now`; a `PauseSet` event follows once Redis holds
     /// it. While the queue is paused, adds end in `AddPaused` (whichever producer adds) and
     /// no worker starts a job (running jobs finish). A pause set elsewhere reaches this
     /// producer with its next add: an add sent unchecked before it knew is queued, and
     /// waits for the resume like every waiting job.
-    pub fn set_paused(&mut self, now_ms: u64, paused: bool) -> Request {
+    pub fn set_paused(&mut self, now: Instant, paused: bool) -> Request {
+        let now_ms = now.unix_ms();
         self.now_ms = now_ms;
         // Adds after this call go through the check (or unchecked again): Redis runs them
         // after the pause's write, as they go out after it.
@@ -408,35 +419,30 @@ impl Producer {
     /// Seals a job and queues it for the next add command; returns its id. What became of
     /// it follows as events of the job (`Accepted`, `AddFailed`, `AddPaused`); a caller who
     /// waits for an answer of its own, by a deadline, uses [`Producer::add_call`].
-    pub fn add(
-        &mut self,
-        now_ms: u64,
-        job: AddJob,
-        rng: &mut impl Random,
-    ) -> Result<JobId, ProducerError> {
-        self.add_for(now_ms, job, rng, None)
+    pub fn add(&mut self, now: Instant, job: AddJob) -> Result<JobId, ProducerError> {
+        self.add_for(now.unix_ms(), job, None)
     }
 
     /// Adds a job for a caller who waits for the answer: `call` numbers this add (unique
     /// among the open calls), and exactly one [`ProducerEvent::AddAnswered`] of it follows
-    /// (it may be among the next events), at `deadline_ms` at the latest; the job's id is
+    /// (it may be among the next events), at `deadline` at the latest; the job's id is
     /// chosen here when it has none, and returned. See [`AddAnswer`] for the answers: an
     /// add of an id whose job ended lately is answered with its end and not sent; with
     /// [`ProducerConfig::fail_fast`], adds are answered at once while Redis cannot be
     /// reached, and the open calls when it turns out to be so.
     pub fn add_call(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         call: Call,
         mut job: AddJob,
-        deadline_ms: u64,
-        rng: &mut impl Random,
+        deadline: Instant,
     ) -> JobId {
+        let now_ms = now.unix_ms();
         self.now_ms = now_ms;
         let id = match &job.id {
             Some(id) => id.clone(),
             None => {
-                let id = JobId::generate(now_ms, rng.next_u64());
+                let id = JobId::generate(now, self.rng.next_u64());
                 job.id = Some(id.clone());
                 job.generated_id = true;
                 id
@@ -454,12 +460,12 @@ impl Producer {
             self.answer(call, &id.0, AddAnswer::Unavailable);
             return id;
         }
-        match self.add_for(now_ms, job, rng, Some(call)) {
+        match self.add_for(now_ms, job, Some(call)) {
             Err(e) => self.answer(call, &id.0, AddAnswer::Refused(e)),
             // A caller-chosen id may be queued already (an earlier add): the add goes when
             // Redis is back, and the caller hears at once.
             Ok(_) if away => self.answer(call, &id.0, AddAnswer::Unconfirmed),
-            Ok(_) => self.calls.open(call, &id.0, deadline_ms),
+            Ok(_) => self.calls.open(call, &id.0, deadline.unix_ms()),
         }
         id
     }
@@ -531,7 +537,6 @@ impl Producer {
         &mut self,
         now_ms: u64,
         job: AddJob,
-        rng: &mut impl Random,
         call: Option<Call>,
     ) -> Result<JobId, ProducerError> {
         self.check_drained()?;
@@ -551,11 +556,13 @@ impl Producer {
         }
         // Generated ids sort by creation time: 12 hex digits of ms, 16 of randomness.
         let generated = job.id.is_none() || job.generated_id;
-        let fresh = generated && job.delay_ms == 0;
-        let id = job
-            .id
-            .unwrap_or_else(|| JobId::generate(now_ms, rng.next_u64()));
-        let instance = Instance::generate(rng);
+        let delay_ms = millis(job.delay);
+        let fresh = generated && delay_ms == 0;
+        let id = match job.id {
+            Some(id) => id,
+            None => JobId::generate(Instant::from_unix_ms(now_ms), self.rng.next_u64()),
+        };
+        let instance = Instance::generate(&mut self.rng);
         let record = JobRecord {
             id: id.clone(),
             title: job.title,
@@ -573,9 +580,13 @@ impl Producer {
             + record.payload.len()
             + 6 * 10
             + 16;
-        let envelope =
-            self.sealer
-                .seal_sized_traced(&ctx, &record, size, job.trace.as_ref(), rng)?;
+        let envelope = self.sealer.seal_sized_traced(
+            &ctx,
+            &record,
+            size,
+            job.trace.as_ref(),
+            &mut self.rng,
+        )?;
         let count = self.outstanding.entry(id.0.clone()).or_default();
         *count += 1;
         if *count > 1 {
@@ -585,7 +596,7 @@ impl Producer {
         }
         let new = NewJob {
             id: id.0.clone(),
-            due_ms: (job.delay_ms > 0).then(|| now_ms.saturating_add(job.delay_ms)),
+            due_ms: (delay_ms > 0).then(|| now_ms.saturating_add(delay_ms)),
             envelope: envelope.into(),
         };
         self.unsent.push_back(Unsent {
@@ -638,11 +649,11 @@ impl Producer {
     /// atomic step; a `Revived` event follows with each letter's fate. Idempotent: a letter
     /// revived (or deleted) already is `Gone`, one whose job id lives again stays
     /// (`AlreadyQueued`). The revived jobs' outcomes come to this producer.
-    pub fn revive(&mut self, letters: &[DeadLetter], rng: &mut impl Random) -> Request {
+    pub fn revive(&mut self, letters: &[DeadLetter]) -> Request {
         let mut items = Vec::with_capacity(letters.len());
         let mut unreadable = Vec::new();
         for letter in letters {
-            match dead::reseal(letter, &self.sealer, &self.keys.scope, rng) {
+            match dead::reseal(letter, &self.sealer, &self.keys.scope, &mut self.rng) {
                 Some((entry, job, sealed)) => items.push((entry, job, Arc::from(sealed))),
                 None => unreadable.push(letter.entry),
             }
@@ -699,15 +710,15 @@ impl Producer {
     }
 
     /// Reads up to `count` outcomes of the queue's outcome log after `after` (`EntryId::ZERO`
-    /// at first), opening the log if need be and keeping it `keep_ms` longer (the settle
+    /// at first), opening the log if need be and keeping it `keep` longer (the settle
     /// scripts write to it while it exists: tail it at least that often); a `LogPage` event
     /// follows.
-    pub fn tail_log(&mut self, after: EntryId, count: u32, keep_ms: u64) -> Request {
+    pub fn tail_log(&mut self, after: EntryId, count: u32, keep: Duration) -> Request {
         let kind = CommandKind::TailLog {
             keys: self.keys.clone(),
             after,
             count: count.max(1),
-            keep_ms: keep_ms.max(1),
+            keep_ms: millis(keep).max(1),
         };
         self.request(kind, Vec::new())
     }
@@ -815,17 +826,23 @@ impl Producer {
     /// Time passed: the add calls past their deadline are answered. The other timers
     /// (backoff, registration, promotion, events read) have nothing to do here: being due,
     /// their commands go out at the next `poll_command`.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    ///
+    /// # Errors
+    /// [`ProducerError::Undrained`] when the events were left undrained.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ProducerError> {
+        self.check_drained()?;
+        let now_ms = now.unix_ms();
         self.now_ms = now_ms;
         for call in self.calls.due(now_ms) {
             self.give_up(call);
         }
+        Ok(())
     }
 
-    /// When to call `handle_timeout` next (ms), if a timer is set: the earliest of
+    /// When to call `handle_timeout` next, if a timer is set: the earliest of
     /// [`Producer::timers`].
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers().next_at()
     }
 
@@ -835,6 +852,7 @@ impl Producer {
     #[must_use]
     pub fn timers(&self) -> Timers<ProducerTimer> {
         let mut t = Timers::new();
+        let at = Instant::from_unix_ms;
         let waiting = !self.unsent.is_empty()
             || !self.reachable
             || self.want_stats
@@ -842,23 +860,23 @@ impl Producer {
             || !self.forget.is_empty()
             || !self.requests.is_empty();
         if !self.resend.ready(self.now_ms) && waiting {
-            t.set(ProducerTimer::Backoff, self.resend.at_ms());
+            t.set(ProducerTimer::Backoff, at(self.resend.at_ms()));
         }
         if self.registers() && !self.any_in_flight(|f| matches!(f, InFlight::Register)) {
             t.set(
                 ProducerTimer::Register,
-                self.register_at.max(self.resend.at_ms()),
+                at(self.register_at.max(self.resend.at_ms())),
             );
         }
         let promoting = self.any_in_flight(|f| matches!(f, InFlight::Promote));
         if let Some(&due) = self.promote_at.first().filter(|_| !promoting) {
-            t.set(ProducerTimer::Promote, due.max(self.resend.at_ms()));
+            t.set(ProducerTimer::Promote, at(due.max(self.resend.at_ms())));
         }
         if self.cfg.read_events && self.next_read_ms > self.now_ms {
-            t.set(ProducerTimer::ReadEvents, self.next_read_ms);
+            t.set(ProducerTimer::ReadEvents, at(self.next_read_ms));
         }
         if let Some(deadline) = self.calls.next_deadline() {
-            t.set(ProducerTimer::AddDeadline, deadline);
+            t.set(ProducerTimer::AddDeadline, at(deadline));
         }
         t
     }
@@ -923,7 +941,7 @@ impl Producer {
                 token: self.token.clone(),
                 claim: !self.registered,
                 now_ms: now,
-                until_ms: now.saturating_add(self.cfg.producer_ttl_ms),
+                until_ms: now.saturating_add(millis(self.cfg.producer_ttl)),
             };
             return Some(self.op(kind, InFlight::Register));
         }
@@ -933,7 +951,7 @@ impl Producer {
             // is back before any of these jobs can end and send its outcome.
             let register_until_ms = self
                 .registers()
-                .then(|| now.saturating_add(self.cfg.producer_ttl_ms));
+                .then(|| now.saturating_add(millis(self.cfg.producer_ttl)));
             let kind = CommandKind::Enqueue {
                 keys,
                 now_ms: now,
@@ -1041,7 +1059,7 @@ impl Producer {
                 producer: self.me.clone(),
                 after: self.cursor,
                 count: self.cfg.events_count,
-                block_ms: self.cfg.block_ms.filter(|_| self.idle),
+                block_ms: self.cfg.block.map(millis).filter(|_| self.idle),
             };
             return Some(self.op(kind, InFlight::ReadEvents(self.epoch)));
         }
@@ -1084,11 +1102,12 @@ impl Producer {
     /// The reply to command `op`.
     pub fn handle_reply(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         op: OpId,
         reply: Reply,
     ) -> Result<(), ProducerError> {
         self.check_drained()?;
+        let now_ms = now.unix_ms();
         self.now_ms = now_ms;
         let state = self
             .in_flight
@@ -1375,14 +1394,15 @@ impl Producer {
                     self.trouble(format!(
                         "producer {} was away longer than its ttl ({} ms) and was declared \
                          gone: outcomes of its jobs that ended meanwhile were dropped",
-                        self.me.id, self.cfg.producer_ttl_ms
+                        self.me.id,
+                        millis(self.cfg.producer_ttl)
                     ));
                 }
                 self.registered = true;
                 self.resend.succeed();
                 self.register_at = self
                     .now_ms
-                    .saturating_add((self.cfg.producer_ttl_ms / 4).max(1));
+                    .saturating_add((millis(self.cfg.producer_ttl) / 4).max(1));
             }
             other => {
                 self.failed(&other);
@@ -1632,7 +1652,7 @@ impl Producer {
         };
         self.reads.succeed();
         self.idle = entries.is_empty();
-        if entries.is_empty() && self.cfg.block_ms.is_none() {
+        if entries.is_empty() && self.cfg.block.is_none() {
             self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
         }
         for entry in entries {

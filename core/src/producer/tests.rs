@@ -4,6 +4,8 @@ use super::*;
 use crate::keys::{Key, KeyId, Keyring};
 use crate::random::SeededRandom;
 use crate::sim::Sim;
+#[allow(unused_imports)]
+use crate::time::Duration;
 use crate::worker::{Worker, WorkerConfig, WorkerEvent};
 
 const T0: u64 = 1_700_000_000_000;
@@ -14,11 +16,17 @@ fn sealer() -> Sealer {
 
 /// A producer whose registration Redis confirmed (see [`model`]: the tests' model holds it).
 fn producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig) -> Producer {
-    let mut p = Producer::new(cfg(ProducerConfig::new("q").block_ms(None)), sealer(), T0).unwrap();
+    seeded_producer(cfg, 0)
+}
+
+/// [`producer`], its generator seeded with `seed`.
+fn seeded_producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig, seed: u64) -> Producer {
+    let cfg = cfg(ProducerConfig::new("q").block(None));
+    let mut p = Producer::new(cfg, sealer(), inst(T0), &mut SeededRandom::new(seed)).unwrap();
     if !p.is_registered() {
         let cmd = p.poll_command().unwrap();
         assert!(matches!(cmd.kind, CommandKind::Register { .. }), "{cmd:?}");
-        p.handle_reply(T0, cmd.op, Reply::Value(Value::Int(1)))
+        p.handle_reply(inst(T0), cmd.op, Reply::Value(Value::Int(1)))
             .unwrap();
     }
     p
@@ -26,7 +34,7 @@ fn producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig) -> Producer {
 
 /// The model at `now`, with producer `p` of queue `q` registered (as [`producer`] assumes).
 fn model(now: u64) -> Sim {
-    let mut sim = Sim::new(now);
+    let mut sim = Sim::new(inst(now));
     let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
     let reg = CommandKind::Register {
         token: "0".into(),
@@ -53,7 +61,7 @@ fn drive(p: &mut Producer, sim: &mut Sim) -> Vec<ProducerEvent> {
     let mut events = Vec::new();
     while let Some(cmd) = p.poll_command() {
         let v = sim.execute(&cmd.kind);
-        p.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v))
+        p.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
             .unwrap();
         events.extend(std::iter::from_fn(|| p.poll_event()));
     }
@@ -108,16 +116,15 @@ fn accepted(events: &[ProducerEvent]) -> Vec<String> {
 /// add whose id is marked is answered as queued; resume takes adds again.
 #[test]
 fn a_pause_in_redis_refuses_every_producers_adds() {
-    let mut rng = SeededRandom::new(1);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
     let mut other = producer(|c| c.producer("p2"));
     let keys = p.keys().clone();
     assert_eq!(ProducerError::QueueClosed.to_string(), "queue closed");
 
-    p.add(T0, fresh("a"), &mut rng).unwrap();
+    p.add(inst(T0), fresh("a")).unwrap();
     assert_eq!(accepted(&drive(&mut p, &mut sim)), ["a"]);
-    let request = p.set_paused(T0, true);
+    let request = p.set_paused(inst(T0), true);
     assert!(p.is_paused());
     let events = drive(&mut p, &mut sim);
     assert!(
@@ -129,8 +136,8 @@ fn a_pause_in_redis_refuses_every_producers_adds() {
     );
     assert!(sim.get(&keys.paused).is_some());
     // This producer checks: refused, nothing of it in Redis.
-    p.add(T0, fresh("b"), &mut rng).unwrap();
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), fresh("b")).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     let events = drive(&mut p, &mut sim);
     assert_eq!(paused_adds(&events), ["b"]);
     assert_eq!(accepted(&events), ["a"], "a marked id is queued already");
@@ -138,10 +145,10 @@ fn a_pause_in_redis_refuses_every_producers_adds() {
 
     // The other one did not know: its unchecked add lands, and tells it.
     assert!(!other.is_paused());
-    other.add(T0, fresh("c"), &mut rng).unwrap();
+    other.add(inst(T0), fresh("c")).unwrap();
     assert_eq!(accepted(&drive(&mut other, &mut sim)), ["c"]);
     assert!(other.is_paused());
-    other.add(T0, fresh("d"), &mut rng).unwrap();
+    other.add(inst(T0), fresh("d")).unwrap();
     assert_eq!(paused_adds(&drive(&mut other, &mut sim)), ["d"]);
 
     // Stats tell when it was paused.
@@ -155,13 +162,13 @@ fn a_pause_in_redis_refuses_every_producers_adds() {
     assert_eq!(stats.map(|s| s.paused_at), Some(Some(T0)));
 
     // Resumed by the first: the other's checked add is taken, and it adds unchecked again.
-    p.set_paused(T0 + 1, false);
+    p.set_paused(inst(T0 + 1), false);
     drive(&mut p, &mut sim);
     assert!(sim.get(&keys.paused).is_none());
-    other.add(T0, fresh("d"), &mut rng).unwrap();
+    other.add(inst(T0), fresh("d")).unwrap();
     assert_eq!(accepted(&drive(&mut other, &mut sim)), ["d"]);
     assert!(!other.is_paused());
-    other.add(T0, fresh("e"), &mut rng).unwrap();
+    other.add(inst(T0), fresh("e")).unwrap();
     let cmd = other.poll_command().unwrap();
     assert!(
         matches!(cmd.kind, CommandKind::Enqueue { fresh: true, .. }),
@@ -171,7 +178,6 @@ fn a_pause_in_redis_refuses_every_producers_adds() {
 
 #[test]
 fn adds_batch_by_count_and_bytes_and_push_back_when_full() {
-    let mut rng = SeededRandom::new(2);
     let mut p = producer(|mut c| {
         c.max_batch_jobs = 3;
         c.max_batch_bytes = 1_000;
@@ -180,15 +186,15 @@ fn adds_batch_by_count_and_bytes_and_push_back_when_full() {
         c
     });
     for i in 0..7 {
-        p.add(T0, job(&format!("j{i}")), &mut rng).unwrap();
+        p.add(inst(T0), job(&format!("j{i}"))).unwrap();
     }
     let big = AddJob {
         payload: vec![7; 900],
         ..job("big")
     };
-    p.add(T0, big, &mut rng).unwrap();
+    p.add(inst(T0), big).unwrap();
     assert_eq!(
-        p.add(T0, job("one-too-many"), &mut rng),
+        p.add(inst(T0), job("one-too-many")),
         Err(ProducerError::Backpressure(8))
     );
     let sizes: Vec<usize> = std::iter::from_fn(|| p.poll_command())
@@ -209,15 +215,15 @@ fn an_unknown_add_is_sent_again_and_never_enqueued_twice() {
     let mut rng = SeededRandom::new(3);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     let cmd = p.poll_command().unwrap();
     sim.execute(&cmd.kind); // it ran, but the reply is lost
-    p.handle_reply(T0, cmd.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0), cmd.op, Reply::Unknown).unwrap();
     assert_eq!(p.pending_adds(), 1);
     // The job completes before the resend goes out.
     work(&mut sim, &mut rng);
-    sim.set_time(T0 + 1_000);
-    p.handle_timeout(T0 + 1_000);
+    sim.set_time(inst(T0 + 1_000));
+    p.handle_timeout(inst(T0 + 1_000)).unwrap();
     let events = drive(&mut p, &mut sim);
     assert!(events.contains(&ProducerEvent::Accepted {
         job: JobId::from("a"),
@@ -227,8 +233,8 @@ fn an_unknown_add_is_sent_again_and_never_enqueued_twice() {
     // Nothing ran twice, and once the add resolved the marker went with the next ack.
     let keys = p.keys().clone();
     assert_eq!(sim.stream(&keys.jobs).unwrap().entries.len(), 0);
-    sim.set_time(T0 + 2_000);
-    p.handle_timeout(T0 + 2_000);
+    sim.set_time(inst(T0 + 2_000));
+    p.handle_timeout(inst(T0 + 2_000)).unwrap();
     drive(&mut p, &mut sim);
     assert!(sim.get(&keys.ids).is_none());
     assert!(sim.stream(&keys.events_of("p")).unwrap().entries.is_empty());
@@ -240,7 +246,7 @@ fn results_written_while_away_reach_a_replacement() {
     let mut sim = model(T0);
     let mut first = producer(|c| c);
     for id in ["a", "b", "c"] {
-        first.add(T0, job(id), &mut rng).unwrap();
+        first.add(inst(T0), job(id)).unwrap();
     }
     drive(&mut first, &mut sim);
     let cursor = first.cursor();
@@ -250,7 +256,7 @@ fn results_written_while_away_reach_a_replacement() {
         c.events_after = cursor;
         c
     });
-    sim.set_time(sim.now_ms() + 100);
+    sim.set_time(inst(sim.now().unix_ms() + 100));
     let mut got = completed(&drive(&mut second, &mut sim));
     got.sort();
     let want: Vec<(String, Vec<u8>)> = ["a", "b", "c"]
@@ -281,10 +287,10 @@ fn unreadable_events_are_reported_and_skipped() {
             ],
         )
         .unwrap();
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     let mut events = drive(&mut p, &mut sim);
     work(&mut sim, &mut rng);
-    p.handle_timeout(sim.now_ms());
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     events.extend(drive(&mut p, &mut sim));
     let bad: Vec<EntryId> = events
         .iter()
@@ -299,25 +305,25 @@ fn unreadable_events_are_reported_and_skipped() {
 
 #[test]
 fn refused_adds_fail_visibly() {
-    let mut rng = SeededRandom::new(6);
     let mut p = producer(|c| c);
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     let cmd = p.poll_command().unwrap();
     let oom = Value::Error("OOM command not allowed when used memory > 'maxmemory'.".into());
-    p.handle_reply(T0, cmd.op, Reply::Value(oom)).unwrap();
+    p.handle_reply(inst(T0), cmd.op, Reply::Value(oom)).unwrap();
     assert!(matches!(
         p.poll_event(),
         Some(ProducerEvent::AddFailed { job, error }) if job.0 == "a" && error.starts_with("OOM")
     ));
     assert_eq!(p.pending_adds(), 0);
     // A transient error is retried instead.
-    p.add(T0, job("b"), &mut rng).unwrap();
+    p.add(inst(T0), job("b")).unwrap();
     let cmd = p.poll_command().unwrap();
     let loading = Value::Error("LOADING Redis is loading the dataset in memory".into());
-    p.handle_reply(T0, cmd.op, Reply::Value(loading)).unwrap();
+    p.handle_reply(inst(T0), cmd.op, Reply::Value(loading))
+        .unwrap();
     assert_eq!(p.pending_adds(), 1);
     assert_eq!(
-        p.handle_reply(T0, cmd.op, Reply::Unknown),
+        p.handle_reply(inst(T0), cmd.op, Reply::Unknown),
         Err(ProducerError::UnknownOp(cmd.op))
     );
 }
@@ -326,7 +332,6 @@ fn refused_adds_fail_visibly() {
 /// flight, and an add whose outcome was unknown is failed, not sent after the delete.
 #[test]
 fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
-    let mut rng = SeededRandom::new(9);
     let mut sim = model(T0);
     let mut p = producer(|mut c| {
         c.read_events = false;
@@ -334,7 +339,7 @@ fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
         c
     });
     for id in ["a", "b", "c"] {
-        p.add(T0, job(id), &mut rng).unwrap();
+        p.add(inst(T0), job(id)).unwrap();
     }
     // "a" and "b" go out (two commands in flight); "c" too: one job per batch.
     let first = p.poll_command().expect("enqueue a");
@@ -355,8 +360,8 @@ fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
     );
     // "a" lands; "b"'s outcome is unknown: failed, not sent again.
     let v = sim.execute(&first.kind);
-    p.handle_reply(T0, first.op, Reply::Value(v)).unwrap();
-    p.handle_reply(T0, second.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0), first.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0), second.op, Reply::Unknown).unwrap();
     let mut failed = Vec::new();
     while let Some(ev) = p.poll_event() {
         if let ProducerEvent::AddFailed { job, .. } = ev {
@@ -368,13 +373,13 @@ fn destroy_waits_for_adds_in_flight_and_sends_none_after() {
     assert!(matches!(delete.kind, CommandKind::Destroy { .. }));
     assert!(p.poll_command().is_none(), "nothing after the delete");
     let v = sim.execute(&delete.kind);
-    p.handle_reply(T0, delete.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0), delete.op, Reply::Value(v))
+        .unwrap();
     assert!(sim.keys().is_empty(), "{:?}", sim.keys());
 }
 
 #[test]
 fn stats_and_destroy() {
-    let mut rng = SeededRandom::new(7);
     let mut sim = model(T0);
     let mut p = producer(|mut c| {
         c.read_events = false;
@@ -382,14 +387,13 @@ fn stats_and_destroy() {
     });
     let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
     sim.execute(&CommandKind::EnsureGroup { keys: keys.clone() });
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     p.add(
-        T0,
+        inst(T0),
         AddJob {
-            delay_ms: 5_000,
+            delay: Duration::from_millis(5_000),
             ..job("b")
         },
-        &mut rng,
     )
     .unwrap();
     drive(&mut p, &mut sim);
@@ -410,7 +414,10 @@ fn stats_and_destroy() {
         events.contains(&ProducerEvent::Stats(waiting)),
         "{events:?}"
     );
-    assert_eq!(waiting.oldest_waiting_ms(T0 + 250), 250);
+    assert_eq!(
+        waiting.oldest_waiting_age(inst(T0 + 250)),
+        Duration::from_millis(250)
+    );
     // A worker takes it: running, and nothing waits.
     let read = CommandKind::Read {
         keys,
@@ -418,7 +425,7 @@ fn stats_and_destroy() {
         count: 1,
         block_ms: None,
     };
-    sim.set_time(T0 + 100);
+    sim.set_time(inst(T0 + 100));
     assert!(matches!(sim.execute(&read), Value::Array(_)));
     p.request_stats();
     let events = drive(&mut p, &mut sim);
@@ -432,34 +439,33 @@ fn stats_and_destroy() {
         events.contains(&ProducerEvent::Stats(running)),
         "{events:?}"
     );
-    assert_eq!(running.oldest_running_ms(T0 + 100), 100);
+    assert_eq!(
+        running.oldest_running_age(inst(T0 + 100)),
+        Duration::from_millis(100)
+    );
     p.destroy();
     let events = drive(&mut p, &mut sim);
     assert!(events.contains(&ProducerEvent::Destroyed));
     assert!(sim.keys().is_empty(), "{:?}", sim.keys());
-    assert_eq!(
-        p.add(T0, job("c"), &mut rng),
-        Err(ProducerError::QueueClosed)
-    );
+    assert_eq!(p.add(inst(T0), job("c")), Err(ProducerError::QueueClosed));
 }
 
 #[test]
 fn unsent_adds_can_be_withdrawn() {
-    let mut rng = SeededRandom::new(8);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
     let generated = |id: &str| AddJob {
         generated_id: true,
         ..job(id)
     };
-    p.add(T0, generated("a"), &mut rng).unwrap();
-    p.add(T0, generated("b"), &mut rng).unwrap();
+    p.add(inst(T0), generated("a")).unwrap();
+    p.add(inst(T0), generated("b")).unwrap();
     assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::NotSent);
     assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::Answered, "once");
     assert_eq!(p.pending_adds(), 1);
     // A caller-chosen id, never sent, may still be in Redis (an earlier add, here or in
     // another process): not withdrawn as "not queued".
-    p.add(T0, job("mine"), &mut rng).unwrap();
+    p.add(inst(T0), job("mine")).unwrap();
     assert_eq!(p.withdraw(&JobId::from("mine")), Withdrawal::Unconfirmed);
     assert_eq!(p.pending_adds(), 2);
     let events = drive(&mut p, &mut sim);
@@ -480,10 +486,9 @@ fn unsent_adds_can_be_withdrawn() {
 
 #[test]
 fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
-    let mut rng = SeededRandom::new(9);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     let add = p.poll_command().expect("the add");
     assert_eq!(
         p.withdraw(&JobId::from("a")),
@@ -492,7 +497,7 @@ fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
     );
     // It ran, but the reply was lost: the job is in Redis, and back among the unsent.
     sim.execute(&add.kind);
-    p.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0), add.op, Reply::Unknown).unwrap();
     assert!(!p.is_reachable());
     assert_eq!(p.pending_adds(), 1);
     assert_eq!(
@@ -503,7 +508,7 @@ fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
     assert_eq!(p.pending_adds(), 1, "still being sent");
     // A second add of the same id, never sent, is not withdrawn as not queued either: the
     // job may be in Redis through the first.
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     assert_eq!(p.withdraw(&JobId::from("a")), Withdrawal::Unconfirmed);
     // Redis answers again: the resend finds the job, once.
     let events = drive(&mut p, &mut sim);
@@ -518,16 +523,15 @@ fn an_add_sent_once_is_never_withdrawn_as_not_queued() {
 
 #[test]
 fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backoff() {
-    let mut rng = SeededRandom::new(10);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
-    p.add(T0, job("a"), &mut rng).unwrap();
+    let mut p = producer(|c| c.block(None));
+    p.add(inst(T0), job("a")).unwrap();
     // Redis is away for a while: every add fails and its backoff grows to the cap, while
     // an events read is still out.
     let mut now = T0;
     let mut read = None;
     for _ in 0..10 {
-        p.handle_timeout(now);
+        p.handle_timeout(inst(now)).unwrap();
         while let Some(cmd) = p.poll_command() {
             match cmd.kind {
                 // The events read, or (after the first failure) the check of the events
@@ -537,11 +541,11 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
                 {
                     read = Some(cmd)
                 }
-                _ => p.handle_reply(now, cmd.op, Reply::Unknown).unwrap(),
+                _ => p.handle_reply(inst(now), cmd.op, Reply::Unknown).unwrap(),
             }
         }
         while p.poll_event().is_some() {}
-        now = p.poll_timeout().expect("a resend is scheduled");
+        now = ms_of(p.poll_timeout()).expect("a resend is scheduled");
     }
     assert!(!p.is_reachable());
     let backoff = now - T0;
@@ -550,7 +554,8 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
     let read = read.expect("the read");
     let at = now - 900;
     let reply = sim.execute(&read.kind);
-    p.handle_reply(at, read.op, Reply::Value(reply)).unwrap();
+    p.handle_reply(inst(at), read.op, Reply::Value(reply))
+        .unwrap();
     assert!(p.is_reachable());
     let cmds: Vec<_> = std::iter::from_fn(|| p.poll_command()).collect();
     assert!(
@@ -559,11 +564,11 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
         "{cmds:?}"
     );
     // With nothing to send and Redis unreachable, the producer pings.
-    let mut q = producer(|c| c.block_ms(None));
+    let mut q = producer(|c| c.block(None));
     let read = q.poll_command().expect("the events read");
-    q.handle_reply(T0, read.op, Reply::Unknown).unwrap();
-    let t = q.poll_timeout().expect("a timer to ask again");
-    q.handle_timeout(t);
+    q.handle_reply(inst(T0), read.op, Reply::Unknown).unwrap();
+    let t = ms_of(q.poll_timeout()).expect("a timer to ask again");
+    q.handle_timeout(inst(t)).unwrap();
     let cmds: Vec<_> = std::iter::from_fn(|| q.poll_command()).collect();
     assert!(
         cmds.iter().any(|c| matches!(c.kind, CommandKind::Ping)),
@@ -571,14 +576,13 @@ fn after_an_unknown_outcome_a_ping_finds_redis_back_and_any_reply_ends_the_backo
     );
     for c in cmds {
         let reply = sim.execute(&c.kind);
-        q.handle_reply(t, c.op, Reply::Value(reply)).unwrap();
+        q.handle_reply(inst(t), c.op, Reply::Value(reply)).unwrap();
     }
     assert!(q.is_reachable());
 }
 
 #[test]
 fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome() {
-    let mut rng = SeededRandom::new(11);
     let mut sim = model(T0);
     sim.execute(&CommandKind::EnsureGroup {
         keys: Arc::new(QueueKeys::new("dl", "q").unwrap()),
@@ -590,24 +594,23 @@ fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome(
     };
     // Generated ids (by the machine, or by the caller with `generated_id`) due now are
     // fresh; a caller's id or a delay needs the check. Batches never mix the two.
-    p.add(T0, fresh_job(1), &mut rng).unwrap();
+    p.add(inst(T0), fresh_job(1)).unwrap();
     let given = AddJob {
-        id: Some(JobId::generate(T0, 42)),
+        id: Some(JobId::generate(inst(T0), 42)),
         generated_id: true,
         ..fresh_job(2)
     };
-    p.add(T0, given, &mut rng).unwrap();
-    p.add(T0, job("chosen"), &mut rng).unwrap();
+    p.add(inst(T0), given).unwrap();
+    p.add(inst(T0), job("chosen")).unwrap();
     p.add(
-        T0,
+        inst(T0),
         AddJob {
-            delay_ms: 5,
+            delay: Duration::from_millis(5),
             ..fresh_job(3)
         },
-        &mut rng,
     )
     .unwrap();
-    p.add(T0, fresh_job(4), &mut rng).unwrap();
+    p.add(inst(T0), fresh_job(4)).unwrap();
     let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
     let shape: Vec<(usize, bool)> = cmds
         .iter()
@@ -626,19 +629,20 @@ fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome(
         matches!(&v, Value::Array(items) if items.len() == 6),
         "{v:?}"
     );
-    p.handle_reply(T0, first.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0), first.op, Reply::Unknown).unwrap();
     for c in &cmds[1..] {
         let v = sim.execute(&c.kind);
-        p.handle_reply(T0, c.op, Reply::Value(v)).unwrap();
+        p.handle_reply(inst(T0), c.op, Reply::Value(v)).unwrap();
     }
-    p.handle_timeout(T0 + 60_000);
+    p.handle_timeout(inst(T0 + 60_000)).unwrap();
     let resend = p.poll_command().unwrap();
     let CommandKind::Enqueue { jobs, fresh, .. } = &resend.kind else {
         panic!("{resend:?}")
     };
     assert_eq!((jobs.len(), *fresh), (2, false));
     let v = sim.execute(&resend.kind);
-    p.handle_reply(T0, resend.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0), resend.op, Reply::Value(v))
+        .unwrap();
     let statuses: Vec<AddStatus> = std::iter::from_fn(|| p.poll_event())
         .filter_map(|e| match e {
             ProducerEvent::Accepted { status, .. } => Some(status),
@@ -657,10 +661,9 @@ fn fresh_adds_go_unchecked_once_and_through_the_script_after_an_unknown_outcome(
 
 #[test]
 fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
-    let mut rng = SeededRandom::new(12);
     let mut p = producer(|c| c);
-    let id = p.add(T0, AddJob::default(), &mut rng).unwrap();
-    let second = p.add(T0, AddJob::default(), &mut rng).unwrap();
+    let id = p.add(inst(T0), AddJob::default()).unwrap();
+    let second = p.add(inst(T0), AddJob::default()).unwrap();
     let cmd = p.poll_command().unwrap();
     let reply = Value::Array(vec![
         Value::Int(0),
@@ -668,7 +671,8 @@ fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
         Value::Error("OOM command not allowed".into()),
         Value::Bulk(b"1700000000000-0".to_vec()),
     ]);
-    p.handle_reply(T0, cmd.op, Reply::Value(reply)).unwrap();
+    p.handle_reply(inst(T0), cmd.op, Reply::Value(reply))
+        .unwrap();
     let events: Vec<ProducerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
     assert_eq!(
         events,
@@ -688,28 +692,27 @@ fn a_failed_xadd_in_a_fresh_add_fails_that_job() {
 
 #[test]
 fn an_add_that_never_left_is_withdrawn_as_not_queued_and_stays_fresh() {
-    let mut rng = SeededRandom::new(12);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    let id = JobId::generate(T0, 7);
+    let id = JobId::generate(inst(T0), 7);
     let fresh = AddJob {
         id: Some(id.clone()),
         generated_id: true,
         ..job("x")
     };
-    p.add(T0, fresh, &mut rng).unwrap();
+    p.add(inst(T0), fresh).unwrap();
     let add = p.poll_command().expect("the add");
-    p.handle_reply(T0, add.op, Reply::NotSent).unwrap();
+    p.handle_reply(inst(T0), add.op, Reply::NotSent).unwrap();
     assert!(!p.is_reachable());
     // Resent after the backoff, still as a fresh add (MULTI/EXEC): it never reached Redis.
-    let t = p.poll_timeout().expect("resend timer");
-    p.handle_timeout(t);
+    let t = ms_of(p.poll_timeout()).expect("resend timer");
+    p.handle_timeout(inst(t)).unwrap();
     let again = p.poll_command().expect("resent");
     assert!(
         matches!(again.kind, CommandKind::Enqueue { fresh: true, .. }),
         "{again:?}"
     );
-    p.handle_reply(t, again.op, Reply::NotSent).unwrap();
+    p.handle_reply(inst(t), again.op, Reply::NotSent).unwrap();
     assert_eq!(p.withdraw(&id), Withdrawal::NotSent);
     assert_eq!(p.pending_adds(), 0);
     assert!(drive(&mut p, &mut sim).is_empty() || sim.stream(&p.keys().jobs).is_none());
@@ -717,42 +720,41 @@ fn an_add_that_never_left_is_withdrawn_as_not_queued_and_stays_fresh() {
 
 #[test]
 fn a_transient_error_reply_to_an_add_changes_nothing_about_it() {
-    let mut rng = SeededRandom::new(13);
     let mut p = producer(|c| c);
-    let id = JobId::generate(T0, 9);
+    let id = JobId::generate(inst(T0), 9);
     let add = AddJob {
         id: Some(id.clone()),
         generated_id: true,
         ..job("y")
     };
-    p.add(T0, add, &mut rng).unwrap();
+    p.add(inst(T0), add).unwrap();
     let cmd = p.poll_command().expect("the add");
     // Redis is loading its AOF after a restart: the transaction was refused whole.
     let loading = Value::Error("LOADING Redis is loading the dataset in memory".into());
-    p.handle_reply(T0, cmd.op, Reply::Value(loading)).unwrap();
+    p.handle_reply(inst(T0), cmd.op, Reply::Value(loading))
+        .unwrap();
     assert!(
         std::iter::from_fn(|| p.poll_event())
             .all(|e| !matches!(e, ProducerEvent::AddFailed { .. })),
         "a transient refusal does not fail the add"
     );
-    let t = p.poll_timeout().expect("resend timer");
-    p.handle_timeout(t);
+    let t = ms_of(p.poll_timeout()).expect("resend timer");
+    p.handle_timeout(inst(t)).unwrap();
     let again = p.poll_command().expect("resent");
     assert!(matches!(
         again.kind,
         CommandKind::Enqueue { fresh: true, .. }
     ));
-    p.handle_reply(t, again.op, Reply::NotSent).unwrap();
+    p.handle_reply(inst(t), again.op, Reply::NotSent).unwrap();
     assert_eq!(p.withdraw(&id), Withdrawal::NotSent, "it never ran");
 }
 
 #[test]
 fn an_empty_job_id_is_refused() {
-    let mut rng = SeededRandom::new(14);
     let mut p = producer(|c| c);
-    assert_eq!(p.add(T0, job(""), &mut rng), Err(ProducerError::EmptyJobId));
+    assert_eq!(p.add(inst(T0), job("")), Err(ProducerError::EmptyJobId));
     assert_eq!(p.pending_adds(), 0);
-    assert!(p.add(T0, job("x"), &mut rng).is_ok());
+    assert!(p.add(inst(T0), job("x")).is_ok());
 }
 
 /// A worker that answers each job with `f`: `Ok(result)` completes, `Err(reason)` fails it
@@ -765,25 +767,25 @@ fn work_with(
     use crate::retry::{Backoff, RetryPolicy};
     let wc = WorkerConfig::new("q", "w")
         .concurrency(50)
-        .block_ms(None)
+        .block(None)
         .retry(RetryPolicy::new(3, Backoff::None));
-    let mut w = Worker::new(wc, sealer(), sim.now_ms()).unwrap();
+    let mut w = Worker::new(wc, sealer(), inst(sim.now().unix_ms()), &mut *rng).unwrap();
     for _ in 0..3 {
         while let Some(cmd) = w.poll_command() {
             let v = sim.execute(&cmd.kind);
-            w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+            w.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
                 .unwrap();
             while let Some(ev) = w.poll_event() {
                 if let WorkerEvent::Job(d) = ev {
                     match f(&d.job) {
-                        Ok(r) => w.complete(sim.now_ms(), d.entry, &r, rng).unwrap(),
-                        Err(e) => w.fail(sim.now_ms(), d.entry, &e, rng).unwrap(),
+                        Ok(r) => w.complete(inst(sim.now().unix_ms()), d.entry, &r).unwrap(),
+                        Err(e) => w.fail(inst(sim.now().unix_ms()), d.entry, &e).unwrap(),
                     }
                 }
             }
         }
-        sim.set_time(sim.now_ms() + 100);
-        w.handle_timeout(sim.now_ms(), rng).unwrap();
+        sim.set_time(inst(sim.now().unix_ms() + 100));
+        w.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     }
 }
 
@@ -822,7 +824,7 @@ fn a_relabelled_kind_attempt_or_instance_is_a_bad_event_never_an_outcome() {
     let mut sim = model(T0);
     let mut p = producer(|c| c);
     let keys = p.keys().clone();
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     drive(&mut p, &mut sim);
     // Attempt 1 fails (and will be retried); nothing else runs yet.
     let mut runs = 0;
@@ -848,8 +850,8 @@ fn a_relabelled_kind_attempt_or_instance_is_a_bad_event_never_an_outcome() {
     for forged in relabelled {
         sim.xadd_raw(&keys.events_of("p"), forged).unwrap();
     }
-    sim.set_time(sim.now_ms() + 100);
-    p.handle_timeout(sim.now_ms());
+    sim.set_time(inst(sim.now().unix_ms() + 100));
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     let events = drive(&mut p, &mut sim);
     let dead = events
         .iter()
@@ -878,7 +880,7 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
     let mut sim = model(T0);
     let mut p = producer(|c| c);
     let keys = p.keys().clone();
-    p.add(T0, job("s:1"), &mut rng).unwrap();
+    p.add(inst(T0), job("s:1")).unwrap();
     drive(&mut p, &mut sim);
     work_with(&mut sim, &mut rng, |_| {
         Ok(b"transfer 10 to alice: done".to_vec())
@@ -886,11 +888,11 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
     let old = events_now(&sim, &keys)
         .pop()
         .expect("the first job's result");
-    sim.set_time(sim.now_ms() + 100);
-    p.handle_timeout(sim.now_ms());
+    sim.set_time(inst(sim.now().unix_ms() + 100));
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     assert_eq!(completed(&drive(&mut p, &mut sim)).len(), 1);
     // The id comes again, for a new job; before it runs, the old result is replayed.
-    p.add(sim.now_ms(), job("s:1"), &mut rng).unwrap();
+    p.add(inst(sim.now().unix_ms()), job("s:1")).unwrap();
     let accepted = drive(&mut p, &mut sim);
     assert!(
         accepted.iter().any(|e| matches!(
@@ -903,8 +905,8 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
         "{accepted:?}"
     );
     sim.xadd_raw(&keys.events_of("p"), old).unwrap();
-    sim.set_time(sim.now_ms() + 100);
-    p.handle_timeout(sim.now_ms());
+    sim.set_time(inst(sim.now().unix_ms() + 100));
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     let events = drive(&mut p, &mut sim);
     assert!(
         completed(&events).is_empty(),
@@ -914,8 +916,8 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
     assert!(bad.len() == 1 && bad[0].contains("stale"), "{bad:?}");
     // The new job's own result still comes.
     work_with(&mut sim, &mut rng, |_| Ok(b"new".to_vec()));
-    sim.set_time(sim.now_ms() + 100);
-    p.handle_timeout(sim.now_ms());
+    sim.set_time(inst(sim.now().unix_ms() + 100));
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     let events = drive(&mut p, &mut sim);
     assert_eq!(completed(&events), [("s:1".to_owned(), b"new".to_vec())]);
 }
@@ -925,18 +927,16 @@ fn an_outcome_of_an_earlier_job_with_the_same_id_is_stale() {
 /// the job is queued twice. `withdrawn`: the first add's caller was told `Unconfirmed` in
 /// between (and re-added, as advised).
 fn a_re_add_lands_before_a_fresh_add_that_never_left(withdrawn: bool, seed: u64) {
-    let mut rng = SeededRandom::new(seed);
     let mut sim = model(T0);
-    let mut p = producer(|c| c);
+    let mut p = seeded_producer(|c| c, seed);
     let jobs = p.keys().jobs.clone();
     let id = p
         .add(
-            T0,
+            inst(T0),
             AddJob {
                 payload: b"x".to_vec(),
                 ..AddJob::default()
             },
-            &mut rng,
         )
         .unwrap();
     let first = p.poll_command().expect("the fresh add");
@@ -948,22 +948,22 @@ fn a_re_add_lands_before_a_fresh_add_that_never_left(withdrawn: bool, seed: u64)
         // The caller's wait ends while it is in flight: it may be in Redis.
         assert_eq!(p.withdraw(&id), Withdrawal::Unconfirmed);
     }
-    p.add(T0, job(&id.0), &mut rng).unwrap();
+    p.add(inst(T0), job(&id.0)).unwrap();
     let readd = p.poll_command().expect("the re-add");
     let v = sim.execute(&readd.kind);
-    p.handle_reply(T0, readd.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0), readd.op, Reply::Value(v)).unwrap();
     // The first add never left after all.
-    p.handle_reply(T0, first.op, Reply::NotSent).unwrap();
-    let t = p.poll_timeout().expect("resend timer");
-    sim.set_time(t);
-    p.handle_timeout(t);
+    p.handle_reply(inst(T0), first.op, Reply::NotSent).unwrap();
+    let t = ms_of(p.poll_timeout()).expect("resend timer");
+    sim.set_time(inst(t));
+    p.handle_timeout(inst(t)).unwrap();
     let again = p.poll_command().expect("resent");
     assert!(
         matches!(again.kind, CommandKind::Enqueue { fresh: false, .. }),
         "{again:?}"
     );
     let v = sim.execute(&again.kind);
-    p.handle_reply(t, again.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(t), again.op, Reply::Value(v)).unwrap();
     drive(&mut p, &mut sim);
     let entries = sim.stream(&jobs).map_or(0, |s| s.entries.len());
     assert_eq!(entries, 1, "the job was enqueued twice");
@@ -991,7 +991,7 @@ fn dead_letters_are_read_opened_revived_once_and_deleted() {
     let mut rng = SeededRandom::new(41);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("doomed"), &mut rng).unwrap();
+    p.add(inst(T0), job("doomed")).unwrap();
     drive(&mut p, &mut sim);
     // Every attempt fails: a dead letter.
     for _ in 0..3 {
@@ -1035,7 +1035,7 @@ fn dead_letters_are_read_opened_revived_once_and_deleted() {
     assert!(second.letters[0].record.is_err());
     // Revived: back as attempt 1, then it completes and its result comes here.
     let both = [letter.clone(), second.letters[0].clone()];
-    p.revive(&both, &mut rng);
+    p.revive(&both);
     let events = drive(&mut p, &mut sim);
     let Some(ProducerEvent::Revived { results, .. }) = events.first() else {
         panic!("{events:?}");
@@ -1053,7 +1053,7 @@ fn dead_letters_are_read_opened_revived_once_and_deleted() {
     assert!(events.iter().any(|e| matches!(e,
         ProducerEvent::Completed { job, result, .. } if job.0 == "doomed" && result == b"second life")));
     // Reviving again finds the letter gone; deleting removes the garbage only.
-    p.revive(&[letter], &mut rng);
+    p.revive(&[letter]);
     let events = drive(&mut p, &mut sim);
     assert!(
         matches!(events.first(), Some(ProducerEvent::Revived { results, .. }) if results[0].1 == Revival::Gone)
@@ -1072,7 +1072,7 @@ fn a_revive_whose_job_lives_again_leaves_the_letter_and_an_unknown_outcome_resen
     let mut rng = SeededRandom::new(42);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("twice"), &mut rng).unwrap();
+    p.add(inst(T0), job("twice")).unwrap();
     drive(&mut p, &mut sim);
     for _ in 0..3 {
         work_with(&mut sim, &mut rng, |_| Err("boom".into()));
@@ -1085,16 +1085,16 @@ fn a_revive_whose_job_lives_again_leaves_the_letter_and_an_unknown_outcome_resen
     };
     let letter = page.letters[0].clone();
     // The job is added again (a caller) before the revive.
-    p.add(T0, job("twice"), &mut rng).unwrap();
+    p.add(inst(T0), job("twice")).unwrap();
     drive(&mut p, &mut sim);
     // The revive runs but its reply is lost: sent again, it answers for the first run.
-    p.revive(std::slice::from_ref(&letter), &mut rng);
+    p.revive(std::slice::from_ref(&letter));
     let cmd = p.poll_command().unwrap();
     let first = sim.execute(&cmd.kind);
     assert_eq!(first, Value::Array(vec![Value::Int(-1)]), "the job lives");
-    p.handle_reply(T0, cmd.op, Reply::Unknown).unwrap();
-    sim.set_time(T0 + 2_000);
-    p.handle_timeout(T0 + 2_000);
+    p.handle_reply(inst(T0), cmd.op, Reply::Unknown).unwrap();
+    sim.set_time(inst(T0 + 2_000));
+    p.handle_timeout(inst(T0 + 2_000)).unwrap();
     let events = drive(&mut p, &mut sim);
     assert!(events.iter().any(|e| matches!(e,
         ProducerEvent::Revived { results, .. } if results[0].1 == Revival::AlreadyQueued)));
@@ -1103,28 +1103,28 @@ fn a_revive_whose_job_lives_again_leaves_the_letter_and_an_unknown_outcome_resen
 
 /// Time passes for the producer and the model (past the producer's poll interval).
 fn later(p: &mut Producer, sim: &mut Sim) {
-    let now = sim.now_ms() + 2_000;
-    sim.set_time(now);
-    p.handle_timeout(now);
+    let now = sim.now().unix_ms() + 2_000;
+    sim.set_time(inst(now));
+    p.handle_timeout(inst(now)).unwrap();
 }
 
 fn instance(token: &str) -> Producer {
-    let mut cfg = ProducerConfig::new("q").block_ms(None);
+    let mut cfg = ProducerConfig::new("q").block(None);
     cfg.token = token.into();
-    Producer::new(cfg, sealer(), T0).unwrap()
+    Producer::new(cfg, sealer(), inst(T0), &mut SeededRandom::new(0)).unwrap()
 }
 
 #[test]
 fn a_second_instance_under_the_same_id_takes_it_over_and_the_first_is_told() {
     let mut rng = SeededRandom::new(43);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut a = instance("a");
-    a.add(T0, job("x"), &mut rng).unwrap();
+    a.add(inst(T0), job("x")).unwrap();
     drive(&mut a, &mut sim);
     work(&mut sim, &mut rng);
     // A replacement starts while the first still runs: it claims the id.
     let mut b = instance("b");
-    b.add(T0, job("y"), &mut rng).unwrap();
+    b.add(inst(T0), job("y")).unwrap();
     let mut seen = drive(&mut b, &mut sim);
     work(&mut sim, &mut rng);
     // The first reads y's result, and its acknowledgement is refused: it is told, it
@@ -1132,10 +1132,7 @@ fn a_second_instance_under_the_same_id_takes_it_over_and_the_first_is_told() {
     later(&mut a, &mut sim);
     let first = drive(&mut a, &mut sim);
     assert!(first.contains(&ProducerEvent::Superseded), "{first:?}");
-    assert_eq!(
-        a.add(T0, job("z"), &mut rng),
-        Err(ProducerError::Superseded)
-    );
+    assert_eq!(a.add(inst(T0), job("z")), Err(ProducerError::Superseded));
     assert!(
         a.poll_command().is_none(),
         "a superseded instance sends nothing"
@@ -1157,21 +1154,20 @@ fn a_second_instance_under_the_same_id_takes_it_over_and_the_first_is_told() {
 
 #[test]
 fn a_superseded_instance_learns_it_at_its_next_refresh_too() {
-    let mut rng = SeededRandom::new(44);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut a = instance("a");
-    a.add(T0, job("x"), &mut rng).unwrap();
+    a.add(inst(T0), job("x")).unwrap();
     drive(&mut a, &mut sim);
     let mut b = instance("b");
-    b.add(T0, job("y"), &mut rng).unwrap();
+    b.add(inst(T0), job("y")).unwrap();
     drive(&mut b, &mut sim);
     // Nothing for the first to acknowledge; its refresh (a quarter of the ttl) is refused.
     let refresh = T0 + 3_600_000 / 4 + 1;
-    sim.set_time(refresh);
-    a.handle_timeout(refresh);
+    sim.set_time(inst(refresh));
+    a.handle_timeout(inst(refresh)).unwrap();
     let events = drive(&mut a, &mut sim);
     assert!(events.contains(&ProducerEvent::Superseded), "{events:?}");
-    assert_eq!(a.poll_timeout(), None, "no timer left");
+    assert_eq!(ms_of(a.poll_timeout()), None, "no timer left");
 }
 
 #[test]
@@ -1193,12 +1189,12 @@ fn find_job_says_where_a_job_is_through_its_life() {
         }
     };
     assert_eq!(ask(&mut p, &mut sim, "nobody").state(), "unknown");
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     let later_job = AddJob {
-        delay_ms: 5_000,
+        delay: Duration::from_millis(5_000),
         ..job("b")
     };
-    p.add(T0, later_job, &mut rng).unwrap();
+    p.add(inst(T0), later_job).unwrap();
     drive(&mut p, &mut sim);
     let a = ask(&mut p, &mut sim, "a");
     assert_eq!((a.state(), a.marker.as_deref()), ("waiting", Some("p")));
@@ -1222,7 +1218,7 @@ fn find_job_says_where_a_job_is_through_its_life() {
     for _ in 0..3 {
         work_with(&mut sim, &mut rng, |_| Err("boom".into()));
     }
-    sim.set_time(T0 + 60_000);
+    sim.set_time(inst(T0 + 60_000));
     for _ in 0..3 {
         work_with(&mut sim, &mut rng, |_| Err("boom".into()));
     }
@@ -1237,11 +1233,11 @@ fn a_delayed_job_is_promoted_or_withdrawn_by_its_producer_only() {
     let mut sim = model(T0);
     let mut p = producer(|c| c);
     let delayed = |id: &str| AddJob {
-        delay_ms: 60_000,
+        delay: Duration::from_millis(60_000),
         ..job(id)
     };
-    p.add(T0, delayed("soon"), &mut rng).unwrap();
-    p.add(T0, delayed("never"), &mut rng).unwrap();
+    p.add(inst(T0), delayed("soon")).unwrap();
+    p.add(inst(T0), delayed("never")).unwrap();
     drive(&mut p, &mut sim);
     let keys = QueueKeys::new("dl", "q").unwrap();
     // Promoted: in the work stream now, and it runs.
@@ -1257,9 +1253,10 @@ fn a_delayed_job_is_promoted_or_withdrawn_by_its_producer_only() {
     // Another producer (another marker) cannot withdraw it; its own producer can, once:
     // the lost reply's resend finds the tombstone and answers the same.
     let mut other = Producer::new(
-        ProducerConfig::new("q").producer("other").block_ms(None),
+        ProducerConfig::new("q").producer("other").block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
     other.withdraw_delayed(&JobId::from("never"));
@@ -1274,9 +1271,9 @@ fn a_delayed_job_is_promoted_or_withdrawn_by_its_producer_only() {
     p.withdraw_delayed(&JobId::from("never"));
     let cmd = p.poll_command().unwrap();
     assert_eq!(sim.execute(&cmd.kind), Value::Int(1));
-    p.handle_reply(T0, cmd.op, Reply::Unknown).unwrap();
-    sim.set_time(T0 + 2_000);
-    p.handle_timeout(T0 + 2_000);
+    p.handle_reply(inst(T0), cmd.op, Reply::Unknown).unwrap();
+    sim.set_time(inst(T0 + 2_000));
+    p.handle_timeout(inst(T0 + 2_000)).unwrap();
     let events = drive(&mut p, &mut sim);
     assert!(
         events.iter().any(|e| matches!(
@@ -1317,17 +1314,17 @@ fn a_results_stream_that_moved_backwards_is_read_again() {
     let mut rng = SeededRandom::new(21);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     drive(&mut p, &mut sim);
     work(&mut sim, &mut rng);
-    p.handle_timeout(sim.now_ms());
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     let events = drive(&mut p, &mut sim);
     assert_eq!(completed(&events).len(), 1, "{events:?}");
     let before = p.cursor();
     // The failover: the events stream is gone, the new master's clock 10 s behind.
     assert!(sim.lose(&p.producer_keys().events));
-    sim.set_time(T0 - 10_000);
-    p.add(sim.now_ms(), job("b"), &mut rng).unwrap();
+    sim.set_time(inst(T0 - 10_000));
+    p.add(inst(sim.now().unix_ms()), job("b")).unwrap();
     drive(&mut p, &mut sim);
     work(&mut sim, &mut rng);
     let tail = sim
@@ -1336,17 +1333,18 @@ fn a_results_stream_that_moved_backwards_is_read_again() {
         .expect("b's result");
     assert!(tail < before, "the new event sits below the cursor");
     // A plain read misses it.
-    p.handle_timeout(sim.now_ms());
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     assert!(completed(&drive(&mut p, &mut sim)).is_empty());
     // The connection fails once (the failover), then Redis answers.
-    p.handle_timeout(sim.now_ms() + 60_000);
+    p.handle_timeout(inst(sim.now().unix_ms() + 60_000))
+        .unwrap();
     let cmd = p.poll_command().expect("a command");
-    p.handle_reply(sim.now_ms(), cmd.op, Reply::Unknown)
+    p.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Unknown)
         .unwrap();
     let mut events = Vec::new();
     for _ in 0..20 {
-        sim.set_time(sim.now_ms() + 1_000);
-        p.handle_timeout(sim.now_ms());
+        sim.set_time(inst(sim.now().unix_ms() + 1_000));
+        p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
         events.extend(drive(&mut p, &mut sim));
         if !completed(&events).is_empty() {
             break;
@@ -1369,7 +1367,7 @@ fn a_final_outcome_written_again_is_reported_once() {
     let mut rng = SeededRandom::new(22);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
-    p.add(T0, job("a"), &mut rng).unwrap();
+    p.add(inst(T0), job("a")).unwrap();
     drive(&mut p, &mut sim);
     work(&mut sim, &mut rng);
     let events_key = p.producer_keys().events.clone();
@@ -1377,16 +1375,16 @@ fn a_final_outcome_written_again_is_reported_once() {
         .stream(&events_key)
         .and_then(|s| s.entries.values().next().cloned())
         .expect("a's result");
-    p.handle_timeout(sim.now_ms());
+    p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
     let events = drive(&mut p, &mut sim);
     assert_eq!(completed(&events).len(), 1, "{events:?}");
     // Written again, at a later id.
-    sim.set_time(sim.now_ms() + 10);
+    sim.set_time(inst(sim.now().unix_ms() + 10));
     sim.xadd_raw(&events_key, written).unwrap();
     let mut again = Vec::new();
     for _ in 0..5 {
-        sim.set_time(sim.now_ms() + 1_000);
-        p.handle_timeout(sim.now_ms());
+        sim.set_time(inst(sim.now().unix_ms() + 1_000));
+        p.handle_timeout(inst(sim.now().unix_ms())).unwrap();
         again.extend(drive(&mut p, &mut sim));
     }
     assert!(completed(&again).is_empty(), "{again:?}");
@@ -1405,21 +1403,20 @@ fn a_final_outcome_written_again_is_reported_once() {
 /// the first and answer `Withdrawn` again: a flake of the cluster scenario under load).
 #[test]
 fn a_second_withdrawal_before_the_tombstone_is_forgotten_finds_nothing() {
-    let mut rng = SeededRandom::new(47);
     let mut sim = model(T0);
     let mut p = producer(|c| c);
     let delayed = AddJob {
-        delay_ms: 60_000,
+        delay: Duration::from_millis(60_000),
         ..job("later")
     };
-    p.add(T0, delayed, &mut rng).unwrap();
+    p.add(inst(T0), delayed).unwrap();
     drive(&mut p, &mut sim);
     let id = JobId::from("later");
     p.withdraw_delayed(&id);
     let cmd = p.poll_command().expect("the withdrawal");
     let v = sim.execute(&cmd.kind);
     assert_eq!(v, Value::Int(1));
-    p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0), cmd.op, Reply::Value(v)).unwrap();
     let result = |events: &[ProducerEvent]| {
         events.iter().find_map(|e| match e {
             ProducerEvent::DelayedWithdrawn { result, .. } => Some(*result),
@@ -1438,7 +1435,7 @@ fn a_second_withdrawal_before_the_tombstone_is_forgotten_finds_nothing() {
             "{cmd:?}"
         );
         let v = sim.execute(&cmd.kind);
-        p.handle_reply(T0, cmd.op, Reply::Value(v)).unwrap();
+        p.handle_reply(inst(T0), cmd.op, Reply::Value(v)).unwrap();
         second.extend(std::iter::from_fn(|| p.poll_event()));
     }
     assert_eq!(result(&second), Some(DelayedWithdrawal::NotDelayed));
@@ -1471,7 +1468,7 @@ fn an_add_after_redis_lost_everything_registers_again_and_gets_its_outcomes() {
         sim.execute(&CommandKind::EnsureGroup {
             keys: Arc::new(QueueKeys::new("dl", "q").unwrap()),
         });
-        let id = p.add(T0, add, &mut rng).unwrap();
+        let id = p.add(inst(T0), add).unwrap();
         let events = drive(&mut p, &mut sim);
         assert!(
             events
@@ -1485,8 +1482,8 @@ fn an_add_after_redis_lost_everything_registers_again_and_gets_its_outcomes() {
             "{name}: registered again"
         );
         work(&mut sim, &mut rng);
-        sim.set_time(T0 + 1_000);
-        p.handle_timeout(T0 + 1_000);
+        sim.set_time(inst(T0 + 1_000));
+        p.handle_timeout(inst(T0 + 1_000)).unwrap();
         let events = drive(&mut p, &mut sim);
         assert_eq!(
             completed(&events).first().map(|c| c.0.clone()),
@@ -1517,14 +1514,13 @@ fn drained(p: &mut Producer) -> Vec<ProducerEvent> {
 /// second through the duplicate check), a refused one at once; none is left open.
 #[test]
 fn every_add_call_is_answered_once() {
-    let mut rng = SeededRandom::new(40);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
+    let mut p = producer(|c| c.block(None));
     let far = T0 + 10_000;
-    p.add_call(T0, Call(1), job("a"), far, &mut rng);
-    p.add_call(T0, Call(2), job("a"), far, &mut rng);
-    let generated = p.add_call(T0, Call(3), AddJob::default(), far, &mut rng);
-    p.add_call(T0, Call(4), job(""), far, &mut rng);
+    p.add_call(inst(T0), Call(1), job("a"), inst(far));
+    p.add_call(inst(T0), Call(2), job("a"), inst(far));
+    let generated = p.add_call(inst(T0), Call(3), AddJob::default(), inst(far));
+    p.add_call(inst(T0), Call(4), job(""), inst(far));
     let mut events = drained(&mut p);
     events.extend(drive(&mut p, &mut sim));
     let mut got = answers(&events);
@@ -1552,12 +1548,15 @@ fn every_add_call_is_answered_once() {
 /// from Redis is not a second answer.
 #[test]
 fn a_call_past_its_deadline_is_withdrawn_only_if_it_never_left() {
-    let mut rng = SeededRandom::new(41);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
-    p.add_call(T0, Call(1), AddJob::default(), T0 + 100, &mut rng);
-    assert_eq!(p.poll_timeout(), Some(T0 + 100), "the deadline is a timer");
-    p.handle_timeout(T0 + 100);
+    let mut p = producer(|c| c.block(None));
+    p.add_call(inst(T0), Call(1), AddJob::default(), inst(T0 + 100));
+    assert_eq!(
+        ms_of(p.poll_timeout()),
+        Some(T0 + 100),
+        "the deadline is a timer"
+    );
+    p.handle_timeout(inst(T0 + 100)).unwrap();
     assert_eq!(
         answers(&drained(&mut p))
             .into_iter()
@@ -1570,21 +1569,22 @@ fn a_call_past_its_deadline_is_withdrawn_only_if_it_never_left() {
     assert_eq!(p.pending_adds(), 0);
 
     // Sent, the reply lost: at the deadline, unconfirmed; it lands once when Redis is back.
-    let id = p.add_call(T0 + 100, Call(2), AddJob::default(), T0 + 200, &mut rng);
+    let id = p.add_call(inst(T0 + 100), Call(2), AddJob::default(), inst(T0 + 200));
     let add = p.poll_command().expect("the add");
     sim.execute(&add.kind);
-    p.handle_reply(T0 + 150, add.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0 + 150), add.op, Reply::Unknown)
+        .unwrap();
     assert!(
         answers(&drained(&mut p)).is_empty(),
         "no answer before the deadline"
     );
-    p.handle_timeout(T0 + 200);
+    p.handle_timeout(inst(T0 + 200)).unwrap();
     assert_eq!(
         answers(&drained(&mut p)),
         [(2, id.0.clone(), AddAnswer::Unconfirmed)]
     );
-    sim.set_time(T0 + 5_000);
-    p.handle_timeout(T0 + 5_000);
+    sim.set_time(inst(T0 + 5_000));
+    p.handle_timeout(inst(T0 + 5_000)).unwrap();
     let events = drive(&mut p, &mut sim);
     assert!(answers(&events).is_empty(), "{events:?}");
     assert_eq!(accepted(&events), [id.0]);
@@ -1597,22 +1597,21 @@ fn a_call_past_its_deadline_is_withdrawn_only_if_it_never_left() {
 /// back. Without fail-fast, nothing is answered before the deadline.
 #[test]
 fn fail_fast_answers_while_redis_is_away() {
-    let mut rng = SeededRandom::new(42);
     let mut sim = model(T0);
     let mut p = producer(|mut c| {
         c.fail_fast = true;
-        c.block_ms(None)
+        c.block(None)
     });
     let far = T0 + 60_000;
-    let a = p.add_call(T0, Call(1), AddJob::default(), far, &mut rng);
+    let a = p.add_call(inst(T0), Call(1), AddJob::default(), inst(far));
     let add = p.poll_command().expect("the add");
-    p.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0), add.op, Reply::Unknown).unwrap();
     assert_eq!(
         answers(&drained(&mut p)),
         [(1, a.0, AddAnswer::Unconfirmed)]
     );
-    let b = p.add_call(T0, Call(2), AddJob::default(), far, &mut rng);
-    p.add_call(T0, Call(3), job("mine"), far, &mut rng);
+    let b = p.add_call(inst(T0), Call(2), AddJob::default(), inst(far));
+    p.add_call(inst(T0), Call(3), job("mine"), inst(far));
     assert_eq!(
         answers(&drained(&mut p)),
         [
@@ -1621,16 +1620,18 @@ fn fail_fast_answers_while_redis_is_away() {
         ]
     );
     assert_eq!(p.open_calls(), 0);
-    sim.set_time(T0 + 5_000);
-    p.handle_timeout(T0 + 5_000);
+    sim.set_time(inst(T0 + 5_000));
+    p.handle_timeout(inst(T0 + 5_000)).unwrap();
     drive(&mut p, &mut sim);
     let jobs = sim.stream(&p.keys().jobs).map_or(0, |s| s.entries.len());
     assert_eq!(jobs, 2, "the first add and `mine`, not the unavailable one");
 
-    let mut patient = producer(|c| c.block_ms(None));
-    patient.add_call(T0, Call(1), AddJob::default(), far, &mut rng);
+    let mut patient = producer(|c| c.block(None));
+    patient.add_call(inst(T0), Call(1), AddJob::default(), inst(far));
     let add = patient.poll_command().expect("the add");
-    patient.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    patient
+        .handle_reply(inst(T0), add.op, Reply::Unknown)
+        .unwrap();
     assert!(answers(&drained(&mut patient)).is_empty());
     assert_eq!(patient.open_calls(), 1);
 }
@@ -1642,18 +1643,18 @@ fn fail_fast_answers_while_redis_is_away() {
 fn calls_of_a_job_that_ended_hear_its_end() {
     let mut rng = SeededRandom::new(43);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
+    let mut p = producer(|c| c.block(None));
     let far = T0 + 3_600_000;
     // The add ran, its reply was lost; the job completes and its outcome is read before
     // the resend is answered.
-    p.add_call(T0, Call(1), job("a"), far, &mut rng);
+    p.add_call(inst(T0), Call(1), job("a"), inst(far));
     let add = p.poll_command().expect("the add");
     sim.execute(&add.kind);
-    p.handle_reply(T0, add.op, Reply::Unknown).unwrap();
+    p.handle_reply(inst(T0), add.op, Reply::Unknown).unwrap();
     work(&mut sim, &mut rng);
-    let now = sim.now_ms() + 5_000;
-    sim.set_time(now);
-    p.handle_timeout(now);
+    let now = sim.now().unix_ms() + 5_000;
+    sim.set_time(inst(now));
+    p.handle_timeout(inst(now)).unwrap();
     // Everything but the add's resend runs (the tail check, then the read) until the
     // outcome is in; then the resend.
     let mut events = Vec::new();
@@ -1667,14 +1668,14 @@ fn calls_of_a_job_that_ended_hear_its_end() {
                 continue;
             }
             let v = sim.execute(&cmd.kind);
-            p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+            p.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
             events.extend(drained(&mut p));
         }
     }
     assert!(answers(&events).is_empty(), "{events:?}");
     for cmd in held {
         let v = sim.execute(&cmd.kind);
-        p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+        p.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
         events.extend(drained(&mut p));
     }
     events.extend(drive(&mut p, &mut sim));
@@ -1682,7 +1683,7 @@ fn calls_of_a_job_that_ended_hear_its_end() {
     let end = AddAnswer::Ended(JobEnd::Completed(b"ok:a".to_vec()));
     assert_eq!(answers(&events), [(1, "a".into(), end.clone())]);
     // Added again a moment later: answered with the end, nothing sent.
-    p.add_call(now + 1_000, Call(2), job("a"), far, &mut rng);
+    p.add_call(inst(now + 1_000), Call(2), job("a"), inst(far));
     assert_eq!(answers(&drained(&mut p)), [(2, "a".into(), end)]);
     let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
     assert!(
@@ -1693,14 +1694,14 @@ fn calls_of_a_job_that_ended_hear_its_end() {
     );
     for cmd in cmds {
         let v = sim.execute(&cmd.kind);
-        p.handle_reply(now + 1_000, cmd.op, Reply::Value(v))
+        p.handle_reply(inst(now + 1_000), cmd.op, Reply::Value(v))
             .unwrap();
     }
     drained(&mut p);
     // Past the grace: a new job of that id.
     let later = now + ENDED_GRACE_MS + 1_000;
-    sim.set_time(later);
-    p.add_call(later, Call(3), job("a"), far, &mut rng);
+    sim.set_time(inst(later));
+    p.add_call(inst(later), Call(3), job("a"), inst(far));
     let events = drive(&mut p, &mut sim);
     assert_eq!(answers(&events), [(3, "a".into(), AddAnswer::Taken)]);
 }
@@ -1708,21 +1709,20 @@ fn calls_of_a_job_that_ended_hear_its_end() {
 /// Redis' refusals answer the calls of the adds they refuse: paused, failed.
 #[test]
 fn refused_add_calls_say_why() {
-    let mut rng = SeededRandom::new(44);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
+    let mut p = producer(|c| c.block(None));
     let far = T0 + 10_000;
-    p.set_paused(T0, true);
+    p.set_paused(inst(T0), true);
     drive(&mut p, &mut sim);
-    p.add_call(T0, Call(1), job("a"), far, &mut rng);
+    p.add_call(inst(T0), Call(1), job("a"), inst(far));
     let events = drive(&mut p, &mut sim);
     assert_eq!(answers(&events), [(1, "a".into(), AddAnswer::Paused)]);
-    p.set_paused(T0, false);
+    p.set_paused(inst(T0), false);
     drive(&mut p, &mut sim);
-    p.add_call(T0, Call(2), job("b"), far, &mut rng);
+    p.add_call(inst(T0), Call(2), job("b"), inst(far));
     let add = p.poll_command().expect("the add");
     let oom = "OOM command not allowed when used memory > 'maxmemory'.";
-    p.handle_reply(T0, add.op, Reply::Value(Value::Error(oom.into())))
+    p.handle_reply(inst(T0), add.op, Reply::Value(Value::Error(oom.into())))
         .unwrap();
     assert_eq!(
         answers(&drained(&mut p)),
@@ -1736,28 +1736,28 @@ fn refused_add_calls_say_why() {
 /// its deadline, never `Unavailable` (the job is queued). Found by the engine model.
 #[test]
 fn a_call_whose_id_was_added_again_is_never_unavailable() {
-    let mut rng = SeededRandom::new(45);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
-    let id = p.add_call(T0, Call(1), AddJob::default(), T0 + 1_000, &mut rng);
+    let mut p = producer(|c| c.block(None));
+    let id = p.add_call(inst(T0), Call(1), AddJob::default(), inst(T0 + 1_000));
     let first = p.poll_command().expect("the first add");
     // While it is out, the caller adds the id again; that add lands.
-    p.add_call(T0, Call(2), job(&id.0), T0 + 60_000, &mut rng);
+    p.add_call(inst(T0), Call(2), job(&id.0), inst(T0 + 60_000));
     let second = p.poll_command().expect("the second add");
     assert!(
         matches!(second.kind, CommandKind::Enqueue { .. }),
         "{second:?}"
     );
     let v = sim.execute(&second.kind);
-    p.handle_reply(T0, second.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0), second.op, Reply::Value(v))
+        .unwrap();
     assert_eq!(
         answers(&drained(&mut p)),
         [(2, id.0.clone(), AddAnswer::Taken)]
     );
     // The first never left (its connection was down): unsent again, its id generated.
-    p.handle_reply(T0, first.op, Reply::NotSent).unwrap();
+    p.handle_reply(inst(T0), first.op, Reply::NotSent).unwrap();
     drained(&mut p);
-    p.handle_timeout(T0 + 1_000);
+    p.handle_timeout(inst(T0 + 1_000)).unwrap();
     assert_eq!(
         answers(&drained(&mut p)),
         [(1, id.0.clone(), AddAnswer::Unconfirmed)]
@@ -1769,21 +1769,19 @@ fn a_call_whose_id_was_added_again_is_never_unavailable() {
 /// driver would wake at once, again and again, for a round trip).
 #[test]
 fn a_producer_promoting_has_no_timer_due_now() {
-    let mut rng = SeededRandom::new(46);
     let mut sim = model(T0);
-    let mut p = producer(|c| c.block_ms(None));
+    let mut p = producer(|c| c.block(None));
     p.add(
-        T0,
+        inst(T0),
         AddJob {
-            delay_ms: 1_000,
+            delay: Duration::from_millis(1_000),
             ..job("later")
         },
-        &mut rng,
     )
     .unwrap();
     drive(&mut p, &mut sim);
-    sim.set_time(T0 + 1_000);
-    p.handle_timeout(T0 + 1_000);
+    sim.set_time(inst(T0 + 1_000));
+    p.handle_timeout(inst(T0 + 1_000)).unwrap();
     let cmds: Vec<Command> = std::iter::from_fn(|| p.poll_command()).collect();
     assert!(
         cmds.iter()
@@ -1792,21 +1790,21 @@ fn a_producer_promoting_has_no_timer_due_now() {
     );
     // Meanwhile another delayed job is taken, due at once.
     p.add(
-        T0 + 1_000,
+        inst(T0 + 1_000),
         AddJob {
-            delay_ms: 1,
+            delay: Duration::from_millis(1),
             ..job("soon")
         },
-        &mut rng,
     )
     .unwrap();
     let add = p.poll_command().expect("the add");
     let v = sim.execute(&add.kind);
-    p.handle_reply(T0 + 1_001, add.op, Reply::Value(v)).unwrap();
+    p.handle_reply(inst(T0 + 1_001), add.op, Reply::Value(v))
+        .unwrap();
     drained(&mut p);
     assert!(p.poll_command().is_none(), "one promotion at a time");
     assert!(
-        p.poll_timeout().is_none_or(|t| t > T0 + 1_001),
+        ms_of(p.poll_timeout()).is_none_or(|t| t > T0 + 1_001),
         "{:?}",
         p.timers()
     );
@@ -1816,4 +1814,13 @@ fn a_producer_promoting_has_no_timer_due_now() {
         "{:?}",
         p.timers()
     );
+}
+
+fn inst(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_unix_ms(ms)
+}
+
+#[allow(dead_code)]
+fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
+    t.map(crate::time::Instant::unix_ms)
 }

@@ -292,14 +292,14 @@ mod tests {
             "s-1",
             &ring.credentials_root(),
             &session,
-            ttl_ms,
+            crate::time::Duration::from_millis(ttl_ms),
         )
         .expect("a valid session")
     }
 
     #[test]
     fn credentials_slide_their_ttl_and_expire_on_the_model_clock() {
-        let mut sim = Sim::new(1_000);
+        let mut sim = Sim::new(crate::time::Instant::from_unix_ms(1_000));
         let s = store(500);
         let creds = serde_json::json!({ "password": "p" });
         let mut rng = crate::random::SeededRandom::new(1);
@@ -307,7 +307,7 @@ mod tests {
         s.save_reply(sim.invoke(&save)).expect("saved");
         assert_eq!(sim.pttl(s.redis_key()), 500);
         // A read at 1,400 slides the expiry to 1,900.
-        sim.set_time(1_400);
+        sim.set_time(crate::time::Instant::from_unix_ms(1_400));
         let get = s.get("irc:a").expect("a key");
         assert_eq!(
             s.get_reply("irc:a", sim.invoke(&get), None).ok(),
@@ -315,9 +315,9 @@ mod tests {
         );
         assert_eq!(sim.pttl(s.redis_key()), 500);
         // Still there at its expiry time, gone after it.
-        sim.set_time(1_900);
+        sim.set_time(crate::time::Instant::from_unix_ms(1_900));
         assert!(s.get_reply("irc:a", sim.invoke(&get), None).is_ok());
-        sim.set_time(2_401);
+        sim.set_time(crate::time::Instant::from_unix_ms(2_401));
         assert!(matches!(
             s.get_reply("irc:a", sim.invoke(&get), None),
             Err(crate::credentials::CredentialsError::NotFound { .. })
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn teardown_and_scan_see_the_stores() {
-        let mut sim = Sim::new(1_000);
+        let mut sim = Sim::new(crate::time::Instant::from_unix_ms(1_000));
         let s = store(0);
         let mut rng = crate::random::SeededRandom::new(1);
         let save = s

@@ -141,11 +141,11 @@ pub struct Sim {
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 impl Sim {
-    /// An empty keyspace at time `now_ms`.
+    /// An empty keyspace at time `now`.
     #[must_use]
-    pub fn new(now_ms: u64) -> Self {
+    pub fn new(now: crate::time::Instant) -> Self {
         Self {
-            now_ms,
+            now_ms: now.unix_ms(),
             ..Self::default()
         }
     }
@@ -159,10 +159,10 @@ impl Sim {
         self.consumers_on_any_read = on;
     }
 
-    /// The model's clock (ms); new entry ids come from it.
+    /// The model's clock; new entry ids come from it.
     #[must_use]
-    pub fn now_ms(&self) -> u64 {
-        self.now_ms
+    pub fn now(&self) -> crate::time::Instant {
+        crate::time::Instant::from_unix_ms(self.now_ms)
     }
 
     /// Drops `key` as a failover can: its writes never reached the replica that took over
@@ -173,8 +173,8 @@ impl Sim {
     }
 
     /// Sets the clock; it may jump forward or back (ids stay increasing, as in Redis).
-    pub fn set_time(&mut self, now_ms: u64) {
-        self.now_ms = now_ms;
+    pub fn set_time(&mut self, now: crate::time::Instant) {
+        self.now_ms = now.unix_ms();
     }
 
     /// How many commands ran.

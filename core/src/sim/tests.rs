@@ -7,6 +7,8 @@ use super::*;
 use crate::command::{NewJob, Settle};
 use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 use crate::scripts::TRIM_WINDOW_MS;
+#[allow(unused_imports)]
+use crate::time::Duration;
 use crate::value::{StreamEntry, decode_read, split_paused};
 
 fn keys() -> Arc<QueueKeys> {
@@ -30,7 +32,7 @@ fn stats_of(sim: &mut Sim) -> Vec<i64> {
 }
 
 fn register(sim: &mut Sim, producer: &str, until_ms: u64) -> Value {
-    let now_ms = sim.now_ms();
+    let now_ms = sim.now().unix_ms();
     sim.execute(&CommandKind::Register {
         token: "0".into(),
         claim: true,
@@ -84,7 +86,7 @@ fn read(sim: &mut Sim, consumer: &str, count: u32) -> Vec<StreamEntry> {
 
 /// An add by producer `p` (registered until far ahead).
 fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
-    let now_ms = sim.now_ms();
+    let now_ms = sim.now().unix_ms();
     register(sim, "p", u64::MAX >> 12);
     sim.execute(&CommandKind::Enqueue {
         keys: keys(),
@@ -98,7 +100,7 @@ fn enqueue(sim: &mut Sim, jobs: Vec<NewJob>) -> Value {
 
 #[test]
 fn group_creation_is_idempotent_and_reads_need_it() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     // The transaction runs; the read's error is in its place.
     assert!(matches!(
         sim.execute(&CommandKind::Read {
@@ -117,7 +119,7 @@ fn group_creation_is_idempotent_and_reads_need_it() {
 
 #[test]
 fn enqueue_dedups_and_delays() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     let reply = enqueue(
         &mut sim,
@@ -135,14 +137,14 @@ fn enqueue_dedups_and_delays() {
     // Same millisecond: the next id bumps the sequence; a clock jump back keeps ids rising.
     let r = enqueue(&mut sim, vec![job("c", None)]);
     assert_eq!(r, Value::Array(vec![Value::Bulk(b"1000-1".to_vec())]));
-    sim.set_time(10);
+    sim.set_time(inst(10));
     let r = enqueue(&mut sim, vec![job("d", None)]);
     assert_eq!(r, Value::Array(vec![Value::Bulk(b"1000-2".to_vec())]));
 }
 
 #[test]
 fn complete_acks_deletes_and_reports_once() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(&mut sim, vec![job("a", None)]);
     let e = read(&mut sim, "c1", 1)[0].id;
@@ -189,7 +191,7 @@ fn ints_or_ids(v: Value) -> Vec<Option<Vec<u8>>> {
 
 #[test]
 fn retry_delays_then_promote_moves_due_jobs() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(&mut sim, vec![job("a", None)]);
     let e = read(&mut sim, "c1", 1)[0].id;
@@ -210,7 +212,7 @@ fn retry_delays_then_promote_moves_due_jobs() {
         limit: 10,
     };
     assert_eq!(ints(sim.execute(&promote(2500))), [0, 3000]);
-    sim.set_time(3000);
+    sim.set_time(inst(3000));
     assert_eq!(ints(sim.execute(&promote(3000))), [1, -1]);
     let got = read(&mut sim, "c1", 10);
     assert_eq!(got[0].field(b"e"), Some(&b"ENV2"[..]));
@@ -221,7 +223,7 @@ fn retry_delays_then_promote_moves_due_jobs() {
 
 #[test]
 fn bury_moves_to_dead_letters() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     let k = keys();
     let garbage = sim
@@ -250,7 +252,7 @@ fn bury_moves_to_dead_letters() {
 
 #[test]
 fn reclaim_counts_deliveries_and_drops_deleted() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(
         &mut sim,
@@ -283,7 +285,7 @@ fn reclaim_counts_deliveries_and_drops_deleted() {
     assert_eq!(r[1], Value::Array(vec![]));
     assert_eq!(r[2], Value::Array(vec![id_bulk(deleted)]));
     assert_eq!(r[0], id_bulk(EntryId::ZERO));
-    sim.set_time(1500);
+    sim.set_time(inst(1500));
     // COUNT 1: one claimed, and the cursor points at the next pending entry.
     let r = sim
         .execute(&reclaim(EntryId::ZERO, 1))
@@ -313,11 +315,11 @@ fn id_bulk(id: EntryId) -> Value {
 
 #[test]
 fn heartbeat_extends_only_owned_leases() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(&mut sim, vec![job("a", None)]);
     let e = read(&mut sim, "c1", 1)[0].id;
-    sim.set_time(1900);
+    sim.set_time(inst(1900));
     let beat = |consumer: &str| CommandKind::Heartbeat {
         keys: keys(),
         consumer: consumer.into(),
@@ -344,7 +346,7 @@ fn heartbeat_extends_only_owned_leases() {
     assert_eq!(ints(sim.execute(&hand_back)), [1]);
     let p = sim.stream(&k.jobs).unwrap().pending(GROUP, e).unwrap();
     assert_eq!(p.delivered_at, 1900, "before the epoch: now, as in Redis");
-    sim.set_time(100_000);
+    sim.set_time(inst(100_000));
     assert_eq!(ints(sim.execute(&hand_back)), [1]);
     let reclaim = CommandKind::Reclaim {
         keys: keys(),
@@ -376,7 +378,7 @@ fn heartbeat_extends_only_owned_leases() {
 
 #[test]
 fn events_read_after_a_cursor_and_trim_by_age() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(&mut sim, vec![job("a", None), job("b", None)]);
     let got = read(&mut sim, "c1", 10);
@@ -400,7 +402,7 @@ fn events_read_after_a_cursor_and_trim_by_age() {
         decode_read(sim.execute(&events(first[0].id))).unwrap(),
         vec![]
     );
-    sim.set_time(5000);
+    sim.set_time(inst(5000));
     sim.execute(&complete(got[1].id, "b", 4000));
     let all = decode_read(sim.execute(&events(EntryId::ZERO))).unwrap();
     assert_eq!(all.len(), 1, "the old event was trimmed by MINID");
@@ -442,7 +444,7 @@ fn network_faults_are_seeded() {
         ..Faults::default()
     };
     let run = |seed| {
-        let mut net = Network::new(Sim::new(1), faults, seed);
+        let mut net = Network::new(Sim::new(inst(1)), faults, seed);
         let cmd = Command {
             op: crate::command::OpId(1),
             kind: CommandKind::EnsureGroup { keys: keys() },
@@ -459,7 +461,7 @@ fn network_faults_are_seeded() {
 
 #[test]
 fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
-    let mut sim = Sim::new(10_000);
+    let mut sim = Sim::new(inst(10_000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     let k = keys();
     let ids = |sim: &Sim| -> Vec<EntryId> {
@@ -468,7 +470,7 @@ fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
             .unwrap_or_default()
     };
     enqueue(&mut sim, vec![job("slow", None), job("a", None)]);
-    sim.set_time(10_000 + TRIM_WINDOW_MS + 1);
+    sim.set_time(inst(10_000 + TRIM_WINDOW_MS + 1));
     enqueue(&mut sim, vec![job("b", None)]);
     let got = read(&mut sim, "c1", 3);
     let (slow, a, b) = (got[0].id, got[1].id, got[2].id);
@@ -499,7 +501,7 @@ fn settled_entries_are_trimmed_behind_the_oldest_running_job() {
 
 #[test]
 fn huge_last_delivered_ids_trim_as_the_script_does() {
-    let mut sim = Sim::new(1000);
+    let mut sim = Sim::new(inst(1000));
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(&mut sim, vec![job("a", None), job("b", None)]);
     let got = read(&mut sim, "c1", 10);
@@ -520,4 +522,13 @@ fn huge_last_delivered_ids_trim_as_the_script_does() {
     // The floor is the last delivered id itself (no seq + 1 beyond 15 digits): both
     // entries are below it and go.
     assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
+}
+
+fn inst(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_unix_ms(ms)
+}
+
+#[allow(dead_code)]
+fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
+    t.map(crate::time::Instant::unix_ms)
 }

@@ -19,6 +19,7 @@ use crate::producer::{
 };
 use crate::random::{Random, SeededRandom};
 use crate::retry::{Backoff, RetryPolicy};
+use crate::time::{Duration, Instant};
 use crate::trace::TraceContext;
 use crate::value::EntryId;
 use crate::worker::{Worker, WorkerConfig, WorkerEvent};
@@ -124,9 +125,9 @@ pub struct WorldConfig {
     /// Retry policy of every worker.
     pub retry: RetryPolicy,
     /// Lease (ms).
-    pub lease_ms: u64,
+    pub lease: Duration,
     /// Job timeout (ms).
-    pub timeout_ms: Option<u64>,
+    pub timeout: Option<Duration>,
     /// Faults on every command.
     pub faults: Faults,
     /// Adds and settles count as done only once a replica has them (`WAIT`), as
@@ -146,13 +147,13 @@ impl Default for WorldConfig {
             retry: RetryPolicy::new(
                 3,
                 Backoff::Exponential {
-                    base_ms: 100,
-                    max_ms: 1_000,
+                    base: Duration::from_millis(100),
+                    max: Duration::from_millis(1_000),
                     jitter: true,
                 },
             ),
-            lease_ms: 3_000,
-            timeout_ms: Some(10_000),
+            lease: Duration::from_secs(3),
+            timeout: Some(Duration::from_secs(10)),
             faults: Faults::default(),
             replicated: false,
             seed: 0,
@@ -166,7 +167,7 @@ pub struct World {
     /// The model behind its faulty network.
     pub net: Network,
     /// The virtual clock (ms).
-    pub now_ms: u64,
+    pub now: Instant,
     /// What the application saw.
     pub ledger: Ledger,
     producers: Vec<Producer>,
@@ -204,7 +205,8 @@ impl World {
     /// A world at a realistic wall-clock time.
     #[must_use]
     pub fn new(cfg: WorldConfig) -> Self {
-        let now_ms = 1_700_000_000_000;
+        let now = Instant::from_unix_ms(1_700_000_000_000);
+        let mut rng = SeededRandom::new(cfg.seed);
         let sealers: Vec<Sealer> = (0..cfg.queues)
             .map(|q| Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[q as u8 + 1; 32]))))
             .collect();
@@ -212,18 +214,18 @@ impl World {
             .filter_map(|n| {
                 let q = n % cfg.queues;
                 let cfg = producer_config(n, q, 0, cfg.replicated);
-                Producer::new(cfg, sealers[q].clone(), now_ms).ok()
+                Producer::new(cfg, sealers[q].clone(), now, &mut rng).ok()
             })
             .collect();
         let mut world = Self {
-            net: Network::new(Sim::new(now_ms), cfg.faults, cfg.seed ^ 0x5EED),
-            now_ms,
+            net: Network::new(Sim::new(now), cfg.faults, cfg.seed ^ 0x5EED),
+            now,
             ledger: Ledger::default(),
             producers,
             slots: Vec::new(),
             in_flight: VecDeque::new(),
             sealers,
-            rng: SeededRandom::new(cfg.seed),
+            rng,
             next_job: 0,
             next_call: 0,
             jumped_back: false,
@@ -248,9 +250,9 @@ impl World {
         let mut cfg = WorkerConfig::new(&format!("q{queue}"), &format!("w{slot}-{generation}"))
             .concurrency(self.cfg.concurrency)
             .retry(self.cfg.retry)
-            .lease_ms(self.cfg.lease_ms)
-            .block_ms(None)
-            .timeout_ms(self.cfg.timeout_ms);
+            .lease(self.cfg.lease)
+            .block(None)
+            .timeout(self.cfg.timeout);
         cfg.replicas = self.cfg.replicated.then_some(REPLICAS);
         cfg
     }
@@ -295,7 +297,7 @@ impl World {
         }
         let (queue, generation) = (s.queue, s.generation + 1);
         let wc = self.worker_config(queue, slot, generation);
-        match Worker::new(wc, self.sealers[queue].clone(), self.now_ms) {
+        match Worker::new(wc, self.sealers[queue].clone(), self.now, &mut self.rng) {
             Ok(w) => {
                 let s = &mut self.slots[slot];
                 s.worker = Some(w);
@@ -305,8 +307,8 @@ impl World {
         }
     }
 
-    /// The application adds a job through `producer`, due after `delay_ms`.
-    pub fn add(&mut self, producer: usize, delay_ms: u64) {
+    /// The application adds a job through `producer`, due after `delay`.
+    pub fn add(&mut self, producer: usize, delay: Duration) {
         if producer >= self.producers.len() {
             return;
         }
@@ -316,7 +318,7 @@ impl World {
             title: "t".into(),
             session_id: "s".into(),
             payload: self.next_job.to_le_bytes().to_vec(),
-            delay_ms,
+            delay,
             // Ids are unique: half the adds take the fresh (unchecked) path on first send.
             generated_id: self.next_job % 2 == 0,
             trace: trace_of(&JobId(format!("job-{}", self.next_job)), 1),
@@ -324,7 +326,7 @@ impl World {
         let id = self.call(producer, job);
         self.ledger
             .due
-            .insert(id.clone(), self.now_ms.saturating_add(delay_ms));
+            .insert(id.clone(), (self.now + delay).unix_ms());
         self.ledger.owner.insert(id.clone(), producer);
         self.ledger.added.insert(id, producer);
         self.pump();
@@ -336,9 +338,9 @@ impl World {
         self.next_call += 1;
         let call = self.next_call;
         let wait = [100, 1_000, 10_000, 3_600_000][(self.rng.next_u64() % 4) as usize];
-        let deadline = self.now_ms.saturating_add(wait);
+        let deadline = self.now.plus_ms(wait);
         let p = &mut self.producers[producer];
-        let id = p.add_call(self.now_ms, Call(call), job, deadline, &mut self.rng);
+        let id = p.add_call(self.now, Call(call), job, deadline);
         self.ledger.open_calls.insert(call, (id.clone(), producer));
         id
     }
@@ -371,11 +373,11 @@ impl World {
             title: "t".into(),
             session_id: "s".into(),
             payload: n.to_le_bytes().to_vec(),
-            delay_ms: 0,
+            delay: Duration::ZERO,
             generated_id: false,
         };
         // This add is due now: whichever add lands first sets when the job runs.
-        let now = self.now_ms;
+        let now = self.now.unix_ms();
         let id = self.call(producer, job);
         // A caller told `Unavailable` may add the id again: then it runs, once.
         self.ledger.unavailable.remove(&id);
@@ -388,7 +390,7 @@ impl World {
     /// `producer`, through it.
     pub fn pause(&mut self, producer: usize, paused: bool) {
         if let Some(p) = self.producers.get_mut(producer) {
-            p.set_paused(self.now_ms, paused);
+            p.set_paused(self.now, paused);
         }
         self.pump();
     }
@@ -423,7 +425,7 @@ impl World {
         let q = producer % self.cfg.queues;
         // A new instance: its own token, so that it takes the id over.
         let pc = producer_config(producer, q, self.ledger.replaced + 1, self.cfg.replicated);
-        match Producer::new(pc, self.sealers[q].clone(), self.now_ms) {
+        match Producer::new(pc, self.sealers[q].clone(), self.now, &mut self.rng) {
             Ok(p) => self.producers[producer] = p,
             Err(e) => return self.ledger.errors.push(format!("producer config: {e}")),
         }
@@ -457,7 +459,7 @@ impl World {
     /// back to the queue at once (`hand_back`: a deadline of now); once `Drained`, its
     /// process exits (restart it to have a worker there again).
     pub fn shut_down(&mut self, slot: usize, hand_back: bool) {
-        let now = self.now_ms;
+        let now = self.now;
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
@@ -465,29 +467,31 @@ impl World {
         let deadline = if hand_back {
             now
         } else {
-            now.saturating_add(5_000)
+            now + Duration::from_secs(5)
         };
         w.shut_down(now, deadline);
         self.ledger.shut_down += 1;
         self.pump();
     }
 
-    /// The virtual clock moves by `ms` (may be a jump); every machine sees it.
-    pub fn advance(&mut self, ms: u64) {
-        self.set_time(self.now_ms.saturating_add(ms));
+    /// The virtual clock moves by `by` (may be a jump); every machine sees it.
+    pub fn advance(&mut self, by: Duration) {
+        self.set_time(self.now + by);
     }
 
     /// Sets the clock of the machines and of the model (a jump back is allowed).
-    pub fn set_time(&mut self, now_ms: u64) {
-        self.jumped_back |= now_ms < self.now_ms;
-        self.now_ms = now_ms;
-        self.net.sim.set_time(now_ms);
+    pub fn set_time(&mut self, now: Instant) {
+        self.jumped_back |= now < self.now;
+        self.now = now;
+        self.net.sim.set_time(now);
         for p in &mut self.producers {
-            p.handle_timeout(now_ms);
+            if let Err(e) = p.handle_timeout(now) {
+                self.ledger.errors.push(format!("timeout: {e}"));
+            }
         }
         for s in &mut self.slots {
             if let Some(w) = &mut s.worker {
-                if let Err(e) = w.handle_timeout(now_ms, &mut self.rng) {
+                if let Err(e) = w.handle_timeout(now) {
                     self.ledger.errors.push(format!("timeout: {e}"));
                 }
             }
@@ -497,7 +501,7 @@ impl World {
 
     /// The earliest timer of any machine.
     #[must_use]
-    pub fn next_timeout(&self) -> Option<u64> {
+    pub fn next_timeout(&self) -> Option<Instant> {
         let p = self.producers.iter().filter_map(Producer::poll_timeout);
         let w = self
             .slots
@@ -511,17 +515,19 @@ impl World {
     /// ahead (a timer not later than now would wake its driver again and again, or hides
     /// work the machine is not doing): an engine error names the machine otherwise.
     pub fn fire_due_timers(&mut self) {
-        let now = self.now_ms;
-        let due = |t: Option<u64>| t.is_some_and(|t| t <= now);
+        let now = self.now;
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         for p in &mut self.producers {
             if due(p.poll_timeout()) {
-                p.handle_timeout(now);
+                if let Err(e) = p.handle_timeout(now) {
+                    self.ledger.errors.push(format!("timeout: {e}"));
+                }
             }
         }
         for s in &mut self.slots {
             if let Some(w) = &mut s.worker {
                 if due(w.poll_timeout()) {
-                    if let Err(e) = w.handle_timeout(now, &mut self.rng) {
+                    if let Err(e) = w.handle_timeout(now) {
                         self.ledger.errors.push(format!("timeout: {e}"));
                     }
                 }
@@ -531,14 +537,14 @@ impl World {
         for who in self.due_timers() {
             self.ledger
                 .errors
-                .push(format!("stale timer at {now}: {who}"));
+                .push(format!("stale timer at {now:?}: {who}"));
         }
     }
 
     /// The machines whose timer is due (not later than now): each machine, the timers due
     /// by name, and its state.
     fn due_timers(&self) -> Vec<String> {
-        let now = self.now_ms;
+        let now = self.now;
         let producers = self.producers.iter().enumerate().filter_map(|(i, p)| {
             let due: Vec<_> = p.timers().into_iter().filter(|t| t.1 <= now).collect();
             (!due.is_empty()).then(|| format!("producer {i}, {due:?} due: {p:?}"))
@@ -571,7 +577,7 @@ impl World {
     }
 
     fn feed(&mut self, target: Target, cmd: Command, reply: Reply) {
-        let now = self.now_ms;
+        let now = self.now;
         let result = match target {
             Target::Producer(i) => self.producers[i]
                 .handle_reply(now, cmd.op, reply)
@@ -582,7 +588,7 @@ impl World {
                     generation: g,
                     ..
                 } if *g == generation => w
-                    .handle_reply(now, cmd.op, reply, &mut self.rng)
+                    .handle_reply(now, cmd.op, reply)
                     .map_err(|e| e.to_string()),
                 // The machine that sent it crashed: the reply goes nowhere.
                 _ => Ok(()),
@@ -595,7 +601,7 @@ impl World {
 
     /// The application answers the running job number `pick` of worker `slot`.
     pub fn answer(&mut self, slot: usize, pick: usize, answer: Answer) {
-        let now = self.now_ms;
+        let now = self.now;
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
@@ -608,14 +614,14 @@ impl World {
         let result = match (answer, job) {
             (Answer::Ok, Some(job)) => {
                 let trace = trace_of(&job, 2);
-                w.complete_traced(now, entry, &result_of(&job), trace.as_ref(), &mut self.rng)
+                w.complete_traced(now, entry, &result_of(&job), trace.as_ref())
             }
             (Answer::Err, Some(job)) => {
                 let trace = trace_of(&job, 2);
-                w.fail_traced(now, entry, "handler error", trace.as_ref(), &mut self.rng)
+                w.fail_traced(now, entry, "handler error", trace.as_ref())
             }
-            (Answer::Err, None) => w.fail(now, entry, "handler error", &mut self.rng),
-            (Answer::Panic, _) => w.fail(now, entry, "handler panicked: boom", &mut self.rng),
+            (Answer::Err, None) => w.fail(now, entry, "handler error"),
+            (Answer::Panic, _) => w.fail(now, entry, "handler panicked: boom"),
             // Timed out or lost meanwhile: the answer is refused, as the adapter would see.
             _ => Ok(()),
         };
@@ -660,8 +666,9 @@ impl World {
                                 .push(format!("{}: delivered with trace {:?}", d.job.id, d.trace));
                         }
                         let due = self.ledger.due.get(&d.job.id).copied().unwrap_or(0);
-                        if d.job.attempt == 1 && self.now_ms < due && !self.jumped_back {
-                            self.ledger.early.push((d.job.id.clone(), due, self.now_ms));
+                        let now_ms = self.now.unix_ms();
+                        if d.job.attempt == 1 && now_ms < due && !self.jumped_back {
+                            self.ledger.early.push((d.job.id.clone(), due, now_ms));
                         }
                         self.ledger
                             .delivered
@@ -735,12 +742,14 @@ impl World {
             // After a full drain every timer lies ahead: a machine whose `poll_timeout` is
             // not later than now would be woken again and again for nothing (or hides work
             // it is not doing). The clock is not forced past such a timer: it is an error.
-            let next = self.next_timeout().unwrap_or(self.now_ms + 100);
-            if next <= self.now_ms {
+            let next = self
+                .next_timeout()
+                .unwrap_or(self.now + Duration::from_millis(100));
+            if next <= self.now {
                 let who = self.due_timers();
                 self.ledger.errors.push(format!(
-                    "stale timer at {next}, now {}: {who:?}",
-                    self.now_ms
+                    "stale timer at {next:?}, now {:?}: {who:?}",
+                    self.now
                 ));
                 return false;
             }
@@ -809,9 +818,9 @@ impl World {
         for (job, attempts) in &l.failed {
             if attempts.windows(2).any(|w| w[1] <= w[0]) {
                 return Err(format!(
-                    "{job}: failures reported out of order: {attempts:?} (delivered {:?}, now {})",
+                    "{job}: failures reported out of order: {attempts:?} (delivered {:?}, now {:?})",
                     l.delivered.get(job),
-                    self.now_ms
+                    self.now
                 ));
             }
             if attempts.iter().any(|a| *a >= max) {
@@ -908,13 +917,13 @@ impl World {
 /// What a replicated add or settle asks for.
 const REPLICAS: crate::command::Replicas = crate::command::Replicas {
     count: 1,
-    timeout_ms: 100,
+    timeout: Duration::from_millis(100),
 };
 
 fn producer_config(n: usize, queue: usize, instance: u64, replicated: bool) -> ProducerConfig {
     let mut cfg = ProducerConfig::new(&format!("q{queue}"))
         .producer(&format!("p{n}"))
-        .block_ms(None);
+        .block(None);
     cfg.token = format!("{n}.{instance}");
     cfg.replicas = replicated.then_some(REPLICAS);
     // Half the producers answer their callers at once while Redis is away.

@@ -5,6 +5,7 @@ use crate::envelope::EnvelopeError;
 use crate::job::{JobId, JobRecord};
 use crate::naming::NameError;
 use crate::retry::RetryPolicy;
+use crate::time::Duration;
 use crate::value::EntryId;
 
 /// How a worker behaves.
@@ -21,34 +22,34 @@ pub struct WorkerConfig {
     pub concurrency: u32,
     /// Attempts, backoff, stall limit.
     pub retry: RetryPolicy,
-    /// How long a job may go without a heartbeat before others may reclaim it (ms).
-    pub lease_ms: u64,
-    /// How long a read blocks in Redis (ms) once the stream is found empty; `None` polls
+    /// How long a job may go without a heartbeat before others may reclaim it.
+    pub lease: Duration,
+    /// How long a read blocks in Redis once the stream is found empty; `None` polls
     /// without blocking. A read that follows a read which found entries never blocks: under
     /// load reads go out with the other commands; only an idle worker blocks.
-    pub block_ms: Option<u64>,
-    /// How often the queue's upkeep runs (ms): promoting due delayed jobs that no live
+    pub block: Option<Duration>,
+    /// How often the queue's upkeep runs: promoting due delayed jobs that no live
     /// party is waiting for, and reclaiming the entries of workers that died. The queue's
-    /// workers share it out (each runs it about every `reclaim_interval_ms × workers`), so
+    /// workers share it out (each runs it about every `reclaim_interval × workers`), so
     /// an idle queue costs Redis one script per interval whatever the number of its workers.
     /// Delayed jobs a worker or producer knows of are promoted on time, not by this.
-    pub reclaim_interval_ms: u64,
-    /// How long results and failures stay in the events stream if nobody reads them (ms).
-    pub event_retention_ms: u64,
-    /// How long dead letters stay (ms; default 7 days): they hold sealed jobs, and a job
+    pub reclaim_interval: Duration,
+    /// How long results and failures stay in the events stream if nobody reads them.
+    pub event_retention: Duration,
+    /// How long dead letters stay (default 7 days): they hold sealed jobs, and a job
     /// copied back from them would run again.
-    pub dead_retention_ms: u64,
+    pub dead_retention: Duration,
     /// A job created longer ago than this (its sealed `created_at_ms`, which retries
-    /// keep) is dead-lettered unrun (ms; default 7 days): it bounds how long an entry copied
+    /// keep) is dead-lettered unrun (default 7 days): it bounds how long an entry copied
     /// back into Redis (from `MONITOR`, a replica, a backup, the dead letters) can run again.
     /// It ends no job (no event, no marker change): it may be a replay of one that lives.
-    pub max_job_age_ms: u64,
+    pub max_job_age: Duration,
     /// The most jobs settled by one command (at most [`MAX_SETTLE_BATCH`]: the scripts pass
     /// a batch's ids to single Redis calls, and Lua unpacks at most 8,000 values).
     pub max_batch: usize,
     /// A job running longer than this fails with "timed out" (and is retried or
     /// dead-lettered like any failure); `None`: jobs may run forever, their lease extended.
-    pub timeout_ms: Option<u64>,
+    pub timeout: Option<Duration>,
     /// Settles (complete, retry, bury) count as done only once this many replicas have
     /// them (`WAIT`, see [`crate::command::Replicas`]); `None` (the default): once the
     /// primary has them. A settle a failover lost runs the job again.
@@ -69,22 +70,22 @@ impl WorkerConfig {
             consumer: consumer.into(),
             concurrency: 1,
             retry: RetryPolicy::default(),
-            lease_ms: 30_000,
-            block_ms: Some(5_000),
-            reclaim_interval_ms: 15_000,
-            event_retention_ms: 24 * 3600 * 1000,
-            dead_retention_ms: 7 * 24 * 3600 * 1000,
-            max_job_age_ms: 7 * 24 * 3600 * 1000,
+            lease: Duration::from_secs(30),
+            block: Some(Duration::from_secs(5)),
+            reclaim_interval: Duration::from_secs(15),
+            event_retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(7 * 24 * 3600),
+            max_job_age: Duration::from_secs(7 * 24 * 3600),
             max_batch: 256,
-            timeout_ms: None,
+            timeout: None,
             replicas: None,
         }
     }
 
-    /// With a job timeout (ms).
+    /// With a job timeout.
     #[must_use]
-    pub fn timeout_ms(mut self, timeout_ms: Option<u64>) -> Self {
-        self.timeout_ms = timeout_ms;
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -102,18 +103,18 @@ impl WorkerConfig {
         self
     }
 
-    /// With this lease (ms); the queue's upkeep (reclaims) runs every half lease.
+    /// With this lease; the queue's upkeep (reclaims) runs every half lease.
     #[must_use]
-    pub fn lease_ms(mut self, lease_ms: u64) -> Self {
-        self.lease_ms = lease_ms;
-        self.reclaim_interval_ms = (lease_ms / 2).max(1);
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.reclaim_interval = (lease / 2).max(Duration::from_millis(1));
         self
     }
 
     /// With reads that block this long (`None`: never block).
     #[must_use]
-    pub fn block_ms(mut self, block_ms: Option<u64>) -> Self {
-        self.block_ms = block_ms;
+    pub fn block(mut self, block: Option<Duration>) -> Self {
+        self.block = block;
         self
     }
 }
@@ -126,8 +127,8 @@ pub enum WorkerError {
     #[error("concurrency must be an integer >= 1, got {0}")]
     Concurrency(u32),
     /// The lease must be at least 3 ms (heartbeats run every third of it).
-    #[error("the lease must be at least 3 ms, got {0}")]
-    Lease(u64),
+    #[error("the lease must be at least 3 ms, got {0:?}")]
+    Lease(Duration),
     /// The queue name cannot be used in a key.
     #[error(transparent)]
     Name(#[from] NameError),

@@ -32,7 +32,7 @@ pub enum WorkerTimer {
     Backoff,
     /// The running jobs' leases are due to be extended (every third of the lease).
     Heartbeat,
-    /// The oldest running job reaches its timeout ([`WorkerConfig::timeout_ms`]).
+    /// The oldest running job reaches its timeout ([`WorkerConfig::timeout`]).
     JobTimeout,
     /// A shutdown's deadline: what still runs is handed back ([`Worker::shut_down`]).
     HandBack,
@@ -51,9 +51,10 @@ use crate::command::{Command, CommandKind, Settle};
 use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
-use crate::random::Random;
+use crate::random::{MachineRandom, Random};
 use crate::retry::{ResendBackoff, RetryDecision};
 use crate::scaffold::{Ops, undrained};
+use crate::time::{Instant, millis};
 use crate::timers::Timers;
 use crate::trace::TraceContext;
 use crate::value::EntryId;
@@ -116,6 +117,7 @@ pub struct Worker {
     keys: Arc<QueueKeys>,
     sealer: Sealer,
     reason_sealer: Sealer,
+    rng: MachineRandom,
     now_ms: u64,
     in_flight: Ops<InFlight>,
     running: BTreeMap<EntryId, Running>,
@@ -151,13 +153,20 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for `cfg.queue`, opening jobs with `sealer` (the queue's keyring), at `now_ms`.
-    pub fn new(cfg: WorkerConfig, sealer: Sealer, now_ms: u64) -> Result<Self, WorkerError> {
+    /// A worker for `cfg.queue`, opening jobs with `sealer` (the queue's keyring), at `now`,
+    /// with its own generator seeded from `rng` ([`MachineRandom`]).
+    pub fn new(
+        cfg: WorkerConfig,
+        sealer: Sealer,
+        now: Instant,
+        rng: &mut (impl Random + ?Sized),
+    ) -> Result<Self, WorkerError> {
+        let now_ms = now.unix_ms();
         if cfg.concurrency < 1 {
             return Err(WorkerError::Concurrency(cfg.concurrency));
         }
-        if cfg.lease_ms < 3 {
-            return Err(WorkerError::Lease(cfg.lease_ms));
+        if millis(cfg.lease) < 3 {
+            return Err(WorkerError::Lease(cfg.lease));
         }
         if cfg.consumer.is_empty() {
             return Err(WorkerError::Consumer);
@@ -171,6 +180,7 @@ impl Worker {
             keys,
             sealer,
             reason_sealer,
+            rng: MachineRandom::from_random(rng),
             now_ms,
             in_flight: Ops::default(),
             running: BTreeMap::new(),
@@ -240,26 +250,24 @@ impl Worker {
     /// The application finished the job at `entry` with `result` (the encoded result).
     pub fn complete(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         entry: EntryId,
         result: &[u8],
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
-        self.complete_traced(now_ms, entry, result, None, rng)
+        self.complete_traced(now, entry, result, None)
     }
 
     /// [`Worker::complete`], sealing `trace` (the span that ran the attempt) with the result
     /// so that the producer's trace continues from it.
     pub fn complete_traced(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         entry: EntryId,
         result: &[u8],
         trace: Option<&TraceContext>,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         self.check_drained()?;
-        self.now_ms = now_ms;
+        self.now_ms = now.unix_ms();
         let run = self
             .running
             .get(&entry)
@@ -271,7 +279,9 @@ impl Worker {
             run.id.0.as_bytes(),
             &detail,
         );
-        let value = self.sealer.seal_bytes_traced(&ctx, result, trace, rng)?;
+        let value = self
+            .sealer
+            .seal_bytes_traced(&ctx, result, trace, &mut self.rng)?;
         let Some(run) = self.running.remove(&entry) else {
             return Err(WorkerError::NotRunning(entry));
         };
@@ -294,28 +304,21 @@ impl Worker {
 
     /// The job at `entry` failed with `reason` (a handler error, or a panic's message):
     /// retried with backoff while attempts remain, else dead-lettered with the reason.
-    pub fn fail(
-        &mut self,
-        now_ms: u64,
-        entry: EntryId,
-        reason: &str,
-        rng: &mut impl Random,
-    ) -> Result<(), WorkerError> {
-        self.fail_traced(now_ms, entry, reason, None, rng)
+    pub fn fail(&mut self, now: Instant, entry: EntryId, reason: &str) -> Result<(), WorkerError> {
+        self.fail_traced(now, entry, reason, None)
     }
 
     /// [`Worker::fail`], sealing `trace` (the span that ran the attempt) with the reason.
     pub fn fail_traced(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         entry: EntryId,
         reason: &str,
         trace: Option<&TraceContext>,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         self.check_drained()?;
-        self.now_ms = now_ms;
-        self.fail_running(entry, reason, trace, rng)
+        self.now_ms = now.unix_ms();
+        self.fail_running(entry, reason, trace)
     }
 
     fn fail_running(
@@ -323,14 +326,13 @@ impl Worker {
         entry: EntryId,
         reason: &str,
         trace: Option<&TraceContext>,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         let now_ms = self.now_ms;
         let run = self
             .running
             .get(&entry)
             .ok_or(WorkerError::NotRunning(entry))?;
-        let decision = self.cfg.retry.decide(run.attempt, rng);
+        let decision = self.cfg.retry.decide(run.attempt, &mut self.rng);
         // The reason is bound to what happens: a retried failure or a dead letter.
         let purpose = match decision {
             RetryDecision::RetryAfter(_) => Purpose::Failure,
@@ -340,7 +342,7 @@ impl Worker {
         let ctx = Context::outcome(purpose, &self.keys.scope, run.id.0.as_bytes(), &detail);
         let value: Arc<[u8]> = self
             .reason_sealer
-            .seal_bytes_traced(&ctx, reason.as_bytes(), trace, rng)?
+            .seal_bytes_traced(&ctx, reason.as_bytes(), trace, &mut self.rng)?
             .into();
         let (kind, settle) = match decision {
             RetryDecision::RetryAfter(delay) => {
@@ -350,7 +352,9 @@ impl Worker {
                 let (mut next, sent): (JobRecord, _) =
                     self.sealer.open_traced(&ctx, &run.envelope)?;
                 next.attempt = run.attempt.saturating_add(1);
-                let sealed = self.sealer.seal_traced(&ctx, &next, sent.as_ref(), rng)?;
+                let sealed = self
+                    .sealer
+                    .seal_traced(&ctx, &next, sent.as_ref(), &mut self.rng)?;
                 let settle = Settle {
                     entry,
                     job: Some(run.id.0.clone()),
@@ -358,7 +362,7 @@ impl Worker {
                     value,
                     job_envelope: sealed.into(),
                     attempt: run.attempt,
-                    due_ms: now_ms.saturating_add(delay),
+                    due_ms: now_ms.saturating_add(millis(delay)),
                     read: run.envelope.clone(),
                 };
                 (SettleKind::Retry, settle)
@@ -390,30 +394,30 @@ impl Worker {
 
     /// Stop reading; running jobs may finish. `Drained` follows when nothing runs and every
     /// settlement is confirmed.
-    pub fn drain(&mut self, now_ms: u64) {
-        self.now_ms = now_ms;
+    pub fn drain(&mut self, now: Instant) {
+        self.now_ms = now.unix_ms();
         self.draining = true;
         self.maybe_drained();
     }
 
     /// Shuts down: stops reading at once (as [`Worker::drain`]), lets running jobs finish
-    /// until `deadline_ms`, then hands back those still running (as [`Worker::hand_back`],
-    /// at the first `handle_timeout` from then; at once if the deadline has passed).
+    /// until `deadline`, then hands back those still running (as [`Worker::hand_back`], at
+    /// the first `handle_timeout` from then; at once if the deadline has passed).
     /// `Drained` follows when nothing runs and every settlement is confirmed.
-    pub fn shut_down(&mut self, now_ms: u64, deadline_ms: u64) {
-        self.drain(now_ms);
-        if deadline_ms <= now_ms {
-            self.hand_back(now_ms);
+    pub fn shut_down(&mut self, now: Instant, deadline: Instant) {
+        self.drain(now);
+        if deadline <= now {
+            self.hand_back(now);
         } else if !self.drained_sent {
-            self.hand_back_at = Some(deadline_ms);
+            self.hand_back_at = Some(deadline.unix_ms());
         }
     }
 
     /// Give the still-running jobs back to the queue (the shutdown deadline passed): they
     /// become reclaimable at once by other workers. [`WorkerEvent::HandedBack`] names them
     /// (stop their handlers); their results, if they still come, are refused.
-    pub fn hand_back(&mut self, now_ms: u64) {
-        self.now_ms = now_ms;
+    pub fn hand_back(&mut self, now: Instant) {
+        self.now_ms = now.unix_ms();
         self.draining = true;
         self.hand_back_at = None;
         let running = std::mem::take(&mut self.running);
@@ -443,12 +447,9 @@ impl Worker {
 
     /// Time passed: jobs past the timeout fail now; other timers fire on the next
     /// `poll_command`.
-    pub fn handle_timeout(
-        &mut self,
-        now_ms: u64,
-        rng: &mut impl Random,
-    ) -> Result<(), WorkerError> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), WorkerError> {
         self.check_drained()?;
+        let now_ms = now.unix_ms();
         self.now_ms = now_ms;
         // What a timer does when it fires, read from the state the timer is derived from
         // ([`Worker::timers`]): `HandBack` hands back what still runs, `JobTimeout` fails the
@@ -456,9 +457,9 @@ impl Worker {
         // read) have nothing to do here: being due, their commands go out at the next
         // `poll_command`.
         if self.hand_back_at.is_some_and(|at| at <= now_ms) {
-            self.hand_back(now_ms);
+            self.hand_back(now);
         }
-        if let Some(timeout) = self.cfg.timeout_ms {
+        if let Some(timeout) = self.cfg.timeout.map(millis) {
             let expired: Vec<EntryId> = self
                 .running
                 .iter()
@@ -467,17 +468,17 @@ impl Worker {
                 .collect();
             for entry in expired {
                 self.events.push_back(WorkerEvent::TimedOut { entry });
-                self.fail_running(entry, &format!("timed out after {timeout} ms"), None, rng)?;
+                self.fail_running(entry, &format!("timed out after {timeout} ms"), None)?;
             }
         }
         self.maybe_drained();
         Ok(())
     }
 
-    /// When to call `handle_timeout` next (ms), if a timer is set: the earliest of
+    /// When to call `handle_timeout` next, if a timer is set: the earliest of
     /// [`Worker::timers`].
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers().next_at()
     }
 
@@ -488,10 +489,11 @@ impl Worker {
     #[must_use]
     pub fn timers(&self) -> Timers<WorkerTimer> {
         let mut t = Timers::new();
+        let at = Instant::from_unix_ms;
         let out = |f: fn(&InFlight) -> bool| self.in_flight.any(f);
         let backing_off = self.resend.backing_off() && !self.resend.ready(self.now_ms);
         if backing_off && (!self.outbox.is_empty() || !self.group_ready) {
-            t.set(WorkerTimer::Backoff, self.resend.at_ms());
+            t.set(WorkerTimer::Backoff, at(self.resend.at_ms()));
         }
         let beating = out(|f| matches!(f, InFlight::Heartbeat { .. }));
         if let Some(beat) = self
@@ -501,37 +503,35 @@ impl Worker {
             .map(|r| r.last_beat_ms)
             .min()
         {
-            t.set(
-                WorkerTimer::Heartbeat,
-                beat.saturating_add(self.cfg.lease_ms / 3),
-            );
+            let third = millis(self.cfg.lease) / 3;
+            t.set(WorkerTimer::Heartbeat, at(beat.saturating_add(third)));
         }
         if let (Some(timeout), Some(start)) = (
-            self.cfg.timeout_ms,
+            self.cfg.timeout.map(millis),
             self.running.values().map(|r| r.started_ms).min(),
         ) {
-            t.set(WorkerTimer::JobTimeout, start.saturating_add(timeout));
+            t.set(WorkerTimer::JobTimeout, at(start.saturating_add(timeout)));
         }
         if let Some(deadline) = self.hand_back_at {
-            t.set(WorkerTimer::HandBack, deadline);
+            t.set(WorkerTimer::HandBack, at(deadline));
         }
         if !self.draining && self.group_ready {
             // Intake (reads, reclaims, promotions) waits out a backoff: none of its timers
             // is before the backoff ends, and the end itself is one (a read is due then).
             let gate = |x: u64| x.max(self.resend.at_ms());
             if !self.resend.ready(self.now_ms) {
-                t.set(WorkerTimer::Backoff, self.resend.at_ms());
+                t.set(WorkerTimer::Backoff, at(self.resend.at_ms()));
             }
             let upkeep = out(|f| matches!(f, InFlight::Reclaim { .. } | InFlight::Promote));
             if !upkeep && !self.upkeep_waits_for_read() {
-                t.set(WorkerTimer::Upkeep, gate(self.next_reclaim_ms));
+                t.set(WorkerTimer::Upkeep, at(gate(self.next_reclaim_ms)));
             }
             if let Some(due) = self.next_promote_ms.filter(|_| !upkeep) {
-                t.set(WorkerTimer::Promote, gate(due));
+                t.set(WorkerTimer::Promote, at(gate(due)));
             }
-            let polls = self.cfg.block_ms.is_none() || self.paused;
+            let polls = self.cfg.block.is_none() || self.paused;
             if polls && gate(self.next_read_ms) > self.now_ms {
-                t.set(WorkerTimer::Read, gate(self.next_read_ms));
+                t.set(WorkerTimer::Read, at(gate(self.next_read_ms)));
             }
         }
         t
@@ -587,7 +587,7 @@ impl Worker {
             && self.group_ready
             && !self.paused
             && !self.draining
-            && self.cfg.block_ms.is_some()
+            && self.cfg.block.is_some()
             && !self.reading()
     }
 
@@ -637,7 +637,7 @@ impl Worker {
             let kind = CommandKind::Heartbeat {
                 keys: self.keys.clone(),
                 consumer: self.cfg.consumer.clone(),
-                idle_ms: self.cfg.lease_ms,
+                idle_ms: millis(self.cfg.lease),
                 unstarted,
                 entries,
             };
@@ -659,7 +659,7 @@ impl Worker {
             }
         }
         let keys = self.keys.clone();
-        let min_event_ms = self.now_ms.saturating_sub(self.cfg.event_retention_ms);
+        let min_event_ms = self.now_ms.saturating_sub(millis(self.cfg.event_retention));
         let command = match kind {
             SettleKind::Complete => CommandKind::Complete {
                 keys,
@@ -677,7 +677,7 @@ impl Worker {
             SettleKind::Bury => CommandKind::Bury {
                 keys,
                 min_event_ms,
-                min_dead_ms: self.now_ms.saturating_sub(self.cfg.dead_retention_ms),
+                min_dead_ms: self.now_ms.saturating_sub(millis(self.cfg.dead_retention)),
                 consumer: self.cfg.consumer.clone(),
                 items: items.clone(),
             },
@@ -687,7 +687,7 @@ impl Worker {
 
     fn poll_heartbeat(&mut self) -> Option<Command> {
         let now = self.now_ms;
-        let third = self.cfg.lease_ms / 3;
+        let third = millis(self.cfg.lease) / 3;
         if self
             .in_flight
             .any(|f| matches!(f, InFlight::Heartbeat { .. }))
@@ -748,11 +748,11 @@ impl Worker {
             let kind = CommandKind::Reclaim {
                 keys: self.keys.clone(),
                 consumer: self.cfg.consumer.clone(),
-                min_idle_ms: self.cfg.lease_ms,
+                min_idle_ms: millis(self.cfg.lease),
                 cursor: self.reclaim_cursor,
                 count: credits,
                 now_ms: now,
-                interval_ms: self.cfg.reclaim_interval_ms.max(1),
+                interval_ms: millis(self.cfg.reclaim_interval).max(1),
                 jitter: self.jitter,
                 promote_limit: PROMOTE_LIMIT,
             };
@@ -784,7 +784,8 @@ impl Worker {
             count: credits,
             block_ms: self
                 .cfg
-                .block_ms
+                .block
+                .map(millis)
                 .filter(|_| self.idle && !self.paused)
                 .map(|b| {
                     if until_upkeep > 0 {

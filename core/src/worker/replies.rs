@@ -21,6 +21,7 @@ use crate::envelope::{Context, Purpose, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::random::Random;
 use crate::retry::POLL_INTERVAL_MS;
+use crate::time::{Instant, millis};
 use crate::value::{EntryId, ReplyError, StreamEntry, Value, decode_read, split_paused};
 
 impl Worker {
@@ -28,13 +29,12 @@ impl Worker {
     /// reply, or `Reply::Unknown` when the connection failed).
     pub fn handle_reply(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         op: OpId,
         reply: Reply,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         self.check_drained()?;
-        self.now_ms = now_ms;
+        self.now_ms = now.unix_ms();
         let state = self
             .in_flight
             .finish(op)
@@ -50,7 +50,7 @@ impl Worker {
             Reply::Unknown => Reply::Unknown,
         };
         match (state, reply) {
-            (InFlight::Settle { kind, items }, reply) => self.settled(kind, items, reply, rng),
+            (InFlight::Settle { kind, items }, reply) => self.settled(kind, items, reply),
             (InFlight::HandBack, _) => {}
             (InFlight::Heartbeat { entries }, reply) => self.beaten(&entries, reply),
             (InFlight::Promote, Reply::Unknown | Reply::NotSent) => {
@@ -66,11 +66,11 @@ impl Worker {
                 Value::Error(e) if e.starts_with("BUSYGROUP") => self.group_ok(),
                 other => self.trouble("XGROUP CREATE", &other),
             },
-            (InFlight::Read { .. }, Reply::Value(v)) => self.read(v, rng),
+            (InFlight::Read { .. }, Reply::Value(v)) => self.read(v),
             (InFlight::Reclaim { .. }, Reply::Value(v)) => {
                 // The spread of the next upkeep: uniform in [500, 1500] thousandths.
-                self.jitter = 500 + (rng.next_u64() % 1001) as u32;
-                self.reclaimed(v, rng);
+                self.jitter = 500 + (self.rng.next_u64() % 1001) as u32;
+                self.reclaimed(v);
             }
             (InFlight::Promote, Reply::Value(v)) => self.promoted(v),
             (InFlight::IsPaused, Reply::Value(Value::Int(n))) => {
@@ -116,7 +116,7 @@ impl Worker {
     }
 
     /// A read's reply ([`split_paused`]).
-    fn read(&mut self, v: Value, rng: &mut impl Random) {
+    fn read(&mut self, v: Value) {
         let (paused, v) = match split_paused(v) {
             Ok(split) => split,
             Err(ReplyError::Redis(e)) => return self.trouble("read", &Value::Error(e)),
@@ -140,11 +140,11 @@ impl Worker {
                     return;
                 }
                 self.idle = entries.is_empty();
-                if entries.is_empty() && self.cfg.block_ms.is_none() {
+                if entries.is_empty() && self.cfg.block.is_none() {
                     self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
                 }
                 for e in entries {
-                    self.accept(e, 1, rng);
+                    self.accept(e, 1);
                 }
             }
             Err(e) => self.bad_shape("XREADGROUP", e),
@@ -173,7 +173,7 @@ impl Worker {
         self.backoff();
     }
 
-    fn reclaimed(&mut self, v: Value, rng: &mut impl Random) {
+    fn reclaimed(&mut self, v: Value) {
         if let Value::Error(_) = v {
             return self.trouble("reclaim", &v);
         }
@@ -198,11 +198,13 @@ impl Worker {
                     });
                 }
                 for (entry, deliveries) in r.claimed {
-                    self.accept(entry, deliveries, rng);
+                    self.accept(entry, deliveries);
                 }
             }
             Err(e) => {
-                self.next_reclaim_ms = self.now_ms.saturating_add(self.cfg.reclaim_interval_ms);
+                self.next_reclaim_ms = self
+                    .now_ms
+                    .saturating_add(millis(self.cfg.reclaim_interval));
                 self.bad_shape("reclaim", e);
             }
         }
@@ -261,13 +263,7 @@ impl Worker {
         }
     }
 
-    fn settled(
-        &mut self,
-        kind: SettleKind,
-        items: Vec<Settle>,
-        reply: Reply,
-        _rng: &mut impl Random,
-    ) {
+    fn settled(&mut self, kind: SettleKind, items: Vec<Settle>, reply: Reply) {
         let flags = match &reply {
             Reply::Value(Value::Array(a)) if a.len() == items.len() => Some(a),
             _ => None,
@@ -323,7 +319,7 @@ impl Worker {
     }
 
     /// A delivered entry: run it, or dead-letter it when it cannot run.
-    fn accept(&mut self, entry: StreamEntry, deliveries: u64, rng: &mut impl Random) {
+    fn accept(&mut self, entry: StreamEntry, deliveries: u64) {
         if let Some(run) = self.running.get_mut(&entry.id) {
             if entry.field(b"e").unwrap_or_default() == &run.envelope[..] {
                 // Our own running entry, reclaimed after missed heartbeats: it is ours again.
@@ -361,27 +357,27 @@ impl Worker {
         let envelope: Arc<[u8]> = entry.field(b"e").unwrap_or_default().into();
         let Some(id) = job_id else {
             let reason = "malformed entry: no job id (field j)".to_owned();
-            return self.bury_unread(entry.id, None, envelope, reason, rng);
+            return self.bury_unread(entry.id, None, envelope, reason);
         };
         let ctx = Context::new(Purpose::Job, &self.keys.scope, id.as_bytes());
         let (job, trace): (JobRecord, _) = match self.sealer.open_traced(&ctx, &envelope) {
             Ok(opened) => opened,
             Err(e) => {
                 let reason = format!("unreadable job: {e}");
-                return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
+                return self.bury_unread(entry.id, Some(&id), envelope, reason);
             }
         };
         if job.id.0 != id {
             let reason = format!("the job record names {}", job.id);
-            return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
+            return self.bury_unread(entry.id, Some(&id), envelope, reason);
         }
         let age = self.now_ms.saturating_sub(job.created_at_ms);
-        if age > self.cfg.max_job_age_ms {
+        if age > millis(self.cfg.max_job_age) {
             let reason = format!(
                 "too old to run: created {age} ms ago, max_job_age {} ms (a replayed entry?)",
-                self.cfg.max_job_age_ms
+                millis(self.cfg.max_job_age)
             );
-            return self.bury_unread(entry.id, Some(&id), envelope, reason, rng);
+            return self.bury_unread(entry.id, Some(&id), envelope, reason);
         }
         if deliveries > u64::from(self.cfg.retry.max_stalled) {
             let reason = format!(
@@ -390,7 +386,7 @@ impl Worker {
             );
             let attempt = job.attempt;
             let known = Some((job.id, job.instance));
-            return self.bury(entry.id, known, envelope, reason, attempt, rng);
+            return self.bury(entry.id, known, envelope, reason, attempt);
         }
         self.running.insert(
             entry.id,
@@ -431,7 +427,6 @@ impl Worker {
         claimed: Option<&str>,
         envelope: Arc<[u8]>,
         reason: String,
-        rng: &mut impl Random,
     ) {
         let reason = match claimed {
             Some(id) => {
@@ -444,7 +439,7 @@ impl Worker {
             true => Arc::from(&envelope[..MAX_GARBAGE_COPY]),
             false => envelope,
         };
-        self.bury(entry, None, envelope, reason, 0, rng);
+        self.bury(entry, None, envelope, reason, 0);
     }
 
     /// Dead-letters an entry that never ran: the reason is sealed for the job and its
@@ -456,7 +451,6 @@ impl Worker {
         envelope: Arc<[u8]>,
         reason: String,
         attempt: u32,
-        rng: &mut impl Random,
     ) {
         let (job, instance) = match known {
             Some((job, instance)) => (Some(job), Some(instance)),
@@ -469,7 +463,7 @@ impl Worker {
         // (never blocking it) with an empty reason.
         let value = self
             .reason_sealer
-            .seal_bytes(&ctx, reason.as_bytes(), rng)
+            .seal_bytes(&ctx, reason.as_bytes(), &mut self.rng)
             .unwrap_or_default();
         self.events.push_back(WorkerEvent::DeadLettered {
             entry,

@@ -25,6 +25,7 @@ use crate::command::{Command, OpId, Reply};
 use crate::envelope::Sealer;
 use crate::naming::shard_tags;
 use crate::random::Random;
+use crate::time::Instant;
 use crate::trace::TraceContext;
 use crate::value::EntryId;
 
@@ -53,12 +54,14 @@ pub struct ShardedWorker {
 
 impl ShardedWorker {
     /// A worker of the queue `cfg.queue` of `shards` shards (every producer and worker of a
-    /// queue must agree on the number), `cfg.concurrency` jobs at most across all shards.
+    /// queue must agree on the number), `cfg.concurrency` jobs at most across all shards;
+    /// each shard's worker seeds its own generator from `rng`.
     pub fn new(
         cfg: WorkerConfig,
         shards: u16,
         sealer: Sealer,
-        now_ms: u64,
+        now: Instant,
+        rng: &mut (impl Random + ?Sized),
     ) -> Result<Self, WorkerError> {
         let tags = shard_tags(&cfg.queue, shards)?;
         // A concurrency of 0 is the worker's own error (`Concurrency`).
@@ -73,7 +76,7 @@ impl ShardedWorker {
             .map(|tag| {
                 let mut c = cfg.clone();
                 c.queue = tag;
-                Worker::new(c, sealer.clone(), now_ms)
+                Worker::new(c, sealer.clone(), now, &mut *rng)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
@@ -106,61 +109,54 @@ impl ShardedWorker {
     /// [`Worker::complete_traced`] of the job at `entry` of `shard`.
     pub fn complete(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         shard: usize,
         entry: EntryId,
         result: &[u8],
         trace: Option<&TraceContext>,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         self.shard(shard)?
-            .complete_traced(now_ms, entry, result, trace, rng)
+            .complete_traced(now, entry, result, trace)
     }
 
     /// [`Worker::fail_traced`] of the job at `entry` of `shard`.
     pub fn fail(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         shard: usize,
         entry: EntryId,
         reason: &str,
         trace: Option<&TraceContext>,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
-        self.shard(shard)?
-            .fail_traced(now_ms, entry, reason, trace, rng)
+        self.shard(shard)?.fail_traced(now, entry, reason, trace)
     }
 
     /// [`Worker::drain`] of every shard; one `Drained` follows when all have drained.
-    pub fn drain(&mut self, now_ms: u64) {
+    pub fn drain(&mut self, now: Instant) {
         for w in &mut self.workers {
-            w.drain(now_ms);
+            w.drain(now);
         }
     }
 
     /// [`Worker::shut_down`] of every shard; one `Drained` follows when all have drained.
-    pub fn shut_down(&mut self, now_ms: u64, deadline_ms: u64) {
+    pub fn shut_down(&mut self, now: Instant, deadline: Instant) {
         for w in &mut self.workers {
-            w.shut_down(now_ms, deadline_ms);
+            w.shut_down(now, deadline);
         }
     }
 
     /// [`Worker::hand_back`] of every shard.
-    pub fn hand_back(&mut self, now_ms: u64) {
+    pub fn hand_back(&mut self, now: Instant) {
         for w in &mut self.workers {
-            w.hand_back(now_ms);
+            w.hand_back(now);
         }
     }
 
     /// [`Worker::handle_timeout`] of every shard (all of them, then the first error).
-    pub fn handle_timeout(
-        &mut self,
-        now_ms: u64,
-        rng: &mut impl Random,
-    ) -> Result<(), WorkerError> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), WorkerError> {
         let mut result = Ok(());
         for w in &mut self.workers {
-            let r = w.handle_timeout(now_ms, rng);
+            let r = w.handle_timeout(now);
             if result.is_ok() {
                 result = r;
             }
@@ -171,28 +167,27 @@ impl ShardedWorker {
     /// The reply to `op`, for the shard that sent it.
     pub fn handle_reply(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         op: OpId,
         reply: Reply,
-        rng: &mut impl Random,
     ) -> Result<(), WorkerError> {
         let n = self.workers.len() as u64;
         let (shard, inner) = (op.0 % n, OpId(op.0 / n));
         let shard = usize::try_from(shard).map_err(|_| WorkerError::UnknownOp(op))?;
         match self.workers.get_mut(shard) {
-            Some(w) => w.handle_reply(now_ms, inner, reply, rng),
+            Some(w) => w.handle_reply(now, inner, reply),
             None => Err(WorkerError::UnknownOp(op)),
         }
     }
 
     /// The earliest timer of any shard.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.workers.iter().filter_map(Worker::poll_timeout).min()
     }
 
     /// Every shard's timers ([`Worker::timers`]): shard, timer, when.
-    pub fn timers(&self) -> impl Iterator<Item = (usize, WorkerTimer, u64)> + '_ {
+    pub fn timers(&self) -> impl Iterator<Item = (usize, WorkerTimer, Instant)> + '_ {
         self.workers
             .iter()
             .enumerate()

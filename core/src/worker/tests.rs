@@ -10,6 +10,8 @@ use crate::random::SeededRandom;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::sim::world::{Answer, World, WorldConfig};
 use crate::sim::{Faults, Sim};
+#[allow(unused_imports)]
+use crate::time::Duration;
 use crate::value::Value;
 
 fn sealer() -> Sealer {
@@ -22,46 +24,62 @@ const T0: u64 = 1_700_000_000_000;
 fn config_is_checked() {
     let bad = WorkerConfig::new("q", "c").concurrency(0);
     assert_eq!(
-        Worker::new(bad, sealer(), T0).err(),
+        Worker::new(bad, sealer(), inst(T0), &mut SeededRandom::new(0)).err(),
         Some(WorkerError::Concurrency(0))
     );
-    let err = Worker::new(WorkerConfig::new("q", "c").concurrency(0), sealer(), T0)
-        .err()
-        .map(|e| e.to_string());
+    let err = Worker::new(
+        WorkerConfig::new("q", "c").concurrency(0),
+        sealer(),
+        inst(T0),
+        &mut SeededRandom::new(0),
+    )
+    .err()
+    .map(|e| e.to_string());
     assert_eq!(
         err.as_deref(),
         Some("concurrency must be an integer >= 1, got 0")
     );
     assert!(matches!(
-        Worker::new(WorkerConfig::new("a{b", "c"), sealer(), T0),
+        Worker::new(
+            WorkerConfig::new("a{b", "c"),
+            sealer(),
+            inst(T0),
+            &mut SeededRandom::new(0)
+        ),
         Err(WorkerError::Name(_))
     ));
     assert_eq!(
-        Worker::new(WorkerConfig::new("q", ""), sealer(), T0).err(),
+        Worker::new(
+            WorkerConfig::new("q", ""),
+            sealer(),
+            inst(T0),
+            &mut SeededRandom::new(0)
+        )
+        .err(),
         Some(WorkerError::Consumer)
     );
 }
 
 /// Adds `n` jobs to queue `q` through a producer, at the model's time.
 fn enqueue(sim: &mut Sim, rng: &mut SeededRandom, n: usize) {
-    let now = sim.now_ms();
-    let pc = crate::producer::ProducerConfig::new("q").block_ms(None);
-    let mut p = crate::producer::Producer::new(pc, sealer(), now).unwrap();
+    let now = sim.now().unix_ms();
+    let pc = crate::producer::ProducerConfig::new("q").block(None);
+    let mut p = crate::producer::Producer::new(pc, sealer(), inst(now), &mut *rng).unwrap();
     for _ in 0..n {
-        p.add(now, Default::default(), rng).unwrap();
+        p.add(inst(now), Default::default()).unwrap();
     }
     while let Some(cmd) = p.poll_command() {
         let v = sim.execute(&cmd.kind);
-        p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+        p.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
     }
 }
 
 /// Runs every command the worker emits on `sim` and feeds the replies back.
-fn drive(w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom) -> Vec<WorkerEvent> {
+fn drive(w: &mut Worker, sim: &mut Sim) -> Vec<WorkerEvent> {
     let mut events = Vec::new();
     while let Some(cmd) = w.poll_command() {
         let v = sim.execute(&cmd.kind);
-        w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+        w.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
             .unwrap();
         events.extend(std::iter::from_fn(|| w.poll_event()));
     }
@@ -71,14 +89,15 @@ fn drive(w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom) -> Vec<WorkerEve
 #[test]
 fn garbage_is_dead_lettered_once_and_the_queue_goes_on() {
     let mut rng = SeededRandom::new(1);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").concurrency(4).block_ms(None),
+        WorkerConfig::new("q", "c").concurrency(4).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    drive(&mut w, &mut sim, &mut rng);
+    drive(&mut w, &mut sim);
     let keys = w.keys().clone();
     sim.xadd_raw(&keys.jobs, vec![(b"x".to_vec(), b"y".to_vec())])
         .unwrap();
@@ -90,9 +109,9 @@ fn garbage_is_dead_lettered_once_and_the_queue_goes_on() {
         ],
     )
     .unwrap();
-    w.handle_timeout(T0 + 100, &mut rng).unwrap();
-    sim.set_time(T0 + 100);
-    let events = drive(&mut w, &mut sim, &mut rng);
+    w.handle_timeout(inst(T0 + 100)).unwrap();
+    sim.set_time(inst(T0 + 100));
+    let events = drive(&mut w, &mut sim);
     let dead: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -115,30 +134,31 @@ fn garbage_is_dead_lettered_once_and_the_queue_goes_on() {
     assert_eq!(sim.stream(&keys.jobs).unwrap().entries.len(), 0);
     assert!(sim.stream(&keys.jobs).unwrap().groups[GROUP].pel.is_empty());
     // Nothing more happens on the next rounds: dead-lettered once.
-    w.handle_timeout(T0 + 20_000, &mut rng).unwrap();
-    sim.set_time(T0 + 20_000);
-    drive(&mut w, &mut sim, &mut rng);
+    w.handle_timeout(inst(T0 + 20_000)).unwrap();
+    sim.set_time(inst(T0 + 20_000));
+    drive(&mut w, &mut sim);
     assert_eq!(sim.stream(&keys.dead).unwrap().entries.len(), 2);
 }
 
 #[test]
 fn reads_only_what_credits_allow() {
     let mut rng = SeededRandom::new(2);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").concurrency(2).block_ms(None),
+        WorkerConfig::new("q", "c").concurrency(2).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    drive(&mut w, &mut sim, &mut rng);
+    drive(&mut w, &mut sim);
     // Five jobs wait; a worker with two credits takes two, and no more while they run.
     let keys = w.keys().clone();
     enqueue(&mut sim, &mut rng, 5);
     // The first (empty) read was at T0; the next poll comes after the poll interval.
-    sim.set_time(T0 + 100);
-    w.handle_timeout(T0 + 100, &mut rng).unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+    sim.set_time(inst(T0 + 100));
+    w.handle_timeout(inst(T0 + 100)).unwrap();
+    let events = drive(&mut w, &mut sim);
     let jobs: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -153,11 +173,11 @@ fn reads_only_what_credits_allow() {
         2,
         "unread entries are not pending: nobody's lease runs"
     );
-    sim.set_time(T0 + 1_000);
-    w.handle_timeout(T0 + 1_000, &mut rng).unwrap();
-    assert!(drive(&mut w, &mut sim, &mut rng).is_empty());
-    w.complete(T0 + 1_000, jobs[0], b"ok", &mut rng).unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+    sim.set_time(inst(T0 + 1_000));
+    w.handle_timeout(inst(T0 + 1_000)).unwrap();
+    assert!(drive(&mut w, &mut sim).is_empty());
+    w.complete(inst(T0 + 1_000), jobs[0], b"ok").unwrap();
+    let events = drive(&mut w, &mut sim);
     assert_eq!(
         events
             .iter()
@@ -166,7 +186,7 @@ fn reads_only_what_credits_allow() {
         1
     );
     assert_eq!(
-        w.complete(T0, jobs[0], b"again", &mut rng),
+        w.complete(inst(T0), jobs[0], b"again"),
         Err(WorkerError::NotRunning(jobs[0]))
     );
 }
@@ -174,24 +194,30 @@ fn reads_only_what_credits_allow() {
 #[test]
 fn unknown_outcomes_of_settlements_are_sent_again() {
     let mut rng = SeededRandom::new(3);
-    let mut sim = Sim::new(T0);
-    let mut w = Worker::new(WorkerConfig::new("q", "c").block_ms(None), sealer(), T0).unwrap();
-    drive(&mut w, &mut sim, &mut rng);
+    let mut sim = Sim::new(inst(T0));
+    let mut w = Worker::new(
+        WorkerConfig::new("q", "c").block(None),
+        sealer(),
+        inst(T0),
+        &mut rng,
+    )
+    .unwrap();
+    drive(&mut w, &mut sim);
     let keys = w.keys().clone();
     enqueue(&mut sim, &mut rng, 1);
-    sim.set_time(T0 + 100);
-    w.handle_timeout(T0 + 100, &mut rng).unwrap();
-    let entry = match drive(&mut w, &mut sim, &mut rng).pop() {
+    sim.set_time(inst(T0 + 100));
+    w.handle_timeout(inst(T0 + 100)).unwrap();
+    let entry = match drive(&mut w, &mut sim).pop() {
         Some(WorkerEvent::Job(d)) => d.entry,
         other => panic!("{other:?}"),
     };
     let t = T0 + 100;
-    w.complete(t, entry, b"done", &mut rng).unwrap();
+    w.complete(inst(t), entry, b"done").unwrap();
     // The complete runs, but its reply is lost.
     let cmd = w.poll_command().unwrap();
     assert!(matches!(cmd.kind, CommandKind::Complete { .. }));
     sim.execute(&cmd.kind);
-    w.handle_reply(t, cmd.op, Reply::Unknown, &mut rng).unwrap();
+    w.handle_reply(inst(t), cmd.op, Reply::Unknown).unwrap();
     assert!(
         !matches!(
             w.poll_command(),
@@ -202,7 +228,7 @@ fn unknown_outcomes_of_settlements_are_sent_again() {
         ),
         "resent only after the backoff"
     );
-    w.handle_timeout(t + 50, &mut rng).unwrap();
+    w.handle_timeout(inst(t + 50)).unwrap();
     let cmd = w.poll_command().unwrap();
     assert!(matches!(cmd.kind, CommandKind::Complete { .. }));
     let v = sim.execute(&cmd.kind);
@@ -211,13 +237,13 @@ fn unknown_outcomes_of_settlements_are_sent_again() {
         Value::Array(vec![Value::Int(0)]),
         "idempotent: applied once"
     );
-    w.handle_reply(t + 50, cmd.op, Reply::Value(v.clone()), &mut rng)
+    w.handle_reply(inst(t + 50), cmd.op, Reply::Value(v.clone()))
         .unwrap();
     // The first run's result is the one in the events stream; the resend reports 0, which
     // the worker cannot tell from a lost lease, so it says so.
     assert_eq!(sim.stream(&keys.events_of("p")).unwrap().entries.len(), 1);
     assert_eq!(
-        w.handle_reply(t, cmd.op, Reply::Unknown, &mut rng),
+        w.handle_reply(inst(t), cmd.op, Reply::Unknown),
         Err(WorkerError::UnknownOp(cmd.op))
     );
 }
@@ -230,7 +256,7 @@ fn world_happy_path_leaves_nothing_behind() {
         ..WorldConfig::default()
     });
     for i in 0..40 {
-        world.add(i % 2, 0);
+        world.add(i % 2, Duration::from_millis(0));
     }
     assert!(world.quiesce(20_000), "did not settle: {:?}", world.ledger);
     assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
@@ -252,7 +278,7 @@ fn a_replacement_producer_gets_what_its_predecessor_was_owed() {
         ..WorldConfig::default()
     });
     for _ in 0..10 {
-        world.add(0, 0);
+        world.add(0, Duration::from_millis(0));
     }
     // The adds are confirmed; a few jobs run and complete; then the producer dies.
     for _ in 0..30 {
@@ -286,7 +312,7 @@ fn shut_down_workers_and_a_paused_queue_lose_nothing() {
         ..WorldConfig::default()
     });
     for _ in 0..6 {
-        world.add(0, 0);
+        world.add(0, Duration::from_millis(0));
     }
     for _ in 0..20 {
         world.deliver(0);
@@ -294,13 +320,13 @@ fn shut_down_workers_and_a_paused_queue_lose_nothing() {
     world.shut_down(0, false);
     world.shut_down(1, true);
     world.pause(0, true);
-    world.add(0, 0);
+    world.add(0, Duration::from_millis(0));
     for _ in 0..20 {
         world.deliver(0);
     }
     assert_eq!(world.ledger.refused_paused, 1);
     world.pause(0, false);
-    world.add(0, 0);
+    world.add(0, Duration::from_millis(0));
     assert!(world.quiesce(20_000), "{}", world.why_not_quiescent());
     assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
     assert_eq!(world.ledger.completed.len(), 7);
@@ -310,17 +336,24 @@ fn shut_down_workers_and_a_paused_queue_lose_nothing() {
 #[test]
 fn failures_retry_with_backoff_then_dead_letter() {
     let mut world = World::new(WorldConfig {
-        retry: RetryPolicy::new(3, Backoff::Fixed { delay_ms: 500 }),
+        retry: RetryPolicy::new(
+            3,
+            Backoff::Fixed {
+                delay: Duration::from_millis(500),
+            },
+        ),
         ..WorldConfig::default()
     });
-    world.add(0, 0);
+    world.add(0, Duration::from_millis(0));
     for _ in 0..200 {
         world.answer(0, 0, Answer::Err);
         if world.in_flight() > 0 {
             world.deliver(0);
         } else {
-            let next = world.next_timeout().unwrap_or(world.now_ms + 100);
-            world.set_time(next.max(world.now_ms + 1));
+            let next = world
+                .next_timeout()
+                .unwrap_or(world.now + Duration::from_millis(100));
+            world.set_time(next.max(world.now + Duration::from_millis(1)));
         }
         if world.all_settled() {
             break;
@@ -339,7 +372,7 @@ fn a_crashed_workers_job_is_reclaimed_after_the_lease() {
         workers_per_queue: 2,
         ..WorldConfig::default()
     });
-    world.add(0, 0);
+    world.add(0, Duration::from_millis(0));
     // Run until someone has the job, then crash every worker that holds one.
     for _ in 0..50 {
         if world.in_flight() == 0 {
@@ -348,7 +381,7 @@ fn a_crashed_workers_job_is_reclaimed_after_the_lease() {
         world.deliver(0);
     }
     assert_eq!(world.ledger.delivered.len(), 1);
-    let t_crash = world.now_ms;
+    let t_crash = world.now;
     world.crash(0);
     world.crash(1);
     world.restart(1);
@@ -356,7 +389,7 @@ fn a_crashed_workers_job_is_reclaimed_after_the_lease() {
     let job = JobId::from("job-1");
     assert!(world.ledger.completed.contains_key(&job));
     assert!(
-        world.now_ms >= t_crash + 3_000,
+        world.now >= t_crash + Duration::from_secs(3),
         "not before the lease expired"
     );
     assert_eq!(world.ledger.delivered[&job], vec![1, 1]);
@@ -376,12 +409,15 @@ fn faults_lose_nothing() {
         ..WorldConfig::default()
     });
     for i in 0..30 {
-        world.add(i % 2, if i % 5 == 0 { 700 } else { 0 });
+        world.add(
+            i % 2,
+            Duration::from_millis(if i % 5 == 0 { 700 } else { 0 }),
+        );
         for _ in 0..3 {
             let pick = world.random() as usize;
             world.deliver(pick);
         }
-        world.advance(37);
+        world.advance(Duration::from_millis(37));
     }
     assert!(world.quiesce(50_000), "{:?}", world.ledger);
     assert!(world.ledger.errors.is_empty(), "{:?}", world.ledger.errors);
@@ -402,7 +438,7 @@ struct Bench {
 impl Bench {
     fn new() -> Self {
         Self {
-            sim: Sim::new(T0),
+            sim: Sim::new(inst(T0)),
             rng: SeededRandom::new(9),
             now: T0,
         }
@@ -410,9 +446,9 @@ impl Bench {
 
     fn worker(&mut self, consumer: &str, cfg: impl FnOnce(WorkerConfig) -> WorkerConfig) -> Worker {
         let wc = cfg(WorkerConfig::new("q", consumer)
-            .block_ms(None)
-            .lease_ms(3_000));
-        Worker::new(wc, sealer(), self.now).unwrap()
+            .block(None)
+            .lease(Duration::from_millis(3_000)));
+        Worker::new(wc, sealer(), inst(self.now), &mut self.rng).unwrap()
     }
 
     fn add(&mut self, n: usize) {
@@ -421,11 +457,11 @@ impl Bench {
 
     fn at(&mut self, now: u64, workers: &mut [&mut Worker]) -> Vec<Vec<WorkerEvent>> {
         self.now = now;
-        self.sim.set_time(now);
+        self.sim.set_time(inst(now));
         workers
             .iter_mut()
             .map(|w| {
-                w.handle_timeout(now, &mut self.rng).unwrap();
+                w.handle_timeout(inst(now)).unwrap();
                 let mut ev: Vec<_> = std::iter::from_fn(|| w.poll_event()).collect();
                 ev.extend(self.drive(w));
                 ev
@@ -434,7 +470,7 @@ impl Bench {
     }
 
     fn drive(&mut self, w: &mut Worker) -> Vec<WorkerEvent> {
-        drive(w, &mut self.sim, &mut self.rng)
+        drive(w, &mut self.sim)
     }
 }
 
@@ -468,7 +504,7 @@ fn heartbeats_keep_a_long_job_from_being_stolen() {
                 .any(|e| matches!(e, WorkerEvent::LeaseLost { .. }))
         );
     }
-    a.complete(t, entry, b"done", &mut b.rng).unwrap();
+    a.complete(inst(t), entry, b"done").unwrap();
     let events = b.drive(&mut a);
     assert!(
         !events
@@ -498,16 +534,14 @@ fn a_silent_worker_loses_its_lease_and_is_told() {
             .iter()
             .any(|e| matches!(e, WorkerEvent::LeaseLost { entry: e, .. } if *e == entry))
     );
-    a.complete(T0 + 7_100, entry, b"late", &mut b.rng).unwrap();
+    a.complete(inst(T0 + 7_100), entry, b"late").unwrap();
     let ev = b.drive(&mut a);
     assert!(
         ev.iter()
             .any(|e| matches!(e, WorkerEvent::Discarded { .. })),
         "{ev:?}"
     );
-    other
-        .complete(T0 + 7_200, entry, b"on time", &mut b.rng)
-        .unwrap();
+    other.complete(inst(T0 + 7_200), entry, b"on time").unwrap();
     b.drive(&mut other);
     let keys = a.keys().clone();
     let events = &b.sim.stream(&keys.events_of("p")).unwrap().entries;
@@ -521,13 +555,13 @@ fn drain_finishes_running_jobs_then_reports_drained() {
     b.add(3);
     let running = jobs(&b.at(T0 + 100, &mut [&mut w])[0]);
     assert_eq!(running.len(), 2);
-    w.drain(T0 + 200);
+    w.drain(inst(T0 + 200));
     assert!(std::iter::from_fn(|| w.poll_event()).next().is_none());
-    w.complete(T0 + 200, running[0], b"1", &mut b.rng).unwrap();
+    w.complete(inst(T0 + 200), running[0], b"1").unwrap();
     let ev = b.drive(&mut w);
     assert!(jobs(&ev).is_empty(), "no new reads while draining");
     assert!(!ev.contains(&WorkerEvent::Drained));
-    w.fail(T0 + 300, running[1], "no", &mut b.rng).unwrap();
+    w.fail(inst(T0 + 300), running[1], "no").unwrap();
     let ev = b.drive(&mut w);
     assert_eq!(ev.last(), Some(&WorkerEvent::Drained));
     let keys = w.keys().clone();
@@ -546,11 +580,11 @@ fn hand_back_makes_running_jobs_reclaimable_at_once() {
     let mut a = b.worker("a", |c| c.concurrency(2));
     b.add(2);
     let running = jobs(&b.at(T0 + 100, &mut [&mut a])[0]);
-    a.hand_back(T0 + 200);
+    a.hand_back(inst(T0 + 200));
     let ev = b.drive(&mut a);
     assert_eq!(ev.last(), Some(&WorkerEvent::Drained));
     assert_eq!(
-        a.complete(T0 + 200, running[0], b"x", &mut b.rng),
+        a.complete(inst(T0 + 200), running[0], b"x"),
         Err(WorkerError::NotRunning(running[0]))
     );
     // Well before a lease has passed, another worker takes both.
@@ -571,10 +605,9 @@ fn shut_down_hands_back_at_its_deadline_what_still_runs() {
     b.add(2);
     let running = jobs(&b.at(T0 + 100, &mut [&mut a])[0]);
     assert_eq!(running.len(), 2);
-    a.shut_down(T0 + 200, T0 + 5_000);
-    assert!(a.poll_timeout().is_some_and(|t| t <= T0 + 5_000));
-    a.complete(T0 + 300, running[0], b"done", &mut b.rng)
-        .unwrap();
+    a.shut_down(inst(T0 + 200), inst(T0 + 5_000));
+    assert!(ms_of(a.poll_timeout()).is_some_and(|t| t <= T0 + 5_000));
+    a.complete(inst(T0 + 300), running[0], b"done").unwrap();
     let ev = b.drive(&mut a);
     assert!(!ev.contains(&WorkerEvent::Drained), "{ev:?}");
     b.add(1);
@@ -596,7 +629,7 @@ fn shut_down_hands_back_at_its_deadline_what_still_runs() {
     );
     assert_eq!(ev[0].last(), Some(&WorkerEvent::Drained));
     assert_eq!(
-        a.complete(T0 + 5_001, running[1], b"late", &mut b.rng),
+        a.complete(inst(T0 + 5_001), running[1], b"late"),
         Err(WorkerError::NotRunning(running[1]))
     );
     // Another worker takes the handed-back job and the new one, well before a lease.
@@ -606,11 +639,13 @@ fn shut_down_hands_back_at_its_deadline_what_still_runs() {
     assert!(jobs(&ev[0]).contains(&running[1]));
 
     // Drained before its deadline: no timer is left for it.
-    let mut c = b.worker("c", |c| c.concurrency(1).block_ms(Some(5_000)));
-    c.shut_down(T0 + 6_000, T0 + 60_000);
+    let mut c = b.worker("c", |c| {
+        c.concurrency(1).block(Some(Duration::from_millis(5_000)))
+    });
+    c.shut_down(inst(T0 + 6_000), inst(T0 + 60_000));
     let ev = b.drive(&mut c);
     assert_eq!(ev.last(), Some(&WorkerEvent::Drained));
-    assert!(c.poll_timeout().is_none_or(|t| t < T0 + 60_000));
+    assert!(ms_of(c.poll_timeout()).is_none_or(|t| t < T0 + 60_000));
 }
 
 /// A timer whose action waits for a reply is not a timer: the group's creation, a
@@ -624,10 +659,10 @@ fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
     let ensure = w.poll_command().expect("the group's creation");
     assert!(matches!(ensure.kind, CommandKind::EnsureGroup { .. }));
     assert!(w.poll_command().is_none());
-    let due_now = |w: &Worker, now: u64| w.poll_timeout().is_some_and(|t| t <= now);
-    assert!(!due_now(&w, T0), "{:?}", w.poll_timeout());
+    let due_now = |w: &Worker, now: u64| ms_of(w.poll_timeout()).is_some_and(|t| t <= now);
+    assert!(!due_now(&w, T0), "{:?}", ms_of(w.poll_timeout()));
     let v = b.sim.execute(&ensure.kind);
-    w.handle_reply(T0, ensure.op, Reply::Value(v), &mut b.rng)
+    w.handle_reply(inst(T0), ensure.op, Reply::Value(v))
         .unwrap();
     b.add(1);
     let running = jobs(&b.at(T0 + 10, &mut [&mut w])[0]);
@@ -636,9 +671,10 @@ fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
     let beat_at = w
         .timers()
         .get(WorkerTimer::Heartbeat)
-        .expect("a heartbeat timer");
-    assert_eq!(w.poll_timeout(), Some(beat_at), "{:?}", w.timers());
-    w.handle_timeout(beat_at, &mut b.rng).unwrap();
+        .expect("a heartbeat timer")
+        .unix_ms();
+    assert_eq!(ms_of(w.poll_timeout()), Some(beat_at), "{:?}", w.timers());
+    w.handle_timeout(inst(beat_at)).unwrap();
     let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
     assert!(
         cmds.iter()
@@ -656,10 +692,10 @@ fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
 #[test]
 fn timeouts_fail_hung_jobs() {
     let mut b = Bench::new();
-    let mut w = b.worker("a", |c| c.timeout_ms(Some(1_000)));
+    let mut w = b.worker("a", |c| c.timeout(Some(Duration::from_millis(1_000))));
     b.add(1);
     let entry = jobs(&b.at(T0 + 100, &mut [&mut w])[0])[0];
-    assert_eq!(w.poll_timeout().map(|t| t <= T0 + 1_100), Some(true));
+    assert_eq!(ms_of(w.poll_timeout()).map(|t| t <= T0 + 1_100), Some(true));
     let ev = b.at(T0 + 1_100, &mut [&mut w]);
     assert!(
         ev[0].contains(&WorkerEvent::TimedOut { entry }),
@@ -670,7 +706,7 @@ fn timeouts_fail_hung_jobs() {
         |e| matches!(e, WorkerEvent::DeadLettered { reason, .. } if reason.contains("timed out"))
     ));
     assert_eq!(
-        w.complete(T0 + 1_200, entry, b"late", &mut b.rng),
+        w.complete(inst(T0 + 1_200), entry, b"late"),
         Err(WorkerError::NotRunning(entry))
     );
 }
@@ -679,9 +715,10 @@ fn timeouts_fail_hung_jobs() {
 fn undrained_events_are_a_typed_error() {
     let mut b = Bench::new();
     let mut w = Worker::new(
-        WorkerConfig::new("q", "a").concurrency(1).block_ms(None),
+        WorkerConfig::new("q", "a").concurrency(1).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut SeededRandom::new(0),
     )
     .unwrap();
     let keys = w.keys().clone();
@@ -697,14 +734,14 @@ fn undrained_events_are_a_typed_error() {
     let mut err = None;
     for round in 0..100 {
         let now = T0 + 100 * (round + 1);
-        b.sim.set_time(now);
-        if let Err(e) = w.handle_timeout(now, &mut b.rng) {
+        b.sim.set_time(inst(now));
+        if let Err(e) = w.handle_timeout(inst(now)) {
             err = Some(e);
             break;
         }
         while let Some(cmd) = w.poll_command() {
             let v = b.sim.execute(&cmd.kind);
-            if let Err(e) = w.handle_reply(now, cmd.op, Reply::Value(v), &mut b.rng) {
+            if let Err(e) = w.handle_reply(inst(now), cmd.op, Reply::Value(v)) {
                 err = Some(e);
                 break;
             }
@@ -721,23 +758,24 @@ fn undrained_events_are_a_typed_error() {
 #[test]
 fn reads_block_only_when_the_stream_was_found_empty() {
     let mut rng = SeededRandom::new(3);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
         WorkerConfig::new("q", "c")
             .concurrency(4)
-            .block_ms(Some(5_000)),
+            .block(Some(Duration::from_millis(5_000))),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    let next_read = |w: &mut Worker, sim: &mut Sim, rng: &mut SeededRandom| {
+    let next_read = |w: &mut Worker, sim: &mut Sim| {
         let mut block = None;
         while let Some(cmd) = w.poll_command() {
             if let CommandKind::Read { block_ms, .. } = &cmd.kind {
                 block = Some(*block_ms);
             }
             let v = sim.execute(&cmd.kind);
-            w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), rng)
+            w.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
                 .unwrap();
             while w.poll_event().is_some() {}
             if block.is_some() {
@@ -747,41 +785,32 @@ fn reads_block_only_when_the_stream_was_found_empty() {
         block.expect("a read")
     };
     enqueue(&mut sim, &mut rng, 1);
-    assert_eq!(next_read(&mut w, &mut sim, &mut rng), None, "first read");
-    assert_eq!(next_read(&mut w, &mut sim, &mut rng), None, "after entries");
+    assert_eq!(next_read(&mut w, &mut sim), None, "first read");
+    assert_eq!(next_read(&mut w, &mut sim), None, "after entries");
     assert_eq!(
-        next_read(&mut w, &mut sim, &mut rng),
+        next_read(&mut w, &mut sim),
         Some(5_000),
         "after an empty read"
     );
     enqueue(&mut sim, &mut rng, 1);
-    assert_eq!(
-        next_read(&mut w, &mut sim, &mut rng),
-        Some(5_000),
-        "still idle"
-    );
-    assert_eq!(
-        next_read(&mut w, &mut sim, &mut rng),
-        None,
-        "after entries again"
-    );
+    assert_eq!(next_read(&mut w, &mut sim), Some(5_000), "still idle");
+    assert_eq!(next_read(&mut w, &mut sim), None, "after entries again");
 }
 
 /// Runs `workers` idle on one queue for `ms` of model time; returns the commands they sent,
 /// by name. A blocking read waits its `BLOCK` and comes back empty, as in Redis.
 fn idle_commands(workers: &mut [Worker], sim: &mut Sim, ms: u64) -> Vec<&'static str> {
-    let mut rng = SeededRandom::new(21);
     let mut sent = Vec::new();
     let mut blocked: Vec<(usize, OpId, u64)> = Vec::new();
-    let end = sim.now_ms() + ms;
+    let end = sim.now().unix_ms() + ms;
     loop {
-        let now = sim.now_ms();
+        let now = sim.now().unix_ms();
         for (i, w) in workers.iter_mut().enumerate() {
             for (_, op, _) in blocked.iter().filter(|(j, _, at)| *j == i && *at <= now) {
-                w.handle_reply(now, *op, Reply::Value(Value::Nil), &mut rng)
+                w.handle_reply(inst(now), *op, Reply::Value(Value::Nil))
                     .unwrap();
             }
-            w.handle_timeout(now, &mut rng).unwrap();
+            w.handle_timeout(inst(now)).unwrap();
             while let Some(cmd) = w.poll_command() {
                 if let Some(block) = cmd.block_ms() {
                     sent.push("read");
@@ -796,19 +825,18 @@ fn idle_commands(workers: &mut [Worker], sim: &mut Sim, ms: u64) -> Vec<&'static
                     _ => "other",
                 });
                 let v = sim.execute(&cmd.kind);
-                w.handle_reply(now, cmd.op, Reply::Value(v), &mut rng)
-                    .unwrap();
+                w.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
                 while w.poll_event().is_some() {}
             }
         }
         blocked.retain(|(_, _, at)| *at > now);
         let next = workers
             .iter()
-            .filter_map(Worker::poll_timeout)
+            .filter_map(|w| ms_of(w.poll_timeout()))
             .chain(blocked.iter().map(|(_, _, at)| *at))
             .min();
         match next {
-            Some(t) if t <= end => sim.set_time(t.max(now + 1)),
+            Some(t) if t <= end => sim.set_time(inst(t.max(now + 1))),
             _ => return sent,
         }
     }
@@ -817,13 +845,13 @@ fn idle_commands(workers: &mut [Worker], sim: &mut Sim, ms: u64) -> Vec<&'static
 #[test]
 fn idle_workers_share_one_upkeep_per_interval_and_promote_nothing() {
     for n in [1usize, 10, 100] {
-        let mut sim = Sim::new(T0);
+        let mut sim = Sim::new(inst(T0));
         let mut workers: Vec<Worker> = (0..n)
             .map(|i| {
                 // Blocking reads: an idle worker's read waits in Redis (here: never answered
                 // with anything, as nothing comes).
                 let cfg = WorkerConfig::new("q", &format!("c{i}"));
-                Worker::new(cfg, sealer(), T0).unwrap()
+                Worker::new(cfg, sealer(), inst(T0), &mut SeededRandom::new(0)).unwrap()
             })
             .collect();
         // Everyone's first upkeep (at start), then an hour of idling.
@@ -850,42 +878,50 @@ fn keys_of(queue: &str) -> crate::naming::QueueKeys {
 
 #[test]
 fn a_retry_is_promoted_when_due_by_its_worker_and_by_the_upkeep_if_that_worker_died() {
-    let retry = RetryPolicy::new(3, Backoff::Fixed { delay_ms: 700 });
+    let retry = RetryPolicy::new(
+        3,
+        Backoff::Fixed {
+            delay: Duration::from_millis(700),
+        },
+    );
     for crash in [false, true] {
         let mut rng = SeededRandom::new(3);
-        let mut sim = Sim::new(T0);
+        let mut sim = Sim::new(inst(T0));
         let cfg = |c: &str| {
             WorkerConfig::new("q", c)
-                .block_ms(None)
+                .block(None)
                 .retry(retry)
-                .lease_ms(60_000)
+                .lease(Duration::from_millis(60_000))
         };
         sim.execute(&CommandKind::EnsureGroup {
             keys: Arc::new(keys_of("q")),
         });
         enqueue(&mut sim, &mut rng, 1);
-        let mut a = Worker::new(cfg("a"), sealer(), T0).unwrap();
-        let events = drive(&mut a, &mut sim, &mut rng);
+        let mut a = Worker::new(cfg("a"), sealer(), inst(T0), &mut rng).unwrap();
+        let events = drive(&mut a, &mut sim);
         let entry = jobs(&events)[0];
-        a.fail(sim.now_ms(), entry, "boom", &mut rng).unwrap();
-        drive(&mut a, &mut sim, &mut rng);
+        a.fail(inst(sim.now().unix_ms()), entry, "boom").unwrap();
+        drive(&mut a, &mut sim);
         let due = T0 + 700;
-        let mut b = Worker::new(cfg("b"), sealer(), T0).unwrap();
-        drive(&mut b, &mut sim, &mut rng);
+        let mut b = Worker::new(cfg("b"), sealer(), inst(T0), &mut rng).unwrap();
+        drive(&mut b, &mut sim);
         let mut survivors = vec![b];
         if !crash {
             survivors.push(a);
         }
         // Run until the job is in the work stream again.
         let mut promoted_at = None;
-        let mut now = sim.now_ms();
+        let mut now = sim.now().unix_ms();
         while now < T0 + 600_000 {
-            let next = survivors.iter().filter_map(Worker::poll_timeout).min();
+            let next = survivors
+                .iter()
+                .filter_map(|w| ms_of(w.poll_timeout()))
+                .min();
             now = next.unwrap_or(now + 1_000).max(now + 1);
-            sim.set_time(now);
+            sim.set_time(inst(now));
             for w in &mut survivors {
-                w.handle_timeout(now, &mut rng).unwrap();
-                let events = drive(w, &mut sim, &mut rng);
+                w.handle_timeout(inst(now)).unwrap();
+                let events = drive(w, &mut sim);
                 if !jobs(&events).is_empty() {
                     promoted_at = Some(now);
                 }
@@ -912,24 +948,24 @@ fn a_retry_is_promoted_when_due_by_its_worker_and_by_the_upkeep_if_that_worker_d
 #[test]
 fn a_garbage_entry_naming_a_live_job_ends_nothing_of_it() {
     let mut rng = SeededRandom::new(31);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     sim.execute(&CommandKind::EnsureGroup {
         keys: Arc::new(keys_of("q")),
     });
-    let pc = crate::producer::ProducerConfig::new("q").block_ms(None);
-    let mut p = crate::producer::Producer::new(pc, sealer(), T0).unwrap();
+    let pc = crate::producer::ProducerConfig::new("q").block(None);
+    let mut p = crate::producer::Producer::new(pc, sealer(), inst(T0), &mut rng).unwrap();
     let live = JobId::from("session-1:msg-7");
     let add = crate::producer::AddJob {
         id: Some(live.clone()),
         payload: b"send".to_vec(),
         ..Default::default()
     };
-    p.add(T0, add, &mut rng).unwrap();
+    p.add(inst(T0), add).unwrap();
     let mut producer_events = Vec::new();
     let mut run_producer = |p: &mut crate::producer::Producer, sim: &mut Sim| {
         while let Some(cmd) = p.poll_command() {
             let v = sim.execute(&cmd.kind);
-            p.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v))
+            p.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
                 .unwrap();
             producer_events.extend(std::iter::from_fn(|| p.poll_event()));
         }
@@ -946,12 +982,13 @@ fn a_garbage_entry_naming_a_live_job_ends_nothing_of_it() {
     )
     .unwrap();
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").concurrency(4).block_ms(None),
+        WorkerConfig::new("q", "c").concurrency(4).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+    let events = drive(&mut w, &mut sim);
     let dead: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -980,10 +1017,10 @@ fn a_garbage_entry_naming_a_live_job_ends_nothing_of_it() {
     assert!(marked, "the live job keeps its id marker");
     let entries = jobs(&events);
     assert_eq!(entries.len(), 1, "the real job was delivered");
-    w.complete(T0, entries[0], b"done", &mut rng).unwrap();
-    drive(&mut w, &mut sim, &mut rng);
-    sim.set_time(T0 + 100);
-    p.handle_timeout(T0 + 100);
+    w.complete(inst(T0), entries[0], b"done").unwrap();
+    drive(&mut w, &mut sim);
+    sim.set_time(inst(T0 + 100));
+    p.handle_timeout(inst(T0 + 100)).unwrap();
     run_producer(&mut p, &mut sim);
     let outcomes: Vec<_> = producer_events
         .iter()
@@ -1005,7 +1042,7 @@ fn a_garbage_entry_naming_a_live_job_ends_nothing_of_it() {
 fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
     let mut rng = SeededRandom::new(41);
     let day = 24 * 3600 * 1000;
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     sim.execute(&CommandKind::EnsureGroup {
         keys: Arc::new(keys_of("q")),
     });
@@ -1030,12 +1067,13 @@ fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
     .unwrap();
     enqueue(&mut sim, &mut rng, 1);
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").concurrency(4).block_ms(None),
+        WorkerConfig::new("q", "c").concurrency(4).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+    let events = drive(&mut w, &mut sim);
     let dead: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -1050,11 +1088,11 @@ fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
     assert_eq!(sim.stream(&keys.dead).unwrap().entries.len(), 1);
     // Eight days later, the next dead letter trims the first (dead_retention: 7 days).
     let later = T0 + 8 * day;
-    sim.set_time(later);
+    sim.set_time(inst(later));
     sim.xadd_raw(&keys.jobs, vec![(b"x".to_vec(), b"garbage".to_vec())])
         .unwrap();
-    w.handle_timeout(later, &mut rng).unwrap();
-    drive(&mut w, &mut sim, &mut rng);
+    w.handle_timeout(inst(later)).unwrap();
+    drive(&mut w, &mut sim);
     let dead = &sim.stream(&keys.dead).unwrap().entries;
     assert_eq!(dead.len(), 1, "the old dead letter aged out");
     assert!(dead.keys().all(|id| id.ms >= later));
@@ -1063,26 +1101,26 @@ fn a_job_past_its_max_age_is_dead_lettered_unrun_and_dead_letters_age_out() {
 #[test]
 fn an_entry_reclaimed_by_its_own_worker_while_its_settlement_waits_does_not_run_again() {
     let mut rng = SeededRandom::new(51);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     sim.execute(&CommandKind::EnsureGroup {
         keys: Arc::new(keys_of("q")),
     });
     enqueue(&mut sim, &mut rng, 1);
     let cfg = WorkerConfig::new("q", "c")
         .concurrency(2)
-        .block_ms(None)
-        .lease_ms(2_000);
-    let mut w = Worker::new(cfg, sealer(), T0).unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+        .block(None)
+        .lease(Duration::from_millis(2_000));
+    let mut w = Worker::new(cfg, sealer(), inst(T0), &mut rng).unwrap();
+    let events = drive(&mut w, &mut sim);
     let entry = jobs(&events)[0];
-    w.complete(T0, entry, b"done", &mut rng).unwrap();
+    w.complete(inst(T0), entry, b"done").unwrap();
     // Redis is away: the settlement's outcome is unknown, again and again, past the lease.
     let mut now = T0;
     let mut runs = 1;
     while now < T0 + 20_000 {
         now += 250;
-        sim.set_time(now);
-        w.handle_timeout(now, &mut rng).unwrap();
+        sim.set_time(inst(now));
+        w.handle_timeout(inst(now)).unwrap();
         // One drain goes out as one pipeline: every command first, then the replies.
         let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
         for cmd in cmds {
@@ -1092,7 +1130,7 @@ fn an_entry_reclaimed_by_its_own_worker_while_its_settlement_waits_does_not_run_
                 CommandKind::Reclaim { .. } => Reply::Value(sim.execute(&cmd.kind)),
                 _ => Reply::Unknown,
             };
-            w.handle_reply(now, cmd.op, reply, &mut rng).unwrap();
+            w.handle_reply(inst(now), cmd.op, reply).unwrap();
             runs += std::iter::from_fn(|| w.poll_event())
                 .filter(|e| matches!(e, WorkerEvent::Job(_)))
                 .count();
@@ -1101,9 +1139,9 @@ fn an_entry_reclaimed_by_its_own_worker_while_its_settlement_waits_does_not_run_
     assert_eq!(runs, 1, "ran once");
     // Redis is back: the settlement lands.
     now += 2_000;
-    sim.set_time(now);
-    w.handle_timeout(now, &mut rng).unwrap();
-    drive(&mut w, &mut sim, &mut rng);
+    sim.set_time(inst(now));
+    w.handle_timeout(inst(now)).unwrap();
+    drive(&mut w, &mut sim);
     let s = sim.stream(&keys_of("q").jobs).unwrap();
     assert!(s.groups[GROUP].pel.is_empty(), "settled");
 }
@@ -1116,13 +1154,13 @@ fn an_entry_reclaimed_by_its_own_worker_while_its_settlement_waits_does_not_run_
 fn a_worker_backing_off_has_no_timer_in_the_past() {
     let mut rng = SeededRandom::new(3);
     let t0 = 1_700_000_000_000;
-    let mut sim = Sim::new(t0);
-    let cfg = WorkerConfig::new("q", "c1").block_ms(None);
-    let mut w = Worker::new(cfg, sealer(), t0).expect("a worker");
-    drive(&mut w, &mut sim, &mut rng);
+    let mut sim = Sim::new(inst(t0));
+    let cfg = WorkerConfig::new("q", "c1").block(None);
+    let mut w = Worker::new(cfg, sealer(), inst(t0), &mut rng).expect("a worker");
+    drive(&mut w, &mut sim);
     // Time passes past the upkeep's due time; its command's connection fails.
     let now = t0 + 60_000;
-    w.handle_timeout(now, &mut rng).expect("timeout");
+    w.handle_timeout(inst(now)).expect("timeout");
     let mut failed = 0;
     for _ in 0..10 {
         let cmds: Vec<_> = std::iter::from_fn(|| w.poll_command()).take(100).collect();
@@ -1130,7 +1168,7 @@ fn a_worker_backing_off_has_no_timer_in_the_past() {
             break;
         }
         for cmd in cmds {
-            w.handle_reply(now, cmd.op, Reply::Unknown, &mut rng)
+            w.handle_reply(inst(now), cmd.op, Reply::Unknown)
                 .expect("a reply");
             failed += 1;
         }
@@ -1141,7 +1179,7 @@ fn a_worker_backing_off_has_no_timer_in_the_past() {
         w.poll_command().is_none(),
         "backing off: nothing more is sent"
     );
-    let next = w.poll_timeout().expect("a timer: the backoff's end");
+    let next = ms_of(w.poll_timeout()).expect("a timer: the backoff's end");
     assert!(next > now, "timer {next} is not after now {now}");
 }
 
@@ -1151,13 +1189,14 @@ fn a_worker_backing_off_has_no_timer_in_the_past() {
 #[test]
 fn a_read_that_met_a_pause_hands_its_entries_back() {
     let mut rng = SeededRandom::new(5);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
         WorkerConfig::new("q", "c")
             .concurrency(2)
-            .block_ms(Some(5_000)),
+            .block(Some(Duration::from_millis(5_000))),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
     let keys = Arc::new(w.keys().clone());
@@ -1168,8 +1207,7 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
             break cmd;
         }
         let v = sim.execute(&cmd.kind);
-        w.handle_reply(T0, cmd.op, Reply::Value(v), &mut rng)
-            .unwrap();
+        w.handle_reply(inst(T0), cmd.op, Reply::Value(v)).unwrap();
         while w.poll_event().is_some() {}
     };
     enqueue(&mut sim, &mut rng, 2);
@@ -1188,7 +1226,7 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
     );
     // The mux's answer: `[entries, paused]`.
     let answer = Value::Array(vec![merged, Value::Int(1)]);
-    w.handle_reply(T0, blocking.op, Reply::Value(answer), &mut rng)
+    w.handle_reply(inst(T0), blocking.op, Reply::Value(answer))
         .unwrap();
     let events: Vec<WorkerEvent> = std::iter::from_fn(|| w.poll_event()).collect();
     assert_eq!(events, [WorkerEvent::PauseSeen { paused: true }]);
@@ -1196,17 +1234,17 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
     let cmds: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
     assert!(
         matches!(&cmds[..], [Command { kind: CommandKind::Heartbeat { idle_ms, entries, unstarted: true, .. }, .. }]
-            if *idle_ms == WorkerConfig::new("q", "c").lease_ms && entries.len() == 2),
+            if *idle_ms == crate::time::millis(WorkerConfig::new("q", "c").lease) && entries.len() == 2),
         "handed back: {cmds:?}"
     );
     for c in cmds {
         let v = sim.execute(&c.kind);
-        w.handle_reply(T0, c.op, Reply::Value(v), &mut rng).unwrap();
+        w.handle_reply(inst(T0), c.op, Reply::Value(v)).unwrap();
     }
     // Paused: a second later it asks, and reads nothing.
-    assert_eq!(w.poll_timeout(), Some(T0 + PAUSED_POLL_MS));
-    sim.set_time(T0 + PAUSED_POLL_MS);
-    w.handle_timeout(T0 + PAUSED_POLL_MS, &mut rng).unwrap();
+    assert_eq!(ms_of(w.poll_timeout()), Some(T0 + PAUSED_POLL_MS));
+    sim.set_time(inst(T0 + PAUSED_POLL_MS));
+    w.handle_timeout(inst(T0 + PAUSED_POLL_MS)).unwrap();
     let read = w.poll_command().expect("a question");
     assert!(
         matches!(read.kind, CommandKind::IsPaused { .. }),
@@ -1215,15 +1253,15 @@ fn a_read_that_met_a_pause_hands_its_entries_back() {
     assert!(w.poll_command().is_none(), "no read while paused");
     let v = sim.execute(&read.kind);
     assert_eq!(v, Value::Int(1));
-    w.handle_reply(sim.now_ms(), read.op, Reply::Value(v), &mut rng)
+    w.handle_reply(inst(sim.now().unix_ms()), read.op, Reply::Value(v))
         .unwrap();
     assert!(w.poll_event().is_none());
     // Resumed: the next read says so, and the upkeep brings both back at once.
     sim.execute(&pause(false));
     let t = T0 + 2 * PAUSED_POLL_MS;
-    sim.set_time(t);
-    w.handle_timeout(t, &mut rng).unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+    sim.set_time(inst(t));
+    w.handle_timeout(inst(t)).unwrap();
+    let events = drive(&mut w, &mut sim);
     assert!(
         events.contains(&WorkerEvent::PauseSeen { paused: false }),
         "{events:?}"
@@ -1265,7 +1303,8 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
             WorkerConfig::new("hot", "c").concurrency(2),
             3,
             sealer(),
-            T0
+            inst(T0),
+            &mut SeededRandom::new(0),
         )
         .err(),
         Some(WorkerError::Shards {
@@ -1275,18 +1314,26 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
     );
     let zero = WorkerConfig::new("hot", "c").concurrency(0);
     assert_eq!(
-        ShardedWorker::new(zero, 3, sealer(), T0).err(),
+        ShardedWorker::new(zero, 3, sealer(), inst(T0), &mut SeededRandom::new(0)).err(),
         Some(WorkerError::Concurrency(0))
     );
     for seed in 0..30 {
         let mut rng = SeededRandom::new(seed);
-        let mut sim = Sim::new(T0);
+        let mut sim = Sim::new(inst(T0));
         let cfg = WorkerConfig::new("hot", "c").concurrency(C);
-        let mut w = ShardedWorker::new(cfg, SHARDS, sealer(), T0).unwrap();
+        let mut w = ShardedWorker::new(cfg, SHARDS, sealer(), inst(T0), &mut rng).unwrap();
         let tags = shard_tags("hot", SHARDS).unwrap();
         let mut producers: Vec<Producer> = tags
             .iter()
-            .map(|t| Producer::new(ProducerConfig::new(t).block_ms(None), sealer(), T0).unwrap())
+            .map(|t| {
+                Producer::new(
+                    ProducerConfig::new(t).block(None),
+                    sealer(),
+                    inst(T0),
+                    &mut rng,
+                )
+                .unwrap()
+            })
             .collect();
         let mut blocked: Vec<Command> = Vec::new();
         let mut running: Vec<(usize, EntryId)> = Vec::new();
@@ -1295,7 +1342,7 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
         let mut most = 0usize;
         for step in 0..3_000u64 {
             let now = T0 + step * 2;
-            sim.set_time(now);
+            sim.set_time(inst(now));
             let roll = rng.next_u64() % 8;
             if roll < 3 && added < 400 {
                 // Most jobs go to shard 0, which keeps most of the pool busy.
@@ -1314,19 +1361,18 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
                     id: Some(id),
                     ..Default::default()
                 };
-                p.add(now, job, &mut rng).unwrap();
+                p.add(inst(now), job).unwrap();
                 while let Some(cmd) = p.poll_command() {
                     let v = sim.execute(&cmd.kind);
-                    p.handle_reply(now, cmd.op, Reply::Value(v)).unwrap();
+                    p.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
                 }
                 while p.poll_event().is_some() {}
             } else if roll < 6 && !running.is_empty() {
                 let at = rng.next_u64() as usize % running.len();
                 let (shard, entry) = running.swap_remove(at);
-                w.complete(now, shard, entry, b"ok", None, &mut rng)
-                    .unwrap();
+                w.complete(inst(now), shard, entry, b"ok", None).unwrap();
             }
-            w.handle_timeout(now, &mut rng).unwrap();
+            w.handle_timeout(inst(now)).unwrap();
             // Commands are answered one at a time, in random order (so a shard's reply can
             // come after another shard took credits); a blocked read once its stream has
             // something for it. Until only blocked reads are out.
@@ -1347,8 +1393,7 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
                 }
                 let cmd = blocked.swap_remove(ready[rng.next_u64() as usize % ready.len()]);
                 let v = sim.execute(&cmd.kind);
-                w.handle_reply(now, cmd.op, Reply::Value(v), &mut rng)
-                    .unwrap();
+                w.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
                 while let Some(ev) = w.poll_event() {
                     if let WorkerEvent::Job(d) = ev.event {
                         *started.entry(d.job.id.0.clone()).or_default() += 1;
@@ -1398,23 +1443,24 @@ fn a_sharded_worker_shares_one_pool_and_no_job_waits_while_credits_are_free() {
 #[test]
 fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
     let mut rng = SeededRandom::new(9);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     enqueue(&mut sim, &mut rng, 6);
     // A worker takes all six and dies.
     let mut dead = Worker::new(
-        WorkerConfig::new("q", "dead").concurrency(6).block_ms(None),
+        WorkerConfig::new("q", "dead").concurrency(6).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    let taken = drive(&mut dead, &mut sim, &mut rng);
+    let taken = drive(&mut dead, &mut sim);
     let jobs = taken
         .iter()
         .filter(|e| matches!(e, WorkerEvent::Job(_)))
         .count();
     assert_eq!(jobs, 6);
     let later = T0 + 60_000;
-    sim.set_time(later);
+    sim.set_time(inst(later));
     for paused in [false, true] {
         let keys = Arc::new(QueueKeys::new("dl", "q").unwrap());
         let pause = CommandKind::SetPaused {
@@ -1426,9 +1472,10 @@ fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
         let mut w = Worker::new(
             WorkerConfig::new("q", &format!("w{paused}"))
                 .concurrency(2)
-                .block_ms(None),
+                .block(None),
             sealer(),
-            later,
+            inst(later),
+            &mut rng,
         )
         .unwrap();
         let mut reclaims = 0;
@@ -1438,7 +1485,7 @@ fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
                 reclaims += 1;
             }
             let v = sim.execute(&cmd.kind);
-            w.handle_reply(later, cmd.op, Reply::Value(v), &mut rng)
+            w.handle_reply(inst(later), cmd.op, Reply::Value(v))
                 .unwrap();
             while w.poll_event().is_some() {}
         }
@@ -1447,7 +1494,7 @@ fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
         assert!(reclaims <= 2, "paused {paused}: {reclaims} upkeeps at once");
         assert_eq!(w.running(), if paused { 0 } else { 2 }, "paused {paused}");
         assert!(
-            w.poll_timeout().is_some_and(|t| t > later),
+            ms_of(w.poll_timeout()).is_some_and(|t| t > later),
             "paused {paused}"
         );
     }
@@ -1457,20 +1504,21 @@ fn a_reclaim_scan_that_cannot_move_waits_for_the_next_turn() {
 /// no job), and the next job added takes the entry's id: the worker, the new master, the
 /// first job's delivery. Time: `T0 + 100`.
 fn failed_over_under_a_running_job(rng: &mut SeededRandom) -> (Worker, Sim, Delivery) {
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").concurrency(2).block_ms(None),
+        WorkerConfig::new("q", "c").concurrency(2).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut *rng,
     )
     .unwrap();
-    drive(&mut w, &mut sim, rng);
+    drive(&mut w, &mut sim);
     let t = T0 + 100;
-    sim.set_time(t);
+    sim.set_time(inst(t));
     let replica = sim.clone();
     enqueue(&mut sim, rng, 1);
-    w.handle_timeout(t, rng).unwrap();
-    let first = match drive(&mut w, &mut sim, rng).as_slice() {
+    w.handle_timeout(inst(t)).unwrap();
+    let first = match drive(&mut w, &mut sim).as_slice() {
         [WorkerEvent::Job(d)] => d.clone(),
         other => panic!("{other:?}"),
     };
@@ -1501,12 +1549,11 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
 
     // The worker's next read delivers the second job at that id; before its reply is
     // seen, the first job's handler answers.
-    w.handle_timeout(t + 200, &mut rng).unwrap();
+    w.handle_timeout(inst(t + 200)).unwrap();
     let read = w.poll_command().unwrap();
     assert!(matches!(read.kind, CommandKind::Read { .. }), "{read:?}");
     let read_reply = sim.execute(&read.kind);
-    w.complete(t + 200, first.entry, b"first", &mut rng)
-        .unwrap();
+    w.complete(inst(t + 200), first.entry, b"first").unwrap();
     let complete = w.poll_command().unwrap();
     assert!(matches!(complete.kind, CommandKind::Complete { .. }));
     let v = sim.execute(&complete.kind);
@@ -1515,9 +1562,9 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
         Value::Array(vec![Value::Int(0)]),
         "not the entry it read"
     );
-    w.handle_reply(t + 200, read.op, Reply::Value(read_reply), &mut rng)
+    w.handle_reply(inst(t + 200), read.op, Reply::Value(read_reply))
         .unwrap();
-    w.handle_reply(t + 200, complete.op, Reply::Value(v), &mut rng)
+    w.handle_reply(inst(t + 200), complete.op, Reply::Value(v))
         .unwrap();
     let events: Vec<_> = std::iter::from_fn(|| w.poll_event()).collect();
     let second = events
@@ -1534,8 +1581,8 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
     // And when the read's reply comes while the first job still runs there: the first
     // run is superseded (its handler is stopped), the second delivered.
     let (mut w2, mut sim2, a) = failed_over_under_a_running_job(&mut rng);
-    w2.handle_timeout(t + 200, &mut rng).unwrap();
-    let events = drive(&mut w2, &mut sim2, &mut rng);
+    w2.handle_timeout(inst(t + 200)).unwrap();
+    let events = drive(&mut w2, &mut sim2);
     assert_eq!(
         events.first(),
         Some(&WorkerEvent::Superseded {
@@ -1552,8 +1599,8 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
         (b.entry, w2.job_id(b.entry)),
         (a.entry, Some(b.job.id.clone()))
     );
-    w2.complete(t + 200, b.entry, b"second", &mut rng).unwrap();
-    drive(&mut w2, &mut sim2, &mut rng);
+    w2.complete(inst(t + 200), b.entry, b"second").unwrap();
+    drive(&mut w2, &mut sim2);
     let ev = sim2.stream(&keys.events_of("p")).unwrap();
     assert_eq!(ev.entries.len(), 1, "the second job's result, once");
     let fields = ev.entries.values().next().unwrap();
@@ -1566,23 +1613,24 @@ fn an_entry_id_a_failover_gave_again_is_not_settled_with_another_jobs_answer() {
 #[test]
 fn a_settle_and_the_next_read_go_together_and_unconfirmed_ones_are_bounded() {
     let mut rng = SeededRandom::new(10);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").concurrency(1).block_ms(None),
+        WorkerConfig::new("q", "c").concurrency(1).block(None),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
-    drive(&mut w, &mut sim, &mut rng);
+    drive(&mut w, &mut sim);
     enqueue(&mut sim, &mut rng, 3);
     let t = T0 + 100;
-    sim.set_time(t);
-    w.handle_timeout(t, &mut rng).unwrap();
-    let first = match drive(&mut w, &mut sim, &mut rng).as_slice() {
+    sim.set_time(inst(t));
+    w.handle_timeout(inst(t)).unwrap();
+    let first = match drive(&mut w, &mut sim).as_slice() {
         [WorkerEvent::Job(d)] => d.entry,
         other => panic!("{other:?}"),
     };
-    w.complete(t, first, b"1", &mut rng).unwrap();
+    w.complete(inst(t), first, b"1").unwrap();
     let sent: Vec<Command> = std::iter::from_fn(|| w.poll_command()).collect();
     let kinds: Vec<&str> = sent
         .iter()
@@ -1596,20 +1644,19 @@ fn a_settle_and_the_next_read_go_together_and_unconfirmed_ones_are_bounded() {
     // The settle's reply has not come yet; the read brings the second job.
     let (complete, read) = (&sent[0], &sent[1]);
     let v = sim.execute(&read.kind);
-    w.handle_reply(t, read.op, Reply::Value(v), &mut rng)
-        .unwrap();
+    w.handle_reply(inst(t), read.op, Reply::Value(v)).unwrap();
     let second = std::iter::from_fn(|| w.poll_event())
         .find_map(|e| match e {
             WorkerEvent::Job(d) => Some(d.entry),
             _ => None,
         })
         .expect("the second job");
-    w.complete(t, second, b"2", &mut rng).unwrap();
+    w.complete(inst(t), second, b"2").unwrap();
     // Two settlements unconfirmed at concurrency 1: no read, however long the first takes.
     let mut held = Vec::new();
     for step in 1..20u64 {
         let now = t + step * 1_000;
-        w.handle_timeout(now, &mut rng).unwrap();
+        w.handle_timeout(inst(now)).unwrap();
         while let Some(cmd) = w.poll_command() {
             assert!(
                 !matches!(cmd.kind, CommandKind::Read { .. }),
@@ -1620,17 +1667,16 @@ fn a_settle_and_the_next_read_go_together_and_unconfirmed_ones_are_bounded() {
     }
     // The first settle is confirmed: the third job is read.
     let now = t + 30_000;
-    sim.set_time(now);
+    sim.set_time(inst(now));
     let v = sim.execute(&complete.kind);
-    w.handle_reply(now, complete.op, Reply::Value(v), &mut rng)
+    w.handle_reply(inst(now), complete.op, Reply::Value(v))
         .unwrap();
     for cmd in held {
         let v = sim.execute(&cmd.kind);
-        w.handle_reply(now, cmd.op, Reply::Value(v), &mut rng)
-            .unwrap();
+        w.handle_reply(inst(now), cmd.op, Reply::Value(v)).unwrap();
     }
-    w.handle_timeout(now, &mut rng).unwrap();
-    let events = drive(&mut w, &mut sim, &mut rng);
+    w.handle_timeout(inst(now)).unwrap();
+    let events = drive(&mut w, &mut sim);
     assert!(
         events.iter().any(|e| matches!(e, WorkerEvent::Job(_))),
         "{events:?}"
@@ -1642,11 +1688,12 @@ fn a_settle_and_the_next_read_go_together_and_unconfirmed_ones_are_bounded() {
 #[test]
 fn an_idle_read_ends_by_the_next_upkeep() {
     let mut rng = SeededRandom::new(5);
-    let mut sim = Sim::new(T0);
+    let mut sim = Sim::new(inst(T0));
     let mut w = Worker::new(
-        WorkerConfig::new("q", "c").block_ms(Some(30_000)),
+        WorkerConfig::new("q", "c").block(Some(Duration::from_millis(30_000))),
         sealer(),
-        T0,
+        inst(T0),
+        &mut rng,
     )
     .unwrap();
     // Until the worker goes idle: the first upkeep, an empty read, then a blocking read.
@@ -1659,19 +1706,19 @@ fn an_idle_read_ends_by_the_next_upkeep() {
             break (cmd.op, b);
         }
         let v = sim.execute(&cmd.kind);
-        w.handle_reply(sim.now_ms(), cmd.op, Reply::Value(v), &mut rng)
+        w.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
             .unwrap();
         while w.poll_event().is_some() {}
     };
-    let upkeep_in = w.next_reclaim_ms - sim.now_ms();
+    let upkeep_in = w.next_reclaim_ms - sim.now().unix_ms();
     assert!(
         (1..30_000).contains(&upkeep_in),
         "the next upkeep in {upkeep_in} ms"
     );
     assert_eq!(block, upkeep_in, "the read blocks until the upkeep");
     // The read comes back empty then, and the upkeep goes out at once.
-    sim.set_time(sim.now_ms() + block);
-    w.handle_reply(sim.now_ms(), op, Reply::Value(Value::Nil), &mut rng)
+    sim.set_time(inst(sim.now().unix_ms() + block));
+    w.handle_reply(inst(sim.now().unix_ms()), op, Reply::Value(Value::Nil))
         .unwrap();
     let next = w.poll_command().expect("the upkeep");
     assert!(
@@ -1679,4 +1726,13 @@ fn an_idle_read_ends_by_the_next_upkeep() {
         "{:?}",
         next.kind
     );
+}
+
+fn inst(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_unix_ms(ms)
+}
+
+#[allow(dead_code)]
+fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
+    t.map(crate::time::Instant::unix_ms)
 }
