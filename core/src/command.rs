@@ -88,9 +88,12 @@ pub struct NewJob {
     pub envelope: Arc<[u8]>,
 }
 
-/// A finished job's transition, applied only if its entry is still pending.
+/// A finished job's transition, applied only if its entry is still pending: what every
+/// settlement carries, and in `then` what its kind needs besides (nothing for a
+/// completion, [`NextAttempt`] for a retry, [`DeadJob`] for a dead letter), so that an item
+/// holds exactly what its script reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settle {
+pub struct Settle<T = ()> {
     /// The work stream entry.
     pub entry: EntryId,
     /// The job id (`None` for an entry too malformed to name one).
@@ -101,19 +104,50 @@ pub struct Settle {
     pub instance: Option<crate::job::Instance>,
     /// The sealed value: result (complete), failure reason (retry, bury).
     pub value: Arc<[u8]>,
-    /// Retry: the re-sealed job for its next attempt. Bury: the entry's sealed job as read
-    /// (or its raw bytes, for garbage). Complete: unused (empty).
-    pub job_envelope: Arc<[u8]>,
     /// The attempt that ended (events carry it).
     pub attempt: u32,
-    /// Retry: when the next attempt is due (ms since the epoch).
-    pub due_ms: u64,
     /// The entry's `e` field as this worker read it. Its first [`FINGERPRINT_LEN`] bytes
     /// (an envelope's header, with its random nonce) go with the settlement, and the
     /// script settles the entry only if it still starts with them (or is gone from the
     /// stream): after a failover that lost writes, Redis can give the same entry id to
     /// another job, and a late answer for the first must not settle the second.
     pub read: Arc<[u8]>,
+    /// What this kind of settlement needs besides.
+    pub then: T,
+}
+
+impl<T> Settle<T> {
+    /// The same settlement, with `then` for another kind.
+    #[must_use]
+    pub fn with<U>(self, then: U) -> Settle<U> {
+        Settle {
+            entry: self.entry,
+            job: self.job,
+            instance: self.instance,
+            value: self.value,
+            attempt: self.attempt,
+            read: self.read,
+            then,
+        }
+    }
+}
+
+/// A retried job's next attempt ([`CommandKind::Retry`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextAttempt {
+    /// The job re-sealed for its next attempt.
+    pub envelope: Arc<[u8]>,
+    /// When it is due (ms since the epoch): it goes to the work stream if due when the
+    /// script runs, else to the delayed set.
+    pub due_ms: u64,
+}
+
+/// What a dead letter keeps of its job ([`CommandKind::Bury`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadJob {
+    /// The entry's sealed job as read (or, for an entry that did not open, its raw bytes,
+    /// at most [`crate::worker::MAX_GARBAGE_COPY`] of them).
+    pub envelope: Arc<[u8]>,
 }
 
 /// How many leading bytes of an entry's `e` field identify what a worker read there
@@ -219,7 +253,7 @@ pub enum CommandKind {
         min_event_ms: u64,
         /// This worker's consumer name: only entries it holds are settled.
         consumer: String,
-        /// The jobs.
+        /// The jobs, each with its sealed result.
         items: Vec<Settle>,
     },
     /// Script `retry`: per item, if `XACK` removes the entry: XADD a failure event with the
@@ -235,8 +269,8 @@ pub enum CommandKind {
         min_event_ms: u64,
         /// This worker's consumer name: only entries it holds are settled.
         consumer: String,
-        /// The jobs.
-        items: Vec<Settle>,
+        /// The jobs, each with its sealed reason and next attempt.
+        items: Vec<Settle<NextAttempt>>,
     },
     /// Script `bury`: per item, if `XACK` removes the entry: XADD the job and its sealed
     /// reason to `dead`, XADD a dead-letter event (when the job id is known; to its
@@ -252,8 +286,8 @@ pub enum CommandKind {
         min_dead_ms: u64,
         /// This worker's consumer name: only entries it holds are settled.
         consumer: String,
-        /// The jobs.
-        items: Vec<Settle>,
+        /// The jobs, each with its sealed reason and what the dead letter keeps.
+        items: Vec<Settle<DeadJob>>,
     },
     /// Script `promote`: move up to `limit` delayed jobs due at `now_ms` to the work stream.
     ///

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use datalayer_core::command::{Command, CommandKind, NewJob, OpId, Reply, Settle};
+use datalayer_core::command::{
+    Command, CommandKind, DeadJob, NewJob, NextAttempt, OpId, Reply, Settle,
+};
 use datalayer_core::job::Instance;
 use datalayer_core::naming::{ProducerKeys, QueueKeys};
 use datalayer_core::producer::EnvelopeSource;
@@ -332,28 +334,31 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
             block_ms: None,
         },
         Op::Settle(kind, c, items) => {
-            let items: Vec<Settle> = items
+            let items: Vec<(Settle, u64)> = items
                 .iter()
-                .map(|(e, j, due)| Settle {
-                    entry: side.id(*e),
-                    job: Some(JOBS[*j].into()),
-                    // Some items without an instance (an entry that did not open).
-                    instance: (*j % 3 != 2).then_some(Instance([*j as u8; 16])),
-                    value: Arc::from(
-                        &b"DL\x02\x00\x07\x00\x00\x00reason-of-thirty-six-bytes-at-least"[..],
-                    ),
-                    job_envelope: Arc::from(&b"env-again"[..]),
-                    attempt: 1,
-                    due_ms: at(base, *due),
-                    // What the worker read there: for jobs 4 and 5 their envelope (the
-                    // settle applies only if the entry holds that job), for the others
-                    // nothing (an empty fingerprint: any entry matches).
-                    read: match *j >= 4 {
-                        true => Arc::from(fake_envelope(*j)),
-                        false => Arc::from(&b""[..]),
-                    },
+                .map(|(e, j, due)| {
+                    let settle = Settle {
+                        entry: side.id(*e),
+                        job: Some(JOBS[*j].into()),
+                        // Some items without an instance (an entry that did not open).
+                        instance: (*j % 3 != 2).then_some(Instance([*j as u8; 16])),
+                        value: Arc::from(
+                            &b"DL\x02\x00\x07\x00\x00\x00reason-of-thirty-six-bytes-at-least"[..],
+                        ),
+                        attempt: 1,
+                        // What the worker read there: for jobs 4 and 5 their envelope (the
+                        // settle applies only if the entry holds that job), for the others
+                        // nothing (an empty fingerprint: any entry matches).
+                        read: match *j >= 4 {
+                            true => Arc::from(fake_envelope(*j)),
+                            false => Arc::from(&b""[..]),
+                        },
+                        then: (),
+                    };
+                    (settle, at(base, *due))
                 })
                 .collect();
+            let again = || Arc::from(&b"env-again"[..]);
             let consumer = CONSUMERS[*c].to_owned();
             let min_event_ms = base - 3_600_000;
             match kind {
@@ -361,14 +366,22 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     keys,
                     min_event_ms,
                     consumer,
-                    items,
+                    items: items.into_iter().map(|(s, _)| s).collect(),
                 },
                 1 => CommandKind::Retry {
                     keys,
                     now_ms: base,
                     min_event_ms,
                     consumer,
-                    items,
+                    items: items
+                        .into_iter()
+                        .map(|(s, due_ms)| {
+                            s.with(NextAttempt {
+                                envelope: again(),
+                                due_ms,
+                            })
+                        })
+                        .collect(),
                 },
                 _ => CommandKind::Bury {
                     keys,
@@ -376,7 +389,10 @@ fn build(op: &Op, side: &Side, keys: &Arc<QueueKeys>) -> Option<CommandKind> {
                     // Ids differ in ms between the sides: a trim by age is the model's test.
                     min_dead_ms: 0,
                     consumer,
-                    items,
+                    items: items
+                        .into_iter()
+                        .map(|(s, _)| s.with(DeadJob { envelope: again() }))
+                        .collect(),
                 },
             }
         }

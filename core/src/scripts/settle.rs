@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use super::{Arg, Invocation, Script, b, id, min_id, num, script};
-use crate::command::{CommandKind, Settle, fingerprint};
+use crate::command::{CommandKind, DeadJob, NextAttempt, Settle, fingerprint};
 use crate::naming::QueueKeys;
 use crate::value::EntryId;
 
@@ -333,35 +333,52 @@ ack_settled()
     ),
 };
 
-fn settle_args<'a>(items: &'a [Settle], out: &mut Vec<Arg<'a>>, fields: &[SettleField]) {
+/// The ARGV fields of one item: the common ones of every settle script, then those of its
+/// kind ([`Then::args`]), in the order the script reads them.
+fn settle_args<'a, T: Then>(items: &'a [Settle<T>], out: &mut Vec<Arg<'a>>) {
     for item in items {
-        for f in fields {
-            out.push(match f {
-                SettleField::Entry => id(item.entry),
-                SettleField::Job => b(item.job.as_deref().unwrap_or_default()),
-                SettleField::Value => Cow::Borrowed(&item.value[..]),
-                SettleField::Attempt => num(item.attempt),
-                SettleField::Due => num(item.due_ms),
-                SettleField::JobEnvelope => Cow::Borrowed(&item.job_envelope[..]),
-                SettleField::Instance => match item.instance {
-                    Some(i) => Cow::Owned(i.to_hex().into_bytes()),
-                    None => Cow::Borrowed(&b""[..]),
-                },
-                SettleField::Fingerprint => Cow::Borrowed(fingerprint(&item.read)),
-            });
-        }
+        out.extend([
+            id(item.entry),
+            b(item.job.as_deref().unwrap_or_default()),
+            Cow::Borrowed(&item.value[..]),
+            num(item.attempt),
+        ]);
+        item.then.args(out);
+        out.push(match item.instance {
+            Some(i) => Cow::Owned(i.to_hex().into_bytes()),
+            None => Cow::Borrowed(&b""[..]),
+        });
+        out.push(Cow::Borrowed(fingerprint(&item.read)));
     }
 }
 
-enum SettleField {
-    Entry,
-    Job,
-    Value,
-    Attempt,
-    Due,
-    JobEnvelope,
-    Instance,
-    Fingerprint,
+/// What a kind of settlement adds to an item's ARGV, between its attempt and its instance.
+trait Then {
+    /// How many fields.
+    const FIELDS: usize;
+    fn args<'a>(&'a self, out: &mut Vec<Arg<'a>>);
+}
+
+/// A completion adds nothing.
+impl Then for () {
+    const FIELDS: usize = 0;
+    fn args<'a>(&'a self, _: &mut Vec<Arg<'a>>) {}
+}
+
+/// A retry: when the next attempt is due, and its envelope.
+impl Then for NextAttempt {
+    const FIELDS: usize = 2;
+    fn args<'a>(&'a self, out: &mut Vec<Arg<'a>>) {
+        out.extend([num(self.due_ms), Cow::Borrowed(&self.envelope[..])]);
+    }
+}
+
+/// A dead letter: the job's envelope.
+impl Then for DeadJob {
+    const FIELDS: usize = 1;
+    fn args<'a>(&'a self, out: &mut Vec<Arg<'a>>) {
+        out.push(Cow::Borrowed(&self.envelope[..]));
+    }
 }
 
 /// Script `complete` for a batch.
@@ -371,16 +388,7 @@ fn complete_invocation<'a>(
     consumer: &'a str,
     items: &'a [Settle],
 ) -> Invocation<'a> {
-    use SettleField as F;
     let head = vec![min_id(min_event_ms), b(consumer)];
-    let fields = [
-        F::Entry,
-        F::Job,
-        F::Value,
-        F::Attempt,
-        F::Instance,
-        F::Fingerprint,
-    ];
     let keys = [
         &keys.jobs,
         &keys.ids,
@@ -388,7 +396,7 @@ fn complete_invocation<'a>(
         &keys.producers,
         &keys.log,
     ];
-    settle_invocation(&COMPLETE, &keys, head, items, &fields)
+    settle_invocation(&COMPLETE, &keys, head, items)
 }
 
 /// Script `retry` for a batch, at `now_ms`, trimming events below `min_event_ms`.
@@ -396,20 +404,9 @@ fn retry_invocation<'a>(
     keys: &'a QueueKeys,
     (now_ms, min_event_ms): (u64, u64),
     consumer: &'a str,
-    items: &'a [Settle],
+    items: &'a [Settle<NextAttempt>],
 ) -> Invocation<'a> {
-    use SettleField as F;
     let head = vec![num(now_ms), min_id(min_event_ms), b(consumer)];
-    let fields = [
-        F::Entry,
-        F::Job,
-        F::Value,
-        F::Attempt,
-        F::Due,
-        F::JobEnvelope,
-        F::Instance,
-        F::Fingerprint,
-    ];
     let k = [
         &keys.jobs,
         &keys.delayed,
@@ -419,7 +416,7 @@ fn retry_invocation<'a>(
         &keys.ids,
         &keys.log,
     ];
-    settle_invocation(&RETRY, &k, head, items, &fields)
+    settle_invocation(&RETRY, &k, head, items)
 }
 
 /// Script `bury` for a batch, trimming events below `min_event_ms` and dead letters below
@@ -428,19 +425,9 @@ fn bury_invocation<'a>(
     keys: &'a QueueKeys,
     (min_event_ms, min_dead_ms): (u64, u64),
     consumer: &'a str,
-    items: &'a [Settle],
+    items: &'a [Settle<DeadJob>],
 ) -> Invocation<'a> {
-    use SettleField as F;
     let head = vec![min_id(min_event_ms), b(consumer), min_id(min_dead_ms)];
-    let fields = [
-        F::Entry,
-        F::Job,
-        F::Value,
-        F::Attempt,
-        F::JobEnvelope,
-        F::Instance,
-        F::Fingerprint,
-    ];
     let k = [
         &keys.jobs,
         &keys.ids,
@@ -449,23 +436,22 @@ fn bury_invocation<'a>(
         &keys.producers,
         &keys.log,
     ];
-    settle_invocation(&BURY, &k, head, items, &fields)
+    settle_invocation(&BURY, &k, head, items)
 }
 
 /// A settle script's invocation: its own leading ARGV (`head`), then the batch's lowest and
-/// highest entry (for the one XPENDING of `held_prelude!`), then `fields` of every item.
-fn settle_invocation<'a>(
+/// highest entry (for the one XPENDING of `held_prelude!`), then the fields of every item.
+fn settle_invocation<'a, T: Then>(
     which: &'static Script,
     keys: &[&'a String],
     mut head: Vec<Arg<'a>>,
-    items: &'a [Settle],
-    fields: &[SettleField],
+    items: &'a [Settle<T>],
 ) -> Invocation<'a> {
     let lo = items.iter().map(|i| i.entry).min().unwrap_or(EntryId::ZERO);
     let hi = items.iter().map(|i| i.entry).max().unwrap_or(EntryId::ZERO);
-    head.reserve(2 + fields.len() * items.len());
+    head.reserve(2 + (6 + T::FIELDS) * items.len());
     head.extend([id(lo), id(hi)]);
-    settle_args(items, &mut head, fields);
+    settle_args(items, &mut head);
     script(which, keys, head)
 }
 
@@ -501,14 +487,15 @@ pub(super) fn invocation(kind: &CommandKind) -> Invocation<'_> {
 #[cfg(feature = "model")]
 pub(crate) mod model {
     #![allow(clippy::wildcard_imports)]
+    use crate::command::{DeadJob, NextAttempt};
     use crate::sim::exec::*;
     /// The settle scripts' `log(job, kind, attempt, marker)`: one entry while the log exists.
-    pub(crate) fn log_outcome(
+    pub(crate) fn log_outcome<T>(
         sim: &mut Sim,
         keys: &QueueKeys,
         job: &str,
         kind: &[u8],
-        item: &Settle,
+        item: &Settle<T>,
         marker: Option<&[u8]>,
     ) -> Result<(), String> {
         if !sim.exists(&keys.log) {
@@ -524,7 +511,7 @@ pub(crate) mod model {
     }
 
     /// An outcome event's fields, as the settle scripts write them (`kind`: c, f or d).
-    pub(crate) fn event_fields(job: &str, kind: &[u8], item: &Settle) -> Fields {
+    pub(crate) fn event_fields<T>(job: &str, kind: &[u8], item: &Settle<T>) -> Fields {
         fields(&[
             ("j", job.as_bytes()),
             ("k", kind),
@@ -571,7 +558,7 @@ pub(crate) mod model {
         keys: &QueueKeys,
         (now_ms, min_event_ms): (u64, u64),
         consumer: &str,
-        items: &[Settle],
+        items: &[Settle<NextAttempt>],
     ) -> Exec {
         let mut written = BTreeSet::new();
         let out = settle(sim, keys, consumer, items, |sim, item| {
@@ -581,13 +568,14 @@ pub(crate) mod model {
             if let Some(key) = events_of(sim, keys, marker.as_deref(), &mut written)? {
                 xadd(sim, &key, event_fields(job, b"f", item))?;
             }
-            if item.due_ms > now_ms {
+            let next = &item.then;
+            if next.due_ms > now_ms {
                 sim.zset_mut(&keys.delayed)?
-                    .add(item.due_ms, job.as_bytes());
+                    .add(next.due_ms, job.as_bytes());
                 sim.hash_mut(&keys.payloads)?
-                    .insert(job.as_bytes().to_vec(), item.job_envelope.to_vec());
+                    .insert(job.as_bytes().to_vec(), next.envelope.to_vec());
             } else {
-                xadd(sim, &keys.jobs, work_fields(job, &item.job_envelope))?;
+                xadd(sim, &keys.jobs, work_fields(job, &next.envelope))?;
             }
             Ok(())
         })?;
@@ -601,14 +589,14 @@ pub(crate) mod model {
         keys: &QueueKeys,
         (min_event_ms, min_dead_ms): (u64, u64),
         consumer: &str,
-        items: &[Settle],
+        items: &[Settle<DeadJob>],
     ) -> Exec {
         let mut written = BTreeSet::new();
         let out = settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let f = fields(&[
                 ("j", job.as_bytes()),
-                ("e", &item.job_envelope),
+                ("e", &item.then.envelope),
                 ("r", &item.value),
                 ("a", item.attempt.to_string().as_bytes()),
                 ("i", instance_hex(item).as_bytes()),
@@ -635,12 +623,12 @@ pub(crate) mod model {
 
     /// The shared shape of complete/retry/bury: per item, act only if the entry is pending for
     /// `consumer`, still holds what the worker read ([`Settle::read`]), and XACK removed it.
-    pub(crate) fn settle(
+    pub(crate) fn settle<T>(
         sim: &mut Sim,
         keys: &QueueKeys,
         consumer: &str,
-        items: &[Settle],
-        mut then: impl FnMut(&mut Sim, &Settle) -> Result<(), String>,
+        items: &[Settle<T>],
+        mut then: impl FnMut(&mut Sim, &Settle<T>) -> Result<(), String>,
     ) -> Exec {
         let mut out = Vec::with_capacity(items.len());
         let mut settled = Vec::new();
@@ -704,7 +692,7 @@ pub(crate) mod model {
     }
 
     /// An item's instance as its scripts write it: hex, or empty when unknown.
-    pub(crate) fn instance_hex(item: &Settle) -> String {
+    pub(crate) fn instance_hex<T>(item: &Settle<T>) -> String {
         item.instance.map(|i| i.to_hex()).unwrap_or_default()
     }
 }

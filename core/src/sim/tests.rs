@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::command::{NewJob, Settle};
+use crate::command::{DeadJob, NewJob, NextAttempt, Settle};
 use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 use crate::scripts::TRIM_WINDOW_MS;
 #[allow(unused_imports)]
@@ -57,11 +57,17 @@ fn settle(entry: EntryId, job: &str) -> Settle {
         job: Some(job.into()),
         instance: Some(crate::job::Instance([3; 16])),
         value: Arc::from(&b"V"[..]),
-        job_envelope: Arc::from(&b"ENV2"[..]),
         attempt: 1,
-        due_ms: 0,
         read: Arc::from(format!("ENV-{job}").as_bytes()),
+        then: (),
     }
+}
+
+/// [`settle`] as a burial of what the worker read.
+fn burial(entry: EntryId, job: &str) -> Settle<DeadJob> {
+    let s = settle(entry, job);
+    let envelope = s.read.clone();
+    s.with(DeadJob { envelope })
 }
 
 fn ints(v: Value) -> Vec<i64> {
@@ -195,8 +201,10 @@ fn retry_delays_then_promote_moves_due_jobs() {
     sim.execute(&CommandKind::EnsureGroup { keys: keys() });
     enqueue(&mut sim, vec![job("a", None)]);
     let e = read(&mut sim, "c1", 1)[0].id;
-    let mut item = settle(e, "a");
-    item.due_ms = 3000;
+    let item = settle(e, "a").with(NextAttempt {
+        envelope: Arc::from(&b"ENV2"[..]),
+        due_ms: 3000,
+    });
     let retry = CommandKind::Retry {
         keys: keys(),
         now_ms: 2000,
@@ -232,7 +240,7 @@ fn bury_moves_to_dead_letters() {
     enqueue(&mut sim, vec![job("a", None)]);
     let got = read(&mut sim, "c1", 10);
     assert_eq!(got.len(), 2);
-    let mut g = settle(garbage, "");
+    let mut g = burial(garbage, "");
     g.job = None;
     // The worker read no `e` there.
     g.read = Arc::from(&b""[..]);
@@ -241,7 +249,7 @@ fn bury_moves_to_dead_letters() {
         min_event_ms: 0,
         min_dead_ms: 0,
         consumer: "c1".into(),
-        items: vec![g, settle(got[1].id, "a")],
+        items: vec![g, burial(got[1].id, "a")],
     };
     assert_eq!(ints(sim.execute(&bury)), [1, 1]);
     assert_eq!(sim.stream(&k.dead).unwrap().entries.len(), 2);

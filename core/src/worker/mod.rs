@@ -47,7 +47,7 @@ pub enum WorkerTimer {
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crate::command::{Command, CommandKind, Settle};
+use crate::command::{Command, CommandKind, DeadJob, NextAttempt, Settle};
 use crate::envelope::{Compression, Context, Purpose, SealOptions, Sealer, outcome_detail};
 use crate::job::{Instance, JobId, JobRecord};
 use crate::naming::QueueKeys;
@@ -72,6 +72,40 @@ enum SettleKind {
     Complete,
     Retry,
     Bury,
+}
+
+/// A settlement waiting for Redis: each kind with what its script needs.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Complete(Settle),
+    Retry(Settle<NextAttempt>),
+    Bury(Settle<DeadJob>),
+}
+
+impl Outgoing {
+    fn kind(&self) -> SettleKind {
+        match self {
+            Self::Complete(_) => SettleKind::Complete,
+            Self::Retry(_) => SettleKind::Retry,
+            Self::Bury(_) => SettleKind::Bury,
+        }
+    }
+
+    fn entry(&self) -> EntryId {
+        match self {
+            Self::Complete(s) => s.entry,
+            Self::Retry(s) => s.entry,
+            Self::Bury(s) => s.entry,
+        }
+    }
+}
+
+/// The items of one kind of a batch (all of a batch's items are of one kind).
+fn of_kind<T: Clone>(
+    items: &[Outgoing],
+    pick: fn(&Outgoing) -> Option<&Settle<T>>,
+) -> Vec<Settle<T>> {
+    items.iter().filter_map(pick).cloned().collect()
 }
 
 #[derive(Debug)]
@@ -106,7 +140,7 @@ enum InFlight {
     IsPaused,
     Settle {
         kind: SettleKind,
-        items: Vec<Settle>,
+        items: Vec<Outgoing>,
     },
 }
 
@@ -121,7 +155,7 @@ pub struct Worker {
     now_ms: u64,
     in_flight: Ops<InFlight>,
     running: BTreeMap<EntryId, Running>,
-    outbox: VecDeque<(SettleKind, Settle)>,
+    outbox: VecDeque<Outgoing>,
     hand_back: Vec<EntryId>,
     /// Entries that came and never started (a pause, a drain): handed back with their
     /// delivery taken back.
@@ -285,19 +319,15 @@ impl Worker {
         let Some(run) = self.running.remove(&entry) else {
             return Err(WorkerError::NotRunning(entry));
         };
-        self.outbox.push_back((
-            SettleKind::Complete,
-            Settle {
-                entry,
-                attempt: run.attempt,
-                job: Some(run.id.0),
-                instance: Some(run.instance),
-                value: value.into(),
-                job_envelope: Arc::from(&[][..]),
-                due_ms: 0,
-                read: run.envelope,
-            },
-        ));
+        self.outbox.push_back(Outgoing::Complete(Settle {
+            entry,
+            attempt: run.attempt,
+            job: Some(run.id.0),
+            instance: Some(run.instance),
+            value: value.into(),
+            read: run.envelope,
+            then: (),
+        }));
         self.maybe_drained();
         Ok(())
     }
@@ -344,7 +374,16 @@ impl Worker {
             .reason_sealer
             .seal_bytes_traced(&ctx, reason.as_bytes(), trace, &mut self.rng)?
             .into();
-        let (kind, settle) = match decision {
+        let settle = Settle {
+            entry,
+            job: Some(run.id.0.clone()),
+            instance: Some(run.instance),
+            value,
+            attempt: run.attempt,
+            read: run.envelope.clone(),
+            then: (),
+        };
+        let outgoing = match decision {
             RetryDecision::RetryAfter(delay) => {
                 // The record as delivered (it opened then), with the next attempt.
                 let ctx = Context::new(Purpose::Job, &self.keys.scope, run.id.0.as_bytes());
@@ -355,17 +394,10 @@ impl Worker {
                 let sealed = self
                     .sealer
                     .seal_traced(&ctx, &next, sent.as_ref(), &mut self.rng)?;
-                let settle = Settle {
-                    entry,
-                    job: Some(run.id.0.clone()),
-                    instance: Some(run.instance),
-                    value,
-                    job_envelope: sealed.into(),
-                    attempt: run.attempt,
+                Outgoing::Retry(settle.with(NextAttempt {
+                    envelope: sealed.into(),
                     due_ms: now_ms.saturating_add(millis(delay)),
-                    read: run.envelope.clone(),
-                };
-                (SettleKind::Retry, settle)
+                }))
             }
             RetryDecision::Dead => {
                 self.events.push_back(WorkerEvent::DeadLettered {
@@ -373,21 +405,12 @@ impl Worker {
                     job: Some(run.id.clone()),
                     reason: reason.to_owned(),
                 });
-                let settle = Settle {
-                    entry,
-                    job: Some(run.id.0.clone()),
-                    instance: Some(run.instance),
-                    value,
-                    job_envelope: run.envelope.clone(),
-                    attempt: run.attempt,
-                    due_ms: 0,
-                    read: run.envelope.clone(),
-                };
-                (SettleKind::Bury, settle)
+                let envelope = run.envelope.clone();
+                Outgoing::Bury(settle.with(DeadJob { envelope }))
             }
         };
         self.running.remove(&entry);
-        self.outbox.push_back((kind, settle));
+        self.outbox.push_back(outgoing);
         self.maybe_drained();
         Ok(())
     }
@@ -646,15 +669,14 @@ impl Worker {
         if !resend_ok {
             return None;
         }
-        let (kind, _) = self.outbox.front()?;
-        let kind = *kind;
+        let kind = self.outbox.front()?.kind();
         let mut items = Vec::new();
         while items.len() < self.cfg.max_batch.clamp(1, api::MAX_SETTLE_BATCH) {
             match self.outbox.front() {
-                Some((k, _)) if *k == kind => {}
+                Some(o) if o.kind() == kind => {}
                 _ => break,
             }
-            if let Some((_, item)) = self.outbox.pop_front() {
+            if let Some(item) = self.outbox.pop_front() {
                 items.push(item);
             }
         }
@@ -665,21 +687,30 @@ impl Worker {
                 keys,
                 min_event_ms,
                 consumer: self.cfg.consumer.clone(),
-                items: items.clone(),
+                items: of_kind(&items, |o| match o {
+                    Outgoing::Complete(s) => Some(s),
+                    _ => None,
+                }),
             },
             SettleKind::Retry => CommandKind::Retry {
                 keys,
                 now_ms: self.now_ms,
                 min_event_ms,
                 consumer: self.cfg.consumer.clone(),
-                items: items.clone(),
+                items: of_kind(&items, |o| match o {
+                    Outgoing::Retry(s) => Some(s),
+                    _ => None,
+                }),
             },
             SettleKind::Bury => CommandKind::Bury {
                 keys,
                 min_event_ms,
                 min_dead_ms: self.now_ms.saturating_sub(millis(self.cfg.dead_retention)),
                 consumer: self.cfg.consumer.clone(),
-                items: items.clone(),
+                items: of_kind(&items, |o| match o {
+                    Outgoing::Bury(s) => Some(s),
+                    _ => None,
+                }),
             },
         };
         Some(self.op(command, InFlight::Settle { kind, items }))

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use super::{
-    Delivery, InFlight, PAUSED_POLL_MS, Running, SettleKind, Settlement, Worker, WorkerError,
-    WorkerEvent,
+    DeadJob, Delivery, InFlight, Outgoing, PAUSED_POLL_MS, Running, SettleKind, Settlement, Worker,
+    WorkerError, WorkerEvent,
 };
 use crate::command::{OpId, Reply, Settle, is_transient_error};
 use crate::envelope::{Context, Purpose, outcome_detail};
@@ -263,7 +263,7 @@ impl Worker {
         }
     }
 
-    fn settled(&mut self, kind: SettleKind, items: Vec<Settle>, reply: Reply) {
+    fn settled(&mut self, kind: SettleKind, items: Vec<Outgoing>, reply: Reply) {
         let flags = match &reply {
             Reply::Value(Value::Array(a)) if a.len() == items.len() => Some(a),
             _ => None,
@@ -278,7 +278,7 @@ impl Worker {
             }
             // Send again, in order, ahead of newer settlements: the scripts are idempotent.
             for item in items.into_iter().rev() {
-                self.outbox.push_front((kind, item));
+                self.outbox.push_front(item);
             }
             return match reply {
                 Reply::Unknown | Reply::NotSent => {
@@ -292,13 +292,17 @@ impl Worker {
         let mut applied = 0;
         for (item, flag) in items.iter().zip(flags) {
             if *flag != Value::Int(1) {
-                self.events
-                    .push_back(WorkerEvent::Discarded { entry: item.entry });
+                self.events.push_back(WorkerEvent::Discarded {
+                    entry: item.entry(),
+                });
                 continue;
             }
             applied += 1;
-            if kind == SettleKind::Retry && item.due_ms > self.now_ms {
-                retry_due = Some(retry_due.map_or(item.due_ms, |d| d.min(item.due_ms)));
+            if let Outgoing::Retry(r) = item {
+                let due = r.then.due_ms;
+                if due > self.now_ms {
+                    retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
+                }
             }
         }
         if applied > 0 {
@@ -414,9 +418,9 @@ impl Worker {
     /// most [`MAX_GARBAGE_COPY`] bytes of the entry go into the dead letter.
     /// Whether `entry` ran here and its settlement awaits Redis.
     fn settling(&self, entry: EntryId) -> bool {
-        self.outbox.iter().any(|(_, s)| s.entry == entry)
+        self.outbox.iter().any(|s| s.entry() == entry)
             || self.in_flight.any(|f| match f {
-                InFlight::Settle { items, .. } => items.iter().any(|s| s.entry == entry),
+                InFlight::Settle { items, .. } => items.iter().any(|s| s.entry() == entry),
                 _ => false,
             })
     }
@@ -470,19 +474,15 @@ impl Worker {
             job: job.clone(),
             reason,
         });
-        self.outbox.push_back((
-            SettleKind::Bury,
-            Settle {
-                entry,
-                job: job.map(|j| j.0),
-                instance,
-                value: value.into(),
-                read: envelope.clone(),
-                job_envelope: envelope,
-                attempt,
-                due_ms: 0,
-            },
-        ));
+        self.outbox.push_back(Outgoing::Bury(Settle {
+            entry,
+            job: job.map(|j| j.0),
+            instance,
+            value: value.into(),
+            read: envelope.clone(),
+            attempt,
+            then: DeadJob { envelope },
+        }));
     }
 }
 
