@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use crate::job::JobId;
 use crate::naming::{ProducerKeys, QueueKeys};
 use crate::value::{EntryId, Value};
 
@@ -81,7 +82,7 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
     /// The job id (the dedup key).
-    pub id: String,
+    pub id: JobId,
     /// When the job becomes runnable (ms since the epoch); `None` runs it at once.
     pub due_ms: Option<u64>,
     /// The sealed job record.
@@ -97,7 +98,7 @@ pub struct Settle<T = ()> {
     /// The work stream entry.
     pub entry: EntryId,
     /// The job id (`None` for an entry too malformed to name one).
-    pub job: Option<String>,
+    pub job: Option<JobId>,
     /// The instance of the add that queued the job (`None` for an entry that did not
     /// open): events and dead letters carry it in plain as field `i` (hex), and the sealed
     /// value is bound to it.

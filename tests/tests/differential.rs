@@ -1134,7 +1134,7 @@ async fn large_enqueue_batches_agree_with_the_model() {
             // 0..1800 once each, then 1800..2500 repeats ids of both chunks.
             let n = if i < 1_800 { i } else { (i * 7) % 1_900 };
             NewJob {
-                id: format!("job-{n}"),
+                id: datalayer_core::job::JobId(format!("job-{n}")),
                 due_ms: (n % 5 == 0).then_some(now + 60_000),
                 envelope: Arc::from(format!("env-{n}").as_bytes()),
             }

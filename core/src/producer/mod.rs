@@ -352,9 +352,9 @@ impl Producer {
     /// [`Withdrawal::Unconfirmed`]); nor is an add of a caller-chosen id (an earlier add,
     /// here or in another process, may have queued it): both are `Unconfirmed`.
     pub fn withdraw(&mut self, job: &JobId) -> Withdrawal {
-        let sent = |u: &Unsent| u.job.id == job.0 && (u.meta.sent || !u.meta.generated);
+        let sent = |u: &Unsent| u.job.id == *job && (u.meta.sent || !u.meta.generated);
         let in_flight = self.in_flight.any(|f| match f {
-            InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == job.0),
+            InFlight::Add(jobs, ..) => jobs.iter().any(|j| j.id == *job),
             _ => false,
         });
         // Another add of the id (even one answered since) may have queued it.
@@ -365,7 +365,7 @@ impl Producer {
             return Withdrawal::Unconfirmed;
         }
         // The latest add of the job first (the earlier ones are older calls).
-        let Some(pos) = self.unsent.iter().rposition(|u| u.job.id == job.0) else {
+        let Some(pos) = self.unsent.iter().rposition(|u| u.job.id == *job) else {
             return Withdrawal::Answered;
         };
         self.unsent.remove(pos);
@@ -595,7 +595,7 @@ impl Producer {
             self.unconfirmed.insert(id.0.clone());
         }
         let new = NewJob {
-            id: id.0.clone(),
+            id: id.clone(),
             due_ms: (delay_ms > 0).then(|| now_ms.saturating_add(delay_ms)),
             envelope: envelope.into(),
         };
@@ -817,7 +817,7 @@ impl Producer {
     fn add_failed(&mut self, job: &NewJob, meta: &AddMeta, error: String) {
         self.resolved(&job.id);
         self.events.push_back(ProducerEvent::AddFailed {
-            job: JobId(job.id.clone()),
+            job: job.id.clone(),
             error: error.clone(),
         });
         self.answer_add(meta, &job.id, AddAnswer::Failed(error));
@@ -1072,8 +1072,8 @@ impl Producer {
     fn goes_fresh(&self, u: &Unsent) -> bool {
         u.fresh
             && !self.paused
-            && self.outstanding.get(&u.job.id) == Some(&1)
-            && !self.unconfirmed.contains(&u.job.id)
+            && self.outstanding.get(u.job.id.as_str()) == Some(&1)
+            && !self.unconfirmed.contains(u.job.id.as_str())
     }
 
     /// The next batch: fresh adds and adds that need the duplicate check never mix.
@@ -1560,7 +1560,7 @@ impl Producer {
         for ((job, item), meta) in jobs.into_iter().zip(items).zip(sent) {
             // The job may have ended already (its outcome read on another connection
             // before this reply): then there is nothing left to await.
-            let ended = self.forget_later.contains(&job.id);
+            let ended = self.forget_later.contains(job.id.as_str());
             if let Value::Error(error) = item {
                 // An XADD of a fresh add failed inside its transaction (the rest ran).
                 self.add_failed(&job, meta, error);
@@ -1571,7 +1571,7 @@ impl Producer {
                 Value::Int(-1) => {
                     // The queue is paused: not queued.
                     self.events.push_back(ProducerEvent::AddPaused {
-                        job: JobId(job.id.clone()),
+                        job: job.id.clone(),
                     });
                     self.answer_add(meta, &job.id, AddAnswer::Paused);
                     continue;
@@ -1590,10 +1590,10 @@ impl Producer {
             };
             if self.cfg.read_events && !ended && status != AddStatus::AlreadyQueued {
                 // This add's record is the one in Redis: only its instance's outcomes count.
-                self.awaited.insert(job.id.clone(), meta.instance);
+                self.awaited.insert(job.id.0.clone(), meta.instance);
             }
             self.events.push_back(ProducerEvent::Accepted {
-                job: JobId(job.id.clone()),
+                job: job.id.clone(),
                 status,
             });
             self.answer_add(meta, &job.id, AddAnswer::Taken);

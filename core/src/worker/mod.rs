@@ -322,7 +322,7 @@ impl Worker {
         self.outbox.push_back(Outgoing::Complete(Settle {
             entry,
             attempt: run.attempt,
-            job: Some(run.id.0),
+            job: Some(run.id),
             instance: Some(run.instance),
             value: value.into(),
             read: run.envelope,
@@ -376,7 +376,7 @@ impl Worker {
             .into();
         let settle = Settle {
             entry,
-            job: Some(run.id.0.clone()),
+            job: Some(run.id.clone()),
             instance: Some(run.instance),
             value,
             attempt: run.attempt,

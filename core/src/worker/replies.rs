@@ -476,7 +476,7 @@ impl Worker {
         });
         self.outbox.push_back(Outgoing::Bury(Settle {
             entry,
-            job: job.map(|j| j.0),
+            job,
             instance,
             value: value.into(),
             read: envelope.clone(),
