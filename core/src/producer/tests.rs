@@ -1824,3 +1824,27 @@ fn inst(ms: u64) -> crate::time::Instant {
 fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
     t.map(crate::time::Instant::unix_ms)
 }
+
+#[test]
+fn a_producer_draws_from_the_generator_it_was_made_with() {
+    // Job ids (and nonces) come from the machine's own generator, seeded once by its
+    // constructor: the same seed gives the same ids, another seed others, and the
+    // constructor draws a fresh seed from the generator it is given each time.
+    let ids = |p: &mut Producer| -> Vec<JobId> {
+        (0..3)
+            .map(|_| p.add(inst(T0), AddJob::default()).unwrap())
+            .collect()
+    };
+    let (a, b) = (
+        ids(&mut seeded_producer(|c| c, 5)),
+        ids(&mut seeded_producer(|c| c, 5)),
+    );
+    assert_eq!(a, b);
+    assert_ne!(a, ids(&mut seeded_producer(|c| c, 6)));
+    assert_eq!(a.iter().collect::<BTreeSet<_>>().len(), 3);
+    let mut source = SeededRandom::new(5);
+    let cfg = || ProducerConfig::new("q").block(None);
+    let mut first = Producer::new(cfg(), sealer(), inst(T0), &mut source).unwrap();
+    let mut second = Producer::new(cfg(), sealer(), inst(T0), &mut source).unwrap();
+    assert_ne!(ids(&mut first), ids(&mut second));
+}
