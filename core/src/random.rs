@@ -30,12 +30,6 @@ impl<R: Random + ?Sized> Random for &mut R {
     }
 }
 
-impl<R: Random + ?Sized> Random for Box<R> {
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        (**self).fill_bytes(dest)
-    }
-}
-
 /// A machine's own generator: AES-256 in counter mode keyed by a seed drawn once from the
 /// caller's [`Random`], with fast key erasure (each refill's first 32 bytes of keystream
 /// become the next key, and bytes handed out are wiped), so that its state never reveals

@@ -94,6 +94,22 @@ impl std::fmt::Debug for Instant {
     }
 }
 
+/// Shorthands for the crate's tests, whose times are ms literals.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Instant;
+
+    /// The instant `ms` after the epoch.
+    pub(crate) fn inst(ms: u64) -> Instant {
+        Instant::from_unix_ms(ms)
+    }
+
+    /// A machine's `poll_timeout` in ms.
+    pub(crate) fn ms_of(t: Option<Instant>) -> Option<u64> {
+        t.map(Instant::unix_ms)
+    }
+}
+
 /// A duration in whole milliseconds (the rest dropped), saturating at `u64::MAX`.
 #[must_use]
 pub fn millis(d: Duration) -> u64 {

@@ -104,6 +104,14 @@ pub struct EntryId {
 }
 
 impl EntryId {
+    /// When the entry was added (its milliseconds part).
+    #[must_use]
+    pub fn time(self) -> crate::time::Instant {
+        crate::time::Instant::from_unix_ms(self.ms)
+    }
+}
+
+impl EntryId {
     /// `0-0`: before every entry.
     pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
 

@@ -37,7 +37,7 @@ use redis::aio::MultiplexedConnection;
 use crate::connection::Conn;
 use tokio::sync::mpsc;
 
-use crate::clock::{now, now_ms};
+use crate::clock::now;
 use crate::exec::{push, to_value};
 
 /// How long an idle reader's read blocks in Redis (ms).
@@ -502,7 +502,7 @@ fn read_in_memory(
     check: bool,
 ) -> ReadOut {
     Box::pin(async move {
-        let deadline = now_ms().saturating_add(block_ms);
+        let deadline = now() + Duration::from_millis(block_ms);
         let mut changes = memory.changes();
         let checked = |value: Value| {
             let check = if check {
@@ -515,13 +515,13 @@ fn read_in_memory(
         loop {
             changes.borrow_and_update();
             let value = memory.read_merged(&reads);
-            if value != Value::Nil || now_ms() >= deadline {
+            if value != Value::Nil || now() >= deadline {
                 return checked(value);
             }
             tokio::select! {
                 _ = changes.changed() => {}
                 () = unblock.notified() => return checked(Value::Nil),
-                () = crate::clock::sleep_until(Some(Instant::from_unix_ms(deadline))) => {}
+                () = crate::clock::sleep_until(Some(deadline)) => {}
             }
         }
     })

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::blocking::Reads;
-use crate::clock::{now, now_ms};
+use crate::clock::now;
 use crate::driver::{Engine, Side, drive};
 use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
@@ -562,8 +562,7 @@ impl JobQueue {
     /// 256 at a time; how many went back to the queue. Letters buried after the call began
     /// are left (a job that dies again is not chased). Interrupted, it can be run again.
     pub async fn retry_all_dead(&self, older_than: Option<Duration>) -> Result<u64, Error> {
-        let age = older_than.map_or(0, crate::clock::ms);
-        let cutoff = now_ms().saturating_sub(age);
+        let cutoff = (now() - older_than.unwrap_or_default()).unix_ms();
         let (mut after, mut queued) = (None, 0);
         loop {
             let page = self.dead_letters(after, 256).await?;

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::blocking::Reads;
-use crate::clock::{now, now_ms};
+use crate::clock::now;
 use crate::driver::{Engine, Side, drive};
 use crate::layer::{DataLayer, Error};
 use crate::pipelines::Pipelines;
@@ -439,7 +439,9 @@ where
                 WorkerEvent::Job(d) => {
                     let queue = self.queue.clone();
                     let waited = (d.job.attempt == 1).then(|| {
-                        Duration::from_millis(now_ms().saturating_sub(d.job.created_at_ms))
+                        now().saturating_duration_since(
+                            datalayer_core::time::Instant::from_unix_ms(d.job.created_at_ms),
+                        )
                     });
                     crate::telemetry::started(&queue, waited);
                     let span = crate::traces::process(

@@ -7,6 +7,7 @@ use super::*;
 use crate::naming::QueueKeys;
 #[allow(unused_imports)]
 use crate::time::Duration;
+use crate::time::testing::{inst, ms_of};
 
 fn read(queue: &str, block_ms: u64) -> CommandKind {
     CommandKind::Read {
@@ -282,13 +283,4 @@ proptest! {
         settle(&mut b, &mut out, &mut answered, &mut pending);
         prop_assert!(out.is_empty() && b.waiting() == 0);
     }
-}
-
-fn inst(ms: u64) -> crate::time::Instant {
-    crate::time::Instant::from_unix_ms(ms)
-}
-
-#[allow(dead_code)]
-fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
-    t.map(crate::time::Instant::unix_ms)
 }

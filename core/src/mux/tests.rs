@@ -7,6 +7,7 @@ use crate::random::{Random, SeededRandom};
 use crate::sim::Sim;
 #[allow(unused_imports)]
 use crate::time::Duration;
+use crate::time::testing::{inst, ms_of};
 use crate::value::EntryId;
 
 fn keys(q: &str) -> Arc<QueueKeys> {
@@ -589,13 +590,4 @@ fn a_few_workers_reads_carry_their_pause_check() {
         matches!(cmds.as_slice(), [MuxCommand::Read { reads, check: false, .. }] if reads.len() == MERGE_LIMIT + 1),
         "{cmds:?}"
     );
-}
-
-fn inst(ms: u64) -> crate::time::Instant {
-    crate::time::Instant::from_unix_ms(ms)
-}
-
-#[allow(dead_code)]
-fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
-    t.map(crate::time::Instant::unix_ms)
 }

@@ -421,16 +421,14 @@ impl QueueStats {
     /// How long the oldest waiting job has waited at `now` (zero if none).
     #[must_use]
     pub fn oldest_waiting_age(&self, now: Instant) -> Duration {
-        self.oldest_waiting.map_or(Duration::ZERO, |e| {
-            now.saturating_duration_since(Instant::from_unix_ms(e.ms))
-        })
+        self.oldest_waiting
+            .map_or(Duration::ZERO, |e| now.saturating_duration_since(e.time()))
     }
 
     /// How long ago the oldest running job was queued, at `now` (zero if none).
     #[must_use]
     pub fn oldest_running_age(&self, now: Instant) -> Duration {
-        self.oldest_running.map_or(Duration::ZERO, |e| {
-            now.saturating_duration_since(Instant::from_unix_ms(e.ms))
-        })
+        self.oldest_running
+            .map_or(Duration::ZERO, |e| now.saturating_duration_since(e.time()))
     }
 }

@@ -87,7 +87,7 @@ impl DeadLetter {
     /// How long ago it was buried, at `now`.
     #[must_use]
     pub fn age(&self, now: crate::time::Instant) -> crate::time::Duration {
-        now.saturating_duration_since(crate::time::Instant::from_unix_ms(self.entry.ms))
+        now.saturating_duration_since(self.entry.time())
     }
 }
 

@@ -420,7 +420,7 @@ impl Producer {
     /// it follows as events of the job (`Accepted`, `AddFailed`, `AddPaused`); a caller who
     /// waits for an answer of its own, by a deadline, uses [`Producer::add_call`].
     pub fn add(&mut self, now: Instant, job: AddJob) -> Result<JobId, ProducerError> {
-        self.add_for(now.unix_ms(), job, None)
+        self.add_for(now, job, None)
     }
 
     /// Adds a job for a caller who waits for the answer: `call` numbers this add (unique
@@ -460,7 +460,7 @@ impl Producer {
             self.answer(call, &id.0, AddAnswer::Unavailable);
             return id;
         }
-        match self.add_for(now_ms, job, Some(call)) {
+        match self.add_for(now, job, Some(call)) {
             Err(e) => self.answer(call, &id.0, AddAnswer::Refused(e)),
             // A caller-chosen id may be queued already (an earlier add): the add goes when
             // Redis is back, and the caller hears at once.
@@ -535,11 +535,12 @@ impl Producer {
 
     fn add_for(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         job: AddJob,
         call: Option<Call>,
     ) -> Result<JobId, ProducerError> {
         self.check_drained()?;
+        let now_ms = now.unix_ms();
         self.now_ms = now_ms;
         if self.closed {
             return Err(ProducerError::QueueClosed);
@@ -560,7 +561,7 @@ impl Producer {
         let fresh = generated && delay_ms == 0;
         let id = match job.id {
             Some(id) => id,
-            None => JobId::generate(Instant::from_unix_ms(now_ms), self.rng.next_u64()),
+            None => JobId::generate(now, self.rng.next_u64()),
         };
         let instance = Instance::generate(&mut self.rng);
         let record = JobRecord {

@@ -6,6 +6,7 @@ use crate::random::SeededRandom;
 use crate::sim::Sim;
 #[allow(unused_imports)]
 use crate::time::Duration;
+use crate::time::testing::{inst, ms_of};
 use crate::worker::{Worker, WorkerConfig, WorkerEvent};
 
 const T0: u64 = 1_700_000_000_000;
@@ -1814,15 +1815,6 @@ fn a_producer_promoting_has_no_timer_due_now() {
         "{:?}",
         p.timers()
     );
-}
-
-fn inst(ms: u64) -> crate::time::Instant {
-    crate::time::Instant::from_unix_ms(ms)
-}
-
-#[allow(dead_code)]
-fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
-    t.map(crate::time::Instant::unix_ms)
 }
 
 #[test]

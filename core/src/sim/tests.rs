@@ -9,6 +9,7 @@ use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 use crate::scripts::TRIM_WINDOW_MS;
 #[allow(unused_imports)]
 use crate::time::Duration;
+use crate::time::testing::inst;
 use crate::value::{StreamEntry, decode_read, split_paused};
 
 fn keys() -> Arc<QueueKeys> {
@@ -530,13 +531,4 @@ fn huge_last_delivered_ids_trim_as_the_script_does() {
     // The floor is the last delivered id itself (no seq + 1 beyond 15 digits): both
     // entries are below it and go.
     assert_eq!(sim.stream(&k.jobs).unwrap().entries.len(), 0);
-}
-
-fn inst(ms: u64) -> crate::time::Instant {
-    crate::time::Instant::from_unix_ms(ms)
-}
-
-#[allow(dead_code)]
-fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
-    t.map(crate::time::Instant::unix_ms)
 }

@@ -12,6 +12,7 @@ use crate::sim::world::{Answer, World, WorldConfig};
 use crate::sim::{Faults, Sim};
 #[allow(unused_imports)]
 use crate::time::Duration;
+use crate::time::testing::{inst, ms_of};
 use crate::value::Value;
 
 fn sealer() -> Sealer {
@@ -1726,13 +1727,4 @@ fn an_idle_read_ends_by_the_next_upkeep() {
         "{:?}",
         next.kind
     );
-}
-
-fn inst(ms: u64) -> crate::time::Instant {
-    crate::time::Instant::from_unix_ms(ms)
-}
-
-#[allow(dead_code)]
-fn ms_of(t: Option<crate::time::Instant>) -> Option<u64> {
-    t.map(crate::time::Instant::unix_ms)
 }
