@@ -518,11 +518,13 @@ impl Worker {
         if backing_off && (!self.outbox.is_empty() || !self.group_ready) {
             t.set(WorkerTimer::Backoff, at(self.resend.at_ms()));
         }
-        let beating = out(|f| matches!(f, InFlight::Heartbeat { .. }));
+        // A heartbeat waits for the one out, and for the group (re)created: no command but
+        // the group's creation goes before it is ready.
+        let beats_wait = !self.group_ready || out(|f| matches!(f, InFlight::Heartbeat { .. }));
         if let Some(beat) = self
             .running
             .values()
-            .filter(|r| !r.lost && !beating)
+            .filter(|r| !r.lost && !beats_wait)
             .map(|r| r.last_beat_ms)
             .min()
         {

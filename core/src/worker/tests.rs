@@ -690,6 +690,44 @@ fn a_worker_waiting_for_a_reply_has_no_timer_due_now() {
     );
 }
 
+/// While the group is being created again (Redis lost it: `NOGROUP`), a job still runs
+/// but its heartbeat cannot go before the group's creation is answered: no heartbeat timer
+/// is due then, else the driver would wake at once, again and again. Found by the engine
+/// model's failover property.
+#[test]
+fn a_heartbeat_waits_for_the_group_created_again() {
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.concurrency(2).block(None));
+    b.add(1);
+    let running = jobs(&b.at(T0, &mut [&mut w])[0]);
+    assert_eq!(running.len(), 1);
+    let mut lost_group = false;
+    let mut ensure_out = false;
+    let mut now = T0;
+    while now < T0 + 40_000 {
+        now += 100;
+        w.handle_timeout(inst(now)).unwrap();
+        while let Some(c) = w.poll_command() {
+            match c.kind {
+                CommandKind::Read { .. } if !lost_group => {
+                    lost_group = true;
+                    let e = Value::Error("NOGROUP No such key or consumer group".into());
+                    w.handle_reply(inst(now), c.op, Reply::Value(e)).unwrap();
+                }
+                // Never answered: the group stays missing.
+                CommandKind::EnsureGroup { .. } => ensure_out = true,
+                _ => {
+                    let v = b.sim.execute(&c.kind);
+                    w.handle_reply(inst(now), c.op, Reply::Value(v)).unwrap();
+                }
+            }
+        }
+        let due = ms_of(w.poll_timeout()).is_some_and(|t| t <= now);
+        assert!(!due, "at {now}: {:?}", w.timers());
+    }
+    assert!(lost_group && ensure_out);
+}
+
 #[test]
 fn timeouts_fail_hung_jobs() {
     let mut b = Bench::new();
