@@ -236,6 +236,28 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         calm.extend_from_slice(&[[0, 2, 2, 4, 5][usize::from(i % 5)], i, 0]);
     }
     push("engine_ops", "calm", Ok(calm));
+    // Replies as Redis sends them: a read's entries, a script's, a transaction's.
+    push(
+        "resp_replies",
+        "read",
+        Ok(b"\x80*1\r\n*2\r\n$8\r\ndl:{q}:j\r\n*1\r\n*2\r\n$15\r\n1700000000000-0\r\n*2\r\n$1\r\ne\r\n$5\r\nhello\r\n".to_vec()),
+    );
+    push(
+        "resp_replies",
+        "transaction",
+        Ok(
+            b"\x40+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n$-1\r\n-NOSCRIPT No matching script\r\n"
+                .to_vec(),
+        ),
+    );
+    push(
+        "resp_replies",
+        "resp3",
+        Ok(
+            b"\x20%1\r\n+k\r\n~2\r\n#t\r\n,1.5\r\n_\r\n=7\r\ntxt:abc\r\n(123\r\n>1\r\n:0\r\n"
+                .to_vec(),
+        ),
+    );
     // Forged compressed bodies: a valid block, and one whose length prefix lies.
     let plain = b"hello hello hello hello hello hello hello hello".repeat(4);
     let block = lz4_flex::block::compress(&plain);
@@ -251,6 +273,52 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         push("seal_then_mutate", name, Ok(case));
     }
     out
+}
+
+/// Arbitrary bytes as replies from Redis ([`crate::resp::Decoder`]): decoded whole and
+/// again in two pieces cut where the first byte says, the same replies and the same
+/// failure (or none) either way, and never a panic. Layout: `cut u8 | bytes`.
+pub fn resp_replies(data: &[u8]) {
+    let Some((&cut, input)) = data.split_first() else {
+        return;
+    };
+    let decode = |pieces: &[&[u8]]| {
+        let mut decoder = crate::resp::Decoder::default();
+        let mut buf = Vec::new();
+        let mut start = 0;
+        let mut values = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&buf[start..]) {
+                    Ok(Some((v, used))) => {
+                        assert!(
+                            used > 0 && start + used <= buf.len(),
+                            "{used} of {}",
+                            buf.len()
+                        );
+                        values.push(v);
+                        start += used;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (values, Some(e)),
+                }
+            }
+        }
+        (values, None)
+    };
+    let at = usize::from(cut) * input.len() / 255;
+    let (head, tail) = input.split_at(at.min(input.len()));
+    let whole = decode(&[input]);
+    let cut = decode(&[head, tail]);
+    assert_eq!(whole.0, cut.0, "values differ when cut at {at}");
+    assert_eq!(
+        whole.1.is_some(),
+        cut.1.is_some(),
+        "failure differs when cut at {at}: {:?} / {:?}",
+        whole.1,
+        cut.1
+    );
 }
 
 /// Arbitrary operation sequences on the engine over the model; panics when an invariant of

@@ -151,6 +151,7 @@ pub mod mux;
 pub mod naming;
 pub mod producer;
 pub mod random;
+pub mod resp;
 pub mod retry;
 mod scaffold;
 pub mod scripts;

@@ -54,9 +54,7 @@ impl Backend {
     /// Runs `commands` as one pipeline: one reply per command, in order.
     pub(crate) async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
         match self {
-            Backend::Redis { conn, .. } => {
-                exec::execute_ringing(&mut conn.clone(), commands, true).await
-            }
+            Backend::Redis { conn, .. } => exec::execute_ringing(conn, commands, true).await,
             Backend::Cluster(cluster) => cluster.execute(commands).await,
             #[cfg(feature = "memory")]
             Backend::Memory(memory) => memory.execute(commands),
@@ -70,9 +68,7 @@ impl Backend {
         invocations: &[Invocation<'_>],
     ) -> redis::RedisResult<Vec<Value>> {
         let replies = match self {
-            Backend::Redis { conn, .. } => {
-                exec::run_invocations(&mut conn.clone(), invocations).await
-            }
+            Backend::Redis { conn, .. } => exec::run_invocations(conn, invocations).await,
             Backend::Cluster(cluster) => cluster.run(invocations).await,
             #[cfg(feature = "memory")]
             Backend::Memory(memory) => return Ok(memory.invoke(invocations)),

@@ -32,13 +32,13 @@ use datalayer_core::mux::{self, MuxCommand, ReadMux};
 use datalayer_core::scripts;
 use datalayer_core::time::Instant;
 use datalayer_core::value::Value;
-use redis::aio::MultiplexedConnection;
 
 use crate::connection::Conn;
 use tokio::sync::mpsc;
 
 use crate::clock::now;
-use crate::exec::{push, to_value};
+use crate::exec::encode;
+use crate::wire::Link;
 
 /// How long an idle reader's read blocks in Redis (ms).
 pub(crate) const BLOCK_MS: u64 = 5_000;
@@ -154,18 +154,11 @@ pub(crate) struct Blocker {
 }
 
 impl Blocker {
-    /// Starts the task. `client` opens its dedicated connection; `shared` carries the
-    /// `CLIENT UNBLOCK`s; `response_timeout` is added to each command's `BLOCK`.
-    pub(crate) fn start(
-        client: redis::Client,
-        shared: Conn,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Self {
+    /// Starts the task. Its dedicated connection goes to `shared`'s server; `shared`
+    /// carries the `CLIENT UNBLOCK`s; `response_timeout` is added to each command's `BLOCK`.
+    pub(crate) fn start(shared: Conn, response_timeout: Duration) -> Self {
         Self::spawn(Line::Redis(Box::new(RedisLine {
-            client,
             shared,
-            connect_timeout,
             response_timeout,
             conn: None,
             client_id: Arc::new(AtomicI64::new(0)),
@@ -258,7 +251,7 @@ impl Blocker {
 
 /// The merged read that is out: the connection it went on (kept for the next command when
 /// it is still good), its reply, and its pause check's (`NotSent` when none was asked).
-type ReadOut = Pin<Box<dyn Future<Output = (Option<MultiplexedConnection>, Reply, Reply)> + Send>>;
+type ReadOut = Pin<Box<dyn Future<Output = (Option<Link>, Reply, Reply)> + Send>>;
 
 /// What is out: a merged read, or the pause check of the workers' reads that took entries.
 enum Out {
@@ -268,12 +261,10 @@ enum Out {
 
 /// A blocking connection to Redis.
 struct RedisLine {
-    client: redis::Client,
     shared: Conn,
-    connect_timeout: Duration,
     response_timeout: Duration,
     /// The dedicated connection, while no command is out on it.
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Link>,
     /// Its client id (for CLIENT UNBLOCK); 0 while unknown.
     client_id: Arc<AtomicI64>,
 }
@@ -390,10 +381,9 @@ impl RedisLine {
     /// and with `check` its pause check right behind it, in the same write: Redis runs it
     /// once the read returns.
     fn read(&mut self, reads: Vec<CommandKind>, block_ms: u64, check: bool) -> ReadOut {
-        let conn = self.conn.take();
-        let client = self.client.clone();
+        let conn = self.conn.take().filter(|c| !c.is_closed());
+        let dial = self.shared.dial().clone();
         let client_id = self.client_id.clone();
-        let connect_timeout = self.connect_timeout;
         let limit = Duration::from_millis(block_ms) + self.response_timeout;
         Box::pin(async move {
             let refs: Vec<&CommandKind> = reads.iter().collect();
@@ -401,15 +391,14 @@ impl RedisLine {
                 let e = Value::Error("ERR reads that do not merge".into());
                 return (conn, Reply::Value(e), Reply::NotSent);
             };
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            let mut replies = push(&mut pipe, &invocation);
+            let mut out = Vec::new();
+            let mut replies = encode(&mut out, &invocation);
             if let Some(c) = scripts::pause_check(&refs).filter(|_| check) {
-                replies += push(&mut pipe, &c);
+                replies += encode(&mut out, &c);
             }
-            let mut conn = match conn {
+            let conn = match conn {
                 Some(c) => c,
-                None => match connect(&client, connect_timeout).await {
+                None => match dial.open("datalayer-blocker").await {
                     Ok((c, id)) => {
                         client_id.store(id, Ordering::Relaxed);
                         c
@@ -420,25 +409,23 @@ impl RedisLine {
                     }
                 },
             };
-            let query = pipe.query_async::<Vec<redis::Value>>(&mut conn);
-            match tokio::time::timeout(limit, query).await {
-                Ok(Ok(values)) if values.len() == replies => {
+            match conn.request(out, replies, Some(limit)).await {
+                Ok(values) if values.len() == replies => {
                     let mut values = values.into_iter();
-                    let read = values.next().map_or(Value::Nil, to_value);
+                    let read = values.next().unwrap_or(Value::Nil);
                     // The check's reply is EXEC's, the last one.
                     let check = match values.next_back() {
-                        Some(v) => Reply::Value(to_value(v)),
+                        Some(v) => Reply::Value(v),
                         None => Reply::NotSent,
                     };
                     (Some(conn), Reply::Value(read), check)
                 }
-                Ok(Ok(_)) => (None, Reply::Unknown, Reply::NotSent),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "blocking read failed: outcomes unknown");
+                Ok(_) => {
+                    conn.close();
                     (None, Reply::Unknown, Reply::NotSent)
                 }
-                Err(_) => {
-                    tracing::warn!(?limit, "blocking read timed out: outcomes unknown");
+                Err(e) => {
+                    tracing::warn!(error = %e, "blocking read failed: outcomes unknown");
                     (None, Reply::Unknown, Reply::NotSent)
                 }
             }
@@ -448,23 +435,20 @@ impl RedisLine {
     /// The pause check ([`scripts::pause_check`]) of reads that took entries, on the shared
     /// connection: it runs after the read, whose reply came (that order is all it needs).
     fn check(&self, reads: Vec<CommandKind>) -> Pin<Box<dyn Future<Output = Reply> + Send>> {
-        let mut shared = self.shared.clone();
-        let limit = self.response_timeout;
+        let shared = self.shared.clone();
         Box::pin(async move {
             let refs: Vec<&CommandKind> = reads.iter().collect();
             let Some(check) = scripts::pause_check(&refs) else {
                 return Reply::Value(Value::Error("ERR not workers' reads".into()));
             };
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            let n = push(&mut pipe, &check);
-            let query = pipe.query_async::<Vec<redis::Value>>(&mut shared);
-            match tokio::time::timeout(limit, query).await {
+            let mut out = Vec::new();
+            let n = encode(&mut out, &check);
+            match shared.round_trip(out, n).await {
                 // EXEC's array is the last reply.
-                Ok(Ok(mut values)) if values.len() == n => {
-                    Reply::Value(values.pop().map_or(Value::Nil, to_value))
+                Ok(mut values) if values.len() == n => {
+                    Reply::Value(values.pop().unwrap_or(Value::Nil))
                 }
-                Ok(Ok(_) | Err(_)) | Err(_) => Reply::Unknown,
+                Ok(_) | Err(_) => Reply::Unknown,
             }
         })
     }
@@ -525,30 +509,6 @@ fn read_in_memory(
             }
         }
     })
-}
-
-/// A dedicated connection for blocking reads, and its client id.
-async fn connect(
-    client: &redis::Client,
-    connect_timeout: Duration,
-) -> redis::RedisResult<(MultiplexedConnection, i64)> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        // The real bound is per command: BLOCK + response_timeout.
-        .set_response_timeout(None);
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let id: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut conn)
-        .await?;
-    let _: () = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg("datalayer-blocker")
-        .query_async(&mut conn)
-        .await?;
-    Ok((conn, id))
 }
 
 /// A driver's side of blocking reads: at most one read in flight (the machines never send

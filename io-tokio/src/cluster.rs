@@ -71,6 +71,19 @@ impl NodeSettings {
     }
 }
 
+impl NodeSettings {
+    /// How to open datalayer's own connections to the node at `addr`.
+    pub(crate) fn dial(&self, addr: &NodeAddr) -> redis::RedisResult<crate::wire::Dial> {
+        crate::wire::Dial::new(
+            &self.base,
+            self.tls_root_cert.as_deref(),
+            self.connect_timeout,
+        )
+        .map(|d| d.at(&addr.host, addr.port))
+        .map_err(|e| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "TLS", e)))
+    }
+}
+
 /// The cluster: its slot table and a connection per node.
 pub(crate) struct Cluster {
     settings: NodeSettings,
@@ -112,12 +125,7 @@ impl Cluster {
             return Ok(c.clone());
         }
         let s = &self.settings;
-        let conn = Conn::lazy(
-            s.client(addr)?,
-            s.response_timeout,
-            s.connect_timeout,
-            s.max_reconnect_delay,
-        );
+        let conn = Conn::lazy(s.dial(addr)?, s.response_timeout, s.max_reconnect_delay);
         nodes.insert(addr.clone(), conn.clone());
         Ok(conn)
     }
@@ -164,14 +172,14 @@ impl Cluster {
         let mut error = None;
         let ask = Invocation::Plain(vec![Cow::Borrowed(b"CLUSTER"), Cow::Borrowed(b"SLOTS")]);
         for addr in candidates {
-            let mut conn = match self.conn(&addr) {
+            let conn = match self.conn(&addr) {
                 Ok(c) => c,
                 Err(e) => {
                     error = Some(e);
                     continue;
                 }
             };
-            match exec::run_one(&mut conn, &ask).await {
+            match exec::run_one(&conn, &ask).await {
                 Ok(reply) => match SlotTable::from_cluster_slots(&reply, &addr) {
                     Ok(t) if t.covers_all() => {
                         best = Some(t);
@@ -266,14 +274,14 @@ impl Cluster {
     /// Invocations on one node, as one pipeline; a redirect, a failed node or a cluster in
     /// trouble has the slot table read again.
     async fn run_on(self: &Arc<Self>, addr: &NodeAddr, part: &[&Invocation<'_>]) -> Vec<Reply> {
-        let mut conn = match self.conn(addr) {
+        let conn = match self.conn(addr) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, node = %addr, "no client for a cluster node");
                 return vec![Reply::NotSent; part.len()];
             }
         };
-        let replies = exec::run_refs(&mut conn, part).await;
+        let replies = exec::run_refs(&conn, part).await;
         let mut stale = false;
         for reply in &replies {
             match reply {

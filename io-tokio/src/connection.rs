@@ -1,19 +1,16 @@
-//! The process-wide command connection: one multiplexed connection, replaced as soon as it is
-//! known to be dead.
+//! The process-wide command connection: one [`Link`] (datalayer's own connection, see
+//! [`crate::wire`]), replaced as soon as it is known to be dead.
 //!
-//! redis-rs's `ConnectionManager` reconnects when a command fails with a dropped
-//! connection, but not after a response timeout: when replies stop coming on a connection
-//! that stays open (a half-open TCP connection, a proxy that swallows them), every later
-//! command waits behind the missing replies and times out too, forever. Here any I/O error
-//! or timeout retires the connection it happened on, and so does the server closing it
-//! (RESP3 tells: the connection's push channel reports the disconnection), so the next
-//! command goes on a fresh connection instead of one already known to be dead.
+//! When replies stop coming on a connection that stays open (a half-open TCP connection, a
+//! proxy that swallows them), a request times out and its link closes; so does a link the
+//! server closed, or one whose bytes stopped making sense. The next command then goes on a
+//! fresh connection instead of one already known to be dead.
 //!
 //! Connecting is serialized and paced: while attempts fail, a command that finds no
 //! connection fails at once until the next attempt is due (20 ms doubling to
 //! `max_reconnect_delay`), rather than every driver of the process dialing a Redis that is
 //! down. Such a failure means nothing was written: it is reported as a connection refusal
-//! (`RedisError::is_connection_refusal`), which `exec` turns into `Reply::NotSent`.
+//! ([`WireError::NotSent`]), which `exec` turns into `Reply::NotSent`.
 //!
 //! **Fencing.** A connection retired after a timeout or an I/O error may still have commands
 //! that Redis has not read yet (a stalled server, a slow network): they could run *after*
@@ -26,15 +23,16 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, PushKind, RedisError, RedisFuture, RedisResult, Value};
+use datalayer_core::value::Value;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture};
+
+use crate::wire::{Dial, Link, WireError};
 
 /// A cheap handle on the shared connection (clone it per command or pipeline).
 #[derive(Clone)]
 pub struct Conn {
     inner: Arc<Inner>,
-    /// The generation of the connection this handle's last command went on.
-    last: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -44,8 +42,8 @@ impl std::fmt::Debug for Conn {
 }
 
 struct Inner {
-    client: redis::Client,
-    config: redis::AsyncConnectionConfig,
+    dial: Dial,
+    response_timeout: Duration,
     max_delay: Duration,
     state: Mutex<State>,
     /// Held while connecting: one attempt at a time.
@@ -54,7 +52,7 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    current: Option<(MultiplexedConnection, u64)>,
+    current: Option<(Link, u64)>,
     /// The current connection's server `run_id` and client id.
     identity: Option<Identity>,
     /// Connections retired while their commands' fate was unknown: killed before the next
@@ -83,83 +81,92 @@ fn run_id(info: &str) -> Option<String> {
 
 /// This connection's identity, then a kill of every fenced connection of the same server
 /// (a restarted server reuses client ids: those of another run are left alone).
-async fn fence(c: &mut MultiplexedConnection, fenced: &[Identity]) -> RedisResult<Identity> {
-    let (client_id, info): (i64, String) = redis::pipe()
-        .cmd("CLIENT")
-        .arg("ID")
-        .cmd("INFO")
-        .arg("server")
-        .query_async(c)
-        .await?;
+async fn fence(
+    link: &Link,
+    client_id: i64,
+    fenced: &[Identity],
+    timeout: Duration,
+) -> Result<Identity, WireError> {
+    let mut out = Vec::new();
+    datalayer_core::resp::encode_command(&mut out, [&b"INFO"[..], b"server"]);
+    let info = match link.request(out, 1, Some(timeout)).await?.pop() {
+        Some(Value::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => return Err(WireError::NotSent(format!("INFO answered {other:?}"))),
+    };
     let me = Identity {
         run_id: run_id(&info).unwrap_or_default(),
         client_id,
     };
-    let mut kill = redis::pipe();
-    let mut any = false;
+    let mut kill = Vec::new();
+    let mut kills = 0;
     for old in fenced
         .iter()
         .filter(|o| o.run_id == me.run_id && !me.run_id.is_empty())
     {
-        kill.cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(old.client_id)
-            .ignore();
-        any = true;
+        let id = old.client_id.to_string();
+        datalayer_core::resp::encode_command(
+            &mut kill,
+            [&b"CLIENT"[..], b"KILL", b"ID", id.as_bytes()],
+        );
+        kills += 1;
     }
-    if any {
-        // "No such client" (it is gone already) is an answer too: only an I/O error fails.
-        if let Err(e) = kill.query_async::<()>(c).await {
-            if e.is_io_error() || e.is_timeout() {
-                return Err(e);
-            }
-        }
+    if kills > 0 {
+        // "No such client" (it is gone already) is an answer too: only a failed
+        // connection fails.
+        link.request(kill, kills, Some(timeout)).await?;
     }
     Ok(me)
 }
 
-fn not_connected(why: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::ConnectionRefused,
-        format!("not connected to Redis ({why}): nothing was sent"),
-    ))
-}
-
 impl Conn {
-    /// Connects to `client` (the first connection is made here, so that a wrong address
-    /// fails `connect`).
+    /// Connects to the server `dial` names (the first connection is made here, so that a
+    /// wrong address fails `connect`).
     pub(crate) async fn connect(
-        client: redis::Client,
+        dial: Dial,
         response_timeout: Duration,
-        connect_timeout: Duration,
         max_delay: Duration,
-    ) -> RedisResult<Self> {
-        let conn = Self::lazy(client, response_timeout, connect_timeout, max_delay);
+    ) -> Result<Self, WireError> {
+        let conn = Self::lazy(dial, response_timeout, max_delay);
         conn.get().await?;
         Ok(conn)
     }
 
     /// A handle that connects when its first command needs it (a cluster node's).
-    pub(crate) fn lazy(
-        client: redis::Client,
-        response_timeout: Duration,
-        connect_timeout: Duration,
-        max_delay: Duration,
-    ) -> Self {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(response_timeout))
-            .set_connection_timeout(Some(connect_timeout));
+    pub(crate) fn lazy(dial: Dial, response_timeout: Duration, max_delay: Duration) -> Self {
         Self {
-            last: 0,
             inner: Arc::new(Inner {
-                client,
-                config,
+                dial,
+                response_timeout,
                 max_delay: max_delay.max(MIN_DELAY),
                 state: Mutex::new(State::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// A connection to the server of `url` (`redis://`, `rediss://`, `unix://`), with the
+    /// default [`crate::Options`]' timeouts: datalayer's own connection, for tools and
+    /// tests that send the core's commands themselves ([`crate::exec`]).
+    ///
+    /// # Errors
+    /// A URL that does not parse, or no connection.
+    pub async fn open(url: &str) -> Result<Self, crate::Error> {
+        let options = crate::Options::default();
+        let info = crate::layer::connection_info(url, &options)?;
+        let dial = Dial::new(
+            &info,
+            options.tls_root_cert.as_deref(),
+            options.connect_timeout,
+        )
+        .map_err(crate::Error::Config)?;
+        Self::connect(dial, options.response_timeout, options.max_reconnect_delay)
+            .await
+            .map_err(|e| crate::Error::Redis(refused(&e.to_string())))
+    }
+
+    /// Where this connection's server is (to open other connections to it).
+    pub(crate) fn dial(&self) -> &Dial {
+        &self.inner.dial
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -171,72 +178,68 @@ impl Conn {
 
     /// The live connection and its generation, connecting if there is none (and an attempt
     /// is due).
-    async fn get(&self) -> RedisResult<(MultiplexedConnection, u64)> {
-        if let Some(c) = self.state().current.clone() {
+    async fn get(&self) -> Result<(Link, u64), WireError> {
+        if let Some(c) = self.live() {
             return Ok(c);
         }
         let _one = self.inner.connecting.lock().await;
         let previous = {
-            let state = self.state();
-            if let Some(c) = state.current.clone() {
+            if let Some(c) = self.live() {
                 return Ok(c);
             }
-            match state.retry_at {
+            match self.state().retry_at {
                 Some((at, _)) if Instant::now() < at => {
-                    return Err(not_connected("the last attempt failed"));
+                    return Err(WireError::NotSent(
+                        "not connected to Redis (the last attempt failed)".into(),
+                    ));
                 }
                 Some((_, delay)) => Some(delay),
                 None => None,
             }
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let config = self.inner.config.clone().set_push_sender(tx);
         let fenced = self.state().fence.clone();
-        let connected = match self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(mut c) => fence(&mut c, &fenced).await.map(|me| (c, me)),
+        let connected = match self.inner.dial.open("datalayer").await {
+            Ok((link, id)) => match fence(&link, id, &fenced, self.inner.response_timeout).await {
+                Ok(me) => Ok((link, me)),
+                Err(e) => {
+                    link.close();
+                    Err(e)
+                }
+            },
             Err(e) => Err(e),
         };
         match connected {
-            Ok((c, me)) => {
-                let generation = {
-                    let mut state = self.state();
-                    if state.generation > 0 {
-                        crate::telemetry::reconnect();
-                    }
-                    state.generation += 1;
-                    state.current = Some((c.clone(), state.generation));
-                    state.identity = Some(me);
-                    // Killed (or of another server run): nothing of theirs can run now.
-                    state.fence.retain(|f| !fenced.contains(f));
-                    state.retry_at = None;
-                    state.generation
-                };
-                // The server closed it (CLIENT KILL, a restart): retire it at once.
-                let weak = Arc::downgrade(&self.inner);
-                tokio::spawn(async move {
-                    while let Some(push) = rx.recv().await {
-                        if push.kind == PushKind::Disconnection {
-                            break;
-                        }
-                    }
-                    if let Some(inner) = weak.upgrade() {
-                        Conn { inner, last: 0 }.retire(generation);
-                    }
-                });
-                Ok((c, generation))
+            Ok((link, me)) => {
+                let mut state = self.state();
+                if state.generation > 0 {
+                    crate::telemetry::reconnect();
+                }
+                state.generation += 1;
+                state.current = Some((link.clone(), state.generation));
+                state.identity = Some(me);
+                // Killed (or of another server run): nothing of theirs can run now.
+                state.fence.retain(|f| !fenced.contains(f));
+                state.retry_at = None;
+                Ok((link, state.generation))
             }
             Err(e) => {
                 let delay = previous.map_or(MIN_DELAY, |d| (d * 2).min(self.inner.max_delay));
                 self.state().retry_at = Some((Instant::now() + delay, delay));
                 tracing::debug!(error = %e, ?delay, "connecting to Redis failed");
-                Err(not_connected(&e.to_string()))
+                Err(WireError::NotSent(format!("not connected to Redis ({e})")))
             }
         }
+    }
+
+    /// The current connection while it is open; one the server closed (CLIENT KILL, a
+    /// restart) or that failed is retired here.
+    fn live(&self) -> Option<(Link, u64)> {
+        let current = self.state().current.clone()?;
+        if current.0.is_closed() {
+            self.retire(current.1);
+            return None;
+        }
+        Some(current)
     }
 
     /// Drops connection `generation` if it is still the current one: the next command
@@ -248,7 +251,9 @@ impl Conn {
             .as_ref()
             .is_some_and(|(_, g)| *g == generation)
         {
-            state.current = None;
+            if let Some((link, _)) = state.current.take() {
+                link.close();
+            }
             if let Some(me) = state.identity.take() {
                 // Bounded: a long outage retires at most one connection per attempt, and
                 // each is forgotten once a connection to a server is made.
@@ -259,25 +264,69 @@ impl Conn {
         }
     }
 
-    /// After a command on connection `generation`: an I/O error or a timeout retires it
-    /// (its replies can no longer be trusted to line up).
-    fn check<T>(&self, result: &RedisResult<T>, generation: u64) {
-        if let Err(e) = result {
-            if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
-                self.retire(generation);
-            }
+    /// Sends `bytes` (encoded commands taking `replies` replies) on the live connection;
+    /// their replies in order. A connection that failed or timed out is retired.
+    pub(crate) async fn round_trip(
+        &self,
+        bytes: Vec<u8>,
+        replies: usize,
+    ) -> Result<Vec<Value>, WireError> {
+        let (link, generation) = self.get().await?;
+        let result = link
+            .request(bytes, replies, Some(self.inner.response_timeout))
+            .await;
+        if result.is_err() {
+            self.retire(generation);
+        }
+        result
+    }
+}
+
+/// A refusal: nothing was sent (`RedisError::is_connection_refusal`).
+fn refused(why: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        why.to_owned(),
+    ))
+}
+
+/// A failure as redis-rs's error: a refusal when nothing was sent, an I/O error otherwise.
+pub(crate) fn redis_error(e: &WireError) -> RedisError {
+    match e {
+        WireError::NotSent(why) => refused(why),
+        WireError::Lost(why) => RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            why.clone(),
+        )),
+    }
+}
+
+/// A core value as redis-rs's (for the typed queries of [`ConnectionLike`]).
+fn to_redis(v: Value) -> redis::Value {
+    match v {
+        Value::Nil => redis::Value::Nil,
+        Value::Int(i) => redis::Value::Int(i),
+        Value::Bulk(b) => redis::Value::BulkString(b),
+        Value::Status(s) if s == "OK" => redis::Value::Okay,
+        Value::Status(s) => redis::Value::SimpleString(s),
+        Value::Array(a) => redis::Value::Array(a.into_iter().map(to_redis).collect()),
+        Value::Error(e) => {
+            let line = format!("-{}\r\n", e.replace(['\r', '\n'], " "));
+            redis::parse_redis_value(line.as_bytes())
+                .unwrap_or_else(|_| redis::Value::SimpleString(e))
         }
     }
 }
 
+/// redis-rs's typed commands (`redis::cmd(..).query_async(&mut conn)`) over the same
+/// connection.
 impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
         Box::pin(async move {
-            let (mut c, generation) = self.get().await?;
-            self.last = generation;
-            let result = c.req_packed_command(cmd).await;
-            self.check(&result, generation);
-            result
+            match self.round_trip(cmd.get_packed_command(), 1).await {
+                Ok(mut values) => Ok(values.pop().map_or(redis::Value::Nil, to_redis)),
+                Err(e) => Err(redis_error(&e)),
+            }
         })
     }
 
@@ -286,13 +335,15 @@ impl ConnectionLike for Conn {
         cmd: &'a Pipeline,
         offset: usize,
         count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
-            let (mut c, generation) = self.get().await?;
-            self.last = generation;
-            let result = c.req_packed_commands(cmd, offset, count).await;
-            self.check(&result, generation);
-            result
+            match self
+                .round_trip(cmd.get_packed_pipeline(), offset + count)
+                .await
+            {
+                Ok(values) => Ok(values.into_iter().skip(offset).map(to_redis).collect()),
+                Err(e) => Err(redis_error(&e)),
+            }
         })
     }
 
@@ -301,8 +352,23 @@ impl ConnectionLike for Conn {
     }
 }
 
-impl crate::exec::Desync for Conn {
-    fn desynced(&mut self) {
-        self.retire(self.last);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_keep_their_meaning_through_redis_rs() {
+        let v = Value::Array(vec![
+            Value::Nil,
+            Value::Int(-3),
+            Value::Bulk(b"b".to_vec()),
+            Value::Status("OK".into()),
+            Value::Status("QUEUED".into()),
+        ]);
+        assert_eq!(crate::exec::to_value(to_redis(v.clone())), v);
+        let e = Value::Error("NOSCRIPT No matching script".into());
+        assert_eq!(crate::exec::to_value(to_redis(e.clone())), e);
+        assert!(redis_error(&WireError::NotSent("x".into())).is_connection_refusal());
+        assert!(!redis_error(&WireError::Lost("x".into())).is_connection_refusal());
     }
 }

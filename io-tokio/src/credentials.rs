@@ -190,7 +190,7 @@ impl DataLayer {
             loop {
                 let ask = credentials::scan(pattern, &cursor, 1000);
                 let page = match conns.get(i) {
-                    Some(conn) => crate::exec::run_one(&mut conn.clone(), &ask).await?,
+                    Some(conn) => crate::exec::run_one(conn, &ask).await?,
                     None => self.backend.run_one(&ask).await?,
                 };
                 let (next, keys) = credentials::parse_scan(page)?;

@@ -69,7 +69,7 @@ impl Nodes {
     async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
         match self {
             Nodes::Cluster(c) => c.execute(commands).await,
-            Nodes::Single { conn, .. } => crate::exec::execute(&mut conn.clone(), commands).await,
+            Nodes::Single { conn, .. } => crate::exec::execute(conn, commands).await,
         }
     }
 

@@ -17,9 +17,12 @@ use std::sync::OnceLock;
 use std::borrow::Cow;
 
 use datalayer_core::command::{Command, Replicas, Reply};
+use datalayer_core::resp;
 use datalayer_core::scripts::{self, Invocation, Script};
 use datalayer_core::value::Value;
-use redis::aio::ConnectionLike;
+
+pub use crate::connection::Conn as Connection;
+use crate::wire::WireError;
 
 /// The SHA1 of every script, computed once.
 fn shas() -> &'static HashMap<&'static str, String> {
@@ -36,48 +39,48 @@ fn sha(script: &Script) -> &'static str {
     shas().get(script.name).map_or("", String::as_str)
 }
 
-/// The bytes of `args`, to size a command's buffer once rather than grow it.
-fn data_len(args: &[scripts::Arg<'_>]) -> usize {
-    args.iter().map(|a| a.len()).sum()
+/// The bytes `args` take encoded, to size the buffer once rather than grow it.
+fn encoded_len(args: &[scripts::Arg<'_>]) -> usize {
+    args.iter().map(|a| resp::arg_len(a.len())).sum()
 }
 
-fn plain(args: &[scripts::Arg<'_>]) -> redis::Cmd {
-    let mut cmd = redis::Cmd::with_capacity(args.len(), data_len(args));
+fn plain(out: &mut Vec<u8>, args: &[scripts::Arg<'_>]) {
+    resp::encode_header(out, args.len());
     for a in args {
-        cmd.arg(a.as_ref());
+        resp::encode_arg(out, a);
     }
-    cmd
 }
 
-/// Adds an invocation's commands to `pipe`; returns how many replies they take (a
+/// Appends an invocation's commands to `out`; returns how many replies they take (a
 /// transaction: MULTI, its commands, EXEC, of which EXEC's reply is the invocation's).
-pub(crate) fn push(pipe: &mut redis::Pipeline, invocation: &Invocation<'_>) -> usize {
+pub(crate) fn encode(out: &mut Vec<u8>, invocation: &Invocation<'_>) -> usize {
     match invocation {
         Invocation::Plain(args) => {
-            pipe.add_command(plain(args));
+            out.reserve(16 + encoded_len(args));
+            plain(out, args);
             1
         }
         Invocation::Script { script, keys, args } => {
-            let mut cmd = redis::Cmd::with_capacity(
-                3 + keys.len() + args.len(),
-                64 + data_len(keys) + data_len(args),
-            );
-            cmd.arg("EVALSHA").arg(sha(script)).arg(keys.len());
+            out.reserve(96 + encoded_len(keys) + encoded_len(args));
+            resp::encode_header(out, 3 + keys.len() + args.len());
+            resp::encode_arg(out, b"EVALSHA");
+            resp::encode_arg(out, sha(script).as_bytes());
+            resp::encode_arg(out, keys.len().to_string().as_bytes());
             for k in keys {
-                cmd.arg(k.as_ref());
+                resp::encode_arg(out, k);
             }
             for a in args {
-                cmd.arg(a.as_ref());
+                resp::encode_arg(out, a);
             }
-            pipe.add_command(cmd);
             1
         }
         Invocation::Transaction(cmds) => {
-            pipe.cmd("MULTI");
+            resp::encode_command(out, [&b"MULTI"[..]]);
             for c in cmds {
-                pipe.add_command(plain(c));
+                out.reserve(16 + encoded_len(c));
+                plain(out, c);
             }
-            pipe.cmd("EXEC");
+            resp::encode_command(out, [&b"EXEC"[..]]);
             cmds.len() + 2
         }
     }
@@ -118,42 +121,44 @@ pub fn to_value(v: redis::Value) -> Value {
 }
 
 /// Loads every script (after which `EVALSHA` finds them).
-pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
+///
+/// # Errors
+/// A failed connection, or a script Redis refused.
+pub async fn load_scripts(conn: &Connection) -> redis::RedisResult<()> {
+    let mut out = Vec::new();
     for s in scripts::ALL {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(s.source).ignore();
+        resp::encode_command(&mut out, [&b"SCRIPT"[..], b"LOAD", s.source.as_bytes()]);
     }
-    pipe.query_async::<()>(conn).await
+    let values = conn
+        .round_trip(out, scripts::ALL.len())
+        .await
+        .map_err(|e| crate::connection::redis_error(&e))?;
+    match values.into_iter().find(|v| matches!(v, Value::Error(_))) {
+        Some(Value::Error(e)) => Err(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "SCRIPT LOAD",
+            e,
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(commands = invocations.len()))]
-async fn run_pipeline<C: ConnectionLike + Desync>(
-    conn: &mut C,
-    invocations: &[&Invocation<'_>],
-) -> Vec<Reply> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    // A token of this pipeline's own first: replies that do not start with it belong to
-    // another pipeline (see [`Desync`]).
-    let token = pipeline_token();
-    pipe.cmd("ECHO").arg(&token[..]);
-    let takes: Vec<usize> = invocations.iter().map(|inv| push(&mut pipe, inv)).collect();
-    let expected: usize = 1 + takes.iter().sum::<usize>();
-    match pipe.query_async::<Vec<redis::Value>>(conn).await {
+async fn run_pipeline(conn: &Connection, invocations: &[&Invocation<'_>]) -> Vec<Reply> {
+    let mut out = Vec::with_capacity(256);
+    let takes: Vec<usize> = invocations
+        .iter()
+        .map(|inv| encode(&mut out, inv))
+        .collect();
+    let expected: usize = takes.iter().sum::<usize>();
+    match conn.round_trip(out, expected).await {
         Ok(values) if values.len() == expected => {
             let mut values = values.into_iter();
-            let echoed = values.next();
-            if !matches!(&echoed, Some(redis::Value::BulkString(b)) if *b == token) {
-                tracing::warn!("replies of another pipeline: the connection is out of step");
-                conn.desynced();
-                return vec![Reply::Unknown; invocations.len()];
-            }
             takes
                 .iter()
                 .map(|n| transaction_reply(values.by_ref().take(*n).collect()))
                 .collect()
         }
-        // The connection failed: each command may or may not have run.
         Ok(values) => {
             tracing::warn!(
                 sent = expected,
@@ -163,52 +168,28 @@ async fn run_pipeline<C: ConnectionLike + Desync>(
             vec![Reply::Unknown; invocations.len()]
         }
         // No connection could be made: the pipeline was never written, nothing ran.
-        Err(e) if e.is_connection_refusal() => {
-            tracing::debug!(error = %e, commands = invocations.len(), "pipeline not sent");
+        Err(WireError::NotSent(why)) => {
+            tracing::debug!(error = %why, commands = invocations.len(), "pipeline not sent");
             vec![Reply::NotSent; invocations.len()]
         }
-        Err(e) => {
-            tracing::warn!(error = %e, commands = invocations.len(), "pipeline failed: outcomes unknown");
+        // The connection failed: each command may or may not have run.
+        Err(WireError::Lost(why)) => {
+            tracing::warn!(error = %why, commands = invocations.len(), "pipeline failed: outcomes unknown");
             vec![Reply::Unknown; invocations.len()]
         }
     }
-}
-
-/// A connection whose replies may stop lining up with its requests: after a response
-/// timeout redis-rs keeps the timed-out request in line to absorb its reply, so when that
-/// reply never comes (a half-open connection, a proxy that swallowed it), every later
-/// request on the connection is given the reply of the one after it. Each pipeline starts
-/// with an `ECHO` of a token of its own; a pipeline whose first reply is not its token was
-/// handed another's replies: its outcomes are unknown, and the connection is told to
-/// retire (the next command connects anew).
-pub trait Desync {
-    /// The replies just received were another request's.
-    fn desynced(&mut self) {}
-}
-
-impl Desync for redis::aio::MultiplexedConnection {}
-
-/// A token no other pipeline of this process carries.
-fn pipeline_token() -> Vec<u8> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("dl{n:x}").into_bytes()
 }
 
 /// An invocation's reply from its part of the pipeline's replies: a transaction's is EXEC's,
 /// its last (MULTI's OK and the QUEUEDs go) — but when Redis refused to queue a command
 /// (`LOADING` after a restart, `OOM`, ...), EXEC says only `EXECABORT`, and the refusal
 /// itself is the reply: the engine tells a transient one from a final one.
-fn transaction_reply(mut values: Vec<redis::Value>) -> Reply {
+fn transaction_reply(mut values: Vec<Value>) -> Reply {
     let Some(last) = values.pop() else {
         return Reply::Unknown;
     };
-    let last = to_value(last);
     if matches!(&last, Value::Error(e) if e.starts_with("EXECABORT")) {
-        let cause = values
-            .into_iter()
-            .map(to_value)
-            .find(|v| matches!(v, Value::Error(_)));
+        let cause = values.into_iter().find(|v| matches!(v, Value::Error(_)));
         if let Some(cause) = cause {
             return Reply::Value(cause);
         }
@@ -222,8 +203,8 @@ fn is_noscript(reply: &Reply) -> bool {
 
 /// Sends `invocations` as one pipeline; returns one reply per invocation, in order. A script
 /// Redis does not know (NOSCRIPT: it did not run) is loaded and sent again.
-pub(crate) async fn run_invocations<C: ConnectionLike + Desync>(
-    conn: &mut C,
+pub(crate) async fn run_invocations(
+    conn: &Connection,
     invocations: &[Invocation<'_>],
 ) -> Vec<Reply> {
     let all: Vec<&Invocation<'_>> = invocations.iter().collect();
@@ -231,10 +212,7 @@ pub(crate) async fn run_invocations<C: ConnectionLike + Desync>(
 }
 
 /// [`run_invocations`] of invocations held elsewhere (a cluster's part of a pipeline).
-pub(crate) async fn run_refs<C: ConnectionLike + Desync>(
-    conn: &mut C,
-    invocations: &[&Invocation<'_>],
-) -> Vec<Reply> {
+pub(crate) async fn run_refs(conn: &Connection, invocations: &[&Invocation<'_>]) -> Vec<Reply> {
     if invocations.is_empty() {
         return Vec::new();
     }
@@ -259,14 +237,14 @@ pub(crate) async fn run_refs<C: ConnectionLike + Desync>(
 }
 
 /// Sends `commands` as one pipeline; returns one reply per command, in order.
-pub async fn execute<C: ConnectionLike + Desync>(conn: &mut C, commands: &[Command]) -> Vec<Reply> {
+pub async fn execute(conn: &Connection, commands: &[Command]) -> Vec<Reply> {
     execute_ringing(conn, commands, false).await
 }
 
 /// [`execute`], each command followed by the doorbells it rings when `rings`
 /// ([`datalayer_core::cluster::rings`]).
-pub(crate) async fn execute_ringing<C: ConnectionLike + Desync>(
-    conn: &mut C,
+pub(crate) async fn execute_ringing(
+    conn: &Connection,
     commands: &[Command],
     rings: bool,
 ) -> Vec<Reply> {
@@ -342,10 +320,7 @@ pub(crate) fn judge(planned: &[Planned], mut replies: Vec<Reply>) -> Vec<Reply> 
 /// Runs one invocation on its own (no pipeline of the engine's), through the same path as
 /// [`execute`]. An error reply is a [`Value::Error`]; a failed connection is an `Err` (the
 /// outcome is unknown; the cause is logged).
-pub async fn run_one<C: ConnectionLike + Desync>(
-    conn: &mut C,
-    invocation: &Invocation<'_>,
-) -> redis::RedisResult<Value> {
+pub async fn run_one(conn: &Connection, invocation: &Invocation<'_>) -> redis::RedisResult<Value> {
     match run_invocations(conn, std::slice::from_ref(invocation))
         .await
         .pop()
@@ -362,14 +337,14 @@ pub async fn run_one<C: ConnectionLike + Desync>(
 mod tests {
     use super::*;
 
-    fn server_error(text: &str) -> redis::Value {
-        redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("an error reply")
+    fn server_error(text: &str) -> Value {
+        Value::Error(text.into())
     }
 
     #[test]
     fn an_aborted_transaction_replies_with_its_cause() {
-        let ok = redis::Value::Okay;
-        let queued = redis::Value::SimpleString("QUEUED".into());
+        let ok = Value::Status("OK".into());
+        let queued = Value::Status("QUEUED".into());
         let loading = server_error("LOADING Redis is loading the dataset in memory");
         let abort = server_error("EXECABORT Transaction discarded because of previous errors.");
         assert_eq!(
@@ -380,7 +355,7 @@ mod tests {
         );
         // EXEC's own reply otherwise (an abort without a cause stays as it is).
         assert_eq!(
-            transaction_reply(vec![ok.clone(), queued, redis::Value::Array(vec![])]),
+            transaction_reply(vec![ok.clone(), queued, Value::Array(vec![])]),
             Reply::Value(Value::Array(vec![]))
         );
         assert!(matches!(

@@ -258,8 +258,12 @@ impl std::fmt::Debug for DataLayer {
     }
 }
 
-/// The connection info of `url`, checked, with RESP3 and `TCP_NODELAY`.
-fn connection_info(url: &str, options: &Options) -> Result<redis::ConnectionInfo, Error> {
+/// The connection info of `url`, checked, with RESP3 (for redis-rs's subscriptions) and
+/// `TCP_NODELAY`.
+pub(crate) fn connection_info(
+    url: &str,
+    options: &Options,
+) -> Result<redis::ConnectionInfo, Error> {
     use redis::IntoConnectionInfo;
     if url.contains('#') {
         // redis-rs reads `rediss://..#insecure` as "do not verify the certificate" when a
@@ -291,13 +295,9 @@ fn connection_info(url: &str, options: &Options) -> Result<redis::ConnectionInfo
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
-/// The client for `info`: with `rediss://` and a root certificate, TLS trusting that root.
-/// TCP connections set `TCP_NODELAY` (redis-rs leaves Nagle's algorithm on, which holds a
-/// small write back until the previous one is acknowledged: pipelines then wait for the
-/// peer's delayed ACK, 40 ms at a time). Connections speak RESP3: redis-rs's connection
-/// manager then learns of a dropped connection when it drops (not when the next command
-/// fails on it) and reconnects at once, so no command is sent down a connection already
-/// known to be dead.
+/// redis-rs's client for `info` (the doorbells' subscription connections, which speak
+/// RESP3 for its pushes): with `rediss://` and a root certificate, TLS trusting that root.
+/// Commands go on datalayer's own connections ([`crate::wire`]).
 fn client_of(info: redis::ConnectionInfo, options: &Options) -> Result<redis::Client, Error> {
     match &options.tls_root_cert {
         #[cfg(feature = "tls")]
@@ -372,21 +372,12 @@ impl DataLayer {
                 ..
             } => doorbells(),
             Backend::Redis {
-                conn,
-                client,
-                idle_reads,
+                conn, idle_reads, ..
             } => {
                 let overflow = (*idle_reads == IdleReads::Auto).then(&mut doorbells);
                 let merged = blockers
                     .entry(key.to_owned())
-                    .or_insert_with(|| {
-                        Blocker::start(
-                            client.as_ref().clone(),
-                            conn.clone(),
-                            self.options.connect_timeout,
-                            self.options.response_timeout,
-                        )
-                    })
+                    .or_insert_with(|| Blocker::start(conn.clone(), self.options.response_timeout))
                     .clone();
                 match overflow {
                     Some(bells) => merged.overflowing_to(&bells),
@@ -447,13 +438,15 @@ impl DataLayer {
         let client = client_of(info.clone(), &options)?;
         // While Redis is away, a command fails at once (not sent: the engine backs off and
         // sends again) rather than waiting for Redis to come back.
-        let mut conn = Conn::connect(
-            client.clone(),
-            options.response_timeout,
+        let dial = crate::wire::Dial::new(
+            &info,
+            options.tls_root_cert.as_deref(),
             options.connect_timeout,
-            options.max_reconnect_delay,
         )
-        .await?;
+        .map_err(Error::Config)?;
+        let mut conn = Conn::connect(dial, options.response_timeout, options.max_reconnect_delay)
+            .await
+            .map_err(|e| Error::Redis(crate::connection::redis_error(&e)))?;
         let cluster_info: String = redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut conn)
@@ -462,7 +455,7 @@ impl DataLayer {
         if cluster_info.contains("cluster_enabled:1") {
             return Self::connect_cluster(info, seeds, options).await;
         }
-        crate::exec::load_scripts(&mut conn).await?;
+        crate::exec::load_scripts(&conn).await?;
         let client = Arc::new(client);
         let idle_reads = options.idle_reads;
         let layer = Self::over(

@@ -26,6 +26,7 @@ mod random;
 mod sharded;
 mod telemetry;
 mod traces;
+mod wire;
 mod worker;
 
 pub use clock::now;

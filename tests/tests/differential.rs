@@ -558,7 +558,7 @@ fn bulk(s: String) -> Value {
 }
 
 /// The ids of every entry of stream `key` on the real server (XRANGE - +).
-async fn entry_ids(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Value {
+async fn entry_ids(conn: &mut datalayer_tokio::exec::Connection, key: &str) -> Value {
     let v: redis::Value = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -580,17 +580,15 @@ async fn entry_ids(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> V
 }
 
 /// A connection to `server`.
-async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
+async fn connect(server: &RedisServer) -> datalayer_tokio::exec::Connection {
+    datalayer_tokio::exec::Connection::open(&server.url())
         .await
         .expect("connect")
 }
 
 /// Runs one command on the real server; its reply.
 async fn on_redis(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut datalayer_tokio::exec::Connection,
     op: u64,
     kind: CommandKind,
 ) -> Value {
@@ -608,7 +606,7 @@ async fn on_redis(
 /// Runs `op` on both sides; both replies, normalized.
 async fn on_both(
     sim: &mut Sim,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut datalayer_tokio::exec::Connection,
     (model, real): (&mut Side, &mut Side),
     keys: &Arc<QueueKeys>,
     step: u64,
@@ -623,7 +621,7 @@ async fn on_both(
 /// by trimming, which no reply shows).
 async fn work_streams(
     sim: &Sim,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut datalayer_tokio::exec::Connection,
     (model, real): (&mut Side, &mut Side),
     keys: &QueueKeys,
 ) -> (Value, Value) {
@@ -726,7 +724,7 @@ type RawEntries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// The same value read from redis-server (TYPE, XRANGE, XINFO GROUPS, XPENDING, HGETALL,
 /// ZRANGE WITHSCORES).
-async fn redis_keyspace(conn: &mut redis::aio::MultiplexedConnection, keys: &QueueKeys) -> Value {
+async fn redis_keyspace(conn: &mut datalayer_tokio::exec::Connection, keys: &QueueKeys) -> Value {
     let mut out = Vec::new();
     for key in &diff_keys(keys) {
         let kind: String = redis::cmd("TYPE")
@@ -859,7 +857,7 @@ async fn redis_keyspace(conn: &mut redis::aio::MultiplexedConnection, keys: &Que
 /// within a stream only) and times made base-relative.
 async fn keyspaces(
     sim: &Sim,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut datalayer_tokio::exec::Connection,
     (model_base, real_base): (u64, u64),
     keys: &QueueKeys,
 ) -> (Value, Value) {
@@ -877,7 +875,7 @@ async fn keyspaces(
 }
 
 /// The model at `now_ms`, behaving as the server's version does where versions differ.
-async fn model_of(conn: &mut redis::aio::MultiplexedConnection, now_ms: u64) -> Sim {
+async fn model_of(conn: &mut datalayer_tokio::exec::Connection, now_ms: u64) -> Sim {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(conn)
@@ -897,7 +895,7 @@ async fn model_of(conn: &mut redis::aio::MultiplexedConnection, now_ms: u64) -> 
     sim
 }
 
-async fn redis_time(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+async fn redis_time(conn: &mut datalayer_tokio::exec::Connection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
     secs * 1000 + micros / 1000
 }
@@ -1270,7 +1268,7 @@ async fn stats_of_a_large_backlog_without_a_lag_are_bounded() {
 
 /// Runs one invocation on the real server; its reply.
 async fn invoke_on_redis(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut datalayer_tokio::exec::Connection,
     invocation: &datalayer_core::scripts::Invocation<'_>,
 ) -> Value {
     datalayer_tokio::exec::run_one(conn, invocation)

@@ -40,6 +40,12 @@ fn engine_ops_corpus() {
 }
 
 #[test]
+fn resp_replies_corpus() {
+    let n = replay("resp_replies", fuzz::resp_replies);
+    assert!(n >= 3, "only {n} corpus files");
+}
+
+#[test]
 fn seeds_open() {
     // The seed envelopes are valid: the fuzzer starts from inside the format, not outside.
     let sealer = fuzz::sealer();
@@ -63,6 +69,18 @@ fn seeds_open() {
             }
             "open_envelope" => assert!(sealer.open_bytes(&ctx, &bytes).is_ok(), "seed {name}"),
             "engine_ops" => fuzz::engine_ops(&bytes),
+            "resp_replies" => {
+                // Whole replies, every one: the fuzzer starts from what Redis sends.
+                let mut decoder = datalayer_core::resp::Decoder::default();
+                let mut at = 1;
+                while at < bytes.len() {
+                    match decoder.decode(&bytes[at..]) {
+                        Ok(Some((_, used))) => at += used,
+                        other => panic!("seed {name} at {at}: {other:?}"),
+                    }
+                }
+                fuzz::resp_replies(&bytes);
+            }
             _ => fuzz::seal_then_mutate(&bytes),
         }
     }

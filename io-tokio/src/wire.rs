@@ -1,0 +1,398 @@
+//! datalayer's own connection to a Redis server: a socket (TCP, TLS or Unix), a task that
+//! writes what is asked and reads the replies, and the core's RESP codec
+//! ([`datalayer_core::resp`]) in between, decoding straight into the core's [`Value`]s.
+//!
+//! A [`Link`] carries requests (one or more encoded commands, and how many replies they
+//! take) in the order they are made, each answered with its replies in order. Nothing can
+//! make replies stop lining up with requests: a reply that does not decode, a reply no one
+//! asked for, an I/O error, the server closing the connection, or a request that waited
+//! longer than its timeout closes the link, and every request still waiting on it fails
+//! with [`WireError::Lost`] (what it sent may or may not have run). A request made on a
+//! closed link fails with [`WireError::NotSent`]: nothing was written.
+//!
+//! The connection speaks RESP2 (it never sends `HELLO 3`), the shapes the core's model of
+//! Redis answers with.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datalayer_core::resp::Decoder;
+use datalayer_core::value::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Why a request got no replies.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WireError {
+    /// Nothing was written: no connection could be made, or the link was closed already.
+    #[error("not sent to Redis: {0}")]
+    NotSent(String),
+    /// The link failed or was closed while the request was out: what it sent may or may
+    /// not have run.
+    #[error("the connection to Redis failed, the outcome is unknown: {0}")]
+    Lost(String),
+}
+
+/// Where a server is, and how to open a connection to it.
+#[derive(Clone)]
+pub(crate) struct Dial {
+    addr: Addr,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Clone, Debug)]
+enum Addr {
+    Tcp(String, u16),
+    #[cfg(feature = "tls")]
+    Tls(String, u16),
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dial")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dial {
+    /// The server `info` names (its address, user, password and database), with TLS
+    /// trusting `tls_root_cert` (PEM) or else the system's roots for `rediss://`.
+    pub(crate) fn new(
+        info: &redis::ConnectionInfo,
+        tls_root_cert: Option<&[u8]>,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let addr = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+            #[cfg(feature = "tls")]
+            redis::ConnectionAddr::TcpTls { host, port, .. } => Addr::Tls(host.clone(), *port),
+            #[cfg(unix)]
+            redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+            #[allow(unreachable_patterns)]
+            other => return Err(format!("unsupported address {other}")),
+        };
+        #[cfg(feature = "tls")]
+        let tls = match addr {
+            Addr::Tls(..) => Some(Arc::new(tls_config(tls_root_cert)?)),
+            _ => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = tls_root_cert;
+        let settings = info.redis_settings();
+        Ok(Self {
+            addr,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+            connect_timeout,
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
+    /// This server's settings at another address (a cluster node's), same scheme.
+    pub(crate) fn at(&self, host: &str, port: u16) -> Self {
+        let mut other = self.clone();
+        other.addr = match &self.addr {
+            #[cfg(feature = "tls")]
+            Addr::Tls(..) => Addr::Tls(host.to_owned(), port),
+            _ => Addr::Tcp(host.to_owned(), port),
+        };
+        other
+    }
+
+    /// Opens a connection, authenticates, selects the database and names it; returns the
+    /// link and its client id (for `CLIENT KILL` and `CLIENT UNBLOCK`).
+    pub(crate) async fn open(&self, name: &str) -> Result<(Link, i64), WireError> {
+        let opened = tokio::time::timeout(self.connect_timeout, async {
+            let link = self.connect().await?;
+            let mut out = Vec::new();
+            let mut replies = 0;
+            if let Some(password) = &self.password {
+                let mut args: Vec<&[u8]> = vec![b"AUTH"];
+                if let Some(user) = &self.username {
+                    args.push(user.as_bytes());
+                }
+                args.push(password.as_bytes());
+                datalayer_core::resp::encode_command(&mut out, args);
+                replies += 1;
+            }
+            let db = self.db.to_string();
+            if self.db != 0 {
+                datalayer_core::resp::encode_command(&mut out, [&b"SELECT"[..], db.as_bytes()]);
+                replies += 1;
+            }
+            datalayer_core::resp::encode_command(
+                &mut out,
+                [&b"CLIENT"[..], b"SETNAME", name.as_bytes()],
+            );
+            datalayer_core::resp::encode_command(&mut out, [&b"CLIENT"[..], b"ID"]);
+            let values = link.request(out, replies + 2, None).await?;
+            if let Some(Value::Error(e)) = values.iter().find(|v| matches!(v, Value::Error(_))) {
+                link.close();
+                return Err(WireError::NotSent(e.clone()));
+            }
+            match values.last() {
+                Some(Value::Int(id)) => Ok((link, *id)),
+                other => {
+                    link.close();
+                    Err(WireError::NotSent(format!("CLIENT ID answered {other:?}")))
+                }
+            }
+        })
+        .await;
+        // A handshake cut short by the timeout wrote nothing of a caller's.
+        opened.unwrap_or_else(|_| {
+            Err(WireError::NotSent(format!(
+                "no connection within {:?}",
+                self.connect_timeout
+            )))
+        })
+    }
+
+    /// The socket, its task started.
+    async fn connect(&self) -> Result<Link, WireError> {
+        let refused = |e: std::io::Error| WireError::NotSent(e.to_string());
+        match &self.addr {
+            Addr::Tcp(host, port) => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(refused)?;
+                s.set_nodelay(true).map_err(refused)?;
+                Ok(Link::start(s))
+            }
+            #[cfg(feature = "tls")]
+            Addr::Tls(host, port) => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(refused)?;
+                s.set_nodelay(true).map_err(refused)?;
+                let config = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| WireError::NotSent("no TLS configuration".into()))?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| WireError::NotSent(format!("TLS server name {host}: {e}")))?;
+                let s = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, s)
+                    .await
+                    .map_err(refused)?;
+                Ok(Link::start(s))
+            }
+            #[cfg(unix)]
+            Addr::Unix(path) => {
+                let s = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(refused)?;
+                Ok(Link::start(s))
+            }
+        }
+    }
+}
+
+/// TLS trusting `root_cert` (PEM), or the system's roots.
+#[cfg(feature = "tls")]
+fn tls_config(root_cert: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("root certificate PEM: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("root certificate: {e}"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A request: encoded commands, how many replies they take, where the replies go.
+struct Request {
+    bytes: Vec<u8>,
+    replies: usize,
+    done: oneshot::Sender<Result<Vec<Value>, WireError>>,
+}
+
+/// A request written, waiting for its replies.
+struct Waiting {
+    left: usize,
+    got: Vec<Value>,
+    done: oneshot::Sender<Result<Vec<Value>, WireError>>,
+}
+
+/// One connection (cheap to clone; the connection closes once every clone is dropped, or
+/// on [`Link::close`]).
+#[derive(Clone)]
+pub(crate) struct Link {
+    tx: mpsc::UnboundedSender<Request>,
+    kill: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Link {
+    fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let kill = Arc::new(Notify::new());
+        tokio::spawn(run(stream, rx, kill.clone()));
+        Self { tx, kill }
+    }
+
+    /// Sends `bytes` (commands that take `replies` replies, `replies` ≥ 1) and returns
+    /// their replies; with a `timeout`, a request not answered in time closes the link.
+    pub(crate) async fn request(
+        &self,
+        bytes: Vec<u8>,
+        replies: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Value>, WireError> {
+        let (done, rx) = oneshot::channel();
+        let request = Request {
+            bytes,
+            replies: replies.max(1),
+            done,
+        };
+        if self.tx.send(request).is_err() {
+            return Err(WireError::NotSent("the connection is closed".into()));
+        }
+        let answered = match timeout {
+            Some(t) => match tokio::time::timeout(t, rx).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    self.close();
+                    return Err(WireError::Lost(format!("no reply within {t:?}")));
+                }
+            },
+            None => rx.await,
+        };
+        answered.unwrap_or_else(|_| Err(WireError::Lost("the connection closed".into())))
+    }
+
+    /// Closes the connection: requests out fail as [`WireError::Lost`], later ones as
+    /// [`WireError::NotSent`].
+    pub(crate) fn close(&self) {
+        self.kill.notify_one();
+    }
+
+    /// Whether the connection is closed (by [`Link::close`], the server or a failure).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The connection's task: writes requests in order, hands each its replies.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    kill: Arc<Notify>,
+) {
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut start = 0;
+    let mut decoder = Decoder::default();
+    let mut out: Vec<u8> = Vec::new();
+    let why: String = 'run: loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            () = kill.notified() => break "closed after a timeout or a failure".into(),
+            request = rx.recv() => {
+                let Some(first) = request else { break "no longer used".into() };
+                // Every request already queued goes in the same write.
+                out.clear();
+                let mut next = Some(first);
+                while let Some(r) = next {
+                    if out.is_empty() {
+                        out = r.bytes;
+                    } else {
+                        out.extend_from_slice(&r.bytes);
+                    }
+                    waiting.push_back(Waiting {
+                        left: r.replies,
+                        got: Vec::with_capacity(r.replies),
+                        done: r.done,
+                    });
+                    next = rx.try_recv().ok();
+                }
+                if let Err(e) = stream.write_all(&out).await {
+                    break format!("writing: {e}");
+                }
+            }
+            read = stream.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) => break "closed by the server".into(),
+                    Ok(_) => {}
+                    Err(e) => break format!("reading: {e}"),
+                }
+                loop {
+                    match decoder.decode(&buf[start..]) {
+                        Ok(Some((value, used))) => {
+                            start += used;
+                            let Some(w) = waiting.front_mut() else {
+                                break 'run "a reply no request asked for".into();
+                            };
+                            w.got.push(value);
+                            w.left -= 1;
+                            if w.left == 0 {
+                                if let Some(w) = waiting.pop_front() {
+                                    // A requester that gave up drops its replies.
+                                    let _ = w.done.send(Ok(w.got));
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => break 'run format!("a reply that does not decode: {e}"),
+                    }
+                }
+                if start == buf.len() {
+                    buf.clear();
+                    start = 0;
+                } else if start > READ_CHUNK {
+                    buf.drain(..start);
+                    start = 0;
+                }
+            }
+        }
+    };
+    tracing::debug!(why = %why, waiting = waiting.len(), "Redis connection closed");
+    rx.close();
+    for w in waiting {
+        let _ = w.done.send(Err(WireError::Lost(why.clone())));
+    }
+    // Requests queued but never written: nothing of theirs ran.
+    while let Ok(r) = rx.try_recv() {
+        let _ = r.done.send(Err(WireError::NotSent(why.clone())));
+    }
+}
+
+/// How much is read at a time.
+const READ_CHUNK: usize = 64 * 1024;
