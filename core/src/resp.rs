@@ -118,6 +118,15 @@ fn decimal_len(mut n: usize) -> usize {
 }
 
 fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    // Most lengths: one or two digits.
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
@@ -168,13 +177,23 @@ impl Decoder {
     /// [`RespError`] when the bytes are not a reply; the decoder is then reset, but the
     /// stream cannot be trusted any more.
     pub fn decode(&mut self, input: &[u8]) -> Result<Option<(Value, usize)>, RespError> {
+        if self.scanned == 0 {
+            // Most replies arrive whole: one pass builds them. One that has not is then
+            // scanned, resumably, and built once it is all there.
+            let mut at = 0;
+            if let Some(value) = build(input, &mut at, 0)? {
+                return Ok(Some((value, at)));
+            }
+        }
         match self.scan(input) {
             Ok(Some(len)) => {
                 self.scanned = 0;
                 self.open.clear();
                 let mut at = 0;
-                let value = build(&input[..len], &mut at, 0)?;
-                Ok(Some((value, len)))
+                match build(&input[..len], &mut at, 0)? {
+                    Some(value) => Ok(Some((value, len))),
+                    None => Err(RespError::Framing(at)),
+                }
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -346,33 +365,50 @@ fn leaf(kind: u8, line: &[u8]) -> Result<Value, RespError> {
     })
 }
 
-/// Builds the value at `*at` of a reply [`Decoder::scan`] found complete.
-fn build(input: &[u8], at: &mut usize, depth: usize) -> Result<Value, RespError> {
+/// Builds the value at `*at`; `None` when it has not arrived in full.
+fn build(input: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, RespError> {
     if depth > MAX_DEPTH {
         return Err(RespError::TooDeep);
     }
-    let kind = input.get(*at).copied().unwrap_or(0);
+    let Some(&kind) = input.get(*at) else {
+        return Ok(None);
+    };
     let (header, next) = header(input, *at)?;
-    *at = next;
     match header {
-        Header::Leaf(kind, from, to) => leaf(kind, &input[from..to]),
+        Header::Partial => Ok(None),
+        Header::Leaf(kind, from, to) => {
+            *at = next;
+            leaf(kind, &input[from..to]).map(Some)
+        }
         Header::Bulk(n) => {
-            let bytes = input
-                .get(next..next.saturating_add(n))
-                .ok_or(RespError::Framing(next))?;
-            *at = next + n + 2;
-            Ok(Value::Bulk(bytes.to_vec()))
+            let end = next.checked_add(n).ok_or(RespError::TooLong(n))?;
+            let (Some(bytes), Some(crlf)) = (input.get(next..end), input.get(end..end + 2)) else {
+                return Ok(None);
+            };
+            if crlf != b"\r\n" {
+                return Err(RespError::Framing(end));
+            }
+            *at = end + 2;
+            Ok(Some(Value::Bulk(bytes.to_vec())))
         }
         Header::Array(n) => {
-            let n = if kind == b'%' { n.saturating_mul(2) } else { n };
+            let n = if kind == b'%' {
+                n.checked_mul(2)
+                    .ok_or_else(|| RespError::Number(n.to_string()))?
+            } else {
+                n
+            };
             // Each element takes at least 3 bytes: reserve no more than the input holds.
             let mut items = Vec::with_capacity(n.min(input.len().saturating_sub(next) / 3));
+            *at = next;
             for _ in 0..n {
-                items.push(build(input, at, depth + 1)?);
+                match build(input, at, depth + 1)? {
+                    Some(item) => items.push(item),
+                    None => return Ok(None),
+                }
             }
-            Ok(Value::Array(items))
+            Ok(Some(Value::Array(items)))
         }
-        Header::Partial => Err(RespError::Framing(*at)),
     }
 }
 
