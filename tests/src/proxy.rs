@@ -28,6 +28,9 @@ pub enum Fault {
     /// (a stalled network, or a Redis too busy to read): the client times out while the
     /// command is still to run. Then the fault is over.
     HoldMulti(std::time::Duration),
+    /// The next bytes from Redis (the next reply or replies read at once) reach the client
+    /// as bytes that are no reply (`?`, no RESP type); then the fault is over.
+    GarbleReply,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,16 @@ impl State {
             }
             _ => None,
         }
+    }
+
+    /// Whether the bytes just read from Redis are to be garbled (a `GarbleReply` fault).
+    fn garble(&self) -> bool {
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        let garble = *fault == Fault::GarbleReply;
+        if garble {
+            *fault = Fault::None;
+        }
+        garble
     }
 
     /// How many of `n` bytes toward Redis may pass, and whether the connection is cut after.
@@ -219,6 +232,9 @@ async fn carry(client: TcpStream, state: Arc<State>, id: u64) {
                 };
                 if state.fault() == Fault::DropReplies {
                     continue;
+                }
+                if state.garble() {
+                    buf[..n].fill(b'?');
                 }
                 if client_tx.write_all(&buf[..n]).await.is_err() {
                     return;

@@ -136,6 +136,60 @@ async fn a_lost_reply_is_unconfirmed_and_the_job_lands_once() {
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A reply that is not RESP (a proxy or a network that corrupts bytes): the connection's
+/// replies can no longer be trusted to line up, so it closes, the add's outcome is unknown
+/// (never "not queued"), the next command goes on a fresh connection, and the job lands and
+/// runs once.
+#[tokio::test]
+async fn a_reply_that_does_not_decode_closes_the_connection_and_loses_nothing() {
+    let server = RedisServer::start(Persistence::None);
+    let proxy = Proxy::start(server.port()).await;
+    let dl = via(&proxy).await;
+    let queue = waiting(&dl, "q", Duration::from_millis(1_500));
+    let mut events = queue.events();
+    let runs = Runs::default();
+    let direct = layer(&server).await;
+    let worker = counting_worker(&direct, "q", &runs);
+    let warm = queue.add("s", &json!("warm")).await.expect("add");
+    assert!(matches!(warm.result().await, Ok(Outcome::Completed(_))));
+    let mut conn = raw(&server).await;
+    let clients_before = client_names(&mut conn, "datalayer").await;
+
+    proxy.set(Fault::GarbleReply);
+    let id = match queue.add("s", &json!("garbled")).await {
+        // The engine sent it again on a new connection and heard back in time.
+        Ok(handle) => handle.id.clone(),
+        Err(Error::Unconfirmed(id)) => id,
+        Err(e) => panic!("a job that was sent must not be reported as not queued: {e:?}"),
+    };
+    assert_eq!(completed(&mut events, &id).await["echo"], "garbled");
+    assert_eq!(runs.lock().expect("runs").get(&id.0), Some(&1), "ran once");
+    // The connection that carried the garbled reply is gone; a new one took its place.
+    let clients_after = client_names(&mut conn, "datalayer").await;
+    assert_eq!(clients_after.len(), clients_before.len(), "{clients_after:?}");
+    assert_ne!(clients_after, clients_before, "the command connection was replaced");
+    // And it serves: the next add is confirmed at once.
+    let next = queue.add("s", &json!("after")).await.expect("add after");
+    assert!(matches!(next.result().await, Ok(Outcome::Completed(_))));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The ids of the clients named `name` (`CLIENT LIST`), sorted.
+async fn client_names(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> Vec<u64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("client list");
+    let mut ids: Vec<u64> = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 #[tokio::test]
 async fn pipelines_cut_midway_never_lose_or_double_a_job() {
     let server = RedisServer::start(Persistence::None);
