@@ -102,6 +102,11 @@ pub fn encode_arg(out: &mut Vec<u8>, arg: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends one argument that is a number (its decimal digits).
+pub fn encode_uint(out: &mut Vec<u8>, n: u64) {
+    encode_arg(out, itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// The bytes [`encode_arg`] appends for an argument of `len` bytes (to size a buffer once).
 #[must_use]
 pub fn arg_len(len: usize) -> usize {
@@ -118,28 +123,13 @@ fn decimal_len(mut n: usize) -> usize {
 }
 
 fn push_decimal(out: &mut Vec<u8>, n: usize) {
-    // Most lengths: one or two digits.
-    if n < 10 {
-        out.push(b'0' + n as u8);
-        return;
-    }
-    if n < 100 {
-        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
-        return;
-    }
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        // A digit: n % 10 < 10.
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends `n`'s decimal digits (without the formatting machinery: ARGV is full of
+/// numbers, and `to_string` costs an allocation and a formatter each).
+pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Decodes replies from the front of a buffer; keeps what it scanned of an incomplete one.
@@ -433,6 +423,9 @@ mod tests {
         let long = vec![b'x'; 1234];
         encode_header(&mut out, 1);
         encode_arg(&mut out, &long);
+        let mut n = Vec::new();
+        encode_uint(&mut n, 1_700_000_000_000);
+        assert_eq!(n, b"$13\r\n1700000000000\r\n");
         assert_eq!(out.len(), 4 + arg_len(1234));
         assert!(out.starts_with(b"*1\r\n$1234\r\nxx"));
         for n in [0, 9, 10, 99, 100, usize::MAX] {

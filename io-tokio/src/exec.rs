@@ -65,7 +65,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, invocation: &Invocation<'_>) -> usize {
             resp::encode_header(out, 3 + keys.len() + args.len());
             resp::encode_arg(out, b"EVALSHA");
             resp::encode_arg(out, sha(script).as_bytes());
-            resp::encode_arg(out, keys.len().to_string().as_bytes());
+            resp::encode_uint(out, u64::try_from(keys.len()).unwrap_or(u64::MAX));
             for k in keys {
                 resp::encode_arg(out, k);
             }

@@ -166,8 +166,15 @@ async fn a_reply_that_does_not_decode_closes_the_connection_and_loses_nothing() 
     assert_eq!(runs.lock().expect("runs").get(&id.0), Some(&1), "ran once");
     // The connection that carried the garbled reply is gone; a new one took its place.
     let clients_after = client_names(&mut conn, "datalayer").await;
-    assert_eq!(clients_after.len(), clients_before.len(), "{clients_after:?}");
-    assert_ne!(clients_after, clients_before, "the command connection was replaced");
+    assert_eq!(
+        clients_after.len(),
+        clients_before.len(),
+        "{clients_after:?}"
+    );
+    assert_ne!(
+        clients_after, clients_before,
+        "the command connection was replaced"
+    );
     // And it serves: the next add is confirmed at once.
     let next = queue.add("s", &json!("after")).await.expect("add after");
     assert!(matches!(next.result().await, Ok(Outcome::Completed(_))));
