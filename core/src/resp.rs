@@ -34,6 +34,8 @@
 //! assert_eq!(next, Value::Status("OK".into()));
 //! ```
 
+use std::collections::VecDeque;
+
 use crate::value::Value;
 
 /// The deepest nesting of arrays a reply may have (datalayer's replies nest at most 4 deep).
@@ -402,6 +404,121 @@ fn build(input: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, Re
     }
 }
 
+/// Why a connection's replies can no longer be matched to its requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeError {
+    /// Bytes that are not a reply.
+    #[error("a reply that does not decode: {0}")]
+    Resp(#[from] RespError),
+    /// A reply when no request is owed one.
+    #[error("a reply no request asked for")]
+    Unsolicited,
+}
+
+/// One connection's requests and replies, without the socket: the requests written, in
+/// order, each owed a number of replies, and the replies read, decoded and handed to the
+/// request they answer.
+///
+/// Redis answers a connection's commands in the order it reads them, so the n-th reply is
+/// the n-th command's. When that stops holding (bytes that do not decode, a reply nothing
+/// asked for), no later reply can be trusted either: [`Exchange::received`] fails, and the
+/// connection must close, each request still owed failing with an unknown outcome
+/// ([`Exchange::abandon`]).
+///
+/// ```
+/// use datalayer_core::resp::Exchange;
+/// use datalayer_core::value::Value;
+///
+/// let mut exchange = Exchange::default();
+/// exchange.sent(2, "pipeline");
+/// exchange.sent(1, "ping");
+/// let mut answered = Vec::new();
+/// let used = exchange.received(b":1\r\n:2\r\n+PO", &mut answered).unwrap();
+/// assert_eq!(used, 8);
+/// assert_eq!(answered, vec![("pipeline", vec![Value::Int(1), Value::Int(2)])]);
+/// let used = exchange.received(b"+PONG\r\n", &mut answered).unwrap();
+/// assert_eq!((used, answered.len(), exchange.owed()), (7, 2, 0));
+/// assert!(exchange.received(b"+OK\r\n", &mut answered).is_err()); // nobody asked
+/// ```
+#[derive(Debug)]
+pub struct Exchange<T> {
+    decoder: Decoder,
+    owed: VecDeque<Owed<T>>,
+}
+
+#[derive(Debug)]
+struct Owed<T> {
+    left: usize,
+    got: Vec<Value>,
+    token: T,
+}
+
+impl<T> Default for Exchange<T> {
+    fn default() -> Self {
+        Self {
+            decoder: Decoder::default(),
+            owed: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Exchange<T> {
+    /// A request was written: it is owed `replies` replies (at least one), and `token`
+    /// goes back with them.
+    pub fn sent(&mut self, replies: usize, token: T) {
+        let left = replies.max(1);
+        self.owed.push_back(Owed {
+            left,
+            got: Vec::with_capacity(left),
+            token,
+        });
+    }
+
+    /// Decodes the replies at the front of `input` (the bytes read and not consumed yet);
+    /// each request answered in full goes to `answered` with its replies. Returns how many
+    /// bytes of `input` were consumed (a reply cut short stays for the next call, with more
+    /// bytes behind it).
+    ///
+    /// # Errors
+    /// [`ExchangeError`] when the replies no longer line up with the requests: the
+    /// connection is to be closed.
+    pub fn received(
+        &mut self,
+        input: &[u8],
+        answered: &mut Vec<(T, Vec<Value>)>,
+    ) -> Result<usize, ExchangeError> {
+        let mut used = 0;
+        while let Some((value, n)) = self.decoder.decode(&input[used..])? {
+            used += n;
+            let Some(front) = self.owed.front_mut() else {
+                return Err(ExchangeError::Unsolicited);
+            };
+            front.got.push(value);
+            front.left -= 1;
+            if front.left == 0 {
+                if let Some(done) = self.owed.pop_front() {
+                    answered.push((done.token, done.got));
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// How many requests are owed replies.
+    #[must_use]
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// The requests still owed replies, oldest first, given up (the connection closes: what
+    /// they sent may or may not have run).
+    pub fn abandon(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.decoder = Decoder::default();
+        self.owed.drain(..).map(|o| o.token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,5 +739,48 @@ mod tests {
                 _ => proptest::prop_assert!(false, "{whole:?} against {cut:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_exchange_hands_each_request_its_replies_in_order() {
+        let mut x = Exchange::default();
+        x.sent(3, 'a');
+        x.sent(0, 'b'); // owed one, at least
+        let mut answered = Vec::new();
+        let input = b"+OK\r\n+QUEUED\r\n*1\r\n:1\r\n$2\r\nhi\r\n";
+        // Byte by byte, as a slow network would hand them over.
+        let mut start = 0;
+        for end in 1..=input.len() {
+            start += x.received(&input[start..end], &mut answered).unwrap();
+        }
+        assert_eq!(start, input.len());
+        assert_eq!(
+            answered,
+            vec![
+                (
+                    'a',
+                    vec![
+                        Value::Status("OK".into()),
+                        Value::Status("QUEUED".into()),
+                        Value::Array(vec![Value::Int(1)]),
+                    ]
+                ),
+                ('b', vec![bulk(b"hi")]),
+            ]
+        );
+        assert_eq!(x.owed(), 0);
+        assert_eq!(
+            x.received(b":1\r\n", &mut answered),
+            Err(ExchangeError::Unsolicited)
+        );
+        x.sent(1, 'c');
+        x.sent(1, 'd');
+        assert_eq!(x.received(b":1\r\n", &mut answered), Ok(4));
+        assert!(matches!(
+            x.received(b"?\r\n", &mut answered),
+            Err(ExchangeError::Resp(RespError::Type(b'?')))
+        ));
+        assert_eq!(x.abandon().collect::<Vec<_>>(), vec!['d']);
+        assert_eq!(x.owed(), 0);
     }
 }

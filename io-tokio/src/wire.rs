@@ -3,21 +3,20 @@
 //! ([`datalayer_core::resp`]) in between, decoding straight into the core's [`Value`]s.
 //!
 //! A [`Link`] carries requests (one or more encoded commands, and how many replies they
-//! take) in the order they are made, each answered with its replies in order. Nothing can
-//! make replies stop lining up with requests: a reply that does not decode, a reply no one
-//! asked for, an I/O error, the server closing the connection, or a request that waited
-//! longer than its timeout closes the link, and every request still waiting on it fails
+//! take) in the order they are made, each answered with its replies in order (the core's
+//! [`Exchange`] matches them). Nothing can make replies stop lining up with requests: a
+//! reply that does not decode, a reply no one asked for, an I/O error, the server closing
+//! the connection, or a request that waited longer than its timeout closes the link, and every request still waiting on it fails
 //! with [`WireError::Lost`] (what it sent may or may not have run). A request made on a
 //! closed link fails with [`WireError::NotSent`]: nothing was written.
 //!
 //! The connection speaks RESP2 (it never sends `HELLO 3`), the shapes the core's model of
 //! Redis answers with.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datalayer_core::resp::Decoder;
+use datalayer_core::resp::Exchange;
 use datalayer_core::value::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -231,14 +230,7 @@ fn tls_config(root_cert: Option<&[u8]>) -> Result<rustls::ClientConfig, String> 
 struct Request {
     bytes: Vec<u8>,
     replies: usize,
-    done: oneshot::Sender<Result<Vec<Value>, WireError>>,
-}
-
-/// A request written, waiting for its replies.
-struct Waiting {
-    left: usize,
-    got: Vec<Value>,
-    done: oneshot::Sender<Result<Vec<Value>, WireError>>,
+    done: Done,
 }
 
 /// One connection (cheap to clone; the connection closes once every clone is dropped, or
@@ -276,7 +268,7 @@ impl Link {
         let (done, rx) = oneshot::channel();
         let request = Request {
             bytes,
-            replies: replies.max(1),
+            replies,
             done,
         };
         if self.tx.send(request).is_err() {
@@ -307,18 +299,22 @@ impl Link {
     }
 }
 
-/// The connection's task: writes requests in order, hands each its replies.
+/// Where a request's replies go.
+type Done = oneshot::Sender<Result<Vec<Value>, WireError>>;
+
+/// The connection's task: writes requests in order; the core's [`Exchange`] hands each its
+/// replies, and decides when the connection can no longer be trusted.
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     mut rx: mpsc::UnboundedReceiver<Request>,
     kill: Arc<Notify>,
 ) {
-    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let mut exchange: Exchange<Done> = Exchange::default();
+    let mut answered = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0;
-    let mut decoder = Decoder::default();
     let mut out: Vec<u8> = Vec::new();
-    let why: String = 'run: loop {
+    let why: String = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
@@ -336,11 +332,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     } else {
                         out.extend_from_slice(&r.bytes);
                     }
-                    waiting.push_back(Waiting {
-                        left: r.replies,
-                        got: Vec::with_capacity(r.replies),
-                        done: r.done,
-                    });
+                    exchange.sent(r.replies, r.done);
                     next = rx.try_recv().ok();
                 }
                 if let Err(e) = stream.write_all(&out).await {
@@ -353,25 +345,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(_) => {}
                     Err(e) => break format!("reading: {e}"),
                 }
-                loop {
-                    match decoder.decode(&buf[start..]) {
-                        Ok(Some((value, used))) => {
-                            start += used;
-                            let Some(w) = waiting.front_mut() else {
-                                break 'run "a reply no request asked for".into();
-                            };
-                            w.got.push(value);
-                            w.left -= 1;
-                            if w.left == 0 {
-                                if let Some(w) = waiting.pop_front() {
-                                    // A requester that gave up drops its replies.
-                                    let _ = w.done.send(Ok(w.got));
-                                }
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => break 'run format!("a reply that does not decode: {e}"),
-                    }
+                let received = exchange.received(&buf[start..], &mut answered);
+                for (done, values) in answered.drain(..) {
+                    // A requester that gave up drops its replies.
+                    let _ = done.send(Ok(values));
+                }
+                match received {
+                    Ok(used) => start += used,
+                    Err(e) => break e.to_string(),
                 }
                 if start == buf.len() {
                     buf.clear();
@@ -383,10 +364,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    tracing::debug!(why = %why, waiting = waiting.len(), "Redis connection closed");
+    tracing::debug!(why = %why, owed = exchange.owed(), "Redis connection closed");
     rx.close();
-    for w in waiting {
-        let _ = w.done.send(Err(WireError::Lost(why.clone())));
+    for done in exchange.abandon() {
+        let _ = done.send(Err(WireError::Lost(why.clone())));
     }
     // Requests queued but never written: nothing of theirs ran.
     while let Ok(r) = rx.try_recv() {
