@@ -149,6 +149,7 @@ pub mod keys;
 pub mod machine;
 pub mod mux;
 pub mod naming;
+pub mod pipeline;
 pub mod producer;
 pub mod random;
 pub mod resp;

@@ -230,9 +230,9 @@ impl Cluster {
     /// Runs the engine's commands, each followed by its `WAIT` (when it asks for replicas)
     /// and the doorbells it rings.
     pub(crate) async fn execute(self: &Arc<Self>, commands: &[Command]) -> Vec<Reply> {
-        let (invocations, planned) = exec::plan(commands, true);
-        let replies = self.run(&invocations).await;
-        exec::judge(&planned, replies)
+        let plan = datalayer_core::pipeline::Plan::new(commands, true);
+        let replies = self.run(&plan.invocations).await;
+        plan.judge(replies)
     }
 
     /// Runs `invocations`, each on the node of its slot (one pipeline per node, in order of

@@ -14,9 +14,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use std::borrow::Cow;
-
-use datalayer_core::command::{Command, Replicas, Reply};
+use datalayer_core::command::{Command, Reply};
+use datalayer_core::pipeline::{self, Plan};
 use datalayer_core::resp;
 use datalayer_core::scripts::{self, Invocation, Script};
 use datalayer_core::value::Value;
@@ -51,8 +50,8 @@ fn plain(out: &mut Vec<u8>, args: &[scripts::Arg<'_>]) {
     }
 }
 
-/// Appends an invocation's commands to `out`; returns how many replies they take (a
-/// transaction: MULTI, its commands, EXEC, of which EXEC's reply is the invocation's).
+/// Appends an invocation's commands to `out`; returns how many replies they take
+/// ([`Invocation::replies`]).
 pub(crate) fn encode(out: &mut Vec<u8>, invocation: &Invocation<'_>) -> usize {
     match invocation {
         Invocation::Plain(args) => {
@@ -146,27 +145,9 @@ pub async fn load_scripts(conn: &Connection) -> redis::RedisResult<()> {
 #[tracing::instrument(level = "debug", skip_all, fields(commands = invocations.len()))]
 async fn run_pipeline(conn: &Connection, invocations: &[&Invocation<'_>]) -> Vec<Reply> {
     let mut out = Vec::with_capacity(256);
-    let takes: Vec<usize> = invocations
-        .iter()
-        .map(|inv| encode(&mut out, inv))
-        .collect();
-    let expected: usize = takes.iter().sum::<usize>();
+    let expected: usize = invocations.iter().map(|inv| encode(&mut out, inv)).sum();
     match conn.round_trip(out, expected).await {
-        Ok(values) if values.len() == expected => {
-            let mut values = values.into_iter();
-            takes
-                .iter()
-                .map(|n| transaction_reply(values.by_ref().take(*n).collect()))
-                .collect()
-        }
-        Ok(values) => {
-            tracing::warn!(
-                sent = expected,
-                got = values.len(),
-                "pipeline reply count mismatch"
-            );
-            vec![Reply::Unknown; invocations.len()]
-        }
+        Ok(values) => pipeline::replies(invocations, values),
         // No connection could be made: the pipeline was never written, nothing ran.
         Err(WireError::NotSent(why)) => {
             tracing::debug!(error = %why, commands = invocations.len(), "pipeline not sent");
@@ -178,27 +159,6 @@ async fn run_pipeline(conn: &Connection, invocations: &[&Invocation<'_>]) -> Vec
             vec![Reply::Unknown; invocations.len()]
         }
     }
-}
-
-/// An invocation's reply from its part of the pipeline's replies: a transaction's is EXEC's,
-/// its last (MULTI's OK and the QUEUEDs go) — but when Redis refused to queue a command
-/// (`LOADING` after a restart, `OOM`, ...), EXEC says only `EXECABORT`, and the refusal
-/// itself is the reply: the engine tells a transient one from a final one.
-fn transaction_reply(mut values: Vec<Value>) -> Reply {
-    let Some(last) = values.pop() else {
-        return Reply::Unknown;
-    };
-    if matches!(&last, Value::Error(e) if e.starts_with("EXECABORT")) {
-        let cause = values.into_iter().find(|v| matches!(v, Value::Error(_)));
-        if let Some(cause) = cause {
-            return Reply::Value(cause);
-        }
-    }
-    Reply::Value(last)
-}
-
-fn is_noscript(reply: &Reply) -> bool {
-    matches!(reply, Reply::Value(Value::Error(e)) if e.starts_with("NOSCRIPT"))
 }
 
 /// Sends `invocations` as one pipeline; returns one reply per invocation, in order. A script
@@ -218,7 +178,7 @@ pub(crate) async fn run_refs(conn: &Connection, invocations: &[&Invocation<'_>])
     }
     let mut replies = run_pipeline(conn, invocations).await;
     let missing: Vec<usize> = (0..replies.len())
-        .filter(|i| is_noscript(&replies[*i]))
+        .filter(|i| pipeline::is_noscript(&replies[*i]))
         .collect();
     if missing.is_empty() {
         return replies;
@@ -248,73 +208,9 @@ pub(crate) async fn execute_ringing(
     commands: &[Command],
     rings: bool,
 ) -> Vec<Reply> {
-    let (invocations, planned) = plan(commands, rings);
-    let replies = run_invocations(conn, &invocations).await;
-    judge(&planned, replies)
-}
-
-/// Where a command's reply sits among its plan's replies: its own, and its `WAIT`'s.
-pub(crate) struct Planned {
-    own: usize,
-    wait: Option<(usize, Replicas)>,
-}
-
-/// The invocations that carry `commands`, in order: each command's, then its `WAIT` when
-/// it asks for replicas, then (with `bells`, on a cluster) the `SPUBLISH` of each doorbell
-/// it rings ([`datalayer_core::cluster::rings`]).
-pub(crate) fn plan(commands: &[Command], bells: bool) -> (Vec<Invocation<'_>>, Vec<Planned>) {
-    let mut invocations = Vec::with_capacity(commands.len());
-    let mut planned = Vec::with_capacity(commands.len());
-    for c in commands {
-        let own = invocations.len();
-        invocations.push(scripts::invocation(&c.kind));
-        let wait = c.replicas.map(|r| {
-            invocations.push(wait_invocation(r));
-            (invocations.len() - 1, r)
-        });
-        planned.push(Planned { own, wait });
-        if bells {
-            let (jobs, events) = datalayer_core::cluster::rings(&c.kind);
-            for bell in [jobs, events].into_iter().flatten() {
-                invocations.push(Invocation::Plain(vec![
-                    Cow::Borrowed(b"SPUBLISH"),
-                    Cow::Borrowed(bell.as_bytes()),
-                    Cow::Borrowed(b""),
-                ]));
-            }
-        }
-    }
-    (invocations, planned)
-}
-
-/// `WAIT <count> <timeout>`: keyless, so on a cluster it goes with the command before it
-/// (the router sends a keyless invocation to the node of the one it follows), on the same
-/// connection, where it covers that command's writes.
-fn wait_invocation(r: Replicas) -> Invocation<'static> {
-    Invocation::Plain(vec![
-        Cow::Borrowed(b"WAIT"),
-        Cow::Owned(r.count.to_string().into_bytes()),
-        Cow::Owned(
-            datalayer_core::time::millis(r.timeout)
-                .max(1)
-                .to_string()
-                .into_bytes(),
-        ),
-    ])
-}
-
-/// One reply per command: its own, judged by its `WAIT` when it asked for replicas.
-pub(crate) fn judge(planned: &[Planned], mut replies: Vec<Reply>) -> Vec<Reply> {
-    planned
-        .iter()
-        .map(|p| {
-            let own = std::mem::replace(&mut replies[p.own], Reply::Unknown);
-            match p.wait {
-                Some((w, r)) => r.judge(own, &replies[w]),
-                None => own,
-            }
-        })
-        .collect()
+    let plan = Plan::new(commands, rings);
+    let replies = run_invocations(conn, &plan.invocations).await;
+    plan.judge(replies)
 }
 
 /// Runs one invocation on its own (no pipeline of the engine's), through the same path as
@@ -330,38 +226,5 @@ pub async fn run_one(conn: &Connection, invocation: &Invocation<'_>) -> redis::R
             redis::ErrorKind::Io,
             "the connection to Redis failed: the outcome is unknown",
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn server_error(text: &str) -> Value {
-        Value::Error(text.into())
-    }
-
-    #[test]
-    fn an_aborted_transaction_replies_with_its_cause() {
-        let ok = Value::Status("OK".into());
-        let queued = Value::Status("QUEUED".into());
-        let loading = server_error("LOADING Redis is loading the dataset in memory");
-        let abort = server_error("EXECABORT Transaction discarded because of previous errors.");
-        assert_eq!(
-            transaction_reply(vec![ok.clone(), loading, queued.clone(), abort.clone()]),
-            Reply::Value(Value::Error(
-                "LOADING Redis is loading the dataset in memory".into()
-            ))
-        );
-        // EXEC's own reply otherwise (an abort without a cause stays as it is).
-        assert_eq!(
-            transaction_reply(vec![ok.clone(), queued, Value::Array(vec![])]),
-            Reply::Value(Value::Array(vec![]))
-        );
-        assert!(matches!(
-            transaction_reply(vec![ok, abort]),
-            Reply::Value(Value::Error(e)) if e.starts_with("EXECABORT")
-        ));
-        assert_eq!(transaction_reply(vec![]), Reply::Unknown);
     }
 }
