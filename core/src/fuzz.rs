@@ -319,6 +319,48 @@ pub fn resp_replies(data: &[u8]) {
         whole.1,
         cut.1
     );
+    // The same bytes through an exchange owed requests of 1 to 4 replies: each request
+    // answered gets exactly its count, in order, and the replies it hands out are the
+    // decoder's, however the bytes are cut.
+    let sizes: Vec<usize> = (0..whole.0.len() + 2)
+        .map(|i| 1 + (usize::from(cut_byte(data)) + i) % 4)
+        .collect();
+    let run = |pieces: &[&[u8]]| {
+        let mut exchange = crate::resp::Exchange::default();
+        for (i, n) in sizes.iter().enumerate() {
+            exchange.sent(*n, i);
+        }
+        let mut answered = Vec::new();
+        let mut buf = Vec::new();
+        let mut start = 0;
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            match exchange.received(&buf[start..], &mut answered) {
+                Ok(used) => start += used,
+                Err(_) => break,
+            }
+        }
+        answered
+    };
+    let answered = run(&[input]);
+    assert_eq!(
+        answered,
+        run(&[head, tail]),
+        "answers differ when cut at {at}"
+    );
+    let mut flat = Vec::new();
+    for (i, (token, values)) in answered.into_iter().enumerate() {
+        assert_eq!((token, values.len()), (i, sizes[i]));
+        flat.extend(values);
+    }
+    assert!(
+        whole.0.starts_with(&flat),
+        "the exchange handed out other replies"
+    );
+}
+
+fn cut_byte(data: &[u8]) -> u8 {
+    data.first().copied().unwrap_or(0)
 }
 
 /// Arbitrary operation sequences on the engine over the model; panics when an invariant of

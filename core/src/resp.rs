@@ -720,6 +720,20 @@ mod tests {
         }
 
         #[test]
+        fn the_fuzz_target_holds_on_reply_like_bytes(
+            values in proptest::collection::vec(value(), 0..6),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            cut in proptest::prelude::any::<u8>(),
+        ) {
+            let mut data = vec![cut];
+            for v in &values {
+                write(v, &mut data);
+            }
+            data.extend(noise);
+            crate::fuzz::resp_replies(&data);
+        }
+
+        #[test]
         fn any_bytes_decode_alike_however_they_are_cut(
             input in proptest::collection::vec(
                 proptest::prop_oneof![
