@@ -152,6 +152,7 @@ pub mod naming;
 pub mod pipeline;
 pub mod producer;
 pub mod random;
+pub mod reconnect;
 pub mod resp;
 pub mod retry;
 mod scaffold;

@@ -6,22 +6,16 @@
 //! server closed, or one whose bytes stopped making sense. The next command then goes on a
 //! fresh connection instead of one already known to be dead.
 //!
-//! Connecting is serialized and paced: while attempts fail, a command that finds no
-//! connection fails at once until the next attempt is due (20 ms doubling to
-//! `max_reconnect_delay`), rather than every driver of the process dialing a Redis that is
-//! down. Such a failure means nothing was written: it is reported as a connection refusal
-//! ([`WireError::NotSent`]), which `exec` turns into `Reply::NotSent`.
-//!
-//! **Fencing.** A connection retired after a timeout or an I/O error may still have commands
-//! that Redis has not read yet (a stalled server, a slow network): they could run *after*
-//! the engine resent them on the new connection, and a fresh add (its `MULTI`/`EXEC` has no
-//! duplicate check) would then enqueue its job a second time. So before a replacement
-//! serves any command, it kills the retired connections by client id (`CLIENT KILL ID`) on
-//! the same server (same `run_id`): Redis runs one command at a time, so whatever of theirs
-//! has not run by then never will, and a resend finds whatever did.
+//! Connecting is serialized (one attempt at a time) and paced, and a new connection kills
+//! the retired ones of the same server before it serves a command: the rules are the
+//! core's ([`datalayer_core::reconnect`]). A command that finds no connection while no
+//! attempt is due fails at once, not sent ([`WireError::NotSent`]), which `exec` turns into
+//! `Reply::NotSent`.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use datalayer_core::reconnect::{self, Identity, Reconnects};
 
 use datalayer_core::value::Value;
 use redis::aio::ConnectionLike;
@@ -44,47 +38,22 @@ impl std::fmt::Debug for Conn {
 struct Inner {
     dial: Dial,
     response_timeout: Duration,
-    max_delay: Duration,
     state: Mutex<State>,
     /// Held while connecting: one attempt at a time.
     connecting: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
 struct State {
     current: Option<(Link, u64)>,
-    /// The current connection's server `run_id` and client id.
-    identity: Option<Identity>,
-    /// Connections retired while their commands' fate was unknown: killed before the next
-    /// connection serves a command.
-    fence: Vec<Identity>,
     generation: u64,
-    /// After a failed attempt: no other before this instant, and the delay that led to it.
-    retry_at: Option<(Instant, Duration)>,
+    reconnects: Reconnects,
 }
 
-const MIN_DELAY: Duration = Duration::from_millis(20);
-
-/// Which server process a connection is on, and its client id there.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Identity {
-    run_id: String,
-    client_id: i64,
-}
-
-/// The `run_id` line of `INFO server`.
-fn run_id(info: &str) -> Option<String> {
-    info.lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned())
-}
-
-/// This connection's identity, then a kill of every fenced connection of the same server
-/// (a restarted server reuses client ids: those of another run are left alone).
+/// This connection's identity, then a kill of every fenced connection of the same server.
 async fn fence(
     link: &Link,
     client_id: i64,
-    fenced: &[Identity],
+    reconnects: &Reconnects,
     timeout: Duration,
 ) -> Result<Identity, WireError> {
     let mut out = Vec::new();
@@ -94,26 +63,22 @@ async fn fence(
         other => return Err(WireError::NotSent(format!("INFO answered {other:?}"))),
     };
     let me = Identity {
-        run_id: run_id(&info).unwrap_or_default(),
+        run_id: reconnect::run_id(&info).unwrap_or_default(),
         client_id,
     };
-    let mut kill = Vec::new();
-    let mut kills = 0;
-    for old in fenced
-        .iter()
-        .filter(|o| o.run_id == me.run_id && !me.run_id.is_empty())
-    {
-        let id = old.client_id.to_string();
-        datalayer_core::resp::encode_command(
-            &mut kill,
-            [&b"CLIENT"[..], b"KILL", b"ID", id.as_bytes()],
-        );
-        kills += 1;
-    }
-    if kills > 0 {
+    let kills = reconnects.to_kill(&me.run_id);
+    if !kills.is_empty() {
+        let mut out = Vec::new();
+        for id in &kills {
+            let id = id.to_string();
+            datalayer_core::resp::encode_command(
+                &mut out,
+                [&b"CLIENT"[..], b"KILL", b"ID", id.as_bytes()],
+            );
+        }
         // "No such client" (it is gone already) is an answer too: only a failed
         // connection fails.
-        link.request(kill, kills, Some(timeout)).await?;
+        link.request(out, kills.len(), Some(timeout)).await?;
     }
     Ok(me)
 }
@@ -137,8 +102,11 @@ impl Conn {
             inner: Arc::new(Inner {
                 dial,
                 response_timeout,
-                max_delay: max_delay.max(MIN_DELAY),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    current: None,
+                    generation: 0,
+                    reconnects: Reconnects::new(max_delay),
+                }),
                 connecting: tokio::sync::Mutex::new(()),
             }),
         }
@@ -183,48 +151,44 @@ impl Conn {
             return Ok(c);
         }
         let _one = self.inner.connecting.lock().await;
-        let previous = {
-            if let Some(c) = self.live() {
-                return Ok(c);
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let reconnects = {
+            let state = self.state();
+            if !state.reconnects.may_attempt(crate::clock::now()) {
+                return Err(WireError::NotSent(
+                    "not connected to Redis (the last attempt failed)".into(),
+                ));
             }
-            match self.state().retry_at {
-                Some((at, _)) if Instant::now() < at => {
-                    return Err(WireError::NotSent(
-                        "not connected to Redis (the last attempt failed)".into(),
-                    ));
-                }
-                Some((_, delay)) => Some(delay),
-                None => None,
-            }
+            // A snapshot: what is fenced after it waits for the next connection.
+            state.reconnects.clone()
         };
-        let fenced = self.state().fence.clone();
         let connected = match self.inner.dial.open("datalayer").await {
-            Ok((link, id)) => match fence(&link, id, &fenced, self.inner.response_timeout).await {
-                Ok(me) => Ok((link, me)),
-                Err(e) => {
-                    link.close();
-                    Err(e)
+            Ok((link, id)) => {
+                match fence(&link, id, &reconnects, self.inner.response_timeout).await {
+                    Ok(me) => Ok((link, me)),
+                    Err(e) => {
+                        link.close();
+                        Err(e)
+                    }
                 }
-            },
+            }
             Err(e) => Err(e),
         };
+        let mut state = self.state();
         match connected {
             Ok((link, me)) => {
-                let mut state = self.state();
                 if state.generation > 0 {
                     crate::telemetry::reconnect();
                 }
                 state.generation += 1;
                 state.current = Some((link.clone(), state.generation));
-                state.identity = Some(me);
-                // Killed (or of another server run): nothing of theirs can run now.
-                state.fence.retain(|f| !fenced.contains(f));
-                state.retry_at = None;
+                state.reconnects.connected(me, &reconnects.fenced());
                 Ok((link, state.generation))
             }
             Err(e) => {
-                let delay = previous.map_or(MIN_DELAY, |d| (d * 2).min(self.inner.max_delay));
-                self.state().retry_at = Some((Instant::now() + delay, delay));
+                let delay = state.reconnects.failed(crate::clock::now());
                 tracing::debug!(error = %e, ?delay, "connecting to Redis failed");
                 Err(WireError::NotSent(format!("not connected to Redis ({e})")))
             }
@@ -254,13 +218,7 @@ impl Conn {
             if let Some((link, _)) = state.current.take() {
                 link.close();
             }
-            if let Some(me) = state.identity.take() {
-                // Bounded: a long outage retires at most one connection per attempt, and
-                // each is forgotten once a connection to a server is made.
-                if state.fence.len() < 64 {
-                    state.fence.push(me);
-                }
-            }
+            state.reconnects.retired();
         }
     }
 
