@@ -322,6 +322,10 @@ fn seed_urls(url: &str) -> Vec<String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return vec![url.to_owned()];
     };
+    // A Unix socket's URL is a path: one server, no host list.
+    if scheme == "unix" || scheme == "redis+unix" {
+        return vec![url.to_owned()];
+    }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let (auth, hosts) = match authority.rfind('@') {

@@ -25,7 +25,7 @@ async fn job_queue_and_job_worker() -> Result {
     use serde_json::json;
 
     let secrets = SecretRing::new(KeyId(1), Secret::from_bytes(server_secret)); // 32 random bytes
-    let dl = DataLayer::connect(&url, Options::default()).await?; // redis://, rediss://, memory://
+    let dl = DataLayer::connect(&url, Options::default()).await?; // redis://, rediss://, redis+unix://, memory://
     dl.health(Duration::from_secs(2)).await?; // a write and a read, bounded by a timeout
 
     // A platform worker (Sockethub's JobWorker), usually in another process.

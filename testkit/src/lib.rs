@@ -199,7 +199,10 @@ impl RedisServer {
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--dir"])
             .arg(&self.dir)
-            .args(["--logfile", "redis.log", "--protected-mode", "yes"]);
+            .args(["--logfile", "redis.log", "--protected-mode", "yes"])
+            .arg("--unixsocket")
+            .arg(self.dir.join("redis.sock"))
+            .args(["--unixsocketperm", "700"]);
         if let Some(tls_port) = self.tls_port {
             cmd.args(["--tls-port", &tls_port.to_string()]);
             for (flag, file) in [
@@ -306,6 +309,12 @@ impl RedisServer {
             && conn
                 .read(&mut buf)
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// The server's Unix socket (every test server listens on one besides its port).
+    #[must_use]
+    pub fn unix_socket(&self) -> std::path::PathBuf {
+        self.dir.join("redis.sock")
     }
 
     /// The server's data directory (its AOF, its log).

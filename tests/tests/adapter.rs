@@ -1265,3 +1265,64 @@ async fn shutdown_hands_back_at_its_deadline_a_job_still_running() {
     assert!(rerun < Duration::from_secs(10), "ran again after {rerun:?}");
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// datalayer's own connections over a Unix socket, as an ACL user with a password, on
+/// database 3: jobs land in that database (not 0) and run; a wrong password fails
+/// `connect` with an error instead of hanging.
+#[tokio::test]
+async fn a_unix_socket_a_user_a_password_and_a_database() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("dl")
+        .arg("on")
+        .arg(">s3cret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut conn)
+        .await
+        .expect("acl setuser");
+    let socket = server.unix_socket();
+    let url = format!("redis+unix://{}?db=3&user=dl&pass=s3cret", socket.display());
+    let dl = DataLayer::connect(&url, datalayer_tokio::Options::default())
+        .await
+        .expect("connect over the socket");
+    let queue = dl
+        .queue("q", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let handle = queue.add("s", &json!({ "n": 1 })).await.expect("add");
+    let len_in = |db: i64| {
+        let mut conn = conn.clone();
+        async move {
+            let (_, len): ((), u64) = redis::pipe()
+                .cmd("SELECT")
+                .arg(db)
+                .cmd("XLEN")
+                .arg("dl:{q}:jobs")
+                .query_async(&mut conn)
+                .await
+                .expect("xlen");
+            len
+        }
+    };
+    assert_eq!(len_in(3).await, 1, "the job is in database 3");
+    assert_eq!(len_in(0).await, 0, "and not in database 0");
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.result())
+        .await
+        .expect("in time")
+        .expect("an outcome");
+    assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+    worker.shutdown(Duration::from_secs(5)).await;
+
+    let wrong = format!("redis+unix://{}?db=3&user=dl&pass=wrong", socket.display());
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        DataLayer::connect(&wrong, datalayer_tokio::Options::default()),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert!(refused.is_err(), "a wrong password connects");
+}
