@@ -279,7 +279,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 /// again in two pieces cut where the first byte says, the same replies and the same
 /// failure (or none) either way, and never a panic. Layout: `cut u8 | bytes`.
 pub fn resp_replies(data: &[u8]) {
-    let Some((&cut, input)) = data.split_first() else {
+    let Some((&cut_byte, input)) = data.split_first() else {
         return;
     };
     let decode = |pieces: &[&[u8]]| {
@@ -307,7 +307,7 @@ pub fn resp_replies(data: &[u8]) {
         }
         (values, None)
     };
-    let at = usize::from(cut) * input.len() / 255;
+    let at = usize::from(cut_byte) * input.len() / 255;
     let (head, tail) = input.split_at(at.min(input.len()));
     let whole = decode(&[input]);
     let cut = decode(&[head, tail]);
@@ -323,7 +323,7 @@ pub fn resp_replies(data: &[u8]) {
     // answered gets exactly its count, in order, and the replies it hands out are the
     // decoder's, however the bytes are cut.
     let sizes: Vec<usize> = (0..whole.0.len() + 2)
-        .map(|i| 1 + (usize::from(cut_byte(data)) + i) % 4)
+        .map(|i| 1 + (usize::from(cut_byte) + i) % 4)
         .collect();
     let run = |pieces: &[&[u8]]| {
         let mut exchange = crate::resp::Exchange::default();
@@ -357,10 +357,6 @@ pub fn resp_replies(data: &[u8]) {
         whole.0.starts_with(&flat),
         "the exchange handed out other replies"
     );
-}
-
-fn cut_byte(data: &[u8]) -> u8 {
-    data.first().copied().unwrap_or(0)
 }
 
 /// Arbitrary operation sequences on the engine over the model; panics when an invariant of

@@ -81,7 +81,7 @@ where
 {
     let args = args.into_iter();
     out.push(b'*');
-    push_decimal(out, args.len());
+    push_number(out, args.len());
     out.extend_from_slice(b"\r\n");
     for arg in args {
         encode_arg(out, arg);
@@ -91,14 +91,14 @@ where
 /// Appends the header of a command of `len` arguments; each then goes with [`encode_arg`].
 pub fn encode_header(out: &mut Vec<u8>, len: usize) {
     out.push(b'*');
-    push_decimal(out, len);
+    push_number(out, len);
     out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one argument (a bulk string) of a command.
 pub fn encode_arg(out: &mut Vec<u8>, arg: &[u8]) {
     out.push(b'$');
-    push_decimal(out, arg.len());
+    push_number(out, arg.len());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(arg);
     out.extend_from_slice(b"\r\n");
@@ -124,13 +124,9 @@ fn decimal_len(mut n: usize) -> usize {
     digits
 }
 
-fn push_decimal(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
 /// Appends `n`'s decimal digits (without the formatting machinery: ARGV is full of
 /// numbers, and `to_string` costs an allocation and a formatter each).
-pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn push_number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
@@ -547,7 +543,7 @@ mod tests {
         assert!(out.starts_with(b"*1\r\n$1234\r\nxx"));
         for n in [0, 9, 10, 99, 100, usize::MAX] {
             let mut s = Vec::new();
-            push_decimal(&mut s, n);
+            push_number(&mut s, n);
             assert_eq!(s, n.to_string().into_bytes());
             assert_eq!(decimal_len(n), s.len());
         }

@@ -22,7 +22,7 @@ pub(crate) enum Backend {
         /// How this process's idle readers wait. Whichever way, every command that may add
         /// what an idle reader waits for rings its bell, as on a cluster, so that processes
         /// of every kind can share a queue.
-        idle_reads: crate::IdleReads,
+        idle_reads: crate::options::IdleReads,
     },
     /// A Redis Cluster: a connection per primary, each pipeline routed by its slot.
     Cluster(std::sync::Arc<crate::cluster::Cluster>),

@@ -21,6 +21,7 @@ use datalayer_core::value::Value;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture};
 
+use crate::options::{Error, Options};
 use crate::wire::{Dial, Link, WireError};
 
 /// A cheap handle on the shared connection (clone it per command or pipeline).
@@ -113,23 +114,31 @@ impl Conn {
     }
 
     /// A connection to the server of `url` (`redis://`, `rediss://`, `unix://`), with the
-    /// default [`crate::Options`]' timeouts: datalayer's own connection, for tools and
-    /// tests that send the core's commands themselves ([`crate::exec`]).
+    /// default [`Options`]' timeouts: datalayer's own connection, for tools and
+    /// tests that send the core's commands themselves (the `exec` module).
     ///
     /// # Errors
     /// A URL that does not parse, or no connection.
-    pub async fn open(url: &str) -> Result<Self, crate::Error> {
-        let options = crate::Options::default();
-        let info = crate::layer::connection_info(url, &options)?;
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let options = Options::default();
+        let info = crate::options::connection_info(url, &options)?;
+        Self::with_options(&info, &options).await
+    }
+
+    /// Connects to the server `info` names, with `options`' TLS root and timeouts.
+    pub(crate) async fn with_options(
+        info: &redis::ConnectionInfo,
+        options: &Options,
+    ) -> Result<Self, Error> {
         let dial = Dial::new(
-            &info,
+            info,
             options.tls_root_cert.as_deref(),
             options.connect_timeout,
         )
-        .map_err(crate::Error::Config)?;
+        .map_err(Error::Config)?;
         Self::connect(dial, options.response_timeout, options.max_reconnect_delay)
             .await
-            .map_err(|e| crate::Error::Redis(refused(&e.to_string())))
+            .map_err(|e| Error::Redis(redis_error(&e)))
     }
 
     /// Where this connection's server is (to open other connections to it).
@@ -276,6 +285,40 @@ fn to_redis(v: Value) -> redis::Value {
     }
 }
 
+/// A redis-rs value as the core's value (RESP3 shapes flattened to their RESP2 forms).
+#[must_use]
+pub fn to_value(v: redis::Value) -> Value {
+    use redis::Value as R;
+    match v {
+        R::Nil => Value::Nil,
+        R::Int(i) => Value::Int(i),
+        R::BulkString(b) => Value::Bulk(b),
+        R::Array(a) | R::Set(a) => Value::Array(a.into_iter().map(to_value).collect()),
+        R::SimpleString(s) => Value::Status(s),
+        R::Okay => Value::Status("OK".into()),
+        // The only maps the command plan gets are XREAD/XREADGROUP's (stream → entries), in
+        // RESP2 an array of [stream, entries] pairs: that is their shape here.
+        R::Map(m) => Value::Array(
+            m.into_iter()
+                .map(|(k, v)| Value::Array(vec![to_value(k), to_value(v)]))
+                .collect(),
+        ),
+        R::Attribute { data, .. } => to_value(*data),
+        R::Double(d) => Value::Bulk(d.to_string().into_bytes()),
+        R::Boolean(b) => Value::Int(i64::from(b)),
+        R::VerbatimString { text, .. } => Value::Bulk(text.into_bytes()),
+        R::BigNumber(n) => Value::Bulk(format!("{n:?}").into_bytes()),
+        R::Push { data, .. } => Value::Array(data.into_iter().map(to_value).collect()),
+        R::ServerError(e) => Value::Error(match e.details() {
+            Some(d) => format!("{} {d}", e.code()),
+            None => e.code().to_owned(),
+        }),
+        // A future variant: keep its debug form rather than lose the reply.
+        #[allow(unreachable_patterns)]
+        other => Value::Error(format!("ERR unsupported reply {other:?}")),
+    }
+}
+
 /// redis-rs's typed commands (`redis::cmd(..).query_async(&mut conn)`) over the same
 /// connection.
 impl ConnectionLike for Conn {
@@ -323,9 +366,9 @@ mod tests {
             Value::Status("OK".into()),
             Value::Status("QUEUED".into()),
         ]);
-        assert_eq!(crate::exec::to_value(to_redis(v.clone())), v);
+        assert_eq!(to_value(to_redis(v.clone())), v);
         let e = Value::Error("NOSCRIPT No matching script".into());
-        assert_eq!(crate::exec::to_value(to_redis(e.clone())), e);
+        assert_eq!(to_value(to_redis(e.clone())), e);
         assert!(redis_error(&WireError::NotSent("x".into())).is_connection_refusal());
         assert!(!redis_error(&WireError::Lost("x".into())).is_connection_refusal());
     }

@@ -12,7 +12,8 @@ use datalayer_core::naming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::layer::{DataLayer, Error};
+use crate::layer::DataLayer;
+use crate::options::Error;
 
 /// Options of a credentials store.
 #[derive(Debug, Clone)]

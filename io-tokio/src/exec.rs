@@ -21,6 +21,7 @@ use datalayer_core::scripts::{self, Invocation, Script};
 use datalayer_core::value::Value;
 
 pub use crate::connection::Conn as Connection;
+pub use crate::connection::to_value;
 use crate::wire::WireError;
 
 /// The SHA1 of every script, computed once.
@@ -82,40 +83,6 @@ pub(crate) fn encode(out: &mut Vec<u8>, invocation: &Invocation<'_>) -> usize {
             resp::encode_command(out, [&b"EXEC"[..]]);
             cmds.len() + 2
         }
-    }
-}
-
-/// A redis-rs value as the core's value (RESP3 shapes flattened to their RESP2 forms).
-#[must_use]
-pub fn to_value(v: redis::Value) -> Value {
-    use redis::Value as R;
-    match v {
-        R::Nil => Value::Nil,
-        R::Int(i) => Value::Int(i),
-        R::BulkString(b) => Value::Bulk(b),
-        R::Array(a) | R::Set(a) => Value::Array(a.into_iter().map(to_value).collect()),
-        R::SimpleString(s) => Value::Status(s),
-        R::Okay => Value::Status("OK".into()),
-        // The only maps the command plan gets are XREAD/XREADGROUP's (stream → entries), in
-        // RESP2 an array of [stream, entries] pairs: that is their shape here.
-        R::Map(m) => Value::Array(
-            m.into_iter()
-                .map(|(k, v)| Value::Array(vec![to_value(k), to_value(v)]))
-                .collect(),
-        ),
-        R::Attribute { data, .. } => to_value(*data),
-        R::Double(d) => Value::Bulk(d.to_string().into_bytes()),
-        R::Boolean(b) => Value::Int(i64::from(b)),
-        R::VerbatimString { text, .. } => Value::Bulk(text.into_bytes()),
-        R::BigNumber(n) => Value::Bulk(format!("{n:?}").into_bytes()),
-        R::Push { data, .. } => Value::Array(data.into_iter().map(to_value).collect()),
-        R::ServerError(e) => Value::Error(match e.details() {
-            Some(d) => format!("{} {d}", e.code()),
-            None => e.code().to_owned(),
-        }),
-        // A future variant: keep its debug form rather than lose the reply.
-        #[allow(unreachable_patterns)]
-        other => Value::Error(format!("ERR unsupported reply {other:?}")),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod exec;
 mod layer;
 #[cfg(feature = "memory")]
 mod memory;
+mod options;
 mod pipelines;
 mod queue;
 mod random;
@@ -39,7 +40,8 @@ pub use datalayer_core::producer::{
     PeekedEvent, QueueStats, Revival,
 };
 pub use datalayer_core::trace::TraceContext;
-pub use layer::{DataLayer, Error, IdleReads, Options, ServerInfo};
+pub use layer::{DataLayer, ServerInfo};
+pub use options::{Error, IdleReads, Options};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;
 pub use sharded::ShardedQueue;

@@ -16,7 +16,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
-use crate::layer::{DataLayer, Error};
+use crate::layer::DataLayer;
+use crate::options::Error;
 use crate::queue::{JobHandle, JobQueue, QueueEvent, QueueOptions, json_job};
 
 /// A queue spread over several shards (see the module's documentation): adds go to the

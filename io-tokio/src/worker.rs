@@ -23,7 +23,8 @@ use tokio::task::AbortHandle;
 use crate::blocking::Reads;
 use crate::clock::now;
 use crate::driver::{Engine, Side, drive};
-use crate::layer::{DataLayer, Error};
+use crate::layer::DataLayer;
+use crate::options::Error;
 use crate::pipelines::Pipelines;
 use crate::random::OsRandom;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use datalayer_core::job::JobId;
 use datalayer_core::producer::AddJob;
 use datalayer_tests::proxy::{Fault, Proxy};
-use datalayer_tests::{Persistence, RedisServer, layer, raw, secrets};
+use datalayer_tests::{Persistence, RedisServer, client_list, layer, raw, secrets};
 use datalayer_tokio::{
     DataLayer, Error, Job, JobQueue, Options, Outcome, QueueEvent, QueueOptions, Unreachable,
     WorkerHandle, WorkerOptions,
@@ -81,18 +81,52 @@ async fn completed(events: &mut tokio::sync::broadcast::Receiver<QueueEvent>, id
     }
 }
 
-#[tokio::test]
-async fn a_lost_reply_is_unconfirmed_and_the_job_lands_once() {
+/// A queue through a proxy (its add waits up to 1.5 s for Redis), a counting worker on a
+/// direct connection, and one job through both: the setup of the lost-reply tests.
+struct Warm {
+    server: RedisServer,
+    proxy: Proxy,
+    queue: JobQueue,
+    events: tokio::sync::broadcast::Receiver<QueueEvent>,
+    runs: Runs,
+    worker: WorkerHandle,
+    /// Kept alive for the queue and the worker.
+    _layers: (DataLayer, DataLayer),
+}
+
+async fn warm() -> Warm {
     let server = RedisServer::start(Persistence::None);
     let proxy = Proxy::start(server.port()).await;
     let dl = via(&proxy).await;
     let queue = waiting(&dl, "q", Duration::from_millis(1_500));
-    let mut events = queue.events();
+    let events = queue.events();
     let runs = Runs::default();
     let direct = layer(&server).await;
     let worker = counting_worker(&direct, "q", &runs);
     let warm = queue.add("s", &json!("warm")).await.expect("add");
     assert!(matches!(warm.result().await, Ok(Outcome::Completed(_))));
+    Warm {
+        server,
+        proxy,
+        queue,
+        events,
+        runs,
+        worker,
+        _layers: (dl, direct),
+    }
+}
+
+#[tokio::test]
+async fn a_lost_reply_is_unconfirmed_and_the_job_lands_once() {
+    let Warm {
+        server,
+        proxy,
+        queue,
+        mut events,
+        runs,
+        worker,
+        _layers,
+    } = warm().await;
 
     // Redis runs the add; its reply never comes back.
     proxy.set(Fault::DropReplies);
@@ -142,16 +176,15 @@ async fn a_lost_reply_is_unconfirmed_and_the_job_lands_once() {
 /// runs once.
 #[tokio::test]
 async fn a_reply_that_does_not_decode_closes_the_connection_and_loses_nothing() {
-    let server = RedisServer::start(Persistence::None);
-    let proxy = Proxy::start(server.port()).await;
-    let dl = via(&proxy).await;
-    let queue = waiting(&dl, "q", Duration::from_millis(1_500));
-    let mut events = queue.events();
-    let runs = Runs::default();
-    let direct = layer(&server).await;
-    let worker = counting_worker(&direct, "q", &runs);
-    let warm = queue.add("s", &json!("warm")).await.expect("add");
-    assert!(matches!(warm.result().await, Ok(Outcome::Completed(_))));
+    let Warm {
+        server,
+        proxy,
+        queue,
+        mut events,
+        runs,
+        worker,
+        _layers,
+    } = warm().await;
     let mut conn = raw(&server).await;
     let clients_before = client_names(&mut conn, "datalayer").await;
 
@@ -183,11 +216,7 @@ async fn a_reply_that_does_not_decode_closes_the_connection_and_loses_nothing() 
 
 /// The ids of the clients named `name` (`CLIENT LIST`), sorted.
 async fn client_names(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> Vec<u64> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(conn)
-        .await
-        .expect("client list");
+    let list = client_list(conn).await;
     let mut ids: Vec<u64> = list
         .lines()
         .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
