@@ -40,6 +40,12 @@ pub(crate) trait Side: Send {
     /// One input, handed to the machine.
     fn on_input(&mut self, input: Self::Input, engine: &mut Engine);
 
+    /// The application has gone (no more inputs): whether the driver stops at once;
+    /// otherwise it runs until [`Side::done`] (what the machine still has to send goes).
+    fn gone(&mut self, _engine: &mut Engine) -> bool {
+        true
+    }
+
     /// Drains the machine's events (called after every input, as the machine requires).
     fn on_events(&mut self);
 
@@ -57,6 +63,7 @@ pub(crate) trait Side: Send {
 
 /// Runs `side`'s machine until the side is done or its application has gone.
 pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
+    let mut inputs = true;
     loop {
         send(&mut engine, &mut side);
         side.on_events();
@@ -70,8 +77,15 @@ pub(crate) async fn drive<S: Side>(mut engine: Engine, mut side: S) {
                     handle_reply(&mut side, op, reply);
                 }
             }
-            input = side.input() => {
-                let Some(input) = input else { break };
+            input = side.input(), if inputs => {
+                let Some(input) = input else {
+                    inputs = false;
+                    if side.gone(&mut engine) {
+                        break;
+                    }
+                    side.on_events();
+                    continue;
+                };
                 side.on_input(input, &mut engine);
                 side.on_events();
                 for input in side.more().await {

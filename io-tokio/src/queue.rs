@@ -89,6 +89,18 @@ pub struct QueueOptions {
     /// revivals, deletions, promotions and withdrawals. See
     /// [`datalayer_core::command::Replicas`].
     pub replicated: Option<(u32, Duration)>,
+    /// How long read outcomes wait before their acknowledgement goes to Redis (default
+    /// 100 ms): the trim of this producer's events stream and the forgetting of the ended
+    /// jobs' id markers, one script call. Outcomes that arrive one at a time (workers at
+    /// concurrency 1, a trickle) then share one instead of costing Redis one each. It goes
+    /// at once for the end of a job whose id the caller chose (so that the id is free for
+    /// an add anywhere as soon as its end is seen) and for a dead letter (so that it can
+    /// be revived at once), when 1,024 wait, on [`JobQueue::disconnect`] or when the
+    /// `JobQueue` is dropped, before `stats` and the operator's requests, and before an
+    /// add of an id whose job ended here. Meanwhile the outcomes stay in Redis (another
+    /// producer's `find_job` may see such a job `ended`); `Duration::ZERO` acknowledges
+    /// each read at once.
+    pub ack_delay: Duration,
 }
 
 impl Default for QueueOptions {
@@ -102,6 +114,7 @@ impl Default for QueueOptions {
             producer_ttl: Duration::from_secs(3600),
             read_results: true,
             replicated: None,
+            ack_delay: ProducerConfig::new("q").ack_delay,
         }
     }
 }
@@ -149,6 +162,13 @@ impl QueueOptions {
     #[must_use]
     pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replicated = Some((replicas, timeout));
+        self
+    }
+
+    /// With this delay of acknowledgements (see [`QueueOptions::ack_delay`]).
+    #[must_use]
+    pub fn ack_delay(mut self, delay: Duration) -> Self {
+        self.ack_delay = delay;
         self
     }
 
@@ -334,6 +354,7 @@ impl JobQueue {
         cfg.producer_ttl = options.producer_ttl;
         cfg.read_events = options.read_results;
         cfg.fail_fast = options.when_unreachable == Unreachable::FailFast;
+        cfg.ack_delay = options.ack_delay;
         // This instance's token: a later instance under the same producer id takes it over.
         cfg.token = format!("{:016x}", crate::random::random_u64());
         let producer_id: Arc<str> = cfg.producer.as_str().into();
@@ -368,6 +389,7 @@ impl JobQueue {
                 Unreachable::FailFast => Duration::from_secs(3600),
             },
             closing: None,
+            gone: false,
             stats: Vec::new(),
             requests: HashMap::new(),
         };
@@ -773,6 +795,8 @@ struct Driver {
     accept_wait: Duration,
     /// `close` was called: (destroy still to be confirmed, who to tell when done).
     closing: Option<(bool, oneshot::Sender<()>)>,
+    /// The application dropped the queue: the driver ends once nothing is out.
+    gone: bool,
     /// Callers of `stats`, answered by the next `Stats` event.
     stats: Vec<oneshot::Sender<QueueStats>>,
     /// Callers of the dead-letter operations, by request.
@@ -808,8 +832,17 @@ impl Side for Driver {
         self.route_events();
     }
 
+    fn gone(&mut self, engine: &mut Engine) -> bool {
+        // As `close`: what waits to be sent (the acknowledgement of read outcomes, adds)
+        // goes, then the task ends.
+        self.producer.close();
+        self.gone = true;
+        engine.reads.cancel();
+        false
+    }
+
     fn done(&self, engine: &Engine) -> bool {
-        matches!(self.closing, Some((false, _))) && engine.pipes.is_empty()
+        (self.gone || matches!(self.closing, Some((false, _)))) && engine.pipes.is_empty()
     }
 
     fn finish(&mut self) {

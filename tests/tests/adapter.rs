@@ -1055,6 +1055,58 @@ async fn adding_again_the_id_of_a_job_that_just_ended_gives_its_outcome_and_runs
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Outcomes read one at a time share one acknowledgement after `ack_delay` (a minute
+/// here): until then the outcome and the job's id marker stay in Redis. `stats` sends the
+/// waiting acknowledgement first, and so does dropping the queue without `close`: what it
+/// read leaves Redis either way.
+#[tokio::test]
+async fn read_outcomes_are_acknowledged_by_stats_and_by_dropping_the_queue() {
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let worker = echo_worker(&dl, "q", WorkerOptions::default());
+    let mut conn = raw(&server).await;
+    let options = || QueueOptions::default().ack_delay(Duration::from_secs(60));
+    for hurry in ["stats", "drop"] {
+        let q = dl.queue("q", &secrets(), options()).expect("queue");
+        let events = format!("dl:{{q}}:events:{}", q.producer_id());
+        let handle = q.add("s", &json!(hurry)).await.expect("add");
+        outcome(handle).await;
+        let markers = || async {
+            let mut conn = raw(&server).await;
+            let n: usize = redis::cmd("HLEN")
+                .arg("dl:{q}:ids")
+                .query_async(&mut conn)
+                .await
+                .expect("hlen");
+            n
+        };
+        assert_eq!(
+            xlen(&mut conn, &events).await,
+            1,
+            "{hurry}: read, not acknowledged"
+        );
+        assert_eq!(markers().await, 1, "{hurry}");
+        match hurry {
+            "stats" => {
+                let stats = q.stats().await.expect("stats");
+                assert_eq!(stats.events, 0, "the ack went before the count");
+                q.disconnect().await;
+            }
+            _ => drop(q),
+        }
+        let mut left = (1, 1);
+        for _ in 0..400 {
+            left = (xlen(&mut conn, &events).await, markers().await);
+            if left == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(left, (0, 0), "{hurry}: events and markers left");
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn stats_count_waiting_running_delayed_dead_and_workers() {
     let server = RedisServer::start(Persistence::None);

@@ -54,7 +54,22 @@ pub struct ProducerConfig {
     /// deadline: `Unavailable` for a job that never left, `Unconfirmed` for one that may
     /// be queued (default false).
     pub fail_fast: bool,
+    /// How long surfaced events wait for their acknowledgement (default 100 ms): the trim
+    /// of the events stream and the forgetting of ended jobs' id markers, one script call
+    /// in Redis. Jobs that end one at a time (a worker at concurrency 1, a trickle) then
+    /// share one acknowledgement instead of paying one each. It goes at once for the end of
+    /// a job whose id the caller chose (the id is free for an add anywhere once its end is
+    /// seen), for a dead letter (an operator may revive it), a withdrawal, when
+    /// [`ACK_BATCH`] events or markers wait, when the producer closes, before stats, an
+    /// operator's request, or an add of an id whose job ended here (the marker must be
+    /// gone first). `Duration::ZERO` acknowledges at once. Until then the events stay in
+    /// Redis (a replacement of this producer would read them again).
+    pub ack_delay: Duration,
 }
+
+/// The most events (or id markers) waiting for an acknowledgement: past it, the
+/// acknowledgement goes without waiting for [`ProducerConfig::ack_delay`].
+pub const ACK_BATCH: usize = 1_024;
 
 impl ProducerConfig {
     /// The defaults: batches of 128 jobs or 1 MiB, 100,000 pending adds, events read from
@@ -76,6 +91,7 @@ impl ProducerConfig {
             block: Some(Duration::from_secs(5)),
             replicas: None,
             fail_fast: false,
+            ack_delay: Duration::from_millis(100),
         }
     }
 
@@ -83,6 +99,14 @@ impl ProducerConfig {
     #[must_use]
     pub fn producer(mut self, id: &str) -> Self {
         self.producer = id.into();
+        self
+    }
+
+    /// With acknowledgements of read events this long after the first waits (see
+    /// [`ProducerConfig::ack_delay`]).
+    #[must_use]
+    pub fn ack_delay(mut self, delay: Duration) -> Self {
+        self.ack_delay = delay;
         self
     }
 

@@ -22,7 +22,10 @@ fn producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig) -> Producer {
 
 /// [`producer`], its generator seeded with `seed`.
 fn seeded_producer(cfg: impl FnOnce(ProducerConfig) -> ProducerConfig, seed: u64) -> Producer {
-    let cfg = cfg(ProducerConfig::new("q").block(None));
+    // Acks at once: the tests of the ack's delay set theirs.
+    let cfg = cfg(ProducerConfig::new("q")
+        .block(None)
+        .ack_delay(Duration::ZERO));
     let mut p = Producer::new(cfg, sealer(), inst(T0), &mut SeededRandom::new(seed)).unwrap();
     if !p.is_registered() {
         let cmd = p.poll_command().unwrap();
@@ -1110,7 +1113,9 @@ fn later(p: &mut Producer, sim: &mut Sim) {
 }
 
 fn instance(token: &str) -> Producer {
-    let mut cfg = ProducerConfig::new("q").block(None);
+    let mut cfg = ProducerConfig::new("q")
+        .block(None)
+        .ack_delay(Duration::ZERO);
     cfg.token = token.into();
     Producer::new(cfg, sealer(), inst(T0), &mut SeededRandom::new(0)).unwrap()
 }
@@ -1839,4 +1844,208 @@ fn a_producer_draws_from_the_generator_it_was_made_with() {
     let mut first = Producer::new(cfg(), sealer(), inst(T0), &mut source).unwrap();
     let mut second = Producer::new(cfg(), sealer(), inst(T0), &mut source).unwrap();
     assert_ne!(ids(&mut first), ids(&mut second));
+}
+
+/// Sends every command to `sim` like [`drive`], and also returns the commands' kinds.
+fn drive_seen(p: &mut Producer, sim: &mut Sim) -> (Vec<ProducerEvent>, Vec<CommandKind>) {
+    let mut events = Vec::new();
+    let mut kinds = Vec::new();
+    while let Some(cmd) = p.poll_command() {
+        let v = sim.execute(&cmd.kind);
+        p.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
+            .unwrap();
+        events.extend(std::iter::from_fn(|| p.poll_event()));
+        kinds.push(cmd.kind);
+    }
+    (events, kinds)
+}
+
+/// The acks among `kinds`: what each trims through and the markers it forgets.
+fn acks(kinds: &[CommandKind]) -> Vec<(Option<EntryId>, Vec<String>)> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            CommandKind::AckEvents {
+                through, forget, ..
+            } => Some((*through, forget.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Time passes for the producer and the model, to `ms`.
+fn at(p: &mut Producer, sim: &mut Sim, ms: u64) {
+    sim.set_time(inst(ms));
+    p.handle_timeout(inst(ms)).unwrap();
+}
+
+/// Jobs (of generated ids) that end one at a time share one acknowledgement, `ack_delay`
+/// after the first event read: none goes before (the events and markers stay in Redis
+/// meanwhile), the producer's `Ack` timer says when, and the one ack trims both events and
+/// forgets both markers. An idle producer then has no ack timer left.
+#[test]
+fn events_read_one_at_a_time_share_one_ack_after_its_delay() {
+    let mut rng = SeededRandom::new(5);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.ack_delay(Duration::from_secs(1)));
+    let keys = p.keys().clone();
+    p.add(inst(T0), fresh("a")).unwrap();
+    drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    let read_at = sim.now().unix_ms();
+    at(&mut p, &mut sim, read_at);
+    let (seen, kinds) = drive_seen(&mut p, &mut sim);
+    assert_eq!(completed(&seen).len(), 1, "{seen:?}");
+    assert_eq!(acks(&kinds), [], "no ack before its delay");
+    assert_eq!(
+        ms_of(p.timers().get(ProducerTimer::Ack)),
+        Some(read_at + 1_000)
+    );
+    // A second job ends before the ack is due: it waits too.
+    p.add(inst(read_at), fresh("b")).unwrap();
+    drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    let second = sim.now().unix_ms();
+    assert!(second < read_at + 1_000);
+    at(&mut p, &mut sim, second);
+    let (seen, kinds) = drive_seen(&mut p, &mut sim);
+    assert_eq!(completed(&seen).len(), 1, "{seen:?}");
+    assert_eq!(acks(&kinds), [], "{kinds:?}");
+    assert_eq!(
+        events_now(&sim, &keys).len(),
+        2,
+        "both events still in Redis"
+    );
+    assert_eq!(
+        ms_of(p.timers().get(ProducerTimer::Ack)),
+        Some(read_at + 1_000),
+        "the delay runs from the first event waiting"
+    );
+    // Due: one ack for both.
+    at(&mut p, &mut sim, read_at + 1_000);
+    let (_, kinds) = drive_seen(&mut p, &mut sim);
+    let sent = acks(&kinds);
+    assert_eq!(sent.len(), 1, "{kinds:?}");
+    assert!(sent[0].0.is_some(), "it trims");
+    assert_eq!(sent[0].1, ["a", "b"]);
+    assert!(events_now(&sim, &keys).is_empty());
+    let markers = sim.hash(&keys.ids).ok().flatten().map_or(0, |h| h.len());
+    assert_eq!(markers, 0);
+    assert_eq!(p.timers().get(ProducerTimer::Ack), None);
+}
+
+/// An add of an id whose job ended here, while that job's ack waits (its id was generated;
+/// the caller reuses it), sends the ack first: the job's marker is gone when the add is
+/// checked, so it is queued (not a duplicate of the ended job), and runs again.
+#[test]
+fn an_add_of_an_id_that_ended_here_goes_after_the_ack_that_forgets_it() {
+    let mut rng = SeededRandom::new(6);
+    let mut sim = model(T0);
+    let mut p = producer(|c| c.ack_delay(Duration::from_secs(60)));
+    p.add(inst(T0), fresh("x")).unwrap();
+    drive(&mut p, &mut sim);
+    work(&mut sim, &mut rng);
+    let now = sim.now().unix_ms();
+    at(&mut p, &mut sim, now);
+    let (seen, kinds) = drive_seen(&mut p, &mut sim);
+    assert_eq!(completed(&seen).len(), 1, "{seen:?}");
+    assert_eq!(acks(&kinds), []);
+    // A job of another id does not hurry the ack.
+    p.add(inst(now), fresh("y")).unwrap();
+    let (_, kinds) = drive_seen(&mut p, &mut sim);
+    assert_eq!(acks(&kinds), [], "{kinds:?}");
+    p.add(inst(now), job("x")).unwrap();
+    let (seen, kinds) = drive_seen(&mut p, &mut sim);
+    let order: Vec<&str> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            CommandKind::AckEvents { .. } => Some("ack"),
+            CommandKind::Enqueue { .. } => Some("add"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["ack", "add"], "{kinds:?}");
+    assert!(
+        seen.iter().any(|e| matches!(e,
+            ProducerEvent::Accepted { job, status: AddStatus::Added(_) } if job.0 == "x")),
+        "{seen:?}"
+    );
+    work(&mut sim, &mut rng);
+    let now = sim.now().unix_ms();
+    at(&mut p, &mut sim, now);
+    let got: Vec<String> = completed(&drive(&mut p, &mut sim))
+        .into_iter()
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(got, ["y", "x"], "x ran again");
+}
+
+/// What needs the ack done sends it at once, its delay notwithstanding: closing, a stats
+/// request (its counts include the events), an operator's request (a revival sets a marker
+/// again).
+#[test]
+fn closing_stats_and_requests_send_the_waiting_ack_at_once() {
+    type Hurry = fn(&mut Producer);
+    let cases: [(&str, Hurry); 3] = [
+        ("close", Producer::close),
+        ("stats", Producer::request_stats),
+        ("request", |p| {
+            p.request_workers();
+        }),
+    ];
+    for (name, hurry) in cases {
+        let mut rng = SeededRandom::new(7);
+        let mut sim = model(T0);
+        let mut p = producer(|c| c.ack_delay(Duration::from_secs(60)));
+        p.add(inst(T0), fresh("x")).unwrap();
+        drive(&mut p, &mut sim);
+        work(&mut sim, &mut rng);
+        let now = sim.now().unix_ms();
+        at(&mut p, &mut sim, now);
+        let (_, kinds) = drive_seen(&mut p, &mut sim);
+        assert_eq!(acks(&kinds), [], "{name}");
+        hurry(&mut p);
+        let (_, kinds) = drive_seen(&mut p, &mut sim);
+        assert!(
+            matches!(kinds.first(), Some(CommandKind::AckEvents { .. })),
+            "{name}: {kinds:?}"
+        );
+    }
+}
+
+/// The end of a job whose id someone may use again as soon as they see it is acknowledged
+/// at once, its delay notwithstanding: a completed job of a caller-chosen id (another
+/// producer may add it again), a dead letter (an operator may revive it: the revival
+/// needs the marker gone).
+#[test]
+fn ends_of_chosen_ids_and_dead_letters_are_acknowledged_at_once() {
+    for (name, add, fails) in [
+        ("chosen id", job("x"), false),
+        ("dead letter", fresh("x"), true),
+    ] {
+        let mut rng = SeededRandom::new(8);
+        let mut sim = model(T0);
+        let mut p = producer(|c| c.ack_delay(Duration::from_secs(60)));
+        p.add(inst(T0), add).unwrap();
+        drive(&mut p, &mut sim);
+        for _ in 0..3 {
+            work_with(&mut sim, &mut rng, |job| match fails {
+                true => Err("no".into()),
+                false => Ok(job.payload.clone()),
+            });
+        }
+        let now = sim.now().unix_ms();
+        at(&mut p, &mut sim, now);
+        let (seen, kinds) = drive_seen(&mut p, &mut sim);
+        assert!(
+            seen.iter().any(|e| matches!(
+                e,
+                ProducerEvent::Completed { .. } | ProducerEvent::DeadLettered { .. }
+            )),
+            "{name}: {seen:?}"
+        );
+        let sent = acks(&kinds);
+        assert_eq!(sent.len(), 1, "{name}: {kinds:?}");
+        assert_eq!(sent[0].1, ["x"], "{name}");
+    }
 }
