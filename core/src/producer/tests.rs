@@ -1879,6 +1879,20 @@ fn at(p: &mut Producer, sim: &mut Sim, ms: u64) {
     p.handle_timeout(inst(ms)).unwrap();
 }
 
+/// The producer's adds go, a worker runs them, the producer reads what came of them (the
+/// events, and the commands of that read and what followed it).
+fn ended_and_read(
+    p: &mut Producer,
+    sim: &mut Sim,
+    rng: &mut SeededRandom,
+) -> (Vec<ProducerEvent>, Vec<CommandKind>) {
+    drive(p, sim);
+    work(sim, rng);
+    let now = sim.now().unix_ms();
+    at(p, sim, now);
+    drive_seen(p, sim)
+}
+
 /// Jobs (of generated ids) that end one at a time share one acknowledgement, `ack_delay`
 /// after the first event read: none goes before (the events and markers stay in Redis
 /// meanwhile), the producer's `Ack` timer says when, and the one ack trims both events and
@@ -1890,11 +1904,8 @@ fn events_read_one_at_a_time_share_one_ack_after_its_delay() {
     let mut p = producer(|c| c.ack_delay(Duration::from_secs(1)));
     let keys = p.keys().clone();
     p.add(inst(T0), fresh("a")).unwrap();
-    drive(&mut p, &mut sim);
-    work(&mut sim, &mut rng);
+    let (seen, kinds) = ended_and_read(&mut p, &mut sim, &mut rng);
     let read_at = sim.now().unix_ms();
-    at(&mut p, &mut sim, read_at);
-    let (seen, kinds) = drive_seen(&mut p, &mut sim);
     assert_eq!(completed(&seen).len(), 1, "{seen:?}");
     assert_eq!(acks(&kinds), [], "no ack before its delay");
     assert_eq!(
@@ -1903,12 +1914,8 @@ fn events_read_one_at_a_time_share_one_ack_after_its_delay() {
     );
     // A second job ends before the ack is due: it waits too.
     p.add(inst(read_at), fresh("b")).unwrap();
-    drive(&mut p, &mut sim);
-    work(&mut sim, &mut rng);
-    let second = sim.now().unix_ms();
-    assert!(second < read_at + 1_000);
-    at(&mut p, &mut sim, second);
-    let (seen, kinds) = drive_seen(&mut p, &mut sim);
+    let (seen, kinds) = ended_and_read(&mut p, &mut sim, &mut rng);
+    assert!(sim.now().unix_ms() < read_at + 1_000);
     assert_eq!(completed(&seen).len(), 1, "{seen:?}");
     assert_eq!(acks(&kinds), [], "{kinds:?}");
     assert_eq!(
@@ -1943,13 +1950,10 @@ fn an_add_of_an_id_that_ended_here_goes_after_the_ack_that_forgets_it() {
     let mut sim = model(T0);
     let mut p = producer(|c| c.ack_delay(Duration::from_secs(60)));
     p.add(inst(T0), fresh("x")).unwrap();
-    drive(&mut p, &mut sim);
-    work(&mut sim, &mut rng);
-    let now = sim.now().unix_ms();
-    at(&mut p, &mut sim, now);
-    let (seen, kinds) = drive_seen(&mut p, &mut sim);
+    let (seen, kinds) = ended_and_read(&mut p, &mut sim, &mut rng);
     assert_eq!(completed(&seen).len(), 1, "{seen:?}");
     assert_eq!(acks(&kinds), []);
+    let now = sim.now().unix_ms();
     // A job of another id does not hurry the ack.
     p.add(inst(now), fresh("y")).unwrap();
     let (_, kinds) = drive_seen(&mut p, &mut sim);
@@ -1970,13 +1974,8 @@ fn an_add_of_an_id_that_ended_here_goes_after_the_ack_that_forgets_it() {
             ProducerEvent::Accepted { job, status: AddStatus::Added(_) } if job.0 == "x")),
         "{seen:?}"
     );
-    work(&mut sim, &mut rng);
-    let now = sim.now().unix_ms();
-    at(&mut p, &mut sim, now);
-    let got: Vec<String> = completed(&drive(&mut p, &mut sim))
-        .into_iter()
-        .map(|(j, _)| j)
-        .collect();
+    let (seen, _) = ended_and_read(&mut p, &mut sim, &mut rng);
+    let got: Vec<String> = completed(&seen).into_iter().map(|(j, _)| j).collect();
     assert_eq!(got, ["y", "x"], "x ran again");
 }
 
@@ -1998,11 +1997,7 @@ fn closing_stats_and_requests_send_the_waiting_ack_at_once() {
         let mut sim = model(T0);
         let mut p = producer(|c| c.ack_delay(Duration::from_secs(60)));
         p.add(inst(T0), fresh("x")).unwrap();
-        drive(&mut p, &mut sim);
-        work(&mut sim, &mut rng);
-        let now = sim.now().unix_ms();
-        at(&mut p, &mut sim, now);
-        let (_, kinds) = drive_seen(&mut p, &mut sim);
+        let (_, kinds) = ended_and_read(&mut p, &mut sim, &mut rng);
         assert_eq!(acks(&kinds), [], "{name}");
         hurry(&mut p);
         let (_, kinds) = drive_seen(&mut p, &mut sim);
