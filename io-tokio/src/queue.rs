@@ -90,7 +90,7 @@ pub struct QueueOptions {
     /// [`datalayer_core::command::Replicas`].
     pub replicated: Option<(u32, Duration)>,
     /// How long read outcomes wait before their acknowledgement goes to Redis (default
-    /// 100 ms): the trim of this producer's events stream and the forgetting of the ended
+    /// 20 ms): the trim of this producer's events stream and the forgetting of the ended
     /// jobs' id markers, one script call. Outcomes that arrive one at a time (workers at
     /// concurrency 1, a trickle) then share one instead of costing Redis one each. It goes
     /// at once for the end of a job whose id the caller chose (so that the id is free for

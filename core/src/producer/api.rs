@@ -54,7 +54,7 @@ pub struct ProducerConfig {
     /// deadline: `Unavailable` for a job that never left, `Unconfirmed` for one that may
     /// be queued (default false).
     pub fail_fast: bool,
-    /// How long surfaced events wait for their acknowledgement (default 100 ms): the trim
+    /// How long surfaced events wait for their acknowledgement (default 20 ms): the trim
     /// of the events stream and the forgetting of ended jobs' id markers, one script call
     /// in Redis. Jobs that end one at a time (a worker at concurrency 1, a trickle) then
     /// share one acknowledgement instead of paying one each. It goes at once for the end of
@@ -91,7 +91,7 @@ impl ProducerConfig {
             block: Some(Duration::from_secs(5)),
             replicas: None,
             fail_fast: false,
-            ack_delay: Duration::from_millis(100),
+            ack_delay: Duration::from_millis(20),
         }
     }
 
