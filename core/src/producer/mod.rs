@@ -410,7 +410,8 @@ impl Producer {
     }
 
     /// Whether something waits to be sent (an add, a trim of read events, markers to
-    /// forget): a producer that is backing off holds it until its timer.
+    /// forget): a producer that is backing off holds it until its timer, and an
+    /// acknowledgement waits for its delay ([`ProducerConfig::ack_delay`]).
     #[must_use]
     pub fn has_unsent(&self) -> bool {
         !self.unsent.is_empty()
