@@ -389,7 +389,6 @@ impl JobQueue {
                 Unreachable::FailFast => Duration::from_secs(3600),
             },
             closing: None,
-            gone: false,
             stats: Vec::new(),
             requests: HashMap::new(),
         };
@@ -795,8 +794,6 @@ struct Driver {
     accept_wait: Duration,
     /// `close` was called: (destroy still to be confirmed, who to tell when done).
     closing: Option<(bool, oneshot::Sender<()>)>,
-    /// The application dropped the queue: the driver ends once nothing is out.
-    gone: bool,
     /// Callers of `stats`, answered by the next `Stats` event.
     stats: Vec<oneshot::Sender<QueueStats>>,
     /// Callers of the dead-letter operations, by request.
@@ -833,16 +830,21 @@ impl Side for Driver {
     }
 
     fn gone(&mut self, engine: &mut Engine) -> bool {
-        // As `close`: what waits to be sent (the acknowledgement of read outcomes, adds)
-        // goes, then the task ends.
-        self.producer.close();
-        self.gone = true;
-        engine.reads.cancel();
+        // A close nobody waits for: what waits to be sent (the acknowledgement of read
+        // outcomes, adds) goes, then the task ends.
+        let (done, _) = oneshot::channel();
+        self.handle(
+            Msg::Close {
+                destroy: false,
+                done,
+            },
+            engine,
+        );
         false
     }
 
     fn done(&self, engine: &Engine) -> bool {
-        (self.gone || matches!(self.closing, Some((false, _)))) && engine.pipes.is_empty()
+        matches!(self.closing, Some((false, _))) && engine.pipes.is_empty()
     }
 
     fn finish(&mut self) {

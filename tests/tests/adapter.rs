@@ -252,6 +252,15 @@ async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize 
         .expect("xlen")
 }
 
+/// HLEN of `key` (0 for a missing key).
+async fn hlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("HLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("hlen")
+}
+
 #[tokio::test]
 async fn no_plaintext_in_redis() {
     let server = RedisServer::start(Persistence::None);
@@ -1071,21 +1080,12 @@ async fn read_outcomes_are_acknowledged_by_stats_and_by_dropping_the_queue() {
         let events = format!("dl:{{q}}:events:{}", q.producer_id());
         let handle = q.add("s", &json!(hurry)).await.expect("add");
         outcome(handle).await;
-        let markers = || async {
-            let mut conn = raw(&server).await;
-            let n: usize = redis::cmd("HLEN")
-                .arg("dl:{q}:ids")
-                .query_async(&mut conn)
-                .await
-                .expect("hlen");
-            n
-        };
         assert_eq!(
             xlen(&mut conn, &events).await,
             1,
             "{hurry}: read, not acknowledged"
         );
-        assert_eq!(markers().await, 1, "{hurry}");
+        assert_eq!(hlen(&mut conn, "dl:{q}:ids").await, 1, "{hurry}");
         match hurry {
             "stats" => {
                 let stats = q.stats().await.expect("stats");
@@ -1096,7 +1096,10 @@ async fn read_outcomes_are_acknowledged_by_stats_and_by_dropping_the_queue() {
         }
         let mut left = (1, 1);
         for _ in 0..400 {
-            left = (xlen(&mut conn, &events).await, markers().await);
+            left = (
+                xlen(&mut conn, &events).await,
+                hlen(&mut conn, "dl:{q}:ids").await,
+            );
             if left == (0, 0) {
                 break;
             }

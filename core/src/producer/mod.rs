@@ -189,8 +189,6 @@ pub struct Producer {
     /// someone may use again as soon as they see its end (a caller-chosen id, a dead
     /// letter an operator revives, a withdrawn job).
     ack_now: bool,
-    /// Jobs awaited whose id the caller chose (not generated).
-    chosen: HashSet<String>,
     /// Delayed jobs this producer withdrew whose tombstone (`x:<marker>`, which tells a
     /// resend of the withdrawal it was done) no ack has removed yet: a later withdrawal of
     /// one is answered `NotDelayed` here (the script would take it for the resend).
@@ -217,8 +215,9 @@ pub struct Producer {
     promote_at: BTreeSet<u64>,
     /// The instance each job this producer queued (and still waits for) was added with:
     /// an outcome bound to another instance is stale (an earlier job with the same id) and
-    /// surfaces as a `BadEvent`. Forgotten when the job ends.
-    awaited: HashMap<String, Instance>,
+    /// surfaces as a `BadEvent`. Forgotten when the job ends. With it, whether the caller
+    /// chose the job's id (not generated): its end is acknowledged at once.
+    awaited: HashMap<String, (Instance, bool)>,
     /// The jobs whose final outcome this instance reported, with their instance and when
     /// (at most [`REPORTED_MAX`], for [`REPORTED_MS`]): an event of such an instance that
     /// comes again (a failover undid the settle after this producer read its event, and
@@ -288,7 +287,6 @@ impl Producer {
             unacked: 0,
             ack_first: false,
             ack_now: false,
-            chosen: HashSet::new(),
             tombstones: HashSet::new(),
             want_stats: false,
             want_destroy: false,
@@ -1683,10 +1681,9 @@ impl Producer {
             };
             if self.cfg.read_events && !ended && status != AddStatus::AlreadyQueued {
                 // This add's record is the one in Redis: only its instance's outcomes count.
-                self.awaited.insert(job.id.0.clone(), meta.instance);
-                if !meta.generated {
-                    self.chosen.insert(job.id.0.clone());
-                }
+                let chosen = !meta.generated;
+                self.awaited
+                    .insert(job.id.0.clone(), (meta.instance, chosen));
             }
             self.events.push_back(ProducerEvent::Accepted {
                 job: job.id.clone(),
@@ -1731,7 +1728,6 @@ impl Producer {
     /// `job` will have no more outcomes here: its instance and reported failures go.
     fn await_no_more(&mut self, job: &str) {
         self.awaited.remove(job);
-        self.chosen.remove(job);
         self.failures.remove(job);
     }
 
@@ -1779,7 +1775,7 @@ impl Producer {
             };
             match &event {
                 ProducerEvent::Completed { job, result, .. } => {
-                    self.ack_now |= self.chosen.contains(&job.0);
+                    self.ack_now |= self.awaited.get(&job.0).is_some_and(|(_, chosen)| *chosen);
                     self.ended(job, entry.id);
                     let end = JobEnd::Completed(result.clone());
                     self.calls.ended(&job.0, &end, self.now_ms);
@@ -1928,7 +1924,7 @@ impl Producer {
         // A job this producer did not queue itself (an add found it queued, or another
         // producer's) has no awaited instance: its outcomes are authentic, but whether they
         // are this job's or an earlier one's with the same id cannot be told.
-        if let Some(awaited) = self.awaited.get(&job.0).filter(|a| **a != instance) {
+        if let Some((awaited, _)) = self.awaited.get(&job.0).filter(|(a, _)| *a != instance) {
             return Err(format!(
                 "stale outcome of job {job}: instance {instance}, not the awaited {awaited}"
             ));

@@ -62,14 +62,7 @@ fn job(id: &str) -> AddJob {
 
 /// Sends every command to `sim`, feeds the replies, returns the events.
 fn drive(p: &mut Producer, sim: &mut Sim) -> Vec<ProducerEvent> {
-    let mut events = Vec::new();
-    while let Some(cmd) = p.poll_command() {
-        let v = sim.execute(&cmd.kind);
-        p.handle_reply(inst(sim.now().unix_ms()), cmd.op, Reply::Value(v))
-            .unwrap();
-        events.extend(std::iter::from_fn(|| p.poll_event()));
-    }
-    events
+    drive_seen(p, sim).0
 }
 
 /// A worker that completes everything it gets with `ok:<payload>`.
