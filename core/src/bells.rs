@@ -33,7 +33,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::cluster::read_bell;
 use crate::command::{CommandKind, OpId, Reply};
-use crate::mux::{Answer, Ticket};
+use crate::mux::{Answer, ReadService, Ticket};
 use crate::time::Instant;
 use crate::timers::Timers;
 use crate::value::Value;
@@ -67,6 +67,61 @@ pub enum BellCommand {
         /// The command.
         kind: CommandKind,
     },
+}
+
+/// What the IO of [`Bells`] reports back ([`ReadService::handle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BellInput {
+    /// The outcome of a [`BellCommand::Subscribe`] ([`Bells::handle_subscribed`]).
+    Subscribed {
+        /// The channel.
+        channel: String,
+        /// Whether the server confirmed it.
+        ok: bool,
+    },
+    /// The reply of a [`BellCommand::Read`] ([`Bells::handle_read_reply`]).
+    Read {
+        /// The read.
+        ticket: Ticket,
+        /// Its reply.
+        reply: Reply,
+    },
+    /// A channel rang ([`Bells::handle_ring`]).
+    Ring(String),
+    /// These subscriptions are gone ([`Bells::handle_lost`]).
+    Lost(Vec<String>),
+}
+
+impl ReadService for Bells {
+    type Command = BellCommand;
+    type Input = BellInput;
+
+    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> Ticket {
+        Bells::submit(self, now, op, kind)
+    }
+    fn cancel(&mut self, now: Instant, ticket: Ticket) {
+        Bells::cancel(self, now, ticket);
+    }
+    fn handle(&mut self, now: Instant, input: BellInput) {
+        match input {
+            BellInput::Subscribed { channel, ok } => self.handle_subscribed(now, &channel, ok),
+            BellInput::Read { ticket, reply } => self.handle_read_reply(now, ticket, reply),
+            BellInput::Ring(channel) => self.handle_ring(&channel),
+            BellInput::Lost(channels) => self.handle_lost(channels.iter().map(String::as_str)),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Bells::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Bells::poll_timeout(self)
+    }
+    fn poll_command(&mut self) -> Option<BellCommand> {
+        Bells::poll_command(self)
+    }
+    fn poll_answer(&mut self) -> Option<Answer> {
+        Bells::poll_answer(self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,9 @@
 //! [`ReadMux::poll_answer`]; call `handle_timeout` at [`ReadMux::poll_timeout`]. Time may go
 //! backwards (deadlines are compared, never subtracted unsaturated); a timeout that finds
 //! nothing due is a no-op. Every submitted read is answered exactly once.
+//!
+//! [`ReadService`] is the shape it shares with the doorbells' [`crate::bells::Bells`]: one
+//! driver loop (the adapter's) runs either, its IO reporting back one [`MuxInput`] at a time.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -105,6 +108,79 @@ pub enum MuxCommand {
         /// The reads (workers'), in the order of the check's replies.
         reads: Vec<CommandKind>,
     },
+}
+
+/// What the IO of a [`ReadMux`] reports back ([`ReadService::handle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxInput {
+    /// The replies of the [`MuxCommand::Read`] that was out: the read's, and its pause
+    /// check's (`NotSent` when none was asked) — [`ReadMux::handle_checked_read_reply`].
+    Read {
+        /// The merged read's reply.
+        reply: Reply,
+        /// Its pause check's (EXEC's array).
+        check: Reply,
+    },
+    /// The reply of a [`MuxCommand::Check`] ([`ReadMux::handle_check_reply`]).
+    Check(Reply),
+    /// The outcome of a [`MuxCommand::Unblock`] ([`ReadMux::handle_unblock_reply`]).
+    Unblocked(Option<bool>),
+}
+
+/// The one shape of the machines that serve blocking reads — the merging [`ReadMux`] on one
+/// server, the doorbells' [`crate::bells::Bells`] — so that one driver loop runs either:
+/// submit and cancel reads, feed the IO's inputs and the time, drain commands and answers.
+pub trait ReadService {
+    /// What to send.
+    type Command;
+    /// What the IO reports back.
+    type Input;
+
+    /// Takes a blocking read (`op`: the reader's, given back with its answer).
+    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> Ticket;
+    /// Ends a read's wait now (it is answered exactly once all the same).
+    fn cancel(&mut self, now: Instant, ticket: Ticket);
+    /// An input from the IO.
+    fn handle(&mut self, now: Instant, input: Self::Input);
+    /// Time passed (a call before anything is due is a no-op).
+    fn handle_timeout(&mut self, now: Instant);
+    /// When to call [`ReadService::handle_timeout`] next.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next command to send.
+    fn poll_command(&mut self) -> Option<Self::Command>;
+    /// The next answer for a reader.
+    fn poll_answer(&mut self) -> Option<Answer>;
+}
+
+impl ReadService for ReadMux {
+    type Command = MuxCommand;
+    type Input = MuxInput;
+
+    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> Ticket {
+        ReadMux::submit(self, now, op, kind)
+    }
+    fn cancel(&mut self, now: Instant, ticket: Ticket) {
+        ReadMux::cancel(self, now, ticket);
+    }
+    fn handle(&mut self, now: Instant, input: MuxInput) {
+        match input {
+            MuxInput::Read { reply, check } => self.handle_checked_read_reply(now, reply, check),
+            MuxInput::Check(reply) => self.handle_check_reply(now, reply),
+            MuxInput::Unblocked(unblocked) => self.handle_unblock_reply(now, unblocked),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        ReadMux::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ReadMux::poll_timeout(self)
+    }
+    fn poll_command(&mut self) -> Option<MuxCommand> {
+        ReadMux::poll_command(self)
+    }
+    fn poll_answer(&mut self) -> Option<Answer> {
+        ReadMux::poll_answer(self)
+    }
 }
 
 /// A read's reply, for the reader that submitted it.

@@ -26,11 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use datalayer_core::bells::Bells;
 use datalayer_core::command::{CommandKind, OpId, Reply};
-use datalayer_core::mux::{self, MuxCommand, ReadMux};
+use datalayer_core::mux::{self, MuxCommand, MuxInput, ReadMux, ReadService};
 use datalayer_core::scripts;
-use datalayer_core::time::Instant;
 use datalayer_core::value::Value;
 
 use crate::connection::Conn;
@@ -57,7 +55,7 @@ pub(crate) type Ticket = u64;
 static TICKETS: AtomicU64 = AtomicU64::new(1);
 
 /// What a driver asks of a blocking-read task.
-pub(crate) enum Req {
+enum Req {
     Read {
         ticket: Ticket,
         op: OpId,
@@ -67,50 +65,58 @@ pub(crate) enum Req {
     Cancel(Ticket),
 }
 
-/// A machine that serves blocking reads: the merging [`ReadMux`] on one server, the
-/// doorbells' [`Bells`] on a cluster.
-pub(crate) trait ReadMachine {
-    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> mux::Ticket;
-    fn cancel(&mut self, now: Instant, ticket: mux::Ticket);
-    fn poll_answer(&mut self) -> Option<mux::Answer>;
+/// The IO of a [`ReadService`]: it sends the machine's commands and reports what comes
+/// back. [`serve`] runs one with its machine.
+pub(crate) trait Line: Send + 'static {
+    /// The machine whose IO this is.
+    type S: ReadService<Command: Send, Input: Send> + Send + 'static;
+    /// Sends the commands the machine asked for, in order.
+    fn send(&mut self, cmds: Vec<<Self::S as ReadService>::Command>);
+    /// The next input for the machine. Cancel safe: the loop waits on it beside the
+    /// drivers' requests and the timer.
+    fn next(&mut self) -> impl Future<Output = <Self::S as ReadService>::Input> + Send;
 }
 
-impl ReadMachine for ReadMux {
-    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> mux::Ticket {
-        ReadMux::submit(self, now, op, kind)
-    }
-    fn cancel(&mut self, now: Instant, ticket: mux::Ticket) {
-        ReadMux::cancel(self, now, ticket);
-    }
-    fn poll_answer(&mut self) -> Option<mux::Answer> {
-        ReadMux::poll_answer(self)
-    }
-}
-
-impl ReadMachine for Bells {
-    fn submit(&mut self, now: Instant, op: OpId, kind: CommandKind) -> mux::Ticket {
-        Bells::submit(self, now, op, kind)
-    }
-    fn cancel(&mut self, now: Instant, ticket: mux::Ticket) {
-        Bells::cancel(self, now, ticket);
-    }
-    fn poll_answer(&mut self) -> Option<mux::Answer> {
-        Bells::poll_answer(self)
-    }
+/// Starts the task that serves blocking reads with `service` over `line`: the one loop of
+/// every blocking-read task. It decides nothing: the machine does.
+pub(crate) fn serve<L: Line>(mut service: L::S, mut line: L, span: tracing::Span) -> Blocker {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = async move {
+        let mut waiters = Waiters::default();
+        loop {
+            let cmds: Vec<_> = std::iter::from_fn(|| service.poll_command()).collect();
+            if !cmds.is_empty() {
+                line.send(cmds);
+            }
+            waiters.answer(&mut service);
+            let wake = service.poll_timeout();
+            tokio::select! {
+                req = rx.recv() => match req {
+                    Some(req) => waiters.apply(&mut service, req),
+                    // Every handle is gone, so is every driver: nobody waits for an answer.
+                    None => return,
+                },
+                input = line.next() => service.handle(now(), input),
+                () = crate::clock::sleep_until(wake) => service.handle_timeout(now()),
+            }
+        }
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
+    Blocker::from_sender(tx)
 }
 
 /// The reads a blocking-read task holds for its drivers: where each read's answer goes
 /// (and the driver's ticket for it), by the machine's ticket; the driver's tickets to the
 /// machine's.
 #[derive(Default)]
-pub(crate) struct Waiters {
+struct Waiters {
     replies: HashMap<mux::Ticket, (Ticket, ReplyTx)>,
     tickets: HashMap<Ticket, mux::Ticket>,
 }
 
 impl Waiters {
     /// A driver's request, given to `machine`.
-    pub(crate) fn apply(&mut self, machine: &mut impl ReadMachine, req: Req) {
+    fn apply(&mut self, machine: &mut impl ReadService, req: Req) {
         let now = now();
         match req {
             Req::Read {
@@ -132,7 +138,7 @@ impl Waiters {
     }
 
     /// Hands each of `machine`'s answers to its driver.
-    pub(crate) fn answer(&mut self, machine: &mut impl ReadMachine) {
+    fn answer(&mut self, machine: &mut impl ReadService) {
         while let Some(a) = machine.poll_answer() {
             if let Some((ticket, tx)) = self.replies.remove(&a.ticket) {
                 self.tickets.remove(&ticket);
@@ -157,7 +163,7 @@ impl Blocker {
     /// Starts the task. Its dedicated connection goes to `shared`'s server; `shared`
     /// carries the `CLIENT UNBLOCK`s; `response_timeout` is added to each command's `BLOCK`.
     pub(crate) fn start(shared: Conn, response_timeout: Duration) -> Self {
-        Self::spawn(Line::Redis(Box::new(RedisLine {
+        Self::spawn(Target::Redis(Box::new(RedisLine {
             shared,
             response_timeout,
             conn: None,
@@ -168,14 +174,14 @@ impl Blocker {
     /// Starts the task that serves blocking reads on the in-process backend.
     #[cfg(feature = "memory")]
     pub(crate) fn start_in_memory(memory: Arc<crate::memory::Memory>) -> Self {
-        Self::spawn(Line::Memory {
+        Self::spawn(Target::Memory {
             memory,
             unblock: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     /// A handle on a task that serves `Req`s its own way (a cluster's doorbells).
-    pub(crate) fn from_sender(tx: mpsc::UnboundedSender<Req>) -> Self {
+    fn from_sender(tx: mpsc::UnboundedSender<Req>) -> Self {
         Self {
             tx,
             merged: Arc::default(),
@@ -191,22 +197,15 @@ impl Blocker {
         }
     }
 
-    fn spawn(line: Line) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn spawn(target: Target) -> Self {
         let (unblocked_tx, unblocked_rx) = mpsc::unbounded_channel();
-        let task = Task {
-            line,
-            rx,
-            mux: ReadMux::new(),
-            waiters: Waiters::default(),
+        let line = MergedLine {
+            target,
+            out: None,
             unblocked_tx,
             unblocked_rx,
         };
-        tokio::spawn(tracing::Instrument::instrument(
-            task.run(),
-            tracing::debug_span!("blocker"),
-        ));
-        Self::from_sender(tx)
+        serve(ReadMux::new(), line, tracing::debug_span!("blocker"))
     }
 
     /// Hands a blocking read to the task (or, the merged command being full, to the
@@ -270,7 +269,7 @@ struct RedisLine {
 }
 
 /// Where the merged reads go.
-enum Line {
+enum Target {
     Redis(Box<RedisLine>),
     /// The in-process backend: a read waits for a pipeline to change the model, its
     /// `BLOCK` to end, or an unblock.
@@ -282,96 +281,90 @@ enum Line {
 }
 
 /// The IO of one blocking connection; every decision is the [`ReadMux`]'s.
-struct Task {
-    line: Line,
-    rx: mpsc::UnboundedReceiver<Req>,
-    mux: ReadMux,
-    waiters: Waiters,
+struct MergedLine {
+    target: Target,
+    /// The command that is out (one at a time).
+    out: Option<Out>,
     unblocked_tx: mpsc::UnboundedSender<Option<bool>>,
     unblocked_rx: mpsc::UnboundedReceiver<Option<bool>>,
 }
 
-impl Task {
-    async fn run(mut self) {
-        let mut out: Option<Out> = None;
-        loop {
-            self.send(&mut out);
-            self.waiters.answer(&mut self.mux);
-            let wake = self.mux.poll_timeout();
-            tokio::select! {
-                req = self.rx.recv() => match req {
-                    Some(req) => self.waiters.apply(&mut self.mux, req),
-                    // Every handle is gone: answer what waits (the drivers are gone too).
-                    None if out.is_none() => return,
-                    None => {}
-                },
-                done = async {
-                    match out.as_mut() {
-                        Some(Out::Read(read)) => (false, read.await),
-                        Some(Out::Check(check)) => (true, (None, check.await, Reply::NotSent)),
-                        None => std::future::pending().await,
-                    }
-                }, if out.is_some() => {
-                    out = None;
-                    let (is_check, (conn, reply, check)) = done;
-                    if is_check {
-                        self.mux.handle_check_reply(now(), reply);
-                        continue;
-                    }
-                    #[allow(irrefutable_let_patterns)] // without the memory feature
-                    if let Line::Redis(line) = &mut self.line {
-                        if conn.is_none() {
-                            line.client_id.store(0, Ordering::Relaxed);
-                        }
-                        line.conn = conn;
-                    }
-                    self.mux.handle_checked_read_reply(now(), reply, check);
+impl Line for MergedLine {
+    type S = ReadMux;
+
+    /// Sends what the mux asks for: the merged read or its pause check, unblocks.
+    fn send(&mut self, cmds: Vec<MuxCommand>) {
+        for cmd in cmds {
+            match (cmd, &mut self.target) {
+                (MuxCommand::Check { reads }, Target::Redis(line)) => {
+                    self.out = Some(Out::Check(line.check(reads)));
                 }
-                Some(unblocked) = self.unblocked_rx.recv() => {
-                    self.mux.handle_unblock_reply(now(), unblocked);
+                (
+                    MuxCommand::Read {
+                        reads,
+                        block_ms,
+                        check,
+                    },
+                    Target::Redis(line),
+                ) => {
+                    self.out = Some(Out::Read(line.read(reads, block_ms, check)));
                 }
-                () = crate::clock::sleep_until(wake) => self.mux.handle_timeout(now()),
+                (MuxCommand::Unblock, Target::Redis(line)) => {
+                    line.unblock(self.unblocked_tx.clone());
+                }
+                #[cfg(feature = "memory")]
+                (MuxCommand::Check { reads }, Target::Memory { memory, .. }) => {
+                    let reply = Reply::Value(memory.pause_check(&reads));
+                    self.out = Some(Out::Check(Box::pin(async move { reply })));
+                }
+                #[cfg(feature = "memory")]
+                (
+                    MuxCommand::Read {
+                        reads,
+                        block_ms,
+                        check,
+                    },
+                    Target::Memory { memory, unblock },
+                ) => {
+                    let (memory, unblock) = (memory.clone(), unblock.clone());
+                    self.out = Some(Out::Read(read_in_memory(
+                        memory, unblock, reads, block_ms, check,
+                    )));
+                }
+                #[cfg(feature = "memory")]
+                (MuxCommand::Unblock, Target::Memory { unblock, .. }) => {
+                    unblock.notify_one();
+                    let _ = self.unblocked_tx.send(Some(true));
+                }
             }
         }
     }
 
-    /// Sends what the mux asks for: the merged read or its pause check (one at a time),
-    /// unblocks.
-    fn send(&mut self, out: &mut Option<Out>) {
-        while let Some(cmd) = self.mux.poll_command() {
-            match cmd {
-                MuxCommand::Check { reads } => {
-                    *out = Some(Out::Check(match &self.line {
-                        Line::Redis(line) => line.check(reads),
-                        #[cfg(feature = "memory")]
-                        Line::Memory { memory, .. } => {
-                            let reply = Reply::Value(memory.pause_check(&reads));
-                            Box::pin(async move { reply })
-                        }
-                    }));
+    async fn next(&mut self) -> MuxInput {
+        tokio::select! {
+            done = async {
+                match self.out.as_mut() {
+                    Some(Out::Read(read)) => Ok(read.await),
+                    Some(Out::Check(check)) => Err(check.await),
+                    None => std::future::pending().await,
                 }
-                MuxCommand::Read {
-                    reads,
-                    block_ms,
-                    check,
-                } => {
-                    *out = Some(Out::Read(match &mut self.line {
-                        Line::Redis(line) => line.read(reads, block_ms, check),
-                        #[cfg(feature = "memory")]
-                        Line::Memory { memory, unblock } => {
-                            read_in_memory(memory.clone(), unblock.clone(), reads, block_ms, check)
+            } => {
+                self.out = None;
+                match done {
+                    Err(reply) => MuxInput::Check(reply),
+                    Ok((conn, reply, check)) => {
+                        #[allow(irrefutable_let_patterns)] // without the memory feature
+                        if let Target::Redis(line) = &mut self.target {
+                            if conn.is_none() {
+                                line.client_id.store(0, Ordering::Relaxed);
+                            }
+                            line.conn = conn;
                         }
-                    }));
-                }
-                MuxCommand::Unblock => match &self.line {
-                    Line::Redis(line) => line.unblock(self.unblocked_tx.clone()),
-                    #[cfg(feature = "memory")]
-                    Line::Memory { unblock, .. } => {
-                        unblock.notify_one();
-                        let _ = self.unblocked_tx.send(Some(true));
+                        MuxInput::Read { reply, check }
                     }
-                },
+                }
             }
+            Some(unblocked) = self.unblocked_rx.recv() => MuxInput::Unblocked(unblocked),
         }
     }
 }

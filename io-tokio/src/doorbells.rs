@@ -15,17 +15,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datalayer_core::bells::{BellCommand, Bells};
+use datalayer_core::bells::{BellCommand, BellInput, Bells};
 use datalayer_core::cluster::NodeAddr;
-use datalayer_core::command::{Command, OpId, Reply};
+use datalayer_core::command::{Command, CommandKind, OpId, Reply};
 use datalayer_core::mux::Ticket as BellTicket;
 use datalayer_core::naming::hash_slot;
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
-use crate::blocking::{Blocker, Req, Waiters};
-use crate::clock::now;
+use crate::blocking::{Blocker, Line, serve};
 use crate::cluster::Cluster;
 use crate::connection::Conn;
 
@@ -117,13 +116,11 @@ enum SubConn {
     Up(MultiplexedConnection),
 }
 
-struct Task {
+/// The IO of the [`Bells`]: subscription connections, reads on the command connections.
+struct BellLine {
     nodes: Nodes,
-    bells: Bells,
-    rx: mpsc::UnboundedReceiver<Req>,
     ev_tx: mpsc::UnboundedSender<Ev>,
     ev_rx: mpsc::UnboundedReceiver<Ev>,
-    waiters: Waiters,
     subs: HashMap<NodeAddr, (u64, SubConn)>,
     /// The node each channel was subscribed on.
     homes: HashMap<String, NodeAddr>,
@@ -132,61 +129,70 @@ struct Task {
 
 /// Starts the doorbell task of a cluster, or of one server.
 pub(crate) fn start(nodes: Nodes) -> Blocker {
-    let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let task = Task {
+    let line = BellLine {
         nodes,
-        bells: Bells::new(),
-        rx,
         ev_tx,
         ev_rx,
-        waiters: Waiters::default(),
         subs: HashMap::new(),
         homes: HashMap::new(),
         generation: 0,
     };
-    tokio::spawn(tracing::Instrument::instrument(
-        task.run(),
-        tracing::debug_span!("doorbells"),
-    ));
-    Blocker::from_sender(tx)
+    serve(Bells::new(), line, tracing::debug_span!("doorbells"))
 }
 
-impl Task {
-    async fn run(mut self) {
-        loop {
-            self.send();
-            self.waiters.answer(&mut self.bells);
-            let wake = self.bells.poll_timeout();
-            tokio::select! {
-                req = self.rx.recv() => match req {
-                    Some(req) => self.waiters.apply(&mut self.bells, req),
-                    None if self.bells.waiting() == 0 => return,
-                    None => {}
-                },
-                Some(ev) = self.ev_rx.recv() => self.event(ev),
-                () = crate::clock::sleep_until(wake) => self.bells.handle_timeout(now()),
-            }
-        }
-    }
+impl Line for BellLine {
+    type S = Bells;
 
-    fn event(&mut self, ev: Ev) {
-        let now = now();
-        match ev {
-            Ev::Subscribed(channel, ok) => {
-                if !ok {
-                    // MOVED (the slot moved), a dead node: where does it live now?
-                    self.homes.remove(&channel);
-                    self.nodes.refresh_soon();
+    fn send(&mut self, cmds: Vec<BellCommand>) {
+        let mut reads = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                BellCommand::Subscribe(channel) => self.subscribe(channel),
+                BellCommand::Unsubscribe(channel) => {
+                    if let Some(addr) = self.homes.remove(&channel) {
+                        if let Some((_, SubConn::Up(c))) = self.subs.get(&addr) {
+                            let c = c.clone();
+                            self.subscribe_on(&c, channel, "SUNSUBSCRIBE");
+                        }
+                    }
                 }
-                self.bells.handle_subscribed(now, &channel, ok);
+                BellCommand::Read { ticket, kind } => reads.push((ticket, kind)),
             }
-            Ev::Read(ticket, reply) => self.bells.handle_read_reply(now, ticket, reply),
-            Ev::Connected(addr, generation, conn) => self.connected(addr, generation, conn),
-            Ev::Push(addr, generation, push) => self.push(&addr, generation, push),
+        }
+        if !reads.is_empty() {
+            self.read(reads);
         }
     }
 
+    async fn next(&mut self) -> BellInput {
+        loop {
+            // `ev_tx` lives in `self`: the channel never closes.
+            let Some(ev) = self.ev_rx.recv().await else {
+                return std::future::pending().await;
+            };
+            match ev {
+                Ev::Subscribed(channel, ok) => {
+                    if !ok {
+                        // MOVED (the slot moved), a dead node: where does it live now?
+                        self.homes.remove(&channel);
+                        self.nodes.refresh_soon();
+                    }
+                    return BellInput::Subscribed { channel, ok };
+                }
+                Ev::Read(ticket, reply) => return BellInput::Read { ticket, reply },
+                Ev::Connected(addr, generation, conn) => self.connected(addr, generation, conn),
+                Ev::Push(addr, generation, push) => {
+                    if let Some(input) = self.push(&addr, generation, push) {
+                        return input;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BellLine {
     /// A subscription connection is made (or failed): subscribe what waited for it.
     fn connected(&mut self, addr: NodeAddr, generation: u64, conn: Option<MultiplexedConnection>) {
         let Some((g, sub)) = self.subs.get_mut(&addr) else {
@@ -215,25 +221,26 @@ impl Task {
         }
     }
 
-    fn push(&mut self, addr: &NodeAddr, generation: u64, push: PushInfo) {
+    /// A push from a subscription connection: a ring, a lost subscription.
+    fn push(&mut self, addr: &NodeAddr, generation: u64, push: PushInfo) -> Option<BellInput> {
         let current = self.subs.get(addr).is_some_and(|(g, _)| *g == generation);
         match push.kind {
-            PushKind::SMessage => {
-                if let Some(channel) = push.data.first().and_then(channel_name) {
-                    self.bells.handle_ring(&channel);
-                }
-            }
+            PushKind::SMessage => push
+                .data
+                .first()
+                .and_then(channel_name)
+                .map(BellInput::Ring),
             // The server ended a subscription (its slot moved away, the node was demoted):
             // subscribe again where the slot lives now. Our own unsubscribes come here too;
             // the machine has forgotten those channels, so they change nothing.
             PushKind::SUnsubscribe if current => {
-                if let Some(channel) = push.data.first().and_then(channel_name) {
-                    if self.homes.get(&channel) == Some(addr) {
-                        self.homes.remove(&channel);
-                        self.nodes.refresh_soon();
-                        self.bells.handle_lost([channel.as_str()]);
-                    }
+                let channel = push.data.first().and_then(channel_name)?;
+                if self.homes.get(&channel) != Some(addr) {
+                    return None;
                 }
+                self.homes.remove(&channel);
+                self.nodes.refresh_soon();
+                Some(BellInput::Lost(vec![channel]))
             }
             PushKind::Disconnection if current => {
                 self.subs.remove(addr);
@@ -248,32 +255,14 @@ impl Task {
                 }
                 tracing::debug!(node = %addr, channels = lost.len(), "doorbell connection lost");
                 self.nodes.refresh_soon();
-                self.bells.handle_lost(lost.iter().map(String::as_str));
+                Some(BellInput::Lost(lost))
             }
-            _ => {}
+            _ => None,
         }
     }
 
-    /// Sends what the machine asks for.
-    fn send(&mut self) {
-        let mut reads = Vec::new();
-        while let Some(cmd) = self.bells.poll_command() {
-            match cmd {
-                BellCommand::Subscribe(channel) => self.subscribe(channel),
-                BellCommand::Unsubscribe(channel) => {
-                    if let Some(addr) = self.homes.remove(&channel) {
-                        if let Some((_, SubConn::Up(c))) = self.subs.get(&addr) {
-                            let c = c.clone();
-                            self.subscribe_on(&c, channel, "SUNSUBSCRIBE");
-                        }
-                    }
-                }
-                BellCommand::Read { ticket, kind } => reads.push((ticket, kind)),
-            }
-        }
-        if reads.is_empty() {
-            return;
-        }
+    /// The machine's reads, one batch through the command connections.
+    fn read(&self, reads: Vec<(BellTicket, CommandKind)>) {
         let nodes = self.nodes.clone();
         let tx = self.ev_tx.clone();
         tokio::spawn(async move {
