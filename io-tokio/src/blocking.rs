@@ -35,7 +35,6 @@ use crate::connection::Conn;
 use tokio::sync::mpsc;
 
 use crate::clock::now;
-use crate::exec::encode;
 use crate::wire::Link;
 
 /// How long an idle reader's read blocks in Redis (ms).
@@ -385,9 +384,9 @@ impl RedisLine {
                 return (conn, Reply::Value(e), Reply::NotSent);
             };
             let mut out = Vec::new();
-            let mut replies = encode(&mut out, &invocation);
+            let mut replies = invocation.encode(&mut out);
             if let Some(c) = scripts::pause_check(&refs).filter(|_| check) {
-                replies += encode(&mut out, &c);
+                replies += c.encode(&mut out);
             }
             let conn = match conn {
                 Some(c) => c,
@@ -435,7 +434,7 @@ impl RedisLine {
                 return Reply::Value(Value::Error("ERR not workers' reads".into()));
             };
             let mut out = Vec::new();
-            let n = encode(&mut out, &check);
+            let n = check.encode(&mut out);
             match shared.round_trip(out, n).await {
                 // EXEC's array is the last reply.
                 Ok(mut values) if values.len() == n => {

@@ -11,80 +11,15 @@
 //! Redis) answers `NOSCRIPT` without running anything; the scripts are then loaded and those
 //! commands sent again.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
 use datalayer_core::command::{Command, Reply};
 use datalayer_core::pipeline::{self, Plan};
 use datalayer_core::resp;
-use datalayer_core::scripts::{self, Invocation, Script};
+use datalayer_core::scripts::{self, Invocation};
 use datalayer_core::value::Value;
 
 pub use crate::connection::Conn as Connection;
 pub use crate::connection::to_value;
 use crate::wire::WireError;
-
-/// The SHA1 of every script, computed once.
-fn shas() -> &'static HashMap<&'static str, String> {
-    static SHAS: OnceLock<HashMap<&'static str, String>> = OnceLock::new();
-    SHAS.get_or_init(|| {
-        scripts::ALL
-            .iter()
-            .map(|s| (s.name, redis::Script::new(s.source).get_hash().to_owned()))
-            .collect()
-    })
-}
-
-fn sha(script: &Script) -> &'static str {
-    shas().get(script.name).map_or("", String::as_str)
-}
-
-/// The bytes `args` take encoded, to size the buffer once rather than grow it.
-fn encoded_len(args: &[scripts::Arg<'_>]) -> usize {
-    args.iter().map(|a| resp::arg_len(a.len())).sum()
-}
-
-fn plain(out: &mut Vec<u8>, args: &[scripts::Arg<'_>]) {
-    resp::encode_header(out, args.len());
-    for a in args {
-        resp::encode_arg(out, a);
-    }
-}
-
-/// Appends an invocation's commands to `out`; returns how many replies they take
-/// ([`Invocation::replies`]).
-pub(crate) fn encode(out: &mut Vec<u8>, invocation: &Invocation<'_>) -> usize {
-    match invocation {
-        Invocation::Plain(args) => {
-            out.reserve(16 + encoded_len(args));
-            plain(out, args);
-            1
-        }
-        Invocation::Script { script, keys, args } => {
-            out.reserve(96 + encoded_len(keys) + encoded_len(args));
-            resp::encode_header(out, 3 + keys.len() + args.len());
-            resp::encode_arg(out, b"EVALSHA");
-            resp::encode_arg(out, sha(script).as_bytes());
-            resp::encode_uint(out, u64::try_from(keys.len()).unwrap_or(u64::MAX));
-            for k in keys {
-                resp::encode_arg(out, k);
-            }
-            for a in args {
-                resp::encode_arg(out, a);
-            }
-            1
-        }
-        Invocation::Transaction(cmds) => {
-            resp::encode_command(out, [&b"MULTI"[..]]);
-            for c in cmds {
-                out.reserve(16 + encoded_len(c));
-                plain(out, c);
-            }
-            resp::encode_command(out, [&b"EXEC"[..]]);
-            cmds.len() + 2
-        }
-    }
-}
 
 /// Loads every script (after which `EVALSHA` finds them).
 ///
@@ -112,7 +47,7 @@ pub async fn load_scripts(conn: &Connection) -> redis::RedisResult<()> {
 #[tracing::instrument(level = "debug", skip_all, fields(commands = invocations.len()))]
 async fn run_pipeline(conn: &Connection, invocations: &[&Invocation<'_>]) -> Vec<Reply> {
     let mut out = Vec::with_capacity(256);
-    let expected: usize = invocations.iter().map(|inv| encode(&mut out, inv)).sum();
+    let expected: usize = invocations.iter().map(|inv| inv.encode(&mut out)).sum();
     match conn.round_trip(out, expected).await {
         Ok(values) => pipeline::replies(invocations, values),
         // No connection could be made: the pipeline was never written, nothing ran.
