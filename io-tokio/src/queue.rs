@@ -12,9 +12,9 @@ use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::{KeyId, Keyring};
 use datalayer_core::producer::{
-    AddAnswer, AddJob, Call, DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource, EventsCursor,
-    JobEnd, JobPlace, PeekedEvent, Producer, ProducerConfig, ProducerError, ProducerEvent,
-    QueueStats, Request, Revival,
+    AddAnswer, AddJob, Ask, Call, DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource,
+    EventsCursor, JobEnd, JobPlace, PeekedEvent, Producer, ProducerConfig, ProducerError,
+    ProducerEvent, QueueStats, Request, Revival,
 };
 use datalayer_core::random::Random;
 use datalayer_core::trace::TraceContext;
@@ -251,21 +251,6 @@ type AddReply = oneshot::Sender<Result<JobHandle, Error>>;
 /// One `add` call: its number within the queue (a job id can be added twice at once), the
 /// job, and where to answer.
 type AddCall = (u64, AddJob, AddReply);
-
-/// An operator's request (dead letters, one job, the workers): answered by one event.
-enum Ask {
-    Workers,
-    Peek(EventsCursor, u32),
-    Usage(EnvelopeSource, EntryId, u64),
-    Find(JobId, u32),
-    Promote(JobId),
-    Withdraw(JobId),
-    Read(EntryId, u32),
-    Revive(Vec<DeadLetter>),
-    Delete(Vec<EntryId>),
-    Pause(bool),
-    Tail(EntryId, u32, Duration),
-}
 
 enum Msg {
     Stats(oneshot::Sender<QueueStats>),
@@ -557,7 +542,7 @@ impl JobQueue {
         count: u32,
     ) -> Result<DeadPage, Error> {
         match self
-            .ask(Ask::Read(after.unwrap_or(EntryId::ZERO), count))
+            .ask(Ask::ReadDead(after.unwrap_or(EntryId::ZERO), count))
             .await?
         {
             ProducerEvent::DeadPage { page, .. } => Ok(page),
@@ -614,7 +599,7 @@ impl JobQueue {
     /// searches of the work stream, the pending list and the dead letters go at most 10,000
     /// entries deep each: an operator's question, not for a hot path.
     pub async fn find_job(&self, id: &JobId) -> Result<JobPlace, Error> {
-        match self.ask(Ask::Find(id.clone(), 10_000)).await? {
+        match self.ask(Ask::FindJob(id.clone(), 10_000)).await? {
             ProducerEvent::JobFound { place, .. } => Ok(place),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -638,7 +623,7 @@ impl JobQueue {
         cursor: &mut EventsCursor,
         count: u32,
     ) -> Result<Vec<PeekedEvent>, Error> {
-        match self.ask(Ask::Peek(cursor.clone(), count)).await? {
+        match self.ask(Ask::PeekEvents(cursor.clone(), count)).await? {
             ProducerEvent::EventsPeeked { events, .. } => {
                 cursor.advance(&events);
                 Ok(events)
@@ -658,7 +643,10 @@ impl JobQueue {
         for source in EnvelopeSource::ALL {
             let (mut after, mut offset) = (EntryId::ZERO, 0);
             loop {
-                let page = match self.ask(Ask::Usage(source, after, offset)).await? {
+                let page = match self
+                    .ask(Ask::KeyUsage(source, after, offset, 1_000))
+                    .await?
+                {
                     ProducerEvent::KeyUsage { page, .. } => page,
                     _ => return Err(Error::Request("unexpected answer".into())),
                 };
@@ -688,7 +676,7 @@ impl JobQueue {
     /// is `NotOurs`; a job not delayed (running, ended, unknown) `NotDelayed`; one whose add
     /// still awaits Redis here `AddOutstanding` (ask again once it is answered).
     pub async fn cancel_delayed(&self, id: &JobId) -> Result<DelayedWithdrawal, Error> {
-        match self.ask(Ask::Withdraw(id.clone())).await? {
+        match self.ask(Ask::WithdrawDelayed(id.clone())).await? {
             ProducerEvent::DelayedWithdrawn { result, .. } => Ok(result),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -696,7 +684,7 @@ impl JobQueue {
 
     /// Deletes dead letters; how many were still there.
     pub async fn delete_dead(&self, entries: &[EntryId]) -> Result<u64, Error> {
-        match self.ask(Ask::Delete(entries.to_vec())).await? {
+        match self.ask(Ask::DeleteDead(entries.to_vec())).await? {
             ProducerEvent::DeadDeleted { deleted, .. } => Ok(deleted),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -733,7 +721,7 @@ impl JobQueue {
         count: u32,
         keep: Duration,
     ) -> Result<(Vec<PeekedEvent>, Option<EntryId>), Error> {
-        let ask = Ask::Tail(after.unwrap_or(EntryId::ZERO), count, keep);
+        let ask = Ask::TailLog(after.unwrap_or(EntryId::ZERO), count, keep);
         match self.ask(ask).await? {
             ProducerEvent::LogPage { events, last, .. } => Ok((events, last.or(after))),
             _ => Err(Error::Request("unexpected answer".into())),
@@ -741,7 +729,7 @@ impl JobQueue {
     }
 
     async fn set_paused(&self, paused: bool) -> Result<(), Error> {
-        match self.ask(Ask::Pause(paused)).await? {
+        match self.ask(Ask::SetPaused(paused)).await? {
             ProducerEvent::PauseSet { .. } => Ok(()),
             _ => Err(Error::Request("unexpected answer".into())),
         }
@@ -939,21 +927,7 @@ impl Driver {
             }
             Msg::Add((call, job, reply)) => self.add(call, job, reply),
             Msg::Ask(op, reply) => {
-                let request = match op {
-                    Ask::Read(after, count) => self.producer.read_dead(after, count),
-                    Ask::Find(job, limit) => self.producer.find_job(&job, limit),
-                    Ask::Workers => self.producer.request_workers(),
-                    Ask::Peek(cursor, count) => self.producer.peek_events(&cursor, count),
-                    Ask::Usage(source, after, offset) => {
-                        self.producer.key_usage(source, after, offset, 1_000)
-                    }
-                    Ask::Promote(job) => self.producer.promote_job(&job),
-                    Ask::Withdraw(job) => self.producer.withdraw_delayed(&job),
-                    Ask::Revive(letters) => self.producer.revive(&letters),
-                    Ask::Delete(entries) => self.producer.delete_dead(&entries),
-                    Ask::Pause(paused) => self.producer.set_paused(now(), paused),
-                    Ask::Tail(after, count, keep) => self.producer.tail_log(after, count, keep),
-                };
+                let request = self.producer.ask(now(), op);
                 self.requests.insert(request, reply);
             }
             Msg::Stats(reply) => {

@@ -15,6 +15,36 @@ use crate::value::{EntryId, StreamEntry, Value, decode_entries};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Request(pub u64);
 
+/// An operator's request of a producer as one value (what an adapter's task is handed):
+/// [`super::Producer::ask`] makes it as the method named in each variant does, and the
+/// event of that method answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ask {
+    /// [`super::Producer::read_dead`]: after, count.
+    ReadDead(EntryId, u32),
+    /// [`super::Producer::revive`].
+    Revive(Vec<DeadLetter>),
+    /// [`super::Producer::delete_dead`].
+    DeleteDead(Vec<EntryId>),
+    /// [`super::Producer::find_job`]: the job, how deep to search.
+    FindJob(JobId, u32),
+    /// [`super::Producer::request_workers`].
+    Workers,
+    /// [`super::Producer::peek_events`]: from the cursor, count.
+    PeekEvents(super::EventsCursor, u32),
+    /// [`super::Producer::tail_log`]: after, count, keep.
+    TailLog(EntryId, u32, std::time::Duration),
+    /// [`super::Producer::key_usage`]: source, after, offset, page size.
+    KeyUsage(super::EnvelopeSource, EntryId, u64, u32),
+    /// [`super::Producer::promote_job`].
+    Promote(JobId),
+    /// [`super::Producer::withdraw_delayed`].
+    WithdrawDelayed(JobId),
+    /// [`super::Producer::set_paused`].
+    SetPaused(bool),
+}
+
 /// One dead letter, opened as far as the key allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

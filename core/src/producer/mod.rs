@@ -21,7 +21,7 @@ mod peek;
 mod usage;
 
 pub use calls::{AddAnswer, Call, ENDED_GRACE_MS, ENDED_MAX, ENDED_MAX_BYTES, JobEnd};
-pub use dead::{DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
+pub use dead::{Ask, DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
 pub use peek::{EventKind, EventsCursor, PeekedEvent};
 pub use usage::{EnvelopeSource, KeyUsagePage};
 
@@ -331,6 +331,25 @@ impl Producer {
     #[must_use]
     pub fn cursor(&self) -> EntryId {
         self.cursor
+    }
+
+    /// Makes an operator's request ([`Ask`]) at `now`, as its method does.
+    pub fn ask(&mut self, now: Instant, ask: Ask) -> Request {
+        match ask {
+            Ask::ReadDead(after, count) => self.read_dead(after, count),
+            Ask::Revive(letters) => self.revive(&letters),
+            Ask::DeleteDead(entries) => self.delete_dead(&entries),
+            Ask::FindJob(job, limit) => self.find_job(&job, limit),
+            Ask::Workers => self.request_workers(),
+            Ask::PeekEvents(cursor, count) => self.peek_events(&cursor, count),
+            Ask::TailLog(after, count, keep) => self.tail_log(after, count, keep),
+            Ask::KeyUsage(source, after, offset, count) => {
+                self.key_usage(source, after, offset, count)
+            }
+            Ask::Promote(job) => self.promote_job(&job),
+            Ask::WithdrawDelayed(job) => self.withdraw_delayed(&job),
+            Ask::SetPaused(paused) => self.set_paused(now, paused),
+        }
     }
 
     /// Pauses the queue (`true`) or resumes it, in Redis, for every producer and worker of

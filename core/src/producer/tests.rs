@@ -2037,3 +2037,37 @@ fn ends_of_chosen_ids_and_dead_letters_are_acknowledged_at_once() {
         assert_eq!(sent[0].1, ["x"], "{name}");
     }
 }
+
+#[test]
+fn an_ask_sends_what_its_method_sends() {
+    let job = JobId("j1".into());
+    type Method = fn(&mut Producer) -> Request;
+    let cases: Vec<(Ask, Method)> = vec![
+        (Ask::Workers, |p| p.request_workers()),
+        (Ask::FindJob(JobId("j1".into()), 7), |p| {
+            p.find_job(&JobId("j1".into()), 7)
+        }),
+        (Ask::ReadDead(EntryId::ZERO, 3), |p| {
+            p.read_dead(EntryId::ZERO, 3)
+        }),
+        (Ask::Promote(job.clone()), |p| {
+            p.promote_job(&JobId("j1".into()))
+        }),
+        (Ask::SetPaused(true), |p| p.set_paused(inst(0), true)),
+        (
+            Ask::TailLog(EntryId::ZERO, 5, Duration::from_secs(9)),
+            |p| p.tail_log(EntryId::ZERO, 5, Duration::from_secs(9)),
+        ),
+    ];
+    for (ask, method) in cases {
+        let (mut a, mut b) = (producer(|c| c), producer(|c| c));
+        let (ra, rb) = (a.ask(inst(0), ask.clone()), method(&mut b));
+        assert_eq!(ra, rb, "{ask:?}");
+        let kinds = |p: &mut Producer| -> Vec<CommandKind> {
+            std::iter::from_fn(|| p.poll_command())
+                .map(|c| c.kind)
+                .collect()
+        };
+        assert_eq!(kinds(&mut a), kinds(&mut b), "{ask:?}");
+    }
+}
