@@ -1254,8 +1254,10 @@ impl Producer {
             (InFlight::EventsTail, reply) => self.events_tail(reply),
             (InFlight::AckEvents { checks, forget, .. }, Reply::Value(Value::Int(n))) => {
                 self.resend.succeed();
-                for job in &forget {
-                    self.tombstones.remove(job);
+                if !self.tombstones.is_empty() {
+                    for job in &forget {
+                        self.tombstones.remove(job);
+                    }
                 }
                 match (n, checks) {
                     // Reads since went on from a cursor the stream no longer backs.
@@ -1718,8 +1720,11 @@ impl Producer {
             *n -= 1;
             if *n == 0 {
                 self.outstanding.remove(job);
-                self.unconfirmed.remove(job);
-                if self.forget_later.remove(job) {
+                // A removal hashes its key even from an empty set (these usually are).
+                if !self.unconfirmed.is_empty() {
+                    self.unconfirmed.remove(job);
+                }
+                if !self.forget_later.is_empty() && self.forget_later.remove(job) {
                     self.forget.push(job.to_owned());
                     self.held.retain(|_, j| j != job);
                     self.advance_trim();
@@ -1747,7 +1752,9 @@ impl Producer {
     /// `job` will have no more outcomes here: its instance and reported failures go.
     fn await_no_more(&mut self, job: &str) {
         self.awaited.remove(job);
-        self.failures.remove(job);
+        if !self.failures.is_empty() {
+            self.failures.remove(job);
+        }
     }
 
     fn read_events(&mut self, v: Value) {
@@ -1771,12 +1778,17 @@ impl Producer {
         if entries.is_empty() && self.cfg.block.is_none() {
             self.next_read_ms = self.now_ms.saturating_add(POLL_INTERVAL_MS);
         }
+        // The newest entry read moves the cursor (entries come in id order).
+        if let Some(last) = entries
+            .iter()
+            .max_by_key(|e| e.id)
+            .filter(|e| e.id > self.cursor)
+        {
+            self.cursor = last.id;
+            let v = last.field(b"v").unwrap_or_default();
+            self.cursor_seen = Arc::from(fingerprint(v));
+        }
         for entry in entries {
-            if entry.id > self.cursor {
-                self.cursor = entry.id;
-                let v = entry.field(b"v").unwrap_or_default();
-                self.cursor_seen = Arc::from(fingerprint(v));
-            }
             self.read_through = self.read_through.max(Some(entry.id));
             let event = match self.open_event(&entry) {
                 // An event of an instance whose final outcome was reported here already
