@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use crate::command::CommandKind;
+use crate::command::{CommandKind, Reply};
 use crate::value::Value;
 
 /// The number of hash slots.
@@ -195,6 +195,76 @@ impl SlotTable {
             *s = index;
         }
     }
+
+    /// Whether this table, just read from a node, replaces `best`, the best read so far in
+    /// one reading of the layout: any table beats none, then the one that knows more
+    /// primaries. (A table that covers every slot ends the reading: ask no further node.)
+    #[must_use]
+    pub fn beats(&self, best: Option<&SlotTable>) -> bool {
+        best.is_none_or(|b| b.primaries().len() < self.primaries().len())
+    }
+
+    /// Where a pipeline's invocations go, given each one's slot (`None`: keyless):
+    /// the groups of their indexes per node, in order of first appearance (one pipeline
+    /// per node). A keyed invocation goes to its slot's primary (`None`: the table knows
+    /// none); a keyless one (a `WAIT`, which must follow its command on its connection)
+    /// goes with the one before it, and one that starts the pipeline to `first`.
+    #[must_use]
+    pub fn route(
+        &self,
+        slots: impl IntoIterator<Item = Option<u16>>,
+        first: Option<&NodeAddr>,
+    ) -> Vec<(Option<NodeAddr>, Vec<usize>)> {
+        let mut groups: Vec<(Option<NodeAddr>, Vec<usize>)> = Vec::new();
+        let mut previous = first.cloned();
+        for (i, slot) in slots.into_iter().enumerate() {
+            if let Some(slot) = slot {
+                previous = self.node_of(slot).cloned();
+            }
+            match groups.iter_mut().find(|(n, _)| *n == previous) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((previous.clone(), vec![i])),
+            }
+        }
+        groups
+    }
+
+    /// Learns from the replies of a pipeline sent to one node: each `MOVED` is recorded;
+    /// whether the layout must be read again (a redirect, `CLUSTERDOWN`, `TRYAGAIN`, ...,
+    /// or a node that did not answer).
+    pub fn learn(&mut self, replies: &[Reply]) -> bool {
+        let mut stale = false;
+        for reply in replies {
+            match reply {
+                Reply::Value(Value::Error(e)) if is_topology_error(e) => {
+                    if let Some(Redirect::Moved { slot, addr }) = redirect(e) {
+                        self.moved(slot, addr);
+                    }
+                    stale = true;
+                }
+                Reply::Unknown | Reply::NotSent => stale = true,
+                Reply::Value(_) => {}
+            }
+        }
+        stale
+    }
+}
+
+/// The nodes to ask for the layout, each once, in this order: the primaries the table
+/// knows, the other nodes connected to, the seeds.
+#[must_use]
+pub fn layout_sources<'a>(
+    primaries: impl IntoIterator<Item = &'a NodeAddr>,
+    connected: impl IntoIterator<Item = &'a NodeAddr>,
+    seeds: impl IntoIterator<Item = &'a NodeAddr>,
+) -> Vec<NodeAddr> {
+    let mut out: Vec<NodeAddr> = Vec::new();
+    for addr in primaries.into_iter().chain(connected).chain(seeds) {
+        if !out.contains(addr) {
+            out.push(addr.clone());
+        }
+    }
+    out
 }
 
 /// A redirect: the command did not run on the node it was sent to.
@@ -400,5 +470,81 @@ mod tests {
         };
         assert_eq!(rings(&enqueue), (Some(keys.bell_jobs.as_str()), None));
         assert_eq!(rings(&CommandKind::Ping), (None, None));
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    fn addr(port: u16) -> NodeAddr {
+        NodeAddr {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// Slots 0..=8191 on port 1, 8192..=16383 on port 2.
+    fn halves() -> SlotTable {
+        let range = |start: i64, end: i64, port: i64| {
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                Value::Array(vec![Value::Bulk(b"127.0.0.1".to_vec()), Value::Int(port)]),
+            ])
+        };
+        let reply = Value::Array(vec![range(0, 8191, 1), range(8192, 16383, 2)]);
+        SlotTable::from_cluster_slots(&reply, &addr(1)).unwrap()
+    }
+
+    #[test]
+    fn a_pipeline_is_split_per_node_and_keyless_commands_follow_the_one_before() {
+        let t = halves();
+        let slots = [None, Some(10), None, Some(9000), Some(11), None];
+        let groups = t.route(slots, Some(&addr(3)));
+        assert_eq!(
+            groups,
+            vec![
+                (Some(addr(3)), vec![0]),
+                (Some(addr(1)), vec![1, 2, 4, 5]),
+                (Some(addr(2)), vec![3]),
+            ]
+        );
+        // A slot the table has no node for is its own group, with no node.
+        let empty = SlotTable::default();
+        assert_eq!(empty.route([Some(1), None], None), vec![(None, vec![0, 1])]);
+    }
+
+    #[test]
+    fn replies_teach_the_table_and_say_when_to_read_it_again() {
+        let mut t = halves();
+        let ok = Reply::Value(Value::Int(1));
+        assert!(!t.learn(&[ok.clone(), Reply::Value(Value::Error("ERR x".into()))]));
+        let moved = Reply::Value(Value::Error("MOVED 10 127.0.0.1:2".into()));
+        assert!(t.learn(&[ok.clone(), moved]));
+        assert_eq!(t.node_of(10), Some(&addr(2)));
+        let ask = Reply::Value(Value::Error("ASK 11 127.0.0.1:2".into()));
+        assert!(t.learn(&[ask]));
+        assert_eq!(t.node_of(11), Some(&addr(1)), "an ASK moves nothing");
+        assert!(t.learn(&[Reply::Unknown]));
+        assert!(t.learn(&[Reply::NotSent]));
+        assert!(t.learn(&[Reply::Value(Value::Error("CLUSTERDOWN".into()))]));
+    }
+
+    #[test]
+    fn the_reading_keeps_the_table_that_knows_more_primaries() {
+        let two = halves();
+        let mut one = SlotTable::default();
+        one.moved(0, addr(1));
+        assert!(one.beats(None));
+        assert!(two.beats(Some(&one)));
+        assert!(!one.beats(Some(&two)));
+        assert!(!two.beats(Some(&two)), "a tie keeps the first");
+        let sources = layout_sources(
+            &[addr(1), addr(2)],
+            &[addr(2), addr(4)],
+            &[addr(4), addr(5)],
+        );
+        assert_eq!(sources, vec![addr(1), addr(2), addr(4), addr(5)]);
     }
 }

@@ -12,6 +12,10 @@
 //! redis-rs's own cluster client is not used: it re-sends whole pipelines on redirects and
 //! timeouts, which would run a fresh add's unchecked transaction twice.
 //!
+//! Which node each invocation goes to, what a reply teaches the table, which table a
+//! reading keeps: the core's [`SlotTable`] decides ([`SlotTable::route`],
+//! [`SlotTable::learn`], [`SlotTable::beats`]); this module owns the connections.
+//!
 //! Doorbells: a command that may add what an idle reader waits for is followed, in the
 //! same pipeline, by `SPUBLISH` of the bell the core names ([`cluster::rings`]).
 
@@ -20,10 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use datalayer_core::cluster::{self, NodeAddr, Redirect, SlotTable};
+use datalayer_core::cluster::{self, NodeAddr, SlotTable};
 use datalayer_core::command::{Command, Reply};
 use datalayer_core::scripts::Invocation;
-use datalayer_core::value::Value;
 
 use crate::connection::Conn;
 use crate::exec;
@@ -163,11 +166,10 @@ impl Cluster {
         if !force && last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
             return Ok(());
         }
-        let mut candidates = self.known_primaries();
-        candidates.extend(lock(&self.nodes).keys().cloned());
-        candidates.extend(self.seeds.iter().cloned());
-        let mut seen = std::collections::HashSet::new();
-        candidates.retain(|c| seen.insert(c.clone()));
+        let candidates = {
+            let (table, nodes) = (lock(&self.table), lock(&self.nodes));
+            cluster::layout_sources(table.primaries(), nodes.keys(), &self.seeds)
+        };
         let mut best: Option<SlotTable> = None;
         let mut error = None;
         let ask = Invocation::Plain(vec![Cow::Borrowed(b"CLUSTER"), Cow::Borrowed(b"SLOTS")]);
@@ -185,14 +187,8 @@ impl Cluster {
                         best = Some(t);
                         break;
                     }
-                    Ok(t) => {
-                        let better = best
-                            .as_ref()
-                            .is_none_or(|b| b.primaries().len() < t.primaries().len());
-                        if better {
-                            best = Some(t);
-                        }
-                    }
+                    Ok(t) if t.beats(best.as_ref()) => best = Some(t),
+                    Ok(_) => {}
                     Err(e) => {
                         error = Some(redis::RedisError::from((
                             redis::ErrorKind::Client,
@@ -240,20 +236,12 @@ impl Cluster {
     /// with the one before it (a `WAIT` must follow its command on its connection); one
     /// that starts the pipeline, on any primary.
     pub(crate) async fn run(self: &Arc<Self>, invocations: &[Invocation<'_>]) -> Vec<Reply> {
-        let mut previous: Option<Option<NodeAddr>> = None;
-        let mut groups: Vec<(Option<NodeAddr>, Vec<usize>)> = Vec::new();
-        for (i, inv) in invocations.iter().enumerate() {
-            let node = match (inv.slot(), previous.take()) {
-                (Some(slot), _) => self.node_of(slot),
-                (None, Some(node)) => node,
-                (None, None) => self.primaries().await.into_iter().next(),
-            };
-            previous = Some(node.clone());
-            match groups.iter_mut().find(|(n, _)| *n == node) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((node, vec![i])),
-            }
-        }
+        let first = match invocations.first() {
+            Some(inv) if inv.slot().is_none() => self.primaries().await.into_iter().next(),
+            _ => None,
+        };
+        let groups =
+            lock(&self.table).route(invocations.iter().map(Invocation::slot), first.as_ref());
         let mut replies = vec![Reply::NotSent; invocations.len()];
         for (node, members) in groups {
             let part: Vec<&Invocation<'_>> = members.iter().map(|i| &invocations[*i]).collect();
@@ -282,19 +270,7 @@ impl Cluster {
             }
         };
         let replies = exec::run_refs(&conn, part).await;
-        let mut stale = false;
-        for reply in &replies {
-            match reply {
-                Reply::Value(Value::Error(e)) if cluster::is_topology_error(e) => {
-                    if let Some(Redirect::Moved { slot, addr }) = cluster::redirect(e) {
-                        lock(&self.table).moved(slot, addr);
-                    }
-                    stale = true;
-                }
-                Reply::Unknown | Reply::NotSent => stale = true,
-                _ => {}
-            }
-        }
+        let stale = lock(&self.table).learn(&replies);
         if stale {
             self.refresh_soon();
         }
