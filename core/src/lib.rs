@@ -157,6 +157,7 @@ pub mod resp;
 pub mod retry;
 mod scaffold;
 pub mod scripts;
+pub mod server;
 #[cfg(feature = "model")]
 pub mod sim;
 pub mod time;

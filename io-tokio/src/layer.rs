@@ -7,55 +7,11 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::connection::Conn;
 use datalayer_core::scripts::Invocation;
+pub use datalayer_core::server::ServerInfo;
 use datalayer_core::value::Value;
 
 use crate::blocking::Blocker;
 use crate::options::{Error, IdleReads, Options, client_of, connection_info, seed_urls};
-
-/// What Redis says of itself ([`DataLayer::server_info`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct ServerInfo {
-    /// `redis_version`.
-    pub version: String,
-    /// `maxmemory-policy` (anything but `noeviction` may evict queued jobs).
-    pub maxmemory_policy: Option<String>,
-    /// Whether the append-only file is on.
-    pub appendonly: Option<bool>,
-    /// The RDB snapshot schedule (`save`; empty: none).
-    pub save: Option<String>,
-    /// The in-process backend (nothing persists).
-    pub in_memory: bool,
-    /// How many servers answered: the primaries of a cluster, else 1.
-    pub nodes: usize,
-}
-
-impl ServerInfo {
-    /// What in these settings can lose jobs, in words (empty: nothing found).
-    #[must_use]
-    pub fn risks(&self) -> Vec<String> {
-        let mut risks = Vec::new();
-        if let Some(p) = self
-            .maxmemory_policy
-            .as_deref()
-            .filter(|p| *p != "noeviction")
-        {
-            risks.push(format!(
-                "maxmemory-policy is {p}: Redis may evict queued jobs (use noeviction)"
-            ));
-        }
-        let snapshots = self.save.as_deref().is_some_and(|s| !s.trim().is_empty());
-        if self.in_memory || (self.appendonly == Some(false) && !snapshots) {
-            risks.push("no persistence: a restart loses every job".into());
-        } else if self.appendonly == Some(false) {
-            risks.push(
-                "no append-only file: a restart loses what was written since the last snapshot"
-                    .into(),
-            );
-        }
-        risks
-    }
-}
 
 /// The process-wide handle: one multiplexed connection (reconnected with exponential backoff)
 /// that every queue and worker made from it shares. Cheap to clone.
@@ -397,40 +353,14 @@ impl DataLayer {
         let ask = async {
             let conns = self.node_conns().await?;
             if conns.is_empty() {
-                return Ok(ServerInfo {
-                    version: "in-process".into(),
-                    maxmemory_policy: Some("noeviction".into()),
-                    appendonly: Some(false),
-                    save: Some(String::new()),
-                    in_memory: true,
-                    nodes: 1,
-                });
+                return Ok(ServerInfo::in_process());
             }
             let mut merged: Option<ServerInfo> = None;
-            let nodes = conns.len();
             for conn in conns {
                 let one = node_info(conn).await?;
                 merged = Some(match merged {
                     None => one,
-                    Some(m) => ServerInfo {
-                        version: lowest_version(m.version, one.version),
-                        maxmemory_policy: match (m.maxmemory_policy, one.maxmemory_policy) {
-                            (Some(a), _) if a != "noeviction" => Some(a),
-                            (_, Some(b)) if b != "noeviction" => Some(b),
-                            (a, b) => a.or(b),
-                        },
-                        appendonly: match (m.appendonly, one.appendonly) {
-                            (Some(a), Some(b)) => Some(a && b),
-                            (a, b) => a.or(b),
-                        },
-                        save: match (m.save, one.save) {
-                            (Some(a), _) if a.trim().is_empty() => Some(a),
-                            (_, Some(b)) if b.trim().is_empty() => Some(b),
-                            (a, b) => a.or(b),
-                        },
-                        in_memory: false,
-                        nodes,
-                    },
+                    Some(m) => m.riskiest(one),
                 });
             }
             merged.ok_or_else(|| Error::Health("no server answered".into()))
@@ -481,12 +411,6 @@ async fn node_info(mut conn: Conn) -> Result<ServerInfo, Error> {
         .arg("server")
         .query_async(&mut conn)
         .await?;
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
     let config = |name: &'static str| {
         let mut conn = conn.clone();
         async move {
@@ -499,20 +423,12 @@ async fn node_info(mut conn: Conn) -> Result<ServerInfo, Error> {
         }
     };
     let maxmemory_policy = config("maxmemory-policy").await;
-    let appendonly = config("appendonly").await.map(|v| v == "yes");
+    let appendonly = config("appendonly").await;
     let save = config("save").await;
-    Ok(ServerInfo {
-        version,
+    Ok(ServerInfo::of_server(
+        &info,
         maxmemory_policy,
-        appendonly,
+        appendonly.as_deref(),
         save,
-        in_memory: false,
-        nodes: 1,
-    })
-}
-
-/// The lower of two `x.y.z` versions.
-fn lowest_version(a: String, b: String) -> String {
-    let parse = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
-    if parse(&b) < parse(&a) { b } else { a }
+    ))
 }
