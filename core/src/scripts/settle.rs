@@ -27,14 +27,13 @@ macro_rules! trim_settled {
         r#"
 if #settled > 0 then
   local floor
-  local first = redis.call('XPENDING', KEYS[1], 'workers', '-', '+', 1)
-  if first[1] then
-    floor = first[1][1]
-  else
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-      local f = {}
-      for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
-      if f['name'] == 'workers' then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local f = {}
+    for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+    if f['name'] == 'workers' then
+      if f['pending'] > 0 then
+        floor = redis.call('XPENDING', KEYS[1], 'workers', '-', '+', 1)[1][1]
+      else
         -- Past the last delivered entry: its seq + 1, computed only where a Lua number
         -- (a double) is exact (15 digits); beyond, the entry itself (kept for the next trim).
         local last = f['last-delivered-id']
@@ -47,6 +46,7 @@ if #settled > 0 then
       end
     end
   end
+  if not floor then return out end
   redis.call('XTRIM', KEYS[1], 'MINID', floor)
   -- Entries far ahead of the floor go by id; no arithmetic beyond 15 digits of ms.
   local fms = string.match(floor, '^%d+')
