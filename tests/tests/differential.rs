@@ -1060,6 +1060,69 @@ async fn trim_window_agrees_with_the_model() {
     }
 }
 
+/// Outcomes nobody read for the retention time (the settle's `min_event_ms`: an hour
+/// before the step here) go as the next outcome is written to their producer's stream, on
+/// the model and on redis-server alike; younger ones stay.
+#[tokio::test]
+async fn unread_outcomes_past_their_retention_go_with_the_next_one() {
+    let server = RedisServer::start(Persistence::None);
+    let mut conn = connect(&server).await;
+    let keys = Arc::new(QueueKeys::new("dl", "retention").expect("keys"));
+    let now = redis_time(&mut conn).await;
+    let mut sim = model_of(&mut conn, now).await;
+    let (mut model, mut real) = (Side::new(now), Side::new(now));
+    let events = keys.events_of(PRODUCERS[0]);
+    // Two outcomes of producer "pa" nobody read: one two hours old, one half an hour old.
+    for (seq, age) in [7_200_000u64, 1_800_000].into_iter().enumerate() {
+        let fields = vec![
+            (b"j".to_vec(), b"old".to_vec()),
+            (b"k".to_vec(), b"c".to_vec()),
+        ];
+        sim.set_time(Instant::from_unix_ms(now - age));
+        sim.xadd_raw(&events, fields).expect("sim xadd");
+        let _: String = redis::cmd("XADD")
+            .arg(&events)
+            .arg(format!("{}-{seq}", now - age))
+            .arg("j")
+            .arg("old")
+            .arg("k")
+            .arg("c")
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+    }
+    sim.set_time(Instant::from_unix_ms(now));
+    let steps = [
+        Op::EnsureGroup,
+        // Jobs 0 and 1 of producer "pa" (marker 1).
+        Op::Enqueue(vec![(0, None), (1, None)], 1, false),
+        Op::Read(0, 2),
+        Op::Settle(0, 0, vec![(0, 0, -1)]),
+    ];
+    for (step, op) in steps.iter().enumerate() {
+        let sides = (&mut model, &mut real);
+        let (m, r) = on_both(&mut sim, &mut conn, sides, &keys, step as u64 + 1, op).await;
+        assert_eq!(m, r, "step {step}: {op:?}");
+    }
+    let (m, r) = keyspaces(&sim, &mut conn, (now, now), &keys).await;
+    assert_eq!(m, r, "the keyspaces after the settle");
+    let left: Vec<Vec<u8>> = redis::cmd("XRANGE")
+        .arg(&events)
+        .arg("-")
+        .arg("+")
+        .query_async::<Vec<(String, Vec<Vec<u8>>)>>(&mut conn)
+        .await
+        .expect("xrange")
+        .into_iter()
+        .map(|(_, f)| f.get(1).cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        left,
+        vec![b"old".to_vec(), JOBS[0].as_bytes().to_vec()],
+        "the two-hour-old outcome is gone, the younger one and the new one stay"
+    );
+}
+
 /// A group whose last delivered id has a huge sequence number (entries added with explicit
 /// ids, or `XGROUP SETID`): the settle's trim did `seq + 1` in a Lua double and failed with
 /// "Invalid stream ID" after its writes. Now no arithmetic beyond 15 digits (the model's

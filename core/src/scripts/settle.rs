@@ -125,8 +125,9 @@ end
 /// The settle scripts' routing of outcomes (KEYS `$events`: the events stem, `$producers`:
 /// the registry): `events_of(marker)` is the events stream of the producer a job's id marker
 /// names, or `nil` when no producer awaits the job's outcomes (no marker, `w`, or a producer
-/// not registered: gone, its outcomes swept); one ZSCORE per producer per batch.
-/// `trim_events(min)` trims every stream written below `min`, once each.
+/// not registered: gone, its outcomes swept); one ZSCORE per producer per batch. Each
+/// outcome's XADD carries `MINID <min event id>`: results nobody read for the retention time
+/// go as the stream is written (no XTRIM call of its own).
 macro_rules! producer_events {
     ($events:literal, $producers:literal) => {
         concat!(
@@ -135,7 +136,7 @@ macro_rules! producer_events {
             "], KEYS[",
             $producers,
             "]\n",
-            r#"local registered, written = {}, {}
+            r#"local registered = {}
 local function events_of(marker)
   if not marker or marker == 'w' then return nil end
   local r = registered[marker]
@@ -144,14 +145,7 @@ local function events_of(marker)
     registered[marker] = r
   end
   if not r then return nil end
-  local key = events_stem .. ':' .. marker
-  written[key] = true
-  return key
-end
-local function trim_events(min)
-  for key in pairs(written) do
-    redis.call('XTRIM', key, 'MINID', min)
-  end
+  return events_stem .. ':' .. marker
 end
 "#
         )
@@ -236,14 +230,12 @@ pub const COMPLETE: Script = Script {
     log(jobs[n], 'c', ARGV[i + 3], marks[n])
     local key = events_of(marks[n])
     if key then
-      redis.call('XADD', key, '*', 'j', jobs[n], 'k', 'c', 'a', ARGV[i + 3], 'i', ARGV[i + 4],
-        'v', ARGV[i + 2])
+      redis.call('XADD', key, 'MINID', ARGV[1], '*', 'j', jobs[n], 'k', 'c', 'a', ARGV[i + 3],
+        'i', ARGV[i + 4], 'v', ARGV[i + 2])
     elseif marks[n] then
       done[#done + 1] = jobs[n]
     end
   end
-  -- Results nobody read for the retention time go, once per batch and stream.
-  trim_events(ARGV[1])
   if #done > 0 then
     redis.call('HDEL', KEYS[2], unpack(done))
   end
@@ -272,7 +264,7 @@ if #jobs > 0 then
     log(job, 'f', ARGV[i + 3], marks[n])
     local key = events_of(marks[n])
     if key then
-      redis.call('XADD', key, '*',
+      redis.call('XADD', key, 'MINID', ARGV[2], '*',
         'j', job, 'k', 'f', 'a', ARGV[i + 3], 'i', ARGV[i + 6], 'v', ARGV[i + 2])
     end
     local due = tonumber(ARGV[i + 4])
@@ -283,7 +275,6 @@ if #jobs > 0 then
       redis.call('XADD', KEYS[1], '*', 'j', job, 'e', ARGV[i + 5])
     end
   end
-  trim_events(ARGV[2])
 end
 ack_settled()
 "#,
@@ -314,7 +305,7 @@ pub const BURY: Script = Script {
       log(job, 'd', ARGV[i + 3], marker)
       local key = events_of(marker)
       if key then
-        redis.call('XADD', key, '*',
+        redis.call('XADD', key, 'MINID', ARGV[1], '*',
           'j', job, 'k', 'd', 'a', ARGV[i + 3], 'i', ARGV[i + 5], 'v', ARGV[i + 2])
       elseif marker then
         redis.call('HDEL', KEYS[2], job)
@@ -325,7 +316,6 @@ pub const BURY: Script = Script {
     out[#out + 1] = 0
   end
 end
-trim_events(ARGV[1])
 ack_settled()
 "#,
         trim_settled!(),
@@ -529,15 +519,14 @@ pub(crate) mod model {
         consumer: &str,
         items: &[Settle],
     ) -> Exec {
-        let mut written = BTreeSet::new();
         // As the script: the markers read before the loop, the unwanted ones dropped after it.
         let mut done: Vec<String> = Vec::new();
         let out = settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let marker = marker_of(sim, keys, job)?;
             log_outcome(sim, keys, job, b"c", item, marker.as_deref())?;
-            match events_of(sim, keys, marker.as_deref(), &mut written)? {
-                Some(key) => xadd(sim, &key, event_fields(job, b"c", item)).map(drop),
+            match events_of(sim, keys, marker.as_deref())? {
+                Some(key) => xadd_trimmed(sim, &key, min_event_ms, event_fields(job, b"c", item)),
                 None if marker.is_some() => {
                     done.push(job.to_owned());
                     Ok(())
@@ -545,7 +534,6 @@ pub(crate) mod model {
                 None => Ok(()),
             }
         })?;
-        trim_events(sim, &written, min_event_ms)?;
         for job in done {
             hdel(sim, &keys.ids, job.as_bytes())?;
         }
@@ -560,13 +548,12 @@ pub(crate) mod model {
         consumer: &str,
         items: &[Settle<NextAttempt>],
     ) -> Exec {
-        let mut written = BTreeSet::new();
         let out = settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let marker = marker_of(sim, keys, job)?;
             log_outcome(sim, keys, job, b"f", item, marker.as_deref())?;
-            if let Some(key) = events_of(sim, keys, marker.as_deref(), &mut written)? {
-                xadd(sim, &key, event_fields(job, b"f", item))?;
+            if let Some(key) = events_of(sim, keys, marker.as_deref())? {
+                xadd_trimmed(sim, &key, min_event_ms, event_fields(job, b"f", item))?;
             }
             let next = &item.then;
             if next.due_ms > now_ms {
@@ -579,7 +566,6 @@ pub(crate) mod model {
             }
             Ok(())
         })?;
-        trim_events(sim, &written, min_event_ms)?;
         Ok(out)
     }
 
@@ -591,7 +577,6 @@ pub(crate) mod model {
         consumer: &str,
         items: &[Settle<DeadJob>],
     ) -> Exec {
-        let mut written = BTreeSet::new();
         let out = settle(sim, keys, consumer, items, |sim, item| {
             let job = item.job.as_deref().unwrap_or_default();
             let f = fields(&[
@@ -607,9 +592,9 @@ pub(crate) mod model {
             } else {
                 let marker = marker_of(sim, keys, job)?;
                 log_outcome(sim, keys, job, b"d", item, marker.as_deref())?;
-                match events_of(sim, keys, marker.as_deref(), &mut written)? {
+                match events_of(sim, keys, marker.as_deref())? {
                     Some(key) => {
-                        xadd(sim, &key, event_fields(job, b"d", item))?;
+                        xadd_trimmed(sim, &key, min_event_ms, event_fields(job, b"d", item))?;
                     }
                     None if marker.is_some() => hdel(sim, &keys.ids, job.as_bytes())?,
                     None => {}
@@ -617,7 +602,6 @@ pub(crate) mod model {
             }
             Ok(())
         })?;
-        trim_events(sim, &written, min_event_ms)?;
         Ok(out)
     }
 

@@ -7,7 +7,6 @@ pub(crate) use crate::command::{CommandKind, NewJob, Settle, fingerprint};
 pub(crate) use crate::naming::{GROUP, ProducerKeys, QueueKeys};
 pub(crate) use crate::scripts::{SWEEP_LIMIT, TRIM_WINDOW_MS};
 pub(crate) use crate::value::{EntryId, Fields, Value};
-pub(crate) use std::collections::BTreeSet;
 pub(crate) use std::sync::Arc;
 
 #[allow(clippy::wildcard_imports)]
@@ -259,7 +258,6 @@ pub(crate) fn events_of(
     sim: &Sim,
     keys: &QueueKeys,
     marker: Option<&[u8]>,
-    written: &mut BTreeSet<String>,
 ) -> Result<Option<String>, String> {
     let Some(m) = marker.filter(|m| *m != b"w") else {
         return Ok(None);
@@ -267,9 +265,7 @@ pub(crate) fn events_of(
     if !sim.zset(&keys.producers)?.is_some_and(|z| z.contains(m)) {
         return Ok(None);
     }
-    let key = events_key(keys, m);
-    written.insert(key.clone());
-    Ok(Some(key))
+    Ok(Some(events_key(keys, m)))
 }
 
 /// A job's id marker, if any.
@@ -278,20 +274,6 @@ pub(crate) fn marker_of(sim: &Sim, keys: &QueueKeys, job: &str) -> Result<Option
         .hash(&keys.ids)?
         .and_then(|h| h.get(job.as_bytes()))
         .cloned())
-}
-
-/// The settle scripts' `trim_events`: every stream written is trimmed below `min_ms`.
-pub(crate) fn trim_events(
-    sim: &mut Sim,
-    written: &BTreeSet<String>,
-    min_ms: u64,
-) -> Result<(), String> {
-    for key in written {
-        if let Some(s) = sim.stream_mut(key, false)? {
-            s.trim_min_id(EntryId::new(min_ms, 0));
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn ensure_group(sim: &mut Sim, keys: &QueueKeys) -> Exec {
