@@ -84,7 +84,13 @@
 //!   lz4-compressed) every job, result and reason is stored in; [`keys`]: secrets, HKDF
 //!   derivation per queue and per session, keyrings for rotation.
 //! - [`mux`]: the multiplexer that merges the blocking reads of idle readers onto one
-//!   connection (deadlines, interruptions, who gets which part of a reply).
+//!   connection (deadlines, interruptions, who gets which part of a reply); [`bells`]: idle
+//!   readers woken by doorbells instead; both are a [`mux::ReadService`], the shape one
+//!   adapter loop runs.
+//! - [`cluster`]: a Redis Cluster's slot table and the routing decisions (which node each
+//!   command goes to, what a reply teaches, when to read the layout again); [`reconnect`]:
+//!   when to connect again and which dead connections to kill; [`resp`]: the RESP codec
+//!   (decoding total, fuzzed); [`server`]: what a server's settings risk.
 //! - [`timers`]: every machine's timers, each named (`Worker::timers`, `Producer::timers`),
 //!   and the rules of time (it may go backwards; a spurious `handle_timeout` is a no-op).
 //! - [`retry`]: attempts and backoff; [`naming`]: the Redis key layout; [`job`]: job records.
