@@ -454,3 +454,49 @@ async fn a_sample_costs_the_same_for_ten_entries_and_a_million() {
         "a tick is a handful of O(1)/O(log n) commands: {per_tick:?}"
     );
 }
+
+/// A handler still running at its timeout is aborted, and its run still counts: its time
+/// goes to `datalayer_handler_seconds{result=error}` (the job fails "timed out").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_handler_still_records_its_time() {
+    install();
+    let server = RedisServer::start(Persistence::None);
+    let dl = layer(&server).await;
+    let queue = dl
+        .queue("tmo", &secrets(), QueueOptions::default())
+        .expect("queue");
+    let mut options = WorkerOptions::default();
+    options.timeout = Some(Duration::from_millis(200));
+    let running = dl
+        .worker("tmo", &secrets(), options)
+        .expect("worker")
+        .start(|_job: Job| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, String>(json!("late"))
+        });
+    let handle = queue.add("s", &json!(1)).await.expect("add");
+    let outcome = tokio::time::timeout(Duration::from_secs(20), handle.result())
+        .await
+        .expect("ended")
+        .expect("outcome");
+    assert!(
+        matches!(&outcome, datalayer_tokio::Outcome::Failed(r) if r.contains("timed out")),
+        "{outcome:?}"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+    let key = "datalayer_handler_seconds{queue=tmo,result=error}";
+    let mut recorded = 0;
+    for _ in 0..100 {
+        recorded = seen()
+            .lock()
+            .unwrap()
+            .histograms
+            .get(key)
+            .map_or(0, Vec::len);
+        if recorded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorded, 1, "the aborted run's time");
+}
