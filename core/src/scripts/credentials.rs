@@ -7,7 +7,7 @@ use super::Script;
 /// credential's field and envelope, then stale fields (the same credential under retired
 /// secrets) to delete. A verifier present with another value means the caller's secret is not
 /// the one the store was made with: nothing is written, `WRONGSECRET`.
-pub const CRED_SAVE: Script = Script {
+pub static CRED_SAVE: Script = Script {
     name: "cred_save",
     source: r#"
 local n = tonumber(ARGV[2])
@@ -34,7 +34,7 @@ return 1
 
 /// `cred_get` — KEYS: the session's credentials hash. ARGV: ttl (ms, 0: none), then the
 /// fields to read. Returns HMGET's reply and, in the same atomic step, slides the expiry.
-pub const CRED_GET: Script = Script {
+pub static CRED_GET: Script = Script {
     name: "cred_get",
     source: r#"
 local out = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))

@@ -17,7 +17,7 @@ use crate::naming::QueueKeys;
 /// The markers are read with one HMGET and written with one HSET per 1,000 jobs (a call
 /// from Lua costs Redis about as much as the command itself); a job whose id is marked, or
 /// came earlier in the same batch, is not added again.
-pub const ENQUEUE: Script = Script {
+pub static ENQUEUE: Script = Script {
     name: "enqueue",
     source: r#"
 local now = tonumber(ARGV[1])

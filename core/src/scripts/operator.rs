@@ -11,7 +11,7 @@ use crate::command::CommandKind;
 /// id, the job re-sealed as attempt 1. A letter that is gone answers 0; one whose job id
 /// lives again (its marker is set) answers -1 and stays; else the job goes back to the work
 /// stream under the marker and the letter goes: its new entry id.
-pub const REVIVE: Script = Script {
+pub static REVIVE: Script = Script {
     name: "revive",
     source: r#"
 local out = {}
@@ -32,7 +32,7 @@ return out
 
 /// `find_job` — KEYS: jobs, ids, delayed, dead. ARGV: job id, limit. See
 /// [`CommandKind::FindJob`].
-pub const FIND_JOB: Script = Script {
+pub static FIND_JOB: Script = Script {
     name: "find_job",
     source: r#"
 local job, limit = ARGV[1], tonumber(ARGV[2])
@@ -88,7 +88,7 @@ return {marker, due, running, waiting, dead}
 /// marker to withdraw (none: promote). See [`CommandKind::DelayedJob`]. A withdrawn job's
 /// marker becomes `x:<marker>` (a tombstone: the same withdrawal sent again answers 1; an
 /// add of the id finds it queued) until its producer forgets it.
-pub const DELAYED_JOB: Script = Script {
+pub static DELAYED_JOB: Script = Script {
     name: "delayed_job",
     source: r#"
 local job = ARGV[1]
@@ -122,7 +122,7 @@ return redis.call('XADD', KEYS[1], '*', 'j', job, 'e', env)
 
 /// `workers` — KEYS: workers. The zset flat (name, score as text), as Lua sees `ZRANGE
 /// WITHSCORES` whatever the connection's protocol.
-pub const WORKERS: Script = Script {
+pub static WORKERS: Script = Script {
     name: "workers",
     source: r#"
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
@@ -131,7 +131,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 
 /// `tail_log` — KEYS: the outcome log. ARGV: after, count, keep (ms). See
 /// [`CommandKind::TailLog`].
-pub const TAIL_LOG: Script = Script {
+pub static TAIL_LOG: Script = Script {
     name: "tail_log",
     source: r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -145,7 +145,7 @@ return redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 /// `peek_events` — KEYS: producers, events stem. ARGV: since, count, then (producer,
 /// cursor) pairs. Every registered producer's events after its cursor (or `since`), at
 /// most `count` in all, as `[producer, entries]` pairs; nothing is acknowledged.
-pub const PEEK_EVENTS: Script = Script {
+pub static PEEK_EVENTS: Script = Script {
     name: "peek_events",
     source: r#"
 local known = {}
@@ -167,7 +167,7 @@ return out
 
 /// `key_usage` — KEYS: jobs, delayed, payloads, dead. ARGV: source (`jobs`, `delayed`,
 /// `dead`), after, offset, count. See [`CommandKind::KeyUsage`].
-pub const KEY_USAGE: Script = Script {
+pub static KEY_USAGE: Script = Script {
     name: "key_usage",
     source: r#"
 local counts, order = {}, {}

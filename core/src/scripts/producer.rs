@@ -14,7 +14,7 @@ use crate::command::{CommandKind, fingerprint};
 /// (the first after the group's last delivered one) and of the oldest running one (the first
 /// pending), or empty: each one O(log n) lookup; last, when the queue was paused (ms), or
 /// empty if it is not.
-pub const STATS: Script = Script {
+pub static STATS: Script = Script {
     name: "stats",
     source: r#"
 local jobs, pending, oldest_waiting, oldest_running = 0, 0, '', ''
@@ -69,7 +69,7 @@ return {jobs, pending, redis.call('ZCARD', KEYS[2]),
 /// taken over trims and forgets nothing: `SUPERSEDED`. A cursor that no longer holds what
 /// the producer read there (or is gone while the stream's last id is behind it): no trim,
 /// `-1` (see [`CommandKind::AckEvents`]'s `check`).
-pub const ACK_EVENTS: Script = Script {
+pub static ACK_EVENTS: Script = Script {
     name: "ack_events",
     source: r#"
 local owner = redis.call('HGET', KEYS[3], ARGV[2])
@@ -124,7 +124,7 @@ return trimmed
 /// `events_tail` — KEYS: a producer's events stream. The last id the stream generated
 /// (`0-0` without a stream): `XINFO STREAM` answers a map, read here so that every
 /// protocol gets the same bulk string.
-pub const EVENTS_TAIL: Script = Script {
+pub static EVENTS_TAIL: Script = Script {
     name: "events_tail",
     source: r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return '0-0' end
@@ -138,7 +138,7 @@ return '0-0'
 
 /// `destroy` — KEYS: the queue's keys of fixed name ([`crate::naming::QueueKeys::all`]; `producers` and
 /// `gone` 8th and 9th, eleven of them), the events stem. Deletes them and every producer's events stream.
-pub const DESTROY: Script = Script {
+pub static DESTROY: Script = Script {
     name: "destroy",
     source: r#"
 local n = 0

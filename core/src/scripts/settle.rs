@@ -217,7 +217,7 @@ if #jobs > 0 then
 /// names the producer the result goes to), one HDEL drops the markers no producer will
 /// forget (`w`, or a producer gone), one XACK settles them all: calls from Lua cost Redis as
 /// much as the commands, so the per-job work is the result's XADD alone.
-pub const COMPLETE: Script = Script {
+pub static COMPLETE: Script = Script {
     name: "complete",
     source: concat!(
         held_prelude!("3", "4", "2"),
@@ -250,7 +250,7 @@ ack_settled()
 /// `retry` — KEYS: jobs, delayed, payloads, events stem, producers, ids, log. ARGV: now, min
 /// event id, consumer, the lowest and the highest entry of the batch, then per job: entry,
 /// job id, sealed reason, attempt, due, re-sealed job, instance (hex), fingerprint.
-pub const RETRY: Script = Script {
+pub static RETRY: Script = Script {
     name: "retry",
     source: concat!(
         held_prelude!("4", "5", "3"),
@@ -287,7 +287,7 @@ ack_settled()
 /// min dead-letter id, the lowest and the highest entry of the batch, then per job: entry,
 /// job id (empty if unknown), sealed reason, attempt, the job's envelope (or the first bytes
 /// of garbage), instance (hex; empty if unknown), fingerprint. Dead letters older than the min id go.
-pub const BURY: Script = Script {
+pub static BURY: Script = Script {
     name: "bury",
     source: concat!(
         held_prelude!("4", "5", "2"),

@@ -108,7 +108,7 @@ end
 /// another has taken over answers -1 and changes nothing. Otherwise the producer promises to
 /// be back by `until` (out of `gone` if it had been swept), then sweeps as [`RECLAIM`] does.
 /// Reply: 1 if it was not registered, else 0.
-pub const REGISTER: Script = Script {
+pub static REGISTER: Script = Script {
     name: "register",
     source: concat!(
         r#"
@@ -127,7 +127,7 @@ local new = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 };
 
 /// `promote` — KEYS: jobs, ids, delayed, payloads. ARGV: now, limit.
-pub const PROMOTE: Script = Script {
+pub static PROMOTE: Script = Script {
     name: "promote",
     source: concat!(
         "\n",
@@ -154,7 +154,7 @@ pub const PROMOTE: Script = Script {
 ///
 /// Reply: `[next cursor, [[id, fields, deliveries], ...], [deleted ids], next due or -1,
 /// next visit]`.
-pub const RECLAIM: Script = Script {
+pub static RECLAIM: Script = Script {
     name: "reclaim",
     source: concat!(
         r#"
@@ -200,7 +200,7 @@ return {cursor, claimed, deleted, next_due, visit}
 /// `heartbeat` — KEYS: jobs. ARGV: consumer, idle ms, unstarted (`1`: the entries never
 /// started here, and their delivery is taken back: RETRYCOUNT one less, so that a job handed
 /// back unstarted, in a pause or a drain, is not counted as stalled), then the entries.
-pub const HEARTBEAT: Script = Script {
+pub static HEARTBEAT: Script = Script {
     name: "heartbeat",
     source: r#"
 local out = {}
