@@ -495,5 +495,82 @@ impl Bells {
     }
 }
 
+/// One subscription connection's exchange (RESP2, sharded pub/sub only): what was asked of
+/// it, in order, and what each value that arrives on it means for the [`Bells`].
+///
+/// On such a connection replies and pushes share one stream: a ring (`smessage`) may come
+/// between a command and its confirmation, and the server may end a subscription on its
+/// own (`sunsubscribe` when the slot moved away or the node was demoted). Confirmations and
+/// error replies come in the order the commands went, so each one answers the oldest
+/// command still waiting for one.
+#[derive(Debug, Default)]
+pub struct Subscription {
+    asked: VecDeque<(bool, String)>,
+}
+
+impl Subscription {
+    /// Encodes `SSUBSCRIBE channel` into `out`; its outcome comes back as a
+    /// [`BellInput::Subscribed`] from [`Subscription::heard`].
+    pub fn subscribe(&mut self, out: &mut Vec<u8>, channel: &str) {
+        crate::resp::encode_command(out, [&b"SSUBSCRIBE"[..], channel.as_bytes()]);
+        self.asked.push_back((true, channel.to_owned()));
+    }
+
+    /// Encodes `SUNSUBSCRIBE channel` into `out` (its confirmation means nothing to the
+    /// machine, which forgot the channel).
+    pub fn unsubscribe(&mut self, out: &mut Vec<u8>, channel: &str) {
+        crate::resp::encode_command(out, [&b"SUNSUBSCRIBE"[..], channel.as_bytes()]);
+        self.asked.push_back((false, channel.to_owned()));
+    }
+
+    /// What `value`, arrived on the connection, means to the machine: a ring, the outcome of
+    /// a subscription, a subscription the server ended; `None` for what means nothing (the
+    /// confirmation of an unsubscribe, a value of no known shape).
+    pub fn heard(&mut self, value: Value) -> Option<BellInput> {
+        let items = match value {
+            Value::Error(_) => {
+                // The oldest command failed (MOVED: the slot lives elsewhere).
+                let (subscribe, channel) = self.asked.pop_front()?;
+                return subscribe.then_some(BellInput::Subscribed { channel, ok: false });
+            }
+            Value::Array(items) => items,
+            _ => return None,
+        };
+        let mut items = items.into_iter();
+        let (Some(Value::Bulk(kind)), Some(Value::Bulk(channel))) = (items.next(), items.next())
+        else {
+            return None;
+        };
+        let channel = String::from_utf8(channel).ok()?;
+        match kind.as_slice() {
+            b"smessage" => Some(BellInput::Ring(channel)),
+            b"ssubscribe" => {
+                let at = self.asked.iter().position(|(s, c)| *s && *c == channel)?;
+                self.asked.remove(at);
+                Some(BellInput::Subscribed { channel, ok: true })
+            }
+            b"sunsubscribe" => match self.asked.iter().position(|(s, c)| !*s && *c == channel) {
+                Some(at) => {
+                    self.asked.remove(at);
+                    None
+                }
+                // Not ours: the server ended it.
+                None => Some(BellInput::Lost(vec![channel])),
+            },
+            _ => None,
+        }
+    }
+
+    /// The connection is gone: the subscriptions still waiting for their confirmation
+    /// failed.
+    pub fn abandon(&mut self) -> Vec<BellInput> {
+        self.asked
+            .drain(..)
+            .filter(|(subscribe, _)| *subscribe)
+            .map(|(_, channel)| BellInput::Subscribed { channel, ok: false })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -90,7 +90,8 @@
 //! - [`cluster`]: a Redis Cluster's slot table and the routing decisions (which node each
 //!   command goes to, what a reply teaches, when to read the layout again); [`reconnect`]:
 //!   when to connect again and which dead connections to kill; [`resp`]: the RESP codec
-//!   (decoding total, fuzzed); [`server`]: what a server's settings risk.
+//!   (decoding total, fuzzed); [`server`]: what a server's settings risk; [`url`]: Redis
+//!   URLs, parsed and checked.
 //! - [`timers`]: every machine's timers, each named (`Worker::timers`, `Producer::timers`),
 //!   and the rules of time (it may go backwards; a spurious `handle_timeout` is a no-op).
 //! - [`retry`]: attempts and backoff; [`naming`]: the Redis key layout; [`job`]: job records.
@@ -169,6 +170,7 @@ pub mod sim;
 pub mod time;
 pub mod timers;
 pub mod trace;
+pub mod url;
 pub mod value;
 pub mod worker;
 

@@ -10,15 +10,15 @@ use datalayer_core::value::Value;
 
 use crate::connection::Conn;
 use crate::exec;
+use crate::options::RedisError;
 
 /// A backend (cheap to clone).
 #[derive(Clone)]
 pub(crate) enum Backend {
-    /// A Redis server: the shared command connection, and the client that opens the
-    /// blocking-read connections.
+    /// A Redis server: the shared command connection (the blocking-read and subscription
+    /// connections are made with its settings).
     Redis {
         conn: Conn,
-        client: std::sync::Arc<redis::Client>,
         /// How this process's idle readers wait. Whichever way, every command that may add
         /// what an idle reader waits for rings its bell, as on a cluster, so that processes
         /// of every kind can share a queue.
@@ -43,11 +43,8 @@ impl std::fmt::Debug for Backend {
 }
 
 /// A failed connection: the outcome of what was sent is unknown.
-fn unknown() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "the connection to Redis failed: the outcome is unknown",
-    ))
+fn unknown() -> RedisError {
+    RedisError::Lost("the outcome is unknown".into())
 }
 
 impl Backend {
@@ -66,7 +63,7 @@ impl Backend {
     pub(crate) async fn run(
         &self,
         invocations: &[Invocation<'_>],
-    ) -> redis::RedisResult<Vec<Value>> {
+    ) -> Result<Vec<Value>, RedisError> {
         let replies = match self {
             Backend::Redis { conn, .. } => exec::run_invocations(conn, invocations).await,
             Backend::Cluster(cluster) => cluster.run(invocations).await,
@@ -77,13 +74,14 @@ impl Backend {
             .into_iter()
             .map(|r| match r {
                 Reply::Value(v) => Ok(v),
+                Reply::NotSent => Err(RedisError::NotSent("no connection".into())),
                 _ => Err(unknown()),
             })
             .collect()
     }
 
     /// Runs one invocation on its own.
-    pub(crate) async fn run_one(&self, invocation: &Invocation<'_>) -> redis::RedisResult<Value> {
+    pub(crate) async fn run_one(&self, invocation: &Invocation<'_>) -> Result<Value, RedisError> {
         self.run(std::slice::from_ref(invocation))
             .await?
             .pop()

@@ -448,19 +448,19 @@ impl RedisLine {
     /// `CLIENT UNBLOCK` of the dedicated connection, on the shared one; its answer comes
     /// back to the mux.
     fn unblock(&self, tx: mpsc::UnboundedSender<Option<bool>>) {
-        let mut shared = self.shared.clone();
+        let shared = self.shared.clone();
         let id = self.client_id.load(Ordering::Relaxed);
         tokio::spawn(async move {
             let unblocked = if id == 0 {
                 None
             } else {
-                redis::cmd("CLIENT")
-                    .arg("UNBLOCK")
-                    .arg(id)
-                    .query_async::<i64>(&mut shared)
+                match shared
+                    .command(&["CLIENT", "UNBLOCK", &id.to_string()])
                     .await
-                    .ok()
-                    .map(|n| n == 1)
+                {
+                    Ok(Value::Int(n)) => Some(n == 1),
+                    _ => None,
+                }
             };
             let _ = tx.send(unblocked);
         });

@@ -30,60 +30,23 @@ use datalayer_core::scripts::Invocation;
 
 use crate::connection::Conn;
 use crate::exec;
+use crate::options::RedisError;
+use crate::wire::Dial;
 
 /// The settings every node connection is made with.
 #[derive(Clone)]
 pub(crate) struct NodeSettings {
-    /// The first seed's connection info (user, password, TLS, protocol): a node's is this
-    /// with the node's address.
-    pub(crate) base: redis::ConnectionInfo,
-    pub(crate) tls_root_cert: Option<Vec<u8>>,
+    /// The first seed's (user, password, database, TLS): a node's is this at the node's
+    /// address.
+    pub(crate) base: Dial,
     pub(crate) response_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
     pub(crate) max_reconnect_delay: Duration,
 }
 
 impl NodeSettings {
-    /// A client for the node at `addr`.
-    pub(crate) fn client(&self, addr: &NodeAddr) -> redis::RedisResult<redis::Client> {
-        let node = match self.base.addr() {
-            redis::ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => redis::ConnectionAddr::TcpTls {
-                host: addr.host.clone(),
-                port: addr.port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => redis::ConnectionAddr::Tcp(addr.host.clone(), addr.port),
-        };
-        let info = self.base.clone().set_addr(node);
-        match &self.tls_root_cert {
-            #[cfg(feature = "tls")]
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            _ => redis::Client::open(info),
-        }
-    }
-}
-
-impl NodeSettings {
-    /// How to open datalayer's own connections to the node at `addr`.
-    pub(crate) fn dial(&self, addr: &NodeAddr) -> redis::RedisResult<crate::wire::Dial> {
-        crate::wire::Dial::new(
-            &self.base,
-            self.tls_root_cert.as_deref(),
-            self.connect_timeout,
-        )
-        .map(|d| d.at(&addr.host, addr.port))
-        .map_err(|e| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "TLS", e)))
+    /// How to open connections to the node at `addr`.
+    pub(crate) fn dial(&self, addr: &NodeAddr) -> Dial {
+        self.base.at(&addr.host, addr.port)
     }
 }
 
@@ -109,7 +72,7 @@ impl Cluster {
     pub(crate) async fn connect(
         settings: NodeSettings,
         seeds: Vec<NodeAddr>,
-    ) -> Result<Arc<Self>, redis::RedisError> {
+    ) -> Result<Arc<Self>, RedisError> {
         let cluster = Arc::new(Self {
             settings,
             seeds,
@@ -122,15 +85,15 @@ impl Cluster {
     }
 
     /// The connection to `addr` (made on first use; it connects when a command needs it).
-    pub(crate) fn conn(&self, addr: &NodeAddr) -> redis::RedisResult<Conn> {
+    pub(crate) fn conn(&self, addr: &NodeAddr) -> Conn {
         let mut nodes = lock(&self.nodes);
         if let Some(c) = nodes.get(addr) {
-            return Ok(c.clone());
+            return c.clone();
         }
         let s = &self.settings;
-        let conn = Conn::lazy(s.dial(addr)?, s.response_timeout, s.max_reconnect_delay);
+        let conn = Conn::lazy(s.dial(addr), s.response_timeout, s.max_reconnect_delay);
         nodes.insert(addr.clone(), conn.clone());
-        Ok(conn)
+        conn
     }
 
     /// The settings of node connections (the doorbells' connections are made with them).
@@ -161,7 +124,7 @@ impl Cluster {
     /// Reads the slot table again, from the nodes known and then the seeds; the first
     /// complete table wins (else the most complete). `force`: even right after another
     /// reading.
-    pub(crate) async fn refresh(&self, force: bool) -> redis::RedisResult<()> {
+    pub(crate) async fn refresh(&self, force: bool) -> Result<(), RedisError> {
         let mut last = self.refreshing.lock().await;
         if !force && last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
             return Ok(());
@@ -174,13 +137,7 @@ impl Cluster {
         let mut error = None;
         let ask = Invocation::Plain(vec![Cow::Borrowed(b"CLUSTER"), Cow::Borrowed(b"SLOTS")]);
         for addr in candidates {
-            let conn = match self.conn(&addr) {
-                Ok(c) => c,
-                Err(e) => {
-                    error = Some(e);
-                    continue;
-                }
-            };
+            let conn = self.conn(&addr);
             match exec::run_one(&conn, &ask).await {
                 Ok(reply) => match SlotTable::from_cluster_slots(&reply, &addr) {
                     Ok(t) if t.covers_all() => {
@@ -189,13 +146,7 @@ impl Cluster {
                     }
                     Ok(t) if t.beats(best.as_ref()) => best = Some(t),
                     Ok(_) => {}
-                    Err(e) => {
-                        error = Some(redis::RedisError::from((
-                            redis::ErrorKind::Client,
-                            "not a cluster",
-                            e.to_string(),
-                        )));
-                    }
+                    Err(e) => error = Some(RedisError::Reply(format!("not a cluster: {e}"))),
                 },
                 Err(e) => error = Some(e),
             }
@@ -207,9 +158,9 @@ impl Cluster {
                 *lock(&self.table) = t;
                 Ok(())
             }
-            _ => Err(error.unwrap_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Client, "no cluster node answered"))
-            })),
+            _ => {
+                Err(error.unwrap_or_else(|| RedisError::NotSent("no cluster node answered".into())))
+            }
         }
     }
 
@@ -262,14 +213,7 @@ impl Cluster {
     /// Invocations on one node, as one pipeline; a redirect, a failed node or a cluster in
     /// trouble has the slot table read again.
     async fn run_on(self: &Arc<Self>, addr: &NodeAddr, part: &[&Invocation<'_>]) -> Vec<Reply> {
-        let conn = match self.conn(addr) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, node = %addr, "no client for a cluster node");
-                return vec![Reply::NotSent; part.len()];
-            }
-        };
-        let replies = exec::run_refs(&conn, part).await;
+        let replies = exec::run_refs(&self.conn(addr), part).await;
         let stale = lock(&self.table).learn(&replies);
         if stale {
             self.refresh_soon();

@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use datalayer_core::reconnect::{self, Identity, Reconnects};
 
+use datalayer_core::url::ServerUrl;
 use datalayer_core::value::Value;
-use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture};
 
-use crate::options::{Error, Options};
+use crate::options::{Error, Options, RedisError};
 use crate::wire::{Dial, Link, WireError};
 
 /// A cheap handle on the shared connection (clone it per command or pipeline).
@@ -113,32 +112,61 @@ impl Conn {
         }
     }
 
-    /// A connection to the server of `url` (`redis://`, `rediss://`, `unix://`), with the
-    /// default [`Options`]' timeouts: datalayer's own connection, for tools and
-    /// tests that send the core's commands themselves (the `exec` module).
+    /// A connection to the server of `url` (`redis://`, `rediss://`, `unix://`; the first
+    /// host of several), with the default [`Options`]' timeouts: datalayer's own connection,
+    /// for tools and tests that send the core's commands themselves (the `exec` module) or
+    /// commands of their own ([`Conn::command`]).
     ///
     /// # Errors
     /// A URL that does not parse, or no connection.
     pub async fn open(url: &str) -> Result<Self, Error> {
         let options = Options::default();
-        let info = crate::options::connection_info(url, &options)?;
-        Self::with_options(&info, &options).await
+        let dial = Dial::new(&ServerUrl::parse(url)?, None, options.connect_timeout)
+            .map_err(Error::Config)?;
+        Self::with_options(dial, &options).await
     }
 
-    /// Connects to the server `info` names, with `options`' TLS root and timeouts.
-    pub(crate) async fn with_options(
-        info: &redis::ConnectionInfo,
-        options: &Options,
-    ) -> Result<Self, Error> {
-        let dial = Dial::new(
-            info,
-            options.tls_root_cert.as_deref(),
-            options.connect_timeout,
-        )
-        .map_err(Error::Config)?;
+    /// Connects to the server `dial` names, with `options`' timeouts.
+    pub(crate) async fn with_options(dial: Dial, options: &Options) -> Result<Self, Error> {
         Self::connect(dial, options.response_timeout, options.max_reconnect_delay)
             .await
-            .map_err(|e| Error::Redis(redis_error(&e)))
+            .map_err(|e| Error::Redis(e.into()))
+    }
+
+    /// Runs one command (`args`: its name and arguments) and returns its reply; an error
+    /// reply is [`RedisError::Reply`].
+    ///
+    /// # Errors
+    /// The connection failed ([`RedisError::NotSent`], [`RedisError::Lost`]), or Redis
+    /// answered with an error.
+    pub async fn command<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Value, RedisError> {
+        let mut out = Vec::new();
+        datalayer_core::resp::encode_command(&mut out, args.iter().map(AsRef::as_ref));
+        match self.round_trip(out, 1).await?.pop() {
+            Some(Value::Error(e)) => Err(RedisError::Reply(e)),
+            Some(v) => Ok(v),
+            None => Err(RedisError::Lost("no reply".into())),
+        }
+    }
+
+    /// [`Conn::command`] whose reply is text (a bulk or status reply: `INFO`, `PING`).
+    pub(crate) async fn text<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<String, RedisError> {
+        match self.command(args).await? {
+            Value::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Value::Status(s) => Ok(s),
+            other => Err(RedisError::Reply(format!("expected text, got {other:?}"))),
+        }
+    }
+
+    /// The value of setting `name` (`CONFIG GET`), if Redis tells it.
+    pub(crate) async fn config(&self, name: &str) -> Option<String> {
+        match self.command(&["CONFIG", "GET", name]).await {
+            Ok(Value::Array(pair)) => match pair.get(1) {
+                Some(Value::Bulk(v)) => Some(String::from_utf8_lossy(v).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Where this connection's server is (to open other connections to it).
@@ -249,127 +277,11 @@ impl Conn {
     }
 }
 
-/// A refusal: nothing was sent (`RedisError::is_connection_refusal`).
-fn refused(why: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::ConnectionRefused,
-        why.to_owned(),
-    ))
-}
-
-/// A failure as redis-rs's error: a refusal when nothing was sent, an I/O error otherwise.
-pub(crate) fn redis_error(e: &WireError) -> RedisError {
-    match e {
-        WireError::NotSent(why) => refused(why),
-        WireError::Lost(why) => RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            why.clone(),
-        )),
-    }
-}
-
-/// A core value as redis-rs's (for the typed queries of [`ConnectionLike`]).
-fn to_redis(v: Value) -> redis::Value {
-    match v {
-        Value::Nil => redis::Value::Nil,
-        Value::Int(i) => redis::Value::Int(i),
-        Value::Bulk(b) => redis::Value::BulkString(b),
-        Value::Status(s) if s == "OK" => redis::Value::Okay,
-        Value::Status(s) => redis::Value::SimpleString(s),
-        Value::Array(a) => redis::Value::Array(a.into_iter().map(to_redis).collect()),
-        Value::Error(e) => {
-            let line = format!("-{}\r\n", e.replace(['\r', '\n'], " "));
-            redis::parse_redis_value(line.as_bytes())
-                .unwrap_or_else(|_| redis::Value::SimpleString(e))
+impl From<WireError> for RedisError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotSent(why) => RedisError::NotSent(why),
+            WireError::Lost(why) => RedisError::Lost(why),
         }
-    }
-}
-
-/// A redis-rs value as the core's value (RESP3 shapes flattened to their RESP2 forms).
-#[must_use]
-pub fn to_value(v: redis::Value) -> Value {
-    use redis::Value as R;
-    match v {
-        R::Nil => Value::Nil,
-        R::Int(i) => Value::Int(i),
-        R::BulkString(b) => Value::Bulk(b),
-        R::Array(a) | R::Set(a) => Value::Array(a.into_iter().map(to_value).collect()),
-        R::SimpleString(s) => Value::Status(s),
-        R::Okay => Value::Status("OK".into()),
-        // The only maps the command plan gets are XREAD/XREADGROUP's (stream → entries), in
-        // RESP2 an array of [stream, entries] pairs: that is their shape here.
-        R::Map(m) => Value::Array(
-            m.into_iter()
-                .map(|(k, v)| Value::Array(vec![to_value(k), to_value(v)]))
-                .collect(),
-        ),
-        R::Attribute { data, .. } => to_value(*data),
-        R::Double(d) => Value::Bulk(d.to_string().into_bytes()),
-        R::Boolean(b) => Value::Int(i64::from(b)),
-        R::VerbatimString { text, .. } => Value::Bulk(text.into_bytes()),
-        R::BigNumber(n) => Value::Bulk(format!("{n:?}").into_bytes()),
-        R::Push { data, .. } => Value::Array(data.into_iter().map(to_value).collect()),
-        R::ServerError(e) => Value::Error(match e.details() {
-            Some(d) => format!("{} {d}", e.code()),
-            None => e.code().to_owned(),
-        }),
-        // A future variant: keep its debug form rather than lose the reply.
-        #[allow(unreachable_patterns)]
-        other => Value::Error(format!("ERR unsupported reply {other:?}")),
-    }
-}
-
-/// redis-rs's typed commands (`redis::cmd(..).query_async(&mut conn)`) over the same
-/// connection.
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
-        Box::pin(async move {
-            match self.round_trip(cmd.get_packed_command(), 1).await {
-                Ok(mut values) => Ok(values.pop().map_or(redis::Value::Nil, to_redis)),
-                Err(e) => Err(redis_error(&e)),
-            }
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(async move {
-            match self
-                .round_trip(cmd.get_packed_pipeline(), offset + count)
-                .await
-            {
-                Ok(values) => Ok(values.into_iter().skip(offset).map(to_redis).collect()),
-                Err(e) => Err(redis_error(&e)),
-            }
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_keep_their_meaning_through_redis_rs() {
-        let v = Value::Array(vec![
-            Value::Nil,
-            Value::Int(-3),
-            Value::Bulk(b"b".to_vec()),
-            Value::Status("OK".into()),
-            Value::Status("QUEUED".into()),
-        ]);
-        assert_eq!(to_value(to_redis(v.clone())), v);
-        let e = Value::Error("NOSCRIPT No matching script".into());
-        assert_eq!(to_value(to_redis(e.clone())), e);
-        assert!(redis_error(&WireError::NotSent("x".into())).is_connection_refusal());
-        assert!(!redis_error(&WireError::Lost("x".into())).is_connection_refusal());
     }
 }

@@ -2,31 +2,31 @@
 //! Cluster, and on one server with [`crate::IdleReads::Doorbells`].
 //!
 //! One task per process serves every idle reader of every queue. It holds one subscription
-//! connection per primary that has a bell in use (one server: one) (RESP3, sharded pub/sub only: `SSUBSCRIBE`
-//! and `SUNSUBSCRIBE`, nothing else, so that a push from the server cannot be taken for the
-//! reply of another command), sends the machine's reads (without `BLOCK`) through the
-//! cluster's command connections, and feeds back rings (`smessage`), lost subscriptions
-//! (`sunsubscribe` from the server when a slot moves or a primary is demoted, a dropped
-//! connection) and replies. Every decision is the machine's: what to subscribe, when to
-//! read again, when a read ends. So a process holds two connections per primary, however
+//! connection per primary that has a bell in use (one server: one; datalayer's own
+//! connection, RESP2, sharded pub/sub only: `SSUBSCRIBE` and `SUNSUBSCRIBE`, nothing else),
+//! sends the machine's reads (without `BLOCK`) through the command connections, and feeds
+//! back rings (`smessage`), lost subscriptions (`sunsubscribe` from the server when a slot
+//! moves or a primary is demoted, a dropped connection) and replies. Every decision is the
+//! core's: what each value on a subscription connection means
+//! ([`datalayer_core::bells::Subscription`]), what to subscribe, when to read again, when a
+//! read ends. So a process holds two connections per primary, however
 //! many queues it serves, and no command blocks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
-use datalayer_core::bells::{BellCommand, BellInput, Bells};
+use datalayer_core::bells::{BellCommand, BellInput, Bells, Subscription};
 use datalayer_core::cluster::NodeAddr;
 use datalayer_core::command::{Command, CommandKind, OpId, Reply};
 use datalayer_core::mux::Ticket as BellTicket;
 use datalayer_core::naming::hash_slot;
-use redis::aio::MultiplexedConnection;
-use redis::{PushInfo, PushKind};
+use datalayer_core::value::Value;
 use tokio::sync::mpsc;
 
 use crate::blocking::{Blocker, Line, serve};
 use crate::cluster::Cluster;
 use crate::connection::Conn;
+use crate::wire::{Dial, SubLink};
 
 /// Where the task reads and subscribes: the nodes of a cluster, or one server.
 #[derive(Clone)]
@@ -34,13 +34,8 @@ pub(crate) enum Nodes {
     /// A cluster: each channel on the primary of its slot.
     Cluster(Arc<Cluster>),
     /// One server: reads on the process's command connection, subscriptions on a
-    /// connection of their own made with `client`.
-    Single {
-        conn: Conn,
-        client: Arc<redis::Client>,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    },
+    /// connection of their own to the same server.
+    Single(Conn),
 }
 
 /// The one server's name in the task's tables.
@@ -55,7 +50,7 @@ impl Nodes {
     fn node_of(&self, channel: &str) -> Option<NodeAddr> {
         match self {
             Nodes::Cluster(c) => c.node_of(hash_slot(channel.as_bytes())),
-            Nodes::Single { .. } => Some(single_addr()),
+            Nodes::Single(_) => Some(single_addr()),
         }
     }
 
@@ -68,52 +63,31 @@ impl Nodes {
     async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
         match self {
             Nodes::Cluster(c) => c.execute(commands).await,
-            Nodes::Single { conn, .. } => crate::exec::execute(conn, commands).await,
+            Nodes::Single(conn) => crate::exec::execute(conn, commands).await,
         }
     }
 
-    /// A subscription connection to `addr`, its pushes to `pushes`.
-    async fn subscriber(
-        &self,
-        addr: &NodeAddr,
-        pushes: mpsc::UnboundedSender<PushInfo>,
-    ) -> Option<MultiplexedConnection> {
-        let (client, connect, response) = match self {
-            Nodes::Cluster(c) => {
-                let s = c.settings();
-                (s.client(addr).ok()?, s.connect_timeout, s.response_timeout)
-            }
-            Nodes::Single {
-                client,
-                connect_timeout,
-                response_timeout,
-                ..
-            } => (client.as_ref().clone(), *connect_timeout, *response_timeout),
-        };
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect))
-            .set_response_timeout(Some(response))
-            .set_push_sender(pushes);
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| tracing::warn!(error = %e, node = %addr, "doorbell connection failed"))
-            .ok()
+    /// How to reach the node at `addr`.
+    fn dial(&self, addr: &NodeAddr) -> Dial {
+        match self {
+            Nodes::Cluster(c) => c.settings().dial(addr),
+            Nodes::Single(conn) => conn.dial().clone(),
+        }
     }
 }
 
 /// What the task's helpers report back.
 enum Ev {
-    Subscribed(String, bool),
     Read(BellTicket, Reply),
-    Push(NodeAddr, u64, PushInfo),
-    Connected(NodeAddr, u64, Option<MultiplexedConnection>),
+    /// A value from a subscription connection (`None`: the connection is gone).
+    Heard(NodeAddr, u64, Option<Value>),
+    Connected(NodeAddr, u64, Option<SubLink>),
 }
 
 /// A subscription connection: made once per node (generation `gen`), or being made.
 enum SubConn {
     Connecting { queued: Vec<String> },
-    Up(MultiplexedConnection),
+    Up(SubLink, Subscription),
 }
 
 /// The IO of the [`Bells`]: subscription connections, reads on the command connections.
@@ -125,6 +99,8 @@ struct BellLine {
     /// The node each channel was subscribed on.
     homes: HashMap<String, NodeAddr>,
     generation: u64,
+    /// Inputs for the machine found while handling another.
+    pending: VecDeque<BellInput>,
 }
 
 /// Starts the doorbell task of a cluster, or of one server.
@@ -137,6 +113,7 @@ pub(crate) fn start(nodes: Nodes) -> Blocker {
         subs: HashMap::new(),
         homes: HashMap::new(),
         generation: 0,
+        pending: VecDeque::new(),
     };
     serve(Bells::new(), line, tracing::debug_span!("doorbells"))
 }
@@ -151,9 +128,10 @@ impl Line for BellLine {
                 BellCommand::Subscribe(channel) => self.subscribe(channel),
                 BellCommand::Unsubscribe(channel) => {
                     if let Some(addr) = self.homes.remove(&channel) {
-                        if let Some((_, SubConn::Up(c))) = self.subs.get(&addr) {
-                            let c = c.clone();
-                            self.subscribe_on(&c, channel, "SUNSUBSCRIBE");
+                        if let Some((_, SubConn::Up(link, sub))) = self.subs.get_mut(&addr) {
+                            let mut out = Vec::new();
+                            sub.unsubscribe(&mut out, &channel);
+                            link.send(out);
                         }
                     }
                 }
@@ -167,26 +145,17 @@ impl Line for BellLine {
 
     async fn next(&mut self) -> BellInput {
         loop {
+            if let Some(input) = self.pending.pop_front() {
+                return input;
+            }
             // `ev_tx` lives in `self`: the channel never closes.
             let Some(ev) = self.ev_rx.recv().await else {
                 return std::future::pending().await;
             };
             match ev {
-                Ev::Subscribed(channel, ok) => {
-                    if !ok {
-                        // MOVED (the slot moved), a dead node: where does it live now?
-                        self.homes.remove(&channel);
-                        self.nodes.refresh_soon();
-                    }
-                    return BellInput::Subscribed { channel, ok };
-                }
                 Ev::Read(ticket, reply) => return BellInput::Read { ticket, reply },
-                Ev::Connected(addr, generation, conn) => self.connected(addr, generation, conn),
-                Ev::Push(addr, generation, push) => {
-                    if let Some(input) = self.push(&addr, generation, push) {
-                        return input;
-                    }
-                }
+                Ev::Connected(addr, generation, link) => self.connected(addr, generation, link),
+                Ev::Heard(addr, generation, value) => self.heard(&addr, generation, value),
             }
         }
     }
@@ -194,7 +163,7 @@ impl Line for BellLine {
 
 impl BellLine {
     /// A subscription connection is made (or failed): subscribe what waited for it.
-    fn connected(&mut self, addr: NodeAddr, generation: u64, conn: Option<MultiplexedConnection>) {
+    fn connected(&mut self, addr: NodeAddr, generation: u64, link: Option<SubLink>) {
         let Some((g, sub)) = self.subs.get_mut(&addr) else {
             return;
         };
@@ -203,61 +172,100 @@ impl BellLine {
         }
         let queued = match sub {
             SubConn::Connecting { queued } => std::mem::take(queued),
-            SubConn::Up(_) => return,
+            SubConn::Up(..) => return,
         };
-        match conn {
-            Some(c) => {
-                *sub = SubConn::Up(c.clone());
-                for channel in queued {
-                    self.subscribe_on(&c, channel, "SSUBSCRIBE");
+        match link {
+            Some(link) => {
+                let mut subscription = Subscription::default();
+                let mut out = Vec::new();
+                for channel in &queued {
+                    subscription.subscribe(&mut out, channel);
                 }
+                if !out.is_empty() {
+                    link.send(out);
+                }
+                *sub = SubConn::Up(link, subscription);
             }
             None => {
                 self.subs.remove(&addr);
-                for channel in queued {
-                    let _ = self.ev_tx.send(Ev::Subscribed(channel, false));
-                }
+                self.failed(queued);
             }
         }
     }
 
-    /// A push from a subscription connection: a ring, a lost subscription.
-    fn push(&mut self, addr: &NodeAddr, generation: u64, push: PushInfo) -> Option<BellInput> {
-        let current = self.subs.get(addr).is_some_and(|(g, _)| *g == generation);
-        match push.kind {
-            PushKind::SMessage => push
-                .data
-                .first()
-                .and_then(channel_name)
-                .map(BellInput::Ring),
+    /// Subscriptions that could not be asked for: the machine hears they failed.
+    fn failed(&mut self, channels: Vec<String>) {
+        for channel in channels {
+            self.subscribed(channel, false);
+        }
+    }
+
+    fn subscribed(&mut self, channel: String, ok: bool) {
+        if !ok {
+            // MOVED (the slot moved), a dead node: where does it live now?
+            tracing::debug!(channel, "doorbell subscription failed");
+            self.homes.remove(&channel);
+            self.nodes.refresh_soon();
+        }
+        self.pending
+            .push_back(BellInput::Subscribed { channel, ok });
+    }
+
+    /// A value from a subscription connection (what it means is the core's
+    /// [`Subscription::heard`]), or its end.
+    fn heard(&mut self, addr: &NodeAddr, generation: u64, value: Option<Value>) {
+        if self.subs.get(addr).is_none_or(|(g, _)| *g != generation) {
+            return;
+        }
+        let Some(value) = value else {
+            return self.lost(addr);
+        };
+        let Some((_, SubConn::Up(_, sub))) = self.subs.get_mut(addr) else {
+            return;
+        };
+        match sub.heard(value) {
+            Some(BellInput::Subscribed { channel, ok }) => self.subscribed(channel, ok),
             // The server ended a subscription (its slot moved away, the node was demoted):
-            // subscribe again where the slot lives now. Our own unsubscribes come here too;
-            // the machine has forgotten those channels, so they change nothing.
-            PushKind::SUnsubscribe if current => {
-                let channel = push.data.first().and_then(channel_name)?;
-                if self.homes.get(&channel) != Some(addr) {
-                    return None;
-                }
-                self.homes.remove(&channel);
-                self.nodes.refresh_soon();
-                Some(BellInput::Lost(vec![channel]))
-            }
-            PushKind::Disconnection if current => {
-                self.subs.remove(addr);
-                let lost: Vec<String> = self
-                    .homes
-                    .iter()
-                    .filter(|(_, home)| *home == addr)
-                    .map(|(c, _)| c.clone())
+            // subscribe again where the slot lives now. A channel this task unsubscribed,
+            // or moved to another node since, is not lost.
+            Some(BellInput::Lost(channels)) => {
+                let lost: Vec<String> = channels
+                    .into_iter()
+                    .filter(|c| self.homes.get(c) == Some(addr))
                     .collect();
-                for c in &lost {
-                    self.homes.remove(c);
+                if !lost.is_empty() {
+                    for c in &lost {
+                        self.homes.remove(c);
+                    }
+                    self.nodes.refresh_soon();
+                    self.pending.push_back(BellInput::Lost(lost));
                 }
-                tracing::debug!(node = %addr, channels = lost.len(), "doorbell connection lost");
-                self.nodes.refresh_soon();
-                Some(BellInput::Lost(lost))
             }
-            _ => None,
+            Some(input) => self.pending.push_back(input),
+            None => {}
+        }
+    }
+
+    /// The subscription connection to `addr` is gone: every channel on it is lost.
+    fn lost(&mut self, addr: &NodeAddr) {
+        let Some((_, sub)) = self.subs.remove(addr) else {
+            return;
+        };
+        let lost: Vec<String> = self
+            .homes
+            .iter()
+            .filter(|(_, home)| *home == addr)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &lost {
+            self.homes.remove(c);
+        }
+        tracing::debug!(node = %addr, channels = lost.len(), "doorbell connection lost");
+        self.nodes.refresh_soon();
+        self.pending.push_back(BellInput::Lost(lost));
+        match sub {
+            SubConn::Connecting { queued } => self.failed(queued),
+            SubConn::Up(_, mut subscription) => self.pending.extend(subscription.abandon()),
         }
     }
 
@@ -291,14 +299,16 @@ impl BellLine {
     fn subscribe(&mut self, channel: String) {
         let Some(addr) = self.nodes.node_of(&channel) else {
             self.nodes.refresh_soon();
-            let _ = self.ev_tx.send(Ev::Subscribed(channel, false));
+            self.pending
+                .push_back(BellInput::Subscribed { channel, ok: false });
             return;
         };
         self.homes.insert(channel.clone(), addr.clone());
         match self.subs.get_mut(&addr) {
-            Some((_, SubConn::Up(c))) => {
-                let c = c.clone();
-                self.subscribe_on(&c, channel, "SSUBSCRIBE");
+            Some((_, SubConn::Up(link, sub))) => {
+                let mut out = Vec::new();
+                sub.subscribe(&mut out, &channel);
+                link.send(out);
             }
             Some((_, SubConn::Connecting { queued })) => queued.push(channel),
             None => {
@@ -319,55 +329,21 @@ impl BellLine {
     }
 
     fn connect(&self, addr: NodeAddr, generation: u64) {
-        let nodes = self.nodes.clone();
+        let dial = self.nodes.dial(&addr);
         let tx = self.ev_tx.clone();
         tokio::spawn(async move {
-            let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
-            let conn = nodes.subscriber(&addr, push_tx).await;
-            let up = conn.is_some();
-            let _ = tx.send(Ev::Connected(addr.clone(), generation, conn));
-            if up {
-                while let Some(push) = push_rx.recv().await {
-                    if tx.send(Ev::Push(addr.clone(), generation, push)).is_err() {
-                        return;
-                    }
+            let heard = {
+                let (tx, addr) = (tx.clone(), addr.clone());
+                move |value| {
+                    let _ = tx.send(Ev::Heard(addr.clone(), generation, value));
                 }
-            }
-        });
-    }
-
-    /// One `SSUBSCRIBE` or `SUNSUBSCRIBE` on `conn`; a subscription's outcome goes back to
-    /// the machine (its reply must be the confirmation of that channel).
-    fn subscribe_on(&self, conn: &MultiplexedConnection, channel: String, verb: &'static str) {
-        let mut conn = conn.clone();
-        let tx = self.ev_tx.clone();
-        tokio::spawn(async move {
-            let reply = redis::cmd(verb)
-                .arg(&channel)
-                .query_async::<redis::Value>(&mut conn)
-                .await;
-            if verb != "SSUBSCRIBE" {
-                return;
-            }
-            let ok = match &reply {
-                Ok(redis::Value::Push { kind, data }) => {
-                    *kind == PushKind::SSubscribe
-                        && data.first().and_then(channel_name).as_deref() == Some(&channel)
-                }
-                _ => false,
             };
-            if !ok {
-                tracing::debug!(?reply, channel, "doorbell subscription failed");
-            }
-            let _ = tx.send(Ev::Subscribed(channel, ok));
+            let link = dial
+                .subscriber("datalayer-doorbells", heard)
+                .await
+                .map_err(|e| tracing::warn!(error = %e, node = %addr, "doorbell connection failed"))
+                .ok();
+            let _ = tx.send(Ev::Connected(addr, generation, link));
         });
-    }
-}
-
-fn channel_name(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
     }
 }

@@ -18,28 +18,21 @@ use datalayer_core::scripts::{self, Invocation};
 use datalayer_core::value::Value;
 
 pub use crate::connection::Conn as Connection;
-pub use crate::connection::to_value;
+use crate::options::RedisError;
 use crate::wire::WireError;
 
 /// Loads every script (after which `EVALSHA` finds them).
 ///
 /// # Errors
 /// A failed connection, or a script Redis refused.
-pub async fn load_scripts(conn: &Connection) -> redis::RedisResult<()> {
+pub async fn load_scripts(conn: &Connection) -> Result<(), RedisError> {
     let mut out = Vec::new();
     for s in scripts::ALL {
         resp::encode_command(&mut out, [&b"SCRIPT"[..], b"LOAD", s.source.as_bytes()]);
     }
-    let values = conn
-        .round_trip(out, scripts::ALL.len())
-        .await
-        .map_err(|e| crate::connection::redis_error(&e))?;
+    let values = conn.round_trip(out, scripts::ALL.len()).await?;
     match values.into_iter().find(|v| matches!(v, Value::Error(_))) {
-        Some(Value::Error(e)) => Err(redis::RedisError::from((
-            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
-            "SCRIPT LOAD",
-            e,
-        ))),
+        Some(Value::Error(e)) => Err(RedisError::Reply(format!("SCRIPT LOAD: {e}"))),
         _ => Ok(()),
     }
 }
@@ -118,15 +111,13 @@ pub(crate) async fn execute_ringing(
 /// Runs one invocation on its own (no pipeline of the engine's), through the same path as
 /// [`execute`]. An error reply is a [`Value::Error`]; a failed connection is an `Err` (the
 /// outcome is unknown; the cause is logged).
-pub async fn run_one(conn: &Connection, invocation: &Invocation<'_>) -> redis::RedisResult<Value> {
+pub async fn run_one(conn: &Connection, invocation: &Invocation<'_>) -> Result<Value, RedisError> {
     match run_invocations(conn, std::slice::from_ref(invocation))
         .await
         .pop()
     {
         Some(Reply::Value(v)) => Ok(v),
-        _ => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "the connection to Redis failed: the outcome is unknown",
-        ))),
+        Some(Reply::NotSent) => Err(RedisError::NotSent("no connection".into())),
+        _ => Err(RedisError::Lost("the outcome is unknown".into())),
     }
 }

@@ -11,7 +11,10 @@ pub use datalayer_core::server::ServerInfo;
 use datalayer_core::value::Value;
 
 use crate::blocking::Blocker;
-use crate::options::{Error, IdleReads, Options, client_of, connection_info, seed_urls};
+use crate::options::{Error, IdleReads, Options, RedisError};
+use crate::wire::Dial;
+use datalayer_core::cluster::NodeAddr;
+use datalayer_core::url::ServerUrl;
 
 /// The process-wide handle: one multiplexed connection (reconnected with exponential backoff)
 /// that every queue and worker made from it shares. Cheap to clone.
@@ -57,13 +60,8 @@ impl DataLayer {
                     Backend::Cluster(cluster) => {
                         crate::doorbells::start(crate::doorbells::Nodes::Cluster(cluster.clone()))
                     }
-                    Backend::Redis { conn, client, .. } => {
-                        crate::doorbells::start(crate::doorbells::Nodes::Single {
-                            conn: conn.clone(),
-                            client: client.clone(),
-                            connect_timeout: self.options.connect_timeout,
-                            response_timeout: self.options.response_timeout,
-                        })
+                    Backend::Redis { conn, .. } => {
+                        crate::doorbells::start(crate::doorbells::Nodes::Single(conn.clone()))
                     }
                     #[cfg(feature = "memory")]
                     Backend::Memory(memory) => Blocker::start_in_memory(memory.clone()),
@@ -127,10 +125,28 @@ impl DataLayer {
         if url == "memory://" {
             return Self::in_memory(options);
         }
-        let seeds = seed_urls(url);
+        datalayer_core::naming::validate_prefix(&options.prefix)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let parsed = ServerUrl::parse(url)?;
+        if let Some(host) = parsed.password_in_clear() {
+            eprintln!(
+                "datalayer: warning: the Redis password goes in the clear to {host} \
+                 (redis://): use rediss:// beyond this machine"
+            );
+        }
+        let first = Dial::new(
+            &parsed,
+            options.tls_root_cert.as_deref(),
+            options.connect_timeout,
+        )
+        .map_err(Error::Config)?;
+        let seeds: Vec<Dial> = match parsed.hosts() {
+            [] => vec![first.clone()],
+            hosts => hosts.iter().map(|h| first.at(&h.host, h.port)).collect(),
+        };
         let mut last = None;
-        for seed in &seeds {
-            match Self::connect_seed(seed, &seeds, options.clone()).await {
+        for seed in seeds {
+            match Self::connect_seed(seed, &first, parsed.hosts(), options.clone()).await {
                 Ok(layer) => return Ok(layer),
                 Err(e) => last = Some(e),
             }
@@ -138,67 +154,30 @@ impl DataLayer {
         Err(last.unwrap_or_else(|| Error::Config(format!("no host in {}", crate::redact_url(url)))))
     }
 
-    async fn connect_seed(seed: &str, seeds: &[String], options: Options) -> Result<Self, Error> {
-        let info = connection_info(seed, &options)?;
-        let client = client_of(info.clone(), &options)?;
-        // While Redis is away, a command fails at once (not sent: the engine backs off and
-        // sends again) rather than waiting for Redis to come back.
-        let mut conn = Conn::with_options(&info, &options).await?;
-        let cluster_info: String = redis::cmd("INFO")
-            .arg("cluster")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if cluster_info.contains("cluster_enabled:1") {
-            return Self::connect_cluster(info, seeds, options).await;
-        }
-        crate::exec::load_scripts(&conn).await?;
-        let client = Arc::new(client);
-        let idle_reads = options.idle_reads;
-        let layer = Self::over(
-            Backend::Redis {
-                conn,
-                client,
-                idle_reads,
-            },
-            options,
-        );
-        layer.warn_if_evicting().await;
-        Ok(layer)
-    }
-
-    async fn connect_cluster(
-        base: redis::ConnectionInfo,
-        seeds: &[String],
+    async fn connect_seed(
+        seed: Dial,
+        first: &Dial,
+        seeds: &[NodeAddr],
         options: Options,
     ) -> Result<Self, Error> {
-        let mut addrs = Vec::new();
-        for seed in seeds {
-            let info = connection_info(seed, &options)?;
-            match info.addr() {
-                redis::ConnectionAddr::Tcp(host, port)
-                | redis::ConnectionAddr::TcpTls { host, port, .. } => {
-                    addrs.push(datalayer_core::cluster::NodeAddr {
-                        host: host.clone(),
-                        port: *port,
-                    });
-                }
-                _ => {
-                    return Err(Error::Config(
-                        "a cluster's seeds are host:port addresses".into(),
-                    ));
-                }
-            }
+        // While Redis is away, a command fails at once (not sent: the engine backs off and
+        // sends again) rather than waiting for Redis to come back.
+        let conn = Conn::with_options(seed, &options).await?;
+        let cluster_info = conn.text(&["INFO", "cluster"]).await.unwrap_or_default();
+        if cluster_info.contains("cluster_enabled:1") {
+            let settings = crate::cluster::NodeSettings {
+                base: first.clone(),
+                response_timeout: options.response_timeout,
+                max_reconnect_delay: options.max_reconnect_delay,
+            };
+            let cluster = crate::cluster::Cluster::connect(settings, seeds.to_vec()).await?;
+            let layer = Self::over(Backend::Cluster(cluster), options);
+            layer.warn_if_evicting().await;
+            return Ok(layer);
         }
-        let settings = crate::cluster::NodeSettings {
-            base,
-            tls_root_cert: options.tls_root_cert.clone(),
-            response_timeout: options.response_timeout,
-            connect_timeout: options.connect_timeout,
-            max_reconnect_delay: options.max_reconnect_delay,
-        };
-        let cluster = crate::cluster::Cluster::connect(settings, addrs).await?;
-        let layer = Self::over(Backend::Cluster(cluster), options);
+        crate::exec::load_scripts(&conn).await?;
+        let idle_reads = options.idle_reads;
+        let layer = Self::over(Backend::Redis { conn, idle_reads }, options);
         layer.warn_if_evicting().await;
         Ok(layer)
     }
@@ -309,13 +288,12 @@ impl DataLayer {
             Backend::Cluster(cluster) => {
                 let mut conns = Vec::new();
                 for addr in cluster.primaries().await {
-                    conns.push(cluster.conn(&addr)?);
+                    conns.push(cluster.conn(&addr));
                 }
                 if conns.is_empty() {
-                    return Err(Error::Redis(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "no cluster node is known to serve a slot",
-                    ))));
+                    return Err(Error::Redis(RedisError::NotSent(
+                        "no cluster node is known to serve a slot".into(),
+                    )));
                 }
                 Ok(conns)
             }
@@ -325,14 +303,8 @@ impl DataLayer {
     }
 
     async fn warn_if_evicting(&self) {
-        for mut conn in self.node_conns().await.unwrap_or_default() {
-            // A map in RESP3 (a flat array in RESP2): either decodes as one.
-            let policy: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async(&mut conn)
-                .await;
-            if let Some(p) = policy.ok().and_then(|mut p| p.remove("maxmemory-policy")) {
+        for conn in self.node_conns().await.unwrap_or_default() {
+            if let Some(p) = conn.config("maxmemory-policy").await {
                 if p != "noeviction" {
                     eprintln!(
                         "datalayer: warning: maxmemory-policy is {p}: Redis may evict queued jobs; \
@@ -381,8 +353,8 @@ impl DataLayer {
         let key = format!("{}:health:{token}", self.options.prefix);
         let check = async {
             if self.is_cluster() {
-                for mut conn in self.node_conns().await? {
-                    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                for conn in self.node_conns().await? {
+                    conn.text(&["PING"]).await?;
                 }
             }
             let b = |s: &str| std::borrow::Cow::Owned(s.as_bytes().to_vec());
@@ -406,25 +378,11 @@ impl DataLayer {
 }
 
 /// One server's [`ServerInfo`].
-async fn node_info(mut conn: Conn) -> Result<ServerInfo, Error> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await?;
-    let config = |name: &'static str| {
-        let mut conn = conn.clone();
-        async move {
-            let pair: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut conn)
-                .await;
-            pair.ok().and_then(|mut p| p.remove(name))
-        }
-    };
-    let maxmemory_policy = config("maxmemory-policy").await;
-    let appendonly = config("appendonly").await;
-    let save = config("save").await;
+async fn node_info(conn: Conn) -> Result<ServerInfo, Error> {
+    let info = conn.text(&["INFO", "server"]).await?;
+    let maxmemory_policy = conn.config("maxmemory-policy").await;
+    let appendonly = conn.config("appendonly").await;
+    let save = conn.config("save").await;
     Ok(ServerInfo::of_server(
         &info,
         maxmemory_policy,

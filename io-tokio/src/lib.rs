@@ -41,7 +41,7 @@ pub use datalayer_core::producer::{
 };
 pub use datalayer_core::trace::TraceContext;
 pub use layer::{DataLayer, ServerInfo};
-pub use options::{Error, IdleReads, Options};
+pub use options::{Error, IdleReads, Options, RedisError};
 pub use queue::{JobHandle, JobQueue, Outcome, QueueEvent, QueueOptions, Unreachable};
 pub use random::OsRandom;
 pub use sharded::ShardedQueue;
@@ -56,13 +56,7 @@ pub use worker::{Job, JobWorker, WorkerHandle, WorkerOptions};
 /// ```
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
+    datalayer_core::url::redact(url)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 pub enum Error {
     /// Redis could not be reached, or failed a command.
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] RedisError),
     /// The health check did not finish in time.
     #[error("redis did not answer the health check within {0:?}")]
     HealthTimeout(Duration),
@@ -70,6 +70,35 @@ pub enum Error {
         "redis did not confirm job {0} in time; it may be queued: add it again with the same id"
     )]
     Unconfirmed(datalayer_core::job::JobId),
+}
+
+/// What went wrong between this process and Redis.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisError {
+    /// Nothing was sent: no connection could be made, or it had closed already.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The connection failed while the command was out: it may or may not have run.
+    #[error("the connection failed, the outcome is unknown: {0}")]
+    Lost(String),
+    /// Redis answered with an error reply, or with a reply of the wrong shape.
+    #[error("{0}")]
+    Reply(String),
+}
+
+impl RedisError {
+    /// Whether nothing was sent (so nothing ran).
+    #[must_use]
+    pub fn is_not_sent(&self) -> bool {
+        matches!(self, RedisError::NotSent(_))
+    }
+}
+
+impl From<datalayer_core::url::UrlError> for Error {
+    fn from(e: datalayer_core::url::UrlError) -> Self {
+        Error::Config(e.to_string())
+    }
 }
 
 /// Options of the process-wide connection.
@@ -177,88 +206,4 @@ impl Options {
         self.max_reconnect_delay = delay;
         self
     }
-}
-
-/// The connection info of `url`, checked, with RESP3 (for redis-rs's subscriptions) and
-/// `TCP_NODELAY`.
-pub(crate) fn connection_info(
-    url: &str,
-    options: &Options,
-) -> Result<redis::ConnectionInfo, Error> {
-    use redis::IntoConnectionInfo;
-    if url.contains('#') {
-        // redis-rs reads `rediss://..#insecure` as "do not verify the certificate" when a
-        // feature of its is on, which any crate of the binary can turn on.
-        return Err(Error::Config(
-            "the Redis URL must not carry a fragment (`#insecure` would turn certificate \
-             checks off)"
-                .into(),
-        ));
-    }
-    datalayer_core::naming::validate_prefix(&options.prefix)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let info = url.into_connection_info()?;
-    if let redis::ConnectionAddr::Tcp(host, _) = info.addr() {
-        let loopback = matches!(host.as_str(), "127.0.0.1" | "::1" | "[::1]" | "localhost");
-        if info.redis_settings().password().is_some() && !loopback {
-            eprintln!(
-                "datalayer: warning: the Redis password goes in the clear to {host} \
-                 (redis://): use rediss:// beyond this machine"
-            );
-        }
-    }
-    let redis_settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    Ok(info
-        .set_redis_settings(redis_settings)
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
-}
-
-/// redis-rs's client for `info` (the doorbells' subscription connections, which speak
-/// RESP3 for its pushes): with `rediss://` and a root certificate, TLS trusting that root.
-/// Commands go on datalayer's own connections ([`crate::wire`]).
-pub(crate) fn client_of(
-    info: redis::ConnectionInfo,
-    options: &Options,
-) -> Result<redis::Client, Error> {
-    match &options.tls_root_cert {
-        #[cfg(feature = "tls")]
-        Some(pem) => Ok(redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            },
-        )?),
-        #[cfg(not(feature = "tls"))]
-        Some(_) => Err(Error::Config(
-            "tls_root_cert needs the `tls` feature of datalayer-tokio".into(),
-        )),
-        None => Ok(redis::Client::open(info)?),
-    }
-}
-
-/// The URLs of the hosts `url` names: `redis://[auth@]h1:p1,h2:p2[/db]` is one URL per
-/// host, each with the same scheme, credentials and path (cluster seeds).
-pub(crate) fn seed_urls(url: &str) -> Vec<String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return vec![url.to_owned()];
-    };
-    // A Unix socket's URL is a path: one server, no host list.
-    if scheme == "unix" || scheme == "redis+unix" {
-        return vec![url.to_owned()];
-    }
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (auth, hosts) = match authority.rfind('@') {
-        Some(at) => (&authority[..=at], &authority[at + 1..]),
-        None => ("", authority),
-    };
-    hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| format!("{scheme}://{auth}{h}{tail}"))
-        .collect()
 }

@@ -16,7 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datalayer_core::resp::Exchange;
+use datalayer_core::resp::{self, Exchange};
+use datalayer_core::url::{ServerUrl, Transport};
 use datalayer_core::value::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -63,21 +64,34 @@ impl std::fmt::Debug for Dial {
 }
 
 impl Dial {
-    /// The server `info` names (its address, user, password and database), with TLS
-    /// trusting `tls_root_cert` (PEM) or else the system's roots for `rediss://`.
+    /// The first server `url` names (its first host, or its socket; [`Dial::at`] gives the
+    /// others), with TLS trusting `tls_root_cert` (PEM) or else the system's roots for
+    /// `rediss://`.
     pub(crate) fn new(
-        info: &redis::ConnectionInfo,
+        url: &ServerUrl,
         tls_root_cert: Option<&[u8]>,
         connect_timeout: Duration,
     ) -> Result<Self, String> {
-        let addr = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
-            #[cfg(feature = "tls")]
-            redis::ConnectionAddr::TcpTls { host, port, .. } => Addr::Tls(host.clone(), *port),
+        let addr = match &url.transport {
+            Transport::Tcp(hosts) | Transport::Tls(hosts) => {
+                let first = hosts.first().ok_or("no host in the URL")?;
+                #[cfg(feature = "tls")]
+                if url.is_tls() {
+                    Addr::Tls(first.host.clone(), first.port)
+                } else {
+                    Addr::Tcp(first.host.clone(), first.port)
+                }
+                #[cfg(not(feature = "tls"))]
+                if url.is_tls() {
+                    return Err("rediss:// needs the `tls` feature of datalayer-tokio".into());
+                } else {
+                    Addr::Tcp(first.host.clone(), first.port)
+                }
+            }
             #[cfg(unix)]
-            redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
-            #[allow(unreachable_patterns)]
-            other => return Err(format!("unsupported address {other}")),
+            Transport::Unix(path) => Addr::Unix(path.into()),
+            #[cfg(not(unix))]
+            Transport::Unix(_) => return Err("no Unix sockets on this system".into()),
         };
         #[cfg(feature = "tls")]
         let tls = match addr {
@@ -85,13 +99,14 @@ impl Dial {
             _ => None,
         };
         #[cfg(not(feature = "tls"))]
-        let _ = tls_root_cert;
-        let settings = info.redis_settings();
+        if tls_root_cert.is_some() {
+            return Err("tls_root_cert needs the `tls` feature of datalayer-tokio".into());
+        }
         Ok(Self {
             addr,
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
-            db: settings.db(),
+            username: url.username.clone(),
+            password: url.password.clone(),
+            db: url.db,
             connect_timeout,
             #[cfg(feature = "tls")]
             tls,
@@ -112,40 +127,53 @@ impl Dial {
     /// Opens a connection, authenticates, selects the database and names it; returns the
     /// link and its client id (for `CLIENT KILL` and `CLIENT UNBLOCK`).
     pub(crate) async fn open(&self, name: &str) -> Result<(Link, i64), WireError> {
+        let (stream, id) = self.handshake(name).await?;
+        Ok((Link::start(stream), id))
+    }
+
+    /// Opens a subscription connection (see [`SubLink`]); what arrives on it goes to
+    /// `heard`.
+    pub(crate) async fn subscriber(
+        &self,
+        name: &str,
+        heard: impl FnMut(Option<Value>) + Send + 'static,
+    ) -> Result<SubLink, WireError> {
+        let (stream, _) = self.handshake(name).await?;
+        Ok(SubLink::start(stream, heard))
+    }
+
+    /// A connection, logged in, its database selected, named: the stream and its client
+    /// id.
+    async fn handshake(&self, name: &str) -> Result<(Box<dyn Stream>, i64), WireError> {
         let opened = tokio::time::timeout(self.connect_timeout, async {
-            let link = self.connect().await?;
+            let mut stream = self.connect().await?;
             let mut out = Vec::new();
-            let mut replies = 0;
+            let mut replies = 2;
             if let Some(password) = &self.password {
                 let mut args: Vec<&[u8]> = vec![b"AUTH"];
                 if let Some(user) = &self.username {
                     args.push(user.as_bytes());
                 }
                 args.push(password.as_bytes());
-                datalayer_core::resp::encode_command(&mut out, args);
+                resp::encode_command(&mut out, args);
                 replies += 1;
             }
             let db = self.db.to_string();
             if self.db != 0 {
-                datalayer_core::resp::encode_command(&mut out, [&b"SELECT"[..], db.as_bytes()]);
+                resp::encode_command(&mut out, [&b"SELECT"[..], db.as_bytes()]);
                 replies += 1;
             }
-            datalayer_core::resp::encode_command(
-                &mut out,
-                [&b"CLIENT"[..], b"SETNAME", name.as_bytes()],
-            );
-            datalayer_core::resp::encode_command(&mut out, [&b"CLIENT"[..], b"ID"]);
-            let values = link.request(out, replies + 2, None).await?;
+            resp::encode_command(&mut out, [&b"CLIENT"[..], b"SETNAME", name.as_bytes()]);
+            resp::encode_command(&mut out, [&b"CLIENT"[..], b"ID"]);
+            let failed = |e: std::io::Error| WireError::NotSent(e.to_string());
+            stream.write_all(&out).await.map_err(failed)?;
+            let values = read_values(&mut stream, replies).await?;
             if let Some(Value::Error(e)) = values.iter().find(|v| matches!(v, Value::Error(_))) {
-                link.close();
                 return Err(WireError::NotSent(e.clone()));
             }
             match values.last() {
-                Some(Value::Int(id)) => Ok((link, *id)),
-                other => {
-                    link.close();
-                    Err(WireError::NotSent(format!("CLIENT ID answered {other:?}")))
-                }
+                Some(Value::Int(id)) => Ok((stream, *id)),
+                other => Err(WireError::NotSent(format!("CLIENT ID answered {other:?}"))),
             }
         })
         .await;
@@ -158,8 +186,8 @@ impl Dial {
         })
     }
 
-    /// The socket, its task started.
-    async fn connect(&self) -> Result<Link, WireError> {
+    /// The socket.
+    async fn connect(&self) -> Result<Box<dyn Stream>, WireError> {
         let refused = |e: std::io::Error| WireError::NotSent(e.to_string());
         match &self.addr {
             Addr::Tcp(host, port) => {
@@ -167,7 +195,7 @@ impl Dial {
                     .await
                     .map_err(refused)?;
                 s.set_nodelay(true).map_err(refused)?;
-                Ok(Link::start(s))
+                Ok(Box::new(s))
             }
             #[cfg(feature = "tls")]
             Addr::Tls(host, port) => {
@@ -185,17 +213,44 @@ impl Dial {
                     .connect(name, s)
                     .await
                     .map_err(refused)?;
-                Ok(Link::start(s))
+                Ok(Box::new(s))
             }
             #[cfg(unix)]
             Addr::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(refused)?;
-                Ok(Link::start(s))
+                Ok(Box::new(s))
             }
         }
     }
+}
+
+/// A connection's byte stream (TCP, TLS or a Unix socket).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// The first `n` values that arrive on `stream` (nothing else may be on its way).
+async fn read_values(stream: &mut Box<dyn Stream>, n: usize) -> Result<Vec<Value>, WireError> {
+    let mut buf = Vec::with_capacity(512);
+    let (mut decoder, mut at, mut values) = (resp::Decoder::default(), 0, Vec::new());
+    while values.len() < n {
+        match decoder.decode(&buf[at..]) {
+            Ok(Some((v, used))) => {
+                values.push(v);
+                at += used;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(WireError::NotSent(e.to_string())),
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Err(WireError::NotSent("closed by the server".into())),
+            Ok(_) => {}
+            Err(e) => return Err(WireError::NotSent(e.to_string())),
+        }
+    }
+    Ok(values)
 }
 
 /// TLS trusting `root_cert` (PEM), or the system's roots.
@@ -250,7 +305,7 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) -> Self {
+    fn start(stream: Box<dyn Stream>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let kill = Arc::new(Notify::new());
         tokio::spawn(run(stream, rx, kill.clone()));
@@ -304,8 +359,8 @@ type Done = oneshot::Sender<Result<Vec<Value>, WireError>>;
 
 /// The connection's task: writes requests in order; the core's [`Exchange`] hands each its
 /// replies, and decides when the connection can no longer be trusted.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+async fn run(
+    mut stream: Box<dyn Stream>,
     mut rx: mpsc::UnboundedReceiver<Request>,
     kill: Arc<Notify>,
 ) {
@@ -377,3 +432,71 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// How much is read at a time.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A subscription connection (sharded pub/sub, RESP2): commands go out as written, and every
+/// value that arrives (confirmations, error replies, rings, the server's own unsubscribes)
+/// goes to the `heard` it was opened with, in order, then `None` once the connection is
+/// gone. What each value means is the core's ([`datalayer_core::bells::Subscription`]).
+/// The connection closes once every clone is dropped.
+#[derive(Clone)]
+pub(crate) struct SubLink {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl SubLink {
+    fn start(stream: Box<dyn Stream>, heard: impl FnMut(Option<Value>) + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(listen(stream, rx, heard));
+        Self { tx }
+    }
+
+    /// Writes `bytes` (encoded commands).
+    pub(crate) fn send(&self, bytes: Vec<u8>) {
+        // A closed connection has told `heard` already.
+        let _ = self.tx.send(bytes);
+    }
+}
+
+/// A subscription connection's task.
+async fn listen(
+    mut stream: Box<dyn Stream>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut heard: impl FnMut(Option<Value>),
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut decoder = resp::Decoder::default();
+    let why: String = loop {
+        tokio::select! {
+            bytes = rx.recv() => {
+                let Some(bytes) = bytes else { break "no longer used".into() };
+                if let Err(e) = stream.write_all(&bytes).await {
+                    break format!("writing: {e}");
+                }
+            }
+            read = stream.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) => break "closed by the server".into(),
+                    Ok(_) => {}
+                    Err(e) => break format!("reading: {e}"),
+                }
+                let mut at = 0;
+                let failed = loop {
+                    match decoder.decode(&buf[at..]) {
+                        Ok(Some((value, used))) => {
+                            at += used;
+                            heard(Some(value));
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(e.to_string()),
+                    }
+                };
+                buf.drain(..at);
+                if let Some(e) = failed {
+                    break e;
+                }
+            }
+        }
+    };
+    tracing::debug!(why = %why, "subscription connection closed");
+    heard(None);
+}

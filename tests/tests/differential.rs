@@ -558,7 +558,7 @@ fn bulk(s: String) -> Value {
 }
 
 /// The ids of every entry of stream `key` on the real server (XRANGE - +).
-async fn entry_ids(conn: &mut datalayer_tokio::exec::Connection, key: &str) -> Value {
+async fn entry_ids(conn: &mut Conn, key: &str) -> Value {
     let v: redis::Value = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -566,7 +566,7 @@ async fn entry_ids(conn: &mut datalayer_tokio::exec::Connection, key: &str) -> V
         .query_async(conn)
         .await
         .expect("xrange");
-    let ids = match datalayer_tokio::exec::to_value(v) {
+    let ids = match to_value(v) {
         Value::Array(entries) => entries
             .into_iter()
             .filter_map(|e| match e {
@@ -579,19 +579,74 @@ async fn entry_ids(conn: &mut datalayer_tokio::exec::Connection, key: &str) -> V
     Value::Array(ids)
 }
 
-/// A connection to `server`.
-async fn connect(server: &RedisServer) -> datalayer_tokio::exec::Connection {
-    datalayer_tokio::exec::Connection::open(&server.url())
+/// Two connections to one server: datalayer's own (what the engine's commands go on), and
+/// redis-rs's (for the test's own typed queries). Each step awaits its replies before the
+/// next, so the two never race.
+struct Conn {
+    ours: datalayer_tokio::exec::Connection,
+    raw: redis::aio::MultiplexedConnection,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = datalayer_tokio::exec::Connection;
+    fn deref(&self) -> &Self::Target {
+        &self.ours
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.raw.req_packed_command(cmd)
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.raw.req_packed_commands(cmd, offset, count)
+    }
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// A redis-rs value (RESP2) as the core's.
+fn to_value(v: redis::Value) -> Value {
+    use redis::Value as R;
+    match v {
+        R::Nil => Value::Nil,
+        R::Int(i) => Value::Int(i),
+        R::BulkString(b) => Value::Bulk(b),
+        R::Array(a) | R::Set(a) => Value::Array(a.into_iter().map(to_value).collect()),
+        R::SimpleString(s) => Value::Status(s),
+        R::Okay => Value::Status("OK".into()),
+        R::ServerError(e) => Value::Error(match e.details() {
+            Some(d) => format!("{} {d}", e.code()),
+            None => e.code().to_owned(),
+        }),
+        other => panic!("a RESP3 reply on a RESP2 connection: {other:?}"),
+    }
+}
+
+/// Connections to `server`.
+async fn connect(server: &RedisServer) -> Conn {
+    let ours = datalayer_tokio::exec::Connection::open(&server.url())
         .await
-        .expect("connect")
+        .expect("connect");
+    let raw = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    Conn { ours, raw }
 }
 
 /// Runs one command on the real server; its reply.
-async fn on_redis(
-    conn: &mut datalayer_tokio::exec::Connection,
-    op: u64,
-    kind: CommandKind,
-) -> Value {
+async fn on_redis(conn: &mut Conn, op: u64, kind: CommandKind) -> Value {
     let cmd = Command {
         op: OpId(op),
         kind,
@@ -606,7 +661,7 @@ async fn on_redis(
 /// Runs `op` on both sides; both replies, normalized.
 async fn on_both(
     sim: &mut Sim,
-    conn: &mut datalayer_tokio::exec::Connection,
+    conn: &mut Conn,
     (model, real): (&mut Side, &mut Side),
     keys: &Arc<QueueKeys>,
     step: u64,
@@ -621,7 +676,7 @@ async fn on_both(
 /// by trimming, which no reply shows).
 async fn work_streams(
     sim: &Sim,
-    conn: &mut datalayer_tokio::exec::Connection,
+    conn: &mut Conn,
     (model, real): (&mut Side, &mut Side),
     keys: &QueueKeys,
 ) -> (Value, Value) {
@@ -724,7 +779,7 @@ type RawEntries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// The same value read from redis-server (TYPE, XRANGE, XINFO GROUPS, XPENDING, HGETALL,
 /// ZRANGE WITHSCORES).
-async fn redis_keyspace(conn: &mut datalayer_tokio::exec::Connection, keys: &QueueKeys) -> Value {
+async fn redis_keyspace(conn: &mut Conn, keys: &QueueKeys) -> Value {
     let mut out = Vec::new();
     for key in &diff_keys(keys) {
         let kind: String = redis::cmd("TYPE")
@@ -857,7 +912,7 @@ async fn redis_keyspace(conn: &mut datalayer_tokio::exec::Connection, keys: &Que
 /// within a stream only) and times made base-relative.
 async fn keyspaces(
     sim: &Sim,
-    conn: &mut datalayer_tokio::exec::Connection,
+    conn: &mut Conn,
     (model_base, real_base): (u64, u64),
     keys: &QueueKeys,
 ) -> (Value, Value) {
@@ -875,7 +930,7 @@ async fn keyspaces(
 }
 
 /// The model at `now_ms`, behaving as the server's version does where versions differ.
-async fn model_of(conn: &mut datalayer_tokio::exec::Connection, now_ms: u64) -> Sim {
+async fn model_of(conn: &mut Conn, now_ms: u64) -> Sim {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(conn)
@@ -895,7 +950,7 @@ async fn model_of(conn: &mut datalayer_tokio::exec::Connection, now_ms: u64) -> 
     sim
 }
 
-async fn redis_time(conn: &mut datalayer_tokio::exec::Connection) -> u64 {
+async fn redis_time(conn: &mut Conn) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
     secs * 1000 + micros / 1000
 }
@@ -936,7 +991,7 @@ async fn model_and_redis_agree() {
                         .query_async(&mut conn)
                         .await
                         .unwrap_or_else(|e| redis::Value::SimpleString(format!("ERR {e}")));
-                    (m, datalayer_tokio::exec::to_value(r))
+                    (m, to_value(r))
                 }
             };
             let ns = match op {
@@ -1331,7 +1386,7 @@ async fn stats_of_a_large_backlog_without_a_lag_are_bounded() {
 
 /// Runs one invocation on the real server; its reply.
 async fn invoke_on_redis(
-    conn: &mut datalayer_tokio::exec::Connection,
+    conn: &mut Conn,
     invocation: &datalayer_core::scripts::Invocation<'_>,
 ) -> Value {
     datalayer_tokio::exec::run_one(conn, invocation)

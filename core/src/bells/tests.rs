@@ -284,3 +284,74 @@ proptest! {
         prop_assert!(out.is_empty() && b.waiting() == 0);
     }
 }
+
+/// The values of `bytes` (RESP2, as redis-server 7.0 sends them on a subscribed connection).
+fn values(bytes: &[u8]) -> Vec<Value> {
+    let mut d = crate::resp::Decoder::default();
+    let mut at = 0;
+    let mut out = Vec::new();
+    while let Some((v, used)) = d.decode(&bytes[at..]).unwrap() {
+        out.push(v);
+        at += used;
+    }
+    assert_eq!(at, bytes.len());
+    out
+}
+
+#[test]
+fn a_subscription_connection_tells_rings_confirmations_and_losses_apart() {
+    let mut s = Subscription::default();
+    let mut out = Vec::new();
+    s.subscribe(&mut out, "a");
+    s.subscribe(&mut out, "b");
+    s.subscribe(&mut out, "c");
+    assert_eq!(
+        out,
+        b"*2\r\n$10\r\nSSUBSCRIBE\r\n$1\r\na\r\n*2\r\n$10\r\nSSUBSCRIBE\r\n$1\r\nb\r\n\
+          *2\r\n$10\r\nSSUBSCRIBE\r\n$1\r\nc\r\n"
+    );
+    let heard: Vec<Option<BellInput>> = values(
+        b"*3\r\n$10\r\nssubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$1\r\n1\r\n\
+          -MOVED 15495 127.0.0.1:7002\r\n\
+          *3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:2\r\n\
+          *3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:1\r\n\
+          +PONG\r\n*2\r\n$1\r\nx\r\n$1\r\ny\r\n*3\r\n$8\r\nsmessage\r\n$2\r\n\xff\xfe\r\n$0\r\n\r\n",
+    )
+    .into_iter()
+    .map(|v| s.heard(v))
+    .collect();
+    let sub = |c: &str, ok| {
+        Some(BellInput::Subscribed {
+            channel: c.into(),
+            ok,
+        })
+    };
+    assert_eq!(
+        heard,
+        [
+            sub("a", true),
+            Some(BellInput::Ring("a".into())),
+            // The error answers the oldest command waiting: b's.
+            sub("b", false),
+            sub("c", true),
+            // Nobody asked: the server ended it.
+            Some(BellInput::Lost(vec!["a".into()])),
+            None,
+            None,
+            None,
+        ]
+    );
+
+    // Our own unsubscribe's confirmation means nothing; a subscription still waiting when
+    // the connection goes failed.
+    out.clear();
+    s.unsubscribe(&mut out, "c");
+    s.subscribe(&mut out, "d");
+    assert_eq!(
+        s.heard(values(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nc\r\n:0\r\n").remove(0)),
+        None
+    );
+    assert_eq!(s.abandon(), [sub("d", false).unwrap()]);
+    assert_eq!(s.heard(Value::Error("ERR x".into())), None, "nothing waits");
+}
