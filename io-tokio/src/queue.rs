@@ -14,9 +14,8 @@ use datalayer_core::keys::{KeyId, Keyring};
 use datalayer_core::producer::{
     AddAnswer, AddJob, Ask, Call, DeadLetter, DeadPage, DelayedWithdrawal, EnvelopeSource,
     EventsCursor, JobEnd, JobPlace, PeekedEvent, Producer, ProducerConfig, ProducerError,
-    ProducerEvent, QueueStats, Request, Revival,
+    ProducerEvent, QueueStats, Request, RetryAll, Revival,
 };
-use datalayer_core::random::Random;
 use datalayer_core::trace::TraceContext;
 use datalayer_core::value::EntryId;
 use serde::Serialize;
@@ -302,20 +301,6 @@ pub struct JobQueue {
     name: Arc<str>,
 }
 
-/// A new producer id: 6 letters and digits from the OS generator (62^6 ids: two of 1,000
-/// producers live at once on one queue collide with a chance of about 1 in 100,000).
-fn generate_producer_id() -> String {
-    const ALPHABET: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut bytes = [0u8; 6];
-    OsRandom.fill_bytes(&mut bytes);
-    // 256 = 4 × 62 + 8: the first 8 letters come up a little more often; an id needs
-    // uniqueness, not uniformity.
-    bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(*b) % 62]))
-        .collect()
-}
-
 impl JobQueue {
     /// A queue's task: `events` is where its outcomes go (the shards of a sharded queue
     /// share one sender), `None` for a channel of its own.
@@ -326,22 +311,23 @@ impl JobQueue {
         options: QueueOptions,
         events: Option<broadcast::Sender<QueueEvent>>,
     ) -> Result<Self, Error> {
-        let mut cfg = ProducerConfig::new(name).block(Some(layer.idle_block()));
+        // This instance's id and token: a later instance under the same producer id (a
+        // replacement, `QueueOptions::producer_id`) takes it over.
+        let mut cfg = ProducerConfig::new(name)
+            .fresh_identity(&mut OsRandom)
+            .block(Some(layer.idle_block()));
         cfg.prefix = layer.options.prefix.clone();
         cfg.max_pending = options.max_pending;
         cfg.replicas = options
             .replicated
             .map(|(count, timeout)| Replicas { count, timeout });
-        cfg.producer = options
-            .producer_id
-            .clone()
-            .unwrap_or_else(generate_producer_id);
+        if let Some(id) = &options.producer_id {
+            cfg.producer.clone_from(id);
+        }
         cfg.producer_ttl = options.producer_ttl;
         cfg.read_events = options.read_results;
         cfg.fail_fast = options.when_unreachable == Unreachable::FailFast;
         cfg.ack_delay = options.ack_delay;
-        // This instance's token: a later instance under the same producer id takes it over.
-        cfg.token = format!("{:016x}", crate::random::random_u64());
         let producer_id: Arc<str> = cfg.producer.as_str().into();
         if let Some(after) = options.events_after {
             cfg.events_after = after;
@@ -569,28 +555,14 @@ impl JobQueue {
     /// 256 at a time; how many went back to the queue. Letters buried after the call began
     /// are left (a job that dies again is not chased). Interrupted, it can be run again.
     pub async fn retry_all_dead(&self, older_than: Option<Duration>) -> Result<u64, Error> {
-        let cutoff = (now() - older_than.unwrap_or_default()).unix_ms();
-        let (mut after, mut queued) = (None, 0);
-        loop {
-            let page = self.dead_letters(after, 256).await?;
-            let letters: Vec<DeadLetter> = page
-                .letters
-                .into_iter()
-                .filter(|l| l.entry.ms <= cutoff)
-                .collect();
-            let done = page.next.is_none_or(|n| n.ms > cutoff);
+        let mut sweep = RetryAll::new((now() - older_than.unwrap_or_default()).unix_ms());
+        while let Some(after) = sweep.after() {
+            let letters = sweep.page(self.dead_letters(Some(after), 256).await?);
             if !letters.is_empty() {
-                let results = self.retry_dead(&letters).await?;
-                queued += results
-                    .iter()
-                    .filter(|(_, r)| matches!(r, Revival::Queued(_)))
-                    .count() as u64;
+                sweep.revived(&self.retry_dead(&letters).await?);
             }
-            if done {
-                return Ok(queued);
-            }
-            after = page.next;
         }
+        Ok(sweep.queued())
     }
 
     /// Where job `id` is: waiting (at which entry), running (on which consumer, delivered

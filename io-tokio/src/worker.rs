@@ -213,7 +213,7 @@ enum Ctl {
 /// A job: its shard and entry.
 type Running = (usize, EntryId);
 
-/// A handler's answer: the job, its run (a number this worker gave the delivery), the
+/// A handler's answer: the job, its run ([`datalayer_core::worker::Delivery::run`]), the
 /// result or reason, and the trace context of the `process` span that ran it (sealed with
 /// the outcome).
 type Done = (Running, u64, Result<Vec<u8>, String>, Option<TraceContext>);
@@ -276,7 +276,6 @@ impl JobWorker {
             done_tx,
             done_rx,
             running: HashMap::new(),
-            runs: 0,
             shutdown: None,
             drained: false,
             log_reasons: self.log_reasons,
@@ -307,12 +306,9 @@ struct Driver<F> {
     ctl: mpsc::Receiver<Ctl>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
-    /// The handler of each running job, and the number of its run: an entry can be
-    /// delivered again while an earlier run's answer is on its way (after a timeout, or
-    /// a failover that gave the id to another job), and only the current run settles it.
-    running: HashMap<Running, (AbortHandle, u64)>,
-    /// The number of the next run.
-    runs: u64,
+    /// The handler of each running job (of its current run: the machine refuses the
+    /// answers of earlier runs).
+    running: HashMap<Running, AbortHandle>,
     /// Who to tell when a shutdown is done.
     shutdown: Option<oneshot::Sender<()>>,
     /// The machine has drained for a shutdown: the driver ends.
@@ -414,21 +410,20 @@ where
     E: std::fmt::Display + Send + 'static,
 {
     fn settle(&mut self, ((shard, entry), run, outcome, trace): Done) {
-        if self.running.get(&(shard, entry)).map(|(_, r)| *r) != Some(run) {
-            // That run timed out, was handed back or superseded: its answer is moot (and
-            // must not settle what runs at the entry now).
-            return;
-        }
-        self.running.remove(&(shard, entry));
-        let now = now();
-        let trace = trace.as_ref();
-        let settled = match outcome {
-            Ok(result) => self.worker.complete(now, shard, entry, &result, trace),
-            Err(reason) => self.worker.fail(now, shard, entry, &reason, trace),
-        };
-        match settled {
-            // The job timed out or was handed back meanwhile: its answer is moot.
-            Ok(()) | Err(WorkerError::NotRunning(_)) => {}
+        let outcome = outcome.as_deref().map_err(String::as_str);
+        match (self.worker).finish_run(now(), shard, entry, run, outcome, trace.as_ref()) {
+            Ok(()) => {
+                self.running.remove(&(shard, entry));
+            }
+            // An earlier run's answer (it timed out, was handed back or superseded): moot,
+            // and it must not settle what runs at the entry now. A handler that has ended
+            // is no longer worth aborting.
+            Err(WorkerError::NotRunning(_)) => {
+                let key = (shard, entry);
+                if self.running.get(&key).is_some_and(AbortHandle::is_finished) {
+                    self.running.remove(&key);
+                }
+            }
             Err(e) => tracing::error!(error = %e, %entry, "the worker could not settle a job"),
         }
     }
@@ -467,12 +462,8 @@ where
                         (self.handler)(job),
                         span.clone(),
                     ));
-                    let run = self.runs;
-                    self.runs += 1;
-                    if let Some((old, _)) = self
-                        .running
-                        .insert((shard, d.entry), (task.abort_handle(), run))
-                    {
+                    let run = d.run;
+                    if let Some(old) = self.running.insert((shard, d.entry), task.abort_handle()) {
                         old.abort();
                     }
                     let done = self.done_tx.clone();
@@ -498,20 +489,20 @@ where
                     });
                 }
                 WorkerEvent::TimedOut { entry } => {
-                    if let Some((h, _)) = self.running.remove(&(shard, entry)) {
+                    if let Some(h) = self.running.remove(&(shard, entry)) {
                         h.abort();
                     }
                 }
                 WorkerEvent::HandedBack { entries } => {
                     for entry in entries {
-                        if let Some((h, _)) = self.running.remove(&(shard, entry)) {
+                        if let Some(h) = self.running.remove(&(shard, entry)) {
                             h.abort();
                         }
                     }
                 }
                 WorkerEvent::Superseded { entry, job } => {
                     tracing::warn!(%entry, %job, "a failover gave this job's entry to another job: its run is void");
-                    if let Some((h, _)) = self.running.remove(&(shard, entry)) {
+                    if let Some(h) = self.running.remove(&(shard, entry)) {
                         h.abort();
                     }
                 }

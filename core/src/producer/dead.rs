@@ -269,3 +269,116 @@ pub(crate) fn place(v: Value) -> Option<JobPlace> {
         dead,
     })
 }
+
+/// Retrying every dead letter buried up to a cutoff, page by page (what an operator's
+/// "retry all" does): which letters of each page go back, where the next page starts, when
+/// the sweep is done, and how many went back. Letters buried after the cutoff are left (a
+/// job that dies again while the sweep runs is not chased), so the sweep ends.
+///
+/// Feed it each page read after [`RetryAll::after`] ([`super::Producer::read_dead`]), send
+/// what [`RetryAll::page`] picks to [`super::Producer::revive`], hand the results to
+/// [`RetryAll::revived`]; stop when [`RetryAll::after`] is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryAll {
+    cutoff_ms: u64,
+    after: Option<EntryId>,
+    done: bool,
+    queued: u64,
+}
+
+impl RetryAll {
+    /// A sweep of the letters buried at `cutoff_ms` (ms since the epoch) or earlier.
+    #[must_use]
+    pub fn new(cutoff_ms: u64) -> Self {
+        Self {
+            cutoff_ms,
+            after: Some(EntryId::ZERO),
+            done: false,
+            queued: 0,
+        }
+    }
+
+    /// Where the next page to read starts; `None`: the sweep is done.
+    #[must_use]
+    pub fn after(&self) -> Option<EntryId> {
+        (!self.done).then_some(self.after).flatten()
+    }
+
+    /// The letters of `page` to send back (maybe none), the sweep moved past it.
+    pub fn page(&mut self, page: DeadPage) -> Vec<DeadLetter> {
+        let cutoff = self.cutoff_ms;
+        self.done = page.next.is_none_or(|n| n.ms > cutoff);
+        self.after = page.next;
+        page.letters
+            .into_iter()
+            .filter(|l| l.entry.ms <= cutoff)
+            .collect()
+    }
+
+    /// What `revive` did with the letters of a page.
+    pub fn revived(&mut self, results: &[(EntryId, Revival)]) {
+        let queued = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Revival::Queued(_)))
+            .count();
+        self.queued += queued as u64;
+    }
+
+    /// How many letters went back to the queue so far.
+    #[must_use]
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(ms: u64) -> DeadLetter {
+        DeadLetter {
+            entry: EntryId { ms, seq: 0 },
+            job: None,
+            attempt: None,
+            instance: None,
+            record: Err(String::new()),
+            reason: Err(String::new()),
+        }
+    }
+
+    #[test]
+    fn a_retry_all_sweep_stops_at_its_cutoff() {
+        let mut sweep = RetryAll::new(20);
+        assert_eq!(sweep.after(), Some(EntryId::ZERO));
+        let picked = sweep.page(DeadPage {
+            letters: vec![letter(10), letter(20)],
+            next: Some(EntryId { ms: 20, seq: 0 }),
+        });
+        assert_eq!(picked, vec![letter(10), letter(20)]);
+        sweep.revived(&[
+            (picked[0].entry, Revival::Queued(EntryId { ms: 30, seq: 0 })),
+            (picked[1].entry, Revival::Gone),
+        ]);
+        assert_eq!(sweep.after(), Some(EntryId { ms: 20, seq: 0 }));
+        // A letter buried after the cutoff (the sweep's own job dying again) is left, and
+        // the sweep ends there even though more pages follow.
+        let picked = sweep.page(DeadPage {
+            letters: vec![letter(20), letter(31)],
+            next: Some(EntryId { ms: 31, seq: 0 }),
+        });
+        assert_eq!(picked, vec![letter(20)]);
+        assert_eq!(sweep.after(), None);
+        assert_eq!(sweep.queued(), 1);
+        // The last page ends it too.
+        let mut sweep = RetryAll::new(u64::MAX);
+        assert!(
+            sweep
+                .page(DeadPage {
+                    letters: vec![],
+                    next: None
+                })
+                .is_empty()
+        );
+        assert_eq!(sweep.after(), None);
+    }
+}

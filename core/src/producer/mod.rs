@@ -21,7 +21,9 @@ mod peek;
 mod usage;
 
 pub use calls::{AddAnswer, Call, ENDED_GRACE_MS, ENDED_MAX, ENDED_MAX_BYTES, JobEnd};
-pub use dead::{Ask, DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, Revival};
+pub use dead::{
+    Ask, DeadLetter, DeadPage, DelayedWithdrawal, JobPlace, Request, RetryAll, Revival,
+};
 pub use peek::{EventKind, EventsCursor, PeekedEvent};
 pub use usage::{EnvelopeSource, KeyUsagePage};
 

@@ -2071,3 +2071,18 @@ fn an_ask_sends_what_its_method_sends() {
         assert_eq!(kinds(&mut a), kinds(&mut b), "{ask:?}");
     }
 }
+
+/// A fresh identity is drawn from the generator: ids a key can hold, a token per instance.
+#[test]
+fn fresh_identities_differ_and_make_valid_producers() {
+    let mut rng = SeededRandom::new(3);
+    let a = ProducerConfig::new("q").fresh_identity(&mut rng);
+    let b = ProducerConfig::new("q").fresh_identity(&mut rng);
+    assert_eq!(a.producer.len(), 6);
+    assert!(a.producer.bytes().all(|c| c.is_ascii_alphanumeric()));
+    assert_eq!(a.token.len(), 16);
+    assert!(a.token.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!((&a.producer, &a.token), (&b.producer, &b.token));
+    let sealer = Sealer::new(Keyring::new(Key::from_bytes(KeyId(1), &[1; 32])));
+    assert!(Producer::new(a, sealer, Instant::from_unix_ms(0), &mut rng).is_ok());
+}

@@ -174,6 +174,10 @@ pub struct Delivery {
     pub deliveries: u64,
     /// The trace context the producer sealed with the job (the span that added it), if any.
     pub trace: Option<crate::trace::TraceContext>,
+    /// This delivery's number at this worker (each delivery a new one): settle it with
+    /// [`super::Worker::finish_run`], which refuses an answer of an earlier run of the same
+    /// entry.
+    pub run: u64,
 }
 
 /// What the worker tells the application.

@@ -120,6 +120,8 @@ struct Running {
     started_ms: u64,
     last_beat_ms: u64,
     lost: bool,
+    /// This delivery's run ([`Delivery::run`]).
+    run: u64,
 }
 
 /// Operations awaiting replies.
@@ -155,6 +157,8 @@ pub struct Worker {
     now_ms: u64,
     in_flight: Ops<InFlight>,
     running: BTreeMap<EntryId, Running>,
+    /// The number the next delivery's run gets ([`Delivery::run`]).
+    next_run: u64,
     outbox: VecDeque<Outgoing>,
     hand_back: Vec<EntryId>,
     /// Entries that came and never started (a pause, a drain): handed back with their
@@ -218,6 +222,7 @@ impl Worker {
             now_ms,
             in_flight: Ops::default(),
             running: BTreeMap::new(),
+            next_run: 0,
             outbox: VecDeque::new(),
             hand_back: Vec::new(),
             give_back: Vec::new(),
@@ -349,6 +354,33 @@ impl Worker {
         self.check_drained()?;
         self.now_ms = now.unix_ms();
         self.fail_running(entry, reason, trace)
+    }
+
+    /// Run `run` of the job at `entry` ([`Delivery::run`]) ended: `Ok(result)` completes
+    /// the job, `Err(reason)` fails it, as [`Worker::complete_traced`] and
+    /// [`Worker::fail_traced`] do, but only while that run is the entry's current one. The
+    /// same entry can be delivered again while an earlier run's answer is on its way (the
+    /// run timed out or was handed back, and the entry came back; a failover gave its id to
+    /// another job): that answer is moot, [`WorkerError::NotRunning`], and settles nothing.
+    ///
+    /// # Errors
+    /// As [`Worker::complete_traced`]; [`WorkerError::NotRunning`] for a run that is not the
+    /// entry's current one.
+    pub fn finish_run(
+        &mut self,
+        now: Instant,
+        entry: EntryId,
+        run: u64,
+        outcome: Result<&[u8], &str>,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), WorkerError> {
+        if self.running.get(&entry).map(|r| r.run) != Some(run) {
+            return Err(WorkerError::NotRunning(entry));
+        }
+        match outcome {
+            Ok(result) => self.complete_traced(now, entry, result, trace),
+            Err(reason) => self.fail_traced(now, entry, reason, trace),
+        }
     }
 
     fn fail_running(

@@ -392,6 +392,8 @@ impl Worker {
             let known = Some((job.id, job.instance));
             return self.bury(entry.id, known, envelope, reason, attempt);
         }
+        let run = self.next_run;
+        self.next_run += 1;
         self.running.insert(
             entry.id,
             Running {
@@ -402,6 +404,7 @@ impl Worker {
                 started_ms: self.now_ms,
                 last_beat_ms: self.now_ms,
                 lost: false,
+                run,
             },
         );
         self.events.push_back(WorkerEvent::Job(Delivery {
@@ -409,6 +412,7 @@ impl Worker {
             job,
             deliveries,
             trace,
+            run,
         }));
     }
 

@@ -119,6 +119,23 @@ impl ShardedWorker {
             .complete_traced(now, entry, result, trace)
     }
 
+    /// [`Worker::finish_run`] on `shard`.
+    ///
+    /// # Errors
+    /// As [`Worker::finish_run`]; [`WorkerError::NoShard`] for a shard out of range.
+    pub fn finish_run(
+        &mut self,
+        now: Instant,
+        shard: usize,
+        entry: EntryId,
+        run: u64,
+        outcome: Result<&[u8], &str>,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), WorkerError> {
+        self.shard(shard)?
+            .finish_run(now, entry, run, outcome, trace)
+    }
+
     /// [`Worker::fail_traced`] of the job at `entry` of `shard`.
     pub fn fail(
         &mut self,

@@ -1766,3 +1766,39 @@ fn an_idle_read_ends_by_the_next_upkeep() {
         next.kind
     );
 }
+
+/// Each delivery is a run of its own; only an entry's current run settles it, once.
+#[test]
+fn only_the_current_run_of_an_entry_settles_it() {
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.concurrency(2));
+    b.add(2);
+    let ev = b.at(T0 + 100, &mut [&mut w]);
+    let runs: Vec<(EntryId, u64)> = ev[0]
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::Job(d) => Some((d.entry, d.run)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs.len(), 2);
+    assert_ne!(runs[0].1, runs[1].1);
+    let (entry, run) = runs[0];
+    let now = inst(T0 + 200);
+    assert_eq!(
+        w.finish_run(now, entry, runs[1].1, Ok(b"x"), None),
+        Err(WorkerError::NotRunning(entry)),
+        "another run's answer"
+    );
+    assert_eq!(w.running(), 2, "it settled nothing");
+    assert_eq!(w.finish_run(now, entry, run, Err("no"), None), Ok(()));
+    assert_eq!(w.running(), 1);
+    assert_eq!(
+        w.finish_run(now, entry, run, Ok(b"x"), None),
+        Err(WorkerError::NotRunning(entry)),
+        "the same answer again"
+    );
+    let (other, other_run) = runs[1];
+    assert_eq!(w.finish_run(now, other, other_run, Ok(b"x"), None), Ok(()));
+    assert_eq!(w.running(), 0);
+}
