@@ -78,6 +78,52 @@ impl Command {
     }
 }
 
+/// The jobs a pipeline settles, by kind (what a `settle` span reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settlements {
+    /// Jobs completed.
+    pub completed: usize,
+    /// Jobs failed and retried.
+    pub retried: usize,
+    /// Jobs failed for good (dead-lettered).
+    pub buried: usize,
+}
+
+impl Settlements {
+    /// The settlements of `cmds`.
+    #[must_use]
+    pub fn of(cmds: &[Command]) -> Self {
+        let mut s = Self::default();
+        for cmd in cmds {
+            match &cmd.kind {
+                CommandKind::Complete { items, .. } => s.completed += items.len(),
+                CommandKind::Retry { items, .. } => s.retried += items.len(),
+                CommandKind::Bury { items, .. } => s.buried += items.len(),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// How many jobs in all.
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.completed + self.retried + self.buried
+    }
+
+    /// The operation's name: `ack`, `retry` or `bury` when all are of one kind, else
+    /// `settle`.
+    #[must_use]
+    pub fn operation(&self) -> &'static str {
+        match (self.completed > 0, self.retried > 0, self.buried > 0) {
+            (true, false, false) => "ack",
+            (false, true, false) => "retry",
+            (false, false, true) => "bury",
+            _ => "settle",
+        }
+    }
+}
+
 /// A job to add: its id, when it is due (`None`: now), and its sealed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {

@@ -400,6 +400,26 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     crc
 }
 
+/// The consumer name of a process's workers (`<pid>-<8 hex digits of random>`): one per
+/// process, shared by its workers of different queues so that one blocking read serves
+/// them all, and different in each process (a restarted process with the same pid too).
+#[must_use]
+pub fn process_consumer(pid: u32, random: u64) -> String {
+    format!("{pid}-{:08x}", random as u32)
+}
+
+/// The consumer name of the `n`-th worker (from 1) of one queue in a process whose
+/// consumer name is `process`: `process` itself for the first, `process-n` after it (two
+/// workers of one queue need two names, or they would take each other's jobs as their own).
+#[must_use]
+pub fn nth_consumer(process: &str, n: u32) -> String {
+    if n <= 1 {
+        process.to_owned()
+    } else {
+        format!("{process}-{n}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,5 +658,15 @@ mod tests {
                 prop_assert_eq!(hash_slot(key.as_bytes()), slot);
             }
         }
+    }
+
+    #[test]
+    fn consumer_names_differ_per_process_and_per_worker_of_a_queue() {
+        let p = process_consumer(4242, 0x1234_5678_9abc_def0);
+        assert_eq!(p, "4242-9abcdef0");
+        assert_ne!(p, process_consumer(4242, 1), "a restart with the same pid");
+        assert_eq!(nth_consumer(&p, 1), p);
+        assert_eq!(nth_consumer(&p, 2), "4242-9abcdef0-2");
+        assert_ne!(nth_consumer(&p, 2), nth_consumer(&p, 3));
     }
 }

@@ -1,5 +1,61 @@
 //! What a Redis server says of itself, and what of it can lose jobs: [`ServerInfo`], made
-//! from `INFO server` and `CONFIG GET` answers (the adapter asks; the judgments are here).
+//! from `INFO server` and `CONFIG GET` answers (the adapter asks; the judgments are here);
+//! and whether it answers at all: [`HealthCheck`].
+
+use std::borrow::Cow;
+
+use crate::scripts::Invocation;
+use crate::value::Value;
+
+/// A health check (`DataLayer::health` in the adapter): a write and a read back of a key
+/// private to this check (a random token in its name, so that two processes checking at
+/// once never wait on each other), deleted after; the write expires in 10 s should the
+/// delete never come. All three go to the key's node, as one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    key: String,
+    token: String,
+}
+
+impl HealthCheck {
+    /// A check under `prefix`, its token made of `random`.
+    #[must_use]
+    pub fn new(prefix: &str, random: u64) -> Self {
+        let token = format!("{random:016x}");
+        Self {
+            key: format!("{prefix}:health:{token}"),
+            token,
+        }
+    }
+
+    /// What to send: `SET key token PX 10000`, `GET key`, `DEL key`.
+    #[must_use]
+    pub fn invocations(&self) -> Vec<Invocation<'_>> {
+        let b = |s: &str| Cow::Owned(s.as_bytes().to_vec());
+        vec![
+            Invocation::Plain(vec![
+                b("SET"),
+                b(&self.key),
+                b(&self.token),
+                b("PX"),
+                b("10000"),
+            ]),
+            Invocation::Plain(vec![b("GET"), b(&self.key)]),
+            Invocation::Plain(vec![b("DEL"), b(&self.key)]),
+        ]
+    }
+
+    /// Whether the replies say the server is healthy: the read gave back what was written.
+    ///
+    /// # Errors
+    /// What came back instead.
+    pub fn judge(&self, replies: &[Value]) -> Result<(), String> {
+        match replies.get(1) {
+            Some(Value::Bulk(v)) if *v == self.token.as_bytes() => Ok(()),
+            other => Err(format!("read back {other:?}")),
+        }
+    }
+}
 
 /// What Redis says of itself (`DataLayer::server_info` in the adapter).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -167,5 +223,30 @@ mod tests {
         );
         assert_eq!(lowest_version("7.10.0".into(), "7.9.1".into()), "7.9.1");
         assert_eq!(safe.clone().riskiest(safe.clone()).risks(), safe.risks());
+    }
+
+    #[test]
+    fn a_health_check_writes_reads_back_and_deletes_a_key_of_its_own() {
+        let check = HealthCheck::new("dl", 0xab);
+        let mut out = Vec::new();
+        for i in check.invocations() {
+            i.encode(&mut out);
+        }
+        let key = "$26\r\ndl:health:00000000000000ab\r\n";
+        let expected = format!(
+            "*5\r\n$3\r\nSET\r\n{key}$16\r\n00000000000000ab\r\n$2\r\nPX\r\n$5\r\n10000\r\n\
+             *2\r\n$3\r\nGET\r\n{key}*2\r\n$3\r\nDEL\r\n{key}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+        let ok = Value::Status("OK".into());
+        let read = |v: &[u8]| vec![ok.clone(), Value::Bulk(v.to_vec()), Value::Int(1)];
+        assert_eq!(check.judge(&read(b"00000000000000ab")), Ok(()));
+        assert!(
+            check.judge(&read(b"00000000000000cd")).is_err(),
+            "another check's token"
+        );
+        assert!(check.judge(&[ok, Value::Nil]).is_err());
+        assert!(check.judge(&[]).is_err());
+        assert_ne!(HealthCheck::new("dl", 0xcd), check);
     }
 }

@@ -380,6 +380,10 @@ mod tests {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact("u:p@h"), "***@h");
         assert_eq!(
+            redact("redis://u:hunter2@h:1/2?x=@y"),
+            "redis://***@h:1/2?x=@y"
+        );
+        assert_eq!(
             redact("unix:///s?db=1&pass=hunter2"),
             "unix:///s?db=1&pass=***"
         );

@@ -246,18 +246,7 @@ impl DataLayer {
         let mut deleted = 0u64;
         for chunk in keys.chunks(1000) {
             let dels: Vec<_> = chunk.iter().map(|k| credentials::delete(k)).collect();
-            for reply in self.backend.run(&dels).await? {
-                match reply {
-                    datalayer_core::value::Value::Int(n) => {
-                        deleted += u64::try_from(n).unwrap_or(0)
-                    }
-                    other => {
-                        return Err(
-                            CredentialsError::Reply(format!("DEL answered {other:?}")).into()
-                        );
-                    }
-                }
-            }
+            deleted += credentials::parse_deleted(self.backend.run(&dels).await?)?;
         }
         Ok(deleted)
     }

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::connection::Conn;
-use datalayer_core::scripts::Invocation;
+use datalayer_core::server::HealthCheck;
 pub use datalayer_core::server::ServerInfo;
-use datalayer_core::value::Value;
 
 use crate::blocking::Blocker;
 use crate::options::{Error, IdleReads, Options, RedisError};
@@ -105,11 +104,7 @@ impl DataLayer {
             .unwrap_or_else(PoisonError::into_inner);
         let n = counts.entry(queue.to_owned()).or_insert(0);
         *n += 1;
-        if *n == 1 {
-            self.shared.consumer.clone()
-        } else {
-            format!("{}-{n}", self.shared.consumer)
-        }
+        datalayer_core::naming::nth_consumer(&self.shared.consumer, *n)
     }
 
     /// Connects to `url` (`redis://host:port`, `redis://user:pass@host:port`, `rediss://`;
@@ -264,10 +259,9 @@ impl DataLayer {
     }
 
     fn over(backend: Backend, options: Options) -> Self {
-        let consumer = format!(
-            "{}-{:08x}",
+        let consumer = datalayer_core::naming::process_consumer(
             std::process::id(),
-            crate::random::random_u64() as u32
+            crate::random::random_u64(),
         );
         Self {
             backend,
@@ -349,27 +343,15 @@ impl DataLayer {
         if self.is_in_memory() {
             return Ok(());
         }
-        let token = format!("{:016x}", crate::random::random_u64());
-        let key = format!("{}:health:{token}", self.options.prefix);
+        let health = HealthCheck::new(&self.options.prefix, crate::random::random_u64());
         let check = async {
             if self.is_cluster() {
                 for conn in self.node_conns().await? {
                     conn.text(&["PING"]).await?;
                 }
             }
-            let b = |s: &str| std::borrow::Cow::Owned(s.as_bytes().to_vec());
-            let replies = self
-                .backend
-                .run(&[
-                    Invocation::Plain(vec![b("SET"), b(&key), b(&token), b("PX"), b("10000")]),
-                    Invocation::Plain(vec![b("GET"), b(&key)]),
-                    Invocation::Plain(vec![b("DEL"), b(&key)]),
-                ])
-                .await?;
-            match replies.get(1) {
-                Some(Value::Bulk(v)) if *v == token.as_bytes() => Ok(()),
-                other => Err(Error::Health(format!("read back {other:?}"))),
-            }
+            let replies = self.backend.run(&health.invocations()).await?;
+            health.judge(&replies).map_err(Error::Health)
         };
         tokio::time::timeout(timeout, check)
             .await

@@ -64,7 +64,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_debug_and_urls_show_no_secrets() {
+    fn job_debug_shows_no_secrets() {
         let job = Job {
             id: datalayer_core::job::JobId::from("j"),
             title: String::new(),
@@ -78,11 +78,5 @@ mod tests {
             !shown.contains("hunter2") && shown.contains("<27 bytes>"),
             "{shown}"
         );
-        assert_eq!(
-            redact_url("redis://u:hunter2@h:1/2?x=@y"),
-            "redis://***@h:1/2?x=@y"
-        );
-        assert_eq!(redact_url("u:hunter2@h:1"), "***@h:1");
-        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
     }
 }

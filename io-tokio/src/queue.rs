@@ -454,16 +454,10 @@ impl JobQueue {
         Ok(tracing::Instrument::instrument(accepted, span).await)
     }
 
-    /// The id is chosen here, so that a caller who gives up knows which job to add again;
-    /// the engine is told it is new (its first send needs no duplicate check).
+    /// The id is chosen here ([`AddJob::assign_id`]), so that a caller who gives up knows
+    /// which job to add again.
     pub(crate) fn assign_id(job: &mut AddJob) -> JobId {
-        if let Some(id) = &job.id {
-            return id.clone();
-        }
-        let id = JobId::generate(now(), crate::random::random_u64());
-        job.id = Some(id.clone());
-        job.generated_id = true;
-        id
+        job.assign_id(now(), &mut OsRandom)
     }
 
     /// Where the queue's events go (the other shards of a sharded queue send there too).

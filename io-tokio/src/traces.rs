@@ -12,6 +12,7 @@
 //! it as its parent (semconv allows this for single messages), and the `process` span's
 //! context is sealed with the result, which the producer's `receive` span continues.
 
+use datalayer_core::command::Settlements;
 use datalayer_core::job::JobId;
 use datalayer_core::trace::TraceContext;
 use tracing::Span;
@@ -70,13 +71,7 @@ pub(crate) fn process(
 }
 
 /// `settle <queue>` (CLIENT): one pipeline's settle commands, by kind.
-pub(crate) fn settle(queue: &str, completed: usize, retried: usize, buried: usize) -> Span {
-    let name = match (completed > 0, retried > 0, buried > 0) {
-        (true, false, false) => "ack",
-        (false, true, false) => "retry",
-        (false, false, true) => "bury",
-        _ => "settle",
-    };
+pub(crate) fn settle(queue: &str, s: &Settlements) -> Span {
     tracing::info_span!(
         parent: None,
         "settle",
@@ -84,12 +79,12 @@ pub(crate) fn settle(queue: &str, completed: usize, retried: usize, buried: usiz
         otel.kind = "client",
         messaging.system = "datalayer",
         messaging.operation.type = "settle",
-        messaging.operation.name = name,
+        messaging.operation.name = s.operation(),
         messaging.destination.name = queue,
-        messaging.batch.message_count = completed + retried + buried,
-        datalayer.settle.completed = completed,
-        datalayer.settle.retried = retried,
-        datalayer.settle.buried = buried,
+        messaging.batch.message_count = s.total(),
+        datalayer.settle.completed = s.completed,
+        datalayer.settle.retried = s.retried,
+        datalayer.settle.buried = s.buried,
     )
 }
 

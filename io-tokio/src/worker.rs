@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use datalayer_core::command::{Command, CommandKind};
+use datalayer_core::command::{Command, Settlements};
 use datalayer_core::envelope::{Compression, SealOptions, Sealer};
 use datalayer_core::job::JobId;
 use datalayer_core::keys::Keyring;
@@ -434,12 +434,7 @@ where
             match event {
                 WorkerEvent::Job(d) => {
                     let queue = self.queue.clone();
-                    let waited = (d.job.attempt == 1).then(|| {
-                        now().saturating_duration_since(
-                            datalayer_core::time::Instant::from_unix_ms(d.job.created_at_ms),
-                        )
-                    });
-                    crate::telemetry::started(&queue, waited);
+                    crate::telemetry::started(&queue, d.waited(now()));
                     let span = crate::traces::process(
                         &queue,
                         &self.consumer,
@@ -565,15 +560,6 @@ impl DataLayer {
 
 /// A `settle <queue>` span for a pipeline that settles jobs (none for one that does not).
 fn settle_span(queue: &str, cmds: &[Command]) -> Option<tracing::Span> {
-    let (mut completed, mut retried, mut buried) = (0, 0, 0);
-    for cmd in cmds {
-        match &cmd.kind {
-            CommandKind::Complete { items, .. } => completed += items.len(),
-            CommandKind::Retry { items, .. } => retried += items.len(),
-            CommandKind::Bury { items, .. } => buried += items.len(),
-            _ => {}
-        }
-    }
-    (completed + retried + buried > 0)
-        .then(|| crate::traces::settle(queue, completed, retried, buried))
+    let settles = Settlements::of(cmds);
+    (settles.total() > 0).then(|| crate::traces::settle(queue, &settles))
 }

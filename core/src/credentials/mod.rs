@@ -440,6 +440,20 @@ pub fn delete(redis_key: &[u8]) -> Invocation<'_> {
     Invocation::Plain(vec![Cow::Borrowed(b"DEL"), Cow::Borrowed(redis_key)])
 }
 
+/// How many stores the replies of [`delete`]s say went (a `DEL` of a store gone already
+/// counts 0).
+///
+/// # Errors
+/// [`CredentialsError::Reply`] for a reply that is not a count (an error reply, garbage).
+pub fn parse_deleted(replies: Vec<Value>) -> Result<u64, CredentialsError> {
+    replies
+        .into_iter()
+        .try_fold(0u64, |sum, reply| match reply {
+            Value::Int(n) => Ok(sum.saturating_add(u64::try_from(n).unwrap_or(0))),
+            other => Err(CredentialsError::Reply(format!("DEL answered {other:?}"))),
+        })
+}
+
 /// The `SCAN` invocation of one page of a purge: keys matching `pattern` from `cursor`.
 #[must_use]
 pub fn scan(pattern: &str, cursor: &[u8], count: u32) -> Invocation<'static> {

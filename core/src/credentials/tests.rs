@@ -359,6 +359,18 @@ fn replies_of_the_wrong_shape_are_errors() {
     ] {
         assert!(parse_scan(reply.clone()).is_err(), "{reply:?}");
     }
+    // A purge's DELs: 1 deleted, 0 gone already; anything else is an error.
+    assert_eq!(
+        parse_deleted(vec![Value::Int(1), Value::Int(0), Value::Int(1)]),
+        Ok(2)
+    );
+    assert_eq!(parse_deleted(vec![]), Ok(0));
+    for bad in [Value::Error("MOVED 1 h:1".into()), Value::Nil] {
+        assert!(matches!(
+            parse_deleted(vec![Value::Int(1), bad]),
+            Err(CredentialsError::Reply(_))
+        ));
+    }
 }
 
 // RFC 8785, appendix B: IEEE-754 doubles and their JCS (ECMAScript) forms.

@@ -163,6 +163,27 @@ pub struct AddJob {
     pub trace: Option<TraceContext>,
 }
 
+impl AddJob {
+    /// The job's id: the one given, or else a new one ([`JobId::generate`], at `now`, from
+    /// `rng`) marked [`AddJob::generated_id`]: no earlier add can have queued it, so its
+    /// first send needs no duplicate check, and an add that never left can be withdrawn
+    /// ([`super::AddAnswer::Unavailable`]). An adapter chooses it before handing the add to
+    /// its machine, so that a caller who gives up knows which job to add again.
+    pub fn assign_id(
+        &mut self,
+        now: Instant,
+        rng: &mut (impl crate::random::Random + ?Sized),
+    ) -> JobId {
+        if let Some(id) = &self.id {
+            return id.clone();
+        }
+        let id = JobId::generate(now, rng.next_u64());
+        self.id = Some(id.clone());
+        self.generated_id = true;
+        id
+    }
+}
+
 /// A caller's misuse, or an add that cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -481,15 +481,7 @@ impl Producer {
     ) -> JobId {
         let now_ms = now.unix_ms();
         self.now_ms = now_ms;
-        let id = match &job.id {
-            Some(id) => id.clone(),
-            None => {
-                let id = JobId::generate(now, self.rng.next_u64());
-                job.id = Some(id.clone());
-                job.generated_id = true;
-                id
-            }
-        };
+        let id = job.assign_id(now, &mut self.rng);
         if !job.generated_id {
             if let Some(end) = self.calls.ended_lately(&id.0, now_ms) {
                 self.answer(call, &id.0, AddAnswer::Ended(end));

@@ -180,6 +180,19 @@ pub struct Delivery {
     pub run: u64,
 }
 
+impl Delivery {
+    /// How long the job waited for its first run, at `now` (from its add): `None` for a
+    /// later attempt, whose wait includes its backoff (what the wait-time metric leaves out).
+    #[must_use]
+    pub fn waited(&self, now: crate::time::Instant) -> Option<Duration> {
+        (self.job.attempt == 1).then(|| {
+            now.saturating_duration_since(crate::time::Instant::from_unix_ms(
+                self.job.created_at_ms,
+            ))
+        })
+    }
+}
+
 /// What the worker tells the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

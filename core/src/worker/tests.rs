@@ -1802,3 +1802,59 @@ fn only_the_current_run_of_an_entry_settles_it() {
     assert_eq!(w.finish_run(now, other, other_run, Ok(b"x"), None), Ok(()));
     assert_eq!(w.running(), 0);
 }
+
+/// A pipeline's settlements are counted by kind, and named by what they all are.
+#[test]
+fn settlements_are_counted_by_kind() {
+    use crate::command::Settlements;
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.concurrency(3));
+    b.add(3);
+    let running = jobs(&b.at(T0 + 100, &mut [&mut w])[0]);
+    let now = inst(T0 + 200);
+    w.complete(now, running[0], b"x").unwrap();
+    let cmds: Vec<_> = std::iter::from_fn(|| w.poll_command()).collect();
+    let one = Settlements::of(&cmds);
+    assert_eq!((one.total(), one.operation()), (1, "ack"));
+    // The default policy has one attempt: a failure is buried.
+    w.fail(now, running[1], "no").unwrap();
+    w.complete(now, running[2], b"y").unwrap();
+    let cmds: Vec<_> = std::iter::from_fn(|| w.poll_command()).collect();
+    let s = Settlements::of(&cmds);
+    assert_eq!((s.completed, s.retried, s.buried), (1, 0, 1), "{cmds:?}");
+    assert_eq!((s.total(), s.operation()), (2, "settle"));
+    assert_eq!(Settlements::default().total(), 0);
+    let retried = Settlements {
+        retried: 2,
+        ..Settlements::default()
+    };
+    assert_eq!(retried.operation(), "retry");
+}
+
+/// A first attempt's wait is measured from its add; a retry's is not measured.
+#[test]
+fn a_delivery_tells_its_first_wait() {
+    let mut b = Bench::new();
+    let mut w = b.worker("a", |c| c.concurrency(1));
+    b.add(1);
+    let ev = b.at(T0 + 100, &mut [&mut w]);
+    let Some(WorkerEvent::Job(mut d)) = ev[0]
+        .iter()
+        .find(|e| matches!(e, WorkerEvent::Job(_)))
+        .cloned()
+    else {
+        panic!("no job: {ev:?}");
+    };
+    let added = d.job.created_at_ms;
+    assert_eq!(
+        d.waited(inst(added + 250)),
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(
+        d.waited(inst(added.saturating_sub(5))),
+        Some(Duration::ZERO),
+        "clock behind"
+    );
+    d.job.attempt = 2;
+    assert_eq!(d.waited(inst(added + 250)), None);
+}
