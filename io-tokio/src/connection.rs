@@ -169,6 +169,11 @@ impl Conn {
         }
     }
 
+    /// How long a command may take before its outcome is unknown.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.inner.response_timeout
+    }
+
     /// Where this connection's server is (to open other connections to it).
     pub(crate) fn dial(&self) -> &Dial {
         &self.inner.dial

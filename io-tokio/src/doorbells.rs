@@ -3,17 +3,20 @@
 //!
 //! One task per process serves every idle reader of every queue. It holds one subscription
 //! connection per primary that has a bell in use (one server: one; datalayer's own
-//! connection, RESP2, sharded pub/sub only: `SSUBSCRIBE` and `SUNSUBSCRIBE`, nothing else),
+//! connection, RESP2, sharded pub/sub only: `SSUBSCRIBE`, `SUNSUBSCRIBE` and `PING`, nothing else),
 //! sends the machine's reads (without `BLOCK`) through the command connections, and feeds
 //! back rings (`smessage`), lost subscriptions (`sunsubscribe` from the server when a slot
 //! moves or a primary is demoted, a dropped connection) and replies. Every decision is the
 //! core's: what each value on a subscription connection means
 //! ([`datalayer_core::bells::Subscription`]), what to subscribe, when to read again, when a
 //! read ends. So a process holds two connections per primary, however
-//! many queues it serves, and no command blocks.
+//! many queues it serves, and no command blocks. A subscription connection silent for the
+//! response timeout is sent a `PING`, and replaced when that goes unanswered as long (a
+//! half-open connection would otherwise wait for rings forever).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use datalayer_core::bells::{BellCommand, BellInput, Bells, Subscription};
 use datalayer_core::cluster::NodeAddr;
@@ -67,11 +70,11 @@ impl Nodes {
         }
     }
 
-    /// How to reach the node at `addr`.
-    fn dial(&self, addr: &NodeAddr) -> Dial {
+    /// How to reach the node at `addr`, and how long its connections may stay silent.
+    fn dial(&self, addr: &NodeAddr) -> (Dial, Duration) {
         match self {
-            Nodes::Cluster(c) => c.settings().dial(addr),
-            Nodes::Single(conn) => conn.dial().clone(),
+            Nodes::Cluster(c) => (c.settings().dial(addr), c.settings().response_timeout),
+            Nodes::Single(conn) => (conn.dial().clone(), conn.response_timeout()),
         }
     }
 }
@@ -329,7 +332,7 @@ impl BellLine {
     }
 
     fn connect(&self, addr: NodeAddr, generation: u64) {
-        let dial = self.nodes.dial(&addr);
+        let (dial, silence) = self.nodes.dial(&addr);
         let tx = self.ev_tx.clone();
         tokio::spawn(async move {
             let heard = {
@@ -339,7 +342,7 @@ impl BellLine {
                 }
             };
             let link = dial
-                .subscriber("datalayer-doorbells", heard)
+                .subscriber("datalayer-doorbells", silence, heard)
                 .await
                 .map_err(|e| tracing::warn!(error = %e, node = %addr, "doorbell connection failed"))
                 .ok();

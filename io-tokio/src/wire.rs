@@ -133,13 +133,17 @@ impl Dial {
 
     /// Opens a subscription connection (see [`SubLink`]); what arrives on it goes to
     /// `heard`.
+    /// A connection silent for `silence` is sent a `PING`, and closed when that too goes
+    /// unanswered for `silence` (a half-open connection, a proxy that swallows replies: it
+    /// would otherwise wait for rings forever).
     pub(crate) async fn subscriber(
         &self,
         name: &str,
+        silence: Duration,
         heard: impl FnMut(Option<Value>) + Send + 'static,
     ) -> Result<SubLink, WireError> {
         let (stream, _) = self.handshake(name).await?;
-        Ok(SubLink::start(stream, heard))
+        Ok(SubLink::start(stream, silence, heard))
     }
 
     /// A connection, logged in, its database selected, named: the stream and its client
@@ -444,9 +448,13 @@ pub(crate) struct SubLink {
 }
 
 impl SubLink {
-    fn start(stream: Box<dyn Stream>, heard: impl FnMut(Option<Value>) + Send + 'static) -> Self {
+    fn start(
+        stream: Box<dyn Stream>,
+        silence: Duration,
+        heard: impl FnMut(Option<Value>) + Send + 'static,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(listen(stream, rx, heard));
+        tokio::spawn(listen(stream, rx, silence, heard));
         Self { tx }
     }
 
@@ -461,12 +469,26 @@ impl SubLink {
 async fn listen(
     mut stream: Box<dyn Stream>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    silence: Duration,
     mut heard: impl FnMut(Option<Value>),
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut decoder = resp::Decoder::default();
+    // When something was last heard, or the PING that asked why nothing was went out.
+    let (mut since, mut pinged) = (tokio::time::Instant::now(), false);
     let why: String = loop {
         tokio::select! {
+            () = tokio::time::sleep_until(since + silence) => {
+                if pinged {
+                    break format!("no reply to PING within {silence:?}");
+                }
+                let mut ping = Vec::new();
+                resp::encode_command(&mut ping, [&b"PING"[..]]);
+                if let Err(e) = stream.write_all(&ping).await {
+                    break format!("writing: {e}");
+                }
+                (since, pinged) = (tokio::time::Instant::now(), true);
+            }
             bytes = rx.recv() => {
                 let Some(bytes) = bytes else { break "no longer used".into() };
                 if let Err(e) = stream.write_all(&bytes).await {
@@ -476,7 +498,7 @@ async fn listen(
             read = stream.read_buf(&mut buf) => {
                 match read {
                     Ok(0) => break "closed by the server".into(),
-                    Ok(_) => {}
+                    Ok(_) => (since, pinged) = (tokio::time::Instant::now(), false),
                     Err(e) => break format!("reading: {e}"),
                 }
                 let mut at = 0;

@@ -38,6 +38,8 @@ struct State {
     fault: Mutex<Fault>,
     conns: Mutex<HashMap<u64, AbortHandle>>,
     next: AtomicU64,
+    /// Connections numbered below this swallow Redis' replies ([`Proxy::silence_existing`]).
+    silenced_below: AtomicU64,
     upstream: SocketAddr,
 }
 
@@ -104,6 +106,7 @@ impl Proxy {
             fault: Mutex::new(Fault::None),
             conns: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
+            silenced_below: AtomicU64::new(0),
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream)),
         });
         let mut proxy = Self {
@@ -144,6 +147,14 @@ impl Proxy {
             .fault
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = fault;
+    }
+
+    /// Every connection the proxy carries now swallows Redis' replies from now on, and
+    /// stays open (half-open connections, as after a network partition without a reset);
+    /// connections made later pass.
+    pub fn silence_existing(&self) {
+        let next = self.state.next.load(Ordering::Relaxed);
+        self.state.silenced_below.store(next, Ordering::Relaxed);
     }
 
     /// Closes every connection the proxy carries.
@@ -230,7 +241,9 @@ async fn carry(client: TcpStream, state: Arc<State>, id: u64) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                if state.fault() == Fault::DropReplies {
+                if state.fault() == Fault::DropReplies
+                    || id < state.silenced_below.load(Ordering::Relaxed)
+                {
                     continue;
                 }
                 if state.garble() {

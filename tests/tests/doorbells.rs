@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use datalayer_tests::proxy::Proxy;
 use datalayer_tests::{
     Persistence, RedisServer, client_list, command_calls, raw, reset_stats, secrets,
 };
@@ -156,6 +157,55 @@ async fn a_killed_doorbell_connection_misses_no_job() {
         assert_eq!(killed, 1, "one subscription connection");
         let took = one_job(&q, round).await;
         eprintln!("round {round}: {took:?} after the kill → result");
+    }
+    running.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The subscription connection goes silent and stays open (a half-open connection: nothing
+/// closes it, and only its own `PING` can tell): it is replaced, and jobs added afterwards
+/// reach their parked worker through the bells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_doorbell_connection_is_replaced() {
+    let server = RedisServer::start(Persistence::None);
+    let proxy = Proxy::start(server.port()).await;
+    let options = Options::default()
+        .idle_reads(IdleReads::Doorbells)
+        .response_timeout(Duration::from_secs(1));
+    let dl = DataLayer::connect(&proxy.url(), options)
+        .await
+        .expect("connect");
+    let running = start_worker(&dl, "s");
+    let q = queue(&dl, "s");
+    one_job(&q, 0).await;
+    let mut conn = raw(&server).await;
+    // The ids of the subscription connections Redis sees.
+    let subscribers = |list: String| -> Vec<String> {
+        list.lines()
+            .filter(|l| l.contains("name=datalayer-doorbells"))
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect()
+    };
+    let before = subscribers(client_list(&mut conn).await);
+    assert_eq!(before.len(), 1, "{before:?}");
+    // Every connection of the process goes silent: the command connection's next command
+    // times out and it is replaced; the subscription connection has nothing to time out
+    // but its PING.
+    proxy.silence_existing();
+    let deadline = Instant::now() + WAIT;
+    while subscribers(client_list(&mut conn).await)
+        .iter()
+        .all(|id| before.contains(id))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new subscription connection:\n{}",
+            client_list(&mut conn).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for round in 1..3 {
+        let took = one_job(&q, round).await;
+        eprintln!("round {round}: {took:?} after the silence → result");
     }
     running.shutdown(Duration::from_secs(5)).await;
 }
