@@ -192,6 +192,24 @@ impl Decoder {
         }
     }
 
+    /// Every whole value at the front of `input`, each handed to `each` in order; how many
+    /// bytes of `input` they took (drop those, keep the rest for the next call, with more).
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`]; the values before the bad bytes were handed over.
+    pub fn decode_all(
+        &mut self,
+        input: &[u8],
+        mut each: impl FnMut(Value),
+    ) -> Result<usize, RespError> {
+        let mut used = 0;
+        while let Some((value, n)) = self.decode(&input[used..])? {
+            used += n;
+            each(value);
+        }
+        Ok(used)
+    }
+
     /// Scans on from where the last call stopped; `Some(len)` once a whole reply is there.
     fn scan(&mut self, input: &[u8]) -> Result<Option<usize>, RespError> {
         loop {
@@ -685,7 +703,8 @@ mod tests {
         })
     }
 
-    /// Decodes `input` handed over in pieces cut at `cuts`, as the adapter does.
+    /// Decodes `input` handed over in pieces cut at `cuts`, as the adapter does
+    /// ([`Decoder::decode_all`] on what is left of each piece and those before it).
     fn in_pieces(input: &[u8], cuts: &[usize]) -> Result<Vec<Value>, RespError> {
         let mut decoder = Decoder::default();
         let mut values = Vec::new();
@@ -694,10 +713,7 @@ mod tests {
         ends.push(input.len());
         ends.sort_unstable();
         for end in ends {
-            while let Some((v, used)) = decoder.decode(&input[start..end])? {
-                values.push(v);
-                start += used;
-            }
+            start += decoder.decode_all(&input[start..end], |v| values.push(v))?;
         }
         Ok(values)
     }

@@ -236,23 +236,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
 /// The first `n` values that arrive on `stream` (nothing else may be on its way).
 async fn read_values(stream: &mut Box<dyn Stream>, n: usize) -> Result<Vec<Value>, WireError> {
-    let mut buf = Vec::with_capacity(512);
-    let (mut decoder, mut at, mut values) = (resp::Decoder::default(), 0, Vec::new());
+    let (mut buf, mut decoder, mut values) = (Vec::new(), resp::Decoder::default(), Vec::new());
     while values.len() < n {
-        match decoder.decode(&buf[at..]) {
-            Ok(Some((v, used))) => {
-                values.push(v);
-                at += used;
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => return Err(WireError::NotSent(e.to_string())),
-        }
         match stream.read_buf(&mut buf).await {
             Ok(0) => return Err(WireError::NotSent("closed by the server".into())),
             Ok(_) => {}
             Err(e) => return Err(WireError::NotSent(e.to_string())),
         }
+        let used = (decoder.decode_all(&buf, |v| values.push(v)))
+            .map_err(|e| WireError::NotSent(e.to_string()))?;
+        buf.drain(..used);
     }
     Ok(values)
 }
@@ -501,20 +494,9 @@ async fn listen(
                     Ok(_) => (since, pinged) = (tokio::time::Instant::now(), false),
                     Err(e) => break format!("reading: {e}"),
                 }
-                let mut at = 0;
-                let failed = loop {
-                    match decoder.decode(&buf[at..]) {
-                        Ok(Some((value, used))) => {
-                            at += used;
-                            heard(Some(value));
-                        }
-                        Ok(None) => break None,
-                        Err(e) => break Some(e.to_string()),
-                    }
-                };
-                buf.drain(..at);
-                if let Some(e) = failed {
-                    break e;
+                match decoder.decode_all(&buf, |v| heard(Some(v))) {
+                    Ok(used) => drop(buf.drain(..used)),
+                    Err(e) => break e.to_string(),
                 }
             }
         }
