@@ -190,12 +190,13 @@ impl ServerUrl {
     }
 }
 
+/// `localhost`, `::1`, or a dotted IPv4 address in 127.0.0.0/8 (parsed here: the core
+/// touches nothing of the network's, `std::net` included).
 fn is_loopback(host: &str) -> bool {
+    let octets: Vec<Option<u8>> = host.split('.').map(|o| o.parse().ok()).collect();
     host == "localhost"
         || host == "::1"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || (octets.len() == 4 && octets[0] == Some(127) && octets.iter().all(Option::is_some))
 }
 
 /// `host[:port]` or `[v6][:port]`; port 6379 by default.
@@ -371,6 +372,19 @@ mod tests {
         assert_eq!(tls.password_in_clear(), None);
         let none = ServerUrl::parse("redis://10.0.0.2").unwrap();
         assert_eq!(none.password_in_clear(), None);
+        for (host, loopback) in [
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("localhost", true),
+            ("::1", true),
+            ("127.0.0", false),
+            ("127.0.0.256", false),
+            ("127.0.0.1.5", false),
+            ("128.0.0.1", false),
+            ("127.example", false),
+        ] {
+            assert_eq!(is_loopback(host), loopback, "{host}");
+        }
     }
 
     #[test]

@@ -42,11 +42,6 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-/// A failed connection: the outcome of what was sent is unknown.
-fn unknown() -> RedisError {
-    RedisError::Lost("the outcome is unknown".into())
-}
-
 impl Backend {
     /// Runs `commands` as one pipeline: one reply per command, in order.
     pub(crate) async fn execute(&self, commands: &[Command]) -> Vec<Reply> {
@@ -72,19 +67,13 @@ impl Backend {
         };
         replies
             .into_iter()
-            .map(|r| match r {
-                Reply::Value(v) => Ok(v),
-                Reply::NotSent => Err(RedisError::NotSent("no connection".into())),
-                _ => Err(unknown()),
-            })
+            .map(|r| exec::value_of(Some(r)))
             .collect()
     }
 
     /// Runs one invocation on its own.
     pub(crate) async fn run_one(&self, invocation: &Invocation<'_>) -> Result<Value, RedisError> {
-        self.run(std::slice::from_ref(invocation))
-            .await?
-            .pop()
-            .ok_or_else(unknown)
+        let mut values = self.run(std::slice::from_ref(invocation)).await?;
+        exec::value_of(values.pop().map(Reply::Value))
     }
 }

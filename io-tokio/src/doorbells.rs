@@ -301,10 +301,8 @@ impl BellLine {
     /// when there is none).
     fn subscribe(&mut self, channel: String) {
         let Some(addr) = self.nodes.node_of(&channel) else {
-            self.nodes.refresh_soon();
-            self.pending
-                .push_back(BellInput::Subscribed { channel, ok: false });
-            return;
+            // No node known for its slot yet.
+            return self.subscribed(channel, false);
         };
         self.homes.insert(channel.clone(), addr.clone());
         match self.subs.get_mut(&addr) {

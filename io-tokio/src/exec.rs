@@ -112,10 +112,16 @@ pub(crate) async fn execute_ringing(
 /// [`execute`]. An error reply is a [`Value::Error`]; a failed connection is an `Err` (the
 /// outcome is unknown; the cause is logged).
 pub async fn run_one(conn: &Connection, invocation: &Invocation<'_>) -> Result<Value, RedisError> {
-    match run_invocations(conn, std::slice::from_ref(invocation))
-        .await
-        .pop()
-    {
+    value_of(
+        run_invocations(conn, std::slice::from_ref(invocation))
+            .await
+            .pop(),
+    )
+}
+
+/// A reply as a value, or why there is none (`None`: no reply came, the outcome is unknown).
+pub(crate) fn value_of(reply: Option<Reply>) -> Result<Value, RedisError> {
+    match reply {
         Some(Reply::Value(v)) => Ok(v),
         Some(Reply::NotSent) => Err(RedisError::NotSent("no connection".into())),
         _ => Err(RedisError::Lost("the outcome is unknown".into())),

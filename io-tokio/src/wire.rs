@@ -73,20 +73,18 @@ impl Dial {
         connect_timeout: Duration,
     ) -> Result<Self, String> {
         let addr = match &url.transport {
-            Transport::Tcp(hosts) | Transport::Tls(hosts) => {
+            Transport::Tcp(hosts) => {
                 let first = hosts.first().ok_or("no host in the URL")?;
-                #[cfg(feature = "tls")]
-                if url.is_tls() {
-                    Addr::Tls(first.host.clone(), first.port)
-                } else {
-                    Addr::Tcp(first.host.clone(), first.port)
-                }
-                #[cfg(not(feature = "tls"))]
-                if url.is_tls() {
-                    return Err("rediss:// needs the `tls` feature of datalayer-tokio".into());
-                } else {
-                    Addr::Tcp(first.host.clone(), first.port)
-                }
+                Addr::Tcp(first.host.clone(), first.port)
+            }
+            #[cfg(feature = "tls")]
+            Transport::Tls(hosts) => {
+                let first = hosts.first().ok_or("no host in the URL")?;
+                Addr::Tls(first.host.clone(), first.port)
+            }
+            #[cfg(not(feature = "tls"))]
+            Transport::Tls(_) => {
+                return Err("rediss:// needs the `tls` feature of datalayer-tokio".into());
             }
             #[cfg(unix)]
             Transport::Unix(path) => Addr::Unix(path.into()),

@@ -1824,11 +1824,21 @@ fn settlements_are_counted_by_kind() {
     assert_eq!((s.completed, s.retried, s.buried), (1, 0, 1), "{cmds:?}");
     assert_eq!((s.total(), s.operation()), (2, "settle"));
     assert_eq!(Settlements::default().total(), 0);
-    let retried = Settlements {
-        retried: 2,
-        ..Settlements::default()
-    };
-    assert_eq!(retried.operation(), "retry");
+    // With a second attempt left, a failure is retried.
+    let policy = RetryPolicy::new(
+        2,
+        Backoff::Fixed {
+            delay: Duration::from_millis(500),
+        },
+    );
+    let mut r = b.worker("r", |c| c.concurrency(1).retry(policy));
+    b.add(1);
+    let again = jobs(&b.at(T0 + 300, &mut [&mut r])[0]);
+    r.fail(inst(T0 + 400), again[0], "later").unwrap();
+    let cmds: Vec<_> = std::iter::from_fn(|| r.poll_command()).collect();
+    let s = Settlements::of(&cmds);
+    assert_eq!((s.completed, s.retried, s.buried), (0, 1, 0), "{cmds:?}");
+    assert_eq!((s.total(), s.operation()), (1, "retry"));
 }
 
 /// A first attempt's wait is measured from its add; a retry's is not measured.
